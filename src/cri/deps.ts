@@ -1,0 +1,10 @@
+import type { Logger } from '../common/logger.js';
+import type { BerthConfig } from '../config/schema.js';
+import type { RuntimeSettingsRepository } from '../store/runtime-settings.js';
+
+/** What the CRI handlers are given by the composition root (src/main.ts). */
+export interface CriDeps {
+  config: BerthConfig;
+  settings: RuntimeSettingsRepository;
+  log: Logger;
+}

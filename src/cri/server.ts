@@ -1,0 +1,49 @@
+/**
+ * The CRI gRPC server: RuntimeService and ImageService with every RPC of the proto
+ * registered through the one wrapper (wrap.ts). RPCs berth does not implement yet are
+ * absent from the tables below and answer UNIMPLEMENTED.
+ */
+import * as grpc from '@grpc/grpc-js';
+import type { CriDeps } from './deps.js';
+import type { ImageServiceHandlers } from './gen/runtime/v1/ImageService.js';
+import type { RuntimeServiceHandlers } from './gen/runtime/v1/RuntimeService.js';
+import { criApi } from './proto.js';
+import type { ServiceHandlers } from './rpc.js';
+import { runtimeConfig } from './runtime/runtime-config.js';
+import { status } from './runtime/status.js';
+import { updateRuntimeConfig } from './runtime/update-runtime-config.js';
+import { version } from './runtime/version.js';
+import { wrapService, type WrapEnv } from './wrap.js';
+
+/** kubelet's own CRI client allows 16 MiB messages each way; so does berth. */
+export const MAX_MESSAGE_BYTES = 16 * 1024 * 1024;
+
+export function runtimeHandlers(deps: CriDeps): ServiceHandlers<RuntimeServiceHandlers> {
+  return {
+    Version: version(),
+    Status: status(deps),
+    RuntimeConfig: runtimeConfig(deps),
+    UpdateRuntimeConfig: updateRuntimeConfig(deps),
+  };
+}
+
+export function imageHandlers(_deps: CriDeps): ServiceHandlers<ImageServiceHandlers> {
+  return {};
+}
+
+/** Builds the server with both services; binding and shutdown are the caller's. */
+export function createCriServer(env: WrapEnv, deps: CriDeps): grpc.Server {
+  const server = new grpc.Server({
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+  });
+  const api = criApi().runtime.v1;
+  for (const [definition, handlers] of [
+    [api.RuntimeService.service, runtimeHandlers(deps)],
+    [api.ImageService.service, imageHandlers(deps)],
+  ] as const) {
+    const svc = wrapService(env, definition, handlers as Record<string, never>);
+    server.addService(svc.definition, svc.implementation);
+  }
+  return server;
+}

@@ -1,0 +1,188 @@
+/**
+ * The one wrapper around every RPC of both services. For each call it:
+ * 1. refuses malformed protobuf with INVALID_ARGUMENT (the decoder never throws into grpc-js);
+ * 2. refuses with UNAVAILABLE while berthd recovers or drains (ServingState);
+ * 3. turns the caller's deadline and cancellation into an AbortSignal for the handler;
+ * 4. maps whatever the handler threw to a gRPC status (errors.ts, the only mapper);
+ * 5. writes one structured log line: method, duration, outcome.
+ * RPCs without a handler answer UNIMPLEMENTED, naming the RPC.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { BerthError, messageOf } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import { codeName, toRpcStatus, type RpcStatus } from './errors.js';
+import type { RpcContext, StreamHandler, UnaryHandler } from './rpc.js';
+import type { ServingState } from './serving-state.js';
+
+/** What the tolerant decoder returns for bytes that are not a valid message. */
+class MalformedRequest {
+  constructor(readonly reason: string) {}
+}
+
+export interface WrapEnv {
+  state: ServingState;
+  log: Logger;
+}
+
+// Calls kubelet makes every few seconds to observe state; their successes log at debug.
+const READ_ONLY = /^(Version|Status|RuntimeConfig|List.*|Stream.*|.*Status|.*Stats|ImageFsInfo|GetContainerEvents)$/;
+
+type AnyUnary = UnaryHandler<unknown, unknown>;
+type AnyStream = StreamHandler<unknown, unknown>;
+
+function makeContext(method: string, call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): { ctx: RpcContext; done(): void } {
+  const ac = new AbortController();
+  const raw = call.getDeadline();
+  const ms = raw instanceof Date ? raw.getTime() : raw;
+  const deadline = Number.isFinite(ms) ? new Date(ms) : undefined;
+  let timer: NodeJS.Timeout | undefined;
+  if (deadline !== undefined) {
+    const fire = (): void => ac.abort(new BerthError('DeadlineExceeded', `${method}: the caller's deadline passed`));
+    const left = deadline.getTime() - Date.now();
+    if (left <= 0) fire();
+    else (timer = setTimeout(fire, Math.min(left, 2 ** 31 - 1))).unref();
+  }
+  const onCancel = (): void => ac.abort(new BerthError('Cancelled', `${method}: cancelled by the caller`));
+  call.on('cancelled', onCancel);
+  return {
+    ctx: { method, signal: ac.signal, deadline },
+    done() {
+      if (timer) clearTimeout(timer);
+      call.removeListener('cancelled', onCancel);
+    },
+  };
+}
+
+function logOutcome(env: WrapEnv, method: string, start: bigint, st: RpcStatus | undefined): void {
+  const duration_ms = Number(process.hrtime.bigint() - start) / 1e6;
+  if (st === undefined) {
+    const level = READ_ONLY.test(method) ? 'debug' : 'info';
+    if (env.log.enabled(level)) env.log[level]('rpc', { method, duration_ms, code: 'OK' });
+    return;
+  }
+  const fields = { method, duration_ms, code: codeName(st.code), error: st.details };
+  if (st.code === grpc.status.INTERNAL || st.code === grpc.status.UNKNOWN) env.log.error('rpc', fields);
+  else if (st.code === grpc.status.UNAVAILABLE || st.code === grpc.status.UNIMPLEMENTED) env.log.debug('rpc', fields);
+  else env.log.info('rpc', fields);
+}
+
+/**
+ * Decides whether a call runs. Returns the status to answer with when it does not;
+ * when it returns undefined the call holds a ServingState slot it must `leave()`.
+ */
+function admit(env: WrapEnv, method: string, request: unknown, implemented: boolean): RpcStatus | undefined {
+  if (request instanceof MalformedRequest) {
+    return { code: grpc.status.INVALID_ARGUMENT, details: `${method}: malformed request: ${request.reason}` };
+  }
+  if (!implemented) {
+    return { code: grpc.status.UNIMPLEMENTED, details: `${method} is not implemented by berth yet` };
+  }
+  const refusal = env.state.enter();
+  if (refusal !== undefined) return { code: grpc.status.UNAVAILABLE, details: refusal };
+  return undefined;
+}
+
+function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined): grpc.handleUnaryCall<unknown, unknown> {
+  return (call, callback) => {
+    const start = process.hrtime.bigint();
+    const refused = admit(env, method, call.request, handler !== undefined);
+    if (refused) {
+      logOutcome(env, method, start, refused);
+      callback({ code: refused.code, details: refused.details });
+      return;
+    }
+    const { ctx, done } = makeContext(method, call);
+    Promise.resolve()
+      .then(() => handler!(call.request, ctx))
+      .then(
+        (res) => {
+          logOutcome(env, method, start, undefined);
+          callback(null, res);
+        },
+        (err: unknown) => {
+          const st = toRpcStatus(err, ctx.signal);
+          if (st.code === grpc.status.INTERNAL && err instanceof Error && err.stack) {
+            env.log.error('rpc internal error', { method, stack: err.stack });
+          }
+          logOutcome(env, method, start, st);
+          callback({ code: st.code, details: st.details });
+        },
+      )
+      .finally(() => {
+        done();
+        env.state.leave();
+      });
+  };
+}
+
+function wrapStream(env: WrapEnv, method: string, handler: AnyStream | undefined): grpc.handleServerStreamingCall<unknown, unknown> {
+  return (call) => {
+    const start = process.hrtime.bigint();
+    const refused = admit(env, method, call.request, handler !== undefined);
+    if (refused) {
+      logOutcome(env, method, start, refused);
+      call.emit('error', { code: refused.code, details: refused.details });
+      return;
+    }
+    const { ctx, done } = makeContext(method, call);
+    // Honour back-pressure: wait for 'drain' when the socket buffer is full.
+    const send = (res: unknown): Promise<void> =>
+      new Promise((resolve, reject) => {
+        if (ctx.signal.aborted) {
+          reject(ctx.signal.reason);
+          return;
+        }
+        if (call.write(res)) resolve();
+        else call.once('drain', () => resolve());
+      });
+    Promise.resolve()
+      .then(() => handler!(call.request, ctx, send))
+      .then(
+        () => {
+          logOutcome(env, method, start, undefined);
+          call.end();
+        },
+        (err: unknown) => {
+          const st = toRpcStatus(err, ctx.signal);
+          logOutcome(env, method, start, st);
+          if (!call.cancelled) call.emit('error', { code: st.code, details: st.details });
+        },
+      )
+      .finally(() => {
+        done();
+        env.state.leave();
+      });
+  };
+}
+
+/**
+ * Builds a grpc-js service definition and implementation from a loaded service
+ * definition and berth's handler table. Every method of the definition is present.
+ */
+export function wrapService(
+  env: WrapEnv,
+  definition: grpc.ServiceDefinition,
+  handlers: Record<string, AnyUnary | AnyStream | undefined>,
+): { definition: grpc.ServiceDefinition; implementation: grpc.UntypedServiceImplementation } {
+  const def: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  const impl: grpc.UntypedServiceImplementation = {};
+  for (const [name, md] of Object.entries(definition) as Array<[string, grpc.MethodDefinition<unknown, unknown>]>) {
+    if (md.requestStream) throw new Error(`${name}: client-streaming RPCs are not part of CRI v1`);
+    const decode = md.requestDeserialize;
+    def[name] = {
+      ...md,
+      requestDeserialize: (buf: Buffer) => {
+        try {
+          return decode(buf);
+        } catch (err) {
+          return new MalformedRequest(messageOf(err));
+        }
+      },
+    };
+    const handler = handlers[name];
+    impl[name] = md.responseStream
+      ? wrapStream(env, name, handler as AnyStream | undefined)
+      : wrapUnary(env, name, handler as AnyUnary | undefined);
+  }
+  return { definition: def, implementation: impl };
+}

@@ -1,0 +1,241 @@
+/**
+ * berthd: the composition root. Parses the command line, loads the configuration,
+ * takes the locks, opens the database, builds every module, serves CRI on the unix
+ * socket, runs start-up recovery, and on SIGTERM/SIGINT drains and exits 0.
+ *
+ * Start-up order matters: nothing touches the system before the config is known to be
+ * good and the locks are held, so a bad config or a second instance changes nothing.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { chmodSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { dirname, join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { BerthError, errnoOf, messageOf } from './common/errors.js';
+import { createLogger, type Logger } from './common/logger.js';
+import { BERTH_VERSION } from './common/version.js';
+import { ConfigError, formatConfig, loadConfig } from './config/load.js';
+import type { BerthConfig } from './config/schema.js';
+import { createCriServer } from './cri/server.js';
+import { ServingState } from './cri/serving-state.js';
+import { openDatabase, type Db } from './store/database.js';
+import { DirectoryLock } from './store/lock.js';
+import { RuntimeSettingsRepository } from './store/runtime-settings.js';
+
+const USAGE = `Usage: berthd [command] [flags]
+
+berth: a Kubernetes CRI v1 container runtime.
+
+Commands:
+  (none)            run the daemon
+  config            print the effective configuration (TOML) and exit
+
+Flags:
+  --config FILE     config file (default /etc/berth/config.toml; drop-ins from its config.d/)
+  --socket PATH     CRI gRPC socket (default /run/berth/berth.sock)
+  --root DIR        persistent state (default /var/lib/berth)
+  --state DIR       runtime state (default /run/berth)
+  --log-level LVL   debug, info, warn or error (default info)
+  -h, --help        show this help
+  -v, --version     show the version
+`;
+
+/** Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration. */
+export async function main(argv: string[]): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        config: { type: 'string' },
+        socket: { type: 'string' },
+        root: { type: 'string' },
+        state: { type: 'string' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'v' },
+      },
+    });
+  } catch (err) {
+    process.stderr.write(`berthd: ${messageOf(err)}\n\n${USAGE}`);
+    return 2;
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (values.version) {
+    process.stdout.write(`berthd ${BERTH_VERSION} (CRI runtime.v1)\n`);
+    return 0;
+  }
+  const command = positionals[0] ?? 'run';
+  if (positionals.length > 1 || !['run', 'config'].includes(command)) {
+    process.stderr.write(`berthd: unknown command "${positionals.join(' ')}"\n\n${USAGE}`);
+    return 2;
+  }
+
+  let config: BerthConfig;
+  let sources: string[];
+  try {
+    ({ config, sources } = loadConfig({
+      ...(values.config !== undefined ? { file: values.config } : {}),
+      overrides: { socket: values.socket, root: values.root, state: values.state, log_level: values['log-level'] },
+    }));
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`berthd: invalid configuration: ${err.message}\n`);
+    return 2;
+  }
+  if (command === 'config') {
+    process.stdout.write(formatConfig(config));
+    return 0;
+  }
+  return runDaemon(config, sources);
+}
+
+/**
+ * Makes the socket path free for this daemon: a live socket means another server is
+ * there (refuse); a dead one is stale and is removed; anything else is not ours.
+ */
+async function claimSocketPath(path: string): Promise<void> {
+  let st;
+  try {
+    st = lstatSync(path);
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return;
+    throw err;
+  }
+  if (!st.isSocket()) {
+    throw new BerthError('FailedPrecondition', `${path} exists and is not a socket; remove it or choose another --socket`);
+  }
+  const live = await new Promise<boolean>((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+  if (live) {
+    throw new BerthError('FailedPrecondition', `another server is listening on ${path}; stop it first or choose another --socket`);
+  }
+  rmSync(path, { force: true });
+}
+
+/** Binds the gRPC server to the unix socket, created root-only (0660). */
+async function bindSocket(server: grpc.Server, path: string): Promise<void> {
+  mkdirSync(dirname(path), { recursive: true, mode: 0o711 });
+  // The socket gets its mode at creation from the umask: never world-accessible.
+  const previous = process.umask(0o117);
+  try {
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix://${path}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+    );
+  } finally {
+    process.umask(previous);
+  }
+  chmodSync(path, 0o660);
+}
+
+async function runDaemon(config: BerthConfig, sources: string[]): Promise<number> {
+  const log = createLogger(config.log_level);
+  const held: Array<() => void> = [];
+  const releaseAll = (): void => {
+    for (const r of held.reverse()) {
+      try {
+        r();
+      } catch (err) {
+        log.warn('cleanup step failed', { error: messageOf(err) });
+      }
+    }
+    held.length = 0;
+  };
+
+  let db: Db;
+  let server: grpc.Server;
+  const state = new ServingState();
+  try {
+    const rootLock = DirectoryLock.acquire(config.root, 'root directory');
+    held.push(() => rootLock.release());
+    const stateLock = DirectoryLock.acquire(config.state, 'state directory');
+    held.push(() => stateLock.release());
+    await claimSocketPath(config.socket);
+
+    db = openDatabase(join(config.root, 'berth.db'));
+    const openDb = db;
+    held.push(() => openDb.close());
+
+    const deps = { config, settings: new RuntimeSettingsRepository(db), log };
+    server = createCriServer({ state, log }, deps);
+    await bindSocket(server, config.socket);
+    held.push(() => rmSync(config.socket, { force: true }));
+  } catch (err) {
+    releaseAll();
+    const msg = err instanceof BerthError ? err.message : messageOf(err);
+    log.error('berthd failed to start', { error: msg });
+    process.stderr.write(`berthd: ${msg}\n`);
+    return 1;
+  }
+  log.info('berthd serving', { version: BERTH_VERSION, socket: config.socket, root: config.root, state: config.state, config_files: sources });
+
+  let stopping: Promise<number> | undefined;
+  const stop = (signal: string): Promise<number> =>
+    (stopping ??= shutdown(server, state, config, log, signal).then((code) => {
+      releaseAll();
+      log.info('berthd stopped', { signal });
+      return code;
+    }));
+
+  const exit = new Promise<number>((resolve) => {
+    for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void stop(sig).then(resolve));
+  });
+
+  await recover(log);
+  if (state.phase === 'recovering') {
+    state.ready();
+    log.info('recovery finished; berthd is ready');
+  }
+  return exit;
+}
+
+/**
+ * Start-up recovery: reconciles the database with what exists on the system. Calls are
+ * answered UNAVAILABLE until it finishes. The modules that own processes, mounts and
+ * namespaces add their reconciliation steps here as they arrive.
+ */
+async function recover(log: Logger): Promise<void> {
+  const steps: Array<{ name: string; run(): Promise<void> }> = [];
+  for (const step of steps) {
+    try {
+      await step.run();
+    } catch (err) {
+      // One bad item must not keep the node down: log it and go on.
+      log.error('recovery step failed', { step: step.name, error: messageOf(err) });
+    }
+  }
+}
+
+/** Stops taking calls, lets in-flight ones finish within the timeout, then closes. */
+async function shutdown(server: grpc.Server, state: ServingState, config: BerthConfig, log: Logger, signal: string): Promise<number> {
+  log.info('berthd shutting down', { signal, inflight: state.inflight });
+  state.drain();
+  const timeoutMs = config.shutdown_timeout_seconds * 1000;
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<'timeout'>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), timeoutMs);
+  });
+  const graceful = Promise.all([
+    state.drained(),
+    new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
+  ]).then(() => 'done' as const);
+  const outcome = await Promise.race([graceful, timedOut]);
+  clearTimeout(timer);
+  if (outcome === 'timeout') {
+    log.warn('in-flight calls did not finish in time; cutting them off', { inflight: state.inflight, timeout_seconds: config.shutdown_timeout_seconds });
+    server.forceShutdown();
+  }
+  return 0;
+}

@@ -1,0 +1,184 @@
+/**
+ * Starts a real berthd process for a test, in fresh temp dirs (root, state, a temp
+ * socket, its own config dir), and hands the test typed CRI clients. `dispose()` stops
+ * it with SIGTERM and fails when it left anything behind: a process mentioning its
+ * dirs, a mount under them, or a file other than the expected ones.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { status } from '@grpc/grpc-js';
+import { criClients, type CriClients } from './cri-client.js';
+
+export const BERTHD_BIN = fileURLToPath(new URL('../../../bin/berthd.js', import.meta.url));
+
+export interface StartOptions {
+  /** TOML written to <dir>/etc/config.toml and passed with --config. */
+  config?: string;
+  /** Drop-ins, by file name, written to <dir>/etc/config.d/. */
+  dropIns?: Record<string, string>;
+  /** Extra command-line arguments. */
+  args?: string[];
+  /** Reuse the dirs of an earlier instance (restart tests). */
+  reuse?: { dir: string };
+  logLevel?: string;
+}
+
+export class Berthd implements AsyncDisposable {
+  readonly root: string;
+  readonly state: string;
+  readonly socket: string;
+  readonly configFile: string;
+  private output = '';
+  private exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  clients!: CriClients;
+
+  private constructor(readonly dir: string, readonly proc: ChildProcess) {
+    this.root = join(dir, 'root');
+    this.state = join(dir, 'state');
+    this.socket = join(dir, 'state', 'berth.sock');
+    this.configFile = join(dir, 'etc', 'config.toml');
+    proc.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
+    proc.stderr!.on('data', (d: Buffer) => (this.output += d.toString()));
+    this.exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
+  }
+
+  get runtime(): CriClients['runtime'] {
+    return this.clients.runtime;
+  }
+
+  get image(): CriClients['image'] {
+    return this.clients.image;
+  }
+
+  /** Everything berthd wrote to stdout and stderr so far. */
+  logs(): string {
+    return this.output;
+  }
+
+  /** The JSON log records berthd wrote so far. */
+  records(): Array<Record<string, unknown>> {
+    return this.output
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+  }
+
+  static async start(opts: StartOptions = {}): Promise<Berthd> {
+    const dir = opts.reuse?.dir ?? mkdtempSync(join(tmpdir(), 'berth-test-'));
+    const etc = join(dir, 'etc');
+    rmSync(etc, { recursive: true, force: true });
+    mkdirp(join(etc, 'config.d'));
+    writeFileSync(join(etc, 'config.toml'), opts.config ?? '');
+    for (const [name, text] of Object.entries(opts.dropIns ?? {})) writeFileSync(join(etc, 'config.d', name), text);
+    // Tests never depend on the host's CNI config: each gets an empty conf dir unless it says otherwise.
+    const cniDir = join(dir, 'cni');
+    mkdirp(cniDir);
+    const args = [
+      BERTHD_BIN,
+      '--config', join(etc, 'config.toml'),
+      '--root', join(dir, 'root'),
+      '--state', join(dir, 'state'),
+      '--socket', join(dir, 'state', 'berth.sock'),
+      '--log-level', opts.logLevel ?? 'debug',
+      ...(opts.args ?? []),
+    ];
+    if (!/conf_dir/.test(opts.config ?? '') && !Object.values(opts.dropIns ?? {}).some((t) => /conf_dir/.test(t))) {
+      writeFileSync(join(etc, 'config.d', '00-test-cni.toml'), `[cni]\nconf_dir = "${cniDir}"\n`);
+    }
+    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const b = new Berthd(dir, proc);
+    await b.waitReady();
+    return b;
+  }
+
+  /** Waits until the socket answers Version (i.e. recovery has finished). */
+  private async waitReady(timeoutMs = 15_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    let exit: { code: number | null } | undefined;
+    void this.exited.then((e) => (exit = e));
+    while (Date.now() < until) {
+      if (exit) throw new Error(`berthd exited with ${exit.code} during start-up:\n${this.output}`);
+      if (existsSync(this.socket)) {
+        this.clients ??= criClients(this.socket);
+        try {
+          await this.clients.runtime.Version({}, { deadline: Date.now() + 1000 });
+          return;
+        } catch (err) {
+          if ((err as { code?: number }).code !== status.UNAVAILABLE) throw err;
+        }
+      }
+      await sleep(20);
+    }
+    throw new Error(`berthd did not become ready in ${timeoutMs} ms:\n${this.output}`);
+  }
+
+  /** Sends `signal` and waits for the exit; returns the exit code and time taken. */
+  async stop(signal: NodeJS.Signals = 'SIGTERM', timeoutMs = 10_000): Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }> {
+    this.clients?.close();
+    const t0 = Date.now();
+    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill(signal);
+    const res = await Promise.race([
+      this.exited,
+      sleep(timeoutMs).then(() => {
+        this.proc.kill('SIGKILL');
+        throw new Error(`berthd did not exit within ${timeoutMs} ms of ${signal}:\n${this.output}`);
+      }),
+    ]);
+    return { ...res, ms: Date.now() - t0 };
+  }
+
+  /** Stops berthd (if running), checks for leftovers, removes the temp dir. */
+  async dispose(opts: { keepDir?: boolean } = {}): Promise<void> {
+    await this.stop();
+    const problems = leftovers(this.dir, this.socket);
+    if (!opts.keepDir) rmSync(this.dir, { recursive: true, force: true });
+    if (problems.length > 0) throw new Error(`berthd left things behind:\n  ${problems.join('\n  ')}`);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.dispose();
+  }
+}
+
+/** Files berthd may leave in its dirs after a clean stop. */
+const EXPECTED = new Set(['root/berth.db', 'root/berthd.lock', 'state/berthd.lock']);
+
+/** Processes, mounts and files left under `dir` after berthd stopped. */
+export function leftovers(dir: string, socket: string): string[] {
+  const problems: string[] = [];
+  for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+    if (Number(pid) === process.pid) continue;
+    let cmd: string;
+    try {
+      cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+    } catch {
+      continue;
+    }
+    if (cmd.includes(dir)) problems.push(`process ${pid}: ${cmd.trim()}`);
+  }
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const mountPoint = line.split(' ')[4];
+    if (mountPoint?.startsWith(dir)) problems.push(`mount ${mountPoint}`);
+  }
+  if (existsSync(socket)) problems.push(`socket ${socket}`);
+  for (const sub of ['root', 'state']) {
+    const d = join(dir, sub);
+    if (!existsSync(d)) continue;
+    for (const name of readdirSync(d, { recursive: true }) as string[]) {
+      const rel = `${sub}/${name}`;
+      if (!EXPECTED.has(rel)) problems.push(`file ${rel}`);
+    }
+  }
+  return problems;
+}
+
+function mkdirp(d: string): void {
+  mkdirSync(d, { recursive: true });
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

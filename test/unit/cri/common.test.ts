@@ -1,0 +1,59 @@
+import assert from 'node:assert/strict';
+import { parseCidr } from '../../../src/common/cidr.js';
+import { DisposableStack } from '../../../src/common/disposable.js';
+import { createLogger, redact } from '../../../src/common/logger.js';
+
+describe('common', () => {
+  it('parseCidr accepts IPv4 and IPv6 prefixes and nothing else', () => {
+    assert.deepEqual(parseCidr('10.88.0.0/16'), { address: '10.88.0.0', prefix: 16, family: 4 });
+    assert.deepEqual(parseCidr('fd00:1::/64'), { address: 'fd00:1::', prefix: 64, family: 6 });
+    for (const bad of ['10.88.0.0', '10.88.0.0/33', 'fd00::/129', '10.0.0.0/8/8', 'x/8', '/8', '10.0.0.0/-1', '10.0.0.0/ 8', '']) {
+      assert.equal(parseCidr(bad), undefined, bad);
+    }
+  });
+
+  it('the logger never writes credentials', () => {
+    const lines: string[] = [];
+    const log = createLogger('debug', (l) => lines.push(l));
+    log.info('pull', { image: 'busybox', auth: { username: 'u', password: 'hunter2', identity_token: 'tok' }, registry_token: 'abc' });
+    const rec = JSON.parse(lines[0]!);
+    assert.equal(rec.image, 'busybox');
+    assert.equal(rec.auth, '[redacted]');
+    assert.equal(rec.registry_token, '[redacted]');
+    assert.ok(!lines[0]!.includes('hunter2') && !lines[0]!.includes('tok"'));
+    assert.deepEqual(redact({ nested: [{ password: 'p', user: 'u' }] }), { nested: [{ password: '[redacted]', user: 'u' }] });
+  });
+
+  it('the logger filters by level and adds child fields', () => {
+    const lines: string[] = [];
+    const log = createLogger('warn', (l) => lines.push(l)).child({ component: 'x' });
+    log.info('hidden');
+    log.warn('shown', { n: 1 });
+    assert.equal(lines.length, 1);
+    const rec = JSON.parse(lines[0]!);
+    assert.equal(rec.level, 'warn');
+    assert.equal(rec.component, 'x');
+    assert.equal(rec.n, 1);
+  });
+
+  it('DisposableStack undoes in reverse order, runs every step, and move() hands them over', async () => {
+    const order: string[] = [];
+    const stack = new DisposableStack();
+    stack.defer(() => void order.push('a'));
+    stack.defer(() => {
+      order.push('b');
+      throw new Error('b failed');
+    });
+    stack.defer(async () => void order.push('c'));
+    await assert.rejects(stack.dispose(), /b failed/);
+    assert.deepEqual(order, ['c', 'b', 'a']);
+
+    const kept = new DisposableStack();
+    kept.defer(() => void order.push('moved'));
+    const owner = kept.move();
+    await kept.dispose();
+    assert.ok(!order.includes('moved'));
+    await owner.dispose();
+    assert.ok(order.includes('moved'));
+  });
+});

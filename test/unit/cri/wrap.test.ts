@@ -1,0 +1,214 @@
+/**
+ * The RPC wrapper over a real grpc-js server and client on a unix socket, in process:
+ * readiness gating, deadline and cancellation as AbortSignal, the error mapping,
+ * malformed bytes, draining. Handlers here are test doubles; the wrapper is the real one.
+ */
+import * as grpc from '@grpc/grpc-js';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { BerthError } from '../../../src/common/errors.js';
+import { createLogger } from '../../../src/common/logger.js';
+import { criApi } from '../../../src/cri/proto.js';
+import { ServingState } from '../../../src/cri/serving-state.js';
+import { wrapService } from '../../../src/cri/wrap.js';
+import { criClients, grpcError, type CriClients } from '../../helpers/cri-client.js';
+
+type Handler = (req: unknown, ctx: { signal: AbortSignal; deadline: Date | undefined; method: string }) => Promise<unknown>;
+
+describe('cri: the RPC wrapper', () => {
+  let dir: string;
+  let server: grpc.Server | undefined;
+  let state: ServingState;
+  let clients: CriClients | undefined;
+  let logLines: string[];
+
+  /** Serves the RuntimeService through the real wrapper with the given handlers. */
+  async function serve(handlers: Record<string, Handler>): Promise<CriClients> {
+    const log = createLogger('debug', (l) => logLines.push(l));
+    server = new grpc.Server();
+    const svc = wrapService({ state, log }, criApi().runtime.v1.RuntimeService.service, handlers as never);
+    server.addService(svc.definition, svc.implementation);
+    const socket = join(dir, 's.sock');
+    await new Promise<void>((res, rej) => server!.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
+    clients = criClients(socket);
+    return clients;
+  }
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'berth-wrap-'));
+    state = new ServingState();
+    logLines = [];
+  });
+
+  afterEach(() => {
+    clients?.close();
+    server?.forceShutdown();
+    clients = undefined;
+    server = undefined;
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const version = { version: '0.1.0', runtime_name: 'x', runtime_version: '1', runtime_api_version: 'v1' };
+
+  it('answers UNAVAILABLE while recovering, then serves', async () => {
+    const h: Record<string, Handler> = {};
+    h.Version = async () => version;
+    const c = await serve(h);
+    const e = await grpcError(c.runtime.Version({}));
+    assert.equal(e.code, grpc.status.UNAVAILABLE);
+    assert.match(e.details, /recovering/);
+    state.ready();
+    assert.equal((await c.runtime.Version({})).runtime_name, 'x');
+  });
+
+  it('answers UNIMPLEMENTED naming the RPC when there is no handler', async () => {
+    const h: Record<string, Handler> = {};
+    state.ready();
+    const c = await serve(h);
+    const e = await grpcError(c.runtime.RunPodSandbox({}));
+    assert.equal(e.code, grpc.status.UNIMPLEMENTED);
+    assert.equal(e.details, 'RunPodSandbox is not implemented by berth yet');
+  });
+
+  it('maps error kinds to codes and anything else to INTERNAL', async () => {
+    const h: Record<string, Handler> = {};
+    state.ready();
+    h.ContainerStatus = async () => {
+      throw new BerthError('NotFound', 'container "abc" not found');
+    };
+    h.RemoveContainer = async () => {
+      throw new TypeError('oops');
+    };
+    const c = await serve(h);
+    const nf = await grpcError(c.runtime.ContainerStatus({ container_id: 'abc' }));
+    assert.equal(nf.code, grpc.status.NOT_FOUND);
+    assert.equal(nf.details, 'container "abc" not found');
+    const internal = await grpcError(c.runtime.RemoveContainer({ container_id: 'abc' }));
+    assert.equal(internal.code, grpc.status.INTERNAL);
+    assert.equal(internal.details, 'internal error: oops');
+    assert.ok(logLines.some((l) => l.includes('"rpc internal error"') && l.includes('TypeError: oops')), 'the stack is logged');
+    assert.equal(state.inflight, 0);
+  });
+
+  it('turns the deadline into an aborted signal with DeadlineExceeded', async () => {
+    const h: Record<string, Handler> = {};
+    state.ready();
+    let seen: unknown;
+    let deadline: Date | undefined;
+    h.StopContainer = (_req, ctx) =>
+      new Promise((_res, rej) => {
+        deadline = ctx.deadline;
+        ctx.signal.addEventListener('abort', () => {
+          seen = ctx.signal.reason;
+          rej(new Error('interrupted step'));
+        });
+      });
+    const t0 = Date.now();
+    const c = await serve(h);
+    const e = await grpcError(c.runtime.StopContainer({ container_id: 'x' }, { deadline: t0 + 200 }));
+    assert.equal(e.code, grpc.status.DEADLINE_EXCEEDED);
+    assert.ok(deadline instanceof Date && Math.abs(deadline.getTime() - (t0 + 200)) < 50);
+    await new Promise((r) => setTimeout(r, 50));
+    assert.ok(seen instanceof BerthError && seen.kind === 'DeadlineExceeded', 'the handler saw the deadline');
+    assert.equal(state.inflight, 0);
+  });
+
+  it('aborts the signal when the caller cancels', async () => {
+    const h: Record<string, Handler> = {};
+    state.ready();
+    let aborted: Promise<unknown> | undefined;
+    h.StopPodSandbox = (_req, ctx) => {
+      aborted = new Promise((res) => ctx.signal.addEventListener('abort', () => res(ctx.signal.reason)));
+      return new Promise(() => {});
+    };
+    const c = await serve(h);
+    const call = c.runtime.raw.StopPodSandbox({ pod_sandbox_id: 'p' }, () => {});
+    await new Promise((r) => setTimeout(r, 100));
+    call.cancel();
+    const reason = await aborted!;
+    assert.ok(reason instanceof BerthError && reason.kind === 'Cancelled');
+  });
+
+  it('answers INVALID_ARGUMENT to bytes that are not a message, and keeps serving', async () => {
+    const h: Record<string, Handler> = {};
+    state.ready();
+    h.Version = async () => version;
+    const c = await serve(h);
+    const client = new grpc.Client(`unix://${join(dir, 's.sock')}`, grpc.credentials.createInsecure());
+    const e = await new Promise<grpc.ServiceError>((resolve) =>
+      client.makeUnaryRequest(
+        '/runtime.v1.RuntimeService/Version',
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        Buffer.from([0xff, 0xff]), // a truncated varint tag
+        (err) => resolve(err!),
+      ),
+    );
+    client.close();
+    assert.equal(e.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(e.details, /^Version: malformed request: /);
+    assert.equal((await c.runtime.Version({})).runtime_name, 'x');
+  });
+
+  it('drains: in-flight calls finish, new calls are refused', async () => {
+    const h: Record<string, Handler> = {};
+    state.ready();
+    let release!: () => void;
+    h.StopContainer = () => new Promise((res) => (release = () => res({})));
+    h.Version = async () => version;
+    const c = await serve(h);
+    const slow = c.runtime.StopContainer({ container_id: 'x' });
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(state.inflight, 1);
+    state.drain();
+    let drained = false;
+    const d = state.drained().then(() => (drained = true));
+    const refused = await grpcError(c.runtime.Version({}));
+    assert.equal(refused.code, grpc.status.UNAVAILABLE);
+    assert.match(refused.details, /shutting down/);
+    assert.equal(drained, false);
+    release();
+    assert.deepEqual(await slow, {});
+    await d;
+    assert.equal(drained, true);
+  });
+
+  it('writes one log line per call with method, duration and outcome', async () => {
+    const h: Record<string, Handler> = {};
+    state.ready();
+    h.Version = async () => version;
+    h.RemovePodSandbox = async () => {
+      throw new BerthError('InvalidArgument', 'pod_sandbox_id is required');
+    };
+    const c = await serve(h);
+    await c.runtime.Version({});
+    await grpcError(c.runtime.RemovePodSandbox({}));
+    const recs = logLines.map((l) => JSON.parse(l)).filter((r) => r.msg === 'rpc');
+    assert.equal(recs.length, 2);
+    assert.equal(recs[0].method, 'Version');
+    assert.equal(recs[0].code, 'OK');
+    assert.equal(typeof recs[0].duration_ms, 'number');
+    assert.equal(recs[1].method, 'RemovePodSandbox');
+    assert.equal(recs[1].code, 'INVALID_ARGUMENT');
+    assert.equal(recs[1].error, 'pod_sandbox_id is required');
+  });
+
+  it('streams with back-pressure and ends the stream', async () => {
+    const h: Record<string, Handler> = {};
+    state.ready();
+    h.GetContainerEvents = (async (_req: unknown, _ctx: unknown, send: (r: unknown) => Promise<void>) => {
+      for (let i = 0; i < 3; i++) await send({ container_id: `c${i}`, container_event_type: 'CONTAINER_CREATED_EVENT' });
+    }) as unknown as Handler;
+    const got: string[] = [];
+    const c = await serve(h);
+    await new Promise<void>((resolve, reject) => {
+      const s = c.runtime.raw.GetContainerEvents({});
+      s.on('data', (d: { container_id: string }) => got.push(d.container_id));
+      s.on('error', reject);
+      s.on('end', resolve);
+    });
+    assert.deepEqual(got, ['c0', 'c1', 'c2']);
+  });
+});

@@ -1,0 +1,83 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { SchemaTooNewError, openDatabase, schemaVersion } from '../../../src/store/database.js';
+import { MIGRATIONS } from '../../../src/store/migrations.js';
+import { RuntimeSettingsRepository } from '../../../src/store/runtime-settings.js';
+
+function columns(db: ReturnType<typeof openDatabase>, table: string): string[] {
+  return (db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>).map((c) => c.name);
+}
+
+describe('store: database and migrations', () => {
+  let dir: string;
+  beforeEach(() => (dir = mkdtempSync(join(tmpdir(), 'berth-store-'))));
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('numbers migrations 1..n in order', () => {
+    MIGRATIONS.forEach((m, i) => assert.equal(m.version, i + 1, `migration "${m.name}"`));
+  });
+
+  it('opens in WAL mode with foreign keys and full sync', () => {
+    const db = openDatabase(join(dir, 'berth.db'));
+    assert.equal(db.pragma('journal_mode', { simple: true }), 'wal');
+    assert.equal(db.pragma('foreign_keys', { simple: true }), 1);
+    assert.equal(db.pragma('synchronous', { simple: true }), 2);
+    assert.equal(schemaVersion(db), MIGRATIONS.length);
+    db.close();
+  });
+
+  it('migration 1 creates runtime_settings', () => {
+    const db = openDatabase(join(dir, 'berth.db'), { migrations: MIGRATIONS.slice(0, 1) });
+    assert.equal(schemaVersion(db), 1);
+    assert.deepEqual(columns(db, 'runtime_settings'), ['key', 'value', 'updated_at']);
+    db.close();
+  });
+
+  it('upgrades an old database in place, keeping its rows', () => {
+    const file = join(dir, 'berth.db');
+    const v1 = openDatabase(file, { migrations: MIGRATIONS.slice(0, 1) });
+    new RuntimeSettingsRepository(v1).setPodCidr('10.1.0.0/24');
+    v1.close();
+    const db = openDatabase(file);
+    assert.equal(schemaVersion(db), MIGRATIONS.length);
+    assert.equal(new RuntimeSettingsRepository(db).podCidr(), '10.1.0.0/24');
+    db.close();
+    // Opening an up-to-date database again changes nothing.
+    const again = openDatabase(file);
+    assert.equal(schemaVersion(again), MIGRATIONS.length);
+    again.close();
+  });
+
+  it('refuses a database written by a newer berth', () => {
+    const file = join(dir, 'berth.db');
+    const db = openDatabase(file);
+    db.pragma(`user_version = ${MIGRATIONS.length + 5}`);
+    db.close();
+    assert.throws(() => openDatabase(file), (e: Error) => e instanceof SchemaTooNewError && /newer than this berthd knows/.test(e.message));
+  });
+
+  it('rolls back a migration that fails, leaving the version unchanged', () => {
+    const file = join(dir, 'berth.db');
+    const broken = [...MIGRATIONS, { version: MIGRATIONS.length + 1, name: 'broken', up: (d: ReturnType<typeof openDatabase>) => d.exec('CREATE TABLE half (x INTEGER); SELECT nope FROM nowhere;') }];
+    assert.throws(() => openDatabase(file, { migrations: broken }), /no such table: nowhere/);
+    const db = openDatabase(file);
+    assert.equal(schemaVersion(db), MIGRATIONS.length);
+    const half = db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'half'").get() as { n: number };
+    assert.equal(half.n, 0, 'the failed migration left no table behind');
+    db.close();
+  });
+
+  it('RuntimeSettingsRepository stores, replaces and clears the pod CIDR', () => {
+    const db = openDatabase(join(dir, 'berth.db'));
+    const repo = new RuntimeSettingsRepository(db);
+    assert.equal(repo.podCidr(), '');
+    repo.setPodCidr('10.244.1.0/24');
+    repo.setPodCidr('10.244.2.0/24,fd00::/64');
+    assert.equal(repo.podCidr(), '10.244.2.0/24,fd00::/64');
+    repo.setPodCidr('');
+    assert.equal(repo.podCidr(), '');
+    db.close();
+  });
+});
