@@ -11,6 +11,7 @@
 #   docker-registry ........... the local OCI registry the tests push their images to
 #   busybox-static ............ the userland of the test images (built offline)
 #   zstd, util-linux, psmisc .. zstd layers; unshare/nsenter/mount; fuser for leak checks
+#   apache2-utils ............. htpasswd -B, for the test registry that requires basic auth
 set -euo pipefail
 
 PACKAGES=(
@@ -18,6 +19,7 @@ PACKAGES=(
   iproute2 iptables
   docker-registry busybox-static zstd
   util-linux psmisc ca-certificates
+  apache2-utils
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -13,6 +13,7 @@ export type ErrorKind =
   | 'DeadlineExceeded'
   | 'Cancelled'
   | 'ResourceExhausted'
+  | 'DataLoss'
   | 'PermissionDenied'
   | 'Unauthenticated'
   | 'Unimplemented'

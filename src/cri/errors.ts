@@ -14,6 +14,7 @@ const CODE: Record<ErrorKind, status> = {
   DeadlineExceeded: status.DEADLINE_EXCEEDED,
   Cancelled: status.CANCELLED,
   ResourceExhausted: status.RESOURCE_EXHAUSTED,
+  DataLoss: status.DATA_LOSS,
   PermissionDenied: status.PERMISSION_DENIED,
   Unauthenticated: status.UNAUTHENTICATED,
   Unimplemented: status.UNIMPLEMENTED,
