@@ -12,6 +12,7 @@
 #   busybox-static ............ the userland of the test images (built offline)
 #   zstd, util-linux, psmisc .. zstd layers; unshare/nsenter/mount; fuser for leak checks
 #   apache2-utils ............. htpasswd -B, for the test registry that requires basic auth
+#   attr ...................... setfattr/getfattr: layer xattrs and overlay opaque dirs
 set -euo pipefail
 
 PACKAGES=(
@@ -19,7 +20,7 @@ PACKAGES=(
   iproute2 iptables
   docker-registry busybox-static zstd
   util-linux psmisc ca-certificates
-  apache2-utils
+  apache2-utils attr
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -18,6 +18,13 @@ import { ConfigError, formatConfig, loadConfig } from './config/load.js';
 import type { BerthConfig } from './config/schema.js';
 import { createCriServer } from './cri/server.js';
 import { ServingState } from './cri/serving-state.js';
+import { BlobRepository } from './images/content/blob-repository.js';
+import { ContentStore } from './images/content/content-store.js';
+import { ImageRepository } from './images/image-repository.js';
+import { ImageService } from './images/image-service.js';
+import { closeAgents } from './images/registry/http.js';
+import { OverlaySnapshotter } from './images/snapshots/overlay.js';
+import { SnapshotRepository } from './images/snapshots/snapshot-repository.js';
 import { openDatabase, type Db } from './store/database.js';
 import { DirectoryLock } from './store/lock.js';
 import { RuntimeSettingsRepository } from './store/runtime-settings.js';
@@ -156,6 +163,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
 
   let db: Db;
   let server: grpc.Server;
+  let images: ImageService;
   const state = new ServingState();
   try {
     const rootLock = DirectoryLock.acquire(config.root, 'root directory');
@@ -168,7 +176,18 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     const openDb = db;
     held.push(() => openDb.close());
 
-    const deps = { config, settings: new RuntimeSettingsRepository(db), log };
+    const snapshots = new OverlaySnapshotter(config.root, new SnapshotRepository(db), log.child({ component: 'snapshots' }));
+    images = new ImageService({
+      images: config.images,
+      registries: config.registries,
+      content: new ContentStore(config.root, new BlobRepository(db), log.child({ component: 'content' })),
+      snapshots,
+      repo: new ImageRepository(db),
+      log: log.child({ component: 'images' }),
+    });
+    held.push(() => closeAgents());
+    held.push(() => void snapshots.close());
+    const deps = { config, settings: new RuntimeSettingsRepository(db), log, images };
     server = createCriServer({ state, log }, deps);
     await bindSocket(server, config.socket);
     held.push(() => rmSync(config.socket, { force: true }));
@@ -193,7 +212,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void stop(sig).then(resolve));
   });
 
-  await recover(log);
+  await recover(log, [{ name: 'images', run: () => images.recover() }]);
   if (state.phase === 'recovering') {
     state.ready();
     log.info('recovery finished; berthd is ready');
@@ -206,8 +225,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
  * answered UNAVAILABLE until it finishes. The modules that own processes, mounts and
  * namespaces add their reconciliation steps here as they arrive.
  */
-async function recover(log: Logger): Promise<void> {
-  const steps: Array<{ name: string; run(): Promise<void> }> = [];
+async function recover(log: Logger, steps: Array<{ name: string; run(): Promise<void> }>): Promise<void> {
   for (const step of steps) {
     try {
       await step.run();

@@ -6,7 +6,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { parse as parseToml, stringify as stringifyToml } from 'smol-toml';
 import { errnoOf, messageOf } from '../common/errors.js';
-import { DEFAULT_CONFIG_FILE, SCHEMA, defaultConfig, describe, type BerthConfig } from './schema.js';
+import { DEFAULT_CONFIG_FILE, SCHEMA, defaultConfig, defaultRegistryConfig, describe, type BerthConfig } from './schema.js';
 
 /** A configuration that cannot be used; the message names the source and the key. */
 export class ConfigError extends Error {
@@ -35,23 +35,45 @@ function isTable(v: unknown): v is Table {
   return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Date);
 }
 
-/** Validates `doc` against the schema and merges it into `into`, in place. */
-function apply(into: Table, doc: Table, source: string, prefix = ''): void {
+const SCHEMA_KEYS = Object.keys(SCHEMA);
+
+/** A key as a person would write it in TOML: quoted when it holds a dot. */
+function displayPath(path: string[]): string {
+  return path.map((k) => (/^[A-Za-z0-9_-]+$/.test(k) ? k : JSON.stringify(k))).join('.');
+}
+
+/**
+ * Validates `doc` against the schema and merges it into `into`, in place. `path` is
+ * where `doc` sits; `schemaPath` is the same with user-chosen keys replaced by `*`.
+ */
+function apply(into: Table, doc: Table, source: string, path: string[] = [], schemaPath: string[] = []): void {
   for (const [key, value] of Object.entries(doc)) {
-    const dotted = prefix + key;
-    const check = SCHEMA[dotted];
-    const isSection = Object.keys(SCHEMA).some((k) => k.startsWith(dotted + '.'));
-    if (isSection) {
-      if (!isTable(value)) throw new ConfigError(`${source}: key '${dotted}': expected a table, got ${describe(value)}`);
-      const sub = into[key];
-      apply(isTable(sub) ? sub : (into[key] = {}), value, source, dotted + '.');
+    const here = [...path, key];
+    const exact = [...schemaPath, key].join('.');
+    const wild = [...schemaPath, '*'].join('.');
+    const isSection = (p: string): boolean => SCHEMA_KEYS.some((k) => k.startsWith(p + '.'));
+    const schemaKey = SCHEMA[exact] || isSection(exact) ? exact : isSection(wild) || SCHEMA[wild] ? wild : undefined;
+    if (schemaKey === undefined) throw new ConfigError(`${source}: unknown key '${displayPath(here)}'`);
+    if (isSection(schemaKey)) {
+      if (!isTable(value)) throw new ConfigError(`${source}: key '${displayPath(here)}': expected a table, got ${describe(value)}`);
+      let sub = into[key];
+      if (!isTable(sub)) {
+        sub = schemaKey.endsWith('*') ? defaultsFor(schemaKey) : {};
+        into[key] = sub;
+      }
+      apply(sub as Table, value, source, here, schemaKey.split('.'));
       continue;
     }
-    if (!check) throw new ConfigError(`${source}: unknown key '${dotted}'`);
-    const why = check(value);
-    if (why) throw new ConfigError(`${source}: key '${dotted}': ${why}`);
+    const why = SCHEMA[schemaKey]!(value);
+    if (why) throw new ConfigError(`${source}: key '${displayPath(here)}': ${why}`);
     into[key] = Array.isArray(value) ? [...(value as unknown[])] : value;
   }
+}
+
+/** Defaults of a user-keyed table (e.g. one registry), so every key is present. */
+function defaultsFor(schemaKey: string): Table {
+  if (schemaKey === 'registries.*') return defaultRegistryConfig() as unknown as Table;
+  return {};
 }
 
 function readToml(file: string): Table {
@@ -111,7 +133,16 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
   return { config: config as unknown as BerthConfig, sources };
 }
 
-/** The configuration as TOML, as `berthd config` prints it. */
+/** The configuration with registry passwords masked, for output anyone may read. */
+export function redactedConfig(config: BerthConfig): BerthConfig {
+  const registries: BerthConfig['registries'] = {};
+  for (const [host, r] of Object.entries(config.registries)) {
+    registries[host] = { ...r, password: r.password === '' ? '' : '[redacted]' };
+  }
+  return { ...config, registries };
+}
+
+/** The configuration as TOML, as `berthd config` prints it (passwords masked). */
 export function formatConfig(config: BerthConfig): string {
-  return stringifyToml(config as unknown as Table) + '\n';
+  return stringifyToml(redactedConfig(config) as unknown as Table) + '\n';
 }

@@ -18,6 +18,36 @@ export interface CniConfig {
   bin_dirs: string[];
 }
 
+export interface ImagesConfig {
+  /** Layers downloaded at once per pull. */
+  max_concurrent_downloads: number;
+  /** Largest manifest or index berth reads, in bytes. */
+  max_manifest_bytes: number;
+  /** Largest image config berth reads, in bytes. */
+  max_config_bytes: number;
+  /** Largest uncompressed layer (tar stream) berth unpacks, in bytes. */
+  max_layer_bytes: number;
+  /** How deep an index may nest inside another index. */
+  max_index_depth: number;
+  /** Attempts per registry request on network errors, 429 and 5xx. */
+  pull_attempts: number;
+  /** A transfer that delivers no byte for this long is abandoned. */
+  stall_timeout_seconds: number;
+}
+
+/** Per-registry settings, keyed by host[:port] as it appears in image references. */
+export interface RegistryConfig {
+  /** Tried in order before the registry itself, e.g. "http://127.0.0.1:5000". */
+  mirrors: string[];
+  /** Speak plain HTTP to this registry (loopback hosts do by default). */
+  plain_http: boolean;
+  /** Accept any TLS certificate from this registry. */
+  insecure_skip_verify: boolean;
+  /** Credentials for this registry (and its use as a mirror). Never logged. */
+  username: string;
+  password: string;
+}
+
 export interface BerthConfig {
   /** gRPC unix socket kubelet and crictl connect to. */
   socket: string;
@@ -31,6 +61,12 @@ export interface BerthConfig {
   /** Seconds in-flight calls get to finish on SIGTERM before they are cut off. */
   shutdown_timeout_seconds: number;
   cni: CniConfig;
+  images: ImagesConfig;
+  registries: Record<string, RegistryConfig>;
+}
+
+export function defaultRegistryConfig(): RegistryConfig {
+  return { mirrors: [], plain_http: false, insecure_skip_verify: false, username: '', password: '' };
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/berth/config.toml';
@@ -47,6 +83,16 @@ export function defaultConfig(): BerthConfig {
       conf_dir: '/etc/cni/net.d',
       bin_dirs: ['/usr/lib/cni', '/opt/cni/bin'],
     },
+    images: {
+      max_concurrent_downloads: 3,
+      max_manifest_bytes: 4 * 1024 * 1024,
+      max_config_bytes: 8 * 1024 * 1024,
+      max_layer_bytes: 32 * 1024 * 1024 * 1024,
+      max_index_depth: 4,
+      pull_attempts: 3,
+      stall_timeout_seconds: 30,
+    },
+    registries: {},
   };
 }
 
@@ -75,7 +121,29 @@ const pathList: Check = (v) => {
   return undefined;
 };
 
-/** Every key berth knows, by dotted name. A table is declared by the keys under it. */
+const urlList: Check = (v) => {
+  if (!Array.isArray(v)) return `expected an array of URLs, got ${describe(v)}`;
+  for (const [i, item] of v.entries()) {
+    if (typeof item !== 'string') return `item ${i}: expected a URL string, got ${describe(item)}`;
+    let u: URL;
+    try {
+      u = new URL(item);
+    } catch {
+      return `item ${i}: "${item}" is not a URL like http://127.0.0.1:5000 or https://mirror.example.com`;
+    }
+    if (u.protocol !== 'http:' && u.protocol !== 'https:') return `item ${i}: "${item}" must be http:// or https://`;
+    if (u.username || u.password) return `item ${i}: put credentials in the mirror's own [registries."host"] table, not in the URL`;
+  }
+  return undefined;
+};
+
+const boolean: Check = (v) => (typeof v === 'boolean' ? undefined : `expected true or false, got ${describe(v)}`);
+const string: Check = (v) => (typeof v === 'string' ? undefined : `expected a string, got ${describe(v)}`);
+
+/**
+ * Every key berth knows, by dotted name. A table is declared by the keys under it;
+ * `*` stands for a key the user chooses (a registry host such as "docker.io").
+ */
 export const SCHEMA: Readonly<Record<string, Check>> = {
   socket: absolutePath,
   root: absolutePath,
@@ -85,6 +153,18 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   shutdown_timeout_seconds: integerIn(0, 3600),
   'cni.conf_dir': absolutePath,
   'cni.bin_dirs': pathList,
+  'images.max_concurrent_downloads': integerIn(1, 64),
+  'images.max_manifest_bytes': integerIn(1024, 64 * 1024 * 1024),
+  'images.max_config_bytes': integerIn(1024, 64 * 1024 * 1024),
+  'images.max_layer_bytes': integerIn(1024 * 1024, Number.MAX_SAFE_INTEGER),
+  'images.max_index_depth': integerIn(1, 16),
+  'images.pull_attempts': integerIn(1, 10),
+  'images.stall_timeout_seconds': integerIn(1, 3600),
+  'registries.*.mirrors': urlList,
+  'registries.*.plain_http': boolean,
+  'registries.*.insecure_skip_verify': boolean,
+  'registries.*.username': string,
+  'registries.*.password': string,
 };
 
 export function describe(v: unknown): string {

@@ -1,5 +1,6 @@
 import type { Logger } from '../common/logger.js';
 import type { BerthConfig } from '../config/schema.js';
+import type { ImageService } from '../images/image-service.js';
 import type { RuntimeSettingsRepository } from '../store/runtime-settings.js';
 
 /** What the CRI handlers are given by the composition root (src/main.ts). */
@@ -7,4 +8,5 @@ export interface CriDeps {
   config: BerthConfig;
   settings: RuntimeSettingsRepository;
   log: Logger;
+  images: ImageService;
 }

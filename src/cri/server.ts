@@ -8,6 +8,11 @@ import type { CriDeps } from './deps.js';
 import type { ImageServiceHandlers } from './gen/runtime/v1/ImageService.js';
 import type { RuntimeServiceHandlers } from './gen/runtime/v1/RuntimeService.js';
 import { criApi } from './proto.js';
+import { imageFsInfo } from './image/image-fs-info.js';
+import { imageStatus } from './image/image-status.js';
+import { listImages, streamImages } from './image/list-images.js';
+import { pullImage } from './image/pull-image.js';
+import { removeImage } from './image/remove-image.js';
 import type { ServiceHandlers } from './rpc.js';
 import { runtimeConfig } from './runtime/runtime-config.js';
 import { status } from './runtime/status.js';
@@ -27,8 +32,15 @@ export function runtimeHandlers(deps: CriDeps): ServiceHandlers<RuntimeServiceHa
   };
 }
 
-export function imageHandlers(_deps: CriDeps): ServiceHandlers<ImageServiceHandlers> {
-  return {};
+export function imageHandlers(deps: CriDeps): ServiceHandlers<ImageServiceHandlers> {
+  return {
+    PullImage: pullImage(deps.images),
+    ImageStatus: imageStatus(deps.images),
+    ListImages: listImages(deps.images),
+    StreamImages: streamImages(deps.images),
+    RemoveImage: removeImage(deps.images),
+    ImageFsInfo: imageFsInfo(deps.images),
+  };
 }
 
 /** Builds the server with both services; binding and shutdown are the caller's. */

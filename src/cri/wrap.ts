@@ -42,7 +42,13 @@ function makeContext(method: string, call: grpc.ServerUnaryCall<unknown, unknown
     if (left <= 0) fire();
     else (timer = setTimeout(fire, Math.min(left, 2 ** 31 - 1))).unref();
   }
-  const onCancel = (): void => ac.abort(new BerthError('Cancelled', `${method}: cancelled by the caller`));
+  // grpc-js cancels the call itself when the deadline passes, sometimes before our timer.
+  const onCancel = (): void =>
+    ac.abort(
+      deadline !== undefined && Date.now() >= deadline.getTime() - 5
+        ? new BerthError('DeadlineExceeded', `${method}: the caller's deadline passed`)
+        : new BerthError('Cancelled', `${method}: cancelled by the caller`),
+    );
   call.on('cancelled', onCancel);
   return {
     ctx: { method, signal: ac.signal, deadline },

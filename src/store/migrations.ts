@@ -28,4 +28,62 @@ export const MIGRATIONS: readonly Migration[] = [
       `);
     },
   },
+  {
+    version: 2,
+    name: 'images: blobs, snapshots, images and their names and layers',
+    up(db) {
+      db.exec(`
+        CREATE TABLE blobs (
+          digest     TEXT PRIMARY KEY NOT NULL,
+          size       INTEGER NOT NULL,
+          media_type TEXT NOT NULL,
+          created_at INTEGER NOT NULL
+        ) STRICT;
+
+        CREATE TABLE snapshots (
+          id         INTEGER PRIMARY KEY AUTOINCREMENT,
+          key        TEXT UNIQUE,
+          parent_id  INTEGER REFERENCES snapshots(id),
+          kind       TEXT NOT NULL CHECK (kind IN ('preparing', 'committed', 'active')),
+          size_bytes INTEGER NOT NULL DEFAULT 0,
+          inodes     INTEGER NOT NULL DEFAULT 0,
+          created_at INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX snapshots_by_parent ON snapshots(parent_id);
+
+        CREATE TABLE images (
+          id              TEXT PRIMARY KEY NOT NULL,
+          manifest_digest TEXT NOT NULL,
+          config          TEXT NOT NULL,
+          size            INTEGER NOT NULL,
+          pinned          INTEGER NOT NULL DEFAULT 0,
+          created_at      INTEGER NOT NULL
+        ) STRICT;
+
+        CREATE TABLE image_names (
+          name     TEXT PRIMARY KEY NOT NULL,
+          kind     TEXT NOT NULL CHECK (kind IN ('tag', 'digest')),
+          image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+        ) STRICT;
+        CREATE INDEX image_names_by_image ON image_names(image_id);
+
+        CREATE TABLE image_blobs (
+          image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+          digest   TEXT NOT NULL REFERENCES blobs(digest),
+          PRIMARY KEY (image_id, digest)
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX image_blobs_by_digest ON image_blobs(digest);
+
+        CREATE TABLE image_layers (
+          image_id    TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+          idx         INTEGER NOT NULL,
+          blob_digest TEXT NOT NULL,
+          diff_id     TEXT NOT NULL,
+          chain_id    TEXT NOT NULL REFERENCES snapshots(key),
+          PRIMARY KEY (image_id, idx)
+        ) STRICT;
+        CREATE INDEX image_layers_by_chain ON image_layers(chain_id);
+      `);
+    },
+  },
 ];

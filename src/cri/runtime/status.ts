@@ -1,3 +1,4 @@
+import { redactedConfig } from '../../config/load.js';
 import { findNetwork } from '../../sandbox/cni/conf-dir.js';
 import type { CriDeps } from '../deps.js';
 import type { StatusRequest__Output } from '../gen/runtime/v1/StatusRequest.js';
@@ -15,7 +16,7 @@ export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, Statu
   const net = await findNetwork(deps.config.cni.conf_dir);
   const info: Record<string, string> = {};
   if (req.verbose) {
-    info.config = JSON.stringify(deps.config);
+    info.config = JSON.stringify(redactedConfig(deps.config));
     info.cni = JSON.stringify(
       net.found
         ? { status: 'OK', file: net.network.file, name: net.network.name, plugins: net.network.plugins.map((p) => p.type), skipped: net.skipped }

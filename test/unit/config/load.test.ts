@@ -49,7 +49,8 @@ describe('config loading', () => {
   it('rejects an unknown key, naming the file and the key', () => {
     assert.throws(() => load('sokcet = "/x"\n'), (e: Error) => e instanceof ConfigError && e.message === `${file}: unknown key 'sokcet'`);
     assert.throws(() => load('[cni]\nconfdir = "/x"\n'), /unknown key 'cni.confdir'/);
-    assert.throws(() => load('[images]\nx = 1\n'), /unknown key 'images'/);
+    assert.throws(() => load('[images]\nx = 1\n'), /unknown key 'images.x'/);
+    assert.throws(() => load('[volumes]\nx = 1\n'), /unknown key 'volumes'/);
   });
 
   it('rejects a bad value with the reason', () => {
@@ -69,6 +70,29 @@ describe('config loading', () => {
   it('rejects invalid TOML and a missing --config file', () => {
     assert.throws(() => load('root = \n'), new RegExp(`^ConfigError: ${file}: not valid TOML`));
     assert.throws(() => loadConfig({ file: join(dir, 'nope.toml') }), /config file given with --config does not exist/);
+  });
+
+  it('reads per-registry tables keyed by host, with defaults for keys not given', () => {
+    const { config } = load(
+      '[registries."docker.io"]\nmirrors = ["http://127.0.0.1:5000"]\n' +
+        '[registries."127.0.0.1:5001"]\nusername = "u"\npassword = "p"\ninsecure_skip_verify = true\n',
+    );
+    assert.deepEqual(config.registries['docker.io'], { mirrors: ['http://127.0.0.1:5000'], plain_http: false, insecure_skip_verify: false, username: '', password: '' });
+    assert.equal(config.registries['127.0.0.1:5001']!.username, 'u');
+    assert.equal(config.registries['127.0.0.1:5001']!.insecure_skip_verify, true);
+    assert.throws(() => load('[registries."docker.io"]\nmirors = []\n'), /unknown key 'registries\."docker\.io"\.mirors'/);
+    assert.throws(() => load('[registries."docker.io"]\nmirrors = ["ftp://x"]\n'), /key 'registries\."docker\.io"\.mirrors': item 0: "ftp:\/\/x" must be http:\/\/ or https:\/\//);
+    assert.throws(() => load('[registries."docker.io"]\nmirrors = ["http://u:p@m"]\n'), /put credentials in the mirror's own/);
+    assert.throws(() => load('registries = 1\n'), /key 'registries': expected a table/);
+    assert.throws(() => load('[images]\nmax_concurrent_downloads = 0\n'), /key 'images.max_concurrent_downloads': expected an integer from 1 to 64, got number 0/);
+  });
+
+  it('never prints registry passwords', () => {
+    const { config } = load('[registries."r.example"]\nusername = "u"\npassword = "hunter2"\n');
+    const text = formatConfig(config);
+    assert.ok(!text.includes('hunter2'));
+    assert.match(text, /password = "\[redacted\]"/);
+    assert.equal(config.registries['r.example']!.password, 'hunter2', 'the daemon itself keeps the real value');
   });
 
   it('prints TOML that loads back to the same config', () => {

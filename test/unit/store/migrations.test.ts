@@ -35,6 +35,25 @@ describe('store: database and migrations', () => {
     db.close();
   });
 
+  it('migration 2 creates the image tables with their references', () => {
+    const db = openDatabase(join(dir, 'berth.db'), { migrations: MIGRATIONS.slice(0, 2) });
+    assert.equal(schemaVersion(db), 2);
+    assert.deepEqual(columns(db, 'blobs'), ['digest', 'size', 'media_type', 'created_at']);
+    assert.deepEqual(columns(db, 'snapshots'), ['id', 'key', 'parent_id', 'kind', 'size_bytes', 'inodes', 'created_at']);
+    assert.deepEqual(columns(db, 'images'), ['id', 'manifest_digest', 'config', 'size', 'pinned', 'created_at']);
+    assert.deepEqual(columns(db, 'image_names'), ['name', 'kind', 'image_id']);
+    assert.deepEqual(columns(db, 'image_blobs'), ['image_id', 'digest']);
+    assert.deepEqual(columns(db, 'image_layers'), ['image_id', 'idx', 'blob_digest', 'diff_id', 'chain_id']);
+    // Foreign keys hold: a name cannot point at a missing image, and names go with their image.
+    assert.throws(() => db.prepare("INSERT INTO image_names VALUES ('x:1', 'tag', 'sha256:none')").run(), /FOREIGN KEY/);
+    db.prepare("INSERT INTO images VALUES ('sha256:i', 'sha256:m', '{}', 1, 0, 0)").run();
+    db.prepare("INSERT INTO image_names VALUES ('x:1', 'tag', 'sha256:i')").run();
+    db.prepare("DELETE FROM images WHERE id = 'sha256:i'").run();
+    assert.equal((db.prepare('SELECT count(*) AS n FROM image_names').get() as { n: number }).n, 0);
+    assert.throws(() => db.prepare("INSERT INTO snapshots (kind, created_at) VALUES ('weird', 0)").run(), /CHECK/);
+    db.close();
+  });
+
   it('upgrades an old database in place, keeping its rows', () => {
     const file = join(dir, 'berth.db');
     const v1 = openDatabase(file, { migrations: MIGRATIONS.slice(0, 1) });

@@ -1,0 +1,174 @@
+/**
+ * The content store: blobs (manifests, configs, layers) by digest, under
+ * `<root>/content/blobs/<alg>/<hex>`.
+ *
+ * A blob is written to `content/ingest/` while its digest and size are checked as the
+ * bytes stream in; only when both match is it fsynced, renamed into place, and
+ * recorded in `blobs`. So a file under blobs/ with a row is always verified content, and
+ * a crash leaves at most a temp file in ingest/ (removed by recovery). Two pulls that
+ * want the same blob at once share one download.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream, mkdirSync, readdirSync } from 'node:fs';
+import { open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { BerthError, errnoOf } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
+import type { BlobRepository } from './blob-repository.js';
+
+export interface BlobDescriptor {
+  digest: string;
+  size: number;
+  mediaType: string;
+}
+
+async function fsyncPath(path: string): Promise<void> {
+  const fh = await open(path, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+export class ContentStore {
+  private readonly blobsDir: string;
+  private readonly ingestDir: string;
+  private readonly inflight = new Map<string, Promise<void>>();
+
+  constructor(
+    root: string,
+    private readonly repo: BlobRepository,
+    private readonly log: Logger,
+  ) {
+    this.blobsDir = join(root, 'content', 'blobs');
+    this.ingestDir = join(root, 'content', 'ingest');
+    mkdirSync(join(this.blobsDir, 'sha256'), { recursive: true, mode: 0o700 });
+    mkdirSync(this.ingestDir, { recursive: true, mode: 0o700 });
+  }
+
+  path(digest: string): string {
+    const [alg, hex] = digest.split(':');
+    return join(this.blobsDir, alg!, hex!);
+  }
+
+  has(digest: string): boolean {
+    return this.repo.get(digest) !== undefined;
+  }
+
+
+  /**
+   * Makes sure the blob is in the store, downloading it with `open` if it is not. A
+   * concurrent call for the same digest waits for the first instead of downloading again.
+   */
+  async ensure(desc: BlobDescriptor, openStream: () => Promise<Readable>, signal?: AbortSignal): Promise<void> {
+    if (this.has(desc.digest)) return;
+    const running = this.inflight.get(desc.digest);
+    if (running) {
+      await running;
+      return;
+    }
+    const p = this.ingest(desc, openStream, signal).finally(() => this.inflight.delete(desc.digest));
+    this.inflight.set(desc.digest, p);
+    await p;
+  }
+
+  private async ingest(desc: BlobDescriptor, openStream: () => Promise<Readable>, signal?: AbortSignal): Promise<void> {
+    const [alg, hex] = desc.digest.split(':') as [string, string];
+    const tmp = join(this.ingestDir, `${hex}.${randomBytes(6).toString('hex')}`);
+    const hash = createHash(alg === 'sha512' ? 'sha512' : 'sha256');
+    let bytes = 0;
+    const check = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        bytes += chunk.length;
+        if (bytes > desc.size) {
+          cb(new BerthError('DataLoss', `blob ${desc.digest}: more than its declared ${desc.size} bytes`));
+          return;
+        }
+        hash.update(chunk);
+        cb(null, chunk);
+      },
+    });
+    try {
+      const src = await openStream();
+      await pipeline(src, check, createWriteStream(tmp, { mode: 0o600, highWaterMark: 4 << 20 }), ...(signal ? [{ signal }] : []));
+      if (bytes !== desc.size) throw new BerthError('DataLoss', `blob ${desc.digest}: got ${bytes} bytes, expected ${desc.size}`);
+      const actual = `${alg}:${hash.digest('hex')}`;
+      if (actual !== desc.digest) throw new BerthError('DataLoss', `blob ${desc.digest}: content has digest ${actual}`);
+      await fsyncPath(tmp);
+      await rename(tmp, this.path(desc.digest));
+      await fsyncPath(join(this.blobsDir, alg));
+      this.repo.insert(desc.digest, desc.size, desc.mediaType);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      if (signal?.aborted) throw signal.reason;
+      throw err;
+    }
+  }
+
+  /** Stores a blob already in memory and verified by the caller. */
+  async putVerified(desc: BlobDescriptor, data: Buffer): Promise<void> {
+    if (this.has(desc.digest)) return;
+    const { Readable } = await import('node:stream');
+    await this.ensure(desc, async () => Readable.from([data]));
+  }
+
+  read(digest: string): Readable {
+    return createReadStream(this.path(digest), { highWaterMark: 1 << 20 });
+  }
+
+  async readBuffer(digest: string): Promise<Buffer> {
+    return readFile(this.path(digest));
+  }
+
+  /** Removes a blob: row first (it stops being "present"), then the file. */
+  async delete(digest: string): Promise<void> {
+    this.repo.delete(digest);
+    await rm(this.path(digest), { force: true });
+  }
+
+  usage(): { bytes: number; count: number } {
+    return this.repo.usage();
+  }
+
+  /** Blobs that no image references. */
+  digestsUnreferenced(): string[] {
+    return this.repo.unreferenced();
+  }
+
+  /**
+   * Recovery: temp files of interrupted downloads go; files without a row (a crash
+   * between rename and insert) go; rows whose file vanished go.
+   */
+  async recover(): Promise<{ removedTemp: number; removedFiles: number; removedRows: number }> {
+    let removedTemp = 0;
+    let removedFiles = 0;
+    let removedRows = 0;
+    for (const name of readdirSync(this.ingestDir)) {
+      await rm(join(this.ingestDir, name), { force: true, recursive: true });
+      removedTemp++;
+    }
+    const known = new Set(this.repo.digests());
+    for (const alg of readdirSync(this.blobsDir)) {
+      for (const hex of readdirSync(join(this.blobsDir, alg))) {
+        if (!known.has(`${alg}:${hex}`)) {
+          await rm(join(this.blobsDir, alg, hex), { force: true });
+          removedFiles++;
+        }
+      }
+    }
+    for (const digest of known) {
+      try {
+        await stat(this.path(digest));
+      } catch (err) {
+        if (errnoOf(err) !== 'ENOENT') throw err;
+        this.repo.delete(digest);
+        removedRows++;
+      }
+    }
+    if (removedTemp + removedFiles + removedRows > 0) this.log.info('content store recovered', { removedTemp, removedFiles, removedRows });
+    return { removedTemp, removedFiles, removedRows };
+  }
+}

@@ -1,0 +1,156 @@
+import type { Db } from '../store/database.js';
+import type { ImageConfig } from './manifest.js';
+
+export interface ImageLayerRecord {
+  blobDigest: string;
+  diffId: string;
+  chainId: string;
+}
+
+export interface ImageRecord {
+  /** The config digest: the image ID kubelet sees. */
+  id: string;
+  /** Digest of the platform manifest that was unpacked. */
+  manifestDigest: string;
+  config: ImageConfig;
+  /** Bytes of the image's blobs: manifest(s), config and compressed layers. */
+  size: number;
+  pinned: boolean;
+  createdAt: number;
+  /** "docker.io/library/busybox:latest" … */
+  tags: string[];
+  /** "docker.io/library/busybox@sha256:…" … */
+  digests: string[];
+  layers: ImageLayerRecord[];
+}
+
+export interface NewImage {
+  id: string;
+  manifestDigest: string;
+  config: ImageConfig;
+  size: number;
+  layers: ImageLayerRecord[];
+  blobs: string[];
+  tag: string | undefined;
+  digestName: string;
+}
+
+interface ImageRow {
+  id: string;
+  manifest_digest: string;
+  config: string;
+  size: number;
+  pinned: number;
+  created_at: number;
+}
+
+/** Images, their names, and what they reference. Owns images, image_names, image_blobs, image_layers. */
+export class ImageRepository {
+  private readonly getStmt;
+  private readonly allStmt;
+  private readonly namesStmt;
+  private readonly allNamesStmt;
+  private readonly layersStmt;
+  private readonly byNameStmt;
+  private readonly upsertImage;
+  private readonly upsertName;
+  private readonly insertBlob;
+  private readonly insertLayer;
+  private readonly deleteImage;
+  private readonly idsStmt;
+
+  constructor(private readonly db: Db) {
+    this.getStmt = db.prepare<[string], ImageRow>('SELECT * FROM images WHERE id = ?');
+    this.allStmt = db.prepare<[], ImageRow>('SELECT * FROM images ORDER BY created_at, id');
+    this.namesStmt = db.prepare<[string], { name: string; kind: string }>('SELECT name, kind FROM image_names WHERE image_id = ? ORDER BY name');
+    this.allNamesStmt = db.prepare<[], { name: string; kind: string; image_id: string }>('SELECT name, kind, image_id FROM image_names ORDER BY name');
+    this.layersStmt = db.prepare<[string], { blob_digest: string; diff_id: string; chain_id: string }>('SELECT blob_digest, diff_id, chain_id FROM image_layers WHERE image_id = ? ORDER BY idx');
+    this.byNameStmt = db.prepare<[string], { image_id: string }>('SELECT image_id FROM image_names WHERE name = ?');
+    this.idsStmt = db.prepare<[string], { id: string }>('SELECT id FROM images WHERE id LIKE ?');
+    this.upsertImage = db.prepare<[string, string, string, number, number]>(
+      'INSERT INTO images (id, manifest_digest, config, size, created_at) VALUES (?, ?, ?, ?, ?) ' +
+        'ON CONFLICT(id) DO UPDATE SET manifest_digest = excluded.manifest_digest',
+    );
+    this.upsertName = db.prepare<[string, string, string]>(
+      'INSERT INTO image_names (name, kind, image_id) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, kind = excluded.kind',
+    );
+    this.insertBlob = db.prepare<[string, string]>('INSERT OR IGNORE INTO image_blobs (image_id, digest) VALUES (?, ?)');
+    this.insertLayer = db.prepare<[string, number, string, string, string]>(
+      'INSERT OR IGNORE INTO image_layers (image_id, idx, blob_digest, diff_id, chain_id) VALUES (?, ?, ?, ?, ?)',
+    );
+    this.deleteImage = db.prepare<[string]>('DELETE FROM images WHERE id = ?');
+  }
+
+  private record(row: ImageRow): ImageRecord {
+    const names = this.namesStmt.all(row.id);
+    return {
+      id: row.id,
+      manifestDigest: row.manifest_digest,
+      config: JSON.parse(row.config) as ImageConfig,
+      size: row.size,
+      pinned: row.pinned !== 0,
+      createdAt: row.created_at,
+      tags: names.filter((n) => n.kind === 'tag').map((n) => n.name),
+      digests: names.filter((n) => n.kind === 'digest').map((n) => n.name),
+      layers: this.layersStmt.all(row.id).map((l) => ({ blobDigest: l.blob_digest, diffId: l.diff_id, chainId: l.chain_id })),
+    };
+  }
+
+  get(id: string): ImageRecord | undefined {
+    const row = this.getStmt.get(id);
+    return row ? this.record(row) : undefined;
+  }
+
+  /** The image a tag or digest name points at. */
+  byName(name: string): ImageRecord | undefined {
+    const hit = this.byNameStmt.get(name);
+    return hit ? this.get(hit.image_id) : undefined;
+  }
+
+  /** Image IDs starting with `prefix` (for short IDs as users type them). */
+  idsWithPrefix(prefix: string): string[] {
+    return this.idsStmt.all(prefix.replace(/[%_]/g, '') + '%').map((r) => r.id);
+  }
+
+  list(): ImageRecord[] {
+    const names = new Map<string, Array<{ name: string; kind: string }>>();
+    for (const n of this.allNamesStmt.all()) {
+      let l = names.get(n.image_id);
+      if (!l) names.set(n.image_id, (l = []));
+      l.push(n);
+    }
+    return this.allStmt.all().map((row) => {
+      const ns = names.get(row.id) ?? [];
+      return {
+        id: row.id,
+        manifestDigest: row.manifest_digest,
+        config: JSON.parse(row.config) as ImageConfig,
+        size: row.size,
+        pinned: row.pinned !== 0,
+        createdAt: row.created_at,
+        tags: ns.filter((n) => n.kind === 'tag').map((n) => n.name),
+        digests: ns.filter((n) => n.kind === 'digest').map((n) => n.name),
+        layers: [],
+      };
+    });
+  }
+
+  /**
+   * Records a pulled image and points its names at it, in one transaction: an image
+   * is either fully listed or not at all. A tag that pointed at another image moves.
+   */
+  save(img: NewImage): void {
+    this.db.transaction(() => {
+      this.upsertImage.run(img.id, img.manifestDigest, JSON.stringify(img.config), img.size, Date.now());
+      for (const d of img.blobs) this.insertBlob.run(img.id, d);
+      img.layers.forEach((l, i) => this.insertLayer.run(img.id, i, l.blobDigest, l.diffId, l.chainId));
+      if (img.tag) this.upsertName.run(img.tag, 'tag', img.id);
+      this.upsertName.run(img.digestName, 'digest', img.id);
+    })();
+  }
+
+  /** Deletes an image with all its names and references. */
+  delete(id: string): boolean {
+    return this.deleteImage.run(id).changes > 0;
+  }
+}

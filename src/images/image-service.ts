@@ -1,0 +1,350 @@
+/**
+ * The image service: pull, look up, list, remove, and account for images.
+ *
+ * A pull, step by step:
+ * 1. resolve the reference at the first endpoint that has it (mirrors, then the registry);
+ * 2. walk down indexes to this node's platform (bounded depth), checking every digest;
+ * 3. fetch the config; its diff IDs give each layer's chain ID;
+ * 4. download the layers in parallel (images.max_concurrent_downloads), unpack each on
+ *    a worker thread as soon as its blob is verified, in parallel, and commit their
+ *    snapshots bottom-up once each layer's diff ID has been checked;
+ * 5. store manifests and config, then record the image and its names in one
+ *    transaction: until that commit nothing of the pull is listed.
+ *
+ * A pull that fails removes what it added and nothing else uses (a cancelled one keeps
+ * verified blobs and snapshots for its retry, as does a crash). Work in flight is
+ * protected from a concurrent RemoveImage by leases.
+ */
+import type { Readable } from 'node:stream';
+import { BerthError, isKind, messageOf } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import type { ImagesConfig, RegistryConfig } from '../config/schema.js';
+import type { ContentStore } from './content/content-store.js';
+import type { ImageRecord, ImageRepository } from './image-repository.js';
+import {
+  ACCEPTED_MANIFEST_TYPES,
+  chainIds,
+  hostPlatform,
+  isDigest,
+  manifestKind,
+  parseImageConfig,
+  parseIndex,
+  parseManifest,
+  sha256Digest,
+  selectPlatform,
+  verifyDigest,
+  type Descriptor,
+  type ImageConfig,
+  type LayerCompression,
+  type Platform,
+} from './manifest.js';
+import { digestedName, formatReference, isImageId, parseReference, taggedName, type ImageReference } from './reference.js';
+import type { Credentials } from './registry/auth.js';
+import { RegistryClient, type Endpoint } from './registry/client.js';
+import type { OverlaySnapshotter } from './snapshots/overlay.js';
+
+export interface ImageServiceOptions {
+  images: ImagesConfig;
+  registries: Record<string, RegistryConfig>;
+  content: ContentStore;
+  snapshots: OverlaySnapshotter;
+  repo: ImageRepository;
+  log: Logger;
+  platform?: Platform;
+  backoffMs?: number;
+}
+
+/** Runs at most `n` tasks at once. */
+class Limiter {
+  private active = 0;
+  private queue: Array<() => void> = [];
+  constructor(private readonly n: number) {}
+  async run<T>(task: () => Promise<T>): Promise<T> {
+    if (this.active >= this.n) await new Promise<void>((r) => this.queue.push(r));
+    this.active++;
+    try {
+      return await task();
+    } finally {
+      this.active--;
+      this.queue.shift()?.();
+    }
+  }
+}
+
+/** Reference-counted protection of blobs and snapshots that pulls are working on. */
+class Leases {
+  private readonly counts = new Map<string, number>();
+  hold(keys: string[]): () => void {
+    for (const k of keys) this.counts.set(k, (this.counts.get(k) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      for (const k of keys) {
+        const n = (this.counts.get(k) ?? 1) - 1;
+        if (n <= 0) this.counts.delete(k);
+        else this.counts.set(k, n);
+      }
+    };
+  }
+  keys(): Set<string> {
+    return new Set(this.counts.keys());
+  }
+}
+
+interface Resolved {
+  ep: Endpoint;
+  data: Buffer;
+  contentType: string;
+  digest: string;
+}
+
+export class ImageService {
+  private readonly client: RegistryClient;
+  private readonly platform: Platform;
+  private readonly leases = new Leases();
+  private readonly limiter: Limiter;
+  /** Layers being fetched and unpacked, by chain ID; each settles once committed. */
+  private readonly layerTasks = new Map<string, Promise<void>>();
+
+  constructor(private readonly o: ImageServiceOptions) {
+    this.client = new RegistryClient({ images: o.images, registries: o.registries, log: o.log, ...(o.backoffMs !== undefined ? { backoffMs: o.backoffMs } : {}) });
+    this.platform = o.platform ?? hostPlatform();
+    this.limiter = new Limiter(o.images.max_concurrent_downloads);
+  }
+
+  /** Finds an image by ID (full, "sha256:"-less, or a unique prefix), tag or digest reference. */
+  find(spec: string): ImageRecord | undefined {
+    const s = spec.trim();
+    if (s === '') return undefined;
+    if (isImageId(s)) return this.o.repo.get(s.startsWith('sha256:') ? s : `sha256:${s}`);
+    let ref: ImageReference | undefined;
+    try {
+      ref = parseReference(s);
+    } catch {
+      ref = undefined;
+    }
+    if (ref) {
+      const byName = ref.digest ? this.o.repo.byName(digestedName(ref, ref.digest)) : this.o.repo.byName(taggedName(ref) ?? '');
+      if (byName) return byName;
+    }
+    const hex = s.replace(/^sha256:/, '');
+    if (/^[a-f0-9]{3,63}$/.test(hex)) {
+      const ids = this.o.repo.idsWithPrefix(`sha256:${hex}`);
+      if (ids.length === 1) return this.o.repo.get(ids[0]!);
+    }
+    return undefined;
+  }
+
+  list(): ImageRecord[] {
+    return this.o.repo.list();
+  }
+
+  /** Removes an image and all its names; collects what nothing else uses. Idempotent. */
+  async remove(spec: string): Promise<ImageRecord | undefined> {
+    const img = this.find(spec);
+    if (!img) return undefined;
+    this.o.repo.delete(img.id);
+    this.o.log.info('image removed', { id: img.id, tags: img.tags });
+    await this.collect();
+    return img;
+  }
+
+  /** Deletes blobs and snapshots that no image, container or pull in flight uses. */
+  async collect(): Promise<{ blobs: number; snapshots: number }> {
+    const held = this.leases.keys();
+    const snapshots = await this.o.snapshots.collect(held);
+    let blobs = 0;
+    for (const digest of this.o.content.digestsUnreferenced()) {
+      if (held.has(digest)) continue;
+      await this.o.content.delete(digest);
+      blobs++;
+    }
+    return { blobs, snapshots };
+  }
+
+  usage(): { bytes: number; inodes: number; mountpoint: string } {
+    const s = this.o.snapshots.usage();
+    const c = this.o.content.usage();
+    return { bytes: s.bytes + c.bytes, inodes: s.inodes + c.count, mountpoint: s.mountpoint };
+  }
+
+  async recover(): Promise<void> {
+    await this.o.content.recover();
+    await this.o.snapshots.recover();
+  }
+
+  /** Pulls an image; returns its record once it is fully stored and listed. */
+  async pull(refText: string, credentials: Credentials | undefined, signal?: AbortSignal): Promise<ImageRecord> {
+    const ref = parseReference(refText);
+    const what = formatReference(ref);
+    const t0 = Date.now();
+    const top = await this.resolve(ref, credentials, signal, what);
+    const { ep } = top;
+    const blobs: Array<{ desc: Descriptor; data: Buffer }> = [
+      { desc: { digest: top.digest, size: top.data.length, mediaType: top.contentType || ACCEPTED_MANIFEST_TYPES[0]! }, data: top.data },
+    ];
+
+    // Indexes down to this platform's manifest.
+    let cur = { data: top.data, contentType: top.contentType, digest: top.digest };
+    for (let depth = 0; manifestKind(cur.contentType, cur.data, `${what} (${cur.digest})`) === 'index'; depth++) {
+      if (depth >= this.o.images.max_index_depth) {
+        throw new BerthError('FailedPrecondition', `${what}: indexes nest deeper than ${this.o.images.max_index_depth} levels (images.max_index_depth)`);
+      }
+      const index = parseIndex(cur.data, `${what} index ${cur.digest}`);
+      const desc = selectPlatform(index, this.platform, what);
+      if (desc.size > this.o.images.max_manifest_bytes) {
+        throw new BerthError('ResourceExhausted', `${what}: manifest ${desc.digest} is ${desc.size} bytes, over images.max_manifest_bytes (${this.o.images.max_manifest_bytes})`);
+      }
+      const m = await this.client.fetchManifest(ep, ref.path, desc.digest, [desc.mediaType, ...ACCEPTED_MANIFEST_TYPES], this.o.images.max_manifest_bytes, signal, `${what} manifest ${desc.digest}`);
+      verifyDigest(m.data, desc.digest, `${what} manifest`);
+      cur = { data: m.data, contentType: desc.mediaType, digest: desc.digest };
+      blobs.push({ desc: { digest: desc.digest, size: m.data.length, mediaType: desc.mediaType }, data: m.data });
+    }
+    const manifest = parseManifest(cur.data, `${what} manifest ${cur.digest}`);
+
+    // The config, read whole (small, capped).
+    if (manifest.config.size > this.o.images.max_config_bytes) {
+      throw new BerthError('ResourceExhausted', `${what}: config ${manifest.config.digest} is ${manifest.config.size} bytes, over images.max_config_bytes (${this.o.images.max_config_bytes})`);
+    }
+    const release = this.leases.hold([...blobs.map((b) => b.desc.digest), manifest.config.digest, ...manifest.layers.map((l) => l.digest)]);
+    let releaseChains: () => void = () => {};
+    try {
+      await this.o.content.ensure(
+        manifest.config,
+        () => this.client.openBlob(ep, ref.path, manifest.config.digest, manifest.config.size, signal, `${what} config ${manifest.config.digest}`),
+        signal,
+      );
+      const config = parseImageConfig(await this.o.content.readBuffer(manifest.config.digest), `${what} config ${manifest.config.digest}`);
+      if (config.diffIds.length !== manifest.layers.length) {
+        throw new BerthError('FailedPrecondition', `${what}: the manifest has ${manifest.layers.length} layers but the config lists ${config.diffIds.length} diff IDs`);
+      }
+      const chain = chainIds(config.diffIds);
+      releaseChains = this.leases.hold(chain);
+
+      // One task per layer: download and unpack in parallel, commit bottom-up.
+      const tasks: Array<Promise<void>> = [];
+      for (const [i, layer] of manifest.layers.entries()) {
+        tasks.push(
+          this.layerTask({
+            chainId: chain[i]!,
+            parent: i === 0 ? undefined : { chainId: chain[i - 1]!, task: tasks[i - 1]! },
+            diffId: config.diffIds[i]!,
+            layer,
+            open: () => this.client.openBlob(ep, ref.path, layer.digest, layer.size, signal, `${what} layer ${layer.digest}`),
+            signal,
+          }),
+        );
+      }
+      // Wait for all, so no task is left running (or rejecting unobserved) after a failure.
+      const outcomes = await Promise.allSettled(tasks);
+      const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+      if (failed) throw failed.reason;
+
+      for (const b of blobs) await this.o.content.putVerified(b.desc, b.data);
+      const size = blobs.reduce((n, b) => n + b.data.length, 0) + manifest.config.size + manifest.layers.reduce((n, l) => n + l.size, 0);
+      const tag = ref.digest ? undefined : taggedName(ref);
+      this.o.repo.save({
+        id: manifest.config.digest,
+        manifestDigest: cur.digest,
+        config,
+        size,
+        layers: manifest.layers.map((l, i) => ({ blobDigest: l.digest, diffId: config.diffIds[i]!, chainId: chain[i]! })),
+        blobs: [...blobs.map((b) => b.desc.digest), manifest.config.digest, ...manifest.layers.map((l) => l.digest)],
+        tag,
+        digestName: digestedName(ref, top.digest),
+      });
+      this.o.log.info('image pulled', { image: what, id: manifest.config.digest, layers: manifest.layers.length, bytes: size, ms: Date.now() - t0, endpoint: ep.base.origin });
+      return this.o.repo.get(manifest.config.digest)!;
+    } catch (err) {
+      release();
+      releaseChains();
+      if (!signal?.aborted && !isKind(err, 'Cancelled') && !isKind(err, 'DeadlineExceeded')) {
+        await this.collect().catch((e: unknown) => this.o.log.warn('cleanup after a failed pull failed', { image: what, error: messageOf(e) }));
+      }
+      throw err;
+    } finally {
+      release();
+      releaseChains();
+    }
+  }
+
+  /**
+   * Makes one layer's committed snapshot (and its blob) exist. Shared by chain ID, so
+   * concurrent pulls of images with common layers do each layer once. The blob is
+   * downloaded into the content store (which checks its digest), unpacked from there on a
+   * worker (which checks the diff ID), and committed once its parent is.
+   */
+  private layerTask(t: {
+    chainId: string;
+    parent: { chainId: string; task: Promise<void> } | undefined;
+    diffId: string;
+    layer: Descriptor & { compression: LayerCompression };
+    open: () => Promise<Readable>;
+    signal: AbortSignal | undefined;
+  }): Promise<void> {
+    const running = this.layerTasks.get(t.chainId);
+    if (running) return running;
+    const content = this.o.content;
+    const run = async (): Promise<void> => {
+      if (this.o.snapshots.committed(t.chainId)) {
+        await content.ensure(t.layer, t.open, t.signal);
+        return;
+      }
+      // Downloads are limited here; unpacking is limited by the worker pool.
+      await this.limiter.run(() => content.ensure(t.layer, t.open, t.signal));
+      const prepared = await this.o.snapshots.extract({
+        diffId: t.diffId,
+        layer: t.layer.digest,
+        compression: t.layer.compression,
+        blobPath: content.path(t.layer.digest),
+        maxBytes: this.o.images.max_layer_bytes,
+        ...(t.signal ? { signal: t.signal } : {}),
+      });
+      try {
+        if (t.parent) await t.parent.task;
+        this.o.snapshots.commit(prepared, t.chainId, t.parent?.chainId);
+      } catch (err) {
+        await this.o.snapshots.discard(prepared);
+        throw err;
+      }
+    };
+    const p = run().finally(() => this.layerTasks.delete(t.chainId));
+    this.layerTasks.set(t.chainId, p);
+    return p;
+  }
+
+  /** Fetches the manifest (or index) the reference names, trying mirrors first. */
+  private async resolve(ref: ImageReference, credentials: Credentials | undefined, signal: AbortSignal | undefined, what: string): Promise<Resolved> {
+    const endpoints = this.client.endpoints(ref, credentials);
+    const reference = ref.digest ?? ref.tag ?? 'latest';
+    for (const ep of endpoints) {
+      try {
+        const m = await this.client.fetchManifest(ep, ref.path, reference, ACCEPTED_MANIFEST_TYPES, this.o.images.max_manifest_bytes, signal, what);
+        let digest: string;
+        if (ref.digest) {
+          verifyDigest(m.data, ref.digest, what);
+          digest = ref.digest;
+        } else {
+          digest = sha256Digest(m.data);
+          if (m.digestHeader && isDigest(m.digestHeader) && m.digestHeader.startsWith('sha256:') && m.digestHeader !== digest) {
+            throw new BerthError('DataLoss', `${what}: registry ${ep.host} says the manifest is ${m.digestHeader}, but its content hashes to ${digest}`);
+          }
+        }
+        return { ep, data: m.data, contentType: m.contentType, digest };
+      } catch (err) {
+        if (signal?.aborted || !ep.mirror) throw err;
+        this.o.log.info('mirror failed, trying the next endpoint', { image: what, mirror: ep.base.origin, error: messageOf(err) });
+      }
+    }
+    throw new BerthError('Internal', `${what}: no registry endpoint to try`);
+  }
+}
+
+/** The user an image runs as, as CRI reports it: a numeric uid, or a name. */
+export function imageUser(config: ImageConfig): { uid: number | undefined; username: string } {
+  const user = config.run.user.split(':')[0] ?? '';
+  if (user === '') return { uid: undefined, username: '' };
+  if (/^\d+$/.test(user)) return { uid: Number(user), username: '' };
+  return { uid: undefined, username: user };
+}

@@ -1,0 +1,145 @@
+/**
+ * The HTTP layer under the registry client: one request with an idle ("stall")
+ * timeout, optional redirects, keep-alive agents per origin, and cancellation. Bodies
+ * are never buffered here beyond a stated cap.
+ */
+import { Agent as HttpAgent, request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { BerthError, messageOf } from '../../common/errors.js';
+
+export interface HttpOptions {
+  method: 'GET' | 'HEAD' | 'POST';
+  url: URL;
+  headers: OutgoingHttpHeaders;
+  body?: string;
+  /** Abandon the request when no byte moves for this long. */
+  stallMs: number;
+  insecureSkipVerify: boolean;
+  signal?: AbortSignal;
+  /** Follow up to this many redirects (0: return 3xx responses as they are). */
+  maxRedirects: number;
+}
+
+export interface HttpResponse {
+  status: number;
+  headers: IncomingMessage['headers'];
+  body: IncomingMessage;
+  /** The URL that answered, after redirects. */
+  url: URL;
+}
+
+/** A network-level failure (no HTTP status): worth retrying. */
+export class NetworkError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'NetworkError';
+  }
+}
+
+const httpAgents = new Map<string, HttpAgent>();
+const httpsAgents = new Map<string, HttpsAgent>();
+
+function agentFor(url: URL, insecure: boolean): HttpAgent | HttpsAgent {
+  if (url.protocol === 'http:') {
+    let a = httpAgents.get(url.origin);
+    if (!a) httpAgents.set(url.origin, (a = new HttpAgent({ keepAlive: true, maxSockets: 32 })));
+    return a;
+  }
+  const key = `${url.origin}|${insecure}`;
+  let a = httpsAgents.get(key);
+  if (!a) httpsAgents.set(key, (a = new HttpsAgent({ keepAlive: true, maxSockets: 32, rejectUnauthorized: !insecure })));
+  return a;
+}
+
+/** Closes idle keep-alive connections (on shutdown). */
+export function closeAgents(): void {
+  for (const a of [...httpAgents.values(), ...httpsAgents.values()]) a.destroy();
+  httpAgents.clear();
+  httpsAgents.clear();
+}
+
+function once(opts: HttpOptions, url: URL, headers: OutgoingHttpHeaders): Promise<HttpResponse> {
+  return new Promise((resolve, reject) => {
+    if (opts.signal?.aborted) {
+      reject(opts.signal.reason);
+      return;
+    }
+    const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
+    const req = send(url, { method: opts.method, headers, agent: agentFor(url, opts.insecureSkipVerify) });
+    const onAbort = (): void => {
+      req.destroy(opts.signal!.reason as Error);
+    };
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    let response: IncomingMessage | undefined;
+    req.setTimeout(opts.stallMs, () => {
+      const err = new NetworkError(`${url.origin}: no data for ${opts.stallMs / 1000} s, giving up on the transfer`);
+      // Once the body flows, its reader must learn why it stopped (not just "aborted").
+      response?.destroy(err);
+      req.destroy(err);
+    });
+    req.on('error', (err) => {
+      opts.signal?.removeEventListener('abort', onAbort);
+      if (opts.signal?.aborted) reject(opts.signal.reason);
+      else if (err instanceof NetworkError) reject(err);
+      else reject(new NetworkError(`${url.origin}: ${messageOf(err)}`, { cause: err }));
+    });
+    req.on('response', (res) => {
+      response = res;
+      // The body stays under the same stall timeout and abort signal until it ends.
+      res.once('close', () => opts.signal?.removeEventListener('abort', onAbort));
+      resolve({ status: res.statusCode ?? 0, headers: res.headers, body: res, url });
+    });
+    req.end(opts.body);
+  });
+}
+
+/**
+ * Sends a request, following redirects when asked. On a redirect to another origin the
+ * Authorization header is dropped: blob storage behind a registry must never see the
+ * registry's credentials.
+ */
+export async function send(opts: HttpOptions): Promise<HttpResponse> {
+  let url = opts.url;
+  let headers = { ...opts.headers };
+  for (let hop = 0; ; hop++) {
+    const res = await once(opts, url, headers);
+    const location = res.headers.location;
+    if (![301, 302, 303, 307, 308].includes(res.status) || !location || opts.maxRedirects === 0) return res;
+    res.body.resume();
+    if (hop >= opts.maxRedirects) throw new BerthError('Unavailable', `${opts.url.origin}: more than ${opts.maxRedirects} redirects`);
+    const next = new URL(location, url);
+    if (next.protocol !== 'http:' && next.protocol !== 'https:') {
+      throw new BerthError('Unavailable', `${opts.url.origin}: redirect to unsupported URL scheme ${next.protocol}`);
+    }
+    if (next.origin !== url.origin) {
+      const { authorization: _dropped, ...rest } = headers as Record<string, unknown>;
+      headers = rest as OutgoingHttpHeaders;
+    }
+    url = next;
+  }
+}
+
+/** Reads a whole body, refusing more than `max` bytes. */
+export async function readBody(res: HttpResponse, max: number, what: string): Promise<Buffer> {
+  const declared = Number(res.headers['content-length'] ?? NaN);
+  if (Number.isFinite(declared) && declared > max) {
+    res.body.destroy();
+    throw new BerthError('ResourceExhausted', `${what}: ${declared} bytes is more than the limit of ${max}`);
+  }
+  const chunks: Buffer[] = [];
+  let n = 0;
+  try {
+    for await (const chunk of res.body as AsyncIterable<Buffer>) {
+      n += chunk.length;
+      if (n > max) {
+        res.body.destroy();
+        throw new BerthError('ResourceExhausted', `${what}: more than the limit of ${max} bytes`);
+      }
+      chunks.push(chunk);
+    }
+  } catch (err) {
+    if (err instanceof BerthError) throw err;
+    throw new NetworkError(`${what}: ${messageOf(err)}`, { cause: err });
+  }
+  return Buffer.concat(chunks, n);
+}

@@ -1,0 +1,150 @@
+/**
+ * The overlayfs snapshotter (see snapshotter.ts for the life of a snapshot).
+ * Directory layout: `<root>/snapshots/<id>/fs`, `<id>` being the row's id.
+ */
+import { mkdirSync, readdirSync } from 'node:fs';
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BerthError } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
+import type { SnapshotRepository, SnapshotRow } from './snapshot-repository.js';
+import type { ExtractRequest, PreparedSnapshot, SnapshotInfo, Snapshotter } from './snapshotter.js';
+import { UnpackPool } from './unpack-pool.js';
+
+export class OverlaySnapshotter implements Snapshotter {
+  private readonly dir: string;
+  private readonly pool = new UnpackPool();
+  constructor(
+    root: string,
+    private readonly repo: SnapshotRepository,
+    private readonly log: Logger,
+  ) {
+    this.dir = join(root, 'snapshots');
+    mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+  }
+
+  private info(row: SnapshotRow): SnapshotInfo {
+    return {
+      id: row.id,
+      key: row.key ?? '',
+      parentId: row.parent_id,
+      kind: row.kind,
+      sizeBytes: row.size_bytes,
+      inodes: row.inodes,
+      dir: join(this.dir, String(row.id)),
+    };
+  }
+
+  committed(chainId: string): SnapshotInfo | undefined {
+    const row = this.repo.get(chainId);
+    return row && row.kind === 'committed' ? this.info(row) : undefined;
+  }
+
+  /** The `fs` directories of a chain, top first: overlay's lowerdir order. */
+  lowerDirs(chainId: string): string[] {
+    const out: string[] = [];
+    let row = this.repo.get(chainId);
+    while (row) {
+      out.push(join(this.dir, String(row.id), 'fs'));
+      row = row.parent_id === null ? undefined : this.repo.getById(row.parent_id);
+    }
+    return out;
+  }
+
+  async extract(req: ExtractRequest): Promise<PreparedSnapshot> {
+    const id = this.repo.prepare();
+    const dir = join(this.dir, String(id));
+    try {
+      await mkdir(join(dir, 'fs'), { recursive: true, mode: 0o755 });
+      const result = await this.pool.run(
+        { blobPath: req.blobPath, compression: req.compression, target: join(dir, 'fs'), opts: { layer: req.layer, maxBytes: req.maxBytes } },
+        req.signal,
+      );
+      if (result.diffId !== req.diffId) {
+        throw new BerthError('DataLoss', `layer ${req.layer}: unpacked content has diff ID ${result.diffId}, but the image config says ${req.diffId}`);
+      }
+      // Usage is counted once, here: content bytes plus a block per entry for metadata.
+      return { id, dir, sizeBytes: result.fileBytes + result.entries * 4096, inodes: result.entries };
+    } catch (err) {
+      await this.discard({ id, dir, sizeBytes: 0, inodes: 0 });
+      throw err;
+    }
+  }
+
+  commit(prepared: PreparedSnapshot, chainId: string, parentChainId: string | undefined): SnapshotInfo {
+    let parentId: number | null = null;
+    if (parentChainId !== undefined) {
+      const parent = this.committed(parentChainId);
+      if (!parent) throw new BerthError('Internal', `snapshot ${chainId}: parent ${parentChainId} is not committed`);
+      parentId = parent.id;
+    }
+    this.repo.commit(prepared.id, chainId, parentId, prepared.sizeBytes, prepared.inodes);
+    return this.info(this.repo.getById(prepared.id)!);
+  }
+
+  async discard(prepared: PreparedSnapshot): Promise<void> {
+    this.repo.delete(prepared.id);
+    await rm(prepared.dir, { recursive: true, force: true });
+  }
+
+  async collect(protectedKeys: ReadonlySet<string>): Promise<number> {
+    const rows = this.repo.all();
+    const byId = new Map(rows.map((r) => [r.id, r]));
+    const live = new Set<number>();
+    const keep = (row: SnapshotRow | undefined): void => {
+      while (row && !live.has(row.id)) {
+        live.add(row.id);
+        row = row.parent_id === null ? undefined : byId.get(row.parent_id);
+      }
+    };
+    const referenced = this.repo.referencedByImages();
+    for (const r of rows) {
+      if (r.kind !== 'committed' || (r.key !== null && (referenced.has(r.key) || protectedKeys.has(r.key)))) keep(r);
+    }
+    // Deepest first, so a parent row is never deleted while a child points at it
+    // (ids say nothing about depth: layers are extracted in parallel).
+    const depth = (row: SnapshotRow): number => {
+      let n = 0;
+      for (let r: SnapshotRow | undefined = row; r && r.parent_id !== null; r = byId.get(r.parent_id)) n++;
+      return n;
+    };
+    const doomed = rows.filter((r) => !live.has(r.id)).sort((a, b) => depth(b) - depth(a));
+    for (const r of doomed) {
+      this.repo.delete(r.id);
+      await rm(join(this.dir, String(r.id)), { recursive: true, force: true });
+    }
+    return doomed.length;
+  }
+
+  /** Stops the unpack workers (on shutdown). */
+  async close(): Promise<void> {
+    await this.pool.close();
+  }
+
+  usage(): { bytes: number; inodes: number; mountpoint: string } {
+    return { ...this.repo.usage(), mountpoint: this.dir };
+  }
+
+  /**
+   * Recovery assumptions: a `preparing` row is an unpack that a crash interrupted (its
+   * directory is incomplete); a directory without a row was being removed or created.
+   * Both go. Committed snapshots stay, even unreferenced: a retried pull reuses them.
+   */
+  async recover(): Promise<void> {
+    let removed = 0;
+    const rows = this.repo.all();
+    for (const r of rows.filter((x) => x.kind === 'preparing')) {
+      this.repo.delete(r.id);
+      await rm(join(this.dir, String(r.id)), { recursive: true, force: true });
+      removed++;
+    }
+    const known = new Set(rows.filter((r) => r.kind !== 'preparing').map((r) => String(r.id)));
+    for (const name of readdirSync(this.dir)) {
+      if (!known.has(name)) {
+        await rm(join(this.dir, name), { recursive: true, force: true });
+        removed++;
+      }
+    }
+    if (removed > 0) this.log.info('snapshots recovered', { removed });
+  }
+}

@@ -1,0 +1,77 @@
+/**
+ * Snapshots: the filesystems images and containers are made of.
+ *
+ * The life of a snapshot, for a newcomer:
+ *
+ * 1. **Unpack a layer.** A pull unpacks each layer of an image into its own directory.
+ *    The snapshot is first recorded as `preparing` (so a crash leaves a row that
+ *    recovery can clean up, never an unknown directory), the layer is unpacked into
+ *    `<root>/snapshots/<id>/fs` in overlayfs form (whiteouts as 0:0 character devices,
+ *    opaque directories marked by xattr) from the verified blob, on a worker thread, and
+ *    its diff ID is checked.
+ *    Layers unpack in parallel; they are then `committed` bottom-up, each under its key,
+ *    the layer's **chain ID**: a digest of the layer and everything beneath it. Two
+ *    images that share their bottom layers share those snapshots.
+ * 2. **Stack them.** A committed snapshot's parent is the snapshot of the layer below it;
+ *    the chain from the top snapshot down to the bottom is the image's root filesystem,
+ *    mounted as overlayfs lowerdirs (top first).
+ * 3. **Make a container's root.** (containers issue) An `active` snapshot on top of an
+ *    image's top snapshot gets an empty `fs` (the overlay upperdir) and `work`; its
+ *    mount is overlay(lowerdirs = the chain, upperdir = fs, workdir = work).
+ * 4. **Remove.** A snapshot goes when nothing uses it: no image lists its chain ID and no
+ *    other snapshot has it as parent. The row goes first, then the directory; recovery
+ *    removes directories that have no row.
+ */
+import type { LayerCompression } from '../manifest.js';
+
+export interface SnapshotInfo {
+  id: number;
+  key: string;
+  parentId: number | null;
+  kind: 'preparing' | 'committed' | 'active';
+  sizeBytes: number;
+  inodes: number;
+  /** The directory holding the snapshot's files. */
+  dir: string;
+}
+
+export interface ExtractRequest {
+  /** The layer's diff ID from the image config: the unpacked tar must hash to it. */
+  diffId: string;
+  /** Digest of the layer blob, for messages. */
+  layer: string;
+  compression: LayerCompression;
+  /** The verified layer blob in the content store. */
+  blobPath: string;
+  maxBytes: number;
+  signal?: AbortSignal;
+}
+
+/** A layer unpacked into a `preparing` snapshot, not yet committed. */
+export interface PreparedSnapshot {
+  id: number;
+  dir: string;
+  sizeBytes: number;
+  inodes: number;
+}
+
+export interface Snapshotter {
+  /** The committed snapshot for a chain ID, if there is one. */
+  committed(chainId: string): SnapshotInfo | undefined;
+  /**
+   * Unpacks a layer into a new `preparing` snapshot and checks its diff ID. Layers of
+   * one image may be extracted in parallel: each has its own directory, and whiteouts
+   * are only markers, so no layer needs the one below it on disk.
+   */
+  extract(req: ExtractRequest): Promise<PreparedSnapshot>;
+  /** Commits a prepared snapshot under its chain ID; the parent must be committed. */
+  commit(prepared: PreparedSnapshot, chainId: string, parentChainId: string | undefined): SnapshotInfo;
+  /** Throws a prepared snapshot away. */
+  discard(prepared: PreparedSnapshot): Promise<void>;
+  /** Removes committed snapshots that no image layer and no other snapshot uses. */
+  collect(protectedKeys: ReadonlySet<string>): Promise<number>;
+  /** Bytes and inodes used by all snapshots, and where they live. */
+  usage(): { bytes: number; inodes: number; mountpoint: string };
+  /** Start-up reconciliation of rows and directories. */
+  recover(): Promise<void>;
+}

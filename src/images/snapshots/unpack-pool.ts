@@ -1,0 +1,113 @@
+/**
+ * Layer unpacking on worker threads. Unpacking is CPU work on every byte (inflate,
+ * sha256 of the tar stream, tar parsing): on berthd's main thread it would compete with
+ * the gRPC server kubelet polls every few seconds, and it would use one core only. A
+ * small pool of workers (one per core, created on first use, kept idle) runs
+ * `unpackLayer` on blobs already verified in the content store.
+ */
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { BerthError, type ErrorKind } from '../../common/errors.js';
+import type { LayerCompression, UnpackOptions, UnpackResult } from './unpack.js';
+
+export interface UnpackJob {
+  blobPath: string;
+  compression: LayerCompression;
+  target: string;
+  opts: Omit<UnpackOptions, 'signal'>;
+}
+
+type Reply = { id: number; ok: true; result: UnpackResult } | { id: number; ok: false; kind: ErrorKind | undefined; message: string };
+
+interface Slot {
+  worker: Worker;
+  busy: boolean;
+  /** The job id it is running, if busy. */
+  job: number | undefined;
+}
+
+const WORKER_URL = new URL('./unpack-worker.js', import.meta.url);
+
+export class UnpackPool {
+  private readonly slots: Slot[] = [];
+  private readonly waiting: Array<() => void> = [];
+  private readonly pending = new Map<number, { resolve(r: UnpackResult): void; reject(e: unknown): void }>();
+  private nextId = 1;
+  private closed = false;
+
+  constructor(private readonly size: number = Math.max(1, Math.min(4, availableParallelism()))) {}
+
+  private spawn(): Slot {
+    const worker = new Worker(WORKER_URL);
+    worker.unref();
+    const slot: Slot = { worker, busy: false, job: undefined };
+    worker.on('message', (m: Reply) => {
+      const p = this.pending.get(m.id);
+      if (!p) return;
+      this.pending.delete(m.id);
+      if (m.ok) p.resolve(m.result);
+      else p.reject(m.kind ? new BerthError(m.kind, m.message) : new Error(m.message));
+    });
+    worker.on('error', (err) => {
+      // A worker that dies takes its job with it; the slot is replaced on next use.
+      if (slot.job !== undefined) {
+        this.pending.get(slot.job)?.reject(err);
+        this.pending.delete(slot.job);
+      }
+      const i = this.slots.indexOf(slot);
+      if (i >= 0) this.slots.splice(i, 1);
+    });
+    this.slots.push(slot);
+    return slot;
+  }
+
+  private async acquire(): Promise<Slot> {
+    for (;;) {
+      if (this.closed) throw new BerthError('Unavailable', 'berthd is shutting down');
+      const idle = this.slots.find((s) => !s.busy);
+      if (idle) return idle;
+      if (this.slots.length < this.size) return this.spawn();
+      await new Promise<void>((r) => this.waiting.push(r));
+    }
+  }
+
+  /** Unpacks one layer on a worker; an abort stops it there and waits for its cleanup. */
+  async run(job: UnpackJob, signal?: AbortSignal): Promise<UnpackResult> {
+    if (signal?.aborted) throw signal.reason;
+    const slot = await this.acquire();
+    const id = this.nextId++;
+    slot.busy = true;
+    slot.job = id;
+    const onAbort = (): void => slot.worker.postMessage({ type: 'abort', id });
+    try {
+      const done = new Promise<UnpackResult>((resolve, reject) => this.pending.set(id, { resolve, reject }));
+      const onExit = (code: number): void => {
+        const p = this.pending.get(id);
+        this.pending.delete(id);
+        p?.reject(new BerthError('Internal', `layer ${job.opts.layer}: unpack worker exited with code ${code}`));
+      };
+      slot.worker.once('exit', onExit);
+      slot.worker.postMessage({ type: 'unpack', id, job });
+      signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        return await done;
+      } catch (err) {
+        throw signal?.aborted ? signal.reason : err;
+      } finally {
+        slot.worker.removeListener('exit', onExit);
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      slot.busy = false;
+      slot.job = undefined;
+      this.waiting.shift()?.();
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all(this.slots.map((s) => s.worker.terminate()));
+    this.slots.length = 0;
+    for (const w of this.waiting.splice(0)) w();
+  }
+}

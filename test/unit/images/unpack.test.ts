@@ -1,0 +1,558 @@
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { PassThrough, Readable } from 'node:stream';
+import { gzipSync } from 'node:zlib';
+import tar from 'tar-stream';
+import type { Header } from 'tar-stream';
+import { BerthError, isKind } from '../../../src/common/errors.js';
+import type { LayerCompression, UnpackOptions, UnpackResult } from '../../../src/images/snapshots/unpack.js';
+import { unpackLayer } from '../../../src/images/snapshots/unpack.js';
+
+const LAYER = `sha256:${'ab'.repeat(32)}`;
+const MTIME = new Date('2021-06-01T12:00:00Z');
+
+interface Entry {
+  header: Partial<Header> & { name: string };
+  content?: string | Buffer;
+}
+
+/** Builds a tar stream in memory; entries default to root-owned, 0644/0755, MTIME. */
+async function makeTar(entries: Entry[]): Promise<Buffer> {
+  const pack = tar.pack();
+  const chunks: Buffer[] = [];
+  const done = new Promise<void>((resolve, reject) => {
+    pack.on('data', (c) => chunks.push(c as Buffer));
+    pack.on('end', () => resolve());
+    pack.on('error', reject);
+  });
+  for (const { header, content } of entries) {
+    const type = header.type ?? 'file';
+    const full = { mode: type === 'directory' ? 0o755 : 0o644, uid: 0, gid: 0, mtime: MTIME, type, ...header };
+    await new Promise<void>((resolve, reject) => {
+      const cb = (err?: Error | null): void => (err ? reject(err) : resolve());
+      if (content !== undefined) pack.entry(full, content, cb);
+      else pack.entry(full, cb);
+    });
+  }
+  pack.finalize();
+  await done;
+  return Buffer.concat(chunks);
+}
+
+function compress(raw: Buffer, compression: LayerCompression): Buffer {
+  if (compression === 'gzip') return gzipSync(raw);
+  if (compression === 'zstd') return execFileSync('zstd', ['-c', '-q'], { input: raw, maxBuffer: 1 << 30 });
+  return raw;
+}
+
+function sha256(buf: Buffer): string {
+  return `sha256:${createHash('sha256').update(buf).digest('hex')}`;
+}
+
+function xattrsOf(path: string): Record<string, string> {
+  const out = execFileSync('getfattr', ['-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', path], {
+    encoding: 'utf8',
+  });
+  const attrs: Record<string, string> = {};
+  for (const line of out.split('\n')) {
+    const m = /^([^#=][^=]*)=0x([0-9a-f]*)$/.exec(line);
+    if (m) attrs[m[1] as string] = m[2] as string;
+  }
+  return attrs;
+}
+
+function majorOf(rdev: number): number {
+  return ((rdev >> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+}
+
+function minorOf(rdev: number): number {
+  return (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
+}
+
+/** Pids of this process's children whose command is `name`. */
+function childrenNamed(name: string): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === process.pid && comm === name) pids.push(Number(entry));
+    } catch {
+      // the process went away meanwhile
+    }
+  }
+  return pids;
+}
+
+function openFds(): number {
+  return fs.readdirSync('/proc/self/fd').length;
+}
+
+/** Rewrites the typeflag of the header at `offset` and fixes its checksum. */
+function setTypeflag(tarBuf: Buffer, offset: number, flag: string): void {
+  tarBuf[offset + 156] = flag.charCodeAt(0);
+  tarBuf.fill(0x20, offset + 148, offset + 156);
+  let sum = 0;
+  for (let i = 0; i < 512; i++) sum += tarBuf[offset + i] as number;
+  tarBuf.write(`${sum.toString(8).padStart(6, '0')}\0 `, offset + 148, 'latin1');
+}
+
+describe('images: layer unpack', () => {
+  let work: string;
+  let target: string;
+
+  beforeEach(() => {
+    work = fs.mkdtempSync(join(tmpdir(), 'berth-unpack-'));
+    target = join(work, 'snapshot');
+    fs.mkdirSync(target);
+  });
+  afterEach(() => fs.rmSync(work, { recursive: true, force: true }));
+
+  function unpack(
+    raw: Buffer,
+    compression: LayerCompression = 'none',
+    opts: Partial<UnpackOptions> = {},
+  ): Promise<UnpackResult> {
+    return unpackLayer(Readable.from([compress(raw, compression)]), compression, target, {
+      layer: LAYER,
+      maxBytes: 1 << 30,
+      ...opts,
+    });
+  }
+
+  async function refused(entries: Entry[], pattern: RegExp): Promise<void> {
+    const fds = openFds();
+    await assert.rejects(unpack(await makeTar(entries)), (err: unknown) => {
+      assert.ok(isKind(err, 'FailedPrecondition'), String(err));
+      assert.ok(err.message.startsWith(`layer ${LAYER}: `), err.message);
+      assert.match(err.message, pattern);
+      return true;
+    });
+    assert.equal(openFds(), fds, 'no file descriptor left open');
+  }
+
+  it('unpacks a small tree and reports what it read', async () => {
+    const raw = await makeTar([
+      { header: { name: 'etc/', type: 'directory' } },
+      { header: { name: 'etc/hostname' }, content: 'berth\n' },
+      { header: { name: './usr/bin/tool', mode: 0o755 }, content: Buffer.alloc(1000, 7) },
+    ]);
+    const result = await unpack(raw);
+    assert.equal(fs.readFileSync(join(target, 'etc/hostname'), 'utf8'), 'berth\n');
+    assert.deepEqual(fs.readFileSync(join(target, 'usr/bin/tool')), Buffer.alloc(1000, 7));
+    assert.equal(fs.statSync(join(target, 'usr')).mode & 0o7777, 0o755, 'implicit parents are 0755');
+    assert.deepEqual(result, { diffId: sha256(raw), tarBytes: raw.length, fileBytes: 1006, entries: 3 });
+  });
+
+  it('preserves numeric owners of files, directories and symlinks', async () => {
+    await unpack(
+      await makeTar([
+        { header: { name: 'home/', type: 'directory', uid: 42, gid: 43 } },
+        { header: { name: 'home/file', uid: 1234, gid: 5678 }, content: 'x' },
+        { header: { name: 'home/link', type: 'symlink', linkname: 'file', uid: 7, gid: 8 } },
+        // PAX records carry ids too large for the octal field
+        { header: { name: 'big', uid: 0, gid: 0, pax: { uid: '3000000000', gid: '3000000001' } }, content: '' },
+      ]),
+    );
+    const owner = (p: string): [number, number] => {
+      const st = fs.lstatSync(join(target, p));
+      return [st.uid, st.gid];
+    };
+    assert.deepEqual(owner('home'), [42, 43]);
+    assert.deepEqual(owner('home/file'), [1234, 5678]);
+    assert.deepEqual(owner('home/link'), [7, 8]);
+    assert.deepEqual(owner('big'), [3000000000, 3000000001]);
+  });
+
+  it('preserves setuid, setgid and sticky bits, even on files owned by others', async () => {
+    await unpack(
+      await makeTar([
+        { header: { name: 'bin/su', mode: 0o4755, uid: 1000, gid: 1000 }, content: 'su' },
+        { header: { name: 'bin/wall', mode: 0o2755, uid: 0, gid: 5 }, content: 'wall' },
+        { header: { name: 'tmp/', type: 'directory', mode: 0o1777 } },
+        { header: { name: 'shared/', type: 'directory', mode: 0o2775, gid: 100 } },
+      ]),
+    );
+    const mode = (p: string): number => fs.lstatSync(join(target, p)).mode & 0o7777;
+    assert.equal(mode('bin/su'), 0o4755);
+    assert.equal(mode('bin/wall'), 0o2755);
+    assert.equal(mode('tmp'), 0o1777);
+    assert.equal(mode('shared'), 0o2775);
+  });
+
+  it('sets the mtimes of files, symlinks and directories (after their children)', async () => {
+    const old = new Date('2001-02-03T04:05:06Z');
+    await unpack(
+      await makeTar([
+        { header: { name: 'a/', type: 'directory', mtime: old } },
+        { header: { name: 'a/b/', type: 'directory', mtime: old } },
+        { header: { name: 'a/b/file', mtime: old }, content: 'data' },
+        { header: { name: 'a/link', type: 'symlink', linkname: '/nowhere', mtime: old } },
+        { header: { name: 'a/b/precise', pax: { mtime: '1500000000.25' } }, content: '' },
+      ]),
+    );
+    for (const p of ['a', 'a/b', 'a/b/file', 'a/link']) {
+      assert.equal(fs.lstatSync(join(target, p)).mtimeMs, old.getTime(), p);
+    }
+    assert.equal(fs.lstatSync(join(target, 'a/b/precise')).mtimeMs, 1500000000250);
+  });
+
+  it('makes hardlinks share the inode of their target', async () => {
+    await unpack(
+      await makeTar([
+        { header: { name: 'bin/busybox', mode: 0o755 }, content: 'bb' },
+        { header: { name: 'bin/sh', type: 'link', linkname: 'bin/busybox' } },
+        { header: { name: 'usr/bin/env', type: 'link', linkname: './bin/busybox' } },
+      ]),
+    );
+    const ino = fs.statSync(join(target, 'bin/busybox')).ino;
+    assert.equal(fs.statSync(join(target, 'bin/sh')).ino, ino);
+    assert.equal(fs.statSync(join(target, 'usr/bin/env')).ino, ino);
+    assert.equal(fs.statSync(join(target, 'bin/sh')).nlink, 3);
+  });
+
+  it('keeps symlinks as symlinks with their target, absolute ones included', async () => {
+    await unpack(
+      await makeTar([
+        { header: { name: 'etc/mtab', type: 'symlink', linkname: '/proc/self/mounts' } },
+        { header: { name: 'lib', type: 'symlink', linkname: 'usr/lib' } },
+      ]),
+    );
+    assert.ok(fs.lstatSync(join(target, 'etc/mtab')).isSymbolicLink());
+    assert.equal(fs.readlinkSync(join(target, 'etc/mtab')), '/proc/self/mounts');
+    assert.equal(fs.readlinkSync(join(target, 'lib')), 'usr/lib');
+  });
+
+  it('creates character and block devices with their major and minor', async () => {
+    await unpack(
+      await makeTar([
+        { header: { name: 'dev/null', type: 'character-device', devmajor: 1, devminor: 3, mode: 0o666 } },
+        { header: { name: 'dev/loop0', type: 'block-device', devmajor: 7, devminor: 0, mode: 0o660, gid: 6 } },
+      ]),
+    );
+    const nul = fs.lstatSync(join(target, 'dev/null'));
+    assert.ok(nul.isCharacterDevice());
+    assert.deepEqual([majorOf(nul.rdev), minorOf(nul.rdev)], [1, 3]);
+    assert.equal(nul.mode & 0o7777, 0o666);
+    const loop = fs.lstatSync(join(target, 'dev/loop0'));
+    assert.ok(loop.isBlockDevice());
+    assert.deepEqual([majorOf(loop.rdev), minorOf(loop.rdev), loop.gid], [7, 0, 6]);
+  });
+
+  it('creates FIFOs', async () => {
+    await unpack(await makeTar([{ header: { name: 'run/pipe', type: 'fifo', mode: 0o600 } }]));
+    const st = fs.lstatSync(join(target, 'run/pipe'));
+    assert.ok(st.isFIFO());
+    assert.equal(st.mode & 0o7777, 0o600);
+  });
+
+  it('keeps user xattrs (binary values too) and drops trusted.overlay ones', async () => {
+    const raw = await makeTar([
+      {
+        header: {
+          name: 'file',
+          pax: { 'SCHILY.xattr.user.comment': 'hello', 'SCHILY.xattr.user.bin': 'PQRS' },
+        },
+        content: 'x',
+      },
+      {
+        // chown clears file capabilities, so they must be set after it
+        header: {
+          name: 'bin/ping',
+          uid: 1000,
+          mode: 0o755,
+          pax: { 'SCHILY.xattr.security.capability': 'C'.repeat(20) },
+        },
+        content: 'ping',
+      },
+      {
+        header: {
+          name: 'dir/',
+          type: 'directory',
+          pax: { 'SCHILY.xattr.trusted.overlay.opaque': 'y', 'SCHILY.xattr.trusted.overlay.redirect': '/etc' },
+        },
+      },
+    ]);
+    // tar.pack writes PAX values as UTF-8; patch in bytes that are not valid UTF-8.
+    const at = raw.indexOf('user.bin=PQRS') + 'user.bin='.length;
+    Buffer.from([0x80, 0xff, 0x00, 0x01]).copy(raw, at);
+    const capSetuid = Buffer.alloc(20);
+    capSetuid.writeUInt32LE(0x02000001, 0); // revision 2, effective
+    capSetuid.writeUInt32LE(1 << 7, 4); // permitted: CAP_SETUID, not valid UTF-8
+    capSetuid.copy(raw, raw.indexOf('security.capability=') + 'security.capability='.length);
+    await unpack(raw);
+    assert.equal(xattrsOf(join(target, 'bin/ping'))['security.capability'], capSetuid.toString('hex'));
+    assert.deepEqual(xattrsOf(join(target, 'file')), {
+      'user.bin': '80ff0001',
+      'user.comment': Buffer.from('hello').toString('hex'),
+    });
+    assert.deepEqual(xattrsOf(join(target, 'dir')), {});
+  });
+
+  it('turns a .wh. whiteout into a 0:0 character device', async () => {
+    await unpack(
+      await makeTar([
+        { header: { name: 'etc/', type: 'directory' } },
+        { header: { name: 'etc/.wh.passwd' }, content: '' },
+        { header: { name: '.wh.opt' }, content: '' },
+      ]),
+    );
+    for (const p of ['etc/passwd', 'opt']) {
+      const st = fs.lstatSync(join(target, p));
+      assert.ok(st.isCharacterDevice(), p);
+      assert.equal(st.rdev, 0, p);
+    }
+    assert.deepEqual(fs.readdirSync(join(target, 'etc')), ['passwd']);
+    assert.deepEqual(fs.readdirSync(target).sort(), ['etc', 'opt'], 'nothing else is left in the layer');
+  });
+
+  it('marks a directory with .wh..wh..opq as opaque, creating it if needed', async () => {
+    await unpack(
+      await makeTar([
+        { header: { name: 'var/', type: 'directory' } },
+        { header: { name: 'var/.wh..wh..opq' }, content: '' },
+        { header: { name: 'opt/app/.wh..wh..opq' }, content: '' },
+        { header: { name: '.wh..wh.plnk/123.456' }, content: 'aufs' },
+      ]),
+    );
+    for (const dir of ['var', 'opt/app']) {
+      const args = ['--absolute-names', '-n', 'trusted.overlay.opaque', '--only-values', join(target, dir)];
+      const value = execFileSync('getfattr', args, { encoding: 'utf8' });
+      assert.equal(value, 'y', dir);
+    }
+    assert.deepEqual(fs.readdirSync(join(target, 'var')), []);
+    assert.deepEqual(fs.readdirSync(target).sort(), ['opt', 'var']);
+  });
+
+  it('makes a directory that replaces a whiteout of the same layer opaque', async () => {
+    await unpack(
+      await makeTar([
+        { header: { name: '.wh.data' }, content: '' },
+        { header: { name: 'data/new' }, content: 'fresh' },
+      ]),
+    );
+    assert.ok(fs.lstatSync(join(target, 'data')).isDirectory());
+    assert.equal(xattrsOf(join(target, 'data'))['trusted.overlay.opaque'], '79');
+  });
+
+  it('gives the same diff ID for gzip, zstd and plain layers: the sha256 of the whole tar', async () => {
+    const tarBuf = await makeTar([
+      { header: { name: 'a/', type: 'directory' } },
+      { header: { name: 'a/file' }, content: Buffer.alloc(300_000, 'z') },
+    ]);
+    // tar writers pad to a record size: the zero blocks after the end belong to the diff ID
+    const raw = Buffer.concat([tarBuf, Buffer.alloc(10240 - (tarBuf.length % 10240))]);
+    for (const compression of ['gzip', 'zstd', 'none'] as const) {
+      fs.rmSync(target, { recursive: true });
+      fs.mkdirSync(target);
+      const result = await unpack(raw, compression);
+      assert.equal(result.diffId, sha256(raw), compression);
+      assert.equal(result.tarBytes, raw.length, compression);
+      assert.equal(fs.statSync(join(target, 'a/file')).size, 300_000, compression);
+    }
+  });
+
+  it('replaces a symlink at an entry path instead of writing through it', async () => {
+    const outside = join(work, 'outside');
+    fs.writeFileSync(outside, 'original');
+    await unpack(
+      await makeTar([
+        { header: { name: 'x', type: 'symlink', linkname: outside } },
+        { header: { name: 'x' }, content: 'replaced' },
+      ]),
+    );
+    assert.equal(fs.readFileSync(outside, 'utf8'), 'original');
+    assert.ok(fs.lstatSync(join(target, 'x')).isFile());
+    assert.equal(fs.readFileSync(join(target, 'x'), 'utf8'), 'replaced');
+  });
+
+  it('lets later entries replace earlier ones, keeping a directory for a directory', async () => {
+    await unpack(
+      await makeTar([
+        { header: { name: 'd/', type: 'directory', mode: 0o700 } },
+        { header: { name: 'd/old' }, content: 'old' },
+        { header: { name: 'd/', type: 'directory', mode: 0o750 } },
+        { header: { name: 'f' }, content: 'file' },
+        { header: { name: 'f/', type: 'directory' } },
+        { header: { name: 'f/inner' }, content: 'inner' },
+        { header: { name: 'gone/', type: 'directory' } },
+        { header: { name: 'gone/child' }, content: 'child' },
+        { header: { name: 'gone' }, content: 'now a file' },
+      ]),
+    );
+    assert.deepEqual(fs.readdirSync(join(target, 'd')), ['old']);
+    assert.equal(fs.statSync(join(target, 'd')).mode & 0o7777, 0o750);
+    assert.equal(fs.readFileSync(join(target, 'f/inner'), 'utf8'), 'inner');
+    assert.equal(fs.readFileSync(join(target, 'gone'), 'utf8'), 'now a file');
+  });
+
+  it('closes the file it was writing when aborted mid-entry', async () => {
+    const raw = await makeTar([{ header: { name: 'big' }, content: Buffer.alloc(8 << 20, 5) }]);
+    const blob = gzipSync(raw, { level: 1 });
+    const input = new PassThrough();
+    input.write(blob.subarray(0, blob.length >> 1));
+    const fds = openFds();
+    const controller = new AbortController();
+    const promise = unpackLayer(input, 'gzip', target, { layer: LAYER, maxBytes: 1 << 30, signal: controller.signal });
+    for (let i = 0; i < 100 && !fs.existsSync(join(target, 'big')); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(fs.statSync(join(target, 'big')).size > 0, 'the file is being written');
+    controller.abort(new Error('cancelled'));
+    await assert.rejects(promise, /cancelled/);
+    assert.equal(openFds(), fds);
+  });
+
+  it('refuses an absolute entry name', async () => {
+    await refused([{ header: { name: '/etc/evil' }, content: 'x' }], /entry "\/etc\/evil" has an absolute name/);
+  });
+
+  it('refuses an entry name with ..', async () => {
+    await refused([{ header: { name: '../evil' }, content: 'x' }], /entry "\.\.\/evil" would escape the snapshot/);
+    await refused([{ header: { name: 'a/../../evil' }, content: 'x' }], /would escape the snapshot/);
+  });
+
+  it('refuses an entry below a symlink that points outside, writing nothing there', async () => {
+    const outside = join(work, 'outside');
+    fs.mkdirSync(outside);
+    await refused(
+      [
+        { header: { name: 'evil', type: 'symlink', linkname: outside } },
+        { header: { name: 'evil/x' }, content: 'pwned' },
+      ],
+      /entry "evil\/x" would be written through the symlink "evil"/,
+    );
+    assert.deepEqual(fs.readdirSync(outside), []);
+  });
+
+  it('refuses a hardlink to ../x or to an absolute path', async () => {
+    fs.writeFileSync(join(work, 'x'), 'secret');
+    await refused(
+      [{ header: { name: 'h', type: 'link', linkname: '../x' } }],
+      /hardlink "h" would escape the snapshot/,
+    );
+    await refused(
+      [{ header: { name: 'h', type: 'link', linkname: join(work, 'x') } }],
+      /hardlink "h" points to the absolute path/,
+    );
+    assert.equal(fs.statSync(join(work, 'x')).nlink, 1);
+  });
+
+  it('refuses a hardlink to a missing target, a directory, or through a symlink', async () => {
+    await refused(
+      [{ header: { name: 'h', type: 'link', linkname: 'missing' } }],
+      /hardlink "h" points to "missing", which this layer does not contain/,
+    );
+    await refused(
+      [
+        { header: { name: 'd/', type: 'directory' } },
+        { header: { name: 'h', type: 'link', linkname: 'd' } },
+      ],
+      /hardlink "h" points to the directory "d"/,
+    );
+    await refused(
+      [
+        { header: { name: 'etc', type: 'symlink', linkname: '/etc' } },
+        { header: { name: 'h', type: 'link', linkname: 'etc/passwd' } },
+      ],
+      /hardlink "h" points through the symlink "etc"/,
+    );
+  });
+
+  it('refuses entry types it does not know, such as GNU sparse files', async () => {
+    const raw = await makeTar([{ header: { name: 'sparse' }, content: 'data' }]);
+    setTypeflag(raw, 0, 'S');
+    await assert.rejects(unpack(raw), (err: unknown) => {
+      assert.ok(isKind(err, 'FailedPrecondition'), String(err));
+      assert.match(err.message, /^layer sha256:[0-9a-f]+: entry "sparse" has a tar entry type berth cannot unpack/);
+      return true;
+    });
+  });
+
+  it('stops with ResourceExhausted when the layer expands beyond maxBytes', async () => {
+    const raw = await makeTar([{ header: { name: 'zeros' }, content: Buffer.alloc(64 << 20) }]);
+    const blob = gzipSync(raw);
+    assert.ok(blob.length < 1 << 20, 'the fixture stays small');
+    await assert.rejects(
+      unpackLayer(Readable.from([blob]), 'gzip', target, { layer: LAYER, maxBytes: 4 << 20 }),
+      (err: unknown) => {
+        assert.ok(isKind(err, 'ResourceExhausted'), String(err));
+        assert.equal(
+          err.message,
+          `layer ${LAYER}: expands beyond the configured limit of ${4 << 20} bytes (images.max_layer_bytes)`,
+        );
+        return true;
+      },
+    );
+  });
+
+  it('stops with ResourceExhausted beyond maxEntries', async () => {
+    const entries = Array.from({ length: 10 }, (_, i) => ({ header: { name: `f${i}` }, content: '' }));
+    await assert.rejects(unpack(await makeTar(entries), 'none', { maxEntries: 5 }), (err: unknown) => {
+      assert.ok(isKind(err, 'ResourceExhausted'), String(err));
+      assert.match(err.message, /^layer sha256:[0-9a-f]+: has more than 5 entries/);
+      return true;
+    });
+  });
+
+  it('fails with DataLoss on truncated gzip, truncated zstd and a corrupt tar', async () => {
+    const raw = await makeTar([{ header: { name: 'f' }, content: Buffer.alloc(200_000, 1) }]);
+    const cases: Array<[LayerCompression, Buffer, RegExp]> = [
+      ['gzip', gzipSync(raw).subarray(0, 100), /corrupt gzip data/],
+      ['zstd', compress(raw, 'zstd').subarray(0, 40), /corrupt zstd data/],
+      ['none', raw.subarray(0, 10_000), /corrupt tar stream/],
+      ['none', Buffer.alloc(1024, 'garbage'), /corrupt tar stream/],
+    ];
+    for (const [compression, blob, pattern] of cases) {
+      await assert.rejects(
+        unpackLayer(Readable.from([blob]), compression, target, { layer: LAYER, maxBytes: 1 << 30 }),
+        (err: unknown) => {
+          assert.ok(isKind(err, 'DataLoss'), `${compression}: ${String(err)}`);
+          assert.ok(err.message.startsWith(`layer ${LAYER}: `), err.message);
+          assert.match(err.message, pattern);
+          return true;
+        },
+      );
+    }
+    assert.deepEqual(childrenNamed('zstd'), []);
+  });
+
+  it('passes on a BerthError of the blob stream itself', async () => {
+    const blob = new PassThrough();
+    const promise = unpackLayer(blob, 'gzip', target, { layer: LAYER, maxBytes: 1 << 30 });
+    blob.destroy(new BerthError('Unavailable', 'registry went away'));
+    await assert.rejects(promise, (err: unknown) => isKind(err, 'Unavailable') && err.message === 'registry went away');
+  });
+
+  it('rethrows the abort reason and leaves no zstd process behind', async () => {
+    const raw = await makeTar([{ header: { name: 'big' }, content: Buffer.alloc(4 << 20, 3) }]);
+    const blob = compress(raw, 'zstd');
+    const input = new PassThrough();
+    input.write(blob.subarray(0, blob.length >> 1)); // and never the rest: the unpack waits
+    const controller = new AbortController();
+    const promise = unpackLayer(input, 'zstd', target, { layer: LAYER, maxBytes: 1 << 30, signal: controller.signal });
+    for (let i = 0; i < 100 && childrenNamed('zstd').length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(childrenNamed('zstd').length, 1, 'zstd runs while unpacking');
+    const reason = new Error('pull cancelled');
+    controller.abort(reason);
+    await assert.rejects(promise, (err: unknown) => err === reason);
+    assert.deepEqual(childrenNamed('zstd'), []);
+  });
+
+  it('refuses to start when the signal is already aborted', async () => {
+    const controller = new AbortController();
+    controller.abort(new Error('too late'));
+    await assert.rejects(
+      unpackLayer(Readable.from([Buffer.alloc(0)]), 'none', target, {
+        layer: LAYER,
+        maxBytes: 1,
+        signal: controller.signal,
+      }),
+      /too late/,
+    );
+  });
+});
