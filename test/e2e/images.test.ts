@@ -368,6 +368,45 @@ describe('ImageService', function () {
     await assertStoreEmpty(b);
   });
 
+  it('caps manifest sizes and index nesting, as configured', async () => {
+    const host = fx.multiarch.host;
+    // An index whose only entry is another index: two levels of nesting.
+    const nested = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', digest: fx.multiarch.digest, size: 0, platform: host.platform }],
+    });
+    const huge = JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [], annotations: { pad: 'x'.repeat(5000) } });
+    const p = await proxy({
+      manifests: [
+        { name: fx.multiarch.name, reference: 'nested', contentType: 'application/vnd.oci.image.index.v1+json', body: nested },
+        { name: fx.multiarch.name, reference: 'huge', contentType: 'application/vnd.oci.image.index.v1+json', body: huge },
+      ],
+    });
+    const b = await start('[images]\nmax_index_depth = 1\nmax_manifest_bytes = 4096\n');
+    const deep = await grpcError(b.image.PullImage({ image: { image: `${p.host}/${fx.multiarch.name}:nested` } }));
+    assert.equal(deep.code, status.FAILED_PRECONDITION, deep.details);
+    assert.match(deep.details, /indexes nest deeper than 1 levels \(images.max_index_depth\)/);
+    const big = await grpcError(b.image.PullImage({ image: { image: `${p.host}/${fx.multiarch.name}:huge` } }));
+    assert.equal(big.code, status.RESOURCE_EXHAUSTED, big.details);
+    assert.match(big.details, /\d+ bytes is more than the limit of 4096/);
+    await assertStoreEmpty(b);
+  });
+
+  it('a pull cut off by its deadline answers DEADLINE_EXCEEDED, leaves no temp file, and berthd keeps serving', async () => {
+    const stalled = fx.layered.layers[1]!.digest;
+    const p = await proxy({ faults: [{ kind: 'stall', afterBytes: 10, digest: stalled }] });
+    const b = await start();
+    const e = await grpcError(b.image.PullImage({ image: { image: via(p.host, fx.layered) } }, { deadline: Date.now() + 1500 }));
+    assert.equal(e.code, status.DEADLINE_EXCEEDED);
+    // The server side lets go of the transfer too.
+    for (let i = 0; i < 50 && files(join(b.root, 'content', 'ingest')).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(files(join(b.root, 'content', 'ingest')), []);
+    assert.deepEqual((await b.image.ListImages({})).images, []);
+    p.faults = [];
+    assert.equal((await b.image.PullImage({ image: { image: via(p.host, fx.layered) } })).image_ref, fx.layered.id);
+  });
+
   it('two concurrent pulls of one image download each blob once', async () => {
     const p = await proxy();
     const b = await start();
