@@ -25,6 +25,8 @@ import { ImageService } from './images/image-service.js';
 import { closeAgents } from './images/registry/http.js';
 import { OverlaySnapshotter } from './images/snapshots/overlay.js';
 import { SnapshotRepository } from './images/snapshots/snapshot-repository.js';
+import { SandboxRepository } from './sandbox/sandbox-repository.js';
+import { SandboxService } from './sandbox/sandbox-service.js';
 import { openDatabase, type Db } from './store/database.js';
 import { DirectoryLock } from './store/lock.js';
 import { RuntimeSettingsRepository } from './store/runtime-settings.js';
@@ -149,11 +151,12 @@ async function bindSocket(server: grpc.Server, path: string): Promise<void> {
 
 async function runDaemon(config: BerthConfig, sources: string[]): Promise<number> {
   const log = createLogger(config.log_level);
-  const held: Array<() => void> = [];
-  const releaseAll = (): void => {
+  // What start-up took, undone in reverse order on shutdown or a failed start.
+  const held: Array<() => void | Promise<void>> = [];
+  const releaseAll = async (): Promise<void> => {
     for (const r of held.reverse()) {
       try {
-        r();
+        await r();
       } catch (err) {
         log.warn('cleanup step failed', { error: messageOf(err) });
       }
@@ -164,6 +167,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
   let db: Db;
   let server: grpc.Server;
   let images: ImageService;
+  let sandboxes: SandboxService;
   const state = new ServingState();
   try {
     const rootLock = DirectoryLock.acquire(config.root, 'root directory');
@@ -174,7 +178,9 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
 
     db = openDatabase(join(config.root, 'berth.db'));
     const openDb = db;
-    held.push(() => openDb.close());
+    held.push(() => {
+      openDb.close();
+    });
 
     const snapshots = new OverlaySnapshotter(config.root, new SnapshotRepository(db), log.child({ component: 'snapshots' }));
     images = new ImageService({
@@ -186,13 +192,17 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
       log: log.child({ component: 'images' }),
     });
     held.push(() => closeAgents());
-    held.push(() => void snapshots.close());
-    const deps = { config, settings: new RuntimeSettingsRepository(db), log, images };
+    const imgs = images;
+    held.push(() => imgs.close());
+    sandboxes = new SandboxService({ config, repo: new SandboxRepository(db), log: log.child({ component: 'sandbox' }) });
+    const sb = sandboxes;
+    held.push(() => sb.close());
+    const deps = { config, settings: new RuntimeSettingsRepository(db), log, images, sandboxes };
     server = createCriServer({ state, log }, deps);
     await bindSocket(server, config.socket);
     held.push(() => rmSync(config.socket, { force: true }));
   } catch (err) {
-    releaseAll();
+    await releaseAll();
     const msg = err instanceof BerthError ? err.message : messageOf(err);
     log.error('berthd failed to start', { error: msg });
     process.stderr.write(`berthd: ${msg}\n`);
@@ -202,8 +212,8 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
 
   let stopping: Promise<number> | undefined;
   const stop = (signal: string): Promise<number> =>
-    (stopping ??= shutdown(server, state, config, log, signal).then((code) => {
-      releaseAll();
+    (stopping ??= shutdown(server, state, config, log, signal).then(async (code) => {
+      await releaseAll();
       log.info('berthd stopped', { signal });
       return code;
     }));
@@ -212,7 +222,10 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void stop(sig).then(resolve));
   });
 
-  await recover(log, [{ name: 'images', run: () => images.recover() }]);
+  await recover(log, [
+    { name: 'images', run: () => images.recover() },
+    { name: 'sandboxes', run: () => sandboxes.recover() },
+  ]);
   if (state.phase === 'recovering') {
     state.ready();
     log.info('recovery finished; berthd is ready');

@@ -73,6 +73,7 @@ function apply(into: Table, doc: Table, source: string, path: string[] = [], sch
 /** Defaults of a user-keyed table (e.g. one registry), so every key is present. */
 function defaultsFor(schemaKey: string): Table {
   if (schemaKey === 'registries.*') return defaultRegistryConfig() as unknown as Table;
+  if (schemaKey === 'runtimes.*') return { path: '' };
   return {};
 }
 
@@ -130,7 +131,14 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
   }
   apply(config, flags, 'command line');
 
-  return { config: config as unknown as BerthConfig, sources };
+  const result = config as unknown as BerthConfig;
+  for (const [name, rt] of Object.entries(result.runtimes)) {
+    if (rt.path === '') throw new ConfigError(`runtimes.${name}: "path" is required`);
+  }
+  if (!(result.default_runtime in result.runtimes)) {
+    throw new ConfigError(`default_runtime "${result.default_runtime}" is not one of the configured runtimes (${Object.keys(result.runtimes).join(', ')})`);
+  }
+  return { config: result, sources };
 }
 
 /** The configuration with registry passwords masked, for output anyone may read. */

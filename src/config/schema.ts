@@ -48,6 +48,19 @@ export interface RegistryConfig {
   password: string;
 }
 
+/** An OCI runtime handler (a RuntimeClass's `handler`). */
+export interface RuntimeHandlerConfig {
+  /** The runtime binary (runc or crun compatible). */
+  path: string;
+}
+
+export interface SandboxConfig {
+  /** Size of a pod's /dev/shm when the pod does not say (bytes). */
+  shm_size_bytes: number;
+  /** Longest a CNI plugin may run for one ADD/CHECK/DEL. */
+  cni_timeout_seconds: number;
+}
+
 export interface BerthConfig {
   /** gRPC unix socket kubelet and crictl connect to. */
   socket: string;
@@ -63,6 +76,10 @@ export interface BerthConfig {
   cni: CniConfig;
   images: ImagesConfig;
   registries: Record<string, RegistryConfig>;
+  sandbox: SandboxConfig;
+  /** The handler used when a pod names none. */
+  default_runtime: string;
+  runtimes: Record<string, RuntimeHandlerConfig>;
 }
 
 export function defaultRegistryConfig(): RegistryConfig {
@@ -93,6 +110,15 @@ export function defaultConfig(): BerthConfig {
       stall_timeout_seconds: 30,
     },
     registries: {},
+    sandbox: {
+      shm_size_bytes: 64 * 1024 * 1024,
+      cni_timeout_seconds: 60,
+    },
+    default_runtime: 'runc',
+    runtimes: {
+      runc: { path: '/usr/sbin/runc' },
+      crun: { path: '/usr/bin/crun' },
+    },
   };
 }
 
@@ -165,6 +191,10 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'registries.*.insecure_skip_verify': boolean,
   'registries.*.username': string,
   'registries.*.password': string,
+  'sandbox.shm_size_bytes': integerIn(1024 * 1024, 64 * 1024 * 1024 * 1024),
+  'sandbox.cni_timeout_seconds': integerIn(1, 3600),
+  default_runtime: (v) => (typeof v === 'string' && /^[a-z0-9][a-z0-9.-]{0,62}$/.test(v) ? undefined : `expected a handler name like "runc", got ${describe(v)}`),
+  'runtimes.*.path': absolutePath,
 };
 
 export function describe(v: unknown): string {

@@ -1,6 +1,7 @@
 import type { Logger } from '../common/logger.js';
 import type { BerthConfig } from '../config/schema.js';
 import type { ImageService } from '../images/image-service.js';
+import type { SandboxService } from '../sandbox/sandbox-service.js';
 import type { RuntimeSettingsRepository } from '../store/runtime-settings.js';
 
 /** What the CRI handlers are given by the composition root (src/main.ts). */
@@ -9,4 +10,5 @@ export interface CriDeps {
   settings: RuntimeSettingsRepository;
   log: Logger;
   images: ImageService;
+  sandboxes: SandboxService;
 }

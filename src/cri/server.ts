@@ -15,6 +15,9 @@ import { pullImage } from './image/pull-image.js';
 import { removeImage } from './image/remove-image.js';
 import type { ServiceHandlers } from './rpc.js';
 import { runtimeConfig } from './runtime/runtime-config.js';
+import { listPodSandbox, podSandboxStatus, streamPodSandboxes } from './sandbox/pod-sandbox-status.js';
+import { runPodSandbox } from './sandbox/run-pod-sandbox.js';
+import { removePodSandbox, stopPodSandbox } from './sandbox/stop-remove-pod-sandbox.js';
 import { status } from './runtime/status.js';
 import { updateRuntimeConfig } from './runtime/update-runtime-config.js';
 import { version } from './runtime/version.js';
@@ -29,6 +32,12 @@ export function runtimeHandlers(deps: CriDeps): ServiceHandlers<RuntimeServiceHa
     Status: status(deps),
     RuntimeConfig: runtimeConfig(deps),
     UpdateRuntimeConfig: updateRuntimeConfig(deps),
+    RunPodSandbox: runPodSandbox(deps.sandboxes, deps.config.default_runtime),
+    StopPodSandbox: stopPodSandbox(deps.sandboxes),
+    RemovePodSandbox: removePodSandbox(deps.sandboxes),
+    PodSandboxStatus: podSandboxStatus(deps.sandboxes),
+    ListPodSandbox: listPodSandbox(deps.sandboxes),
+    StreamPodSandboxes: streamPodSandboxes(deps.sandboxes),
   };
 }
 

@@ -58,6 +58,8 @@ export class ImageRepository {
   private readonly insertLayer;
   private readonly deleteImage;
   private readonly idsStmt;
+  private readonly clearRefs;
+  private readonly clearLayers;
 
   constructor(private readonly db: Db) {
     this.getStmt = db.prepare<[string], ImageRow>('SELECT * FROM images WHERE id = ?');
@@ -69,8 +71,10 @@ export class ImageRepository {
     this.idsStmt = db.prepare<[string], { id: string }>('SELECT id FROM images WHERE id LIKE ?');
     this.upsertImage = db.prepare<[string, string, string, number, number]>(
       'INSERT INTO images (id, manifest_digest, config, size, created_at) VALUES (?, ?, ?, ?, ?) ' +
-        'ON CONFLICT(id) DO UPDATE SET manifest_digest = excluded.manifest_digest',
+        'ON CONFLICT(id) DO UPDATE SET manifest_digest = excluded.manifest_digest, size = excluded.size',
     );
+    this.clearRefs = db.prepare<[string]>('DELETE FROM image_blobs WHERE image_id = ?');
+    this.clearLayers = db.prepare<[string]>('DELETE FROM image_layers WHERE image_id = ?');
     this.upsertName = db.prepare<[string, string, string]>(
       'INSERT INTO image_names (name, kind, image_id) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id, kind = excluded.kind',
     );
@@ -142,6 +146,10 @@ export class ImageRepository {
   save(img: NewImage): void {
     this.db.transaction(() => {
       this.upsertImage.run(img.id, img.manifestDigest, JSON.stringify(img.config), img.size, Date.now());
+      // The same image (config) may come through another manifest, e.g. recompressed
+      // layers: its references are those of the latest pull, not a union.
+      this.clearRefs.run(img.id);
+      this.clearLayers.run(img.id);
       for (const d of img.blobs) this.insertBlob.run(img.id, d);
       img.layers.forEach((l, i) => this.insertLayer.run(img.id, i, l.blobDigest, l.diffId, l.chainId));
       if (img.tag) this.upsertName.run(img.tag, 'tag', img.id);

@@ -16,6 +16,7 @@
  * protected from a concurrent RemoveImage by leases.
  */
 import type { Readable } from 'node:stream';
+import { abortable } from '../common/abort.js';
 import { BerthError, isKind, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { ImagesConfig, RegistryConfig } from '../config/schema.js';
@@ -41,13 +42,13 @@ import {
 import { digestedName, formatReference, isImageId, parseReference, taggedName, type ImageReference } from './reference.js';
 import type { Credentials } from './registry/auth.js';
 import { RegistryClient, type Endpoint } from './registry/client.js';
-import type { OverlaySnapshotter } from './snapshots/overlay.js';
+import type { Snapshotter } from './snapshots/snapshotter.js';
 
 export interface ImageServiceOptions {
   images: ImagesConfig;
   registries: Record<string, RegistryConfig>;
   content: ContentStore;
-  snapshots: OverlaySnapshotter;
+  snapshots: Snapshotter;
   repo: ImageRepository;
   log: Logger;
   platform?: Platform;
@@ -87,8 +88,8 @@ class Leases {
       }
     };
   }
-  keys(): Set<string> {
-    return new Set(this.counts.keys());
+  has(key: string): boolean {
+    return this.counts.has(key);
   }
 }
 
@@ -103,14 +104,14 @@ export class ImageService {
   private readonly client: RegistryClient;
   private readonly platform: Platform;
   private readonly leases = new Leases();
-  private readonly limiter: Limiter;
+  /** Work shared by pulls (downloads, unpacks) outlives any one caller; shutdown stops it. */
+  private readonly lifetime = new AbortController();
   /** Layers being fetched and unpacked, by chain ID; each settles once committed. */
   private readonly layerTasks = new Map<string, Promise<void>>();
 
   constructor(private readonly o: ImageServiceOptions) {
-    this.client = new RegistryClient({ images: o.images, registries: o.registries, log: o.log, ...(o.backoffMs !== undefined ? { backoffMs: o.backoffMs } : {}) });
+    this.client = new RegistryClient({ images: o.images, registries: o.registries, ...(o.backoffMs !== undefined ? { backoffMs: o.backoffMs } : {}) });
     this.platform = o.platform ?? hostPlatform();
-    this.limiter = new Limiter(o.images.max_concurrent_downloads);
   }
 
   /** Finds an image by ID (full, "sha256:"-less, or a unique prefix), tag or digest reference. */
@@ -128,8 +129,10 @@ export class ImageService {
       const byName = ref.digest ? this.o.repo.byName(digestedName(ref, ref.digest)) : this.o.repo.byName(taggedName(ref) ?? '');
       if (byName) return byName;
     }
+    // A short ID as crictl shows it. At least 12 hex digits, so that a short image name
+    // that happens to be hex ("cafe") never resolves to an unrelated image.
     const hex = s.replace(/^sha256:/, '');
-    if (/^[a-f0-9]{3,63}$/.test(hex)) {
+    if (/^[a-f0-9]{12,63}$/.test(hex)) {
       const ids = this.o.repo.idsWithPrefix(`sha256:${hex}`);
       if (ids.length === 1) return this.o.repo.get(ids[0]!);
     }
@@ -150,17 +153,27 @@ export class ImageService {
     return img;
   }
 
-  /** Deletes blobs and snapshots that no image, container or pull in flight uses. */
+  /**
+   * Deletes blobs and snapshots that no image, container or pull in flight uses. What
+   * goes is decided and its rows deleted synchronously, with the leases as they are at
+   * that moment, so a pull cannot take a lease on something already condemned; files
+   * and directories are removed afterwards.
+   */
   async collect(): Promise<{ blobs: number; snapshots: number }> {
-    const held = this.leases.keys();
-    const snapshots = await this.o.snapshots.collect(held);
-    let blobs = 0;
-    for (const digest of this.o.content.digestsUnreferenced()) {
-      if (held.has(digest)) continue;
-      await this.o.content.delete(digest);
-      blobs++;
-    }
-    return { blobs, snapshots };
+    const held = (key: string): boolean => this.leases.has(key);
+    const dirs = this.o.snapshots.collectRows(held);
+    const trash = this.o.content.collectRows(held);
+    await this.o.snapshots.removeDirs(dirs);
+    await this.o.content.emptyTrash(trash);
+    return { blobs: trash.length, snapshots: dirs.length };
+  }
+
+  /** Stops shared downloads and unpacks (shutdown) and waits until they have cleaned up. */
+  async close(): Promise<void> {
+    this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));
+    await Promise.allSettled([...this.layerTasks.values()]);
+    await this.o.content.idle();
+    await this.o.snapshots.close();
   }
 
   usage(): { bytes: number; inodes: number; mountpoint: string } {
@@ -169,9 +182,12 @@ export class ImageService {
     return { bytes: s.bytes + c.bytes, inodes: s.inodes + c.count, mountpoint: s.mountpoint };
   }
 
+  /** Each store recovers on its own: one failing does not keep the other from running. */
   async recover(): Promise<void> {
-    await this.o.content.recover();
-    await this.o.snapshots.recover();
+    const errors: unknown[] = [];
+    await this.o.content.recover().catch((e: unknown) => errors.push(e));
+    await this.o.snapshots.recover().catch((e: unknown) => errors.push(e));
+    if (errors.length > 0) throw new AggregateError(errors, errors.map(messageOf).join('; '));
   }
 
   /** Pulls an image; returns its record once it is fully stored and listed. */
@@ -207,12 +223,24 @@ export class ImageService {
     if (manifest.config.size > this.o.images.max_config_bytes) {
       throw new BerthError('ResourceExhausted', `${what}: config ${manifest.config.digest} is ${manifest.config.size} bytes, over images.max_config_bytes (${this.o.images.max_config_bytes})`);
     }
-    const release = this.leases.hold([...blobs.map((b) => b.desc.digest), manifest.config.digest, ...manifest.layers.map((l) => l.digest)]);
-    let releaseChains: () => void = () => {};
+    for (const l of manifest.layers) {
+      if (l.size > this.o.images.max_layer_bytes) {
+        throw new BerthError('ResourceExhausted', `${what}: layer ${l.digest} declares ${l.size} bytes, over images.max_layer_bytes (${this.o.images.max_layer_bytes})`);
+      }
+    }
+    // Held from before first use until the image row is committed (or the pull fails).
+    const leases = [this.leases.hold([...blobs.map((b) => b.desc.digest), manifest.config.digest, ...manifest.layers.map((l) => l.digest)])];
+    // Downloads and unpacks may be shared with other pulls: they run under berthd's
+    // lifetime, not this caller's; the caller only stops waiting when it goes away.
+    const shared = this.lifetime.signal;
+    let failure: unknown;
     try {
-      await this.o.content.ensure(
-        manifest.config,
-        () => this.client.openBlob(ep, ref.path, manifest.config.digest, manifest.config.size, signal, `${what} config ${manifest.config.digest}`),
+      await abortable(
+        this.o.content.ensure(
+          manifest.config,
+          () => this.client.openBlob(ep, ref.path, manifest.config.digest, manifest.config.size, shared, `${what} config ${manifest.config.digest}`),
+          shared,
+        ),
         signal,
       );
       const config = parseImageConfig(await this.o.content.readBuffer(manifest.config.digest), `${what} config ${manifest.config.digest}`);
@@ -220,9 +248,10 @@ export class ImageService {
         throw new BerthError('FailedPrecondition', `${what}: the manifest has ${manifest.layers.length} layers but the config lists ${config.diffIds.length} diff IDs`);
       }
       const chain = chainIds(config.diffIds);
-      releaseChains = this.leases.hold(chain);
+      leases.push(this.leases.hold(chain));
 
       // One task per layer: download and unpack in parallel, commit bottom-up.
+      const limiter = new Limiter(this.o.images.max_concurrent_downloads);
       const tasks: Array<Promise<void>> = [];
       for (const [i, layer] of manifest.layers.entries()) {
         tasks.push(
@@ -231,13 +260,13 @@ export class ImageService {
             parent: i === 0 ? undefined : { chainId: chain[i - 1]!, task: tasks[i - 1]! },
             diffId: config.diffIds[i]!,
             layer,
-            open: () => this.client.openBlob(ep, ref.path, layer.digest, layer.size, signal, `${what} layer ${layer.digest}`),
-            signal,
+            open: () => this.client.openBlob(ep, ref.path, layer.digest, layer.size, shared, `${what} layer ${layer.digest}`),
+            limiter,
           }),
         );
       }
-      // Wait for all, so no task is left running (or rejecting unobserved) after a failure.
-      const outcomes = await Promise.allSettled(tasks);
+      // Wait for all, so no task rejects unobserved; report the first failure.
+      const outcomes = await abortable(Promise.allSettled(tasks), signal);
       const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
       if (failed) throw failed.reason;
 
@@ -257,15 +286,15 @@ export class ImageService {
       this.o.log.info('image pulled', { image: what, id: manifest.config.digest, layers: manifest.layers.length, bytes: size, ms: Date.now() - t0, endpoint: ep.base.origin });
       return this.o.repo.get(manifest.config.digest)!;
     } catch (err) {
-      release();
-      releaseChains();
-      if (!signal?.aborted && !isKind(err, 'Cancelled') && !isKind(err, 'DeadlineExceeded')) {
-        await this.collect().catch((e: unknown) => this.o.log.warn('cleanup after a failed pull failed', { image: what, error: messageOf(e) }));
-      }
+      failure = err;
       throw err;
     } finally {
-      release();
-      releaseChains();
+      for (const release of leases) release();
+      // A failed pull removes what it added and nothing uses; a cancelled one keeps
+      // verified blobs and snapshots for its retry.
+      if (failure !== undefined && !signal?.aborted && !isKind(failure, 'Cancelled') && !isKind(failure, 'DeadlineExceeded')) {
+        await this.collect().catch((e: unknown) => this.o.log.warn('cleanup after a failed pull failed', { image: what, error: messageOf(e) }));
+      }
     }
   }
 
@@ -281,25 +310,25 @@ export class ImageService {
     diffId: string;
     layer: Descriptor & { compression: LayerCompression };
     open: () => Promise<Readable>;
-    signal: AbortSignal | undefined;
+    limiter: Limiter;
   }): Promise<void> {
     const running = this.layerTasks.get(t.chainId);
     if (running) return running;
     const content = this.o.content;
+    const signal = this.lifetime.signal;
     const run = async (): Promise<void> => {
       if (this.o.snapshots.committed(t.chainId)) {
-        await content.ensure(t.layer, t.open, t.signal);
+        await t.limiter.run(() => content.ensure(t.layer, t.open, signal));
         return;
       }
-      // Downloads are limited here; unpacking is limited by the worker pool.
-      await this.limiter.run(() => content.ensure(t.layer, t.open, t.signal));
+      await t.limiter.run(() => content.ensure(t.layer, t.open, signal));
       const prepared = await this.o.snapshots.extract({
         diffId: t.diffId,
         layer: t.layer.digest,
         compression: t.layer.compression,
         blobPath: content.path(t.layer.digest),
         maxBytes: this.o.images.max_layer_bytes,
-        ...(t.signal ? { signal: t.signal } : {}),
+        signal,
       });
       try {
         if (t.parent) await t.parent.task;

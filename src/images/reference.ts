@@ -37,7 +37,7 @@ export interface ImageReference {
   path: string;
   /** Present when given, or defaulted to "latest" when neither tag nor digest was given. */
   tag?: string;
-  /** "sha256:<64 hex>" (also sha384 and sha512). */
+  /** "sha256:<64 hex>" (also sha512). */
   digest?: string;
 }
 
@@ -62,10 +62,9 @@ const LOWER_HEX = /^[a-f0-9]+$/;
 const IMAGE_ID = /^(?:sha256:)?[a-f0-9]{64}$/;
 const URL_SCHEME = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\//;
 
-/** Hex length of each digest algorithm the image store can verify. */
+/** Hex length of each digest algorithm the content store can verify. */
 const DIGEST_HEX_LENGTH = new Map([
   ['sha256', 64],
-  ['sha384', 96],
   ['sha512', 128],
 ]);
 

@@ -86,4 +86,28 @@ export const MIGRATIONS: readonly Migration[] = [
       `);
     },
   },
+  {
+    version: 3,
+    name: 'pod sandboxes',
+    up(db) {
+      db.exec(`
+        CREATE TABLE sandboxes (
+          id              TEXT PRIMARY KEY NOT NULL,
+          name            TEXT NOT NULL,
+          namespace       TEXT NOT NULL,
+          uid             TEXT NOT NULL,
+          attempt         INTEGER NOT NULL,
+          state           TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'notready', 'removing')),
+          config          TEXT NOT NULL,
+          runtime_handler TEXT NOT NULL,
+          ns_dir          TEXT,
+          network         TEXT,
+          ips             TEXT NOT NULL DEFAULT '[]',
+          acknowledged    INTEGER NOT NULL DEFAULT 0,
+          created_at      TEXT NOT NULL,
+          UNIQUE (name, namespace, uid, attempt)
+        ) STRICT;
+      `);
+    },
+  },
 ];

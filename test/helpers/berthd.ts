@@ -152,9 +152,9 @@ export class Berthd implements AsyncDisposable {
  */
 function expectedFile(rel: string): boolean {
   if (['root/berth.db', 'root/berthd.lock', 'state/berthd.lock'].includes(rel)) return true;
-  if (rel === 'root/content/ingest') return true;
+  if (rel === 'root/content/ingest' || rel === 'state/ns') return true;
   if (rel.startsWith('root/content/ingest/')) return false;
-  return /^root\/(content|snapshots)(\/|$)/.test(rel);
+  return /^root\/(content|snapshots|sandboxes)(\/|$)/.test(rel);
 }
 
 /** Processes, mounts and files left under `dir` after berthd stopped. */

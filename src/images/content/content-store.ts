@@ -9,12 +9,12 @@
  * want the same blob at once share one download.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, createWriteStream, mkdirSync, readdirSync } from 'node:fs';
+import { createWriteStream, mkdirSync, readdirSync, renameSync } from 'node:fs';
 import { open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { BerthError, errnoOf } from '../../common/errors.js';
+import { BerthError, errnoOf, messageOf } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import type { BlobRepository } from './blob-repository.js';
 
@@ -36,6 +36,7 @@ async function fsyncPath(path: string): Promise<void> {
 export class ContentStore {
   private readonly blobsDir: string;
   private readonly ingestDir: string;
+  private readonly trashDir: string;
   private readonly inflight = new Map<string, Promise<void>>();
 
   constructor(
@@ -45,8 +46,8 @@ export class ContentStore {
   ) {
     this.blobsDir = join(root, 'content', 'blobs');
     this.ingestDir = join(root, 'content', 'ingest');
-    mkdirSync(join(this.blobsDir, 'sha256'), { recursive: true, mode: 0o700 });
-    mkdirSync(this.ingestDir, { recursive: true, mode: 0o700 });
+    this.trashDir = join(root, 'content', 'trash');
+    for (const d of [join(this.blobsDir, 'sha256'), join(this.blobsDir, 'sha512'), this.ingestDir, this.trashDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
   }
 
   path(digest: string): string {
@@ -111,32 +112,48 @@ export class ContentStore {
   /** Stores a blob already in memory and verified by the caller. */
   async putVerified(desc: BlobDescriptor, data: Buffer): Promise<void> {
     if (this.has(desc.digest)) return;
-    const { Readable } = await import('node:stream');
     await this.ensure(desc, async () => Readable.from([data]));
-  }
-
-  read(digest: string): Readable {
-    return createReadStream(this.path(digest), { highWaterMark: 1 << 20 });
   }
 
   async readBuffer(digest: string): Promise<Buffer> {
     return readFile(this.path(digest));
   }
 
-  /** Removes a blob: row first (it stops being "present"), then the file. */
-  async delete(digest: string): Promise<void> {
-    this.repo.delete(digest);
-    await rm(this.path(digest), { force: true });
+  /**
+   * Garbage collection, first half, synchronous: deletes the rows of blobs no image
+   * references and no lease (`held`) protects, and moves their files into trash/ at once,
+   * so a download of the same digest starting right after never has its new file removed.
+   */
+  collectRows(held: (digest: string) => boolean): string[] {
+    const trash: string[] = [];
+    for (const digest of this.repo.unreferenced()) {
+      if (held(digest)) continue;
+      this.repo.delete(digest);
+      const to = join(this.trashDir, `${digest.replace(':', '-')}.${randomBytes(4).toString('hex')}`);
+      try {
+        renameSync(this.path(digest), to);
+        trash.push(to);
+      } catch (err) {
+        if (errnoOf(err) !== 'ENOENT') throw err;
+      }
+    }
+    return trash;
+  }
+
+  /** Resolves when no download is in progress (each has cleaned up after itself). */
+  async idle(): Promise<void> {
+    await Promise.allSettled([...this.inflight.values()]);
+  }
+
+  /** Garbage collection, second half. */
+  async emptyTrash(paths: string[]): Promise<void> {
+    for (const p of paths) await rm(p, { force: true });
   }
 
   usage(): { bytes: number; count: number } {
     return this.repo.usage();
   }
 
-  /** Blobs that no image references. */
-  digestsUnreferenced(): string[] {
-    return this.repo.unreferenced();
-  }
 
   /**
    * Recovery: temp files of interrupted downloads go; files without a row (a crash
@@ -146,9 +163,11 @@ export class ContentStore {
     let removedTemp = 0;
     let removedFiles = 0;
     let removedRows = 0;
-    for (const name of readdirSync(this.ingestDir)) {
-      await rm(join(this.ingestDir, name), { force: true, recursive: true });
-      removedTemp++;
+    for (const dir of [this.ingestDir, this.trashDir]) {
+      for (const name of readdirSync(dir)) {
+        await rm(join(dir, name), { force: true, recursive: true });
+        removedTemp++;
+      }
     }
     const known = new Set(this.repo.digests());
     for (const alg of readdirSync(this.blobsDir)) {
@@ -164,8 +183,13 @@ export class ContentStore {
         await stat(this.path(digest));
       } catch (err) {
         if (errnoOf(err) !== 'ENOENT') throw err;
-        this.repo.delete(digest);
-        removedRows++;
+        try {
+          this.repo.delete(digest);
+          removedRows++;
+        } catch (e) {
+          // Still referenced by an image: that image is damaged; say so and go on.
+          this.log.error('blob file missing for an image; remove the image and pull it again', { digest, error: messageOf(e) });
+        }
       }
     }
     if (removedTemp + removedFiles + removedRows > 0) this.log.info('content store recovered', { removedTemp, removedFiles, removedRows });

@@ -13,9 +13,9 @@
  * - Caps: manifests are read up to a size cap; a blob stream ends with an error if the
  *   registry sends more or fewer bytes than the descriptor declares.
  */
+import { createHash } from 'node:crypto';
 import { Transform, type Readable } from 'node:stream';
 import { BerthError, errnoOf, messageOf } from '../../common/errors.js';
-import type { Logger } from '../../common/logger.js';
 import { defaultRegistryConfig, type ImagesConfig, type RegistryConfig } from '../../config/schema.js';
 import { registryHost, type ImageReference } from '../reference.js';
 import { basicHeader, hasCredentials, parseChallenge, TokenCache, type Credentials } from './auth.js';
@@ -34,7 +34,6 @@ export interface Endpoint {
 export interface ClientOptions {
   images: ImagesConfig;
   registries: Record<string, RegistryConfig>;
-  log: Logger;
   /** Base delay of the retry backoff (tests shorten it). */
   backoffMs?: number;
 }
@@ -44,6 +43,12 @@ export interface FetchedManifest {
   contentType: string;
   /** Docker-Content-Digest when the registry sent one. */
   digestHeader: string | undefined;
+}
+
+/** A non-reversible key for a set of credentials, for caches ('-' when anonymous). */
+function credentialKey(c: Credentials | undefined): string {
+  if (!hasCredentials(c)) return '-';
+  return createHash('sha256').update(JSON.stringify([c!.username ?? '', c!.password ?? '', c!.identityToken ?? '', c!.registryToken ?? ''])).digest('hex');
 }
 
 const LOOPBACK = /^(localhost|127(?:\.\d{1,3}){3}|\[::1\])(:\d+)?$/;
@@ -81,6 +86,7 @@ async function registryMessage(res: HttpResponse): Promise<string> {
 
 export class RegistryClient {
   private readonly tokens = new TokenCache();
+  private readonly basicOrigins = new Set<string>();
   private readonly backoffMs: number;
 
   constructor(private readonly opts: ClientOptions) {
@@ -134,14 +140,20 @@ export class RegistryClient {
    */
   private async get(ep: Endpoint, repo: string, path: string, accept: string | undefined, signal: AbortSignal | undefined, what: string): Promise<HttpResponse> {
     const scope = `repository:${repo}:pull`;
-    const tokenKey = `${ep.base.origin}|${scope}`;
+    // Tokens belong to the credentials that earned them: a pull without (or with other)
+    // credentials must never ride on someone else's token.
+    const tokenKey = `${ep.base.origin}|${scope}|${credentialKey(ep.credentials)}`;
     const attempts = this.opts.images.pull_attempts;
     let answeredChallenge = false;
     let lastError: unknown;
     for (let attempt = 1; attempt <= attempts; ) {
       const headers: Record<string, string> = { 'user-agent': 'berth' };
       if (accept) headers.accept = accept;
-      const auth = ep.credentials?.registryToken ? `Bearer ${ep.credentials.registryToken}` : this.tokens.get(tokenKey);
+      const auth = ep.credentials?.registryToken
+        ? `Bearer ${ep.credentials.registryToken}`
+        : this.basicOrigins.has(ep.base.origin) && ep.credentials?.username
+          ? basicHeader(ep.credentials)
+          : this.tokens.get(tokenKey);
       if (auth) headers.authorization = auth;
       let res: HttpResponse;
       try {
@@ -188,7 +200,9 @@ export class RegistryClient {
       if (!hasCredentials(creds) || !creds?.username) {
         throw new BerthError('Unauthenticated', `${what}: registry ${ep.host} requires a username and password (pass them with the pull, or set registries."${ep.host}".username/password)`);
       }
-      this.tokens.set(tokenKey, basicHeader(creds), 3600);
+      // Remember only that the registry wants Basic; the header is built from each
+      // request's own credentials.
+      this.basicOrigins.add(ep.base.origin);
       return;
     }
     const realm = challenge.params.realm;

@@ -101,19 +101,26 @@ function once(opts: HttpOptions, url: URL, headers: OutgoingHttpHeaders): Promis
 export async function send(opts: HttpOptions): Promise<HttpResponse> {
   let url = opts.url;
   let headers = { ...opts.headers };
+  let insecure = opts.insecureSkipVerify;
   for (let hop = 0; ; hop++) {
-    const res = await once(opts, url, headers);
+    const res = await once({ ...opts, insecureSkipVerify: insecure }, url, headers);
     const location = res.headers.location;
     if (![301, 302, 303, 307, 308].includes(res.status) || !location || opts.maxRedirects === 0) return res;
-    res.body.resume();
+    // A redirect's body is never read: a hostile server could stream it forever.
+    res.body.destroy();
     if (hop >= opts.maxRedirects) throw new BerthError('Unavailable', `${opts.url.origin}: more than ${opts.maxRedirects} redirects`);
     const next = new URL(location, url);
     if (next.protocol !== 'http:' && next.protocol !== 'https:') {
       throw new BerthError('Unavailable', `${opts.url.origin}: redirect to unsupported URL scheme ${next.protocol}`);
     }
     if (next.origin !== url.origin) {
+      // A request with a body (a token request carrying a refresh token) never follows
+      // a redirect to another origin.
+      if (opts.body !== undefined) throw new BerthError('Unavailable', `${opts.url.origin}: refusing to send the request body on to ${next.origin}`);
       const { authorization: _dropped, ...rest } = headers as Record<string, unknown>;
       headers = rest as OutgoingHttpHeaders;
+      // A TLS exception configured for the registry does not extend to other hosts.
+      insecure = false;
     }
     url = next;
   }

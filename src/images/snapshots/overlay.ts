@@ -87,33 +87,36 @@ export class OverlaySnapshotter implements Snapshotter {
     await rm(prepared.dir, { recursive: true, force: true });
   }
 
-  async collect(protectedKeys: ReadonlySet<string>): Promise<number> {
-    const rows = this.repo.all();
-    const byId = new Map(rows.map((r) => [r.id, r]));
-    const live = new Set<number>();
-    const keep = (row: SnapshotRow | undefined): void => {
-      while (row && !live.has(row.id)) {
-        live.add(row.id);
-        row = row.parent_id === null ? undefined : byId.get(row.parent_id);
+  collectRows(held: (chainId: string) => boolean): string[] {
+    return this.repo.transaction(() => {
+      const rows = this.repo.all();
+      const byId = new Map(rows.map((r) => [r.id, r]));
+      const live = new Set<number>();
+      const keep = (row: SnapshotRow | undefined): void => {
+        while (row && !live.has(row.id)) {
+          live.add(row.id);
+          row = row.parent_id === null ? undefined : byId.get(row.parent_id);
+        }
+      };
+      const referenced = this.repo.referencedByImages();
+      for (const r of rows) {
+        if (r.kind !== 'committed' || (r.key !== null && (referenced.has(r.key) || held(r.key)))) keep(r);
       }
-    };
-    const referenced = this.repo.referencedByImages();
-    for (const r of rows) {
-      if (r.kind !== 'committed' || (r.key !== null && (referenced.has(r.key) || protectedKeys.has(r.key)))) keep(r);
-    }
-    // Deepest first, so a parent row is never deleted while a child points at it
-    // (ids say nothing about depth: layers are extracted in parallel).
-    const depth = (row: SnapshotRow): number => {
-      let n = 0;
-      for (let r: SnapshotRow | undefined = row; r && r.parent_id !== null; r = byId.get(r.parent_id)) n++;
-      return n;
-    };
-    const doomed = rows.filter((r) => !live.has(r.id)).sort((a, b) => depth(b) - depth(a));
-    for (const r of doomed) {
-      this.repo.delete(r.id);
-      await rm(join(this.dir, String(r.id)), { recursive: true, force: true });
-    }
-    return doomed.length;
+      // Deepest first, so a parent row is never deleted while a child points at it
+      // (ids say nothing about depth: layers are extracted in parallel).
+      const depth = (row: SnapshotRow): number => {
+        let n = 0;
+        for (let r: SnapshotRow | undefined = row; r && r.parent_id !== null; r = byId.get(r.parent_id)) n++;
+        return n;
+      };
+      const doomed = rows.filter((r) => !live.has(r.id)).sort((a, b) => depth(b) - depth(a));
+      for (const r of doomed) this.repo.delete(r.id);
+      return doomed.map((r) => join(this.dir, String(r.id)));
+    });
+  }
+
+  async removeDirs(dirs: string[]): Promise<void> {
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
   }
 
   /** Stops the unpack workers (on shutdown). */

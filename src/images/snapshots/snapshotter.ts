@@ -18,9 +18,9 @@
  * 3. **Make a container's root.** (containers issue) An `active` snapshot on top of an
  *    image's top snapshot gets an empty `fs` (the overlay upperdir) and `work`; its
  *    mount is overlay(lowerdirs = the chain, upperdir = fs, workdir = work).
- * 4. **Remove.** A snapshot goes when nothing uses it: no image lists its chain ID and no
- *    other snapshot has it as parent. The row goes first, then the directory; recovery
- *    removes directories that have no row.
+ * 4. **Remove.** A snapshot goes when nothing uses it: no image lists its chain ID, no
+ *    other snapshot has it as parent, and no pull in flight holds a lease on it. The row
+ *    goes first, then the directory; recovery removes directories that have no row.
  */
 import type { LayerCompression } from '../manifest.js';
 
@@ -68,8 +68,16 @@ export interface Snapshotter {
   commit(prepared: PreparedSnapshot, chainId: string, parentChainId: string | undefined): SnapshotInfo;
   /** Throws a prepared snapshot away. */
   discard(prepared: PreparedSnapshot): Promise<void>;
-  /** Removes committed snapshots that no image layer and no other snapshot uses. */
-  collect(protectedKeys: ReadonlySet<string>): Promise<number>;
+  /**
+   * Garbage collection, first half, synchronous: deletes the rows of committed snapshots
+   * that no image layer, no live child snapshot and no lease (`held`) needs, and returns
+   * their directories. Nothing can take a lease between the decision and the deletion.
+   */
+  collectRows(held: (chainId: string) => boolean): string[];
+  /** Garbage collection, second half: removes the directories of deleted rows. */
+  removeDirs(dirs: string[]): Promise<void>;
+  /** Stops background work (unpack workers). */
+  close(): Promise<void>;
   /** Bytes and inodes used by all snapshots, and where they live. */
   usage(): { bytes: number; inodes: number; mountpoint: string };
   /** Start-up reconciliation of rows and directories. */

@@ -48,59 +48,74 @@ export class UnpackPool {
       if (m.ok) p.resolve(m.result);
       else p.reject(m.kind ? new BerthError(m.kind, m.message) : new Error(m.message));
     });
-    worker.on('error', (err) => {
-      // A worker that dies takes its job with it; the slot is replaced on next use.
-      if (slot.job !== undefined) {
-        this.pending.get(slot.job)?.reject(err);
-        this.pending.delete(slot.job);
-      }
+    // A worker that dies (error or exit) takes its job with it and leaves the pool; a
+    // new one is spawned on demand.
+    const drop = (why: unknown): void => {
       const i = this.slots.indexOf(slot);
       if (i >= 0) this.slots.splice(i, 1);
-    });
+      if (slot.job !== undefined) {
+        this.pending.get(slot.job)?.reject(why);
+        this.pending.delete(slot.job);
+      }
+      this.wake();
+    };
+    worker.on('error', drop);
+    worker.on('exit', (code) => drop(new BerthError('Internal', `unpack worker exited with code ${code}`)));
     this.slots.push(slot);
     return slot;
   }
 
-  private async acquire(): Promise<Slot> {
+  private wake(): void {
+    this.waiting.shift()?.();
+  }
+
+  /** A free slot, marked busy before anyone else can see it; waits (abortably) if none. */
+  private async acquire(signal: AbortSignal | undefined): Promise<Slot> {
     for (;;) {
       if (this.closed) throw new BerthError('Unavailable', 'berthd is shutting down');
-      const idle = this.slots.find((s) => !s.busy);
-      if (idle) return idle;
-      if (this.slots.length < this.size) return this.spawn();
-      await new Promise<void>((r) => this.waiting.push(r));
+      if (signal?.aborted) throw signal.reason;
+      const slot = this.slots.find((s) => !s.busy) ?? (this.slots.length < this.size ? this.spawn() : undefined);
+      if (slot) {
+        slot.busy = true;
+        return slot;
+      }
+      await new Promise<void>((resolve) => {
+        const onAbort = (): void => {
+          const i = this.waiting.indexOf(wakeUp);
+          if (i >= 0) this.waiting.splice(i, 1);
+          resolve();
+        };
+        const wakeUp = (): void => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve();
+        };
+        this.waiting.push(wakeUp);
+        signal?.addEventListener('abort', onAbort, { once: true });
+      });
     }
   }
 
   /** Unpacks one layer on a worker; an abort stops it there and waits for its cleanup. */
   async run(job: UnpackJob, signal?: AbortSignal): Promise<UnpackResult> {
-    if (signal?.aborted) throw signal.reason;
-    const slot = await this.acquire();
+    const slot = await this.acquire(signal);
     const id = this.nextId++;
-    slot.busy = true;
     slot.job = id;
     const onAbort = (): void => slot.worker.postMessage({ type: 'abort', id });
     try {
       const done = new Promise<UnpackResult>((resolve, reject) => this.pending.set(id, { resolve, reject }));
-      const onExit = (code: number): void => {
-        const p = this.pending.get(id);
-        this.pending.delete(id);
-        p?.reject(new BerthError('Internal', `layer ${job.opts.layer}: unpack worker exited with code ${code}`));
-      };
-      slot.worker.once('exit', onExit);
       slot.worker.postMessage({ type: 'unpack', id, job });
-      signal?.addEventListener('abort', onAbort, { once: true });
+      if (signal?.aborted) onAbort();
+      else signal?.addEventListener('abort', onAbort, { once: true });
       try {
         return await done;
       } catch (err) {
         throw signal?.aborted ? signal.reason : err;
-      } finally {
-        slot.worker.removeListener('exit', onExit);
       }
     } finally {
       signal?.removeEventListener('abort', onAbort);
       slot.busy = false;
       slot.job = undefined;
-      this.waiting.shift()?.();
+      this.wake();
     }
   }
 

@@ -1,0 +1,52 @@
+import { BerthError } from '../../common/errors.js';
+import type { SandboxService } from '../../sandbox/sandbox-service.js';
+import type { ListPodSandboxRequest__Output } from '../gen/runtime/v1/ListPodSandboxRequest.js';
+import type { ListPodSandboxResponse } from '../gen/runtime/v1/ListPodSandboxResponse.js';
+import type { PodSandboxStatusRequest__Output } from '../gen/runtime/v1/PodSandboxStatusRequest.js';
+import type { PodSandboxStatusResponse } from '../gen/runtime/v1/PodSandboxStatusResponse.js';
+import type { StreamPodSandboxesRequest__Output } from '../gen/runtime/v1/StreamPodSandboxesRequest.js';
+import type { StreamPodSandboxesResponse } from '../gen/runtime/v1/StreamPodSandboxesResponse.js';
+import type { StreamHandler, UnaryHandler } from '../rpc.js';
+import { filteredSandboxes, requireId, toCriPodSandbox } from './convert.js';
+
+interface StoredNamespaces {
+  linux?: { security_context?: { namespace_options?: { network?: string; pid?: string; ipc?: string } } };
+}
+
+/** PodSandboxStatus: NOT_FOUND for an unknown id; `verbose` adds berth's own view in info["info"]. */
+export const podSandboxStatus = (svc: SandboxService): UnaryHandler<PodSandboxStatusRequest__Output, PodSandboxStatusResponse> => async (req) => {
+  const id = requireId(req.pod_sandbox_id, 'pod_sandbox_id');
+  const rec = svc.find(id);
+  if (!rec || rec.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${id}" not found`);
+  const base = toCriPodSandbox(rec);
+  const nsOpts = (rec.config as StoredNamespaces).linux?.security_context?.namespace_options ?? {};
+  const info: Record<string, string> = {};
+  if (req.verbose) {
+    info.info = JSON.stringify({ id: rec.id, state: rec.state, nsDir: rec.nsDir, podDir: svc.podDir(rec.id), runtimeHandler: rec.runtimeHandler, cni: rec.network, config: rec.config });
+  }
+  return {
+    status: {
+      ...base,
+      network: { ip: rec.ips[0] ?? '', additional_ips: rec.ips.slice(1).map((ip) => ({ ip })) },
+      linux: {
+        namespaces: {
+          options: { network: (nsOpts.network ?? 'POD') as 'POD', pid: (nsOpts.pid ?? 'POD') as 'POD', ipc: (nsOpts.ipc ?? 'POD') as 'POD', target_id: '' },
+        },
+      },
+    },
+    info,
+    containers_statuses: [],
+    timestamp: String(BigInt(Date.now()) * 1_000_000n),
+  };
+};
+
+export const listPodSandbox = (svc: SandboxService): UnaryHandler<ListPodSandboxRequest__Output, ListPodSandboxResponse> => async (req) => ({
+  items: filteredSandboxes(svc, req.filter),
+});
+
+const PAGE = 500;
+
+export const streamPodSandboxes = (svc: SandboxService): StreamHandler<StreamPodSandboxesRequest__Output, StreamPodSandboxesResponse> => async (req, _ctx, send) => {
+  const all = filteredSandboxes(svc, req.filter);
+  for (let i = 0; i < all.length; i += PAGE) await send({ pod_sandboxes: all.slice(i, i + PAGE) });
+};

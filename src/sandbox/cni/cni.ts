@@ -1,0 +1,165 @@
+/**
+ * berth's own CNI runtime side (spec 1.0): running a network's chain of plugins for a
+ * pod sandbox.
+ *
+ * The life of a pod's network attachment:
+ *  1. `add`: each plugin of the list, in order, gets ADD with the previous plugin's
+ *     result as `prevResult` (bridge creates the veth and asks host-local for an IP;
+ *     portmap reads the pod IP from prevResult and installs its DNAT rules). The last
+ *     result is the attachment's result, which the caller stores with the sandbox. If a
+ *     plugin fails, the whole chain gets DEL (best effort) before the error is thrown,
+ *     so a failed ADD leaves no IP allocated.
+ *  2. `check` (optional): CHECK through the chain with the stored result.
+ *  3. `del`: DEL through the chain in reverse, with the stored result. DEL may come any
+ *     number of times, after a crash, with no stored result, or after the netns is gone;
+ *     plugins are told to clean up what they can, and it succeeds.
+ *
+ * DEL needs the same runtime conf as ADD, `capabilityArgs` included: portmap only removes
+ * its rules when it is given the port mappings again. Run DEL before the netns is
+ * deleted: with no netns, the bridge plugin cannot find the pod's addresses and leaves
+ * its `ipMasq` rules behind.
+ */
+import { statfs } from 'node:fs/promises';
+import { BerthError, isKind, messageOf, type ErrorKind } from '../../common/errors.js';
+import type { CniNetworkList, CniPluginConf } from './conf-dir.js';
+import { findPlugin, runPlugin } from './exec.js';
+import { cniEnv, pluginStdin, pluginTypeProblem, runtimeConfProblem, supportsCheck, type CniCommand, type CniRuntimeConf } from './protocol.js';
+import { parseResult, podIps, type CniResult } from './result.js';
+
+export type { CniRuntimeConf, PortMapping } from './protocol.js';
+export type { CniInterface, CniIpConfig, CniResult } from './result.js';
+export { podIps };
+
+export interface CniNetworkOptions {
+  /** Longest one plugin invocation may run (default 60 s). */
+  timeoutMs?: number;
+}
+
+const DEFAULT_TIMEOUT_MS = 60_000;
+/** statfs(2) f_type of nsfs, what a pinned namespace file is. */
+const NSFS_MAGIC = 0x6e736673;
+
+/** One network list (bridge → portmap …) and the dirs its plugin binaries live in. */
+export class CniNetwork {
+  readonly name: string;
+  private readonly timeoutMs: number;
+
+  constructor(
+    readonly list: CniNetworkList,
+    readonly binDirs: string[],
+    opts: CniNetworkOptions = {},
+  ) {
+    this.name = list.name;
+    this.timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  }
+
+  /**
+   * Runs ADD through the chain, threading each result into the next plugin as
+   * `prevResult`; returns the last result. On failure, runs DEL for the whole chain
+   * (best effort, not cut short by `signal`) and throws a BerthError naming the plugin:
+   * Unavailable when a plugin failed, DeadlineExceeded / Cancelled when one was killed.
+   */
+  async add(rt: CniRuntimeConf, signal?: AbortSignal): Promise<CniResult> {
+    this.validate(rt);
+    let prev: CniResult | undefined;
+    for (const plugin of this.list.plugins) {
+      try {
+        const stdout = await this.invoke('ADD', plugin, rt, prev, signal);
+        const parsed = parseResult(stdout, this.list.cniVersion);
+        if (typeof parsed === 'string') throw new BerthError('Unavailable', parsed);
+        prev = parsed;
+      } catch (err) {
+        const rollback = await this.delChain(rt, undefined, undefined).then(
+          () => '',
+          (e: unknown) => ` (rolling the chain back with DEL failed too: ${messageOf(e)})`,
+        );
+        throw this.wrap(err, plugin, 'ADD', rollback);
+      }
+    }
+    if (!prev) throw new BerthError('Internal', `CNI network "${this.name}" has no plugins`);
+    return prev;
+  }
+
+  /**
+   * Runs CHECK through the chain with the result of the ADD. Skipped when the list sets
+   * `disableCheck` or its cniVersion predates CHECK (0.4.0). Stops at the first failure.
+   */
+  async check(rt: CniRuntimeConf, prevResult: CniResult, signal?: AbortSignal): Promise<void> {
+    if (this.list.disableCheck === true || !supportsCheck(this.list.cniVersion)) return;
+    this.validate(rt);
+    for (const plugin of this.list.plugins) {
+      try {
+        await this.invoke('CHECK', plugin, rt, prevResult, signal);
+      } catch (err) {
+        throw this.wrap(err, plugin, 'CHECK');
+      }
+    }
+  }
+
+  /**
+   * Runs DEL through the chain in reverse with the cached result (none for lists older
+   * than 0.4.0, as the spec has it). A netns path that is gone or no longer a namespace
+   * is passed as '' so plugins clean up what they can without it. Every plugin gets its
+   * DEL even when an earlier one fails; then the first failure is thrown, naming its plugin.
+   */
+  async del(rt: CniRuntimeConf, prevResult: CniResult | undefined, signal?: AbortSignal): Promise<void> {
+    this.validate(rt);
+    await this.delChain(rt, prevResult, signal);
+  }
+
+  private async delChain(rt: CniRuntimeConf, prevResult: CniResult | undefined, signal: AbortSignal | undefined): Promise<void> {
+    const netns = rt.netns !== '' && (await isNetns(rt.netns)) ? rt.netns : '';
+    const delRt = { ...rt, netns };
+    const prev = supportsCheck(this.list.cniVersion) ? prevResult : undefined;
+    const failures: BerthError[] = [];
+    for (const plugin of [...this.list.plugins].reverse()) {
+      try {
+        await this.invoke('DEL', plugin, delRt, prev, signal);
+      } catch (err) {
+        failures.push(this.wrap(err, plugin, 'DEL'));
+      }
+    }
+    const first = failures[0];
+    if (!first) return;
+    if (failures.length === 1) throw first;
+    throw new BerthError(first.kind, `${first.message} (and ${failures.length - 1} more: ${failures.slice(1).map((f) => f.message).join('; ')})`, { cause: first });
+  }
+
+  private async invoke(command: CniCommand, plugin: CniPluginConf, rt: CniRuntimeConf, prev: CniResult | undefined, signal: AbortSignal | undefined): Promise<string> {
+    const problem = pluginTypeProblem(plugin.type);
+    if (problem) throw new BerthError('InvalidArgument', problem);
+    const file = await findPlugin(plugin.type, this.binDirs);
+    const stdin = JSON.stringify(pluginStdin(this.list, plugin, prev, rt.capabilityArgs));
+    return runPlugin({ file, env: cniEnv(command, rt, this.binDirs), stdin, timeoutMs: this.timeoutMs, ...(signal ? { signal } : {}) });
+  }
+
+  private validate(rt: CniRuntimeConf): void {
+    const problem = runtimeConfProblem(rt);
+    if (problem) throw new BerthError('InvalidArgument', `CNI network "${this.name}": ${problem}`);
+  }
+
+  private wrap(err: unknown, plugin: CniPluginConf, command: CniCommand, suffix = ''): BerthError {
+    const kind: ErrorKind = isKind(err) && ['DeadlineExceeded', 'Cancelled', 'InvalidArgument'].includes(err.kind) ? err.kind : 'Unavailable';
+    return new BerthError(kind, `CNI network "${this.name}": plugin "${plugin.type}" failed to ${command}: ${messageOf(err)}${suffix}`, { cause: err });
+  }
+}
+
+/** True when `path` is a namespace file (a bind-mounted pin or /proc/<pid>/ns/net). */
+async function isNetns(path: string): Promise<boolean> {
+  try {
+    return (await statfs(path)).type === NSFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+const LOOPBACK: CniNetworkList = { cniVersion: '1.0.0', name: 'berth-loopback', plugins: [{ type: 'loopback' }], file: '(built in)' };
+
+/**
+ * Brings `lo` up inside the netns with the loopback plugin. Its DEL is a no-op (the
+ * device dies with the netns), so there is nothing to undo.
+ */
+export async function loopbackUp(netns: string, binDirs: string[], signal?: AbortSignal, opts: CniNetworkOptions = {}): Promise<void> {
+  const rt: CniRuntimeConf = { containerId: 'berth-loopback', netns, ifName: 'lo', args: [] };
+  await new CniNetwork(LOOPBACK, binDirs, opts).add(rt, signal);
+}

@@ -1,0 +1,143 @@
+/**
+ * Running one CNI plugin binary, bounded: a deadline and an AbortSignal kill it, its
+ * output is capped, and it never sees berthd's stdio.
+ *
+ * The plugin runs as the leader of its own process group, so a kill reaches what it
+ * spawned too (bridge and portmap run iptables; a hung plugin may have children), and
+ * nothing is left behind when the call returns.
+ */
+import { spawn } from 'node:child_process';
+import { constants } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BerthError } from '../../common/errors.js';
+import { failureMessage } from './protocol.js';
+
+export interface PluginRun {
+  /** Absolute path of the plugin binary. */
+  file: string;
+  /** The protocol variables (CNI_COMMAND…); added to berthd's environment. */
+  env: Record<string, string>;
+  stdin: string;
+  timeoutMs: number;
+  signal?: AbortSignal;
+  /** Cap on stdout and on stderr, each. */
+  maxOutputBytes?: number;
+}
+
+const DEFAULT_MAX_OUTPUT = 1 << 20;
+/** After the plugin exits, how long something it left behind may hold its stdout open. */
+const EXIT_GRACE_MS = 1000;
+/** After SIGKILL, how long to wait for the pipes to close before giving up on them. */
+const KILL_GRACE_MS = 2000;
+
+/** The first executable regular file named `type` in `binDirs`. */
+export async function findPlugin(type: string, binDirs: string[]): Promise<string> {
+  for (const dir of binDirs) {
+    const file = join(dir, type);
+    try {
+      const st = await stat(file);
+      if (!st.isFile()) continue;
+      await access(file, constants.X_OK);
+      return file;
+    } catch {
+      continue;
+    }
+  }
+  throw new BerthError('Unavailable', `no executable "${type}" in the CNI plugin dirs ${binDirs.join(', ') || '(none configured)'}`);
+}
+
+/**
+ * Runs the plugin and returns its stdout. Throws BerthError: Unavailable for a non-zero
+ * exit (message from the CNI error object, or stderr), DeadlineExceeded on timeout,
+ * Cancelled on abort, ResourceExhausted when it prints more than the cap.
+ */
+export function runPlugin(run: PluginRun): Promise<string> {
+  const max = run.maxOutputBytes ?? DEFAULT_MAX_OUTPUT;
+  if (run.signal?.aborted) return Promise.reject(new BerthError('Cancelled', 'cancelled before the plugin started'));
+
+  return new Promise((resolve, reject) => {
+    const env: Record<string, string | undefined> = {};
+    // berthd's environment (plugins need PATH for iptables…) minus any stray CNI_* of its own.
+    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('CNI_')) env[k] = v;
+    Object.assign(env, run.env);
+    const child = spawn(run.file, [], { env, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    let outBytes = 0;
+    let errBytes = 0;
+    let failure: BerthError | undefined;
+    let ended: { code: number | null; signal: string | null } | undefined;
+    let exited = false;
+    let settled = false;
+    const timers: NodeJS.Timeout[] = [];
+
+    const killGroup = (): void => {
+      if (child.pid === undefined) return;
+      try {
+        // The group outlives its leader while members remain, so this is safe after exit too.
+        process.kill(-child.pid, 'SIGKILL');
+      } catch {
+        // ESRCH: nothing left.
+      }
+    };
+    const finish = (): void => {
+      if (settled) return;
+      settled = true;
+      for (const t of timers) clearTimeout(t);
+      run.signal?.removeEventListener('abort', onAbort);
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+      if (failure) return reject(failure);
+      const stdout = Buffer.concat(out).toString('utf8');
+      if (ended && (ended.code !== 0 || ended.signal !== null)) {
+        return reject(new BerthError('Unavailable', failureMessage(stdout, Buffer.concat(err).toString('utf8'), ended)));
+      }
+      resolve(stdout);
+    };
+    const fail = (e: BerthError): void => {
+      if (settled || failure) return;
+      failure = e;
+      killGroup();
+      // Wait for the pipes to close (everything in the group died), but not forever.
+      timers.push(setTimeout(finish, KILL_GRACE_MS));
+    };
+    const onAbort = (): void => fail(new BerthError('Cancelled', 'cancelled; the plugin was killed'));
+
+    run.signal?.addEventListener('abort', onAbort, { once: true });
+    timers.push(setTimeout(() => fail(new BerthError('DeadlineExceeded', `timed out after ${run.timeoutMs} ms; the plugin was killed`)), run.timeoutMs));
+
+    child.stdout.on('data', (d: Buffer) => {
+      outBytes += d.length;
+      if (outBytes > max) return fail(new BerthError('ResourceExhausted', `printed more than ${max} bytes on stdout; the plugin was killed`));
+      out.push(d);
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      // stderr is only quoted in errors: keep the start, drop the rest rather than kill.
+      if (errBytes >= max) return;
+      errBytes += d.length;
+      err.push(d);
+    });
+    // A plugin may exit without reading all of stdin (EPIPE); its exit status tells.
+    child.stdin.on('error', () => {});
+    child.stdin.end(run.stdin);
+
+    child.once('error', (e) => {
+      failure ??= new BerthError('Unavailable', `could not run ${run.file}: ${e.message}`);
+      if (!exited) finish();
+    });
+    child.once('exit', (code, signal) => {
+      exited = true;
+      ended = { code, signal };
+      // Something the plugin started may still hold stdout open: give it a moment, then kill it.
+      timers.push(
+        setTimeout(() => {
+          killGroup();
+          finish();
+        }, EXIT_GRACE_MS),
+      );
+    });
+    child.once('close', finish);
+  });
+}

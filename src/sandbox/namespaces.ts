@@ -1,0 +1,301 @@
+/**
+ * Pinned pod namespaces: how a sandbox without an infra container keeps its network,
+ * IPC and UTS namespaces alive (CRI-O's "drop infra" mode).
+ *
+ * A namespace lives as long as something refers to it: a process in it, an open fd, or
+ * a bind mount of its nsfs file. berth pins each pod namespace by bind-mounting it on an
+ * empty file, `<dir>/net`, `<dir>/ipc`, `<dir>/uts`, with one process spawn:
+ *
+ *     unshare --net=<dir>/net --ipc=<dir>/ipc --uts=<dir>/uts hostname <name>
+ *
+ * util-linux unshare forks a helper that waits, unshares the namespaces, lets the helper
+ * bind `/proc/<pid>/ns/<kind>` on each file, waits for it, then execs `hostname` inside
+ * the new UTS namespace. It does not unshare the mount namespace, so the binds land in
+ * berthd's own mount namespace: they outlive unshare and berthd itself. Containers
+ * then join a namespace by path (`runc` spec `namespaces[].path`), and the kernel frees
+ * it once the pin is unmounted and the last process in it has exited.
+ *
+ * Mount propagation (checked on this kind of machine, Linux 6.18, where every mount is
+ * private because no systemd runs; under systemd / is shared):
+ * - A bind of a net/ipc/uts nsfs file works on a private and on a shared mount alike.
+ *   Only mount-namespace files are refused on a shared mount (EINVAL, against reference
+ *   loops); berth never pins a mount namespace.
+ * - A mount namespace created while a pin exists (`unshare -m`, a systemd unit with
+ *   PrivateTmp, runc before it pivots) holds its own copy of the pin. Under a private
+ *   parent, `umount` on the host leaves that copy, and with it the namespace, alive;
+ *   under a shared parent the unmount propagates to peers and slaves. Either way,
+ *   deleting the pin file detaches every copy in every mount namespace (the kernel does
+ *   so for unlinked mount points since 3.18, even for copies in another user namespace).
+ *   So removal is unmount *and* unlink, and no shared mount is needed; a crash between
+ *   the two leaves a file that recovery's removal deletes.
+ * - berthd must run in the host's mount namespace (no PrivateTmp/ProtectSystem/
+ *   PrivateMounts in its unit, and in a container only with /run mounted `rshared`),
+ *   or the pins live and die with that private namespace.
+ *
+ * This module also holds the two small host helpers the sandbox modules share: running
+ * a host tool, and asking /proc/self/mountinfo whether a path is a mount point.
+ */
+import { spawn } from 'node:child_process';
+import { constants, lstatSync, readFileSync, realpathSync, statfsSync } from 'node:fs';
+import { chmod, lstat, mkdir, open, rmdir, unlink } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/errors.js';
+import { DisposableStack } from '../common/disposable.js';
+
+export type PodNamespace = 'net' | 'ipc' | 'uts';
+
+/** Paths of the bind-mounted namespace files of one pod. */
+export interface PinnedNamespaces {
+  net?: string;
+  ipc?: string;
+  uts?: string;
+}
+
+export const POD_NAMESPACES: readonly PodNamespace[] = ['net', 'ipc', 'uts'];
+
+/** The filesystem magic of nsfs (`NSFS_MAGIC` in linux/magic.h). */
+const NSFS_MAGIC = 0x6e736673;
+
+/** Unmount attempts per path: pins are never stacked, but a crash might have done it. */
+const MAX_UNMOUNTS = 8;
+
+/** What a finished host tool reported. */
+export interface ToolResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Runs a short host tool (unshare, nsenter, mount, umount) to completion with `LC_ALL=C`.
+ * Rejects only when the tool cannot be started (FailedPrecondition naming the package);
+ * a non-zero exit is the caller's to interpret. There is deliberately no abort: these
+ * tools finish in milliseconds and killing one halfway (unshare's bind helper, mount)
+ * could leave a mount nobody knows about, so callers check their signal before and after.
+ */
+export function runHostTool(cmd: string, args: string[], pkg = 'util-linux'): Promise<ToolResult> {
+  return new Promise((done, fail) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+    let stdout = '';
+    let stderr = '';
+    let spawnError: unknown;
+    child.on('error', (err) => (spawnError ??= err));
+    child.stdout.on('data', (chunk: Buffer) => {
+      if (stdout.length < 65536) stdout += chunk.toString('utf8');
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      if (stderr.length < 8192) stderr += chunk.toString('utf8');
+    });
+    child.once('close', (code, signal) => {
+      if (spawnError !== undefined) {
+        fail(
+          new BerthError('FailedPrecondition', `cannot run ${cmd} (Debian package ${pkg}): ${messageOf(spawnError)}`, {
+            cause: spawnError,
+          }),
+        );
+      } else {
+        done({ code, signal, stdout, stderr });
+      }
+    });
+  });
+}
+
+/** Throws a Cancelled BerthError when the signal has fired. */
+export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
+  if (signal?.aborted) throw new BerthError('Cancelled', `${what}: cancelled`, { cause: signal.reason });
+}
+
+/** Undoes the octal escapes (`\040` for a space…) of a /proc/self/mountinfo path field. */
+function unescapeMountPath(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/**
+ * The absolute path as the kernel writes it in mountinfo: symlinks in the parent
+ * resolved (e.g. /var/run → /run), the last component kept as is.
+ */
+function canonicalPath(path: string): string {
+  const abs = resolve(path);
+  try {
+    return join(realpathSync(dirname(abs)), basename(abs));
+  } catch {
+    return abs;
+  }
+}
+
+/** The mount points of berthd's mount namespace, from /proc/self/mountinfo. */
+export function mountPoints(): string[] {
+  const text = readFileSync('/proc/self/mountinfo', 'utf8');
+  const points: string[] = [];
+  for (const line of text.split('\n')) {
+    const field = line.split(' ')[4];
+    if (field !== undefined) points.push(unescapeMountPath(field));
+  }
+  return points;
+}
+
+/** True if `path` is a mount point in berthd's mount namespace. */
+export function isMountPoint(path: string): boolean {
+  const target = canonicalPath(path);
+  return mountPoints().includes(target);
+}
+
+/**
+ * True if `path` is currently a mount point holding a namespace: a non-symlink whose
+ * filesystem is nsfs. No ordinary file lives on nsfs, so a path that reports it must be
+ * a bind of a namespace file (the /proc/<pid>/ns links are symlinks and are refused).
+ */
+export function isPinned(path: string): boolean {
+  try {
+    if (lstatSync(path).isSymbolicLink()) return false;
+    return statfsSync(path).type === NSFS_MAGIC;
+  } catch {
+    return false;
+  }
+}
+
+/** Unmounts (MNT_DETACH) everything stacked on the given paths, in one `umount -l` per round. */
+async function detachAll(paths: string[], what: string): Promise<void> {
+  for (let round = 0; round < MAX_UNMOUNTS; round++) {
+    // Never hand umount a symlink: it would follow it and detach the target.
+    const mounted = paths.filter((p) => !isSymlink(p) && isMountPoint(p));
+    if (mounted.length === 0) return;
+    const res = await runHostTool('umount', ['-l', '--', ...mounted]);
+    if (res.code !== 0 && mounted.every((p) => isMountPoint(p))) {
+      throw new BerthError('Internal', `${what}: umount -l ${mounted.join(' ')} failed: ${res.stderr.trim()}`);
+    }
+  }
+  const left = paths.filter((p) => isMountPoint(p));
+  if (left.length > 0) throw new BerthError('Internal', `${what}: still mounted after ${MAX_UNMOUNTS} unmounts: ${left.join(' ')}`);
+}
+
+function isSymlink(path: string): boolean {
+  try {
+    return lstatSync(path).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+/** Removes a file; a missing one is fine. */
+async function unlinkIfPresent(path: string): Promise<void> {
+  try {
+    await unlink(path);
+  } catch (err) {
+    if (errnoOf(err) !== 'ENOENT') throw err;
+  }
+}
+
+/**
+ * Creates new namespaces of the given kinds and pins each by bind mount at
+ * `<dir>/<kind>` (dir created with mode 0700). Sets the hostname inside the new UTS
+ * namespace when given (the caller validates it; the `hostname` tool and the kernel
+ * refuse bad ones, and everything is then undone). One process spawn. On any failure,
+ * undoes what it made: unmounts the pins, removes the files, and the dir if it made it.
+ * A pin that already exists and is mounted is never stacked on: AlreadyExists.
+ */
+export async function createPinnedNamespaces(
+  dir: string,
+  kinds: PodNamespace[],
+  opts: { hostname?: string; signal?: AbortSignal } = {},
+): Promise<PinnedNamespaces> {
+  const wanted = POD_NAMESPACES.filter((k) => kinds.includes(k));
+  const unknown = kinds.filter((k) => !POD_NAMESPACES.includes(k));
+  if (unknown.length > 0) throw invalidArgument(`pod namespaces: unknown kind(s) ${unknown.join(', ')} (known: ${POD_NAMESPACES.join(', ')})`);
+  if (wanted.length === 0) throw invalidArgument('pod namespaces: no namespace kind to create');
+  const { hostname, signal } = opts;
+  if (hostname !== undefined && !wanted.includes('uts')) {
+    // Without a new UTS namespace, `hostname` would rename the node.
+    throw invalidArgument(`pod namespaces: a hostname (${hostname}) needs a new UTS namespace`);
+  }
+  if (hostname !== undefined && (hostname === '' || hostname.startsWith('-'))) {
+    throw invalidArgument(`pod namespaces: invalid hostname ${JSON.stringify(hostname)}`);
+  }
+  throwIfAborted(signal, `pod namespaces in ${dir}`);
+
+  const pins: PinnedNamespaces = {};
+  for (const kind of wanted) pins[kind] = join(dir, kind);
+  const paths = wanted.map((k) => join(dir, k));
+
+  const stack = new DisposableStack();
+  try {
+    await mkdir(dirname(resolve(dir)), { recursive: true });
+    let madeDir = true;
+    try {
+      await mkdir(dir, { mode: 0o700 });
+    } catch (err) {
+      if (errnoOf(err) !== 'EEXIST') throw err;
+      madeDir = false;
+      if (!(await lstat(dir)).isDirectory()) throw new BerthError('FailedPrecondition', `pod namespaces: ${dir} exists and is not a directory`);
+    }
+    if (madeDir) stack.defer(() => rmdir(dir));
+    await chmod(dir, 0o700);
+
+    for (const path of paths) {
+      if (isPinned(path) || isMountPoint(path)) {
+        throw new BerthError('AlreadyExists', `pod namespaces: ${path} is already a mount point; remove the old pins first`);
+      }
+    }
+    // Undo in any case: the pins and their files, whatever exists of them.
+    stack.defer(async () => {
+      await detachAll(paths, `pod namespaces in ${dir}`);
+      for (const path of paths) await unlinkIfPresent(path);
+    });
+    for (const path of paths) {
+      // O_NOFOLLOW: a planted symlink must not make root create or open a file elsewhere.
+      const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o444);
+      await fh.close();
+    }
+
+    const args = wanted.map((k) => `--${k}=${join(dir, k)}`);
+    args.push('--', ...(hostname !== undefined ? ['hostname', hostname] : ['true']));
+    const res = await runHostTool('unshare', args);
+    if (res.code !== 0) {
+      const why = res.stderr.trim() || (res.signal !== null ? `killed by ${res.signal}` : `exit status ${res.code}`);
+      throw new BerthError('Internal', `pod namespaces in ${dir}: unshare ${args.join(' ')} failed: ${why}`);
+    }
+    const missing = paths.filter((p) => !isPinned(p));
+    if (missing.length > 0) {
+      throw new BerthError('Internal', `pod namespaces in ${dir}: unshare succeeded but ${missing.join(', ')} is not pinned`);
+    }
+    // Cancelled while unshare ran: it was left to finish, and now everything is undone.
+    throwIfAborted(signal, `pod namespaces in ${dir}`);
+    stack.move();
+    return pins;
+  } catch (err) {
+    try {
+      await stack.dispose();
+    } catch (undoErr) {
+      throw new BerthError(
+        errorKindOf(err),
+        `${messageOf(err)}; and undoing it failed, leftovers in ${dir}: ${messageOf(undoErr)}`,
+        { cause: err },
+      );
+    }
+    if (err instanceof BerthError) throw err;
+    throw new BerthError('Internal', `pod namespaces in ${dir}: ${messageOf(err)}`, { cause: err });
+  }
+}
+
+function errorKindOf(err: unknown): BerthError['kind'] {
+  return err instanceof BerthError ? err.kind : 'Internal';
+}
+
+/**
+ * Unmounts (MNT_DETACH) and deletes each pin of `dir`, then the dir. Idempotent: a
+ * missing dir or file, or a pin that is not mounted, is fine. Only the pin files are
+ * removed; anything else in the dir makes the rmdir fail, loudly, rather than vanish.
+ */
+export async function removePinnedNamespaces(dir: string): Promise<void> {
+  const paths = POD_NAMESPACES.map((k) => join(dir, k));
+  try {
+    await detachAll(paths, `pod namespaces in ${dir}`);
+    for (const path of paths) await unlinkIfPresent(path);
+    await rmdir(dir);
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return;
+    if (err instanceof BerthError) throw err;
+    throw new BerthError('Internal', `removing pod namespaces in ${dir}: ${messageOf(err)}`, { cause: err });
+  }
+}
