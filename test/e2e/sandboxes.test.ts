@@ -39,7 +39,7 @@ describe('pod sandboxes', function () {
   });
 
   /** Writes a bridge network for this berthd into its CNI conf dir. */
-  function network(b: Berthd, extraPlugins: unknown[] = []): Net {
+  function network(b: Berthd, extraPlugins: unknown[] = [], opts: { ipv6?: boolean } = {}): Net {
     const r = randomBytes(2);
     const net: Net = {
       bridge: `bt${r.toString('hex')}`,
@@ -51,7 +51,19 @@ describe('pod sandboxes', function () {
       cniVersion: '1.0.0',
       name: `berth-test-${r.toString('hex')}`,
       plugins: [
-        { type: 'bridge', bridge: net.bridge, isGateway: true, ipMasq: false, hairpinMode: true, ipam: { type: 'host-local', dataDir: net.dataDir, ranges: [[{ subnet: net.subnet }]], routes: [{ dst: '0.0.0.0/0' }] } },
+        {
+          type: 'bridge',
+          bridge: net.bridge,
+          isGateway: true,
+          ipMasq: false,
+          hairpinMode: true,
+          ipam: {
+            type: 'host-local',
+            dataDir: net.dataDir,
+            ranges: [[{ subnet: net.subnet }], ...(opts.ipv6 ? [[{ subnet: `fd00:${r.toString('hex')}::/64` }]] : [])],
+            routes: [{ dst: '0.0.0.0/0' }],
+          },
+        },
         { type: 'portmap', capabilities: { portMappings: true } },
         ...extraPlugins,
       ],
@@ -298,6 +310,46 @@ describe('pod sandboxes', function () {
     const third = await grpcError(again.runtime.RunPodSandbox({ config: cfg }));
     assert.equal(third.code, status.ALREADY_EXISTS);
     await again.runtime.RemovePodSandbox({ pod_sandbox_id: id });
+  });
+
+  it('reports IPv4 and IPv6 addresses of a dual-stack pod', async () => {
+    const b = await start();
+    network(b, [], { ipv6: true });
+    const { pod_sandbox_id: id } = await b.runtime.RunPodSandbox({ config: podConfig() });
+    const st = (await b.runtime.PodSandboxStatus({ pod_sandbox_id: id })).status!;
+    assert.match(st.network!.ip, /^10\./, 'IPv4 first, as kubelet expects');
+    assert.equal(st.network!.additional_ips.length, 1);
+    assert.match(st.network!.additional_ips[0]!.ip, /^fd00:/);
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: id });
+  });
+
+  it('stops and removes a pod whose network namespace vanished, releasing its IP', async () => {
+    const b = await start();
+    const net = network(b);
+    const { pod_sandbox_id: id } = await b.runtime.RunPodSandbox({ config: podConfig() });
+    assert.equal(allocated(net).length, 1);
+    const pin = join(b.state, 'ns', id, 'net');
+    sh('umount', ['-l', pin]);
+    sh('rm', ['-f', pin]);
+    await b.runtime.StopPodSandbox({ pod_sandbox_id: id });
+    assert.deepEqual(allocated(net), [], 'host-local released the IP by container id');
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: id });
+    assert.deepEqual(readdirSync(join(b.state, 'ns')), []);
+    assert.deepEqual(mounts(b.dir), []);
+  });
+
+  it('after a restart that lost the namespaces (as a reboot does), the pod is NOTREADY and its IP released', async () => {
+    const b = await Berthd.start();
+    const net = network(b);
+    const { pod_sandbox_id: id } = await b.runtime.RunPodSandbox({ config: podConfig() });
+    await b.stop('SIGKILL');
+    for (const kind of ['net', 'ipc', 'uts']) sh('umount', ['-l', join(b.state, 'ns', id, kind)]);
+    const again = await Berthd.start({ reuse: { dir: b.dir } });
+    cleanup.push(() => again.dispose());
+    assert.equal((await again.runtime.PodSandboxStatus({ pod_sandbox_id: id })).status!.state, 'SANDBOX_NOTREADY');
+    assert.deepEqual(allocated(net), []);
+    await again.runtime.RemovePodSandbox({ pod_sandbox_id: id });
+    assert.deepEqual(readdirSync(join(again.state, 'ns')), []);
   });
 
   it('keeps pods, their namespaces and IPs across a berthd restart', async () => {

@@ -54,6 +54,17 @@ describe('store: database and migrations', () => {
     db.close();
   });
 
+  it('migration 3 creates sandboxes, unique per metadata, with a checked state', () => {
+    const db = openDatabase(join(dir, 'berth.db'), { migrations: MIGRATIONS.slice(0, 3) });
+    assert.equal(schemaVersion(db), 3);
+    assert.deepEqual(columns(db, 'sandboxes'), ['id', 'name', 'namespace', 'uid', 'attempt', 'state', 'config', 'runtime_handler', 'ns_dir', 'network', 'ips', 'acknowledged', 'created_at']);
+    const ins = db.prepare("INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at) VALUES (?, 'p', 'ns', 'u', 0, ?, '{}', 'runc', '0')");
+    ins.run('a', 'creating');
+    assert.throws(() => ins.run('b', 'creating'), /UNIQUE/);
+    assert.throws(() => db.prepare("INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at) VALUES ('c', 'q', 'ns', 'u', 0, 'running', '{}', 'runc', '0')").run(), /CHECK/);
+    db.close();
+  });
+
   it('upgrades an old database in place, keeping its rows', () => {
     const file = join(dir, 'berth.db');
     const v1 = openDatabase(file, { migrations: MIGRATIONS.slice(0, 1) });
