@@ -19,6 +19,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createReadStream, createWriteStream, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough, Readable, type Writable } from 'node:stream';
@@ -484,15 +485,19 @@ interface Response {
  * `close()` drops the kept-alive connections.
  */
 export class RegistryPusher {
-  private readonly agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
+  private readonly agent: http.Agent;
+  private readonly base: string;
   /** Bearer tokens are scoped to a repository, so each repository keeps its own. */
   private readonly tokens = new Map<string, string>();
 
-  /** @param registry `host:port` of a plain-HTTP registry. */
+  /** @param registry `host:port` of a registry: plain HTTP, or HTTPS with any certificate when `tls`. */
   constructor(
     readonly registry: string,
-    private readonly opts: { auth?: RegistryAuth } = {},
-  ) {}
+    private readonly opts: { auth?: RegistryAuth; tls?: boolean } = {},
+  ) {
+    this.agent = opts.tls ? new https.Agent({ keepAlive: true, maxSockets: 8, rejectUnauthorized: false }) : new http.Agent({ keepAlive: true, maxSockets: 8 });
+    this.base = `${opts.tls ? 'https' : 'http'}://${registry}`;
+  }
 
   close(): void {
     this.agent.destroy();
@@ -505,7 +510,7 @@ export class RegistryPusher {
     const start = await this.request('POST', `/v2/${name}/blobs/uploads/`);
     if (start.status !== 202 || !start.headers.location) throw httpError('starting an upload', start);
     // Location may be relative or absolute and usually carries its own query (_state).
-    const url = new URL(start.headers.location, `http://${this.registry}`);
+    const url = new URL(start.headers.location, this.base);
     url.searchParams.set('digest', blob.digest);
     const body: Body = blob.data ?? ((file: string) => () => createReadStream(file))(blob.file!);
     const put = await this.request('PUT', url.toString(), {
@@ -542,7 +547,7 @@ export class RegistryPusher {
   }
 
   private async request(method: string, target: string, opts: { body?: Body; headers?: Record<string, string> } = {}): Promise<Response> {
-    const repo = /^\/v2\/(.+?)\/(?:blobs|manifests|tags)\//.exec(new URL(target, `http://${this.registry}`).pathname)?.[1] ?? '';
+    const repo = /^\/v2\/(.+?)\/(?:blobs|manifests|tags)\//.exec(new URL(target, this.base).pathname)?.[1] ?? '';
     let res = await this.send(method, target, { ...opts, repo });
     if (res.status === 401 && (await this.authenticate(res, repo))) res = await this.send(method, target, { ...opts, repo });
     return res;
@@ -569,13 +574,13 @@ export class RegistryPusher {
   }
 
   private send(method: string, target: string, opts: { body?: Body; headers?: Record<string, string>; noAuth?: boolean; repo?: string }): Promise<Response> {
-    const url = new URL(target, `http://${this.registry}`);
+    const url = new URL(target, this.base);
     const headers: Record<string, string> = { ...opts.headers };
     // Credentials go to the registry only, never to another host an upload Location names.
     const authorization = this.tokens.get(opts.repo ?? '') ?? (this.opts.auth ? basic(this.opts.auth) : undefined);
     if (authorization && !opts.noAuth && url.host === this.registry) headers.authorization = authorization;
     return new Promise((resolve, reject) => {
-      const req = http.request(url, { method, headers, agent: this.agent }, (res) => {
+      const req = (url.protocol === 'https:' ? https.request : http.request)(url, { method, headers, agent: this.agent }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
@@ -998,7 +1003,7 @@ async function evilImage(build: (suffix: string) => { tar: Buffer; entry: string
  * image is, digests included, so tests can assert exact values. Builds are cached per
  * process; a second registry only pays for the uploads.
  */
-export async function pushFixtures(registry: string, opts: { auth?: RegistryAuth } = {}): Promise<Fixtures> {
+export async function pushFixtures(registry: string, opts: { auth?: RegistryAuth; tls?: boolean } = {}): Promise<Fixtures> {
   const s = await buildStaticFixtures();
   const evils = await Promise.all([
     evilImage((x) => ({

@@ -19,6 +19,8 @@ export interface CniConfig {
 }
 
 export interface ImagesConfig {
+  /** References of images kubelet must never garbage-collect (reported as pinned). */
+  pinned: string[];
   /** Layers downloaded at once per pull. */
   max_concurrent_downloads: number;
   /** Largest manifest or index berth reads, in bytes. */
@@ -39,8 +41,8 @@ export interface ImagesConfig {
 export interface RegistryConfig {
   /** Tried in order before the registry itself, e.g. "http://127.0.0.1:5000". */
   mirrors: string[];
-  /** Speak plain HTTP to this registry (loopback hosts do by default). */
-  plain_http: boolean;
+  /** Speak plain HTTP to this registry. Unset: only loopback registries do (as Docker). */
+  plain_http?: boolean;
   /** Accept any TLS certificate from this registry. */
   insecure_skip_verify: boolean;
   /** Credentials for this registry (and its use as a mirror). Never logged. */
@@ -83,7 +85,7 @@ export interface BerthConfig {
 }
 
 export function defaultRegistryConfig(): RegistryConfig {
-  return { mirrors: [], plain_http: false, insecure_skip_verify: false, username: '', password: '' };
+  return { mirrors: [], insecure_skip_verify: false, username: '', password: '' };
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/berth/config.toml';
@@ -101,6 +103,7 @@ export function defaultConfig(): BerthConfig {
       bin_dirs: ['/usr/lib/cni', '/opt/cni/bin'],
     },
     images: {
+      pinned: [],
       max_concurrent_downloads: 3,
       max_manifest_bytes: 4 * 1024 * 1024,
       max_config_bytes: 8 * 1024 * 1024,
@@ -179,6 +182,7 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   shutdown_timeout_seconds: integerIn(0, 3600),
   'cni.conf_dir': absolutePath,
   'cni.bin_dirs': pathList,
+  'images.pinned': (v) => (Array.isArray(v) && v.every((x) => typeof x === 'string' && x !== '') ? undefined : `expected an array of image references, got ${describe(v)}`),
   'images.max_concurrent_downloads': integerIn(1, 64),
   'images.max_manifest_bytes': integerIn(1024, 64 * 1024 * 1024),
   'images.max_config_bytes': integerIn(1024, 64 * 1024 * 1024),

@@ -109,13 +109,37 @@ export class ImageService {
   /** Layers being fetched and unpacked, by chain ID; each settles once committed. */
   private readonly layerTasks = new Map<string, Promise<void>>();
 
+  /** Names (tags and digests, normalised) of images configured as pinned. */
+  private readonly pinnedNames: Set<string>;
+
   constructor(private readonly o: ImageServiceOptions) {
+    this.pinnedNames = new Set(
+      o.images.pinned.map((text) => {
+        let ref: ImageReference;
+        try {
+          ref = parseReference(text);
+        } catch (err) {
+          throw new BerthError('InvalidArgument', `config key 'images.pinned': ${messageOf(err)}`);
+        }
+        return ref.digest ? digestedName(ref, ref.digest) : taggedName(ref)!;
+      }),
+    );
     this.client = new RegistryClient({ images: o.images, registries: o.registries, ...(o.backoffMs !== undefined ? { backoffMs: o.backoffMs } : {}) });
     this.platform = o.platform ?? hostPlatform();
   }
 
+  /** Marks an image pinned when one of its names is in images.pinned. */
+  private withPin(img: ImageRecord | undefined): ImageRecord | undefined {
+    if (!img) return undefined;
+    return { ...img, pinned: img.pinned || [...img.tags, ...img.digests].some((n) => this.pinnedNames.has(n)) };
+  }
+
   /** Finds an image by ID (full, "sha256:"-less, or a unique prefix), tag or digest reference. */
   find(spec: string): ImageRecord | undefined {
+    return this.withPin(this.lookup(spec));
+  }
+
+  private lookup(spec: string): ImageRecord | undefined {
     const s = spec.trim();
     if (s === '') return undefined;
     if (isImageId(s)) return this.o.repo.get(s.startsWith('sha256:') ? s : `sha256:${s}`);
@@ -140,7 +164,7 @@ export class ImageService {
   }
 
   list(): ImageRecord[] {
-    return this.o.repo.list();
+    return this.o.repo.list().map((i) => this.withPin(i)!);
   }
 
   /** Removes an image and all its names; collects what nothing else uses. Idempotent. */

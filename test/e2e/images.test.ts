@@ -258,6 +258,29 @@ describe('ImageService', function () {
     assert.ok(!st.info.config!.includes('s3cret-pw'), 'Status does not reveal configured passwords');
   });
 
+  it('TLS: refuses an untrusted certificate, accepts it only with insecure_skip_verify', async () => {
+    const tlsRegistry = await startRegistry({ tls: true });
+    cleanup.push(() => tlsRegistry.stop());
+    await pushFixtures(tlsRegistry.host, { tls: true });
+    const ref = `${tlsRegistry.host}/${fx.busybox.name}:latest`;
+    const strict = await start(`[images]\npull_attempts = 1\n[registries."${tlsRegistry.host}"]\nplain_http = false\n`);
+    const e = await grpcError(strict.image.PullImage({ image: { image: ref } }));
+    assert.equal(e.code, status.UNAVAILABLE);
+    assert.match(e.details, /self[- ]signed certificate|certificate/i);
+    const insecure = await start(`[registries."${tlsRegistry.host}"]\nplain_http = false\ninsecure_skip_verify = true\n`);
+    assert.equal((await insecure.image.PullImage({ image: { image: ref } })).image_ref, fx.busybox.id);
+  });
+
+  it('reports images listed in images.pinned as pinned', async () => {
+    const b = await start(`[images]\npinned = ["${fx.user.ref}"]\n`);
+    await b.image.PullImage({ image: { image: fx.user.ref } });
+    await b.image.PullImage({ image: { image: fx.busybox.ref } });
+    const byId = new Map((await b.image.ListImages({})).images.map((i) => [i.id, i.pinned]));
+    assert.equal(byId.get(fx.user.id), true);
+    assert.equal(byId.get(fx.busybox.id), false);
+    assert.equal((await b.image.ImageStatus({ image: { image: fx.user.id } })).image!.pinned, true);
+  });
+
   it('bearer tokens: fetched from the realm with the credentials, cached, and refused when wrong', async () => {
     const p = await proxy({ bearer: { user: 'bob', password: 'tok-pw' } });
     const b = await start();

@@ -16,6 +16,7 @@ import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,6 +40,8 @@ export interface Registry extends AsyncDisposable {
 export interface RegistryOptions {
   /** Require Basic auth with this user (an htpasswd file made with `htpasswd -Bbn`). */
   htpasswd?: { user: string; password: string };
+  /** Serve HTTPS with a fresh self-signed certificate for 127.0.0.1. */
+  tls?: boolean;
 }
 
 /** A port nobody listens on right now (the registry may still lose a race for it; callers retry). */
@@ -65,11 +68,18 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
       writeFileSync(file, execFileSync('htpasswd', ['-Bbn', opts.htpasswd.user, opts.htpasswd.password]));
       auth = `auth:\n  htpasswd:\n    realm: berth-test\n    path: ${file}\n`;
     }
+    let tls = '';
+    if (opts.tls) {
+      const cert = join(dir, 'cert.pem');
+      const key = join(dir, 'key.pem');
+      execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+      tls = `  tls:\n    certificate: ${cert}\n    key: ${key}\n`;
+    }
     for (let attempt = 1; ; attempt++) {
       const port = await freePort();
-      writeFileSync(configFile, registryConfig(port, dataDir) + auth);
-      const started = await spawnRegistry(configFile, port);
-      if (started.ok) return registryHandle(started.proc, port, dir, dataDir, started.output);
+      writeFileSync(configFile, registryConfig(port, dataDir).replace(/( {2}secret: [0-9a-f]+\n)/, `$1${tls}`) + auth);
+      const started = await spawnRegistry(configFile, port, opts.tls === true);
+      if (started.ok) return registryHandle(started.proc, port, dir, dataDir, started.output, opts.tls === true);
       if (!/address already in use/i.test(started.output.text) || attempt >= 5) {
         throw new Error(`docker-registry did not start:\n${started.output.text}`);
       }
@@ -108,7 +118,7 @@ function registryConfig(port: number, dataDir: string): string {
 
 type Spawned = { ok: true; proc: ChildProcess; output: { text: string } } | { ok: false; output: { text: string } };
 
-async function spawnRegistry(configFile: string, port: number): Promise<Spawned> {
+async function spawnRegistry(configFile: string, port: number, tls: boolean): Promise<Spawned> {
   // A clean environment: REGISTRY_* variables would override the config file.
   const proc = spawn(REGISTRY_BIN, ['serve', configFile], { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } });
   const output = { text: '' };
@@ -122,7 +132,7 @@ async function spawnRegistry(configFile: string, port: number): Promise<Spawned>
   });
   const until = Date.now() + 15_000;
   while (Date.now() < until && !exited) {
-    const status = await probe(port);
+    const status = await probe(port, tls);
     if (status === 200 || status === 401) return { ok: true, proc, output };
     await sleep(25);
   }
@@ -131,9 +141,10 @@ async function spawnRegistry(configFile: string, port: number): Promise<Spawned>
 }
 
 /** The status of `GET /v2/`, or 0 when nothing answers. */
-function probe(port: number): Promise<number> {
+function probe(port: number, tls: boolean): Promise<number> {
   return new Promise((resolve) => {
-    const req = http.get({ host: '127.0.0.1', port, path: '/v2/', agent: false, timeout: 1000 }, (res) => {
+    const get = tls ? https.get : http.get;
+    const req = get({ host: '127.0.0.1', port, path: '/v2/', agent: false, timeout: 1000, rejectUnauthorized: false }, (res) => {
       res.resume();
       resolve(res.statusCode ?? 0);
     });
@@ -158,7 +169,7 @@ function track(proc: ChildProcess, dir: string): void {
   });
 }
 
-function registryHandle(proc: ChildProcess, port: number, dir: string, dataDir: string, output: { text: string }): Registry {
+function registryHandle(proc: ChildProcess, port: number, dir: string, dataDir: string, output: { text: string }, tls: boolean): Registry {
   track(proc, dir);
   let stopped: Promise<void> | undefined;
   const stop = (): Promise<void> =>
@@ -169,7 +180,7 @@ function registryHandle(proc: ChildProcess, port: number, dir: string, dataDir: 
     })());
   return {
     host: `127.0.0.1:${port}`,
-    url: `http://127.0.0.1:${port}`,
+    url: `${tls ? 'https' : 'http'}://127.0.0.1:${port}`,
     dataDir,
     pid: proc.pid!,
     logs: () => output.text,

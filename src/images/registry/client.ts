@@ -118,7 +118,7 @@ export class RegistryClient {
       });
     }
     const host = registryHost(ref.domain);
-    const plain = own.plain_http || LOOPBACK.test(ref.domain);
+    const plain = own.plain_http ?? LOOPBACK.test(ref.domain);
     out.push({
       base: new URL(`${plain ? 'http' : 'https'}://${host}`),
       host: ref.domain,

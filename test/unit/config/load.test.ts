@@ -77,7 +77,7 @@ describe('config loading', () => {
       '[registries."docker.io"]\nmirrors = ["http://127.0.0.1:5000"]\n' +
         '[registries."127.0.0.1:5001"]\nusername = "u"\npassword = "p"\ninsecure_skip_verify = true\n',
     );
-    assert.deepEqual(config.registries['docker.io'], { mirrors: ['http://127.0.0.1:5000'], plain_http: false, insecure_skip_verify: false, username: '', password: '' });
+    assert.deepEqual(config.registries['docker.io'], { mirrors: ['http://127.0.0.1:5000'], insecure_skip_verify: false, username: '', password: '' });
     assert.equal(config.registries['127.0.0.1:5001']!.username, 'u');
     assert.equal(config.registries['127.0.0.1:5001']!.insecure_skip_verify, true);
     assert.throws(() => load('[registries."docker.io"]\nmirors = []\n'), /unknown key 'registries\."docker\.io"\.mirors'/);
