@@ -5,11 +5,12 @@
  *
  * RunPodSandbox runs to completion even when its caller's deadline passes: kubelet
  * retries with the same metadata, and the retry is handed the pod that was made instead
- * of failing with "name already reserved". A pod whose answer was delivered is never
- * handed out twice: a second request for the same metadata is ALREADY_EXISTS.
+ * of failing with "name already reserved". Once a RunPodSandbox answer for a pod has been
+ * delivered, a later request for the same metadata is ALREADY_EXISTS (callers that join a
+ * creation in flight all get its id).
  */
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { hostname as osHostname } from 'node:os';
 import { join } from 'node:path';
@@ -26,10 +27,23 @@ import { applySysctls, validateSysctls } from './sysctls.js';
 
 export type NamespaceMode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
 
-/** What a ready pod keeps of its network: the CNI config ADD ran and its result. */
+/** What a pod keeps of its network: the CNI config ADD runs (recorded first) and its result. */
 interface StoredNetwork {
   list: CniNetworkList;
-  result: CniResult;
+  result: CniResult | null;
+}
+
+/** What validation prepared for creation. */
+interface Prepared {
+  resolv: string;
+  hostname: string;
+  network: CniNetwork | undefined;
+}
+
+/** A hostname from a pod name: RFC 1123, at most 63 characters. */
+function defaultHostname(podName: string): string {
+  const h = podName.toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '').slice(0, 63).replace(/-+$/, '');
+  return h === '' ? 'pod' : h;
 }
 
 /** What berth needs from a PodSandboxConfig, already checked field by field by the CRI layer. */
@@ -70,6 +84,8 @@ export class SandboxService {
     this.podRoot = join(o.config.root, 'sandboxes');
     mkdirSync(this.nsRoot, { recursive: true, mode: 0o700 });
     mkdirSync(this.podRoot, { recursive: true, mode: 0o711 });
+    chmodSync(this.nsRoot, 0o700);
+    chmodSync(this.podRoot, 0o711);
   }
 
   private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
@@ -103,26 +119,53 @@ export class SandboxService {
 
   /** Creates a pod, or hands back the one an earlier, abandoned request made. */
   async run(spec: PodSandboxSpec): Promise<string> {
-    this.validate(spec);
+    const prepared = await this.validate(spec);
     const key = metaKey(spec.metadata);
     const inflight = this.creating.get(key);
     if (inflight) return inflight;
-    const existing = this.o.repo.byMetadata(spec.metadata);
-    if (existing) {
-      if (!existing.acknowledged && existing.state === 'ready') return existing.id;
-      throw new BerthError('AlreadyExists', `pod sandbox ${describeMeta(spec.metadata)} already exists as ${existing.id} (state ${existing.state})`);
-    }
-    const p = this.create(spec).finally(() => this.creating.delete(key));
+    const p = this.runOnce(spec, prepared).finally(() => this.creating.delete(key));
     this.creating.set(key, p);
     return p;
   }
 
-  private validate(spec: PodSandboxSpec): void {
+  private async runOnce(spec: PodSandboxSpec, prepared: Prepared): Promise<string> {
+    const existing = this.o.repo.byMetadata(spec.metadata);
+    if (existing) {
+      // Wait for any Stop/Remove of it to finish, then look again.
+      const cur = await this.locked(existing.id, async () => this.o.repo.get(existing.id));
+      if (cur?.state === 'creating') {
+        // A creation nobody is running any more (its rollback failed, or a crash): finish
+        // rolling it back, then create afresh.
+        await this.locked(cur.id, () => this.rollBack(cur));
+      } else if (cur && !cur.acknowledged && cur.state === 'ready') {
+        return cur.id;
+      } else if (cur) {
+        throw new BerthError('AlreadyExists', `pod sandbox ${describeMeta(spec.metadata)} already exists as ${cur.id} (state ${cur.state})`);
+      }
+    }
+    const id = randomBytes(32).toString('hex');
+    return this.locked(id, () => this.create(id, spec, prepared));
+  }
+
+  /** Releases what a `creating` row may have made and deletes the row (only if all of that worked). */
+  private async rollBack(rec: SandboxRecord): Promise<void> {
+    await this.release(rec);
+    await rm(join(this.podRoot, rec.id), { recursive: true, force: true });
+    this.o.repo.delete(rec.id);
+    this.o.log.info('rolled back an interrupted pod sandbox creation', { sandbox: rec.id });
+  }
+
+  /**
+   * Checks everything that can be checked before touching the system, and prepares what
+   * needs reading (the network config, resolv.conf), so a bad request costs nothing.
+   */
+  private async validate(spec: PodSandboxSpec): Promise<Prepared> {
     if (!(spec.runtimeHandler in this.o.config.runtimes)) {
       throw new BerthError('InvalidArgument', `runtime_handler "${spec.runtimeHandler}" is not configured (configured: ${Object.keys(this.o.config.runtimes).join(', ')})`);
     }
-    if (spec.namespaces.network !== 'NODE') validateHostname(spec.hostname);
-    validateSysctls(spec.sysctls, { network: spec.namespaces.network === 'NODE', ipc: spec.namespaces.ipc === 'NODE' });
+    const hostNet = spec.namespaces.network === 'NODE';
+    if (!hostNet && spec.hostname !== '') validateHostname(spec.hostname);
+    validateSysctls(spec.sysctls, { network: hostNet, ipc: spec.namespaces.ipc === 'NODE' });
     const cg = spec.cgroupParent;
     if (cg !== '') {
       if (this.o.config.cgroup_driver === 'systemd' && !/^[A-Za-z0-9_.\\@:-]+\.slice$/.test(cg)) {
@@ -132,6 +175,11 @@ export class SandboxService {
         throw new BerthError('InvalidArgument', `linux.cgroup_parent "${cg}" is not an absolute cgroup path (e.g. /kubepods/besteffort/pod1234), as the cgroupfs driver needs`);
       }
     }
+    const hostResolv = readFileSync('/etc/resolv.conf', 'utf8');
+    const resolv = spec.dns ? resolvConf(spec.dns, hostResolv) : hostResolv;
+    // Host-network pods keep kubelet's hostname (its node name) when it sends one.
+    const hostname = spec.hostname !== '' ? spec.hostname : hostNet ? osHostname() : defaultHostname(spec.metadata.name);
+    return { resolv, hostname, network: hostNet ? undefined : await this.network() };
   }
 
   private cniRuntime(rec: { id: string; metadata: SandboxMetadata }, netns: string, portMappings: PortMapping[]): CniRuntimeConf {
@@ -155,14 +203,12 @@ export class SandboxService {
     return new CniNetwork(found.network, this.o.config.cni.bin_dirs, { timeoutMs: this.o.config.sandbox.cni_timeout_seconds * 1000 });
   }
 
-  private async create(spec: PodSandboxSpec): Promise<string> {
-    const id = randomBytes(32).toString('hex');
+  private async create(id: string, spec: PodSandboxSpec, prepared: Prepared): Promise<string> {
     const createdAt = String(BigInt(Date.now()) * 1_000_000n);
     const signal = this.lifetime.signal;
     const log = this.o.log.child({ sandbox: id, pod: `${spec.metadata.namespace}/${spec.metadata.name}` });
     this.o.repo.insert(id, spec.metadata, spec.raw, spec.runtimeHandler, createdAt);
     const undo = new DisposableStack();
-    undo.defer(() => this.o.repo.delete(id));
     try {
       const hostNet = spec.namespaces.network === 'NODE';
       const kinds: PodNamespace[] = [];
@@ -173,9 +219,8 @@ export class SandboxService {
       if (kinds.length > 0) {
         this.o.repo.update(id, () => ({ nsDir }));
         undo.defer(() => removePinnedNamespaces(nsDir));
-        pins = await createPinnedNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: spec.hostname }), signal });
+        pins = await createPinnedNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal });
       }
-      if (Object.keys(spec.sysctls).length > 0) await applySysctls(pins, spec.sysctls, signal);
 
       const podDir = join(this.podRoot, id);
       await mkdir(podDir, { recursive: true, mode: 0o711 });
@@ -185,34 +230,46 @@ export class SandboxService {
         await mountShm(join(podDir, 'shm'), this.o.config.sandbox.shm_size_bytes);
       }
 
-      let result: CniResult | undefined;
-      let stored: StoredNetwork | null = null;
       let ips: string[] = [];
-      if (!hostNet) {
-        const net = await this.network();
+      if (prepared.network) {
+        const net = prepared.network;
         await loopbackUp(pins.net!, this.o.config.cni.bin_dirs, signal);
         const rt = this.cniRuntime({ id, metadata: spec.metadata }, pins.net!, spec.portMappings);
-        result = await net.add(rt, signal);
-        undo.defer(() => net.del(rt, result));
+        // Intent first: the chain ADD runs is recorded, so DEL (now or after a crash)
+        // runs the same chain; and DEL is armed before ADD, since ADD may half-succeed.
+        const intent: StoredNetwork = { list: net.list, result: null };
+        this.o.repo.update(id, () => ({ network: intent as unknown as Record<string, unknown> }));
+        // The undo reads the result when it runs: after a failed ADD there is none.
+        const added: { result?: CniResult } = {};
+        undo.defer(() => net.del(rt, added.result));
+        const result = await net.add(rt, signal);
+        added.result = result;
         ips = podIps(result);
-        // DEL must run the chain ADD ran, even if the conf dir changes meanwhile.
-        stored = { list: net.list, result };
+        const stored: StoredNetwork = { list: net.list, result };
+        this.o.repo.update(id, () => ({ network: stored as unknown as Record<string, unknown>, ips }));
       }
+      // After CNI, so per-interface sysctls (net.ipv4.conf.eth0.*) find eth0.
+      if (Object.keys(spec.sysctls).length > 0) await applySysctls(pins, spec.sysctls, signal);
 
-      const hostResolv = readFileSync('/etc/resolv.conf', 'utf8');
       await writePodFiles(podDir, {
-        hostname: hostNet ? osHostname() : spec.hostname,
-        resolvConf: spec.dns ? resolvConf(spec.dns, hostResolv) : hostResolv,
-        hosts: hostNet ? readFileSync('/etc/hosts', 'utf8') : hostsFile(spec.hostname, ips),
+        hostname: prepared.hostname,
+        resolvConf: prepared.resolv,
+        hosts: hostNet ? readFileSync('/etc/hosts', 'utf8') : hostsFile(prepared.hostname, ips),
       });
 
-      this.o.repo.update(id, () => ({ state: 'ready', network: stored as unknown as Record<string, unknown> | null, ips }));
+      this.o.repo.update(id, () => ({ state: 'ready' }));
       undo.move();
       log.info('pod sandbox ready', { ips });
       return id;
     } catch (err) {
       log.warn('pod sandbox creation failed; rolling back', { error: messageOf(err) });
-      await undo.dispose().catch((e: unknown) => log.error('rollback of a failed pod sandbox was incomplete', { error: messageOf(e) }));
+      try {
+        await undo.dispose();
+        this.o.repo.delete(id);
+      } catch (e) {
+        // The row stays `creating`: a retry of the same pod, or recovery, finishes the job.
+        log.error('rollback of a failed pod sandbox was incomplete; it will be retried', { error: messageOf(e) });
+      }
       throw err;
     }
   }
@@ -223,7 +280,10 @@ export class SandboxService {
     if (!found) return;
     await this.locked(found.id, async () => {
       const rec = this.o.repo.get(found.id);
-      if (!rec || rec.state === 'notready' || rec.state === 'removing') return;
+      if (!rec || rec.state === 'removing') return;
+      // A NOTREADY pod may still hold what an earlier release could not free.
+      if (rec.state === 'notready' && rec.network === null && rec.nsDir === null) return;
+      if (rec.state === 'creating') return; // its creation (holding the lock) failed and rolled back
       await this.release(rec, signal);
       this.o.repo.update(rec.id, () => ({ state: 'notready', network: null, nsDir: null, ips: [] }));
       this.o.log.info('pod sandbox stopped', { sandbox: rec.id });
@@ -237,15 +297,11 @@ export class SandboxService {
     if (!hostNet && rec.nsDir !== null) {
       const netPin = join(rec.nsDir, 'net');
       const stored = rec.network as unknown as StoredNetwork | null;
-      // The chain ADD ran; without one (a crash mid-creation), today's config.
-      const net = stored
-        ? new CniNetwork(stored.list, this.o.config.cni.bin_dirs, { timeoutMs: this.o.config.sandbox.cni_timeout_seconds * 1000 })
-        : await this.network().catch(() => undefined);
-      if (net) {
+      // Only a recorded intent means ADD may have run; DEL runs the chain it recorded.
+      if (stored) {
+        const net = new CniNetwork(stored.list, this.o.config.cni.bin_dirs, { timeoutMs: this.o.config.sandbox.cni_timeout_seconds * 1000 });
         // DEL must run even when the netns is gone: host-local frees the IP by container id.
-        await net.del(this.cniRuntime(rec, isPinned(netPin) ? netPin : '', portMappingsOf(rec)), stored?.result, signal);
-      } else if (rec.network !== null) {
-        this.o.log.warn('no CNI network config to tear the pod network down with; its IP may stay allocated', { sandbox: rec.id });
+        await net.del(this.cniRuntime(rec, isPinned(netPin) ? netPin : '', portMappingsOf(rec)), stored.result ?? undefined, signal);
       }
     }
     await unmountShm(join(this.podRoot, rec.id, 'shm'));
@@ -259,7 +315,7 @@ export class SandboxService {
     await this.locked(found.id, async () => {
       const rec = this.o.repo.get(found.id);
       if (!rec) return;
-      if (rec.state === 'ready' || rec.state === 'creating') await this.release(rec, signal);
+      if (rec.state !== 'removing') await this.release(rec, signal);
       this.o.repo.update(rec.id, () => ({ state: 'removing' }));
       await rm(join(this.podRoot, rec.id), { recursive: true, force: true });
       if (rec.nsDir !== null) await removePinnedNamespaces(rec.nsDir);
@@ -277,38 +333,56 @@ export class SandboxService {
     for (const rec of this.o.repo.list()) {
       try {
         if (rec.state === 'creating') {
-          await this.release(rec);
-          await rm(join(this.podRoot, rec.id), { recursive: true, force: true });
-          this.o.repo.delete(rec.id);
-          this.o.log.info('recovery: rolled back an interrupted pod sandbox creation', { sandbox: rec.id });
+          await this.rollBack(rec);
         } else if (rec.state === 'removing') {
           await this.remove(rec.id);
-        } else if (rec.state === 'ready' && rec.nsDir !== null && !isPinned(join(rec.nsDir, 'net')) && rec.network !== null) {
+        } else if (rec.state === 'ready' && this.lostNamespaces(rec)) {
+          // NOTREADY first, keeping what is recorded, so a failed release can be finished
+          // by a later StopPodSandbox.
+          this.o.repo.update(rec.id, () => ({ state: 'notready' }));
+          this.o.log.warn('recovery: pod sandbox lost its namespaces (a reboot?); marked NOTREADY', { sandbox: rec.id });
           await this.release(rec);
-          this.o.repo.update(rec.id, () => ({ state: 'notready', network: null, nsDir: null, ips: [] }));
-          this.o.log.warn('recovery: pod sandbox lost its network namespace; marked NOTREADY', { sandbox: rec.id });
+          this.o.repo.update(rec.id, () => ({ network: null, nsDir: null, ips: [] }));
         }
       } catch (err) {
-        this.o.log.error('recovery of a pod sandbox failed', { sandbox: rec.id, error: messageOf(err) });
+        this.o.log.error('recovery of a pod sandbox failed; StopPodSandbox/RemovePodSandbox will retry', { sandbox: rec.id, error: messageOf(err) });
       }
     }
     const known = new Set(this.o.repo.list().map((r) => r.id));
     for (const dir of [this.nsRoot, this.podRoot]) {
       for (const name of readdirSync(dir)) {
         if (known.has(name)) continue;
-        if (dir === this.nsRoot) await removePinnedNamespaces(join(dir, name));
-        else {
-          await unmountShm(join(dir, name, 'shm'));
-          await rm(join(dir, name), { recursive: true, force: true });
+        try {
+          if (dir === this.nsRoot) await removePinnedNamespaces(join(dir, name));
+          else {
+            await unmountShm(join(dir, name, 'shm'));
+            await rm(join(dir, name), { recursive: true, force: true });
+          }
+          this.o.log.info('recovery: removed leftovers of an unknown pod sandbox', { path: join(dir, name) });
+        } catch (err) {
+          this.o.log.error('recovery: could not remove leftovers', { path: join(dir, name), error: messageOf(err) });
         }
-        this.o.log.info('recovery: removed leftovers of an unknown pod sandbox', { path: join(dir, name) });
       }
     }
   }
 
-  /** Stops creations in flight (shutdown). */
-  close(): void {
+  /** Whether a ready pod is missing a namespace pin it should have. */
+  private lostNamespaces(rec: SandboxRecord): boolean {
+    if (rec.nsDir === null) return false;
+    const opts = (rec.config as { linux?: { security_context?: { namespace_options?: { network?: string; ipc?: string } } } }).linux?.security_context?.namespace_options ?? {};
+    const kinds = [...(opts.network === 'NODE' ? [] : ['net', 'uts']), ...(opts.ipc === 'NODE' ? [] : ['ipc'])];
+    return kinds.some((k) => !isPinned(join(rec.nsDir!, k)));
+  }
+
+  /** Stops creations in flight (shutdown) and waits, bounded, for their rollbacks. */
+  async close(timeoutMs = 10_000): Promise<void> {
     this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.allSettled([...this.creating.values()]),
+      new Promise((r) => (timer = setTimeout(r, timeoutMs))),
+    ]);
+    clearTimeout(timer);
   }
 
   /** Where the pod's files are (for containers: hosts, resolv.conf, hostname, shm). */
