@@ -13,6 +13,7 @@
 #   zstd, util-linux, psmisc .. zstd layers; unshare/nsenter/mount; fuser for leak checks
 #   apache2-utils ............. htpasswd -B, for the test registry that requires basic auth
 #   attr ...................... setfattr/getfattr: layer xattrs and overlay opaque dirs
+#   openssl ................... self-signed certificates for the TLS registry test
 set -euo pipefail
 
 PACKAGES=(
@@ -20,7 +21,7 @@ PACKAGES=(
   iproute2 iptables
   docker-registry busybox-static zstd
   util-linux psmisc ca-certificates
-  apache2-utils attr
+  apache2-utils attr openssl
 )
 
 if [ "$(id -u)" -ne 0 ]; then
