@@ -31,3 +31,11 @@ export type ServiceHandlers<S> = {
       ? UnaryHandler<Req, Res>
       : never;
 };
+
+/** Items per message of the streaming list RPCs: bounded so no message nears the 16 MiB cap. */
+const STREAM_PAGE = 500;
+
+/** Sends `items` in pages, each wrapped into a response by `wrap`. */
+export async function sendPaged<T, Res>(items: T[], send: (res: Res) => Promise<void>, wrap: (page: T[]) => Res): Promise<void> {
+  for (let i = 0; i < items.length; i += STREAM_PAGE) await send(wrap(items.slice(i, i + STREAM_PAGE)));
+}

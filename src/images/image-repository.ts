@@ -85,8 +85,7 @@ export class ImageRepository {
     this.deleteImage = db.prepare<[string]>('DELETE FROM images WHERE id = ?');
   }
 
-  private record(row: ImageRow): ImageRecord {
-    const names = this.namesStmt.all(row.id);
+  private record(row: ImageRow, names = this.namesStmt.all(row.id), withLayers = true): ImageRecord {
     return {
       id: row.id,
       manifestDigest: row.manifest_digest,
@@ -96,7 +95,7 @@ export class ImageRepository {
       createdAt: row.created_at,
       tags: names.filter((n) => n.kind === 'tag').map((n) => n.name),
       digests: names.filter((n) => n.kind === 'digest').map((n) => n.name),
-      layers: this.layersStmt.all(row.id).map((l) => ({ blobDigest: l.blob_digest, diffId: l.diff_id, chainId: l.chain_id })),
+      layers: withLayers ? this.layersStmt.all(row.id).map((l) => ({ blobDigest: l.blob_digest, diffId: l.diff_id, chainId: l.chain_id })) : [],
     };
   }
 
@@ -123,20 +122,8 @@ export class ImageRepository {
       if (!l) names.set(n.image_id, (l = []));
       l.push(n);
     }
-    return this.allStmt.all().map((row) => {
-      const ns = names.get(row.id) ?? [];
-      return {
-        id: row.id,
-        manifestDigest: row.manifest_digest,
-        config: JSON.parse(row.config) as ImageConfig,
-        size: row.size,
-        pinned: row.pinned !== 0,
-        createdAt: row.created_at,
-        tags: ns.filter((n) => n.kind === 'tag').map((n) => n.name),
-        digests: ns.filter((n) => n.kind === 'digest').map((n) => n.name),
-        layers: [],
-      };
-    });
+    // Two queries for the whole list, not one per image; layers are not needed here.
+    return this.allStmt.all().map((row) => this.record(row, names.get(row.id) ?? [], false));
   }
 
   /**

@@ -6,7 +6,7 @@ import type { PodSandboxStatusRequest__Output } from '../gen/runtime/v1/PodSandb
 import type { PodSandboxStatusResponse } from '../gen/runtime/v1/PodSandboxStatusResponse.js';
 import type { StreamPodSandboxesRequest__Output } from '../gen/runtime/v1/StreamPodSandboxesRequest.js';
 import type { StreamPodSandboxesResponse } from '../gen/runtime/v1/StreamPodSandboxesResponse.js';
-import type { StreamHandler, UnaryHandler } from '../rpc.js';
+import { sendPaged, type StreamHandler, type UnaryHandler } from '../rpc.js';
 import { filteredSandboxes, requireId, toCriPodSandbox } from './convert.js';
 
 interface StoredNamespaces {
@@ -44,9 +44,6 @@ export const listPodSandbox = (svc: SandboxService): UnaryHandler<ListPodSandbox
   items: filteredSandboxes(svc, req.filter),
 });
 
-const PAGE = 500;
-
-export const streamPodSandboxes = (svc: SandboxService): StreamHandler<StreamPodSandboxesRequest__Output, StreamPodSandboxesResponse> => async (req, _ctx, send) => {
-  const all = filteredSandboxes(svc, req.filter);
-  for (let i = 0; i < all.length; i += PAGE) await send({ pod_sandboxes: all.slice(i, i + PAGE) });
-};
+/** StreamPodSandboxes: the same list as ListPodSandbox, in pages. */
+export const streamPodSandboxes = (svc: SandboxService): StreamHandler<StreamPodSandboxesRequest__Output, StreamPodSandboxesResponse> => (req, _ctx, send) =>
+  sendPaged(filteredSandboxes(svc, req.filter), send, (page) => ({ pod_sandboxes: page }));
