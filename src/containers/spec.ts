@@ -1,0 +1,525 @@
+/**
+ * CRI ContainerConfig → OCI runtime spec, as a pure function.
+ *
+ * `generateSpec` takes everything it needs as data (the CRI request, the image config,
+ * the image's /etc/passwd and /etc/group text, the sandbox's paths, pre-resolved host
+ * devices and Localhost seccomp profiles) and returns the spec plus warnings for the
+ * caller to log. It does no I/O and needs no root, so all of it is unit-tested.
+ *
+ * Input conventions: the CRI part keeps the CRI proto's snake_case field names (what the
+ * proto loader gives with keepCase) but 64-bit integers are numbers (the CRI layer
+ * converts the loader's strings), and optional wrappers are either absent or present.
+ * Everything berth adds is camelCase.
+ *
+ * Bad input throws BerthError('InvalidArgument') with a message naming the CRI field.
+ */
+import { posix } from 'node:path';
+import { invalidArgument } from '../common/errors.js';
+import type { ImageConfig } from '../images/manifest.js';
+import { capabilitySets } from './capabilities.js';
+import { cleanPath, criMount, mergeMounts, podMounts, rootfsPropagation, standardMounts, type CriMount } from './mounts.js';
+import {
+  OCI_VERSION,
+  type OciCpu,
+  type OciDevice,
+  type OciDeviceCgroup,
+  type OciHugepageLimit,
+  type OciMemory,
+  type OciNamespace,
+  type OciResources,
+  type OciSpec,
+} from './oci-spec.js';
+import { selectSeccomp, type SeccompRequest } from './seccomp.js';
+import { resolveUser } from './user.js';
+
+export { stopSignal } from './signals.js';
+export type { OciSpec } from './oci-spec.js';
+
+export type NamespaceMode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
+
+export interface CriLinuxResources {
+  cpu_period: number;
+  cpu_quota: number;
+  cpu_shares: number;
+  memory_limit_in_bytes: number;
+  oom_score_adj: number;
+  cpuset_cpus: string;
+  cpuset_mems: string;
+  hugepage_limits: Array<{ page_size: string; limit: number }>;
+  unified: Record<string, string>;
+  memory_swap_limit_in_bytes: number;
+}
+
+export interface CriSecurityContext {
+  capabilities?: { add_capabilities: string[]; drop_capabilities: string[]; add_ambient_capabilities?: string[] };
+  privileged: boolean;
+  namespace_options?: { network: NamespaceMode; pid: NamespaceMode; ipc: NamespaceMode; target_id: string };
+  run_as_user?: { value: number };
+  run_as_group?: { value: number };
+  run_as_username: string;
+  readonly_rootfs: boolean;
+  supplemental_groups: number[];
+  no_new_privs: boolean;
+  masked_paths: string[];
+  readonly_paths: string[];
+  seccomp?: SeccompRequest;
+  apparmor?: { profile_type: 'RuntimeDefault' | 'Unconfined' | 'Localhost'; localhost_ref: string };
+}
+
+export interface CriContainerConfig {
+  command: string[];
+  args: string[];
+  working_dir: string;
+  envs: Array<{ key: string; value: string }>;
+  mounts: CriMount[];
+  devices: Array<{ container_path: string; host_path: string; permissions: string }>;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  tty: boolean;
+  stdin: boolean;
+  stdin_once: boolean;
+  linux?: { resources?: CriLinuxResources; security_context?: CriSecurityContext };
+}
+
+/** A host device node, stat'ed by the caller. */
+export interface HostDevice {
+  /** The host path, matched against the CRI device's host_path. */
+  path: string;
+  type: 'c' | 'b';
+  major: number;
+  minor: number;
+  fileMode: number;
+  uid: number;
+  gid: number;
+}
+
+export interface SandboxInfo {
+  hostname: string;
+  netnsPath?: string;
+  ipcnsPath?: string;
+  utsnsPath?: string;
+  /** The infra process's PID namespace, when the pod shares one. */
+  pidnsPath?: string;
+  hostsPath: string;
+  resolvConfPath: string;
+  hostnamePath: string;
+  shmPath?: string;
+  cgroupParent: string;
+  hostNetwork: boolean;
+  hostIpc: boolean;
+  hostPid: boolean;
+  /** Pod-level sysctls to repeat in the container spec (optional). */
+  sysctls?: Record<string, string>;
+}
+
+export interface ContainerSpecInput {
+  containerId: string;
+  sandboxId: string;
+  config: CriContainerConfig;
+  image: ImageConfig;
+  /** The image's /etc/passwd and /etc/group text, read by the caller from the rootfs (may be ''). */
+  passwd: string;
+  group: string;
+  /** The rootfs path (runc's root.path). */
+  rootfs: string;
+  sandbox: SandboxInfo;
+  cgroupDriver: 'cgroupfs' | 'systemd';
+  /** berthd's own oom_score_adj: lower requests are clamped (no CAP_SYS_RESOURCE; containerd's restrict_oom_score_adj). */
+  minOomScoreAdj: number;
+  /** Parsed Localhost seccomp profiles by localhost_ref, read by the caller. */
+  localhostSeccomp?: Record<string, unknown>;
+  /** Host devices named by the CRI devices, resolved by the caller. */
+  devices?: HostDevice[];
+  /** The PID namespace of the target container, for namespace_options.pid = TARGET. */
+  targetPidnsPath?: string;
+  /** Whether the memory controller accounts swap (cgroup v1 memory.memsw, v2 memory.swap.max). Default true. */
+  swapAccounting?: boolean;
+  /** AppArmor is enabled on the host; when false, AppArmor requests are ignored with a warning. */
+  appArmorEnabled?: boolean;
+  /** The loaded profile used for AppArmor RuntimeDefault. */
+  appArmorDefaultProfile?: string;
+}
+
+export interface SpecResult {
+  spec: OciSpec;
+  /** Things the caller should log, e.g. "oom_score_adj -998 clamped to -500". */
+  warnings: string[];
+}
+
+export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+export const DEFAULT_MASKED_PATHS: readonly string[] = [
+  '/proc/acpi',
+  '/proc/asound',
+  '/proc/kcore',
+  '/proc/keys',
+  '/proc/latency_stats',
+  '/proc/timer_list',
+  '/proc/timer_stats',
+  '/proc/sched_debug',
+  '/proc/scsi',
+  '/sys/firmware',
+  '/sys/devices/virtual/powercap',
+];
+
+export const DEFAULT_READONLY_PATHS: readonly string[] = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+
+/** runc's default device cgroup: deny all, mknod anything, use the standard nodes. */
+export const DEFAULT_DEVICE_RULES: readonly OciDeviceCgroup[] = [
+  { allow: false, access: 'rwm' },
+  { allow: true, type: 'c', access: 'm' },
+  { allow: true, type: 'b', access: 'm' },
+  { allow: true, type: 'c', major: 1, minor: 3, access: 'rwm' }, // /dev/null
+  { allow: true, type: 'c', major: 1, minor: 5, access: 'rwm' }, // /dev/zero
+  { allow: true, type: 'c', major: 1, minor: 7, access: 'rwm' }, // /dev/full
+  { allow: true, type: 'c', major: 5, minor: 0, access: 'rwm' }, // /dev/tty
+  { allow: true, type: 'c', major: 1, minor: 8, access: 'rwm' }, // /dev/random
+  { allow: true, type: 'c', major: 1, minor: 9, access: 'rwm' }, // /dev/urandom
+  { allow: true, type: 'c', major: 5, minor: 2, access: 'rwm' }, // /dev/ptmx
+  { allow: true, type: 'c', major: 136, access: 'rwm' }, // /dev/pts/*
+];
+
+export const ANNOTATION_CONTAINER_TYPE = 'io.kubernetes.cri.container-type';
+export const ANNOTATION_SANDBOX_ID = 'io.kubernetes.cri.sandbox-id';
+
+/** Builds the OCI runtime spec of a CRI container. Pure; throws InvalidArgument on bad input. */
+export function generateSpec(input: ContainerSpecInput): SpecResult {
+  const warnings: string[] = [];
+  const { config, image, sandbox } = input;
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]*$/.test(input.containerId)) {
+    throw invalidArgument(`container id "${input.containerId}" is not a valid id`);
+  }
+  const sc: CriSecurityContext = config.linux?.security_context ?? emptySecurityContext();
+  const privileged = sc.privileged;
+
+  const user = resolveUser(
+    {
+      ...(sc.run_as_user ? { runAsUser: sc.run_as_user.value } : {}),
+      ...(sc.run_as_username ? { runAsUsername: sc.run_as_username } : {}),
+      ...(sc.run_as_group ? { runAsGroup: sc.run_as_group.value } : {}),
+      supplementalGroups: sc.supplemental_groups ?? [],
+      imageUser: image.run.user,
+    },
+    input.passwd,
+    input.group,
+  );
+
+  const { caps, warnings: capWarnings } = capabilitySets({
+    privileged,
+    add: sc.capabilities?.add_capabilities ?? [],
+    drop: sc.capabilities?.drop_capabilities ?? [],
+    ...(sc.capabilities?.add_ambient_capabilities ? { addAmbient: sc.capabilities.add_ambient_capabilities } : {}),
+  });
+  warnings.push(...capWarnings);
+
+  const ns = namespaces(input, sc);
+  const hostUts = !ns.some((n) => n.type === 'uts');
+  const readonlyRootfs = sc.readonly_rootfs;
+
+  const criMounts = config.mounts.map(criMount);
+  const seen = new Set<string>();
+  for (const [i, m] of criMounts.entries()) {
+    if (seen.has(m.destination)) throw invalidArgument(`mounts[${i}].container_path "${m.destination}" is mounted twice`);
+    seen.add(m.destination);
+  }
+  const mounts = mergeMounts(
+    [
+      ...standardMounts(privileged),
+      ...podMounts(
+        {
+          hostsPath: sandbox.hostsPath,
+          resolvConfPath: sandbox.resolvConfPath,
+          hostnamePath: sandbox.hostnamePath,
+          ...(sandbox.shmPath ? { shmPath: sandbox.shmPath } : {}),
+          hostIpc: ipcMode(input, sc) === 'NODE',
+        },
+        readonlyRootfs,
+      ),
+    ],
+    criMounts,
+  );
+  const propagation = rootfsPropagation(config.mounts);
+
+  const { devices, rules } = deviceSpec(input, privileged);
+  const seccomp = selectSeccomp({
+    ...(sc.seccomp ? { request: sc.seccomp } : {}),
+    privileged,
+    capabilities: caps.bounding,
+    arch: image.architecture,
+    ...(input.localhostSeccomp ? { localhostProfiles: input.localhostSeccomp } : {}),
+  });
+  const { resources, oomScoreAdj } = resourceSpec(input, rules, warnings);
+  const apparmorProfile = appArmor(input, sc, privileged, warnings);
+
+  const spec: OciSpec = {
+    ociVersion: OCI_VERSION,
+    process: {
+      terminal: config.tty,
+      user: { uid: user.uid, gid: user.gid, additionalGids: user.additionalGids },
+      args: processArgs(config, image),
+      env: environment(config, image, sandbox.hostname),
+      cwd: workingDir(config, image),
+      capabilities: caps,
+      noNewPrivileges: sc.no_new_privs,
+      ...(oomScoreAdj !== undefined ? { oomScoreAdj } : {}),
+      ...(apparmorProfile !== undefined ? { apparmorProfile } : {}),
+    },
+    root: { path: input.rootfs, readonly: readonlyRootfs },
+    // runc refuses a hostname without a private UTS namespace.
+    ...(hostUts ? {} : { hostname: sandbox.hostname }),
+    mounts,
+    linux: {
+      namespaces: ns,
+      devices,
+      resources,
+      cgroupsPath: cgroupsPath(input),
+      ...(propagation ? { rootfsPropagation: propagation } : {}),
+      maskedPaths: privileged ? [] : nonEmptyOr(sc.masked_paths, DEFAULT_MASKED_PATHS),
+      readonlyPaths: privileged ? [] : nonEmptyOr(sc.readonly_paths, DEFAULT_READONLY_PATHS),
+      ...(seccomp ? { seccomp } : {}),
+      ...(sandbox.sysctls && Object.keys(sandbox.sysctls).length > 0 ? { sysctl: { ...sandbox.sysctls } } : {}),
+    },
+    annotations: {
+      ...config.annotations,
+      [ANNOTATION_CONTAINER_TYPE]: 'container',
+      [ANNOTATION_SANDBOX_ID]: input.sandboxId,
+    },
+  };
+  return { spec, warnings };
+}
+
+function emptySecurityContext(): CriSecurityContext {
+  return {
+    privileged: false,
+    run_as_username: '',
+    readonly_rootfs: false,
+    supplemental_groups: [],
+    no_new_privs: false,
+    masked_paths: [],
+    readonly_paths: [],
+  };
+}
+
+function nonEmptyOr(list: string[] | undefined, dflt: readonly string[]): string[] {
+  return list && list.length > 0 ? [...list] : [...dflt];
+}
+
+/**
+ * kubelet semantics: command replaces ENTRYPOINT and drops CMD; args replace CMD.
+ */
+export function processArgs(config: Pick<CriContainerConfig, 'command' | 'args'>, image: ImageConfig): string[] {
+  const command = config.command ?? [];
+  const args = config.args ?? [];
+  const head = command.length > 0 ? command : image.run.entrypoint;
+  const tail = args.length > 0 ? args : command.length > 0 ? [] : image.run.cmd;
+  const out = [...head, ...tail];
+  if (out.length === 0) throw invalidArgument("no command specified (neither the container's command/args nor the image's entrypoint/cmd)");
+  return out;
+}
+
+/**
+ * HOSTNAME first (as containerd, so the image or the CRI may override it), then the
+ * image's env, then the CRI envs replacing by key; PATH defaults when nobody sets it.
+ * HOME is left to runc, which sets it from the container's /etc/passwd when unset.
+ */
+export function environment(config: Pick<CriContainerConfig, 'envs'>, image: ImageConfig, hostname: string): string[] {
+  const env = new Map<string, string>();
+  const set = (kv: string): void => {
+    const eq = kv.indexOf('=');
+    env.set(eq < 0 ? kv : kv.slice(0, eq), kv);
+  };
+  set(`HOSTNAME=${hostname}`);
+  for (const kv of image.run.env) if (kv !== '') set(kv);
+  config.envs.forEach((e, i) => {
+    if (!e.key || e.key.includes('=')) throw invalidArgument(`envs[${i}].key "${e.key}" is not a valid variable name`);
+    set(`${e.key}=${e.value}`);
+  });
+  if (!env.has('PATH')) env.set('PATH', `PATH=${DEFAULT_PATH}`);
+  return [...env.values()];
+}
+
+export function workingDir(config: Pick<CriContainerConfig, 'working_dir'>, image: ImageConfig): string {
+  const wd = config.working_dir || image.run.workingDir || '/';
+  if (!posix.isAbsolute(wd)) {
+    throw invalidArgument(config.working_dir ? `working_dir "${wd}" must be an absolute path` : `image working dir "${wd}" must be an absolute path`);
+  }
+  return wd;
+}
+
+function ipcMode(input: ContainerSpecInput, sc: CriSecurityContext): NamespaceMode {
+  return sc.namespace_options?.ipc ?? (input.sandbox.hostIpc ? 'NODE' : 'POD');
+}
+
+/**
+ * The container's namespaces. With namespace_options absent (not what the kubelet
+ * sends) the sandbox's host flags decide. A POD namespace without a path (a sandbox
+ * that pinned none) becomes a new one; UTS follows the network, as in the kubelet.
+ */
+export function namespaces(input: ContainerSpecInput, sc: CriSecurityContext): OciNamespace[] {
+  const { sandbox } = input;
+  const opts = sc.namespace_options;
+  const network = opts?.network ?? (sandbox.hostNetwork ? 'NODE' : 'POD');
+  const pid = opts?.pid ?? (sandbox.hostPid ? 'NODE' : 'CONTAINER');
+  const ipc = ipcMode(input, sc);
+  const out: OciNamespace[] = [];
+  const join = (type: OciNamespace['type'], path?: string): void => {
+    out.push(path ? { type, path } : { type });
+  };
+
+  switch (pid) {
+    case 'NODE':
+      break;
+    case 'CONTAINER':
+      join('pid');
+      break;
+    case 'POD':
+      if (!sandbox.pidnsPath) throw invalidArgument('namespace_options.pid is POD but the sandbox has no shared PID namespace');
+      join('pid', sandbox.pidnsPath);
+      break;
+    case 'TARGET':
+      if (!opts?.target_id) throw invalidArgument('namespace_options.pid is TARGET but namespace_options.target_id is empty');
+      if (!input.targetPidnsPath) throw invalidArgument(`namespace_options.target_id "${opts.target_id}": target PID namespace not resolved`);
+      join('pid', input.targetPidnsPath);
+      break;
+    default:
+      throw invalidArgument(`namespace_options.pid "${String(pid)}" is not supported`);
+  }
+  if (network === 'NODE') {
+    // host network: host UTS too
+  } else if (network === 'POD') {
+    join('network', sandbox.netnsPath);
+    join('uts', sandbox.utsnsPath);
+  } else {
+    throw invalidArgument(`namespace_options.network "${String(network)}" is not supported (POD or NODE)`);
+  }
+  if (ipc === 'POD') join('ipc', sandbox.ipcnsPath);
+  else if (ipc === 'CONTAINER') join('ipc');
+  else if (ipc !== 'NODE') throw invalidArgument(`namespace_options.ipc "${String(ipc)}" is not supported`);
+  join('mount');
+  join('cgroup');
+  return out;
+}
+
+function deviceSpec(input: ContainerSpecInput, privileged: boolean): { devices: OciDevice[]; rules: OciDeviceCgroup[] } {
+  const rules: OciDeviceCgroup[] = privileged ? [{ allow: true, access: 'rwm' }] : DEFAULT_DEVICE_RULES.map((r) => ({ ...r }));
+  const devices: OciDevice[] = [];
+  input.config.devices.forEach((d, i) => {
+    const field = `devices[${i}]`;
+    if (!posix.isAbsolute(d.container_path)) throw invalidArgument(`${field}.container_path "${d.container_path}" must be an absolute path`);
+    const perms = d.permissions === '' ? 'rwm' : d.permissions;
+    if (!/^[rwm]{1,3}$/.test(perms) || new Set(perms).size !== perms.length) {
+      throw invalidArgument(`${field}.permissions "${d.permissions}" must be a combination of r, w and m`);
+    }
+    const host = input.devices?.find((h) => h.path === d.host_path);
+    if (!host) throw invalidArgument(`${field}.host_path "${d.host_path}" is not a device node`);
+    devices.push({
+      path: cleanPath(d.container_path),
+      type: host.type,
+      major: host.major,
+      minor: host.minor,
+      fileMode: host.fileMode,
+      uid: host.uid,
+      gid: host.gid,
+    });
+    if (!privileged) rules.push({ allow: true, type: host.type, major: host.major, minor: host.minor, access: perms });
+  });
+  return { devices, rules };
+}
+
+const HUGEPAGE_SIZE = /^\d+(?:KB|MB|GB|TB|PB)$/;
+
+function resourceSpec(
+  input: ContainerSpecInput,
+  devices: OciDeviceCgroup[],
+  warnings: string[],
+): { resources: OciResources; oomScoreAdj?: number } {
+  const r = input.config.linux?.resources;
+  const resources: OciResources = { devices };
+  if (!r) return { resources };
+  const nonNegative = (v: number | undefined, field: string): number => {
+    const n = v ?? 0;
+    if (!Number.isSafeInteger(n) || n < 0) throw invalidArgument(`resources.${field} ${n} must be a non-negative integer`);
+    return n;
+  };
+
+  const cpu: OciCpu = {};
+  const shares = nonNegative(r.cpu_shares, 'cpu_shares');
+  const quota = r.cpu_quota ?? 0;
+  if (!Number.isSafeInteger(quota) || quota < -1) throw invalidArgument(`resources.cpu_quota ${quota} must be -1 or more`);
+  const period = nonNegative(r.cpu_period, 'cpu_period');
+  if (shares > 0) cpu.shares = shares;
+  if (quota !== 0) cpu.quota = quota;
+  if (period > 0) cpu.period = period;
+  if (r.cpuset_cpus) cpu.cpus = r.cpuset_cpus;
+  if (r.cpuset_mems) cpu.mems = r.cpuset_mems;
+  if (Object.keys(cpu).length > 0) resources.cpu = cpu;
+
+  const memory: OciMemory = {};
+  const limit = nonNegative(r.memory_limit_in_bytes, 'memory_limit_in_bytes');
+  const swap = r.memory_swap_limit_in_bytes ?? 0;
+  if (!Number.isSafeInteger(swap) || swap < -1) throw invalidArgument(`resources.memory_swap_limit_in_bytes ${swap} must be -1 or more`);
+  const swapAccounting = input.swapAccounting ?? true;
+  if (limit > 0) {
+    memory.limit = limit;
+    // As containerd: memory+swap equal to memory, i.e. no swap, unless asked otherwise.
+    if (swap === 0 && swapAccounting) memory.swap = limit;
+  }
+  if (swap !== 0) {
+    if (!swapAccounting) warnings.push(`memory_swap_limit_in_bytes ${swap} ignored: swap accounting is not enabled`);
+    else if (swap > 0 && limit > 0 && swap < limit) {
+      throw invalidArgument(`resources.memory_swap_limit_in_bytes ${swap} is below memory_limit_in_bytes ${limit}`);
+    } else memory.swap = swap;
+  }
+  if (Object.keys(memory).length > 0) resources.memory = memory;
+
+  const hugepages: OciHugepageLimit[] = (r.hugepage_limits ?? []).map((h, i) => {
+    if (!HUGEPAGE_SIZE.test(h.page_size)) throw invalidArgument(`resources.hugepage_limits[${i}].page_size "${h.page_size}" is not like "2MB"`);
+    return { pageSize: h.page_size, limit: nonNegative(h.limit, `hugepage_limits[${i}].limit`) };
+  });
+  if (hugepages.length > 0) resources.hugepageLimits = hugepages;
+  if (r.unified && Object.keys(r.unified).length > 0) resources.unified = { ...r.unified };
+
+  let oomScoreAdj: number | undefined;
+  if (r.oom_score_adj !== undefined) {
+    const want = r.oom_score_adj;
+    if (!Number.isInteger(want) || want < -1000 || want > 1000) throw invalidArgument(`resources.oom_score_adj ${want} is outside -1000..1000`);
+    oomScoreAdj = Math.max(want, input.minOomScoreAdj);
+    if (oomScoreAdj !== want) warnings.push(`oom_score_adj ${want} clamped to ${oomScoreAdj}`);
+  }
+  return { resources, ...(oomScoreAdj !== undefined ? { oomScoreAdj } : {}) };
+}
+
+/**
+ * runc's cgroupsPath: a path under the cgroup root for cgroupfs, "slice:prefix:name" for
+ * the systemd driver (the unit becomes berth-<id>.scope in the slice).
+ */
+export function cgroupsPath(input: Pick<ContainerSpecInput, 'cgroupDriver' | 'containerId' | 'sandbox'>): string {
+  const parent = input.sandbox.cgroupParent;
+  if (input.cgroupDriver === 'systemd') {
+    if (parent !== '' && !/^[^/]+\.slice$/.test(parent)) {
+      throw invalidArgument(`cgroup parent "${parent}" must be a systemd slice name like "kubepods-pod1.slice" for the systemd cgroup driver`);
+    }
+    return `${parent}:berth:${input.containerId}`;
+  }
+  if (parent.split('/').includes('..')) throw invalidArgument(`cgroup parent "${parent}" must not contain ".."`);
+  return posix.join('/', parent, `berth-${input.containerId}`);
+}
+
+function appArmor(input: ContainerSpecInput, sc: CriSecurityContext, privileged: boolean, warnings: string[]): string | undefined {
+  const req = sc.apparmor;
+  if (!req || req.profile_type === 'Unconfined' || privileged) return undefined;
+  if (!input.appArmorEnabled) {
+    warnings.push(`apparmor ${req.profile_type} ignored: AppArmor is not enabled on this host`);
+    return undefined;
+  }
+  if (req.profile_type === 'Localhost') {
+    const name = req.localhost_ref.replace(/^localhost\//, '');
+    if (!name) throw invalidArgument('apparmor.localhost_ref is required for a Localhost AppArmor profile');
+    return name;
+  }
+  if (!input.appArmorDefaultProfile) {
+    warnings.push('apparmor RuntimeDefault ignored: no default AppArmor profile is configured');
+    return undefined;
+  }
+  return input.appArmorDefaultProfile;
+}

@@ -1,0 +1,161 @@
+/**
+ * The container's user, resolved the way containerd's CRI plugin and runc do: from the CRI
+ * security context (run_as_user, run_as_username, run_as_group, supplemental_groups) or
+ * else the image's USER, looked up in the image's own /etc/passwd and /etc/group (the
+ * caller reads them from the rootfs; this module does no I/O).
+ */
+import { invalidArgument } from '../common/errors.js';
+
+export interface PasswdEntry {
+  name: string;
+  uid: number;
+  gid: number;
+  home: string;
+}
+
+export interface GroupEntry {
+  name: string;
+  gid: number;
+  members: string[];
+}
+
+export interface UserRequest {
+  runAsUser?: number;
+  runAsUsername?: string;
+  runAsGroup?: number;
+  supplementalGroups: number[];
+  /** The image's USER ("", "uid", "uid:gid", "name", "name:group"). */
+  imageUser: string;
+}
+
+export interface ResolvedUser {
+  uid: number;
+  gid: number;
+  /** The primary gid first, then groups of /etc/group naming the user, then the CRI supplemental groups (as containerd). */
+  additionalGids: number[];
+  /** The passwd name when the user has an entry (for HOME and logs). */
+  name?: string;
+  home?: string;
+}
+
+const MAX_ID = 0xffffffff;
+
+function parseId(s: string): number | undefined {
+  if (!/^\d+$/.test(s)) return undefined;
+  const n = Number(s);
+  return n <= MAX_ID ? n : undefined;
+}
+
+/** Parses /etc/passwd text; comment, blank and malformed lines are skipped, as libc does. */
+export function parsePasswd(text: string): PasswdEntry[] {
+  const out: PasswdEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (line.trim() === '' || line.startsWith('#')) continue;
+    const f = line.split(':');
+    const uid = parseId(f[2] ?? '');
+    const gid = parseId(f[3] ?? '');
+    if (f[0] === undefined || f[0] === '' || uid === undefined || gid === undefined) continue;
+    out.push({ name: f[0], uid, gid, home: f[5] ?? '' });
+  }
+  return out;
+}
+
+/** Parses /etc/group text; comment, blank and malformed lines are skipped. */
+export function parseGroup(text: string): GroupEntry[] {
+  const out: GroupEntry[] = [];
+  for (const line of text.split('\n')) {
+    if (line.trim() === '' || line.startsWith('#')) continue;
+    const f = line.split(':');
+    const gid = parseId(f[2] ?? '');
+    if (f[0] === undefined || f[0] === '' || gid === undefined) continue;
+    const members = (f[3] ?? '')
+      .split(',')
+      .map((m) => m.trim())
+      .filter((m) => m !== '');
+    out.push({ name: f[0], gid, members });
+  }
+  return out;
+}
+
+function checkId(n: number, field: string): number {
+  if (!Number.isInteger(n) || n < 0 || n > MAX_ID) throw invalidArgument(`${field} ${n} is not a valid id (0..${MAX_ID})`);
+  return n;
+}
+
+/**
+ * Resolves uid, gid and additional gids. Throws InvalidArgument naming the CRI field (or
+ * the image USER) when a name is unknown or the request is inconsistent.
+ */
+export function resolveUser(req: UserRequest, passwdText: string, groupText: string): ResolvedUser {
+  const passwd = parsePasswd(passwdText);
+  const groups = parseGroup(groupText);
+  let entry: PasswdEntry | undefined;
+  let uid: number;
+  let gid: number;
+
+  if (req.runAsUser !== undefined) {
+    // kubelet sends a numeric user as run_as_user; the gid comes from its passwd entry when there is one.
+    uid = checkId(req.runAsUser, 'run_as_user');
+    entry = passwd.find((p) => p.uid === uid);
+    gid = entry?.gid ?? 0;
+  } else if (req.runAsUsername !== undefined && req.runAsUsername !== '') {
+    entry = passwd.find((p) => p.name === req.runAsUsername);
+    if (!entry) throw invalidArgument(`run_as_username "${req.runAsUsername}": no such user in the image's /etc/passwd`);
+    uid = entry.uid;
+    gid = entry.gid;
+  } else {
+    if (req.runAsGroup !== undefined) throw invalidArgument('run_as_group requires run_as_user or run_as_username');
+    ({ uid, gid, entry } = fromImageUser(req.imageUser, passwd, groups));
+  }
+  if (req.runAsGroup !== undefined) gid = checkId(req.runAsGroup, 'run_as_group');
+
+  const additional: number[] = [gid];
+  if (entry) {
+    const name = entry.name;
+    for (const g of groups) if (g.members.includes(name)) additional.push(g.gid);
+  }
+  req.supplementalGroups.forEach((g, i) => additional.push(checkId(g, `supplemental_groups[${i}]`)));
+  return {
+    uid,
+    gid,
+    additionalGids: [...new Set(additional)],
+    ...(entry ? { name: entry.name, home: entry.home } : {}),
+  };
+}
+
+function fromImageUser(user: string, passwd: PasswdEntry[], groups: GroupEntry[]): { uid: number; gid: number; entry?: PasswdEntry } {
+  const spec = user.trim();
+  if (spec === '') {
+    const root = passwd.find((p) => p.uid === 0);
+    return { uid: 0, gid: root?.gid ?? 0, ...(root ? { entry: root } : {}) };
+  }
+  const colon = spec.indexOf(':');
+  const userPart = colon < 0 ? spec : spec.slice(0, colon);
+  const groupPart = colon < 0 ? undefined : spec.slice(colon + 1);
+  if (userPart === '') throw invalidArgument(`image USER "${user}" has no user part`);
+
+  let uid: number;
+  let gid: number;
+  let entry: PasswdEntry | undefined;
+  const numericUid = parseId(userPart);
+  if (numericUid !== undefined) {
+    uid = numericUid;
+    entry = passwd.find((p) => p.uid === uid);
+    gid = entry?.gid ?? 0;
+  } else {
+    entry = passwd.find((p) => p.name === userPart);
+    if (!entry) throw invalidArgument(`image USER "${user}": no user "${userPart}" in the image's /etc/passwd`);
+    uid = entry.uid;
+    gid = entry.gid;
+  }
+  if (groupPart !== undefined) {
+    const numericGid = parseId(groupPart);
+    if (numericGid !== undefined) gid = numericGid;
+    else {
+      const g = groups.find((x) => x.name === groupPart);
+      if (!g) throw invalidArgument(`image USER "${user}": no group "${groupPart}" in the image's /etc/group`);
+      gid = g.gid;
+    }
+  }
+  return { uid, gid, ...(entry ? { entry } : {}) };
+}
