@@ -18,6 +18,8 @@ import { ConfigError, formatConfig, loadConfig } from './config/load.js';
 import type { BerthConfig } from './config/schema.js';
 import { createCriServer } from './cri/server.js';
 import { ServingState } from './cri/serving-state.js';
+import { ContainerRepository } from './containers/container-repository.js';
+import { ContainerService } from './containers/container-service.js';
 import { BlobRepository } from './images/content/blob-repository.js';
 import { ContentStore } from './images/content/content-store.js';
 import { ImageRepository } from './images/image-repository.js';
@@ -27,6 +29,7 @@ import { OverlaySnapshotter } from './images/snapshots/overlay.js';
 import { SnapshotRepository } from './images/snapshots/snapshot-repository.js';
 import { SandboxRepository } from './sandbox/sandbox-repository.js';
 import { SandboxService } from './sandbox/sandbox-service.js';
+import { ConmonShim } from './shim/conmon.js';
 import { openDatabase, type Db } from './store/database.js';
 import { DirectoryLock } from './store/lock.js';
 import { RuntimeSettingsRepository } from './store/runtime-settings.js';
@@ -168,6 +171,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
   let server: grpc.Server;
   let images: ImageService;
   let sandboxes: SandboxService;
+  let containersRef: ContainerService;
   const state = new ServingState();
   try {
     const rootLock = DirectoryLock.acquire(config.root, 'root directory');
@@ -197,7 +201,18 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     sandboxes = new SandboxService({ config, repo: new SandboxRepository(db), log: log.child({ component: 'sandbox' }) });
     const sb = sandboxes;
     held.push(() => sb.close());
-    const deps = { config, settings: new RuntimeSettingsRepository(db), log, images, sandboxes };
+    const containers = new ContainerService({
+      config,
+      repo: new ContainerRepository(db),
+      sandboxes,
+      images,
+      shim: new ConmonShim({ log: log.child({ component: 'shim' }) }),
+      log: log.child({ component: 'containers' }),
+    });
+    sandboxes.containers = containers;
+    containersRef = containers;
+    held.push(() => containers.close());
+    const deps = { config, settings: new RuntimeSettingsRepository(db), log, images, sandboxes, containers };
     server = createCriServer({ state, log }, deps);
     await bindSocket(server, config.socket);
     held.push(() => rmSync(config.socket, { force: true }));
@@ -225,6 +240,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
   await recover(log, [
     { name: 'images', run: () => images.recover() },
     { name: 'sandboxes', run: () => sandboxes.recover() },
+    { name: 'containers', run: () => containersRef.recover() },
   ]);
   if (state.phase === 'recovering') {
     state.ready();

@@ -1,5 +1,6 @@
 import type { Logger } from '../common/logger.js';
 import type { BerthConfig } from '../config/schema.js';
+import type { ContainerService } from '../containers/container-service.js';
 import type { ImageService } from '../images/image-service.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
 import type { RuntimeSettingsRepository } from '../store/runtime-settings.js';
@@ -11,4 +12,5 @@ export interface CriDeps {
   log: Logger;
   images: ImageService;
   sandboxes: SandboxService;
+  containers: ContainerService;
 }

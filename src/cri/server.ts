@@ -8,6 +8,7 @@ import type { CriDeps } from './deps.js';
 import type { ImageServiceHandlers } from './gen/runtime/v1/ImageService.js';
 import type { RuntimeServiceHandlers } from './gen/runtime/v1/RuntimeService.js';
 import { criApi } from './proto.js';
+import { containerStatus, createContainer, listContainers, removeContainer, startContainer, stopContainer, streamContainers } from './container/lifecycle.js';
 import { imageFsInfo } from './image/image-fs-info.js';
 import { imageStatus } from './image/image-status.js';
 import { listImages, streamImages } from './image/list-images.js';
@@ -38,6 +39,13 @@ export function runtimeHandlers(deps: CriDeps): ServiceHandlers<RuntimeServiceHa
     PodSandboxStatus: podSandboxStatus(deps.sandboxes),
     ListPodSandbox: listPodSandbox(deps.sandboxes),
     StreamPodSandboxes: streamPodSandboxes(deps.sandboxes),
+    CreateContainer: createContainer(deps.containers),
+    StartContainer: startContainer(deps.containers),
+    StopContainer: stopContainer(deps.containers),
+    RemoveContainer: removeContainer(deps.containers),
+    ContainerStatus: containerStatus(deps.containers),
+    ListContainers: listContainers(deps.containers),
+    StreamContainers: streamContainers(deps.containers),
   };
 }
 

@@ -192,6 +192,17 @@ export class ImageService {
     return { blobs: trash.length, snapshots: dirs.length };
   }
 
+  /** A container's writable layer on an image (see OverlaySnapshotter.prepareActive). */
+  prepareContainerLayer(containerId: string, image: ImageRecord): Promise<{ options: string }> {
+    const top = image.layers[image.layers.length - 1];
+    if (!top) throw new BerthError('FailedPrecondition', `image ${image.id} has no layers`);
+    return this.o.snapshots.prepareActive(containerId, top.chainId);
+  }
+
+  removeContainerLayer(containerId: string): Promise<void> {
+    return this.o.snapshots.removeActive(containerId);
+  }
+
   /** Stops shared downloads and unpacks (shutdown) and waits until they have cleaned up. */
   async close(): Promise<void> {
     this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));

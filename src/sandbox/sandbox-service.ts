@@ -60,6 +60,12 @@ export interface PodSandboxSpec {
   raw: Record<string, unknown>;
 }
 
+/** What the containers of a pod need done when the pod stops or goes (set by main.ts: sandbox cannot import containers). */
+export interface PodContainerHooks {
+  stopAll(sandboxId: string): Promise<void>;
+  removeAll(sandboxId: string): Promise<void>;
+}
+
 export interface SandboxServiceOptions {
   config: BerthConfig;
   repo: SandboxRepository;
@@ -78,6 +84,8 @@ export class SandboxService {
   private readonly locks = new Map<string, Promise<unknown>>();
   /** Creation outlives its caller, not the daemon: aborted on shutdown. */
   private readonly lifetime = new AbortController();
+  /** Stops and removes the pod's containers; set once containers exist. */
+  containers: PodContainerHooks = { stopAll: async () => {}, removeAll: async () => {} };
 
   constructor(private readonly o: SandboxServiceOptions) {
     this.nsRoot = join(o.config.state, 'ns');
@@ -284,6 +292,9 @@ export class SandboxService {
       // A NOTREADY pod may still hold what an earlier release could not free.
       if (rec.state === 'notready' && rec.network === null && rec.nsDir === null) return;
       if (rec.state === 'creating') return; // its creation (holding the lock) failed and rolled back
+      // CRI: StopPodSandbox stops every container of the pod (forcibly: kubelet has
+      // already asked them to stop gracefully).
+      await this.containers.stopAll(rec.id);
       await this.release(rec, signal);
       this.o.repo.update(rec.id, () => ({ state: 'notready', network: null, nsDir: null, ips: [] }));
       this.o.log.info('pod sandbox stopped', { sandbox: rec.id });
@@ -315,6 +326,7 @@ export class SandboxService {
     await this.locked(found.id, async () => {
       const rec = this.o.repo.get(found.id);
       if (!rec) return;
+      await this.containers.removeAll(rec.id);
       if (rec.state !== 'removing') await this.release(rec, signal);
       this.o.repo.update(rec.id, () => ({ state: 'removing' }));
       await rm(join(this.podRoot, rec.id), { recursive: true, force: true });

@@ -110,4 +110,33 @@ export const MIGRATIONS: readonly Migration[] = [
       `);
     },
   },
+  {
+    version: 4,
+    name: 'containers',
+    up(db) {
+      db.exec(`
+        CREATE TABLE containers (
+          id          TEXT PRIMARY KEY NOT NULL,
+          sandbox_id  TEXT NOT NULL REFERENCES sandboxes(id),
+          name        TEXT NOT NULL,
+          attempt     INTEGER NOT NULL,
+          image_id    TEXT NOT NULL,
+          image_ref   TEXT NOT NULL,
+          state       TEXT NOT NULL CHECK (state IN ('creating', 'created', 'running', 'exited', 'unknown', 'removing')),
+          config      TEXT NOT NULL,
+          log_path    TEXT NOT NULL,
+          pid         INTEGER,
+          shim_pid    INTEGER,
+          exit_code   INTEGER,
+          reason      TEXT NOT NULL DEFAULT '',
+          message     TEXT NOT NULL DEFAULT '',
+          created_at  TEXT NOT NULL,
+          started_at  TEXT NOT NULL DEFAULT '0',
+          finished_at TEXT NOT NULL DEFAULT '0',
+          UNIQUE (sandbox_id, name, attempt)
+        ) STRICT;
+        CREATE INDEX containers_by_sandbox ON containers(sandbox_id);
+      `);
+    },
+  },
 ];

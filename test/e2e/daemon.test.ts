@@ -234,7 +234,7 @@ describe('berthd: daemon', function () {
     const b = await start();
     await b.runtime.Version({});
     await b.runtime.Status({});
-    await grpcError(b.runtime.ListContainers({}));
+    await grpcError(b.runtime.ContainerStats({ container_id: 'x' }));
     await new Promise((r) => setTimeout(r, 100));
     const rpcs = b.records().filter((r) => r.msg === 'rpc');
     const byMethod = (m: string) => rpcs.filter((r) => r.method === m);
@@ -242,6 +242,6 @@ describe('berthd: daemon', function () {
     assert.equal(byMethod('Status').length, 1);
     assert.equal(byMethod('Status')[0]!.code, 'OK');
     assert.equal(typeof byMethod('Status')[0]!.duration_ms, 'number');
-    assert.equal(byMethod('ListContainers')[0]!.code, 'UNIMPLEMENTED');
+    assert.equal(byMethod('ContainerStats')[0]!.code, 'UNIMPLEMENTED');
   });
 });

@@ -119,6 +119,36 @@ export class OverlaySnapshotter implements Snapshotter {
     for (const d of dirs) await rm(d, { recursive: true, force: true });
   }
 
+  /**
+   * Makes a container's writable layer on top of an image's top snapshot: an `active`
+   * snapshot with an empty `fs` (overlay upperdir) and `work`. Returns the overlay mount
+   * options for the container's rootfs. The row is recorded before the directories.
+   */
+  async prepareActive(key: string, parentChainId: string): Promise<{ info: SnapshotInfo; options: string }> {
+    const parent = this.committed(parentChainId);
+    if (!parent) throw new BerthError('NotFound', `image layer ${parentChainId} is not unpacked; pull the image again`);
+    const id = this.repo.prepareActive(key, parent.id);
+    const dir = join(this.dir, String(id));
+    try {
+      await mkdir(join(dir, 'fs'), { recursive: true, mode: 0o755 });
+      await mkdir(join(dir, 'work'), { recursive: true, mode: 0o700 });
+    } catch (err) {
+      this.repo.delete(id);
+      await rm(dir, { recursive: true, force: true });
+      throw err;
+    }
+    const options = `lowerdir=${this.lowerDirs(parentChainId).join(':')},upperdir=${join(dir, 'fs')},workdir=${join(dir, 'work')}`;
+    return { info: this.info(this.repo.getById(id)!), options };
+  }
+
+  /** Removes a container's active snapshot (its rootfs must be unmounted); idempotent. */
+  async removeActive(key: string): Promise<void> {
+    const row = this.repo.get(key);
+    if (!row || row.kind !== 'active') return;
+    this.repo.delete(row.id);
+    await rm(join(this.dir, String(row.id)), { recursive: true, force: true });
+  }
+
   /** Stops the unpack workers (on shutdown). */
   async close(): Promise<void> {
     await this.pool.close();

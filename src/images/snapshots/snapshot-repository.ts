@@ -42,6 +42,13 @@ export class SnapshotRepository {
     return this.byId.get(id);
   }
 
+  /** Records a container's writable snapshot on `parentId`; returns its id. */
+  prepareActive(key: string, parentId: number): number {
+    return Number(
+      this.db.prepare<[string, number, number]>("INSERT INTO snapshots (kind, key, parent_id, created_at) VALUES ('active', ?, ?, ?)").run(key, parentId, Date.now()).lastInsertRowid,
+    );
+  }
+
   /** Records the intent to build a snapshot; returns its id (its directory name). */
   prepare(): number {
     return Number(this.insertPreparing.run(Date.now()).lastInsertRowid);

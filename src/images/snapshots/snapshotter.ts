@@ -78,6 +78,10 @@ export interface Snapshotter {
   removeDirs(dirs: string[]): Promise<void>;
   /** Stops background work (unpack workers). */
   close(): Promise<void>;
+  /** A container's writable snapshot on a committed one; returns overlay mount options. */
+  prepareActive(key: string, parentChainId: string): Promise<{ info: SnapshotInfo; options: string }>;
+  /** Removes a container's writable snapshot; idempotent. */
+  removeActive(key: string): Promise<void>;
   /** Bytes and inodes used by all snapshots, and where they live. */
   usage(): { bytes: number; inodes: number; mountpoint: string };
   /** Start-up reconciliation of rows and directories. */

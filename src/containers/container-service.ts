@@ -1,0 +1,378 @@
+/**
+ * Containers over one shim (conmon) each; see state.ts for the state machine. The
+ * database row is written before anything is made (`creating`), every step of creation
+ * defers its undo, and exits are learnt from conmon's exit files, so a container that
+ * exits while berthd is down is recorded with its code when berthd is back.
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { mkdir, open, realpath, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { promisify } from 'node:util';
+import { DisposableStack } from '../common/disposable.js';
+import { BerthError, messageOf } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import type { BerthConfig } from '../config/schema.js';
+import type { ImageService } from '../images/image-service.js';
+import type { SandboxRecord } from '../sandbox/sandbox-repository.js';
+import type { SandboxService } from '../sandbox/sandbox-service.js';
+import type { Shim } from '../shim/shim.js';
+import type { ContainerRecord, ContainerRepository } from './container-repository.js';
+import { generateSpec, stopSignal, type CriContainerConfig } from './spec.js';
+
+const run = promisify(execFile);
+
+export interface CreateContainerRequest {
+  sandboxId: string;
+  name: string;
+  attempt: number;
+  image: string;
+  /** The kubelet's log path relative to the pod's log directory. */
+  logPath: string;
+  config: CriContainerConfig;
+  /** The ContainerConfig as kubelet sent it, kept for ContainerStatus. */
+  raw: Record<string, unknown>;
+}
+
+export interface ContainerServiceOptions {
+  config: BerthConfig;
+  repo: ContainerRepository;
+  sandboxes: SandboxService;
+  images: ImageService;
+  shim: Shim;
+  log: Logger;
+}
+
+const nowNs = (): string => String(BigInt(Date.now()) * 1_000_000n);
+/** Bytes of /etc/passwd or /etc/group berth reads from an image. */
+const MAX_ID_FILE = 1 << 20;
+
+export class ContainerService {
+  private readonly bundles: string;
+  private readonly exitDir: string;
+  private readonly socketDir: string;
+  private readonly persistRoot: string;
+  private readonly lifetime = new AbortController();
+  private readonly watching = new Map<string, Promise<void>>();
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly minOomScoreAdj: number;
+
+  constructor(private readonly o: ContainerServiceOptions) {
+    this.bundles = join(o.config.root, 'containers');
+    this.exitDir = join(o.config.state, 'exits');
+    this.socketDir = join(o.config.state, 'attach');
+    this.persistRoot = join(o.config.state, 'conmon');
+    for (const d of [this.bundles, this.exitDir, this.socketDir, this.persistRoot]) mkdirSync(d, { recursive: true, mode: 0o700 });
+    this.minOomScoreAdj = Number(readFileSync('/proc/self/oom_score_adj', 'utf8').trim()) || 0;
+  }
+
+  private runtime(handler: string): { path: string; root: string } {
+    const rt = this.o.config.runtimes[handler];
+    if (!rt) throw new BerthError('FailedPrecondition', `runtime handler "${handler}" is not configured`);
+    return { path: rt.path, root: join(this.o.config.state, 'runtime', handler) };
+  }
+
+  private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(id) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(fn);
+    this.locks.set(id, next);
+    try {
+      return await next;
+    } finally {
+      if (this.locks.get(id) === next) this.locks.delete(id);
+    }
+  }
+
+  find(idOrPrefix: string): ContainerRecord | undefined {
+    const exact = this.o.repo.get(idOrPrefix);
+    if (exact) return exact;
+    if (idOrPrefix.length < 3 || !/^[a-f0-9]+$/.test(idOrPrefix)) return undefined;
+    const ids = this.o.repo.idsWithPrefix(idOrPrefix);
+    return ids.length === 1 ? this.o.repo.get(ids[0]!) : undefined;
+  }
+
+  list(): ContainerRecord[] {
+    return this.o.repo.list().filter((c) => c.state !== 'creating');
+  }
+
+  private paths(id: string): { bundle: string; rootfs: string; persist: string } {
+    const bundle = join(this.bundles, id);
+    return { bundle, rootfs: join(bundle, 'rootfs'), persist: join(this.persistRoot, id) };
+  }
+
+  async create(req: CreateContainerRequest, signal?: AbortSignal): Promise<string> {
+    const sandbox = this.o.sandboxes.find(req.sandboxId);
+    if (!sandbox || sandbox.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${req.sandboxId}" not found`);
+    if (sandbox.state !== 'ready') throw new BerthError('FailedPrecondition', `pod sandbox ${sandbox.id} is ${sandbox.state}, not ready`);
+    const image = this.o.images.find(req.image);
+    if (!image) throw new BerthError('NotFound', `image "${req.image}" not found; pull it first`);
+    const dup = this.o.repo.byName(sandbox.id, req.name, req.attempt);
+    if (dup) throw new BerthError('AlreadyExists', `container "${req.name}" (attempt ${req.attempt}) already exists in pod ${sandbox.id} as ${dup.id}`);
+
+    const id = randomBytes(32).toString('hex');
+    const logDir = (sandbox.config as { log_directory?: string }).log_directory ?? '';
+    const logPath = logDir !== '' && req.logPath !== '' ? join(logDir, req.logPath) : join(this.bundles, id, 'container.log');
+    const { bundle, rootfs, persist } = this.paths(id);
+    const rt = this.runtime(sandbox.runtimeHandler);
+    this.o.repo.insert({ id, sandboxId: sandbox.id, name: req.name, attempt: req.attempt, imageId: image.id, imageRef: req.image, config: req.raw, logPath, createdAt: nowNs() });
+    const undo = new DisposableStack();
+    try {
+      undo.defer(() => this.o.images.removeContainerLayer(id));
+      const layer = await this.o.images.prepareContainerLayer(id, image);
+      await mkdir(rootfs, { recursive: true, mode: 0o755 });
+      undo.defer(() => rm(bundle, { recursive: true, force: true }));
+      await run('mount', ['-t', 'overlay', 'overlay', '-o', layer.options, rootfs]);
+      undo.defer(() => unmount(rootfs));
+
+      const { spec, warnings } = generateSpec({
+        containerId: id,
+        sandboxId: sandbox.id,
+        config: req.config,
+        image: image.config,
+        passwd: await readBounded(rootfs, 'etc/passwd'),
+        group: await readBounded(rootfs, 'etc/group'),
+        rootfs,
+        sandbox: this.sandboxInfo(sandbox),
+        cgroupDriver: this.o.config.cgroup_driver,
+        minOomScoreAdj: this.minOomScoreAdj,
+      });
+      for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
+      await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
+      await mkdir(dirname(logPath), { recursive: true });
+
+      undo.defer(() => this.o.shim.removeFiles({ id, bundle, exitDir: this.exitDir, persistDir: persist, socketDir: this.socketDir }));
+      undo.defer(() => this.o.shim.delete(id, rt.path, rt.root, true));
+      const handle = await this.o.shim.create({
+        id,
+        bundle,
+        runtimePath: rt.path,
+        runtimeRoot: rt.root,
+        logPath,
+        exitDir: this.exitDir,
+        persistDir: persist,
+        socketDir: this.socketDir,
+        terminal: req.config.tty,
+        stdin: req.config.stdin,
+        stdinOnce: req.config.stdin_once,
+        ...(signal ? { signal } : {}),
+      });
+      this.o.repo.update(id, () => ({ state: 'created', pid: handle.pid, shimPid: handle.shimPid }));
+      undo.move();
+      return id;
+    } catch (err) {
+      try {
+        await undo.dispose();
+        this.o.repo.delete(id);
+      } catch (e) {
+        this.o.log.error('rollback of a failed container creation was incomplete; RemoveContainer or recovery will finish it', { container: id, error: messageOf(e) });
+      }
+      throw err;
+    }
+  }
+
+  private sandboxInfo(sb: SandboxRecord): Parameters<typeof generateSpec>[0]['sandbox'] {
+    const cfg = sb.config as { hostname?: string; linux?: { cgroup_parent?: string; security_context?: { namespace_options?: { network?: string; ipc?: string; pid?: string } } } };
+    const ns = cfg.linux?.security_context?.namespace_options ?? {};
+    const podDir = this.o.sandboxes.podDir(sb.id);
+    const pin = (k: string): string | undefined => (sb.nsDir !== null && existsSync(join(sb.nsDir, k)) ? join(sb.nsDir, k) : undefined);
+    const net = pin('net');
+    const ipc = pin('ipc');
+    const uts = pin('uts');
+    return {
+      hostname: readFileSync(join(podDir, 'hostname'), 'utf8').trim(),
+      ...(net ? { netnsPath: net } : {}),
+      ...(ipc ? { ipcnsPath: ipc } : {}),
+      ...(uts ? { utsnsPath: uts } : {}),
+      hostsPath: join(podDir, 'hosts'),
+      resolvConfPath: join(podDir, 'resolv.conf'),
+      hostnamePath: join(podDir, 'hostname'),
+      ...(existsSync(join(podDir, 'shm')) && ns.ipc !== 'NODE' ? { shmPath: join(podDir, 'shm') } : {}),
+      cgroupParent: cfg.linux?.cgroup_parent ?? '',
+      hostNetwork: ns.network === 'NODE',
+      hostIpc: ns.ipc === 'NODE',
+      hostPid: ns.pid === 'NODE',
+    };
+  }
+
+  async start(idOrPrefix: string): Promise<void> {
+    const found = this.find(idOrPrefix);
+    if (!found || found.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
+    await this.locked(found.id, async () => {
+      const c = this.o.repo.get(found.id)!;
+      if (c.state !== 'created') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}; only a created container can be started`);
+      const sb = this.o.sandboxes.find(c.sandboxId);
+      const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+      await this.o.shim.start(c.id, rt.path, rt.root);
+      this.o.repo.update(c.id, () => ({ state: 'running', startedAt: nowNs() }));
+      this.watch(c.id);
+    });
+  }
+
+  /** Follows a container's exit file and records the exit when it comes. */
+  private watch(id: string): void {
+    if (this.watching.has(id)) return;
+    const p = this.o.shim
+      .waitExit(this.exitDir, id, this.lifetime.signal)
+      .then((code) => this.recordExit(id, code))
+      .catch((err: unknown) => {
+        if (!this.lifetime.signal.aborted) this.o.log.error('lost track of a container exit', { container: id, error: messageOf(err) });
+      })
+      .finally(() => this.watching.delete(id));
+    this.watching.set(id, p);
+  }
+
+  /** Marks a container exited with its code; idempotent. */
+  private async recordExit(id: string, code: number): Promise<void> {
+    const c = this.o.repo.get(id);
+    if (!c || c.state === 'exited' || c.state === 'removing') return;
+    const oom = existsSync(join(this.paths(id).persist, 'oom')) || existsSync(join(this.paths(id).bundle, 'oom'));
+    const reason = oom ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error';
+    this.o.repo.update(id, () => ({ state: 'exited', exitCode: code, reason, finishedAt: nowNs(), pid: 0 }));
+    this.o.log.info('container exited', { container: id, exit_code: code, reason });
+  }
+
+  /** Stop signal, up to `timeoutSeconds`, then SIGKILL; idempotent (CRI: stopping a stopped container succeeds). */
+  async stop(idOrPrefix: string, timeoutSeconds: number, signal?: AbortSignal): Promise<void> {
+    const found = this.find(idOrPrefix);
+    if (!found || found.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
+    await this.locked(found.id, async () => {
+      const c = this.o.repo.get(found.id)!;
+      if (c.state === 'exited' || c.state === 'removing') return;
+      const sb = this.o.sandboxes.find(c.sandboxId);
+      const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+      const image = this.o.images.find(c.imageId);
+      const sig = image ? stopSignal(image.config) : 15;
+      const exited = (ms: number): Promise<number | undefined> => this.exitWithin(c.id, ms, signal);
+      if (c.state === 'running' && timeoutSeconds > 0) {
+        await this.o.shim.kill(c.id, sig, rt.path, rt.root).catch(() => undefined);
+        const code = await exited(timeoutSeconds * 1000);
+        if (code !== undefined) return this.recordExit(c.id, code);
+      }
+      await this.o.shim.kill(c.id, 'KILL', rt.path, rt.root, true).catch(() => undefined);
+      const code = await exited(10_000);
+      if (code !== undefined) return this.recordExit(c.id, code);
+      // Never started (no shim exit for a created container that got killed before start
+      // on some runtimes), or the shim is gone: record it as killed.
+      return this.recordExit(c.id, 137);
+    });
+  }
+
+  private async exitWithin(id: string, ms: number, outer?: AbortSignal): Promise<number | undefined> {
+    const ac = new AbortController();
+    const t = setTimeout(() => ac.abort(new BerthError('DeadlineExceeded', 'stop timeout')), ms);
+    const onOuter = (): void => ac.abort(outer!.reason);
+    outer?.addEventListener('abort', onOuter, { once: true });
+    try {
+      return await this.o.shim.waitExit(this.exitDir, id, ac.signal);
+    } catch {
+      if (outer?.aborted) throw outer.reason;
+      return undefined;
+    } finally {
+      clearTimeout(t);
+      outer?.removeEventListener('abort', onOuter);
+    }
+  }
+
+  /** Removes a container and everything of it; a running one is killed first. Idempotent. */
+  async remove(idOrPrefix: string): Promise<void> {
+    const found = this.find(idOrPrefix);
+    if (!found) return;
+    if (found.state === 'running' || found.state === 'created') await this.stop(found.id, 0);
+    await this.locked(found.id, async () => {
+      const c = this.o.repo.get(found.id);
+      if (!c) return;
+      this.o.repo.update(c.id, () => ({ state: 'removing' }));
+      const sb = this.o.sandboxes.find(c.sandboxId);
+      const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+      const { bundle, rootfs, persist } = this.paths(c.id);
+      await this.o.shim.delete(c.id, rt.path, rt.root, true);
+      await unmount(rootfs);
+      await this.o.images.removeContainerLayer(c.id);
+      await this.o.shim.removeFiles({ id: c.id, bundle, exitDir: this.exitDir, persistDir: persist, socketDir: this.socketDir });
+      await rm(bundle, { recursive: true, force: true });
+      this.o.repo.delete(c.id);
+    });
+  }
+
+  /** Stops every container of a pod (StopPodSandbox). */
+  async stopAll(sandboxId: string): Promise<void> {
+    for (const c of this.o.repo.ofSandbox(sandboxId)) if (c.state === 'running' || c.state === 'created') await this.stop(c.id, 0);
+  }
+
+  /** Removes every container of a pod (RemovePodSandbox). */
+  async removeAll(sandboxId: string): Promise<void> {
+    for (const c of this.o.repo.ofSandbox(sandboxId)) await this.remove(c.id);
+  }
+
+  /**
+   * Recovery: `creating` rows are rolled back; running containers are checked against
+   * their exit files (an exit while berthd was down is recorded with its code) and
+   * watched again; a container whose shim and runtime state are both gone without an
+   * exit file becomes `unknown`.
+   */
+  async recover(): Promise<void> {
+    for (const c of this.o.repo.list()) {
+      try {
+        if (c.state === 'creating' || c.state === 'removing') {
+          await this.remove(c.id);
+          continue;
+        }
+        if (c.state !== 'running' && c.state !== 'created') continue;
+        const code = await this.o.shim.exitCode(this.exitDir, c.id);
+        if (code !== undefined) {
+          await this.recordExit(c.id, code);
+          continue;
+        }
+        const sb = this.o.sandboxes.find(c.sandboxId);
+        const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+        const st = await this.o.shim.state(c.id, rt.path, rt.root);
+        if (!st || st.status === 'stopped') {
+          this.o.repo.update(c.id, () => ({ state: 'unknown', reason: 'Unknown', message: 'the container stopped while berthd was down and no exit code was recorded (its shim died)' }));
+        } else if (c.state === 'running') {
+          this.watch(c.id);
+        }
+      } catch (err) {
+        this.o.log.error('recovery of a container failed', { container: c.id, error: messageOf(err) });
+      }
+    }
+  }
+
+  close(): void {
+    this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));
+  }
+}
+
+async function unmount(path: string): Promise<void> {
+  try {
+    await run('umount', [path]);
+  } catch (err) {
+    const msg = messageOf(err);
+    if (/not mounted|no mount point|No such file/.test(msg)) return;
+    throw new BerthError('Internal', `unmounting ${path}: ${msg}`);
+  }
+}
+
+/**
+ * Reads a small file of the image (passwd, group): '' when absent, bounded in size, and
+ * never through a symlink that leads out of the rootfs (an image must not make berthd
+ * read a host file).
+ */
+async function readBounded(rootfs: string, rel: string): Promise<string> {
+  let fh;
+  try {
+    const real = await realpath(join(rootfs, rel));
+    if (!real.startsWith(rootfs + '/')) return '';
+    fh = await open(real, 'r');
+  } catch {
+    return '';
+  }
+  try {
+    const buf = Buffer.alloc(MAX_ID_FILE);
+    const { bytesRead } = await fh.read(buf, 0, MAX_ID_FILE, 0);
+    return buf.subarray(0, bytesRead).toString('utf8');
+  } finally {
+    await fh.close();
+  }
+}
+

@@ -1,0 +1,44 @@
+/**
+ * The container state machine.
+ *
+ *              CreateContainer            StartContainer          exit / StopContainer
+ *   (none) ──▶ creating ──▶ created ──────────────▶ running ─────────────────────▶ exited
+ *                 │             │                                                      │
+ *                 │             └── StopContainer (never started) ─────────────────────┤
+ *                 └── failure: rolled back, row gone            RemoveContainer ─▶ removing ─▶ (row gone)
+ *
+ *   `unknown`: after a restart the shim and the runtime both lost track of a container
+ *   (e.g. conmon was killed and no exit was recorded): reported, not forgotten.
+ */
+export type ContainerState = 'creating' | 'created' | 'running' | 'exited' | 'unknown' | 'removing';
+
+const TRANSITIONS: Record<ContainerState, readonly ContainerState[]> = {
+  creating: ['created', 'removing'],
+  created: ['running', 'exited', 'unknown', 'removing'],
+  running: ['exited', 'unknown', 'removing'],
+  exited: ['removing'],
+  unknown: ['exited', 'removing'],
+  removing: ['removing'],
+};
+
+export function canTransition(from: ContainerState, to: ContainerState): boolean {
+  return from === to || TRANSITIONS[from].includes(to);
+}
+
+export function canStart(s: ContainerState): boolean {
+  return s === 'created';
+}
+
+/** CRI's ContainerState for a berth state. */
+export function criContainerState(s: ContainerState): 'CONTAINER_CREATED' | 'CONTAINER_RUNNING' | 'CONTAINER_EXITED' | 'CONTAINER_UNKNOWN' {
+  switch (s) {
+    case 'created':
+      return 'CONTAINER_CREATED';
+    case 'running':
+      return 'CONTAINER_RUNNING';
+    case 'exited':
+      return 'CONTAINER_EXITED';
+    default:
+      return 'CONTAINER_UNKNOWN';
+  }
+}

@@ -1,0 +1,93 @@
+import type { ContainerRecord } from '../../containers/container-repository.js';
+import type { ContainerService } from '../../containers/container-service.js';
+import type { CriContainerConfig } from '../../containers/spec.js';
+import { criContainerState } from '../../containers/state.js';
+import type { Container } from '../gen/runtime/v1/Container.js';
+import type { ContainerConfig__Output } from '../gen/runtime/v1/ContainerConfig.js';
+import type { ContainerFilter__Output } from '../gen/runtime/v1/ContainerFilter.js';
+
+const num = (v: string | number | null | undefined): number => (v === null || v === undefined || v === '' ? 0 : Number(v));
+
+/** The decoded ContainerConfig (int64 as strings) → the spec generator's input (numbers). */
+export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
+  const r = c.linux?.resources;
+  const sc = c.linux?.security_context;
+  return {
+    command: c.command,
+    args: c.args,
+    working_dir: c.working_dir,
+    envs: c.envs.map((e) => ({ key: e.key, value: Buffer.isBuffer(e.value) ? e.value.toString('utf8') : String(e.value) })),
+    mounts: c.mounts.map((m) => ({ container_path: m.container_path, host_path: m.host_path, readonly: m.readonly, selinux_relabel: m.selinux_relabel, propagation: m.propagation })),
+    devices: c.devices.map((d) => ({ container_path: d.container_path, host_path: d.host_path, permissions: d.permissions })),
+    labels: c.labels,
+    annotations: c.annotations,
+    tty: c.tty,
+    stdin: c.stdin,
+    stdin_once: c.stdin_once,
+    linux: {
+      ...(r
+        ? {
+            resources: {
+              cpu_period: num(r.cpu_period),
+              cpu_quota: num(r.cpu_quota),
+              cpu_shares: num(r.cpu_shares),
+              memory_limit_in_bytes: num(r.memory_limit_in_bytes),
+              oom_score_adj: num(r.oom_score_adj),
+              cpuset_cpus: r.cpuset_cpus,
+              cpuset_mems: r.cpuset_mems,
+              hugepage_limits: r.hugepage_limits.map((h) => ({ page_size: h.page_size, limit: num(h.limit) })),
+              unified: r.unified,
+              memory_swap_limit_in_bytes: num(r.memory_swap_limit_in_bytes),
+            },
+          }
+        : {}),
+      ...(sc
+        ? {
+            security_context: {
+              ...(sc.capabilities ? { capabilities: { add_capabilities: sc.capabilities.add_capabilities, drop_capabilities: sc.capabilities.drop_capabilities, add_ambient_capabilities: sc.capabilities.add_ambient_capabilities } } : {}),
+              privileged: sc.privileged,
+              ...(sc.namespace_options ? { namespace_options: { network: sc.namespace_options.network, pid: sc.namespace_options.pid, ipc: sc.namespace_options.ipc, target_id: sc.namespace_options.target_id } } : {}),
+              ...(sc.run_as_user ? { run_as_user: { value: num(sc.run_as_user.value) } } : {}),
+              ...(sc.run_as_group ? { run_as_group: { value: num(sc.run_as_group.value) } } : {}),
+              run_as_username: sc.run_as_username,
+              readonly_rootfs: sc.readonly_rootfs,
+              supplemental_groups: sc.supplemental_groups.map(num),
+              no_new_privs: sc.no_new_privs,
+              masked_paths: sc.masked_paths,
+              readonly_paths: sc.readonly_paths,
+              ...(sc.seccomp ? { seccomp: { profile_type: sc.seccomp.profile_type, localhost_ref: sc.seccomp.localhost_ref } } : {}),
+            },
+          }
+        : {}),
+    },
+  } as CriContainerConfig;
+}
+
+export function toCriContainer(c: ContainerRecord): Container {
+  const cfg = c.config as { labels?: Record<string, string>; annotations?: Record<string, string> };
+  return {
+    id: c.id,
+    pod_sandbox_id: c.sandboxId,
+    metadata: { name: c.name, attempt: c.attempt },
+    image: { image: c.imageRef, annotations: {} },
+    image_ref: c.imageId,
+    image_id: c.imageId,
+    state: criContainerState(c.state),
+    created_at: c.createdAt,
+    labels: cfg.labels ?? {},
+    annotations: cfg.annotations ?? {},
+  };
+}
+
+/** ListContainers filtering: id or pod id (or unique prefixes), state, labels (all must match). */
+export function filteredContainers(svc: ContainerService, f: ContainerFilter__Output | null): Container[] {
+  let recs = svc.list();
+  if (f?.id) {
+    const one = svc.find(f.id);
+    recs = one && one.state !== 'creating' ? [one] : [];
+  }
+  if (f?.pod_sandbox_id) recs = recs.filter((c) => c.sandboxId.startsWith(f.pod_sandbox_id));
+  return recs
+    .map(toCriContainer)
+    .filter((c) => (!f?.state || c.state === f.state.state) && Object.entries(f?.label_selector ?? {}).every(([k, v]) => c.labels?.[k] === v));
+}

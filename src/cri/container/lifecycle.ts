@@ -1,0 +1,95 @@
+import { BerthError } from '../../common/errors.js';
+import type { ContainerService } from '../../containers/container-service.js';
+import type { ContainerStatusRequest__Output } from '../gen/runtime/v1/ContainerStatusRequest.js';
+import type { ContainerStatusResponse } from '../gen/runtime/v1/ContainerStatusResponse.js';
+import type { CreateContainerRequest__Output } from '../gen/runtime/v1/CreateContainerRequest.js';
+import type { CreateContainerResponse } from '../gen/runtime/v1/CreateContainerResponse.js';
+import type { ListContainersRequest__Output } from '../gen/runtime/v1/ListContainersRequest.js';
+import type { ListContainersResponse } from '../gen/runtime/v1/ListContainersResponse.js';
+import type { RemoveContainerRequest__Output } from '../gen/runtime/v1/RemoveContainerRequest.js';
+import type { RemoveContainerResponse } from '../gen/runtime/v1/RemoveContainerResponse.js';
+import type { StartContainerRequest__Output } from '../gen/runtime/v1/StartContainerRequest.js';
+import type { StartContainerResponse } from '../gen/runtime/v1/StartContainerResponse.js';
+import type { StopContainerRequest__Output } from '../gen/runtime/v1/StopContainerRequest.js';
+import type { StopContainerResponse } from '../gen/runtime/v1/StopContainerResponse.js';
+import type { StreamContainersRequest__Output } from '../gen/runtime/v1/StreamContainersRequest.js';
+import type { StreamContainersResponse } from '../gen/runtime/v1/StreamContainersResponse.js';
+import { sendPaged, type StreamHandler, type UnaryHandler } from '../rpc.js';
+import { boundedString, required, requiredString } from '../validate.js';
+import { filteredContainers, toCriContainer, toSpecConfig } from './convert.js';
+
+const id = (v: string, field: string): string => requiredString(v, field, 128);
+
+export const createContainer = (svc: ContainerService): UnaryHandler<CreateContainerRequest__Output, CreateContainerResponse> => async (req, ctx) => {
+  const cfg = required(req.config, 'config');
+  const md = required(cfg.metadata, 'config.metadata');
+  const image = requiredString(cfg.image?.image, 'config.image.image', 1024);
+  const containerId = await svc.create(
+    {
+      sandboxId: id(req.pod_sandbox_id, 'pod_sandbox_id'),
+      name: requiredString(md.name, 'config.metadata.name', 253),
+      attempt: md.attempt,
+      image,
+      logPath: boundedString(cfg.log_path, 'config.log_path', 4096),
+      config: toSpecConfig(cfg),
+      raw: cfg as unknown as Record<string, unknown>,
+    },
+    ctx.signal,
+  );
+  return { container_id: containerId };
+};
+
+export const startContainer = (svc: ContainerService): UnaryHandler<StartContainerRequest__Output, StartContainerResponse> => async (req) => {
+  await svc.start(id(req.container_id, 'container_id'));
+  return {};
+};
+
+/** StopContainer: per CRI, stopping an exited container succeeds. */
+export const stopContainer = (svc: ContainerService): UnaryHandler<StopContainerRequest__Output, StopContainerResponse> => async (req, ctx) => {
+  const timeout = Number(req.timeout);
+  if (!Number.isFinite(timeout) || timeout < 0 || timeout > 86_400) throw new BerthError('InvalidArgument', `timeout ${req.timeout} is not a number of seconds from 0 to 86400`);
+  await svc.stop(id(req.container_id, 'container_id'), timeout, ctx.signal);
+  return {};
+};
+
+/** RemoveContainer: per CRI, removing an unknown container succeeds; a running one is killed. */
+export const removeContainer = (svc: ContainerService): UnaryHandler<RemoveContainerRequest__Output, RemoveContainerResponse> => async (req) => {
+  await svc.remove(id(req.container_id, 'container_id'));
+  return {};
+};
+
+export const containerStatus = (svc: ContainerService): UnaryHandler<ContainerStatusRequest__Output, ContainerStatusResponse> => async (req) => {
+  const cid = id(req.container_id, 'container_id');
+  const c = svc.find(cid);
+  if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${cid}" not found`);
+  const base = toCriContainer(c);
+  const cfg = c.config as { mounts?: unknown[] };
+  return {
+    status: {
+      id: c.id,
+      metadata: base.metadata,
+      state: base.state,
+      created_at: c.createdAt,
+      started_at: c.startedAt,
+      finished_at: c.finishedAt,
+      exit_code: c.exitCode ?? 0,
+      image: base.image,
+      image_ref: c.imageId,
+      image_id: c.imageId,
+      reason: c.reason,
+      message: c.message,
+      labels: base.labels,
+      annotations: base.annotations,
+      mounts: (cfg.mounts ?? []) as never,
+      log_path: c.logPath,
+    },
+    info: req.verbose ? { info: JSON.stringify({ id: c.id, pid: c.pid, shimPid: c.shimPid, sandboxId: c.sandboxId, state: c.state, config: c.config }) } : ({} as Record<string, string>),
+  };
+};
+
+export const listContainers = (svc: ContainerService): UnaryHandler<ListContainersRequest__Output, ListContainersResponse> => async (req) => ({
+  containers: filteredContainers(svc, req.filter),
+});
+
+export const streamContainers = (svc: ContainerService): StreamHandler<StreamContainersRequest__Output, StreamContainersResponse> => (req, _ctx, send) =>
+  sendPaged(filteredContainers(svc, req.filter), send, (page) => ({ containers: page }));

@@ -1,0 +1,188 @@
+/**
+ * Containers end to end: real conmon and runc, images from the local registry, pods on
+ * a bridge network of the test's own.
+ */
+import { status } from '@grpc/grpc-js';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pushFixtures, type Fixtures } from '../../hack/test-images/oci.js';
+import { Berthd, sleep } from '../helpers/berthd.js';
+import { grpcError } from '../helpers/cri-client.js';
+import { startRegistry, type Registry } from '../helpers/registry.js';
+
+describe('containers', function () {
+  this.timeout(90_000);
+  let registry: Registry;
+  let fx: Fixtures;
+  const cleanup: Array<() => Promise<void> | void> = [];
+  before(async function () {
+    this.timeout(120_000);
+    registry = await startRegistry();
+    fx = await pushFixtures(registry.host);
+  });
+  after(async () => registry?.stop());
+  afterEach(async () => {
+    for (const f of cleanup.splice(0).reverse()) {
+      try {
+        await f();
+      } catch (err) {
+        console.error('cleanup:', (err as Error).message);
+      }
+    }
+  });
+
+  async function setup(b?: Berthd): Promise<{ b: Berthd; pod: string; logDir: string }> {
+    if (!b) {
+      b = await Berthd.start();
+      cleanup.push(() => b!.dispose());
+    }
+    const r = randomBytes(2).toString('hex');
+    const bridge = `bc${r}`;
+    writeFileSync(
+      join(b.dir, 'cni', '10-test.conflist'),
+      JSON.stringify({ cniVersion: '1.0.0', name: `berth-ct-${r}`, plugins: [{ type: 'bridge', bridge, isGateway: true, ipam: { type: 'host-local', dataDir: join(b.dir, 'ipam'), ranges: [[{ subnet: `10.${150 + (parseInt(r, 16) % 40)}.${parseInt(r.slice(2), 16)}.0/24` }]] } }] }),
+    );
+    cleanup.push(() => {
+      try {
+        execFileSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
+      } catch {
+        // not made
+      }
+    });
+    const logDir = mkdtempSync(join(tmpdir(), 'berth-logs-'));
+    cleanup.push(() => rmSync(logDir, { recursive: true, force: true }));
+    await b.image.PullImage({ image: { image: fx.busybox.ref } });
+    const { pod_sandbox_id: pod } = await b.runtime.RunPodSandbox({
+      config: { metadata: { name: `p${r}`, namespace: 'test', uid: `u${r}`, attempt: 0 }, hostname: `p${r}`, log_directory: logDir },
+    });
+    return { b, pod, logDir };
+  }
+
+  async function until<T>(f: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
+    const end = Date.now() + ms;
+    for (;;) {
+      const v = await f();
+      if (v !== undefined) return v;
+      if (Date.now() > end) throw new Error('condition not met in time');
+      await sleep(50);
+    }
+  }
+
+  const podCfg = (pod: string, logDir: string) => ({ metadata: { name: 'x', namespace: 'test', uid: 'x', attempt: 0 }, log_directory: logDir, _pod: pod });
+
+  it('runs a busybox container: exit code, reason, CRI-format log, list, remove', async () => {
+    const { b, pod, logDir } = await setup();
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: { metadata: { name: 'echo', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sh', '-c', 'echo hello; echo oops >&2; exit 3'], log_path: 'echo/0.log', labels: { role: 'test' } },
+      sandbox_config: podCfg(pod, logDir) as never,
+    });
+    let st = (await b.runtime.ContainerStatus({ container_id: id })).status!;
+    assert.equal(st.state, 'CONTAINER_CREATED');
+    await b.runtime.StartContainer({ container_id: id });
+    st = await until(async () => {
+      const s = (await b.runtime.ContainerStatus({ container_id: id })).status!;
+      return s.state === 'CONTAINER_EXITED' ? s : undefined;
+    });
+    assert.equal(st.exit_code, 3);
+    assert.equal(st.reason, 'Error');
+    assert.ok(BigInt(st.finished_at) >= BigInt(st.started_at) && BigInt(st.started_at) >= BigInt(st.created_at));
+    assert.equal(st.log_path, join(logDir, 'echo/0.log'));
+    const log = readFileSync(st.log_path, 'utf8');
+    assert.match(log, /^\S+ stdout F hello$/m);
+    assert.match(log, /^\S+ stderr F oops$/m);
+    assert.deepEqual((await b.runtime.ListContainers({ filter: { label_selector: { role: 'test' } } })).containers.map((c) => c.id), [id]);
+    assert.deepEqual((await b.runtime.ListContainers({ filter: { pod_sandbox_id: pod, state: { state: 'CONTAINER_EXITED' } } })).containers.map((c) => c.id), [id]);
+    const again = await grpcError(b.runtime.StartContainer({ container_id: id }));
+    assert.equal(again.code, status.FAILED_PRECONDITION);
+    await b.runtime.RemoveContainer({ container_id: id });
+    await b.runtime.RemoveContainer({ container_id: id });
+    assert.equal((await grpcError(b.runtime.ContainerStatus({ container_id: id }))).code, status.NOT_FOUND);
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+    assert.deepEqual(readdirSync(join(b.root, 'containers')), []);
+  });
+
+  it('StopContainer sends the stop signal, then SIGKILL after the timeout', async () => {
+    const { b, pod, logDir } = await setup();
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: { metadata: { name: 'sleeper', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: 's.log' },
+      sandbox_config: podCfg(pod, logDir) as never,
+    });
+    await b.runtime.StartContainer({ container_id: id });
+    assert.equal((await b.runtime.ContainerStatus({ container_id: id })).status!.state, 'CONTAINER_RUNNING');
+    const t0 = Date.now();
+    // sleep is PID 1 of its own PID namespace: it ignores SIGTERM, so only SIGKILL ends it.
+    await b.runtime.StopContainer({ container_id: id, timeout: 1 });
+    assert.ok(Date.now() - t0 >= 900, 'waited for the timeout');
+    const st = (await b.runtime.ContainerStatus({ container_id: id })).status!;
+    assert.equal(st.state, 'CONTAINER_EXITED');
+    assert.equal(st.exit_code, 137);
+    await b.runtime.StopContainer({ container_id: id, timeout: 1 });
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+    assert.deepEqual((await b.runtime.ListContainers({})).containers, [], 'removing the pod removed its container');
+  });
+
+  it('StopPodSandbox stops the pod’s containers', async () => {
+    const { b, pod, logDir } = await setup();
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: { metadata: { name: 'sleeper', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: 's.log' },
+      sandbox_config: podCfg(pod, logDir) as never,
+    });
+    await b.runtime.StartContainer({ container_id: id });
+    await b.runtime.StopPodSandbox({ pod_sandbox_id: pod });
+    assert.equal((await b.runtime.ContainerStatus({ container_id: id })).status!.state, 'CONTAINER_EXITED');
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+  });
+
+  it('refuses an unknown pod or image, and a duplicate name', async () => {
+    const { b, pod, logDir } = await setup();
+    const cfg = (image: string) => ({ metadata: { name: 'c', attempt: 0 }, image: { image }, command: ['true'], log_path: 'c.log' });
+    const noPod = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: 'f'.repeat(64), config: cfg(fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never }));
+    assert.equal(noPod.code, status.NOT_FOUND);
+    const noImage = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(`${registry.host}/nope:1`), sandbox_config: podCfg(pod, logDir) as never }));
+    assert.equal(noImage.code, status.NOT_FOUND);
+    assert.match(noImage.details, /pull it first/);
+    const { container_id: id } = await b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never });
+    const dup = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never }));
+    assert.equal(dup.code, status.ALREADY_EXISTS);
+    assert.ok(dup.details.includes(id));
+    const missingCmd = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: { metadata: { name: 'd', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['/no/such/binary'], log_path: 'd.log' }, sandbox_config: podCfg(pod, logDir) as never }));
+    assert.match(missingCmd.details, /no such file or directory|not found/);
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+    assert.deepEqual(readdirSync(join(b.root, 'containers')), []);
+  });
+
+  it('after kill -9 of berthd, a running container keeps running and an exit meanwhile is recorded with its code', async () => {
+    const b = await Berthd.start();
+    const { pod, logDir } = await setup(b);
+    const mk = async (name: string, cmd: string) =>
+      (
+        await b.runtime.CreateContainer({
+          pod_sandbox_id: pod,
+          config: { metadata: { name, attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sh', '-c', cmd], log_path: `${name}.log` },
+          sandbox_config: podCfg(pod, logDir) as never,
+        })
+      ).container_id;
+    const long = await mk('long', 'sleep 1000');
+    const short = await mk('short', 'sleep 2; exit 7');
+    await b.runtime.StartContainer({ container_id: long });
+    await b.runtime.StartContainer({ container_id: short });
+    await b.stop('SIGKILL');
+    await sleep(2500);
+    const again = await Berthd.start({ reuse: { dir: b.dir } });
+    cleanup.push(() => again.dispose());
+    const s1 = (await again.runtime.ContainerStatus({ container_id: long })).status!;
+    assert.equal(s1.state, 'CONTAINER_RUNNING');
+    const s2 = (await again.runtime.ContainerStatus({ container_id: short })).status!;
+    assert.equal(s2.state, 'CONTAINER_EXITED');
+    assert.equal(s2.exit_code, 7);
+    await again.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+    assert.ok(!existsSync(join(again.root, 'containers', long)));
+  });
+});
