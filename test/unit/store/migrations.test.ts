@@ -65,6 +65,19 @@ describe('store: database and migrations', () => {
     db.close();
   });
 
+  it('migration 4 creates containers, which reference their pod', () => {
+    const db = openDatabase(join(dir, 'berth.db'), { migrations: MIGRATIONS.slice(0, 4) });
+    assert.equal(schemaVersion(db), 4);
+    assert.deepEqual(columns(db, 'containers'), ['id', 'sandbox_id', 'name', 'attempt', 'image_id', 'image_ref', 'state', 'config', 'log_path', 'pid', 'shim_pid', 'exit_code', 'reason', 'message', 'created_at', 'started_at', 'finished_at']);
+    const ins = db.prepare("INSERT INTO containers (id, sandbox_id, name, attempt, image_id, image_ref, state, config, log_path, created_at) VALUES (?, 'pod', 'c', 0, 'img', 'img', 'creating', '{}', '/l', '0')");
+    assert.throws(() => ins.run('a'), /FOREIGN KEY/, 'a container needs its pod');
+    db.prepare("INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at) VALUES ('pod', 'p', 'ns', 'u', 0, 'ready', '{}', 'runc', '0')").run();
+    ins.run('a');
+    assert.throws(() => ins.run('b'), /UNIQUE/, 'one container per name and attempt in a pod');
+    assert.throws(() => db.prepare("DELETE FROM sandboxes WHERE id = 'pod'").run(), /FOREIGN KEY/, 'a pod cannot go before its containers');
+    db.close();
+  });
+
   it('upgrades an old database in place, keeping its rows', () => {
     const file = join(dir, 'berth.db');
     const v1 = openDatabase(file, { migrations: MIGRATIONS.slice(0, 1) });
