@@ -4,10 +4,11 @@
  * defers its undo, and exits are learnt from conmon's exit files, so a container that
  * exits while berthd is down is recorded with its code when berthd is back.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { mkdir, open, realpath, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, realpath, rm, writeFile } from 'node:fs/promises';
+import { constants as osConstants } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { DisposableStack } from '../common/disposable.js';
@@ -45,6 +46,8 @@ export interface ContainerServiceOptions {
 }
 
 const nowNs = (): string => String(BigInt(Date.now()) * 1_000_000n);
+/** Bytes of each output stream ExecSync keeps. */
+export const EXEC_OUTPUT_CAP = 16 * 1024 * 1024 / 4;
 /** Bytes of /etc/passwd or /etc/group berth reads from an image. */
 const MAX_ID_FILE = 1 << 20;
 
@@ -293,6 +296,62 @@ export class ContainerService {
       await rm(bundle, { recursive: true, force: true });
       this.o.repo.delete(c.id);
     });
+  }
+
+  /**
+   * Runs a command in a running container and returns its output and exit code
+   * (kubelet's exec probes). Each stream is capped at {@link EXEC_OUTPUT_CAP} bytes; more
+   * is discarded. On timeout (or the caller going away) the exec'd process itself is
+   * killed, not only the `runc exec` client, and DeadlineExceeded is thrown.
+   */
+  async execSync(idOrPrefix: string, cmd: string[], timeoutSeconds: number, signal?: AbortSignal): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
+    const c = this.find(idOrPrefix);
+    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
+    if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
+    const sb = this.o.sandboxes.find(c.sandboxId);
+    const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+    const pidFile = join(this.paths(c.id).persist, `exec-${randomBytes(6).toString('hex')}.pid`);
+    await mkdir(dirname(pidFile), { recursive: true });
+    const child = spawn(rt.path, ['--root', rt.root, 'exec', '--pid-file', pidFile, c.id, ...cmd], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const collect = (stream: NodeJS.ReadableStream): Promise<Buffer> =>
+      new Promise((resolve) => {
+        const chunks: Buffer[] = [];
+        let n = 0;
+        stream.on('data', (d: Buffer) => {
+          if (n < EXEC_OUTPUT_CAP) chunks.push(d.subarray(0, EXEC_OUTPUT_CAP - n));
+          n += d.length;
+        });
+        stream.on('close', () => resolve(Buffer.concat(chunks)));
+      });
+    const out = collect(child.stdout!);
+    const err = collect(child.stderr!);
+    let timedOut: BerthError | undefined;
+    const killExec = async (why: BerthError): Promise<void> => {
+      timedOut ??= why;
+      try {
+        const pid = Number((await readFile(pidFile, 'utf8')).trim());
+        if (pid > 0) process.kill(pid, 'SIGKILL');
+      } catch {
+        // not started yet, or already gone
+      }
+      child.kill('SIGKILL');
+    };
+    const timer = timeoutSeconds > 0 ? setTimeout(() => void killExec(new BerthError('DeadlineExceeded', `command timed out after ${timeoutSeconds} s and was killed`)), timeoutSeconds * 1000) : undefined;
+    const onAbort = (): void => void killExec(new BerthError('DeadlineExceeded', 'the caller went away; the command was killed'));
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const code = await new Promise<number>((resolve, reject) => {
+        child.once('error', reject);
+        child.once('close', (status, sig) => resolve(status ?? 128 + (sig ? osConstants.signals[sig] : 9)));
+      });
+      const [stdout, stderr] = await Promise.all([out, err]);
+      if (timedOut) throw timedOut;
+      return { stdout, stderr, exitCode: code };
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      await rm(pidFile, { force: true });
+    }
   }
 
   /** Stops every container of a pod (StopPodSandbox). */

@@ -140,6 +140,33 @@ describe('containers', function () {
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
   });
 
+  it('ExecSync returns output and exit code, and kills a command that outlives its timeout', async () => {
+    const { b, pod, logDir } = await setup();
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: { metadata: { name: 'exec', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'e.log' },
+      sandbox_config: podCfg(pod, logDir) as never,
+    });
+    const notRunning = await grpcError(b.runtime.ExecSync({ container_id: id, cmd: ['true'], timeout: 5 }));
+    assert.equal(notRunning.code, status.FAILED_PRECONDITION);
+    await b.runtime.StartContainer({ container_id: id });
+    const r = await b.runtime.ExecSync({ container_id: id, cmd: ['sh', '-c', 'echo hi; echo err >&2; exit 4'], timeout: 10 });
+    assert.equal(r.stdout.toString(), 'hi\n');
+    assert.equal(r.stderr.toString(), 'err\n');
+    assert.equal(r.exit_code, 4);
+    const t0 = Date.now();
+    const e = await grpcError(b.runtime.ExecSync({ container_id: id, cmd: ['sleep', '77'], timeout: 1 }));
+    assert.equal(e.code, status.DEADLINE_EXCEEDED);
+    assert.ok(Date.now() - t0 < 5000);
+    const ps = await b.runtime.ExecSync({ container_id: id, cmd: ['ps'], timeout: 10 });
+    assert.ok(!ps.stdout.toString().includes('sleep 77'), 'the timed-out command was killed inside the container');
+    const big = await b.runtime.ExecSync({ container_id: id, cmd: ['sh', '-c', 'head -c 8000000 /dev/zero'], timeout: 20 });
+    assert.equal(big.stdout.length, 4 * 1024 * 1024, 'output is capped');
+    const bad = await grpcError(b.runtime.ExecSync({ container_id: id, cmd: [], timeout: 1 }));
+    assert.equal(bad.code, status.INVALID_ARGUMENT);
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+  });
+
   it('refuses an unknown pod or image, and a duplicate name', async () => {
     const { b, pod, logDir } = await setup();
     const cfg = (image: string) => ({ metadata: { name: 'c', attempt: 0 }, image: { image }, command: ['true'], log_path: 'c.log' });

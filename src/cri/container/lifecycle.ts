@@ -4,6 +4,8 @@ import type { ContainerStatusRequest__Output } from '../gen/runtime/v1/Container
 import type { ContainerStatusResponse } from '../gen/runtime/v1/ContainerStatusResponse.js';
 import type { CreateContainerRequest__Output } from '../gen/runtime/v1/CreateContainerRequest.js';
 import type { CreateContainerResponse } from '../gen/runtime/v1/CreateContainerResponse.js';
+import type { ExecSyncRequest__Output } from '../gen/runtime/v1/ExecSyncRequest.js';
+import type { ExecSyncResponse } from '../gen/runtime/v1/ExecSyncResponse.js';
 import type { ListContainersRequest__Output } from '../gen/runtime/v1/ListContainersRequest.js';
 import type { ListContainersResponse } from '../gen/runtime/v1/ListContainersResponse.js';
 import type { RemoveContainerRequest__Output } from '../gen/runtime/v1/RemoveContainerRequest.js';
@@ -93,3 +95,12 @@ export const listContainers = (svc: ContainerService): UnaryHandler<ListContaine
 
 export const streamContainers = (svc: ContainerService): StreamHandler<StreamContainersRequest__Output, StreamContainersResponse> => (req, _ctx, send) =>
   sendPaged(filteredContainers(svc, req.filter), send, (page) => ({ containers: page }));
+
+/** ExecSync: output capped per stream; a timeout kills the command and answers DEADLINE_EXCEEDED. */
+export const execSync = (svc: ContainerService): UnaryHandler<ExecSyncRequest__Output, ExecSyncResponse> => async (req, ctx) => {
+  if (req.cmd.length === 0) throw new BerthError('InvalidArgument', 'cmd is required');
+  const timeout = Number(req.timeout);
+  if (!Number.isFinite(timeout) || timeout < 0 || timeout > 86_400) throw new BerthError('InvalidArgument', `timeout ${req.timeout} is not a number of seconds from 0 to 86400`);
+  const r = await svc.execSync(id(req.container_id, 'container_id'), req.cmd, timeout, ctx.signal);
+  return { stdout: r.stdout, stderr: r.stderr, exit_code: r.exitCode };
+};
