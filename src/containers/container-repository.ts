@@ -133,6 +133,11 @@ export class ContainerRepository {
     })();
   }
 
+  /** Replaces the recorded ContainerConfig (after UpdateContainerResources). */
+  updateConfig(id: string, config: Record<string, unknown>): void {
+    this.db.prepare<[string, string]>('UPDATE containers SET config = ? WHERE id = ?').run(JSON.stringify(config), id);
+  }
+
   delete(id: string): void {
     this.deleteStmt.run(id);
   }

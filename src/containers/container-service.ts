@@ -7,6 +7,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { constants as fsConstants } from 'node:fs';
 import { mkdir, open, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -352,6 +353,58 @@ export class ContainerService {
       signal?.removeEventListener('abort', onAbort);
       await rm(pidFile, { force: true });
     }
+  }
+
+  /**
+   * ReopenContainerLog: after kubelet renamed the log file, conmon opens a new one at the
+   * same path. Lines written before the request are in the renamed file; none is lost.
+   * Through conmon's control FIFO: message type 2 ("reopen logs").
+   */
+  async reopenLog(idOrPrefix: string): Promise<void> {
+    const c = this.find(idOrPrefix);
+    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
+    if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running: there is no log to reopen`);
+    let fh;
+    try {
+      fh = await open(join(this.paths(c.id).bundle, 'ctl'), fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
+      await fh.write('2 0 0\n');
+    } catch (err) {
+      throw new BerthError('Unavailable', `container ${c.id}: its shim does not answer (${messageOf(err)})`);
+    } finally {
+      await fh?.close();
+    }
+  }
+
+  /**
+   * UpdateContainerResources: applies CPU and memory changes to a running (or created)
+   * container with the runtime's `update`, then records them in the container's config.
+   */
+  async updateResources(idOrPrefix: string, r: NonNullable<NonNullable<CriContainerConfig['linux']>['resources']>, raw: Record<string, unknown>): Promise<void> {
+    const c = this.find(idOrPrefix);
+    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
+    if (c.state !== 'running' && c.state !== 'created') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}; only a created or running container can be updated`);
+    const sb = this.o.sandboxes.find(c.sandboxId);
+    const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+    const res: Record<string, unknown> = {};
+    const cpu: Record<string, unknown> = {};
+    if (r.cpu_shares > 0) cpu.shares = r.cpu_shares;
+    if (r.cpu_quota !== 0) cpu.quota = r.cpu_quota;
+    if (r.cpu_period > 0) cpu.period = r.cpu_period;
+    if (r.cpuset_cpus !== '') cpu.cpus = r.cpuset_cpus;
+    if (r.cpuset_mems !== '') cpu.mems = r.cpuset_mems;
+    if (Object.keys(cpu).length > 0) res.cpu = cpu;
+    if (r.memory_limit_in_bytes > 0) {
+      res.memory = { limit: r.memory_limit_in_bytes, swap: r.memory_swap_limit_in_bytes > 0 ? r.memory_swap_limit_in_bytes : r.memory_limit_in_bytes };
+    }
+    await new Promise<void>((resolve, reject) => {
+      const child = spawn(rt.path, ['--root', rt.root, 'update', '--resources', '-', c.id], { stdio: ['pipe', 'ignore', 'pipe'] });
+      let stderr = '';
+      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString().slice(0, 4096)));
+      child.once('error', reject);
+      child.once('close', (code) => (code === 0 ? resolve() : reject(new BerthError('FailedPrecondition', `container ${c.id}: the runtime refused the update: ${stderr.trim().replace(/^time="[^"]*" level=\w+ msg="(.*)"$/s, '$1')}`))));
+      child.stdin!.end(JSON.stringify(res));
+    });
+    this.o.repo.updateConfig(c.id, { ...c.config, linux: { ...((c.config.linux as object | undefined) ?? {}), resources: raw } });
   }
 
   /** Stops every container of a pod (StopPodSandbox). */

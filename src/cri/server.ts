@@ -8,7 +8,18 @@ import type { CriDeps } from './deps.js';
 import type { ImageServiceHandlers } from './gen/runtime/v1/ImageService.js';
 import type { RuntimeServiceHandlers } from './gen/runtime/v1/RuntimeService.js';
 import { criApi } from './proto.js';
-import { containerStatus, createContainer, execSync, listContainers, removeContainer, startContainer, stopContainer, streamContainers } from './container/lifecycle.js';
+import {
+  containerStatus,
+  createContainer,
+  execSync,
+  listContainers,
+  removeContainer,
+  reopenContainerLog,
+  startContainer,
+  stopContainer,
+  streamContainers,
+  updateContainerResources,
+} from './container/lifecycle.js';
 import { imageFsInfo } from './image/image-fs-info.js';
 import { imageStatus } from './image/image-status.js';
 import { listImages, streamImages } from './image/list-images.js';
@@ -47,6 +58,8 @@ export function runtimeHandlers(deps: CriDeps): ServiceHandlers<RuntimeServiceHa
     ListContainers: listContainers(deps.containers),
     StreamContainers: streamContainers(deps.containers),
     ExecSync: execSync(deps.containers),
+    ReopenContainerLog: reopenContainerLog(deps.containers),
+    UpdateContainerResources: updateContainerResources(deps.containers),
   };
 }
 

@@ -167,6 +167,68 @@ describe('containers', function () {
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
   });
 
+  it('ReopenContainerLog after a rotation: new lines go to the new file, none is lost', async () => {
+    const { b, pod, logDir } = await setup();
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: { metadata: { name: 'writer', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sh', '-c', 'i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done'], log_path: 'w.log' },
+      sandbox_config: podCfg(pod, logDir) as never,
+    });
+    await b.runtime.StartContainer({ container_id: id });
+    await sleep(500);
+    const log = join(logDir, 'w.log');
+    execFileSync('mv', [log, `${log}.1`]);
+    await b.runtime.ReopenContainerLog({ container_id: id });
+    await sleep(500);
+    await b.runtime.StopContainer({ container_id: id, timeout: 0 });
+    const numbers = (f: string) => [...readFileSync(f, 'utf8').matchAll(/ stdout F line(\d+)$/gm)].map((m) => Number(m[1]));
+    const before = numbers(`${log}.1`);
+    const after = numbers(log);
+    assert.ok(before.length > 3 && after.length > 3, `lines before ${before.length}, after ${after.length}`);
+    assert.deepEqual([...before, ...after], [...before, ...after].map((_, i) => i), 'one unbroken sequence across the two files');
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+  });
+
+  it('UpdateContainerResources changes the memory limit of a running container', async () => {
+    const { b, pod, logDir } = await setup();
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: { metadata: { name: 'res', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'r.log', linux: { resources: { memory_limit_in_bytes: 256 * 1024 * 1024 } } },
+      sandbox_config: podCfg(pod, logDir) as never,
+    });
+    await b.runtime.StartContainer({ container_id: id });
+    const pid = JSON.parse((await b.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info!).pid as number;
+    const memCgroup = readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').find((l) => /:memory:/.test(l))!.split(':')[2]!;
+    const limit = () => Number(readFileSync(join('/sys/fs/cgroup/memory', memCgroup, 'memory.limit_in_bytes'), 'utf8'));
+    assert.equal(limit(), 256 * 1024 * 1024);
+    await b.runtime.UpdateContainerResources({ container_id: id, linux: { memory_limit_in_bytes: 128 * 1024 * 1024 } });
+    assert.equal(limit(), 128 * 1024 * 1024);
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+  });
+
+  it('a container killed for exceeding its memory limit reports OOMKilled', async () => {
+    const { b, pod, logDir } = await setup();
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: {
+        metadata: { name: 'hog', attempt: 0 },
+        image: { image: fx.busybox.ref },
+        command: ['sh', '-c', 'a=$(head -c 200000000 /dev/zero | tr "\\0" x); echo survived'],
+        log_path: 'h.log',
+        linux: { resources: { memory_limit_in_bytes: 32 * 1024 * 1024 } },
+      },
+      sandbox_config: podCfg(pod, logDir) as never,
+    });
+    await b.runtime.StartContainer({ container_id: id });
+    const st = await until(async () => {
+      const s = (await b.runtime.ContainerStatus({ container_id: id })).status!;
+      return s.state === 'CONTAINER_EXITED' ? s : undefined;
+    }, 30_000);
+    assert.equal(st.reason, 'OOMKilled');
+    assert.equal(st.exit_code, 137);
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+  });
+
   it('refuses an unknown pod or image, and a duplicate name', async () => {
     const { b, pod, logDir } = await setup();
     const cfg = (image: string) => ({ metadata: { name: 'c', attempt: 0 }, image: { image }, command: ['true'], log_path: 'c.log' });

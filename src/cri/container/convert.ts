@@ -1,12 +1,29 @@
 import type { ContainerRecord } from '../../containers/container-repository.js';
 import type { ContainerService } from '../../containers/container-service.js';
-import type { CriContainerConfig } from '../../containers/spec.js';
+import type { CriContainerConfig, CriLinuxResources } from '../../containers/spec.js';
 import { criContainerState } from '../../containers/state.js';
 import type { Container } from '../gen/runtime/v1/Container.js';
 import type { ContainerConfig__Output } from '../gen/runtime/v1/ContainerConfig.js';
 import type { ContainerFilter__Output } from '../gen/runtime/v1/ContainerFilter.js';
+import type { LinuxContainerResources__Output } from '../gen/runtime/v1/LinuxContainerResources.js';
 
 const num = (v: string | number | null | undefined): number => (v === null || v === undefined || v === '' ? 0 : Number(v));
+
+/** Decoded LinuxContainerResources (int64 as strings) → numbers. */
+export function toSpecResources(r: LinuxContainerResources__Output): CriLinuxResources {
+  return {
+    cpu_period: num(r.cpu_period),
+    cpu_quota: num(r.cpu_quota),
+    cpu_shares: num(r.cpu_shares),
+    memory_limit_in_bytes: num(r.memory_limit_in_bytes),
+    oom_score_adj: num(r.oom_score_adj),
+    cpuset_cpus: r.cpuset_cpus,
+    cpuset_mems: r.cpuset_mems,
+    hugepage_limits: r.hugepage_limits.map((h) => ({ page_size: h.page_size, limit: num(h.limit) })),
+    unified: r.unified,
+    memory_swap_limit_in_bytes: num(r.memory_swap_limit_in_bytes),
+  };
+}
 
 /** The decoded ContainerConfig (int64 as strings) → the spec generator's input (numbers). */
 export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
@@ -25,22 +42,7 @@ export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
     stdin: c.stdin,
     stdin_once: c.stdin_once,
     linux: {
-      ...(r
-        ? {
-            resources: {
-              cpu_period: num(r.cpu_period),
-              cpu_quota: num(r.cpu_quota),
-              cpu_shares: num(r.cpu_shares),
-              memory_limit_in_bytes: num(r.memory_limit_in_bytes),
-              oom_score_adj: num(r.oom_score_adj),
-              cpuset_cpus: r.cpuset_cpus,
-              cpuset_mems: r.cpuset_mems,
-              hugepage_limits: r.hugepage_limits.map((h) => ({ page_size: h.page_size, limit: num(h.limit) })),
-              unified: r.unified,
-              memory_swap_limit_in_bytes: num(r.memory_swap_limit_in_bytes),
-            },
-          }
-        : {}),
+      ...(r ? { resources: toSpecResources(r) } : {}),
       ...(sc
         ? {
             security_context: {

@@ -4,6 +4,10 @@ import type { ContainerStatusRequest__Output } from '../gen/runtime/v1/Container
 import type { ContainerStatusResponse } from '../gen/runtime/v1/ContainerStatusResponse.js';
 import type { CreateContainerRequest__Output } from '../gen/runtime/v1/CreateContainerRequest.js';
 import type { CreateContainerResponse } from '../gen/runtime/v1/CreateContainerResponse.js';
+import type { ReopenContainerLogRequest__Output } from '../gen/runtime/v1/ReopenContainerLogRequest.js';
+import type { ReopenContainerLogResponse } from '../gen/runtime/v1/ReopenContainerLogResponse.js';
+import type { UpdateContainerResourcesRequest__Output } from '../gen/runtime/v1/UpdateContainerResourcesRequest.js';
+import type { UpdateContainerResourcesResponse } from '../gen/runtime/v1/UpdateContainerResourcesResponse.js';
 import type { ExecSyncRequest__Output } from '../gen/runtime/v1/ExecSyncRequest.js';
 import type { ExecSyncResponse } from '../gen/runtime/v1/ExecSyncResponse.js';
 import type { ListContainersRequest__Output } from '../gen/runtime/v1/ListContainersRequest.js';
@@ -18,7 +22,7 @@ import type { StreamContainersRequest__Output } from '../gen/runtime/v1/StreamCo
 import type { StreamContainersResponse } from '../gen/runtime/v1/StreamContainersResponse.js';
 import { sendPaged, type StreamHandler, type UnaryHandler } from '../rpc.js';
 import { boundedString, required, requiredString } from '../validate.js';
-import { filteredContainers, toCriContainer, toSpecConfig } from './convert.js';
+import { filteredContainers, toCriContainer, toSpecConfig, toSpecResources } from './convert.js';
 
 const id = (v: string, field: string): string => requiredString(v, field, 128);
 
@@ -103,4 +107,19 @@ export const execSync = (svc: ContainerService): UnaryHandler<ExecSyncRequest__O
   if (!Number.isFinite(timeout) || timeout < 0 || timeout > 86_400) throw new BerthError('InvalidArgument', `timeout ${req.timeout} is not a number of seconds from 0 to 86400`);
   const r = await svc.execSync(id(req.container_id, 'container_id'), req.cmd, timeout, ctx.signal);
   return { stdout: r.stdout, stderr: r.stderr, exit_code: r.exitCode };
+};
+
+/** ReopenContainerLog: kubelet rotated the log file; the shim opens a new one. */
+export const reopenContainerLog = (svc: ContainerService): UnaryHandler<ReopenContainerLogRequest__Output, ReopenContainerLogResponse> => async (req) => {
+  await svc.reopenLog(id(req.container_id, 'container_id'));
+  return {};
+};
+
+/** UpdateContainerResources: CPU and memory of a running container, applied and recorded. */
+export const updateContainerResources = (svc: ContainerService): UnaryHandler<UpdateContainerResourcesRequest__Output, UpdateContainerResourcesResponse> => async (req) => {
+  const linux = required(req.linux, 'linux');
+  const r = toSpecResources(linux);
+  if (r.memory_limit_in_bytes < 0 || r.cpu_shares < 0 || r.cpu_period < 0) throw new BerthError('InvalidArgument', 'linux: negative memory limit, CPU shares or CPU period');
+  await svc.updateResources(id(req.container_id, 'container_id'), r, linux as unknown as Record<string, unknown>);
+  return {};
 };
