@@ -50,6 +50,11 @@ export const ALL_CAPABILITIES: readonly string[] = [
   'CAP_CHECKPOINT_RESTORE',
 ];
 
+/** The capability names of a bounding-set mask such as /proc/self/status CapBnd. */
+export function capabilitiesFromMask(mask: bigint): string[] {
+  return ALL_CAPABILITIES.filter((_, bit) => ((mask >> BigInt(bit)) & 1n) === 1n);
+}
+
 /** containerd's and Docker's default set for unprivileged containers. */
 export const DEFAULT_CAPABILITIES: readonly string[] = [
   'CAP_CHOWN',
@@ -84,6 +89,12 @@ export interface CapabilityRequest {
   add: string[];
   drop: string[];
   addAmbient?: string[];
+  /**
+   * The capabilities berthd itself may hand out (its own bounding set). Anything else
+   * is left out, as containerd does: runc cannot give what it does not hold (here: no
+   * CAP_SYS_RESOURCE), and privileged containers would otherwise fail to start.
+   */
+  host?: readonly string[];
 }
 
 /**
@@ -111,6 +122,12 @@ export function capabilitySets(req: CapabilityRequest): { caps: OciCapabilities;
     if (drop.includes('ALL')) set.clear();
     for (const c of add) if (c !== 'ALL') set.add(c);
     for (const c of drop) if (c !== 'ALL') set.delete(c);
+  }
+  if (req.host) {
+    const host = new Set(req.host);
+    const missing = [...set].filter((c) => !host.has(c));
+    for (const c of missing) set.delete(c);
+    if (missing.length > 0 && !req.privileged && !add.includes('ALL')) warnings.push(`capabilities ${missing.join(', ')} are not held by berthd and were left out`);
   }
   const effective = ALL_CAPABILITIES.filter((c) => set.has(c));
   for (const c of ambient) {

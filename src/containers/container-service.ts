@@ -6,7 +6,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { constants as fsConstants } from 'node:fs';
 import { mkdir, open, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
@@ -21,6 +21,7 @@ import type { SandboxRecord } from '../sandbox/sandbox-repository.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
 import type { Shim } from '../shim/shim.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
+import { capabilitiesFromMask } from './capabilities.js';
 import { generateSpec, stopSignal, type CriContainerConfig } from './spec.js';
 
 const run = promisify(execFile);
@@ -61,6 +62,7 @@ export class ContainerService {
   private readonly watching = new Map<string, Promise<void>>();
   private readonly locks = new Map<string, Promise<unknown>>();
   private readonly minOomScoreAdj: number;
+  private readonly hostCapabilities: string[] | undefined;
 
   constructor(private readonly o: ContainerServiceOptions) {
     this.bundles = join(o.config.root, 'containers');
@@ -69,6 +71,8 @@ export class ContainerService {
     this.persistRoot = join(o.config.state, 'conmon');
     for (const d of [this.bundles, this.exitDir, this.socketDir, this.persistRoot]) mkdirSync(d, { recursive: true, mode: 0o700 });
     this.minOomScoreAdj = Number(readFileSync('/proc/self/oom_score_adj', 'utf8').trim()) || 0;
+    const capBnd = /^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
+    this.hostCapabilities = capBnd ? capabilitiesFromMask(BigInt(`0x${capBnd}`)) : undefined;
   }
 
   private runtime(handler: string): { path: string; root: string } {
@@ -140,6 +144,8 @@ export class ContainerService {
         sandbox: this.sandboxInfo(sandbox),
         cgroupDriver: this.o.config.cgroup_driver,
         minOomScoreAdj: this.minOomScoreAdj,
+        ...(this.hostCapabilities ? { hostCapabilities: this.hostCapabilities } : {}),
+        localhostSeccomp: await localhostSeccompProfiles(req.config),
       });
       for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
       await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
@@ -331,7 +337,9 @@ export class ContainerService {
       timedOut ??= why;
       try {
         const pid = Number((await readFile(pidFile, 'utf8')).trim());
-        if (pid > 0) process.kill(pid, 'SIGKILL');
+        // The command and everything it started (`sh -c 'sleep …'`): children would
+        // otherwise be reparented to the container's init and live on.
+        if (pid > 0) for (const p of [pid, ...descendants(pid)]) killQuietly(p);
       } catch {
         // not started yet, or already gone
       }
@@ -452,6 +460,75 @@ export class ContainerService {
 
   close(): void {
     this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));
+  }
+}
+
+/** Every process below `pid`, from /proc (children first found, then theirs). */
+function descendants(pid: number): number[] {
+  const children = new Map<number, number[]>();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      const list = children.get(ppid) ?? [];
+      list.push(Number(name));
+      children.set(ppid, list);
+    } catch {
+      // the process went away while we looked
+    }
+  }
+  const out: number[] = [];
+  const queue = [pid];
+  while (queue.length > 0) {
+    for (const c of children.get(queue.shift()!) ?? []) {
+      out.push(c);
+      queue.push(c);
+    }
+  }
+  return out;
+}
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}
+
+/** Bytes of a Localhost seccomp profile berth reads. */
+const MAX_SECCOMP_PROFILE = 1 << 20;
+
+/**
+ * Reads the Localhost seccomp profile a container names (kubelet passes its absolute
+ * path on the node) so that the pure spec generator can embed it.
+ */
+async function localhostSeccompProfiles(cfg: CriContainerConfig): Promise<Record<string, unknown>> {
+  const sec = cfg.linux?.security_context?.seccomp;
+  if (sec?.profile_type !== 'Localhost' || !sec.localhost_ref) return {};
+  const ref = sec.localhost_ref;
+  const path = ref.startsWith('localhost/') ? ref.slice('localhost/'.length) : ref;
+  if (!path.startsWith('/')) throw new BerthError('InvalidArgument', `seccomp localhost_ref "${ref}" must be an absolute path on the node`);
+  let text: string;
+  try {
+    const fh = await open(path, 'r');
+    try {
+      const buf = Buffer.alloc(MAX_SECCOMP_PROFILE + 1);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+      if (bytesRead > MAX_SECCOMP_PROFILE) throw new BerthError('InvalidArgument', `seccomp profile ${path} is larger than ${MAX_SECCOMP_PROFILE} bytes`);
+      text = buf.subarray(0, bytesRead).toString('utf8');
+    } finally {
+      await fh.close();
+    }
+  } catch (err) {
+    if (err instanceof BerthError) throw err;
+    throw new BerthError('NotFound', `seccomp profile ${path} (localhost_ref) cannot be read: ${messageOf(err)}`);
+  }
+  try {
+    return { [ref]: JSON.parse(text) as unknown };
+  } catch (err) {
+    throw new BerthError('InvalidArgument', `seccomp profile ${path} is not valid JSON: ${messageOf(err)}`);
   }
 }
 

@@ -126,6 +126,8 @@ export interface ContainerSpecInput {
   cgroupDriver: 'cgroupfs' | 'systemd';
   /** berthd's own oom_score_adj: lower requests are clamped (no CAP_SYS_RESOURCE; containerd's restrict_oom_score_adj). */
   minOomScoreAdj: number;
+  /** The capabilities berthd holds (its bounding set); the container gets no others. */
+  hostCapabilities?: readonly string[];
   /** Parsed Localhost seccomp profiles by localhost_ref, read by the caller. */
   localhostSeccomp?: Record<string, unknown>;
   /** Host devices named by the CRI devices, resolved by the caller. */
@@ -209,6 +211,7 @@ export function generateSpec(input: ContainerSpecInput): SpecResult {
     add: sc.capabilities?.add_capabilities ?? [],
     drop: sc.capabilities?.drop_capabilities ?? [],
     ...(sc.capabilities?.add_ambient_capabilities ? { addAmbient: sc.capabilities.add_ambient_capabilities } : {}),
+    ...(input.hostCapabilities ? { host: input.hostCapabilities } : {}),
   });
   warnings.push(...capWarnings);
 

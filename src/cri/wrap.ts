@@ -59,7 +59,12 @@ function makeContext(method: string, call: grpc.ServerUnaryCall<unknown, unknown
   };
 }
 
-function logOutcome(env: WrapEnv, method: string, start: bigint, st: RpcStatus | undefined): void {
+/**
+ * One log line per call. `refused` marks calls turned away before a handler ran (while
+ * recovering or draining, or unimplemented): those log at debug, as kubelet retries them
+ * by the hundred; a handler's own failure logs at info, or error when internal.
+ */
+function logOutcome(env: WrapEnv, method: string, start: bigint, st: RpcStatus | undefined, refused = false): void {
   const duration_ms = Number(process.hrtime.bigint() - start) / 1e6;
   if (st === undefined) {
     const level = READ_ONLY.test(method) ? 'debug' : 'info';
@@ -68,7 +73,7 @@ function logOutcome(env: WrapEnv, method: string, start: bigint, st: RpcStatus |
   }
   const fields = { method, duration_ms, code: codeName(st.code), error: st.details };
   if (st.code === grpc.status.INTERNAL || st.code === grpc.status.UNKNOWN) env.log.error('rpc', fields);
-  else if (st.code === grpc.status.UNAVAILABLE || st.code === grpc.status.UNIMPLEMENTED) env.log.debug('rpc', fields);
+  else if (refused) env.log.debug('rpc', fields);
   else env.log.info('rpc', fields);
 }
 
@@ -93,7 +98,7 @@ function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined):
     const start = process.hrtime.bigint();
     const refused = admit(env, method, call.request, handler !== undefined);
     if (refused) {
-      logOutcome(env, method, start, refused);
+      logOutcome(env, method, start, refused, true);
       callback({ code: refused.code, details: refused.details });
       return;
     }
@@ -126,7 +131,7 @@ function wrapStream(env: WrapEnv, method: string, handler: AnyStream | undefined
     const start = process.hrtime.bigint();
     const refused = admit(env, method, call.request, handler !== undefined);
     if (refused) {
-      logOutcome(env, method, start, refused);
+      logOutcome(env, method, start, refused, true);
       call.emit('error', { code: refused.code, details: refused.details });
       return;
     }

@@ -196,6 +196,8 @@ describe('ImageService', function () {
     assert.deepEqual(await b.image.ImageStatus({ image: { image: `${registry.host}/nope:1` } }), { image: null, info: {} });
     assert.deepEqual((await b.image.ListImages({ filter: { image: { image: fx.user.ref } } })).images.map((i) => i.id), [fx.user.id]);
     assert.deepEqual((await b.image.ListImages({ filter: { image: { image: 'sha256:' + 'f'.repeat(64) } } })).images, []);
+    // A repository without a tag lists every image of that repository.
+    assert.deepEqual((await b.image.ListImages({ filter: { image: { image: fx.busybox.repo } } })).images.map((i) => i.id), [fx.busybox.id]);
     const streamed: string[] = [];
     await new Promise<void>((resolve, reject) => {
       const s = b.image.raw.StreamImages({});

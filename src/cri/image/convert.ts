@@ -1,6 +1,7 @@
 import { BerthError } from '../../common/errors.js';
 import type { ImageRecord } from '../../images/image-repository.js';
 import { imageUser, type ImageService } from '../../images/image-service.js';
+import { isImageId, parseReference, repositoryName } from '../../images/reference.js';
 import type { Credentials } from '../../images/registry/auth.js';
 import { decodeAuthField } from '../../images/registry/auth.js';
 import type { AuthConfig__Output } from '../gen/runtime/v1/AuthConfig.js';
@@ -39,6 +40,15 @@ export function credentialsFrom(auth: AuthConfig__Output | null | undefined): Cr
 export function filteredImages(images: ImageService, filter: ImageFilter__Output | null): Image[] {
   const wanted = filter?.image?.image ?? '';
   if (wanted !== '') {
+    // A repository without tag or digest (`crictl images busybox`): every image of it.
+    if (!wanted.includes('@') && !/:[^/]*$/.test(wanted) && !isImageId(wanted)) {
+      try {
+        const repo = repositoryName(parseReference(wanted)) + ':';
+        return images.list().filter((i) => i.tags.some((t) => t.startsWith(repo))).map(toCriImage);
+      } catch {
+        // not a reference: fall through to the exact lookup
+      }
+    }
     const img = images.find(wanted);
     return img ? [toCriImage(img)] : [];
   }
