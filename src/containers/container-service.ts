@@ -260,12 +260,24 @@ export class ContainerService {
         if (code !== undefined) return this.recordExit(c.id, code);
       }
       await this.o.shim.kill(c.id, 'KILL', rt.path, rt.root, true).catch(() => undefined);
-      const code = await exited(10_000);
+      // Without its shim (killed) no exit file will come: ask the runtime instead.
+      const code = alive(c.shimPid) ? await exited(10_000) : await this.stoppedWithin(c.id, rt, 10_000);
       if (code !== undefined) return this.recordExit(c.id, code);
       // Never started (no shim exit for a created container that got killed before start
       // on some runtimes), or the shim is gone: record it as killed.
       return this.recordExit(c.id, 137);
     });
+  }
+
+  /** For a container whose shim is gone: waits until the runtime says it stopped; 137 (killed) then. */
+  private async stoppedWithin(id: string, rt: { path: string; root: string }, ms: number): Promise<number | undefined> {
+    const until = Date.now() + ms;
+    while (Date.now() < until) {
+      const st = await this.o.shim.state(id, rt.path, rt.root).catch(() => undefined);
+      if (!st || st.status === 'stopped') return 137;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return undefined;
   }
 
   private async exitWithin(id: string, ms: number, outer?: AbortSignal): Promise<number | undefined> {
@@ -487,6 +499,17 @@ function descendants(pid: number): number[] {
     }
   }
   return out;
+}
+
+/** Whether a process exists and is not a zombie (a killed shim may linger unreaped). */
+function alive(pid: number | null): boolean {
+  if (pid === null || pid <= 0) return false;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
 }
 
 function killQuietly(pid: number): void {

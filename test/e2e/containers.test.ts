@@ -344,6 +344,27 @@ describe('containers', function () {
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: crunPod });
   });
 
+  it('after kill -9 of a container’s conmon, the container is still reported and can be stopped and removed', async () => {
+    const { b, pod, logDir } = await setup();
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: { metadata: { name: 'orphan', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'o.log' },
+      sandbox_config: podCfg(pod, logDir) as never,
+    });
+    await b.runtime.StartContainer({ container_id: id });
+    const info = JSON.parse((await b.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info!) as { shimPid: number; pid: number };
+    process.kill(info.shimPid, 'SIGKILL');
+    await sleep(300);
+    const st = (await b.runtime.ContainerStatus({ container_id: id })).status!;
+    assert.equal(st.state, 'CONTAINER_RUNNING', 'the container itself still runs without its shim');
+    assert.deepEqual((await b.runtime.ListContainers({})).containers.map((c) => c.id), [id]);
+    await b.runtime.StopContainer({ container_id: id, timeout: 0 });
+    assert.equal((await b.runtime.ContainerStatus({ container_id: id })).status!.state, 'CONTAINER_EXITED');
+    assert.ok(!existsSync(`/proc/${info.pid}`) || !readFileSync(`/proc/${info.pid}/cmdline`, 'utf8').includes('sleep'), 'the container process is gone');
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+    assert.deepEqual(readdirSync(join(b.root, 'containers')), []);
+  });
+
   it('refuses an unknown pod or image, and a duplicate name', async () => {
     const { b, pod, logDir } = await setup();
     const cfg = (image: string) => ({ metadata: { name: 'c', attempt: 0 }, image: { image }, command: ['true'], log_path: 'c.log' });
