@@ -355,7 +355,10 @@ export class ContainerService {
       } catch {
         // not started yet, or already gone
       }
-      child.kill('SIGKILL');
+      // `runc exec` reaps the command it started: give it a moment, or the killed command
+      // lingers as a zombie that `ps`/`pgrep` in the container still see.
+      const grace = setTimeout(() => child.kill('SIGKILL'), 2000);
+      child.once('close', () => clearTimeout(grace));
     };
     const timer = timeoutSeconds > 0 ? setTimeout(() => void killExec(new BerthError('DeadlineExceeded', `command timed out after ${timeoutSeconds} s and was killed`)), timeoutSeconds * 1000) : undefined;
     const onAbort = (): void => void killExec(new BerthError('DeadlineExceeded', 'the caller went away; the command was killed'));
@@ -393,6 +396,9 @@ export class ContainerService {
     } finally {
       await fh?.close();
     }
+    // conmon reopens asynchronously: answer once the new file exists (kubelet checks it).
+    for (let i = 0; i < 100 && !existsSync(c.logPath); i++) await new Promise((r) => setTimeout(r, 10));
+    if (!existsSync(c.logPath)) throw new BerthError('Unavailable', `container ${c.id}: the shim did not reopen ${c.logPath} within 1 s`);
   }
 
   /**

@@ -163,6 +163,8 @@ describe('containers', function () {
     const ps = await b.runtime.ExecSync({ container_id: id, cmd: ['ps'], timeout: 10 });
     assert.ok(!ps.stdout.toString().includes('sleep 77'), 'the timed-out command was killed inside the container');
     assert.ok(!ps.stdout.toString().includes('sleep 4321'), 'and so were its children');
+    const procs = (await b.runtime.ExecSync({ container_id: id, cmd: ['ps', '-o', 'pid,stat,args'], timeout: 10 })).stdout.toString();
+    assert.ok(!/sleep 4321|\bZ\b/.test(procs), `no killed command lingers, not even as a zombie:\n${procs}`);
     const big = await b.runtime.ExecSync({ container_id: id, cmd: ['sh', '-c', 'head -c 8000000 /dev/zero'], timeout: 20 });
     assert.equal(big.stdout.length, 4 * 1024 * 1024, 'output is capped');
     const bad = await grpcError(b.runtime.ExecSync({ container_id: id, cmd: [], timeout: 1 }));
@@ -182,6 +184,7 @@ describe('containers', function () {
     const log = join(logDir, 'w.log');
     execFileSync('mv', [log, `${log}.1`]);
     await b.runtime.ReopenContainerLog({ container_id: id });
+    assert.ok(existsSync(log), 'the new log file exists when the call returns');
     await sleep(500);
     await b.runtime.StopContainer({ container_id: id, timeout: 0 });
     const numbers = (f: string) => [...readFileSync(f, 'utf8').matchAll(/ stdout F line(\d+)$/gm)].map((m) => Number(m[1]));
