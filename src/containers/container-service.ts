@@ -13,6 +13,7 @@ import { constants as osConstants } from 'node:os';
 import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { DisposableStack } from '../common/disposable.js';
+import { findByIdOrPrefix, KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { BerthConfig } from '../config/schema.js';
@@ -60,7 +61,7 @@ export class ContainerService {
   private readonly persistRoot: string;
   private readonly lifetime = new AbortController();
   private readonly watching = new Map<string, Promise<void>>();
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly locks = new KeyedLock();
   private readonly minOomScoreAdj: number;
   private readonly hostCapabilities: string[] | undefined;
 
@@ -81,23 +82,12 @@ export class ContainerService {
     return { path: rt.path, root: join(this.o.config.state, 'runtime', handler) };
   }
 
-  private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(id) ?? Promise.resolve();
-    const next = prev.catch(() => undefined).then(fn);
-    this.locks.set(id, next);
-    try {
-      return await next;
-    } finally {
-      if (this.locks.get(id) === next) this.locks.delete(id);
-    }
+  private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run(id, fn);
   }
 
   find(idOrPrefix: string): ContainerRecord | undefined {
-    const exact = this.o.repo.get(idOrPrefix);
-    if (exact) return exact;
-    if (idOrPrefix.length < 3 || !/^[a-f0-9]+$/.test(idOrPrefix)) return undefined;
-    const ids = this.o.repo.idsWithPrefix(idOrPrefix);
-    return ids.length === 1 ? this.o.repo.get(ids[0]!) : undefined;
+    return findByIdOrPrefix(idOrPrefix, (id) => this.o.repo.get(id), (prefix) => this.o.repo.idsWithPrefix(prefix));
   }
 
   list(): ContainerRecord[] {

@@ -15,6 +15,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { hostname as osHostname } from 'node:os';
 import { join } from 'node:path';
 import { DisposableStack } from '../common/disposable.js';
+import { findByIdOrPrefix, KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { BerthConfig } from '../config/schema.js';
@@ -81,7 +82,7 @@ export class SandboxService {
   /** Creations under way, by metadata: a retry joins the one in flight. */
   private readonly creating = new Map<string, Promise<string>>();
   /** One operation at a time per pod. */
-  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly locks = new KeyedLock();
   /** Creation outlives its caller, not the daemon: aborted on shutdown. */
   private readonly lifetime = new AbortController();
   /** Stops and removes the pod's containers; set once containers exist. */
@@ -96,24 +97,13 @@ export class SandboxService {
     chmodSync(this.podRoot, 0o711);
   }
 
-  private async locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const prev = this.locks.get(id) ?? Promise.resolve();
-    const next = prev.catch(() => undefined).then(fn);
-    this.locks.set(id, next);
-    try {
-      return await next;
-    } finally {
-      if (this.locks.get(id) === next) this.locks.delete(id);
-    }
+  private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
+    return this.locks.run(id, fn);
   }
 
   /** Finds a pod by full id or unique prefix. */
   find(idOrPrefix: string): SandboxRecord | undefined {
-    const exact = this.o.repo.get(idOrPrefix);
-    if (exact) return exact;
-    if (idOrPrefix.length < 3 || !/^[a-f0-9]+$/.test(idOrPrefix)) return undefined;
-    const ids = this.o.repo.idsWithPrefix(idOrPrefix);
-    return ids.length === 1 ? this.o.repo.get(ids[0]!) : undefined;
+    return findByIdOrPrefix(idOrPrefix, (id) => this.o.repo.get(id), (prefix) => this.o.repo.idsWithPrefix(prefix));
   }
 
   list(): SandboxRecord[] {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { parseCidr } from '../../../src/common/cidr.js';
 import { DisposableStack } from '../../../src/common/disposable.js';
+import { findByIdOrPrefix, KeyedLock } from '../../../src/common/keyed-lock.js';
 import { createLogger, redact } from '../../../src/common/logger.js';
 
 describe('common', () => {
@@ -55,5 +56,30 @@ describe('common', () => {
     assert.ok(!order.includes('moved'));
     await owner.dispose();
     assert.ok(order.includes('moved'));
+  });
+
+  it('KeyedLock runs one operation at a time per key, others freely, and survives failures', async () => {
+    const lock = new KeyedLock();
+    const order: string[] = [];
+    const step = (name: string, ms: number, fail = false) => async () => {
+      order.push(`${name}+`);
+      await new Promise((r) => setTimeout(r, ms));
+      order.push(`${name}-`);
+      if (fail) throw new Error(name);
+    };
+    await Promise.allSettled([lock.run('a', step('a1', 30, true)), lock.run('a', step('a2', 1)), lock.run('b', step('b1', 1))]);
+    assert.deepEqual(order, ['a1+', 'b1+', 'b1-', 'a1-', 'a2+', 'a2-']);
+  });
+
+  it('findByIdOrPrefix takes full ids and unique prefixes of 3+ hex digits only', () => {
+    const ids = ['abc123', 'abd456', 'ffff00'];
+    const get = (id: string) => (ids.includes(id) ? id : undefined);
+    const pre = (p: string) => ids.filter((i) => i.startsWith(p));
+    assert.equal(findByIdOrPrefix('abd456', get, pre), 'abd456');
+    assert.equal(findByIdOrPrefix('abd', get, pre), 'abd456');
+    assert.equal(findByIdOrPrefix('ab', get, pre), undefined, 'too short');
+    assert.equal(findByIdOrPrefix('abz', get, pre), undefined, 'not hex');
+    assert.equal(findByIdOrPrefix('fff', get, pre), 'ffff00');
+    assert.equal(findByIdOrPrefix('a', get, pre), undefined);
   });
 });
