@@ -90,6 +90,13 @@ function median(xs: number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
+/** Prints a latency ratio containerd/berth (above 1: berth faster) for two sets of samples. */
+function faster(what: string, b: number[], c: number[]): void {
+  const r = median(c) / median(b);
+  const verdict = r >= 1 ? `berth ${r.toFixed(2)}x faster` : `berth ${(1 / r).toFixed(2)}x slower`;
+  out(`${what} median: containerd/berth = ${median(c).toFixed(1)} / ${median(b).toFixed(1)} ms = ${r.toFixed(2)}  (${verdict})`);
+}
+
 function percentile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
@@ -426,11 +433,6 @@ async function podsSuite(registryHost: string): Promise<void> {
   const { berth, containerd } = figures;
   if (berth && containerd) {
     out();
-    const faster = (what: string, b: number[], c: number[]): void => {
-      const r = median(c) / median(b);
-      const verdict = r >= 1 ? `berth ${r.toFixed(2)}x faster` : `berth ${(1 / r).toFixed(2)}x slower`;
-      out(`${what} median: containerd/berth = ${median(c).toFixed(1)} / ${median(b).toFixed(1)} ms = ${r.toFixed(2)}  (${verdict})`);
-    };
     faster('RunPodSandbox', berth.run, containerd.run);
     faster('StopPodSandbox+RemovePodSandbox', berth.stopRemove, containerd.stopRemove);
     const rss = containerd.loaded.rss / berth.loaded.rss;
@@ -703,11 +705,6 @@ async function containersSuite(registryHost: string): Promise<void> {
   const { berth, containerd } = figures;
   if (berth && containerd) {
     out();
-    const faster = (what: string, b: number[], c: number[]): void => {
-      const r = median(c) / median(b);
-      const verdict = r >= 1 ? `berth ${r.toFixed(2)}x faster` : `berth ${(1 / r).toFixed(2)}x slower`;
-      out(`${what} median: containerd/berth = ${median(c).toFixed(1)} / ${median(b).toFixed(1)} ms = ${r.toFixed(2)}  (${verdict})`);
-    };
     faster('CreateContainer', berth.create, containerd.create);
     faster('StartContainer', berth.start, containerd.start);
     faster('Create+Start', createStart(berth), createStart(containerd));

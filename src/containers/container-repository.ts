@@ -78,6 +78,7 @@ export class ContainerRepository {
   private readonly insertStmt;
   private readonly deleteStmt;
   private readonly updateStmt;
+  private readonly updateConfigStmt;
 
   constructor(private readonly db: Db) {
     this.getStmt = db.prepare<[string], Row>('SELECT * FROM containers WHERE id = ?');
@@ -89,6 +90,7 @@ export class ContainerRepository {
       "INSERT INTO containers (id, sandbox_id, name, attempt, image_id, image_ref, state, config, log_path, created_at) VALUES (?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?)",
     );
     this.deleteStmt = db.prepare<[string]>('DELETE FROM containers WHERE id = ?');
+    this.updateConfigStmt = db.prepare<[string, string]>('UPDATE containers SET config = ? WHERE id = ?');
     this.updateStmt = db.prepare(
       'UPDATE containers SET state = @state, pid = @pid, shim_pid = @shimPid, exit_code = @exitCode, reason = @reason, message = @message, started_at = @startedAt, finished_at = @finishedAt WHERE id = @id',
     );
@@ -135,7 +137,7 @@ export class ContainerRepository {
 
   /** Replaces the recorded ContainerConfig (after UpdateContainerResources). */
   updateConfig(id: string, config: Record<string, unknown>): void {
-    this.db.prepare<[string, string]>('UPDATE containers SET config = ? WHERE id = ?').run(JSON.stringify(config), id);
+    this.updateConfigStmt.run(JSON.stringify(config), id);
   }
 
   delete(id: string): void {

@@ -118,8 +118,8 @@ export class ContainerService {
     try {
       undo.defer(() => this.o.images.removeContainerLayer(id));
       const layer = await this.o.images.prepareContainerLayer(id, image);
-      await mkdir(rootfs, { recursive: true, mode: 0o755 });
       undo.defer(() => rm(bundle, { recursive: true, force: true }));
+      await mkdir(rootfs, { recursive: true, mode: 0o755 });
       await run('mount', ['-t', 'overlay', 'overlay', '-o', layer.options, rootfs]);
       undo.defer(() => unmount(rootfs));
 

@@ -65,6 +65,7 @@ export class SandboxRepository {
   private readonly insertStmt;
   private readonly deleteStmt;
   private readonly prefixStmt;
+  private readonly updateStmt;
 
   constructor(private readonly db: Db) {
     this.getStmt = db.prepare<[string], Row>('SELECT * FROM sandboxes WHERE id = ?');
@@ -75,6 +76,9 @@ export class SandboxRepository {
       "INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at) VALUES (?, ?, ?, ?, ?, 'creating', ?, ?, ?)",
     );
     this.deleteStmt = db.prepare<[string]>('DELETE FROM sandboxes WHERE id = ?');
+    this.updateStmt = db.prepare<[string, string | null, string | null, string, number, string]>(
+      'UPDATE sandboxes SET state = ?, ns_dir = ?, network = ?, ips = ?, acknowledged = ? WHERE id = ?',
+    );
   }
 
   get(id: string): SandboxRecord | undefined {
@@ -114,9 +118,7 @@ export class SandboxRepository {
         throw new Error(`sandbox ${id}: illegal transition ${cur.state} -> ${ch.state}`);
       }
       const next = { ...cur, ...ch };
-      this.db
-        .prepare('UPDATE sandboxes SET state = ?, ns_dir = ?, network = ?, ips = ?, acknowledged = ? WHERE id = ?')
-        .run(next.state, next.nsDir, next.network === null ? null : JSON.stringify(next.network), JSON.stringify(next.ips), next.acknowledged ? 1 : 0, id);
+      this.updateStmt.run(next.state, next.nsDir, next.network === null ? null : JSON.stringify(next.network), JSON.stringify(next.ips), next.acknowledged ? 1 : 0, id);
       return next;
     })();
   }
