@@ -13,6 +13,8 @@ import { status } from '@grpc/grpc-js';
 import { criClients, type CriClients } from './cri-client.js';
 
 export const BERTHD_BIN = fileURLToPath(new URL('../../../bin/berthd.js', import.meta.url));
+/** What the harness runs: the daemon of this very build (see berthd-main.ts). */
+const BERTHD_MAIN = fileURLToPath(new URL('./berthd-main.js', import.meta.url));
 
 export interface StartOptions {
   /** TOML written to <dir>/etc/config.toml and passed with --config. */
@@ -80,7 +82,7 @@ export class Berthd implements AsyncDisposable {
     mkdirp(cniDir);
     const args = [
       ...(opts.nodeArgs ?? []),
-      BERTHD_BIN,
+      BERTHD_MAIN,
       '--config', join(etc, 'config.toml'),
       '--root', join(dir, 'root'),
       '--state', join(dir, 'state'),
