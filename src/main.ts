@@ -198,7 +198,8 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     held.push(() => closeAgents());
     const imgs = images;
     held.push(() => imgs.close());
-    sandboxes = new SandboxService({ config, repo: new SandboxRepository(db), log: log.child({ component: 'sandbox' }) });
+    const shim = new ConmonShim({ log: log.child({ component: 'shim' }) });
+    sandboxes = new SandboxService({ config, repo: new SandboxRepository(db), shim, log: log.child({ component: 'sandbox' }) });
     const sb = sandboxes;
     held.push(() => sb.close());
     const containers = new ContainerService({
@@ -206,7 +207,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
       repo: new ContainerRepository(db),
       sandboxes,
       images,
-      shim: new ConmonShim({ log: log.child({ component: 'shim' }) }),
+      shim,
       log: log.child({ component: 'containers' }),
     });
     sandboxes.containers = containers;

@@ -61,6 +61,11 @@ export interface SandboxConfig {
   shm_size_bytes: number;
   /** Longest a CNI plugin may run for one ADD/CHECK/DEL. */
   cni_timeout_seconds: number;
+  /**
+   * The static init that is PID 1 of a pod sharing one PID namespace (Debian's
+   * catatonit, run in pause mode); bind-mounted into an empty rootfs, so no image.
+   */
+  infra_path: string;
 }
 
 export interface BerthConfig {
@@ -116,6 +121,7 @@ export function defaultConfig(): BerthConfig {
     sandbox: {
       shm_size_bytes: 64 * 1024 * 1024,
       cni_timeout_seconds: 60,
+      infra_path: '/usr/bin/catatonit',
     },
     default_runtime: 'runc',
     runtimes: {
@@ -197,6 +203,7 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'registries.*.password': string,
   'sandbox.shm_size_bytes': integerIn(1024 * 1024, 64 * 1024 * 1024 * 1024),
   'sandbox.cni_timeout_seconds': integerIn(1, 3600),
+  'sandbox.infra_path': absolutePath,
   default_runtime: (v) => (typeof v === 'string' && /^[a-z0-9][a-z0-9.-]{0,62}$/.test(v) ? undefined : `expected a handler name like "runc", got ${describe(v)}`),
   'runtimes.*.path': absolutePath,
 };

@@ -3,7 +3,7 @@
  * CRI add/drop (with "ALL"), privileged, and ambient capabilities.
  */
 import { invalidArgument } from '../common/errors.js';
-import type { OciCapabilities } from './oci-spec.js';
+import type { OciCapabilities } from '../oci/spec.js';
 
 /** Every capability of a 6.x kernel, in kernel order (CAP_CHOWN = 0 … CAP_CHECKPOINT_RESTORE = 40). */
 export const ALL_CAPABILITIES: readonly string[] = [

@@ -18,9 +18,10 @@ import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { BerthConfig } from '../config/schema.js';
 import type { ImageService } from '../images/image-service.js';
+import { ociRuntime, type OciRuntime } from '../oci/runtime.js';
 import type { SandboxRecord } from '../sandbox/sandbox-repository.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
-import type { Shim } from '../shim/shim.js';
+import { shimDirs, type Shim } from '../shim/shim.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
 import { capabilitiesFromMask } from './capabilities.js';
 import { generateSpec, stopSignal, type CriContainerConfig } from './spec.js';
@@ -67,19 +68,15 @@ export class ContainerService {
 
   constructor(private readonly o: ContainerServiceOptions) {
     this.bundles = join(o.config.root, 'containers');
-    this.exitDir = join(o.config.state, 'exits');
-    this.socketDir = join(o.config.state, 'attach');
-    this.persistRoot = join(o.config.state, 'conmon');
+    ({ exitDir: this.exitDir, socketDir: this.socketDir, persistRoot: this.persistRoot } = shimDirs(o.config.state));
     for (const d of [this.bundles, this.exitDir, this.socketDir, this.persistRoot]) mkdirSync(d, { recursive: true, mode: 0o700 });
     this.minOomScoreAdj = Number(readFileSync('/proc/self/oom_score_adj', 'utf8').trim()) || 0;
     const capBnd = /^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
     this.hostCapabilities = capBnd ? capabilitiesFromMask(BigInt(`0x${capBnd}`)) : undefined;
   }
 
-  private runtime(handler: string): { path: string; root: string } {
-    const rt = this.o.config.runtimes[handler];
-    if (!rt) throw new BerthError('FailedPrecondition', `runtime handler "${handler}" is not configured`);
-    return { path: rt.path, root: join(this.o.config.state, 'runtime', handler) };
+  private runtime(handler: string): OciRuntime {
+    return ociRuntime(this.o.config, handler);
   }
 
   private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
@@ -136,6 +133,7 @@ export class ContainerService {
         minOomScoreAdj: this.minOomScoreAdj,
         ...(this.hostCapabilities ? { hostCapabilities: this.hostCapabilities } : {}),
         localhostSeccomp: await localhostSeccompProfiles(req.config),
+        ...this.targetPidns(sandbox.id, req.config),
       });
       for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
       await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
@@ -171,6 +169,21 @@ export class ContainerService {
     }
   }
 
+  /**
+   * For namespace_options.pid TARGET (ephemeral debug containers, `kubectl debug
+   * --target`): the PID namespace of a running container of the same pod.
+   */
+  private targetPidns(sandboxId: string, cfg: CriContainerConfig): { targetPidnsPath?: string } {
+    const opts = cfg.linux?.security_context?.namespace_options;
+    if (opts?.pid !== 'TARGET' || !opts.target_id) return {};
+    const target = this.find(opts.target_id);
+    if (!target || target.state === 'creating' || target.sandboxId !== sandboxId) {
+      throw new BerthError('NotFound', `namespace_options.target_id: container "${opts.target_id}" not found in pod ${sandboxId}`);
+    }
+    if (target.state !== 'running' || !target.pid) throw new BerthError('FailedPrecondition', `namespace_options.target_id: container ${target.id} is ${target.state}, not running`);
+    return { targetPidnsPath: `/proc/${target.pid}/ns/pid` };
+  }
+
   private sandboxInfo(sb: SandboxRecord): Parameters<typeof generateSpec>[0]['sandbox'] {
     const cfg = sb.config as { hostname?: string; linux?: { cgroup_parent?: string; security_context?: { namespace_options?: { network?: string; ipc?: string; pid?: string } } } };
     const ns = cfg.linux?.security_context?.namespace_options ?? {};
@@ -179,11 +192,13 @@ export class ContainerService {
     const net = pin('net');
     const ipc = pin('ipc');
     const uts = pin('uts');
+    const pid = pin('pid');
     return {
       hostname: readFileSync(join(podDir, 'hostname'), 'utf8').trim(),
       ...(net ? { netnsPath: net } : {}),
       ...(ipc ? { ipcnsPath: ipc } : {}),
       ...(uts ? { utsnsPath: uts } : {}),
+      ...(pid ? { pidnsPath: pid } : {}),
       hostsPath: join(podDir, 'hosts'),
       resolvConfPath: join(podDir, 'resolv.conf'),
       hostnamePath: join(podDir, 'hostname'),

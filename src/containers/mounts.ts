@@ -6,7 +6,7 @@
  */
 import { posix } from 'node:path';
 import { invalidArgument } from '../common/errors.js';
-import type { OciMount } from './oci-spec.js';
+import type { OciMount } from '../oci/spec.js';
 
 export type CriPropagation = 'PROPAGATION_PRIVATE' | 'PROPAGATION_HOST_TO_CONTAINER' | 'PROPAGATION_BIDIRECTIONAL';
 

@@ -7,8 +7,8 @@
  * get a filter.
  */
 import { invalidArgument } from '../common/errors.js';
-import type { OciSeccomp } from './oci-spec.js';
-import { runtimeDefaultProfile } from './seccomp-default.js';
+import type { OciSeccomp } from '../oci/spec.js';
+import { runtimeDefaultProfile } from '../oci/seccomp-default.js';
 
 export interface SeccompRequest {
   profile_type: 'RuntimeDefault' | 'Unconfined' | 'Localhost';

@@ -16,9 +16,10 @@
 import { posix } from 'node:path';
 import { invalidArgument } from '../common/errors.js';
 import type { ImageConfig } from '../images/manifest.js';
-import { capabilitySets } from './capabilities.js';
-import { cleanPath, criMount, mergeMounts, podMounts, rootfsPropagation, standardMounts, type CriMount } from './mounts.js';
+import { cgroupsPath as ociCgroupsPath } from '../oci/runtime.js';
 import {
+  DEFAULT_MASKED_PATHS,
+  DEFAULT_READONLY_PATHS,
   OCI_VERSION,
   type OciCpu,
   type OciDevice,
@@ -28,12 +29,14 @@ import {
   type OciNamespace,
   type OciResources,
   type OciSpec,
-} from './oci-spec.js';
+} from '../oci/spec.js';
+import { capabilitySets } from './capabilities.js';
+import { cleanPath, criMount, mergeMounts, podMounts, rootfsPropagation, standardMounts, type CriMount } from './mounts.js';
 import { selectSeccomp, type SeccompRequest } from './seccomp.js';
 import { resolveUser } from './user.js';
 
 export { stopSignal } from './signals.js';
-export type { OciSpec } from './oci-spec.js';
+export type { OciSpec } from '../oci/spec.js';
 
 export type NamespaceMode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
 
@@ -150,21 +153,7 @@ export interface SpecResult {
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
-export const DEFAULT_MASKED_PATHS: readonly string[] = [
-  '/proc/acpi',
-  '/proc/asound',
-  '/proc/kcore',
-  '/proc/keys',
-  '/proc/latency_stats',
-  '/proc/timer_list',
-  '/proc/timer_stats',
-  '/proc/sched_debug',
-  '/proc/scsi',
-  '/sys/firmware',
-  '/sys/devices/virtual/powercap',
-];
-
-export const DEFAULT_READONLY_PATHS: readonly string[] = ['/proc/bus', '/proc/fs', '/proc/irq', '/proc/sys', '/proc/sysrq-trigger'];
+export { DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS };
 
 /** runc's default device cgroup: deny all, mknod anything, use the standard nodes. */
 export const DEFAULT_DEVICE_RULES: readonly OciDeviceCgroup[] = [
@@ -492,20 +481,9 @@ function resourceSpec(
   return { resources, ...(oomScoreAdj !== undefined ? { oomScoreAdj } : {}) };
 }
 
-/**
- * runc's cgroupsPath: a path under the cgroup root for cgroupfs, "slice:prefix:name" for
- * the systemd driver (the unit becomes berth-<id>.scope in the slice).
- */
+/** runc's cgroupsPath for the container, under its pod's cgroup parent. */
 export function cgroupsPath(input: Pick<ContainerSpecInput, 'cgroupDriver' | 'containerId' | 'sandbox'>): string {
-  const parent = input.sandbox.cgroupParent;
-  if (input.cgroupDriver === 'systemd') {
-    if (parent !== '' && !/^[^/]+\.slice$/.test(parent)) {
-      throw invalidArgument(`cgroup parent "${parent}" must be a systemd slice name like "kubepods-pod1.slice" for the systemd cgroup driver`);
-    }
-    return `${parent}:berth:${input.containerId}`;
-  }
-  if (parent.split('/').includes('..')) throw invalidArgument(`cgroup parent "${parent}" must not contain ".."`);
-  return posix.join('/', parent, `berth-${input.containerId}`);
+  return ociCgroupsPath(input.cgroupDriver, input.sandbox.cgroupParent, input.containerId);
 }
 
 function appArmor(input: ContainerSpecInput, sc: CriSecurityContext, privileged: boolean, warnings: string[]): string | undefined {

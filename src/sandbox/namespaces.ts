@@ -53,6 +53,9 @@ export interface PinnedNamespaces {
 
 export const POD_NAMESPACES: readonly PodNamespace[] = ['net', 'ipc', 'uts'];
 
+/** The pins a pod's dir may hold: the namespaces berth creates, and the infra's PID namespace. */
+const PIN_FILES: readonly string[] = [...POD_NAMESPACES, 'pid'];
+
 /** The filesystem magic of nsfs (`NSFS_MAGIC` in linux/magic.h). */
 const NSFS_MAGIC = 0x6e736673;
 
@@ -283,12 +286,34 @@ function errorKindOf(err: unknown): BerthError['kind'] {
 }
 
 /**
+ * Pins the PID namespace of a running process (a pod's infra process) at `<dir>/pid`
+ * (dir created with mode 0700 when missing), so containers join it by a path that can
+ * never come to mean another process's namespace once pids are reused. A PID namespace
+ * takes no new process after its PID 1 has exited: the pin then only keeps the dead
+ * namespace's file, until removePinnedNamespaces. Undoes itself on failure.
+ */
+export async function pinPidNamespace(dir: string, pid: number): Promise<string> {
+  const path = join(dir, 'pid');
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  if (isPinned(path) || isMountPoint(path)) throw new BerthError('AlreadyExists', `pod namespaces: ${path} is already a mount point; remove the old pins first`);
+  const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o444);
+  await fh.close();
+  const res = await runHostTool('mount', ['--bind', `/proc/${pid}/ns/pid`, path]);
+  if (res.code !== 0 || !isPinned(path)) {
+    await detachAll([path], `pod namespaces in ${dir}`);
+    await unlinkIfPresent(path);
+    throw new BerthError('Internal', `pinning the PID namespace of process ${pid} at ${path} failed: ${res.stderr.trim() || `exit status ${res.code}`}`);
+  }
+  return path;
+}
+
+/**
  * Unmounts (MNT_DETACH) and deletes each pin of `dir`, then the dir. Idempotent: a
  * missing dir or file, or a pin that is not mounted, is fine. Only the pin files are
  * removed; anything else in the dir makes the rmdir fail, loudly, rather than vanish.
  */
 export async function removePinnedNamespaces(dir: string): Promise<void> {
-  const paths = POD_NAMESPACES.map((k) => join(dir, k));
+  const paths = PIN_FILES.map((k) => join(dir, k));
   try {
     await detachAll(paths, `pod namespaces in ${dir}`);
     for (const path of paths) await unlinkIfPresent(path);

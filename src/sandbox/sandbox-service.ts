@@ -19,9 +19,12 @@ import { findByIdOrPrefix, KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { BerthConfig } from '../config/schema.js';
+import { ociRuntime } from '../oci/runtime.js';
+import { shimDirs, type Shim } from '../shim/shim.js';
 import { CniNetwork, loopbackUp, podIps, type CniResult, type CniRuntimeConf, type PortMapping } from './cni/cni.js';
 import { findNetwork, type CniNetworkList } from './cni/conf-dir.js';
-import { createPinnedNamespaces, isPinned, removePinnedNamespaces, type PinnedNamespaces, type PodNamespace } from './namespaces.js';
+import { PodInfra } from './infra.js';
+import { createPinnedNamespaces, isPinned, pinPidNamespace, removePinnedNamespaces, type PinnedNamespaces, type PodNamespace } from './namespaces.js';
 import { hostsFile, mountShm, resolvConf, unmountShm, validateHostname, writePodFiles } from './pod-files.js';
 import type { SandboxMetadata, SandboxRecord, SandboxRepository } from './sandbox-repository.js';
 import { applySysctls, validateSysctls } from './sysctls.js';
@@ -70,6 +73,8 @@ export interface PodContainerHooks {
 export interface SandboxServiceOptions {
   config: BerthConfig;
   repo: SandboxRepository;
+  /** Runs the infra process of pods that share a PID namespace. */
+  shim: Shim;
   log: Logger;
 }
 
@@ -87,6 +92,10 @@ export class SandboxService {
   private readonly lifetime = new AbortController();
   /** Stops and removes the pod's containers; set once containers exist. */
   containers: PodContainerHooks = { stopAll: async () => {}, removeAll: async () => {} };
+  private readonly infra: PodInfra;
+  /** Infra processes being watched for their exit, by pod id. */
+  private readonly watching = new Set<string>();
+  private readonly minOomScoreAdj: number;
 
   constructor(private readonly o: SandboxServiceOptions) {
     this.nsRoot = join(o.config.state, 'ns');
@@ -95,6 +104,8 @@ export class SandboxService {
     mkdirSync(this.podRoot, { recursive: true, mode: 0o711 });
     chmodSync(this.nsRoot, 0o700);
     chmodSync(this.podRoot, 0o711);
+    this.infra = new PodInfra({ shim: o.shim, dirs: shimDirs(o.config.state), log: o.log.child({ component: 'infra' }) });
+    this.minOomScoreAdj = Number(readFileSync('/proc/self/oom_score_adj', 'utf8').trim()) || 0;
   }
 
   private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
@@ -212,13 +223,14 @@ export class SandboxService {
       const kinds: PodNamespace[] = [];
       if (!hostNet) kinds.push('net', 'uts');
       if (spec.namespaces.ipc !== 'NODE') kinds.push('ipc');
+      const sharedPid = spec.namespaces.pid === 'POD';
       const nsDir = join(this.nsRoot, id);
       let pins: PinnedNamespaces = {};
-      if (kinds.length > 0) {
+      if (kinds.length > 0 || sharedPid) {
         this.o.repo.update(id, () => ({ nsDir }));
         undo.defer(() => removePinnedNamespaces(nsDir));
-        pins = await createPinnedNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal });
       }
+      if (kinds.length > 0) pins = await createPinnedNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal });
 
       const podDir = join(this.podRoot, id);
       await mkdir(podDir, { recursive: true, mode: 0o711 });
@@ -226,6 +238,18 @@ export class SandboxService {
       if (spec.namespaces.ipc !== 'NODE') {
         undo.defer(() => unmountShm(join(podDir, 'shm')));
         await mountShm(join(podDir, 'shm'), this.o.config.sandbox.shm_size_bytes);
+      }
+
+      // The infra process starts while CNI runs: both need only the pins.
+      let infra: Promise<{ pid: number } | { error: unknown }> | undefined;
+      if (sharedPid) {
+        const rt = ociRuntime(this.o.config, spec.runtimeHandler);
+        undo.defer(() => this.infra.remove(id, join(podDir, 'infra'), rt));
+        infra = this.infra
+          .start({ sandboxId: id, infraPath: this.o.config.sandbox.infra_path, namespaces: pins, cgroupDriver: this.o.config.cgroup_driver, cgroupParent: spec.cgroupParent, minOomScoreAdj: this.minOomScoreAdj }, join(podDir, 'infra'), rt, signal)
+          .then((pid) => ({ pid }), (error: unknown) => ({ error }));
+        // Settled before any undo runs, whatever fails first.
+        undo.defer(async () => void (await infra));
       }
 
       let ips: string[] = [];
@@ -246,6 +270,11 @@ export class SandboxService {
         const stored: StoredNetwork = { list: net.list, result };
         this.o.repo.update(id, () => ({ network: stored as unknown as Record<string, unknown>, ips }));
       }
+      if (infra) {
+        const started = await infra;
+        if ('error' in started) throw started.error;
+        await pinPidNamespace(nsDir, started.pid);
+      }
       // After CNI, so per-interface sysctls (net.ipv4.conf.eth0.*) find eth0.
       if (Object.keys(spec.sysctls).length > 0) await applySysctls(pins, spec.sysctls, signal);
 
@@ -257,6 +286,7 @@ export class SandboxService {
 
       this.o.repo.update(id, () => ({ state: 'ready' }));
       undo.move();
+      if (sharedPid) this.watchInfra(id);
       log.info('pod sandbox ready', { ips });
       return id;
     } catch (err) {
@@ -291,10 +321,11 @@ export class SandboxService {
     });
   }
 
-  /** Network DEL, then namespaces and shm: each step tolerant of what is already gone. */
+  /** The infra process (killing what is left in the PID namespace), network DEL, then namespaces and shm: each step tolerant of what is already gone. */
   private async release(rec: SandboxRecord, signal?: AbortSignal): Promise<void> {
     const spec = rec.config as { linux?: { security_context?: { namespace_options?: { network?: string } } }; port_mappings?: unknown };
     const hostNet = spec.linux?.security_context?.namespace_options?.network === 'NODE';
+    if (sharesPid(rec)) await this.infra.remove(rec.id, join(this.podRoot, rec.id, 'infra'), ociRuntime(this.o.config, rec.runtimeHandler));
     if (!hostNet && rec.nsDir !== null) {
       const netPin = join(rec.nsDir, 'net');
       const stored = rec.network as unknown as StoredNetwork | null;
@@ -345,6 +376,13 @@ export class SandboxService {
           this.o.log.warn('recovery: pod sandbox lost its namespaces (a reboot?); marked NOTREADY', { sandbox: rec.id });
           await this.release(rec);
           this.o.repo.update(rec.id, () => ({ network: null, nsDir: null, ips: [] }));
+        } else if (rec.state === 'ready' && sharesPid(rec)) {
+          if (await this.infra.running(rec.id, ociRuntime(this.o.config, rec.runtimeHandler))) {
+            this.watchInfra(rec.id);
+          } else {
+            this.o.repo.update(rec.id, () => ({ state: 'notready' }));
+            this.o.log.warn('recovery: the infra process of a pod exited while berthd was down; pod sandbox marked NOTREADY', { sandbox: rec.id });
+          }
         }
       } catch (err) {
         this.o.log.error('recovery of a pod sandbox failed; StopPodSandbox/RemovePodSandbox will retry', { sandbox: rec.id, error: messageOf(err) });
@@ -372,8 +410,32 @@ export class SandboxService {
   private lostNamespaces(rec: SandboxRecord): boolean {
     if (rec.nsDir === null) return false;
     const opts = (rec.config as { linux?: { security_context?: { namespace_options?: { network?: string; ipc?: string } } } }).linux?.security_context?.namespace_options ?? {};
-    const kinds = [...(opts.network === 'NODE' ? [] : ['net', 'uts']), ...(opts.ipc === 'NODE' ? [] : ['ipc'])];
+    const kinds = [...(opts.network === 'NODE' ? [] : ['net', 'uts']), ...(opts.ipc === 'NODE' ? [] : ['ipc']), ...(sharesPid(rec) ? ['pid'] : [])];
     return kinds.some((k) => !isPinned(join(rec.nsDir!, k)));
+  }
+
+  /**
+   * Follows a pod's infra process: when it exits, every process of the pod's PID
+   * namespace is gone and none can join it, so a ready pod becomes NOTREADY (kubelet then
+   * stops it and makes a new one). What it holds is released by StopPodSandbox.
+   */
+  private watchInfra(id: string): void {
+    if (this.watching.has(id)) return;
+    this.watching.add(id);
+    this.infra
+      .waitExit(id, this.lifetime.signal)
+      .then((code) =>
+        this.locked(id, async () => {
+          const rec = this.o.repo.get(id);
+          if (rec?.state !== 'ready') return;
+          this.o.repo.update(id, () => ({ state: 'notready' }));
+          this.o.log.warn('the infra process of a pod exited; pod sandbox marked NOTREADY', { sandbox: id, exit_code: code });
+        }),
+      )
+      .catch((err: unknown) => {
+        if (!this.lifetime.signal.aborted) this.o.log.error('lost track of a pod infra process', { sandbox: id, error: messageOf(err) });
+      })
+      .finally(() => this.watching.delete(id));
   }
 
   /** Stops creations in flight (shutdown) and waits, bounded, for their rollbacks. */
@@ -391,6 +453,11 @@ export class SandboxService {
   podDir(id: string): string {
     return join(this.podRoot, id);
   }
+}
+
+/** Whether the pod shares one PID namespace (and so has an infra process). */
+export function sharesPid(rec: SandboxRecord): boolean {
+  return (rec.config as { linux?: { security_context?: { namespace_options?: { pid?: string } } } }).linux?.security_context?.namespace_options?.pid === 'POD';
 }
 
 function portMappingsOf(rec: SandboxRecord): PortMapping[] {

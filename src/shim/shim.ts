@@ -114,3 +114,17 @@ export interface Shim {
   /** The runtime's view of the container, or undefined when it does not know it. */
   state(id: string, runtimePath: string, runtimeRoot: string): Promise<ShimState | undefined>;
 }
+
+/** The directories shims share under berth's state dir (pods' infra processes and containers alike). */
+export interface ShimDirs {
+  /** Exit files, `<exitDir>/<id>`. */
+  exitDir: string;
+  /** Links to the attach sockets, `<socketDir>/<id>`. */
+  socketDir: string;
+  /** Per-container dirs: `<persistRoot>/<id>`. */
+  persistRoot: string;
+}
+
+export function shimDirs(state: string): ShimDirs {
+  return { exitDir: `${state}/exits`, socketDir: `${state}/attach`, persistRoot: `${state}/conmon` };
+}

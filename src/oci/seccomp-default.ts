@@ -6,7 +6,7 @@
  * architecture or kernel are skipped by runc's libseccomp, so one list serves x86_64 and
  * aarch64 (and their 32-bit companions).
  */
-import type { OciSeccomp, OciSeccompSyscall } from './oci-spec.js';
+import type { OciSeccomp, OciSeccompSyscall } from './spec.js';
 
 const EPERM = 1;
 const ENOSYS = 38;
