@@ -290,13 +290,17 @@ interface PodFigures {
 
 const ms = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
 
+/** kubelet's namespace options for an ordinary pod and its containers (no shared PID namespace). */
+const KUBELET_NAMESPACES = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' };
+
 function podConfig(i: number, logDir: string): Record<string, unknown> {
   return {
     metadata: { name: `bench-${i}`, namespace: 'bench', uid: randomUUID(), attempt: 0 },
     hostname: `bench-${i}`,
     log_directory: logDir,
     labels: { app: 'berth-bench' },
-    linux: {},
+    // What kubelet sends for a pod without shareProcessNamespace.
+    linux: { security_context: { namespace_options: KUBELET_NAMESPACES } },
   };
 }
 
@@ -545,7 +549,7 @@ interface ContainerFigures {
 }
 
 function containerConfig(name: string, image: string): Record<string, unknown> {
-  return { metadata: { name, attempt: 0 }, image: { image }, command: ['sleep', '1000'], log_path: `${name}.log`, labels: { app: 'berth-bench' }, linux: {} };
+  return { metadata: { name, attempt: 0 }, image: { image }, command: ['sleep', '1000'], log_path: `${name}.log`, labels: { app: 'berth-bench' }, linux: { security_context: { namespace_options: KUBELET_NAMESPACES } } };
 }
 
 /** Stops and removes every container, then every pod, the runtime lists (clean-up after a failure). */

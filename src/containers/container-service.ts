@@ -91,6 +91,15 @@ export class ContainerService {
     return this.o.repo.list().filter((c) => c.state !== 'creating');
   }
 
+  /** The OCI runtime spec a container was created with (its bundle's config.json); undefined when there is none. */
+  async runtimeSpec(id: string): Promise<Record<string, unknown> | undefined> {
+    try {
+      return JSON.parse(await readFile(join(this.paths(id).bundle, 'config.json'), 'utf8')) as Record<string, unknown>;
+    } catch {
+      return undefined;
+    }
+  }
+
   private paths(id: string): { bundle: string; rootfs: string; persist: string } {
     const bundle = join(this.bundles, id);
     return { bundle, rootfs: join(bundle, 'rootfs'), persist: join(this.persistRoot, id) };

@@ -351,7 +351,8 @@ export function namespaces(input: ContainerSpecInput, sc: CriSecurityContext): O
   const { sandbox } = input;
   const opts = sc.namespace_options;
   const network = opts?.network ?? (sandbox.hostNetwork ? 'NODE' : 'POD');
-  const pid = opts?.pid ?? (sandbox.hostPid ? 'NODE' : 'CONTAINER');
+  // Without namespace_options the container follows its pod, as under containerd (kubelet always sends them).
+  const pid = opts?.pid ?? (sandbox.hostPid ? 'NODE' : sandbox.pidnsPath ? 'POD' : 'CONTAINER');
   const ipc = ipcMode(input, sc);
   const out: OciNamespace[] = [];
   const join = (type: OciNamespace['type'], path?: string): void => {

@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pushFixtures, type Fixtures } from '../../hack/test-images/oci.js';
 import { Berthd, sleep } from '../helpers/berthd.js';
+import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 
@@ -18,22 +19,14 @@ describe('containers', function () {
   this.timeout(90_000);
   let registry: Registry;
   let fx: Fixtures;
-  const cleanup: Array<() => Promise<void> | void> = [];
+  const cleanup: CleanupStep[] = [];
   before(async function () {
     this.timeout(120_000);
     registry = await startRegistry();
     fx = await pushFixtures(registry.host);
   });
   after(async () => registry?.stop());
-  afterEach(async () => {
-    for (const f of cleanup.splice(0).reverse()) {
-      try {
-        await f();
-      } catch (err) {
-        console.error('cleanup:', (err as Error).message);
-      }
-    }
-  });
+  afterEach(() => runCleanup(cleanup));
 
   async function setup(b?: Berthd): Promise<{ b: Berthd; pod: string; logDir: string }> {
     if (!b) {
@@ -110,13 +103,13 @@ describe('containers', function () {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'sleeper', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: 's.log' },
+      config: { metadata: { name: 'sleeper', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sh', '-c', 'trap "" TERM; sleep 1000'], log_path: 's.log' },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
     assert.equal((await b.runtime.ContainerStatus({ container_id: id })).status!.state, 'CONTAINER_RUNNING');
     const t0 = Date.now();
-    // sleep is PID 1 of its own PID namespace: it ignores SIGTERM, so only SIGKILL ends it.
+    // The shell ignores SIGTERM (and so does sleep, which inherits that), so only SIGKILL ends it.
     await b.runtime.StopContainer({ container_id: id, timeout: 1 });
     assert.ok(Date.now() - t0 >= 900, 'waited for the timeout');
     const st = (await b.runtime.ContainerStatus({ container_id: id })).status!;

@@ -11,6 +11,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pushFixtures, type Fixtures } from '../../hack/test-images/oci.js';
 import { Berthd, sleep } from '../helpers/berthd.js';
+import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 
@@ -20,22 +21,14 @@ describe('pods sharing a PID namespace', function () {
   this.timeout(90_000);
   let registry: Registry;
   let fx: Fixtures;
-  const cleanup: Array<() => Promise<void> | void> = [];
+  const cleanup: CleanupStep[] = [];
   before(async function () {
     this.timeout(120_000);
     registry = await startRegistry();
     fx = await pushFixtures(registry.host);
   });
   after(async () => registry?.stop());
-  afterEach(async () => {
-    for (const f of cleanup.splice(0).reverse()) {
-      try {
-        await f();
-      } catch (err) {
-        console.error('cleanup:', (err as Error).message);
-      }
-    }
-  });
+  afterEach(() => runCleanup(cleanup));
 
   async function start(reuse?: Berthd): Promise<Berthd> {
     const b = await Berthd.start(reuse ? { reuse: { dir: reuse.dir } } : {});

@@ -10,6 +10,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileS
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { Berthd } from '../helpers/berthd.js';
+import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { freePort } from '../helpers/registry.js';
 
@@ -26,17 +27,8 @@ function sh(cmd: string, args: string[]): string {
 
 describe('pod sandboxes', function () {
   this.timeout(60_000);
-  const cleanup: Array<() => Promise<void> | void> = [];
-  afterEach(async () => {
-    for (const f of cleanup.splice(0).reverse()) {
-      try {
-        await f();
-      } catch (err) {
-        // Keep cleaning; the first failure is reported by the test itself or the leak check.
-        console.error('cleanup:', (err as Error).message);
-      }
-    }
-  });
+  const cleanup: CleanupStep[] = [];
+  afterEach(() => runCleanup(cleanup));
 
   /** Writes a bridge network for this berthd into its CNI conf dir. */
   function network(b: Berthd, extraPlugins: unknown[] = [], opts: { ipv6?: boolean } = {}): Net {

@@ -5,6 +5,7 @@ import { criContainerState } from '../../containers/state.js';
 import type { Container } from '../gen/runtime/v1/Container.js';
 import type { ContainerConfig__Output } from '../gen/runtime/v1/ContainerConfig.js';
 import type { ContainerFilter__Output } from '../gen/runtime/v1/ContainerFilter.js';
+import type { ImageSpec } from '../gen/runtime/v1/ImageSpec.js';
 import type { LinuxContainerResources__Output } from '../gen/runtime/v1/LinuxContainerResources.js';
 
 const num = (v: string | number | null | undefined): number => (v === null || v === undefined || v === '' ? 0 : Number(v));
@@ -65,13 +66,28 @@ export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
   } as CriContainerConfig;
 }
 
+/**
+ * The container's ImageSpec as the request gave it: kubelet names the image by ID in
+ * `image` and keeps the name the user wrote in `user_specified_image`, which it shows
+ * in the pod's status; both come back as sent.
+ */
+function criImageSpec(c: ContainerRecord): ImageSpec {
+  const img = (c.config as { image?: { annotations?: Record<string, string>; user_specified_image?: string; runtime_handler?: string } | null }).image;
+  return {
+    image: c.imageRef,
+    annotations: img?.annotations ?? {},
+    user_specified_image: img?.user_specified_image ?? '',
+    runtime_handler: img?.runtime_handler ?? '',
+  };
+}
+
 export function toCriContainer(c: ContainerRecord): Container {
   const cfg = c.config as { labels?: Record<string, string>; annotations?: Record<string, string> };
   return {
     id: c.id,
     pod_sandbox_id: c.sandboxId,
     metadata: { name: c.name, attempt: c.attempt },
-    image: { image: c.imageRef, annotations: {} },
+    image: criImageSpec(c),
     image_ref: c.imageId,
     image_id: c.imageId,
     state: criContainerState(c.state),
@@ -92,4 +108,80 @@ export function filteredContainers(svc: ContainerService, f: ContainerFilter__Ou
   return recs
     .map(toCriContainer)
     .filter((c) => (!f?.state || c.state === f.state.state) && Object.entries(f?.label_selector ?? {}).every(([k, v]) => c.labels?.[k] === v));
+}
+
+/** The LinuxContainerResources recorded for a container (as created, then as updated), if any. */
+export function recordedResources(c: ContainerRecord): Record<string, unknown> | undefined {
+  const r = (c.config.linux as { resources?: Record<string, unknown> | null } | null | undefined)?.resources;
+  return r ?? undefined;
+}
+
+/**
+ * What to record after UpdateContainerResources: the recorded resources with the fields
+ * the update applies (set, i.e. non-zero or non-empty) replaced. As containerd, a zero
+ * field means "unchanged": crictl sends zero for every flag not given.
+ */
+export function mergeResources(cur: Record<string, unknown> | undefined, next: LinuxContainerResources__Output): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...(cur ?? {}) };
+  if (num(next.cpu_shares) > 0) out.cpu_shares = next.cpu_shares;
+  if (num(next.cpu_quota) !== 0) out.cpu_quota = next.cpu_quota;
+  if (num(next.cpu_period) > 0) out.cpu_period = next.cpu_period;
+  if (next.cpuset_cpus !== '') out.cpuset_cpus = next.cpuset_cpus;
+  if (next.cpuset_mems !== '') out.cpuset_mems = next.cpuset_mems;
+  if (num(next.memory_limit_in_bytes) > 0) {
+    out.memory_limit_in_bytes = next.memory_limit_in_bytes;
+    // 0: the default, memory+swap equal to memory (no swap), as at creation.
+    out.memory_swap_limit_in_bytes = next.memory_swap_limit_in_bytes;
+  }
+  return out;
+}
+
+interface SpecUser {
+  uid?: number;
+  gid?: number;
+  additionalGids?: number[];
+}
+
+/** ContainerStatus.user.linux from the OCI spec's process.user. */
+export function specUser(spec: Record<string, unknown> | undefined): { uid: number; gid: number; supplemental_groups: number[] } | undefined {
+  const u = (spec?.process as { user?: SpecUser } | undefined)?.user;
+  if (!u) return undefined;
+  return { uid: u.uid ?? 0, gid: u.gid ?? 0, supplemental_groups: u.additionalGids ?? [] };
+}
+
+/**
+ * ContainerStatus info["info"] when verbose. Keys as containerd and CRI-O name them
+ * (`sandboxID`, `pid`, `privileged`, `config`, `runtimeSpec`), so that scripts and
+ * `crictl inspect -o go-template` work the same against berth; `id`, `shimPid` and
+ * `state` are berth's own.
+ */
+export function verboseInfo(c: ContainerRecord, spec: Record<string, unknown> | undefined): Record<string, unknown> {
+  const privileged = (c.config.linux as { security_context?: { privileged?: boolean } | null } | null | undefined)?.security_context?.privileged ?? false;
+  return {
+    id: c.id,
+    sandboxID: c.sandboxId,
+    pid: c.pid ?? 0,
+    shimPid: c.shimPid,
+    state: c.state,
+    privileged,
+    config: readableConfig(c.config),
+    ...(spec ? { runtimeSpec: spec } : {}),
+  };
+}
+
+/**
+ * The recorded ContainerConfig for people to read: env values are bytes on the wire
+ * (berth's proto) and so recorded as JSON'd Buffers; shown as text.
+ */
+function readableConfig(cfg: Record<string, unknown>): Record<string, unknown> {
+  const envs = cfg.envs;
+  if (!Array.isArray(envs)) return cfg;
+  return {
+    ...cfg,
+    envs: envs.map((e: { key?: string; value?: unknown }) => {
+      const v = e.value as { type?: string; data?: number[] } | string | undefined;
+      const text = typeof v === 'object' && v !== null && v.type === 'Buffer' && Array.isArray(v.data) ? Buffer.from(v.data).toString('utf8') : v;
+      return { ...e, value: text };
+    }),
+  };
 }

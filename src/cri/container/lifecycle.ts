@@ -22,7 +22,7 @@ import type { StreamContainersRequest__Output } from '../gen/runtime/v1/StreamCo
 import type { StreamContainersResponse } from '../gen/runtime/v1/StreamContainersResponse.js';
 import { sendPaged, type StreamHandler, type UnaryHandler } from '../rpc.js';
 import { boundedString, required, requiredString } from '../validate.js';
-import { filteredContainers, toCriContainer, toSpecConfig, toSpecResources } from './convert.js';
+import { filteredContainers, mergeResources, recordedResources, specUser, toCriContainer, toSpecConfig, toSpecResources, verboseInfo } from './convert.js';
 
 const id = (v: string, field: string): string => requiredString(v, field, 128);
 
@@ -64,12 +64,22 @@ export const removeContainer = (svc: ContainerService): UnaryHandler<RemoveConta
   return {};
 };
 
+/**
+ * ContainerStatus. `resources` are the ones in force (as created, then as updated);
+ * `user` is the identity the process runs as. With `verbose`, info["info"] holds what
+ * containerd and CRI-O put there too (so `crictl inspect` templates work alike):
+ * `sandboxID`, `pid`, `privileged`, the ContainerConfig as `config` and the OCI spec as
+ * `runtimeSpec`; plus berth's own `shimPid` and `state`.
+ */
 export const containerStatus = (svc: ContainerService): UnaryHandler<ContainerStatusRequest__Output, ContainerStatusResponse> => async (req) => {
   const cid = id(req.container_id, 'container_id');
   const c = svc.find(cid);
   if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${cid}" not found`);
   const base = toCriContainer(c);
   const cfg = c.config as { mounts?: unknown[] };
+  const spec = await svc.runtimeSpec(c.id);
+  const user = specUser(spec);
+  const resources = recordedResources(c);
   return {
     status: {
       id: c.id,
@@ -88,8 +98,10 @@ export const containerStatus = (svc: ContainerService): UnaryHandler<ContainerSt
       annotations: base.annotations,
       mounts: (cfg.mounts ?? []) as never,
       log_path: c.logPath,
+      ...(resources ? { resources: { linux: resources } } : {}),
+      ...(user ? { user: { linux: user } } : {}),
     },
-    info: req.verbose ? { info: JSON.stringify({ id: c.id, pid: c.pid, shimPid: c.shimPid, sandboxId: c.sandboxId, state: c.state, config: c.config }) } : ({} as Record<string, string>),
+    info: req.verbose ? { info: JSON.stringify(verboseInfo(c, spec)) } : ({} as Record<string, string>),
   };
 };
 
@@ -120,6 +132,10 @@ export const updateContainerResources = (svc: ContainerService): UnaryHandler<Up
   const linux = required(req.linux, 'linux');
   const r = toSpecResources(linux);
   if (r.memory_limit_in_bytes < 0 || r.cpu_shares < 0 || r.cpu_period < 0) throw new BerthError('InvalidArgument', 'linux: negative memory limit, CPU shares or CPU period');
-  await svc.updateResources(id(req.container_id, 'container_id'), r, linux as unknown as Record<string, unknown>);
+  const cid = id(req.container_id, 'container_id');
+  // Recorded as merged: crictl sends only the fields given on its command line (zero for
+  // the rest), and only set fields are applied, so the others stay as they were.
+  const cur = svc.find(cid);
+  await svc.updateResources(cid, r, mergeResources(cur ? recordedResources(cur) : undefined, linux));
   return {};
 };

@@ -1,5 +1,6 @@
 import { BerthError } from '../../common/errors.js';
 import { toPortMappings, type NamespaceMode, type SandboxService } from '../../sandbox/sandbox-service.js';
+import type { PodSandboxConfig__Output } from '../gen/runtime/v1/PodSandboxConfig.js';
 import type { RunPodSandboxRequest__Output } from '../gen/runtime/v1/RunPodSandboxRequest.js';
 import type { RunPodSandboxResponse } from '../gen/runtime/v1/RunPodSandboxResponse.js';
 import type { UnaryHandler } from '../rpc.js';
@@ -31,6 +32,11 @@ export const runPodSandbox = (svc: SandboxService, defaultRuntime: string): Unar
     }
   }
   if (cfg.port_mappings.length > 1024) throw new BerthError('InvalidArgument', `config.port_mappings has ${cfg.port_mappings.length} entries; the limit is 1024`);
+  const namespaces = {
+    network: mode(ns?.network, 'config.linux.security_context.namespace_options.network'),
+    pid: mode(ns?.pid, 'config.linux.security_context.namespace_options.pid'),
+    ipc: mode(ns?.ipc, 'config.linux.security_context.namespace_options.ipc'),
+  };
   const dns = cfg.dns_config ? { servers: cfg.dns_config.servers, searches: cfg.dns_config.searches, options: cfg.dns_config.options } : undefined;
   const id = await svc.run({
     metadata,
@@ -39,15 +45,24 @@ export const runPodSandbox = (svc: SandboxService, defaultRuntime: string): Unar
     portMappings: toPortMappings(cfg.port_mappings),
     cgroupParent: boundedString(cfg.linux?.cgroup_parent ?? '', 'config.linux.cgroup_parent', 1024),
     sysctls: cfg.linux?.sysctls ?? {},
-    namespaces: {
-      network: mode(ns?.network, 'config.linux.security_context.namespace_options.network'),
-      pid: mode(ns?.pid, 'config.linux.security_context.namespace_options.pid'),
-      ipc: mode(ns?.ipc, 'config.linux.security_context.namespace_options.ipc'),
-    },
+    namespaces,
     runtimeHandler: req.runtime_handler === '' ? defaultRuntime : boundedString(req.runtime_handler, 'runtime_handler', 63),
-    raw: cfg as unknown as Record<string, unknown>,
+    raw: withNamespaceModes(cfg, namespaces),
   });
   // Only an answer the caller can still receive counts as delivered.
   if (!ctx.signal.aborted) svc.acknowledge(id);
   return { pod_sandbox_id: id };
 };
+
+/**
+ * The config as recorded: with the namespace modes as decided here. A config without
+ * them (crictl's `"linux": {}`) means POD for each, the enum's zero; whatever reads the
+ * record later (stop, remove, recovery, containers joining the pod) must see the same
+ * modes the pod was made with, not an absent field.
+ */
+function withNamespaceModes(cfg: PodSandboxConfig__Output, modes: { network: NamespaceMode; pid: NamespaceMode; ipc: NamespaceMode }): Record<string, unknown> {
+  const linux = cfg.linux ?? {};
+  const sc = cfg.linux?.security_context ?? {};
+  const opts = cfg.linux?.security_context?.namespace_options ?? {};
+  return { ...cfg, linux: { ...linux, security_context: { ...sc, namespace_options: { ...opts, ...modes } } } };
+}

@@ -508,6 +508,15 @@ describe('container spec: namespaces', () => {
     assert.deepEqual(spec.linux.namespaces.map((n) => n.type), ['ipc', 'mount', 'cgroup']);
   });
 
+  it('without namespace_options joins the pod’s shared PID namespace when it has one, as containerd does', () => {
+    const base = input();
+    const cfg = config({ linux: { security_context: { ...securityContext(), namespace_options: undefined } } });
+    const shared = generateSpec(input({ config: cfg, sandbox: { ...base.sandbox, pidnsPath: '/run/berth/ns/sb1/pid' } })).spec;
+    assert.deepEqual(shared.linux.namespaces.find((n) => n.type === 'pid'), { type: 'pid', path: '/run/berth/ns/sb1/pid' });
+    const own = generateSpec(input({ config: cfg })).spec;
+    assert.deepEqual(own.linux.namespaces.find((n) => n.type === 'pid'), { type: 'pid' });
+  });
+
   it('refuses POD pid without an infra namespace and TARGET without a resolved target', () => {
     invalid(() => ns('POD', 'POD', 'POD'), /namespace_options\.pid is POD/);
     invalid(() => ns('POD', 'TARGET', 'POD'), /target_id "other"/);

@@ -1,0 +1,443 @@
+/**
+ * berth driven the way users drive a CRI runtime by hand: with crictl (cri-tools). Each
+ * test runs the crictl binary against a real berthd's socket and checks what crictl
+ * prints and how it exits. crictl is never built or installed by the repo: without it on
+ * PATH the whole file is skipped, with the reason printed.
+ *
+ * Known gaps (streaming is not built yet): `crictl exec` without -s, `exec -it`,
+ * `attach` and `port-forward` need the streaming server.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { accessSync, constants, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { delimiter, join } from 'node:path';
+import { pushFixtures, type Fixtures } from '../../hack/test-images/oci.js';
+import { Berthd, sleep } from '../helpers/berthd.js';
+import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
+import { startRegistry, type Registry } from '../helpers/registry.js';
+
+/** crictl on PATH, or undefined. */
+function findCrictl(): string | undefined {
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (dir === '') continue;
+    const p = join(dir, 'crictl');
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+
+describe('crictl against berthd', function () {
+  this.timeout(60_000);
+  const crictlBin = findCrictl();
+  let registry: Registry | undefined;
+  let fx: Fixtures;
+  let b: Berthd | undefined;
+  let work: string;
+  let bridge: string | undefined;
+  const cleanup: CleanupStep[] = [];
+
+  before(async function () {
+    if (!crictlBin) {
+      console.log('      (skipped: crictl is not on PATH; install cri-tools to run these tests — the repo never builds or installs it)');
+      this.skip();
+    }
+    this.timeout(120_000);
+    registry = await startRegistry();
+    fx = await pushFixtures(registry.host);
+    b = await Berthd.start();
+    const r = randomBytes(2).toString('hex');
+    bridge = `bk${r}`;
+    writeFileSync(
+      join(b.dir, 'cni', '10-test.conflist'),
+      JSON.stringify({
+        cniVersion: '1.0.0',
+        name: `berth-crictl-${r}`,
+        plugins: [{ type: 'bridge', bridge, isGateway: true, ipam: { type: 'host-local', dataDir: join(b.dir, 'ipam'), ranges: [[{ subnet: `10.${190 + (parseInt(r, 16) % 10)}.${parseInt(r.slice(2), 16)}.0/24` }]] } }],
+      }),
+    );
+    work = mkdtempSync(join(tmpdir(), 'berth-crictl-'));
+    // Every test needs the image; the first one checks what `crictl pull` prints.
+    await ok(['pull', fx.busybox.ref]);
+  });
+
+  after(async () => {
+    try {
+      if (b) {
+        // Whatever a failed test left: crictl's own way to clean up, then the harness's leak check.
+        await crictl(['rmp', '-fa']).catch(() => undefined);
+        await b.dispose();
+      }
+    } finally {
+      if (bridge) {
+        try {
+          execFileSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
+        } catch {
+          // not made
+        }
+      }
+      if (work) rmSync(work, { recursive: true, force: true });
+      await registry?.stop();
+    }
+  });
+
+  afterEach(() => runCleanup(cleanup));
+
+  /** Runs crictl against berthd's socket; resolves with its exit code and output (never rejects on a non-zero exit). */
+  function crictl(args: string[], opts: { timeoutMs?: number; onStdout?: (all: string) => void } = {}): Promise<Run> {
+    const sock = `unix://${b!.socket}`;
+    const t0 = Date.now();
+    return new Promise((resolve, reject) => {
+      const child = spawn(crictlBin!, ['--runtime-endpoint', sock, '--image-endpoint', sock, '--timeout', '20s', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d: Buffer) => {
+        stdout += d.toString();
+        opts.onStdout?.(stdout);
+      });
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL');
+        reject(new Error(`crictl ${args.join(' ')} did not finish within ${opts.timeoutMs ?? 30_000} ms\nstdout: ${stdout}\nstderr: ${stderr}`));
+      }, opts.timeoutMs ?? 30_000);
+      child.once('error', reject);
+      child.once('close', (code) => {
+        clearTimeout(timer);
+        resolve({ code, stdout, stderr, ms: Date.now() - t0 });
+      });
+    });
+  }
+
+  /** crictl that must succeed; returns its trimmed stdout. */
+  async function ok(args: string[]): Promise<string> {
+    const r = await crictl(args);
+    assert.equal(r.code, 0, `crictl ${args.join(' ')} failed (${r.code}):\n${r.stderr}${r.stdout}`);
+    return r.stdout.trim();
+  }
+
+  const lines = (s: string): string[] => s.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+
+  let seq = 0;
+  /** Writes a pod config for crictl (`runp`, `create`, `run`) and returns its path and name. */
+  function podConfig(extra: Record<string, unknown> = {}): { path: string; name: string; logDir: string } {
+    const name = `pod${++seq}-${randomBytes(2).toString('hex')}`;
+    const logDir = join(work, name);
+    const path = join(work, `${name}.json`);
+    writeFileSync(path, JSON.stringify({ metadata: { name, namespace: 'crictl', uid: `uid-${name}`, attempt: 0 }, hostname: name, log_directory: logDir, linux: {}, ...extra }));
+    return { path, name, logDir };
+  }
+
+  function containerConfig(name: string, command: string[], extra: Record<string, unknown> = {}): string {
+    const path = join(work, `${name}-${++seq}.json`);
+    writeFileSync(path, JSON.stringify({ metadata: { name }, image: { image: fx.busybox.ref }, command, log_path: `${name}.0.log`, linux: {}, ...extra }));
+    return path;
+  }
+
+  /** `crictl runp`, with the pod removed after the test. */
+  async function runp(): Promise<{ pod: string; cfg: string; logDir: string; name: string }> {
+    const p = podConfig();
+    const pod = await ok(['runp', p.path]);
+    assert.match(pod, /^[0-9a-f]{64}$/, 'runp prints the pod id');
+    cleanup.push(async () => {
+      await crictl(['stopp', pod]);
+      await crictl(['rmp', '-f', pod]);
+    });
+    return { pod, cfg: p.path, logDir: p.logDir, name: p.name };
+  }
+
+  async function createAndStart(pod: string, podCfg: string, name: string, command: string[], extra: Record<string, unknown> = {}): Promise<string> {
+    const id = await ok(['create', pod, containerConfig(name, command, extra), podCfg]);
+    assert.match(id, /^[0-9a-f]{64}$/, 'create prints the container id');
+    assert.equal(await ok(['start', id]), id, 'start prints the id it started');
+    return id;
+  }
+
+  interface Inspect {
+    status: Record<string, unknown> & { state: string; exitCode: number; reason: string; logPath: string; createdAt: string; startedAt: string; finishedAt: string; metadata: { name: string; attempt: number } };
+    info: Record<string, unknown> & { pid: number; sandboxID: string; runtimeSpec: { process: { args: string[] }; linux?: { resources?: { memory?: { limit?: number } } } } };
+  }
+  const inspect = async (id: string): Promise<Inspect> => JSON.parse(await ok(['inspect', id])) as Inspect;
+
+  async function until<T>(f: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
+    const end = Date.now() + ms;
+    for (;;) {
+      const v = await f();
+      if (v !== undefined) return v;
+      if (Date.now() > end) throw new Error('condition not met in time');
+      await sleep(100);
+    }
+  }
+
+  /** Processes whose command line mentions `s` (a pod or container id). */
+  function processesMentioning(s: string): string[] {
+    const found: string[] = [];
+    for (const pid of readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+      try {
+        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+        if (cmd.includes(s)) found.push(`${pid}: ${cmd.slice(0, 200)}`);
+      } catch {
+        // gone meanwhile
+      }
+    }
+    return found;
+  }
+
+  /**
+   * A cgroup file of a process: under the v1 hierarchy that has `controller`, wherever it
+   * is mounted (`cpu,cpuacct` or `cpu`), or on a pure v2 host the unified one.
+   */
+  function cgroupFile(pid: number, controller: string, v1File: string, v2File: string): string {
+    const own = readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').map((l) => l.split(':'));
+    const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => {
+      const [pre, post] = l.split(' - ');
+      const f = pre?.split(' ') ?? [];
+      const g = post?.split(' ') ?? [];
+      return { root: f[3] ?? '', point: f[4] ?? '', type: g[0] ?? '', opts: (g[2] ?? '').split(',') };
+    });
+    const v1 = own.find((l) => l[1]?.split(',').includes(controller));
+    const v1Mount = mounts.find((m) => m.type === 'cgroup' && m.opts.includes(controller));
+    if (v1 && v1Mount) return join(v1Mount.point, v1[2]!.slice(v1Mount.root === '/' ? 0 : v1Mount.root.length), v1File);
+    const v2Mount = mounts.find((m) => m.type === 'cgroup2')!;
+    return join(v2Mount.point, own.find((l) => l[0] === '0')![2]!, v2File);
+  }
+
+  it('pull, runp, create, start, ps (filters, -q, -o json), inspect, rm', async () => {
+    const pulled = await ok(['pull', fx.busybox.ref]);
+    assert.match(pulled, new RegExp(`Image is up to date for ${fx.busybox.id}`));
+    assert.ok(lines(await ok(['images', '-q'])).includes(fx.busybox.id), 'crictl images lists the pulled image');
+    await ok(['pull', fx.busybox135.ref]);
+
+    const { pod, cfg, name: podName } = await runp();
+    assert.deepEqual(lines(await ok(['pods', '-q', '--name', podName])), [pod]);
+    const podInspect = JSON.parse(await ok(['inspectp', pod])) as { status: { state: string; id: string } };
+    assert.equal(podInspect.status.state, 'SANDBOX_READY');
+
+    const web = await ok(['create', pod, containerConfig('web', ['sleep', '1000'], { labels: { tier: 'front' } }), cfg]);
+    const job = await ok(['create', pod, containerConfig('job', ['sh', '-c', 'echo done']), cfg]);
+    assert.match(web, /^[0-9a-f]{64}$/);
+    assert.match(job, /^[0-9a-f]{64}$/);
+
+    // Created, not started: ps (running only by default) shows neither.
+    assert.deepEqual(lines(await ok(['ps', '-q', '--pod', pod])), []);
+    assert.deepEqual(lines(await ok(['ps', '-q', '--state', 'created', '--pod', pod])).sort(), [web, job].sort());
+    let st = await inspect(web);
+    assert.equal(st.status.state, 'CONTAINER_CREATED');
+    assert.equal(st.status.metadata.name, 'web');
+    assert.equal(st.status.startedAt, '0001-01-01T00:00:00Z', 'crictl prints Go’s zero time for a container never started');
+    assert.ok(st.info.pid > 0, 'a created container has its init process waiting');
+    assert.deepEqual(st.status.image, { image: fx.busybox.ref, annotations: {}, userSpecifiedImage: fx.busybox.ref, runtimeHandler: '' }, 'the ImageSpec as crictl sent it');
+    assert.equal(st.info.sandboxID, pod);
+    assert.deepEqual(st.info.runtimeSpec.process.args, ['sleep', '1000'], 'info.runtimeSpec is the OCI spec the container runs with');
+
+    assert.equal(await ok(['start', web]), web);
+    assert.equal(await ok(['start', job.slice(0, 12)]), job.slice(0, 12), 'start takes an id prefix');
+    st = await inspect(web);
+    assert.equal(st.status.state, 'CONTAINER_RUNNING');
+    assert.ok(Date.parse(st.status.startedAt) >= Date.parse(st.status.createdAt), `started ${st.status.startedAt} after created ${st.status.createdAt}`);
+    assert.match(readFileSync(`/proc/${st.info.pid}/cmdline`, 'utf8'), /^sleep\0+1000\0$/, 'info.pid is the container’s process');
+    await until(async () => ((await inspect(job)).status.state === 'CONTAINER_EXITED' ? true : undefined));
+
+    assert.deepEqual(lines(await ok(['ps', '-q', '--pod', pod])), [web], 'ps shows running containers only');
+    assert.deepEqual(lines(await ok(['ps', '-q', '-a', '--pod', pod])).sort(), [web, job].sort());
+    assert.deepEqual(lines(await ok(['ps', '-q', '--pod', pod.slice(0, 10), '-a'])).sort(), [web, job].sort(), '--pod takes a prefix');
+    assert.deepEqual(lines(await ok(['ps', '-q', '--state', 'exited', '--pod', pod])), [job]);
+    assert.deepEqual(lines(await ok(['ps', '-q', '-a', '--name', '^jo'])), [job], '--name is a regular expression');
+    assert.deepEqual(lines(await ok(['ps', '-q', '-a', '--name', 'nothing-like-it'])), []);
+    assert.deepEqual(lines(await ok(['ps', '-q', '-a', '--label', 'tier=front'])), [web]);
+    assert.deepEqual(lines(await ok(['ps', '-q', '-a', '--id', web.slice(0, 8)])), [web], '--id takes a prefix');
+    assert.deepEqual(lines(await ok(['ps', '-q', '--latest', '--pod', pod])), [job], '--latest: the newest container in any state');
+
+    const table = lines(await ok(['ps', '-a', '--pod', pod]));
+    assert.match(table[0]!, /^CONTAINER\s+IMAGE\s+CREATED\s+STATE\s+NAME\s+ATTEMPT\s+POD ID\s+POD$/);
+    assert.ok(table.some((l) => l.startsWith(web.slice(0, 13)) && /\bRunning\s+web\s+0\s/.test(l)), table.join('\n'));
+    assert.ok(table.some((l) => l.startsWith(job.slice(0, 13)) && /\bExited\s+job\s+0\s/.test(l)), table.join('\n'));
+    const listed = JSON.parse(await ok(['ps', '-a', '-o', 'json', '--pod', pod])) as { containers: Array<{ id: string; podSandboxId: string; state: string; labels: Record<string, string>; imageRef: string }> };
+    const webEntry = listed.containers.find((c) => c.id === web)!;
+    assert.equal(webEntry.podSandboxId, pod);
+    assert.equal(webEntry.state, 'CONTAINER_RUNNING');
+    assert.deepEqual(webEntry.labels, { tier: 'front' });
+    assert.equal(webEntry.imageRef, fx.busybox.id);
+    assert.deepEqual(lines(await ok(['ps', '-q', '-a', '--pod', pod, '--image', fx.busybox.id])).sort(), [web, job].sort(), '--image matches by image ID');
+    assert.deepEqual(lines(await ok(['ps', '-q', '-a', '--pod', pod, '--image', fx.busybox135.ref])).sort(), [web, job].sort(), 'or by any name of the same image');
+
+    const tpl = await ok(['inspect', '-o', 'go-template', '--template', '{{.status.state}} {{.info.pid}}', web]);
+    assert.match(tpl, /^CONTAINER_RUNNING [1-9]\d*$/);
+    const quiet = JSON.parse(await ok(['inspect', '-q', job])) as Record<string, unknown>;
+    assert.deepEqual(Object.keys(quiet), ['status'], 'inspect -q asks for no verbose info');
+
+    // rm: a running container needs -f; an exited one goes as is; the pod is then empty.
+    const refused = await crictl(['rm', web]);
+    assert.equal(refused.code, 1);
+    assert.match(refused.stderr, /is running, please stop it first/);
+    assert.equal(await ok(['rm', job]), job);
+    assert.equal(await ok(['rm', '-f', web]), `${web}\n${web}`, 'rm -f stops (printing the id), then removes (printing it again)');
+    assert.deepEqual(lines(await ok(['ps', '-a', '-q', '--pod', pod])), []);
+    const gone = await crictl(['inspect', web]);
+    assert.equal(gone.code, 1);
+    assert.match(gone.stderr, /NotFound.*not found/);
+    assert.equal(await ok(['stopp', pod]), `Stopped sandbox ${pod}`);
+    assert.equal(await ok(['rmp', pod]), `Removed sandbox ${pod}`);
+    assert.deepEqual(lines(await ok(['pods', '-q'])), []);
+  });
+
+  it('logs: stdout and stderr apart, partial lines joined, --tail, -t; logs -f follows and ends with the container', async () => {
+    const { pod, cfg } = await runp();
+    const id = await createAndStart(pod, cfg, 'talker', ['sh', '-c', 'echo first; echo oops >&2; printf "part-"; sleep 0.3; echo joined; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo second; sleep 0.5; echo last']);
+    const follow = { sawFirst: false };
+    let resolveFirst: () => void;
+    const firstSeen = new Promise<void>((r) => (resolveFirst = r));
+    const following = crictl(['logs', '-f', id], {
+      timeoutMs: 20_000,
+      onStdout: (all) => {
+        if (!follow.sawFirst && all.includes('joined')) {
+          follow.sawFirst = true;
+          resolveFirst();
+        }
+      },
+    });
+    await Promise.race([firstSeen, following.then((r) => assert.fail(`logs -f ended early:\n${r.stdout}\n${r.stderr}`))]);
+    // Now that logs -f has shown what was there, make the container write more, then exit.
+    assert.equal((await crictl(['exec', '-s', id, 'touch', '/tmp/go'])).code, 0);
+    const f = await following;
+    assert.equal(f.code, 0, f.stderr);
+    assert.equal(f.stdout, 'first\npart-joined\nsecond\nlast\n', 'logs -f shows lines written after it started, and ends when the container exits');
+    assert.equal(f.stderr, 'oops\n');
+    assert.equal((await inspect(id)).status.state, 'CONTAINER_EXITED');
+
+    const all = await crictl(['logs', id]);
+    assert.equal(all.code, 0);
+    assert.equal(all.stdout, 'first\npart-joined\nsecond\nlast\n');
+    assert.equal(all.stderr, 'oops\n');
+    assert.equal((await crictl(['logs', '--tail', '1', id])).stdout, 'last\n');
+    const stamped = lines((await crictl(['logs', '-t', id])).stdout);
+    assert.equal(stamped.length, 4);
+    for (const l of stamped) assert.match(l, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+(Z|[+-]\d\d:\d\d) \S/, l);
+    const st = await inspect(id);
+    assert.ok(existsSync(st.status.logPath), `the log file ${st.status.logPath}`);
+  });
+
+  it('exec -s: output, exit codes, --timeout kills the command; refused on a stopped container', async () => {
+    const { pod, cfg } = await runp();
+    const id = await createAndStart(pod, cfg, 'exec', ['sleep', '1000']);
+    const r = await crictl(['exec', '-s', id, 'sh', '-c', 'echo out; echo err >&2']);
+    assert.equal(r.code, 0);
+    assert.equal(r.stdout, 'out\n\nerr\n\n', 'crictl prints stdout, then stderr, each with a newline after');
+    const env = await ok(['exec', '--sync', id, 'env']);
+    assert.match(env, /^PATH=\/usr\/local\/sbin:/m, 'the image’s environment');
+    const failed = await crictl(['exec', '-s', id, 'sh', '-c', 'echo why >&2; exit 3']);
+    assert.equal(failed.code, 1);
+    assert.match(failed.stderr, /command 'sh -c echo why >&2; exit 3' exited with 3: why/);
+    const t0 = Date.now();
+    const slow = await crictl(['exec', '-s', '--timeout', '1', id, 'sleep', '600']);
+    assert.equal(slow.code, 1);
+    assert.match(slow.stderr, /command \\"sleep 600\\" timed out/);
+    assert.ok(Date.now() - t0 < 6000, `--timeout 1 answered after ${Date.now() - t0} ms`);
+    const ps = await ok(['exec', '-s', id, 'ps', '-o', 'pid,args']);
+    assert.doesNotMatch(ps, /sleep 600/, 'the timed-out command was killed');
+    await ok(['stop', '-t', '0', id]);
+    const stopped = await crictl(['exec', '-s', id, 'true']);
+    assert.equal(stopped.code, 1);
+    assert.match(stopped.stderr, /FailedPrecondition.*not running/);
+  });
+
+  it('stop: -t waits for a process that ignores SIGTERM, then kills it; one that handles SIGTERM exits at once', async () => {
+    const { pod, cfg } = await runp();
+    const stubborn = await createAndStart(pod, cfg, 'stubborn', ['sh', '-c', 'trap "" TERM; while true; do sleep 0.1; done']);
+    const polite = await createAndStart(pod, cfg, 'polite', ['sh', '-c', 'trap "exit 0" TERM; while true; do sleep 0.1; done']);
+
+    const s = await crictl(['stop', '--timeout', '2', stubborn]);
+    assert.equal(s.code, 0, s.stderr);
+    assert.equal(s.stdout.trim(), stubborn);
+    assert.ok(s.ms >= 1900 && s.ms < 8000, `stop -t 2 took ${s.ms} ms`);
+    let st = await inspect(stubborn);
+    assert.equal(st.status.state, 'CONTAINER_EXITED');
+    assert.equal(st.status.exitCode, 137);
+    assert.equal(st.status.reason, 'Error');
+    assert.ok(Date.parse(st.status.finishedAt) >= Date.parse(st.status.startedAt));
+
+    const p = await crictl(['stop', '-t', '10', polite]);
+    assert.equal(p.code, 0, p.stderr);
+    assert.ok(p.ms < 4000, `a container that exits on SIGTERM stops without the timeout (${p.ms} ms)`);
+    st = await inspect(polite);
+    assert.equal(st.status.exitCode, 0);
+    assert.equal(st.status.reason, 'Completed');
+    assert.equal((await crictl(['stop', polite])).code, 0, 'stopping a stopped container succeeds');
+    assert.deepEqual(lines(await ok(['ps', '-q', '--pod', pod])), []);
+    assert.deepEqual(lines(await ok(['ps', '-q', '--state', 'exited', '--pod', pod])).sort(), [stubborn, polite].sort());
+    assert.equal(await ok(['rm', stubborn, polite]), `${stubborn}\n${polite}`);
+  });
+
+  it('update: --memory and --cpu-quota/--cpu-period reach the cgroup and show in inspect', async () => {
+    const { pod, cfg } = await runp();
+    const id = await createAndStart(pod, cfg, 'res', ['sleep', '1000'], { linux: { resources: { memory_limit_in_bytes: 256 * 1024 * 1024 } } });
+    const { pid } = (await inspect(id)).info;
+    const memFile = cgroupFile(pid, 'memory', 'memory.limit_in_bytes', 'memory.max');
+    const memory = (): number => Number(readFileSync(memFile, 'utf8'));
+    const quota = (): string => {
+      const f = cgroupFile(pid, 'cpu', 'cpu.cfs_quota_us', 'cpu.max');
+      if (f.endsWith('cpu.max')) return readFileSync(f, 'utf8').trim();
+      return `${readFileSync(f, 'utf8').trim()} ${readFileSync(f.replace(/cpu\.cfs_quota_us$/, 'cpu.cfs_period_us'), 'utf8').trim()}`;
+    };
+    assert.equal(memory(), 256 * 1024 * 1024);
+    assert.equal(await ok(['update', '--memory', String(128 * 1024 * 1024), id]), id);
+    assert.equal(memory(), 128 * 1024 * 1024);
+    assert.equal(await ok(['update', '--cpu-quota', '50000', '--cpu-period', '100000', id]), id);
+    assert.equal(quota(), '50000 100000');
+    assert.equal(memory(), 128 * 1024 * 1024, 'a CPU-only update leaves the memory limit alone');
+    const st = await inspect(id);
+    const res = (st.status.resources as { linux: Record<string, unknown> }).linux;
+    assert.equal(res.memoryLimitInBytes, String(128 * 1024 * 1024), 'inspect shows the memory limit in force');
+    assert.equal(res.cpuQuota, '50000');
+    assert.equal(res.cpuPeriod, '100000');
+    const seen = await ok(['exec', '-s', id, 'sh', '-c', 'cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes']);
+    assert.equal(seen, String(128 * 1024 * 1024), 'the container sees its new limit');
+    await ok(['stop', '-t', '0', id]);
+    const late = await crictl(['update', '--memory', String(64 * 1024 * 1024), id]);
+    assert.equal(late.code, 1);
+    assert.match(late.stderr, /FailedPrecondition.*exited/);
+  });
+
+  it('run: pod and container in one go (pulling the image), then stopp/rmp take both away', async () => {
+    const p = podConfig();
+    const ctr = containerConfig('oneshot', ['sh', '-c', 'echo from-run; sleep 1000']);
+    const r = await crictl(['run', '--runtime', 'runc', ctr, p.path], { timeoutMs: 30_000 });
+    assert.equal(r.code, 0, r.stderr);
+    const id = r.stdout.trim();
+    assert.match(id, /^[0-9a-f]{64}$/, 'run prints the container id');
+    const pod = lines(await ok(['pods', '-q', '--name', p.name]))[0]!;
+    assert.match(pod, /^[0-9a-f]{64}$/);
+    cleanup.push(async () => {
+      await crictl(['rmp', '-f', pod]);
+    });
+    const st = await inspect(id);
+    assert.equal(st.status.state, 'CONTAINER_RUNNING');
+    assert.equal(st.info.sandboxID, pod);
+    assert.equal(st.status.logPath, join(p.logDir, 'oneshot.0.log'));
+    await until(async () => ((await crictl(['logs', id])).stdout === 'from-run\n' ? true : undefined), 5000);
+    assert.equal((await ok(['exec', '-s', id, 'hostname'])).trim(), p.name, 'the pod’s hostname');
+    const podSt = JSON.parse(await ok(['inspectp', pod])) as { status: { state: string; network: { ip: string } } };
+    assert.equal(podSt.status.state, 'SANDBOX_READY');
+    assert.match(podSt.status.network.ip, /^10\.19\d\.\d+\.\d+$/, 'the pod has an address on the test’s bridge');
+
+    assert.equal(await ok(['stopp', pod]), `Stopped sandbox ${pod}`);
+    assert.equal((await inspect(id)).status.state, 'CONTAINER_EXITED', 'stopp stopped the container');
+    assert.equal(await ok(['rmp', pod]), `Removed sandbox ${pod}`);
+    assert.deepEqual(lines(await ok(['ps', '-a', '-q'])).filter((c) => c === id), [], 'rmp removed the container');
+    assert.deepEqual(lines(await ok(['pods', '-q', '--name', p.name])), []);
+    assert.deepEqual(processesMentioning(pod), [], 'nothing of the pod runs on (its infra process went with it)');
+    assert.deepEqual(processesMentioning(id), []);
+  });
+});

@@ -1,0 +1,96 @@
+import assert from 'node:assert/strict';
+import type { ContainerRecord } from '../../../src/containers/container-repository.js';
+import { mergeResources, recordedResources, specUser, toCriContainer, verboseInfo } from '../../../src/cri/container/convert.js';
+import type { LinuxContainerResources__Output } from '../../../src/cri/gen/runtime/v1/LinuxContainerResources.js';
+
+function record(config: Record<string, unknown>): ContainerRecord {
+  return {
+    id: 'c'.repeat(64),
+    sandboxId: 'p'.repeat(64),
+    name: 'web',
+    attempt: 2,
+    imageId: 'sha256:' + 'a'.repeat(64),
+    imageRef: 'sha256:' + 'a'.repeat(64),
+    state: 'running',
+    config,
+    logPath: '/var/log/pods/x/web/2.log',
+    pid: 4321,
+    shimPid: 4300,
+    exitCode: null,
+    reason: '',
+    message: '',
+    createdAt: '1',
+    startedAt: '2',
+    finishedAt: '0',
+  };
+}
+
+/** Decoded LinuxContainerResources as grpc-js hands them over: every field, int64 as strings. */
+function resources(r: Partial<LinuxContainerResources__Output>): LinuxContainerResources__Output {
+  return {
+    cpu_period: '0',
+    cpu_quota: '0',
+    cpu_shares: '0',
+    memory_limit_in_bytes: '0',
+    oom_score_adj: '0',
+    cpuset_cpus: '',
+    cpuset_mems: '',
+    hugepage_limits: [],
+    unified: {},
+    memory_swap_limit_in_bytes: '0',
+    ...r,
+  } as LinuxContainerResources__Output;
+}
+
+describe('cri/container/convert', () => {
+  it('echoes the ImageSpec kubelet sent: the image ID in image, the name in user_specified_image', () => {
+    const c = toCriContainer(record({ image: { image: 'sha256:' + 'a'.repeat(64), user_specified_image: 'nginx:1.25', annotations: { a: 'b' }, runtime_handler: '' } }));
+    assert.deepEqual(c.image, { image: 'sha256:' + 'a'.repeat(64), annotations: { a: 'b' }, user_specified_image: 'nginx:1.25', runtime_handler: '' });
+    assert.deepEqual(toCriContainer(record({})).image, { image: 'sha256:' + 'a'.repeat(64), annotations: {}, user_specified_image: '', runtime_handler: '' });
+  });
+
+  it('mergeResources: fields the update sets replace the recorded ones; zero fields (crictl’s unset flags) keep them', () => {
+    const created = resources({ memory_limit_in_bytes: '268435456', cpu_shares: '256', oom_score_adj: '100' }) as unknown as Record<string, unknown>;
+    const afterCpu = mergeResources(created, resources({ cpu_quota: '50000', cpu_period: '100000' }));
+    assert.equal(afterCpu.memory_limit_in_bytes, '268435456');
+    assert.equal(afterCpu.cpu_shares, '256');
+    assert.equal(afterCpu.cpu_quota, '50000');
+    assert.equal(afterCpu.cpu_period, '100000');
+    assert.equal(afterCpu.oom_score_adj, '100', 'not applied by an update, so not recorded as changed');
+    const afterMem = mergeResources(afterCpu, resources({ memory_limit_in_bytes: '134217728', cpuset_cpus: '0' }));
+    assert.equal(afterMem.memory_limit_in_bytes, '134217728');
+    assert.equal(afterMem.memory_swap_limit_in_bytes, '0');
+    assert.equal(afterMem.cpu_quota, '50000');
+    assert.equal(afterMem.cpuset_cpus, '0');
+    assert.equal(mergeResources(afterMem, resources({ cpu_quota: '-1' })).cpu_quota, '-1', '-1 (no limit) is a value, not "unset"');
+    assert.deepEqual(mergeResources(undefined, resources({ cpu_shares: '2' })), { cpu_shares: '2' });
+  });
+
+  it('recordedResources: the config’s linux.resources, none when absent or null', () => {
+    assert.equal(recordedResources(record({})), undefined);
+    assert.equal(recordedResources(record({ linux: { resources: null } })), undefined);
+    assert.deepEqual(recordedResources(record({ linux: { resources: { cpu_shares: '2' } } })), { cpu_shares: '2' });
+  });
+
+  it('specUser: process.user of the OCI spec', () => {
+    assert.deepEqual(specUser({ process: { user: { uid: 1000, gid: 1000, additionalGids: [1000, 3000] } } }), { uid: 1000, gid: 1000, supplemental_groups: [1000, 3000] });
+    assert.deepEqual(specUser({ process: { user: {} } }), { uid: 0, gid: 0, supplemental_groups: [] });
+    assert.equal(specUser(undefined), undefined);
+  });
+
+  it('verboseInfo: containerd/CRI-O keys (sandboxID, pid, privileged, config, runtimeSpec), env values as text', () => {
+    const cfg = { envs: [{ key: 'A', value: JSON.parse(JSON.stringify(Buffer.from('b=c'))) as unknown }], linux: { security_context: { privileged: true } } };
+    const spec = { ociVersion: '1.0.2', process: { args: ['sleep', '1'] } };
+    const info = verboseInfo(record(cfg), spec);
+    assert.equal(info.sandboxID, 'p'.repeat(64));
+    assert.equal(info.pid, 4321);
+    assert.equal(info.shimPid, 4300);
+    assert.equal(info.privileged, true);
+    assert.deepEqual(info.runtimeSpec, spec);
+    assert.deepEqual((info.config as { envs: unknown[] }).envs, [{ key: 'A', value: 'b=c' }]);
+    const bare = verboseInfo({ ...record({}), pid: null }, undefined);
+    assert.equal(bare.pid, 0);
+    assert.equal(bare.privileged, false);
+    assert.ok(!('runtimeSpec' in bare));
+  });
+});
