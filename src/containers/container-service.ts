@@ -233,17 +233,63 @@ export class ContainerService {
     });
   }
 
-  /** Follows a container's exit file and records the exit when it comes. */
+  /** Follows a container's exit file and records the exit when it comes (see {@link followExit}). */
   private watch(id: string): void {
     if (this.watching.has(id)) return;
-    const p = this.o.shim
-      .waitExit(this.exitDir, id, this.lifetime.signal)
-      .then((code) => this.recordExit(id, code))
+    const p = this.followExit(id)
       .catch((err: unknown) => {
         if (!this.lifetime.signal.aborted) this.o.log.error('lost track of a container exit', { container: id, error: messageOf(err) });
       })
       .finally(() => this.watching.delete(id));
     this.watching.set(id, p);
+  }
+
+  /**
+   * Waits for a container's exit file and records the exit. Should its shim die
+   * first (kill -9 of conmon), no exit file will come: the runtime is asked instead, and
+   * once it says the container stopped, the container becomes `unknown` with a message,
+   * its exit code having died with the shim. It is never left RUNNING when it is not.
+   */
+  private async followExit(id: string): Promise<void> {
+    const CHECK_MS = 2000;
+    const lifetime = this.lifetime.signal;
+    const shimPid = this.o.repo.get(id)?.shimPid ?? null;
+    const shimGone = new AbortController();
+    const check = setInterval(() => {
+      if (!shimAlive(shimPid, id)) shimGone.abort();
+    }, CHECK_MS).unref();
+    try {
+      return await this.recordExit(id, await this.o.shim.waitExit(this.exitDir, id, AbortSignal.any([lifetime, shimGone.signal])));
+    } catch (err) {
+      if (lifetime.aborted || !shimGone.signal.aborted) throw err;
+    } finally {
+      clearInterval(check);
+    }
+    this.o.log.warn('the shim of a running container died; following the container through the runtime', { container: id, shim_pid: shimPid });
+    for (;;) {
+      // The shim may have written the exit file just before it went.
+      const code = await this.o.shim.exitCode(this.exitDir, id);
+      if (code !== undefined) return this.recordExit(id, code);
+      const c = this.o.repo.get(id);
+      if (c?.state !== 'running' && c?.state !== 'created') return;
+      const rt = this.runtime(this.o.sandboxes.find(c.sandboxId)?.runtimeHandler ?? this.o.config.default_runtime);
+      const st = await this.o.shim.state(id, rt.path, rt.root).catch((err: unknown) => {
+        this.o.log.debug('runtime state failed; asking again', { container: id, error: messageOf(err) });
+        return { status: 'unknown', pid: 0 } as const;
+      });
+      if (!st || st.status === 'stopped') {
+        return this.locked(id, async () => {
+          const cur = this.o.repo.get(id);
+          if (cur?.state !== 'running' && cur?.state !== 'created') return;
+          const late = await this.o.shim.exitCode(this.exitDir, id);
+          if (late !== undefined) return this.recordExit(id, late);
+          this.o.repo.update(id, () => ({ state: 'unknown', reason: 'Unknown', message: `its shim (pid ${shimPid ?? '?'}) died, then the container stopped: the exit code is unknown`, finishedAt: nowNs(), pid: 0 }));
+          this.o.log.warn('container stopped without its shim; exit code unknown', { container: id });
+        });
+      }
+      await new Promise((r) => setTimeout(r, CHECK_MS).unref());
+      if (lifetime.aborted) return;
+    }
   }
 
   /** Marks a container exited with its code; idempotent. */
@@ -265,22 +311,41 @@ export class ContainerService {
       if (c.state === 'exited' || c.state === 'removing') return;
       const sb = this.o.sandboxes.find(c.sandboxId);
       const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+      if (c.state === 'unknown') return this.stopLost(c, rt);
       const image = this.o.images.find(c.imageId);
       const sig = image ? stopSignal(image.config) : 15;
-      const exited = (ms: number): Promise<number | undefined> => this.exitWithin(c.id, ms, signal);
+      // Without its shim (killed) no exit file will come: ask the runtime instead.
+      const shimUp = shimAlive(c.shimPid, c.id);
+      const exited = (ms: number): Promise<number | undefined> => (shimUp ? this.exitWithin(c.id, ms, signal) : this.stoppedWithin(c.id, rt, ms));
       if (c.state === 'running' && timeoutSeconds > 0) {
         await this.o.shim.kill(c.id, sig, rt.path, rt.root).catch(() => undefined);
         const code = await exited(timeoutSeconds * 1000);
         if (code !== undefined) return this.recordExit(c.id, code);
       }
       await this.o.shim.kill(c.id, 'KILL', rt.path, rt.root, true).catch(() => undefined);
-      // Without its shim (killed) no exit file will come: ask the runtime instead.
-      const code = alive(c.shimPid) ? await exited(10_000) : await this.stoppedWithin(c.id, rt, 10_000);
+      const code = await exited(10_000);
       if (code !== undefined) return this.recordExit(c.id, code);
       // Never started (no shim exit for a created container that got killed before start
       // on some runtimes), or the shim is gone: record it as killed.
       return this.recordExit(c.id, 137);
     });
+  }
+
+  /**
+   * StopContainer of an `unknown` container (its shim and its runtime state were lost):
+   * as containerd does, it becomes EXITED with the unknown exit code 255, keeping its
+   * reason and message, without waiting for a timeout. Should the runtime still know a
+   * live process of it, that is killed first.
+   */
+  private async stopLost(c: ContainerRecord, rt: { path: string; root: string }): Promise<void> {
+    const UNKNOWN_EXIT_CODE = 255;
+    const st = await this.o.shim.state(c.id, rt.path, rt.root);
+    if (st && st.status !== 'stopped') {
+      await this.o.shim.kill(c.id, 'KILL', rt.path, rt.root, true).catch(() => undefined);
+      if ((await this.stoppedWithin(c.id, rt, 10_000)) === undefined) throw new BerthError('Internal', `container ${c.id}: the runtime still reports it ${st.status} after SIGKILL`);
+    }
+    this.o.repo.update(c.id, (cur) => ({ state: 'exited', exitCode: UNKNOWN_EXIT_CODE, finishedAt: BigInt(cur.finishedAt) > 0n ? cur.finishedAt : nowNs(), pid: 0 }));
+    this.o.log.info('lost container stopped', { container: c.id, exit_code: UNKNOWN_EXIT_CODE, reason: c.reason });
   }
 
   /** For a container whose shim is gone: waits until the runtime says it stopped; 137 (killed) then. */
@@ -447,9 +512,9 @@ export class ContainerService {
     this.o.repo.updateConfig(c.id, { ...c.config, linux: { ...((c.config.linux as object | undefined) ?? {}), resources: raw } });
   }
 
-  /** Stops every container of a pod (StopPodSandbox). */
+  /** Stops every container of a pod (StopPodSandbox), lost (`unknown`) ones too, as containerd does. */
   async stopAll(sandboxId: string): Promise<void> {
-    for (const c of this.o.repo.ofSandbox(sandboxId)) if (c.state === 'running' || c.state === 'created') await this.stop(c.id, 0);
+    for (const c of this.o.repo.ofSandbox(sandboxId)) if (c.state === 'running' || c.state === 'created' || c.state === 'unknown') await this.stop(c.id, 0);
   }
 
   /** Removes every container of a pod (RemovePodSandbox). */
@@ -479,13 +544,19 @@ export class ContainerService {
         const sb = this.o.sandboxes.find(c.sandboxId);
         const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
         const st = await this.o.shim.state(c.id, rt.path, rt.root);
-        if (!st || st.status === 'stopped') {
-          this.o.repo.update(c.id, () => ({ state: 'unknown', reason: 'Unknown', message: 'the container stopped while berthd was down and no exit code was recorded (its shim died)' }));
-        } else if (c.state === 'running') {
+        if ((!st || st.status === 'stopped') && !shimAlive(c.shimPid, c.id)) {
+          // The shim may have written the exit file since it was read.
+          const late = await this.o.shim.exitCode(this.exitDir, c.id);
+          if (late !== undefined) await this.recordExit(c.id, late);
+          else this.o.repo.update(c.id, () => ({ state: 'unknown', reason: 'Unknown', message: 'the container stopped while berthd was down and no exit code was recorded (its shim died)' }));
+        } else if (c.state === 'running' || !st || st.status === 'stopped') {
+          // Running, or just stopped with its shim about to write the exit file.
           this.watch(c.id);
         }
       } catch (err) {
         this.o.log.error('recovery of a container failed', { container: c.id, error: messageOf(err) });
+        // Followed all the same: the exit file, or the runtime once the shim is gone.
+        if (c.state === 'running') this.watch(c.id);
       }
     }
   }
@@ -527,6 +598,19 @@ function alive(pid: number | null): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether the shim `pid` of container `id` still runs: alive, not a zombie, and its
+ * command line names the container (a pid may have been reused since it was recorded).
+ */
+function shimAlive(pid: number | null, id: string): boolean {
+  if (!alive(pid)) return false;
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(id);
   } catch {
     return false;
   }

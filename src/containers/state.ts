@@ -7,8 +7,11 @@
  *                 │             └── StopContainer (never started) ─────────────────────┤
  *                 └── failure: rolled back, row gone            RemoveContainer ─▶ removing ─▶ (row gone)
  *
- *   `unknown`: after a restart the shim and the runtime both lost track of a container
- *   (e.g. conmon was killed and no exit was recorded): reported, not forgotten.
+ *   `unknown`: the shim died without recording an exit and the runtime no longer runs the
+ *   container (found at recovery, or while following a container whose conmon was
+ *   killed): reported, not forgotten, with reason `Unknown` and a message. StopContainer
+ *   (and StopPodSandbox) makes it `exited` with exit code 255, as containerd does;
+ *   RemoveContainer removes it directly.
  */
 export type ContainerState = 'creating' | 'created' | 'running' | 'exited' | 'unknown' | 'removing';
 
