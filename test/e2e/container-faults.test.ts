@@ -11,23 +11,16 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pushFixtures, type Fixtures } from '../../hack/test-images/oci.js';
-import { Berthd, sleep } from '../helpers/berthd.js';
+import { Berthd, until } from '../helpers/berthd.js';
 import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
+import { useFixtureRegistry } from '../helpers/fixtures.js';
+import { testBridge } from '../helpers/network.js';
 import { grpcError } from '../helpers/cri-client.js';
-import { startRegistry, type Registry } from '../helpers/registry.js';
 
 describe('container faults', function () {
   this.timeout(60_000);
-  let registry: Registry;
-  let fx: Fixtures;
+  const reg = useFixtureRegistry();
   const cleanup: CleanupStep[] = [];
-  before(async function () {
-    this.timeout(120_000);
-    registry = await startRegistry();
-    fx = await pushFixtures(registry.host);
-  });
-  after(async () => registry?.stop());
   // A leak Berthd.dispose() finds fails the test.
   afterEach(() => runCleanup(cleanup));
 
@@ -48,22 +41,12 @@ describe('container faults', function () {
   async function setup(): Promise<Harness> {
     const h = { b: await Berthd.start() } as Harness;
     cleanup.push(() => h.b.dispose());
-    const r = randomBytes(2).toString('hex');
-    const bridge = `bf${r}`;
-    writeFileSync(
-      join(h.b.dir, 'cni', '10-test.conflist'),
-      JSON.stringify({ cniVersion: '1.0.0', name: `berth-cf-${r}`, plugins: [{ type: 'bridge', bridge, isGateway: true, ipam: { type: 'host-local', dataDir: join(h.b.dir, 'ipam'), ranges: [[{ subnet: `10.${190 + (parseInt(r, 16) % 40)}.${parseInt(r.slice(2), 16)}.0/24` }]] } }] }),
-    );
-    cleanup.push(() => {
-      try {
-        execFileSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
-      } catch {
-        // not made
-      }
-    });
+    const net = testBridge(h.b, 'bf');
+    const r = net.tag;
+    cleanup.push(net.remove);
     const logDir = mkdtempSync(join(tmpdir(), 'berth-logs-'));
     cleanup.push(() => rmSync(logDir, { recursive: true, force: true }));
-    await h.b.image.PullImage({ image: { image: fx.busybox.ref } });
+    await h.b.image.PullImage({ image: { image: reg.fx.busybox.ref } });
     h.podCfg = { metadata: { name: `p${r}`, namespace: 'test', uid: `u${r}`, attempt: 0 }, hostname: `p${r}`, log_directory: logDir, linux: { security_context: { namespace_options: { pid: 'CONTAINER' } } } };
     h.pod = (await h.b.runtime.RunPodSandbox({ config: h.podCfg as never })).pod_sandbox_id;
     h.restart = async (meanwhile) => {
@@ -75,21 +58,12 @@ describe('container faults', function () {
     return h;
   }
 
-  const ctr = (name: string, command: string[], extra: Record<string, unknown> = {}) => ({ metadata: { name, attempt: 0 }, image: { image: fx.busybox.ref }, command, log_path: `${name}.log`, ...extra });
+  const ctr = (name: string, command: string[], extra: Record<string, unknown> = {}) => ({ metadata: { name, attempt: 0 }, image: { image: reg.fx.busybox.ref }, command, log_path: `${name}.log`, ...extra });
 
   async function create(h: Harness, name: string, command: string[], extra: Record<string, unknown> = {}): Promise<string> {
     return (await h.b.runtime.CreateContainer({ pod_sandbox_id: h.pod, config: ctr(name, command, extra) as never, sandbox_config: h.podCfg as never })).container_id;
   }
 
-  async function until<T>(f: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
-    const end = Date.now() + ms;
-    for (;;) {
-      const v = await f();
-      if (v !== undefined) return v;
-      if (Date.now() > end) throw new Error('condition not met in time');
-      await sleep(50);
-    }
-  }
 
   const ls = (d: string): string[] => (existsSync(d) ? readdirSync(d).sort() : []);
   const cmdlines = (): Array<{ pid: number; argv: string[] }> =>
@@ -171,7 +145,7 @@ describe('container faults', function () {
     const noPod = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: 'e'.repeat(64), config: ctr('a', ['true']) as never, sandbox_config: h.podCfg as never }));
     assert.equal(noPod.code, status.NOT_FOUND);
     assert.match(noPod.details, /e{64}/);
-    const noImage = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: h.pod, config: { ...ctr('a', ['true']), image: { image: `${registry.host}/absent:1` } } as never, sandbox_config: h.podCfg as never }));
+    const noImage = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: h.pod, config: { ...ctr('a', ['true']), image: { image: `${reg.registry.host}/absent:1` } } as never, sandbox_config: h.podCfg as never }));
     assert.equal(noImage.code, status.NOT_FOUND);
     assert.match(noImage.details, /absent:1/);
 

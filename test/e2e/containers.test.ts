@@ -5,27 +5,19 @@
 import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pushFixtures, type Fixtures } from '../../hack/test-images/oci.js';
-import { Berthd, sleep } from '../helpers/berthd.js';
+import { Berthd, sleep, until } from '../helpers/berthd.js';
 import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
+import { useFixtureRegistry } from '../helpers/fixtures.js';
+import { testBridge } from '../helpers/network.js';
 import { grpcError } from '../helpers/cri-client.js';
-import { startRegistry, type Registry } from '../helpers/registry.js';
 
 describe('containers', function () {
   this.timeout(90_000);
-  let registry: Registry;
-  let fx: Fixtures;
+  const reg = useFixtureRegistry();
   const cleanup: CleanupStep[] = [];
-  before(async function () {
-    this.timeout(120_000);
-    registry = await startRegistry();
-    fx = await pushFixtures(registry.host);
-  });
-  after(async () => registry?.stop());
   afterEach(() => runCleanup(cleanup));
 
   async function setup(b?: Berthd): Promise<{ b: Berthd; pod: string; logDir: string }> {
@@ -33,37 +25,18 @@ describe('containers', function () {
       b = await Berthd.start();
       cleanup.push(() => b!.dispose());
     }
-    const r = randomBytes(2).toString('hex');
-    const bridge = `bc${r}`;
-    writeFileSync(
-      join(b.dir, 'cni', '10-test.conflist'),
-      JSON.stringify({ cniVersion: '1.0.0', name: `berth-ct-${r}`, plugins: [{ type: 'bridge', bridge, isGateway: true, ipam: { type: 'host-local', dataDir: join(b.dir, 'ipam'), ranges: [[{ subnet: `10.${150 + (parseInt(r, 16) % 40)}.${parseInt(r.slice(2), 16)}.0/24` }]] } }] }),
-    );
-    cleanup.push(() => {
-      try {
-        execFileSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
-      } catch {
-        // not made
-      }
-    });
+    const net = testBridge(b, 'bc');
+    const r = net.tag;
+    cleanup.push(net.remove);
     const logDir = mkdtempSync(join(tmpdir(), 'berth-logs-'));
     cleanup.push(() => rmSync(logDir, { recursive: true, force: true }));
-    await b.image.PullImage({ image: { image: fx.busybox.ref } });
+    await b.image.PullImage({ image: { image: reg.fx.busybox.ref } });
     const { pod_sandbox_id: pod } = await b.runtime.RunPodSandbox({
       config: { metadata: { name: `p${r}`, namespace: 'test', uid: `u${r}`, attempt: 0 }, hostname: `p${r}`, log_directory: logDir },
     });
     return { b, pod, logDir };
   }
 
-  async function until<T>(f: () => Promise<T | undefined>, ms = 15_000): Promise<T> {
-    const end = Date.now() + ms;
-    for (;;) {
-      const v = await f();
-      if (v !== undefined) return v;
-      if (Date.now() > end) throw new Error('condition not met in time');
-      await sleep(50);
-    }
-  }
 
   const podCfg = (pod: string, logDir: string) => ({ metadata: { name: 'x', namespace: 'test', uid: 'x', attempt: 0 }, log_directory: logDir, _pod: pod });
 
@@ -71,7 +44,7 @@ describe('containers', function () {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'echo', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sh', '-c', 'echo hello; echo oops >&2; exit 3'], log_path: 'echo/0.log', labels: { role: 'test' } },
+      config: { metadata: { name: 'echo', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sh', '-c', 'echo hello; echo oops >&2; exit 3'], log_path: 'echo/0.log', labels: { role: 'test' } },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     let st = (await b.runtime.ContainerStatus({ container_id: id })).status!;
@@ -103,7 +76,7 @@ describe('containers', function () {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'sleeper', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sh', '-c', 'trap "" TERM; sleep 1000'], log_path: 's.log' },
+      config: { metadata: { name: 'sleeper', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sh', '-c', 'trap "" TERM; sleep 1000'], log_path: 's.log' },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
@@ -124,7 +97,7 @@ describe('containers', function () {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'sleeper', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: 's.log' },
+      config: { metadata: { name: 'sleeper', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 's.log' },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
@@ -137,7 +110,7 @@ describe('containers', function () {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'exec', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'e.log' },
+      config: { metadata: { name: 'exec', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'e.log' },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     const notRunning = await grpcError(b.runtime.ExecSync({ container_id: id, cmd: ['true'], timeout: 5 }));
@@ -169,7 +142,7 @@ describe('containers', function () {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'writer', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sh', '-c', 'i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done'], log_path: 'w.log' },
+      config: { metadata: { name: 'writer', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sh', '-c', 'i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done'], log_path: 'w.log' },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
@@ -192,7 +165,7 @@ describe('containers', function () {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'res', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'r.log', linux: { resources: { memory_limit_in_bytes: 256 * 1024 * 1024 } } },
+      config: { metadata: { name: 'res', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'r.log', linux: { resources: { memory_limit_in_bytes: 256 * 1024 * 1024 } } },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
@@ -211,7 +184,7 @@ describe('containers', function () {
       pod_sandbox_id: pod,
       config: {
         metadata: { name: 'hog', attempt: 0 },
-        image: { image: fx.busybox.ref },
+        image: { image: reg.fx.busybox.ref },
         command: ['sh', '-c', 'a=$(head -c 200000000 /dev/zero | tr "\\0" x); echo survived'],
         log_path: 'h.log',
         linux: { resources: { memory_limit_in_bytes: 32 * 1024 * 1024 } },
@@ -234,7 +207,7 @@ describe('containers', function () {
       pod_sandbox_id: pod,
       config: {
         metadata: { name: 'secure', attempt: 0 },
-        image: { image: fx.busybox.ref },
+        image: { image: reg.fx.busybox.ref },
         command: ['sleep', '1000'],
         log_path: 'sec.log',
         linux: {
@@ -279,7 +252,7 @@ describe('containers', function () {
     for (const [name, sc] of cases) {
       const { container_id: id } = await b.runtime.CreateContainer({
         pod_sandbox_id: pod,
-        config: { metadata: { name, attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: `${name}.log`, linux: { security_context: sc as never } },
+        config: { metadata: { name, attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: `${name}.log`, linux: { security_context: sc as never } },
         sandbox_config: podCfg(pod, logDir) as never,
       });
       await b.runtime.StartContainer({ container_id: id });
@@ -295,7 +268,7 @@ describe('containers', function () {
     writeFileSync(profile, JSON.stringify({ defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mkdir', 'mkdirat'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }] }));
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'seccomp', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'sc.log', linux: { security_context: { seccomp: { profile_type: 'Localhost', localhost_ref: profile } } } },
+      config: { metadata: { name: 'seccomp', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'sc.log', linux: { security_context: { seccomp: { profile_type: 'Localhost', localhost_ref: profile } } } },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
@@ -305,7 +278,7 @@ describe('containers', function () {
     const missing = await grpcError(
       b.runtime.CreateContainer({
         pod_sandbox_id: pod,
-        config: { metadata: { name: 'seccomp2', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['true'], log_path: 'sc2.log', linux: { security_context: { seccomp: { profile_type: 'Localhost', localhost_ref: '/nonexistent/profile.json' } } } },
+        config: { metadata: { name: 'seccomp2', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['true'], log_path: 'sc2.log', linux: { security_context: { seccomp: { profile_type: 'Localhost', localhost_ref: '/nonexistent/profile.json' } } } },
         sandbox_config: podCfg(pod, logDir) as never,
       }),
     );
@@ -328,7 +301,7 @@ describe('containers', function () {
     const { pod_sandbox_id: crunPod } = await b.runtime.RunPodSandbox({ config: { metadata: { name: 'crunpod', namespace: 'test', uid: 'crun', attempt: 0 }, hostname: 'crunpod', log_directory: logDir }, runtime_handler: 'crun' });
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: crunPod,
-      config: { metadata: { name: 'c', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sh', '-c', 'exit 5'], log_path: 'c.log' },
+      config: { metadata: { name: 'c', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sh', '-c', 'exit 5'], log_path: 'c.log' },
       sandbox_config: podCfg(crunPod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
@@ -344,7 +317,7 @@ describe('containers', function () {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'orphan', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'o.log' },
+      config: { metadata: { name: 'orphan', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'o.log' },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
@@ -364,16 +337,16 @@ describe('containers', function () {
   it('refuses an unknown pod or image, and a duplicate name', async () => {
     const { b, pod, logDir } = await setup();
     const cfg = (image: string) => ({ metadata: { name: 'c', attempt: 0 }, image: { image }, command: ['true'], log_path: 'c.log' });
-    const noPod = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: 'f'.repeat(64), config: cfg(fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never }));
+    const noPod = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: 'f'.repeat(64), config: cfg(reg.fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never }));
     assert.equal(noPod.code, status.NOT_FOUND);
-    const noImage = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(`${registry.host}/nope:1`), sandbox_config: podCfg(pod, logDir) as never }));
+    const noImage = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(`${reg.registry.host}/nope:1`), sandbox_config: podCfg(pod, logDir) as never }));
     assert.equal(noImage.code, status.NOT_FOUND);
     assert.match(noImage.details, /pull it first/);
-    const { container_id: id } = await b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never });
-    const dup = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never }));
+    const { container_id: id } = await b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(reg.fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never });
+    const dup = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(reg.fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never }));
     assert.equal(dup.code, status.ALREADY_EXISTS);
     assert.ok(dup.details.includes(id));
-    const missingCmd = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: { metadata: { name: 'd', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['/no/such/binary'], log_path: 'd.log' }, sandbox_config: podCfg(pod, logDir) as never }));
+    const missingCmd = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: { metadata: { name: 'd', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['/no/such/binary'], log_path: 'd.log' }, sandbox_config: podCfg(pod, logDir) as never }));
     assert.match(missingCmd.details, /no such file or directory|not found/);
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
     assert.deepEqual(readdirSync(join(b.root, 'containers')), []);
@@ -386,7 +359,7 @@ describe('containers', function () {
       (
         await b.runtime.CreateContainer({
           pod_sandbox_id: pod,
-          config: { metadata: { name, attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sh', '-c', cmd], log_path: `${name}.log` },
+          config: { metadata: { name, attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sh', '-c', cmd], log_path: `${name}.log` },
           sandbox_config: podCfg(pod, logDir) as never,
         })
       ).container_id;

@@ -6,28 +6,20 @@
 import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pushFixtures, type Fixtures } from '../../hack/test-images/oci.js';
 import { Berthd, sleep } from '../helpers/berthd.js';
 import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
+import { useFixtureRegistry } from '../helpers/fixtures.js';
+import { testBridge } from '../helpers/network.js';
 import { grpcError } from '../helpers/cri-client.js';
-import { startRegistry, type Registry } from '../helpers/registry.js';
 
 type Mode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
 
 describe('pods sharing a PID namespace', function () {
   this.timeout(90_000);
-  let registry: Registry;
-  let fx: Fixtures;
+  const reg = useFixtureRegistry();
   const cleanup: CleanupStep[] = [];
-  before(async function () {
-    this.timeout(120_000);
-    registry = await startRegistry();
-    fx = await pushFixtures(registry.host);
-  });
-  after(async () => registry?.stop());
   afterEach(() => runCleanup(cleanup));
 
   async function start(reuse?: Berthd): Promise<Berthd> {
@@ -38,20 +30,10 @@ describe('pods sharing a PID namespace', function () {
 
   /** A pod on a bridge network of the test's own, with the given PID mode. */
   async function pod(b: Berthd, pid: Mode): Promise<string> {
-    const r = randomBytes(2).toString('hex');
-    const bridge = `bp${r}`;
-    writeFileSync(
-      join(b.dir, 'cni', '10-test.conflist'),
-      JSON.stringify({ cniVersion: '1.0.0', name: `berth-pid-${r}`, plugins: [{ type: 'bridge', bridge, ipam: { type: 'host-local', dataDir: join(b.dir, 'ipam'), ranges: [[{ subnet: `10.${190 + (parseInt(r, 16) % 40)}.${parseInt(r.slice(2), 16)}.0/24` }]] } }] }),
-    );
-    cleanup.push(() => {
-      try {
-        execFileSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
-      } catch {
-        // not made
-      }
-    });
-    await b.image.PullImage({ image: { image: fx.busybox.ref } });
+    const net = testBridge(b, 'bp');
+    const r = net.tag;
+    cleanup.push(net.remove);
+    await b.image.PullImage({ image: { image: reg.fx.busybox.ref } });
     const { pod_sandbox_id: id } = await b.runtime.RunPodSandbox({
       config: { metadata: { name: `p${r}`, namespace: 'test', uid: `u${r}`, attempt: 0 }, hostname: `p${r}`, linux: { security_context: { namespace_options: { pid } } } },
     });
@@ -61,7 +43,7 @@ describe('pods sharing a PID namespace', function () {
   async function container(b: Berthd, podId: string, name: string, command: string[], pid: Mode, targetId = ''): Promise<string> {
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: podId,
-      config: { metadata: { name, attempt: 0 }, image: { image: fx.busybox.ref }, command, linux: { security_context: { namespace_options: { pid, target_id: targetId } } } },
+      config: { metadata: { name, attempt: 0 }, image: { image: reg.fx.busybox.ref }, command, linux: { security_context: { namespace_options: { pid, target_id: targetId } } } },
     });
     await b.runtime.StartContainer({ container_id: id });
     return id;
@@ -125,7 +107,7 @@ describe('pods sharing a PID namespace', function () {
       if (Date.now() > end) throw new Error('the container outlived its PID namespace');
       await sleep(50);
     }
-    assert.equal((await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: p, config: { metadata: { name: 'late', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['true'] } }))).code, status.FAILED_PRECONDITION);
+    assert.equal((await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: p, config: { metadata: { name: 'late', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['true'] } }))).code, status.FAILED_PRECONDITION);
     await b.runtime.StopPodSandbox({ pod_sandbox_id: p });
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: p });
   });
@@ -150,7 +132,7 @@ describe('pods sharing a PID namespace', function () {
 
   it('a host-network, host-IPC pod can still share a PID namespace', async () => {
     const b = await start();
-    await b.image.PullImage({ image: { image: fx.busybox.ref } });
+    await b.image.PullImage({ image: { image: reg.fx.busybox.ref } });
     const { pod_sandbox_id: p } = await b.runtime.RunPodSandbox({
       config: { metadata: { name: 'hostnet', namespace: 'test', uid: 'hn', attempt: 0 }, linux: { security_context: { namespace_options: { network: 'NODE', ipc: 'NODE', pid: 'POD' } } } },
     });
@@ -158,7 +140,7 @@ describe('pods sharing a PID namespace', function () {
     assert.equal(execFileSync('readlink', [`/proc/${pid}/ns/net`], { encoding: 'utf8' }), execFileSync('readlink', ['/proc/self/ns/net'], { encoding: 'utf8' }));
     const { container_id: a } = await b.runtime.CreateContainer({
       pod_sandbox_id: p,
-      config: { metadata: { name: 'a', attempt: 0 }, image: { image: fx.busybox.ref }, command: ['sleep', '1007'], linux: { security_context: { namespace_options: { network: 'NODE', ipc: 'NODE', pid: 'POD' } } } },
+      config: { metadata: { name: 'a', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1007'], linux: { security_context: { namespace_options: { network: 'NODE', ipc: 'NODE', pid: 'POD' } } } },
     });
     await b.runtime.StartContainer({ container_id: a });
     assert.equal(await exec(b, a, ['cat', '/proc/1/cmdline']), '/catatonit\0-P\0');
@@ -171,9 +153,9 @@ describe('pods sharing a PID namespace', function () {
     const a = await container(b, p, 'a', ['sleep', '1005'], 'CONTAINER');
     const debug = await container(b, p, 'debug', ['sleep', '1006'], 'TARGET', a);
     assert.equal(await exec(b, debug, ['cat', '/proc/1/cmdline']), 'sleep\x001005\0');
-    const missing = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: p, config: { metadata: { name: 'x', attempt: 0 }, image: { image: fx.busybox.ref }, linux: { security_context: { namespace_options: { pid: 'TARGET', target_id: 'f'.repeat(64) } } } } }));
+    const missing = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: p, config: { metadata: { name: 'x', attempt: 0 }, image: { image: reg.fx.busybox.ref }, linux: { security_context: { namespace_options: { pid: 'TARGET', target_id: 'f'.repeat(64) } } } } }));
     assert.equal(missing.code, status.NOT_FOUND);
-    const noShared = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: p, config: { metadata: { name: 'y', attempt: 0 }, image: { image: fx.busybox.ref }, linux: { security_context: { namespace_options: { pid: 'POD' } } } } }));
+    const noShared = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: p, config: { metadata: { name: 'y', attempt: 0 }, image: { image: reg.fx.busybox.ref }, linux: { security_context: { namespace_options: { pid: 'POD' } } } } }));
     assert.equal(noShared.code, status.INVALID_ARGUMENT);
     assert.match(noShared.details, /no shared PID namespace/);
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: p });

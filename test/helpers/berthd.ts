@@ -197,3 +197,14 @@ function mkdirp(d: string): void {
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+/** Polls `f` every `everyMs` until it returns a value, or fails after `ms`. */
+export async function until<T>(f: () => Promise<T | undefined>, ms = 15_000, everyMs = 50): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`condition not met within ${ms} ms`);
+    await sleep(everyMs);
+  }
+}
