@@ -21,7 +21,7 @@ import type { ImageService } from '../images/image-service.js';
 import { ociRuntime, type OciRuntime } from '../oci/runtime.js';
 import type { SandboxRecord } from '../sandbox/sandbox-repository.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
-import { shimDirs, type Shim } from '../shim/shim.js';
+import { shimDirs, type Shim, type ShimHandle } from '../shim/shim.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
 import { capabilitiesFromMask } from './capabilities.js';
 import { generateSpec, stopSignal, type CriContainerConfig } from './spec.js';
@@ -54,6 +54,14 @@ const nowNs = (): string => String(BigInt(Date.now()) * 1_000_000n);
 export const EXEC_OUTPUT_CAP = 16 * 1024 * 1024 / 4;
 /** Bytes of /etc/passwd or /etc/group berth reads from an image. */
 const MAX_ID_FILE = 1 << 20;
+/** Images whose passwd and group are kept, and the most bytes kept for one. */
+const ID_FILES_CACHE_ENTRIES = 64;
+const ID_FILES_CACHED_MAX = 64 * 1024;
+
+interface IdFiles {
+  passwd: string;
+  group: string;
+}
 
 export class ContainerService {
   private readonly bundles: string;
@@ -65,6 +73,13 @@ export class ContainerService {
   private readonly locks = new KeyedLock();
   private readonly minOomScoreAdj: number;
   private readonly hostCapabilities: string[] | undefined;
+  /** The kernel enforces AppArmor: Localhost profiles are applied (runc names them), not ignored. */
+  private readonly appArmorEnabled: boolean;
+  /**
+   * /etc/passwd and /etc/group of images, by image id (a config digest, so fixed content):
+   * with them known, a container's spec need not wait for its rootfs mount.
+   */
+  private readonly idFiles = new Map<string, IdFiles>();
 
   constructor(private readonly o: ContainerServiceOptions) {
     this.bundles = join(o.config.root, 'containers');
@@ -73,6 +88,7 @@ export class ContainerService {
     this.minOomScoreAdj = Number(readFileSync('/proc/self/oom_score_adj', 'utf8').trim()) || 0;
     const capBnd = /^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
     this.hostCapabilities = capBnd ? capabilitiesFromMask(BigInt(`0x${capBnd}`)) : undefined;
+    this.appArmorEnabled = appArmorEnabled();
   }
 
   private runtime(handler: string): OciRuntime {
@@ -121,36 +137,21 @@ export class ContainerService {
     const rt = this.runtime(sandbox.runtimeHandler);
     this.o.repo.insert({ id, sandboxId: sandbox.id, name: req.name, attempt: req.attempt, imageId: image.id, imageRef: req.image, config: req.raw, logPath, createdAt: nowNs() });
     const undo = new DisposableStack();
+    // The shim starts first and waits for the bundle (ShimCreateOptions.bundleReady), so its
+    // start-up overlaps the making of the bundle. Each undo is registered before its step;
+    // on failure they run newest first: shim, mount, bundle, layer.
+    let bundleDone = (): void => undefined;
+    let bundleFailed = (_err: unknown): void => undefined;
+    let shimCreated: Promise<ShimHandle> | undefined;
+    let mountTried = false;
+    let mounted: Promise<unknown> | undefined;
     try {
       undo.defer(() => this.o.images.removeContainerLayer(id));
-      const layer = await this.o.images.prepareContainerLayer(id, image);
       undo.defer(() => rm(bundle, { recursive: true, force: true }));
-      await mkdir(rootfs, { recursive: true, mode: 0o755 });
-      await run('mount', ['-t', 'overlay', 'overlay', '-o', layer.options, rootfs]);
-      undo.defer(() => unmount(rootfs));
-
-      const { spec, warnings } = generateSpec({
-        containerId: id,
-        sandboxId: sandbox.id,
-        config: req.config,
-        image: image.config,
-        passwd: await readBounded(rootfs, 'etc/passwd'),
-        group: await readBounded(rootfs, 'etc/group'),
-        rootfs,
-        sandbox: this.sandboxInfo(sandbox),
-        cgroupDriver: this.o.config.cgroup_driver,
-        minOomScoreAdj: this.minOomScoreAdj,
-        ...(this.hostCapabilities ? { hostCapabilities: this.hostCapabilities } : {}),
-        localhostSeccomp: await localhostSeccompProfiles(req.config),
-        ...this.targetPidns(sandbox.id, req.config),
-      });
-      for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
-      await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
-      await mkdir(dirname(logPath), { recursive: true });
-
+      undo.defer(() => (mountTried ? unmount(rootfs) : undefined));
       undo.defer(() => this.o.shim.removeFiles({ id, bundle, exitDir: this.exitDir, persistDir: persist, socketDir: this.socketDir }));
       undo.defer(() => this.o.shim.delete(id, rt.path, rt.root, true));
-      const handle = await this.o.shim.create({
+      shimCreated = this.o.shim.create({
         id,
         bundle,
         runtimePath: rt.path,
@@ -162,12 +163,55 @@ export class ContainerService {
         terminal: req.config.tty,
         stdin: req.config.stdin,
         stdinOnce: req.config.stdin_once,
+        bundleReady: new Promise<void>((resolve, reject) => {
+          bundleDone = resolve;
+          bundleFailed = reject;
+        }),
         ...(signal ? { signal } : {}),
       });
+      shimCreated.catch(() => undefined);
+      const layerMade = this.o.images.prepareContainerLayer(id, image);
+      const rootfsMade = mkdir(rootfs, { recursive: true, mode: 0o755 });
+      await Promise.allSettled([layerMade, rootfsMade]);
+      const [layer] = await Promise.all([layerMade, rootfsMade]);
+      mountTried = true;
+      mounted = run('mount', ['-t', 'overlay', 'overlay', '-o', layer.options, rootfs]);
+      mounted.catch(() => undefined);
+      // The spec is made while the mount runs when the image's passwd and group are known.
+      let ids = this.idFiles.get(image.id);
+      if (!ids) {
+        await mounted;
+        ids = await this.readIdFiles(image.id, rootfs);
+      }
+
+      const { spec, warnings } = generateSpec({
+        containerId: id,
+        sandboxId: sandbox.id,
+        config: req.config,
+        image: image.config,
+        passwd: ids.passwd,
+        group: ids.group,
+        rootfs,
+        sandbox: this.sandboxInfo(sandbox),
+        cgroupDriver: this.o.config.cgroup_driver,
+        minOomScoreAdj: this.minOomScoreAdj,
+        appArmorEnabled: this.appArmorEnabled,
+        ...(this.hostCapabilities ? { hostCapabilities: this.hostCapabilities } : {}),
+        localhostSeccomp: await localhostSeccompProfiles(req.config),
+        ...this.targetPidns(sandbox.id, req.config),
+      });
+      for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
+      await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
+      await mounted;
+      bundleDone();
+      const handle = await shimCreated;
       this.o.repo.update(id, () => ({ state: 'created', pid: handle.pid, shimPid: handle.shimPid }));
       undo.move();
       return id;
     } catch (err) {
+      // The shim first gives up (its process killed) or finishes; then everything is undone.
+      bundleFailed(err);
+      await Promise.allSettled([shimCreated, mounted]);
       try {
         await undo.dispose();
         this.o.repo.delete(id);
@@ -191,6 +235,16 @@ export class ContainerService {
     }
     if (target.state !== 'running' || !target.pid) throw new BerthError('FailedPrecondition', `namespace_options.target_id: container ${target.id} is ${target.state}, not running`);
     return { targetPidnsPath: `/proc/${target.pid}/ns/pid` };
+  }
+
+  /** An image's passwd and group, read through a container's freshly mounted rootfs; small ones are kept. */
+  private async readIdFiles(imageId: string, rootfs: string): Promise<IdFiles> {
+    const [passwd, group] = await Promise.all([readBounded(rootfs, 'etc/passwd'), readBounded(rootfs, 'etc/group')]);
+    if (passwd.length + group.length <= ID_FILES_CACHED_MAX) {
+      if (this.idFiles.size >= ID_FILES_CACHE_ENTRIES) this.idFiles.delete(this.idFiles.keys().next().value!);
+      this.idFiles.set(imageId, { passwd, group });
+    }
+    return { passwd, group };
   }
 
   private sandboxInfo(sb: SandboxRecord): Parameters<typeof generateSpec>[0]['sandbox'] {
@@ -590,6 +644,15 @@ function descendants(pid: number): number[] {
     }
   }
   return out;
+}
+
+/** Whether the kernel has AppArmor enabled (as runc decides: the module parameter says Y). */
+function appArmorEnabled(): boolean {
+  try {
+    return readFileSync('/sys/module/apparmor/parameters/enabled', 'utf8').trim() === 'Y';
+  } catch {
+    return false;
+  }
 }
 
 /** Whether a process exists and is not a zombie (a killed shim may linger unreaped). */

@@ -7,6 +7,11 @@
  *   with the grandchild's pid); the grandchild calls setsid, becomes a sub-reaper, is
  *   reparented to init and runs `<runtime> <--runtime-arg…> create --bundle B
  *   --pid-file P <id>`.
+ * - The start pipe, fd 4 with `_OCI_STARTPIPE=4`: conmon blocks in read(2) on it right
+ *   after parsing its options (it has opened the log file, nothing more) and before it
+ *   forks, so berthd spawns it early and writes one byte once the bundle is complete;
+ *   conmon's start-up then overlaps the mount and config.json. End of file releases it
+ *   too, so an unreleased conmon is SIGKILLed before berthd's end of the pipe closes.
  * - When `create` succeeds conmon writes `{"pid": N}\n` on the sync pipe (N read from the
  *   container pidfile) and keeps the pipe open; when it fails it writes
  *   `{"pid": -1, "message": "<runtime stderr>"}\n` — only if the runtime printed
@@ -101,16 +106,30 @@ export class ConmonShim implements Shim {
     const started = Date.now();
 
     const undo = new DisposableStack();
+    // The caller's failure is rethrown as it is, after the undo; never left unhandled.
+    let bundleFailed: { reason: unknown } | undefined;
+    const bundleReady = Promise.resolve(o.bundleReady).then(
+      () => undefined,
+      (reason: unknown) => {
+        bundleFailed = { reason };
+        throw reason;
+      },
+    );
+    bundleReady.catch(() => undefined);
     try {
-      await Promise.all([o.exitDir, o.persistDir, o.socketDir, o.runtimeRoot, dirname(o.logPath)].map((d) => mkdir(d, { recursive: true })));
-      // The undo below force-deletes the id: never let that reach a container that was there before.
-      if ((await this.state(o.id, o.runtimePath, o.runtimeRoot)) !== undefined) {
-        throw new BerthError('AlreadyExists', `container ${o.id} already exists in ${o.runtimeRoot}`);
+      await Promise.all([o.exitDir, dirname(o.persistDir), o.socketDir, o.runtimeRoot, dirname(o.logPath)].map((d) => mkdir(d, { recursive: true })));
+      // The id is claimed by making its persist dir, exclusively: the undo below force-deletes
+      // the id in the runtime, which must never reach a container made by someone else (the
+      // dir stays until removeFiles, i.e. after the runtime's delete). No `runc state` here:
+      // it costs a process per create.
+      try {
+        await mkdir(o.persistDir);
+      } catch (err) {
+        if (errnoOf(err) === 'EEXIST') throw new BerthError('AlreadyExists', `container ${o.id} already exists (${o.persistDir} is there)`);
+        throw err;
       }
       // A reused id must not look exited already.
-      await rm(join(o.exitDir, o.id), { force: true });
-      await rm(join(o.persistDir, 'exit'), { force: true });
-      const logExisted = await exists(o.logPath);
+      const [logExisted] = await Promise.all([exists(o.logPath), rm(join(o.exitDir, o.id), { force: true })]);
 
       // Undo steps, newest first on failure: files, then runtime state, then conmon.
       undo.defer(async () => {
@@ -118,26 +137,32 @@ export class ConmonShim implements Shim {
         files.push(...BUNDLE_FILES.map((f) => join(o.bundle, f)));
         if (!logExisted) files.push(o.logPath);
         await Promise.all(files.map((f) => rm(f, { force: true })));
+        await rm(o.persistDir, { recursive: true, force: true });
         await removeSocketLink(o.socketDir, o.id, o.bundle);
       });
-      undo.defer(() => this.delete(o.id, o.runtimePath, o.runtimeRoot, true));
+      let runtimeRan = false;
+      undo.defer(() => (runtimeRan ? this.delete(o.id, o.runtimePath, o.runtimeRoot, true) : undefined));
 
       signal.throwIfAborted();
       const args = this.conmonArgs(o);
       log?.debug('starting conmon', { args });
+      // conmon waits on its start pipe (fd 4, `_OCI_STARTPIPE`) before it forks and runs the
+      // runtime, so it loads while the caller completes the bundle.
       const child = spawn(this.conmonPath, args, {
         cwd: o.persistDir,
         detached: true,
-        stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+        stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
         // A clean environment: nothing of berthd's (LISTEN_PID, NOTIFY_SOCKET…) leaks into conmon or runc.
-        env: { PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', _OCI_SYNCPIPE: '3' },
+        env: { PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', _OCI_SYNCPIPE: '3', _OCI_STARTPIPE: '4' },
       });
       const stderr: Buffer[] = [];
       child.stderr?.on('data', (b: Buffer) => stderr.push(b));
       child.stdout?.resume();
       const syncStream = child.stdio[3] as NodeJS.ReadableStream;
+      const startStream = child.stdio[4] as NodeJS.WritableStream & NodeJS.EventEmitter;
+      startStream.on('error', () => undefined);
       const closeStreams = (): void => {
-        for (const s of [child.stdout, child.stderr, child.stdio[3]]) s?.destroy();
+        for (const s of [child.stdout, child.stderr, child.stdio[3], child.stdio[4]]) s?.destroy();
         child.unref();
       };
       undo.defer(closeStreams);
@@ -147,15 +172,32 @@ export class ConmonShim implements Shim {
       // the undo lets it finish and deletes the container whole.
       const grace = AbortSignal.timeout(timeoutMs + CREATE_GRACE_MS);
       const childExit = waitChildExit(child, grace);
+      childExit.catch(() => undefined);
       const syncLine = readSyncLine(syncStream, grace);
+      syncLine.catch(() => undefined);
       let shimPid: number | undefined;
       undo.defer(async () => {
+        // Not released yet, conmon sits in read(2) on its start pipe and has made nothing:
+        // it is killed before its end of the pipe closes, since end of file would release it.
+        if (!runtimeRan && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
         await Promise.allSettled([childExit, syncLine]);
         if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+        if (!runtimeRan) return;
         shimPid ??= await readPid(join(o.persistDir, 'conmon.pid'));
         const pids = shimPid !== undefined ? [shimPid] : await findConmons(o.id);
         await Promise.all(pids.map((p) => killConmon(p, o.id)));
       });
+
+      // Release conmon once the bundle is complete (or learn that conmon failed first).
+      const early = await abortable(Promise.race([bundleReady, childExit]), signal);
+      if (early !== undefined) {
+        // It exits before release only on a failure of its own (bad options, runtime path);
+        // an exit 0 would mean it went on, so then the undo treats the runtime as run.
+        if (early.code === 0) runtimeRan = true;
+        throw new BerthError('Internal', `conmon failed (exit ${early.code ?? early.signal}): ${Buffer.concat(stderr).toString('utf8').trim() || 'no message'}`);
+      }
+      runtimeRan = true;
+      startStream.write('0');
 
       const [exit, sync] = await abortable(Promise.all([childExit, syncLine]), signal);
       const conmonStderr = Buffer.concat(stderr).toString('utf8').trim();
@@ -178,6 +220,7 @@ export class ConmonShim implements Shim {
       return { id: o.id, pid: msg.pid, shimPid };
     } catch (err) {
       await undo.dispose().catch((e: unknown) => log?.warn('cleanup after a failed create', { error: messageOf(e) }));
+      if (bundleFailed !== undefined && bundleFailed.reason === err) throw err;
       if (err instanceof BerthError) throw err;
       if (signal.aborted) {
         if (o.signal?.aborted) throw new BerthError('Cancelled', `creating container ${o.id} was cancelled`, { cause: err });

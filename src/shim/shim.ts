@@ -58,6 +58,13 @@ export interface ShimCreateOptions {
   signal?: AbortSignal;
   /** Bound on the whole creation; the default is the implementation's. */
   timeoutMs?: number;
+  /**
+   * Resolves once the bundle is complete (rootfs mounted, `config.json` written). The shim
+   * may start its own process before, so that its start-up overlaps the caller's work, but
+   * runs the runtime's `create` only after; should it reject, `create` undoes what it did
+   * and rejects with that reason. Absent: the bundle is complete already.
+   */
+  bundleReady?: Promise<unknown>;
 }
 
 /** The files a shim keeps for one container, for {@link Shim.removeFiles}. */

@@ -233,7 +233,7 @@ function median(xs: number[]): number {
     });
     assert.deepEqual(conmonsFor(o.id), []);
     assert.equal(await shim.state(o.id, RUNC, env.runtimeRoot), undefined);
-    assert.deepEqual(await readdir(o.persistDir), []);
+    assert.equal(existsSync(o.persistDir), false, 'the persist dir create claimed is gone');
     assert.deepEqual(await readdir(o.exitDir), []);
     assert.deepEqual(await readdir(o.socketDir), []);
     assert.equal(existsSync(o.logPath), false);
@@ -243,9 +243,47 @@ function median(xs: number[]): number {
 
   it('fails clearly when the runtime binary is missing', async () => {
     const o = await makeBundle(env, newId(), ['/bin/true']);
-    await assert.rejects(shim.create({ ...o, runtimePath: '/nonexistent/runc' }), /\/nonexistent\/runc.*ENOENT/);
+    await assert.rejects(shim.create({ ...o, runtimePath: '/nonexistent/runc' }), /\/nonexistent\/runc.*(ENOENT|No such file)/);
     assert.deepEqual(conmonsFor(o.id), []);
-    assert.deepEqual(await readdir(o.persistDir), []);
+    assert.equal(existsSync(o.persistDir), false);
+  });
+
+  it('starts conmon before the bundle is ready and runs the runtime only once it is', async () => {
+    const o = await makeBundle(env, newId(), ['/bin/true']);
+    const config = await readFile(join(o.bundle, 'config.json'), 'utf8');
+    await rm(join(o.bundle, 'config.json'));
+    let ready = (): void => undefined;
+    const creating = shim.create({ ...o, bundleReady: new Promise<void>((resolve) => (ready = resolve)) });
+    const until = Date.now() + 5000;
+    while (conmonsFor(o.id).length === 0 && Date.now() < until) await sleep(10);
+    assert.equal(conmonsFor(o.id).length, 1, 'conmon waits on its start pipe');
+    await sleep(200);
+    assert.equal(await shim.state(o.id, RUNC, env.runtimeRoot), undefined, 'no runtime create before the bundle is ready');
+    await writeFile(join(o.bundle, 'config.json'), config);
+    ready();
+    const h = await creating;
+    assert.deepEqual(await shim.state(o.id, RUNC, env.runtimeRoot), { status: 'created', pid: h.pid });
+    await shim.delete(o.id, RUNC, env.runtimeRoot, true);
+    await shim.removeFiles(o);
+  });
+
+  it('rejects with the reason of a failed bundle and leaves no conmon, runtime state or files', async () => {
+    const o = await makeBundle(env, newId(), ['/bin/true']);
+    const reason = new Error('mount failed');
+    let fail = (_e: unknown): void => undefined;
+    const creating = shim.create({ ...o, bundleReady: new Promise<void>((_resolve, reject) => (fail = reject)) });
+    const until = Date.now() + 5000;
+    while (conmonsFor(o.id).length === 0 && Date.now() < until) await sleep(10);
+    fail(reason);
+    await assert.rejects(creating, (err: unknown) => err === reason);
+    await sleep(300); // a conmon released by mistake would have run runc by now
+    assert.deepEqual(conmonsFor(o.id), []);
+    assert.equal(await shim.state(o.id, RUNC, env.runtimeRoot), undefined);
+    assert.equal(existsSync(o.persistDir), false);
+    assert.equal(existsSync(o.logPath), false);
+    assert.deepEqual(await readdir(o.exitDir).catch(() => []), []);
+    assert.deepEqual(await readdir(o.socketDir).catch(() => []), []);
+    assert.deepEqual((await readdir(o.bundle)).sort(), ['config.json', 'rootfs']);
   });
 
   it('refuses bad ids and log paths with ":" before running anything', async () => {
