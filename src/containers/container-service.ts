@@ -18,7 +18,7 @@ import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { BerthConfig } from '../config/schema.js';
 import type { ImageService } from '../images/image-service.js';
-import { ociRuntime, type OciRuntime } from '../oci/runtime.js';
+import { ociRuntime, ownOomScoreAdj, type OciRuntime } from '../oci/runtime.js';
 import type { SandboxRecord } from '../sandbox/sandbox-repository.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
 import { shimDirs, type Shim, type ShimHandle } from '../shim/shim.js';
@@ -52,6 +52,8 @@ export interface ContainerServiceOptions {
 const nowNs = (): string => String(BigInt(Date.now()) * 1_000_000n);
 /** Bytes of each output stream ExecSync keeps. */
 export const EXEC_OUTPUT_CAP = 16 * 1024 * 1024 / 4;
+/** How often the shims of followed containers are checked, and a container whose shim died is asked about. */
+const SHIM_CHECK_MS = 2000;
 /** Bytes of /etc/passwd or /etc/group berth reads from an image. */
 const MAX_ID_FILE = 1 << 20;
 /** Images whose passwd and group are kept, and the most bytes kept for one. */
@@ -70,6 +72,9 @@ export class ContainerService {
   private readonly persistRoot: string;
   private readonly lifetime = new AbortController();
   private readonly watching = new Map<string, Promise<void>>();
+  /** Shims of followed containers, checked together by one timer: aborted when a shim is gone. */
+  private readonly shims = new Map<string, { pid: number | null; gone: AbortController }>();
+  private shimCheck: NodeJS.Timeout | undefined;
   private readonly locks = new KeyedLock();
   private readonly minOomScoreAdj: number;
   private readonly hostCapabilities: string[] | undefined;
@@ -85,7 +90,7 @@ export class ContainerService {
     this.bundles = join(o.config.root, 'containers');
     ({ exitDir: this.exitDir, socketDir: this.socketDir, persistRoot: this.persistRoot } = shimDirs(o.config.state));
     for (const d of [this.bundles, this.exitDir, this.socketDir, this.persistRoot]) mkdirSync(d, { recursive: true, mode: 0o700 });
-    this.minOomScoreAdj = Number(readFileSync('/proc/self/oom_score_adj', 'utf8').trim()) || 0;
+    this.minOomScoreAdj = ownOomScoreAdj();
     const capBnd = /^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
     this.hostCapabilities = capBnd ? capabilitiesFromMask(BigInt(`0x${capBnd}`)) : undefined;
     this.appArmorEnabled = appArmorEnabled();
@@ -93,6 +98,11 @@ export class ContainerService {
 
   private runtime(handler: string): OciRuntime {
     return ociRuntime(this.o.config, handler);
+  }
+
+  /** The runtime of a container: its pod's handler (the default one should the pod be gone). */
+  private runtimeOf(c: { sandboxId: string }): OciRuntime {
+    return this.runtime(this.o.sandboxes.find(c.sandboxId)?.runtimeHandler ?? this.o.config.default_runtime);
   }
 
   private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
@@ -279,8 +289,7 @@ export class ContainerService {
     await this.locked(found.id, async () => {
       const c = this.o.repo.get(found.id)!;
       if (c.state !== 'created') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}; only a created container can be started`);
-      const sb = this.o.sandboxes.find(c.sandboxId);
-      const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+      const rt = this.runtimeOf(c);
       await this.o.shim.start(c.id, rt.path, rt.root);
       this.o.repo.update(c.id, () => ({ state: 'running', startedAt: nowNs() }));
       this.watch(c.id);
@@ -305,19 +314,21 @@ export class ContainerService {
    * its exit code having died with the shim. It is never left RUNNING when it is not.
    */
   private async followExit(id: string): Promise<void> {
-    const CHECK_MS = 2000;
     const lifetime = this.lifetime.signal;
     const shimPid = this.o.repo.get(id)?.shimPid ?? null;
     const shimGone = new AbortController();
-    const check = setInterval(() => {
-      if (!shimAlive(shimPid, id)) shimGone.abort();
-    }, CHECK_MS).unref();
+    this.shims.set(id, { pid: shimPid, gone: shimGone });
+    this.shimCheck ??= setInterval(() => this.checkShims(), SHIM_CHECK_MS).unref();
     try {
       return await this.recordExit(id, await this.o.shim.waitExit(this.exitDir, id, AbortSignal.any([lifetime, shimGone.signal])));
     } catch (err) {
       if (lifetime.aborted || !shimGone.signal.aborted) throw err;
     } finally {
-      clearInterval(check);
+      this.shims.delete(id);
+      if (this.shims.size === 0) {
+        clearInterval(this.shimCheck);
+        this.shimCheck = undefined;
+      }
     }
     this.o.log.warn('the shim of a running container died; following the container through the runtime', { container: id, shim_pid: shimPid });
     for (;;) {
@@ -326,7 +337,7 @@ export class ContainerService {
       if (code !== undefined) return this.recordExit(id, code);
       const c = this.o.repo.get(id);
       if (c?.state !== 'running' && c?.state !== 'created') return;
-      const rt = this.runtime(this.o.sandboxes.find(c.sandboxId)?.runtimeHandler ?? this.o.config.default_runtime);
+      const rt = this.runtimeOf(c);
       const st = await this.o.shim.state(id, rt.path, rt.root).catch((err: unknown) => {
         this.o.log.debug('runtime state failed; asking again', { container: id, error: messageOf(err) });
         return { status: 'unknown', pid: 0 } as const;
@@ -341,9 +352,14 @@ export class ContainerService {
           this.o.log.warn('container stopped without its shim; exit code unknown', { container: id });
         });
       }
-      await new Promise((r) => setTimeout(r, CHECK_MS).unref());
+      await new Promise((r) => setTimeout(r, SHIM_CHECK_MS).unref());
       if (lifetime.aborted) return;
     }
+  }
+
+  /** One pass over the followed containers' shims: a dead one stops the wait for its exit file. */
+  private checkShims(): void {
+    for (const [id, s] of this.shims) if (!shimAlive(s.pid, id)) s.gone.abort();
   }
 
   /** Marks a container exited with its code; idempotent. */
@@ -363,8 +379,7 @@ export class ContainerService {
     await this.locked(found.id, async () => {
       const c = this.o.repo.get(found.id)!;
       if (c.state === 'exited' || c.state === 'removing') return;
-      const sb = this.o.sandboxes.find(c.sandboxId);
-      const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+      const rt = this.runtimeOf(c);
       if (c.state === 'unknown') return this.stopLost(c, rt);
       const image = this.o.images.find(c.imageId);
       const sig = image ? stopSignal(image.config) : 15;
@@ -438,8 +453,7 @@ export class ContainerService {
       const c = this.o.repo.get(found.id);
       if (!c) return;
       this.o.repo.update(c.id, () => ({ state: 'removing' }));
-      const sb = this.o.sandboxes.find(c.sandboxId);
-      const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+      const rt = this.runtimeOf(c);
       const { bundle, rootfs, persist } = this.paths(c.id);
       await this.o.shim.delete(c.id, rt.path, rt.root, true);
       await unmount(rootfs);
@@ -460,8 +474,7 @@ export class ContainerService {
     const c = this.find(idOrPrefix);
     if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
     if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
-    const sb = this.o.sandboxes.find(c.sandboxId);
-    const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+    const rt = this.runtimeOf(c);
     const pidFile = join(this.paths(c.id).persist, `exec-${randomBytes(6).toString('hex')}.pid`);
     await mkdir(dirname(pidFile), { recursive: true });
     const child = spawn(rt.path, ['--root', rt.root, 'exec', '--pid-file', pidFile, c.id, ...cmd], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -542,8 +555,7 @@ export class ContainerService {
     const c = this.find(idOrPrefix);
     if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
     if (c.state !== 'running' && c.state !== 'created') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}; only a created or running container can be updated`);
-    const sb = this.o.sandboxes.find(c.sandboxId);
-    const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+    const rt = this.runtimeOf(c);
     const res: Record<string, unknown> = {};
     const cpu: Record<string, unknown> = {};
     if (r.cpu_shares > 0) cpu.shares = r.cpu_shares;
@@ -595,8 +607,7 @@ export class ContainerService {
           await this.recordExit(c.id, code);
           continue;
         }
-        const sb = this.o.sandboxes.find(c.sandboxId);
-        const rt = this.runtime(sb?.runtimeHandler ?? this.o.config.default_runtime);
+        const rt = this.runtimeOf(c);
         const st = await this.o.shim.state(c.id, rt.path, rt.root);
         if ((!st || st.status === 'stopped') && !shimAlive(c.shimPid, c.id)) {
           // The shim may have written the exit file since it was read.
@@ -617,6 +628,7 @@ export class ContainerService {
 
   close(): void {
     this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));
+    clearInterval(this.shimCheck);
   }
 }
 

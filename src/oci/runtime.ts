@@ -3,6 +3,7 @@
  * state root of berth's own per handler (`runc --root`), so berth never sees or touches
  * containers of another engine on the same host.
  */
+import { readFileSync } from 'node:fs';
 import { posix, join } from 'node:path';
 import { BerthError, invalidArgument } from '../common/errors.js';
 import type { BerthConfig } from '../config/schema.js';
@@ -37,4 +38,12 @@ export function cgroupsPath(driver: 'cgroupfs' | 'systemd', parent: string, name
   }
   if (parent.split('/').includes('..')) throw invalidArgument(`cgroup parent "${parent}" must not contain ".."`);
   return posix.join('/', parent, `berth-${name}`);
+}
+
+/**
+ * berthd's own oom_score_adj: without CAP_SYS_RESOURCE no process it starts may ask for a
+ * lower one (runc would fail), so requests are clamped to it (containerd's restrict_oom_score_adj).
+ */
+export function ownOomScoreAdj(): number {
+  return Number(readFileSync('/proc/self/oom_score_adj', 'utf8').trim()) || 0;
 }

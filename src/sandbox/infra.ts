@@ -18,8 +18,6 @@
 import { mkdir, open, writeFile } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { join } from 'node:path';
-import { messageOf } from '../common/errors.js';
-import type { Logger } from '../common/logger.js';
 import { hostPlatform } from '../images/manifest.js';
 import { cgroupsPath, type OciRuntime } from '../oci/runtime.js';
 import { runtimeDefaultProfile } from '../oci/seccomp-default.js';
@@ -89,7 +87,6 @@ export function infraSpec(i: InfraSpecInput): OciSpec {
 export interface InfraOptions {
   shim: Shim;
   dirs: ShimDirs;
-  log: Logger;
 }
 
 /** Starts and removes pods' infra processes through the shim. */
@@ -102,7 +99,7 @@ export class PodInfra {
 
   /**
    * Creates and starts the infra process in `bundle` (made here, inside the pod's dir) and
-   * returns its pid. On failure nothing of it is left running; `remove` clears the rest.
+   * returns its pid. On failure the caller's `remove` (armed before) clears what was made.
    */
   async start(input: Omit<InfraSpecInput, 'rootfs'>, bundle: string, rt: OciRuntime, signal?: AbortSignal): Promise<number> {
     const rootfs = join(bundle, 'rootfs');
@@ -110,24 +107,18 @@ export class PodInfra {
     // The bind mount's target; O_NOFOLLOW as the dir is berth's own but never trusted blindly.
     await (await open(join(rootfs, INFRA_BIN), constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o444)).close();
     await writeFile(join(bundle, 'config.json'), JSON.stringify(infraSpec({ ...input, rootfs })));
-    const files = this.files(input.sandboxId, bundle);
-    try {
-      const handle = await this.o.shim.create({
-        ...files,
-        runtimePath: rt.path,
-        runtimeRoot: rt.root,
-        logPath: join(bundle, 'infra.log'),
-        terminal: false,
-        stdin: false,
-        stdinOnce: false,
-        ...(signal ? { signal } : {}),
-      });
-      await this.o.shim.start(input.sandboxId, rt.path, rt.root);
-      return handle.pid;
-    } catch (err) {
-      await this.remove(input.sandboxId, bundle, rt).catch((e: unknown) => this.o.log.error('removing a failed infra process', { sandbox: input.sandboxId, error: messageOf(e) }));
-      throw err;
-    }
+    const handle = await this.o.shim.create({
+      ...this.files(input.sandboxId, bundle),
+      runtimePath: rt.path,
+      runtimeRoot: rt.root,
+      logPath: join(bundle, 'infra.log'),
+      terminal: false,
+      stdin: false,
+      stdinOnce: false,
+      ...(signal ? { signal } : {}),
+    });
+    await this.o.shim.start(input.sandboxId, rt.path, rt.root);
+    return handle.pid;
   }
 
   /** Kills the infra process (and with it every process of the pod's PID namespace) and removes its runtime state and shim files; idempotent. */

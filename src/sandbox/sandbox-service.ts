@@ -19,7 +19,7 @@ import { findByIdOrPrefix, KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { BerthConfig } from '../config/schema.js';
-import { ociRuntime } from '../oci/runtime.js';
+import { ociRuntime, ownOomScoreAdj } from '../oci/runtime.js';
 import { shimDirs, type Shim } from '../shim/shim.js';
 import { CniNetwork, loopbackUp, podIps, type CniResult, type CniRuntimeConf, type PortMapping } from './cni/cni.js';
 import { findNetwork, type CniNetworkList } from './cni/conf-dir.js';
@@ -104,8 +104,8 @@ export class SandboxService {
     mkdirSync(this.podRoot, { recursive: true, mode: 0o711 });
     chmodSync(this.nsRoot, 0o700);
     chmodSync(this.podRoot, 0o711);
-    this.infra = new PodInfra({ shim: o.shim, dirs: shimDirs(o.config.state), log: o.log.child({ component: 'infra' }) });
-    this.minOomScoreAdj = Number(readFileSync('/proc/self/oom_score_adj', 'utf8').trim()) || 0;
+    this.infra = new PodInfra({ shim: o.shim, dirs: shimDirs(o.config.state) });
+    this.minOomScoreAdj = ownOomScoreAdj();
   }
 
   private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
