@@ -14,6 +14,7 @@ fi
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-fund --no-audit
 fi
+bash hack/build-native.sh
 node hack/gen-proto-types.mjs
 node_modules/.bin/tsc -p tsconfig.json
 exec node dist/hack/bench/main.js "$@"

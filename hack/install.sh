@@ -14,6 +14,8 @@
 #   apache2-utils ............. htpasswd -B, for the test registry that requires basic auth
 #   attr ...................... setfattr/getfattr: layer xattrs and overlay opaque dirs
 #   openssl ................... self-signed certificates for the TLS registry test
+#   gcc, make, python3 ........ node-gyp builds berth's native addon (native/berth_sys.c)
+#                               against the nodejs package's headers (/usr/include/node)
 set -euo pipefail
 
 PACKAGES=(
@@ -22,6 +24,7 @@ PACKAGES=(
   docker-registry busybox-static zstd
   util-linux psmisc ca-certificates
   apache2-utils attr openssl
+  gcc libc6-dev make python3
 )
 
 if [ "$(id -u)" -ne 0 ]; then

@@ -18,6 +18,7 @@ if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modu
 fi
 
 step() { printf '\n== %s\n' "$*"; }
+step "native addon (node-gyp)"; bash hack/build-native.sh
 step "generate CRI types";        node hack/gen-proto-types.mjs
 step "type check (tsc --noEmit)"; node_modules/.bin/tsc --noEmit -p tsconfig.json
 step "lint (eslint)";             node_modules/.bin/eslint --max-warnings 0 .

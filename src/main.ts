@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BerthError, errnoOf, messageOf } from './common/errors.js';
 import { createLogger, type Logger } from './common/logger.js';
+import { loadNative } from './common/sys.js';
 import { BERTH_VERSION } from './common/version.js';
 import { ConfigError, formatConfig, loadConfig } from './config/load.js';
 import type { BerthConfig } from './config/schema.js';
@@ -167,6 +168,12 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     held.length = 0;
   };
 
+  try {
+    loadNative();
+  } catch (err) {
+    log.error('cannot start', { error: messageOf(err) });
+    return 1;
+  }
   let db: Db;
   let server: grpc.Server;
   let images: ImageService;

@@ -4,18 +4,17 @@
  * defers its undo, and exits are learnt from conmon's exit files, so a container that
  * exits while berthd is down is recorded with its code when berthd is back.
  */
-import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { constants as fsConstants } from 'node:fs';
 import { mkdir, open, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { dirname, join } from 'node:path';
-import { promisify } from 'node:util';
 import { DisposableStack } from '../common/disposable.js';
 import { findByIdOrPrefix, KeyedLock } from '../common/keyed-lock.js';
-import { BerthError, messageOf } from '../common/errors.js';
+import { BerthError, errnoOf, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
+import { execProcess, mount, spawnProcess, umount } from '../common/sys.js';
 import type { BerthConfig } from '../config/schema.js';
 import type { ImageService } from '../images/image-service.js';
 import { ociRuntime, ownOomScoreAdj, type OciRuntime } from '../oci/runtime.js';
@@ -26,7 +25,6 @@ import type { ContainerRecord, ContainerRepository } from './container-repositor
 import { capabilitiesFromMask } from './capabilities.js';
 import { generateSpec, stopSignal, type CriContainerConfig } from './spec.js';
 
-const run = promisify(execFile);
 
 export interface CreateContainerRequest {
   sandboxId: string;
@@ -185,7 +183,9 @@ export class ContainerService {
       await Promise.allSettled([layerMade, rootfsMade]);
       const [layer] = await Promise.all([layerMade, rootfsMade]);
       mountTried = true;
-      mounted = run('mount', ['-t', 'overlay', 'overlay', '-o', layer.options, rootfs]);
+      mounted = mount('overlay', rootfs, 'overlay', 0, layer.options).catch((err: unknown) => {
+        throw new BerthError('Internal', `mounting the container's rootfs (overlay on ${rootfs}): ${messageOf(err)}`, { cause: err });
+      });
       mounted.catch(() => undefined);
       // The spec is made while the mount runs when the image's passwd and group are known.
       let ids = this.idFiles.get(image.id);
@@ -477,7 +477,12 @@ export class ContainerService {
     const rt = this.runtimeOf(c);
     const pidFile = join(this.paths(c.id).persist, `exec-${randomBytes(6).toString('hex')}.pid`);
     await mkdir(dirname(pidFile), { recursive: true });
-    const child = spawn(rt.path, ['--root', rt.root, 'exec', '--pid-file', pidFile, c.id, ...cmd], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let child;
+    try {
+      child = spawnProcess(rt.path, ['--root', rt.root, 'exec', '--pid-file', pidFile, c.id, ...cmd], { stdio: ['ignore', 'out', 'out'] });
+    } catch (err) {
+      throw new BerthError('Internal', `cannot run ${rt.path} exec: ${messageOf(err)}`, { cause: err });
+    }
     const collect = (stream: NodeJS.ReadableStream): Promise<Buffer> =>
       new Promise((resolve) => {
         const chunks: Buffer[] = [];
@@ -504,16 +509,14 @@ export class ContainerService {
       // `runc exec` reaps the command it started: give it a moment, or the killed command
       // lingers as a zombie that `ps`/`pgrep` in the container still see.
       const grace = setTimeout(() => child.kill('SIGKILL'), 2000);
-      child.once('close', () => clearTimeout(grace));
+      void child.exited.then(() => clearTimeout(grace));
     };
     const timer = timeoutSeconds > 0 ? setTimeout(() => void killExec(new BerthError('DeadlineExceeded', `command timed out after ${timeoutSeconds} s and was killed`)), timeoutSeconds * 1000) : undefined;
     const onAbort = (): void => void killExec(new BerthError('DeadlineExceeded', 'the caller went away; the command was killed'));
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      const code = await new Promise<number>((resolve, reject) => {
-        child.once('error', reject);
-        child.once('close', (status, sig) => resolve(status ?? 128 + (sig ? osConstants.signals[sig] : 9)));
-      });
+      const st = await child.exited;
+      const code = st.code ?? 128 + (st.signal ? osConstants.signals[st.signal] : 9);
       const [stdout, stderr] = await Promise.all([out, err]);
       if (timedOut) throw timedOut;
       return { stdout, stderr, exitCode: code };
@@ -567,14 +570,10 @@ export class ContainerService {
     if (r.memory_limit_in_bytes > 0) {
       res.memory = { limit: r.memory_limit_in_bytes, swap: r.memory_swap_limit_in_bytes > 0 ? r.memory_swap_limit_in_bytes : r.memory_limit_in_bytes };
     }
-    await new Promise<void>((resolve, reject) => {
-      const child = spawn(rt.path, ['--root', rt.root, 'update', '--resources', '-', c.id], { stdio: ['pipe', 'ignore', 'pipe'] });
-      let stderr = '';
-      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString().slice(0, 4096)));
-      child.once('error', reject);
-      child.once('close', (code) => (code === 0 ? resolve() : reject(new BerthError('FailedPrecondition', `container ${c.id}: the runtime refused the update: ${stderr.trim().replace(/^time="[^"]*" level=\w+ msg="(.*)"$/s, '$1')}`))));
-      child.stdin!.end(JSON.stringify(res));
-    });
+    const run = await execProcess(rt.path, ['--root', rt.root, 'update', '--resources', '-', c.id], { input: JSON.stringify(res), maxBuffer: 4096 });
+    if (run.code !== 0) {
+      throw new BerthError('FailedPrecondition', `container ${c.id}: the runtime refused the update: ${run.stderr.trim().replace(/^time="[^"]*" level=\w+ msg="(.*)"$/s, '$1') || `exit ${run.code ?? run.signal}`}`);
+    }
     this.o.repo.updateConfig(c.id, { ...c.config, linux: { ...((c.config.linux as object | undefined) ?? {}), resources: raw } });
   }
 
@@ -736,11 +735,11 @@ async function localhostSeccompProfiles(cfg: CriContainerConfig): Promise<Record
 
 async function unmount(path: string): Promise<void> {
   try {
-    await run('umount', [path]);
+    await umount(path);
   } catch (err) {
-    const msg = messageOf(err);
-    if (/not mounted|no mount point|No such file/.test(msg)) return;
-    throw new BerthError('Internal', `unmounting ${path}: ${msg}`);
+    // EINVAL: not a mount point (any more); ENOENT: gone.
+    if (errnoOf(err) === 'EINVAL' || errnoOf(err) === 'ENOENT') return;
+    throw new BerthError('Internal', `unmounting ${path}: ${messageOf(err)}`, { cause: err });
   }
 }
 

@@ -22,7 +22,6 @@
  *   refuses such paths. `--cuuid` is required; the attach socket is `<bundle>/attach`,
  *   reached through the symlink `<socket-dir-path>/<cuuid>` that conmon does not remove.
  */
-import { spawn, execFile } from 'node:child_process';
 import { watch, type FSWatcher } from 'node:fs';
 import { mkdir, readFile, readdir, readlink, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -31,6 +30,7 @@ import { abortable } from '../common/abort.js';
 import { BerthError, errnoOf, messageOf } from '../common/errors.js';
 import { DisposableStack } from '../common/disposable.js';
 import type { Logger } from '../common/logger.js';
+import { execProcess, spawnProcess, type ChildProcess, type ExitStatus } from '../common/sys.js';
 import type { Shim, ShimCreateOptions, ShimFiles, ShimHandle, ShimState } from './shim.js';
 
 export interface ConmonShimOptions {
@@ -148,30 +148,30 @@ export class ConmonShim implements Shim {
       log?.debug('starting conmon', { args });
       // conmon waits on its start pipe (fd 4, `_OCI_STARTPIPE`) before it forks and runs the
       // runtime, so it loads while the caller completes the bundle.
-      const child = spawn(this.conmonPath, args, {
-        cwd: o.persistDir,
-        detached: true,
-        stdio: ['ignore', 'pipe', 'pipe', 'pipe', 'pipe'],
-        // A clean environment: nothing of berthd's (LISTEN_PID, NOTIFY_SOCKET…) leaks into conmon or runc.
-        env: { PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', _OCI_SYNCPIPE: '3', _OCI_STARTPIPE: '4' },
-      });
+      let child: ChildProcess;
+      try {
+        child = spawnProcess(this.conmonPath, args, {
+          cwd: o.persistDir,
+          setsid: true,
+          stdio: ['ignore', 'out', 'out', 'out', 'in'],
+          // A clean environment: nothing of berthd's (LISTEN_PID, NOTIFY_SOCKET…) leaks into conmon or runc.
+          env: { PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', _OCI_SYNCPIPE: '3', _OCI_STARTPIPE: '4' },
+        });
+      } catch (err) {
+        throw new BerthError('Internal', `cannot run conmon (${this.conmonPath}): ${messageOf(err)}`, { cause: err });
+      }
       const stderr: Buffer[] = [];
       child.stderr?.on('data', (b: Buffer) => stderr.push(b));
       child.stdout?.resume();
-      const syncStream = child.stdio[3] as NodeJS.ReadableStream;
-      const startStream = child.stdio[4] as NodeJS.WritableStream & NodeJS.EventEmitter;
-      startStream.on('error', () => undefined);
-      const closeStreams = (): void => {
-        for (const s of [child.stdout, child.stderr, child.stdio[3], child.stdio[4]]) s?.destroy();
-        child.unref();
-      };
-      undo.defer(closeStreams);
+      const syncStream = child.stdio[3]!;
+      const startStream = child.stdio[4]!;
+      undo.defer(() => child.closeStdio());
 
       // Cut off by the caller, conmon and runc go on for a while under a longer bound: a
       // runc create killed halfway leaves a cgroup that `runc delete` cannot find, so
       // the undo lets it finish and deletes the container whole.
       const grace = AbortSignal.timeout(timeoutMs + CREATE_GRACE_MS);
-      const childExit = waitChildExit(child, grace);
+      const childExit: Promise<ExitStatus> = abortable(child.exited, grace);
       childExit.catch(() => undefined);
       const syncLine = readSyncLine(syncStream, grace);
       syncLine.catch(() => undefined);
@@ -179,9 +179,9 @@ export class ConmonShim implements Shim {
       undo.defer(async () => {
         // Not released yet, conmon sits in read(2) on its start pipe and has made nothing:
         // it is killed before its end of the pipe closes, since end of file would release it.
-        if (!runtimeRan && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+        if (!runtimeRan) child.kill('SIGKILL');
         await Promise.allSettled([childExit, syncLine]);
-        if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+        child.kill('SIGKILL');
         if (!runtimeRan) return;
         shimPid ??= await readPid(join(o.persistDir, 'conmon.pid'));
         const pids = shimPid !== undefined ? [shimPid] : await findConmons(o.id);
@@ -216,7 +216,7 @@ export class ConmonShim implements Shim {
       if (shimPid === undefined) throw new BerthError('Internal', 'conmon did not write its pid file');
       log?.debug('container created', { pid: msg.pid, shimPid, ms: Date.now() - started });
       undo.move();
-      closeStreams();
+      child.closeStdio();
       return { id: o.id, pid: msg.pid, shimPid };
     } catch (err) {
       await undo.dispose().catch((e: unknown) => log?.warn('cleanup after a failed create', { error: messageOf(e) }));
@@ -326,21 +326,21 @@ export class ConmonShim implements Shim {
   }
 
   /** Runs `<runtime> --root <root> <args>`, returning stdout; errors carry the runtime's message and a kind. */
-  private runtime(runtimePath: string, runtimeRoot: string, args: string[]): Promise<string> {
+  private async runtime(runtimePath: string, runtimeRoot: string, args: string[]): Promise<string> {
     const timeout = this.opts.runtimeTimeoutMs ?? 30_000;
     const argv = ['--root', runtimeRoot, ...args];
     this.log?.debug('runtime', { runtime: runtimePath, args: argv });
-    return new Promise((resolve, reject) => {
-      execFile(runtimePath, argv, { timeout, killSignal: 'SIGKILL', maxBuffer: 4 << 20, encoding: 'utf8' }, (err, stdout, stderr) => {
-        if (!err) return resolve(stdout);
-        const e = err as Error & { killed?: boolean; code?: unknown };
-        const cmd = `${runtimePath} ${args[0] ?? ''} ${args.at(-1) ?? ''}`.trim();
-        if (e.killed) return reject(new BerthError('DeadlineExceeded', `${cmd} took longer than ${timeout} ms`));
-        if (typeof e.code === 'string') return reject(new BerthError('Internal', `${cmd}: ${e.message}`, { cause: err }));
-        const msg = runtimeMessage(stderr || e.message);
-        reject(new BerthError(runtimeErrorKind(msg), `${cmd}: ${msg}`, { cause: err }));
-      });
-    });
+    const cmd = `${runtimePath} ${args[0] ?? ''} ${args.at(-1) ?? ''}`.trim();
+    let r;
+    try {
+      r = await execProcess(runtimePath, argv, { timeoutMs: timeout });
+    } catch (err) {
+      throw new BerthError('Internal', `${cmd}: ${messageOf(err)}`, { cause: err });
+    }
+    if (r.timedOut) throw new BerthError('DeadlineExceeded', `${cmd} took longer than ${timeout} ms`);
+    if (r.code === 0) return r.stdout;
+    const msg = runtimeMessage(r.stderr || `exited with ${r.code ?? r.signal}`);
+    throw new BerthError(runtimeErrorKind(msg), `${cmd}: ${msg}`);
   }
 }
 
@@ -380,23 +380,6 @@ export function parseSync(line: string | undefined): { pid: number; message?: st
   const pid = typeof j.pid === 'number' ? j.pid : typeof j.data === 'number' ? j.data : undefined;
   if (pid === undefined) throw new BerthError('Internal', `conmon wrote no pid on the sync pipe: ${line.slice(0, 200)}`);
   return typeof j.message === 'string' ? { pid, message: j.message } : { pid };
-}
-
-function waitChildExit(child: ReturnType<typeof spawn>, signal: AbortSignal): Promise<{ code: number | null; signal: NodeJS.Signals | null }> {
-  return new Promise((resolve, reject) => {
-    const onAbort = (): void => reject(signal.reason);
-    if (signal.aborted) return onAbort();
-    if (child.exitCode !== null || child.signalCode !== null) return resolve({ code: child.exitCode, signal: child.signalCode });
-    signal.addEventListener('abort', onAbort, { once: true });
-    child.once('error', (err) => {
-      signal.removeEventListener('abort', onAbort);
-      reject(new BerthError('Internal', `cannot run conmon: ${err.message}`, { cause: err }));
-    });
-    child.once('exit', (code, sig) => {
-      signal.removeEventListener('abort', onAbort);
-      resolve({ code, signal: sig });
-    });
-  });
 }
 
 /** Reads up to the first newline, or to end of file (undefined when nothing came). */
