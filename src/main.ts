@@ -30,6 +30,7 @@ import { OverlaySnapshotter } from './images/snapshots/overlay.js';
 import { SnapshotRepository } from './images/snapshots/snapshot-repository.js';
 import { SandboxRepository } from './sandbox/sandbox-repository.js';
 import { SandboxService } from './sandbox/sandbox-service.js';
+import { StatsService } from './stats/stats-service.js';
 import { ConmonShim } from './shim/conmon.js';
 import { openDatabase, type Db } from './store/database.js';
 import { DirectoryLock } from './store/lock.js';
@@ -220,7 +221,8 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     sandboxes.containers = containers;
     containersRef = containers;
     held.push(() => containers.close());
-    const deps = { config, settings: new RuntimeSettingsRepository(db), log, images, sandboxes, containers };
+    const stats = new StatsService({ containers, sandboxes, images, cgroupDriver: config.cgroup_driver, log: log.child({ component: 'stats' }) });
+    const deps = { config, settings: new RuntimeSettingsRepository(db), log, images, sandboxes, containers, stats };
     server = createCriServer({ state, log }, deps);
     await bindSocket(server, config.socket);
     held.push(() => rmSync(config.socket, { force: true }));

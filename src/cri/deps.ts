@@ -3,6 +3,7 @@ import type { BerthConfig } from '../config/schema.js';
 import type { ContainerService } from '../containers/container-service.js';
 import type { ImageService } from '../images/image-service.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
+import type { StatsService } from '../stats/stats-service.js';
 import type { RuntimeSettingsRepository } from '../store/runtime-settings.js';
 
 /** What the CRI handlers are given by the composition root (src/main.ts). */
@@ -13,4 +14,5 @@ export interface CriDeps {
   images: ImageService;
   sandboxes: SandboxService;
   containers: ContainerService;
+  stats: StatsService;
 }

@@ -31,6 +31,7 @@ import { listPodSandbox, podSandboxStatus, streamPodSandboxes } from './sandbox/
 import { runPodSandbox } from './sandbox/run-pod-sandbox.js';
 import { removePodSandbox, stopPodSandbox } from './sandbox/stop-remove-pod-sandbox.js';
 import { status } from './runtime/status.js';
+import { containerStats, listContainerStats, listPodSandboxStats, podSandboxStats, streamContainerStats, streamPodSandboxStats } from './stats/stats.js';
 import { updateRuntimeConfig } from './runtime/update-runtime-config.js';
 import { version } from './runtime/version.js';
 import { wrapService, type WrapEnv } from './wrap.js';
@@ -60,6 +61,12 @@ export function runtimeHandlers(deps: CriDeps): ServiceHandlers<RuntimeServiceHa
     ExecSync: execSync(deps.containers),
     ReopenContainerLog: reopenContainerLog(deps.containers),
     UpdateContainerResources: updateContainerResources(deps.containers),
+    ContainerStats: containerStats(deps),
+    ListContainerStats: listContainerStats(deps),
+    StreamContainerStats: streamContainerStats(deps),
+    PodSandboxStats: podSandboxStats(deps),
+    ListPodSandboxStats: listPodSandboxStats(deps),
+    StreamPodSandboxStats: streamPodSandboxStats(deps),
   };
 }
 

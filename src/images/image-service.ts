@@ -199,6 +199,11 @@ export class ImageService {
     return this.o.snapshots.prepareActive(containerId, top.chainId);
   }
 
+  /** The directory holding what a container wrote (its writable layer), if it has one. */
+  containerLayerDir(containerId: string): string | undefined {
+    return this.o.snapshots.activeDir(containerId);
+  }
+
   removeContainerLayer(containerId: string): Promise<void> {
     return this.o.snapshots.removeActive(containerId);
   }

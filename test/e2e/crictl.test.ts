@@ -387,6 +387,24 @@ describe('crictl against berthd', function () {
     assert.match(late.stderr, /FailedPrecondition.*exited/);
   });
 
+  it('stats and statsp: CPU, memory and the writable layer of containers, and the pod', async () => {
+    const { pod, cfg } = await runp();
+    const id = await createAndStart(pod, cfg, 'st', ['sh', '-c', 'dd if=/dev/zero of=/dev/shm/m bs=1048576 count=16 2>/dev/null; dd if=/dev/zero of=/w bs=1024 count=1024 2>/dev/null; touch /ready; sleep 1000']);
+    await until(async () => ((await crictl(['exec', '-s', id, 'test', '-f', '/ready'])).code === 0 ? true : undefined));
+    // crictl clears the screen before its table.
+    // eslint-disable-next-line no-control-regex
+    const table = (await ok(['stats', '--id', id, '-s', '1'])).replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
+    assert.match(table, /^CONTAINER\s+NAME\s+CPU %\s+MEM\s+DISK\s+INODES/m);
+    assert.match(table, new RegExp(`^${id.slice(0, 13)}\\s+st\\s+\\d+\\.\\d+\\s+1[6-9]\\.\\d+MB\\s+1\\.\\d+MB\\s+\\d+`, 'm'));
+    const json = JSON.parse(await ok(['stats', '-o', 'json', '-p', pod])) as { stats: Array<{ attributes: { id: string }; memory: { workingSetBytes: { value: string } }; writableLayer: { usedBytes: { value: string } } }> };
+    assert.deepEqual(json.stats.map((x) => x.attributes.id), [id]);
+    assert.ok(Number(json.stats[0]!.memory.workingSetBytes.value) >= 16 * 1024 * 1024);
+    const podJson = JSON.parse(await ok(['statsp', '-o', 'json', '--id', pod])) as { stats: Array<{ attributes: { id: string }; linux: { memory: { workingSetBytes: { value: string } }; containers: unknown[] } }> };
+    assert.equal(podJson.stats[0]!.attributes.id, pod);
+    assert.equal(podJson.stats[0]!.linux.containers.length, 1);
+    assert.ok(Number(podJson.stats[0]!.linux.memory.workingSetBytes.value) >= 16 * 1024 * 1024);
+  });
+
   it('run: pod and container in one go (pulling the image), then stopp/rmp take both away', async () => {
     const p = podConfig();
     const ctr = containerConfig('oneshot', ['sh', '-c', 'echo from-run; sleep 1000']);

@@ -242,6 +242,6 @@ describe('berthd: daemon', function () {
     assert.equal(byMethod('Status').length, 1);
     assert.equal(byMethod('Status')[0]!.code, 'OK');
     assert.equal(typeof byMethod('Status')[0]!.duration_ms, 'number');
-    assert.equal(byMethod('ContainerStats')[0]!.code, 'UNIMPLEMENTED');
+    assert.equal(byMethod('ContainerStats')[0]!.code, 'NOT_FOUND');
   });
 });

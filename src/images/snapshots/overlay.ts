@@ -141,6 +141,12 @@ export class OverlaySnapshotter implements Snapshotter {
     return { info: this.info(this.repo.getById(id)!), options };
   }
 
+  /** The upper directory (the container's own files) of an active snapshot, if it exists. */
+  activeDir(key: string): string | undefined {
+    const row = this.repo.get(key);
+    return row?.kind === 'active' ? join(this.dir, String(row.id), 'fs') : undefined;
+  }
+
   /** Removes a container's active snapshot (its rootfs must be unmounted); idempotent. */
   async removeActive(key: string): Promise<void> {
     const row = this.repo.get(key);

@@ -81,6 +81,8 @@ export interface Snapshotter {
   /** A container's writable snapshot on a committed one; returns overlay mount options. */
   prepareActive(key: string, parentChainId: string): Promise<{ info: SnapshotInfo; options: string }>;
   /** Removes a container's writable snapshot; idempotent. */
+  /** The upper directory (what the container wrote) of an active snapshot, if it exists. */
+  activeDir(key: string): string | undefined;
   removeActive(key: string): Promise<void>;
   /** Bytes and inodes used by all snapshots, and where they live. */
   usage(): { bytes: number; inodes: number; mountpoint: string };
