@@ -14,6 +14,19 @@
  * - mount / umount: mount(2) and umount2(2) on libuv's thread pool, instead of forking
  *   /usr/bin/mount (~3 ms) for each container's overlay rootfs.
  * - pipe: pipe2(O_CLOEXEC), whose ends JavaScript wraps in net.Socket.
+ * - connectInNetns: a TCP connection made from inside a pod's network namespace (port
+ *   forwarding). A short-lived thread enters the namespace with setns(2) (which only
+ *   changes that thread), connects, and hands back the socket, which stays in the
+ *   namespace it was made in.
+ * - attachConmon: conmon's attach socket is SOCK_SEQPACKET, which libuv cannot carry.
+ *   A thread bridges it to a stream socket pair whose other end JavaScript reads: each
+ *   packet conmon sends ([pipe byte][data]) becomes a frame [pipe][u16 length][data];
+ *   bytes JavaScript writes become packets of stdin; its end of input shuts down the
+ *   sending side (conmon then closes the container's stdin when stdin_once); its close,
+ *   or conmon's, ends the bridge.
+ * - openPty / setWinsize: a terminal pair for `runc exec -t` in the foreground, which
+ *   wants a terminal of its own as stdio (it relays it to the container's and follows
+ *   its size on SIGWINCH); TIOCSWINSZ sets the size.
  *
  * Errors are thrown (or rejected) as Error objects with `code` (e.g. "ENOENT"), `errno`
  * and `syscall`, like Node's own.
@@ -30,7 +43,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -408,12 +428,319 @@ static napi_value js_umount(napi_env env, napi_callback_info info) {
   return queue_mount(env, w);
 }
 
+/* ---- openPty() -> [master, slave] ---- */
+
+static napi_value js_open_pty(napi_env env, napi_callback_info info) {
+  (void)info;
+  int m = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (m < 0) return throw_errno(env, errno, "posix_openpt", NULL);
+  char name[128];
+  if (grantpt(m) != 0 || unlockpt(m) != 0 || ptsname_r(m, name, sizeof name) != 0) {
+    int err = errno;
+    close(m);
+    return throw_errno(env, err, "unlockpt", NULL);
+  }
+  int sl = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (sl < 0) {
+    int err = errno;
+    close(m);
+    return throw_errno(env, err, "open", name);
+  }
+  napi_value arr, a, b;
+  NAPI_OK(napi_create_array_with_length(env, 2, &arr));
+  napi_create_int32(env, m, &a);
+  napi_create_int32(env, sl, &b);
+  napi_set_element(env, arr, 0, a);
+  napi_set_element(env, arr, 1, b);
+  return arr;
+}
+
+/* ---- setWinsize(fd, rows, cols) ---- */
+
+static napi_value js_set_winsize(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value args[3];
+  int32_t fd, rows, cols;
+  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
+  if (argc < 3 || napi_get_value_int32(env, args[0], &fd) != napi_ok || napi_get_value_int32(env, args[1], &rows) != napi_ok ||
+      napi_get_value_int32(env, args[2], &cols) != napi_ok || rows < 0 || rows > 65535 || cols < 0 || cols > 65535) {
+    napi_throw_type_error(env, NULL, "berth_sys.setWinsize(fd, rows, cols) with sizes from 0 to 65535");
+    return NULL;
+  }
+  struct winsize ws = {.ws_row = (unsigned short)rows, .ws_col = (unsigned short)cols};
+  if (ioctl(fd, TIOCSWINSZ, &ws) != 0) return throw_errno(env, errno, "ioctl", "TIOCSWINSZ");
+  return NULL;
+}
+
+/* ---- connectInNetns(nsPath, port, timeoutMs) -> Promise<fd>: 127.0.0.1, then ::1 ---- */
+
+struct netns_work {
+  napi_async_work work;
+  napi_deferred deferred;
+  char *ns_path;
+  int port;
+  int timeout_ms;
+  int fd;
+  int err;
+  const char *syscall;
+};
+
+static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t len, int timeout_ms) {
+  int fl = fcntl(fd, F_GETFL);
+  fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+  int r = connect(fd, sa, len);
+  if (r != 0 && errno == EINPROGRESS) {
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    do r = poll(&p, 1, timeout_ms);
+    while (r < 0 && errno == EINTR);
+    if (r == 0) {
+      errno = ETIMEDOUT;
+      return -1;
+    }
+    if (r < 0) return -1;
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
+    if (soerr) {
+      errno = soerr;
+      return -1;
+    }
+    r = 0;
+  }
+  return r;
+}
+
+static void *netns_thread(void *arg) {
+  struct netns_work *w = arg;
+  w->fd = -1;
+  int ns = open(w->ns_path, O_RDONLY | O_CLOEXEC);
+  if (ns < 0) {
+    w->err = errno;
+    w->syscall = "open";
+    return NULL;
+  }
+  if (setns(ns, CLONE_NEWNET) != 0) {
+    w->err = errno;
+    w->syscall = "setns";
+    close(ns);
+    return NULL;
+  }
+  close(ns);
+  struct sockaddr_in v4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)w->port), .sin_addr = {htonl(INADDR_LOOPBACK)}};
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && connect_bounded(fd, (struct sockaddr *)&v4, sizeof v4, w->timeout_ms) == 0) {
+    w->fd = fd;
+    return NULL;
+  }
+  int err4 = errno;
+  if (fd >= 0) close(fd);
+  struct sockaddr_in6 v6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)w->port), .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+  fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && connect_bounded(fd, (struct sockaddr *)&v6, sizeof v6, w->timeout_ms) == 0) {
+    w->fd = fd;
+    return NULL;
+  }
+  if (fd >= 0) close(fd);
+  w->err = err4; /* the IPv4 error is the one people expect (ECONNREFUSED) */
+  w->syscall = "connect";
+  return NULL;
+}
+
+static void netns_execute(napi_env env, void *arg) {
+  (void)env;
+  /* A thread of its own: setns must never touch a pool thread that others reuse. */
+  pthread_t th;
+  if (pthread_create(&th, NULL, netns_thread, arg) != 0) {
+    struct netns_work *w = arg;
+    w->err = EAGAIN;
+    w->syscall = "pthread_create";
+    return;
+  }
+  pthread_join(th, NULL);
+}
+
+static void netns_complete(napi_env env, napi_status status, void *arg) {
+  struct netns_work *w = arg;
+  if (status != napi_ok || w->err || w->fd < 0) {
+    napi_reject_deferred(env, w->deferred, errno_error(env, status != napi_ok ? ECANCELED : (w->err ? w->err : EIO), w->syscall ? w->syscall : "connect", w->ns_path));
+  } else {
+    int fl = fcntl(w->fd, F_GETFL);
+    fcntl(w->fd, F_SETFL, fl & ~O_NONBLOCK);
+    napi_value v;
+    napi_create_int32(env, w->fd, &v);
+    napi_resolve_deferred(env, w->deferred, v);
+  }
+  napi_delete_async_work(env, w->work);
+  free(w->ns_path);
+  free(w);
+}
+
+static napi_value js_connect_in_netns(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value args[3];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
+  struct netns_work *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, ENOMEM, "connect", NULL);
+  if (argc < 3 || !(w->ns_path = get_string(env, args[0], "nsPath")) || napi_get_value_int32(env, args[1], &w->port) != napi_ok ||
+      napi_get_value_int32(env, args[2], &w->timeout_ms) != napi_ok || w->port < 1 || w->port > 65535) {
+    free(w->ns_path);
+    free(w);
+    napi_throw_type_error(env, NULL, "berth_sys.connectInNetns(nsPath, port 1-65535, timeoutMs)");
+    return NULL;
+  }
+  napi_value promise, name;
+  NAPI_OK(napi_create_promise(env, &w->deferred, &promise));
+  napi_create_string_utf8(env, "berth_sys.connectInNetns", NAPI_AUTO_LENGTH, &name);
+  NAPI_OK(napi_create_async_work(env, NULL, name, netns_execute, netns_complete, w, &w->work));
+  NAPI_OK(napi_queue_async_work(env, w->work));
+  return promise;
+}
+
+/* ---- attachConmon(dir) -> fd: a bridge to <dir>/attach (SOCK_SEQPACKET) ---- */
+
+#define ATTACH_PACKET 8192
+
+static int write_all(int fd, const char *buf, size_t n) {
+  while (n > 0) {
+    ssize_t w = write(fd, buf, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return -1;
+    buf += w;
+    n -= (size_t)w;
+  }
+  return 0;
+}
+
+struct bridge {
+  int seq;
+  int js;
+};
+
+static void *bridge_thread(void *arg) {
+  struct bridge *b = arg;
+  char in[ATTACH_PACKET + 1];
+  char out[ATTACH_PACKET + 3];
+  bool js_input_open = true;
+  for (;;) {
+    struct pollfd p[2] = {{.fd = b->seq, .events = POLLIN}, {.fd = b->js, .events = js_input_open ? POLLIN : 0}};
+    int r = poll(p, 2, -1);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (p[0].revents & POLLIN) {
+      ssize_t n = recv(b->seq, in, sizeof in, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break; /* conmon closed the attach connection */
+      if (n < 1) continue;
+      out[0] = in[0];
+      out[1] = (char)(((n - 1) >> 8) & 0xff);
+      out[2] = (char)((n - 1) & 0xff);
+      memcpy(out + 3, in + 1, (size_t)n - 1);
+      if (write_all(b->js, out, (size_t)n + 2) != 0) break;
+      continue;
+    }
+    if (p[0].revents & (POLLHUP | POLLERR)) break;
+    if (js_input_open && (p[1].revents & POLLIN)) {
+      ssize_t n = read(b->js, in, ATTACH_PACKET);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) break;
+      if (n == 0) {
+        /* JavaScript ended its input: the container's stdin sees end of file. */
+        js_input_open = false;
+        shutdown(b->seq, SHUT_WR);
+        continue;
+      }
+      ssize_t sent;
+      do sent = send(b->seq, in, (size_t)n, MSG_NOSIGNAL);
+      while (sent < 0 && errno == EINTR);
+      if (sent < 0) break;
+      continue;
+    }
+    if (p[1].revents & (POLLHUP | POLLERR | POLLNVAL)) break; /* JavaScript closed its end */
+  }
+  close(b->seq);
+  close(b->js);
+  free(b);
+  return NULL;
+}
+
+static napi_value js_attach_conmon(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value args[1];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
+  if (argc < 1) {
+    napi_throw_type_error(env, NULL, "berth_sys.attachConmon(dir)");
+    return NULL;
+  }
+  char *dir = get_string(env, args[0], "dir");
+  if (!dir) return NULL;
+  /* Through /proc/self/fd, a long directory still fits in sun_path's 108 bytes. */
+  int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) {
+    napi_value e = errno_error(env, errno, "open", dir);
+    free(dir);
+    napi_throw(env, e);
+    return NULL;
+  }
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  snprintf(addr.sun_path, sizeof addr.sun_path, "/proc/self/fd/%d/attach", dfd);
+  int seq = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (seq < 0 || connect(seq, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    int err = errno;
+    if (seq >= 0) close(seq);
+    close(dfd);
+    napi_value e = errno_error(env, err, "connect", dir);
+    free(dir);
+    napi_throw(env, e);
+    return NULL;
+  }
+  close(dfd);
+  free(dir);
+  int pair[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) {
+    int err = errno;
+    close(seq);
+    return throw_errno(env, err, "socketpair", NULL);
+  }
+  struct bridge *b = malloc(sizeof *b);
+  if (!b) {
+    close(seq);
+    close(pair[0]);
+    close(pair[1]);
+    return throw_errno(env, ENOMEM, "attach", NULL);
+  }
+  b->seq = seq;
+  b->js = pair[1];
+  pthread_t th;
+  pthread_attr_t ta;
+  pthread_attr_init(&ta);
+  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&ta, 128 * 1024);
+  if (pthread_create(&th, &ta, bridge_thread, b) != 0) {
+    pthread_attr_destroy(&ta);
+    close(seq);
+    close(pair[0]);
+    close(pair[1]);
+    free(b);
+    return throw_errno(env, EAGAIN, "pthread_create", NULL);
+  }
+  pthread_attr_destroy(&ta);
+  napi_value v;
+  napi_create_int32(env, pair[0], &v);
+  return v;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"pipe", NULL, js_pipe, NULL, NULL, NULL, napi_enumerable, NULL},
       {"spawn", NULL, js_spawn, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
       {"umount", NULL, js_umount, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"setWinsize", NULL, js_set_winsize, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"openPty", NULL, js_open_pty, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"connectInNetns", NULL, js_connect_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"attachConmon", NULL, js_attach_conmon, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

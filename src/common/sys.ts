@@ -8,6 +8,9 @@
  *   handling and an empty signal mask.
  * - {@link mount} and {@link umount}: mount(2) and umount2(2) on the thread pool, not a
  *   /usr/bin/mount process per container rootfs.
+ * - for the streaming server: {@link openPty} (a terminal pair for `runc exec -t`),
+ *   {@link connectInNetns} (port forwarding from inside a pod's network namespace) and
+ *   {@link attachConmon} (conmon's SOCK_SEQPACKET attach socket as a stream).
  *
  * The addon is built by `npm run build` (node-gyp, hack/build-native.sh); berthd cannot
  * run without it, and says so.
@@ -24,6 +27,10 @@ interface NativeSys {
   spawn(file: string, argv: string[], envp: string[], cwd: string | null, fds: number[], setsid: boolean): { pid: number; exited: Promise<[number | null, number | null]> };
   mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   umount(target: string, flags: number): Promise<void>;
+  openPty(): [number, number];
+  setWinsize(fd: number, rows: number, cols: number): void;
+  connectInNetns(nsPath: string, port: number, timeoutMs: number): Promise<number>;
+  attachConmon(dir: string): number;
 }
 
 /** Where the build leaves the addon, from dist/src/common (or any dist-* build) up to the repository. */
@@ -61,11 +68,40 @@ export function umount(target: string, flags = 0): Promise<void> {
   return sys().umount(target, flags);
 }
 
+/** A new terminal pair: [master, slave], both close-on-exec. */
+export function openPty(): [number, number] {
+  return sys().openPty();
+}
+
+/**
+ * A TCP connection to `port` on the loopback of the network namespace pinned at
+ * `nsPath` (127.0.0.1, then ::1), made by a thread that entered it; berthd stays in its own.
+ */
+export async function connectInNetns(nsPath: string, port: number, timeoutMs: number): Promise<Socket> {
+  const fd = await sys().connectInNetns(nsPath, port, timeoutMs);
+  return new Socket({ fd, readable: true, writable: true });
+}
+
+/**
+ * A connection to conmon's attach socket `<dir>/attach` (SOCK_SEQPACKET), bridged to a
+ * stream: reads give frames [pipe u8][length u16 BE][data]; writes are the container's
+ * stdin; end() closes its stdin; destroy() detaches.
+ */
+export function attachConmon(dir: string): Socket {
+  return new Socket({ fd: sys().attachConmon(dir), readable: true, writable: true });
+}
+
+/** Sets a terminal's size (TIOCSWINSZ on its master). */
+export function setWinsize(fd: number, rows: number, cols: number): void {
+  sys().setWinsize(fd, rows, cols);
+}
+
 /**
  * What a child's descriptor 0, 1, 2, 3… is: `ignore` is /dev/null; `out` a pipe the child
- * writes and berthd reads; `in` a pipe berthd writes and the child reads.
+ * writes and berthd reads; `in` a pipe berthd writes and the child reads; a number, a
+ * descriptor of berthd's given as it is (and left open: it stays the caller's).
  */
-export type StdioSpec = 'ignore' | 'out' | 'in';
+export type StdioSpec = 'ignore' | 'out' | 'in' | number;
 
 export interface SpawnOptions {
   /** The child's whole environment. Default: berthd's. */
@@ -152,8 +188,8 @@ export function spawnProcess(file: string, args: readonly string[], opts: SpawnO
   let child: ReturnType<NativeSys['spawn']>;
   try {
     for (const spec of specs) {
-      if (spec === 'ignore') {
-        childFds.push(-1);
+      if (spec === 'ignore' || typeof spec === 'number') {
+        childFds.push(spec === 'ignore' ? -1 : spec);
         ours.push(undefined);
         continue;
       }
@@ -169,7 +205,7 @@ export function spawnProcess(file: string, args: readonly string[], opts: SpawnO
     close(ours.filter((o) => o !== undefined).map((o) => o.fd));
     throw err;
   } finally {
-    close(childFds.filter((fd) => fd >= 0));
+    close(childFds.filter((fd, i) => fd >= 0 && typeof specs[i] !== 'number'));
   }
   const stdio = ours.map((o) => {
     if (!o) return undefined;

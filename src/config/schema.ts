@@ -7,6 +7,7 @@
  * Any key not declared here, or a value of the wrong type or range, is an error that
  * names the file and the key: a bad config never half-starts the daemon.
  */
+import { isIP } from 'node:net';
 import { LOG_LEVELS, type LogLevel } from '../common/logger.js';
 
 export type CgroupDriver = 'cgroupfs' | 'systemd';
@@ -68,6 +69,20 @@ export interface SandboxConfig {
   infra_path: string;
 }
 
+/** The streaming server that Exec, Attach and PortForward hand out URLs of. */
+export interface StreamingConfig {
+  /** Address it listens on; loopback by default, as kubelet proxies the streams. */
+  address: string;
+  /** TCP port; 0 picks a free one at start-up. */
+  port: number;
+  /** How long a URL handed out by Exec/Attach/PortForward may wait to be used (it is single-use). */
+  token_ttl_seconds: number;
+  /** A stream with no traffic for this long is closed (0: never). */
+  idle_timeout_seconds: number;
+  /** How long the client has to open the streams it asked for after the upgrade. */
+  stream_creation_timeout_seconds: number;
+}
+
 export interface BerthConfig {
   /** gRPC unix socket kubelet and crictl connect to. */
   socket: string;
@@ -84,6 +99,7 @@ export interface BerthConfig {
   images: ImagesConfig;
   registries: Record<string, RegistryConfig>;
   sandbox: SandboxConfig;
+  streaming: StreamingConfig;
   /** The handler used when a pod names none. */
   default_runtime: string;
   runtimes: Record<string, RuntimeHandlerConfig>;
@@ -122,6 +138,13 @@ export function defaultConfig(): BerthConfig {
       shm_size_bytes: 64 * 1024 * 1024,
       cni_timeout_seconds: 60,
       infra_path: '/usr/bin/catatonit',
+    },
+    streaming: {
+      address: '127.0.0.1',
+      port: 0,
+      token_ttl_seconds: 60,
+      idle_timeout_seconds: 4 * 3600,
+      stream_creation_timeout_seconds: 30,
     },
     default_runtime: 'runc',
     runtimes: {
@@ -204,6 +227,11 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'sandbox.shm_size_bytes': integerIn(1024 * 1024, 64 * 1024 * 1024 * 1024),
   'sandbox.cni_timeout_seconds': integerIn(1, 3600),
   'sandbox.infra_path': absolutePath,
+  'streaming.address': (v) => (typeof v === 'string' && isIP(v) !== 0 ? undefined : `expected an IP address such as "127.0.0.1", got ${describe(v)}`),
+  'streaming.port': integerIn(0, 65535),
+  'streaming.token_ttl_seconds': integerIn(1, 3600),
+  'streaming.idle_timeout_seconds': integerIn(0, 7 * 24 * 3600),
+  'streaming.stream_creation_timeout_seconds': integerIn(1, 600),
   default_runtime: (v) => (typeof v === 'string' && /^[a-z0-9][a-z0-9.-]{0,62}$/.test(v) ? undefined : `expected a handler name like "runc", got ${describe(v)}`),
   'runtimes.*.path': absolutePath,
 };

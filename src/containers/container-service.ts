@@ -5,7 +5,7 @@
  * exits while berthd is down is recorded with its code when berthd is back.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { constants as fsConstants } from 'node:fs';
 import { mkdir, open, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
@@ -23,6 +23,7 @@ import type { SandboxService } from '../sandbox/sandbox-service.js';
 import { shimDirs, type Shim, type ShimHandle } from '../shim/shim.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
 import { capabilitiesFromMask } from './capabilities.js';
+import { descendants, killQuietly, startAttachSession, startExecSession, type ExecSession } from './exec-session.js';
 import { generateSpec, stopSignal, type CriContainerConfig } from './spec.js';
 
 
@@ -528,6 +529,36 @@ export class ContainerService {
   }
 
   /**
+   * Starts an interactive command in a running container for the streaming Exec. The
+   * caller owns the session: it must end in {@link ExecSession.exited}, or be killed.
+   */
+  async openExec(idOrPrefix: string, cmd: string[], opts: { tty: boolean; stdin: boolean }): Promise<ExecSession> {
+    const c = this.find(idOrPrefix);
+    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
+    if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
+    const rt = this.runtimeOf(c);
+    const persist = this.paths(c.id).persist;
+    await mkdir(persist, { recursive: true });
+    return startExecSession({
+      runtimePath: rt.path,
+      runtimeRoot: rt.root,
+      containerId: c.id,
+      cmd,
+      tty: opts.tty,
+      stdin: opts.stdin,
+      pidFile: join(persist, `exec-${randomBytes(6).toString('hex')}.pid`),
+    });
+  }
+
+  /** Attaches to a running container's main process (the streaming Attach); see {@link startAttachSession}. */
+  openAttach(idOrPrefix: string, opts: { stdin: boolean }): ExecSession {
+    const c = this.find(idOrPrefix);
+    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
+    if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
+    return startAttachSession({ socketDir: join(this.socketDir, c.id), ctlPath: join(this.paths(c.id).bundle, 'ctl'), stdin: opts.stdin });
+  }
+
+  /**
    * ReopenContainerLog: after kubelet renamed the log file, conmon opens a new one at the
    * same path. Lines written before the request are in the renamed file; none is lost.
    * Through conmon's control FIFO: message type 2 ("reopen logs").
@@ -631,32 +662,6 @@ export class ContainerService {
   }
 }
 
-/** Every process below `pid`, from /proc (children first found, then theirs). */
-function descendants(pid: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      const list = children.get(ppid) ?? [];
-      list.push(Number(name));
-      children.set(ppid, list);
-    } catch {
-      // the process went away while we looked
-    }
-  }
-  const out: number[] = [];
-  const queue = [pid];
-  while (queue.length > 0) {
-    for (const c of children.get(queue.shift()!) ?? []) {
-      out.push(c);
-      queue.push(c);
-    }
-  }
-  return out;
-}
-
 /** Whether the kernel has AppArmor enabled (as runc decides: the module parameter says Y). */
 function appArmorEnabled(): boolean {
   try {
@@ -690,13 +695,6 @@ function shimAlive(pid: number | null, id: string): boolean {
   }
 }
 
-function killQuietly(pid: number): void {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // already gone
-  }
-}
 
 /** Bytes of a Localhost seccomp profile berth reads. */
 const MAX_SECCOMP_PROFILE = 1 << 20;

@@ -4,6 +4,7 @@ import type { ContainerService } from '../containers/container-service.js';
 import type { ImageService } from '../images/image-service.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
 import type { StatsService } from '../stats/stats-service.js';
+import type { StreamingServer } from '../streaming/server.js';
 import type { RuntimeSettingsRepository } from '../store/runtime-settings.js';
 
 /** What the CRI handlers are given by the composition root (src/main.ts). */
@@ -15,4 +16,5 @@ export interface CriDeps {
   sandboxes: SandboxService;
   containers: ContainerService;
   stats: StatsService;
+  streaming: StreamingServer;
 }

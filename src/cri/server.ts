@@ -31,6 +31,9 @@ import { listPodSandbox, podSandboxStatus, streamPodSandboxes } from './sandbox/
 import { runPodSandbox } from './sandbox/run-pod-sandbox.js';
 import { removePodSandbox, stopPodSandbox } from './sandbox/stop-remove-pod-sandbox.js';
 import { status } from './runtime/status.js';
+import { attach } from './streaming/attach.js';
+import { exec } from './streaming/exec.js';
+import { portForward } from './streaming/port-forward.js';
 import { containerStats, listContainerStats, listPodSandboxStats, podSandboxStats, streamContainerStats, streamPodSandboxStats } from './stats/stats.js';
 import { updateRuntimeConfig } from './runtime/update-runtime-config.js';
 import { version } from './runtime/version.js';
@@ -59,6 +62,9 @@ export function runtimeHandlers(deps: CriDeps): ServiceHandlers<RuntimeServiceHa
     ListContainers: listContainers(deps.containers),
     StreamContainers: streamContainers(deps.containers),
     ExecSync: execSync(deps.containers),
+    Exec: exec(deps),
+    Attach: attach(deps),
+    PortForward: portForward(deps),
     ReopenContainerLog: reopenContainerLog(deps.containers),
     UpdateContainerResources: updateContainerResources(deps.containers),
     ContainerStats: containerStats(deps),

@@ -4,11 +4,11 @@
  * prints and how it exits. crictl is never built or installed by the repo: without it on
  * PATH the whole file is skipped, with the reason printed.
  *
- * Known gaps (streaming is not built yet): `crictl exec` without -s, `exec -it`,
- * `attach` and `port-forward` need the streaming server.
+ * Streaming (exec, attach, port-forward) goes through berth's SPDY server, as it does for kubelet.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { connect } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { accessSync, constants, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -83,18 +83,19 @@ describe('crictl against berthd', function () {
   afterEach(() => runCleanup(cleanup));
 
   /** Runs crictl against berthd's socket; resolves with its exit code and output (never rejects on a non-zero exit). */
-  function crictl(args: string[], opts: { timeoutMs?: number; onStdout?: (all: string) => void } = {}): Promise<Run> {
+  function crictl(args: string[], opts: { timeoutMs?: number; onStdout?: (all: string) => void; input?: string } = {}): Promise<Run> {
     const sock = `unix://${b!.socket}`;
     const t0 = Date.now();
     return new Promise((resolve, reject) => {
-      const child = spawn(crictlBin!, ['--runtime-endpoint', sock, '--image-endpoint', sock, '--timeout', '20s', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(crictlBin!, ['--runtime-endpoint', sock, '--image-endpoint', sock, '--timeout', '20s', ...args], { stdio: [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+      if (opts.input !== undefined) child.stdin!.end(opts.input);
       let stdout = '';
       let stderr = '';
-      child.stdout.on('data', (d: Buffer) => {
+      child.stdout!.on('data', (d: Buffer) => {
         stdout += d.toString();
         opts.onStdout?.(stdout);
       });
-      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
       const timer = setTimeout(() => {
         child.kill('SIGKILL');
         reject(new Error(`crictl ${args.join(' ')} did not finish within ${opts.timeoutMs ?? 30_000} ms\nstdout: ${stdout}\nstderr: ${stderr}`));
@@ -385,6 +386,129 @@ describe('crictl against berthd', function () {
     const late = await crictl(['update', '--memory', String(64 * 1024 * 1024), id]);
     assert.equal(late.code, 1);
     assert.match(late.stderr, /FailedPrecondition.*exited/);
+  });
+
+  it('exec over the streaming server (SPDY): output, stderr apart, exit codes, stdin, a terminal; nothing left behind', async () => {
+    const { pod, cfg } = await runp();
+    const id = await createAndStart(pod, cfg, 'ex', ['sleep', '1000']);
+    const r = await crictl(['exec', id, 'sh', '-c', 'echo out; echo err >&2; exit 3']);
+    // crictl exits 1 and names the command's code, which it learned from berth's status.
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /command terminated with exit code 3/);
+    assert.equal(r.stdout, 'out\n');
+    assert.match(r.stderr, /^err$/m);
+    assert.equal((await crictl(['exec', id, 'true'])).code, 0);
+    // stdin, to its end of file.
+    const cat = await crictl(['exec', '-i', id, 'sh', '-c', 'cat; echo done'], { input: 'line one\nline two\n' });
+    assert.equal(cat.code, 0, cat.stderr);
+    assert.equal(cat.stdout, 'line one\nline two\ndone\n');
+    // A large output arrives whole.
+    const big = await crictl(['exec', id, 'sh', '-c', 'head -c 3000000 /dev/zero | tr "\\0" x']);
+    assert.equal(big.code, 0, big.stderr);
+    assert.equal(big.stdout.length, 3_000_000);
+    // A terminal (crictl wants one on its own stdin: script(1) gives it a pty). The
+    // command sees a tty of the terminal's size, and what is typed reaches it.
+    const sock = `unix://${b!.socket}`;
+    const t = await new Promise<{ code: number | null; out: string }>((resolve, reject) => {
+      const cmd = `stty cols 123 rows 45; ${crictlBin!} --runtime-endpoint ${sock} exec -it ${id} sh -c 'tty; stty size; read x; echo "typed:$x"; exit 5'`;
+      const child = spawn('script', ['-qec', cmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('45 123') && !out.includes('typed:')) child.stdin.write('hello\r');
+      });
+      child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL');
+        reject(new Error(`exec -it did not finish: ${out}`));
+      }, 20_000);
+      child.on('close', (code) => {
+        clearTimeout(timer);
+        resolve({ code, out });
+      });
+    });
+    assert.match(t.out, /\/dev\/pts\/\d+\r\n/);
+    assert.match(t.out, /45 123\r\n/, 'the terminal has the client’s size');
+    assert.match(t.out, /typed:hello\r\n/);
+    assert.match(t.out, /exit code 5/);
+    // A command that does not exist: runc's message, a non-zero code.
+    const missing = await crictl(['exec', id, 'no-such-command']);
+    assert.notEqual(missing.code, 0);
+    assert.match(missing.stderr + missing.stdout, /no-such-command/);
+    // Nothing of the sessions remains: no runc exec, no pid file.
+    await until(async () => (processesMentioning(`exec`).filter((p) => p.includes(id)).length === 0 ? true : undefined), 5000);
+    assert.deepEqual(readdirSync(join(b!.state, 'conmon', id)).filter((f) => f.startsWith('exec-')), []);
+    await ok(['stop', '-t', '0', id]);
+    const stopped = await crictl(['exec', id, 'true']);
+    assert.notEqual(stopped.code, 0);
+    assert.match(stopped.stderr, /not running/);
+  });
+
+  it('attach (SPDY): input reaches the main process, its output comes back; stdin_once ends it', async () => {
+    const { pod, cfg } = await runp();
+    const id = await createAndStart(pod, cfg, 'att', ['sh', '-c', 'echo ready; while read l; do echo "got:$l"; echo "err:$l" >&2; done; echo bye'], { stdin: true, stdin_once: true });
+    await until(async () => ((await crictl(['logs', id])).stdout.includes('ready') ? true : undefined), 5000);
+    const r = await crictl(['attach', '-i', id], { input: 'one\ntwo\n' });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'got:one\ngot:two\nbye\n');
+    assert.match(r.stderr, /err:one\n(.|\n)*err:two/);
+    await until(async () => ((await inspect(id)).status.state === 'CONTAINER_EXITED' ? true : undefined), 5000);
+    assert.equal((await inspect(id)).status.exitCode, 0);
+    // Without stdin in the container, asking for it is refused.
+    const plain = await createAndStart(pod, cfg, 'noin', ['sleep', '1000']);
+    const refused = await crictl(['attach', '-i', plain], { input: '' });
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /created without stdin/);
+  });
+
+  it('port-forward (SPDY): connections reach a server on the pod’s own loopback; a closed port is reported', async () => {
+    const { pod, cfg } = await runp();
+    await createAndStart(pod, cfg, 'web', ['sh', '-c', 'mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www']);
+    const local = 20000 + Math.floor(Math.random() * 20000);
+    const sock = `unix://${b!.socket}`;
+    const pf = spawn(crictlBin!, ['--runtime-endpoint', sock, 'port-forward', pod, `${local}:8080`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let pfOut = '';
+    pf.stdout.on('data', (d: Buffer) => (pfOut += d.toString()));
+    pf.stderr.on('data', (d: Buffer) => (pfOut += d.toString()));
+    cleanup.push(() => {
+      pf.kill('SIGKILL');
+    });
+    await until(async () => (pfOut.includes(`127.0.0.1:${local}`) ? true : undefined), 10_000);
+    const get = (): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const c = connect({ host: '127.0.0.1', port: local }, () => c.end('GET /index.html HTTP/1.0\r\n\r\n'));
+        let body = '';
+        c.on('data', (d: Buffer) => (body += d.toString()));
+        c.on('end', () => resolve(body));
+        c.on('error', reject);
+      });
+    // httpd listens on the pod's 127.0.0.1 only: reachable through port-forward alone.
+    const answers = await until(async () => {
+      const r = await get().catch(() => '');
+      return r.includes('hello-from-the-pod') ? r : undefined;
+    }, 10_000);
+    assert.match(answers, /^HTTP\/1\.[01] 200/);
+    // Several connections, one after the other and at once.
+    const many = await Promise.all([get(), get(), get()]);
+    for (const r of many) assert.match(r, /hello-from-the-pod/);
+    pf.kill('SIGTERM');
+
+    // A port nothing listens on: crictl reports berth's error for that connection.
+    const closed = spawn(crictlBin!, ['--runtime-endpoint', sock, 'port-forward', pod, `${local + 1}:9`], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let closedOut = '';
+    closed.stdout.on('data', (d: Buffer) => (closedOut += d.toString()));
+    closed.stderr.on('data', (d: Buffer) => (closedOut += d.toString()));
+    cleanup.push(() => {
+      closed.kill('SIGKILL');
+    });
+    await until(async () => (closedOut.includes(`127.0.0.1:${local + 1}`) ? true : undefined), 10_000);
+    await new Promise<void>((resolve) => {
+      const c = connect({ host: '127.0.0.1', port: local + 1 }, () => c.end());
+      c.on('close', () => resolve());
+      c.on('error', () => resolve());
+    });
+    await until(async () => (/error forwarding port 9 to pod/.test(closedOut) ? true : undefined), 10_000);
+    closed.kill('SIGTERM');
   });
 
   it('stats and statsp: CPU, memory and the writable layer of containers, and the pod', async () => {

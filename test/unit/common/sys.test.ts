@@ -6,7 +6,9 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execProcess, MNT, MS, mount, spawnProcess, umount } from '../../../src/common/sys.js';
+import { execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { connectInNetns, execProcess, MNT, MS, mount, spawnProcess, umount } from '../../../src/common/sys.js';
 
 async function isMountPoint(dir: string): Promise<boolean> {
   const mounts = await readFile('/proc/self/mountinfo', 'utf8');
@@ -135,4 +137,42 @@ describe('common/sys: the native addon', () => {
       assert.ok(!(await isMountPoint(dir)));
     });
   });
+
+  describe('connectInNetns', () => {
+    before(function () {
+      if (process.getuid?.() !== 0) this.skip();
+    });
+
+    it('connects to a port on the loopback of another network namespace, and reports a closed one', async () => {
+      const ns = `berth-sys-${randomBytes(3).toString('hex')}`;
+      execFileSync('ip', ['netns', 'add', ns]);
+      const server = spawn('ip', ['netns', 'exec', ns, 'sh', '-c', 'ip link set lo up && exec busybox nc -l -p 7777 -e echo from-inside'], { stdio: 'ignore' });
+      try {
+        const path = `/run/netns/${ns}`;
+        const sock = await (async () => {
+          for (let i = 0; ; i++) {
+            try {
+              return await connectInNetns(path, 7777, 2000);
+            } catch (err) {
+              if (i > 50) throw err;
+              await new Promise((r) => setTimeout(r, 100));
+            }
+          }
+        })();
+        const got = await new Promise<string>((resolve) => {
+          let s = '';
+          sock.on('data', (d: Buffer) => (s += d.toString()));
+          sock.on('close', () => resolve(s));
+        });
+        assert.equal(got, 'from-inside\n');
+        // The host's own loopback was not used: nothing listens on 7777 here.
+        await assert.rejects(connectInNetns(path, 7778, 2000), { code: 'ECONNREFUSED' });
+        await assert.rejects(connectInNetns('/nonexistent/netns', 7777, 2000), { code: 'ENOENT' });
+      } finally {
+        server.kill('SIGKILL');
+        execFileSync('ip', ['netns', 'del', ns]);
+      }
+    });
+  });
 });
+

@@ -1,0 +1,182 @@
+/**
+ * The streaming server: Exec (and later Attach, PortForward) hand back a URL of this
+ * server, `http://<address>:<port>/exec/<token>`, which kubelet (or crictl) then opens
+ * with an HTTP/1.1 upgrade to SPDY/3.1. Each token is random, single-use and expires
+ * after `streaming.token_ttl_seconds`; the request it stands for was validated when the
+ * RPC handed it out. The server listens on 127.0.0.1 by default.
+ */
+import { randomBytes } from 'node:crypto';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect, type AddressInfo, type Socket } from 'node:net';
+import { join } from 'node:path';
+import type { Duplex } from 'node:stream';
+import { messageOf } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import type { StreamingConfig } from '../config/schema.js';
+import type { ContainerService } from '../containers/container-service.js';
+import { connectInNetns } from '../common/sys.js';
+import type { SandboxService } from '../sandbox/sandbox-service.js';
+import { PORT_FORWARD_PROTOCOL, servePortForward } from './portforward.js';
+import { negotiate, serveRemoteCommand, SPDY_PROTOCOLS, type SpdyProtocol } from './remotecommand.js';
+import { SpdySession } from './spdy-session.js';
+
+export interface ExecRequestInfo {
+  containerId: string;
+  cmd: string[];
+  tty: boolean;
+  stdin: boolean;
+  stdout: boolean;
+  stderr: boolean;
+}
+
+type Pending = { kind: 'exec' | 'attach'; req: ExecRequestInfo; expires: number } | { kind: 'portforward'; podId: string; expires: number };
+
+export interface StreamingServerOptions {
+  config: StreamingConfig;
+  containers: ContainerService;
+  sandboxes: SandboxService;
+  log: Logger;
+}
+
+/** How long connecting to a pod's port may take. */
+const DIAL_TIMEOUT_MS = 10_000;
+
+/** Most URLs handed out and not yet used at once; the oldest go first beyond it. */
+const MAX_PENDING = 4096;
+
+export class StreamingServer {
+  private readonly server: Server;
+  private readonly pending = new Map<string, Pending>();
+  private readonly sockets = new Set<Duplex>();
+  private port = 0;
+
+  constructor(private readonly o: StreamingServerOptions) {
+    this.server = createServer((req, res) => this.onRequest(req, res));
+    this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
+    this.server.on('clientError', (_err, socket: Duplex) => socket.destroy());
+  }
+
+  async start(): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(this.o.config.port, this.o.config.address, () => {
+        this.server.off('error', reject);
+        resolve();
+      });
+    });
+    this.port = (this.server.address() as AddressInfo).port;
+    this.o.log.info('streaming server listening', { address: this.o.config.address, port: this.port });
+  }
+
+  /** Base URL of the server (host bracketed when IPv6). */
+  get baseUrl(): string {
+    const a = this.o.config.address;
+    return `http://${a.includes(':') ? `[${a}]` : a}:${this.port}`;
+  }
+
+  /** A single-use URL for an exec already validated by the caller. */
+  execUrl(req: ExecRequestInfo): string {
+    return `${this.baseUrl}/exec/${this.register({ kind: 'exec', req, expires: Date.now() + this.o.config.token_ttl_seconds * 1000 })}`;
+  }
+
+  /** A single-use URL for an attach already validated by the caller (`cmd` unused). */
+  attachUrl(req: ExecRequestInfo): string {
+    return `${this.baseUrl}/attach/${this.register({ kind: 'attach', req, expires: Date.now() + this.o.config.token_ttl_seconds * 1000 })}`;
+  }
+
+  /** A single-use URL for port forwarding into a pod already validated by the caller. */
+  portForwardUrl(podId: string): string {
+    return `${this.baseUrl}/portforward/${this.register({ kind: 'portforward', podId, expires: Date.now() + this.o.config.token_ttl_seconds * 1000 })}`;
+  }
+
+  private register(p: Pending): string {
+    const now = Date.now();
+    for (const [t, v] of this.pending) if (v.expires <= now) this.pending.delete(t);
+    while (this.pending.size >= MAX_PENDING) this.pending.delete(this.pending.keys().next().value!);
+    const token = randomBytes(24).toString('base64url');
+    this.pending.set(token, p);
+    return token;
+  }
+
+  /** Takes (and so uses up) the request behind a URL path like /exec/<token>. */
+  private take(url: string | undefined): Pending | undefined {
+    const m = /^\/(exec|attach|portforward)\/([A-Za-z0-9_-]{16,64})(?:\?.*)?$/.exec(url ?? '');
+    if (!m) return undefined;
+    const p = this.pending.get(m[2]!);
+    if (!p || p.kind !== m[1]) return undefined;
+    this.pending.delete(m[2]!);
+    return p.expires > Date.now() ? p : undefined;
+  }
+
+  private onRequest(req: IncomingMessage, res: ServerResponse): void {
+    const known = /^\/(exec|attach|portforward)\/[A-Za-z0-9_-]{16,64}(?:\?.*)?$/.test(req.url ?? '') && this.pending.has((req.url ?? '').split('/')[2]!.split('?')[0]!);
+    res.writeHead(known ? 400 : 404, { 'content-type': 'text/plain' });
+    res.end(known ? 'this URL takes an HTTP upgrade to SPDY/3.1\n' : 'unknown or expired streaming URL\n');
+  }
+
+  private onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void {
+    const refuse = (code: number, text: string, msg: string): void => {
+      socket.end(`HTTP/1.1 ${code} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(msg)}\r\nConnection: close\r\n\r\n${msg}`);
+    };
+    socket.on('error', () => undefined);
+    const upgrade = String(req.headers.upgrade ?? '').toLowerCase();
+    if (!upgrade.split(',').map((s) => s.trim()).includes('spdy/3.1')) {
+      // The token is left unused: the client may retry with SPDY.
+      return refuse(400, 'Bad Request', `berth's streaming server speaks SPDY/3.1 only, not "${upgrade}"\n`);
+    }
+    const p = this.take(req.url);
+    if (!p) return refuse(404, 'Not Found', 'unknown or expired streaming URL\n');
+    const offered = String(req.headers['x-stream-protocol-version'] ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '');
+    const protocol = p.kind !== 'portforward' ? negotiate(offered) : offered.includes(PORT_FORWARD_PROTOCOL) ? PORT_FORWARD_PROTOCOL : undefined;
+    const supported = p.kind !== 'portforward' ? SPDY_PROTOCOLS.join(', ') : PORT_FORWARD_PROTOCOL;
+    if (!protocol) return refuse(403, 'Forbidden', `no stream protocol in common: offered ${offered.join(', ') || 'none'}, supported ${supported}\n`);
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: ${protocol}\r\n\r\n`);
+    this.sockets.add(socket);
+    socket.once('close', () => this.sockets.delete(socket));
+    const idle = this.o.config.idle_timeout_seconds * 1000;
+    if (idle > 0) {
+      (socket as Socket).setTimeout?.(idle, () => socket.destroy());
+    }
+    const session = new SpdySession(socket, head);
+    session.on('error', (err: unknown) => this.o.log.debug('streaming session error', { error: messageOf(err) }));
+    if (p.kind === 'portforward') {
+      this.o.log.debug('port-forward stream', { pod: p.podId });
+      servePortForward(session, p.podId, (port) => this.dial(p.podId, port), this.o.config.stream_creation_timeout_seconds * 1000, this.o.log.child({ pod: p.podId }));
+      return;
+    }
+    const { req: r } = p;
+    const protocolV = protocol as SpdyProtocol;
+    const log = this.o.log.child({ container: r.containerId });
+    log.debug(`${p.kind} stream`, { protocol, tty: r.tty, stdin: r.stdin });
+    const start = p.kind === 'exec' ? () => this.o.containers.openExec(r.containerId, r.cmd, { tty: r.tty, stdin: r.stdin }) : async () => this.o.containers.openAttach(r.containerId, { stdin: r.stdin });
+    void serveRemoteCommand(session, protocolV, r, this.o.config.stream_creation_timeout_seconds * 1000, start, log).catch(
+      (err: unknown) => {
+        log.warn('exec stream failed', { error: messageOf(err) });
+        session.destroy();
+      },
+    );
+  }
+
+  /** Connects to `port` on the pod's loopback: inside its network namespace, or the host's for a host-network pod. */
+  private async dial(podId: string, port: number): Promise<Socket> {
+    const sb = this.o.sandboxes.find(podId);
+    if (!sb || sb.state !== 'ready') throw new Error(`pod ${podId} is not ready`);
+    const hostNet = (sb.config as { linux?: { security_context?: { namespace_options?: { network?: string } } } }).linux?.security_context?.namespace_options?.network === 'NODE';
+    if (hostNet || sb.nsDir === null) {
+      return new Promise((resolve, reject) => {
+        const c = connect({ host: '127.0.0.1', port }, () => {
+          c.off('error', reject);
+          resolve(c);
+        });
+        c.once('error', reject);
+      });
+    }
+    return connectInNetns(join(sb.nsDir, 'net'), port, DIAL_TIMEOUT_MS);
+  }
+
+  /** Stops listening and cuts every open stream. */
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
