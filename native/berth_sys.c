@@ -377,13 +377,19 @@ static void mount_complete(napi_env env, napi_status status, void *arg) {
   free(w);
 }
 
-static napi_value queue_mount(napi_env env, struct mount_work *w) {
+/* Queues `execute` on libuv's pool; `complete` settles *deferred on the main thread. */
+static napi_value queue_work(napi_env env, const char *what, napi_async_execute_callback execute, napi_async_complete_callback complete, void *data,
+                             napi_async_work *work, napi_deferred *deferred) {
   napi_value promise, name;
-  NAPI_OK(napi_create_promise(env, &w->deferred, &promise));
-  napi_create_string_utf8(env, "berth_sys.mount", NAPI_AUTO_LENGTH, &name);
-  NAPI_OK(napi_create_async_work(env, NULL, name, mount_execute, mount_complete, w, &w->work));
-  NAPI_OK(napi_queue_async_work(env, w->work));
+  NAPI_OK(napi_create_promise(env, deferred, &promise));
+  napi_create_string_utf8(env, what, NAPI_AUTO_LENGTH, &name);
+  NAPI_OK(napi_create_async_work(env, NULL, name, execute, complete, data, work));
+  NAPI_OK(napi_queue_async_work(env, *work));
   return promise;
+}
+
+static napi_value queue_mount(napi_env env, struct mount_work *w) {
+  return queue_work(env, "berth_sys.mount", mount_execute, mount_complete, w, &w->work, &w->deferred);
 }
 
 static napi_value js_mount(napi_env env, napi_callback_info info) {
@@ -588,12 +594,7 @@ static napi_value js_connect_in_netns(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "berth_sys.connectInNetns(nsPath, port 1-65535, timeoutMs)");
     return NULL;
   }
-  napi_value promise, name;
-  NAPI_OK(napi_create_promise(env, &w->deferred, &promise));
-  napi_create_string_utf8(env, "berth_sys.connectInNetns", NAPI_AUTO_LENGTH, &name);
-  NAPI_OK(napi_create_async_work(env, NULL, name, netns_execute, netns_complete, w, &w->work));
-  NAPI_OK(napi_queue_async_work(env, w->work));
-  return promise;
+  return queue_work(env, "berth_sys.connectInNetns", netns_execute, netns_complete, w, &w->work, &w->deferred);
 }
 
 /* ---- attachConmon(dir) -> fd: a bridge to <dir>/attach (SOCK_SEQPACKET) ---- */

@@ -187,21 +187,8 @@ export async function readCgroupSample(mounts: CgroupMounts, cg: ProcCgroups, no
       readNum(join(memory, 'memory.memsw.limit_in_bytes')),
     ]);
     if (usage !== undefined && statText !== undefined) {
-      const st = parseFlatKeyed(statText);
-      const inactive = st.get('total_inactive_file') ?? st.get('inactive_file') ?? 0n;
-      const rss = st.get('total_rss') ?? st.get('rss');
-      const pf = st.get('total_pgfault') ?? st.get('pgfault');
-      const mpf = st.get('total_pgmajfault') ?? st.get('pgmajfault');
-      const p = psi(memPsi);
-      sample.memory = {
-        usage,
-        workingSet: usage > inactive ? usage - inactive : 0n,
-        ...(rss !== undefined ? { rss } : {}),
-        ...(pf !== undefined ? { pageFaults: pf } : {}),
-        ...(mpf !== undefined ? { majorPageFaults: mpf } : {}),
-        ...(limit !== undefined && limit < V1_UNLIMITED ? { limit } : {}),
-        ...(p ? { psi: p } : {}),
-      };
+      // v1's total_* figures count the whole subtree.
+      sample.memory = memorySample(usage, parseFlatKeyed(statText), 'total_', limit !== undefined && limit < V1_UNLIMITED ? limit : undefined, psi(memPsi));
       if (memswUsage !== undefined) {
         const swapLimit = memswLimit !== undefined && limit !== undefined && memswLimit < V1_UNLIMITED ? memswLimit - limit : undefined;
         sample.swap = { usage: memswUsage > usage ? memswUsage - usage : 0n, ...(swapLimit !== undefined && swapLimit >= 0n ? { limit: swapLimit } : {}) };
@@ -216,21 +203,7 @@ export async function readCgroupSample(mounts: CgroupMounts, cg: ProcCgroups, no
       readLimitV2(join(v2, 'memory.swap.max')),
     ]);
     if (usage !== undefined && statText !== undefined) {
-      const st = parseFlatKeyed(statText);
-      const inactive = st.get('inactive_file') ?? 0n;
-      const rss = st.get('anon');
-      const pf = st.get('pgfault');
-      const mpf = st.get('pgmajfault');
-      const p = psi(memPsi);
-      sample.memory = {
-        usage,
-        workingSet: usage > inactive ? usage - inactive : 0n,
-        ...(rss !== undefined ? { rss } : {}),
-        ...(pf !== undefined ? { pageFaults: pf } : {}),
-        ...(mpf !== undefined ? { majorPageFaults: mpf } : {}),
-        ...(limit !== undefined ? { limit } : {}),
-        ...(p ? { psi: p } : {}),
-      };
+      sample.memory = memorySample(usage, parseFlatKeyed(statText), '', limit, psi(memPsi));
       if (swapUsage !== undefined) sample.swap = { usage: swapUsage, ...(swapLimit !== undefined ? { limit: swapLimit } : {}) };
     }
   }
@@ -240,6 +213,27 @@ export async function readCgroupSample(mounts: CgroupMounts, cg: ProcCgroups, no
   const io = psi(ioPsi);
   if (io) sample.io = { psi: io };
   return sample;
+}
+
+/**
+ * Memory figures from usage and memory.stat: v1 names (`total_rss`, with `prefix`
+ * "total_", falling back to the cgroup's own) or v2 names (`anon` for rss).
+ */
+function memorySample(usage: bigint, st: Map<string, bigint>, prefix: string, limit: bigint | undefined, p: Psi | undefined): NonNullable<CgroupSample['memory']> {
+  const get = (k: string): bigint | undefined => st.get(prefix + k) ?? st.get(k);
+  const inactive = get('inactive_file') ?? 0n;
+  const rss = prefix === '' ? st.get('anon') : get('rss');
+  const pf = get('pgfault');
+  const mpf = get('pgmajfault');
+  return {
+    usage,
+    workingSet: usage > inactive ? usage - inactive : 0n,
+    ...(rss !== undefined ? { rss } : {}),
+    ...(pf !== undefined ? { pageFaults: pf } : {}),
+    ...(mpf !== undefined ? { majorPageFaults: mpf } : {}),
+    ...(limit !== undefined ? { limit } : {}),
+    ...(p ? { psi: p } : {}),
+  };
 }
 
 const EPOCH_OFFSET_NS = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();

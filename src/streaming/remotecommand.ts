@@ -10,7 +10,8 @@
  *   reason NonZeroExitCode and the code as an ExitCode cause); v2/v3 write only a
  *   failure's text. Then every stream is closed and the session goes away.
  */
-import type { Readable, Writable } from 'node:stream';
+import type { Readable } from 'node:stream';
+import type { ExecSession } from '../containers/exec-session.js';
 import { messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { SpdySession, SpdyStream } from './spdy-session.js';
@@ -43,15 +44,8 @@ export interface Channels {
   resize?: SpdyStream;
 }
 
-/** What the protocol drives: a started command (see containers/exec-session.ts). */
-export interface RemoteProcess {
-  stdin?: Writable;
-  stdout: Readable;
-  stderr?: Readable;
-  resize(width: number, height: number): void;
-  exited: Promise<number>;
-  kill(): void;
-}
+/** What the protocol drives: a started command or an attach (containers/exec-session.ts). */
+export type RemoteProcess = ExecSession;
 
 const CHANNEL_NAMES = ['error', 'stdin', 'stdout', 'stderr', 'resize'] as const;
 
