@@ -39,11 +39,15 @@ if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
 fi
 nohup /usr/local/bin/berthd >>/var/log/berthd.log 2>&1 </dev/null &
 pid=$!
-for _ in $(seq 1 100); do
-  [ -S "$SOCK" ] && break
+# Ready when the socket takes a connection: a socket file alone may be a stale one left
+# by a berthd that was killed (the new one replaces it once it binds).
+answers() { node -e "require('net').connect(process.argv[1]).on('connect', () => process.exit(0)).on('error', () => process.exit(1))" "$SOCK"; }
+ready=0
+for _ in $(seq 1 150); do
+  if answers; then ready=1; break; fi
   kill -0 "$pid" 2>/dev/null || { echo "hack/setup.sh: berthd exited; see /var/log/berthd.log:" >&2; tail -n 20 /var/log/berthd.log >&2; exit 1; }
   sleep 0.1
 done
-[ -S "$SOCK" ] || { echo "hack/setup.sh: berthd did not create $SOCK; see /var/log/berthd.log" >&2; exit 1; }
+[ "$ready" = 1 ] || { echo "hack/setup.sh: berthd does not answer on $SOCK; see /var/log/berthd.log" >&2; exit 1; }
 echo "hack/setup.sh: berthd is running (pid $pid) on unix://$SOCK; logs in /var/log/berthd.log"
 echo "  try: crictl --runtime-endpoint unix://$SOCK version"
