@@ -11,11 +11,16 @@ const root = 'dist/src';
 // Lower number = lower layer. A module may import itself and any lower layer only.
 const LAYER = {
   common: 0,
-  config: 1, store: 1, telemetry: 1, oci: 1,
-  images: 2, shim: 2,
+  config: 1,
+  store: 1,
+  telemetry: 1,
+  oci: 1,
+  images: 2,
+  shim: 2,
   sandbox: 3,
   containers: 4,
-  streaming: 5, stats: 5,
+  streaming: 5,
+  stats: 5,
   cri: 6,
   'main.js': 7,
 };

@@ -10,15 +10,17 @@ const out = 'src/cri/gen';
 rmSync(out, { recursive: true, force: true });
 execFileSync(
   'node_modules/.bin/proto-loader-gen-types',
-  ['--keepCase', '--longs=String', '--enums=String', '--defaults', '--oneofs',
-    '--grpcLib=@grpc/grpc-js', `--outDir=${out}`, 'proto/runtime/v1/api.proto'],
+  ['--keepCase', '--longs=String', '--enums=String', '--defaults', '--oneofs', '--grpcLib=@grpc/grpc-js', `--outDir=${out}`, 'proto/runtime/v1/api.proto'],
   { stdio: ['ignore', 'ignore', 'inherit'] },
 );
 
 function patch(dir) {
   for (const name of readdirSync(dir)) {
     const p = join(dir, name);
-    if (statSync(p).isDirectory()) { patch(p); continue; }
+    if (statSync(p).isDirectory()) {
+      patch(p);
+      continue;
+    }
     const src = readFileSync(p, 'utf8');
     writeFileSync(p, src.replace(/from '(\.{1,2}\/[^']+)'/g, "from '$1.js'"));
   }

@@ -22,6 +22,7 @@ step "native addon (node-gyp)"; bash hack/build-native.sh
 step "generate CRI types";        node hack/gen-proto-types.mjs
 step "type check (tsc --noEmit)"; node_modules/.bin/tsc --noEmit -p tsconfig.json
 step "lint (eslint)";             node_modules/.bin/eslint --max-warnings 0 .
+step "format (prettier --check)"; npm run --silent format:check
 step "build";                     rm -rf dist && node_modules/.bin/tsc -p tsconfig.json
 step "imports: cycles and layers"; node hack/check-imports.mjs
 step "tests (mocha)";             node_modules/.bin/mocha "$@"

@@ -288,10 +288,7 @@ async function shutdown(server: grpc.Server, state: ServingState, config: BerthC
   const timedOut = new Promise<'timeout'>((resolve) => {
     timer = setTimeout(() => resolve('timeout'), timeoutMs);
   });
-  const graceful = Promise.all([
-    state.drained(),
-    new Promise<void>((resolve) => server.tryShutdown(() => resolve())),
-  ]).then(() => 'done' as const);
+  const graceful = Promise.all([state.drained(), new Promise<void>((resolve) => server.tryShutdown(() => resolve()))]).then(() => 'done' as const);
   const outcome = await Promise.race([graceful, timedOut]);
   clearTimeout(timer);
   if (outcome === 'timeout') {

@@ -91,7 +91,10 @@ ${opts.sandboxImage ? `  sandbox_image = "${opts.sandboxImage}"\n` : ''}  [plugi
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
-  const shimPids = (): number[] => processes().filter((p) => p.cmd.split(' ')[0]!.endsWith('containerd-shim-runc-v2') && p.cmd.includes(socket)).map((p) => p.pid);
+  const shimPids = (): number[] =>
+    processes()
+      .filter((p) => p.cmd.split(' ')[0]!.endsWith('containerd-shim-runc-v2') && p.cmd.includes(socket))
+      .map((p) => p.pid);
   return {
     dir,
     socket,
@@ -106,7 +109,9 @@ ${opts.sandboxImage ? `  sandbox_image = "${opts.sandboxImage}"\n` : ''}  [plugi
       proc.kill('SIGTERM');
       await exited;
       const problems = [
-        ...processes().filter((p) => p.cmd.includes(dir)).map((p) => `process ${p.pid}: ${p.cmd}`),
+        ...processes()
+          .filter((p) => p.cmd.includes(dir))
+          .map((p) => `process ${p.pid}: ${p.cmd}`),
         ...mountsUnder(dir).map((m) => `mount ${m}`),
       ];
       if (problems.length === 0) rmSync(dir, { recursive: true, force: true });

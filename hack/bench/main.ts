@@ -65,12 +65,21 @@ const SUITES = ['pull', 'pods', 'containers'] as const;
 type Suite = (typeof SUITES)[number];
 if (values['only-pull'] && values['only-pods']) throw new Error('--only-pull and --only-pods exclude each other (use --suite pull,pods)');
 const suites = new Set<Suite>(
-  values['only-pull'] ? ['pull'] : values['only-pods'] ? ['pods'] : values.suite.split(',').map((s) => s.trim()).filter(Boolean).map((s) => {
-    if (!(SUITES as readonly string[]).includes(s)) throw new Error(`unknown suite "${s}" (known: ${SUITES.join(', ')})`);
-    return s as Suite;
-  }),
+  values['only-pull']
+    ? ['pull']
+    : values['only-pods']
+      ? ['pods']
+      : values.suite
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean)
+          .map((s) => {
+            if (!(SUITES as readonly string[]).includes(s)) throw new Error(`unknown suite "${s}" (known: ${SUITES.join(', ')})`);
+            return s as Suite;
+          }),
 );
-if (values.only !== undefined && values.only !== 'berth' && values.only !== 'containerd') throw new Error(`--only takes berth or containerd, not "${values.only}"`);
+if (values.only !== undefined && values.only !== 'berth' && values.only !== 'containerd')
+  throw new Error(`--only takes berth or containerd, not "${values.only}"`);
 const runs = Number(values.runs);
 const layerCount = Number(values.layers);
 const layerBytes = Number(values['layer-mb']) * 1024 * 1024;
@@ -151,7 +160,9 @@ async function pullSuite(registryHost: string): Promise<void> {
         const v = await ctr.clients.runtime.Version({});
         const xs = await coldPulls('containerd', ctr.clients, img.ref, bytes);
         results.containerd = median(xs);
-        out(`${label('containerd')} cold pull: median ${results.containerd.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}; ${v.runtime_name} ${v.runtime_version})`);
+        out(
+          `${label('containerd')} cold pull: median ${results.containerd.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}; ${v.runtime_name} ${v.runtime_version})`,
+        );
       } finally {
         await ctr.stop();
       }
@@ -360,7 +371,14 @@ function latencyLine(name: string, what: string, xs: number[], extra = '', unit 
 function printPods(name: string, f: PodFigures): void {
   out(latencyLine(name, 'RunPodSandbox', f.run));
   const removeOnly = f.stopRemove.map((x, i) => x - f.stop[i]!);
-  out(latencyLine(name, 'StopPodSandbox+RemovePodSandbox', f.stopRemove, `; of which Stop median ${median(f.stop).toFixed(1)}, Remove ${median(removeOnly).toFixed(1)} ms`));
+  out(
+    latencyLine(
+      name,
+      'StopPodSandbox+RemovePodSandbox',
+      f.stopRemove,
+      `; of which Stop median ${median(f.stop).toFixed(1)}, Remove ${median(removeOnly).toFixed(1)} ms`,
+    ),
+  );
   out(`${label(name)} RSS idle: ${mib(f.idle.rss)}  (${f.idle.detail})`);
   out(`${label(name)} RSS with ${podCount} pods: ${mib(f.loaded.rss)}, PSS ${mib(f.loaded.pss)}  (${f.loaded.detail})`);
 }
@@ -376,7 +394,10 @@ async function pushPauseImageOnce(registryHost: string): Promise<string> {
   const catatonit = '/usr/bin/catatonit';
   if (!existsSync(catatonit)) throw new Error(`${catatonit} is missing: install Debian's catatonit (hack/install.sh)`);
   const layer = await buildLayer([{ path: 'catatonit', type: 'file', mode: 0o755, content: readFileSync(catatonit) }], 'gzip');
-  const image = buildImage({ layers: [layer], config: { Entrypoint: ['/catatonit', '-P'], Env: [`PATH=${DEFAULT_PATH}`], Labels: { 'org.berth.bench': 'pause' } } });
+  const image = buildImage({
+    layers: [layer],
+    config: { Entrypoint: ['/catatonit', '-P'], Env: [`PATH=${DEFAULT_PATH}`], Labels: { 'org.berth.bench': 'pause' } },
+  });
   const pusher = new RegistryPusher(registryHost);
   try {
     await pusher.pushImage('pause', image, ['3.9']);
@@ -441,12 +462,18 @@ async function podsSuite(registryHost: string): Promise<void> {
     faster('StopPodSandbox+RemovePodSandbox', berth.stopRemove, containerd.stopRemove);
     const rss = containerd.loaded.rss / berth.loaded.rss;
     const pss = containerd.loaded.pss / berth.loaded.pss;
-    out(`memory with ${podCount} pods: containerd+shims+pause / berthd = ${mib(containerd.loaded.rss)} / ${mib(berth.loaded.rss)} RSS = ${rss.toFixed(2)}x  (>1: berth uses less)`);
+    out(
+      `memory with ${podCount} pods: containerd+shims+pause / berthd = ${mib(containerd.loaded.rss)} / ${mib(berth.loaded.rss)} RSS = ${rss.toFixed(2)}x  (>1: berth uses less)`,
+    );
     // PSS divides shared pages among all their users: the shims' common text among the shims (fair), but
     // also node's text among every node process on the machine, this harness included (flatters berthd).
-    out(`  PSS ${mib(containerd.loaded.pss)} / ${mib(berth.loaded.pss)} = ${pss.toFixed(2)}x  (berthd's PSS shares node's pages with other node processes, this harness included)`);
+    out(
+      `  PSS ${mib(containerd.loaded.pss)} / ${mib(berth.loaded.pss)} = ${pss.toFixed(2)}x  (berthd's PSS shares node's pages with other node processes, this harness included)`,
+    );
     const perPod = (f: PodFigures): number => (f.loaded.rss - f.idle.rss) / podCount;
-    out(`memory per pod (RSS with ${podCount} pods - idle, / ${podCount}): berth ${(perPod(berth)).toFixed(0)} KiB, containerd ${(perPod(containerd)).toFixed(0)} KiB`);
+    out(
+      `memory per pod (RSS with ${podCount} pods - idle, / ${podCount}): berth ${perPod(berth).toFixed(0)} KiB, containerd ${perPod(containerd).toFixed(0)} KiB`,
+    );
   }
 }
 
@@ -490,7 +517,9 @@ function parentOf(pid: number): number {
  * count too (none are expected).
  */
 function berthCtrMem(pid: number, dir: string): CtrMem {
-  const conmons = processes().filter((p) => isConmon(p.cmd) && p.cmd.includes(dir)).map((p) => p.pid);
+  const conmons = processes()
+    .filter((p) => isConmon(p.cmd) && p.cmd.includes(dir))
+    .map((p) => p.pid);
   const kids = childrenOf(pid).filter((k) => !conmons.includes(k));
   const daemon = part([pid]);
   const shims = part(conmons);
@@ -511,13 +540,15 @@ function berthCtrMem(pid: number, dir: string): CtrMem {
 
 /** containerd + its runc v2 shims + the pause processes under them; the containers' own processes are left out. */
 function containerdCtrMem(pid: number, shimPids: number[]): CtrMem {
-  const pauses = shimPids.flatMap((s) => childrenOf(s)).filter((p) => {
-    try {
-      return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('catatonit');
-    } catch {
-      return false;
-    }
-  });
+  const pauses = shimPids
+    .flatMap((s) => childrenOf(s))
+    .filter((p) => {
+      try {
+        return readFileSync(`/proc/${p}/cmdline`, 'utf8').includes('catatonit');
+      } catch {
+        return false;
+      }
+    });
   const daemon = part([pid]);
   const shims = part(shimPids);
   const pause = part(pauses);
@@ -549,7 +580,14 @@ interface ContainerFigures {
 }
 
 function containerConfig(name: string, image: string): Record<string, unknown> {
-  return { metadata: { name, attempt: 0 }, image: { image }, command: ['sleep', '1000'], log_path: `${name}.log`, labels: { app: 'berth-bench' }, linux: { security_context: { namespace_options: KUBELET_NAMESPACES } } };
+  return {
+    metadata: { name, attempt: 0 },
+    image: { image },
+    command: ['sleep', '1000'],
+    log_path: `${name}.log`,
+    labels: { app: 'berth-bench' },
+    linux: { security_context: { namespace_options: KUBELET_NAMESPACES } },
+  };
 }
 
 /** Stops and removes every container, then every pod, the runtime lists (clean-up after a failure). */
@@ -568,7 +606,11 @@ async function removeAllContainersAndPods(c: CriClients): Promise<void> {
  * together); then the pod. Fails unless the runtime lists no container and no pod at the end.
  */
 async function containerRuns(name: string, c: CriClients, net: BenchNet, image: string, mem: () => CtrMem): Promise<ContainerFigures> {
-  const podCfg = { ...podConfig(1, net.logDir), metadata: { name: 'bench-containers', namespace: 'bench', uid: randomUUID(), attempt: 0 }, hostname: 'bench-containers' };
+  const podCfg = {
+    ...podConfig(1, net.logDir),
+    metadata: { name: 'bench-containers', namespace: 'bench', uid: randomUUID(), attempt: 0 },
+    hostname: 'bench-containers',
+  };
   const { pod_sandbox_id: pod } = await c.runtime.RunPodSandbox({ config: podCfg });
   const create = async (ctrName: string): Promise<string> =>
     (await c.runtime.CreateContainer({ pod_sandbox_id: pod, config: containerConfig(ctrName, image), sandbox_config: podCfg })).container_id;
@@ -640,9 +682,19 @@ function printContainers(name: string, f: ContainerFigures): void {
   out(latencyLine(name, 'Create+Start', createStart(f), '', unit));
   out(latencyLine(name, 'ExecSync ["true"]', f.exec, '', 'calls in c1'));
   const removeOnly = f.stopRemove.map((x, i) => x - f.stop[i]!);
-  out(latencyLine(name, 'StopContainer(0)+RemoveContainer', f.stopRemove, `; of which Stop median ${median(f.stop).toFixed(1)}, Remove ${median(removeOnly).toFixed(1)} ms`, unit));
+  out(
+    latencyLine(
+      name,
+      'StopContainer(0)+RemoveContainer',
+      f.stopRemove,
+      `; of which Stop median ${median(f.stop).toFixed(1)}, Remove ${median(removeOnly).toFixed(1)} ms`,
+      unit,
+    ),
+  );
   out(`${label(name)} memory, pod alone: RSS ${mib(f.podOnly.rss)}, PSS ${mib(f.podOnly.pss)}  (${f.podOnly.detail})`);
-  out(`${label(name)} memory with ${containerCount} containers: RSS ${mib(f.loaded.rss)}, PSS ${mib(f.loaded.pss)}  (${f.loaded.detail}; the containers' own processes not counted)`);
+  out(
+    `${label(name)} memory with ${containerCount} containers: RSS ${mib(f.loaded.rss)}, PSS ${mib(f.loaded.pss)}  (${f.loaded.detail}; the containers' own processes not counted)`,
+  );
   const s = f.loaded.shims;
   if (name === 'berth') {
     if (s.count !== containerCount) out(`${label(name)} WARNING: ${s.count} conmon processes for ${containerCount} containers`);
@@ -659,7 +711,9 @@ function printContainers(name: string, f: ContainerFigures): void {
 
 async function containersSuite(registryHost: string): Promise<void> {
   const figures: Partial<Record<'berth' | 'containerd', ContainerFigures>> = {};
-  out(`containers: one pod, 1 warm-up + ${containerCount} containers per runtime (busybox, sleep 1000) created and started one after the other; ${execCount} ExecSync ["true"] in c1; StopContainer(timeout 0)+RemoveContainer each`);
+  out(
+    `containers: one pod, 1 warm-up + ${containerCount} containers per runtime (busybox, sleep 1000) created and started one after the other; ${execCount} ExecSync ["true"] in c1; StopContainer(timeout 0)+RemoveContainer each`,
+  );
   const fx = await pushFixtures(registryHost);
   const image = fx.busybox.ref;
   if (runBerth) {
@@ -721,8 +775,12 @@ async function containersSuite(registryHost: string): Promise<void> {
     );
     const rss = containerd.loaded.rss / berth.loaded.rss;
     const pss = containerd.loaded.pss / berth.loaded.pss;
-    out(`memory with ${containerCount} containers in one pod: containerd+shim+pause / berthd+conmons = ${mib(containerd.loaded.rss)} / ${mib(berth.loaded.rss)} RSS = ${rss.toFixed(2)}x  (>1: berth uses less)`);
-    out(`  PSS ${mib(containerd.loaded.pss)} / ${mib(berth.loaded.pss)} = ${pss.toFixed(2)}x  (berthd's PSS shares node's pages with other node processes, this harness included)`);
+    out(
+      `memory with ${containerCount} containers in one pod: containerd+shim+pause / berthd+conmons = ${mib(containerd.loaded.rss)} / ${mib(berth.loaded.rss)} RSS = ${rss.toFixed(2)}x  (>1: berth uses less)`,
+    );
+    out(
+      `  PSS ${mib(containerd.loaded.pss)} / ${mib(berth.loaded.pss)} = ${pss.toFixed(2)}x  (berthd's PSS shares node's pages with other node processes, this harness included)`,
+    );
     // Per container: what N more containers in the same pod cost, daemon growth included.
     const perCtr = (f: ContainerFigures, k: 'rss' | 'pss'): number => (f.loaded[k] - f.podOnly[k]) / containerCount;
     out(

@@ -69,7 +69,10 @@ const registry = await startRegistry();
 const sides: Side[] = [];
 try {
   const image = (await pushFixtures(registry.host)).busybox.ref;
-  for (const [name, dir] of [['A', values.a], ['B', values.b]] as const) {
+  for (const [name, dir] of [
+    ['A', values.a],
+    ['B', values.b],
+  ] as const) {
     const b = await (await load(dir)).start({ logLevel: 'warn' });
     const podCfg = {
       metadata: { name: `pair-${name}`, namespace: 'bench', uid: randomUUID(), attempt: 0 },
@@ -88,11 +91,15 @@ try {
   }
   const cs = (s: Side): number[] => s.create.map((x, i) => x + s.start[i]!);
   for (const s of sides) {
-    process.stdout.write(`${s.name} (${s.name === 'A' ? values.a : values.b}): CreateContainer ${median(s.create).toFixed(1)}, StartContainer ${median(s.start).toFixed(1)}, Create+Start ${median(cs(s)).toFixed(1)} ms (median of ${s.create.length})\n`);
+    process.stdout.write(
+      `${s.name} (${s.name === 'A' ? values.a : values.b}): CreateContainer ${median(s.create).toFixed(1)}, StartContainer ${median(s.start).toFixed(1)}, Create+Start ${median(cs(s)).toFixed(1)} ms (median of ${s.create.length})\n`,
+    );
   }
   const [a, b] = [cs(sides[0]!), cs(sides[1]!)];
   const diffs = a.map((x, i) => x - b[i]!);
-  process.stdout.write(`Create+Start, A - B: median ${median(diffs).toFixed(1)} ms; B faster in ${diffs.filter((d) => d > 0).length} of ${diffs.length} pairs\n`);
+  process.stdout.write(
+    `Create+Start, A - B: median ${median(diffs).toFixed(1)} ms; B faster in ${diffs.filter((d) => d > 0).length} of ${diffs.length} pairs\n`,
+  );
 } finally {
   for (const s of sides) {
     await clear(s).catch(() => undefined);

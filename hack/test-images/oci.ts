@@ -253,11 +253,7 @@ function compressor(compression: Compression, gzipLevel?: number): { input: Writ
  * the diff ID (of the tar). With `file`, the blob is written there instead of kept in
  * memory.
  */
-export async function buildLayer(
-  spec: LayerSpec,
-  compression: Compression = 'gzip',
-  opts: { file?: string; gzipLevel?: number } = {},
-): Promise<BuiltLayer> {
+export async function buildLayer(spec: LayerSpec, compression: Compression = 'gzip', opts: { file?: string; gzipLevel?: number } = {}): Promise<BuiltLayer> {
   const diff = createHash('sha256');
   const blob = createHash('sha256');
   let uncompressedSize = 0;
@@ -512,7 +508,12 @@ export class RegistryPusher {
     // Location may be relative or absolute and usually carries its own query (_state).
     const url = new URL(start.headers.location, this.base);
     url.searchParams.set('digest', blob.digest);
-    const body: Body = blob.data ?? ((file: string) => () => createReadStream(file))(blob.file!);
+    const body: Body =
+      blob.data ??
+      (
+        (file: string) => () =>
+          createReadStream(file)
+      )(blob.file!);
     const put = await this.request('PUT', url.toString(), {
       body,
       headers: { 'content-type': 'application/octet-stream', 'content-length': String(blob.size) },
@@ -958,9 +959,7 @@ function buildStaticFixtures(): Promise<StaticFixtures> {
       { os: 'linux', architecture: 'arm', variant: 'v7' },
     ];
     if (!platforms.some((p) => p.os === 'linux' && p.architecture === host.architecture)) platforms.push(host);
-    const platformLayers = await Promise.all(
-      platforms.map((p) => buildLayer([{ path: 'platform', type: 'file', content: `${platformString(p)}\n` }], 'gzip')),
-    );
+    const platformLayers = await Promise.all(platforms.map((p) => buildLayer([{ path: 'platform', type: 'file', content: `${platformString(p)}\n` }], 'gzip')));
     const perPlatform = (format: ManifestFormat): BuiltIndex =>
       buildIndex(platforms.map((platform, i) => buildImage({ layers: [platformLayers[i]!], platform, format, config: { Cmd: ['cat', '/platform'] } })));
     return {
@@ -1007,12 +1006,18 @@ export async function pushFixtures(registry: string, opts: { auth?: RegistryAuth
   const s = await buildStaticFixtures();
   const evils = await Promise.all([
     evilImage((x) => ({
-      tar: rawTar([{ name: 'ok', type: 'file', content: 'harmless\n' }, { name: `../escape-${x}`, type: 'file', content: 'escaped\n' }]),
+      tar: rawTar([
+        { name: 'ok', type: 'file', content: 'harmless\n' },
+        { name: `../escape-${x}`, type: 'file', content: 'escaped\n' },
+      ]),
       entry: `../escape-${x}`,
       escapeName: `escape-${x}`,
     })),
     evilImage((x) => ({
-      tar: rawTar([{ name: 'ok', type: 'file', content: 'harmless\n' }, { name: `/abs-escape-${x}`, type: 'file', content: 'escaped\n' }]),
+      tar: rawTar([
+        { name: 'ok', type: 'file', content: 'harmless\n' },
+        { name: `/abs-escape-${x}`, type: 'file', content: 'escaped\n' },
+      ]),
       entry: `/abs-escape-${x}`,
       escapeName: `abs-escape-${x}`,
       escapePath: `/abs-escape-${x}`,

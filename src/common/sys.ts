@@ -24,7 +24,14 @@ import { messageOf } from './errors.js';
 
 interface NativeSys {
   pipe(): [number, number];
-  spawn(file: string, argv: string[], envp: string[], cwd: string | null, fds: number[], setsid: boolean): { pid: number; exited: Promise<[number | null, number | null]> };
+  spawn(
+    file: string,
+    argv: string[],
+    envp: string[],
+    cwd: string | null,
+    fds: number[],
+    setsid: boolean,
+  ): { pid: number; exited: Promise<[number | null, number | null]> };
   mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   umount(target: string, flags: number): Promise<void>;
   openPty(): [number, number];

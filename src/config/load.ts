@@ -100,7 +100,10 @@ function dropIns(configFile: string): string[] {
     if (errnoOf(err) === 'ENOENT') return [];
     throw new ConfigError(`${dir}: cannot list drop-ins: ${messageOf(err)}`);
   }
-  return names.filter((n) => n.endsWith('.toml')).sort().map((n) => join(dir, n));
+  return names
+    .filter((n) => n.endsWith('.toml'))
+    .sort()
+    .map((n) => join(dir, n));
 }
 
 /** Builds the effective configuration, or throws a {@link ConfigError}. */

@@ -164,11 +164,15 @@ const absolutePath: Check = (v) => {
   return undefined;
 };
 
-const oneOf = (values: readonly string[]): Check => (v) =>
-  typeof v === 'string' && values.includes(v) ? undefined : `expected one of ${values.map((x) => `"${x}"`).join(', ')}, got ${describe(v)}`;
+const oneOf =
+  (values: readonly string[]): Check =>
+  (v) =>
+    typeof v === 'string' && values.includes(v) ? undefined : `expected one of ${values.map((x) => `"${x}"`).join(', ')}, got ${describe(v)}`;
 
-const integerIn = (min: number, max: number): Check => (v) =>
-  typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max ? undefined : `expected an integer from ${min} to ${max}, got ${describe(v)}`;
+const integerIn =
+  (min: number, max: number): Check =>
+  (v) =>
+    typeof v === 'number' && Number.isInteger(v) && v >= min && v <= max ? undefined : `expected an integer from ${min} to ${max}, got ${describe(v)}`;
 
 const pathList: Check = (v) => {
   if (!Array.isArray(v)) return `expected an array of absolute paths, got ${describe(v)}`;
@@ -211,7 +215,8 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   shutdown_timeout_seconds: integerIn(0, 3600),
   'cni.conf_dir': absolutePath,
   'cni.bin_dirs': pathList,
-  'images.pinned': (v) => (Array.isArray(v) && v.every((x) => typeof x === 'string' && x !== '') ? undefined : `expected an array of image references, got ${describe(v)}`),
+  'images.pinned': (v) =>
+    Array.isArray(v) && v.every((x) => typeof x === 'string' && x !== '') ? undefined : `expected an array of image references, got ${describe(v)}`,
   'images.max_concurrent_downloads': integerIn(1, 64),
   'images.max_manifest_bytes': integerIn(1024, 64 * 1024 * 1024),
   'images.max_config_bytes': integerIn(1024, 64 * 1024 * 1024),
@@ -232,7 +237,8 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'streaming.token_ttl_seconds': integerIn(1, 3600),
   'streaming.idle_timeout_seconds': integerIn(0, 7 * 24 * 3600),
   'streaming.stream_creation_timeout_seconds': integerIn(1, 600),
-  default_runtime: (v) => (typeof v === 'string' && /^[a-z0-9][a-z0-9.-]{0,62}$/.test(v) ? undefined : `expected a handler name like "runc", got ${describe(v)}`),
+  default_runtime: (v) =>
+    typeof v === 'string' && /^[a-z0-9][a-z0-9.-]{0,62}$/.test(v) ? undefined : `expected a handler name like "runc", got ${describe(v)}`,
   'runtimes.*.path': absolutePath,
 };
 

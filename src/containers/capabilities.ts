@@ -127,7 +127,8 @@ export function capabilitySets(req: CapabilityRequest): { caps: OciCapabilities;
     const host = new Set(req.host);
     const missing = [...set].filter((c) => !host.has(c));
     for (const c of missing) set.delete(c);
-    if (missing.length > 0 && !req.privileged && !add.includes('ALL')) warnings.push(`capabilities ${missing.join(', ')} are not held by berthd and were left out`);
+    if (missing.length > 0 && !req.privileged && !add.includes('ALL'))
+      warnings.push(`capabilities ${missing.join(', ')} are not held by berthd and were left out`);
   }
   const effective = ALL_CAPABILITIES.filter((c) => set.has(c));
   for (const c of ambient) {

@@ -118,7 +118,17 @@ export class ContainerRepository {
     return this.bySandboxStmt.all(sandboxId).map(toRecord);
   }
 
-  insert(c: { id: string; sandboxId: string; name: string; attempt: number; imageId: string; imageRef: string; config: Record<string, unknown>; logPath: string; createdAt: string }): void {
+  insert(c: {
+    id: string;
+    sandboxId: string;
+    name: string;
+    attempt: number;
+    imageId: string;
+    imageRef: string;
+    config: Record<string, unknown>;
+    logPath: string;
+    createdAt: string;
+  }): void {
     this.insertStmt.run(c.id, c.sandboxId, c.name, c.attempt, c.imageId, c.imageRef, JSON.stringify(c.config), c.logPath, c.createdAt);
   }
 
@@ -130,7 +140,17 @@ export class ContainerRepository {
       const ch = fn(cur);
       if (ch.state !== undefined && !canTransition(cur.state, ch.state)) throw new Error(`container ${id}: illegal transition ${cur.state} -> ${ch.state}`);
       const next = { ...cur, ...ch };
-      this.updateStmt.run({ id, state: next.state, pid: next.pid, shimPid: next.shimPid, exitCode: next.exitCode, reason: next.reason, message: next.message, startedAt: next.startedAt, finishedAt: next.finishedAt });
+      this.updateStmt.run({
+        id,
+        state: next.state,
+        pid: next.pid,
+        shimPid: next.shimPid,
+        exitCode: next.exitCode,
+        reason: next.reason,
+        message: next.message,
+        startedAt: next.startedAt,
+        finishedAt: next.finishedAt,
+      });
       return next;
     })();
   }

@@ -26,7 +26,6 @@ import { capabilitiesFromMask } from './capabilities.js';
 import { descendants, killQuietly, startAttachSession, startExecSession, type ExecSession } from './exec-session.js';
 import { generateSpec, stopSignal, type CriContainerConfig } from './spec.js';
 
-
 export interface CreateContainerRequest {
   sandboxId: string;
   name: string;
@@ -50,7 +49,7 @@ export interface ContainerServiceOptions {
 
 const nowNs = (): string => String(BigInt(Date.now()) * 1_000_000n);
 /** Bytes of each output stream ExecSync keeps. */
-export const EXEC_OUTPUT_CAP = 16 * 1024 * 1024 / 4;
+export const EXEC_OUTPUT_CAP = (16 * 1024 * 1024) / 4;
 /** How often the shims of followed containers are checked, and a container whose shim died is asked about. */
 const SHIM_CHECK_MS = 2000;
 /** Bytes of /etc/passwd or /etc/group berth reads from an image. */
@@ -109,7 +108,11 @@ export class ContainerService {
   }
 
   find(idOrPrefix: string): ContainerRecord | undefined {
-    return findByIdOrPrefix(idOrPrefix, (id) => this.o.repo.get(id), (prefix) => this.o.repo.idsWithPrefix(prefix));
+    return findByIdOrPrefix(
+      idOrPrefix,
+      (id) => this.o.repo.get(id),
+      (prefix) => this.o.repo.idsWithPrefix(prefix),
+    );
   }
 
   list(): ContainerRecord[] {
@@ -144,7 +147,17 @@ export class ContainerService {
     const logPath = logDir !== '' && req.logPath !== '' ? join(logDir, req.logPath) : join(this.bundles, id, 'container.log');
     const { bundle, rootfs, persist } = this.paths(id);
     const rt = this.runtime(sandbox.runtimeHandler);
-    this.o.repo.insert({ id, sandboxId: sandbox.id, name: req.name, attempt: req.attempt, imageId: image.id, imageRef: req.image, config: req.raw, logPath, createdAt: nowNs() });
+    this.o.repo.insert({
+      id,
+      sandboxId: sandbox.id,
+      name: req.name,
+      attempt: req.attempt,
+      imageId: image.id,
+      imageRef: req.image,
+      config: req.raw,
+      logPath,
+      createdAt: nowNs(),
+    });
     const undo = new DisposableStack();
     // The shim starts first and waits for the bundle (ShimCreateOptions.bundleReady), so its
     // start-up overlaps the making of the bundle. Each undo is registered before its step;
@@ -227,7 +240,10 @@ export class ContainerService {
         await undo.dispose();
         this.o.repo.delete(id);
       } catch (e) {
-        this.o.log.error('rollback of a failed container creation was incomplete; RemoveContainer or recovery will finish it', { container: id, error: messageOf(e) });
+        this.o.log.error('rollback of a failed container creation was incomplete; RemoveContainer or recovery will finish it', {
+          container: id,
+          error: messageOf(e),
+        });
       }
       throw err;
     }
@@ -244,7 +260,8 @@ export class ContainerService {
     if (!target || target.state === 'creating' || target.sandboxId !== sandboxId) {
       throw new BerthError('NotFound', `namespace_options.target_id: container "${opts.target_id}" not found in pod ${sandboxId}`);
     }
-    if (target.state !== 'running' || !target.pid) throw new BerthError('FailedPrecondition', `namespace_options.target_id: container ${target.id} is ${target.state}, not running`);
+    if (target.state !== 'running' || !target.pid)
+      throw new BerthError('FailedPrecondition', `namespace_options.target_id: container ${target.id} is ${target.state}, not running`);
     return { targetPidnsPath: `/proc/${target.pid}/ns/pid` };
   }
 
@@ -259,7 +276,10 @@ export class ContainerService {
   }
 
   private sandboxInfo(sb: SandboxRecord): Parameters<typeof generateSpec>[0]['sandbox'] {
-    const cfg = sb.config as { hostname?: string; linux?: { cgroup_parent?: string; security_context?: { namespace_options?: { network?: string; ipc?: string; pid?: string } } } };
+    const cfg = sb.config as {
+      hostname?: string;
+      linux?: { cgroup_parent?: string; security_context?: { namespace_options?: { network?: string; ipc?: string; pid?: string } } };
+    };
     const ns = cfg.linux?.security_context?.namespace_options ?? {};
     const podDir = this.o.sandboxes.podDir(sb.id);
     const pin = (k: string): string | undefined => (sb.nsDir !== null && existsSync(join(sb.nsDir, k)) ? join(sb.nsDir, k) : undefined);
@@ -349,7 +369,13 @@ export class ContainerService {
           if (cur?.state !== 'running' && cur?.state !== 'created') return;
           const late = await this.o.shim.exitCode(this.exitDir, id);
           if (late !== undefined) return this.recordExit(id, late);
-          this.o.repo.update(id, () => ({ state: 'unknown', reason: 'Unknown', message: `its shim (pid ${shimPid ?? '?'}) died, then the container stopped: the exit code is unknown`, finishedAt: nowNs(), pid: 0 }));
+          this.o.repo.update(id, () => ({
+            state: 'unknown',
+            reason: 'Unknown',
+            message: `its shim (pid ${shimPid ?? '?'}) died, then the container stopped: the exit code is unknown`,
+            finishedAt: nowNs(),
+            pid: 0,
+          }));
           this.o.log.warn('container stopped without its shim; exit code unknown', { container: id });
         });
       }
@@ -412,9 +438,15 @@ export class ContainerService {
     const st = await this.o.shim.state(c.id, rt.path, rt.root);
     if (st && st.status !== 'stopped') {
       await this.o.shim.kill(c.id, 'KILL', rt.path, rt.root, true).catch(() => undefined);
-      if ((await this.stoppedWithin(c.id, rt, 10_000)) === undefined) throw new BerthError('Internal', `container ${c.id}: the runtime still reports it ${st.status} after SIGKILL`);
+      if ((await this.stoppedWithin(c.id, rt, 10_000)) === undefined)
+        throw new BerthError('Internal', `container ${c.id}: the runtime still reports it ${st.status} after SIGKILL`);
     }
-    this.o.repo.update(c.id, (cur) => ({ state: 'exited', exitCode: UNKNOWN_EXIT_CODE, finishedAt: BigInt(cur.finishedAt) > 0n ? cur.finishedAt : nowNs(), pid: 0 }));
+    this.o.repo.update(c.id, (cur) => ({
+      state: 'exited',
+      exitCode: UNKNOWN_EXIT_CODE,
+      finishedAt: BigInt(cur.finishedAt) > 0n ? cur.finishedAt : nowNs(),
+      pid: 0,
+    }));
     this.o.log.info('lost container stopped', { container: c.id, exit_code: UNKNOWN_EXIT_CODE, reason: c.reason });
   }
 
@@ -471,7 +503,12 @@ export class ContainerService {
    * is discarded. On timeout (or the caller going away) the exec'd process itself is
    * killed, not only the `runc exec` client, and DeadlineExceeded is thrown.
    */
-  async execSync(idOrPrefix: string, cmd: string[], timeoutSeconds: number, signal?: AbortSignal): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
+  async execSync(
+    idOrPrefix: string,
+    cmd: string[],
+    timeoutSeconds: number,
+    signal?: AbortSignal,
+  ): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
     const c = this.find(idOrPrefix);
     if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
     if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
@@ -512,7 +549,13 @@ export class ContainerService {
       const grace = setTimeout(() => child.kill('SIGKILL'), 2000);
       void child.exited.then(() => clearTimeout(grace));
     };
-    const timer = timeoutSeconds > 0 ? setTimeout(() => void killExec(new BerthError('DeadlineExceeded', `command timed out after ${timeoutSeconds} s and was killed`)), timeoutSeconds * 1000) : undefined;
+    const timer =
+      timeoutSeconds > 0
+        ? setTimeout(
+            () => void killExec(new BerthError('DeadlineExceeded', `command timed out after ${timeoutSeconds} s and was killed`)),
+            timeoutSeconds * 1000,
+          )
+        : undefined;
     const onAbort = (): void => void killExec(new BerthError('DeadlineExceeded', 'the caller went away; the command was killed'));
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -585,10 +628,15 @@ export class ContainerService {
    * UpdateContainerResources: applies CPU and memory changes to a running (or created)
    * container with the runtime's `update`, then records them in the container's config.
    */
-  async updateResources(idOrPrefix: string, r: NonNullable<NonNullable<CriContainerConfig['linux']>['resources']>, raw: Record<string, unknown>): Promise<void> {
+  async updateResources(
+    idOrPrefix: string,
+    r: NonNullable<NonNullable<CriContainerConfig['linux']>['resources']>,
+    raw: Record<string, unknown>,
+  ): Promise<void> {
     const c = this.find(idOrPrefix);
     if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
-    if (c.state !== 'running' && c.state !== 'created') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}; only a created or running container can be updated`);
+    if (c.state !== 'running' && c.state !== 'created')
+      throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}; only a created or running container can be updated`);
     const rt = this.runtimeOf(c);
     const res: Record<string, unknown> = {};
     const cpu: Record<string, unknown> = {};
@@ -603,7 +651,10 @@ export class ContainerService {
     }
     const run = await execProcess(rt.path, ['--root', rt.root, 'update', '--resources', '-', c.id], { input: JSON.stringify(res), maxBuffer: 4096 });
     if (run.code !== 0) {
-      throw new BerthError('FailedPrecondition', `container ${c.id}: the runtime refused the update: ${run.stderr.trim().replace(/^time="[^"]*" level=\w+ msg="(.*)"$/s, '$1') || `exit ${run.code ?? run.signal}`}`);
+      throw new BerthError(
+        'FailedPrecondition',
+        `container ${c.id}: the runtime refused the update: ${run.stderr.trim().replace(/^time="[^"]*" level=\w+ msg="(.*)"$/s, '$1') || `exit ${run.code ?? run.signal}`}`,
+      );
     }
     this.o.repo.updateConfig(c.id, { ...c.config, linux: { ...((c.config.linux as object | undefined) ?? {}), resources: raw } });
   }
@@ -643,7 +694,12 @@ export class ContainerService {
           // The shim may have written the exit file since it was read.
           const late = await this.o.shim.exitCode(this.exitDir, c.id);
           if (late !== undefined) await this.recordExit(c.id, late);
-          else this.o.repo.update(c.id, () => ({ state: 'unknown', reason: 'Unknown', message: 'the container stopped while berthd was down and no exit code was recorded (its shim died)' }));
+          else
+            this.o.repo.update(c.id, () => ({
+              state: 'unknown',
+              reason: 'Unknown',
+              message: 'the container stopped while berthd was down and no exit code was recorded (its shim died)',
+            }));
         } else if (c.state === 'running' || !st || st.status === 'stopped') {
           // Running, or just stopped with its shim about to write the exit file.
           this.watch(c.id);
@@ -694,7 +750,6 @@ function shimAlive(pid: number | null, id: string): boolean {
     return false;
   }
 }
-
 
 /** Bytes of a Localhost seccomp profile berth reads. */
 const MAX_SECCOMP_PROFILE = 1 << 20;
@@ -763,4 +818,3 @@ async function readBounded(rootfs: string, rel: string): Promise<string> {
     await fh.close();
   }
 }
-

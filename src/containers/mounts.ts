@@ -122,5 +122,8 @@ export function mergeMounts(defaults: OciMount[], cri: OciMount[]): OciMount[] {
   const kept = defaults.filter((m) => !taken.has(m.destination) && !(taken.has('/dev') && m.destination.startsWith('/dev/')));
   const all = [...kept, ...cri];
   // Array.prototype.sort is stable, so same-depth mounts keep their order.
-  return all.map((m, i) => ({ m, i, d: depth(m.destination) })).sort((a, b) => a.d - b.d || a.i - b.i).map((x) => x.m);
+  return all
+    .map((m, i) => ({ m, i, d: depth(m.destination) }))
+    .sort((a, b) => a.d - b.d || a.i - b.i)
+    .map((x) => x.m);
 }

@@ -421,11 +421,7 @@ function deviceSpec(input: ContainerSpecInput, privileged: boolean): { devices: 
 
 const HUGEPAGE_SIZE = /^\d+(?:KB|MB|GB|TB|PB)$/;
 
-function resourceSpec(
-  input: ContainerSpecInput,
-  devices: OciDeviceCgroup[],
-  warnings: string[],
-): { resources: OciResources; oomScoreAdj?: number } {
+function resourceSpec(input: ContainerSpecInput, devices: OciDeviceCgroup[], warnings: string[]): { resources: OciResources; oomScoreAdj?: number } {
   const r = input.config.linux?.resources;
   const resources: OciResources = { devices };
   if (!r) return { resources };

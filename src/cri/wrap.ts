@@ -30,7 +30,10 @@ const READ_ONLY = /^(Version|Status|RuntimeConfig|List.*|Stream.*|.*Status|.*Sta
 type AnyUnary = UnaryHandler<unknown, unknown>;
 type AnyStream = StreamHandler<unknown, unknown>;
 
-function makeContext(method: string, call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>): { ctx: RpcContext; done(): void } {
+function makeContext(
+  method: string,
+  call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>,
+): { ctx: RpcContext; done(): void } {
   const ac = new AbortController();
   const raw = call.getDeadline();
   const ms = raw instanceof Date ? raw.getTime() : raw;
@@ -191,9 +194,7 @@ export function wrapService(
       },
     };
     const handler = handlers[name];
-    impl[name] = md.responseStream
-      ? wrapStream(env, name, handler as AnyStream | undefined)
-      : wrapUnary(env, name, handler as AnyUnary | undefined);
+    impl[name] = md.responseStream ? wrapStream(env, name, handler as AnyStream | undefined) : wrapUnary(env, name, handler as AnyUnary | undefined);
   }
   return { definition: def, implementation: impl };
 }

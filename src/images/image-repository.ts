@@ -66,7 +66,9 @@ export class ImageRepository {
     this.allStmt = db.prepare<[], ImageRow>('SELECT * FROM images ORDER BY created_at, id');
     this.namesStmt = db.prepare<[string], { name: string; kind: string }>('SELECT name, kind FROM image_names WHERE image_id = ? ORDER BY name');
     this.allNamesStmt = db.prepare<[], { name: string; kind: string; image_id: string }>('SELECT name, kind, image_id FROM image_names ORDER BY name');
-    this.layersStmt = db.prepare<[string], { blob_digest: string; diff_id: string; chain_id: string }>('SELECT blob_digest, diff_id, chain_id FROM image_layers WHERE image_id = ? ORDER BY idx');
+    this.layersStmt = db.prepare<[string], { blob_digest: string; diff_id: string; chain_id: string }>(
+      'SELECT blob_digest, diff_id, chain_id FROM image_layers WHERE image_id = ? ORDER BY idx',
+    );
     this.byNameStmt = db.prepare<[string], { image_id: string }>('SELECT image_id FROM image_names WHERE name = ?');
     this.idsStmt = db.prepare<[string], { id: string }>('SELECT id FROM images WHERE id LIKE ?');
     this.upsertImage = db.prepare<[string, string, string, number, number]>(

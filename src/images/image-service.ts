@@ -250,9 +250,20 @@ export class ImageService {
       const index = parseIndex(cur.data, `${what} index ${cur.digest}`);
       const desc = selectPlatform(index, this.platform, what);
       if (desc.size > this.o.images.max_manifest_bytes) {
-        throw new BerthError('ResourceExhausted', `${what}: manifest ${desc.digest} is ${desc.size} bytes, over images.max_manifest_bytes (${this.o.images.max_manifest_bytes})`);
+        throw new BerthError(
+          'ResourceExhausted',
+          `${what}: manifest ${desc.digest} is ${desc.size} bytes, over images.max_manifest_bytes (${this.o.images.max_manifest_bytes})`,
+        );
       }
-      const m = await this.client.fetchManifest(ep, ref.path, desc.digest, [desc.mediaType, ...ACCEPTED_MANIFEST_TYPES], this.o.images.max_manifest_bytes, signal, `${what} manifest ${desc.digest}`);
+      const m = await this.client.fetchManifest(
+        ep,
+        ref.path,
+        desc.digest,
+        [desc.mediaType, ...ACCEPTED_MANIFEST_TYPES],
+        this.o.images.max_manifest_bytes,
+        signal,
+        `${what} manifest ${desc.digest}`,
+      );
       verifyDigest(m.data, desc.digest, `${what} manifest`);
       cur = { data: m.data, contentType: desc.mediaType, digest: desc.digest };
       blobs.push({ desc: { digest: desc.digest, size: m.data.length, mediaType: desc.mediaType }, data: m.data });
@@ -261,11 +272,17 @@ export class ImageService {
 
     // The config, read whole (small, capped).
     if (manifest.config.size > this.o.images.max_config_bytes) {
-      throw new BerthError('ResourceExhausted', `${what}: config ${manifest.config.digest} is ${manifest.config.size} bytes, over images.max_config_bytes (${this.o.images.max_config_bytes})`);
+      throw new BerthError(
+        'ResourceExhausted',
+        `${what}: config ${manifest.config.digest} is ${manifest.config.size} bytes, over images.max_config_bytes (${this.o.images.max_config_bytes})`,
+      );
     }
     for (const l of manifest.layers) {
       if (l.size > this.o.images.max_layer_bytes) {
-        throw new BerthError('ResourceExhausted', `${what}: layer ${l.digest} declares ${l.size} bytes, over images.max_layer_bytes (${this.o.images.max_layer_bytes})`);
+        throw new BerthError(
+          'ResourceExhausted',
+          `${what}: layer ${l.digest} declares ${l.size} bytes, over images.max_layer_bytes (${this.o.images.max_layer_bytes})`,
+        );
       }
     }
     // Held from before first use until the image row is committed (or the pull fails).
@@ -285,7 +302,10 @@ export class ImageService {
       );
       const config = parseImageConfig(await this.o.content.readBuffer(manifest.config.digest), `${what} config ${manifest.config.digest}`);
       if (config.diffIds.length !== manifest.layers.length) {
-        throw new BerthError('FailedPrecondition', `${what}: the manifest has ${manifest.layers.length} layers but the config lists ${config.diffIds.length} diff IDs`);
+        throw new BerthError(
+          'FailedPrecondition',
+          `${what}: the manifest has ${manifest.layers.length} layers but the config lists ${config.diffIds.length} diff IDs`,
+        );
       }
       const chain = chainIds(config.diffIds);
       leases.push(this.leases.hold(chain));
@@ -323,7 +343,14 @@ export class ImageService {
         tag,
         digestName: digestedName(ref, top.digest),
       });
-      this.o.log.info('image pulled', { image: what, id: manifest.config.digest, layers: manifest.layers.length, bytes: size, ms: Date.now() - t0, endpoint: ep.base.origin });
+      this.o.log.info('image pulled', {
+        image: what,
+        id: manifest.config.digest,
+        layers: manifest.layers.length,
+        bytes: size,
+        ms: Date.now() - t0,
+        endpoint: ep.base.origin,
+      });
       return this.o.repo.get(manifest.config.digest)!;
     } catch (err) {
       failure = err;

@@ -100,7 +100,11 @@ export function sha256Digest(data: Buffer | string): string {
 /** Throws DataLoss unless `data` has the digest it was fetched by. */
 export function verifyDigest(data: Buffer, digest: string, what: string): void {
   const [alg] = digest.split(':');
-  const actual = `${alg}:` + createHash(alg === 'sha512' ? 'sha512' : 'sha256').update(data).digest('hex');
+  const actual =
+    `${alg}:` +
+    createHash(alg === 'sha512' ? 'sha512' : 'sha256')
+      .update(data)
+      .digest('hex');
   if (actual !== digest) throw new BerthError('DataLoss', `${what}: content has digest ${actual}, expected ${digest}`);
 }
 
@@ -145,12 +149,22 @@ export function manifestKind(contentType: string, data: Buffer, what: string): '
   let mt = contentType.split(';')[0]!.trim();
   if (mt === '' || mt === 'application/json' || mt === 'text/plain' || mt === 'application/octet-stream') {
     const doc = parseJson(data, what);
-    mt = typeof doc.mediaType === 'string' ? doc.mediaType : doc.manifests ? MediaType.OciIndex : doc.schemaVersion === 1 ? MediaType.DockerSchema1 : MediaType.OciManifest;
+    mt =
+      typeof doc.mediaType === 'string'
+        ? doc.mediaType
+        : doc.manifests
+          ? MediaType.OciIndex
+          : doc.schemaVersion === 1
+            ? MediaType.DockerSchema1
+            : MediaType.OciManifest;
   }
   if (mt === MediaType.OciIndex || mt === MediaType.DockerList) return 'index';
   if (mt === MediaType.OciManifest || mt === MediaType.DockerManifest) return 'manifest';
   if (mt === MediaType.DockerSchema1 || mt === MediaType.DockerSchema1Signed) {
-    throw bad(what, 'is a Docker schema1 manifest, which berth does not support (deprecated since 2017); push the image again with a current client to get a schema2 or OCI manifest');
+    throw bad(
+      what,
+      'is a Docker schema1 manifest, which berth does not support (deprecated since 2017); push the image again with a current client to get a schema2 or OCI manifest',
+    );
   }
   throw bad(what, `has unsupported media type "${mt}"`);
 }
@@ -224,7 +238,9 @@ export function parseImageConfig(data: Buffer, what: string): ImageConfig {
 
 /** This node's platform in OCI terms. */
 export function hostPlatform(): Platform {
-  const arch = ({ x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' } as Record<string, string>)[process.arch] ?? process.arch;
+  const arch =
+    ({ x64: 'amd64', arm64: 'arm64', arm: 'arm', ia32: '386', ppc64: 'ppc64le', s390x: 's390x', riscv64: 'riscv64' } as Record<string, string>)[process.arch] ??
+    process.arch;
   if (arch === 'arm64') return { os: 'linux', architecture: 'arm64', variant: 'v8' };
   if (arch === 'arm') return { os: 'linux', architecture: 'arm', variant: `v${(process.config.variables as { arm_version?: string }).arm_version ?? '7'}` };
   return { os: 'linux', architecture: arch };
@@ -237,14 +253,22 @@ export function hostPlatform(): Platform {
  */
 export function selectPlatform(index: ImageIndex, want: Platform, what: string): Descriptor {
   const candidates = index.manifests.filter(
-    (m) => m.platform && m.platform.os === want.os && m.platform.architecture === want.architecture &&
-      (m.mediaType === MediaType.OciManifest || m.mediaType === MediaType.DockerManifest || m.mediaType === MediaType.OciIndex || m.mediaType === MediaType.DockerList),
+    (m) =>
+      m.platform &&
+      m.platform.os === want.os &&
+      m.platform.architecture === want.architecture &&
+      (m.mediaType === MediaType.OciManifest ||
+        m.mediaType === MediaType.DockerManifest ||
+        m.mediaType === MediaType.OciIndex ||
+        m.mediaType === MediaType.DockerList),
   );
   const exact = candidates.find((m) => (m.platform!.variant ?? '') === (want.variant ?? ''));
   const loose = candidates.find((m) => m.platform!.variant === undefined || (want.architecture === 'arm64' && m.platform!.variant === 'v8'));
   const pick = exact ?? loose;
   if (!pick) {
-    const offered = index.manifests.map((m) => (m.platform ? [m.platform.os, m.platform.architecture, m.platform.variant].filter(Boolean).join('/') : 'unknown')).join(', ');
+    const offered = index.manifests
+      .map((m) => (m.platform ? [m.platform.os, m.platform.architecture, m.platform.variant].filter(Boolean).join('/') : 'unknown'))
+      .join(', ');
     const wanted = [want.os, want.architecture, want.variant].filter(Boolean).join('/');
     throw new BerthError('NotFound', `${what}: no image for this node's platform ${wanted} (the index offers: ${offered || 'nothing'})`);
   }

@@ -127,9 +127,7 @@ export function parseReference(input: string): ImageReference {
   // `docker.io/library/busybox`.
   const name = `${domain}/${path}`;
   if (name.length > NAME_MAX_LENGTH) {
-    throw fail(
-      `the repository name is ${name.length} characters long (${quote(name)}); the maximum is ${NAME_MAX_LENGTH}`,
-    );
+    throw fail(`the repository name is ${name.length} characters long (${quote(name)}); the maximum is ${NAME_MAX_LENGTH}`);
   }
 
   if (tag !== undefined) {
@@ -138,9 +136,7 @@ export function parseReference(input: string): ImageReference {
       throw fail(`the tag is ${tag.length} characters long; the maximum is ${TAG_MAX_LENGTH}`);
     }
     if (!TAG.test(tag)) {
-      throw fail(
-        `tag ${quote(tag)} must start with a letter, digit or '_' and hold only letters, digits, '_', '.' and '-'`,
-      );
+      throw fail(`tag ${quote(tag)} must start with a letter, digit or '_' and hold only letters, digits, '_', '.' and '-'`);
     }
   }
 
@@ -225,16 +221,10 @@ function domainProblem(domain: string): string | undefined {
     host = colon < 0 ? domain : domain.slice(0, colon);
     port = colon < 0 ? undefined : domain.slice(colon + 1);
     if (port?.includes(':')) {
-      return (
-        `registry ${quote(domain)} is not host[:port]; ` +
-        'an IPv6 address must be written in brackets, as in [::1]:5000'
-      );
+      return `registry ${quote(domain)} is not host[:port]; ` + 'an IPv6 address must be written in brackets, as in [::1]:5000';
     }
     if (!host.split('.').every((label) => DOMAIN_LABEL.test(label))) {
-      return (
-        `registry host ${quote(host)} is not a valid host name: ` +
-        "dot-separated labels of letters, digits and '-', not starting or ending with '-'"
-      );
+      return `registry host ${quote(host)} is not a valid host name: ` + "dot-separated labels of letters, digits and '-', not starting or ending with '-'";
     }
   }
   if (port !== undefined && !PORT.test(port)) return `registry port ${quote(port)} must be a number`;
@@ -250,10 +240,7 @@ function repositoryPathProblem(path: string): string | undefined {
       return `repository path ${quote(path)} has an empty component (a leading, trailing or doubled '/')`;
     }
     if (!PATH_COMPONENT.test(component)) {
-      return (
-        `repository path component ${quote(component)} must be lowercase letters and digits, ` +
-        "optionally joined by '.', '_', '__' or '-'"
-      );
+      return `repository path component ${quote(component)} must be lowercase letters and digits, ` + "optionally joined by '.', '_', '__' or '-'";
     }
   }
   return undefined;

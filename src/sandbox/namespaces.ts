@@ -270,11 +270,7 @@ export async function createPinnedNamespaces(
     try {
       await stack.dispose();
     } catch (undoErr) {
-      throw new BerthError(
-        errorKindOf(err),
-        `${messageOf(err)}; and undoing it failed, leftovers in ${dir}: ${messageOf(undoErr)}`,
-        { cause: err },
-      );
+      throw new BerthError(errorKindOf(err), `${messageOf(err)}; and undoing it failed, leftovers in ${dir}: ${messageOf(undoErr)}`, { cause: err });
     }
     if (err instanceof BerthError) throw err;
     throw new BerthError('Internal', `pod namespaces in ${dir}: ${messageOf(err)}`, { cause: err });
@@ -295,7 +291,8 @@ function errorKindOf(err: unknown): BerthError['kind'] {
 export async function pinPidNamespace(dir: string, pid: number): Promise<string> {
   const path = join(dir, 'pid');
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  if (isPinned(path) || isMountPoint(path)) throw new BerthError('AlreadyExists', `pod namespaces: ${path} is already a mount point; remove the old pins first`);
+  if (isPinned(path) || isMountPoint(path))
+    throw new BerthError('AlreadyExists', `pod namespaces: ${path} is already a mount point; remove the old pins first`);
   const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o444);
   await fh.close();
   const res = await runHostTool('mount', ['--bind', `/proc/${pid}/ns/pid`, path]);

@@ -56,9 +56,7 @@ export function validateHostname(name: string): void {
   if (typeof name !== 'string' || name.length === 0) throw invalidArgument('pod hostname: empty');
   if (name.length > 63) throw invalidArgument(`pod hostname ${JSON.stringify(name)}: longer than 63 characters`);
   if (!name.split('.').every((label) => LABEL.test(label))) {
-    throw invalidArgument(
-      `pod hostname ${JSON.stringify(name)}: not an RFC 1123 name (letters, digits and inner hyphens, labels joined by dots)`,
-    );
+    throw invalidArgument(`pod hostname ${JSON.stringify(name)}: not an RFC 1123 name (letters, digits and inner hyphens, labels joined by dots)`);
   }
 }
 
@@ -191,14 +189,7 @@ export async function mountShm(path: string, sizeBytes: number): Promise<void> {
   const size = sizeBytes === 0 ? DEFAULT_SHM_BYTES : sizeBytes;
   await mkdir(path, { recursive: true, mode: 0o755 });
   if (isMountPoint(path)) throw new BerthError('AlreadyExists', `pod shm ${path}: already a mount point`);
-  const res = await runHostTool('mount', [
-    '-t',
-    'tmpfs',
-    '-o',
-    `mode=1777,size=${size},nosuid,nodev,noexec`,
-    'shm',
-    path,
-  ]);
+  const res = await runHostTool('mount', ['-t', 'tmpfs', '-o', `mode=1777,size=${size},nosuid,nodev,noexec`, 'shm', path]);
   if (res.code !== 0) throw failedPrecondition(`pod shm ${path}: mount -t tmpfs failed: ${res.stderr.trim()}`);
 }
 

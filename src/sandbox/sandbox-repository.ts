@@ -118,7 +118,14 @@ export class SandboxRepository {
         throw new Error(`sandbox ${id}: illegal transition ${cur.state} -> ${ch.state}`);
       }
       const next = { ...cur, ...ch };
-      this.updateStmt.run(next.state, next.nsDir, next.network === null ? null : JSON.stringify(next.network), JSON.stringify(next.ips), next.acknowledged ? 1 : 0, id);
+      this.updateStmt.run(
+        next.state,
+        next.nsDir,
+        next.network === null ? null : JSON.stringify(next.network),
+        JSON.stringify(next.ips),
+        next.acknowledged ? 1 : 0,
+        id,
+      );
       return next;
     })();
   }

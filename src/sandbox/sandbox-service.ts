@@ -46,7 +46,12 @@ interface Prepared {
 
 /** A hostname from a pod name: RFC 1123, at most 63 characters. */
 function defaultHostname(podName: string): string {
-  const h = podName.toLowerCase().replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '').slice(0, 63).replace(/-+$/, '');
+  const h = podName
+    .toLowerCase()
+    .replace(/[^a-z0-9-]/g, '-')
+    .replace(/^-+|-+$/g, '')
+    .slice(0, 63)
+    .replace(/-+$/, '');
   return h === '' ? 'pod' : h;
 }
 
@@ -114,7 +119,11 @@ export class SandboxService {
 
   /** Finds a pod by full id or unique prefix. */
   find(idOrPrefix: string): SandboxRecord | undefined {
-    return findByIdOrPrefix(idOrPrefix, (id) => this.o.repo.get(id), (prefix) => this.o.repo.idsWithPrefix(prefix));
+    return findByIdOrPrefix(
+      idOrPrefix,
+      (id) => this.o.repo.get(id),
+      (prefix) => this.o.repo.idsWithPrefix(prefix),
+    );
   }
 
   list(): SandboxRecord[] {
@@ -170,7 +179,10 @@ export class SandboxService {
    */
   private async validate(spec: PodSandboxSpec): Promise<Prepared> {
     if (!(spec.runtimeHandler in this.o.config.runtimes)) {
-      throw new BerthError('InvalidArgument', `runtime_handler "${spec.runtimeHandler}" is not configured (configured: ${Object.keys(this.o.config.runtimes).join(', ')})`);
+      throw new BerthError(
+        'InvalidArgument',
+        `runtime_handler "${spec.runtimeHandler}" is not configured (configured: ${Object.keys(this.o.config.runtimes).join(', ')})`,
+      );
     }
     const hostNet = spec.namespaces.network === 'NODE';
     if (!hostNet && spec.hostname !== '') validateHostname(spec.hostname);
@@ -178,10 +190,16 @@ export class SandboxService {
     const cg = spec.cgroupParent;
     if (cg !== '') {
       if (this.o.config.cgroup_driver === 'systemd' && !/^[A-Za-z0-9_.\\@:-]+\.slice$/.test(cg)) {
-        throw new BerthError('InvalidArgument', `linux.cgroup_parent "${cg}" is not a systemd slice name (e.g. kubepods-besteffort-pod1234.slice), as the systemd cgroup driver needs`);
+        throw new BerthError(
+          'InvalidArgument',
+          `linux.cgroup_parent "${cg}" is not a systemd slice name (e.g. kubepods-besteffort-pod1234.slice), as the systemd cgroup driver needs`,
+        );
       }
       if (this.o.config.cgroup_driver === 'cgroupfs' && (!cg.startsWith('/') || cg.includes('..'))) {
-        throw new BerthError('InvalidArgument', `linux.cgroup_parent "${cg}" is not an absolute cgroup path (e.g. /kubepods/besteffort/pod1234), as the cgroupfs driver needs`);
+        throw new BerthError(
+          'InvalidArgument',
+          `linux.cgroup_parent "${cg}" is not an absolute cgroup path (e.g. /kubepods/besteffort/pod1234), as the cgroupfs driver needs`,
+        );
       }
     }
     const hostResolv = readFileSync('/etc/resolv.conf', 'utf8');
@@ -246,8 +264,23 @@ export class SandboxService {
         const rt = ociRuntime(this.o.config, spec.runtimeHandler);
         undo.defer(() => this.infra.remove(id, join(podDir, 'infra'), rt));
         infra = this.infra
-          .start({ sandboxId: id, infraPath: this.o.config.sandbox.infra_path, namespaces: pins, cgroupDriver: this.o.config.cgroup_driver, cgroupParent: spec.cgroupParent, minOomScoreAdj: this.minOomScoreAdj }, join(podDir, 'infra'), rt, signal)
-          .then((pid) => ({ pid }), (error: unknown) => ({ error }));
+          .start(
+            {
+              sandboxId: id,
+              infraPath: this.o.config.sandbox.infra_path,
+              namespaces: pins,
+              cgroupDriver: this.o.config.cgroup_driver,
+              cgroupParent: spec.cgroupParent,
+              minOomScoreAdj: this.minOomScoreAdj,
+            },
+            join(podDir, 'infra'),
+            rt,
+            signal,
+          )
+          .then(
+            (pid) => ({ pid }),
+            (error: unknown) => ({ error }),
+          );
         // Settled before any undo runs, whatever fails first.
         undo.defer(async () => void (await infra));
       }
@@ -409,7 +442,9 @@ export class SandboxService {
   /** Whether a ready pod is missing a namespace pin it should have. */
   private lostNamespaces(rec: SandboxRecord): boolean {
     if (rec.nsDir === null) return false;
-    const opts = (rec.config as { linux?: { security_context?: { namespace_options?: { network?: string; ipc?: string } } } }).linux?.security_context?.namespace_options ?? {};
+    const opts =
+      (rec.config as { linux?: { security_context?: { namespace_options?: { network?: string; ipc?: string } } } }).linux?.security_context
+        ?.namespace_options ?? {};
     const kinds = [...(opts.network === 'NODE' ? [] : ['net', 'uts']), ...(opts.ipc === 'NODE' ? [] : ['ipc']), ...(sharesPid(rec) ? ['pid'] : [])];
     return kinds.some((k) => !isPinned(join(rec.nsDir!, k)));
   }
@@ -442,10 +477,7 @@ export class SandboxService {
   async close(timeoutMs = 10_000): Promise<void> {
     this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      Promise.allSettled([...this.creating.values()]),
-      new Promise((r) => (timer = setTimeout(r, timeoutMs))),
-    ]);
+    await Promise.race([Promise.allSettled([...this.creating.values()]), new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
     clearTimeout(timer);
   }
 
@@ -461,7 +493,8 @@ export function sharesPid(rec: SandboxRecord): boolean {
 }
 
 function portMappingsOf(rec: SandboxRecord): PortMapping[] {
-  const pm = (rec.config as { port_mappings?: Array<{ protocol?: string; container_port?: number; host_port?: number; host_ip?: string }> }).port_mappings ?? [];
+  const pm =
+    (rec.config as { port_mappings?: Array<{ protocol?: string; container_port?: number; host_port?: number; host_ip?: string }> }).port_mappings ?? [];
   return toPortMappings(pm);
 }
 

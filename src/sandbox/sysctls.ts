@@ -142,9 +142,7 @@ function refusal(name: string, value: string, hostNamespaces: { network: boolean
     case 'uts':
       return "the UTS namespace is berth's: set the pod's hostname instead";
     case 'net':
-      return hostNamespaces.network
-        ? "would change the host: the pod uses the host's network namespace"
-        : undefined;
+      return hostNamespaces.network ? "would change the host: the pod uses the host's network namespace" : undefined;
     case 'ipc':
       return hostNamespaces.ipc ? "would change the host: the pod uses the host's IPC namespace" : undefined;
   }
@@ -155,10 +153,7 @@ function refusal(name: string, value: string, hostNamespaces: { network: boolean
  * sysctl and why (not namespaced, or the pod shares the host's network / IPC namespace
  * so setting it would change the host).
  */
-export function validateSysctls(
-  sysctls: Record<string, string>,
-  hostNamespaces: { network: boolean; ipc: boolean },
-): void {
+export function validateSysctls(sysctls: Record<string, string>, hostNamespaces: { network: boolean; ipc: boolean }): void {
   const problems: string[] = [];
   for (const [name, value] of Object.entries(sysctls)) {
     const why = refusal(name, value, hostNamespaces);
@@ -191,11 +186,7 @@ const NS_NAMES: Record<PodNamespace, string> = { net: 'network', ipc: 'IPC', uts
  * {@link validateSysctls} first for the friendlier message. A kernel refusal names the
  * sysctl and stops there (the sandbox is torn down anyway).
  */
-export async function applySysctls(
-  ns: PinnedNamespaces,
-  sysctls: Record<string, string>,
-  signal?: AbortSignal,
-): Promise<void> {
+export async function applySysctls(ns: PinnedNamespaces, sysctls: Record<string, string>, signal?: AbortSignal): Promise<void> {
   const entries = Object.entries(sysctls);
   if (entries.length === 0) return;
   throwIfAborted(signal, 'pod sysctls');
@@ -207,9 +198,7 @@ export async function applySysctls(
     const kind = classifySysctl(name) as 'net' | 'ipc';
     const pin = ns[kind];
     if (pin === undefined) {
-      throw invalidArgument(
-        `sysctl ${JSON.stringify(name)}: the pod has no ${NS_NAMES[kind]} namespace of its own; setting it would change the host`,
-      );
+      throw invalidArgument(`sysctl ${JSON.stringify(name)}: the pod has no ${NS_NAMES[kind]} namespace of its own; setting it would change the host`);
     }
     if (!isPinned(pin)) {
       throw new BerthError('FailedPrecondition', `sysctl ${JSON.stringify(name)}: ${pin} is not a pinned namespace`);
@@ -228,9 +217,7 @@ export async function applySysctls(
     const [name, value] = failed;
     const kind = classifySysctl(name) as PodNamespace;
     if (mark[2] === 'missing') {
-      throw invalidArgument(
-        `sysctl ${JSON.stringify(name)}: not present in the pod's ${NS_NAMES[kind]} namespace (this kernel does not namespace it)`,
-      );
+      throw invalidArgument(`sysctl ${JSON.stringify(name)}: not present in the pod's ${NS_NAMES[kind]} namespace (this kernel does not namespace it)`);
     }
     const errno = /tee: [^\n]*: ([^\n]+)/.exec(res.stderr)?.[1] ?? res.stderr.replace(mark[0], '').trim();
     throw invalidArgument(`sysctl ${JSON.stringify(name)} = ${JSON.stringify(value)}: the kernel refused it: ${errno}`);

@@ -73,19 +73,32 @@ export class ConmonShim implements Shim {
   /** conmon's command line for `o` (exported through the class for tests and logs). */
   conmonArgs(o: ShimCreateOptions): string[] {
     const args = [
-      '--cid', o.id,
-      '--cuuid', o.id,
-      '--name', o.id,
-      '--runtime', o.runtimePath,
-      '--runtime-arg', `--root=${o.runtimeRoot}`,
-      '--bundle', o.bundle,
-      '--container-pidfile', join(o.persistDir, 'pidfile'),
-      '--conmon-pidfile', join(o.persistDir, 'conmon.pid'),
-      '--log-path', `k8s-file:${o.logPath}`,
-      '--exit-dir', o.exitDir,
-      '--persist-dir', o.persistDir,
-      '--socket-dir-path', o.socketDir,
-      '--log-level', this.opts.conmonLogLevel ?? 'warn',
+      '--cid',
+      o.id,
+      '--cuuid',
+      o.id,
+      '--name',
+      o.id,
+      '--runtime',
+      o.runtimePath,
+      '--runtime-arg',
+      `--root=${o.runtimeRoot}`,
+      '--bundle',
+      o.bundle,
+      '--container-pidfile',
+      join(o.persistDir, 'pidfile'),
+      '--conmon-pidfile',
+      join(o.persistDir, 'conmon.pid'),
+      '--log-path',
+      `k8s-file:${o.logPath}`,
+      '--exit-dir',
+      o.exitDir,
+      '--persist-dir',
+      o.persistDir,
+      '--socket-dir-path',
+      o.socketDir,
+      '--log-level',
+      this.opts.conmonLogLevel ?? 'warn',
     ];
     if (this.opts.syslog) args.push('--syslog');
     if (this.opts.systemdCgroup) args.push('--systemd-cgroup');
@@ -194,7 +207,10 @@ export class ConmonShim implements Shim {
         // It exits before release only on a failure of its own (bad options, runtime path);
         // an exit 0 would mean it went on, so then the undo treats the runtime as run.
         if (early.code === 0) runtimeRan = true;
-        throw new BerthError('Internal', `conmon failed (exit ${early.code ?? early.signal}): ${Buffer.concat(stderr).toString('utf8').trim() || 'no message'}`);
+        throw new BerthError(
+          'Internal',
+          `conmon failed (exit ${early.code ?? early.signal}): ${Buffer.concat(stderr).toString('utf8').trim() || 'no message'}`,
+        );
       }
       runtimeRan = true;
       startStream.write('0');

@@ -65,7 +65,22 @@ export function parseCgroupMounts(mountinfo: string): CgroupMounts {
   return out;
 }
 
-const V1_CONTROLLERS = new Set(['cpu', 'cpuacct', 'cpuset', 'memory', 'pids', 'blkio', 'devices', 'freezer', 'hugetlb', 'net_cls', 'net_prio', 'perf_event', 'rdma', 'misc']);
+const V1_CONTROLLERS = new Set([
+  'cpu',
+  'cpuacct',
+  'cpuset',
+  'memory',
+  'pids',
+  'blkio',
+  'devices',
+  'freezer',
+  'hugetlb',
+  'net_cls',
+  'net_prio',
+  'perf_event',
+  'rdma',
+  'misc',
+]);
 
 /** mountinfo escapes space, tab, newline and backslash as octal. */
 function unescapeMount(s: string): string {
@@ -219,7 +234,13 @@ export async function readCgroupSample(mounts: CgroupMounts, cg: ProcCgroups, no
  * Memory figures from usage and memory.stat: v1 names (`total_rss`, with `prefix`
  * "total_", falling back to the cgroup's own) or v2 names (`anon` for rss).
  */
-function memorySample(usage: bigint, st: Map<string, bigint>, prefix: string, limit: bigint | undefined, p: Psi | undefined): NonNullable<CgroupSample['memory']> {
+function memorySample(
+  usage: bigint,
+  st: Map<string, bigint>,
+  prefix: string,
+  limit: bigint | undefined,
+  p: Psi | undefined,
+): NonNullable<CgroupSample['memory']> {
   const get = (k: string): bigint | undefined => st.get(prefix + k) ?? st.get(k);
   const inactive = get('inactive_file') ?? 0n;
   const rss = prefix === '' ? st.get('anon') : get('rss');

@@ -96,7 +96,12 @@ export class StatsService {
   }
 
   async podUsage(sb: SandboxRecord): Promise<PodUsage> {
-    const containers = await Promise.all(this.o.containers.list().filter((c) => c.sandboxId === sb.id).map((c) => this.containerUsage(c)));
+    const containers = await Promise.all(
+      this.o.containers
+        .list()
+        .filter((c) => c.sandboxId === sb.id)
+        .map((c) => this.containerUsage(c)),
+    );
     const parent = (sb.config as { linux?: { cgroup_parent?: string } }).linux?.cgroup_parent ?? '';
     let usage: UsageSample | undefined;
     if (parent !== '') {
@@ -221,7 +226,10 @@ export function parseNetDev(text: string): InterfaceUsage[] {
     const colon = line.indexOf(':');
     if (colon < 0) continue;
     const name = line.slice(0, colon).trim();
-    const f = line.slice(colon + 1).trim().split(/\s+/);
+    const f = line
+      .slice(colon + 1)
+      .trim()
+      .split(/\s+/);
     if (name === '' || f.length < 16 || !f.every((x) => /^\d+$/.test(x))) continue;
     out.push({ name, rxBytes: BigInt(f[0]!), rxErrors: BigInt(f[2]!), txBytes: BigInt(f[8]!), txErrors: BigInt(f[10]!) });
   }
@@ -280,7 +288,14 @@ export async function measure(dir: string): Promise<{ bytes: bigint; inodes: big
     } catch {
       continue; // removed meanwhile
     }
-    const stats = await Promise.all(names.map((n) => lstat(join(d, n), { bigint: true }).then((st) => [n, st] as const, () => undefined)));
+    const stats = await Promise.all(
+      names.map((n) =>
+        lstat(join(d, n), { bigint: true }).then(
+          (st) => [n, st] as const,
+          () => undefined,
+        ),
+      ),
+    );
     for (const e of stats) {
       if (!e) continue;
       const [n, st] = e;

@@ -18,8 +18,10 @@ export type Db = Database.Database;
 
 export class SchemaTooNewError extends Error {
   constructor(file: string, found: number, known: number) {
-    super(`${file}: database schema version ${found} is newer than this berthd knows (${known}); ` +
-      'it was written by a newer berth: run that version, or restore a backup');
+    super(
+      `${file}: database schema version ${found} is newer than this berthd knows (${known}); ` +
+        'it was written by a newer berth: run that version, or restore a backup',
+    );
     this.name = 'SchemaTooNewError';
   }
 }

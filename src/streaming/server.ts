@@ -109,7 +109,8 @@ export class StreamingServer {
   }
 
   private onRequest(req: IncomingMessage, res: ServerResponse): void {
-    const known = /^\/(exec|attach|portforward)\/[A-Za-z0-9_-]{16,64}(?:\?.*)?$/.test(req.url ?? '') && this.pending.has((req.url ?? '').split('/')[2]!.split('?')[0]!);
+    const known =
+      /^\/(exec|attach|portforward)\/[A-Za-z0-9_-]{16,64}(?:\?.*)?$/.test(req.url ?? '') && this.pending.has((req.url ?? '').split('/')[2]!.split('?')[0]!);
     res.writeHead(known ? 400 : 404, { 'content-type': 'text/plain' });
     res.end(known ? 'this URL takes an HTTP upgrade to SPDY/3.1\n' : 'unknown or expired streaming URL\n');
   }
@@ -120,13 +121,21 @@ export class StreamingServer {
     };
     socket.on('error', () => undefined);
     const upgrade = String(req.headers.upgrade ?? '').toLowerCase();
-    if (!upgrade.split(',').map((s) => s.trim()).includes('spdy/3.1')) {
+    if (
+      !upgrade
+        .split(',')
+        .map((s) => s.trim())
+        .includes('spdy/3.1')
+    ) {
       // The token is left unused: the client may retry with SPDY.
       return refuse(400, 'Bad Request', `berth's streaming server speaks SPDY/3.1 only, not "${upgrade}"\n`);
     }
     const p = this.take(req.url);
     if (!p) return refuse(404, 'Not Found', 'unknown or expired streaming URL\n');
-    const offered = String(req.headers['x-stream-protocol-version'] ?? '').split(',').map((s) => s.trim()).filter((s) => s !== '');
+    const offered = String(req.headers['x-stream-protocol-version'] ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter((s) => s !== '');
     const protocol = p.kind !== 'portforward' ? negotiate(offered) : offered.includes(PORT_FORWARD_PROTOCOL) ? PORT_FORWARD_PROTOCOL : undefined;
     const supported = p.kind !== 'portforward' ? SPDY_PROTOCOLS.join(', ') : PORT_FORWARD_PROTOCOL;
     if (!protocol) return refuse(403, 'Forbidden', `no stream protocol in common: offered ${offered.join(', ') || 'none'}, supported ${supported}\n`);
@@ -141,27 +150,36 @@ export class StreamingServer {
     session.on('error', (err: unknown) => this.o.log.debug('streaming session error', { error: messageOf(err) }));
     if (p.kind === 'portforward') {
       this.o.log.debug('port-forward stream', { pod: p.podId });
-      servePortForward(session, p.podId, (port) => this.dial(p.podId, port), this.o.config.stream_creation_timeout_seconds * 1000, this.o.log.child({ pod: p.podId }));
+      servePortForward(
+        session,
+        p.podId,
+        (port) => this.dial(p.podId, port),
+        this.o.config.stream_creation_timeout_seconds * 1000,
+        this.o.log.child({ pod: p.podId }),
+      );
       return;
     }
     const { req: r } = p;
     const protocolV = protocol as SpdyProtocol;
     const log = this.o.log.child({ container: r.containerId });
     log.debug(`${p.kind} stream`, { protocol, tty: r.tty, stdin: r.stdin });
-    const start = p.kind === 'exec' ? () => this.o.containers.openExec(r.containerId, r.cmd, { tty: r.tty, stdin: r.stdin }) : async () => this.o.containers.openAttach(r.containerId, { stdin: r.stdin });
-    void serveRemoteCommand(session, protocolV, r, this.o.config.stream_creation_timeout_seconds * 1000, start, log).catch(
-      (err: unknown) => {
-        log.warn('exec stream failed', { error: messageOf(err) });
-        session.destroy();
-      },
-    );
+    const start =
+      p.kind === 'exec'
+        ? () => this.o.containers.openExec(r.containerId, r.cmd, { tty: r.tty, stdin: r.stdin })
+        : async () => this.o.containers.openAttach(r.containerId, { stdin: r.stdin });
+    void serveRemoteCommand(session, protocolV, r, this.o.config.stream_creation_timeout_seconds * 1000, start, log).catch((err: unknown) => {
+      log.warn('exec stream failed', { error: messageOf(err) });
+      session.destroy();
+    });
   }
 
   /** Connects to `port` on the pod's loopback: inside its network namespace, or the host's for a host-network pod. */
   private async dial(podId: string, port: number): Promise<Socket> {
     const sb = this.o.sandboxes.find(podId);
     if (!sb || sb.state !== 'ready') throw new Error(`pod ${podId} is not ready`);
-    const hostNet = (sb.config as { linux?: { security_context?: { namespace_options?: { network?: string } } } }).linux?.security_context?.namespace_options?.network === 'NODE';
+    const hostNet =
+      (sb.config as { linux?: { security_context?: { namespace_options?: { network?: string } } } }).linux?.security_context?.namespace_options?.network ===
+      'NODE';
     if (hostNet || sb.nsDir === null) {
       return new Promise((resolve, reject) => {
         const c = connect({ host: '127.0.0.1', port }, () => {

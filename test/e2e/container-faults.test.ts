@@ -47,7 +47,12 @@ describe('container faults', function () {
     const logDir = mkdtempSync(join(tmpdir(), 'berth-logs-'));
     cleanup.push(() => rmSync(logDir, { recursive: true, force: true }));
     await h.b.image.PullImage({ image: { image: reg.fx.busybox.ref } });
-    h.podCfg = { metadata: { name: `p${r}`, namespace: 'test', uid: `u${r}`, attempt: 0 }, hostname: `p${r}`, log_directory: logDir, linux: { security_context: { namespace_options: { pid: 'CONTAINER' } } } };
+    h.podCfg = {
+      metadata: { name: `p${r}`, namespace: 'test', uid: `u${r}`, attempt: 0 },
+      hostname: `p${r}`,
+      log_directory: logDir,
+      linux: { security_context: { namespace_options: { pid: 'CONTAINER' } } },
+    };
     h.pod = (await h.b.runtime.RunPodSandbox({ config: h.podCfg as never })).pod_sandbox_id;
     h.restart = async (meanwhile) => {
       await h.b.stop('SIGKILL');
@@ -58,12 +63,18 @@ describe('container faults', function () {
     return h;
   }
 
-  const ctr = (name: string, command: string[], extra: Record<string, unknown> = {}) => ({ metadata: { name, attempt: 0 }, image: { image: reg.fx.busybox.ref }, command, log_path: `${name}.log`, ...extra });
+  const ctr = (name: string, command: string[], extra: Record<string, unknown> = {}) => ({
+    metadata: { name, attempt: 0 },
+    image: { image: reg.fx.busybox.ref },
+    command,
+    log_path: `${name}.log`,
+    ...extra,
+  });
 
   async function create(h: Harness, name: string, command: string[], extra: Record<string, unknown> = {}): Promise<string> {
-    return (await h.b.runtime.CreateContainer({ pod_sandbox_id: h.pod, config: ctr(name, command, extra) as never, sandbox_config: h.podCfg as never })).container_id;
+    return (await h.b.runtime.CreateContainer({ pod_sandbox_id: h.pod, config: ctr(name, command, extra) as never, sandbox_config: h.podCfg as never }))
+      .container_id;
   }
-
 
   const ls = (d: string): string[] => (existsSync(d) ? readdirSync(d).sort() : []);
   const cmdlines = (): Array<{ pid: number; argv: string[] }> =>
@@ -121,8 +132,10 @@ describe('container faults', function () {
   }
 
   const statusOf = async (b: Berthd, id: string) => (await b.runtime.ContainerStatus({ container_id: id })).status!;
-  const pidsOf = async (b: Berthd, id: string) => JSON.parse((await b.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info!) as { pid: number; shimPid: number };
-  const runc = (b: Berthd, ...args: string[]) => execFileSync('runc', ['--root', join(b.state, 'runtime', 'runc'), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const pidsOf = async (b: Berthd, id: string) =>
+    JSON.parse((await b.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info!) as { pid: number; shimPid: number };
+  const runc = (b: Berthd, ...args: string[]) =>
+    execFileSync('runc', ['--root', join(b.state, 'runtime', 'runc'), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
   /** Whether a process is gone (or a zombie nobody reaped yet). */
   const gone = (pid: number): boolean => {
     try {
@@ -142,10 +155,18 @@ describe('container faults', function () {
     const { b } = h;
     const snapshots = ls(join(b.root, 'snapshots'));
 
-    const noPod = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: 'e'.repeat(64), config: ctr('a', ['true']) as never, sandbox_config: h.podCfg as never }));
+    const noPod = await grpcError(
+      b.runtime.CreateContainer({ pod_sandbox_id: 'e'.repeat(64), config: ctr('a', ['true']) as never, sandbox_config: h.podCfg as never }),
+    );
     assert.equal(noPod.code, status.NOT_FOUND);
     assert.match(noPod.details, /e{64}/);
-    const noImage = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: h.pod, config: { ...ctr('a', ['true']), image: { image: `${reg.registry.host}/absent:1` } } as never, sandbox_config: h.podCfg as never }));
+    const noImage = await grpcError(
+      b.runtime.CreateContainer({
+        pod_sandbox_id: h.pod,
+        config: { ...ctr('a', ['true']), image: { image: `${reg.registry.host}/absent:1` } } as never,
+        sandbox_config: h.podCfg as never,
+      }),
+    );
     assert.equal(noImage.code, status.NOT_FOUND);
     assert.match(noImage.details, /absent:1/);
 
@@ -166,7 +187,11 @@ describe('container faults', function () {
 
     // Unknown containers: NOT_FOUND, except RemoveContainer (CRI: idempotent).
     const unknown = 'c'.repeat(64);
-    for (const call of [b.runtime.ContainerStatus({ container_id: unknown }), b.runtime.StartContainer({ container_id: unknown }), b.runtime.StopContainer({ container_id: unknown, timeout: 1 })]) {
+    for (const call of [
+      b.runtime.ContainerStatus({ container_id: unknown }),
+      b.runtime.StartContainer({ container_id: unknown }),
+      b.runtime.StopContainer({ container_id: unknown, timeout: 1 }),
+    ]) {
       assert.equal((await grpcError(call)).code, status.NOT_FOUND);
     }
     await b.runtime.RemoveContainer({ container_id: unknown });
@@ -203,7 +228,13 @@ describe('container faults', function () {
       await until(async () => (existsSync(join(h.b.state, 'exits', meanwhile)) && existsSync(join(h.b.state, 'exits', killed)) ? true : undefined));
     });
     const states = Object.fromEntries((await b.runtime.ListContainers({})).containers.map((c) => [c.id, c.state]));
-    assert.deepEqual(states, { [created]: 'CONTAINER_CREATED', [running]: 'CONTAINER_RUNNING', [before]: 'CONTAINER_EXITED', [meanwhile]: 'CONTAINER_EXITED', [killed]: 'CONTAINER_EXITED' });
+    assert.deepEqual(states, {
+      [created]: 'CONTAINER_CREATED',
+      [running]: 'CONTAINER_RUNNING',
+      [before]: 'CONTAINER_EXITED',
+      [meanwhile]: 'CONTAINER_EXITED',
+      [killed]: 'CONTAINER_EXITED',
+    });
     const codes = async (id: string) => {
       const s = await statusOf(b, id);
       return [s.exit_code, s.reason];

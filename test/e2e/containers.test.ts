@@ -37,14 +37,19 @@ describe('containers', function () {
     return { b, pod, logDir };
   }
 
-
   const podCfg = (pod: string, logDir: string) => ({ metadata: { name: 'x', namespace: 'test', uid: 'x', attempt: 0 }, log_directory: logDir, _pod: pod });
 
   it('runs a busybox container: exit code, reason, CRI-format log, list, remove', async () => {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'echo', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sh', '-c', 'echo hello; echo oops >&2; exit 3'], log_path: 'echo/0.log', labels: { role: 'test' } },
+      config: {
+        metadata: { name: 'echo', attempt: 0 },
+        image: { image: reg.fx.busybox.ref },
+        command: ['sh', '-c', 'echo hello; echo oops >&2; exit 3'],
+        log_path: 'echo/0.log',
+        labels: { role: 'test' },
+      },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     let st = (await b.runtime.ContainerStatus({ container_id: id })).status!;
@@ -61,8 +66,14 @@ describe('containers', function () {
     const log = readFileSync(st.log_path, 'utf8');
     assert.match(log, /^\S+ stdout F hello$/m);
     assert.match(log, /^\S+ stderr F oops$/m);
-    assert.deepEqual((await b.runtime.ListContainers({ filter: { label_selector: { role: 'test' } } })).containers.map((c) => c.id), [id]);
-    assert.deepEqual((await b.runtime.ListContainers({ filter: { pod_sandbox_id: pod, state: { state: 'CONTAINER_EXITED' } } })).containers.map((c) => c.id), [id]);
+    assert.deepEqual(
+      (await b.runtime.ListContainers({ filter: { label_selector: { role: 'test' } } })).containers.map((c) => c.id),
+      [id],
+    );
+    assert.deepEqual(
+      (await b.runtime.ListContainers({ filter: { pod_sandbox_id: pod, state: { state: 'CONTAINER_EXITED' } } })).containers.map((c) => c.id),
+      [id],
+    );
     const again = await grpcError(b.runtime.StartContainer({ container_id: id }));
     assert.equal(again.code, status.FAILED_PRECONDITION);
     await b.runtime.RemoveContainer({ container_id: id });
@@ -76,7 +87,12 @@ describe('containers', function () {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'sleeper', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sh', '-c', 'trap "" TERM; sleep 1000'], log_path: 's.log' },
+      config: {
+        metadata: { name: 'sleeper', attempt: 0 },
+        image: { image: reg.fx.busybox.ref },
+        command: ['sh', '-c', 'trap "" TERM; sleep 1000'],
+        log_path: 's.log',
+      },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
@@ -142,7 +158,12 @@ describe('containers', function () {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'writer', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sh', '-c', 'i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done'], log_path: 'w.log' },
+      config: {
+        metadata: { name: 'writer', attempt: 0 },
+        image: { image: reg.fx.busybox.ref },
+        command: ['sh', '-c', 'i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done'],
+        log_path: 'w.log',
+      },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
@@ -157,7 +178,11 @@ describe('containers', function () {
     const before = numbers(`${log}.1`);
     const after = numbers(log);
     assert.ok(before.length > 3 && after.length > 3, `lines before ${before.length}, after ${after.length}`);
-    assert.deepEqual([...before, ...after], [...before, ...after].map((_, i) => i), 'one unbroken sequence across the two files');
+    assert.deepEqual(
+      [...before, ...after],
+      [...before, ...after].map((_, i) => i),
+      'one unbroken sequence across the two files',
+    );
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
   });
 
@@ -165,12 +190,21 @@ describe('containers', function () {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'res', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'r.log', linux: { resources: { memory_limit_in_bytes: 256 * 1024 * 1024 } } },
+      config: {
+        metadata: { name: 'res', attempt: 0 },
+        image: { image: reg.fx.busybox.ref },
+        command: ['sleep', '1000'],
+        log_path: 'r.log',
+        linux: { resources: { memory_limit_in_bytes: 256 * 1024 * 1024 } },
+      },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
     const pid = JSON.parse((await b.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info!).pid as number;
-    const memCgroup = readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').find((l) => /:memory:/.test(l))!.split(':')[2]!;
+    const memCgroup = readFileSync(`/proc/${pid}/cgroup`, 'utf8')
+      .split('\n')
+      .find((l) => /:memory:/.test(l))!
+      .split(':')[2]!;
     const limit = () => Number(readFileSync(join('/sys/fs/cgroup/memory', memCgroup, 'memory.limit_in_bytes'), 'utf8'));
     assert.equal(limit(), 256 * 1024 * 1024);
     await b.runtime.UpdateContainerResources({ container_id: id, linux: { memory_limit_in_bytes: 128 * 1024 * 1024 } });
@@ -252,7 +286,13 @@ describe('containers', function () {
     for (const [name, sc] of cases) {
       const { container_id: id } = await b.runtime.CreateContainer({
         pod_sandbox_id: pod,
-        config: { metadata: { name, attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: `${name}.log`, linux: { security_context: sc as never } },
+        config: {
+          metadata: { name, attempt: 0 },
+          image: { image: reg.fx.busybox.ref },
+          command: ['sleep', '1000'],
+          log_path: `${name}.log`,
+          linux: { security_context: sc as never },
+        },
         sandbox_config: podCfg(pod, logDir) as never,
       });
       await b.runtime.StartContainer({ container_id: id });
@@ -265,10 +305,19 @@ describe('containers', function () {
   it('a Localhost seccomp profile is read from the node and applied', async () => {
     const { b, pod, logDir } = await setup();
     const profile = join(logDir, 'no-mkdir.json');
-    writeFileSync(profile, JSON.stringify({ defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mkdir', 'mkdirat'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }] }));
+    writeFileSync(
+      profile,
+      JSON.stringify({ defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mkdir', 'mkdirat'], action: 'SCMP_ACT_ERRNO', errnoRet: 1 }] }),
+    );
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
-      config: { metadata: { name: 'seccomp', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'sc.log', linux: { security_context: { seccomp: { profile_type: 'Localhost', localhost_ref: profile } } } },
+      config: {
+        metadata: { name: 'seccomp', attempt: 0 },
+        image: { image: reg.fx.busybox.ref },
+        command: ['sleep', '1000'],
+        log_path: 'sc.log',
+        linux: { security_context: { seccomp: { profile_type: 'Localhost', localhost_ref: profile } } },
+      },
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
@@ -278,7 +327,13 @@ describe('containers', function () {
     const missing = await grpcError(
       b.runtime.CreateContainer({
         pod_sandbox_id: pod,
-        config: { metadata: { name: 'seccomp2', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['true'], log_path: 'sc2.log', linux: { security_context: { seccomp: { profile_type: 'Localhost', localhost_ref: '/nonexistent/profile.json' } } } },
+        config: {
+          metadata: { name: 'seccomp2', attempt: 0 },
+          image: { image: reg.fx.busybox.ref },
+          command: ['true'],
+          log_path: 'sc2.log',
+          linux: { security_context: { seccomp: { profile_type: 'Localhost', localhost_ref: '/nonexistent/profile.json' } } },
+        },
         sandbox_config: podCfg(pod, logDir) as never,
       }),
     );
@@ -288,7 +343,8 @@ describe('containers', function () {
   });
 
   it('runs containers with the crun handler where the host allows it', async function () {
-    const hybrid = readFileSync('/proc/self/mountinfo', 'utf8').includes(' /sys/fs/cgroup/unified ') && existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes');
+    const hybrid =
+      readFileSync('/proc/self/mountinfo', 'utf8').includes(' /sys/fs/cgroup/unified ') && existsSync('/sys/fs/cgroup/memory/memory.limit_in_bytes');
     if (hybrid) {
       console.log('      (skipped: crun 1.8 refuses hybrid cgroups ("cgroups in hybrid mode not supported"), which this host has)');
       this.skip();
@@ -298,7 +354,10 @@ describe('containers', function () {
     const { pod, logDir } = await setup(b);
     await b.runtime.StopPodSandbox({ pod_sandbox_id: pod });
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
-    const { pod_sandbox_id: crunPod } = await b.runtime.RunPodSandbox({ config: { metadata: { name: 'crunpod', namespace: 'test', uid: 'crun', attempt: 0 }, hostname: 'crunpod', log_directory: logDir }, runtime_handler: 'crun' });
+    const { pod_sandbox_id: crunPod } = await b.runtime.RunPodSandbox({
+      config: { metadata: { name: 'crunpod', namespace: 'test', uid: 'crun', attempt: 0 }, hostname: 'crunpod', log_directory: logDir },
+      runtime_handler: 'crun',
+    });
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: crunPod,
       config: { metadata: { name: 'c', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sh', '-c', 'exit 5'], log_path: 'c.log' },
@@ -326,7 +385,10 @@ describe('containers', function () {
     await sleep(300);
     const st = (await b.runtime.ContainerStatus({ container_id: id })).status!;
     assert.equal(st.state, 'CONTAINER_RUNNING', 'the container itself still runs without its shim');
-    assert.deepEqual((await b.runtime.ListContainers({})).containers.map((c) => c.id), [id]);
+    assert.deepEqual(
+      (await b.runtime.ListContainers({})).containers.map((c) => c.id),
+      [id],
+    );
     await b.runtime.StopContainer({ container_id: id, timeout: 0 });
     assert.equal((await b.runtime.ContainerStatus({ container_id: id })).status!.state, 'CONTAINER_EXITED');
     assert.ok(!existsSync(`/proc/${info.pid}`) || !readFileSync(`/proc/${info.pid}/cmdline`, 'utf8').includes('sleep'), 'the container process is gone');
@@ -337,16 +399,32 @@ describe('containers', function () {
   it('refuses an unknown pod or image, and a duplicate name', async () => {
     const { b, pod, logDir } = await setup();
     const cfg = (image: string) => ({ metadata: { name: 'c', attempt: 0 }, image: { image }, command: ['true'], log_path: 'c.log' });
-    const noPod = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: 'f'.repeat(64), config: cfg(reg.fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never }));
+    const noPod = await grpcError(
+      b.runtime.CreateContainer({ pod_sandbox_id: 'f'.repeat(64), config: cfg(reg.fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never }),
+    );
     assert.equal(noPod.code, status.NOT_FOUND);
-    const noImage = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(`${reg.registry.host}/nope:1`), sandbox_config: podCfg(pod, logDir) as never }));
+    const noImage = await grpcError(
+      b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(`${reg.registry.host}/nope:1`), sandbox_config: podCfg(pod, logDir) as never }),
+    );
     assert.equal(noImage.code, status.NOT_FOUND);
     assert.match(noImage.details, /pull it first/);
-    const { container_id: id } = await b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(reg.fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never });
-    const dup = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(reg.fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never }));
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: cfg(reg.fx.busybox.ref),
+      sandbox_config: podCfg(pod, logDir) as never,
+    });
+    const dup = await grpcError(
+      b.runtime.CreateContainer({ pod_sandbox_id: pod, config: cfg(reg.fx.busybox.ref), sandbox_config: podCfg(pod, logDir) as never }),
+    );
     assert.equal(dup.code, status.ALREADY_EXISTS);
     assert.ok(dup.details.includes(id));
-    const missingCmd = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: pod, config: { metadata: { name: 'd', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['/no/such/binary'], log_path: 'd.log' }, sandbox_config: podCfg(pod, logDir) as never }));
+    const missingCmd = await grpcError(
+      b.runtime.CreateContainer({
+        pod_sandbox_id: pod,
+        config: { metadata: { name: 'd', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['/no/such/binary'], log_path: 'd.log' },
+        sandbox_config: podCfg(pod, logDir) as never,
+      }),
+    );
     assert.match(missingCmd.details, /no such file or directory|not found/);
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
     assert.deepEqual(readdirSync(join(b.root, 'containers')), []);

@@ -87,7 +87,9 @@ describe('crictl against berthd', function () {
     const sock = `unix://${b!.socket}`;
     const t0 = Date.now();
     return new Promise((resolve, reject) => {
-      const child = spawn(crictlBin!, ['--runtime-endpoint', sock, '--image-endpoint', sock, '--timeout', '20s', ...args], { stdio: [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+      const child = spawn(crictlBin!, ['--runtime-endpoint', sock, '--image-endpoint', sock, '--timeout', '20s', ...args], {
+        stdio: [opts.input !== undefined ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+      });
       if (opts.input !== undefined) child.stdin!.end(opts.input);
       let stdout = '';
       let stderr = '';
@@ -115,7 +117,11 @@ describe('crictl against berthd', function () {
     return r.stdout.trim();
   }
 
-  const lines = (s: string): string[] => s.split('\n').map((l) => l.trim()).filter((l) => l !== '');
+  const lines = (s: string): string[] =>
+    s
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l !== '');
 
   let seq = 0;
   /** Writes a pod config for crictl (`runp`, `create`, `run`) and returns its path and name. */
@@ -123,7 +129,10 @@ describe('crictl against berthd', function () {
     const name = `pod${++seq}-${randomBytes(2).toString('hex')}`;
     const logDir = join(work, name);
     const path = join(work, `${name}.json`);
-    writeFileSync(path, JSON.stringify({ metadata: { name, namespace: 'crictl', uid: `uid-${name}`, attempt: 0 }, hostname: name, log_directory: logDir, linux: {}, ...extra }));
+    writeFileSync(
+      path,
+      JSON.stringify({ metadata: { name, namespace: 'crictl', uid: `uid-${name}`, attempt: 0 }, hostname: name, log_directory: logDir, linux: {}, ...extra }),
+    );
     return { path, name, logDir };
   }
 
@@ -153,11 +162,23 @@ describe('crictl against berthd', function () {
   }
 
   interface Inspect {
-    status: Record<string, unknown> & { state: string; exitCode: number; reason: string; logPath: string; createdAt: string; startedAt: string; finishedAt: string; metadata: { name: string; attempt: number } };
-    info: Record<string, unknown> & { pid: number; sandboxID: string; runtimeSpec: { process: { args: string[] }; linux?: { resources?: { memory?: { limit?: number } } } } };
+    status: Record<string, unknown> & {
+      state: string;
+      exitCode: number;
+      reason: string;
+      logPath: string;
+      createdAt: string;
+      startedAt: string;
+      finishedAt: string;
+      metadata: { name: string; attempt: number };
+    };
+    info: Record<string, unknown> & {
+      pid: number;
+      sandboxID: string;
+      runtimeSpec: { process: { args: string[] }; linux?: { resources?: { memory?: { limit?: number } } } };
+    };
   }
   const inspect = async (id: string): Promise<Inspect> => JSON.parse(await ok(['inspect', id])) as Inspect;
-
 
   /** Processes whose command line mentions `s` (a pod or container id). */
   function processesMentioning(s: string): string[] {
@@ -178,13 +199,17 @@ describe('crictl against berthd', function () {
    * is mounted (`cpu,cpuacct` or `cpu`), or on a pure v2 host the unified one.
    */
   function cgroupFile(pid: number, controller: string, v1File: string, v2File: string): string {
-    const own = readFileSync(`/proc/${pid}/cgroup`, 'utf8').split('\n').map((l) => l.split(':'));
-    const mounts = readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => {
-      const [pre, post] = l.split(' - ');
-      const f = pre?.split(' ') ?? [];
-      const g = post?.split(' ') ?? [];
-      return { root: f[3] ?? '', point: f[4] ?? '', type: g[0] ?? '', opts: (g[2] ?? '').split(',') };
-    });
+    const own = readFileSync(`/proc/${pid}/cgroup`, 'utf8')
+      .split('\n')
+      .map((l) => l.split(':'));
+    const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .map((l) => {
+        const [pre, post] = l.split(' - ');
+        const f = pre?.split(' ') ?? [];
+        const g = post?.split(' ') ?? [];
+        return { root: f[3] ?? '', point: f[4] ?? '', type: g[0] ?? '', opts: (g[2] ?? '').split(',') };
+      });
     const v1 = own.find((l) => l[1]?.split(',').includes(controller));
     const v1Mount = mounts.find((m) => m.type === 'cgroup' && m.opts.includes(controller));
     if (v1 && v1Mount) return join(v1Mount.point, v1[2]!.slice(v1Mount.root === '/' ? 0 : v1Mount.root.length), v1File);
@@ -216,7 +241,11 @@ describe('crictl against berthd', function () {
     assert.equal(st.status.metadata.name, 'web');
     assert.equal(st.status.startedAt, '0001-01-01T00:00:00Z', 'crictl prints Go’s zero time for a container never started');
     assert.ok(st.info.pid > 0, 'a created container has its init process waiting');
-    assert.deepEqual(st.status.image, { image: fx.busybox.ref, annotations: {}, userSpecifiedImage: fx.busybox.ref, runtimeHandler: '' }, 'the ImageSpec as crictl sent it');
+    assert.deepEqual(
+      st.status.image,
+      { image: fx.busybox.ref, annotations: {}, userSpecifiedImage: fx.busybox.ref, runtimeHandler: '' },
+      'the ImageSpec as crictl sent it',
+    );
     assert.equal(st.info.sandboxID, pod);
     assert.deepEqual(st.info.runtimeSpec.process.args, ['sleep', '1000'], 'info.runtimeSpec is the OCI spec the container runs with');
 
@@ -240,16 +269,28 @@ describe('crictl against berthd', function () {
 
     const table = lines(await ok(['ps', '-a', '--pod', pod]));
     assert.match(table[0]!, /^CONTAINER\s+IMAGE\s+CREATED\s+STATE\s+NAME\s+ATTEMPT\s+POD ID\s+POD$/);
-    assert.ok(table.some((l) => l.startsWith(web.slice(0, 13)) && /\bRunning\s+web\s+0\s/.test(l)), table.join('\n'));
-    assert.ok(table.some((l) => l.startsWith(job.slice(0, 13)) && /\bExited\s+job\s+0\s/.test(l)), table.join('\n'));
-    const listed = JSON.parse(await ok(['ps', '-a', '-o', 'json', '--pod', pod])) as { containers: Array<{ id: string; podSandboxId: string; state: string; labels: Record<string, string>; imageRef: string }> };
+    assert.ok(
+      table.some((l) => l.startsWith(web.slice(0, 13)) && /\bRunning\s+web\s+0\s/.test(l)),
+      table.join('\n'),
+    );
+    assert.ok(
+      table.some((l) => l.startsWith(job.slice(0, 13)) && /\bExited\s+job\s+0\s/.test(l)),
+      table.join('\n'),
+    );
+    const listed = JSON.parse(await ok(['ps', '-a', '-o', 'json', '--pod', pod])) as {
+      containers: Array<{ id: string; podSandboxId: string; state: string; labels: Record<string, string>; imageRef: string }>;
+    };
     const webEntry = listed.containers.find((c) => c.id === web)!;
     assert.equal(webEntry.podSandboxId, pod);
     assert.equal(webEntry.state, 'CONTAINER_RUNNING');
     assert.deepEqual(webEntry.labels, { tier: 'front' });
     assert.equal(webEntry.imageRef, fx.busybox.id);
     assert.deepEqual(lines(await ok(['ps', '-q', '-a', '--pod', pod, '--image', fx.busybox.id])).sort(), [web, job].sort(), '--image matches by image ID');
-    assert.deepEqual(lines(await ok(['ps', '-q', '-a', '--pod', pod, '--image', fx.busybox135.ref])).sort(), [web, job].sort(), 'or by any name of the same image');
+    assert.deepEqual(
+      lines(await ok(['ps', '-q', '-a', '--pod', pod, '--image', fx.busybox135.ref])).sort(),
+      [web, job].sort(),
+      'or by any name of the same image',
+    );
 
     const tpl = await ok(['inspect', '-o', 'go-template', '--template', '{{.status.state}} {{.info.pid}}', web]);
     assert.match(tpl, /^CONTAINER_RUNNING [1-9]\d*$/);
@@ -273,7 +314,11 @@ describe('crictl against berthd', function () {
 
   it('logs: stdout and stderr apart, partial lines joined, --tail, -t; logs -f follows and ends with the container', async () => {
     const { pod, cfg } = await runp();
-    const id = await createAndStart(pod, cfg, 'talker', ['sh', '-c', 'echo first; echo oops >&2; printf "part-"; sleep 0.3; echo joined; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo second; sleep 0.5; echo last']);
+    const id = await createAndStart(pod, cfg, 'talker', [
+      'sh',
+      '-c',
+      'echo first; echo oops >&2; printf "part-"; sleep 0.3; echo joined; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo second; sleep 0.5; echo last',
+    ]);
     const follow = { sawFirst: false };
     let resolveFirst: () => void;
     const firstSeen = new Promise<void>((r) => (resolveFirst = r));
@@ -437,7 +482,10 @@ describe('crictl against berthd', function () {
     assert.match(missing.stderr + missing.stdout, /no-such-command/);
     // Nothing of the sessions remains: no runc exec, no pid file.
     await until(async () => (processesMentioning(`exec`).filter((p) => p.includes(id)).length === 0 ? true : undefined), 5000);
-    assert.deepEqual(readdirSync(join(b!.state, 'conmon', id)).filter((f) => f.startsWith('exec-')), []);
+    assert.deepEqual(
+      readdirSync(join(b!.state, 'conmon', id)).filter((f) => f.startsWith('exec-')),
+      [],
+    );
     await ok(['stop', '-t', '0', id]);
     const stopped = await crictl(['exec', id, 'true']);
     assert.notEqual(stopped.code, 0);
@@ -446,7 +494,10 @@ describe('crictl against berthd', function () {
 
   it('attach (SPDY): input reaches the main process, its output comes back; stdin_once ends it', async () => {
     const { pod, cfg } = await runp();
-    const id = await createAndStart(pod, cfg, 'att', ['sh', '-c', 'echo ready; while read l; do echo "got:$l"; echo "err:$l" >&2; done; echo bye'], { stdin: true, stdin_once: true });
+    const id = await createAndStart(pod, cfg, 'att', ['sh', '-c', 'echo ready; while read l; do echo "got:$l"; echo "err:$l" >&2; done; echo bye'], {
+      stdin: true,
+      stdin_once: true,
+    });
     await until(async () => ((await crictl(['logs', id])).stdout.includes('ready') ? true : undefined), 5000);
     const r = await crictl(['attach', '-i', id], { input: 'one\ntwo\n' });
     assert.equal(r.code, 0, r.stderr);
@@ -463,7 +514,11 @@ describe('crictl against berthd', function () {
 
   it('port-forward (SPDY): connections reach a server on the pod’s own loopback; a closed port is reported', async () => {
     const { pod, cfg } = await runp();
-    await createAndStart(pod, cfg, 'web', ['sh', '-c', 'mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www']);
+    await createAndStart(pod, cfg, 'web', [
+      'sh',
+      '-c',
+      'mkdir -p /www && echo hello-from-the-pod > /www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /www',
+    ]);
     const local = 20000 + Math.floor(Math.random() * 20000);
     const sock = `unix://${b!.socket}`;
     const pf = spawn(crictlBin!, ['--runtime-endpoint', sock, 'port-forward', pod, `${local}:8080`], { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -513,17 +568,28 @@ describe('crictl against berthd', function () {
 
   it('stats and statsp: CPU, memory and the writable layer of containers, and the pod', async () => {
     const { pod, cfg } = await runp();
-    const id = await createAndStart(pod, cfg, 'st', ['sh', '-c', 'dd if=/dev/zero of=/dev/shm/m bs=1048576 count=16 2>/dev/null; dd if=/dev/zero of=/w bs=1024 count=1024 2>/dev/null; touch /ready; sleep 1000']);
+    const id = await createAndStart(pod, cfg, 'st', [
+      'sh',
+      '-c',
+      'dd if=/dev/zero of=/dev/shm/m bs=1048576 count=16 2>/dev/null; dd if=/dev/zero of=/w bs=1024 count=1024 2>/dev/null; touch /ready; sleep 1000',
+    ]);
     await until(async () => ((await crictl(['exec', '-s', id, 'test', '-f', '/ready'])).code === 0 ? true : undefined));
     // crictl clears the screen before its table.
     // eslint-disable-next-line no-control-regex
     const table = (await ok(['stats', '--id', id, '-s', '1'])).replace(/\x1b\[[0-9;]*[A-Za-z]/g, '');
     assert.match(table, /^CONTAINER\s+NAME\s+CPU %\s+MEM\s+DISK\s+INODES/m);
     assert.match(table, new RegExp(`^${id.slice(0, 13)}\\s+st\\s+\\d+\\.\\d+\\s+1[6-9]\\.\\d+MB\\s+1\\.\\d+MB\\s+\\d+`, 'm'));
-    const json = JSON.parse(await ok(['stats', '-o', 'json', '-p', pod])) as { stats: Array<{ attributes: { id: string }; memory: { workingSetBytes: { value: string } }; writableLayer: { usedBytes: { value: string } } }> };
-    assert.deepEqual(json.stats.map((x) => x.attributes.id), [id]);
+    const json = JSON.parse(await ok(['stats', '-o', 'json', '-p', pod])) as {
+      stats: Array<{ attributes: { id: string }; memory: { workingSetBytes: { value: string } }; writableLayer: { usedBytes: { value: string } } }>;
+    };
+    assert.deepEqual(
+      json.stats.map((x) => x.attributes.id),
+      [id],
+    );
     assert.ok(Number(json.stats[0]!.memory.workingSetBytes.value) >= 16 * 1024 * 1024);
-    const podJson = JSON.parse(await ok(['statsp', '-o', 'json', '--id', pod])) as { stats: Array<{ attributes: { id: string }; linux: { memory: { workingSetBytes: { value: string } }; containers: unknown[] } }> };
+    const podJson = JSON.parse(await ok(['statsp', '-o', 'json', '--id', pod])) as {
+      stats: Array<{ attributes: { id: string }; linux: { memory: { workingSetBytes: { value: string } }; containers: unknown[] } }>;
+    };
     assert.equal(podJson.stats[0]!.attributes.id, pod);
     assert.equal(podJson.stats[0]!.linux.containers.length, 1);
     assert.ok(Number(podJson.stats[0]!.linux.memory.workingSetBytes.value) >= 16 * 1024 * 1024);
@@ -554,7 +620,11 @@ describe('crictl against berthd', function () {
     assert.equal(await ok(['stopp', pod]), `Stopped sandbox ${pod}`);
     assert.equal((await inspect(id)).status.state, 'CONTAINER_EXITED', 'stopp stopped the container');
     assert.equal(await ok(['rmp', pod]), `Removed sandbox ${pod}`);
-    assert.deepEqual(lines(await ok(['ps', '-a', '-q'])).filter((c) => c === id), [], 'rmp removed the container');
+    assert.deepEqual(
+      lines(await ok(['ps', '-a', '-q'])).filter((c) => c === id),
+      [],
+      'rmp removed the container',
+    );
     assert.deepEqual(lines(await ok(['pods', '-q', '--name', p.name])), []);
     assert.deepEqual(processesMentioning(pod), [], 'nothing of the pod runs on (its infra process went with it)');
     assert.deepEqual(processesMentioning(id), []);

@@ -146,7 +146,10 @@ describe('berthd: daemon', function () {
 
   it('answers every RPC of both services: a reply or UNIMPLEMENTED, never a transport error', async () => {
     const b = await start();
-    for (const [svcName, client] of [['RuntimeService', b.runtime.raw], ['ImageService', b.image.raw]] as const) {
+    for (const [svcName, client] of [
+      ['RuntimeService', b.runtime.raw],
+      ['ImageService', b.image.raw],
+    ] as const) {
       const def = (client.constructor as unknown as { service: Record<string, { responseStream: boolean; originalName?: string }> }).service;
       const methods = Object.keys(def);
       // CRI v1 as of cri-api v0.37.0-beta.0: 35 runtime RPCs, 6 image RPCs.

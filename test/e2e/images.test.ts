@@ -81,13 +81,19 @@ describe('ImageService', function () {
     const info = JSON.parse(st.info.info!);
     assert.equal(info.manifestDigest, img.digest);
     assert.deepEqual(info.config.run.cmd, ['sh']);
-    assert.deepEqual(info.layers.map((l: { chainId: string }) => l.chainId), img.chainIds);
+    assert.deepEqual(
+      info.layers.map((l: { chainId: string }) => l.chainId),
+      img.chainIds,
+    );
     // Found by ID, short ID, "sha256:"-less ID and digest reference too.
     for (const name of [img.id, img.id.slice(7), img.id.slice(7, 20), img.digestRef]) {
       assert.equal((await b.image.ImageStatus({ image: { image: name } })).image?.id, img.id, name);
     }
     const list = await b.image.ListImages({});
-    assert.deepEqual(list.images.map((i) => i.id), [img.id]);
+    assert.deepEqual(
+      list.images.map((i) => i.id),
+      [img.id],
+    );
     const fsInfo = (await b.image.ImageFsInfo({})).image_filesystems[0]!;
     assert.ok(Number(fsInfo.used_bytes!.value) > img.layers[0]!.uncompressedSize / 2);
     assert.ok(Number(fsInfo.inodes_used!.value) > 10);
@@ -129,7 +135,17 @@ describe('ImageService', function () {
       for (const e of LAYERED_EXPECT.present) {
         const p = join(mnt, e.path);
         const s = lstatSync(p);
-        const kind = s.isFile() ? 'file' : s.isDirectory() ? 'directory' : s.isSymbolicLink() ? 'symlink' : s.isCharacterDevice() ? 'character-device' : s.isFIFO() ? 'fifo' : '?';
+        const kind = s.isFile()
+          ? 'file'
+          : s.isDirectory()
+            ? 'directory'
+            : s.isSymbolicLink()
+              ? 'symlink'
+              : s.isCharacterDevice()
+                ? 'character-device'
+                : s.isFIFO()
+                  ? 'fifo'
+                  : '?';
         assert.equal(kind, e.type, e.path);
         if (e.mode !== undefined) assert.equal(s.mode & 0o7777, e.mode, `${e.path} mode ${(s.mode & 0o7777).toString(8)}`);
         if (e.uid !== undefined) assert.equal(s.uid, e.uid, `${e.path} uid`);
@@ -177,7 +193,10 @@ describe('ImageService', function () {
     await b.image.PullImage({ image: { image: fx.layered.ref } });
     await b.image.RemoveImage({ image: { image: fx.busybox135.ref } });
     assert.equal((await b.image.ImageStatus({ image: { image: fx.busybox.ref } })).image, null, 'every tag went with the image');
-    assert.deepEqual((await b.image.ListImages({})).images.map((i) => i.id), [fx.layered.id]);
+    assert.deepEqual(
+      (await b.image.ListImages({})).images.map((i) => i.id),
+      [fx.layered.id],
+    );
     // The layered image shares busybox's bottom layer: that snapshot and blob must stay.
     assert.equal(readdirSync(join(b.root, 'snapshots')).length, fx.layered.layers.length);
     await b.image.RemoveImage({ image: { image: fx.busybox.ref } });
@@ -194,10 +213,16 @@ describe('ImageService', function () {
     await b.image.PullImage({ image: { image: fx.busybox.ref } });
     await b.image.PullImage({ image: { image: fx.user.ref } });
     assert.deepEqual(await b.image.ImageStatus({ image: { image: `${registry.host}/nope:1` } }), { image: null, info: {} });
-    assert.deepEqual((await b.image.ListImages({ filter: { image: { image: fx.user.ref } } })).images.map((i) => i.id), [fx.user.id]);
+    assert.deepEqual(
+      (await b.image.ListImages({ filter: { image: { image: fx.user.ref } } })).images.map((i) => i.id),
+      [fx.user.id],
+    );
     assert.deepEqual((await b.image.ListImages({ filter: { image: { image: 'sha256:' + 'f'.repeat(64) } } })).images, []);
     // A repository without a tag lists every image of that repository.
-    assert.deepEqual((await b.image.ListImages({ filter: { image: { image: fx.busybox.repo } } })).images.map((i) => i.id), [fx.busybox.id]);
+    assert.deepEqual(
+      (await b.image.ListImages({ filter: { image: { image: fx.busybox.repo } } })).images.map((i) => i.id),
+      [fx.busybox.id],
+    );
     const streamed: string[] = [];
     await new Promise<void>((resolve, reject) => {
       const s = b.image.raw.StreamImages({});
@@ -326,8 +351,18 @@ describe('ImageService', function () {
 
   for (const [name, fault, code, msg] of [
     ['a corrupted layer', (_size: number) => ({ kind: 'corrupt' }) as const, status.DATA_LOSS, /content has digest sha256:/],
-    ['a truncated layer', (size: number) => ({ kind: 'truncate', afterBytes: Math.floor(size / 2) }) as const, status.DATA_LOSS, /truncated: connection closed after \d+ of \d+ bytes/],
-    ['a short Content-Length', (size: number) => ({ kind: 'wrong-length', contentLength: size - 7 }) as const, status.DATA_LOSS, /announced \d+ bytes, the descriptor says \d+/],
+    [
+      'a truncated layer',
+      (size: number) => ({ kind: 'truncate', afterBytes: Math.floor(size / 2) }) as const,
+      status.DATA_LOSS,
+      /truncated: connection closed after \d+ of \d+ bytes/,
+    ],
+    [
+      'a short Content-Length',
+      (size: number) => ({ kind: 'wrong-length', contentLength: size - 7 }) as const,
+      status.DATA_LOSS,
+      /announced \d+ bytes, the descriptor says \d+/,
+    ],
   ] as const) {
     it(`fails on ${name}, naming the layer, and leaves nothing behind`, async () => {
       // The biggest layer, so a cut lands in the middle of real data.
@@ -357,7 +392,12 @@ describe('ImageService', function () {
   it('refuses schema1 and unknown manifest types with a clear message', async () => {
     const p = await proxy({
       manifests: [
-        { name: 'berth-test/old', reference: 'v1', contentType: 'application/vnd.docker.distribution.manifest.v1+prettyjws', body: JSON.stringify({ schemaVersion: 1, name: 'berth-test/old', tag: 'v1', fsLayers: [] }) },
+        {
+          name: 'berth-test/old',
+          reference: 'v1',
+          contentType: 'application/vnd.docker.distribution.manifest.v1+prettyjws',
+          body: JSON.stringify({ schemaVersion: 1, name: 'berth-test/old', tag: 'v1', fsLayers: [] }),
+        },
         { name: 'berth-test/odd', reference: 'v1', contentType: 'application/vnd.example.odd+json', body: '{}' },
       ],
     });
@@ -401,7 +441,12 @@ describe('ImageService', function () {
       mediaType: 'application/vnd.oci.image.index.v1+json',
       manifests: [{ mediaType: 'application/vnd.oci.image.index.v1+json', digest: fx.multiarch.digest, size: 0, platform: host.platform }],
     });
-    const huge = JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests: [], annotations: { pad: 'x'.repeat(5000) } });
+    const huge = JSON.stringify({
+      schemaVersion: 2,
+      mediaType: 'application/vnd.oci.image.index.v1+json',
+      manifests: [],
+      annotations: { pad: 'x'.repeat(5000) },
+    });
     const p = await proxy({
       manifests: [
         { name: fx.multiarch.name, reference: 'nested', contentType: 'application/vnd.oci.image.index.v1+json', body: nested },
@@ -473,7 +518,10 @@ describe('ImageService', function () {
     assert.deepEqual(files(join(again.root, 'content', 'ingest')), [], 'temp files were removed');
     assert.equal((await again.image.PullImage({ image: { image: via(p.host, fx.layered) } })).image_ref, fx.layered.id);
     const refetched = p.requests.slice(before).filter((r) => r.method === 'GET' && r.path.includes('/blobs/') && r.status === 200);
-    assert.ok(refetched.some((r) => r.path.endsWith(stalled)), 'the interrupted blob is fetched');
+    assert.ok(
+      refetched.some((r) => r.path.endsWith(stalled)),
+      'the interrupted blob is fetched',
+    );
     assert.ok(!refetched.some((r) => r.path.endsWith(fx.layered.layers[0]!.digest)), 'the verified first layer is reused');
   });
 
@@ -485,6 +533,9 @@ describe('ImageService', function () {
     assert.equal((await b.stop('SIGTERM')).code, 0);
     const again = await Berthd.start({ reuse: { dir } });
     cleanup.push(() => again.dispose({ keepDir: true }));
-    assert.deepEqual((await again.image.ListImages({})).images.map((i) => i.repo_tags), [[fx.busybox.ref]]);
+    assert.deepEqual(
+      (await again.image.ListImages({})).images.map((i) => i.repo_tags),
+      [[fx.busybox.ref]],
+    );
   });
 });

@@ -35,7 +35,11 @@ describe('pods sharing a PID namespace', function () {
     cleanup.push(net.remove);
     await b.image.PullImage({ image: { image: reg.fx.busybox.ref } });
     const { pod_sandbox_id: id } = await b.runtime.RunPodSandbox({
-      config: { metadata: { name: `p${r}`, namespace: 'test', uid: `u${r}`, attempt: 0 }, hostname: `p${r}`, linux: { security_context: { namespace_options: { pid } } } },
+      config: {
+        metadata: { name: `p${r}`, namespace: 'test', uid: `u${r}`, attempt: 0 },
+        hostname: `p${r}`,
+        linux: { security_context: { namespace_options: { pid } } },
+      },
     });
     return id;
   }
@@ -43,7 +47,12 @@ describe('pods sharing a PID namespace', function () {
   async function container(b: Berthd, podId: string, name: string, command: string[], pid: Mode, targetId = ''): Promise<string> {
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: podId,
-      config: { metadata: { name, attempt: 0 }, image: { image: reg.fx.busybox.ref }, command, linux: { security_context: { namespace_options: { pid, target_id: targetId } } } },
+      config: {
+        metadata: { name, attempt: 0 },
+        image: { image: reg.fx.busybox.ref },
+        command,
+        linux: { security_context: { namespace_options: { pid, target_id: targetId } } },
+      },
     });
     await b.runtime.StartContainer({ container_id: id });
     return id;
@@ -80,7 +89,10 @@ describe('pods sharing a PID namespace', function () {
     assert.match(status, /^NoNewPrivs:\s+1$/m);
     assert.match(status, /^Seccomp:\s+2$/m);
     // It lives in the pod's network namespace.
-    assert.equal(execFileSync('readlink', [`/proc/${pid}/ns/net`], { encoding: 'utf8' }), execFileSync('stat', ['-L', '-c', 'net:[%i]', join(b.state, 'ns', p, 'net')], { encoding: 'utf8' }));
+    assert.equal(
+      execFileSync('readlink', [`/proc/${pid}/ns/net`], { encoding: 'utf8' }),
+      execFileSync('stat', ['-L', '-c', 'net:[%i]', join(b.state, 'ns', p, 'net')], { encoding: 'utf8' }),
+    );
 
     const a = await container(b, p, 'a', ['sleep', '1001'], 'POD');
     const c = await container(b, p, 'c', ['sleep', '1002'], 'POD');
@@ -107,7 +119,17 @@ describe('pods sharing a PID namespace', function () {
       if (Date.now() > end) throw new Error('the container outlived its PID namespace');
       await sleep(50);
     }
-    assert.equal((await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: p, config: { metadata: { name: 'late', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['true'] } }))).code, status.FAILED_PRECONDITION);
+    assert.equal(
+      (
+        await grpcError(
+          b.runtime.CreateContainer({
+            pod_sandbox_id: p,
+            config: { metadata: { name: 'late', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['true'] },
+          }),
+        )
+      ).code,
+      status.FAILED_PRECONDITION,
+    );
     await b.runtime.StopPodSandbox({ pod_sandbox_id: p });
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: p });
   });
@@ -134,13 +156,24 @@ describe('pods sharing a PID namespace', function () {
     const b = await start();
     await b.image.PullImage({ image: { image: reg.fx.busybox.ref } });
     const { pod_sandbox_id: p } = await b.runtime.RunPodSandbox({
-      config: { metadata: { name: 'hostnet', namespace: 'test', uid: 'hn', attempt: 0 }, linux: { security_context: { namespace_options: { network: 'NODE', ipc: 'NODE', pid: 'POD' } } } },
+      config: {
+        metadata: { name: 'hostnet', namespace: 'test', uid: 'hn', attempt: 0 },
+        linux: { security_context: { namespace_options: { network: 'NODE', ipc: 'NODE', pid: 'POD' } } },
+      },
     });
     const pid = infraPid(b, p);
-    assert.equal(execFileSync('readlink', [`/proc/${pid}/ns/net`], { encoding: 'utf8' }), execFileSync('readlink', ['/proc/self/ns/net'], { encoding: 'utf8' }));
+    assert.equal(
+      execFileSync('readlink', [`/proc/${pid}/ns/net`], { encoding: 'utf8' }),
+      execFileSync('readlink', ['/proc/self/ns/net'], { encoding: 'utf8' }),
+    );
     const { container_id: a } = await b.runtime.CreateContainer({
       pod_sandbox_id: p,
-      config: { metadata: { name: 'a', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1007'], linux: { security_context: { namespace_options: { network: 'NODE', ipc: 'NODE', pid: 'POD' } } } },
+      config: {
+        metadata: { name: 'a', attempt: 0 },
+        image: { image: reg.fx.busybox.ref },
+        command: ['sleep', '1007'],
+        linux: { security_context: { namespace_options: { network: 'NODE', ipc: 'NODE', pid: 'POD' } } },
+      },
     });
     await b.runtime.StartContainer({ container_id: a });
     assert.equal(await exec(b, a, ['cat', '/proc/1/cmdline']), '/catatonit\0-P\0');
@@ -153,9 +186,27 @@ describe('pods sharing a PID namespace', function () {
     const a = await container(b, p, 'a', ['sleep', '1005'], 'CONTAINER');
     const debug = await container(b, p, 'debug', ['sleep', '1006'], 'TARGET', a);
     assert.equal(await exec(b, debug, ['cat', '/proc/1/cmdline']), 'sleep\x001005\0');
-    const missing = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: p, config: { metadata: { name: 'x', attempt: 0 }, image: { image: reg.fx.busybox.ref }, linux: { security_context: { namespace_options: { pid: 'TARGET', target_id: 'f'.repeat(64) } } } } }));
+    const missing = await grpcError(
+      b.runtime.CreateContainer({
+        pod_sandbox_id: p,
+        config: {
+          metadata: { name: 'x', attempt: 0 },
+          image: { image: reg.fx.busybox.ref },
+          linux: { security_context: { namespace_options: { pid: 'TARGET', target_id: 'f'.repeat(64) } } },
+        },
+      }),
+    );
     assert.equal(missing.code, status.NOT_FOUND);
-    const noShared = await grpcError(b.runtime.CreateContainer({ pod_sandbox_id: p, config: { metadata: { name: 'y', attempt: 0 }, image: { image: reg.fx.busybox.ref }, linux: { security_context: { namespace_options: { pid: 'POD' } } } } }));
+    const noShared = await grpcError(
+      b.runtime.CreateContainer({
+        pod_sandbox_id: p,
+        config: {
+          metadata: { name: 'y', attempt: 0 },
+          image: { image: reg.fx.busybox.ref },
+          linux: { security_context: { namespace_options: { pid: 'POD' } } },
+        },
+      }),
+    );
     assert.equal(noShared.code, status.INVALID_ARGUMENT);
     assert.match(noShared.details, /no shared PID namespace/);
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: p });

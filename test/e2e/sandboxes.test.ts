@@ -125,11 +125,23 @@ describe('pod sandboxes', function () {
     // Listing and its filters.
     const other = (await b.runtime.RunPodSandbox({ config: podConfig() })).pod_sandbox_id;
     assert.equal((await b.runtime.ListPodSandbox({})).items.length, 2);
-    assert.deepEqual((await b.runtime.ListPodSandbox({ filter: { id: id.slice(0, 12) } })).items.map((p) => p.id), [id]);
-    assert.deepEqual((await b.runtime.ListPodSandbox({ filter: { label_selector: { n: String(n - 1) } } })).items.map((p) => p.id), [id]);
+    assert.deepEqual(
+      (await b.runtime.ListPodSandbox({ filter: { id: id.slice(0, 12) } })).items.map((p) => p.id),
+      [id],
+    );
+    assert.deepEqual(
+      (await b.runtime.ListPodSandbox({ filter: { label_selector: { n: String(n - 1) } } })).items.map((p) => p.id),
+      [id],
+    );
     await b.runtime.StopPodSandbox({ pod_sandbox_id: other });
-    assert.deepEqual((await b.runtime.ListPodSandbox({ filter: { state: { state: 'SANDBOX_READY' } } })).items.map((p) => p.id), [id]);
-    assert.deepEqual((await b.runtime.ListPodSandbox({ filter: { state: { state: 'SANDBOX_NOTREADY' } } })).items.map((p) => p.id), [other]);
+    assert.deepEqual(
+      (await b.runtime.ListPodSandbox({ filter: { state: { state: 'SANDBOX_READY' } } })).items.map((p) => p.id),
+      [id],
+    );
+    assert.deepEqual(
+      (await b.runtime.ListPodSandbox({ filter: { state: { state: 'SANDBOX_NOTREADY' } } })).items.map((p) => p.id),
+      [other],
+    );
 
     // Stop: network and namespaces released; idempotent.
     await b.runtime.StopPodSandbox({ pod_sandbox_id: id });
@@ -178,14 +190,17 @@ describe('pod sandboxes', function () {
     const b = await start();
     network(b);
     const hostPort = await freePort();
-    const a = (await b.runtime.RunPodSandbox({ config: podConfig({ port_mappings: [{ protocol: 'TCP', container_port: 8080, host_port: hostPort }] }) })).pod_sandbox_id;
+    const a = (await b.runtime.RunPodSandbox({ config: podConfig({ port_mappings: [{ protocol: 'TCP', container_port: 8080, host_port: hostPort }] }) }))
+      .pod_sandbox_id;
     const c = (await b.runtime.RunPodSandbox({ config: podConfig() })).pod_sandbox_id;
     const ipA = (await b.runtime.PodSandboxStatus({ pod_sandbox_id: a })).status!.network!.ip;
     const pinA = join(b.state, 'ns', a, 'net');
     const pinC = join(b.state, 'ns', c, 'net');
     sh('nsenter', [`--net=${pinC}`, '/bin/busybox', 'ping', '-c', '1', '-W', '3', ipA]);
     // A server inside pod A, reached through the host port on loopback.
-    const server = spawn('nsenter', [`--net=${pinA}`, '/bin/busybox', 'nc', '-l', '-p', '8080', '-e', '/bin/busybox', 'echo', 'hello-from-pod'], { stdio: 'ignore' });
+    const server = spawn('nsenter', [`--net=${pinA}`, '/bin/busybox', 'nc', '-l', '-p', '8080', '-e', '/bin/busybox', 'echo', 'hello-from-pod'], {
+      stdio: 'ignore',
+    });
     cleanup.push(() => void server.kill('SIGKILL'));
     await new Promise((r) => setTimeout(r, 300));
     const reply = await new Promise<string>((resolve, reject) => {
@@ -238,8 +253,16 @@ describe('pod sandboxes', function () {
       [{ config: { metadata: { name: 'a', namespace: 'b' } } }, status.INVALID_ARGUMENT, /^config\.metadata\.uid is required$/],
       [{ config: podConfig(), runtime_handler: 'kata' }, status.INVALID_ARGUMENT, /runtime_handler "kata" is not configured/],
       [{ config: podConfig({ hostname: 'Not_A_Hostname!' }) }, status.INVALID_ARGUMENT, /hostname/],
-      [{ config: podConfig({ port_mappings: [{ container_port: 70000, host_port: 1 }] }) }, status.INVALID_ARGUMENT, /port_mappings\[0\]\.container_port 70000 is not a port number/],
-      [{ config: podConfig({ linux: { cgroup_parent: 'relative/path' } }) }, status.INVALID_ARGUMENT, /cgroup_parent "relative\/path" is not an absolute cgroup path/],
+      [
+        { config: podConfig({ port_mappings: [{ container_port: 70000, host_port: 1 }] }) },
+        status.INVALID_ARGUMENT,
+        /port_mappings\[0\]\.container_port 70000 is not a port number/,
+      ],
+      [
+        { config: podConfig({ linux: { cgroup_parent: 'relative/path' } }) },
+        status.INVALID_ARGUMENT,
+        /cgroup_parent "relative\/path" is not an absolute cgroup path/,
+      ],
     ];
     for (const [req, code, msg] of cases) {
       const e = await grpcError(b.runtime.RunPodSandbox(req as never));

@@ -44,7 +44,14 @@ describe('stats', function () {
     return { b, pod, podCfg };
   }
 
-  async function run(b: Berthd, pod: string, podCfg: Record<string, unknown>, name: string, script: string, labels: Record<string, string> = {}): Promise<string> {
+  async function run(
+    b: Berthd,
+    pod: string,
+    podCfg: Record<string, unknown>,
+    name: string,
+    script: string,
+    labels: Record<string, string> = {},
+  ): Promise<string> {
     const { container_id: id } = await b.runtime.CreateContainer({
       pod_sandbox_id: pod,
       config: { metadata: { name, attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sh', '-c', script], log_path: `${name}.log`, labels },
@@ -58,7 +65,14 @@ describe('stats', function () {
     const { b, pod, podCfg } = await setup();
     // 2 MiB in the writable layer, 24 MiB of tmpfs pages charged to the container's memory
     // cgroup, one busy process, then a marker.
-    const busy = await run(b, pod, podCfg, 'busy', 'dd if=/dev/zero of=/layer.bin bs=1024 count=2048 2>/dev/null; dd if=/dev/zero of=/dev/shm/m bs=1048576 count=24 2>/dev/null; touch /ready; while :; do :; done', { role: 'busy' });
+    const busy = await run(
+      b,
+      pod,
+      podCfg,
+      'busy',
+      'dd if=/dev/zero of=/layer.bin bs=1024 count=2048 2>/dev/null; dd if=/dev/zero of=/dev/shm/m bs=1048576 count=24 2>/dev/null; touch /ready; while :; do :; done',
+      { role: 'busy' },
+    );
     const idle = await run(b, pod, podCfg, 'idle', 'sleep 1000', { role: 'idle' });
     await until(async () => (await b.runtime.ExecSync({ container_id: busy, cmd: ['test', '-f', '/ready'], timeout: 5 })).exit_code === 0 || undefined);
 
@@ -83,8 +97,14 @@ describe('stats', function () {
     // Lists and their filters: by id (prefix), pod, labels.
     const all = (await b.runtime.ListContainerStats({})).stats.map((s) => s.attributes!.id).sort();
     assert.deepEqual(all, [busy, idle].sort());
-    assert.deepEqual((await b.runtime.ListContainerStats({ filter: { id: idle.slice(0, 12) } })).stats.map((s) => s.attributes!.id), [idle]);
-    assert.deepEqual((await b.runtime.ListContainerStats({ filter: { label_selector: { role: 'idle' } } })).stats.map((s) => s.attributes!.id), [idle]);
+    assert.deepEqual(
+      (await b.runtime.ListContainerStats({ filter: { id: idle.slice(0, 12) } })).stats.map((s) => s.attributes!.id),
+      [idle],
+    );
+    assert.deepEqual(
+      (await b.runtime.ListContainerStats({ filter: { label_selector: { role: 'idle' } } })).stats.map((s) => s.attributes!.id),
+      [idle],
+    );
     assert.deepEqual((await b.runtime.ListContainerStats({ filter: { pod_sandbox_id: 'f'.repeat(64) } })).stats, []);
     const idleStats = (await b.runtime.ListContainerStats({ filter: { id: idle } })).stats[0]!;
     assert.ok(n(idleStats.memory!.working_set_bytes) < 16 * MiB);
@@ -129,7 +149,10 @@ describe('stats', function () {
     assert.ok(n(eth0.tx_bytes) >= 3 * 84, `tx ${n(eth0.tx_bytes)}`);
     assert.ok(!linux.network!.interfaces.some((i) => i.name === 'lo'));
 
-    assert.deepEqual((await b.runtime.ListPodSandboxStats({})).stats.map((x) => x.attributes!.id), [pod]);
+    assert.deepEqual(
+      (await b.runtime.ListPodSandboxStats({})).stats.map((x) => x.attributes!.id),
+      [pod],
+    );
     assert.deepEqual((await b.runtime.ListPodSandboxStats({ filter: { label_selector: { app: 'other' } } })).stats, []);
     assert.equal((await grpcError(b.runtime.PodSandboxStats({ pod_sandbox_id: 'nope' }))).code, status.NOT_FOUND);
     await b.runtime.StopPodSandbox({ pod_sandbox_id: pod });
@@ -138,7 +161,9 @@ describe('stats', function () {
 
   it('reads a pod cgroup given as cgroup_parent (kubelet’s pod<uid> cgroup)', async () => {
     const parent = `/berth-test-stats-${process.pid}-${Date.now()}`;
-    const hierarchies = readdirSync('/sys/fs/cgroup').filter((h) => existsSync(join('/sys/fs/cgroup', h, 'cgroup.procs')) || existsSync(join('/sys/fs/cgroup', h, 'tasks')));
+    const hierarchies = readdirSync('/sys/fs/cgroup').filter(
+      (h) => existsSync(join('/sys/fs/cgroup', h, 'cgroup.procs')) || existsSync(join('/sys/fs/cgroup', h, 'tasks')),
+    );
     cleanup.push(() => {
       for (const h of hierarchies) {
         try {
@@ -148,7 +173,9 @@ describe('stats', function () {
         }
       }
     });
-    const { b, pod, podCfg } = await setup({ linux: { cgroup_parent: parent, security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } } });
+    const { b, pod, podCfg } = await setup({
+      linux: { cgroup_parent: parent, security_context: { namespace_options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } } },
+    });
     await run(b, pod, podCfg, 'm', 'dd if=/dev/zero of=/dev/shm/m bs=1048576 count=12 2>/dev/null; sleep 1000');
     const s = await until(async () => {
       const st = (await b.runtime.PodSandboxStats({ pod_sandbox_id: pod })).stats!;

@@ -40,7 +40,11 @@ function http(url: string, headers: Record<string, string> = {}): Promise<Answer
   });
 }
 
-const spdy = (protocols = 'v4.channel.k8s.io'): Record<string, string> => ({ Connection: 'Upgrade', Upgrade: 'SPDY/3.1', 'X-Stream-Protocol-Version': protocols });
+const spdy = (protocols = 'v4.channel.k8s.io'): Record<string, string> => ({
+  Connection: 'Upgrade',
+  Upgrade: 'SPDY/3.1',
+  'X-Stream-Protocol-Version': protocols,
+});
 
 describe('streaming server', function () {
   this.timeout(60_000);

@@ -39,7 +39,10 @@ export class Berthd implements AsyncDisposable {
   private exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   clients!: CriClients;
 
-  private constructor(readonly dir: string, readonly proc: ChildProcess) {
+  private constructor(
+    readonly dir: string,
+    readonly proc: ChildProcess,
+  ) {
     this.root = join(dir, 'root');
     this.state = join(dir, 'state');
     this.socket = join(dir, 'state', 'berth.sock');
@@ -83,11 +86,16 @@ export class Berthd implements AsyncDisposable {
     const args = [
       ...(opts.nodeArgs ?? []),
       BERTHD_MAIN,
-      '--config', join(etc, 'config.toml'),
-      '--root', join(dir, 'root'),
-      '--state', join(dir, 'state'),
-      '--socket', join(dir, 'state', 'berth.sock'),
-      '--log-level', opts.logLevel ?? 'debug',
+      '--config',
+      join(etc, 'config.toml'),
+      '--root',
+      join(dir, 'root'),
+      '--state',
+      join(dir, 'state'),
+      '--socket',
+      join(dir, 'state', 'berth.sock'),
+      '--log-level',
+      opts.logLevel ?? 'debug',
       ...(opts.args ?? []),
     ];
     if (!/conf_dir/.test(opts.config ?? '') && !Object.values(opts.dropIns ?? {}).some((t) => /conf_dir/.test(t))) {

@@ -25,7 +25,14 @@ export function testBridge(b: Berthd, prefix: string): TestBridge {
     JSON.stringify({
       cniVersion: '1.0.0',
       name: `berth-${bridge}`,
-      plugins: [{ type: 'bridge', bridge, isGateway: true, ipam: { type: 'host-local', dataDir: join(b.dir, 'ipam'), ranges: [[{ subnet: `10.${150 + ((n >> 8) % 80)}.${n & 0xff}.0/24` }]] } }],
+      plugins: [
+        {
+          type: 'bridge',
+          bridge,
+          isGateway: true,
+          ipam: { type: 'host-local', dataDir: join(b.dir, 'ipam'), ranges: [[{ subnet: `10.${150 + ((n >> 8) % 80)}.${n & 0xff}.0/24` }]] },
+        },
+      ],
     }),
   );
   return {

@@ -72,7 +72,27 @@ export async function startRegistry(opts: RegistryOptions = {}): Promise<Registr
     if (opts.tls) {
       const cert = join(dir, 'cert.pem');
       const key = join(dir, 'key.pem');
-      execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+      execFileSync(
+        'openssl',
+        [
+          'req',
+          '-x509',
+          '-newkey',
+          'rsa:2048',
+          '-nodes',
+          '-keyout',
+          key,
+          '-out',
+          cert,
+          '-days',
+          '1',
+          '-subj',
+          '/CN=127.0.0.1',
+          '-addext',
+          'subjectAltName=IP:127.0.0.1',
+        ],
+        { stdio: 'ignore' },
+      );
       tls = `  tls:\n    certificate: ${cert}\n    key: ${key}\n`;
     }
     for (let attempt = 1; ; attempt++) {
@@ -390,7 +410,10 @@ export class RegistryProxy implements AsyncDisposable {
     }
 
     const blob = BLOB_PATH.exec(url.pathname);
-    const fault = blob && req.method === 'GET' ? this.faults.find((f) => (!f.digest || f.digest === blob[2]) && (!f.pathPrefix || url.pathname.startsWith(f.pathPrefix))) : undefined;
+    const fault =
+      blob && req.method === 'GET'
+        ? this.faults.find((f) => (!f.digest || f.digest === blob[2]) && (!f.pathPrefix || url.pathname.startsWith(f.pathPrefix)))
+        : undefined;
     if (blob && fault) {
       fault.hits = (fault.hits ?? 0) + 1;
       return this.faulty(req, res, fault, blob[1]!, blob[2]!);

@@ -35,7 +35,13 @@ export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
     args: c.args,
     working_dir: c.working_dir,
     envs: c.envs.map((e) => ({ key: e.key, value: Buffer.isBuffer(e.value) ? e.value.toString('utf8') : String(e.value) })),
-    mounts: c.mounts.map((m) => ({ container_path: m.container_path, host_path: m.host_path, readonly: m.readonly, selinux_relabel: m.selinux_relabel, propagation: m.propagation })),
+    mounts: c.mounts.map((m) => ({
+      container_path: m.container_path,
+      host_path: m.host_path,
+      readonly: m.readonly,
+      selinux_relabel: m.selinux_relabel,
+      propagation: m.propagation,
+    })),
     devices: c.devices.map((d) => ({ container_path: d.container_path, host_path: d.host_path, permissions: d.permissions })),
     labels: c.labels,
     annotations: c.annotations,
@@ -47,9 +53,26 @@ export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
       ...(sc
         ? {
             security_context: {
-              ...(sc.capabilities ? { capabilities: { add_capabilities: sc.capabilities.add_capabilities, drop_capabilities: sc.capabilities.drop_capabilities, add_ambient_capabilities: sc.capabilities.add_ambient_capabilities } } : {}),
+              ...(sc.capabilities
+                ? {
+                    capabilities: {
+                      add_capabilities: sc.capabilities.add_capabilities,
+                      drop_capabilities: sc.capabilities.drop_capabilities,
+                      add_ambient_capabilities: sc.capabilities.add_ambient_capabilities,
+                    },
+                  }
+                : {}),
               privileged: sc.privileged,
-              ...(sc.namespace_options ? { namespace_options: { network: sc.namespace_options.network, pid: sc.namespace_options.pid, ipc: sc.namespace_options.ipc, target_id: sc.namespace_options.target_id } } : {}),
+              ...(sc.namespace_options
+                ? {
+                    namespace_options: {
+                      network: sc.namespace_options.network,
+                      pid: sc.namespace_options.pid,
+                      ipc: sc.namespace_options.ipc,
+                      target_id: sc.namespace_options.target_id,
+                    },
+                  }
+                : {}),
               ...(sc.run_as_user ? { run_as_user: { value: num(sc.run_as_user.value) } } : {}),
               ...(sc.run_as_group ? { run_as_group: { value: num(sc.run_as_group.value) } } : {}),
               run_as_username: sc.run_as_username,

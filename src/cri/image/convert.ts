@@ -44,7 +44,10 @@ export function filteredImages(images: ImageService, filter: ImageFilter__Output
     if (!wanted.includes('@') && !/:[^/]*$/.test(wanted) && !isImageId(wanted)) {
       try {
         const repo = repositoryName(parseReference(wanted)) + ':';
-        return images.list().filter((i) => i.tags.some((t) => t.startsWith(repo))).map(toCriImage);
+        return images
+          .list()
+          .filter((i) => i.tags.some((t) => t.startsWith(repo)))
+          .map(toCriImage);
       } catch {
         // not a reference: fall through to the exact lookup
       }

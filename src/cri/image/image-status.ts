@@ -9,18 +9,20 @@ import { requireImageName, toCriImage } from './convert.js';
  * error (kubelet uses it to decide whether to pull). `verbose` adds the manifest,
  * layers and run config under info["info"] as JSON.
  */
-export const imageStatus = (images: ImageService): UnaryHandler<ImageStatusRequest__Output, ImageStatusResponse> => async (req) => {
-  const img = images.find(requireImageName(req.image, 'image.image'));
-  if (!img) return { info: {} };
-  const info: Record<string, string> = {};
-  if (req.verbose) {
-    info.info = JSON.stringify({
-      id: img.id,
-      manifestDigest: img.manifestDigest,
-      pulledAt: new Date(img.createdAt).toISOString(),
-      layers: img.layers,
-      config: img.config,
-    });
-  }
-  return { image: toCriImage(img), info };
-};
+export const imageStatus =
+  (images: ImageService): UnaryHandler<ImageStatusRequest__Output, ImageStatusResponse> =>
+  async (req) => {
+    const img = images.find(requireImageName(req.image, 'image.image'));
+    if (!img) return { info: {} };
+    const info: Record<string, string> = {};
+    if (req.verbose) {
+      info.info = JSON.stringify({
+        id: img.id,
+        manifestDigest: img.manifestDigest,
+        pulledAt: new Date(img.createdAt).toISOString(),
+        layers: img.layers,
+        config: img.config,
+      });
+    }
+    return { image: toCriImage(img), info };
+  };

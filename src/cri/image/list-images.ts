@@ -6,10 +6,14 @@ import type { StreamImagesResponse } from '../gen/runtime/v1/StreamImagesRespons
 import { sendPaged, type StreamHandler, type UnaryHandler } from '../rpc.js';
 import { filteredImages } from './convert.js';
 
-export const listImages = (images: ImageService): UnaryHandler<ListImagesRequest__Output, ListImagesResponse> => async (req) => ({
-  images: filteredImages(images, req.filter),
-});
+export const listImages =
+  (images: ImageService): UnaryHandler<ListImagesRequest__Output, ListImagesResponse> =>
+  async (req) => ({
+    images: filteredImages(images, req.filter),
+  });
 
 /** StreamImages: the same list as ListImages, in pages. */
-export const streamImages = (images: ImageService): StreamHandler<StreamImagesRequest__Output, StreamImagesResponse> => (req, _ctx, send) =>
-  sendPaged(filteredImages(images, req.filter), send, (page) => ({ images: page }));
+export const streamImages =
+  (images: ImageService): StreamHandler<StreamImagesRequest__Output, StreamImagesResponse> =>
+  (req, _ctx, send) =>
+    sendPaged(filteredImages(images, req.filter), send, (page) => ({ images: page }));

@@ -8,7 +8,9 @@ import { requireImageName } from './convert.js';
  * RemoveImage by ID, tag or digest: removes the image with all its names. CRI requires
  * it to succeed when the image is already gone.
  */
-export const removeImage = (images: ImageService): UnaryHandler<RemoveImageRequest__Output, RemoveImageResponse> => async (req) => {
-  await images.remove(requireImageName(req.image, 'image.image'));
-  return {};
-};
+export const removeImage =
+  (images: ImageService): UnaryHandler<RemoveImageRequest__Output, RemoveImageResponse> =>
+  async (req) => {
+    await images.remove(requireImageName(req.image, 'image.image'));
+    return {};
+  };

@@ -4,7 +4,8 @@ import type { RuntimeConfigResponse } from '../gen/runtime/v1/RuntimeConfigRespo
 import type { UnaryHandler } from '../rpc.js';
 
 /** RuntimeConfig: the cgroup driver in use, which kubelet (1.28+) adopts instead of its own flag. */
-export const runtimeConfig = (deps: CriDeps): UnaryHandler<RuntimeConfigRequest__Output, RuntimeConfigResponse> =>
+export const runtimeConfig =
+  (deps: CriDeps): UnaryHandler<RuntimeConfigRequest__Output, RuntimeConfigResponse> =>
   async () => ({
     linux: { cgroup_driver: deps.config.cgroup_driver === 'systemd' ? 'SYSTEMD' : 'CGROUPFS' },
   });

@@ -11,7 +11,8 @@ import { boundedString, required } from '../validate.js';
  * stack). berth records it durably so the pod network can use it after a restart;
  * an empty value clears it.
  */
-export const updateRuntimeConfig = (deps: CriDeps): UnaryHandler<UpdateRuntimeConfigRequest__Output, UpdateRuntimeConfigResponse> =>
+export const updateRuntimeConfig =
+  (deps: CriDeps): UnaryHandler<UpdateRuntimeConfigRequest__Output, UpdateRuntimeConfigResponse> =>
   async (req) => {
     const rc = required(req.runtime_config, 'runtime_config');
     const field = 'runtime_config.network_config.pod_cidr';

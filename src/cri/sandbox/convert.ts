@@ -32,9 +32,7 @@ export function filteredSandboxes(svc: SandboxService, filter: PodSandboxFilter_
   }
   const out = recs.map(toCriPodSandbox);
   return out.filter(
-    (p) =>
-      (!filter?.state || p.state === filter.state.state) &&
-      Object.entries(filter?.label_selector ?? {}).every(([k, v]) => p.labels?.[k] === v),
+    (p) => (!filter?.state || p.state === filter.state.state) && Object.entries(filter?.label_selector ?? {}).every(([k, v]) => p.labels?.[k] === v),
   );
 }
 

@@ -14,36 +14,50 @@ interface StoredNamespaces {
 }
 
 /** PodSandboxStatus: NOT_FOUND for an unknown id; `verbose` adds berth's own view in info["info"]. */
-export const podSandboxStatus = (svc: SandboxService): UnaryHandler<PodSandboxStatusRequest__Output, PodSandboxStatusResponse> => async (req) => {
-  const id = requireId(req.pod_sandbox_id, 'pod_sandbox_id');
-  const rec = svc.find(id);
-  if (!rec || rec.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${id}" not found`);
-  const base = toCriPodSandbox(rec);
-  const nsOpts = (rec.config as StoredNamespaces).linux?.security_context?.namespace_options ?? {};
-  const info: Record<string, string> = {};
-  if (req.verbose) {
-    info.info = JSON.stringify({ id: rec.id, state: rec.state, nsDir: rec.nsDir, podDir: svc.podDir(rec.id), runtimeHandler: rec.runtimeHandler, cni: rec.network, config: rec.config });
-  }
-  return {
-    status: {
-      ...base,
-      network: { ip: rec.ips[0] ?? '', additional_ips: rec.ips.slice(1).map((ip) => ({ ip })) },
-      linux: {
-        namespaces: {
-          options: { network: (nsOpts.network ?? 'POD') as 'POD', pid: (nsOpts.pid ?? 'POD') as 'POD', ipc: (nsOpts.ipc ?? 'POD') as 'POD', target_id: '' },
+export const podSandboxStatus =
+  (svc: SandboxService): UnaryHandler<PodSandboxStatusRequest__Output, PodSandboxStatusResponse> =>
+  async (req) => {
+    const id = requireId(req.pod_sandbox_id, 'pod_sandbox_id');
+    const rec = svc.find(id);
+    if (!rec || rec.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${id}" not found`);
+    const base = toCriPodSandbox(rec);
+    const nsOpts = (rec.config as StoredNamespaces).linux?.security_context?.namespace_options ?? {};
+    const info: Record<string, string> = {};
+    if (req.verbose) {
+      info.info = JSON.stringify({
+        id: rec.id,
+        state: rec.state,
+        nsDir: rec.nsDir,
+        podDir: svc.podDir(rec.id),
+        runtimeHandler: rec.runtimeHandler,
+        cni: rec.network,
+        config: rec.config,
+      });
+    }
+    return {
+      status: {
+        ...base,
+        network: { ip: rec.ips[0] ?? '', additional_ips: rec.ips.slice(1).map((ip) => ({ ip })) },
+        linux: {
+          namespaces: {
+            options: { network: (nsOpts.network ?? 'POD') as 'POD', pid: (nsOpts.pid ?? 'POD') as 'POD', ipc: (nsOpts.ipc ?? 'POD') as 'POD', target_id: '' },
+          },
         },
       },
-    },
-    info,
-    containers_statuses: [],
-    timestamp: String(BigInt(Date.now()) * 1_000_000n),
+      info,
+      containers_statuses: [],
+      timestamp: String(BigInt(Date.now()) * 1_000_000n),
+    };
   };
-};
 
-export const listPodSandbox = (svc: SandboxService): UnaryHandler<ListPodSandboxRequest__Output, ListPodSandboxResponse> => async (req) => ({
-  items: filteredSandboxes(svc, req.filter),
-});
+export const listPodSandbox =
+  (svc: SandboxService): UnaryHandler<ListPodSandboxRequest__Output, ListPodSandboxResponse> =>
+  async (req) => ({
+    items: filteredSandboxes(svc, req.filter),
+  });
 
 /** StreamPodSandboxes: the same list as ListPodSandbox, in pages. */
-export const streamPodSandboxes = (svc: SandboxService): StreamHandler<StreamPodSandboxesRequest__Output, StreamPodSandboxesResponse> => (req, _ctx, send) =>
-  sendPaged(filteredSandboxes(svc, req.filter), send, (page) => ({ pod_sandboxes: page }));
+export const streamPodSandboxes =
+  (svc: SandboxService): StreamHandler<StreamPodSandboxesRequest__Output, StreamPodSandboxesResponse> =>
+  (req, _ctx, send) =>
+    sendPaged(filteredSandboxes(svc, req.filter), send, (page) => ({ pod_sandboxes: page }));

@@ -7,13 +7,17 @@ import type { UnaryHandler } from '../rpc.js';
 import { requireId } from './convert.js';
 
 /** StopPodSandbox: per CRI, stopping an unknown or stopped pod succeeds. */
-export const stopPodSandbox = (svc: SandboxService): UnaryHandler<StopPodSandboxRequest__Output, StopPodSandboxResponse> => async (req, ctx) => {
-  await svc.stop(requireId(req.pod_sandbox_id, 'pod_sandbox_id'), ctx.signal);
-  return {};
-};
+export const stopPodSandbox =
+  (svc: SandboxService): UnaryHandler<StopPodSandboxRequest__Output, StopPodSandboxResponse> =>
+  async (req, ctx) => {
+    await svc.stop(requireId(req.pod_sandbox_id, 'pod_sandbox_id'), ctx.signal);
+    return {};
+  };
 
 /** RemovePodSandbox: per CRI, removing an unknown pod succeeds; a running pod is stopped first. */
-export const removePodSandbox = (svc: SandboxService): UnaryHandler<RemovePodSandboxRequest__Output, RemovePodSandboxResponse> => async (req, ctx) => {
-  await svc.remove(requireId(req.pod_sandbox_id, 'pod_sandbox_id'), ctx.signal);
-  return {};
-};
+export const removePodSandbox =
+  (svc: SandboxService): UnaryHandler<RemovePodSandboxRequest__Output, RemovePodSandboxResponse> =>
+  async (req, ctx) => {
+    await svc.remove(requireId(req.pod_sandbox_id, 'pod_sandbox_id'), ctx.signal);
+    return {};
+  };

@@ -73,11 +73,20 @@ function toContainerStats(u: ContainerUsage): ContainerStats {
     cpu: s ? cpuUsage(s) : null,
     memory: s ? memoryUsage(s) : null,
     swap: s?.swap
-      ? { timestamp: s.timestamp.toString(), swap_usage_bytes: u64(s.swap.usage), swap_available_bytes: u64(s.swap.limit !== undefined ? (s.swap.limit > s.swap.usage ? s.swap.limit - s.swap.usage : 0n) : undefined) }
+      ? {
+          timestamp: s.timestamp.toString(),
+          swap_usage_bytes: u64(s.swap.usage),
+          swap_available_bytes: u64(s.swap.limit !== undefined ? (s.swap.limit > s.swap.usage ? s.swap.limit - s.swap.usage : 0n) : undefined),
+        }
       : null,
     io: s?.io ? { timestamp: s.timestamp.toString(), psi: psi(s.io.psi) } : null,
     writable_layer: u.writableLayer
-      ? { timestamp: u.writableLayer.timestamp.toString(), fs_id: { mountpoint: u.writableLayer.mountpoint }, used_bytes: u64(u.writableLayer.bytes), inodes_used: u64(u.writableLayer.inodes) }
+      ? {
+          timestamp: u.writableLayer.timestamp.toString(),
+          fs_id: { mountpoint: u.writableLayer.mountpoint },
+          used_bytes: u64(u.writableLayer.bytes),
+          inodes_used: u64(u.writableLayer.inodes),
+        }
       : null,
   };
 }
@@ -91,11 +100,22 @@ function toPodStats(p: PodUsage): PodSandboxStats {
   const cfg = sb.config as { labels?: Record<string, string>; annotations?: Record<string, string> };
   const s = p.usage;
   return {
-    attributes: { id: sb.id, metadata: { name: sb.metadata.name, uid: sb.metadata.uid, namespace: sb.metadata.namespace, attempt: sb.metadata.attempt }, labels: cfg.labels ?? {}, annotations: cfg.annotations ?? {} },
+    attributes: {
+      id: sb.id,
+      metadata: { name: sb.metadata.name, uid: sb.metadata.uid, namespace: sb.metadata.namespace, attempt: sb.metadata.attempt },
+      labels: cfg.labels ?? {},
+      annotations: cfg.annotations ?? {},
+    },
     linux: {
       cpu: s ? cpuUsage(s) : null,
       memory: s ? memoryUsage(s) : null,
-      network: p.network ? { timestamp: p.network.timestamp.toString(), default_interface: p.network.defaultInterface ? iface(p.network.defaultInterface) : null, interfaces: p.network.interfaces.map(iface) } : null,
+      network: p.network
+        ? {
+            timestamp: p.network.timestamp.toString(),
+            default_interface: p.network.defaultInterface ? iface(p.network.defaultInterface) : null,
+            interfaces: p.network.interfaces.map(iface),
+          }
+        : null,
       process: s?.pids !== undefined ? { timestamp: s.timestamp.toString(), process_count: u64(s.pids) } : null,
       io: s?.io ? { timestamp: s.timestamp.toString(), psi: psi(s.io.psi) } : null,
       containers: p.containers.map(toContainerStats),
@@ -114,7 +134,9 @@ function filterContainers(d: Deps, f: ContainerStatsFilter__Output | null): Cont
     recs = one ? [one] : [];
   }
   if (f?.pod_sandbox_id) recs = recs.filter((c) => c.sandboxId.startsWith(f.pod_sandbox_id));
-  return recs.filter((c) => c.state !== 'creating' && c.state !== 'removing' && labelsMatch((c.config as { labels?: Record<string, string> }).labels, f?.label_selector));
+  return recs.filter(
+    (c) => c.state !== 'creating' && c.state !== 'removing' && labelsMatch((c.config as { labels?: Record<string, string> }).labels, f?.label_selector),
+  );
 }
 
 function filterPods(d: Deps, f: PodSandboxStatsFilter__Output | null): SandboxRecord[] {
@@ -129,30 +151,44 @@ function filterPods(d: Deps, f: PodSandboxStatsFilter__Output | null): SandboxRe
 const unfiltered = (f: { id?: string; pod_sandbox_id?: string; label_selector?: Record<string, string> } | null): boolean =>
   !f || (!f.id && !f.pod_sandbox_id && Object.keys(f.label_selector ?? {}).length === 0);
 
-export const containerStats = (d: Deps): UnaryHandler<ContainerStatsRequest__Output, ContainerStatsResponse> => async (req) => {
-  const id = requiredString(req.container_id, 'container_id', 128);
-  const c = d.containers.find(id);
-  if (!c || c.state === 'creating' || c.state === 'removing') throw new BerthError('NotFound', `container "${id}" not found`);
-  return { stats: toContainerStats(await d.stats.containerUsage(c)) };
-};
+export const containerStats =
+  (d: Deps): UnaryHandler<ContainerStatsRequest__Output, ContainerStatsResponse> =>
+  async (req) => {
+    const id = requiredString(req.container_id, 'container_id', 128);
+    const c = d.containers.find(id);
+    if (!c || c.state === 'creating' || c.state === 'removing') throw new BerthError('NotFound', `container "${id}" not found`);
+    return { stats: toContainerStats(await d.stats.containerUsage(c)) };
+  };
 
-export const listContainerStats = (d: Deps): UnaryHandler<ListContainerStatsRequest__Output, ListContainerStatsResponse> => async (req) => ({
-  stats: (await d.stats.containersUsage(filterContainers(d, req.filter), unfiltered(req.filter))).map(toContainerStats),
-});
+export const listContainerStats =
+  (d: Deps): UnaryHandler<ListContainerStatsRequest__Output, ListContainerStatsResponse> =>
+  async (req) => ({
+    stats: (await d.stats.containersUsage(filterContainers(d, req.filter), unfiltered(req.filter))).map(toContainerStats),
+  });
 
-export const streamContainerStats = (d: Deps): StreamHandler<StreamContainerStatsRequest__Output, StreamContainerStatsResponse> => async (req, _ctx, send) =>
-  sendPaged((await d.stats.containersUsage(filterContainers(d, req.filter), unfiltered(req.filter))).map(toContainerStats), send, (page) => ({ container_stats: page }));
+export const streamContainerStats =
+  (d: Deps): StreamHandler<StreamContainerStatsRequest__Output, StreamContainerStatsResponse> =>
+  async (req, _ctx, send) =>
+    sendPaged((await d.stats.containersUsage(filterContainers(d, req.filter), unfiltered(req.filter))).map(toContainerStats), send, (page) => ({
+      container_stats: page,
+    }));
 
-export const podSandboxStats = (d: Deps): UnaryHandler<PodSandboxStatsRequest__Output, PodSandboxStatsResponse> => async (req) => {
-  const id = requiredString(req.pod_sandbox_id, 'pod_sandbox_id', 128);
-  const sb = d.sandboxes.find(id);
-  if (!sb || sb.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${id}" not found`);
-  return { stats: toPodStats(await d.stats.podUsage(sb)) };
-};
+export const podSandboxStats =
+  (d: Deps): UnaryHandler<PodSandboxStatsRequest__Output, PodSandboxStatsResponse> =>
+  async (req) => {
+    const id = requiredString(req.pod_sandbox_id, 'pod_sandbox_id', 128);
+    const sb = d.sandboxes.find(id);
+    if (!sb || sb.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${id}" not found`);
+    return { stats: toPodStats(await d.stats.podUsage(sb)) };
+  };
 
-export const listPodSandboxStats = (d: Deps): UnaryHandler<ListPodSandboxStatsRequest__Output, ListPodSandboxStatsResponse> => async (req) => ({
-  stats: (await d.stats.podsUsage(filterPods(d, req.filter))).map(toPodStats),
-});
+export const listPodSandboxStats =
+  (d: Deps): UnaryHandler<ListPodSandboxStatsRequest__Output, ListPodSandboxStatsResponse> =>
+  async (req) => ({
+    stats: (await d.stats.podsUsage(filterPods(d, req.filter))).map(toPodStats),
+  });
 
-export const streamPodSandboxStats = (d: Deps): StreamHandler<StreamPodSandboxStatsRequest__Output, StreamPodSandboxStatsResponse> => async (req, _ctx, send) =>
-  sendPaged((await d.stats.podsUsage(filterPods(d, req.filter))).map(toPodStats), send, (page) => ({ pod_sandbox_stats: page }));
+export const streamPodSandboxStats =
+  (d: Deps): StreamHandler<StreamPodSandboxStatsRequest__Output, StreamPodSandboxStatsResponse> =>
+  async (req, _ctx, send) =>
+    sendPaged((await d.stats.podsUsage(filterPods(d, req.filter))).map(toPodStats), send, (page) => ({ pod_sandbox_stats: page }));

@@ -10,14 +10,16 @@ import type { AttachResponse } from '../gen/runtime/v1/AttachResponse.js';
 import type { UnaryHandler } from '../rpc.js';
 import { requiredString } from '../validate.js';
 
-export const attach = (d: { containers: ContainerService; streaming: StreamingServer }): UnaryHandler<AttachRequest__Output, AttachResponse> => async (req) => {
-  const id = requiredString(req.container_id, 'container_id', 128);
-  if (!req.stdin && !req.stdout && !req.stderr) throw new BerthError('InvalidArgument', 'one of stdin, stdout and stderr must be true');
-  const c = d.containers.find(id);
-  if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${id}" not found`);
-  if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
-  const cfg = c.config as { stdin?: boolean };
-  if (req.stdin && !cfg.stdin) throw new BerthError('FailedPrecondition', `container ${c.id} was created without stdin; it cannot take input`);
-  // The client opens its channels by the request's tty: one output with a terminal.
-  return { url: d.streaming.attachUrl({ containerId: c.id, cmd: [], tty: req.tty, stdin: req.stdin, stdout: req.stdout, stderr: req.stderr && !req.tty }) };
-};
+export const attach =
+  (d: { containers: ContainerService; streaming: StreamingServer }): UnaryHandler<AttachRequest__Output, AttachResponse> =>
+  async (req) => {
+    const id = requiredString(req.container_id, 'container_id', 128);
+    if (!req.stdin && !req.stdout && !req.stderr) throw new BerthError('InvalidArgument', 'one of stdin, stdout and stderr must be true');
+    const c = d.containers.find(id);
+    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${id}" not found`);
+    if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
+    const cfg = c.config as { stdin?: boolean };
+    if (req.stdin && !cfg.stdin) throw new BerthError('FailedPrecondition', `container ${c.id} was created without stdin; it cannot take input`);
+    // The client opens its channels by the request's tty: one output with a terminal.
+    return { url: d.streaming.attachUrl({ containerId: c.id, cmd: [], tty: req.tty, stdin: req.stdin, stdout: req.stdout, stderr: req.stderr && !req.tty }) };
+  };

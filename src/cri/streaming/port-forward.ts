@@ -12,11 +12,13 @@ import type { PortForwardResponse } from '../gen/runtime/v1/PortForwardResponse.
 import type { UnaryHandler } from '../rpc.js';
 import { requiredString } from '../validate.js';
 
-export const portForward = (d: { sandboxes: SandboxService; streaming: StreamingServer }): UnaryHandler<PortForwardRequest__Output, PortForwardResponse> => async (req) => {
-  const id = requiredString(req.pod_sandbox_id, 'pod_sandbox_id', 128);
-  for (const p of req.port) if (!(p >= 1 && p <= 65535)) throw new BerthError('InvalidArgument', `port ${p} is not from 1 to 65535`);
-  const sb = d.sandboxes.find(id);
-  if (!sb || sb.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${id}" not found`);
-  if (sb.state !== 'ready') throw new BerthError('FailedPrecondition', `pod sandbox ${sb.id} is ${sb.state}, not ready`);
-  return { url: d.streaming.portForwardUrl(sb.id) };
-};
+export const portForward =
+  (d: { sandboxes: SandboxService; streaming: StreamingServer }): UnaryHandler<PortForwardRequest__Output, PortForwardResponse> =>
+  async (req) => {
+    const id = requiredString(req.pod_sandbox_id, 'pod_sandbox_id', 128);
+    for (const p of req.port) if (!(p >= 1 && p <= 65535)) throw new BerthError('InvalidArgument', `port ${p} is not from 1 to 65535`);
+    const sb = d.sandboxes.find(id);
+    if (!sb || sb.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${id}" not found`);
+    if (sb.state !== 'ready') throw new BerthError('FailedPrecondition', `pod sandbox ${sb.id} is ${sb.state}, not ready`);
+    return { url: d.streaming.portForwardUrl(sb.id) };
+  };

@@ -47,7 +47,8 @@ export class ContentStore {
     this.blobsDir = join(root, 'content', 'blobs');
     this.ingestDir = join(root, 'content', 'ingest');
     this.trashDir = join(root, 'content', 'trash');
-    for (const d of [join(this.blobsDir, 'sha256'), join(this.blobsDir, 'sha512'), this.ingestDir, this.trashDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
+    for (const d of [join(this.blobsDir, 'sha256'), join(this.blobsDir, 'sha512'), this.ingestDir, this.trashDir])
+      mkdirSync(d, { recursive: true, mode: 0o700 });
   }
 
   path(digest: string): string {
@@ -58,7 +59,6 @@ export class ContentStore {
   has(digest: string): boolean {
     return this.repo.get(digest) !== undefined;
   }
-
 
   /**
    * Makes sure the blob is in the store, downloading it with `open` if it is not. A
@@ -153,7 +153,6 @@ export class ContentStore {
   usage(): { bytes: number; count: number } {
     return this.repo.usage();
   }
-
 
   /**
    * Recovery: temp files of interrupted downloads go; files without a row (a crash

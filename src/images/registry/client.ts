@@ -48,7 +48,9 @@ export interface FetchedManifest {
 /** A non-reversible key for a set of credentials, for caches ('-' when anonymous). */
 function credentialKey(c: Credentials | undefined): string {
   if (!hasCredentials(c)) return '-';
-  return createHash('sha256').update(JSON.stringify([c!.username ?? '', c!.password ?? '', c!.identityToken ?? '', c!.registryToken ?? ''])).digest('hex');
+  return createHash('sha256')
+    .update(JSON.stringify([c!.username ?? '', c!.password ?? '', c!.identityToken ?? '', c!.registryToken ?? '']))
+    .digest('hex');
 }
 
 const LOOPBACK = /^(localhost|127(?:\.\d{1,3}){3}|\[::1\])(:\d+)?$/;
@@ -138,7 +140,14 @@ export class RegistryClient {
    * Sends a GET with retries and the auth dance. Returns any final response (2xx, 3xx
    * when not following, 4xx); throws for exhausted retries and auth failures.
    */
-  private async get(ep: Endpoint, repo: string, path: string, accept: string | undefined, signal: AbortSignal | undefined, what: string): Promise<HttpResponse> {
+  private async get(
+    ep: Endpoint,
+    repo: string,
+    path: string,
+    accept: string | undefined,
+    signal: AbortSignal | undefined,
+    what: string,
+  ): Promise<HttpResponse> {
     const scope = `repository:${repo}:pull`;
     // Tokens belong to the credentials that earned them: a pull without (or with other)
     // credentials must never ride on someone else's token.
@@ -146,7 +155,7 @@ export class RegistryClient {
     const attempts = this.opts.images.pull_attempts;
     let answeredChallenge = false;
     let lastError: unknown;
-    for (let attempt = 1; attempt <= attempts; ) {
+    for (let attempt = 1; attempt <= attempts;) {
       const headers: Record<string, string> = { 'user-agent': 'berth' };
       if (accept) headers.accept = accept;
       const auth = ep.credentials?.registryToken
@@ -192,13 +201,23 @@ export class RegistryClient {
     throw new BerthError('Unavailable', `${what}: registry ${ep.host} unreachable after ${attempts} attempts: ${messageOf(lastError)}`);
   }
 
-  private async answerChallenge(ep: Endpoint, header: string | undefined, scope: string, tokenKey: string, signal: AbortSignal | undefined, what: string): Promise<void> {
+  private async answerChallenge(
+    ep: Endpoint,
+    header: string | undefined,
+    scope: string,
+    tokenKey: string,
+    signal: AbortSignal | undefined,
+    what: string,
+  ): Promise<void> {
     const challenge = parseChallenge(header);
     const creds = ep.credentials;
     if (!challenge) throw new BerthError('Unauthenticated', `${what}: registry ${ep.host} requires authentication but sent no usable challenge`);
     if (challenge.scheme === 'basic') {
       if (!hasCredentials(creds) || !creds?.username) {
-        throw new BerthError('Unauthenticated', `${what}: registry ${ep.host} requires a username and password (pass them with the pull, or set registries."${ep.host}".username/password)`);
+        throw new BerthError(
+          'Unauthenticated',
+          `${what}: registry ${ep.host} requires a username and password (pass them with the pull, or set registries."${ep.host}".username/password)`,
+        );
       }
       // Remember only that the registry wants Basic; the header is built from each
       // request's own credentials.
@@ -258,7 +277,15 @@ export class RegistryClient {
   }
 
   /** GET /v2/<repo>/manifests/<reference> at one endpoint. */
-  async fetchManifest(ep: Endpoint, repo: string, reference: string, accept: string[], maxBytes: number, signal: AbortSignal | undefined, what: string): Promise<FetchedManifest> {
+  async fetchManifest(
+    ep: Endpoint,
+    repo: string,
+    reference: string,
+    accept: string[],
+    maxBytes: number,
+    signal: AbortSignal | undefined,
+    what: string,
+  ): Promise<FetchedManifest> {
     const res = await this.get(ep, repo, `${repo}/manifests/${reference}`, accept.join(', '), signal, what);
     if (res.status === 404) {
       const msg = await registryMessage(res);
@@ -293,7 +320,10 @@ export class RegistryClient {
     }
     if (res.status !== 200) {
       const msg = await registryMessage(res);
-      throw new BerthError(res.status === 403 ? 'PermissionDenied' : 'Unavailable', `${what}: registry ${ep.host} answered ${res.status}${msg ? ` (${msg})` : ''}`);
+      throw new BerthError(
+        res.status === 403 ? 'PermissionDenied' : 'Unavailable',
+        `${what}: registry ${ep.host} answered ${res.status}${msg ? ` (${msg})` : ''}`,
+      );
     }
     const declared = Number(res.headers['content-length'] ?? NaN);
     if (Number.isFinite(declared) && declared !== size) {
@@ -319,11 +349,13 @@ export class RegistryClient {
     res.body.on('error', (err) => {
       if (signal?.aborted) exact.destroy(signal.reason as Error);
       else if (err instanceof NetworkError) exact.destroy(new BerthError('Unavailable', `${what}: ${err.message} (after ${seen} of ${size} bytes)`));
-      else if (messageOf(err) === 'aborted' || errnoOf(err) === 'ECONNRESET') exact.destroy(new BerthError('DataLoss', `${what}: truncated: connection closed after ${seen} of ${size} bytes from registry ${ep.host}`));
+      else if (messageOf(err) === 'aborted' || errnoOf(err) === 'ECONNRESET')
+        exact.destroy(new BerthError('DataLoss', `${what}: truncated: connection closed after ${seen} of ${size} bytes from registry ${ep.host}`));
       else exact.destroy(new BerthError('DataLoss', `${what}: transfer from registry ${ep.host} failed after ${seen} of ${size} bytes: ${messageOf(err)}`));
     });
     res.body.on('close', () => {
-      if (!res.body.complete) exact.destroy(new BerthError('DataLoss', `${what}: truncated: connection closed after ${seen} of ${size} bytes from registry ${ep.host}`));
+      if (!res.body.complete)
+        exact.destroy(new BerthError('DataLoss', `${what}: truncated: connection closed after ${seen} of ${size} bytes from registry ${ep.host}`));
     });
     exact.on('close', () => {
       if (!res.body.readableEnded) res.body.destroy();

@@ -30,7 +30,9 @@ export class SnapshotRepository {
     );
     this.deleteStmt = db.prepare<[number]>('DELETE FROM snapshots WHERE id = ?');
     this.allStmt = db.prepare<[], SnapshotRow>('SELECT * FROM snapshots');
-    this.usageStmt = db.prepare<[], { bytes: number; inodes: number }>('SELECT coalesce(sum(size_bytes), 0) AS bytes, coalesce(sum(inodes), 0) AS inodes FROM snapshots');
+    this.usageStmt = db.prepare<[], { bytes: number; inodes: number }>(
+      'SELECT coalesce(sum(size_bytes), 0) AS bytes, coalesce(sum(inodes), 0) AS inodes FROM snapshots',
+    );
     this.referencedKeysStmt = db.prepare<[], { chain_id: string }>('SELECT DISTINCT chain_id FROM image_layers');
   }
 
@@ -45,7 +47,9 @@ export class SnapshotRepository {
   /** Records a container's writable snapshot on `parentId`; returns its id. */
   prepareActive(key: string, parentId: number): number {
     return Number(
-      this.db.prepare<[string, number, number]>("INSERT INTO snapshots (kind, key, parent_id, created_at) VALUES ('active', ?, ?, ?)").run(key, parentId, Date.now()).lastInsertRowid,
+      this.db
+        .prepare<[string, number, number]>("INSERT INTO snapshots (kind, key, parent_id, created_at) VALUES ('active', ?, ?, ?)")
+        .run(key, parentId, Date.now()).lastInsertRowid,
     );
   }
 

@@ -21,9 +21,10 @@ port.on('message', (m: { type: 'unpack'; id: number; job: UnpackJob } | { type: 
   const ac = new AbortController();
   running.set(m.id, ac);
   const { job } = m;
-  unpackLayer(createReadStream(job.blobPath, { highWaterMark: 1 << 20 }), job.compression, job.target, { ...job.opts, signal: ac.signal }).then(
-    (result) => port.postMessage({ id: m.id, ok: true, result }),
-    (err: unknown) =>
-      port.postMessage({ id: m.id, ok: false, kind: err instanceof BerthError ? err.kind : undefined, message: messageOf(err) }),
-  ).finally(() => running.delete(m.id));
+  unpackLayer(createReadStream(job.blobPath, { highWaterMark: 1 << 20 }), job.compression, job.target, { ...job.opts, signal: ac.signal })
+    .then(
+      (result) => port.postMessage({ id: m.id, ok: true, result }),
+      (err: unknown) => port.postMessage({ id: m.id, ok: false, kind: err instanceof BerthError ? err.kind : undefined, message: messageOf(err) }),
+    )
+    .finally(() => running.delete(m.id));
 });

@@ -75,8 +75,7 @@ const MAX_QUEUED_BYTES = 1024 * 1024;
 const XATTR_BATCH = 1024;
 /** Files up to this size are written synchronously (see writeEntryDataSync). */
 const SYNC_WRITE_MAX = 512 * 1024;
-const OPEN_NEW_FILE =
-  fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
+const OPEN_NEW_FILE = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
 
 /**
  * Unpacks one layer blob (stream of the compressed blob) into the empty directory
@@ -159,10 +158,7 @@ class LayerUnpacker {
     const onAbort = (): void => fail(signal?.reason);
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      await Promise.all([
-        this.feed(decompressor, extract).catch(fail),
-        this.consume(extract).catch(fail),
-      ]);
+      await Promise.all([this.feed(decompressor, extract).catch(fail), this.consume(extract).catch(fail)]);
       if (!failure) await this.finish().catch(fail);
     } finally {
       signal?.removeEventListener('abort', onAbort);
@@ -186,8 +182,7 @@ class LayerUnpacker {
         if (this.tarBytes > this.opts.maxBytes) {
           throw new BerthError(
             'ResourceExhausted',
-            `layer ${this.layer}: expands beyond the configured limit of ${this.opts.maxBytes} bytes ` +
-              '(images.max_layer_bytes)',
+            `layer ${this.layer}: expands beyond the configured limit of ${this.opts.maxBytes} bytes ` + '(images.max_layer_bytes)',
           );
         }
         this.hash.update(chunk);
@@ -214,10 +209,7 @@ class LayerUnpacker {
 
   private async onEntry(header: Header, data: EntryStream): Promise<void> {
     if (++this.entries > this.maxEntries) {
-      throw new BerthError(
-        'ResourceExhausted',
-        `layer ${this.layer}: has more than ${this.maxEntries} entries, the limit for one layer`,
-      );
+      throw new BerthError('ResourceExhausted', `layer ${this.layer}: has more than ${this.maxEntries} entries, the limit for one layer`);
     }
     const name = header.name;
     try {
@@ -255,10 +247,7 @@ class LayerUnpacker {
         case 'fifo':
           return await this.specialFile(parts, name, type, header, meta, this.xattrsOf(header));
         default:
-          throw this.unsafe(
-            `entry ${JSON.stringify(name)} has a tar entry type berth cannot unpack ` +
-              '(such as a GNU sparse file or a volume label)',
-          );
+          throw this.unsafe(`entry ${JSON.stringify(name)} has a tar entry type berth cannot unpack ` + '(such as a GNU sparse file or a volume label)');
       }
     } catch (err) {
       if (err instanceof BerthError || err instanceof TarError) throw err;
@@ -386,20 +375,13 @@ class LayerUnpacker {
     this.queueXattrs(rel, xattrs);
   }
 
-  private async file(
-    parts: readonly string[],
-    name: string,
-    meta: Metadata,
-    data: EntryStream,
-    xattrs: Xattrs,
-  ): Promise<void> {
+  private async file(parts: readonly string[], name: string, meta: Metadata, data: EntryStream, xattrs: Xattrs): Promise<void> {
     const rel = parts.join('/');
     const path = this.abs(rel);
     let fd = -1;
     await this.create(parts, name, false, () => (fd = fs.openSync(path, OPEN_NEW_FILE, 0o600)));
     try {
-      this.fileBytes +=
-        meta.size <= SYNC_WRITE_MAX ? await writeEntryDataSync(fd, data) : await writeEntryData(fd, data);
+      this.fileBytes += meta.size <= SYNC_WRITE_MAX ? await writeEntryDataSync(fd, data) : await writeEntryData(fd, data);
       fs.fchownSync(fd, meta.uid, meta.gid);
       fs.fchmodSync(fd, meta.mode); // after chown, which clears setuid and setgid
       fs.futimesSync(fd, meta.times[0], meta.times[1]);
@@ -409,13 +391,7 @@ class LayerUnpacker {
     this.queueXattrs(rel, xattrs);
   }
 
-  private async symlink(
-    parts: readonly string[],
-    name: string,
-    target: string | null,
-    meta: Metadata,
-    xattrs: Xattrs,
-  ): Promise<void> {
+  private async symlink(parts: readonly string[], name: string, target: string | null, meta: Metadata, xattrs: Xattrs): Promise<void> {
     const rel = parts.join('/');
     if (!target) throw this.unsafe(`symlink ${JSON.stringify(name)} has an empty target`);
     const path = this.abs(rel);
@@ -477,10 +453,7 @@ class LayerUnpacker {
     this.ensureParents(parts, name);
     await this.clear(parts, false); // cleared first: mknod is a separate tool
     const path = this.abs(rel);
-    const args =
-      type === 'fifo'
-        ? [path, 'p']
-        : [path, type === 'character-device' ? 'c' : 'b', String(header.devmajor), String(header.devminor)];
+    const args = type === 'fifo' ? [path, 'p'] : [path, type === 'character-device' ? 'c' : 'b', String(header.devmajor), String(header.devminor)];
     await this.mknod(args);
     fs.lchownSync(path, meta.uid, meta.gid);
     fs.chmodSync(path, meta.mode); // path is the node just made, not a symlink
@@ -599,7 +572,10 @@ class LayerUnpacker {
       throw new BerthError('FailedPrecondition', `layer ${this.layer}: ${needs}: ${messageOf(error)}`);
     }
     if (code === 0) return;
-    const lines = stderr.trim().split('\n').filter((l) => l !== '');
+    const lines = stderr
+      .trim()
+      .split('\n')
+      .filter((l) => l !== '');
     const serious = lenient ? lines.filter((l) => !/: Operation not (supported|permitted)$/.test(l)) : lines;
     if (serious.length > 0 || lines.length === 0) {
       const why = (serious[0] ?? `setfattr exited with ${code}`).slice(0, 500);
@@ -678,8 +654,13 @@ function quote(s: string): string {
   let out = '';
   for (const byte of Buffer.from(s, 'utf8')) {
     const safe =
-      (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a) ||
-      byte === 0x2e || byte === 0x2f || byte === 0x5f || byte === 0x2d;
+      (byte >= 0x30 && byte <= 0x39) ||
+      (byte >= 0x41 && byte <= 0x5a) ||
+      (byte >= 0x61 && byte <= 0x7a) ||
+      byte === 0x2e ||
+      byte === 0x2f ||
+      byte === 0x5f ||
+      byte === 0x2d;
     out += safe ? String.fromCharCode(byte) : `\\${byte.toString(8).padStart(3, '0')}`;
   }
   return out;
@@ -835,7 +816,7 @@ async function writeEntryDataSync(fd: number, data: EntryStream): Promise<number
   try {
     for await (const chunk of data) {
       try {
-        for (let off = 0; off < chunk.length; ) off += fs.writeSync(fd, chunk, off);
+        for (let off = 0; off < chunk.length;) off += fs.writeSync(fd, chunk, off);
       } catch (err) {
         writeError = err;
         throw err;
@@ -936,10 +917,7 @@ function openDecompressor(source: Readable, compression: LayerCompression, layer
   });
   const failed = (): BerthError => {
     if (spawnError !== undefined) {
-      return new BerthError(
-        'FailedPrecondition',
-        `layer ${layer}: zstd layers need the zstd tool on the host (Debian package zstd): ${messageOf(spawnError)}`,
-      );
+      return new BerthError('FailedPrecondition', `layer ${layer}: zstd layers need the zstd tool on the host (Debian package zstd): ${messageOf(spawnError)}`);
     }
     return new BerthError('DataLoss', `layer ${layer}: corrupt zstd data: ${stderr.trim() || 'zstd failed'}`);
   };
@@ -962,11 +940,7 @@ function openDecompressor(source: Readable, compression: LayerCompression, layer
 }
 
 /** Runs a short host tool to completion (never rejects). */
-function run(
-  cmd: string,
-  args: string[],
-  input: string | undefined,
-): Promise<{ code: number | null; stderr: string; error?: unknown }> {
+function run(cmd: string, args: string[], input: string | undefined): Promise<{ code: number | null; stderr: string; error?: unknown }> {
   return new Promise((done) => {
     const child = spawn(cmd, args, {
       stdio: [input === undefined ? 'ignore' : 'pipe', 'ignore', 'pipe'],

@@ -122,10 +122,23 @@ export class CniNetwork {
     const first = failures[0];
     if (!first) return;
     if (failures.length === 1) throw first;
-    throw new BerthError(first.kind, `${first.message} (and ${failures.length - 1} more: ${failures.slice(1).map((f) => f.message).join('; ')})`, { cause: first });
+    throw new BerthError(
+      first.kind,
+      `${first.message} (and ${failures.length - 1} more: ${failures
+        .slice(1)
+        .map((f) => f.message)
+        .join('; ')})`,
+      { cause: first },
+    );
   }
 
-  private async invoke(command: CniCommand, plugin: CniPluginConf, rt: CniRuntimeConf, prev: CniResult | undefined, signal: AbortSignal | undefined): Promise<string> {
+  private async invoke(
+    command: CniCommand,
+    plugin: CniPluginConf,
+    rt: CniRuntimeConf,
+    prev: CniResult | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<string> {
     const problem = pluginTypeProblem(plugin.type);
     if (problem) throw new BerthError('InvalidArgument', problem);
     const file = await findPlugin(plugin.type, this.binDirs);

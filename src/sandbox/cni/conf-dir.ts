@@ -23,9 +23,7 @@ export interface CniNetworkList {
   file: string;
 }
 
-export type NetworkLookup =
-  | { found: true; network: CniNetworkList; skipped: string[] }
-  | { found: false; reason: string; skipped: string[] };
+export type NetworkLookup = { found: true; network: CniNetworkList; skipped: string[] } | { found: false; reason: string; skipped: string[] };
 
 const EXTENSIONS = ['.conflist', '.conf', '.json'];
 /** A network config is a few KiB; anything far larger is not one. */

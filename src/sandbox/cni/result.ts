@@ -75,7 +75,8 @@ export function parseResult(stdout: string, fallbackVersion: string): CniResult 
     for (const [i, ip] of (out.ips as unknown[]).entries()) {
       if (typeof ip !== 'object' || ip === null) return `the result's ips[${i}] is not an object`;
       const { address, interface: index } = ip as { address?: unknown; interface?: unknown };
-      if (typeof address !== 'string' || !parseCidr(address)) return `the result's ips[${i}].address ${JSON.stringify(address)} is not an address with prefix length`;
+      if (typeof address !== 'string' || !parseCidr(address))
+        return `the result's ips[${i}].address ${JSON.stringify(address)} is not an address with prefix length`;
       if (index !== undefined && (typeof index !== 'number' || !Number.isInteger(index) || index < 0 || index >= nIfs)) {
         return `the result's ips[${i}].interface ${JSON.stringify(index)} is not an index into "interfaces"`;
       }

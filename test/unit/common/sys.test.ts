@@ -41,11 +41,14 @@ describe('common/sys: the native addon', () => {
 
     it('finds a command on PATH and throws ENOENT, naming it, for a missing one', async () => {
       assert.equal((await execProcess('true', [])).code, 0);
-      assert.throws(() => spawnProcess('/nonexistent/berth-no-such-binary', []), (err: NodeJS.ErrnoException) => {
-        assert.equal(err.code, 'ENOENT');
-        assert.match(err.message, /berth-no-such-binary/);
-        return true;
-      });
+      assert.throws(
+        () => spawnProcess('/nonexistent/berth-no-such-binary', []),
+        (err: NodeJS.ErrnoException) => {
+          assert.equal(err.code, 'ENOENT');
+          assert.match(err.message, /berth-no-such-binary/);
+          return true;
+        },
+      );
     });
 
     it('feeds input on stdin', async () => {
@@ -59,12 +62,18 @@ describe('common/sys: the native addon', () => {
       const lines = r.stdout.trim().split('\n');
       const fds = lines.filter((l) => /^\d+$/.test(l)).map(Number);
       // 0, 1, 2, and the one `ls` opened to list the directory.
-      assert.deepEqual(fds.filter((fd) => fd <= 2), [0, 1, 2]);
+      assert.deepEqual(
+        fds.filter((fd) => fd <= 2),
+        [0, 1, 2],
+      );
       assert.ok(fds.length <= 4, `descriptors in the child: ${fds.join(' ')}`);
       // The shell may ignore a few job-control signals itself, but never SIGPIPE (bit 13).
       const sigIgn = BigInt(`0x${lines.find((l) => l.startsWith('SigIgn'))!.split(/\s+/)[1]}`);
       assert.equal(sigIgn & (1n << 12n), 0n, `SIGPIPE is ignored in the child: SigIgn ${sigIgn.toString(16)}`);
-      assert.match(lines.find((l) => l.startsWith('SigBlk'))!, /SigBlk:\s+0+$/);
+      assert.match(
+        lines.find((l) => l.startsWith('SigBlk'))!,
+        /SigBlk:\s+0+$/,
+      );
     });
 
     it('maps extra descriptors (3, 4…) in both directions, as conmon sync and start pipes', async () => {
@@ -175,4 +184,3 @@ describe('common/sys: the native addon', () => {
     });
   });
 });
-

@@ -47,7 +47,10 @@ describe('config loading', () => {
   });
 
   it('rejects an unknown key, naming the file and the key', () => {
-    assert.throws(() => load('sokcet = "/x"\n'), (e: Error) => e instanceof ConfigError && e.message === `${file}: unknown key 'sokcet'`);
+    assert.throws(
+      () => load('sokcet = "/x"\n'),
+      (e: Error) => e instanceof ConfigError && e.message === `${file}: unknown key 'sokcet'`,
+    );
     assert.throws(() => load('[cni]\nconfdir = "/x"\n'), /unknown key 'cni.confdir'/);
     assert.throws(() => load('[images]\nx = 1\n'), /unknown key 'images.x'/);
     assert.throws(() => load('[volumes]\nx = 1\n'), /unknown key 'volumes'/);
@@ -64,7 +67,10 @@ describe('config loading', () => {
 
   it('names the drop-in that is wrong', () => {
     writeFileSync(join(dir, 'config.d', '50-bad.toml'), 'cgroup_driver = "cgroupv3"\n');
-    assert.throws(() => load(''), (e: Error) => e.message.startsWith(join(dir, 'config.d', '50-bad.toml') + ": key 'cgroup_driver'"));
+    assert.throws(
+      () => load(''),
+      (e: Error) => e.message.startsWith(join(dir, 'config.d', '50-bad.toml') + ": key 'cgroup_driver'"),
+    );
   });
 
   it('rejects invalid TOML and a missing --config file', () => {
@@ -81,10 +87,16 @@ describe('config loading', () => {
     assert.equal(config.registries['127.0.0.1:5001']!.username, 'u');
     assert.equal(config.registries['127.0.0.1:5001']!.insecure_skip_verify, true);
     assert.throws(() => load('[registries."docker.io"]\nmirors = []\n'), /unknown key 'registries\."docker\.io"\.mirors'/);
-    assert.throws(() => load('[registries."docker.io"]\nmirrors = ["ftp://x"]\n'), /key 'registries\."docker\.io"\.mirrors': item 0: "ftp:\/\/x" must be http:\/\/ or https:\/\//);
+    assert.throws(
+      () => load('[registries."docker.io"]\nmirrors = ["ftp://x"]\n'),
+      /key 'registries\."docker\.io"\.mirrors': item 0: "ftp:\/\/x" must be http:\/\/ or https:\/\//,
+    );
     assert.throws(() => load('[registries."docker.io"]\nmirrors = ["http://u:p@m"]\n'), /put credentials in the mirror's own/);
     assert.throws(() => load('registries = 1\n'), /key 'registries': expected a table/);
-    assert.throws(() => load('[images]\nmax_concurrent_downloads = 0\n'), /key 'images.max_concurrent_downloads': expected an integer from 1 to 64, got number 0/);
+    assert.throws(
+      () => load('[images]\nmax_concurrent_downloads = 0\n'),
+      /key 'images.max_concurrent_downloads': expected an integer from 1 to 64, got number 0/,
+    );
   });
 
   it('never prints registry passwords', () => {

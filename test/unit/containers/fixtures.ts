@@ -64,15 +64,7 @@ export const PASSWD = [
   '',
 ].join('\n');
 
-export const GROUP = [
-  'root:x:0:',
-  'daemon:x:1:',
-  'wheel:x:10:root,app',
-  'www-data:x:33:',
-  'audio:x:29:app',
-  'app:x:1000:',
-  'staff:x:50:daemon',
-].join('\n');
+export const GROUP = ['root:x:0:', 'daemon:x:1:', 'wheel:x:10:root,app', 'www-data:x:33:', 'audio:x:29:app', 'app:x:1000:', 'staff:x:50:daemon'].join('\n');
 
 export function input(over: Partial<ContainerSpecInput> = {}): ContainerSpecInput {
   return {

@@ -64,8 +64,16 @@ describe('container spec: runs under runc', function () {
           linux: {
             security_context: securityContext(sc),
             resources: {
-              cpu_period: 100000, cpu_quota: 50000, cpu_shares: 256, memory_limit_in_bytes: 128 << 20, oom_score_adj: -998,
-              cpuset_cpus: '', cpuset_mems: '', hugepage_limits: [], unified: {}, memory_swap_limit_in_bytes: 0,
+              cpu_period: 100000,
+              cpu_quota: 50000,
+              cpu_shares: 256,
+              memory_limit_in_bytes: 128 << 20,
+              oom_score_adj: -998,
+              cpuset_cpus: '',
+              cpuset_mems: '',
+              hugepage_limits: [],
+              unified: {},
+              memory_swap_limit_in_bytes: 0,
             },
           },
         }),
@@ -74,8 +82,13 @@ describe('container spec: runs under runc', function () {
         rootfs,
         sandbox: {
           ...base.sandbox,
-          netnsPath: undefined, ipcnsPath: undefined, utsnsPath: undefined, shmPath: undefined,
-          hostsPath: join(pod, 'hosts'), resolvConfPath: join(pod, 'resolv.conf'), hostnamePath: join(pod, 'hostname'),
+          netnsPath: undefined,
+          ipcnsPath: undefined,
+          utsnsPath: undefined,
+          shmPath: undefined,
+          hostsPath: join(pod, 'hosts'),
+          resolvConfPath: join(pod, 'resolv.conf'),
+          hostnamePath: join(pod, 'hostname'),
           cgroupParent: '/',
         },
         minOomScoreAdj: Number(readFileSync('/proc/self/oom_score_adj', 'utf8').trim()),
@@ -97,7 +110,11 @@ describe('container spec: runs under runc', function () {
   };
 
   it('runs busybox as root with seccomp filtering and the default capabilities', () => {
-    const r = run('root', { seccomp: { profile_type: 'RuntimeDefault', localhost_ref: '' } }, 'id; grep -E "^(Seccomp|CapEff):" /proc/self/status; hostname; ls / >/dev/null && ps >/dev/null && sleep 0.1 && cat /etc/hosts >/dev/null && echo tools-ok; nc -w 1 127.0.0.1 1 </dev/null 2>&1; echo nc-done');
+    const r = run(
+      'root',
+      { seccomp: { profile_type: 'RuntimeDefault', localhost_ref: '' } },
+      'id; grep -E "^(Seccomp|CapEff):" /proc/self/status; hostname; ls / >/dev/null && ps >/dev/null && sleep 0.1 && cat /etc/hosts >/dev/null && echo tools-ok; nc -w 1 127.0.0.1 1 </dev/null 2>&1; echo nc-done',
+    );
     assert.equal(r.status, 0, r.out);
     assert.match(r.out, /uid=0\(root\) gid=0\(root\) groups=0\(root\),10\(wheel\)/);
     assert.match(r.out, /Seccomp:\s+2/);
@@ -112,7 +129,13 @@ describe('container spec: runs under runc', function () {
   it('runs as a non-root user with its image groups, no capabilities and no_new_privs', () => {
     const r = run(
       'user',
-      { run_as_user: { value: 1000 }, supplemental_groups: [2000], no_new_privs: true, seccomp: { profile_type: 'RuntimeDefault', localhost_ref: '' }, capabilities: { add_capabilities: [], drop_capabilities: ['ALL'] } },
+      {
+        run_as_user: { value: 1000 },
+        supplemental_groups: [2000],
+        no_new_privs: true,
+        seccomp: { profile_type: 'RuntimeDefault', localhost_ref: '' },
+        capabilities: { add_capabilities: [], drop_capabilities: ['ALL'] },
+      },
       'id; grep -E "^(CapEff|NoNewPrivs):" /proc/self/status',
     );
     assert.equal(r.status, 0, r.out);

@@ -73,9 +73,7 @@ describe('container spec: process args', () => {
   ];
   for (const c of cases) {
     it(c.name, () => {
-      const { spec } = generateSpec(
-        input({ image: image({ entrypoint: c.entrypoint, cmd: c.cmd }), config: config({ command: c.command, args: c.args }) }),
-      );
+      const { spec } = generateSpec(input({ image: image({ entrypoint: c.entrypoint, cmd: c.cmd }), config: config({ command: c.command, args: c.args }) }));
       assert.deepEqual(spec.process.args, c.want);
     });
   }
@@ -93,7 +91,12 @@ describe('container spec: env and working dir', () => {
     const { spec } = generateSpec(
       input({
         image: image({ env: ['PATH=/img/bin', 'A=1', 'B=2', 'NOVALUE'] }),
-        config: config({ envs: [{ key: 'B', value: 'cri' }, { key: 'C', value: 'x=y' }] }),
+        config: config({
+          envs: [
+            { key: 'B', value: 'cri' },
+            { key: 'C', value: 'x=y' },
+          ],
+        }),
       }),
     );
     assert.deepEqual(spec.process.env, ['HOSTNAME=web-0', 'PATH=/img/bin', 'A=1', 'B=cri', 'NOVALUE', 'C=x=y']);
@@ -137,9 +140,17 @@ describe('container spec: user', () => {
     { name: 'image uid:group', imageUser: '1:www-data', want: { uid: 1, gid: 33, additionalGids: [33, 50] } },
     { name: 'run_as_user overrides the image', imageUser: 'app', sc: { run_as_user: { value: 33 } }, want: { uid: 33, gid: 33, additionalGids: [33] } },
     { name: 'run_as_user unknown → gid 0', sc: { run_as_user: { value: 7777 } }, want: { uid: 7777, gid: 0, additionalGids: [0] } },
-    { name: 'run_as_user + run_as_group', sc: { run_as_user: { value: 1000 }, run_as_group: { value: 5 } }, want: { uid: 1000, gid: 5, additionalGids: [5, 10, 29] } },
+    {
+      name: 'run_as_user + run_as_group',
+      sc: { run_as_user: { value: 1000 }, run_as_group: { value: 5 } },
+      want: { uid: 1000, gid: 5, additionalGids: [5, 10, 29] },
+    },
     { name: 'run_as_username', sc: { run_as_username: 'daemon' }, want: { uid: 1, gid: 1, additionalGids: [1, 50] } },
-    { name: 'run_as_username + run_as_group', sc: { run_as_username: 'daemon', run_as_group: { value: 0 } }, want: { uid: 1, gid: 0, additionalGids: [0, 50] } },
+    {
+      name: 'run_as_username + run_as_group',
+      sc: { run_as_username: 'daemon', run_as_group: { value: 0 } },
+      want: { uid: 1, gid: 0, additionalGids: [0, 50] },
+    },
     {
       name: 'supplemental groups are added once',
       sc: { run_as_user: { value: 1000 }, supplemental_groups: [29, 2000, 2000] },
@@ -175,7 +186,12 @@ describe('container spec: capabilities', () => {
   const sorted = (xs: readonly string[]): string[] => [...xs].sort();
   const cases: Array<{ name: string; add: string[]; drop: string[]; want: string[] }> = [
     { name: 'default set', add: [], drop: [], want: sorted(DEFAULT_CAPABILITIES) },
-    { name: 'add without prefix, any case', add: ['net_admin', 'CAP_SYS_TIME'], drop: [], want: sorted([...DEFAULT_CAPABILITIES, 'CAP_NET_ADMIN', 'CAP_SYS_TIME']) },
+    {
+      name: 'add without prefix, any case',
+      add: ['net_admin', 'CAP_SYS_TIME'],
+      drop: [],
+      want: sorted([...DEFAULT_CAPABILITIES, 'CAP_NET_ADMIN', 'CAP_SYS_TIME']),
+    },
     { name: 'drop', add: [], drop: ['NET_RAW', 'cap_mknod'], want: sorted(DEFAULT_CAPABILITIES.filter((c) => c !== 'CAP_NET_RAW' && c !== 'CAP_MKNOD')) },
     { name: 'drop ALL', add: [], drop: ['ALL'], want: [] },
     { name: 'drop ALL, add some back', add: ['KILL', 'chown'], drop: ['all'], want: ['CAP_CHOWN', 'CAP_KILL'] },
@@ -217,7 +233,10 @@ describe('container spec: capabilities', () => {
   });
 
   it('refuses unknown capabilities, naming the field', () => {
-    invalid(() => generateSpec(withSc({ capabilities: { add_capabilities: ['FLY'], drop_capabilities: [] } })), /add_capabilities\[0\]: unknown capability "FLY"/);
+    invalid(
+      () => generateSpec(withSc({ capabilities: { add_capabilities: ['FLY'], drop_capabilities: [] } })),
+      /add_capabilities\[0\]: unknown capability "FLY"/,
+    );
     invalid(() => generateSpec(withSc({ capabilities: { add_capabilities: [], drop_capabilities: ['CAP_X'] } })), /drop_capabilities\[0\]/);
   });
 });
@@ -294,15 +313,18 @@ describe('container spec: seccomp', () => {
   });
 
   it('arm64 images get the arm architectures', () => {
-    const s = generateSpec(withSc({ seccomp: { profile_type: 'RuntimeDefault', localhost_ref: '' } }, { image: { ...image(), architecture: 'arm64' } }))
-      .spec.linux.seccomp!;
+    const s = generateSpec(withSc({ seccomp: { profile_type: 'RuntimeDefault', localhost_ref: '' } }, { image: { ...image(), architecture: 'arm64' } })).spec
+      .linux.seccomp!;
     assert.deepEqual(s.architectures, ['SCMP_ARCH_AARCH64', 'SCMP_ARCH_ARM']);
   });
 
   it('Localhost: the provided profile', () => {
     const profile = { defaultAction: 'SCMP_ACT_LOG', syscalls: [] };
     const { spec } = generateSpec(
-      withSc({ seccomp: { profile_type: 'Localhost', localhost_ref: '/var/lib/kubelet/seccomp/audit.json' } }, { localhostSeccomp: { '/var/lib/kubelet/seccomp/audit.json': profile } }),
+      withSc(
+        { seccomp: { profile_type: 'Localhost', localhost_ref: '/var/lib/kubelet/seccomp/audit.json' } },
+        { localhostSeccomp: { '/var/lib/kubelet/seccomp/audit.json': profile } },
+      ),
     );
     assert.deepEqual(spec.linux.seccomp, profile);
   });
@@ -334,19 +356,28 @@ describe('container spec: mounts', () => {
       '/sys/fs/cgroup',
     ]);
     const { spec } = generateSpec(input());
-    assert.deepEqual(spec.mounts.find((m) => m.destination === '/sys'), { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] });
-    assert.deepEqual(spec.mounts.find((m) => m.destination === '/etc/hosts'), {
-      destination: '/etc/hosts',
-      type: 'bind',
-      source: '/var/lib/berth/sandboxes/sb1/hosts',
-      options: ['rbind', 'rprivate'],
-    });
-    assert.deepEqual(spec.mounts.find((m) => m.destination === '/dev/shm'), {
-      destination: '/dev/shm',
-      type: 'bind',
-      source: '/var/lib/berth/sandboxes/sb1/shm',
-      options: ['rbind', 'rprivate'],
-    });
+    assert.deepEqual(
+      spec.mounts.find((m) => m.destination === '/sys'),
+      { destination: '/sys', type: 'sysfs', source: 'sysfs', options: ['nosuid', 'noexec', 'nodev', 'ro'] },
+    );
+    assert.deepEqual(
+      spec.mounts.find((m) => m.destination === '/etc/hosts'),
+      {
+        destination: '/etc/hosts',
+        type: 'bind',
+        source: '/var/lib/berth/sandboxes/sb1/hosts',
+        options: ['rbind', 'rprivate'],
+      },
+    );
+    assert.deepEqual(
+      spec.mounts.find((m) => m.destination === '/dev/shm'),
+      {
+        destination: '/dev/shm',
+        type: 'bind',
+        source: '/var/lib/berth/sandboxes/sb1/shm',
+        options: ['rbind', 'rprivate'],
+      },
+    );
   });
 
   it('/dev/shm: a tmpfs without a pod shm, the host one with host IPC', () => {
@@ -367,18 +398,25 @@ describe('container spec: mounts', () => {
     ];
     const { spec } = generateSpec(input({ config: config({ mounts }) }));
     assert.deepEqual(spec.mounts.find((m) => m.destination === '/data')!.options, ['rbind', 'rprivate', 'ro']);
-    assert.deepEqual(spec.mounts.find((m) => m.destination === '/logs')!, { destination: '/logs', type: 'bind', source: '/var/log', options: ['rbind', 'rslave'] });
+    assert.deepEqual(
+      spec.mounts.find((m) => m.destination === '/logs')!,
+      { destination: '/logs', type: 'bind', source: '/var/log', options: ['rbind', 'rslave'] },
+    );
     assert.equal(spec.linux.rootfsPropagation, 'rslave');
-    const bidi = generateSpec(
-      input({ config: config({ mounts: [{ ...mounts[0]!, propagation: 'PROPAGATION_BIDIRECTIONAL' }, mounts[1]!] }) }),
-    ).spec;
+    const bidi = generateSpec(input({ config: config({ mounts: [{ ...mounts[0]!, propagation: 'PROPAGATION_BIDIRECTIONAL' }, mounts[1]!] }) })).spec;
     assert.deepEqual(bidi.mounts.find((m) => m.destination === '/data')!.options, ['rbind', 'rshared', 'ro']);
     assert.equal(bidi.linux.rootfsPropagation, 'rshared');
     assert.equal(generateSpec(input()).spec.linux.rootfsPropagation, undefined);
   });
 
   it('lets CRI mounts replace the pod files and /dev, and sorts parents before children', () => {
-    const m = (p: string, h = '/h' + p) => ({ container_path: p, host_path: h, readonly: false, selinux_relabel: false, propagation: 'PROPAGATION_PRIVATE' as const });
+    const m = (p: string, h = '/h' + p) => ({
+      container_path: p,
+      host_path: h,
+      readonly: false,
+      selinux_relabel: false,
+      propagation: 'PROPAGATION_PRIVATE' as const,
+    });
     const { spec } = generateSpec(input({ config: config({ mounts: [m('/a/b/c'), m('/etc/hosts', '/my/hosts'), m('/a'), m('/dev'), m('/a/b')] }) }));
     const d = spec.mounts.map((x) => x.destination);
     assert.equal(spec.mounts.filter((x) => x.destination === '/etc/hosts').length, 1);
@@ -398,7 +436,12 @@ describe('container spec: mounts', () => {
   for (const [name, p, re] of bad) {
     it(`refuses a ${name}`, () => {
       invalid(
-        () => generateSpec(input({ config: config({ mounts: [{ container_path: p, host_path: '/x', readonly: false, selinux_relabel: false, propagation: 'PROPAGATION_PRIVATE' }] }) })),
+        () =>
+          generateSpec(
+            input({
+              config: config({ mounts: [{ container_path: p, host_path: '/x', readonly: false, selinux_relabel: false, propagation: 'PROPAGATION_PRIVATE' }] }),
+            }),
+          ),
         re,
       );
     });
@@ -407,7 +450,20 @@ describe('container spec: mounts', () => {
   it('refuses a relative host_path and a duplicate destination', () => {
     const m = { container_path: '/d', host_path: 'rel', readonly: false, selinux_relabel: false, propagation: 'PROPAGATION_PRIVATE' as const };
     invalid(() => generateSpec(input({ config: config({ mounts: [m] }) })), /mounts\[0\]\.host_path/);
-    invalid(() => generateSpec(input({ config: config({ mounts: [{ ...m, host_path: '/a' }, { ...m, host_path: '/b' }] }) })), /mounts\[1\]\.container_path "\/d" is mounted twice/);
+    invalid(
+      () =>
+        generateSpec(
+          input({
+            config: config({
+              mounts: [
+                { ...m, host_path: '/a' },
+                { ...m, host_path: '/b' },
+              ],
+            }),
+          }),
+        ),
+      /mounts\[1\]\.container_path "\/d" is mounted twice/,
+    );
   });
 });
 
@@ -490,10 +546,16 @@ describe('container spec: namespaces', () => {
   });
 
   it('ipc CONTAINER gets its own; namespaces without a sandbox path are created', () => {
-    assert.deepEqual(ns('POD', 'CONTAINER', 'CONTAINER').linux.namespaces.find((n) => n.type === 'ipc'), { type: 'ipc' });
+    assert.deepEqual(
+      ns('POD', 'CONTAINER', 'CONTAINER').linux.namespaces.find((n) => n.type === 'ipc'),
+      { type: 'ipc' },
+    );
     const base = input();
     const bare = ns('POD', 'CONTAINER', 'POD', { sandbox: { ...base.sandbox, netnsPath: undefined, utsnsPath: undefined, ipcnsPath: undefined } });
-    assert.deepEqual(bare.linux.namespaces.map((n) => n.path), [undefined, undefined, undefined, undefined, undefined, undefined]);
+    assert.deepEqual(
+      bare.linux.namespaces.map((n) => n.path),
+      [undefined, undefined, undefined, undefined, undefined, undefined],
+    );
     assert.equal(bare.hostname, 'web-0');
   });
 
@@ -505,16 +567,25 @@ describe('container spec: namespaces', () => {
         sandbox: { ...base.sandbox, hostNetwork: true, hostPid: true, hostIpc: false },
       }),
     );
-    assert.deepEqual(spec.linux.namespaces.map((n) => n.type), ['ipc', 'mount', 'cgroup']);
+    assert.deepEqual(
+      spec.linux.namespaces.map((n) => n.type),
+      ['ipc', 'mount', 'cgroup'],
+    );
   });
 
   it('without namespace_options joins the pod’s shared PID namespace when it has one, as containerd does', () => {
     const base = input();
     const cfg = config({ linux: { security_context: { ...securityContext(), namespace_options: undefined } } });
     const shared = generateSpec(input({ config: cfg, sandbox: { ...base.sandbox, pidnsPath: '/run/berth/ns/sb1/pid' } })).spec;
-    assert.deepEqual(shared.linux.namespaces.find((n) => n.type === 'pid'), { type: 'pid', path: '/run/berth/ns/sb1/pid' });
+    assert.deepEqual(
+      shared.linux.namespaces.find((n) => n.type === 'pid'),
+      { type: 'pid', path: '/run/berth/ns/sb1/pid' },
+    );
     const own = generateSpec(input({ config: cfg })).spec;
-    assert.deepEqual(own.linux.namespaces.find((n) => n.type === 'pid'), { type: 'pid' });
+    assert.deepEqual(
+      own.linux.namespaces.find((n) => n.type === 'pid'),
+      { type: 'pid' },
+    );
   });
 
   it('refuses POD pid without an infra namespace and TARGET without a resolved target', () => {
@@ -616,9 +687,7 @@ describe('container spec: cgroups path', () => {
 
 describe('container spec: annotations, sysctls, AppArmor', () => {
   it('keeps CRI annotations and adds the container type and sandbox id (which win)', () => {
-    const { spec } = generateSpec(
-      input({ config: config({ annotations: { 'team': 'a', 'io.kubernetes.cri.sandbox-id': 'forged' } }) }),
-    );
+    const { spec } = generateSpec(input({ config: config({ annotations: { team: 'a', 'io.kubernetes.cri.sandbox-id': 'forged' } }) }));
     assert.deepEqual(spec.annotations, { team: 'a', 'io.kubernetes.cri.container-type': 'container', 'io.kubernetes.cri.sandbox-id': 'sb1' });
   });
 

@@ -61,12 +61,14 @@ describe('common', () => {
   it('KeyedLock runs one operation at a time per key, others freely, and survives failures', async () => {
     const lock = new KeyedLock();
     const order: string[] = [];
-    const step = (name: string, ms: number, fail = false) => async () => {
-      order.push(`${name}+`);
-      await new Promise((r) => setTimeout(r, ms));
-      order.push(`${name}-`);
-      if (fail) throw new Error(name);
-    };
+    const step =
+      (name: string, ms: number, fail = false) =>
+      async () => {
+        order.push(`${name}+`);
+        await new Promise((r) => setTimeout(r, ms));
+        order.push(`${name}-`);
+        if (fail) throw new Error(name);
+      };
     await Promise.allSettled([lock.run('a', step('a1', 30, true)), lock.run('a', step('a2', 1)), lock.run('b', step('b1', 1))]);
     assert.deepEqual(order, ['a1+', 'b1+', 'b1-', 'a1-', 'a2+', 'a2-']);
   });

@@ -28,7 +28,10 @@ describe('CNI conf dir lookup', () => {
     const r = await findNetwork(dir);
     assert.ok(r.found);
     assert.equal(r.network.name, 'berth');
-    assert.deepEqual(r.network.plugins.map((p) => p.type), ['bridge', 'portmap']);
+    assert.deepEqual(
+      r.network.plugins.map((p) => p.type),
+      ['bridge', 'portmap'],
+    );
     assert.equal(r.skipped.length, 1);
     assert.match(r.skipped[0]!, /05-broken.conflist: not valid JSON/);
   });

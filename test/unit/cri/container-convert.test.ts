@@ -44,7 +44,9 @@ function resources(r: Partial<LinuxContainerResources__Output>): LinuxContainerR
 
 describe('cri/container/convert', () => {
   it('echoes the ImageSpec kubelet sent: the image ID in image, the name in user_specified_image', () => {
-    const c = toCriContainer(record({ image: { image: 'sha256:' + 'a'.repeat(64), user_specified_image: 'nginx:1.25', annotations: { a: 'b' }, runtime_handler: '' } }));
+    const c = toCriContainer(
+      record({ image: { image: 'sha256:' + 'a'.repeat(64), user_specified_image: 'nginx:1.25', annotations: { a: 'b' }, runtime_handler: '' } }),
+    );
     assert.deepEqual(c.image, { image: 'sha256:' + 'a'.repeat(64), annotations: { a: 'b' }, user_specified_image: 'nginx:1.25', runtime_handler: '' });
     assert.deepEqual(toCriContainer(record({})).image, { image: 'sha256:' + 'a'.repeat(64), annotations: {}, user_specified_image: '', runtime_handler: '' });
   });
@@ -73,7 +75,11 @@ describe('cri/container/convert', () => {
   });
 
   it('specUser: process.user of the OCI spec', () => {
-    assert.deepEqual(specUser({ process: { user: { uid: 1000, gid: 1000, additionalGids: [1000, 3000] } } }), { uid: 1000, gid: 1000, supplemental_groups: [1000, 3000] });
+    assert.deepEqual(specUser({ process: { user: { uid: 1000, gid: 1000, additionalGids: [1000, 3000] } } }), {
+      uid: 1000,
+      gid: 1000,
+      supplemental_groups: [1000, 3000],
+    });
     assert.deepEqual(specUser({ process: { user: {} } }), { uid: 0, gid: 0, supplemental_groups: [] });
     assert.equal(specUser(undefined), undefined);
   });

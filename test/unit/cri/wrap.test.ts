@@ -88,7 +88,10 @@ describe('cri: the RPC wrapper', () => {
     const internal = await grpcError(c.runtime.RemoveContainer({ container_id: 'abc' }));
     assert.equal(internal.code, grpc.status.INTERNAL);
     assert.equal(internal.details, 'internal error: oops');
-    assert.ok(logLines.some((l) => l.includes('"rpc internal error"') && l.includes('TypeError: oops')), 'the stack is logged');
+    assert.ok(
+      logLines.some((l) => l.includes('"rpc internal error"') && l.includes('TypeError: oops')),
+      'the stack is logged',
+    );
     assert.equal(state.inflight, 0);
   });
 

@@ -42,8 +42,7 @@ function get(url: string, opts: { headers?: Record<string, string>; method?: str
   return new Promise((resolve, reject) => {
     const req = http.request(url, { method: opts.method ?? 'GET', headers: opts.headers, agent: false }, (res) => {
       const chunks: Buffer[] = [];
-      const done = (): void =>
-        resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), complete: res.complete });
+      const done = (): void => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks), complete: res.complete });
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', done);
       res.on('error', () => undefined);
@@ -123,14 +122,21 @@ describe('image test fixtures (hack/test-images/oci.ts, test/helpers/registry.ts
   }
 
   /** Fetches an image the way a puller would and checks every digest and diff ID. */
-  async function checkImage(img: PushedImage, expectType: string): Promise<{ manifest: { layers: Array<{ mediaType: string; digest: string; size: number }>; config: { mediaType: string } }; layers: Buffer[] }> {
+  async function checkImage(
+    img: PushedImage,
+    expectType: string,
+  ): Promise<{ manifest: { layers: Array<{ mediaType: string; digest: string; size: number }>; config: { mediaType: string } }; layers: Buffer[] }> {
     const res = await manifest(img.name, img.tag ?? img.digest);
     assert.equal(res.status, 200);
     assert.equal(res.headers['content-type'], expectType);
     assert.equal(res.headers['docker-content-digest'], img.digest);
     assert.equal(hex(res.body), img.digest);
     assert.equal(res.body.length, img.manifestSize);
-    const m = JSON.parse(res.body.toString()) as { mediaType: string; config: { mediaType: string; digest: string }; layers: Array<{ mediaType: string; digest: string; size: number }> };
+    const m = JSON.parse(res.body.toString()) as {
+      mediaType: string;
+      config: { mediaType: string; digest: string };
+      layers: Array<{ mediaType: string; digest: string; size: number }>;
+    };
     assert.equal(m.mediaType, expectType);
     assert.equal(m.config.digest, img.id);
     const config = JSON.parse((await blob(img.name, img.id)).toString()) as { rootfs: { diff_ids: string[] } };
@@ -153,7 +159,10 @@ describe('image test fixtures (hack/test-images/oci.ts, test/helpers/registry.ts
   it('pushes busybox as an OCI image with exact digests, a root filesystem and users', async () => {
     const { manifest: m, layers } = await checkImage(fx.busybox, MediaTypes.ociManifest);
     assert.equal(m.config.mediaType, MediaTypes.ociConfig);
-    assert.deepEqual(m.layers.map((l) => l.mediaType), [MediaTypes.ociLayerGzip]);
+    assert.deepEqual(
+      m.layers.map((l) => l.mediaType),
+      [MediaTypes.ociLayerGzip],
+    );
     assert.equal(fx.busybox.ref, `${registry.host}/berth-test/busybox:latest`);
     assert.equal(fx.busybox.config.architecture, hostPlatform().architecture);
     assert.deepEqual(fx.busybox.config.config.Cmd, ['sh']);
@@ -180,7 +189,10 @@ describe('image test fixtures (hack/test-images/oci.ts, test/helpers/registry.ts
   it('pushes the same busybox as a Docker schema2 image with the same image ID', async () => {
     const { manifest: m } = await checkImage(fx.busyboxDocker, MediaTypes.dockerManifest);
     assert.equal(m.config.mediaType, MediaTypes.dockerConfig);
-    assert.deepEqual(m.layers.map((l) => l.mediaType), [MediaTypes.dockerLayerGzip]);
+    assert.deepEqual(
+      m.layers.map((l) => l.mediaType),
+      [MediaTypes.dockerLayerGzip],
+    );
     assert.equal(fx.busyboxDocker.id, fx.busybox.id);
     assert.equal(fx.busyboxDocker.layers[0]!.digest, fx.busybox.layers[0]!.digest);
     assert.notEqual(fx.busyboxDocker.digest, fx.busybox.digest);
@@ -260,9 +272,15 @@ describe('image test fixtures (hack/test-images/oci.ts, test/helpers/registry.ts
       assert.equal(res.status, 200);
       assert.equal(res.headers['content-type'], indexType);
       assert.equal(res.headers['docker-content-digest'], idx.digest);
-      const body = JSON.parse(res.body.toString()) as { mediaType: string; manifests: Array<{ mediaType: string; digest: string; platform: { os: string; architecture: string; variant?: string } }> };
+      const body = JSON.parse(res.body.toString()) as {
+        mediaType: string;
+        manifests: Array<{ mediaType: string; digest: string; platform: { os: string; architecture: string; variant?: string } }>;
+      };
       assert.equal(body.mediaType, indexType);
-      assert.deepEqual(body.manifests.map((m) => m.digest), idx.images.map((i) => i.digest));
+      assert.deepEqual(
+        body.manifests.map((m) => m.digest),
+        idx.images.map((i) => i.digest),
+      );
       assert.ok(body.manifests.every((m) => m.mediaType === manifestType));
       assert.equal(body.manifests[0]!.platform.os, 'windows');
       assert.equal(body.manifests[0]!.platform.architecture, hostPlatform().architecture);
@@ -327,8 +345,13 @@ describe('image test fixtures (hack/test-images/oci.ts, test/helpers/registry.ts
 
       const img = await pushRandomImage(reg.host, 'bench/random', 'v1', 2, 300_000, 'zstd', { auth });
       assert.equal(img.layers.length, 2);
-      assert.ok(img.layers.every((l) => l.mediaType === MediaTypes.ociLayerZstd && l.size > 300_000), 'random data does not compress');
-      const m = await get(`${reg.url}/v2/bench/random/manifests/v1`, { headers: { accept: MediaTypes.ociManifest, authorization: basic(auth.user, auth.password) } });
+      assert.ok(
+        img.layers.every((l) => l.mediaType === MediaTypes.ociLayerZstd && l.size > 300_000),
+        'random data does not compress',
+      );
+      const m = await get(`${reg.url}/v2/bench/random/manifests/v1`, {
+        headers: { accept: MediaTypes.ociManifest, authorization: basic(auth.user, auth.password) },
+      });
       assert.equal(m.headers['docker-content-digest'], img.digest);
       assert.equal((await get(`${reg.url}/v2/bench/random/manifests/v1`, { headers: { accept: MediaTypes.ociManifest } })).status, 401);
     } finally {
@@ -344,7 +367,11 @@ describe('image test fixtures (hack/test-images/oci.ts, test/helpers/registry.ts
       await proxy?.stop();
     });
 
-    const layer = (): { name: string; digest: string; size: number } => ({ name: 'berth-test/busybox', digest: fx.busybox.layers[0]!.digest, size: fx.busybox.layers[0]!.size });
+    const layer = (): { name: string; digest: string; size: number } => ({
+      name: 'berth-test/busybox',
+      digest: fx.busybox.layers[0]!.digest,
+      size: fx.busybox.layers[0]!.size,
+    });
 
     it('passes requests through and records them with all headers', async () => {
       proxy = await startRegistryProxy(registry.host);
@@ -379,7 +406,11 @@ describe('image test fixtures (hack/test-images/oci.ts, test/helpers/registry.ts
       assert.equal(ok.status, 200);
       assert.equal(ok.headers['docker-content-digest'], fx.busybox.digest);
       assert.equal((await get(`${proxy.url}/v2/`, { headers: { authorization: `Bearer ${t.token}` } })).status, 200);
-      assert.equal((await get(`${proxy.url}/v2/berth-test/layered/manifests/latest`, { headers: { authorization: `Bearer ${t.token}` } })).status, 401, 'token scoped to another repo');
+      assert.equal(
+        (await get(`${proxy.url}/v2/berth-test/layered/manifests/latest`, { headers: { authorization: `Bearer ${t.token}` } })).status,
+        401,
+        'token scoped to another repo',
+      );
       assert.equal((await get(proxy.url + path, { headers: { authorization: 'Bearer forged' } })).status, 401);
 
       proxy.bearer = { anonymous: true, pathPrefix: '/v2/berth-test/layered/' };
@@ -387,7 +418,9 @@ describe('image test fixtures (hack/test-images/oci.ts, test/helpers/registry.ts
       const anon = await get(`${proxy.url}/token?service=berth-test&scope=repository:berth-test/layered:pull`);
       assert.equal(anon.status, 200);
       const at = (JSON.parse(anon.body.toString()) as { token: string }).token;
-      const layered = await get(`${proxy.url}/v2/berth-test/layered/manifests/latest`, { headers: { authorization: `Bearer ${at}`, accept: MediaTypes.ociManifest } });
+      const layered = await get(`${proxy.url}/v2/berth-test/layered/manifests/latest`, {
+        headers: { authorization: `Bearer ${at}`, accept: MediaTypes.ociManifest },
+      });
       assert.equal(layered.headers['docker-content-digest'], fx.layered.digest);
     });
 
@@ -395,7 +428,10 @@ describe('image test fixtures (hack/test-images/oci.ts, test/helpers/registry.ts
       proxy = await startRegistryProxy(registry.host, { bearer: { user: 'tok', password: 'pw' } });
       const img = await pushRandomImage(proxy.host, 'bench/through-proxy', 'v1', 1, 10_000, 'gzip', { auth: { user: 'tok', password: 'pw' } });
       assert.equal((await manifest('bench/through-proxy', 'v1')).headers['docker-content-digest'], img.digest);
-      assert.ok(proxy.requests.some((r) => r.method === 'PUT' && r.path.includes('/blobs/uploads/')), 'the upload went through the proxy');
+      assert.ok(
+        proxy.requests.some((r) => r.method === 'PUT' && r.path.includes('/blobs/uploads/')),
+        'the upload went through the proxy',
+      );
       // Many repositories at once: each keeps its own token.
       const again = await pushFixtures(proxy.host, { auth: { user: 'tok', password: 'pw' } });
       assert.equal(again.layered.digest, fx.layered.digest);

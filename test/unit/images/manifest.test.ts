@@ -27,7 +27,10 @@ describe('images: manifests, configs, platforms', () => {
     assert.equal(manifestKind('', json({ manifests: [] }), 'x'), 'index');
     assert.throws(() => manifestKind(MediaType.DockerSchema1Signed, json({}), 'r/x:1'), /r\/x:1: is a Docker schema1 manifest, which berth does not support/);
     assert.throws(() => manifestKind('', json({ schemaVersion: 1 }), 'x'), /schema1/);
-    assert.throws(() => manifestKind('application/vnd.example.thing', json({}), 'x'), (e) => isKind(e, 'FailedPrecondition') && /unsupported media type "application\/vnd.example.thing"/.test((e as Error).message));
+    assert.throws(
+      () => manifestKind('application/vnd.example.thing', json({}), 'x'),
+      (e) => isKind(e, 'FailedPrecondition') && /unsupported media type "application\/vnd.example.thing"/.test((e as Error).message),
+    );
   });
 
   it('parses manifests and refuses unknown layer types and non-image configs', () => {
@@ -41,7 +44,10 @@ describe('images: manifests, configs, platforms', () => {
         { mediaType: 'application/vnd.docker.image.rootfs.diff.tar', digest: d('e'), size: 7 },
       ],
     };
-    assert.deepEqual(parseManifest(json(m), 'x').layers.map((l) => l.compression), ['gzip', 'zstd', 'none']);
+    assert.deepEqual(
+      parseManifest(json(m), 'x').layers.map((l) => l.compression),
+      ['gzip', 'zstd', 'none'],
+    );
     const weird = { ...m, layers: [{ mediaType: 'application/x-rar', digest: d('a'), size: 5 }] };
     assert.throws(() => parseManifest(json(weird), 'img'), /img: layer sha256:a+ has unsupported media type "application\/x-rar"/);
     const artifact = { ...m, config: { mediaType: 'application/vnd.cncf.helm.config.v1+json', digest: d('c'), size: 1 } };
@@ -58,7 +64,15 @@ describe('images: manifests, configs, platforms', () => {
       platform: { os, architecture, ...(variant ? { variant } : {}) },
     });
     const index: ImageIndex = parseIndex(
-      json({ manifests: [entry('windows', 'amd64', undefined, '1'), entry('linux', 'arm', 'v6', '2'), entry('linux', 'arm', 'v7', '3'), entry('linux', 'amd64', undefined, '4'), entry('linux', 'arm64', 'v8', '5')] }),
+      json({
+        manifests: [
+          entry('windows', 'amd64', undefined, '1'),
+          entry('linux', 'arm', 'v6', '2'),
+          entry('linux', 'arm', 'v7', '3'),
+          entry('linux', 'amd64', undefined, '4'),
+          entry('linux', 'arm64', 'v8', '5'),
+        ],
+      }),
       'x',
     );
     assert.equal(selectPlatform(index, { os: 'linux', architecture: 'amd64' }, 'x').digest, d('4'));
@@ -68,7 +82,11 @@ describe('images: manifests, configs, platforms', () => {
     assert.equal(selectPlatform(noVariant, { os: 'linux', architecture: 'arm64', variant: 'v8' }, 'x').digest, d('6'));
     assert.throws(
       () => selectPlatform(index, { os: 'linux', architecture: 's390x' }, 'img'),
-      (e) => isKind(e, 'NotFound') && /img: no image for this node's platform linux\/s390x \(the index offers: windows\/amd64, linux\/arm\/v6, linux\/arm\/v7, linux\/amd64, linux\/arm64\/v8\)/.test((e as Error).message),
+      (e) =>
+        isKind(e, 'NotFound') &&
+        /img: no image for this node's platform linux\/s390x \(the index offers: windows\/amd64, linux\/arm\/v6, linux\/arm\/v7, linux\/amd64, linux\/arm64\/v8\)/.test(
+          (e as Error).message,
+        ),
     );
   });
 
@@ -83,7 +101,10 @@ describe('images: manifests, configs, platforms', () => {
   it('verifies digests', () => {
     const data = Buffer.from('hello');
     verifyDigest(data, sha256Digest(data), 'x');
-    assert.throws(() => verifyDigest(data, d('0'), 'blob'), (e) => isKind(e, 'DataLoss') && /blob: content has digest sha256:2cf24dba/.test((e as Error).message));
+    assert.throws(
+      () => verifyDigest(data, d('0'), 'blob'),
+      (e) => isKind(e, 'DataLoss') && /blob: content has digest sha256:2cf24dba/.test((e as Error).message),
+    );
   });
 
   it('parses the run config and derives the CRI user', () => {
@@ -91,12 +112,32 @@ describe('images: manifests, configs, platforms', () => {
       json({
         architecture: 'amd64',
         os: 'linux',
-        config: { User: '1000:1000', Env: ['A=1'], Entrypoint: ['/bin/sh', '-c'], Cmd: ['echo hi'], WorkingDir: '/data', StopSignal: 'SIGINT', Volumes: { '/vol': {} }, Labels: { a: 'b' }, ExposedPorts: { '8080/tcp': {} } },
+        config: {
+          User: '1000:1000',
+          Env: ['A=1'],
+          Entrypoint: ['/bin/sh', '-c'],
+          Cmd: ['echo hi'],
+          WorkingDir: '/data',
+          StopSignal: 'SIGINT',
+          Volumes: { '/vol': {} },
+          Labels: { a: 'b' },
+          ExposedPorts: { '8080/tcp': {} },
+        },
         rootfs: { type: 'layers', diff_ids: [d('1')] },
       }),
       'x',
     );
-    assert.deepEqual(cfg.run, { user: '1000:1000', env: ['A=1'], entrypoint: ['/bin/sh', '-c'], cmd: ['echo hi'], workingDir: '/data', stopSignal: 'SIGINT', volumes: ['/vol'], labels: { a: 'b' }, exposedPorts: ['8080/tcp'] });
+    assert.deepEqual(cfg.run, {
+      user: '1000:1000',
+      env: ['A=1'],
+      entrypoint: ['/bin/sh', '-c'],
+      cmd: ['echo hi'],
+      workingDir: '/data',
+      stopSignal: 'SIGINT',
+      volumes: ['/vol'],
+      labels: { a: 'b' },
+      exposedPorts: ['8080/tcp'],
+    });
     assert.deepEqual(imageUser(cfg), { uid: 1000, username: '' });
     assert.deepEqual(imageUser({ ...cfg, run: { ...cfg.run, user: 'berth:extra' } }), { uid: undefined, username: 'berth' });
     assert.deepEqual(imageUser({ ...cfg, run: { ...cfg.run, user: '' } }), { uid: undefined, username: '' });

@@ -22,10 +22,7 @@ function assertRejects(input: string, what: string | RegExp): void {
     () => parseReference(input),
     (err: unknown) => {
       assert.ok(isKind(err, 'InvalidArgument'), `expected InvalidArgument, got ${String(err)}`);
-      assert.ok(
-        err.message.startsWith(`invalid image reference ${JSON.stringify(input)}: `),
-        `message does not name the input: ${err.message}`,
-      );
+      assert.ok(err.message.startsWith(`invalid image reference ${JSON.stringify(input)}: `), `message does not name the input: ${err.message}`);
       if (typeof what === 'string') assert.ok(err.message.includes(what), `${err.message}\n  lacks: ${what}`);
       else assert.match(err.message, what);
       return true;
@@ -193,10 +190,7 @@ describe('images: reference', () => {
       [`busybox@${SHA256}@${SHA256}`, "it has more than one '@'"],
       [`busybox@${SHA256}:latest`, 'must have exactly 64 lowercase hex digits'],
       // The name limit of 255 counts the normalised name.
-      [
-        `u/${'a'.repeat(244)}`,
-        `the repository name is 256 characters long ("docker.io/u/${'a'.repeat(244)}"); the maximum is 255`,
-      ],
+      [`u/${'a'.repeat(244)}`, `the repository name is 256 characters long ("docker.io/u/${'a'.repeat(244)}"); the maximum is 255`],
       ['a'.repeat(240), 'the repository name is 258 characters long'],
     ];
 
@@ -209,11 +203,7 @@ describe('images: reference', () => {
     const cases: [string, string][] = [
       ['', 'invalid image reference "": it is empty'],
       [' busybox', 'invalid image reference " busybox": it has leading or trailing whitespace'],
-      [
-        HEX64,
-        `invalid image reference "${HEX64}": it looks like an image ID, not a reference; ` +
-          'look the image up by ID instead',
-      ],
+      [HEX64, `invalid image reference "${HEX64}": it looks like an image ID, not a reference; ` + 'look the image up by ID instead'],
       ['User/app', 'invalid image reference "User/app": repository path "User/app" must be lowercase'],
       [
         'a__-b',
@@ -222,18 +212,15 @@ describe('images: reference', () => {
       ],
       [
         'busybox:-1',
-        'invalid image reference "busybox:-1": tag "-1" must start with a letter, digit or \'_\' and hold only ' +
-          "letters, digits, '_', '.' and '-'",
+        'invalid image reference "busybox:-1": tag "-1" must start with a letter, digit or \'_\' and hold only ' + "letters, digits, '_', '.' and '-'",
       ],
       [
         'busybox@sha256:abc',
-        'invalid image reference "busybox@sha256:abc": digest "sha256:abc" must have exactly 64 lowercase hex digits ' +
-          'after "sha256:"',
+        'invalid image reference "busybox@sha256:abc": digest "sha256:abc" must have exactly 64 lowercase hex digits ' + 'after "sha256:"',
       ],
       [
         'fe80::1/x',
-        'invalid image reference "fe80::1/x": registry "fe80::1" is not host[:port]; an IPv6 address must be written ' +
-          'in brackets, as in [::1]:5000',
+        'invalid image reference "fe80::1/x": registry "fe80::1" is not host[:port]; an IPv6 address must be written ' + 'in brackets, as in [::1]:5000',
       ],
     ];
     for (const [input, message] of cases) {
@@ -274,11 +261,14 @@ describe('images: reference', () => {
 
     it('refuses a malformed manifest digest', () => {
       for (const bad of ['', HEX64, 'sha256:abc', `md5:${HEX64}`, `sha256:${HEX64.toUpperCase()}`]) {
-        assert.throws(() => digestedName(parseReference('busybox'), bad), (err: unknown) => {
-          assert.ok(isKind(err, 'InvalidArgument'));
-          assert.ok(err.message.startsWith(`manifest digest ${JSON.stringify(bad)} `), err.message);
-          return true;
-        });
+        assert.throws(
+          () => digestedName(parseReference('busybox'), bad),
+          (err: unknown) => {
+            assert.ok(isKind(err, 'InvalidArgument'));
+            assert.ok(err.message.startsWith(`manifest digest ${JSON.stringify(bad)} `), err.message);
+            return true;
+          },
+        );
       }
       assert.throws(() => digestedName(parseReference('busybox'), 'sha256:abc'), {
         message: 'manifest digest "sha256:abc" must have exactly 64 lowercase hex digits after "sha256:"',

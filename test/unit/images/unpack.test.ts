@@ -114,11 +114,7 @@ describe('images: layer unpack', () => {
   });
   afterEach(() => fs.rmSync(work, { recursive: true, force: true }));
 
-  function unpack(
-    raw: Buffer,
-    compression: LayerCompression = 'none',
-    opts: Partial<UnpackOptions> = {},
-  ): Promise<UnpackResult> {
+  function unpack(raw: Buffer, compression: LayerCompression = 'none', opts: Partial<UnpackOptions> = {}): Promise<UnpackResult> {
     return unpackLayer(Readable.from([compress(raw, compression)]), compression, target, {
       layer: LAYER,
       maxBytes: 1 << 30,
@@ -342,10 +338,7 @@ describe('images: layer unpack', () => {
   });
 
   it('gives the same diff ID for gzip, zstd and plain layers: the sha256 of the whole tar', async () => {
-    const tarBuf = await makeTar([
-      { header: { name: 'a/', type: 'directory' } },
-      { header: { name: 'a/file' }, content: Buffer.alloc(300_000, 'z') },
-    ]);
+    const tarBuf = await makeTar([{ header: { name: 'a/', type: 'directory' } }, { header: { name: 'a/file' }, content: Buffer.alloc(300_000, 'z') }]);
     // tar writers pad to a record size: the zero blocks after the end belong to the diff ID
     const raw = Buffer.concat([tarBuf, Buffer.alloc(10240 - (tarBuf.length % 10240))]);
     for (const compression of ['gzip', 'zstd', 'none'] as const) {
@@ -361,12 +354,7 @@ describe('images: layer unpack', () => {
   it('replaces a symlink at an entry path instead of writing through it', async () => {
     const outside = join(work, 'outside');
     fs.writeFileSync(outside, 'original');
-    await unpack(
-      await makeTar([
-        { header: { name: 'x', type: 'symlink', linkname: outside } },
-        { header: { name: 'x' }, content: 'replaced' },
-      ]),
-    );
+    await unpack(await makeTar([{ header: { name: 'x', type: 'symlink', linkname: outside } }, { header: { name: 'x' }, content: 'replaced' }]));
     assert.equal(fs.readFileSync(outside, 'utf8'), 'original');
     assert.ok(fs.lstatSync(join(target, 'x')).isFile());
     assert.equal(fs.readFileSync(join(target, 'x'), 'utf8'), 'replaced');
@@ -421,10 +409,7 @@ describe('images: layer unpack', () => {
     const outside = join(work, 'outside');
     fs.mkdirSync(outside);
     await refused(
-      [
-        { header: { name: 'evil', type: 'symlink', linkname: outside } },
-        { header: { name: 'evil/x' }, content: 'pwned' },
-      ],
+      [{ header: { name: 'evil', type: 'symlink', linkname: outside } }, { header: { name: 'evil/x' }, content: 'pwned' }],
       /entry "evil\/x" would be written through the symlink "evil"/,
     );
     assert.deepEqual(fs.readdirSync(outside), []);
@@ -432,34 +417,19 @@ describe('images: layer unpack', () => {
 
   it('refuses a hardlink to ../x or to an absolute path', async () => {
     fs.writeFileSync(join(work, 'x'), 'secret');
-    await refused(
-      [{ header: { name: 'h', type: 'link', linkname: '../x' } }],
-      /hardlink "h" would escape the snapshot/,
-    );
-    await refused(
-      [{ header: { name: 'h', type: 'link', linkname: join(work, 'x') } }],
-      /hardlink "h" points to the absolute path/,
-    );
+    await refused([{ header: { name: 'h', type: 'link', linkname: '../x' } }], /hardlink "h" would escape the snapshot/);
+    await refused([{ header: { name: 'h', type: 'link', linkname: join(work, 'x') } }], /hardlink "h" points to the absolute path/);
     assert.equal(fs.statSync(join(work, 'x')).nlink, 1);
   });
 
   it('refuses a hardlink to a missing target, a directory, or through a symlink', async () => {
+    await refused([{ header: { name: 'h', type: 'link', linkname: 'missing' } }], /hardlink "h" points to "missing", which this layer does not contain/);
     await refused(
-      [{ header: { name: 'h', type: 'link', linkname: 'missing' } }],
-      /hardlink "h" points to "missing", which this layer does not contain/,
-    );
-    await refused(
-      [
-        { header: { name: 'd/', type: 'directory' } },
-        { header: { name: 'h', type: 'link', linkname: 'd' } },
-      ],
+      [{ header: { name: 'd/', type: 'directory' } }, { header: { name: 'h', type: 'link', linkname: 'd' } }],
       /hardlink "h" points to the directory "d"/,
     );
     await refused(
-      [
-        { header: { name: 'etc', type: 'symlink', linkname: '/etc' } },
-        { header: { name: 'h', type: 'link', linkname: 'etc/passwd' } },
-      ],
+      [{ header: { name: 'etc', type: 'symlink', linkname: '/etc' } }, { header: { name: 'h', type: 'link', linkname: 'etc/passwd' } }],
       /hardlink "h" points through the symlink "etc"/,
     );
   });
@@ -478,17 +448,11 @@ describe('images: layer unpack', () => {
     const raw = await makeTar([{ header: { name: 'zeros' }, content: Buffer.alloc(64 << 20) }]);
     const blob = gzipSync(raw);
     assert.ok(blob.length < 1 << 20, 'the fixture stays small');
-    await assert.rejects(
-      unpackLayer(Readable.from([blob]), 'gzip', target, { layer: LAYER, maxBytes: 4 << 20 }),
-      (err: unknown) => {
-        assert.ok(isKind(err, 'ResourceExhausted'), String(err));
-        assert.equal(
-          err.message,
-          `layer ${LAYER}: expands beyond the configured limit of ${4 << 20} bytes (images.max_layer_bytes)`,
-        );
-        return true;
-      },
-    );
+    await assert.rejects(unpackLayer(Readable.from([blob]), 'gzip', target, { layer: LAYER, maxBytes: 4 << 20 }), (err: unknown) => {
+      assert.ok(isKind(err, 'ResourceExhausted'), String(err));
+      assert.equal(err.message, `layer ${LAYER}: expands beyond the configured limit of ${4 << 20} bytes (images.max_layer_bytes)`);
+      return true;
+    });
   });
 
   it('stops with ResourceExhausted beyond maxEntries', async () => {
@@ -509,15 +473,12 @@ describe('images: layer unpack', () => {
       ['none', Buffer.alloc(1024, 'garbage'), /corrupt tar stream/],
     ];
     for (const [compression, blob, pattern] of cases) {
-      await assert.rejects(
-        unpackLayer(Readable.from([blob]), compression, target, { layer: LAYER, maxBytes: 1 << 30 }),
-        (err: unknown) => {
-          assert.ok(isKind(err, 'DataLoss'), `${compression}: ${String(err)}`);
-          assert.ok(err.message.startsWith(`layer ${LAYER}: `), err.message);
-          assert.match(err.message, pattern);
-          return true;
-        },
-      );
+      await assert.rejects(unpackLayer(Readable.from([blob]), compression, target, { layer: LAYER, maxBytes: 1 << 30 }), (err: unknown) => {
+        assert.ok(isKind(err, 'DataLoss'), `${compression}: ${String(err)}`);
+        assert.ok(err.message.startsWith(`layer ${LAYER}: `), err.message);
+        assert.match(err.message, pattern);
+        return true;
+      });
     }
     assert.deepEqual(childrenNamed('zstd'), []);
   });

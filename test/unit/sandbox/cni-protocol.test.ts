@@ -3,7 +3,16 @@
  * of every spec version. No root, no plugins.
  */
 import assert from 'node:assert/strict';
-import { cniArgs, cniEnv, compareVersions, failureMessage, pluginStdin, pluginTypeProblem, runtimeConfProblem, type CniRuntimeConf } from '../../../src/sandbox/cni/protocol.js';
+import {
+  cniArgs,
+  cniEnv,
+  compareVersions,
+  failureMessage,
+  pluginStdin,
+  pluginTypeProblem,
+  runtimeConfProblem,
+  type CniRuntimeConf,
+} from '../../../src/sandbox/cni/protocol.js';
 import { parseResult, podIps, type CniResult } from '../../../src/sandbox/cni/result.js';
 
 const rt: CniRuntimeConf = {
@@ -47,7 +56,12 @@ describe('CNI protocol (pure)', () => {
     const bridge = { type: 'bridge', name: 'ignored', cniVersion: '0.1.0', bridge: 'cni0' };
     assert.deepEqual(pluginStdin(list, bridge, undefined, rt.capabilityArgs), { type: 'bridge', name: 'pods', cniVersion: '1.0.0', bridge: 'cni0' });
     // A declared capability the runtime has no value for is left out.
-    assert.deepEqual(pluginStdin(list, { type: 'x', capabilities: { ips: true } }, undefined, rt.capabilityArgs), { type: 'x', capabilities: { ips: true }, name: 'pods', cniVersion: '1.0.0' });
+    assert.deepEqual(pluginStdin(list, { type: 'x', capabilities: { ips: true } }, undefined, rt.capabilityArgs), {
+      type: 'x',
+      capabilities: { ips: true },
+      name: 'pods',
+      cniVersion: '1.0.0',
+    });
   });
 
   it('refuses runtime confs and plugin types that break the spec', () => {
@@ -82,7 +96,11 @@ describe('CNI protocol (pure)', () => {
 describe('CNI results (pure)', () => {
   const v100 = {
     cniVersion: '1.0.0',
-    interfaces: [{ name: 'cni0', mac: 'aa:bb' }, { name: 'veth1', mac: 'cc:dd' }, { name: 'eth0', mac: 'ee:ff', sandbox: '/run/netns/x' }],
+    interfaces: [
+      { name: 'cni0', mac: 'aa:bb' },
+      { name: 'veth1', mac: 'cc:dd' },
+      { name: 'eth0', mac: 'ee:ff', sandbox: '/run/netns/x' },
+    ],
     ips: [
       { address: 'fd00::5/64', gateway: 'fd00::1', interface: 2 },
       { address: '10.88.0.5/16', gateway: '10.88.0.1', interface: 2 },
@@ -119,7 +137,14 @@ describe('CNI results (pure)', () => {
   });
 
   it('leaves out host-side addresses', () => {
-    const r: CniResult = { cniVersion: '1.0.0', interfaces: [{ name: 'cni0' }, { name: 'eth0', sandbox: '/x' }], ips: [{ address: '10.0.0.1/24', interface: 0 }, { address: '10.0.0.2/24', interface: 1 }] };
+    const r: CniResult = {
+      cniVersion: '1.0.0',
+      interfaces: [{ name: 'cni0' }, { name: 'eth0', sandbox: '/x' }],
+      ips: [
+        { address: '10.0.0.1/24', interface: 0 },
+        { address: '10.0.0.2/24', interface: 1 },
+      ],
+    };
     assert.deepEqual(podIps(r), ['10.0.0.2']);
   });
 

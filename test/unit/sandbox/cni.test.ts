@@ -88,7 +88,8 @@ describe('CniNetwork with recording fake plugins', () => {
     chmodSync(join(bin, name), 0o755);
   }
   const calls = (): string[] => (existsSync(join(logDir, 'calls')) ? readFileSync(join(logDir, 'calls'), 'utf8').trim().split('\n') : []);
-  const stdinOf = (name: string, cmd: string): Record<string, unknown> => JSON.parse(readFileSync(join(logDir, `${name}-${cmd}.json`), 'utf8')) as Record<string, unknown>;
+  const stdinOf = (name: string, cmd: string): Record<string, unknown> =>
+    JSON.parse(readFileSync(join(logDir, `${name}-${cmd}.json`), 'utf8')) as Record<string, unknown>;
   const envOf = (name: string, cmd: string): string => readFileSync(join(logDir, `${name}-${cmd}.env`), 'utf8');
 
   beforeEach(() => {
@@ -105,7 +106,13 @@ describe('CniNetwork with recording fake plugins', () => {
     fakePlugin('fb', { result: resultB });
     const emptyDir = join(dir, 'empty');
     mkdirSync(emptyDir);
-    const net = new CniNetwork(list('fakenet', [{ type: 'fa', foo: 1 }, { type: 'fb', capabilities: { portMappings: true } }]), [emptyDir, bin]);
+    const net = new CniNetwork(
+      list('fakenet', [
+        { type: 'fa', foo: 1 },
+        { type: 'fb', capabilities: { portMappings: true } },
+      ]),
+      [emptyDir, bin],
+    );
     const result = await net.add(rt);
     assert.deepEqual(result, resultB);
     assert.deepEqual(calls(), ['fa ADD', 'fb ADD']);
@@ -170,7 +177,10 @@ describe('CniNetwork with recording fake plugins', () => {
     fakePlugin('fa');
     fakePlugin('fbad', { error: { cniVersion: '1.0.0', code: 11, msg: 'no luck', details: 'try later' } });
     const net = new CniNetwork(list('fakenet', [{ type: 'fa' }, { type: 'fbad' }]), [bin]);
-    const err = await rejectsWith(net.add(rt), /^CNI network "fakenet": plugin "fbad" failed to ADD: no luck: try later \(rolling the chain back with DEL failed too: .*plugin "fbad" failed to DEL: no luck/);
+    const err = await rejectsWith(
+      net.add(rt),
+      /^CNI network "fakenet": plugin "fbad" failed to ADD: no luck: try later \(rolling the chain back with DEL failed too: .*plugin "fbad" failed to DEL: no luck/,
+    );
     assert.ok(isKind(err, 'Unavailable'));
     // DEL ran for the whole chain, in reverse, without a result.
     assert.deepEqual(calls(), ['fa ADD', 'fbad ADD', 'fbad DEL', 'fa DEL']);
@@ -189,7 +199,10 @@ describe('CniNetwork with recording fake plugins', () => {
     const net = new CniNetwork(list('fakenet', [{ type: 'nope' }]), [bin, '/nonexistent']);
     await rejectsWith(net.add(rt), new RegExp(`plugin "nope" failed to ADD: no executable "nope" in the CNI plugin dirs ${bin}, /nonexistent`));
     fakePlugin('crash', { body: 'echo "panic: runtime error" >&2; exit 2' });
-    await rejectsWith(new CniNetwork(list('fakenet', [{ type: 'crash' }]), [bin]).add(rt), /plugin "crash" failed to ADD: panic: runtime error \(exit code 2\)/);
+    await rejectsWith(
+      new CniNetwork(list('fakenet', [{ type: 'crash' }]), [bin]).add(rt),
+      /plugin "crash" failed to ADD: panic: runtime error \(exit code 2\)/,
+    );
     fakePlugin('garbage', { body: 'echo not-json' });
     await rejectsWith(new CniNetwork(list('fakenet', [{ type: 'garbage' }]), [bin]).add(rt), /plugin "garbage" failed to ADD: the result is not JSON/);
     await rejectsWith(new CniNetwork(list('fakenet', [{ type: '../bin/sh' }]), [bin]).add(rt), /not a plain executable name/);
@@ -304,7 +317,10 @@ describe('CniNetwork with the real plugins (root)', function () {
     const d = join(dir, 'ipam', netName);
     return existsSync(d) ? readdirSync(d).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [];
   };
-  const iptablesRulesOf = (id: string): number => run('iptables-save', []).split('\n').filter((l) => l.includes(id)).length;
+  const iptablesRulesOf = (id: string): number =>
+    run('iptables-save', [])
+      .split('\n')
+      .filter((l) => l.includes(id)).length;
   const runtime = (hostPort: number): CniRuntimeConf => ({
     containerId,
     netns: nsPath,
@@ -408,14 +424,24 @@ describe('CniNetwork with the real plugins (root)', function () {
     // portmap's rules are gone. bridge 1.1.1 cannot find the pod's addresses without the
     // netns, so its ipMasq rules stay (afterEach purges them): berth must DEL before it
     // deletes the netns.
-    const left = run('iptables-save', []).split('\n').filter((l) => l.includes(containerId));
-    assert.ok(left.every((l) => /^-A (POSTROUTING|CNI-[0-9a-f]+) /.test(l)), JSON.stringify(left));
+    const left = run('iptables-save', [])
+      .split('\n')
+      .filter((l) => l.includes(containerId));
+    assert.ok(
+      left.every((l) => /^-A (POSTROUTING|CNI-[0-9a-f]+) /.test(l)),
+      JSON.stringify(left),
+    );
   });
 
   it('a failed ADD names the plugin and rolls back the allocation of the first', async () => {
     const net = new CniNetwork(conflist({ type: 'berth-no-such-plugin' }), [SYSTEM_BIN]);
     const rt = runtime(30000 + Math.floor(Math.random() * 10000));
-    const err = await rejectsWith(net.add(rt), new RegExp(`^CNI network "${netName}": plugin "berth-no-such-plugin" failed to ADD: no executable "berth-no-such-plugin" in the CNI plugin dirs ${SYSTEM_BIN}`));
+    const err = await rejectsWith(
+      net.add(rt),
+      new RegExp(
+        `^CNI network "${netName}": plugin "berth-no-such-plugin" failed to ADD: no executable "berth-no-such-plugin" in the CNI plugin dirs ${SYSTEM_BIN}`,
+      ),
+    );
     assert.ok(isKind(err, 'Unavailable'));
     assert.deepEqual(allocations(), []);
     assert.doesNotMatch(run('ip', ['-n', ns, 'link']), /eth0/);

@@ -19,8 +19,14 @@ describe('pod infra spec (pure)', () => {
     const s = infraSpec(base);
     assert.deepEqual(s.process.args, ['/catatonit', '-P']);
     assert.equal(s.root.readonly, true);
-    assert.deepEqual(s.mounts.find((m) => m.destination === '/catatonit'), { destination: '/catatonit', type: 'bind', source: '/usr/bin/catatonit', options: ['rbind', 'ro', 'nosuid', 'nodev'] });
-    assert.ok(s.mounts.some((m) => m.destination === '/proc' && m.type === 'proc'), 'runc needs /proc inside');
+    assert.deepEqual(
+      s.mounts.find((m) => m.destination === '/catatonit'),
+      { destination: '/catatonit', type: 'bind', source: '/usr/bin/catatonit', options: ['rbind', 'ro', 'nosuid', 'nodev'] },
+    );
+    assert.ok(
+      s.mounts.some((m) => m.destination === '/proc' && m.type === 'proc'),
+      'runc needs /proc inside',
+    );
     assert.deepEqual(s.linux.namespaces, [
       { type: 'pid' },
       { type: 'mount' },
@@ -54,6 +60,9 @@ describe('pod infra spec (pure)', () => {
   });
 
   it('uses the systemd driver’s slice:prefix:name form', () => {
-    assert.equal(infraSpec({ ...base, cgroupDriver: 'systemd', cgroupParent: 'kubepods-pod1.slice' }).linux.cgroupsPath, `kubepods-pod1.slice:berth:${'a'.repeat(64)}`);
+    assert.equal(
+      infraSpec({ ...base, cgroupDriver: 'systemd', cgroupParent: 'kubepods-pod1.slice' }).linux.cgroupsPath,
+      `kubepods-pod1.slice:berth:${'a'.repeat(64)}`,
+    );
   });
 });

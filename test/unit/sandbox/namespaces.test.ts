@@ -5,14 +5,7 @@ import { hostname as hostHostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isKind } from '../../../src/common/errors.js';
-import {
-  createPinnedNamespaces,
-  isMountPoint,
-  isPinned,
-  mountPoints,
-  removePinnedNamespaces,
-  type PodNamespace,
-} from '../../../src/sandbox/namespaces.js';
+import { createPinnedNamespaces, isMountPoint, isPinned, mountPoints, removePinnedNamespaces, type PodNamespace } from '../../../src/sandbox/namespaces.js';
 
 const MODULE = fileURLToPath(new URL('../../../src/sandbox/namespaces.js', import.meta.url));
 const KINDS: PodNamespace[] = ['net', 'ipc', 'uts'];
@@ -177,7 +170,9 @@ describe('sandbox: pinned namespaces', function () {
       }
     };
     const hasMount = (pid: number, path: string): boolean =>
-      readFileSync(`/proc/${pid}/mountinfo`, 'utf8').split('\n').some((l) => l.split(' ')[4] === path);
+      readFileSync(`/proc/${pid}/mountinfo`, 'utf8')
+        .split('\n')
+        .some((l) => l.split(' ')[4] === path);
 
     it('under a private parent, umount alone leaves a copy elsewhere; deleting the pin detaches it', async () => {
       const dir = join(base, 'pod');

@@ -5,14 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isKind } from '../../../src/common/errors.js';
 import { isMountPoint, mountPoints } from '../../../src/sandbox/namespaces.js';
-import {
-  hostsFile,
-  mountShm,
-  resolvConf,
-  unmountShm,
-  validateHostname,
-  writePodFiles,
-} from '../../../src/sandbox/pod-files.js';
+import { hostsFile, mountShm, resolvConf, unmountShm, validateHostname, writePodFiles } from '../../../src/sandbox/pod-files.js';
 
 const HOST_RESOLV = '# host\nnameserver 192.0.2.53\nsearch lan\n';
 const invalid = (e: unknown): boolean => isKind(e, 'InvalidArgument');
@@ -85,10 +78,14 @@ describe('sandbox: pod files', () => {
     });
 
     it('appends host aliases and checks them', () => {
-      const text = hostsFile('web-0', ['10.88.0.5'], [
-        { ip: '10.1.2.3', hostnames: ['foo.local', 'bar.local'] },
-        { ip: '::1', hostnames: ['six'] },
-      ]);
+      const text = hostsFile(
+        'web-0',
+        ['10.88.0.5'],
+        [
+          { ip: '10.1.2.3', hostnames: ['foo.local', 'bar.local'] },
+          { ip: '::1', hostnames: ['six'] },
+        ],
+      );
       assert.ok(text.endsWith('10.88.0.5\tweb-0\n\n# Entries added by HostAliases.\n10.1.2.3\tfoo.local\tbar.local\n::1\tsix\n'), text);
       assert.throws(() => hostsFile('web-0', [], [{ ip: 'nope', hostnames: ['a'] }]), invalid);
       assert.throws(() => hostsFile('web-0', [], [{ ip: '10.0.0.1', hostnames: ['a\n6.6.6.6 evil'] }]), invalid);
@@ -107,7 +104,10 @@ describe('sandbox: pod files', () => {
     let base: string;
     beforeEach(() => (base = mkdtempSync(join(tmpdir(), 'berth-podfiles-'))));
     afterEach(() => {
-      for (const p of mountPoints().filter((m) => m.startsWith(base + '/')).reverse()) execFileSync('umount', ['-l', p]);
+      for (const p of mountPoints()
+        .filter((m) => m.startsWith(base + '/'))
+        .reverse())
+        execFileSync('umount', ['-l', p]);
       rmSync(base, { recursive: true, force: true });
     });
 

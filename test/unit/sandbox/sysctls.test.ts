@@ -4,12 +4,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isKind } from '../../../src/common/errors.js';
-import {
-  createPinnedNamespaces,
-  mountPoints,
-  removePinnedNamespaces,
-  type PinnedNamespaces,
-} from '../../../src/sandbox/namespaces.js';
+import { createPinnedNamespaces, mountPoints, removePinnedNamespaces, type PinnedNamespaces } from '../../../src/sandbox/namespaces.js';
 import { applySysctls, classifySysctl, sysctlPath, validateSysctls } from '../../../src/sandbox/sysctls.js';
 
 const NO_HOST = { network: false, ipc: false };
@@ -104,7 +99,10 @@ describe('sandbox: sysctls', () => {
     });
     afterEach(async () => {
       await removePinnedNamespaces(join(base, 'pod'));
-      assert.deepEqual(mountPoints().filter((p) => p.startsWith(base)), []);
+      assert.deepEqual(
+        mountPoints().filter((p) => p.startsWith(base)),
+        [],
+      );
       rmSync(base, { recursive: true, force: true });
     });
 
@@ -169,9 +167,7 @@ describe('sandbox: sysctls', () => {
       await assert.rejects(applySysctls({ ipc: ns.ipc }, { 'net.ipv4.ip_forward': '1' }), /no network namespace of its own/);
       await assert.rejects(applySysctls({ net: ns.net }, { 'kernel.shmmax': '1' }), /no IPC namespace of its own/);
       await assert.rejects(applySysctls(ns, { 'kernel.panic': '1' }), /not namespaced/);
-      await assert.rejects(applySysctls({ net: join(base, 'nope') }, { 'net.ipv4.ip_forward': '1' }), (e) =>
-        isKind(e, 'FailedPrecondition'),
-      );
+      await assert.rejects(applySysctls({ net: join(base, 'nope') }, { 'net.ipv4.ip_forward': '1' }), (e) => isKind(e, 'FailedPrecondition'));
       assert.equal(onHost('net/ipv4/ip_forward'), hostForward);
       await applySysctls({}, {});
     });

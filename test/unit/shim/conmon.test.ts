@@ -35,7 +35,22 @@ function newId(): string {
 }
 
 function spec(id: string, args: string[], opts: { pidNs?: boolean } = {}): unknown {
-  const caps = ['CAP_CHOWN', 'CAP_DAC_OVERRIDE', 'CAP_FSETID', 'CAP_FOWNER', 'CAP_MKNOD', 'CAP_NET_RAW', 'CAP_SETGID', 'CAP_SETUID', 'CAP_SETFCAP', 'CAP_SETPCAP', 'CAP_NET_BIND_SERVICE', 'CAP_SYS_CHROOT', 'CAP_KILL', 'CAP_AUDIT_WRITE'];
+  const caps = [
+    'CAP_CHOWN',
+    'CAP_DAC_OVERRIDE',
+    'CAP_FSETID',
+    'CAP_FOWNER',
+    'CAP_MKNOD',
+    'CAP_NET_RAW',
+    'CAP_SETGID',
+    'CAP_SETUID',
+    'CAP_SETFCAP',
+    'CAP_SETPCAP',
+    'CAP_NET_BIND_SERVICE',
+    'CAP_SYS_CHROOT',
+    'CAP_KILL',
+    'CAP_AUDIT_WRITE',
+  ];
   const namespaces = [{ type: 'ipc' }, { type: 'uts' }, { type: 'mount' }, { type: 'network' }];
   if (opts.pidNs !== false) namespaces.unshift({ type: 'pid' });
   return {
@@ -186,7 +201,10 @@ function median(xs: number[]): number {
 
     const lines = (await readFile(o.logPath, 'utf8')).split('\n').filter((l) => l !== '');
     const ts = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}(Z|[+-]\d\d:\d\d) /;
-    assert.ok(lines.every((l) => ts.test(l)), lines.join('\n'));
+    assert.ok(
+      lines.every((l) => ts.test(l)),
+      lines.join('\n'),
+    );
     assert.deepEqual(lines.map((l) => l.replace(ts, '')).sort(), ['stderr F oops', 'stdout F hello']);
 
     assert.equal((await shim.state(o.id, RUNC, env.runtimeRoot))?.status, 'stopped');
@@ -317,7 +335,7 @@ function median(xs: number[]): number {
       assert.deepEqual(conmonsFor(o.id), [], `conmon left after ${ms} ms`);
       assert.equal(await shim.state(o.id, RUNC, env.runtimeRoot), undefined);
       assert.equal(existsSync(join(env.runtimeRoot, o.id)), false, `runc state dir left after ${ms} ms`);
-      assert.deepEqual((await readdir(o.persistDir).catch(() => [])), []);
+      assert.deepEqual(await readdir(o.persistDir).catch(() => []), []);
       assert.deepEqual(await readdir(o.socketDir).catch(() => []), []);
       for (const ctrl of ['memory', 'pids', 'freezer']) {
         assert.equal(existsSync(join('/sys/fs/cgroup', ctrl, CGROUP_PARENT, o.id)), false, `${ctrl} cgroup left after ${ms} ms`);
@@ -367,15 +385,26 @@ function median(xs: number[]): number {
       rss.push(await vmRssKb(h.shimPid));
       await shim.delete(o.id, RUNC, env.runtimeRoot, true);
     }
-    console.log(`      create+start median ${median(times).toFixed(1)} ms (min ${Math.min(...times).toFixed(1)}, max ${Math.max(...times).toFixed(1)}); conmon VmRSS median ${median(rss)} kB`);
+    console.log(
+      `      create+start median ${median(times).toFixed(1)} ms (min ${Math.min(...times).toFixed(1)}, max ${Math.max(...times).toFixed(1)}); conmon VmRSS median ${median(rss)} kB`,
+    );
   });
 });
 
 describe('ConmonShim sync pipe and runtime messages (pure)', () => {
   it('builds the conmon command line', () => {
     const o: ShimCreateOptions = {
-      id: 'c1', bundle: '/b', runtimePath: '/usr/sbin/runc', runtimeRoot: '/s/runc', logPath: '/l/0.log',
-      exitDir: '/r/exits', persistDir: '/r/conmon/c1', socketDir: '/r/attach', terminal: true, stdin: true, stdinOnce: false,
+      id: 'c1',
+      bundle: '/b',
+      runtimePath: '/usr/sbin/runc',
+      runtimeRoot: '/s/runc',
+      logPath: '/l/0.log',
+      exitDir: '/r/exits',
+      persistDir: '/r/conmon/c1',
+      socketDir: '/r/attach',
+      terminal: true,
+      stdin: true,
+      stdinOnce: false,
     };
     const args = new ConmonShim({ noPivot: true }).conmonArgs(o);
     const pairs = { get: (flag: string): string | undefined => args[args.indexOf(flag) + 1] };

@@ -52,7 +52,13 @@ describe('stats: cgroup readers', () => {
     assert.deepEqual(p, { some: { total: 12345n, avg10: 1.5, avg60: 0.25, avg300: 0 }, full: { total: 7n, avg10: 0, avg60: 0, avg300: 0 } });
     assert.deepEqual(parsePsi('garbage'), {});
     const kv = parseFlatKeyed('cache 10\nrss 20\nbad x\n\n');
-    assert.deepEqual([...kv], [['cache', 10n], ['rss', 20n]]);
+    assert.deepEqual(
+      [...kv],
+      [
+        ['cache', 10n],
+        ['rss', 20n],
+      ],
+    );
   });
 
   it('reads a v1 container cgroup: cpuacct, memory with working set, limit and swap, pids', async () => {
@@ -70,7 +76,14 @@ describe('stats: cgroup readers', () => {
     const s = await readCgroupSample(mounts, parseProcCgroups(`3:cpu,cpuacct:${path}\n4:memory:${path}\n5:pids:${path}\n0::/\n`), () => 42n);
     assert.equal(s.timestamp, 42n);
     assert.equal(s.cpu?.usageNs, 5_000_000_000n);
-    assert.deepEqual(s.memory, { usage: 104857600n, workingSet: 104857600n - 20971520n, rss: 52428800n, pageFaults: 900n, majorPageFaults: 3n, limit: 209715200n });
+    assert.deepEqual(s.memory, {
+      usage: 104857600n,
+      workingSet: 104857600n - 20971520n,
+      rss: 52428800n,
+      pageFaults: 900n,
+      majorPageFaults: 3n,
+      limit: 209715200n,
+    });
     assert.deepEqual(s.swap, { usage: 115343360n - 104857600n, limit: 314572800n - 209715200n });
     assert.equal(s.pids, 4n);
   });

@@ -33,7 +33,10 @@ describe('store: directory lock', () => {
 
   it('is exclusive within one process too', () => {
     const lock = DirectoryLock.acquire(dir, 'state directory');
-    assert.throws(() => DirectoryLock.acquire(dir, 'state directory'), (e) => isKind(e, 'FailedPrecondition'));
+    assert.throws(
+      () => DirectoryLock.acquire(dir, 'state directory'),
+      (e) => isKind(e, 'FailedPrecondition'),
+    );
     lock.release();
     DirectoryLock.acquire(dir, 'state directory').release();
   });

@@ -57,21 +57,67 @@ describe('store: database and migrations', () => {
   it('migration 3 creates sandboxes, unique per metadata, with a checked state', () => {
     const db = openDatabase(join(dir, 'berth.db'), { migrations: MIGRATIONS.slice(0, 3) });
     assert.equal(schemaVersion(db), 3);
-    assert.deepEqual(columns(db, 'sandboxes'), ['id', 'name', 'namespace', 'uid', 'attempt', 'state', 'config', 'runtime_handler', 'ns_dir', 'network', 'ips', 'acknowledged', 'created_at']);
-    const ins = db.prepare("INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at) VALUES (?, 'p', 'ns', 'u', 0, ?, '{}', 'runc', '0')");
+    assert.deepEqual(columns(db, 'sandboxes'), [
+      'id',
+      'name',
+      'namespace',
+      'uid',
+      'attempt',
+      'state',
+      'config',
+      'runtime_handler',
+      'ns_dir',
+      'network',
+      'ips',
+      'acknowledged',
+      'created_at',
+    ]);
+    const ins = db.prepare(
+      "INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at) VALUES (?, 'p', 'ns', 'u', 0, ?, '{}', 'runc', '0')",
+    );
     ins.run('a', 'creating');
     assert.throws(() => ins.run('b', 'creating'), /UNIQUE/);
-    assert.throws(() => db.prepare("INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at) VALUES ('c', 'q', 'ns', 'u', 0, 'running', '{}', 'runc', '0')").run(), /CHECK/);
+    assert.throws(
+      () =>
+        db
+          .prepare(
+            "INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at) VALUES ('c', 'q', 'ns', 'u', 0, 'running', '{}', 'runc', '0')",
+          )
+          .run(),
+      /CHECK/,
+    );
     db.close();
   });
 
   it('migration 4 creates containers, which reference their pod', () => {
     const db = openDatabase(join(dir, 'berth.db'), { migrations: MIGRATIONS.slice(0, 4) });
     assert.equal(schemaVersion(db), 4);
-    assert.deepEqual(columns(db, 'containers'), ['id', 'sandbox_id', 'name', 'attempt', 'image_id', 'image_ref', 'state', 'config', 'log_path', 'pid', 'shim_pid', 'exit_code', 'reason', 'message', 'created_at', 'started_at', 'finished_at']);
-    const ins = db.prepare("INSERT INTO containers (id, sandbox_id, name, attempt, image_id, image_ref, state, config, log_path, created_at) VALUES (?, 'pod', 'c', 0, 'img', 'img', 'creating', '{}', '/l', '0')");
+    assert.deepEqual(columns(db, 'containers'), [
+      'id',
+      'sandbox_id',
+      'name',
+      'attempt',
+      'image_id',
+      'image_ref',
+      'state',
+      'config',
+      'log_path',
+      'pid',
+      'shim_pid',
+      'exit_code',
+      'reason',
+      'message',
+      'created_at',
+      'started_at',
+      'finished_at',
+    ]);
+    const ins = db.prepare(
+      "INSERT INTO containers (id, sandbox_id, name, attempt, image_id, image_ref, state, config, log_path, created_at) VALUES (?, 'pod', 'c', 0, 'img', 'img', 'creating', '{}', '/l', '0')",
+    );
     assert.throws(() => ins.run('a'), /FOREIGN KEY/, 'a container needs its pod');
-    db.prepare("INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at) VALUES ('pod', 'p', 'ns', 'u', 0, 'ready', '{}', 'runc', '0')").run();
+    db.prepare(
+      "INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at) VALUES ('pod', 'p', 'ns', 'u', 0, 'ready', '{}', 'runc', '0')",
+    ).run();
     ins.run('a');
     assert.throws(() => ins.run('b'), /UNIQUE/, 'one container per name and attempt in a pod');
     assert.throws(() => db.prepare("DELETE FROM sandboxes WHERE id = 'pod'").run(), /FOREIGN KEY/, 'a pod cannot go before its containers');
@@ -98,12 +144,22 @@ describe('store: database and migrations', () => {
     const db = openDatabase(file);
     db.pragma(`user_version = ${MIGRATIONS.length + 5}`);
     db.close();
-    assert.throws(() => openDatabase(file), (e: Error) => e instanceof SchemaTooNewError && /newer than this berthd knows/.test(e.message));
+    assert.throws(
+      () => openDatabase(file),
+      (e: Error) => e instanceof SchemaTooNewError && /newer than this berthd knows/.test(e.message),
+    );
   });
 
   it('rolls back a migration that fails, leaving the version unchanged', () => {
     const file = join(dir, 'berth.db');
-    const broken = [...MIGRATIONS, { version: MIGRATIONS.length + 1, name: 'broken', up: (d: ReturnType<typeof openDatabase>) => d.exec('CREATE TABLE half (x INTEGER); SELECT nope FROM nowhere;') }];
+    const broken = [
+      ...MIGRATIONS,
+      {
+        version: MIGRATIONS.length + 1,
+        name: 'broken',
+        up: (d: ReturnType<typeof openDatabase>) => d.exec('CREATE TABLE half (x INTEGER); SELECT nope FROM nowhere;'),
+      },
+    ];
     assert.throws(() => openDatabase(file, { migrations: broken }), /no such table: nowhere/);
     const db = openDatabase(file);
     assert.equal(schemaVersion(db), MIGRATIONS.length);

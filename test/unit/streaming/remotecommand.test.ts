@@ -16,7 +16,12 @@ describe('streaming: remote command protocol', () => {
   it('expects error always, the asked-for stdio, no stderr with a terminal, resize from v3 on', () => {
     const set = (s: Set<string>): string[] => [...s].sort();
     assert.deepEqual(set(expectedChannels('v4.channel.k8s.io', { stdin: false, stdout: true, stderr: true, tty: false })), ['error', 'stderr', 'stdout']);
-    assert.deepEqual(set(expectedChannels('v4.channel.k8s.io', { stdin: true, stdout: true, stderr: true, tty: true })), ['error', 'resize', 'stdin', 'stdout']);
+    assert.deepEqual(set(expectedChannels('v4.channel.k8s.io', { stdin: true, stdout: true, stderr: true, tty: true })), [
+      'error',
+      'resize',
+      'stdin',
+      'stdout',
+    ]);
     assert.deepEqual(set(expectedChannels('v2.channel.k8s.io', { stdin: true, stdout: true, stderr: false, tty: true })), ['error', 'stdin', 'stdout']);
   });
 

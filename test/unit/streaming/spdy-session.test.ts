@@ -28,7 +28,13 @@ class Client {
         const f = this.buf.subarray(0, 8 + len);
         this.buf = this.buf.subarray(8 + len);
         const control = (f[0]! & 0x80) !== 0;
-        this.frames.push({ control, ...(control ? { type: f.readUInt16BE(2) } : {}), streamId: control ? (len >= 4 ? f.readUInt32BE(8) & 0x7fffffff : 0) : f.readUInt32BE(0) & 0x7fffffff, flags: f[4]!, payload: Buffer.from(f.subarray(8)) });
+        this.frames.push({
+          control,
+          ...(control ? { type: f.readUInt16BE(2) } : {}),
+          streamId: control ? (len >= 4 ? f.readUInt32BE(8) & 0x7fffffff : 0) : f.readUInt32BE(0) & 0x7fffffff,
+          flags: f[4]!,
+          payload: Buffer.from(f.subarray(8)),
+        });
       }
       for (const w of this.waiters.splice(0)) w();
     });
