@@ -24,7 +24,10 @@ import { shimDirs, type Shim, type ShimHandle } from '../shim/shim.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
 import { capabilitiesFromMask } from './capabilities.js';
 import { descendants, killQuietly, startAttachSession, startExecSession, type ExecSession } from './exec-session.js';
-import { generateSpec, stopSignal, type CriContainerConfig } from './spec.js';
+import { hostProbes, warnOnce } from './host-probes.js';
+import { effectiveStopSignal } from './signals.js';
+import { generateSpec, type CriContainerConfig } from './spec.js';
+import { specPrerequisites } from './spec-prerequisites.js';
 
 export interface CreateContainerRequest {
   sandboxId: string;
@@ -76,8 +79,6 @@ export class ContainerService {
   private readonly locks = new KeyedLock();
   private readonly minOomScoreAdj: number;
   private readonly hostCapabilities: string[] | undefined;
-  /** The kernel enforces AppArmor: Localhost profiles are applied (runc names them), not ignored. */
-  private readonly appArmorEnabled: boolean;
   /**
    * /etc/passwd and /etc/group of images, by image id (a config digest, so fixed content):
    * with them known, a container's spec need not wait for its rootfs mount.
@@ -91,7 +92,6 @@ export class ContainerService {
     this.minOomScoreAdj = ownOomScoreAdj();
     const capBnd = /^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
     this.hostCapabilities = capBnd ? capabilitiesFromMask(BigInt(`0x${capBnd}`)) : undefined;
-    this.appArmorEnabled = appArmorEnabled();
   }
 
   private runtime(handler: string): OciRuntime {
@@ -142,6 +142,8 @@ export class ContainerService {
     const dup = this.o.repo.byName(sandbox.id, req.name, req.attempt);
     if (dup) throw new BerthError('AlreadyExists', `container "${req.name}" (attempt ${req.attempt}) already exists in pod ${sandbox.id} as ${dup.id}`);
 
+    // Devices, host devices and LSM profiles: resolved before anything of the container exists.
+    const prereq = await specPrerequisites(req.config, hostProbes());
     const id = randomBytes(32).toString('hex');
     const logDir = (sandbox.config as { log_directory?: string }).log_directory ?? '';
     const logPath = logDir !== '' && req.logPath !== '' ? join(logDir, req.logPath) : join(this.bundles, id, 'container.log');
@@ -208,7 +210,7 @@ export class ContainerService {
         ids = await this.readIdFiles(image.id, rootfs);
       }
 
-      const { spec, warnings } = generateSpec({
+      const { spec, warnings, hostWarnings } = generateSpec({
         containerId: id,
         sandboxId: sandbox.id,
         config: req.config,
@@ -219,12 +221,13 @@ export class ContainerService {
         sandbox: this.sandboxInfo(sandbox),
         cgroupDriver: this.o.config.cgroup_driver,
         minOomScoreAdj: this.minOomScoreAdj,
-        appArmorEnabled: this.appArmorEnabled,
+        ...prereq,
         ...(this.hostCapabilities ? { hostCapabilities: this.hostCapabilities } : {}),
         localhostSeccomp: await localhostSeccompProfiles(req.config),
         ...this.targetPidns(sandbox.id, req.config),
       });
       for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
+      for (const w of hostWarnings) warnOnce(this.o.log, w, { container: id });
       await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
       await mounted;
       bundleDone();
@@ -409,7 +412,10 @@ export class ContainerService {
       const rt = this.runtimeOf(c);
       if (c.state === 'unknown') return this.stopLost(c, rt);
       const image = this.o.images.find(c.imageId);
-      const sig = image ? stopSignal(image.config) : 15;
+      // ContainerConfig.stop_signal, else the image's; an unusable image signal falls back to SIGTERM.
+      const stopSig = effectiveStopSignal(c.config, image?.config);
+      if (stopSig.warning) this.o.log.warn('stop signal', { container: c.id, warning: stopSig.warning });
+      const sig = stopSig.signal;
       // Without its shim (killed) no exit file will come: ask the runtime instead.
       const shimUp = shimAlive(c.shimPid, c.id);
       const exited = (ms: number): Promise<number | undefined> => (shimUp ? this.exitWithin(c.id, ms, signal) : this.stoppedWithin(c.id, rt, ms));
@@ -715,15 +721,6 @@ export class ContainerService {
   close(): void {
     this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));
     clearInterval(this.shimCheck);
-  }
-}
-
-/** Whether the kernel has AppArmor enabled (as runc decides: the module parameter says Y). */
-function appArmorEnabled(): boolean {
-  try {
-    return readFileSync('/sys/module/apparmor/parameters/enabled', 'utf8').trim() === 'Y';
-  } catch {
-    return false;
   }
 }
 

@@ -1,5 +1,8 @@
-/** Stop signals: the image's STOPSIGNAL as a Linux signal number. */
-import { invalidArgument } from '../common/errors.js';
+/**
+ * Stop signals: the CRI's ContainerConfig.stop_signal (an enum), or else the image's
+ * STOPSIGNAL, as a Linux signal number.
+ */
+import { invalidArgument, messageOf } from '../common/errors.js';
 import type { ImageConfig } from '../images/manifest.js';
 
 /** Linux signal numbers (x86 and arm, which agree) by name without the SIG prefix. */
@@ -22,6 +25,7 @@ export const SIGNALS: Readonly<Record<string, number>> = {
   TERM: 15,
   STKFLT: 16,
   CHLD: 17,
+  CLD: 17,
   CONT: 18,
   STOP: 19,
   TSTP: 20,
@@ -66,4 +70,55 @@ export function parseSignal(s: string): number {
 export function stopSignal(image: ImageConfig): number {
   const s = image.run.stopSignal;
   return s.trim() === '' ? SIGNALS.TERM! : parseSignal(s);
+}
+
+/** The CRI Signal enum name ("SIGNAL_SIGUSR1", "SIGNAL_SIGRTMINPLUS3") → a signal number; undefined for SIGNAL_RUNTIME_DEFAULT or an unknown name. */
+export function criSignalNumber(name: string): number | undefined {
+  const m = /^SIGNAL_SIG([A-Z0-9]+?)(?:(PLUS|MINUS)(\d+))?$/.exec(name);
+  if (!m) return undefined;
+  const base = m[1]!;
+  if (m[2] === undefined && SIGNALS[base] !== undefined) return SIGNALS[base];
+  if (base !== 'RTMIN' && base !== 'RTMAX') return undefined;
+  const off = m[3] === undefined ? 0 : Number(m[3]) * (m[2] === 'MINUS' ? -1 : 1);
+  const n = (base === 'RTMIN' ? SIGRTMIN : SIGRTMAX) + off;
+  return n >= SIGRTMIN && n <= SIGRTMAX ? n : undefined;
+}
+
+const CANONICAL: ReadonlyMap<number, string> = new Map(
+  Object.entries(SIGNALS)
+    .filter(([name]) => name !== 'IOT' && name !== 'CLD' && name !== 'POLL')
+    .map(([name, n]) => [n, name]),
+);
+
+/** A signal number → its CRI Signal enum name; SIGNAL_RUNTIME_DEFAULT for a number the enum cannot name. */
+export function criSignalName(n: number): string {
+  const plain = CANONICAL.get(n);
+  if (plain) return `SIGNAL_SIG${plain}`;
+  if (n === SIGRTMIN) return 'SIGNAL_SIGRTMIN';
+  if (n === SIGRTMAX) return 'SIGNAL_SIGRTMAX';
+  if (n > SIGRTMIN && n <= SIGRTMIN + 15) return `SIGNAL_SIGRTMINPLUS${n - SIGRTMIN}`;
+  if (n > SIGRTMIN + 15 && n < SIGRTMAX) return `SIGNAL_SIGRTMAXMINUS${SIGRTMAX - n}`;
+  return 'SIGNAL_RUNTIME_DEFAULT';
+}
+
+/**
+ * The signal StopContainer sends first: ContainerConfig.stop_signal when set, else the
+ * image's STOPSIGNAL, else SIGTERM. An image STOPSIGNAL that does not parse must not
+ * make a container unstoppable: SIGTERM then, with a warning for the caller to log.
+ * An unknown CRI enum value is refused (InvalidArgument) at creation, so it never
+ * reaches a stop.
+ */
+export function effectiveStopSignal(config: { stop_signal?: unknown }, image: ImageConfig | undefined): { signal: number; warning?: string } {
+  const asked = config.stop_signal === undefined || config.stop_signal === null ? '' : String(config.stop_signal);
+  if (asked !== '' && asked !== '0' && asked !== 'SIGNAL_RUNTIME_DEFAULT') {
+    const n = criSignalNumber(asked);
+    if (n === undefined) throw invalidArgument(`stop_signal "${asked}" is not a known signal`);
+    return { signal: n };
+  }
+  if (!image) return { signal: SIGNALS.TERM! };
+  try {
+    return { signal: stopSignal(image) };
+  } catch (err) {
+    return { signal: SIGNALS.TERM!, warning: `the image's stop signal cannot be used (${messageOf(err)}); SIGTERM instead` };
+  }
 }

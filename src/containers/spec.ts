@@ -2,9 +2,10 @@
  * CRI ContainerConfig → OCI runtime spec, as a pure function.
  *
  * `generateSpec` takes everything it needs as data (the CRI request, the image config,
- * the image's /etc/passwd and /etc/group text, the sandbox's paths, pre-resolved host
- * devices and Localhost seccomp profiles) and returns the spec plus warnings for the
- * caller to log. It does no I/O and needs no root, so all of it is unit-tested.
+ * the image's /etc/passwd and /etc/group text, the sandbox's paths, the host's probes,
+ * devices resolved by devices.ts and Localhost seccomp profiles) and returns the spec
+ * plus warnings for the caller to log. It does no I/O and needs no root, so all of it is
+ * unit-tested.
  *
  * Input conventions: the CRI part keeps the CRI proto's snake_case field names (what the
  * proto loader gives with keepCase) but 64-bit integers are numbers (the CRI layer
@@ -22,7 +23,6 @@ import {
   DEFAULT_READONLY_PATHS,
   OCI_VERSION,
   type OciCpu,
-  type OciDevice,
   type OciDeviceCgroup,
   type OciHugepageLimit,
   type OciMemory,
@@ -30,13 +30,19 @@ import {
   type OciResources,
   type OciSpec,
 } from '../oci/spec.js';
+import { appArmorProfile, type AppArmorRequest } from './apparmor.js';
 import { capabilitySets } from './capabilities.js';
-import { cleanPath, criMount, mergeMounts, podMounts, rootfsPropagation, standardMounts, type CriMount } from './mounts.js';
+import { DEFAULT_DEVICE_RULES, deviceSpec, type CriDevice, type ResolvedDevice } from './devices.js';
+import { criMount, mergeMounts, podMounts, rootfsPropagation, standardMounts, type CriMount } from './mounts.js';
 import { selectSeccomp, type SeccompRequest } from './seccomp.js';
+import { SELINUX_IGNORED, selinuxLabels, selinuxRequested, type SelinuxOptions } from './selinux.js';
+import { criSignalName, effectiveStopSignal } from './signals.js';
 import { resolveUser } from './user.js';
 
 export { stopSignal } from './signals.js';
 export type { OciSpec } from '../oci/spec.js';
+export type { ResolvedDevice } from './devices.js';
+export { DEFAULT_DEVICE_RULES };
 
 export type NamespaceMode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
 
@@ -66,7 +72,10 @@ export interface CriSecurityContext {
   masked_paths: string[];
   readonly_paths: string[];
   seccomp?: SeccompRequest;
-  apparmor?: { profile_type: 'RuntimeDefault' | 'Unconfined' | 'Localhost'; localhost_ref: string };
+  apparmor?: AppArmorRequest;
+  selinux_options?: SelinuxOptions;
+  /** Strict: the image's /etc/group adds no groups. Merge (the default) as before. */
+  supplemental_groups_policy?: 'Merge' | 'Strict';
 }
 
 export interface CriContainerConfig {
@@ -75,25 +84,15 @@ export interface CriContainerConfig {
   working_dir: string;
   envs: Array<{ key: string; value: string }>;
   mounts: CriMount[];
-  devices: Array<{ container_path: string; host_path: string; permissions: string }>;
+  devices: CriDevice[];
   labels: Record<string, string>;
   annotations: Record<string, string>;
   tty: boolean;
   stdin: boolean;
   stdin_once: boolean;
   linux?: { resources?: CriLinuxResources; security_context?: CriSecurityContext };
-}
-
-/** A host device node, stat'ed by the caller. */
-export interface HostDevice {
-  /** The host path, matched against the CRI device's host_path. */
-  path: string;
-  type: 'c' | 'b';
-  major: number;
-  minor: number;
-  fileMode: number;
-  uid: number;
-  gid: number;
+  /** The CRI Signal enum name; absent or SIGNAL_RUNTIME_DEFAULT: the image's. */
+  stop_signal?: string;
 }
 
 export interface SandboxInfo {
@@ -133,45 +132,38 @@ export interface ContainerSpecInput {
   hostCapabilities?: readonly string[];
   /** Parsed Localhost seccomp profiles by localhost_ref, read by the caller. */
   localhostSeccomp?: Record<string, unknown>;
-  /** Host devices named by the CRI devices, resolved by the caller. */
-  devices?: HostDevice[];
+  /** The CRI devices, resolved by the caller (devices.ts resolveDevices). */
+  devices?: ResolvedDevice[];
+  /** The host's device nodes, given to privileged containers (devices.ts hostDevices). */
+  hostDevices?: ResolvedDevice[];
   /** The PID namespace of the target container, for namespace_options.pid = TARGET. */
   targetPidnsPath?: string;
   /** Whether the memory controller accounts swap (cgroup v1 memory.memsw, v2 memory.swap.max). Default true. */
   swapAccounting?: boolean;
-  /** AppArmor is enabled on the host; when false, AppArmor requests are ignored with a warning. */
+  /** AppArmor is enabled on the host; when false, an explicit profile other than Unconfined is refused. */
   appArmorEnabled?: boolean;
-  /** The loaded profile used for AppArmor RuntimeDefault. */
+  /** The loaded profile used for AppArmor RuntimeDefault (berth's default when absent). */
   appArmorDefaultProfile?: string;
+  /** SELinux is enabled on the host; when false, selinux_options are ignored (a host warning). */
+  selinuxEnabled?: boolean;
 }
 
 export interface SpecResult {
   spec: OciSpec;
   /** Things the caller should log, e.g. "oom_score_adj -998 clamped to -500". */
   warnings: string[];
+  /** Facts about the host the request met (e.g. no SELinux): the caller logs each once, not per container. */
+  hostWarnings: string[];
 }
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
 export { DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS };
 
-/** runc's default device cgroup: deny all, mknod anything, use the standard nodes. */
-export const DEFAULT_DEVICE_RULES: readonly OciDeviceCgroup[] = [
-  { allow: false, access: 'rwm' },
-  { allow: true, type: 'c', access: 'm' },
-  { allow: true, type: 'b', access: 'm' },
-  { allow: true, type: 'c', major: 1, minor: 3, access: 'rwm' }, // /dev/null
-  { allow: true, type: 'c', major: 1, minor: 5, access: 'rwm' }, // /dev/zero
-  { allow: true, type: 'c', major: 1, minor: 7, access: 'rwm' }, // /dev/full
-  { allow: true, type: 'c', major: 5, minor: 0, access: 'rwm' }, // /dev/tty
-  { allow: true, type: 'c', major: 1, minor: 8, access: 'rwm' }, // /dev/random
-  { allow: true, type: 'c', major: 1, minor: 9, access: 'rwm' }, // /dev/urandom
-  { allow: true, type: 'c', major: 5, minor: 2, access: 'rwm' }, // /dev/ptmx
-  { allow: true, type: 'c', major: 136, access: 'rwm' }, // /dev/pts/*
-];
-
 export const ANNOTATION_CONTAINER_TYPE = 'io.kubernetes.cri.container-type';
 export const ANNOTATION_SANDBOX_ID = 'io.kubernetes.cri.sandbox-id';
+/** The stop signal StopContainer sends first, as a CRI Signal enum name (ContainerStatus.stop_signal). */
+export const ANNOTATION_STOP_SIGNAL = 'io.berth.stop-signal';
 
 /** Builds the OCI runtime spec of a CRI container. Pure; throws InvalidArgument on bad input. */
 export function generateSpec(input: ContainerSpecInput): SpecResult {
@@ -190,6 +182,7 @@ export function generateSpec(input: ContainerSpecInput): SpecResult {
       ...(sc.run_as_group ? { runAsGroup: sc.run_as_group.value } : {}),
       supplementalGroups: sc.supplemental_groups ?? [],
       imageUser: image.run.user,
+      strictGroups: sc.supplemental_groups_policy === 'Strict',
     },
     input.passwd,
     input.group,
@@ -232,7 +225,7 @@ export function generateSpec(input: ContainerSpecInput): SpecResult {
   );
   const propagation = rootfsPropagation(config.mounts);
 
-  const { devices, rules } = deviceSpec(input, privileged);
+  const { devices, rules } = deviceSpec(input.devices ?? [], input.hostDevices, privileged);
   const seccomp = selectSeccomp({
     ...(sc.seccomp ? { request: sc.seccomp } : {}),
     privileged,
@@ -241,7 +234,17 @@ export function generateSpec(input: ContainerSpecInput): SpecResult {
     ...(input.localhostSeccomp ? { localhostProfiles: input.localhostSeccomp } : {}),
   });
   const { resources, oomScoreAdj } = resourceSpec(input, rules, warnings);
-  const apparmorProfile = appArmor(input, sc, privileged, warnings);
+  const apparmorProfile = appArmorProfile(sc.apparmor, {
+    enabled: input.appArmorEnabled ?? false,
+    privileged,
+    defaultProfile: input.appArmorDefaultProfile,
+  });
+  const hostWarnings: string[] = [];
+  let labels: { processLabel: string; mountLabel: string } | undefined;
+  if (input.selinuxEnabled) labels = selinuxLabels(selinuxRequested(sc.selinux_options) ? sc.selinux_options : undefined, input.sandboxId);
+  else if (selinuxRequested(sc.selinux_options)) hostWarnings.push(SELINUX_IGNORED);
+  const stop = effectiveStopSignal(config, image);
+  if (stop.warning) warnings.push(stop.warning);
 
   const spec: OciSpec = {
     ociVersion: OCI_VERSION,
@@ -255,6 +258,7 @@ export function generateSpec(input: ContainerSpecInput): SpecResult {
       noNewPrivileges: sc.no_new_privs,
       ...(oomScoreAdj !== undefined ? { oomScoreAdj } : {}),
       ...(apparmorProfile !== undefined ? { apparmorProfile } : {}),
+      ...(labels ? { selinuxLabel: labels.processLabel } : {}),
     },
     root: { path: input.rootfs, readonly: readonlyRootfs },
     // runc refuses a hostname without a private UTS namespace.
@@ -270,14 +274,16 @@ export function generateSpec(input: ContainerSpecInput): SpecResult {
       readonlyPaths: privileged ? [] : nonEmptyOr(sc.readonly_paths, DEFAULT_READONLY_PATHS),
       ...(seccomp ? { seccomp } : {}),
       ...(sandbox.sysctls && Object.keys(sandbox.sysctls).length > 0 ? { sysctl: { ...sandbox.sysctls } } : {}),
+      ...(labels ? { mountLabel: labels.mountLabel } : {}),
     },
     annotations: {
       ...config.annotations,
       [ANNOTATION_CONTAINER_TYPE]: 'container',
       [ANNOTATION_SANDBOX_ID]: input.sandboxId,
+      [ANNOTATION_STOP_SIGNAL]: criSignalName(stop.signal),
     },
   };
-  return { spec, warnings };
+  return { spec, warnings, hostWarnings };
 }
 
 function emptySecurityContext(): CriSecurityContext {
@@ -393,32 +399,6 @@ export function namespaces(input: ContainerSpecInput, sc: CriSecurityContext): O
   return out;
 }
 
-function deviceSpec(input: ContainerSpecInput, privileged: boolean): { devices: OciDevice[]; rules: OciDeviceCgroup[] } {
-  const rules: OciDeviceCgroup[] = privileged ? [{ allow: true, access: 'rwm' }] : DEFAULT_DEVICE_RULES.map((r) => ({ ...r }));
-  const devices: OciDevice[] = [];
-  input.config.devices.forEach((d, i) => {
-    const field = `devices[${i}]`;
-    if (!posix.isAbsolute(d.container_path)) throw invalidArgument(`${field}.container_path "${d.container_path}" must be an absolute path`);
-    const perms = d.permissions === '' ? 'rwm' : d.permissions;
-    if (!/^[rwm]{1,3}$/.test(perms) || new Set(perms).size !== perms.length) {
-      throw invalidArgument(`${field}.permissions "${d.permissions}" must be a combination of r, w and m`);
-    }
-    const host = input.devices?.find((h) => h.path === d.host_path);
-    if (!host) throw invalidArgument(`${field}.host_path "${d.host_path}" is not a device node`);
-    devices.push({
-      path: cleanPath(d.container_path),
-      type: host.type,
-      major: host.major,
-      minor: host.minor,
-      fileMode: host.fileMode,
-      uid: host.uid,
-      gid: host.gid,
-    });
-    if (!privileged) rules.push({ allow: true, type: host.type, major: host.major, minor: host.minor, access: perms });
-  });
-  return { devices, rules };
-}
-
 const HUGEPAGE_SIZE = /^\d+(?:KB|MB|GB|TB|PB)$/;
 
 function resourceSpec(input: ContainerSpecInput, devices: OciDeviceCgroup[], warnings: string[]): { resources: OciResources; oomScoreAdj?: number } {
@@ -481,23 +461,4 @@ function resourceSpec(input: ContainerSpecInput, devices: OciDeviceCgroup[], war
 /** runc's cgroupsPath for the container, under its pod's cgroup parent. */
 export function cgroupsPath(input: Pick<ContainerSpecInput, 'cgroupDriver' | 'containerId' | 'sandbox'>): string {
   return ociCgroupsPath(input.cgroupDriver, input.sandbox.cgroupParent, input.containerId);
-}
-
-function appArmor(input: ContainerSpecInput, sc: CriSecurityContext, privileged: boolean, warnings: string[]): string | undefined {
-  const req = sc.apparmor;
-  if (!req || req.profile_type === 'Unconfined' || privileged) return undefined;
-  if (!input.appArmorEnabled) {
-    warnings.push(`apparmor ${req.profile_type} ignored: AppArmor is not enabled on this host`);
-    return undefined;
-  }
-  if (req.profile_type === 'Localhost') {
-    const name = req.localhost_ref.replace(/^localhost\//, '');
-    if (!name) throw invalidArgument('apparmor.localhost_ref is required for a Localhost AppArmor profile');
-    return name;
-  }
-  if (!input.appArmorDefaultProfile) {
-    warnings.push('apparmor RuntimeDefault ignored: no default AppArmor profile is configured');
-    return undefined;
-  }
-  return input.appArmorDefaultProfile;
 }

@@ -6,6 +6,12 @@
  */
 import { invalidArgument } from '../common/errors.js';
 
+/**
+ * SupplementalGroupsPolicy (KEP-3619) is honoured: Strict leaves the image's /etc/group
+ * out, and ContainerStatus.user reports the groups the process starts with.
+ */
+export const SUPPLEMENTAL_GROUPS_POLICY_SUPPORTED = true;
+
 export interface PasswdEntry {
   name: string;
   uid: number;
@@ -26,12 +32,14 @@ export interface UserRequest {
   supplementalGroups: number[];
   /** The image's USER ("", "uid", "uid:gid", "name", "name:group"). */
   imageUser: string;
+  /** SupplementalGroupsPolicy Strict: no groups from the image's /etc/group, only the primary gid and the requested ones. */
+  strictGroups?: boolean;
 }
 
 export interface ResolvedUser {
   uid: number;
   gid: number;
-  /** The primary gid first, then groups of /etc/group naming the user, then the CRI supplemental groups (as containerd). */
+  /** The primary gid first, then groups of /etc/group naming the user (not with Strict), then the CRI supplemental groups (as containerd). */
   additionalGids: number[];
   /** The passwd name when the user has an entry (for HOME and logs). */
   name?: string;
@@ -110,7 +118,7 @@ export function resolveUser(req: UserRequest, passwdText: string, groupText: str
   if (req.runAsGroup !== undefined) gid = checkId(req.runAsGroup, 'run_as_group');
 
   const additional: number[] = [gid];
-  if (entry) {
+  if (entry && !req.strictGroups) {
     const name = entry.name;
     for (const g of groups) if (g.members.includes(name)) additional.push(g.gid);
   }

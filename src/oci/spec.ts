@@ -181,6 +181,8 @@ export interface OciLinux {
   readonlyPaths: string[];
   seccomp?: OciSeccomp;
   sysctl?: Record<string, string>;
+  /** The SELinux label of the container's mounts (context= mount option). */
+  mountLabel?: string;
 }
 
 export interface OciSpec {

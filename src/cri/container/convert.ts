@@ -1,12 +1,17 @@
+import { parseProfileString } from '../../containers/apparmor.js';
 import type { ContainerRecord } from '../../containers/container-repository.js';
 import type { ContainerService } from '../../containers/container-service.js';
-import type { CriContainerConfig, CriLinuxResources } from '../../containers/spec.js';
+import { hostProbes } from '../../containers/host-probes.js';
+import { SELINUX_IGNORED, selinuxRequested, type SelinuxOptions } from '../../containers/selinux.js';
+import { ANNOTATION_STOP_SIGNAL, type CriContainerConfig, type CriLinuxResources } from '../../containers/spec.js';
 import { criContainerState } from '../../containers/state.js';
 import type { Container } from '../gen/runtime/v1/Container.js';
 import type { ContainerConfig__Output } from '../gen/runtime/v1/ContainerConfig.js';
 import type { ContainerFilter__Output } from '../gen/runtime/v1/ContainerFilter.js';
 import type { ImageSpec } from '../gen/runtime/v1/ImageSpec.js';
 import type { LinuxContainerResources__Output } from '../gen/runtime/v1/LinuxContainerResources.js';
+import type { SecurityProfile__Output } from '../gen/runtime/v1/SecurityProfile.js';
+import { refuseUnsupportedContainerFields } from '../refusals.js';
 
 const num = (v: string | number | null | undefined): number => (v === null || v === undefined || v === '' ? 0 : Number(v));
 
@@ -26,11 +31,31 @@ export function toSpecResources(r: LinuxContainerResources__Output): CriLinuxRes
   };
 }
 
-/** The decoded ContainerConfig (int64 as strings) → the spec generator's input (numbers). */
+/**
+ * A SecurityProfile, or else the deprecated string field that predates it
+ * ("runtime/default", "docker/default", "unconfined", "localhost/<ref>").
+ */
+function securityProfile(
+  profile: SecurityProfile__Output | null | undefined,
+  deprecated: string,
+  field: string,
+): { profile_type: 'RuntimeDefault' | 'Unconfined' | 'Localhost'; localhost_ref: string } | undefined {
+  if (profile) return { profile_type: profile.profile_type as 'RuntimeDefault' | 'Unconfined' | 'Localhost', localhost_ref: profile.localhost_ref };
+  return parseProfileString(deprecated === 'docker/default' ? 'runtime/default' : deprecated, field);
+}
+
+/**
+ * The decoded ContainerConfig (int64 as strings) → the spec generator's input (numbers).
+ * Fields berth does not apply yet are refused here (see ../contract.ts).
+ */
 export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
+  refuseUnsupportedContainerFields(c);
   const r = c.linux?.resources;
   const sc = c.linux?.security_context;
+  const seccomp = sc ? securityProfile(sc.seccomp, sc.seccomp_profile_path, 'linux.security_context.seccomp_profile_path') : undefined;
+  const apparmor = sc ? securityProfile(sc.apparmor, sc.apparmor_profile, 'linux.security_context.apparmor_profile') : undefined;
   return {
+    stop_signal: c.stop_signal,
     command: c.command,
     args: c.args,
     working_dir: c.working_dir,
@@ -81,7 +106,10 @@ export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
               no_new_privs: sc.no_new_privs,
               masked_paths: sc.masked_paths,
               readonly_paths: sc.readonly_paths,
-              ...(sc.seccomp ? { seccomp: { profile_type: sc.seccomp.profile_type, localhost_ref: sc.seccomp.localhost_ref } } : {}),
+              ...(seccomp ? { seccomp } : {}),
+              ...(apparmor ? { apparmor } : {}),
+              ...(sc.selinux_options ? { selinux_options: { ...sc.selinux_options } } : {}),
+              supplemental_groups_policy: sc.supplemental_groups_policy,
             },
           }
         : {}),
@@ -172,6 +200,12 @@ export function specUser(spec: Record<string, unknown> | undefined): { uid: numb
   return { uid: u.uid ?? 0, gid: u.gid ?? 0, supplemental_groups: u.additionalGids ?? [] };
 }
 
+/** ContainerStatus.stop_signal: the signal StopContainer sends first, as recorded in the spec at creation. */
+export function specStopSignal(spec: Record<string, unknown> | undefined): string {
+  const a = (spec?.annotations as Record<string, string> | undefined)?.[ANNOTATION_STOP_SIGNAL];
+  return a ?? 'SIGNAL_RUNTIME_DEFAULT';
+}
+
 /**
  * ContainerStatus info["info"] when verbose. Keys as containerd and CRI-O name them
  * (`sandboxID`, `pid`, `privileged`, `config`, `runtimeSpec`), so that scripts and
@@ -179,8 +213,11 @@ export function specUser(spec: Record<string, unknown> | undefined): { uid: numb
  * `state` are berth's own.
  */
 export function verboseInfo(c: ContainerRecord, spec: Record<string, unknown> | undefined): Record<string, unknown> {
-  const privileged = (c.config.linux as { security_context?: { privileged?: boolean } | null } | null | undefined)?.security_context?.privileged ?? false;
+  const sc = (c.config.linux as { security_context?: { privileged?: boolean; selinux_options?: SelinuxOptions | null } | null } | null | undefined)
+    ?.security_context;
+  const privileged = sc?.privileged ?? false;
   return {
+    ...(selinuxRequested(sc?.selinux_options) && !hostProbes().selinuxEnabled ? { selinux: SELINUX_IGNORED } : {}),
     id: c.id,
     sandboxID: c.sandboxId,
     pid: c.pid ?? 0,

@@ -22,7 +22,17 @@ import type { StreamContainersRequest__Output } from '../gen/runtime/v1/StreamCo
 import type { StreamContainersResponse } from '../gen/runtime/v1/StreamContainersResponse.js';
 import { sendPaged, type StreamHandler, type UnaryHandler } from '../rpc.js';
 import { boundedString, required, requiredString } from '../validate.js';
-import { filteredContainers, mergeResources, recordedResources, specUser, toCriContainer, toSpecConfig, toSpecResources, verboseInfo } from './convert.js';
+import {
+  filteredContainers,
+  mergeResources,
+  recordedResources,
+  specStopSignal,
+  specUser,
+  toCriContainer,
+  toSpecConfig,
+  toSpecResources,
+  verboseInfo,
+} from './convert.js';
 
 const id = (v: string, field: string): string => requiredString(v, field, 128);
 
@@ -111,6 +121,7 @@ export const containerStatus =
         log_path: c.logPath,
         ...(resources ? { resources: { linux: resources } } : {}),
         ...(user ? { user: { linux: user } } : {}),
+        stop_signal: specStopSignal(spec) as never,
       },
       info: req.verbose ? { info: JSON.stringify(verboseInfo(c, spec)) } : ({} as Record<string, string>),
     };

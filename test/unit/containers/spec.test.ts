@@ -468,10 +468,8 @@ describe('container spec: mounts', () => {
 });
 
 describe('container spec: devices', () => {
-  const host = [
-    { path: '/dev/fuse', type: 'c' as const, major: 10, minor: 229, fileMode: 0o666, uid: 0, gid: 0 },
-    { path: '/dev/loop0', type: 'b' as const, major: 7, minor: 0, fileMode: 0o660, uid: 0, gid: 6 },
-  ];
+  const fuse = { path: '/dev/fuse', type: 'c' as const, major: 10, minor: 229, fileMode: 0o666, uid: 0, gid: 0 };
+  const loop = { path: '/dev/xvda', type: 'b' as const, major: 7, minor: 0, fileMode: 0o660, uid: 0, gid: 6 };
 
   it('has runc’s default device rules', () => {
     const rules = generateSpec(input()).spec.linux.resources.devices;
@@ -481,16 +479,13 @@ describe('container spec: devices', () => {
     assert.deepEqual(generateSpec(input()).spec.linux.devices, []);
   });
 
-  it('adds CRI devices as nodes and cgroup rules with their permissions', () => {
+  it('adds resolved devices as nodes and cgroup rules with their permissions', () => {
     const { spec } = generateSpec(
       input({
-        devices: host,
-        config: config({
-          devices: [
-            { container_path: '/dev/fuse', host_path: '/dev/fuse', permissions: 'rwm' },
-            { container_path: '/dev/xvda', host_path: '/dev/loop0', permissions: 'r' },
-          ],
-        }),
+        devices: [
+          { ...fuse, permissions: 'rwm' },
+          { ...loop, permissions: 'r' },
+        ],
       }),
     );
     assert.deepEqual(spec.linux.devices, [
@@ -503,15 +498,21 @@ describe('container spec: devices', () => {
     ]);
   });
 
-  const bad: Array<[string, { container_path: string; host_path: string; permissions: string }, RegExp]> = [
-    ['unresolved host path', { container_path: '/dev/x', host_path: '/dev/nope', permissions: 'rw' }, /devices\[0\]\.host_path "\/dev\/nope"/],
-    ['bad permissions', { container_path: '/dev/fuse', host_path: '/dev/fuse', permissions: 'rx' }, /devices\[0\]\.permissions "rx"/],
-    ['repeated permission', { container_path: '/dev/fuse', host_path: '/dev/fuse', permissions: 'rr' }, /permissions/],
-    ['relative container path', { container_path: 'fuse', host_path: '/dev/fuse', permissions: 'rw' }, /devices\[0\]\.container_path/],
-  ];
-  for (const [name, d, re] of bad) {
-    it(`refuses ${name}`, () => invalid(() => generateSpec(input({ devices: host, config: config({ devices: [d] }) })), re));
-  }
+  it('privileged: the host devices, a requested device winning at its path, and one allow-all rule', () => {
+    const host = [
+      { ...fuse, fileMode: 0o600, permissions: 'rwm' },
+      { path: '/dev/net/tun', type: 'c' as const, major: 10, minor: 200, fileMode: 0o600, uid: 0, gid: 0, permissions: 'rwm' },
+    ];
+    const { spec } = generateSpec(withSc({ privileged: true }, { hostDevices: host, devices: [{ ...fuse, permissions: 'r' }] }));
+    assert.deepEqual(
+      spec.linux.devices.map((d) => [d.path, d.fileMode]),
+      [
+        ['/dev/net/tun', 0o600],
+        ['/dev/fuse', 0o666],
+      ],
+    );
+    assert.deepEqual(spec.linux.resources.devices, [{ allow: true, access: 'rwm' }]);
+  });
 });
 
 describe('container spec: namespaces', () => {
@@ -688,7 +689,12 @@ describe('container spec: cgroups path', () => {
 describe('container spec: annotations, sysctls, AppArmor', () => {
   it('keeps CRI annotations and adds the container type and sandbox id (which win)', () => {
     const { spec } = generateSpec(input({ config: config({ annotations: { team: 'a', 'io.kubernetes.cri.sandbox-id': 'forged' } }) }));
-    assert.deepEqual(spec.annotations, { team: 'a', 'io.kubernetes.cri.container-type': 'container', 'io.kubernetes.cri.sandbox-id': 'sb1' });
+    assert.deepEqual(spec.annotations, {
+      team: 'a',
+      'io.kubernetes.cri.container-type': 'container',
+      'io.kubernetes.cri.sandbox-id': 'sb1',
+      'io.berth.stop-signal': 'SIGNAL_SIGTERM',
+    });
   });
 
   it('copies pod sysctls when given', () => {
@@ -696,16 +702,6 @@ describe('container spec: annotations, sysctls, AppArmor', () => {
     assert.equal(generateSpec(base).spec.linux.sysctl, undefined);
     const { spec } = generateSpec(input({ sandbox: { ...base.sandbox, sysctls: { 'net.ipv4.ip_forward': '1' } } }));
     assert.deepEqual(spec.linux.sysctl, { 'net.ipv4.ip_forward': '1' });
-  });
-
-  it('AppArmor: ignored with a warning when the host has none; Localhost and RuntimeDefault when it does', () => {
-    const local = { apparmor: { profile_type: 'Localhost' as const, localhost_ref: 'localhost/my-prof' } };
-    const off = generateSpec(withSc(local));
-    assert.equal(off.spec.process.apparmorProfile, undefined);
-    assert.equal(off.warnings.length, 1);
-    assert.equal(generateSpec(withSc(local, { appArmorEnabled: true })).spec.process.apparmorProfile, 'my-prof');
-    const rd = withSc({ apparmor: { profile_type: 'RuntimeDefault', localhost_ref: '' } }, { appArmorEnabled: true, appArmorDefaultProfile: 'berth-default' });
-    assert.equal(generateSpec(rd).spec.process.apparmorProfile, 'berth-default');
   });
 });
 
