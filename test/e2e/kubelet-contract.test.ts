@@ -1,0 +1,234 @@
+/**
+ * The kubelet contract end to end, observed from inside containers: devices and their
+ * cgroup rules, privileged containers' host devices and writable /sys, the stop signal,
+ * and the AppArmor/SELinux behaviour of a host that has neither (this kind of machine).
+ */
+import { status } from '@grpc/grpc-js';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildImage, buildLayer, busyboxEntries, DEFAULT_PATH, RegistryPusher } from '../../hack/test-images/oci.js';
+import { Berthd, until } from '../helpers/berthd.js';
+import { grpcError } from '../helpers/cri-client.js';
+import { useFixtureRegistry } from '../helpers/fixtures.js';
+
+describe('kubelet contract', function () {
+  this.timeout(90_000);
+  const reg = useFixtureRegistry();
+  let b: Berthd;
+  let pod: string;
+  let logDir: string;
+  let n = 0;
+
+  before(async function () {
+    this.timeout(120_000);
+    b = await Berthd.start();
+    logDir = mkdtempSync(join(tmpdir(), 'berth-contract-logs-'));
+    await b.image.PullImage({ image: { image: reg.fx.busybox.ref } });
+    ({ pod_sandbox_id: pod } = await b.runtime.RunPodSandbox({
+      config: {
+        metadata: { name: 'contract', namespace: 'test', uid: 'contract', attempt: 0 },
+        hostname: 'contract',
+        log_directory: logDir,
+        linux: { security_context: { namespace_options: { network: 'NODE' } } },
+      },
+    }));
+  });
+  after(async () => {
+    if (pod) await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+    await b?.dispose();
+    if (logDir) rmSync(logDir, { recursive: true, force: true });
+  });
+
+  async function create(config: Record<string, unknown>, image = reg.fx.busybox.ref): Promise<string> {
+    const name = `c${n++}`;
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: { metadata: { name, attempt: 0 }, image: { image }, log_path: `${name}.log`, ...config } as never,
+    });
+    return id;
+  }
+
+  /** Runs a shell script to its end; its exit code and stdout. */
+  async function run(script: string, config: Record<string, unknown> = {}): Promise<{ code: number; out: string }> {
+    const id = await create({ command: ['sh', '-c', script], ...config });
+    await b.runtime.StartContainer({ container_id: id });
+    const st = await until(async () => {
+      const s = (await b.runtime.ContainerStatus({ container_id: id })).status!;
+      return s.state === 'CONTAINER_EXITED' ? s : undefined;
+    });
+    const out = readFileSync(st.log_path, 'utf8')
+      .split('\n')
+      .filter((l) => / stdout [FP] /.test(l))
+      .map((l) => l.replace(/^\S+ stdout [FP] /, ''))
+      .join('\n');
+    await b.runtime.RemoveContainer({ container_id: id });
+    return { code: st.exit_code, out };
+  }
+
+  /** The container's own device cgroup rules (the v1 devices controller), or '' where there is none. */
+  const DEVICES_LIST = 'cat /sys/fs/cgroup/devices/devices.list 2>/dev/null; true';
+
+  it('a device: the node with the host numbers, its cgroup rule, and it opens', async function () {
+    if (!existsSync('/dev/fuse')) this.skip();
+    const r = await run(`stat -c 'node %F %t:%T' /dev/fuse; exec 3<>/dev/fuse && echo opened; ${DEVICES_LIST}`, {
+      devices: [{ host_path: '/dev/fuse', container_path: '/dev/fuse', permissions: 'rwm' }],
+    });
+    assert.equal(r.code, 0, r.out);
+    assert.match(r.out, /^node character special file a:e5$/m);
+    assert.match(r.out, /^opened$/m);
+    if (existsSync('/sys/fs/cgroup/devices')) assert.match(r.out, /^c 10:229 rwm$/m);
+  });
+
+  it('read-only permissions: the rule says r, and opening for writing is refused', async function () {
+    if (!existsSync('/dev/fuse') || !existsSync('/sys/fs/cgroup/devices')) this.skip();
+    const r = await run(`exec 3</dev/fuse && echo read-ok; (exec 4>/dev/fuse) 2>/dev/null && echo write-ok; ${DEVICES_LIST}`, {
+      devices: [{ host_path: '/dev/fuse', container_path: '/dev/fuse', permissions: 'r' }],
+    });
+    assert.match(r.out, /^read-ok$/m);
+    assert.doesNotMatch(r.out, /write-ok/);
+    assert.match(r.out, /^c 10:229 r$/m);
+  });
+
+  it('a symlink to a device is followed; the container path stays as asked', async function () {
+    if (!existsSync('/dev/fuse')) this.skip();
+    const dir = mkdtempSync(join(tmpdir(), 'berth-devlink-'));
+    try {
+      symlinkSync('/dev/fuse', join(dir, 'fuse-link'));
+      const r = await run(`stat -c '%F %t:%T' /dev/myfuse; test -L /dev/myfuse || echo not-a-link`, {
+        devices: [{ host_path: join(dir, 'fuse-link'), container_path: '/dev/myfuse', permissions: 'rw' }],
+      });
+      assert.match(r.out, /^character special file a:e5$/m);
+      assert.match(r.out, /^not-a-link$/m);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a directory of devices: every node under it appears under the container path', async function () {
+    if (!existsSync('/dev/net/tun')) this.skip();
+    const r = await run(`stat -c '%F %t:%T' /dev/vnet/tun; ${DEVICES_LIST}`, {
+      devices: [{ host_path: '/dev/net', container_path: '/dev/vnet', permissions: 'rw' }],
+    });
+    assert.match(r.out, /^character special file a:c8$/m);
+    // runc's own defaults already allow the tun device (rwm), so the rule shows as at least rw.
+    if (existsSync('/sys/fs/cgroup/devices')) assert.match(r.out, /^c 10:200 rwm?$/m);
+  });
+
+  it('bad devices are INVALID_ARGUMENT naming the field, and leave nothing behind', async () => {
+    const cases: Array<[Record<string, string>, RegExp]> = [
+      [{ host_path: '/dev/berth-missing', container_path: '/dev/x', permissions: 'rw' }, /devices\[0\]\.host_path "\/dev\/berth-missing" does not exist/],
+      [{ host_path: '/etc/hostname', container_path: '/dev/x', permissions: 'rw' }, /devices\[0\]\.host_path "\/etc\/hostname" is not a device node/],
+      [{ host_path: '/dev/null', container_path: 'dev/x', permissions: 'rw' }, /devices\[0\]\.container_path/],
+      [{ host_path: '/dev/null', container_path: '/dev/../etc/x', permissions: 'rw' }, /devices\[0\]\.container_path .*"\.\."/],
+      [{ host_path: '/dev/null', container_path: '/dev/x', permissions: 'rwx' }, /devices\[0\]\.permissions "rwx"/],
+    ];
+    const before = (await b.runtime.ListContainers({})).containers.length;
+    for (const [d, re] of cases) {
+      const e = await grpcError(create({ command: ['true'], devices: [d] }));
+      assert.equal(e.code, status.INVALID_ARGUMENT, e.details);
+      assert.match(e.details, re);
+    }
+    assert.equal((await b.runtime.ListContainers({})).containers.length, before);
+  });
+
+  it('a privileged container sees the host devices (/dev/net/tun) and a writable /sys', async () => {
+    const r = await run(`test -c /dev/net/tun && echo tun; test -c /dev/fuse && echo fuse; grep -E ' /sys (sysfs|cgroup) ' /proc/mounts; ${DEVICES_LIST}`, {
+      linux: { security_context: { privileged: true, namespace_options: { network: 'NODE', pid: 'CONTAINER' } } },
+    });
+    if (existsSync('/dev/net/tun')) assert.match(r.out, /^tun$/m);
+    if (existsSync('/dev/fuse')) assert.match(r.out, /^fuse$/m);
+    assert.match(r.out, /^sysfs \/sys sysfs rw,/m);
+    if (existsSync('/sys/fs/cgroup/devices')) assert.match(r.out, /^a \*:\* rwm$/m);
+  });
+
+  it('stop_signal SIGUSR1 reaches the container on StopContainer, and ContainerStatus reports it', async () => {
+    const id = await create({
+      command: ['sh', '-c', "trap 'exit 42' USR1; trap 'exit 15' TERM; echo ready; while true; do sleep 0.1; done"],
+      stop_signal: 'SIGNAL_SIGUSR1',
+    });
+    await b.runtime.StartContainer({ container_id: id });
+    assert.equal((await b.runtime.ContainerStatus({ container_id: id })).status!.stop_signal, 'SIGNAL_SIGUSR1');
+    const st0 = (await b.runtime.ContainerStatus({ container_id: id })).status!;
+    await until(async () => (readFileSync(st0.log_path, 'utf8').includes('ready') ? true : undefined));
+    await b.runtime.StopContainer({ container_id: id, timeout: 20 });
+    const st = (await b.runtime.ContainerStatus({ container_id: id })).status!;
+    assert.equal(st.state, 'CONTAINER_EXITED');
+    assert.equal(st.exit_code, 42, 'the USR1 trap ran');
+    await b.runtime.RemoveContainer({ container_id: id });
+  });
+
+  it('an image whose STOPSIGNAL does not parse can still be stopped: SIGTERM, with a warning', async () => {
+    const pusher = new RegistryPusher(reg.registry.host);
+    let ref: string;
+    try {
+      const layer = await buildLayer(busyboxEntries(), 'gzip');
+      const image = buildImage({ layers: [layer], config: { Env: [`PATH=${DEFAULT_PATH}`], Cmd: ['sh'], StopSignal: 'SIGBOGUS' } });
+      await pusher.pushImage('berth-test/bad-stopsignal', image, ['latest']);
+      ref = `${reg.registry.host}/berth-test/bad-stopsignal:latest`;
+    } finally {
+      pusher.close();
+    }
+    await b.image.PullImage({ image: { image: ref } });
+    const id = await create({ command: ['sh', '-c', "trap 'exit 7' TERM; echo ready; while true; do sleep 0.1; done"] }, ref);
+    await b.runtime.StartContainer({ container_id: id });
+    const st0 = (await b.runtime.ContainerStatus({ container_id: id })).status!;
+    assert.equal(st0.stop_signal, 'SIGNAL_SIGTERM');
+    await until(async () => (readFileSync(st0.log_path, 'utf8').includes('ready') ? true : undefined));
+    await b.runtime.StopContainer({ container_id: id, timeout: 20 });
+    const st = (await b.runtime.ContainerStatus({ container_id: id })).status!;
+    assert.equal(st.exit_code, 7, 'SIGTERM was sent');
+    assert.ok(b.records().some((r) => r.level === 'warn' && /SIGBOGUS/.test(String(r.warning))));
+    await b.runtime.RemoveContainer({ container_id: id });
+  });
+
+  it('AppArmor on a host without it: Localhost and RuntimeDefault refused (FAILED_PRECONDITION), Unconfined runs', async function () {
+    if (existsSync('/sys/module/apparmor')) this.skip();
+    for (const sc of [
+      { apparmor: { profile_type: 'Localhost', localhost_ref: 'localhost/my-profile' } },
+      { apparmor: { profile_type: 'RuntimeDefault' } },
+      { apparmor_profile: 'localhost/my-profile' },
+    ]) {
+      const e = await grpcError(create({ command: ['true'], linux: { security_context: sc } }));
+      assert.equal(e.code, status.FAILED_PRECONDITION, JSON.stringify(sc));
+      assert.match(e.details, /apparmor is not supported/);
+    }
+    const r = await run('echo ran', { linux: { security_context: { apparmor: { profile_type: 'Unconfined' } } } });
+    assert.equal(r.out, 'ran');
+  });
+
+  it('SELinux options on a host without SELinux: the containers run, one warning, shown in verbose status', async function () {
+    if (existsSync('/sys/fs/selinux/enforce')) this.skip();
+    const sc = { selinux_options: { user: 'system_u', role: 'system_r', type: 'container_t', level: 's0:c1,c2' } };
+    const ids = [
+      await create({ command: ['sleep', '60'], linux: { security_context: sc } }),
+      await create({ command: ['true'], linux: { security_context: sc } }),
+    ];
+    const info = JSON.parse((await b.runtime.ContainerStatus({ container_id: ids[0]!, verbose: true })).info.info!) as { selinux?: string };
+    assert.match(info.selinux ?? '', /SELinux is not enabled on this host/);
+    const warnings = b.records().filter((r) => r.level === 'warn' && /selinux_options ignored/.test(String(r.msg)));
+    assert.equal(warnings.length, 1);
+    for (const id of ids) await b.runtime.RemoveContainer({ container_id: id });
+  });
+
+  it('CDI devices and pod user namespaces are refused by name', async () => {
+    const cdi = await grpcError(create({ command: ['true'], CDI_devices: [{ name: 'vendor.example/gpu=0' }] }));
+    assert.equal(cdi.code, status.FAILED_PRECONDITION);
+    assert.match(cdi.details, /CDI_devices \(vendor\.example\/gpu=0\)/);
+    const userns = await grpcError(
+      b.runtime.RunPodSandbox({
+        config: {
+          metadata: { name: 'userns', namespace: 'test', uid: 'userns', attempt: 0 },
+          linux: {
+            security_context: {
+              namespace_options: { network: 'NODE', userns_options: { mode: 'POD', uids: [{ host_id: 100000, container_id: 0, length: 65536 }] } },
+            },
+          },
+        },
+      }),
+    );
+    assert.equal(userns.code, status.FAILED_PRECONDITION);
+    assert.match(userns.details, /userns_options\.mode/);
+  });
+});
