@@ -16,6 +16,7 @@ import { BerthError, errnoOf, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { execProcess, mount, spawnProcess, umount } from '../common/sys.js';
 import type { BerthConfig } from '../config/schema.js';
+import type { ImageRecord } from '../images/image-repository.js';
 import type { ImageService } from '../images/image-service.js';
 import { ociRuntime, ownOomScoreAdj, type OciRuntime } from '../oci/runtime.js';
 import type { SandboxRecord } from '../sandbox/sandbox-repository.js';
@@ -113,6 +114,11 @@ export class ContainerService {
       (id) => this.o.repo.get(id),
       (prefix) => this.o.repo.idsWithPrefix(prefix),
     );
+  }
+
+  /** The image a container was created from, while it is still present. */
+  imageOf(c: ContainerRecord): ImageRecord | undefined {
+    return this.o.images.find(c.imageId);
   }
 
   list(): ContainerRecord[] {

@@ -284,7 +284,7 @@ describe('crictl against berthd', function () {
     assert.equal(webEntry.podSandboxId, pod);
     assert.equal(webEntry.state, 'CONTAINER_RUNNING');
     assert.deepEqual(webEntry.labels, { tier: 'front' });
-    assert.equal(webEntry.imageRef, fx.busybox.id);
+    assert.equal(webEntry.imageRef, fx.busybox.digestRef, 'the repo digest, as containerd and CRI-O report it');
     assert.deepEqual(lines(await ok(['ps', '-q', '-a', '--pod', pod, '--image', fx.busybox.id])).sort(), [web, job].sort(), '--image matches by image ID');
     assert.deepEqual(
       lines(await ok(['ps', '-q', '-a', '--pod', pod, '--image', fx.busybox135.ref])).sort(),

@@ -5,6 +5,8 @@ import { hostProbes } from '../../containers/host-probes.js';
 import { SELINUX_IGNORED, selinuxRequested, type SelinuxOptions } from '../../containers/selinux.js';
 import { ANNOTATION_STOP_SIGNAL, type CriContainerConfig, type CriLinuxResources } from '../../containers/spec.js';
 import { criContainerState } from '../../containers/state.js';
+import type { ImageRecord } from '../../images/image-repository.js';
+import { isImageId, parseReference, repositoryName } from '../../images/reference.js';
 import type { Container } from '../gen/runtime/v1/Container.js';
 import type { ContainerConfig__Output } from '../gen/runtime/v1/ContainerConfig.js';
 import type { ContainerFilter__Output } from '../gen/runtime/v1/ContainerFilter.js';
@@ -117,29 +119,63 @@ export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
   } as CriContainerConfig;
 }
 
+/** What of an image a container's status needs: its repo digests and tags. */
+export type ContainerImageNames = Pick<ImageRecord, 'digests' | 'tags'>;
+
+type RecordedImageSpec = { image?: string; annotations?: Record<string, string>; user_specified_image?: string; runtime_handler?: string } | null;
+
+/** The reference the user wrote: kubelet's `user_specified_image`, else what CreateContainer named the image by. */
+function userReference(c: ContainerRecord): string {
+  const img = (c.config as { image?: RecordedImageSpec }).image;
+  return img?.user_specified_image || c.imageRef;
+}
+
+function repositoryOf(name: string): string | undefined {
+  if (isImageId(name)) return undefined;
+  try {
+    return repositoryName(parseReference(name));
+  } catch {
+    return undefined;
+  }
+}
+
 /**
- * The container's ImageSpec as the request gave it: kubelet names the image by ID in
- * `image` and keeps the name the user wrote in `user_specified_image`, which it shows
- * in the pod's status; both come back as sent.
+ * ContainerStatus.image_ref (kubelet's `imageID`): the repo digest
+ * `registry/repo@sha256:<manifest digest>`, as containerd and CRI-O report it. Of several,
+ * the one of the repository the container's image was named by; the image ID only when
+ * the image has no repo digest (or is gone).
  */
-function criImageSpec(c: ContainerRecord): ImageSpec {
-  const img = (c.config as { image?: { annotations?: Record<string, string>; user_specified_image?: string; runtime_handler?: string } | null }).image;
+export function containerImageRef(c: ContainerRecord, image: ContainerImageNames | undefined): string {
+  const digests = image?.digests ?? [];
+  const repo = repositoryOf(userReference(c));
+  return (repo !== undefined ? digests.find((d) => d.startsWith(`${repo}@`)) : undefined) ?? digests[0] ?? c.imageId;
+}
+
+/**
+ * The container's ImageSpec: `image` as the user named it (kubelet sends the image ID
+ * there and the pod spec's name in `user_specified_image`, which is kept too). Created by
+ * ID without a user-specified name, the image's first tag stands for it, as in containerd.
+ */
+function criImageSpec(c: ContainerRecord, image: ContainerImageNames | undefined): ImageSpec {
+  const img = (c.config as { image?: RecordedImageSpec }).image;
+  const user = userReference(c);
   return {
-    image: c.imageRef,
+    image: isImageId(user) ? (image?.tags[0] ?? user) : user,
     annotations: img?.annotations ?? {},
     user_specified_image: img?.user_specified_image ?? '',
     runtime_handler: img?.runtime_handler ?? '',
   };
 }
 
-export function toCriContainer(c: ContainerRecord): Container {
+/** A container as CRI's Container message; `image` is its image's record, when that still exists. */
+export function toCriContainer(c: ContainerRecord, image?: ContainerImageNames): Container {
   const cfg = c.config as { labels?: Record<string, string>; annotations?: Record<string, string> };
   return {
     id: c.id,
     pod_sandbox_id: c.sandboxId,
     metadata: { name: c.name, attempt: c.attempt },
-    image: criImageSpec(c),
-    image_ref: c.imageId,
+    image: criImageSpec(c, image),
+    image_ref: containerImageRef(c, image),
     image_id: c.imageId,
     state: criContainerState(c.state),
     created_at: c.createdAt,
@@ -156,8 +192,14 @@ export function filteredContainers(svc: ContainerService, f: ContainerFilter__Ou
     recs = one && one.state !== 'creating' ? [one] : [];
   }
   if (f?.pod_sandbox_id) recs = recs.filter((c) => c.sandboxId.startsWith(f.pod_sandbox_id));
+  // One image lookup per image, not per container.
+  const images = new Map<string, ContainerImageNames | undefined>();
+  const imageOf = (c: ContainerRecord): ContainerImageNames | undefined => {
+    if (!images.has(c.imageId)) images.set(c.imageId, svc.imageOf(c));
+    return images.get(c.imageId);
+  };
   return recs
-    .map(toCriContainer)
+    .map((c) => toCriContainer(c, imageOf(c)))
     .filter((c) => (!f?.state || c.state === f.state.state) && Object.entries(f?.label_selector ?? {}).every(([k, v]) => c.labels?.[k] === v));
 }
 

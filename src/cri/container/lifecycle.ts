@@ -96,7 +96,7 @@ export const containerStatus =
     const cid = id(req.container_id, 'container_id');
     const c = svc.find(cid);
     if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${cid}" not found`);
-    const base = toCriContainer(c);
+    const base = toCriContainer(c, svc.imageOf(c));
     const cfg = c.config as { mounts?: unknown[] };
     const spec = await svc.runtimeSpec(c.id);
     const user = specUser(spec);
@@ -111,7 +111,7 @@ export const containerStatus =
         finished_at: c.finishedAt,
         exit_code: c.exitCode ?? 0,
         image: base.image,
-        image_ref: c.imageId,
+        image_ref: base.image_ref,
         image_id: c.imageId,
         reason: c.reason,
         message: c.message,

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import type { ContainerRecord } from '../../../src/containers/container-repository.js';
-import { mergeResources, recordedResources, specUser, toCriContainer, verboseInfo } from '../../../src/cri/container/convert.js';
+import { containerImageRef, mergeResources, recordedResources, specUser, toCriContainer, verboseInfo } from '../../../src/cri/container/convert.js';
 import type { LinuxContainerResources__Output } from '../../../src/cri/gen/runtime/v1/LinuxContainerResources.js';
 
 function record(config: Record<string, unknown>): ContainerRecord {
@@ -43,12 +43,28 @@ function resources(r: Partial<LinuxContainerResources__Output>): LinuxContainerR
 }
 
 describe('cri/container/convert', () => {
-  it('echoes the ImageSpec kubelet sent: the image ID in image, the name in user_specified_image', () => {
-    const c = toCriContainer(
-      record({ image: { image: 'sha256:' + 'a'.repeat(64), user_specified_image: 'nginx:1.25', annotations: { a: 'b' }, runtime_handler: '' } }),
-    );
-    assert.deepEqual(c.image, { image: 'sha256:' + 'a'.repeat(64), annotations: { a: 'b' }, user_specified_image: 'nginx:1.25', runtime_handler: '' });
-    assert.deepEqual(toCriContainer(record({})).image, { image: 'sha256:' + 'a'.repeat(64), annotations: {}, user_specified_image: '', runtime_handler: '' });
+  it('ImageSpec: image as the user named it (user_specified_image kept), else the reference created with, else a tag for a bare ID', () => {
+    const id = 'sha256:' + 'a'.repeat(64);
+    const c = toCriContainer(record({ image: { image: id, user_specified_image: 'nginx:1.25', annotations: { a: 'b' }, runtime_handler: '' } }));
+    assert.deepEqual(c.image, { image: 'nginx:1.25', annotations: { a: 'b' }, user_specified_image: 'nginx:1.25', runtime_handler: '' });
+    assert.deepEqual(toCriContainer(record({})).image, { image: id, annotations: {}, user_specified_image: '', runtime_handler: '' });
+    const names = { tags: ['docker.io/library/nginx:1.25'], digests: [] };
+    assert.equal(toCriContainer(record({}), names).image!.image, 'docker.io/library/nginx:1.25');
+    assert.equal(toCriContainer({ ...record({}), imageRef: 'nginx:latest' }, names).image!.image, 'nginx:latest');
+  });
+
+  it('image_ref: the repo digest of the repository the container named, else the first, else the image ID', () => {
+    const id = 'sha256:' + 'a'.repeat(64);
+    const m = 'sha256:' + 'b'.repeat(64);
+    const names = { tags: [], digests: [`docker.io/library/nginx@${m}`, `mirror.example:5000/web/nginx@${m}`] };
+    const byUser = record({ image: { image: id, user_specified_image: 'mirror.example:5000/web/nginx:1.25' } });
+    assert.equal(containerImageRef(byUser, names), `mirror.example:5000/web/nginx@${m}`);
+    assert.equal(toCriContainer(byUser, names).image_ref, `mirror.example:5000/web/nginx@${m}`);
+    assert.equal(toCriContainer(byUser, names).image_id, id, 'image_id stays the image ID');
+    assert.equal(containerImageRef({ ...record({}), imageRef: 'nginx' }, names), `docker.io/library/nginx@${m}`, 'normalised before matching');
+    assert.equal(containerImageRef(record({}), names), `docker.io/library/nginx@${m}`, 'created by ID: the first');
+    assert.equal(containerImageRef(record({}), { tags: ['local/x:1'], digests: [] }), id, 'a loaded image without a repo digest');
+    assert.equal(containerImageRef(record({}), undefined), id, 'the image is gone');
   });
 
   it('mergeResources: fields the update sets replace the recorded ones; zero fields (crictl’s unset flags) keep them', () => {
