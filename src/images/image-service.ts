@@ -17,6 +17,7 @@
  */
 import type { Readable } from 'node:stream';
 import { abortable } from '../common/abort.js';
+import { measure } from '../common/disk-usage.js';
 import { BerthError, isKind, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { ImagesConfig, RegistryConfig } from '../config/schema.js';
@@ -54,6 +55,9 @@ export interface ImageServiceOptions {
   platform?: Platform;
   backoffMs?: number;
 }
+
+/** How old the measured use of the containers' writable layers may be before it is walked again. */
+export const CONTAINER_LAYERS_TTL_MS = 10_000;
 
 /** Runs at most `n` tasks at once. */
 class Limiter {
@@ -108,6 +112,12 @@ export class ImageService {
   private readonly lifetime = new AbortController();
   /** Layers being fetched and unpacked, by chain ID; each settles once committed. */
   private readonly layerTasks = new Map<string, Promise<void>>();
+
+  private readonly containerLayers: {
+    at: number;
+    value?: { bytes: bigint; inodes: bigint; mountpoint: string };
+    pending?: Promise<{ bytes: bigint; inodes: bigint; mountpoint: string }>;
+  } = { at: 0 };
 
   /** Names (tags and digests, normalised) of images configured as pinned. */
   private readonly pinnedNames: Set<string>;
@@ -214,6 +224,31 @@ export class ImageService {
     await Promise.allSettled([...this.layerTasks.values()]);
     await this.o.content.idle();
     await this.o.snapshots.close();
+  }
+
+  /**
+   * Disk use of the containers' writable layers (the upper dirs of the active snapshots,
+   * on the filesystem of the snapshots dir), as du counts it. Walked at most every
+   * {@link CONTAINER_LAYERS_TTL_MS}; a stale figure is answered while a walk runs.
+   */
+  async containerLayersUsage(): Promise<{ bytes: bigint; inodes: bigint; mountpoint: string }> {
+    const c = this.containerLayers;
+    if (Date.now() - c.at >= CONTAINER_LAYERS_TTL_MS && !c.pending) {
+      c.pending = (async () => {
+        let bytes = 0n;
+        let inodes = 0n;
+        for (const dir of this.o.snapshots.activeDirs()) {
+          // A container removed meanwhile takes its layer with it: it counts nothing.
+          const u = await measure(dir).catch(() => ({ bytes: 0n, inodes: 0n }));
+          bytes += u.bytes;
+          inodes += u.inodes;
+        }
+        c.value = { bytes, inodes, mountpoint: this.o.snapshots.usage().mountpoint };
+        c.at = Date.now();
+        return c.value;
+      })().finally(() => (c.pending = undefined));
+    }
+    return c.value ?? (await c.pending)!;
   }
 
   usage(): { bytes: number; inodes: number; mountpoint: string } {

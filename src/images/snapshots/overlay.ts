@@ -147,6 +147,13 @@ export class OverlaySnapshotter implements Snapshotter {
     return row?.kind === 'active' ? join(this.dir, String(row.id), 'fs') : undefined;
   }
 
+  activeDirs(): string[] {
+    return this.repo
+      .all()
+      .filter((r) => r.kind === 'active')
+      .map((r) => join(this.dir, String(r.id), 'fs'));
+  }
+
   /** Removes a container's active snapshot (its rootfs must be unmounted); idempotent. */
   async removeActive(key: string): Promise<void> {
     const row = this.repo.get(key);

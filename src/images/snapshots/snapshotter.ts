@@ -80,11 +80,16 @@ export interface Snapshotter {
   close(): Promise<void>;
   /** A container's writable snapshot on a committed one; returns overlay mount options. */
   prepareActive(key: string, parentChainId: string): Promise<{ info: SnapshotInfo; options: string }>;
-  /** Removes a container's writable snapshot; idempotent. */
   /** The upper directory (what the container wrote) of an active snapshot, if it exists. */
   activeDir(key: string): string | undefined;
+  /** The upper directories of all active snapshots (the containers' writable layers). */
+  activeDirs(): string[];
+  /** Removes a container's writable snapshot; idempotent. */
   removeActive(key: string): Promise<void>;
-  /** Bytes and inodes used by all snapshots, and where they live. */
+  /**
+   * Bytes and inodes counted at unpack for all snapshots (what active ones hold is not
+   * counted: see activeDirs), and where they live.
+   */
   usage(): { bytes: number; inodes: number; mountpoint: string };
   /** Start-up reconciliation of rows and directories. */
   recover(): Promise<void>;
