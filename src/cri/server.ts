@@ -20,6 +20,7 @@ import {
   streamContainers,
   updateContainerResources,
 } from './container/lifecycle.js';
+import { checkpointContainer } from './container/checkpoint-container.js';
 import { imageFsInfo } from './image/image-fs-info.js';
 import { imageStatus } from './image/image-status.js';
 import { listImages, streamImages } from './image/list-images.js';
@@ -67,6 +68,7 @@ export function runtimeHandlers(deps: CriDeps): ServiceHandlers<RuntimeServiceHa
     PortForward: portForward(deps),
     ReopenContainerLog: reopenContainerLog(deps.containers),
     UpdateContainerResources: updateContainerResources(deps.containers),
+    CheckpointContainer: checkpointContainer(),
     ContainerStats: containerStats(deps),
     ListContainerStats: listContainerStats(deps),
     StreamContainerStats: streamContainerStats(deps),

@@ -1,20 +1,46 @@
+import type { BerthConfig } from '../../config/schema.js';
 import { redactedConfig } from '../../config/load.js';
+import { appArmorFacility, criuFacility, handlerFeatures, seLinuxFacility, supplementalGroupsPolicy } from '../../oci/features.js';
 import { findNetwork } from '../../sandbox/cni/conf-dir.js';
 import type { CriDeps } from '../deps.js';
 import type { StatusRequest__Output } from '../gen/runtime/v1/StatusRequest.js';
+import type { RuntimeHandler } from '../gen/runtime/v1/RuntimeHandler.js';
 import type { StatusResponse } from '../gen/runtime/v1/StatusResponse.js';
 import type { UnaryHandler } from '../rpc.js';
+
+/**
+ * Every configured handler with its features (oci/features.ts), probed once: the default
+ * handler first under the name "" (CRI: an empty name denotes the default handler; kubelet
+ * uses it for pods without a RuntimeClass), then each handler by its name, the default
+ * one included, as containerd lists them.
+ */
+export function runtimeHandlerList(config: Pick<BerthConfig, 'default_runtime' | 'runtimes'>): RuntimeHandler[] {
+  const features = (name: string) => {
+    const f = handlerFeatures(config.runtimes[name]!.path);
+    return { recursive_read_only_mounts: f.recursiveReadOnlyMounts, user_namespaces: f.userNamespaces };
+  };
+  const named = Object.keys(config.runtimes)
+    .sort()
+    .map((name) => ({ name, features: features(name) }));
+  const def = named.find((h) => h.name === config.default_runtime);
+  return def ? [{ name: '', features: def.features }, ...named] : named;
+}
 
 /**
  * Status: RuntimeReady and NetworkReady, as kubelet reads them to decide whether the
  * node is ready. The network is ready once the CNI conf dir holds a usable config; the
  * dir is read on each call (kubelet polls every few seconds), so a config installed
- * later is noticed without a restart. `verbose` adds the effective config to `info`
- * (values are JSON, as crictl expects).
+ * later is noticed without a restart. `runtime_handlers` and `features` say what kubelet
+ * may ask of each handler (see {@link runtimeHandlerList}). `verbose` adds the effective
+ * config to `info`, and under `hostFeatures` the facilities the host has or lacks
+ * (AppArmor, SELinux, CRIU) with the reason; values are JSON, as crictl expects.
  */
-export const status =
-  (deps: CriDeps): UnaryHandler<StatusRequest__Output, StatusResponse> =>
-  async (req) => {
+export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, StatusResponse> => {
+  const handlers = runtimeHandlerList(deps.config);
+  const features = { supplemental_groups_policy: supplementalGroupsPolicy(), user_namespaces_host_network: false };
+  const appArmor = appArmorFacility();
+  const seLinux = seLinuxFacility();
+  return async (req) => {
     const net = await findNetwork(deps.config.cni.conf_dir);
     const info: Record<string, string> = {};
     if (req.verbose) {
@@ -26,6 +52,7 @@ export const status =
       );
       const podCidr = deps.settings.podCidr();
       if (podCidr !== '') info.podCIDR = JSON.stringify(podCidr);
+      info.hostFeatures = JSON.stringify({ apparmor: appArmor, selinux: seLinux, criu: await criuFacility() });
     }
     return {
       status: {
@@ -36,6 +63,9 @@ export const status =
             : { type: 'NetworkReady', status: false, reason: 'NetworkPluginNotReady', message: `Network plugin returns error: ${net.reason}` },
         ],
       },
+      runtime_handlers: handlers,
+      features,
       info,
     };
   };
+};
