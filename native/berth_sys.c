@@ -24,6 +24,17 @@
  *   bytes JavaScript writes become packets of stdin; its end of input shuts down the
  *   sending side (conmon then closes the container's stdin when stdin_once); its close,
  *   or conmon's, ends the bridge.
+ * - pinUserns: a new user namespace with the given uid and gid maps, pinned by bind-mounting
+ *   its nsfs file on a file (pods with hostUsers: false). A helper process is cloned into
+ *   the new namespace (CLONE_VM: no copy of berthd's page tables), berthd writes its maps
+ *   (as root of the parent namespace, so gid_map needs no setgroups=deny), binds
+ *   /proc/<pid>/ns/user, then kills and reaps it.
+ * - cloneMount: a bind mount made with the new mount API: open_tree(OPEN_TREE_CLONE,
+ *   optionally AT_RECURSIVE), mount_setattr on the detached tree (MOUNT_ATTR_RDONLY and/or
+ *   MOUNT_ATTR_IDMAP with a user namespace, through the whole tree with AT_RECURSIVE),
+ *   move_mount onto the target. Idmapped and recursive read-only mounts, which runc 1.1
+ *   cannot make, are prepared this way before runc sees the bundle. An idmap can only be
+ *   set on a detached mount, so the clone is what makes it possible.
  * - openPty / setWinsize: a terminal pair for `runc exec -t` in the foreground, which
  *   wants a terminal of its own as stdio (it relays it to the container's and follows
  *   its size on SIGWINCH); TIOCSWINSZ sets the size.
@@ -40,6 +51,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -434,6 +446,186 @@ static napi_value js_umount(napi_env env, napi_callback_info info) {
   return queue_mount(env, w);
 }
 
+/* ---- pinUserns(pinPath, uidMap, gidMap) / cloneMount(source, target, recursive, readonly, usernsPath|null): Promise<void> ---- */
+
+struct userns_work {
+  napi_async_work work;
+  napi_deferred deferred;
+  char *pin, *uid_map, *gid_map;       /* pinUserns */
+  char *source, *target, *userns_path; /* cloneMount */
+  bool recursive, readonly, clone_mount;
+  int err;
+  const char *syscall;
+};
+
+static int userns_child(void *arg) {
+  (void)arg;
+  for (;;) pause();
+  return 0;
+}
+
+static int write_file(const char *path, const char *text) {
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  size_t len = strlen(text);
+  ssize_t n = write(fd, text, len);
+  int err = errno;
+  close(fd);
+  if (n < 0) {
+    errno = err;
+    return -1;
+  }
+  if ((size_t)n != len) {
+    errno = EIO;
+    return -1;
+  }
+  return 0;
+}
+
+static void pin_userns(struct userns_work *w) {
+  const size_t stack_size = 64 * 1024;
+  char *stack = malloc(stack_size);
+  if (!stack) {
+    w->err = ENOMEM;
+    w->syscall = "malloc";
+    return;
+  }
+  pid_t pid = clone(userns_child, stack + stack_size, CLONE_VM | CLONE_NEWUSER | SIGCHLD, NULL);
+  if (pid < 0) {
+    w->err = errno;
+    w->syscall = "clone";
+    free(stack);
+    return;
+  }
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
+  if (write_file(path, w->uid_map) != 0) {
+    w->err = errno;
+    w->syscall = "write uid_map";
+  }
+  snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
+  if (!w->err && write_file(path, w->gid_map) != 0) {
+    w->err = errno;
+    w->syscall = "write gid_map";
+  }
+  snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
+  if (!w->err && mount(path, w->pin, NULL, MS_BIND, NULL) != 0) {
+    w->err = errno;
+    w->syscall = "mount";
+  }
+  kill(pid, SIGKILL);
+  int r;
+  do r = waitpid(pid, NULL, __WALL);
+  while (r < 0 && errno == EINTR);
+  free(stack);
+}
+
+static void clone_mount(struct userns_work *w) {
+  unsigned int rec = w->recursive ? AT_RECURSIVE : 0;
+  int ns = -1;
+  if (w->userns_path && (ns = open(w->userns_path, O_RDONLY | O_CLOEXEC)) < 0) {
+    w->err = errno;
+    w->syscall = "open";
+    return;
+  }
+  int tree = open_tree(AT_FDCWD, w->source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec);
+  if (tree < 0) {
+    w->err = errno;
+    w->syscall = "open_tree";
+  } else {
+    struct mount_attr attr = {0};
+    if (w->readonly) attr.attr_set |= MOUNT_ATTR_RDONLY;
+    if (ns >= 0) {
+      attr.attr_set |= MOUNT_ATTR_IDMAP;
+      attr.userns_fd = (uint64_t)ns;
+    }
+    if (attr.attr_set && mount_setattr(tree, "", AT_EMPTY_PATH | rec, &attr, sizeof attr) != 0) {
+      w->err = errno;
+      w->syscall = "mount_setattr";
+    } else if (move_mount(tree, "", AT_FDCWD, w->target, MOVE_MOUNT_F_EMPTY_PATH) != 0) {
+      w->err = errno;
+      w->syscall = "move_mount";
+    }
+    /* Closing a detached tree that was not moved unmounts it. */
+    close(tree);
+  }
+  if (ns >= 0) close(ns);
+}
+
+static void userns_execute(napi_env env, void *arg) {
+  (void)env;
+  struct userns_work *w = arg;
+  if (w->clone_mount) clone_mount(w);
+  else pin_userns(w);
+}
+
+static void userns_complete(napi_env env, napi_status status, void *arg) {
+  struct userns_work *w = arg;
+  const char *what = w->clone_mount ? w->target : w->pin;
+  if (status != napi_ok || w->err) {
+    napi_reject_deferred(env, w->deferred, errno_error(env, status != napi_ok ? ECANCELED : w->err, w->syscall ? w->syscall : "mount", what));
+  } else {
+    napi_value u;
+    napi_get_undefined(env, &u);
+    napi_resolve_deferred(env, w->deferred, u);
+  }
+  napi_delete_async_work(env, w->work);
+  free(w->pin);
+  free(w->uid_map);
+  free(w->gid_map);
+  free(w->source);
+  free(w->target);
+  free(w->userns_path);
+  free(w);
+}
+
+static napi_value js_pin_userns(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value args[3];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
+  if (argc < 3) {
+    napi_throw_type_error(env, NULL, "berth_sys.pinUserns(pinPath, uidMap, gidMap)");
+    return NULL;
+  }
+  struct userns_work *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, ENOMEM, "pinUserns", NULL);
+  if (!(w->pin = get_string(env, args[0], "pinPath")) || !(w->uid_map = get_string(env, args[1], "uidMap")) ||
+      !(w->gid_map = get_string(env, args[2], "gidMap"))) {
+    free(w->pin);
+    free(w->uid_map);
+    free(w);
+    return NULL;
+  }
+  return queue_work(env, "berth_sys.pinUserns", userns_execute, userns_complete, w, &w->work, &w->deferred);
+}
+
+static napi_value js_clone_mount(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value args[5];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
+  if (argc < 5) {
+    napi_throw_type_error(env, NULL, "berth_sys.cloneMount(source, target, recursive, readonly, usernsPath)");
+    return NULL;
+  }
+  struct userns_work *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, ENOMEM, "cloneMount", NULL);
+  w->clone_mount = true;
+  napi_valuetype t;
+  napi_typeof(env, args[4], &t);
+  if (!(w->source = get_string(env, args[0], "source")) || !(w->target = get_string(env, args[1], "target")) ||
+      napi_get_value_bool(env, args[2], &w->recursive) != napi_ok || napi_get_value_bool(env, args[3], &w->readonly) != napi_ok ||
+      (t != napi_null && t != napi_undefined && !(w->userns_path = get_string(env, args[4], "usernsPath")))) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (!pending) napi_throw_type_error(env, NULL, "berth_sys.cloneMount: recursive and readonly must be booleans");
+    free(w->source);
+    free(w->target);
+    free(w);
+    return NULL;
+  }
+  return queue_work(env, "berth_sys.cloneMount", userns_execute, userns_complete, w, &w->work, &w->deferred);
+}
+
 /* ---- openPty() -> [master, slave] ---- */
 
 static napi_value js_open_pty(napi_env env, napi_callback_info info) {
@@ -738,6 +930,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"spawn", NULL, js_spawn, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
       {"umount", NULL, js_umount, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"pinUserns", NULL, js_pin_userns, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"cloneMount", NULL, js_clone_mount, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setWinsize", NULL, js_set_winsize, NULL, NULL, NULL, napi_enumerable, NULL},
       {"openPty", NULL, js_open_pty, NULL, NULL, NULL, napi_enumerable, NULL},
       {"connectInNetns", NULL, js_connect_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},

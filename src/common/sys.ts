@@ -8,6 +8,9 @@
  *   handling and an empty signal mask.
  * - {@link mount} and {@link umount}: mount(2) and umount2(2) on the thread pool, not a
  *   /usr/bin/mount process per container rootfs.
+ * - {@link pinUserns} and {@link cloneMount}: a pinned user namespace with given id maps,
+ *   and bind mounts made with open_tree/mount_setattr/move_mount (idmapped, recursively
+ *   read-only), which runc 1.1 cannot make itself.
  * - for the streaming server: {@link openPty} (a terminal pair for `runc exec -t`),
  *   {@link connectInNetns} (port forwarding from inside a pod's network namespace) and
  *   {@link attachConmon} (conmon's SOCK_SEQPACKET attach socket as a stream).
@@ -34,6 +37,8 @@ interface NativeSys {
   ): { pid: number; exited: Promise<[number | null, number | null]> };
   mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   umount(target: string, flags: number): Promise<void>;
+  pinUserns(pinPath: string, uidMap: string, gidMap: string): Promise<void>;
+  cloneMount(source: string, target: string, recursive: boolean, readonly: boolean, usernsPath: string | null): Promise<void>;
   openPty(): [number, number];
   setWinsize(fd: number, rows: number, cols: number): void;
   connectInNetns(nsPath: string, port: number, timeoutMs: number): Promise<number>;
@@ -73,6 +78,41 @@ export function mount(source: string, target: string, fstype: string, flags: num
 /** umount2(2). Rejects with a Node-style errno error ('EINVAL' when `target` is not a mount point). */
 export function umount(target: string, flags = 0): Promise<void> {
   return sys().umount(target, flags);
+}
+
+/** One line of a uid_map or gid_map: container ids [containerId, containerId+size) are host ids from hostId. */
+export interface IdMap {
+  containerId: number;
+  hostId: number;
+  size: number;
+}
+
+/**
+ * A new user namespace with these uid and gid maps, pinned by a bind mount of its nsfs
+ * file on `pinPath` (an existing empty file). No process is left in it.
+ */
+export function pinUserns(pinPath: string, uids: readonly IdMap[], gids: readonly IdMap[]): Promise<void> {
+  const text = (m: readonly IdMap[]): string => m.map((e) => `${e.containerId} ${e.hostId} ${e.size}\n`).join('');
+  return sys().pinUserns(pinPath, text(uids), text(gids));
+}
+
+export interface CloneMountOptions {
+  /** The whole tree under `source` (AT_RECURSIVE), with every attribute set on each of its mounts. */
+  recursive?: boolean;
+  /** Read-only (MOUNT_ATTR_RDONLY): with `recursive`, on every submount too. */
+  readonly?: boolean;
+  /** Idmapped (MOUNT_ATTR_IDMAP) through the user namespace pinned or living at this path. */
+  usernsPath?: string;
+}
+
+/**
+ * A bind of `source` onto `target` made with open_tree(OPEN_TREE_CLONE), mount_setattr
+ * and move_mount: the attributes are set on the detached copy before it is attached, so
+ * it never exists without them. Rejects with a Node-style errno error whose `syscall` says
+ * which step failed (EINVAL from mount_setattr: the filesystem cannot be idmapped).
+ */
+export function cloneMount(source: string, target: string, opts: CloneMountOptions = {}): Promise<void> {
+  return sys().cloneMount(source, target, opts.recursive ?? false, opts.readonly ?? false, opts.usernsPath ?? null);
 }
 
 /** A new terminal pair: [master, slave], both close-on-exec. */

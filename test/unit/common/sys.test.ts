@@ -3,16 +3,25 @@
  * posix_spawn, and mount(2)/umount2(2). Real processes and real mounts; root for the mounts.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readlinkSync } from 'node:fs';
+import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { connectInNetns, execProcess, MNT, MS, mount, spawnProcess, umount } from '../../../src/common/sys.js';
+import { cloneMount, connectInNetns, execProcess, MNT, MS, mount, pinUserns, spawnProcess, umount } from '../../../src/common/sys.js';
 
 async function isMountPoint(dir: string): Promise<boolean> {
   const mounts = await readFile('/proc/self/mountinfo', 'utf8');
   return mounts.split('\n').some((l) => l.split(' ')[4] === dir);
+}
+
+function readlinkOr(path: string): string {
+  try {
+    return readlinkSync(path);
+  } catch {
+    return '';
+  }
 }
 
 describe('common/sys: the native addon', () => {
@@ -144,6 +153,118 @@ describe('common/sys: the native addon', () => {
       });
       await assert.rejects(umount(dir), { code: 'EINVAL', syscall: 'umount2' });
       assert.ok(!(await isMountPoint(dir)));
+    });
+  });
+
+  describe('pinUserns / cloneMount', () => {
+    const NSFS_MAGIC = 0x6e736673;
+    const MAP = [{ containerId: 0, hostId: 100000, size: 65536 }];
+    /** Mount points made by a test, unmounted (newest first) whatever happens. */
+    let made: string[];
+    before(function () {
+      if (process.getuid?.() !== 0) this.skip();
+    });
+    beforeEach(() => {
+      made = [];
+    });
+    afterEach(async () => {
+      for (const p of made.reverse()) await umount(p, MNT.DETACH).catch(() => undefined);
+      const left = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.split(' ')[4]?.startsWith(dir + '/'));
+      assert.deepEqual(left, [], 'a test left mounts behind');
+    });
+
+    async function pinned(name = 'userns'): Promise<string> {
+      const pin = join(dir, name);
+      await writeFile(pin, '');
+      await pinUserns(pin, MAP, MAP);
+      made.push(pin);
+      return pin;
+    }
+
+    it('makes a user namespace with the given maps and pins it; no process is left in it', async () => {
+      const pin = await pinned();
+      assert.equal((await statfs(pin)).type, NSFS_MAGIC);
+      const r = await execProcess('nsenter', [`--user=${pin}`, 'cat', '/proc/self/uid_map', '/proc/self/gid_map', '/proc/self/setgroups']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.deepEqual(
+        r.stdout
+          .trim()
+          .split('\n')
+          .map((l) => l.trim().split(/\s+/).join(' ')),
+        ['0 100000 65536', '0 100000 65536', 'allow'],
+      );
+      // The helper was killed and reaped: no process lives in the namespace, and no zombie is left.
+      const ns = `user:[${(await stat(pin)).ino}]`;
+      const inside = (await readdir('/proc')).filter((p) => /^\d+$/.test(p) && readlinkOr(`/proc/${p}/ns/user`) === ns);
+      assert.deepEqual(inside, []);
+      const ps = await execProcess('ps', ['-o', 'stat=', '--ppid', String(process.pid)]);
+      assert.ok(!/Z/.test(ps.stdout), `a zombie was left: ${ps.stdout}`);
+    });
+
+    it('refuses overlapping maps with the kernel error, and leaves nothing mounted', async () => {
+      const pin = join(dir, 'bad');
+      await writeFile(pin, '');
+      const overlapping = [
+        { containerId: 0, hostId: 100000, size: 65536 },
+        { containerId: 100, hostId: 300000, size: 10 },
+      ];
+      await assert.rejects(pinUserns(pin, overlapping, MAP), { code: 'EINVAL', syscall: 'write uid_map' });
+      assert.notEqual((await statfs(pin)).type, NSFS_MAGIC);
+    });
+
+    it('idmaps a bind mount: a file owned by 0 shows as the mapped host id, and a write through it lands as 0', async () => {
+      const pin = await pinned();
+      const src = join(dir, 'src');
+      const dst = join(dir, 'dst');
+      await chmod(dir, 0o711); // root of the namespace is no one to the temp dir's owner
+      await mkdir(src);
+      await mkdir(dst);
+      await mount('tmpfs', src, 'tmpfs', 0, 'size=1m');
+      made.push(src);
+      await writeFile(join(src, 'f'), 'x');
+      await chown(join(src, 'f'), 0, 0);
+      await cloneMount(src, dst, { usernsPath: pin });
+      made.push(dst);
+      assert.equal((await stat(join(dst, 'f'))).uid, 100000);
+      assert.equal((await stat(join(src, 'f'))).uid, 0);
+      // Root of the namespace (host 100000) writes through the idmapped mount: on disk it is 0.
+      const w = await execProcess('nsenter', [`--user=${pin}`, 'sh', '-c', `echo y > ${dst}/g && stat -c %u ${dst}/g`]);
+      assert.equal(w.code, 0, w.stderr);
+      assert.equal(w.stdout.trim(), '0');
+      assert.equal((await stat(join(src, 'g'))).uid, 0);
+      assert.equal((await stat(join(dst, 'g'))).uid, 100000);
+    });
+
+    it('makes a recursive read-only bind: submounts are read-only too, unlike a read-only bind', async () => {
+      const src = join(dir, 'src');
+      const sub = join(src, 'sub');
+      await mkdir(sub, { recursive: true });
+      await mount('tmpfs', sub, 'tmpfs', 0, 'size=1m');
+      made.push(sub);
+      const rro = join(dir, 'rro');
+      const ro = join(dir, 'ro');
+      await mkdir(rro);
+      await mkdir(ro);
+      await cloneMount(src, rro, { recursive: true, readonly: true });
+      made.push(join(rro, 'sub'), rro);
+      await assert.rejects(writeFile(join(rro, 'sub', 'f'), 'x'), { code: 'EROFS' });
+      await assert.rejects(writeFile(join(rro, 'f'), 'x'), { code: 'EROFS' });
+      // What runc 1.1 makes of "rbind,ro": only the top mount is read-only.
+      await mount(src, ro, '', MS.BIND | MS.REC);
+      made.push(join(ro, 'sub'), ro);
+      await mount('', ro, '', MS.BIND | MS.REMOUNT | MS.RDONLY);
+      await assert.rejects(writeFile(join(ro, 'f'), 'x'), { code: 'EROFS' });
+      await writeFile(join(ro, 'sub', 'f'), 'x');
+      assert.equal(await readFile(join(sub, 'f'), 'utf8'), 'x');
+    });
+
+    it('names the failing step: a missing source, a missing user namespace, a filesystem that cannot be idmapped', async () => {
+      const dst = join(dir, 'dst');
+      await mkdir(dst);
+      await assert.rejects(cloneMount(join(dir, 'missing'), dst), { code: 'ENOENT', syscall: 'open_tree' });
+      await assert.rejects(cloneMount(dir, dst, { usernsPath: join(dir, 'missing') }), { code: 'ENOENT', syscall: 'open' });
+      const pin = await pinned();
+      await assert.rejects(cloneMount('/proc', dst, { usernsPath: pin }), { code: 'EINVAL', syscall: 'mount_setattr' });
     });
   });
 
