@@ -25,10 +25,12 @@
  *   sending side (conmon then closes the container's stdin when stdin_once); its close,
  *   or conmon's, ends the bridge.
  * - pinUserns: a new user namespace with the given uid and gid maps, pinned by bind-mounting
- *   its nsfs file on a file (pods with hostUsers: false). A helper process is cloned into
- *   the new namespace (CLONE_VM: no copy of berthd's page tables), berthd writes its maps
- *   (as root of the parent namespace, so gid_map needs no setgroups=deny), binds
- *   /proc/<pid>/ns/user, then kills and reaps it.
+ *   its nsfs file on a file (pods with hostUsers: false), and optionally new network, IPC
+ *   and UTS namespaces owned by it (so root of the pod has capabilities over them), each
+ *   pinned the same way, with a hostname set. A helper process is cloned into the new
+ *   namespaces (CLONE_VM: no copy of berthd's page tables) and sets the hostname; berthd
+ *   writes its maps (as root of the parent namespace, so gid_map needs no
+ *   setgroups=deny), binds /proc/<pid>/ns/<kind>, then kills and reaps it.
  * - cloneMount: a bind mount made with the new mount API: open_tree(OPEN_TREE_CLONE,
  *   optionally AT_RECURSIVE), mount_setattr on the detached tree (MOUNT_ATTR_RDONLY and/or
  *   MOUNT_ATTR_IDMAP with a user namespace, through the whole tree with AT_RECURSIVE),
@@ -452,17 +454,32 @@ struct userns_work {
   napi_async_work work;
   napi_deferred deferred;
   char *pin, *uid_map, *gid_map;       /* pinUserns */
+  char *ns_pins[3];                    /* pinUserns: net, ipc, uts pins owned by the new namespace, or NULL */
+  char *hostname;                      /* pinUserns: set in the new UTS namespace, or NULL */
   char *source, *target, *userns_path; /* cloneMount */
   bool recursive, readonly, clone_mount;
   int err;
   const char *syscall;
 };
 
+/* The helper: sets the hostname (it holds CAP_SYS_ADMIN over the UTS namespace its own
+ * user namespace owns), reports the result on the pipe, then waits to be killed. */
+struct userns_child_arg {
+  const char *hostname;
+  int report;
+};
+
 static int userns_child(void *arg) {
-  (void)arg;
+  struct userns_child_arg *a = arg;
+  int err = 0;
+  if (a->hostname && sethostname(a->hostname, strlen(a->hostname)) != 0) err = errno;
+  if (write(a->report, &err, sizeof err) != sizeof err) _exit(1);
   for (;;) pause();
   return 0;
 }
+
+static const int ns_pin_flags[3] = {CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS};
+static const char *const ns_pin_names[3] = {"net", "ipc", "uts"};
 
 static int write_file(const char *path, const char *text) {
   int fd = open(path, O_WRONLY | O_CLOEXEC);
@@ -484,22 +501,49 @@ static int write_file(const char *path, const char *text) {
 
 static void pin_userns(struct userns_work *w) {
   const size_t stack_size = 64 * 1024;
+  int report[2];
+  if (pipe2(report, O_CLOEXEC) != 0) {
+    w->err = errno;
+    w->syscall = "pipe2";
+    return;
+  }
   char *stack = malloc(stack_size);
   if (!stack) {
+    close(report[0]);
+    close(report[1]);
     w->err = ENOMEM;
     w->syscall = "malloc";
     return;
   }
-  pid_t pid = clone(userns_child, stack + stack_size, CLONE_VM | CLONE_NEWUSER | SIGCHLD, NULL);
+  /* One clone: the net, ipc and uts namespaces it makes are owned by the new user namespace. */
+  int flags = CLONE_VM | CLONE_NEWUSER | SIGCHLD;
+  for (int i = 0; i < 3; i++)
+    if (w->ns_pins[i]) flags |= ns_pin_flags[i];
+  struct userns_child_arg arg = {.hostname = w->hostname, .report = report[1]};
+  pid_t pid = clone(userns_child, stack + stack_size, flags, &arg);
+  close(report[1]);
   if (pid < 0) {
     w->err = errno;
     w->syscall = "clone";
+    close(report[0]);
     free(stack);
     return;
   }
+  int child_err = 0;
+  ssize_t n;
+  do n = read(report[0], &child_err, sizeof child_err);
+  while (n < 0 && errno == EINTR);
+  close(report[0]);
+  if (n != sizeof child_err) {
+    w->err = EIO;
+    w->syscall = "clone";
+  } else if (child_err) {
+    w->err = child_err;
+    w->syscall = "sethostname";
+  }
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
-  if (write_file(path, w->uid_map) != 0) {
+  if (!w->err && write_file(path, w->uid_map) != 0) {
     w->err = errno;
     w->syscall = "write uid_map";
   }
@@ -508,10 +552,19 @@ static void pin_userns(struct userns_work *w) {
     w->err = errno;
     w->syscall = "write gid_map";
   }
+  /* Pins made before a failure are the caller's to remove, as with any partial pin. */
   snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
   if (!w->err && mount(path, w->pin, NULL, MS_BIND, NULL) != 0) {
     w->err = errno;
     w->syscall = "mount";
+  }
+  for (int i = 0; i < 3 && !w->err; i++) {
+    if (!w->ns_pins[i]) continue;
+    snprintf(path, sizeof path, "/proc/%d/ns/%s", (int)pid, ns_pin_names[i]);
+    if (mount(path, w->ns_pins[i], NULL, MS_BIND, NULL) != 0) {
+      w->err = errno;
+      w->syscall = "mount";
+    }
   }
   kill(pid, SIGKILL);
   int r;
@@ -573,26 +626,43 @@ static void userns_complete(napi_env env, napi_status status, void *arg) {
   free(w->pin);
   free(w->uid_map);
   free(w->gid_map);
+  for (int i = 0; i < 3; i++) free(w->ns_pins[i]);
+  free(w->hostname);
   free(w->source);
   free(w->target);
   free(w->userns_path);
   free(w);
 }
 
+/* An optional string argument: NULL for null/undefined, *ok false after throwing. */
+static char *get_optional_string(napi_env env, napi_value v, const char *what, bool *ok) {
+  napi_valuetype t;
+  napi_typeof(env, v, &t);
+  if (t == napi_null || t == napi_undefined) return NULL;
+  char *s = get_string(env, v, what);
+  if (!s) *ok = false;
+  return s;
+}
+
 static napi_value js_pin_userns(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value args[3];
+  size_t argc = 7;
+  napi_value args[7];
   NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
-  if (argc < 3) {
-    napi_throw_type_error(env, NULL, "berth_sys.pinUserns(pinPath, uidMap, gidMap)");
+  if (argc < 7) {
+    napi_throw_type_error(env, NULL, "berth_sys.pinUserns(pinPath, uidMap, gidMap, netPin, ipcPin, utsPin, hostname)");
     return NULL;
   }
   struct userns_work *w = calloc(1, sizeof *w);
   if (!w) return throw_errno(env, ENOMEM, "pinUserns", NULL);
-  if (!(w->pin = get_string(env, args[0], "pinPath")) || !(w->uid_map = get_string(env, args[1], "uidMap")) ||
-      !(w->gid_map = get_string(env, args[2], "gidMap"))) {
+  bool ok = (w->pin = get_string(env, args[0], "pinPath")) && (w->uid_map = get_string(env, args[1], "uidMap")) &&
+            (w->gid_map = get_string(env, args[2], "gidMap"));
+  for (int i = 0; i < 3 && ok; i++) w->ns_pins[i] = get_optional_string(env, args[3 + i], ns_pin_names[i], &ok);
+  if (ok) w->hostname = get_optional_string(env, args[6], "hostname", &ok);
+  if (!ok) {
     free(w->pin);
     free(w->uid_map);
+    free(w->gid_map);
+    for (int i = 0; i < 3; i++) free(w->ns_pins[i]);
     free(w);
     return NULL;
   }

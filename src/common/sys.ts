@@ -37,7 +37,15 @@ interface NativeSys {
   ): { pid: number; exited: Promise<[number | null, number | null]> };
   mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   umount(target: string, flags: number): Promise<void>;
-  pinUserns(pinPath: string, uidMap: string, gidMap: string): Promise<void>;
+  pinUserns(
+    pinPath: string,
+    uidMap: string,
+    gidMap: string,
+    net: string | null,
+    ipc: string | null,
+    uts: string | null,
+    hostname: string | null,
+  ): Promise<void>;
   cloneMount(source: string, target: string, recursive: boolean, readonly: boolean, usernsPath: string | null): Promise<void>;
   openPty(): [number, number];
   setWinsize(fd: number, rows: number, cols: number): void;
@@ -87,13 +95,24 @@ export interface IdMap {
   size: number;
 }
 
+/** Namespaces to make together with a user namespace, owned by it, each pinned on an existing empty file. */
+export interface OwnedNamespaces {
+  net?: string;
+  ipc?: string;
+  uts?: string;
+  /** Set inside the new UTS namespace (needs `uts`). */
+  hostname?: string;
+}
+
 /**
  * A new user namespace with these uid and gid maps, pinned by a bind mount of its nsfs
- * file on `pinPath` (an existing empty file). No process is left in it.
+ * file on `pinPath` (an existing empty file), with the network, IPC and UTS namespaces
+ * asked for created in it (owned by it) and pinned too. No process is left in them. On
+ * failure, pins already made stay for the caller to remove.
  */
-export function pinUserns(pinPath: string, uids: readonly IdMap[], gids: readonly IdMap[]): Promise<void> {
+export function pinUserns(pinPath: string, uids: readonly IdMap[], gids: readonly IdMap[], owned: OwnedNamespaces = {}): Promise<void> {
   const text = (m: readonly IdMap[]): string => m.map((e) => `${e.containerId} ${e.hostId} ${e.size}\n`).join('');
-  return sys().pinUserns(pinPath, text(uids), text(gids));
+  return sys().pinUserns(pinPath, text(uids), text(gids), owned.net ?? null, owned.ipc ?? null, owned.uts ?? null, owned.hostname ?? null);
 }
 
 export interface CloneMountOptions {

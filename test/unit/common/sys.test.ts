@@ -201,6 +201,23 @@ describe('common/sys: the native addon', () => {
       assert.ok(!/Z/.test(ps.stdout), `a zombie was left: ${ps.stdout}`);
     });
 
+    it('makes network, IPC and UTS namespaces owned by the new user namespace, with a hostname', async () => {
+      const pins = { net: join(dir, 'net'), ipc: join(dir, 'ipc'), uts: join(dir, 'uts') };
+      for (const p of Object.values(pins)) await writeFile(p, '');
+      const user = join(dir, 'user');
+      await writeFile(user, '');
+      await pinUserns(user, MAP, MAP, { ...pins, hostname: 'pod-in-userns' });
+      made.push(user, ...Object.values(pins));
+      for (const p of Object.values(pins)) assert.equal((await statfs(p)).type, NSFS_MAGIC);
+      const host = await execProcess('nsenter', [`--uts=${pins.uts}`, 'hostname']);
+      assert.equal(host.stdout.trim(), 'pod-in-userns');
+      // Root of the user namespace may configure the network namespace: it owns it.
+      const r = await execProcess('nsenter', [`--user=${user}`, `--net=${pins.net}`, 'ip', 'link', 'set', 'lo', 'up']);
+      assert.equal(r.code, 0, r.stderr);
+      const parent = await execProcess('nsenter', [`--user=${user}`, 'ip', 'link', 'set', 'lo', 'up']);
+      assert.notEqual(parent.code, 0, 'root of the user namespace must not configure the host network');
+    });
+
     it('refuses overlapping maps with the kernel error, and leaves nothing mounted', async () => {
       const pin = join(dir, 'bad');
       await writeFile(pin, '');
