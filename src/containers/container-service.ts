@@ -29,6 +29,7 @@ import { hostProbes, warnOnce } from './host-probes.js';
 import { effectiveStopSignal } from './signals.js';
 import { generateSpec, type CriContainerConfig } from './spec.js';
 import { specPrerequisites } from './spec-prerequisites.js';
+import { ensureTraversable, planMounts, podIdmapOf, PreparedMounts, releasePreparedMounts } from './idmap.js';
 
 export interface CreateContainerRequest {
   sandboxId: string;
@@ -134,6 +135,11 @@ export class ContainerService {
     }
   }
 
+  /** Where idmap.ts prepares a container's mounts: apart from the bundle, which is removed recursively. */
+  private preparedDir(id: string): string {
+    return join(this.o.config.state, 'mounts', id);
+  }
+
   private paths(id: string): { bundle: string; rootfs: string; persist: string } {
     const bundle = join(this.bundles, id);
     return { bundle, rootfs: join(bundle, 'rootfs'), persist: join(this.persistRoot, id) };
@@ -150,6 +156,10 @@ export class ContainerService {
 
     // Devices, host devices and LSM profiles: resolved before anything of the container exists.
     const prereq = await specPrerequisites(req.config, hostProbes());
+    // User namespaces and recursive read-only mounts (idmap.ts): checked before anything is made.
+    const podIdmap = podIdmapOf(sandbox);
+    const plans = planMounts(req.config.mounts, podIdmap);
+
     const id = randomBytes(32).toString('hex');
     const logDir = (sandbox.config as { log_directory?: string }).log_directory ?? '';
     const logPath = logDir !== '' && req.logPath !== '' ? join(logDir, req.logPath) : join(this.bundles, id, 'container.log');
@@ -178,6 +188,9 @@ export class ContainerService {
     try {
       undo.defer(() => this.o.images.removeContainerLayer(id));
       undo.defer(() => rm(bundle, { recursive: true, force: true }));
+      // Mounts runc cannot make, prepared by idmap.ts; released after the rootfs that may sit on them.
+      const prepared = new PreparedMounts(this.preparedDir(id), podIdmap);
+      undo.defer(() => releasePreparedMounts(prepared.dir));
       undo.defer(() => (mountTried ? unmount(rootfs) : undefined));
       undo.defer(() => this.o.shim.removeFiles({ id, bundle, exitDir: this.exitDir, persistDir: persist, socketDir: this.socketDir }));
       undo.defer(() => this.o.shim.delete(id, rt.path, rt.root, true));
@@ -204,8 +217,11 @@ export class ContainerService {
       const rootfsMade = mkdir(rootfs, { recursive: true, mode: 0o755 });
       await Promise.allSettled([layerMade, rootfsMade]);
       const [layer] = await Promise.all([layerMade, rootfsMade]);
+      const rootfsOptions = await prepared.rootfsOptions(layer.options);
+      await prepared.mounts(plans);
+      if (podIdmap) await ensureTraversable([join(rootfs, 'x'), join(prepared.dir, 'x')], [this.o.config.root, this.o.config.state]);
       mountTried = true;
-      mounted = mount('overlay', rootfs, 'overlay', 0, layer.options).catch((err: unknown) => {
+      mounted = mount('overlay', rootfs, 'overlay', 0, rootfsOptions).catch((err: unknown) => {
         throw new BerthError('Internal', `mounting the container's rootfs (overlay on ${rootfs}): ${messageOf(err)}`, { cause: err });
       });
       mounted.catch(() => undefined);
@@ -232,9 +248,10 @@ export class ContainerService {
         localhostSeccomp: await localhostSeccompProfiles(req.config),
         ...this.targetPidns(sandbox.id, req.config),
       });
+      prepared.applyToSpec(spec, req.config.mounts);
       for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
       for (const w of hostWarnings) warnOnce(this.o.log, w, { container: id });
-      await writeFile(join(bundle, 'config.json'), JSON.stringify(spec));
+      await writeFile(join(bundle, 'config.json'), JSON.stringify(spec), { mode: 0o600 });
       await mounted;
       bundleDone();
       const handle = await shimCreated;
@@ -502,6 +519,7 @@ export class ContainerService {
       const { bundle, rootfs, persist } = this.paths(c.id);
       await this.o.shim.delete(c.id, rt.path, rt.root, true);
       await unmount(rootfs);
+      await releasePreparedMounts(this.preparedDir(c.id));
       await this.o.images.removeContainerLayer(c.id);
       await this.o.shim.removeFiles({ id: c.id, bundle, exitDir: this.exitDir, persistDir: persist, socketDir: this.socketDir });
       await rm(bundle, { recursive: true, force: true });

@@ -17,6 +17,11 @@ export interface CriMount {
   /** Accepted and ignored: this host has no SELinux. */
   selinux_relabel: boolean;
   propagation: CriPropagation;
+  /** Prepared by idmap.ts (runc 1.1 cannot): read-only on every submount. */
+  recursive_read_only?: boolean;
+  /** Prepared by idmap.ts (runc 1.1 cannot): an idmapped bind, in a pod with a user namespace. */
+  uidMappings?: Array<{ host_id: number; container_id: number; length: number }>;
+  gidMappings?: Array<{ host_id: number; container_id: number; length: number }>;
 }
 
 export interface PodFiles {

@@ -53,8 +53,8 @@ export interface PinnedNamespaces {
 
 export const POD_NAMESPACES: readonly PodNamespace[] = ['net', 'ipc', 'uts'];
 
-/** The pins a pod's dir may hold: the namespaces berth creates, and the infra's PID namespace. */
-const PIN_FILES: readonly string[] = [...POD_NAMESPACES, 'pid'];
+/** The pins a pod's dir may hold: the namespaces berth creates, the infra's PID namespace, and a pod user namespace (userns.ts). */
+const PIN_FILES: readonly string[] = [...POD_NAMESPACES, 'pid', 'user'];
 
 /** The filesystem magic of nsfs (`NSFS_MAGIC` in linux/magic.h). */
 const NSFS_MAGIC = 0x6e736673;

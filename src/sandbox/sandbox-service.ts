@@ -28,6 +28,8 @@ import { createPinnedNamespaces, isPinned, pinPidNamespace, removePinnedNamespac
 import { hostsFile, mountShm, resolvConf, unmountShm, validateHostname, writePodFiles } from './pod-files.js';
 import type { SandboxMetadata, SandboxRecord, SandboxRepository } from './sandbox-repository.js';
 import { applySysctls, validateSysctls } from './sysctls.js';
+import { probeIdmappedMounts, type ProbeResult } from '../common/mount-probes.js';
+import { createPodUserns, type PodUserns } from './userns.js';
 
 export type NamespaceMode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
 
@@ -65,6 +67,8 @@ export interface PodSandboxSpec {
   sysctls: Record<string, string>;
   namespaces: { network: NamespaceMode; pid: NamespaceMode; ipc: NamespaceMode };
   runtimeHandler: string;
+  /** A user namespace of the pod's own (userns_options mode POD); absent: the host's. */
+  userns?: PodUserns;
   /** The whole config as kubelet sent it, kept for PodSandboxStatus. */
   raw: Record<string, unknown>;
 }
@@ -101,6 +105,8 @@ export class SandboxService {
   /** Infra processes being watched for their exit, by pod id. */
   private readonly watching = new Set<string>();
   private readonly minOomScoreAdj: number;
+  /** Whether idmapped mounts work here, probed at the first pod that asks for a user namespace. */
+  private usernsProbe: Promise<ProbeResult> | undefined;
 
   constructor(private readonly o: SandboxServiceOptions) {
     this.nsRoot = join(o.config.state, 'ns');
@@ -202,6 +208,22 @@ export class SandboxService {
         );
       }
     }
+    if (spec.userns) {
+      if (spec.namespaces.pid === 'POD') {
+        throw new BerthError(
+          'FailedPrecondition',
+          'namespace_options.userns_options: a pod user namespace with a shared PID namespace (pid POD) is not supported yet',
+        );
+      }
+      this.usernsProbe ??= probeIdmappedMounts(join(this.o.config.state, 'probe'));
+      const probe = await this.usernsProbe;
+      if (!probe.ok) {
+        throw new BerthError(
+          'FailedPrecondition',
+          `namespace_options.userns_options: runtime handler "${spec.runtimeHandler}" cannot run pods in a user namespace on this host: ${probe.reason}`,
+        );
+      }
+    }
     const hostResolv = readFileSync('/etc/resolv.conf', 'utf8');
     const resolv = spec.dns ? resolvConf(spec.dns, hostResolv) : hostResolv;
     // Host-network pods keep kubelet's hostname (its node name) when it sends one.
@@ -244,11 +266,12 @@ export class SandboxService {
       const sharedPid = spec.namespaces.pid === 'POD';
       const nsDir = join(this.nsRoot, id);
       let pins: PinnedNamespaces = {};
-      if (kinds.length > 0 || sharedPid) {
+      if (kinds.length > 0 || sharedPid || spec.userns) {
         this.o.repo.update(id, () => ({ nsDir }));
         undo.defer(() => removePinnedNamespaces(nsDir));
       }
-      if (kinds.length > 0) pins = await createPinnedNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal });
+      if (spec.userns) pins = await createPodUserns(nsDir, spec.userns, kinds, prepared.hostname);
+      else if (kinds.length > 0) pins = await createPinnedNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal });
 
       const podDir = join(this.podRoot, id);
       await mkdir(podDir, { recursive: true, mode: 0o711 });

@@ -162,7 +162,7 @@ export class Berthd implements AsyncDisposable {
  */
 function expectedFile(rel: string): boolean {
   if (['root/berth.db', 'root/berthd.lock', 'state/berthd.lock'].includes(rel)) return true;
-  if (rel === 'root/content/ingest' || rel === 'state/ns') return true;
+  if (rel === 'root/content/ingest' || rel === 'state/ns' || rel === 'state/mounts') return true;
   // Directories of the container machinery may stay; anything in them is a leftover.
   if (/^state\/(exits|attach|conmon|runtime)$/.test(rel) || /^state\/runtime\/[a-z0-9.-]+$/.test(rel)) return true;
   if (rel.startsWith('root/content/ingest/')) return false;

@@ -6,6 +6,7 @@ import type { RunPodSandboxResponse } from '../gen/runtime/v1/RunPodSandboxRespo
 import type { UnaryHandler } from '../rpc.js';
 import { refuseUnsupportedSandboxFields } from '../refusals.js';
 import { boundedString, required, requiredString } from '../validate.js';
+import { podUsernsFrom } from '../../sandbox/userns.js';
 
 const MAX_PORT = 65535;
 
@@ -45,6 +46,7 @@ export const runPodSandbox =
       pid: mode(ns?.pid, 'config.linux.security_context.namespace_options.pid'),
       ipc: mode(ns?.ipc, 'config.linux.security_context.namespace_options.ipc'),
     };
+    const userns = podUsernsFrom(ns?.userns_options ?? undefined, namespaces, 'config.linux.security_context.namespace_options.userns_options');
     const dns = cfg.dns_config ? { servers: cfg.dns_config.servers, searches: cfg.dns_config.searches, options: cfg.dns_config.options } : undefined;
     const id = await svc.run({
       metadata,
@@ -55,6 +57,7 @@ export const runPodSandbox =
       sysctls: cfg.linux?.sysctls ?? {},
       namespaces,
       runtimeHandler: req.runtime_handler === '' ? defaultRuntime : boundedString(req.runtime_handler, 'runtime_handler', 63),
+      ...(userns ? { userns } : {}),
       raw: withNamespaceModes(cfg, namespaces),
     });
     // Only an answer the caller can still receive counts as delivered.
