@@ -76,3 +76,20 @@ export function probeRecursiveReadOnly(scratch: string): Promise<ProbeResult> {
     }
   });
 }
+
+/** The results of both mount probes. */
+export interface MountFeatures {
+  idmappedMounts: ProbeResult;
+  recursiveReadOnly: ProbeResult;
+}
+
+let probed: Promise<MountFeatures> | undefined;
+
+/**
+ * Both probes, run once per process (one after the other: they share `scratch`); every
+ * caller (Status, RunPodSandbox) gets the same verdict.
+ */
+export function mountFeatures(scratch: string): Promise<MountFeatures> {
+  probed ??= (async () => ({ idmappedMounts: await probeIdmappedMounts(scratch), recursiveReadOnly: await probeRecursiveReadOnly(scratch) }))();
+  return probed;
+}

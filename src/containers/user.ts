@@ -6,12 +6,6 @@
  */
 import { invalidArgument } from '../common/errors.js';
 
-/**
- * SupplementalGroupsPolicy (KEP-3619) is honoured: Strict leaves the image's /etc/group
- * out, and ContainerStatus.user reports the groups the process starts with.
- */
-export const SUPPLEMENTAL_GROUPS_POLICY_SUPPORTED = true;
-
 export interface PasswdEntry {
   name: string;
   uid: number;

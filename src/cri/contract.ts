@@ -67,13 +67,13 @@ export const CONTRACT: Readonly<Record<string, Decision>> = {
   'NamespaceOption.ipc': 'applied: POD, CONTAINER or NODE',
   'NamespaceOption.target_id': 'applied: the container whose PID namespace a TARGET container joins',
   'NamespaceOption.userns_options':
-    'refused: user namespaces (hostUsers: false) are not supported yet: mode POD is FAILED_PRECONDITION; mode NODE (the host namespace) is accepted',
-  'UserNamespace.mode': 'refused: with NamespaceOption.userns_options',
-  'UserNamespace.uids': 'refused: with NamespaceOption.userns_options',
-  'UserNamespace.gids': 'refused: with NamespaceOption.userns_options',
-  'IDMapping.host_id': 'refused: with the user namespace or idmapped mount that carries it',
-  'IDMapping.container_id': 'refused: with the user namespace or idmapped mount that carries it',
-  'IDMapping.length': 'refused: with the user namespace or idmapped mount that carries it',
+    "applied: mode POD gives the pod its own pinned user namespace (hostUsers: false; sandbox/userns.ts), NODE the host's; a container joins its pod's",
+  'UserNamespace.mode': 'applied: POD or NODE (INVALID_ARGUMENT otherwise)',
+  'UserNamespace.uids': 'applied: the pod user namespace uid_map; overlapping, non-contiguous, < 65536 ids or no container id 0 is INVALID_ARGUMENT',
+  'UserNamespace.gids': 'applied: the pod user namespace gid_map, checked as uids',
+  'IDMapping.host_id': 'applied: with the user namespace or idmapped mount that carries it',
+  'IDMapping.container_id': 'applied: with the user namespace or idmapped mount that carries it',
+  'IDMapping.length': 'applied: with the user namespace or idmapped mount that carries it',
 
   // Profiles, ids, SELinux
   'SecurityProfile.profile_type': 'applied: RuntimeDefault, Unconfined, Localhost',
@@ -124,9 +124,9 @@ export const CONTRACT: Readonly<Record<string, Decision>> = {
   'Mount.selinux_relabel':
     'ignored: without SELinux there is no label to set; on a host with SELinux it is refused (FAILED_PRECONDITION), as berth does not relabel volumes',
   'Mount.propagation': 'applied: rprivate, rslave or rshared',
-  'Mount.uidMappings': 'refused: idmapped mounts are not supported yet (FAILED_PRECONDITION)',
-  'Mount.gidMappings': 'refused: idmapped mounts are not supported yet (FAILED_PRECONDITION)',
-  'Mount.recursive_read_only': 'refused: recursive read-only mounts are not supported yet (FAILED_PRECONDITION)',
+  'Mount.uidMappings': 'applied: an idmapped bind (MOUNT_ATTR_IDMAP) berthd prepares before runc (containers/idmap.ts)',
+  'Mount.gidMappings': 'applied: with Mount.uidMappings',
+  'Mount.recursive_read_only': 'applied: a recursive read-only bind (mount_setattr AT_RECURSIVE) berthd prepares; needs readonly and private propagation',
   'Mount.image': 'refused: image volumes are not supported yet (FAILED_PRECONDITION)',
   'Mount.image_sub_path': 'refused: with Mount.image',
 

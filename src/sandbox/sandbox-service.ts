@@ -28,7 +28,7 @@ import { createPinnedNamespaces, isPinned, pinPidNamespace, removePinnedNamespac
 import { hostsFile, mountShm, resolvConf, unmountShm, validateHostname, writePodFiles } from './pod-files.js';
 import type { SandboxMetadata, SandboxRecord, SandboxRepository } from './sandbox-repository.js';
 import { applySysctls, validateSysctls } from './sysctls.js';
-import { probeIdmappedMounts, type ProbeResult } from '../common/mount-probes.js';
+import { mountFeatures } from '../common/mount-probes.js';
 import { createPodUserns, type PodUserns } from './userns.js';
 
 export type NamespaceMode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
@@ -105,8 +105,6 @@ export class SandboxService {
   /** Infra processes being watched for their exit, by pod id. */
   private readonly watching = new Set<string>();
   private readonly minOomScoreAdj: number;
-  /** Whether idmapped mounts work here, probed at the first pod that asks for a user namespace. */
-  private usernsProbe: Promise<ProbeResult> | undefined;
 
   constructor(private readonly o: SandboxServiceOptions) {
     this.nsRoot = join(o.config.state, 'ns');
@@ -215,8 +213,7 @@ export class SandboxService {
           'namespace_options.userns_options: a pod user namespace with a shared PID namespace (pid POD) is not supported yet',
         );
       }
-      this.usernsProbe ??= probeIdmappedMounts(join(this.o.config.state, 'probe'));
-      const probe = await this.usernsProbe;
+      const probe = (await mountFeatures(join(this.o.config.state, 'probe'))).idmappedMounts;
       if (!probe.ok) {
         throw new BerthError(
           'FailedPrecondition',

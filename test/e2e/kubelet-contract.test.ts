@@ -212,7 +212,7 @@ describe('kubelet contract', function () {
     for (const id of ids) await b.runtime.RemoveContainer({ container_id: id });
   });
 
-  it('CDI devices and pod user namespaces are refused by name', async () => {
+  it('CDI devices are refused by name; a pod user namespace cannot share the host network', async () => {
     const cdi = await grpcError(create({ command: ['true'], CDI_devices: [{ name: 'vendor.example/gpu=0' }] }));
     assert.equal(cdi.code, status.FAILED_PRECONDITION);
     assert.match(cdi.details, /CDI_devices \(vendor\.example\/gpu=0\)/);
@@ -228,7 +228,7 @@ describe('kubelet contract', function () {
         },
       }),
     );
-    assert.equal(userns.code, status.FAILED_PRECONDITION);
-    assert.match(userns.details, /userns_options\.mode/);
+    assert.equal(userns.code, status.INVALID_ARGUMENT);
+    assert.match(userns.details, /userns_options: a pod user namespace cannot be combined with the host's network namespace/);
   });
 });

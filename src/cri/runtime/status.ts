@@ -1,5 +1,7 @@
 import type { BerthConfig } from '../../config/schema.js';
 import { redactedConfig } from '../../config/load.js';
+import { join } from 'node:path';
+import { mountFeatures, type MountFeatures } from '../../common/mount-probes.js';
 import { appArmorFacility, criuFacility, handlerFeatures, seLinuxFacility, supplementalGroupsPolicy } from '../../oci/features.js';
 import { findNetwork } from '../../sandbox/cni/conf-dir.js';
 import type { CriDeps } from '../deps.js';
@@ -9,14 +11,14 @@ import type { StatusResponse } from '../gen/runtime/v1/StatusResponse.js';
 import type { UnaryHandler } from '../rpc.js';
 
 /**
- * Every configured handler with its features (oci/features.ts), probed once: the default
+ * Every configured handler with its features (oci/features.ts, from the mount probes): the default
  * handler first under the name "" (CRI: an empty name denotes the default handler; kubelet
  * uses it for pods without a RuntimeClass), then each handler by its name, the default
  * one included, as containerd lists them.
  */
-export function runtimeHandlerList(config: Pick<BerthConfig, 'default_runtime' | 'runtimes'>): RuntimeHandler[] {
+export function runtimeHandlerList(config: Pick<BerthConfig, 'default_runtime' | 'runtimes'>, probes: MountFeatures): RuntimeHandler[] {
   const features = (name: string) => {
-    const f = handlerFeatures(config.runtimes[name]!.path);
+    const f = handlerFeatures(config.runtimes[name]!.path, probes);
     return { recursive_read_only_mounts: f.recursiveReadOnlyMounts, user_namespaces: f.userNamespaces };
   };
   const named = Object.keys(config.runtimes)
@@ -36,7 +38,8 @@ export function runtimeHandlerList(config: Pick<BerthConfig, 'default_runtime' |
  * (AppArmor, SELinux, CRIU) with the reason; values are JSON, as crictl expects.
  */
 export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, StatusResponse> => {
-  const handlers = runtimeHandlerList(deps.config);
+  // The mount probes start now (berthd's start-up) and are awaited by the first Status.
+  const handlers = mountFeatures(join(deps.config.state, 'probe')).then((probes) => runtimeHandlerList(deps.config, probes));
   const features = { supplemental_groups_policy: supplementalGroupsPolicy(), user_namespaces_host_network: false };
   const appArmor = appArmorFacility();
   const seLinux = seLinuxFacility();
@@ -63,7 +66,7 @@ export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, Statu
             : { type: 'NetworkReady', status: false, reason: 'NetworkPluginNotReady', message: `Network plugin returns error: ${net.reason}` },
         ],
       },
-      runtime_handlers: handlers,
+      runtime_handlers: await handlers,
       features,
       info,
     };

@@ -4,7 +4,6 @@ import type { PodSandboxConfig__Output } from '../gen/runtime/v1/PodSandboxConfi
 import type { RunPodSandboxRequest__Output } from '../gen/runtime/v1/RunPodSandboxRequest.js';
 import type { RunPodSandboxResponse } from '../gen/runtime/v1/RunPodSandboxResponse.js';
 import type { UnaryHandler } from '../rpc.js';
-import { refuseUnsupportedSandboxFields } from '../refusals.js';
 import { boundedString, required, requiredString } from '../validate.js';
 import { podUsernsFrom } from '../../sandbox/userns.js';
 
@@ -19,7 +18,6 @@ export const runPodSandbox =
   async (req, ctx) => {
     const cfg = required(req.config, 'config');
     const md = required(cfg.metadata, 'config.metadata');
-    refuseUnsupportedSandboxFields(cfg);
     const metadata = {
       name: requiredString(md.name, 'config.metadata.name', 253),
       namespace: requiredString(md.namespace, 'config.metadata.namespace', 253),

@@ -8,7 +8,6 @@ import { appArmorProfile, defaultAppArmorProfileText, parseProfileString } from 
 import { podMcsLevel, SELINUX_IGNORED, selinuxLabels } from '../../../src/containers/selinux.js';
 import { criSignalName, criSignalNumber, effectiveStopSignal } from '../../../src/containers/signals.js';
 import { generateSpec } from '../../../src/containers/spec.js';
-import { SUPPLEMENTAL_GROUPS_POLICY_SUPPORTED } from '../../../src/containers/user.js';
 import { config, image, input, securityContext, withSc } from './fixtures.js';
 
 const local = { profile_type: 'Localhost' as const, localhost_ref: 'localhost/my-prof' };
@@ -141,7 +140,6 @@ describe('container spec: supplemental groups policy', () => {
     ).spec.process.user;
 
   it("Merge (default) adds the image's groups; Strict only the primary gid and the requested ones", () => {
-    assert.equal(SUPPLEMENTAL_GROUPS_POLICY_SUPPORTED, true);
     assert.deepEqual(as(undefined), { uid: 1000, gid: 1000, additionalGids: [1000, 10, 29, 4000] });
     assert.deepEqual(as('Merge'), as(undefined));
     assert.deepEqual(as('Strict'), { uid: 1000, gid: 1000, additionalGids: [1000, 4000] });

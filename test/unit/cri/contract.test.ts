@@ -8,9 +8,8 @@ import protobuf from 'protobufjs';
 import { isKind } from '../../../src/common/errors.js';
 import { CONTRACT, CONTRACT_ROOTS } from '../../../src/cri/contract.js';
 import { PROTO_FILE } from '../../../src/cri/proto.js';
-import { refuseUnsupportedContainerFields, refuseUnsupportedSandboxFields } from '../../../src/cri/refusals.js';
+import { refuseUnsupportedContainerFields } from '../../../src/cri/refusals.js';
 import type { ContainerConfig__Output } from '../../../src/cri/gen/runtime/v1/ContainerConfig.js';
-import type { PodSandboxConfig__Output } from '../../../src/cri/gen/runtime/v1/PodSandboxConfig.js';
 
 const root = new protobuf.Root().loadSync(PROTO_FILE, { keepCase: true });
 root.resolveAll();
@@ -57,21 +56,6 @@ describe('kubelet contract', () => {
     decoded<ContainerConfig__Output>('ContainerConfig', { metadata: { name: 'c' }, image: { image: 'busybox' }, ...c });
   const refused: Array<[string, Record<string, unknown>, RegExp]> = [
     ['ContainerConfig.CDI_devices', { CDI_devices: [{ name: 'vendor.com/gpu=0' }] }, /CDI_devices \(vendor\.com\/gpu=0\)/],
-    [
-      'NamespaceOption.userns_options',
-      { linux: { security_context: { namespace_options: { userns_options: { mode: 'POD', uids: [{ host_id: 100000, container_id: 0, length: 65536 }] } } } } },
-      /namespace_options\.userns_options\.mode/,
-    ],
-    [
-      'Mount.uidMappings',
-      { mounts: [{ container_path: '/a', host_path: '/b', uidMappings: [{ host_id: 1, container_id: 0, length: 1 }] }] },
-      /mounts\[0\]\.uidMappings/,
-    ],
-    [
-      'Mount.recursive_read_only',
-      { mounts: [{ container_path: '/a', host_path: '/b', readonly: true, recursive_read_only: true }] },
-      /mounts\[0\]\.recursive_read_only/,
-    ],
     ['Mount.image', { mounts: [{ container_path: '/a', image: { image: 'busybox' } }] }, /mounts\[0\]\.image/],
     ['Mount.image_sub_path', { mounts: [{ container_path: '/a', image_sub_path: 'x' }] }, /mounts\[0\]\.image/],
   ];
@@ -100,14 +84,16 @@ describe('kubelet contract', () => {
     );
   });
 
-  it('refuses a pod user namespace at the sandbox level', () => {
-    const pod = (sc: Record<string, unknown>): PodSandboxConfig__Output =>
-      decoded('PodSandboxConfig', { metadata: { name: 'p' }, linux: { security_context: sc } });
-    refuseUnsupportedSandboxFields(pod({}));
-    refuseUnsupportedSandboxFields(pod({ namespace_options: { userns_options: { mode: 'NODE' } } }));
-    assert.throws(
-      () => refuseUnsupportedSandboxFields(pod({ namespace_options: { userns_options: { mode: 'POD' } } })),
-      /config\.linux\.security_context\.namespace_options\.userns_options\.mode/,
+  it('lets a container follow its pod into a user namespace, and recursive read-only and idmapped mounts through', () => {
+    refuseUnsupportedContainerFields(
+      container({
+        linux: { security_context: { namespace_options: { userns_options: { mode: 'POD', uids: [{ host_id: 100000, container_id: 0, length: 65536 }] } } } },
+        mounts: [
+          { container_path: '/a', host_path: '/b', readonly: true, recursive_read_only: true },
+          { container_path: '/c', host_path: '/d', uidMappings: [{ host_id: 1, container_id: 0, length: 1 }] },
+        ],
+      }),
+      false,
     );
   });
 });

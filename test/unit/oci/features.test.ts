@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runtimeHandlerList } from '../../../src/cri/runtime/status.js';
-import { appArmorFacility, BERTH_IMPLEMENTS, handlerFeatures, kernelVersion, seLinuxFacility, supplementalGroupsPolicy } from '../../../src/oci/features.js';
+import { appArmorFacility, BERTH_IMPLEMENTS, handlerFeatures, seLinuxFacility, supplementalGroupsPolicy } from '../../../src/oci/features.js';
 
 describe('oci/features', () => {
   let dir: string;
@@ -13,34 +13,26 @@ describe('oci/features', () => {
   const all = { recursiveReadOnlyMounts: true, userNamespaces: true, supplementalGroupsPolicyStrict: true };
   const none = { recursiveReadOnlyMounts: false, userNamespaces: false, supplementalGroupsPolicyStrict: false };
 
-  it('parses kernel releases', () => {
-    assert.deepEqual(kernelVersion('6.18.44-fc-v1300'), [6, 18]);
-    assert.deepEqual(kernelVersion('5.12.0'), [5, 12]);
-    assert.equal(kernelVersion('garbage'), undefined);
-  });
+  const pass = { ok: true };
+  const fail = { ok: false, reason: 'EINVAL' };
+  const probesOk = { idmappedMounts: pass, recursiveReadOnly: pass };
 
-  it('a handler feature is true only when the kernel can, the runtime is runnable and berth implements it', () => {
+  it('a handler feature is true only when its mount probe passed, the runtime is runnable and berth implements it', () => {
     const rt = '/bin/sh';
-    const modern = { release: '6.1.0-18-amd64', maxUserNamespaces: 1000 };
-    assert.deepEqual(handlerFeatures(rt, modern, all), { recursiveReadOnlyMounts: true, userNamespaces: true });
-    assert.deepEqual(handlerFeatures(rt, modern, none), { recursiveReadOnlyMounts: false, userNamespaces: false }, 'berth has no code path yet');
+    assert.deepEqual(handlerFeatures(rt, probesOk, all), { recursiveReadOnlyMounts: true, userNamespaces: true });
+    assert.deepEqual(handlerFeatures(rt, probesOk, none), { recursiveReadOnlyMounts: false, userNamespaces: false }, 'no code path');
     assert.deepEqual(
-      handlerFeatures(rt, { release: '5.11.0', maxUserNamespaces: 1000 }, all),
-      { recursiveReadOnlyMounts: false, userNamespaces: false },
-      'no mount_setattr',
-    );
-    assert.deepEqual(
-      handlerFeatures(rt, { release: '5.15.0', maxUserNamespaces: 1000 }, all),
+      handlerFeatures(rt, { idmappedMounts: fail, recursiveReadOnly: pass }, all),
       { recursiveReadOnlyMounts: true, userNamespaces: false },
-      'no idmapped overlay',
+      'no idmapped mounts here',
     );
     assert.deepEqual(
-      handlerFeatures(rt, { ...modern, maxUserNamespaces: 0 }, all),
-      { recursiveReadOnlyMounts: true, userNamespaces: false },
-      'user namespaces disabled',
+      handlerFeatures(rt, { idmappedMounts: pass, recursiveReadOnly: fail }, all),
+      { recursiveReadOnlyMounts: false, userNamespaces: true },
+      'no recursive read-only here',
     );
     assert.deepEqual(
-      handlerFeatures(join(dir, 'missing-runc'), modern, all),
+      handlerFeatures(join(dir, 'missing-runc'), probesOk, all),
       { recursiveReadOnlyMounts: false, userNamespaces: false },
       'runtime not runnable',
     );
@@ -48,10 +40,9 @@ describe('oci/features', () => {
     assert.equal(supplementalGroupsPolicy(none), false);
   });
 
-  it('today berth implements none of them, so this host reports false whatever its kernel', () => {
-    assert.deepEqual(BERTH_IMPLEMENTS, none);
-    assert.deepEqual(handlerFeatures('/bin/sh'), { recursiveReadOnlyMounts: false, userNamespaces: false });
-    assert.equal(supplementalGroupsPolicy(), false);
+  it('berth implements all three', () => {
+    assert.deepEqual(BERTH_IMPLEMENTS, all);
+    assert.equal(supplementalGroupsPolicy(), true);
   });
 
   it('AppArmor is there only when the module says "Y"; SELinux only when selinuxfs says enforcing or permissive', () => {
@@ -71,11 +62,17 @@ describe('oci/features', () => {
   });
 
   it('lists the default handler as "" and then every handler by name', () => {
-    const list = runtimeHandlerList({ default_runtime: 'runc', runtimes: { runc: { path: '/bin/sh' }, crun: { path: '/bin/sh' } } });
+    const list = runtimeHandlerList({ default_runtime: 'runc', runtimes: { runc: { path: '/bin/sh' }, crun: { path: join(dir, 'missing') } } }, probesOk);
     assert.deepEqual(
       list.map((h) => h.name),
       ['', 'crun', 'runc'],
     );
-    for (const h of list) assert.deepEqual(h.features, { recursive_read_only_mounts: false, user_namespaces: false });
+    const on = { recursive_read_only_mounts: true, user_namespaces: true };
+    const off = { recursive_read_only_mounts: false, user_namespaces: false };
+    assert.deepEqual(
+      list.map((h) => h.features),
+      [on, off, on],
+      'the default handler, then crun (not runnable), then runc',
+    );
   });
 });
