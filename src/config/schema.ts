@@ -69,6 +69,12 @@ export interface SandboxConfig {
   infra_path: string;
 }
 
+/** The Container Device Interface: where device vendors' spec files are read from. */
+export interface CdiConfig {
+  /** Spec directories, lowest priority first: a later one wins for the same device. */
+  spec_dirs: string[];
+}
+
 /** The streaming server that Exec, Attach and PortForward hand out URLs of. */
 export interface StreamingConfig {
   /** Address it listens on; loopback by default, as kubelet proxies the streams. */
@@ -100,6 +106,7 @@ export interface BerthConfig {
   registries: Record<string, RegistryConfig>;
   sandbox: SandboxConfig;
   streaming: StreamingConfig;
+  cdi: CdiConfig;
   /** The handler used when a pod names none. */
   default_runtime: string;
   runtimes: Record<string, RuntimeHandlerConfig>;
@@ -145,6 +152,9 @@ export function defaultConfig(): BerthConfig {
       token_ttl_seconds: 60,
       idle_timeout_seconds: 4 * 3600,
       stream_creation_timeout_seconds: 30,
+    },
+    cdi: {
+      spec_dirs: ['/etc/cdi', '/var/run/cdi'],
     },
     default_runtime: 'runc',
     runtimes: {
@@ -237,6 +247,7 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'streaming.token_ttl_seconds': integerIn(1, 3600),
   'streaming.idle_timeout_seconds': integerIn(0, 7 * 24 * 3600),
   'streaming.stream_creation_timeout_seconds': integerIn(1, 600),
+  'cdi.spec_dirs': pathList,
   default_runtime: (v) =>
     typeof v === 'string' && /^[a-z0-9][a-z0-9.-]{0,62}$/.test(v) ? undefined : `expected a handler name like "runc", got ${describe(v)}`,
   'runtimes.*.path': absolutePath,

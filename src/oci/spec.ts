@@ -185,12 +185,21 @@ export interface OciLinux {
   mountLabel?: string;
 }
 
+/** A program the runtime runs at a point of the container's life (config.md, "POSIX-platform Hooks"). */
+export interface OciHook {
+  path: string;
+  args?: string[];
+  env?: string[];
+  timeout?: number;
+}
+
 export interface OciSpec {
   ociVersion: string;
   process: OciProcess;
   root: OciRoot;
   hostname?: string;
   mounts: OciMount[];
+  hooks?: Partial<Record<'prestart' | 'createRuntime' | 'createContainer' | 'startContainer' | 'poststart' | 'poststop', OciHook[]>>;
   linux: OciLinux;
   annotations: Record<string, string>;
 }
