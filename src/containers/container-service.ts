@@ -30,6 +30,7 @@ import { effectiveStopSignal } from './signals.js';
 import { generateSpec, type CriContainerConfig } from './spec.js';
 import { specPrerequisites } from './spec-prerequisites.js';
 import { ensureTraversable, planMounts, podIdmapOf, PreparedMounts, releasePreparedMounts } from './idmap.js';
+import { applyCdiEdits, CdiRegistry } from './cdi.js';
 
 export interface CreateContainerRequest {
   sandboxId: string;
@@ -86,8 +87,11 @@ export class ContainerService {
    * with them known, a container's spec need not wait for its rootfs mount.
    */
   private readonly idFiles = new Map<string, IdFiles>();
+  /** CDI spec files, read again only when they change. */
+  private readonly cdi: CdiRegistry;
 
   constructor(private readonly o: ContainerServiceOptions) {
+    this.cdi = new CdiRegistry(o.config.cdi.spec_dirs);
     this.bundles = join(o.config.root, 'containers');
     ({ exitDir: this.exitDir, socketDir: this.socketDir, persistRoot: this.persistRoot } = shimDirs(o.config.state));
     for (const d of [this.bundles, this.exitDir, this.socketDir, this.persistRoot]) mkdirSync(d, { recursive: true, mode: 0o700 });
@@ -155,7 +159,7 @@ export class ContainerService {
     if (dup) throw new BerthError('AlreadyExists', `container "${req.name}" (attempt ${req.attempt}) already exists in pod ${sandbox.id} as ${dup.id}`);
 
     // Devices, host devices and LSM profiles: resolved before anything of the container exists.
-    const prereq = await specPrerequisites(req.config, hostProbes());
+    const prereq = await specPrerequisites(req.config, hostProbes(), this.cdi);
     // User namespaces and recursive read-only mounts (idmap.ts): checked before anything is made.
     const podIdmap = podIdmapOf(sandbox);
     const plans = planMounts(req.config.mounts, podIdmap);
@@ -232,7 +236,11 @@ export class ContainerService {
         ids = await this.readIdFiles(image.id, rootfs);
       }
 
-      const { spec, warnings, hostWarnings } = generateSpec({
+      const {
+        spec: generated,
+        warnings,
+        hostWarnings,
+      } = generateSpec({
         containerId: id,
         sandboxId: sandbox.id,
         config: req.config,
@@ -248,6 +256,7 @@ export class ContainerService {
         localhostSeccomp: await localhostSeccompProfiles(req.config),
         ...this.targetPidns(sandbox.id, req.config),
       });
+      const spec = applyCdiEdits(generated, prereq.cdi);
       prepared.applyToSpec(spec, req.config.mounts);
       for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
       for (const w of hostWarnings) warnOnce(this.o.log, w, { container: id });

@@ -5,6 +5,7 @@
  * exists, so bad input fails without anything to undo.
  */
 import { ensureDefaultAppArmorProfile } from './apparmor.js';
+import { requestedCdiDevices, type CdiEdits, type CdiRegistry } from './cdi.js';
 import { hostDevices, resolveDevices, type ResolvedDevice } from './devices.js';
 import type { HostProbes } from './host-probes.js';
 import type { CriContainerConfig } from './spec.js';
@@ -15,12 +16,16 @@ export interface SpecPrerequisites {
   appArmorEnabled: boolean;
   appArmorDefaultProfile?: string;
   selinuxEnabled: boolean;
+  /** What the container's CDI devices change besides their device nodes (applied with applyCdiEdits). */
+  cdi: CdiEdits;
 }
 
-export async function specPrerequisites(cfg: CriContainerConfig, probes: HostProbes): Promise<SpecPrerequisites> {
+export async function specPrerequisites(cfg: CriContainerConfig, probes: HostProbes, cdiRegistry: CdiRegistry): Promise<SpecPrerequisites> {
   const sc = cfg.linux?.security_context;
   const privileged = sc?.privileged ?? false;
-  const devices = await resolveDevices(cfg.devices);
+  // CDI device nodes join the requested devices: stat'ed and given cgroup rules the same way.
+  const cdi = cdiRegistry.resolve(requestedCdiDevices(cfg.CDI_devices ?? [], cfg.annotations));
+  const devices = await resolveDevices([...cfg.devices, ...cdi.deviceNodes]);
   const aa = sc?.apparmor?.profile_type;
   const needsDefault = probes.appArmorEnabled && !privileged && (aa === undefined || aa === 'RuntimeDefault');
   return {
@@ -29,5 +34,6 @@ export async function specPrerequisites(cfg: CriContainerConfig, probes: HostPro
     appArmorEnabled: probes.appArmorEnabled,
     ...(needsDefault ? { appArmorDefaultProfile: await ensureDefaultAppArmorProfile() } : {}),
     selinuxEnabled: probes.selinuxEnabled,
+    cdi,
   };
 }

@@ -85,6 +85,8 @@ export interface CriContainerConfig {
   envs: Array<{ key: string; value: string }>;
   mounts: CriMount[];
   devices: CriDevice[];
+  /** Fully qualified CDI device names (`vendor.com/class=name`), resolved by cdi.ts before spec generation. */
+  CDI_devices?: Array<{ name: string }>;
   labels: Record<string, string>;
   annotations: Record<string, string>;
   tty: boolean;

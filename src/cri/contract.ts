@@ -101,7 +101,7 @@ export const CONTRACT: Readonly<Record<string, Decision>> = {
   'ContainerConfig.tty': 'applied: the process gets a terminal',
   'ContainerConfig.linux': 'applied: see LinuxContainerConfig',
   'ContainerConfig.windows': 'ignored: Windows-only; berth runs Linux containers',
-  'ContainerConfig.CDI_devices': 'refused: CDI devices are not supported yet (FAILED_PRECONDITION naming CDI_devices)',
+  'ContainerConfig.CDI_devices': 'applied: resolved through the CDI spec files of [cdi] spec_dirs (containers/cdi.ts); an unknown device is NOT_FOUND by name',
   'ContainerConfig.stop_signal': "applied: the first signal of StopContainer, over the image's STOPSIGNAL; reported in ContainerStatus",
   'ContainerMetadata.name': 'applied: container identity',
   'ContainerMetadata.attempt': 'applied: container identity',
@@ -115,7 +115,7 @@ export const CONTRACT: Readonly<Record<string, Decision>> = {
   'Device.container_path': 'applied: absolute, no ".." segments; outside /dev allowed as containerd allows it',
   'Device.host_path': 'applied: a device node, a symlink to one, or a directory of them',
   'Device.permissions': 'applied: the cgroup access, a subset of rwm',
-  'CDIDevice.name': 'refused: with ContainerConfig.CDI_devices',
+  'CDIDevice.name': 'applied: a fully qualified name, vendor.com/class=name (INVALID_ARGUMENT otherwise)',
 
   // Mount
   'Mount.container_path': 'applied: bind mount destination',

@@ -22,7 +22,6 @@ function checkContainerUserNamespace(ns: NamespaceOption__Output | null | undefi
 
 /** Throws for a ContainerConfig field berth cannot apply. */
 export function refuseUnsupportedContainerFields(c: ContainerConfig__Output, selinuxEnabled = hostProbes().selinuxEnabled): void {
-  if (c.CDI_devices.length > 0) throw unsupported(`CDI_devices (${c.CDI_devices.map((d) => d.name).join(', ')})`, 'CDI devices are');
   checkContainerUserNamespace(c.linux?.security_context?.namespace_options, 'linux.security_context.namespace_options.userns_options');
   c.mounts.forEach((m, i) => {
     const field = `mounts[${i}]`;

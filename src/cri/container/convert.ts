@@ -73,6 +73,7 @@ export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
       gidMappings: m.gidMappings,
     })),
     devices: c.devices.map((d) => ({ container_path: d.container_path, host_path: d.host_path, permissions: d.permissions })),
+    CDI_devices: c.CDI_devices.map((d) => ({ name: d.name })),
     labels: c.labels,
     annotations: c.annotations,
     tty: c.tty,
