@@ -4,7 +4,10 @@
  * 2. refuses with UNAVAILABLE while berthd recovers or drains (ServingState);
  * 3. turns the caller's deadline and cancellation into an AbortSignal for the handler;
  * 4. maps whatever the handler threw to a gRPC status (errors.ts, the only mapper);
- * 5. writes one structured log line: method, duration, outcome.
+ * 5. writes one structured log line: method, duration, outcome;
+ * 6. tells the observers (metrics, tracing) of the call's begin and end, every call
+ *    counted, refused ones too, and runs the handler inside each observer's scope (a
+ *    trace context, say) so that what the handler does is attributed to the call.
  * RPCs without a handler answer UNIMPLEMENTED, naming the RPC.
  */
 import * as grpc from '@grpc/grpc-js';
@@ -19,10 +22,40 @@ class MalformedRequest {
   constructor(readonly reason: string) {}
 }
 
+/** One call as an observer sees it; `end` is called exactly once. */
+export interface RpcObservation {
+  /** Runs the handler within the observer's scope (e.g. the call's span as the active context). */
+  run<T>(fn: () => T): T;
+  /** The call's outcome: its gRPC status code (0 OK) and, on failure, the details. */
+  end(code: grpc.status, details?: string): void;
+}
+
+/** Watches every RPC: metrics count and time them, tracing gives each a span. */
+export interface RpcObserver {
+  /** A call arrived (before it is admitted); `streaming` for server-streaming RPCs. */
+  begin(method: string, metadata: grpc.Metadata, streaming: boolean): RpcObservation;
+}
+
 export interface WrapEnv {
   state: ServingState;
   log: Logger;
+  /** Metrics and tracing; none by default. */
+  observers?: readonly RpcObserver[];
 }
+
+/** The observations of one call, as one. */
+function observe(env: WrapEnv, method: string, metadata: grpc.Metadata, streaming: boolean): RpcObservation {
+  const all = (env.observers ?? []).map((o) => o.begin(method, metadata, streaming));
+  if (all.length === 0) return NO_OBSERVATION;
+  return {
+    run: <T>(fn: () => T): T => all.reduceRight<() => T>((inner, o) => () => o.run(inner), fn)(),
+    end: (code, details) => {
+      for (const o of all) o.end(code, details);
+    },
+  };
+}
+
+const NO_OBSERVATION: RpcObservation = { run: (fn) => fn(), end: () => undefined };
 
 // Calls kubelet makes every few seconds to observe state; their successes log at debug.
 const READ_ONLY = /^(Version|Status|RuntimeConfig|List.*|Stream.*|.*Status|.*Stats|ImageFsInfo|GetContainerEvents)$/;
@@ -99,18 +132,21 @@ function admit(env: WrapEnv, method: string, request: unknown, implemented: bool
 function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined): grpc.handleUnaryCall<unknown, unknown> {
   return (call, callback) => {
     const start = process.hrtime.bigint();
+    const obs = observe(env, method, call.metadata, false);
     const refused = admit(env, method, call.request, handler !== undefined);
     if (refused) {
       logOutcome(env, method, start, refused, true);
+      obs.end(refused.code, refused.details);
       callback({ code: refused.code, details: refused.details });
       return;
     }
     const { ctx, done } = makeContext(method, call);
-    Promise.resolve()
-      .then(() => handler!(call.request, ctx))
+    obs
+      .run(() => Promise.resolve().then(() => handler!(call.request, ctx)))
       .then(
         (res) => {
           logOutcome(env, method, start, undefined);
+          obs.end(grpc.status.OK);
           callback(null, res);
         },
         (err: unknown) => {
@@ -119,6 +155,7 @@ function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined):
             env.log.error('rpc internal error', { method, stack: err.stack });
           }
           logOutcome(env, method, start, st);
+          obs.end(st.code, st.details);
           callback({ code: st.code, details: st.details });
         },
       )
@@ -132,9 +169,11 @@ function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined):
 function wrapStream(env: WrapEnv, method: string, handler: AnyStream | undefined): grpc.handleServerStreamingCall<unknown, unknown> {
   return (call) => {
     const start = process.hrtime.bigint();
+    const obs = observe(env, method, call.metadata, true);
     const refused = admit(env, method, call.request, handler !== undefined);
     if (refused) {
       logOutcome(env, method, start, refused, true);
+      obs.end(refused.code, refused.details);
       call.emit('error', { code: refused.code, details: refused.details });
       return;
     }
@@ -149,16 +188,18 @@ function wrapStream(env: WrapEnv, method: string, handler: AnyStream | undefined
         if (call.write(res)) resolve();
         else call.once('drain', () => resolve());
       });
-    Promise.resolve()
-      .then(() => handler!(call.request, ctx, send))
+    obs
+      .run(() => Promise.resolve().then(() => handler!(call.request, ctx, send)))
       .then(
         () => {
           logOutcome(env, method, start, undefined);
+          obs.end(grpc.status.OK);
           call.end();
         },
         (err: unknown) => {
           const st = toRpcStatus(err, ctx.signal);
           logOutcome(env, method, start, st);
+          obs.end(st.code, st.details);
           if (!call.cancelled) call.emit('error', { code: st.code, details: st.details });
         },
       )

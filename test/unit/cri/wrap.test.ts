@@ -12,7 +12,8 @@ import { BerthError } from '../../../src/common/errors.js';
 import { createLogger } from '../../../src/common/logger.js';
 import { criApi } from '../../../src/cri/proto.js';
 import { ServingState } from '../../../src/cri/serving-state.js';
-import { wrapService } from '../../../src/cri/wrap.js';
+import { AsyncLocalStorage } from 'node:async_hooks';
+import { wrapService, type RpcObserver } from '../../../src/cri/wrap.js';
 import { criClients, grpcError, type CriClients } from '../../helpers/cri-client.js';
 
 type Handler = (req: unknown, ctx: { signal: AbortSignal; deadline: Date | undefined; method: string }) => Promise<unknown>;
@@ -25,10 +26,10 @@ describe('cri: the RPC wrapper', () => {
   let logLines: string[];
 
   /** Serves the RuntimeService through the real wrapper with the given handlers. */
-  async function serve(handlers: Record<string, Handler>): Promise<CriClients> {
+  async function serve(handlers: Record<string, Handler>, observers: RpcObserver[] = []): Promise<CriClients> {
     const log = createLogger('debug', (l) => logLines.push(l));
     server = new grpc.Server();
-    const svc = wrapService({ state, log }, criApi().runtime.v1.RuntimeService.service, handlers as never);
+    const svc = wrapService({ state, log, observers }, criApi().runtime.v1.RuntimeService.service, handlers as never);
     server.addService(svc.definition, svc.implementation);
     const socket = join(dir, 's.sock');
     await new Promise<void>((res, rej) => server!.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
@@ -213,5 +214,49 @@ describe('cri: the RPC wrapper', () => {
       s.on('end', resolve);
     });
     assert.deepEqual(got, ['c0', 'c1', 'c2']);
+  });
+
+  it('tells every observer of each call, refused ones too, and runs the handler in their scope', async () => {
+    const scope = new AsyncLocalStorage<string>();
+    const seen: string[] = [];
+    const observer = (name: string): RpcObserver => ({
+      begin: (method, metadata, streaming) => {
+        seen.push(`${name} begin ${method} ${String(metadata.get('traceparent')[0] ?? '-')} ${streaming}`);
+        return {
+          run: (fn) => scope.run(`${scope.getStore() ?? ''}${name}`, fn),
+          end: (code, details) => void seen.push(`${name} end ${method} ${code} ${details ?? ''}`),
+        };
+      },
+    });
+    const h: Record<string, Handler> = {};
+    h.Version = async () => ({ ...version, runtime_name: scope.getStore() ?? 'none' });
+    h.RemovePodSandbox = async () => {
+      throw new BerthError('NotFound', 'pod "x" not found');
+    };
+    const c = await serve(h, [observer('a'), observer('b')]);
+    assert.equal((await grpcError(c.runtime.Version({}))).code, grpc.status.UNAVAILABLE, 'refused while recovering, and still observed');
+    state.ready();
+    const md = new grpc.Metadata();
+    md.set('traceparent', '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01');
+    assert.equal(
+      (await new Promise<{ runtime_name: string }>((res, rej) => c.runtime.raw.Version({}, md, (e, r) => (e || !r ? rej(e) : res(r))))).runtime_name,
+      'ab',
+      'the handler ran inside both scopes, outermost first',
+    );
+    await grpcError(c.runtime.RemovePodSandbox({ pod_sandbox_id: 'x' }));
+    assert.deepEqual(seen, [
+      'a begin Version - false',
+      'b begin Version - false',
+      `a end Version ${grpc.status.UNAVAILABLE} berthd is recovering its state after start-up; retry shortly`,
+      `b end Version ${grpc.status.UNAVAILABLE} berthd is recovering its state after start-up; retry shortly`,
+      'a begin Version 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 false',
+      'b begin Version 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01 false',
+      'a end Version 0 ',
+      'b end Version 0 ',
+      'a begin RemovePodSandbox - false',
+      'b begin RemovePodSandbox - false',
+      `a end RemovePodSandbox ${grpc.status.NOT_FOUND} pod "x" not found`,
+      `b end RemovePodSandbox ${grpc.status.NOT_FOUND} pod "x" not found`,
+    ]);
   });
 });
