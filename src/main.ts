@@ -13,7 +13,7 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BerthError, errnoOf, messageOf } from './common/errors.js';
 import { createLogger, type Logger } from './common/logger.js';
-import { loadNative } from './common/sys.js';
+import { loadNative } from './common/native.js';
 import { BERTH_VERSION } from './common/version.js';
 import { ConfigError, formatConfig, loadConfig } from './config/load.js';
 import type { BerthConfig } from './config/schema.js';

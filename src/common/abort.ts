@@ -1,3 +1,5 @@
+import { BerthError } from './errors.js';
+
 /**
  * Waits for `p`, but stops waiting (rejecting with the signal's reason) when `signal`
  * aborts. `p` itself goes on: this is for callers that share work with others.
@@ -19,4 +21,9 @@ export function abortable<T>(p: Promise<T>, signal: AbortSignal | undefined): Pr
       },
     );
   });
+}
+
+/** Throws a Cancelled BerthError when the signal has fired. */
+export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
+  if (signal?.aborted) throw new BerthError('Cancelled', `${what}: cancelled`, { cause: signal.reason });
 }

@@ -8,7 +8,8 @@
 import { chown, mkdir, mkdtemp, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { messageOf } from './errors.js';
-import { cloneMount, MNT, mount, pinUserns, umount } from './sys.js';
+import { cloneMount, MNT, mount, umount } from './mount.js';
+import { pinUserns } from './userns.js';
 
 export interface ProbeResult {
   ok: boolean;

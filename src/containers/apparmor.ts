@@ -11,7 +11,7 @@
  *   all for an unprivileged container, run under berth's default profile, which berth
  *   loads with apparmor_parser on first use.
  */
-import { execProcess } from '../common/sys.js';
+import { execProcess } from '../common/process.js';
 import { BerthError, invalidArgument, messageOf } from '../common/errors.js';
 
 export interface AppArmorRequest {

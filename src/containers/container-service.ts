@@ -10,11 +10,14 @@ import { constants as fsConstants } from 'node:fs';
 import { mkdir, open, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { dirname, join } from 'node:path';
+import { nowNs } from '../common/clock.js';
 import { DisposableStack } from '../common/disposable.js';
-import { findByIdOrPrefix, KeyedLock } from '../common/keyed-lock.js';
+import { findByIdOrPrefix } from '../common/id-prefix.js';
+import { KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, errnoOf, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
-import { execProcess, mount, spawnProcess, umount } from '../common/sys.js';
+import { mount, umount } from '../common/mount.js';
+import { execProcess, spawnProcess } from '../common/process.js';
 import type { BerthConfig } from '../config/schema.js';
 import type { ImageRecord } from '../images/image-repository.js';
 import type { ImageService } from '../images/image-service.js';
@@ -53,7 +56,6 @@ export interface ContainerServiceOptions {
   log: Logger;
 }
 
-const nowNs = (): string => String(BigInt(Date.now()) * 1_000_000n);
 /** Bytes of each output stream ExecSync keeps. */
 export const EXEC_OUTPUT_CAP = (16 * 1024 * 1024) / 4;
 /** How often the shims of followed containers are checked, and a container whose shim died is asked about. */

@@ -15,7 +15,8 @@ import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { closeSync, readFileSync, readdirSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { BerthError, messageOf } from '../common/errors.js';
-import { attachConmon, openPty, setWinsize, spawnProcess, type ChildProcess } from '../common/sys.js';
+import { spawnProcess, type ChildProcess } from '../common/process.js';
+import { attachConmon, openPty, setWinsize } from '../common/sys.js';
 
 export interface ExecSession {
   /** The command's stdin (present when asked for); ending it closes the command's stdin. */

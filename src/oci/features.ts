@@ -14,7 +14,7 @@
 import { accessSync, constants, readFileSync } from 'node:fs';
 import { messageOf } from '../common/errors.js';
 import type { MountFeatures } from '../common/mount-probes.js';
-import { execProcess } from '../common/sys.js';
+import { execProcess } from '../common/process.js';
 
 /**
  * The features berth's own code implements, whatever the host:

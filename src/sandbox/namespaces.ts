@@ -31,16 +31,15 @@
  * - berthd must run in the host's mount namespace (no PrivateTmp/ProtectSystem/
  *   PrivateMounts in its unit, and in a container only with /run mounted `rshared`),
  *   or the pins live and die with that private namespace.
- *
- * This module also holds the two small host helpers the sandbox modules share: running
- * a host tool, and asking /proc/self/mountinfo whether a path is a mount point.
  */
-import { spawn } from 'node:child_process';
-import { constants, lstatSync, readFileSync, realpathSync, statfsSync } from 'node:fs';
+import { constants, lstatSync, statfsSync } from 'node:fs';
 import { chmod, lstat, mkdir, open, rmdir, unlink } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
+import { throwIfAborted } from '../common/abort.js';
 import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/errors.js';
 import { DisposableStack } from '../common/disposable.js';
+import { isMountPoint, mount, MNT, MS, umount } from '../common/mount.js';
+import { runHostTool } from '../common/process.js';
 
 export type PodNamespace = 'net' | 'ipc' | 'uts';
 
@@ -62,88 +61,6 @@ const NSFS_MAGIC = 0x6e736673;
 /** Unmount attempts per path: pins are never stacked, but a crash might have done it. */
 const MAX_UNMOUNTS = 8;
 
-/** What a finished host tool reported. */
-export interface ToolResult {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-/**
- * Runs a short host tool (unshare, nsenter, mount, umount) to completion with `LC_ALL=C`.
- * Rejects only when the tool cannot be started (FailedPrecondition naming the package);
- * a non-zero exit is the caller's to interpret. There is deliberately no abort: these
- * tools finish in milliseconds and killing one halfway (unshare's bind helper, mount)
- * could leave a mount nobody knows about, so callers check their signal before and after.
- */
-export function runHostTool(cmd: string, args: string[], pkg = 'util-linux'): Promise<ToolResult> {
-  return new Promise((done, fail) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
-    let stdout = '';
-    let stderr = '';
-    let spawnError: unknown;
-    child.on('error', (err) => (spawnError ??= err));
-    child.stdout.on('data', (chunk: Buffer) => {
-      if (stdout.length < 65536) stdout += chunk.toString('utf8');
-    });
-    child.stderr.on('data', (chunk: Buffer) => {
-      if (stderr.length < 8192) stderr += chunk.toString('utf8');
-    });
-    child.once('close', (code, signal) => {
-      if (spawnError !== undefined) {
-        fail(
-          new BerthError('FailedPrecondition', `cannot run ${cmd} (Debian package ${pkg}): ${messageOf(spawnError)}`, {
-            cause: spawnError,
-          }),
-        );
-      } else {
-        done({ code, signal, stdout, stderr });
-      }
-    });
-  });
-}
-
-/** Throws a Cancelled BerthError when the signal has fired. */
-export function throwIfAborted(signal: AbortSignal | undefined, what: string): void {
-  if (signal?.aborted) throw new BerthError('Cancelled', `${what}: cancelled`, { cause: signal.reason });
-}
-
-/** Undoes the octal escapes (`\040` for a space…) of a /proc/self/mountinfo path field. */
-function unescapeMountPath(field: string): string {
-  return field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
-}
-
-/**
- * The absolute path as the kernel writes it in mountinfo: symlinks in the parent
- * resolved (e.g. /var/run → /run), the last component kept as is.
- */
-function canonicalPath(path: string): string {
-  const abs = resolve(path);
-  try {
-    return join(realpathSync(dirname(abs)), basename(abs));
-  } catch {
-    return abs;
-  }
-}
-
-/** The mount points of berthd's mount namespace, from /proc/self/mountinfo. */
-export function mountPoints(): string[] {
-  const text = readFileSync('/proc/self/mountinfo', 'utf8');
-  const points: string[] = [];
-  for (const line of text.split('\n')) {
-    const field = line.split(' ')[4];
-    if (field !== undefined) points.push(unescapeMountPath(field));
-  }
-  return points;
-}
-
-/** True if `path` is a mount point in berthd's mount namespace. */
-export function isMountPoint(path: string): boolean {
-  const target = canonicalPath(path);
-  return mountPoints().includes(target);
-}
-
 /**
  * True if `path` is currently a mount point holding a namespace: a non-symlink whose
  * filesystem is nsfs. No ordinary file lives on nsfs, so a path that reports it must be
@@ -158,15 +75,18 @@ export function isPinned(path: string): boolean {
   }
 }
 
-/** Unmounts (MNT_DETACH) everything stacked on the given paths, in one `umount -l` per round. */
+/** Unmounts (MNT_DETACH) everything stacked on the given paths, one umount2 per path and round. */
 async function detachAll(paths: string[], what: string): Promise<void> {
   for (let round = 0; round < MAX_UNMOUNTS; round++) {
-    // Never hand umount a symlink: it would follow it and detach the target.
+    // Never unmount through a symlink: it would detach the target.
     const mounted = paths.filter((p) => !isSymlink(p) && isMountPoint(p));
     if (mounted.length === 0) return;
-    const res = await runHostTool('umount', ['-l', '--', ...mounted]);
-    if (res.code !== 0 && mounted.every((p) => isMountPoint(p))) {
-      throw new BerthError('Internal', `${what}: umount -l ${mounted.join(' ')} failed: ${res.stderr.trim()}`);
+    for (const path of mounted) {
+      try {
+        await umount(path, MNT.DETACH | MNT.NOFOLLOW);
+      } catch (err) {
+        if (isMountPoint(path)) throw new BerthError('Internal', `${what}: unmounting ${path} failed: ${messageOf(err)}`, { cause: err });
+      }
     }
   }
   const left = paths.filter((p) => isMountPoint(p));
@@ -295,11 +215,17 @@ export async function pinPidNamespace(dir: string, pid: number): Promise<string>
     throw new BerthError('AlreadyExists', `pod namespaces: ${path} is already a mount point; remove the old pins first`);
   const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o444);
   await fh.close();
-  const res = await runHostTool('mount', ['--bind', `/proc/${pid}/ns/pid`, path]);
-  if (res.code !== 0 || !isPinned(path)) {
+  let failure: string | undefined;
+  try {
+    await mount(`/proc/${pid}/ns/pid`, path, '', MS.BIND);
+    if (!isPinned(path)) failure = 'the mount holds no namespace';
+  } catch (err) {
+    failure = messageOf(err);
+  }
+  if (failure !== undefined) {
     await detachAll([path], `pod namespaces in ${dir}`);
     await unlinkIfPresent(path);
-    throw new BerthError('Internal', `pinning the PID namespace of process ${pid} at ${path} failed: ${res.stderr.trim() || `exit status ${res.code}`}`);
+    throw new BerthError('Internal', `pinning the PID namespace of process ${pid} at ${path} failed: ${failure}`);
   }
   return path;
 }

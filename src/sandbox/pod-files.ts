@@ -12,7 +12,7 @@ import { isIP } from 'node:net';
 import { mkdir, open, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BerthError, failedPrecondition, invalidArgument, messageOf } from '../common/errors.js';
-import { isMountPoint, runHostTool } from './namespaces.js';
+import { isMountPoint, mount, MNT, MS, umount } from '../common/mount.js';
 
 /** The CRI `DNSConfig` of a pod. */
 export interface DnsConfig {
@@ -189,8 +189,11 @@ export async function mountShm(path: string, sizeBytes: number): Promise<void> {
   const size = sizeBytes === 0 ? DEFAULT_SHM_BYTES : sizeBytes;
   await mkdir(path, { recursive: true, mode: 0o755 });
   if (isMountPoint(path)) throw new BerthError('AlreadyExists', `pod shm ${path}: already a mount point`);
-  const res = await runHostTool('mount', ['-t', 'tmpfs', '-o', `mode=1777,size=${size},nosuid,nodev,noexec`, 'shm', path]);
-  if (res.code !== 0) throw failedPrecondition(`pod shm ${path}: mount -t tmpfs failed: ${res.stderr.trim()}`);
+  try {
+    await mount('shm', path, 'tmpfs', MS.NOSUID | MS.NODEV | MS.NOEXEC, `mode=1777,size=${size}`);
+  } catch (err) {
+    throw failedPrecondition(`pod shm ${path}: mounting a tmpfs failed: ${messageOf(err)}`);
+  }
 }
 
 /**
@@ -200,9 +203,10 @@ export async function mountShm(path: string, sizeBytes: number): Promise<void> {
  */
 export async function unmountShm(path: string): Promise<void> {
   for (let round = 0; round < 8 && isMountPoint(path); round++) {
-    const res = await runHostTool('umount', ['-l', '--', path]);
-    if (res.code !== 0 && isMountPoint(path)) {
-      throw new BerthError('Internal', `pod shm ${path}: umount -l failed: ${res.stderr.trim()}`);
+    try {
+      await umount(path, MNT.DETACH | MNT.NOFOLLOW);
+    } catch (err) {
+      if (isMountPoint(path)) throw new BerthError('Internal', `pod shm ${path}: unmounting failed: ${messageOf(err)}`, { cause: err });
     }
   }
   if (isMountPoint(path)) throw new BerthError('Internal', `pod shm ${path}: still mounted`);

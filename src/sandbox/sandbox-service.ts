@@ -15,7 +15,9 @@ import { mkdir, rm } from 'node:fs/promises';
 import { hostname as osHostname } from 'node:os';
 import { join } from 'node:path';
 import { DisposableStack } from '../common/disposable.js';
-import { findByIdOrPrefix, KeyedLock } from '../common/keyed-lock.js';
+import { nowNs } from '../common/clock.js';
+import { findByIdOrPrefix } from '../common/id-prefix.js';
+import { KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { BerthConfig } from '../config/schema.js';
@@ -250,7 +252,7 @@ export class SandboxService {
   }
 
   private async create(id: string, spec: PodSandboxSpec, prepared: Prepared): Promise<string> {
-    const createdAt = String(BigInt(Date.now()) * 1_000_000n);
+    const createdAt = nowNs();
     const signal = this.lifetime.signal;
     const log = this.o.log.child({ sandbox: id, pod: `${spec.metadata.namespace}/${spec.metadata.name}` });
     this.o.repo.insert(id, spec.metadata, spec.raw, spec.runtimeHandler, createdAt);

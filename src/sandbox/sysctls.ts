@@ -16,8 +16,10 @@
  * as shell text, and the script writes through `tee` so a refusal carries the kernel's
  * errno ("Invalid argument"). This needs only util-linux, dash and coreutils, not procps.
  */
+import { throwIfAborted } from '../common/abort.js';
 import { BerthError, invalidArgument } from '../common/errors.js';
-import { isPinned, runHostTool, throwIfAborted, type PinnedNamespaces, type PodNamespace } from './namespaces.js';
+import { runHostTool } from '../common/process.js';
+import { isPinned, type PinnedNamespaces, type PodNamespace } from './namespaces.js';
 
 /**
  * `net` sysctls the kernel does not namespace: present in the initial network namespace

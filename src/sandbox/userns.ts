@@ -15,7 +15,7 @@ import { chmod, lstat, mkdir, open } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { DisposableStack } from '../common/disposable.js';
 import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/errors.js';
-import { pinUserns, type IdMap } from '../common/sys.js';
+import { pinUserns, type IdMap } from '../common/userns.js';
 import { removePinnedNamespaces, type PinnedNamespaces, type PodNamespace } from './namespaces.js';
 
 /** The id maps of a pod's user namespace. */

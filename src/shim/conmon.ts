@@ -30,7 +30,7 @@ import { abortable } from '../common/abort.js';
 import { BerthError, errnoOf, messageOf } from '../common/errors.js';
 import { DisposableStack } from '../common/disposable.js';
 import type { Logger } from '../common/logger.js';
-import { execProcess, spawnProcess, type ChildProcess, type ExitStatus } from '../common/sys.js';
+import { execProcess, spawnProcess, type ChildProcess, type ExitStatus } from '../common/process.js';
 import type { Shim, ShimCreateOptions, ShimFiles, ShimHandle, ShimState } from './shim.js';
 
 export interface ConmonShimOptions {

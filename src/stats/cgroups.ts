@@ -9,6 +9,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
+import { nowNsBigint } from '../common/clock.js';
 
 /** Where each cgroup hierarchy is mounted: v1 controllers by name, and the v2 mount. */
 export interface CgroupMounts {
@@ -163,7 +164,7 @@ async function readLimitV2(file: string): Promise<bigint | undefined> {
  * hierarchies `mounts`. Parts the host does not have are left out; never throws for a
  * cgroup that vanished meanwhile (the container exited): the parts read before are kept.
  */
-export async function readCgroupSample(mounts: CgroupMounts, cg: ProcCgroups, now: () => bigint = nowNs): Promise<CgroupSample> {
+export async function readCgroupSample(mounts: CgroupMounts, cg: ProcCgroups, now: () => bigint = nowNsBigint): Promise<CgroupSample> {
   const sample: CgroupSample = { timestamp: now() };
   const v1 = (controller: string): string | undefined => {
     const m = mounts.v1.get(controller);
@@ -255,11 +256,4 @@ function memorySample(
     ...(limit !== undefined ? { limit } : {}),
     ...(p ? { psi: p } : {}),
   };
-}
-
-const EPOCH_OFFSET_NS = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
-
-/** Nanoseconds since the epoch, from the monotonic clock (so differences are exact). */
-export function nowNs(): bigint {
-  return EPOCH_OFFSET_NS + process.hrtime.bigint();
 }

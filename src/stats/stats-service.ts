@@ -13,6 +13,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { nowNsBigint } from '../common/clock.js';
 import { measure } from '../common/disk-usage.js';
 import type { Logger } from '../common/logger.js';
 
@@ -23,7 +24,7 @@ import type { ContainerService } from '../containers/container-service.js';
 import type { ImageService } from '../images/image-service.js';
 import type { SandboxRecord } from '../sandbox/sandbox-repository.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
-import { nowNs, parseCgroupMounts, parseProcCgroups, readCgroupSample, type CgroupMounts, type CgroupSample, type ProcCgroups } from './cgroups.js';
+import { parseCgroupMounts, parseProcCgroups, readCgroupSample, type CgroupMounts, type CgroupSample, type ProcCgroups } from './cgroups.js';
 
 /** How old a writable layer's measured use may be before it is walked again. */
 export const LAYER_USAGE_TTL_MS = 10_000;
@@ -180,7 +181,7 @@ export class StatsService {
       entry.pending = measure(dir)
         .then((u) => {
           entry.at = Date.now();
-          const usage = { timestamp: nowNs(), mountpoint: this.o.images.usage().mountpoint, ...u };
+          const usage = { timestamp: nowNsBigint(), mountpoint: this.o.images.usage().mountpoint, ...u };
           entry.usage = usage;
           return usage;
         })
@@ -207,7 +208,7 @@ export class StatsService {
       }
       const interfaces = parseNetDev(text).filter((i) => i.name !== 'lo');
       const def = interfaces.find((i) => i.name === POD_INTERFACE);
-      return { timestamp: nowNs(), interfaces, ...(def ? { defaultInterface: def } : {}) };
+      return { timestamp: nowNsBigint(), interfaces, ...(def ? { defaultInterface: def } : {}) };
     }
     return undefined;
   }

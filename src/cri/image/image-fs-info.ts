@@ -1,3 +1,4 @@
+import { nowNs } from '../../common/clock.js';
 import type { ImageService } from '../../images/image-service.js';
 import type { ImageFsInfoRequest__Output } from '../gen/runtime/v1/ImageFsInfoRequest.js';
 import type { ImageFsInfoResponse } from '../gen/runtime/v1/ImageFsInfoResponse.js';
@@ -13,7 +14,7 @@ import type { UnaryHandler } from '../rpc.js';
 export const imageFsInfo =
   (images: ImageService): UnaryHandler<ImageFsInfoRequest__Output, ImageFsInfoResponse> =>
   async () => {
-    const timestamp = String(BigInt(Date.now()) * 1_000_000n);
+    const timestamp = nowNs();
     const u = images.usage();
     const c = await images.containerLayersUsage();
     return {

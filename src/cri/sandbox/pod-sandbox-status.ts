@@ -1,3 +1,4 @@
+import { nowNs } from '../../common/clock.js';
 import { BerthError } from '../../common/errors.js';
 import type { SandboxService } from '../../sandbox/sandbox-service.js';
 import type { ListPodSandboxRequest__Output } from '../gen/runtime/v1/ListPodSandboxRequest.js';
@@ -46,7 +47,7 @@ export const podSandboxStatus =
       },
       info,
       containers_statuses: [],
-      timestamp: String(BigInt(Date.now()) * 1_000_000n),
+      timestamp: nowNs(),
     };
   };
 

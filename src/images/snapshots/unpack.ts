@@ -30,7 +30,6 @@
  * time, never here. Unsafe content is refused with FailedPrecondition; the caller
  * removes the snapshot.
  */
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { resolve } from 'node:path';
@@ -39,6 +38,8 @@ import { createGunzip } from 'node:zlib';
 import tar from 'tar-stream';
 import type { Extract, Header } from 'tar-stream';
 import { BerthError, errnoOf, messageOf } from '../../common/errors.js';
+import { BoundedOutput, execProcess, spawnProcess, type ChildProcess } from '../../common/process.js';
+import { PaxXattrScanner, XATTR_PAX_PREFIX, type RawXattrs } from './pax-xattrs.js';
 
 /** How a layer blob is compressed (from its media type). */
 export type LayerCompression = 'gzip' | 'zstd' | 'none';
@@ -130,7 +131,10 @@ class LayerUnpacker {
   private readonly dirTimes = new Map<string, Times>();
   /** Xattrs applied in batches (one setfattr per batch, after chown, which clears capabilities). */
   private readonly xattrs = new Map<string, Xattrs>();
-  private rawPax = new WeakMap<object, Map<string, Buffer>>();
+  /** The raw xattr values of the tar stream, read alongside tar-stream. */
+  private readonly pax = new PaxXattrScanner();
+  /** Those of the entry being unpacked. */
+  private entryXattrs: RawXattrs | undefined;
   /** Character devices 0:0 that whiteouts are hardlinks of. */
   private readonly whiteoutDevices: string[] = [];
 
@@ -146,7 +150,6 @@ class LayerUnpacker {
     const signal = this.opts.signal;
     const decompressor = openDecompressor(source, compression, this.layer);
     const extract = tar.extract();
-    this.rawPax = captureRawPax(extract);
 
     let failure: { err: unknown } | undefined;
     const fail = (err: unknown): void => {
@@ -186,6 +189,11 @@ class LayerUnpacker {
           );
         }
         this.hash.update(chunk);
+        try {
+          this.pax.push(chunk);
+        } catch (err) {
+          throw new BerthError('DataLoss', `layer ${this.layer}: corrupt tar stream: ${messageOf(err)}`);
+        }
         if (!extract.write(chunk)) await drained(extract);
         if (extract.destroying) return;
       }
@@ -212,6 +220,7 @@ class LayerUnpacker {
       throw new BerthError('ResourceExhausted', `layer ${this.layer}: has more than ${this.maxEntries} entries, the limit for one layer`);
     }
     const name = header.name;
+    this.entryXattrs = this.pax.takeEntry(this.entries);
     try {
       const parts = this.normalize(name, `entry ${JSON.stringify(name)}`);
       const pax = (header.pax ?? undefined) as Record<string, string> | undefined;
@@ -505,14 +514,20 @@ class LayerUnpacker {
   private xattrsOf(header: Header): Xattrs {
     const pax = header.pax as Record<string, string> | null | undefined;
     if (!pax) return [];
-    const raw = this.rawPax.get(pax);
     const out: Xattrs = [];
     for (const key of Object.keys(pax)) {
       if (!key.startsWith(XATTR_PAX_PREFIX)) continue;
+      const raw = this.entryXattrs?.get(key);
+      if (raw === undefined || raw.toString('utf8') !== pax[key]) {
+        throw new BerthError(
+          'DataLoss',
+          `layer ${this.layer}: corrupt tar stream: the PAX record ${key} of ${JSON.stringify(header.name)} reads inconsistently`,
+        );
+      }
       const name = key.slice(XATTR_PAX_PREFIX.length);
       // The overlay's own metadata must come from berth, never from a layer.
       if (name === '' || name.startsWith('trusted.overlay.') || name.startsWith('user.overlay.')) continue;
-      out.push([name, raw?.get(key) ?? Buffer.from(pax[key] ?? '', 'utf8')]);
+      out.push([name, raw]);
     }
     return out;
   }
@@ -603,8 +618,6 @@ class LayerUnpacker {
   }
 }
 
-const XATTR_PAX_PREFIX = 'SCHILY.xattr.';
-
 /** What a layer entry stands for in overlay terms. */
 function roleOf(parts: readonly string[]): 'entry' | 'whiteout' | 'opaque' | 'ignored' {
   const base = parts[parts.length - 1] ?? '';
@@ -662,54 +675,6 @@ function quote(s: string): string {
       byte === 0x5f ||
       byte === 0x2d;
     out += safe ? String.fromCharCode(byte) : `\\${byte.toString(8).padStart(3, '0')}`;
-  }
-  return out;
-}
-
-/**
- * tar-stream decodes PAX values as UTF-8, which mangles binary xattr values such as
- * `security.capability`. This keeps the raw `SCHILY.xattr.*` bytes of each PAX header,
- * keyed by the parsed PAX object that tar-stream attaches to the entry's header.
- */
-function captureRawPax(extract: Extract): WeakMap<object, Map<string, Buffer>> {
-  const byPax = new WeakMap<object, Map<string, Buffer>>();
-  interface Internals {
-    _decodeLongHeader?: (this: Internals, buf: Buffer) => void;
-    _header?: { type?: string | null } | null;
-    _pax?: object | null;
-  }
-  const internals = extract as unknown as Internals;
-  const original = internals._decodeLongHeader;
-  if (typeof original !== 'function') return byPax;
-  let global: Map<string, Buffer> | undefined;
-  internals._decodeLongHeader = function (this: Internals, buf: Buffer): void {
-    original.call(this, buf);
-    const type = this._header?.type;
-    if (type === 'pax-global-header') {
-      global = rawXattrRecords(buf);
-    } else if (type === 'pax-header' && this._pax) {
-      byPax.set(this._pax, new Map([...(global ?? []), ...rawXattrRecords(buf)]));
-    }
-  };
-  return byPax;
-}
-
-/** Parses PAX records ("<len> <key>=<value>\n") keeping the xattr values as bytes. */
-function rawXattrRecords(buf: Buffer): Map<string, Buffer> {
-  const out = new Map<string, Buffer>();
-  let pos = 0;
-  while (pos < buf.length) {
-    const space = buf.indexOf(0x20, pos);
-    if (space < 0) break;
-    const len = Number(buf.toString('latin1', pos, space));
-    if (!Number.isInteger(len) || len <= space - pos + 1 || pos + len > buf.length) break;
-    const record = buf.subarray(space + 1, pos + len - 1); // without the trailing newline
-    const eq = record.indexOf(0x3d);
-    if (eq > 0) {
-      const key = record.toString('utf8', 0, eq);
-      if (key.startsWith(XATTR_PAX_PREFIX)) out.set(key, Buffer.from(record.subarray(eq + 1)));
-    }
-    pos += len;
   }
   return out;
 }
@@ -901,28 +866,28 @@ function openDecompressor(source: Readable, compression: LayerCompression, layer
   }
 
   // Node 20 has no zstd: the host's zstd decompresses, fed from the blob.
-  const child = spawn('zstd', ['-d', '-c', '-q'], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-    env: { ...process.env, LC_ALL: 'C' },
-  });
+  let child: ChildProcess | undefined;
   let spawnError: unknown;
-  let stderr = '';
-  child.on('error', (err) => (spawnError ??= err));
-  child.stderr.on('data', (chunk: Buffer) => {
-    if (stderr.length < 4096) stderr += chunk.toString('utf8');
-  });
-  const closed = new Promise<number | null>((done) => child.once('close', (code) => done(code)));
-  pipeline(source, child.stdin, () => {
-    // EPIPE when zstd stops early on bad data: its exit status says why
-  });
+  try {
+    child = spawnProcess('zstd', ['-d', '-c', '-q'], { stdio: ['in', 'out', 'out'], env: { ...process.env, LC_ALL: 'C' } });
+  } catch (err) {
+    spawnError = err;
+  }
+  const stderr = new BoundedOutput(child?.stderr, 4096);
+  const closed = child ? Promise.all([child.exited, stderr.closed]).then(([status]) => status.code) : Promise.resolve(null);
+  if (child?.stdin) {
+    pipeline(source, child.stdin, () => {
+      // EPIPE when zstd stops early on bad data: its exit status says why
+    });
+  }
   const failed = (): BerthError => {
     if (spawnError !== undefined) {
       return new BerthError('FailedPrecondition', `layer ${layer}: zstd layers need the zstd tool on the host (Debian package zstd): ${messageOf(spawnError)}`);
     }
-    return new BerthError('DataLoss', `layer ${layer}: corrupt zstd data: ${stderr.trim() || 'zstd failed'}`);
+    return new BerthError('DataLoss', `layer ${layer}: corrupt zstd data: ${stderr.text().trim() || 'zstd failed'}`);
   };
   return {
-    output: child.stdout,
+    output: child?.stdout ?? Readable.from([]),
     finish: async () => {
       const code = await closed;
       if (sourceError !== undefined) throw fromSource();
@@ -931,33 +896,19 @@ function openDecompressor(source: Readable, compression: LayerCompression, layer
     explain: (err) => (err instanceof BerthError ? err : sourceError !== undefined ? fromSource() : failed()),
     destroy: () => {
       source.destroy();
-      child.stdin.destroy();
-      child.stdout.destroy();
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      child?.closeStdio();
+      child?.kill('SIGKILL');
     },
     closed: closed.then(() => undefined),
   };
 }
 
 /** Runs a short host tool to completion (never rejects). */
-function run(cmd: string, args: string[], input: string | undefined): Promise<{ code: number | null; stderr: string; error?: unknown }> {
-  return new Promise((done) => {
-    const child = spawn(cmd, args, {
-      stdio: [input === undefined ? 'ignore' : 'pipe', 'ignore', 'pipe'],
-      env: { ...process.env, LC_ALL: 'C' },
-    });
-    let stderr = '';
-    let error: unknown;
-    child.on('error', (err) => (error ??= err));
-    child.stderr?.on('data', (chunk: Buffer) => {
-      if (stderr.length < 8192) stderr += chunk.toString('utf8');
-    });
-    if (input !== undefined && child.stdin) {
-      child.stdin.on('error', () => {
-        // the exit status reports what went wrong
-      });
-      child.stdin.end(input);
-    }
-    child.once('close', (code) => done({ code, stderr, error }));
-  });
+async function run(cmd: string, args: string[], input: string | undefined): Promise<{ code: number | null; stderr: string; error?: unknown }> {
+  try {
+    const res = await execProcess(cmd, args, { env: { ...process.env, LC_ALL: 'C' }, maxBuffer: 8192, ...(input !== undefined ? { input } : {}) });
+    return { code: res.code, stderr: res.stderr };
+  } catch (error) {
+    return { code: null, stderr: '', error };
+  }
 }

@@ -6,11 +6,11 @@
  * spawned too (bridge and portmap run iptables; a hung plugin may have children), and
  * nothing is left behind when the call returns.
  */
-import { spawn } from 'node:child_process';
 import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BerthError } from '../../common/errors.js';
+import { BerthError, messageOf } from '../../common/errors.js';
+import { BoundedOutput, spawnProcess, type ChildProcess, type ExitStatus } from '../../common/process.js';
 import { failureMessage } from './protocol.js';
 
 export interface PluginRun {
@@ -56,25 +56,29 @@ export function runPlugin(run: PluginRun): Promise<string> {
   const max = run.maxOutputBytes ?? DEFAULT_MAX_OUTPUT;
   if (run.signal?.aborted) return Promise.reject(new BerthError('Cancelled', 'cancelled before the plugin started'));
 
-  return new Promise((resolve, reject) => {
-    const env: Record<string, string | undefined> = {};
-    // berthd's environment (plugins need PATH for iptables…) minus any stray CNI_* of its own.
-    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('CNI_')) env[k] = v;
-    Object.assign(env, run.env);
-    const child = spawn(run.file, [], { env, stdio: ['pipe', 'pipe', 'pipe'], detached: true });
+  const env: Record<string, string | undefined> = {};
+  // berthd's environment (plugins need PATH for iptables…) minus any stray CNI_* of its own.
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('CNI_')) env[k] = v;
+  Object.assign(env, run.env);
+  let child: ChildProcess;
+  try {
+    child = spawnProcess(run.file, [], { env, stdio: ['in', 'out', 'out'], setsid: true });
+  } catch (e) {
+    return Promise.reject(new BerthError('Unavailable', `could not run ${run.file}: ${messageOf(e)}`));
+  }
 
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    let outBytes = 0;
-    let errBytes = 0;
+  return new Promise((resolve, reject) => {
     let failure: BerthError | undefined;
-    let ended: { code: number | null; signal: string | null } | undefined;
-    let exited = false;
+    let ended: ExitStatus | undefined;
     let settled = false;
     const timers: NodeJS.Timeout[] = [];
+    const out = new BoundedOutput(child.stdout, max, () =>
+      fail(new BerthError('ResourceExhausted', `printed more than ${max} bytes on stdout; the plugin was killed`)),
+    );
+    // stderr is only quoted in errors: keep the start, drop the rest rather than kill.
+    const err = new BoundedOutput(child.stderr, max);
 
     const killGroup = (): void => {
-      if (child.pid === undefined) return;
       try {
         // The group outlives its leader while members remain, so this is safe after exit too.
         process.kill(-child.pid, 'SIGKILL');
@@ -87,14 +91,12 @@ export function runPlugin(run: PluginRun): Promise<string> {
       settled = true;
       for (const t of timers) clearTimeout(t);
       run.signal?.removeEventListener('abort', onAbort);
-      child.stdout?.destroy();
-      child.stderr?.destroy();
+      child.closeStdio();
       if (failure) return reject(failure);
-      const stdout = Buffer.concat(out).toString('utf8');
       if (ended && (ended.code !== 0 || ended.signal !== null)) {
-        return reject(new BerthError('Unavailable', failureMessage(stdout, Buffer.concat(err).toString('utf8'), ended)));
+        return reject(new BerthError('Unavailable', failureMessage(out.text(), err.text(), ended)));
       }
-      resolve(stdout);
+      resolve(out.text());
     };
     const fail = (e: BerthError): void => {
       if (settled || failure) return;
@@ -108,28 +110,11 @@ export function runPlugin(run: PluginRun): Promise<string> {
     run.signal?.addEventListener('abort', onAbort, { once: true });
     timers.push(setTimeout(() => fail(new BerthError('DeadlineExceeded', `timed out after ${run.timeoutMs} ms; the plugin was killed`)), run.timeoutMs));
 
-    child.stdout.on('data', (d: Buffer) => {
-      outBytes += d.length;
-      if (outBytes > max) return fail(new BerthError('ResourceExhausted', `printed more than ${max} bytes on stdout; the plugin was killed`));
-      out.push(d);
-    });
-    child.stderr.on('data', (d: Buffer) => {
-      // stderr is only quoted in errors: keep the start, drop the rest rather than kill.
-      if (errBytes >= max) return;
-      errBytes += d.length;
-      err.push(d);
-    });
     // A plugin may exit without reading all of stdin (EPIPE); its exit status tells.
-    child.stdin.on('error', () => {});
-    child.stdin.end(run.stdin);
+    child.stdin?.end(run.stdin);
 
-    child.once('error', (e) => {
-      failure ??= new BerthError('Unavailable', `could not run ${run.file}: ${e.message}`);
-      if (!exited) finish();
-    });
-    child.once('exit', (code, signal) => {
-      exited = true;
-      ended = { code, signal };
+    void child.exited.then((status) => {
+      ended = status;
       // Something the plugin started may still hold stdout open: give it a moment, then kill it.
       timers.push(
         setTimeout(() => {
@@ -138,6 +123,6 @@ export function runPlugin(run: PluginRun): Promise<string> {
         }, EXIT_GRACE_MS),
       );
     });
-    child.once('close', finish);
+    void Promise.all([child.exited, out.closed, err.closed]).then(finish);
   });
 }

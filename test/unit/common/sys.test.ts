@@ -9,7 +9,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { cloneMount, connectInNetns, execProcess, MNT, MS, mount, pinUserns, spawnProcess, umount } from '../../../src/common/sys.js';
+import { cloneMount, MNT, MS, mount, umount } from '../../../src/common/mount.js';
+import { execProcess, spawnProcess } from '../../../src/common/process.js';
+import { connectInNetns } from '../../../src/common/sys.js';
+import { pinUserns } from '../../../src/common/userns.js';
 
 async function isMountPoint(dir: string): Promise<boolean> {
   const mounts = await readFile('/proc/self/mountinfo', 'utf8');

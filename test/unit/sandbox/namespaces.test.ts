@@ -5,7 +5,8 @@ import { hostname as hostHostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isKind } from '../../../src/common/errors.js';
-import { createPinnedNamespaces, isMountPoint, isPinned, mountPoints, removePinnedNamespaces, type PodNamespace } from '../../../src/sandbox/namespaces.js';
+import { isMountPoint, mountPoints } from '../../../src/common/mount.js';
+import { createPinnedNamespaces, isPinned, removePinnedNamespaces, type PodNamespace } from '../../../src/sandbox/namespaces.js';
 
 const MODULE = fileURLToPath(new URL('../../../src/sandbox/namespaces.js', import.meta.url));
 const KINDS: PodNamespace[] = ['net', 'ipc', 'uts'];

@@ -4,7 +4,7 @@ import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isKind } from '../../../src/common/errors.js';
-import { isMountPoint, mountPoints } from '../../../src/sandbox/namespaces.js';
+import { isMountPoint, mountPoints } from '../../../src/common/mount.js';
 import { hostsFile, mountShm, resolvConf, unmountShm, validateHostname, writePodFiles } from '../../../src/sandbox/pod-files.js';
 
 const HOST_RESOLV = '# host\nnameserver 192.0.2.53\nsearch lan\n';

@@ -4,7 +4,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { isKind } from '../../../src/common/errors.js';
-import { createPinnedNamespaces, mountPoints, removePinnedNamespaces, type PinnedNamespaces } from '../../../src/sandbox/namespaces.js';
+import { mountPoints } from '../../../src/common/mount.js';
+import { createPinnedNamespaces, removePinnedNamespaces, type PinnedNamespaces } from '../../../src/sandbox/namespaces.js';
 import { applySysctls, classifySysctl, sysctlPath, validateSysctls } from '../../../src/sandbox/sysctls.js';
 
 const NO_HOST = { network: false, ipc: false };

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { parseCidr } from '../../../src/common/cidr.js';
 import { DisposableStack } from '../../../src/common/disposable.js';
-import { findByIdOrPrefix, KeyedLock } from '../../../src/common/keyed-lock.js';
+import { findByIdOrPrefix } from '../../../src/common/id-prefix.js';
+import { KeyedLock } from '../../../src/common/keyed-lock.js';
 import { createLogger, redact } from '../../../src/common/logger.js';
 
 describe('common', () => {

@@ -1,0 +1,78 @@
+/**
+ * Mounts: mount(2) and umount2(2) through berthd's native addon, on the thread pool,
+ * rather than a `mount`/`umount` process per call; {@link cloneMount} for the binds runc
+ * 1.1 cannot make (idmapped, recursively read-only); and what is mounted, from
+ * /proc/self/mountinfo.
+ */
+import { readFileSync, realpathSync } from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
+import { native } from './native.js';
+
+/** mount(2) flags berth uses. */
+export const MS = { RDONLY: 1, NOSUID: 2, NODEV: 4, NOEXEC: 8, REMOUNT: 32, BIND: 4096, REC: 16384, PRIVATE: 1 << 18 } as const;
+/** umount2(2) flags. */
+export const MNT = { FORCE: 1, DETACH: 2, NOFOLLOW: 8 } as const;
+
+/** mount(2). Rejects with a Node-style errno error (`code`: 'ENOENT', 'EINVAL'…). */
+export function mount(source: string, target: string, fstype: string, flags: number, data = ''): Promise<void> {
+  return native().mount(source, target, fstype, flags, data);
+}
+
+/** umount2(2). Rejects with a Node-style errno error ('EINVAL' when `target` is not a mount point). */
+export function umount(target: string, flags = 0): Promise<void> {
+  return native().umount(target, flags);
+}
+
+export interface CloneMountOptions {
+  /** The whole tree under `source` (AT_RECURSIVE), with every attribute set on each of its mounts. */
+  recursive?: boolean;
+  /** Read-only (MOUNT_ATTR_RDONLY): with `recursive`, on every submount too. */
+  readonly?: boolean;
+  /** Idmapped (MOUNT_ATTR_IDMAP) through the user namespace pinned or living at this path. */
+  usernsPath?: string;
+}
+
+/**
+ * A bind of `source` onto `target` made with open_tree(OPEN_TREE_CLONE), mount_setattr
+ * and move_mount: the attributes are set on the detached copy before it is attached, so
+ * it never exists without them. Rejects with a Node-style errno error whose `syscall` says
+ * which step failed (EINVAL from mount_setattr: the filesystem cannot be idmapped).
+ */
+export function cloneMount(source: string, target: string, opts: CloneMountOptions = {}): Promise<void> {
+  return native().cloneMount(source, target, opts.recursive ?? false, opts.readonly ?? false, opts.usernsPath ?? null);
+}
+
+/** Undoes the octal escapes (`\040` for a space…) of a /proc/self/mountinfo path field. */
+function unescapeMountPath(field: string): string {
+  return field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
+}
+
+/**
+ * The absolute path as the kernel writes it in mountinfo: symlinks in the parent
+ * resolved (e.g. /var/run → /run), the last component kept as is.
+ */
+function canonicalPath(path: string): string {
+  const abs = resolve(path);
+  try {
+    return join(realpathSync(dirname(abs)), basename(abs));
+  } catch {
+    return abs;
+  }
+}
+
+/** The mount points of berthd's mount namespace, from /proc/self/mountinfo. */
+export function mountPoints(): string[] {
+  const text = readFileSync('/proc/self/mountinfo', 'utf8');
+  const points: string[] = [];
+  for (const line of text.split('\n')) {
+    const field = line.split(' ')[4];
+    if (field !== undefined) points.push(unescapeMountPath(field));
+  }
+  return points;
+}
+
+/** True if `path` is a mount point in berthd's mount namespace. */
+export function isMountPoint(path: string): boolean {
+  const target = canonicalPath(path);
+  return mountPoints().includes(target);
+}

@@ -1,0 +1,63 @@
+/**
+ * The loader of berthd's small native addon (native/berth_sys.c), the syscalls Node
+ * lacks. Callers use it through the modules named for what they do: processes
+ * (`process.ts`: posix_spawn), mounts (`mount.ts`: mount(2), umount2(2), open_tree and
+ * mount_setattr), user namespaces (`userns.ts`), and the
+ * streaming server's terminal, network-namespace and attach-socket calls (`sys.ts`).
+ *
+ * The addon is built by `npm run build` (node-gyp, hack/build-native.sh); berthd cannot
+ * run without it, and says so.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { messageOf } from './errors.js';
+
+/** The addon's functions, as native/berth_sys.c defines them. */
+export interface NativeSys {
+  pipe(): [number, number];
+  spawn(
+    file: string,
+    argv: string[],
+    envp: string[],
+    cwd: string | null,
+    fds: number[],
+    setsid: boolean,
+  ): { pid: number; exited: Promise<[number | null, number | null]> };
+  mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
+  umount(target: string, flags: number): Promise<void>;
+  pinUserns(
+    pinPath: string,
+    uidMap: string,
+    gidMap: string,
+    net: string | null,
+    ipc: string | null,
+    uts: string | null,
+    hostname: string | null,
+  ): Promise<void>;
+  cloneMount(source: string, target: string, recursive: boolean, readonly: boolean, usernsPath: string | null): Promise<void>;
+  openPty(): [number, number];
+  setWinsize(fd: number, rows: number, cols: number): void;
+  connectInNetns(nsPath: string, port: number, timeoutMs: number): Promise<number>;
+  attachConmon(dir: string): number;
+}
+
+/** Where the build leaves the addon, from dist/src/common (or any dist-* build) up to the repository. */
+export const NATIVE_ADDON = fileURLToPath(new URL('../../../native/build/Release/berth_sys.node', import.meta.url));
+
+let loaded: NativeSys | undefined;
+
+/** The addon, loaded on first use. */
+export function native(): NativeSys {
+  if (loaded) return loaded;
+  try {
+    loaded = createRequire(import.meta.url)(NATIVE_ADDON) as NativeSys;
+  } catch (err) {
+    throw new Error(`berth's native addon ${NATIVE_ADDON} cannot be loaded (npm run build builds it): ${messageOf(err)}`, { cause: err });
+  }
+  return loaded;
+}
+
+/** Loads the addon now, so that a missing build stops berthd at start-up rather than at the first container. */
+export function loadNative(): void {
+  native();
+}
