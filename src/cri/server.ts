@@ -8,18 +8,16 @@ import type { CriDeps } from './deps.js';
 import type { ImageServiceHandlers } from './gen/runtime/v1/ImageService.js';
 import type { RuntimeServiceHandlers } from './gen/runtime/v1/RuntimeService.js';
 import { criApi } from './proto.js';
-import {
-  containerStatus,
-  createContainer,
-  execSync,
-  listContainers,
-  removeContainer,
-  reopenContainerLog,
-  startContainer,
-  stopContainer,
-  streamContainers,
-  updateContainerResources,
-} from './container/lifecycle.js';
+import { containerStatus } from './container/container-status.js';
+import { createContainer } from './container/create-container.js';
+import { execSync } from './container/exec-sync.js';
+import { listContainers } from './container/list-containers.js';
+import { removeContainer } from './container/remove-container.js';
+import { reopenContainerLog } from './container/reopen-container-log.js';
+import { startContainer } from './container/start-container.js';
+import { stopContainer } from './container/stop-container.js';
+import { streamContainers } from './container/stream-containers.js';
+import { updateContainerResources } from './container/update-container-resources.js';
 import { checkpointContainer } from './container/checkpoint-container.js';
 import { imageFsInfo } from './image/image-fs-info.js';
 import { imageStatus } from './image/image-status.js';
@@ -28,14 +26,22 @@ import { pullImage } from './image/pull-image.js';
 import { removeImage } from './image/remove-image.js';
 import type { ServiceHandlers } from './rpc.js';
 import { runtimeConfig } from './runtime/runtime-config.js';
-import { listPodSandbox, podSandboxStatus, streamPodSandboxes } from './sandbox/pod-sandbox-status.js';
+import { listPodSandbox } from './sandbox/list-pod-sandbox.js';
+import { podSandboxStatus } from './sandbox/pod-sandbox-status.js';
+import { streamPodSandboxes } from './sandbox/stream-pod-sandboxes.js';
 import { runPodSandbox } from './sandbox/run-pod-sandbox.js';
-import { removePodSandbox, stopPodSandbox } from './sandbox/stop-remove-pod-sandbox.js';
+import { removePodSandbox } from './sandbox/remove-pod-sandbox.js';
+import { stopPodSandbox } from './sandbox/stop-pod-sandbox.js';
 import { status } from './runtime/status.js';
 import { attach } from './streaming/attach.js';
 import { exec } from './streaming/exec.js';
 import { portForward } from './streaming/port-forward.js';
-import { containerStats, listContainerStats, listPodSandboxStats, podSandboxStats, streamContainerStats, streamPodSandboxStats } from './stats/stats.js';
+import { containerStats } from './stats/container-stats.js';
+import { listContainerStats } from './stats/list-container-stats.js';
+import { listPodSandboxStats } from './stats/list-pod-sandbox-stats.js';
+import { podSandboxStats } from './stats/pod-sandbox-stats.js';
+import { streamContainerStats } from './stats/stream-container-stats.js';
+import { streamPodSandboxStats } from './stats/stream-pod-sandbox-stats.js';
 import { updateRuntimeConfig } from './runtime/update-runtime-config.js';
 import { version } from './runtime/version.js';
 import { wrapService, type WrapEnv } from './wrap.js';

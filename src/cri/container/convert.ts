@@ -12,10 +12,14 @@ import type { ContainerConfig__Output } from '../gen/runtime/v1/ContainerConfig.
 import type { ContainerFilter__Output } from '../gen/runtime/v1/ContainerFilter.js';
 import type { ImageSpec } from '../gen/runtime/v1/ImageSpec.js';
 import type { LinuxContainerResources__Output } from '../gen/runtime/v1/LinuxContainerResources.js';
+import { requiredString } from '../validate.js';
 import type { SecurityProfile__Output } from '../gen/runtime/v1/SecurityProfile.js';
 import { refuseUnsupportedContainerFields } from '../refusals.js';
 
 const num = (v: string | number | null | undefined): number => (v === null || v === undefined || v === '' ? 0 : Number(v));
+
+/** A container or pod id field: required, at most 128 characters (full ids have 64). */
+export const requireId = (v: string, field: string): string => requiredString(v, field, 128);
 
 /** Decoded LinuxContainerResources (int64 as strings) → numbers. */
 export function toSpecResources(r: LinuxContainerResources__Output): CriLinuxResources {

@@ -1,14 +1,10 @@
 import { nowNs } from '../../common/clock.js';
 import { BerthError } from '../../common/errors.js';
 import type { SandboxService } from '../../sandbox/sandbox-service.js';
-import type { ListPodSandboxRequest__Output } from '../gen/runtime/v1/ListPodSandboxRequest.js';
-import type { ListPodSandboxResponse } from '../gen/runtime/v1/ListPodSandboxResponse.js';
 import type { PodSandboxStatusRequest__Output } from '../gen/runtime/v1/PodSandboxStatusRequest.js';
 import type { PodSandboxStatusResponse } from '../gen/runtime/v1/PodSandboxStatusResponse.js';
-import type { StreamPodSandboxesRequest__Output } from '../gen/runtime/v1/StreamPodSandboxesRequest.js';
-import type { StreamPodSandboxesResponse } from '../gen/runtime/v1/StreamPodSandboxesResponse.js';
-import { sendPaged, type StreamHandler, type UnaryHandler } from '../rpc.js';
-import { filteredSandboxes, requireId, toCriPodSandbox } from './convert.js';
+import type { UnaryHandler } from '../rpc.js';
+import { requireId, toCriPodSandbox } from './convert.js';
 
 interface StoredNamespaces {
   linux?: { security_context?: { namespace_options?: { network?: string; pid?: string; ipc?: string } } };
@@ -50,15 +46,3 @@ export const podSandboxStatus =
       timestamp: nowNs(),
     };
   };
-
-export const listPodSandbox =
-  (svc: SandboxService): UnaryHandler<ListPodSandboxRequest__Output, ListPodSandboxResponse> =>
-  async (req) => ({
-    items: filteredSandboxes(svc, req.filter),
-  });
-
-/** StreamPodSandboxes: the same list as ListPodSandbox, in pages. */
-export const streamPodSandboxes =
-  (svc: SandboxService): StreamHandler<StreamPodSandboxesRequest__Output, StreamPodSandboxesResponse> =>
-  (req, _ctx, send) =>
-    sendPaged(filteredSandboxes(svc, req.filter), send, (page) => ({ pod_sandboxes: page }));

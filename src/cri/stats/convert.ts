@@ -1,11 +1,10 @@
 /**
- * ContainerStats, ListContainerStats, StreamContainerStats, PodSandboxStats,
- * ListPodSandboxStats and StreamPodSandboxStats over the StatsService. Filters work as in
- * ListContainers / ListPodSandbox: an id (or unique prefix), a pod id (prefix), labels
+ * Conversions and filters shared by the stats RPCs (one file each: container-stats.ts,
+ * list-container-stats.ts, stream-container-stats.ts and the pod sandbox ones). Filters
+ * work as in ListContainers / ListPodSandbox: an id (or unique prefix), a pod id (prefix), labels
  * (all must match). Containers being created are not listed; a stopped container keeps
  * its writable layer's figure and has no CPU or memory figures.
  */
-import { BerthError } from '../../common/errors.js';
 import type { ContainerRecord } from '../../containers/container-repository.js';
 import type { SandboxRecord } from '../../sandbox/sandbox-repository.js';
 import type { CgroupSample, Psi } from '../../stats/cgroups.js';
@@ -13,28 +12,15 @@ import type { ContainerUsage, InterfaceUsage, PodUsage, StatsService, UsageSampl
 import type { CriDeps } from '../deps.js';
 import type { ContainerStats } from '../gen/runtime/v1/ContainerStats.js';
 import type { ContainerStatsFilter__Output } from '../gen/runtime/v1/ContainerStatsFilter.js';
-import type { ContainerStatsRequest__Output } from '../gen/runtime/v1/ContainerStatsRequest.js';
-import type { ContainerStatsResponse } from '../gen/runtime/v1/ContainerStatsResponse.js';
 import type { CpuUsage } from '../gen/runtime/v1/CpuUsage.js';
-import type { ListContainerStatsRequest__Output } from '../gen/runtime/v1/ListContainerStatsRequest.js';
-import type { ListContainerStatsResponse } from '../gen/runtime/v1/ListContainerStatsResponse.js';
-import type { ListPodSandboxStatsRequest__Output } from '../gen/runtime/v1/ListPodSandboxStatsRequest.js';
-import type { ListPodSandboxStatsResponse } from '../gen/runtime/v1/ListPodSandboxStatsResponse.js';
 import type { MemoryUsage } from '../gen/runtime/v1/MemoryUsage.js';
 import type { NetworkInterfaceUsage } from '../gen/runtime/v1/NetworkInterfaceUsage.js';
 import type { PodSandboxStats } from '../gen/runtime/v1/PodSandboxStats.js';
 import type { PodSandboxStatsFilter__Output } from '../gen/runtime/v1/PodSandboxStatsFilter.js';
-import type { PodSandboxStatsRequest__Output } from '../gen/runtime/v1/PodSandboxStatsRequest.js';
-import type { PodSandboxStatsResponse } from '../gen/runtime/v1/PodSandboxStatsResponse.js';
 import type { PsiStats } from '../gen/runtime/v1/PsiStats.js';
-import type { StreamContainerStatsRequest__Output } from '../gen/runtime/v1/StreamContainerStatsRequest.js';
-import type { StreamContainerStatsResponse } from '../gen/runtime/v1/StreamContainerStatsResponse.js';
-import type { StreamPodSandboxStatsRequest__Output } from '../gen/runtime/v1/StreamPodSandboxStatsRequest.js';
-import type { StreamPodSandboxStatsResponse } from '../gen/runtime/v1/StreamPodSandboxStatsResponse.js';
-import { sendPaged, type StreamHandler, type UnaryHandler } from '../rpc.js';
-import { requiredString } from '../validate.js';
 
-type Deps = Pick<CriDeps, 'containers' | 'sandboxes'> & { stats: StatsService };
+/** What the stats handlers read. */
+export type Deps = Pick<CriDeps, 'containers' | 'sandboxes'> & { stats: StatsService };
 
 const u64 = (v: bigint | undefined): { value: string } | null => (v === undefined ? null : { value: v.toString() });
 
@@ -64,7 +50,7 @@ function memoryUsage(s: CgroupSample): MemoryUsage | null {
   };
 }
 
-function toContainerStats(u: ContainerUsage): ContainerStats {
+export function toContainerStats(u: ContainerUsage): ContainerStats {
   const c = u.container;
   const cfg = c.config as { labels?: Record<string, string>; annotations?: Record<string, string> };
   const s = u.usage;
@@ -95,7 +81,7 @@ function iface(i: InterfaceUsage): NetworkInterfaceUsage {
   return { name: i.name, rx_bytes: u64(i.rxBytes), rx_errors: u64(i.rxErrors), tx_bytes: u64(i.txBytes), tx_errors: u64(i.txErrors) };
 }
 
-function toPodStats(p: PodUsage): PodSandboxStats {
+export function toPodStats(p: PodUsage): PodSandboxStats {
   const sb = p.sandbox;
   const cfg = sb.config as { labels?: Record<string, string>; annotations?: Record<string, string> };
   const s = p.usage;
@@ -127,7 +113,7 @@ function toPodStats(p: PodUsage): PodSandboxStats {
 const labelsMatch = (labels: Record<string, string> | undefined, selector: Record<string, string> | undefined): boolean =>
   Object.entries(selector ?? {}).every(([k, v]) => labels?.[k] === v);
 
-function filterContainers(d: Deps, f: ContainerStatsFilter__Output | null): ContainerRecord[] {
+export function filterContainers(d: Deps, f: ContainerStatsFilter__Output | null): ContainerRecord[] {
   let recs = d.containers.list();
   if (f?.id) {
     const one = d.containers.find(f.id);
@@ -139,7 +125,7 @@ function filterContainers(d: Deps, f: ContainerStatsFilter__Output | null): Cont
   );
 }
 
-function filterPods(d: Deps, f: PodSandboxStatsFilter__Output | null): SandboxRecord[] {
+export function filterPods(d: Deps, f: PodSandboxStatsFilter__Output | null): SandboxRecord[] {
   let recs = d.sandboxes.list();
   if (f?.id) {
     const one = d.sandboxes.find(f.id);
@@ -148,47 +134,5 @@ function filterPods(d: Deps, f: PodSandboxStatsFilter__Output | null): SandboxRe
   return recs.filter((s) => s.state !== 'creating' && labelsMatch((s.config as { labels?: Record<string, string> }).labels, f?.label_selector));
 }
 
-const unfiltered = (f: { id?: string; pod_sandbox_id?: string; label_selector?: Record<string, string> } | null): boolean =>
+export const unfiltered = (f: { id?: string; pod_sandbox_id?: string; label_selector?: Record<string, string> } | null): boolean =>
   !f || (!f.id && !f.pod_sandbox_id && Object.keys(f.label_selector ?? {}).length === 0);
-
-export const containerStats =
-  (d: Deps): UnaryHandler<ContainerStatsRequest__Output, ContainerStatsResponse> =>
-  async (req) => {
-    const id = requiredString(req.container_id, 'container_id', 128);
-    const c = d.containers.find(id);
-    if (!c || c.state === 'creating' || c.state === 'removing') throw new BerthError('NotFound', `container "${id}" not found`);
-    return { stats: toContainerStats(await d.stats.containerUsage(c)) };
-  };
-
-export const listContainerStats =
-  (d: Deps): UnaryHandler<ListContainerStatsRequest__Output, ListContainerStatsResponse> =>
-  async (req) => ({
-    stats: (await d.stats.containersUsage(filterContainers(d, req.filter), unfiltered(req.filter))).map(toContainerStats),
-  });
-
-export const streamContainerStats =
-  (d: Deps): StreamHandler<StreamContainerStatsRequest__Output, StreamContainerStatsResponse> =>
-  async (req, _ctx, send) =>
-    sendPaged((await d.stats.containersUsage(filterContainers(d, req.filter), unfiltered(req.filter))).map(toContainerStats), send, (page) => ({
-      container_stats: page,
-    }));
-
-export const podSandboxStats =
-  (d: Deps): UnaryHandler<PodSandboxStatsRequest__Output, PodSandboxStatsResponse> =>
-  async (req) => {
-    const id = requiredString(req.pod_sandbox_id, 'pod_sandbox_id', 128);
-    const sb = d.sandboxes.find(id);
-    if (!sb || sb.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${id}" not found`);
-    return { stats: toPodStats(await d.stats.podUsage(sb)) };
-  };
-
-export const listPodSandboxStats =
-  (d: Deps): UnaryHandler<ListPodSandboxStatsRequest__Output, ListPodSandboxStatsResponse> =>
-  async (req) => ({
-    stats: (await d.stats.podsUsage(filterPods(d, req.filter))).map(toPodStats),
-  });
-
-export const streamPodSandboxStats =
-  (d: Deps): StreamHandler<StreamPodSandboxStatsRequest__Output, StreamPodSandboxStatsResponse> =>
-  async (req, _ctx, send) =>
-    sendPaged((await d.stats.podsUsage(filterPods(d, req.filter))).map(toPodStats), send, (page) => ({ pod_sandbox_stats: page }));

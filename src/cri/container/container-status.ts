@@ -1,0 +1,50 @@
+import { BerthError } from '../../common/errors.js';
+import type { ContainerService } from '../../containers/container-service.js';
+import type { ContainerStatusRequest__Output } from '../gen/runtime/v1/ContainerStatusRequest.js';
+import type { ContainerStatusResponse } from '../gen/runtime/v1/ContainerStatusResponse.js';
+import type { UnaryHandler } from '../rpc.js';
+import { recordedResources, requireId, specStopSignal, specUser, toCriContainer, verboseInfo } from './convert.js';
+
+/**
+ * ContainerStatus. `resources` are the ones in force (as created, then as updated);
+ * `user` is the identity the process runs as. With `verbose`, info["info"] holds what
+ * containerd and CRI-O put there too (so `crictl inspect` templates work alike):
+ * `sandboxID`, `pid`, `privileged`, the ContainerConfig as `config` and the OCI spec as
+ * `runtimeSpec`; plus berth's own `shimPid` and `state`.
+ */
+export const containerStatus =
+  (svc: ContainerService): UnaryHandler<ContainerStatusRequest__Output, ContainerStatusResponse> =>
+  async (req) => {
+    const cid = requireId(req.container_id, 'container_id');
+    const c = svc.find(cid);
+    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${cid}" not found`);
+    const base = toCriContainer(c, svc.imageOf(c));
+    const cfg = c.config as { mounts?: unknown[] };
+    const spec = await svc.runtimeSpec(c.id);
+    const user = specUser(spec);
+    const resources = recordedResources(c);
+    return {
+      status: {
+        id: c.id,
+        metadata: base.metadata,
+        state: base.state,
+        created_at: c.createdAt,
+        started_at: c.startedAt,
+        finished_at: c.finishedAt,
+        exit_code: c.exitCode ?? 0,
+        image: base.image,
+        image_ref: base.image_ref,
+        image_id: c.imageId,
+        reason: c.reason,
+        message: c.message,
+        labels: base.labels,
+        annotations: base.annotations,
+        mounts: (cfg.mounts ?? []) as never,
+        log_path: c.logPath,
+        ...(resources ? { resources: { linux: resources } } : {}),
+        ...(user ? { user: { linux: user } } : {}),
+        stop_signal: specStopSignal(spec) as never,
+      },
+      info: req.verbose ? { info: JSON.stringify(verboseInfo(c, spec)) } : ({} as Record<string, string>),
+    };
+  };
