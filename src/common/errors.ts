@@ -30,10 +30,7 @@ export class BerthError extends Error {
 }
 
 export const invalidArgument = (msg: string): BerthError => new BerthError('InvalidArgument', msg);
-export const notFound = (msg: string): BerthError => new BerthError('NotFound', msg);
-export const alreadyExists = (msg: string): BerthError => new BerthError('AlreadyExists', msg);
 export const failedPrecondition = (msg: string): BerthError => new BerthError('FailedPrecondition', msg);
-export const unavailable = (msg: string): BerthError => new BerthError('Unavailable', msg);
 
 /** True for a BerthError of the given kind (or any BerthError when no kind is given). */
 export function isKind(err: unknown, kind?: ErrorKind): err is BerthError {

@@ -1,7 +1,7 @@
 /**
  * The CRI gRPC server: RuntimeService and ImageService with every RPC of the proto
- * registered through the one wrapper (wrap.ts). RPCs berth does not implement yet are
- * absent from the tables below and answer UNIMPLEMENTED.
+ * registered through the one wrapper (wrap.ts). RPCs absent from the tables below answer
+ * UNIMPLEMENTED with their name.
  */
 import * as grpc from '@grpc/grpc-js';
 import type { CriDeps } from './deps.js';

@@ -26,11 +26,6 @@ export function canTransition(from: SandboxState, to: SandboxState): boolean {
   return TRANSITIONS[from].includes(to);
 }
 
-/** Containers may be created only in a ready pod. */
-export function canCreateContainer(s: SandboxState): boolean {
-  return s === 'ready';
-}
-
 /** CRI's PodSandboxState for a berth state. */
 export function criState(s: SandboxState): 'SANDBOX_READY' | 'SANDBOX_NOTREADY' {
   return s === 'ready' ? 'SANDBOX_READY' : 'SANDBOX_NOTREADY';

@@ -1,6 +1,6 @@
 /**
- * The streaming server: Exec (and later Attach, PortForward) hand back a URL of this
- * server, `http://<address>:<port>/exec/<token>`, which kubelet (or crictl) then opens
+ * The streaming server: Exec, Attach and PortForward hand back a URL of this server,
+ * `http://<address>:<port>/<exec|attach|portforward>/<token>`, which kubelet (or crictl) opens
  * with an HTTP/1.1 upgrade to SPDY/3.1. Each token is random, single-use and expires
  * after `streaming.token_ttl_seconds`; the request it stands for was validated when the
  * RPC handed it out. The server listens on 127.0.0.1 by default.
