@@ -48,7 +48,10 @@ export type LayerCompression = 'gzip' | 'zstd' | 'none';
 export interface UnpackOptions {
   /** Digest of the layer blob, used in every error message ("layer sha256:…: …"). */
   layer: string;
-  /** Upper bound on the bytes of uncompressed tar stream read; beyond it → BerthError('ResourceExhausted', 'layer …: expands beyond the configured limit of N bytes (images.max_layer_bytes)'). */
+  /**
+   * Upper bound on the bytes of uncompressed tar stream read; beyond it → ResourceExhausted
+   * ("layer …: expands beyond the configured limit of N bytes (images.max_layer_bytes)").
+   */
   maxBytes: number;
   /** Upper bound on the number of tar entries (default 1,000,000) → ResourceExhausted likewise. */
   maxEntries?: number;
