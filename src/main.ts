@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BerthError, errnoOf, messageOf } from './common/errors.js';
 import { createLogger, type Logger } from './common/logger.js';
+import { cleanProbeScratch } from './common/mount-probes.js';
 import { loadNative } from './common/native.js';
 import { BERTH_VERSION } from './common/version.js';
 import { ConfigError, formatConfig, loadConfig } from './config/load.js';
@@ -252,6 +253,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
   });
 
   await recover(log, [
+    { name: 'mount probes', run: () => cleanProbeScratch(join(config.state, 'probe')) },
     { name: 'images', run: () => images.recover() },
     { name: 'sandboxes', run: () => sandboxes.recover() },
     { name: 'containers', run: () => containersRef.recover() },

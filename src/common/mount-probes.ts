@@ -8,7 +8,7 @@
 import { chown, mkdir, mkdtemp, rm, rmdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { messageOf } from './errors.js';
-import { cloneMount, MNT, mount, umount } from './mount.js';
+import { canonicalPath, cloneMount, MNT, mount, mountPoints, umount } from './mount.js';
 import { pinUserns } from './userns.js';
 
 export interface ProbeResult {
@@ -93,4 +93,17 @@ let probed: Promise<MountFeatures> | undefined;
 export function mountFeatures(scratch: string): Promise<MountFeatures> {
   probed ??= (async () => ({ idmappedMounts: await probeIdmappedMounts(scratch), recursiveReadOnly: await probeRecursiveReadOnly(scratch) }))();
   return probed;
+}
+
+/**
+ * Removes what a probe interrupted by a crash left in `scratch` (its mounts, deepest
+ * first, then the files). Start-up recovery calls it before anything can probe.
+ */
+export async function cleanProbeScratch(scratch: string): Promise<void> {
+  const root = `${canonicalPath(scratch)}/`;
+  const left = mountPoints()
+    .filter((p) => p.startsWith(root))
+    .sort((a, b) => b.length - a.length);
+  for (const p of left) await umount(p, MNT.DETACH).catch(() => undefined);
+  await rm(scratch, { recursive: true, force: true });
 }

@@ -51,7 +51,7 @@ function unescapeMountPath(field: string): string {
  * The absolute path as the kernel writes it in mountinfo: symlinks in the parent
  * resolved (e.g. /var/run → /run), the last component kept as is.
  */
-function canonicalPath(path: string): string {
+export function canonicalPath(path: string): string {
   const abs = resolve(path);
   try {
     return join(realpathSync(dirname(abs)), basename(abs));

@@ -38,8 +38,9 @@ export function runtimeHandlerList(config: Pick<BerthConfig, 'default_runtime' |
  * (AppArmor, SELinux, CRIU) with the reason; values are JSON, as crictl expects.
  */
 export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, StatusResponse> => {
-  // The mount probes start now (berthd's start-up) and are awaited by the first Status.
-  const handlers = mountFeatures(join(deps.config.state, 'probe')).then((probes) => runtimeHandlerList(deps.config, probes));
+  // The mount probes run inside the first Status call, so that a shutdown (which lets
+  // in-flight calls finish) never cuts one short and leaves its mounts behind.
+  let handlers: Promise<RuntimeHandler[]> | undefined;
   const features = { supplemental_groups_policy: supplementalGroupsPolicy(), user_namespaces_host_network: false };
   const appArmor = appArmorFacility();
   const seLinux = seLinuxFacility();
@@ -66,7 +67,7 @@ export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, Statu
             : { type: 'NetworkReady', status: false, reason: 'NetworkPluginNotReady', message: `Network plugin returns error: ${net.reason}` },
         ],
       },
-      runtime_handlers: await handlers,
+      runtime_handlers: await (handlers ??= mountFeatures(join(deps.config.state, 'probe')).then((probes) => runtimeHandlerList(deps.config, probes))),
       features,
       info,
     };
