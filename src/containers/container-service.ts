@@ -34,6 +34,7 @@ import { generateSpec, type CriContainerConfig } from './spec.js';
 import { specPrerequisites } from './spec-prerequisites.js';
 import { ensureTraversable, planMounts, podIdmapOf, PreparedMounts, releasePreparedMounts } from './idmap.js';
 import { applyCdiEdits, CdiRegistry } from './cdi.js';
+import { ImageVolumes, planImageVolumes } from './image-volumes.js';
 
 export interface CreateContainerRequest {
   sandboxId: string;
@@ -165,6 +166,8 @@ export class ContainerService {
     // User namespaces and recursive read-only mounts (idmap.ts): checked before anything is made.
     const podIdmap = podIdmapOf(sandbox);
     const plans = planMounts(req.config.mounts, podIdmap);
+    // Image volumes (image-volumes.ts): checked, and their images found, before anything is made.
+    const volumePlans = planImageVolumes(req.config.mounts, { podUserns: podIdmap !== undefined, images: this.o.images });
 
     const id = randomBytes(32).toString('hex');
     const logDir = (sandbox.config as { log_directory?: string }).log_directory ?? '';
@@ -225,6 +228,9 @@ export class ContainerService {
       const [layer] = await Promise.all([layerMade, rootfsMade]);
       const rootfsOptions = await prepared.rootfsOptions(layer.options);
       await prepared.mounts(plans);
+      // Image volumes: recorded and mounted under prepared.dir, released with it (deferred above).
+      const volumes = new ImageVolumes(prepared.dir, this.o.images);
+      await volumes.mount(id, volumePlans);
       if (podIdmap) await ensureTraversable([join(rootfs, 'x'), join(prepared.dir, 'x')], [this.o.config.root, this.o.config.state]);
       mountTried = true;
       mounted = mount('overlay', rootfs, 'overlay', 0, rootfsOptions).catch((err: unknown) => {
@@ -245,7 +251,7 @@ export class ContainerService {
       } = generateSpec({
         containerId: id,
         sandboxId: sandbox.id,
-        config: req.config,
+        config: volumes.applyToMounts(req.config),
         image: image.config,
         passwd: ids.passwd,
         group: ids.group,
@@ -530,6 +536,7 @@ export class ContainerService {
       const { bundle, rootfs, persist } = this.paths(c.id);
       await this.o.shim.delete(c.id, rt.path, rt.root, true);
       await unmount(rootfs);
+      // Idmapped and image-volume mounts; the image volumes' use rows go with the container's row.
       await releasePreparedMounts(this.preparedDir(c.id));
       await this.o.images.removeContainerLayer(c.id);
       await this.o.shim.removeFiles({ id: c.id, bundle, exitDir: this.exitDir, persistDir: persist, socketDir: this.socketDir });

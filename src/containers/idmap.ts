@@ -29,6 +29,7 @@ import { pinUserns, type IdMap } from '../common/userns.js';
 import type { OciIdMapping, OciMount, OciNamespace } from '../oci/spec.js';
 import type { SandboxRecord } from '../sandbox/sandbox-repository.js';
 import { checkIdMappings, hostIdOf, usernsPin, type CriIdMapping, type CriUsernsOptions } from '../sandbox/userns.js';
+import { isImageVolume } from './image-volumes.js';
 import { cleanPath, type CriMount } from './mounts.js';
 
 /** A pod's user namespace as its containers join it. */
@@ -64,6 +65,8 @@ const sameMaps = (a: readonly IdMap[], b: readonly IdMap[]): boolean =>
 export function planMounts(mounts: readonly CriMount[], pod: PodIdmap | undefined): MountPlan[] {
   const plans: MountPlan[] = [];
   for (const [index, m] of mounts.entries()) {
+    // Image volumes are berthd's own read-only overlays (image-volumes.ts).
+    if (isImageVolume(m)) continue;
     const field = `mounts[${index}]`;
     const recursiveReadOnly = m.recursive_read_only === true;
     if (recursiveReadOnly && !m.readonly) throw invalidArgument(`${field}.recursive_read_only needs readonly to be true`);

@@ -22,6 +22,10 @@ export interface CriMount {
   /** Prepared by idmap.ts (runc 1.1 cannot): an idmapped bind, in a pod with a user namespace. */
   uidMappings?: Array<{ host_id: number; container_id: number; length: number }>;
   gidMappings?: Array<{ host_id: number; container_id: number; length: number }>;
+  /** An image volume (image-volumes.ts): mounted by berthd, host_path then set to it. */
+  image?: { image: string } | null;
+  /** A relative path inside the image volume. */
+  image_sub_path?: string;
 }
 
 export interface PodFiles {

@@ -25,7 +25,6 @@ export function refuseUnsupportedContainerFields(c: ContainerConfig__Output, sel
   checkContainerUserNamespace(c.linux?.security_context?.namespace_options, 'linux.security_context.namespace_options.userns_options');
   c.mounts.forEach((m, i) => {
     const field = `mounts[${i}]`;
-    if ((m.image && m.image.image !== '') || m.image_sub_path !== '') throw unsupported(`${field}.image`, 'image volumes are');
     if (m.selinux_relabel && selinuxEnabled) throw unsupported(`${field}.selinux_relabel`, 'relabelling volumes for SELinux is');
   });
 }

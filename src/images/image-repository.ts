@@ -44,7 +44,17 @@ interface ImageRow {
   created_at: number;
 }
 
-/** Images, their names, and what they reference. Owns images, image_names, image_blobs, image_layers. */
+/** An image mounted as a volume of a container (Mount.image). */
+export interface ImageVolumeUse {
+  containerId: string;
+  /** The CRI mount's index. */
+  index: number;
+  imageId: string;
+  /** The image's top layer: GC keeps it and the layers beneath. */
+  chainId: string;
+}
+
+/** Images, their names, and what they reference. Owns images, image_names, image_blobs, image_layers, image_volumes. */
 export class ImageRepository {
   private readonly getStmt;
   private readonly allStmt;
@@ -60,6 +70,8 @@ export class ImageRepository {
   private readonly idsStmt;
   private readonly clearRefs;
   private readonly clearLayers;
+  private readonly insertVolumeUse;
+  private readonly volumeUsesStmt;
 
   constructor(private readonly db: Db) {
     this.getStmt = db.prepare<[string], ImageRow>('SELECT * FROM images WHERE id = ?');
@@ -85,6 +97,12 @@ export class ImageRepository {
       'INSERT OR IGNORE INTO image_layers (image_id, idx, blob_digest, diff_id, chain_id) VALUES (?, ?, ?, ?, ?)',
     );
     this.deleteImage = db.prepare<[string]>('DELETE FROM images WHERE id = ?');
+    this.insertVolumeUse = db.prepare<[string, number, string, string]>(
+      'INSERT INTO image_volumes (container_id, idx, image_id, chain_id) VALUES (?, ?, ?, ?)',
+    );
+    this.volumeUsesStmt = db.prepare<[string], { container_id: string; idx: number; image_id: string; chain_id: string }>(
+      'SELECT container_id, idx, image_id, chain_id FROM image_volumes WHERE image_id = ? ORDER BY container_id, idx',
+    );
   }
 
   private record(row: ImageRow, names = this.namesStmt.all(row.id), withLayers = true): ImageRecord {
@@ -149,5 +167,18 @@ export class ImageRepository {
   /** Deletes an image with all its names and references. */
   delete(id: string): boolean {
     return this.deleteImage.run(id).changes > 0;
+  }
+
+  /**
+   * Records that a container mounts an image as a volume; the container's row must exist
+   * (the use goes with it, ON DELETE CASCADE).
+   */
+  recordVolumeUse(use: ImageVolumeUse): void {
+    this.insertVolumeUse.run(use.containerId, use.index, use.imageId, use.chainId);
+  }
+
+  /** The containers that mount an image as a volume. */
+  volumeUses(imageId: string): ImageVolumeUse[] {
+    return this.volumeUsesStmt.all(imageId).map((r) => ({ containerId: r.container_id, index: r.idx, imageId: r.image_id, chainId: r.chain_id }));
   }
 }

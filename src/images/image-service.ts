@@ -177,10 +177,18 @@ export class ImageService {
     return this.o.repo.list().map((i) => this.withPin(i)!);
   }
 
-  /** Removes an image and all its names; collects what nothing else uses. Idempotent. */
+  /**
+   * Removes an image and all its names; collects what nothing else uses. Idempotent. An
+   * image a container mounts as a volume is refused while that container exists.
+   */
   async remove(spec: string): Promise<ImageRecord | undefined> {
     const img = this.find(spec);
     if (!img) return undefined;
+    const uses = this.o.repo.volumeUses(img.id);
+    if (uses.length > 0) {
+      const by = uses.map((u) => `${u.containerId} (mounts[${u.index}])`).join(', ');
+      throw new BerthError('FailedPrecondition', `image ${img.id} is in use as a volume by container ${by}; remove the container first`);
+    }
     this.o.repo.delete(img.id);
     this.o.log.info('image removed', { id: img.id, tags: img.tags });
     await this.collect();
@@ -207,6 +215,26 @@ export class ImageService {
     const top = image.layers[image.layers.length - 1];
     if (!top) throw new BerthError('FailedPrecondition', `image ${image.id} has no layers`);
     return this.o.snapshots.prepareActive(containerId, top.chainId);
+  }
+
+  /**
+   * Image volumes (Mount.image): records that container `containerId` mounts the image
+   * `spec` names as its CRI mount `index`, and returns the image's layer directories, top
+   * first, for a read-only overlay. Synchronous, so no RemoveImage or GC can come between
+   * the lookup and the record; the container's row must exist. NotFound when the image
+   * is absent, as kubelet expects (it pulls and retries).
+   */
+  useAsVolume(containerId: string, index: number, spec: string): { image: ImageRecord; lowerDirs: string[] } {
+    const image = this.find(spec);
+    if (!image) throw new BerthError('NotFound', `mounts[${index}].image: image "${spec}" not found; pull it first`);
+    const top = image.layers[image.layers.length - 1];
+    if (!top) throw new BerthError('FailedPrecondition', `mounts[${index}].image: image ${image.id} has no layers`);
+    const lowerDirs = this.o.snapshots.lowerDirs(top.chainId);
+    if (lowerDirs.length !== image.layers.length) {
+      throw new BerthError('NotFound', `mounts[${index}].image: layer ${top.chainId} of image ${image.id} is not unpacked; pull the image again`);
+    }
+    this.o.repo.recordVolumeUse({ containerId, index, imageId: image.id, chainId: top.chainId });
+    return { image, lowerDirs };
   }
 
   /** The directory holding what a container wrote (its writable layer), if it has one. */

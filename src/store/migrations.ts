@@ -139,4 +139,20 @@ export const MIGRATIONS: readonly Migration[] = [
       `);
     },
   },
+  {
+    version: 5,
+    name: 'image volumes',
+    up(db) {
+      db.exec(`
+        CREATE TABLE image_volumes (
+          container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+          idx          INTEGER NOT NULL,
+          image_id     TEXT NOT NULL,
+          chain_id     TEXT NOT NULL,
+          PRIMARY KEY (container_id, idx)
+        ) STRICT;
+        CREATE INDEX image_volumes_by_image ON image_volumes(image_id);
+      `);
+    },
+  },
 ];

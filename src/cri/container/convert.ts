@@ -75,6 +75,8 @@ export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
       recursive_read_only: m.recursive_read_only,
       uidMappings: m.uidMappings,
       gidMappings: m.gidMappings,
+      image: m.image ? { image: m.image.image } : null,
+      image_sub_path: m.image_sub_path,
     })),
     devices: c.devices.map((d) => ({ container_path: d.container_path, host_path: d.host_path, permissions: d.permissions })),
     CDI_devices: c.CDI_devices.map((d) => ({ name: d.name })),

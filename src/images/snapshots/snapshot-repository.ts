@@ -33,7 +33,8 @@ export class SnapshotRepository {
     this.usageStmt = db.prepare<[], { bytes: number; inodes: number }>(
       'SELECT coalesce(sum(size_bytes), 0) AS bytes, coalesce(sum(inodes), 0) AS inodes FROM snapshots',
     );
-    this.referencedKeysStmt = db.prepare<[], { chain_id: string }>('SELECT DISTINCT chain_id FROM image_layers');
+    // An image mounted as a volume keeps its layers even should its image row go.
+    this.referencedKeysStmt = db.prepare<[], { chain_id: string }>('SELECT chain_id FROM image_layers UNION SELECT chain_id FROM image_volumes');
   }
 
   get(key: string): SnapshotRow | undefined {
@@ -71,7 +72,7 @@ export class SnapshotRepository {
     return this.allStmt.all();
   }
 
-  /** Chain IDs some image lists as one of its layers. */
+  /** Chain IDs some image lists as one of its layers, or a container mounts as an image volume's top. */
   referencedByImages(): Set<string> {
     return new Set(this.referencedKeysStmt.all().map((r) => r.chain_id));
   }

@@ -66,6 +66,8 @@ export interface Snapshotter {
   extract(req: ExtractRequest): Promise<PreparedSnapshot>;
   /** Commits a prepared snapshot under its chain ID; the parent must be committed. */
   commit(prepared: PreparedSnapshot, chainId: string, parentChainId: string | undefined): SnapshotInfo;
+  /** The `fs` directories of a committed chain, top first: overlayfs's lowerdir order. */
+  lowerDirs(chainId: string): string[];
   /** Throws a prepared snapshot away. */
   discard(prepared: PreparedSnapshot): Promise<void>;
   /**

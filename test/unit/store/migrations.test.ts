@@ -124,6 +124,26 @@ describe('store: database and migrations', () => {
     db.close();
   });
 
+  it('migration 5 creates image_volumes, whose rows go with their container', () => {
+    const db = openDatabase(join(dir, 'berth.db'), { migrations: MIGRATIONS.slice(0, 5) });
+    assert.equal(schemaVersion(db), 5);
+    assert.deepEqual(columns(db, 'image_volumes'), ['container_id', 'idx', 'image_id', 'chain_id']);
+    const use = db.prepare("INSERT INTO image_volumes (container_id, idx, image_id, chain_id) VALUES (?, ?, 'sha256:img', 'sha256:top')");
+    assert.throws(() => use.run('c', 0), /FOREIGN KEY/, 'a use needs its container');
+    db.prepare(
+      "INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at) VALUES ('pod', 'p', 'ns', 'u', 0, 'ready', '{}', 'runc', '0')",
+    ).run();
+    db.prepare(
+      "INSERT INTO containers (id, sandbox_id, name, attempt, image_id, image_ref, state, config, log_path, created_at) VALUES ('c', 'pod', 'c', 0, 'img', 'img', 'creating', '{}', '/l', '0')",
+    ).run();
+    use.run('c', 0);
+    use.run('c', 1);
+    assert.throws(() => use.run('c', 1), /UNIQUE|PRIMARY KEY/, 'one use per mount index');
+    db.prepare("DELETE FROM containers WHERE id = 'c'").run();
+    assert.equal((db.prepare('SELECT count(*) AS n FROM image_volumes').get() as { n: number }).n, 0, 'the uses go with the container');
+    db.close();
+  });
+
   it('upgrades an old database in place, keeping its rows', () => {
     const file = join(dir, 'berth.db');
     const v1 = openDatabase(file, { migrations: MIGRATIONS.slice(0, 1) });
