@@ -167,7 +167,7 @@ export class ContainerService {
     const podIdmap = podIdmapOf(sandbox);
     const plans = planMounts(req.config.mounts, podIdmap);
     // Image volumes (image-volumes.ts): checked, and their images found, before anything is made.
-    const volumePlans = planImageVolumes(req.config.mounts, { podUserns: podIdmap !== undefined, images: this.o.images });
+    const volumePlans = planImageVolumes(req.config.mounts, { images: this.o.images });
 
     const id = randomBytes(32).toString('hex');
     const logDir = (sandbox.config as { log_directory?: string }).log_directory ?? '';
@@ -229,7 +229,7 @@ export class ContainerService {
       const rootfsOptions = await prepared.rootfsOptions(layer.options);
       await prepared.mounts(plans);
       // Image volumes: recorded and mounted under prepared.dir, released with it (deferred above).
-      const volumes = new ImageVolumes(prepared.dir, this.o.images);
+      const volumes = new ImageVolumes(prepared.dir, this.o.images, podIdmap?.usernsPath);
       await volumes.mount(id, volumePlans);
       if (podIdmap) await ensureTraversable([join(rootfs, 'x'), join(prepared.dir, 'x')], [this.o.config.root, this.o.config.state]);
       mountTried = true;

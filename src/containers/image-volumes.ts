@@ -9,6 +9,10 @@
  * lowerdirs at least when there is no upper dir: a single-layer image gets an empty
  * directory beneath its layer, so its whiteouts are hidden as in a container's rootfs.
  *
+ * In a pod with its own user namespace, each layer is first bound idmapped through it
+ * (as the rootfs's lower layers are, idmap.ts), so the image's root-owned files show as
+ * the pod's root.
+ *
  * The use is recorded in the database (ImageService.useAsVolume) before the mount, with
  * the container's row already there, and goes with that row: while the container exists,
  * RemoveImage refuses the image and GC keeps its layers. The mounts are released with
@@ -18,7 +22,7 @@
 import { lstat, mkdir, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/errors.js';
-import { mount, MS } from '../common/sys.js';
+import { cloneMount, mount, MS } from '../common/sys.js';
 import type { ImageService } from '../images/image-service.js';
 import type { CriMount } from './mounts.js';
 
@@ -40,11 +44,10 @@ export function isImageVolume(m: CriMount): boolean {
 }
 
 /**
- * Checks the image volumes of a container before anything is made: the fields, the pod
- * (no user namespace of its own) and that each image is present (NotFound otherwise, so
- * that kubelet pulls it and retries).
+ * Checks the image volumes of a container before anything is made: the fields, and that
+ * each image is present (NotFound otherwise, so that kubelet pulls it and retries).
  */
-export function planImageVolumes(mounts: readonly CriMount[], opts: { podUserns: boolean; images: Pick<ImageService, 'find'> }): ImageVolumePlan[] {
+export function planImageVolumes(mounts: readonly CriMount[], opts: { images: Pick<ImageService, 'find'> }): ImageVolumePlan[] {
   const plans: ImageVolumePlan[] = [];
   for (const [index, m] of mounts.entries()) {
     const field = `mounts[${index}]`;
@@ -55,9 +58,6 @@ export function planImageVolumes(mounts: readonly CriMount[], opts: { podUserns:
     }
     const image = m.image!.image;
     if (m.host_path !== '') throw invalidArgument(`${field}: host_path and image are exclusive (an image volume has no host path)`);
-    if (opts.podUserns) {
-      throw new BerthError('FailedPrecondition', `${field}.image: image volumes in a pod with its own user namespace are not supported by berth yet`);
-    }
     checkSubPath(subPath, `${field}.image_sub_path`);
     if (!opts.images.find(image)) throw new BerthError('NotFound', `${field}.image: image "${image}" not found; pull it first`);
     plans.push({ index, image, subPath });
@@ -77,9 +77,11 @@ export class ImageVolumes {
   /** What runc binds, by CRI mount index: the overlay, or the sub path inside it. */
   private readonly sources = new Map<number, string>();
 
+  /** `usernsPath`: the pod's user namespace, through which the layers are idmapped. */
   constructor(
     readonly dir: string,
     private readonly images: Pick<ImageService, 'useAsVolume'>,
+    private readonly usernsPath?: string,
   ) {}
 
   /**
@@ -94,19 +96,38 @@ export class ImageVolumes {
       const { image, lowerDirs } = this.images.useAsVolume(containerId, p.index, p.image);
       const root = join(this.dir, `image-${p.index}`);
       await mkdir(root);
-      const lowers = [...lowerDirs];
+      const lowers = this.usernsPath ? await this.idmapped(lowerDirs, p.index, this.usernsPath, field) : [...lowerDirs];
       if (lowers.length === 1) {
         const base = join(this.dir, `image-${p.index}-base`);
         await mkdir(base, { mode: 0o755 });
         lowers.push(base);
       }
       try {
-        await mount('overlay', root, 'overlay', MS.RDONLY | MS.NODEV | MS.NOSUID, `lowerdir=${lowers.join(':')}`);
+        // Read-only only: nosuid or nodev would be locked in a pod user namespace, and runc's
+        // read-only remount of the bind, which does not repeat them, would then fail (EPERM).
+        // Setuid files and device nodes of the image then behave as in a rootfs.
+        await mount('overlay', root, 'overlay', MS.RDONLY, `lowerdir=${lowers.join(':')}`);
       } catch (err) {
         throw new BerthError('Internal', `${field}.image: mounting image ${image.id} (overlay on ${root}): ${messageOf(err)}`, { cause: err });
       }
       this.sources.set(p.index, p.subPath === '' ? root : await resolveInRoot(root, p.subPath, `${field}.image_sub_path`, image.id));
     }
+  }
+
+  /** Binds each layer idmapped and read-only at `<dir>/image-<i>-l<n>`; returns those binds. */
+  private async idmapped(lowerDirs: readonly string[], index: number, usernsPath: string, field: string): Promise<string[]> {
+    const out: string[] = [];
+    for (const [n, lower] of lowerDirs.entries()) {
+      const target = join(this.dir, `image-${index}-l${n}`);
+      await mkdir(target);
+      try {
+        await cloneMount(lower, target, { readonly: true, usernsPath });
+      } catch (err) {
+        throw new BerthError('FailedPrecondition', `${field}.image: making an idmapped mount of layer ${lower} failed: ${messageOf(err)}`, { cause: err });
+      }
+      out.push(target);
+    }
+    return out;
   }
 
   /** The container config with each image volume as a read-only bind of what was mounted. */

@@ -128,7 +128,7 @@ export const CONTRACT: Readonly<Record<string, Decision>> = {
   'Mount.gidMappings': 'applied: with Mount.uidMappings',
   'Mount.recursive_read_only': 'applied: a recursive read-only bind (mount_setattr AT_RECURSIVE) berthd prepares; needs readonly and private propagation',
   'Mount.image':
-    "applied: the image's layers as a read-only overlay berthd mounts, bound at container_path; absent image NOT_FOUND; RemoveImage refused while the container exists; FAILED_PRECONDITION in a pod with its own user namespace",
+    "applied: the image's layers as a read-only overlay berthd mounts, bound at container_path; absent image NOT_FOUND; RemoveImage refused while the container exists; layers idmapped in a pod user namespace",
   'Mount.image_sub_path': 'applied: a subdirectory (or file) of the image volume, resolved inside the image; absolute, `..` or missing INVALID_ARGUMENT',
 
   // Linux container config

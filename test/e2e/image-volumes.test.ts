@@ -6,12 +6,13 @@
  */
 import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Berthd, until } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
+import { testBridge } from '../helpers/network.js';
 
 describe('image volumes', function () {
   this.timeout(90_000);
@@ -135,6 +136,44 @@ describe('image volumes', function () {
     const e = await grpcError(create({ command: ['true'], mounts: [volume(absent, '/v')] }));
     assert.equal(e.code, status.NOT_FOUND);
     assert.match(e.details, /mounts\[0\]\.image: image ".*absent:1" not found; pull it first/);
+  });
+
+  it("in a pod with its own user namespace the layers are idmapped: the image's owners show inside", async () => {
+    // The root of a pod user namespace is an unprivileged host id that runc must walk the bundle path as.
+    chmodSync(b.dir, 0o711);
+    const net = testBridge(b, 'bv');
+    const base = 65536 * (300 + Math.floor(Math.random() * 100));
+    const map = [{ host_id: base, container_id: 0, length: 65536 }];
+    const { pod_sandbox_id: upod } = await b.runtime.RunPodSandbox({
+      config: {
+        metadata: { name: `iv${net.tag}`, namespace: 'test', uid: `iv${net.tag}`, attempt: 0 },
+        linux: { security_context: { namespace_options: { pid: 'CONTAINER', userns_options: { mode: 'POD', uids: map, gids: map } } } },
+      },
+    });
+    try {
+      const { container_id: id } = await b.runtime.CreateContainer({
+        pod_sandbox_id: upod,
+        config: {
+          metadata: { name: 'uv', attempt: 0 },
+          image: { image: reg.fx.busybox.ref },
+          command: ['sleep', '600'],
+          mounts: [volume(reg.fx.layered.ref, '/vol')],
+        } as never,
+      });
+      await b.runtime.StartContainer({ container_id: id });
+      const r = await b.runtime.ExecSync({
+        container_id: id,
+        cmd: ['sh', '-c', 'stat -c %u:%g /vol/bin/suid /vol/data/dir/z; cat /vol/data/plain; touch /vol/x 2>/dev/null || echo refused'],
+        timeout: 10,
+      });
+      assert.equal(r.stdout.toString(), '0:0\n1000:1000\nfrom the uncompressed layer\nrefused\n', r.stderr.toString());
+      await b.runtime.RemoveContainer({ container_id: id });
+      assert.deepEqual(volumeMounts(), []);
+    } finally {
+      await b.runtime.StopPodSandbox({ pod_sandbox_id: upod });
+      await b.runtime.RemovePodSandbox({ pod_sandbox_id: upod });
+      await net.remove();
+    }
   });
 
   it('RemoveImage is refused while a container uses the image, across a restart, and allowed after RemoveContainer', async () => {

@@ -19,7 +19,7 @@ const mount = (m: Partial<CriMount>): CriMount => ({
 describe('containers: image volumes', () => {
   const present = new Set(['busybox']);
   const images = { find: (s: string) => (present.has(s) ? ({ id: 'sha256:x' } as ImageRecord) : undefined) };
-  const plan = (mounts: CriMount[], podUserns = false): ReturnType<typeof planImageVolumes> => planImageVolumes(mounts, { podUserns, images });
+  const plan = (mounts: CriMount[]): ReturnType<typeof planImageVolumes> => planImageVolumes(mounts, { images });
   const fails = (fn: () => unknown, kind: Parameters<typeof isKind>[1], re: RegExp): void =>
     assert.throws(fn, (e: unknown) => isKind(e, kind) && re.test((e as Error).message));
 
@@ -45,9 +45,8 @@ describe('containers: image volumes', () => {
     fails(() => plan([mount({ host_path: '/h', image: { image: 'busybox' } })]), 'InvalidArgument', /host_path and image are exclusive/);
   });
 
-  it('answers NOT_FOUND for an absent image, and FAILED_PRECONDITION in a pod user namespace', () => {
+  it('answers NOT_FOUND for an absent image', () => {
     fails(() => plan([mount({ image: { image: 'nope' } })]), 'NotFound', /mounts\[0\]\.image: image "nope" not found; pull it first/);
-    fails(() => plan([mount({ image: { image: 'busybox' } })], true), 'FailedPrecondition', /user namespace/);
   });
 
   describe('resolveInRoot', () => {
