@@ -22,7 +22,7 @@
 import { lstat, mkdir, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/errors.js';
-import { cloneMount, mount, MS } from '../common/sys.js';
+import { cloneMount, mount, MS } from '../common/mount.js';
 import type { ImageService } from '../images/image-service.js';
 import type { CriMount } from './mounts.js';
 
