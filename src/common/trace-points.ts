@@ -1,0 +1,54 @@
+/**
+ * Trace points: the main steps of berth's work, published on Node's diagnostics channels
+ * (`node:diagnostics_channel` tracing channels) so that the lower layers report what they
+ * do without knowing who listens. Metrics (latency histograms, counters) and tracing
+ * (OpenTelemetry spans) subscribe in src/telemetry; with no subscriber a trace point costs
+ * a property check.
+ *
+ * A step is wrapped with {@link traced}: the channel publishes `start`, then `asyncEnd` or
+ * `error` with the same context object, whose fields name what the step worked on. The
+ * step runs in the caller's async context, so a span active around it (the RPC's) is the
+ * parent of the span a subscriber opens at `start`.
+ */
+import { tracingChannel, type TracingChannel } from 'node:diagnostics_channel';
+
+/** What each trace point's context carries. Ids are CRI ids; absent when not known. */
+export interface TracePoints {
+  /** One image pull, from resolving the reference to the image record. */
+  'berth:image.pull': { image: string };
+  /** One layer's download (fetch of the blob into the content store). */
+  'berth:image.fetch': { image: string; digest: string; bytes?: number };
+  /** One layer's unpack into its snapshot. */
+  'berth:image.unpack': { image: string; digest: string };
+  /** One CNI plugin invocation. */
+  'berth:cni': { plugin: string; command: 'ADD' | 'DEL' | 'CHECK' | 'GC' | 'STATUS' | 'VERSION'; podId?: string };
+  /** One call of the OCI runtime's command line (runc/crun), by verb. */
+  'berth:runtime': { handler: string; verb: string; containerId?: string };
+  /** The shim (conmon) creating a container, up to the init pid. */
+  'berth:shim.create': { containerId: string };
+  /** A write transaction of the database. */
+  'berth:db.write': { table: string };
+  /** Start-up recovery, as a whole. */
+  'berth:recovery': Record<string, never>;
+}
+
+export type TracePointName = keyof TracePoints;
+
+const channels = new Map<TracePointName, TracingChannel<unknown, object>>();
+
+/** The channel of a trace point (for subscribers). */
+export function tracePoint<N extends TracePointName>(name: N): TracingChannel<unknown, TracePoints[N] & object> {
+  let ch = channels.get(name);
+  if (!ch) channels.set(name, (ch = tracingChannel(name)));
+  return ch as TracingChannel<unknown, TracePoints[N] & object>;
+}
+
+/**
+ * Runs `step` as trace point `name` with `context`. Subscribers may add to `context`
+ * (e.g. a span) between `start` and the end; `step` may too (a byte count).
+ */
+export function traced<N extends TracePointName, T>(name: N, context: TracePoints[N], step: () => Promise<T>): Promise<T> {
+  const ch = tracePoint(name);
+  if (!ch.hasSubscribers) return step();
+  return ch.tracePromise(step, context as TracePoints[N] & object);
+}
