@@ -33,7 +33,9 @@ import { SandboxRepository } from './sandbox/sandbox-repository.js';
 import { SandboxService } from './sandbox/sandbox-service.js';
 import { StatsService } from './stats/stats-service.js';
 import { StreamingServer } from './streaming/server.js';
+import { OciRuntime, OciRuntimes } from './oci/oci-runtime.js';
 import { ConmonShim } from './shim/conmon.js';
+import { shimDirs } from './shim/shim.js';
 import { openDatabase, type Db } from './store/database.js';
 import { DirectoryLock } from './store/lock.js';
 import { RuntimeSettingsRepository } from './store/runtime-settings.js';
@@ -208,8 +210,9 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     held.push(() => closeAgents());
     const imgs = images;
     held.push(() => imgs.close());
-    const shim = new ConmonShim({ log: log.child({ component: 'shim' }) });
-    sandboxes = new SandboxService({ config, repo: new SandboxRepository(db), shim, log: log.child({ component: 'sandbox' }) });
+    const runtimes = ociRuntimes(config, log.child({ component: 'runtime' }));
+    const shim = new ConmonShim({ dirs: shimDirs(config.state), log: log.child({ component: 'shim' }) });
+    sandboxes = new SandboxService({ config, repo: new SandboxRepository(db), runtimes, shim, log: log.child({ component: 'sandbox' }) });
     const sb = sandboxes;
     held.push(() => sb.close());
     const containers = new ContainerService({
@@ -217,6 +220,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
       repo: new ContainerRepository(db),
       sandboxes,
       images,
+      runtimes,
       shim,
       log: log.child({ component: 'containers' }),
     });
@@ -263,6 +267,14 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     log.info('recovery finished; berthd is ready');
   }
   return exit;
+}
+
+/** One OCI runtime per configured handler, each with its state root under berth's state dir. */
+function ociRuntimes(config: BerthConfig, log: Logger): OciRuntimes {
+  const runtimes = Object.entries(config.runtimes).map(
+    ([handler, rt]) => new OciRuntime({ handler, path: rt.path, root: join(config.state, 'runtime', handler), log }),
+  );
+  return new OciRuntimes(runtimes, config.default_runtime);
 }
 
 /**

@@ -1,40 +1,46 @@
 /**
  * Containers over one shim (conmon) each; see state.ts for the state machine. The
  * database row is written before anything is made (`creating`), every step of creation
- * defers its undo, and exits are learnt from conmon's exit files, so a container that
- * exits while berthd is down is recorded with its code when berthd is back.
+ * defers its undo, and exits are learnt from the shim's exit files (exit-monitor.ts), so a
+ * container that exits while berthd is down is recorded with its code when berthd is back.
+ *
+ * This file holds the lifecycle (create, start, stop, remove, recovery); exec, attach,
+ * log reopening and resource updates are container-io.ts, and this class hands them on.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { constants as fsConstants } from 'node:fs';
-import { mkdir, open, readFile, realpath, rm, writeFile } from 'node:fs/promises';
-import { constants as osConstants } from 'node:os';
-import { dirname, join } from 'node:path';
+import { mkdirSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { nowNs } from '../common/clock.js';
 import { DisposableStack } from '../common/disposable.js';
 import { findByIdOrPrefix } from '../common/id-prefix.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, errnoOf, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
+import { requireState, type RequireStateOptions } from '../common/require-record.js';
 import { mount, umount } from '../common/mount.js';
-import { execProcess, spawnProcess } from '../common/process.js';
 import type { BerthConfig } from '../config/schema.js';
 import type { ImageRecord } from '../images/image-repository.js';
 import type { ImageService } from '../images/image-service.js';
-import { ociRuntime, ownOomScoreAdj, type OciRuntime } from '../oci/runtime.js';
-import type { SandboxRecord } from '../sandbox/sandbox-repository.js';
+import type { OciRuntime, OciRuntimes } from '../oci/oci-runtime.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
-import { shimDirs, type Shim, type ShimHandle } from '../shim/shim.js';
+import type { Shim, ShimHandle } from '../shim/shim.js';
+import { ContainerIo, type CriResources } from './container-io.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
-import { capabilitiesFromMask } from './capabilities.js';
-import { descendants, killQuietly, startAttachSession, startExecSession, type ExecSession } from './exec-session.js';
-import { hostProbes, warnOnce } from './host-probes.js';
+import type { ExecSession } from './exec-session.js';
+import { ExitMonitor } from './exit-monitor.js';
+import { hostProbes, warnOnce, type HostProbes } from './host-probes.js';
+import { podSpecView, targetPidns } from './pod-view.js';
 import { effectiveStopSignal } from './signals.js';
 import { generateSpec, type CriContainerConfig } from './spec.js';
+import { IdFilesCache, localhostSeccompProfiles } from './spec-files.js';
 import { specPrerequisites } from './spec-prerequisites.js';
 import { ensureTraversable, planMounts, podIdmapOf, PreparedMounts, releasePreparedMounts } from './idmap.js';
 import { applyCdiEdits, CdiRegistry } from './cdi.js';
 import { ImageVolumes, planImageVolumes } from './image-volumes.js';
+import type { ContainerState } from './state.js';
+
+export { EXEC_OUTPUT_CAP } from './container-io.js';
 
 export interface CreateContainerRequest {
   sandboxId: string;
@@ -53,63 +59,44 @@ export interface ContainerServiceOptions {
   repo: ContainerRepository;
   sandboxes: SandboxService;
   images: ImageService;
+  /** The configured OCI runtimes, by handler. */
+  runtimes: OciRuntimes;
   shim: Shim;
   log: Logger;
-}
-
-/** Bytes of each output stream ExecSync keeps. */
-export const EXEC_OUTPUT_CAP = (16 * 1024 * 1024) / 4;
-/** How often the shims of followed containers are checked, and a container whose shim died is asked about. */
-const SHIM_CHECK_MS = 2000;
-/** Bytes of /etc/passwd or /etc/group berth reads from an image. */
-const MAX_ID_FILE = 1 << 20;
-/** Images whose passwd and group are kept, and the most bytes kept for one. */
-const ID_FILES_CACHE_ENTRIES = 64;
-const ID_FILES_CACHED_MAX = 64 * 1024;
-
-interface IdFiles {
-  passwd: string;
-  group: string;
+  /** What the host can do; probed when absent. */
+  host?: HostProbes;
 }
 
 export class ContainerService {
   private readonly bundles: string;
-  private readonly exitDir: string;
-  private readonly socketDir: string;
-  private readonly persistRoot: string;
-  private readonly lifetime = new AbortController();
-  private readonly watching = new Map<string, Promise<void>>();
-  /** Shims of followed containers, checked together by one timer: aborted when a shim is gone. */
-  private readonly shims = new Map<string, { pid: number | null; gone: AbortController }>();
-  private shimCheck: NodeJS.Timeout | undefined;
   private readonly locks = new KeyedLock();
-  private readonly minOomScoreAdj: number;
-  private readonly hostCapabilities: string[] | undefined;
-  /**
-   * /etc/passwd and /etc/group of images, by image id (a config digest, so fixed content):
-   * with them known, a container's spec need not wait for its rootfs mount.
-   */
-  private readonly idFiles = new Map<string, IdFiles>();
+  private readonly host: HostProbes;
+  private readonly idFiles = new IdFilesCache();
   /** CDI spec files, read again only when they change. */
   private readonly cdi: CdiRegistry;
+  private readonly exits: ExitMonitor;
+  private readonly io: ContainerIo;
 
   constructor(private readonly o: ContainerServiceOptions) {
     this.cdi = new CdiRegistry(o.config.cdi.spec_dirs);
     this.bundles = join(o.config.root, 'containers');
-    ({ exitDir: this.exitDir, socketDir: this.socketDir, persistRoot: this.persistRoot } = shimDirs(o.config.state));
-    for (const d of [this.bundles, this.exitDir, this.socketDir, this.persistRoot]) mkdirSync(d, { recursive: true, mode: 0o700 });
-    this.minOomScoreAdj = ownOomScoreAdj();
-    const capBnd = /^CapBnd:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
-    this.hostCapabilities = capBnd ? capabilitiesFromMask(BigInt(`0x${capBnd}`)) : undefined;
-  }
-
-  private runtime(handler: string): OciRuntime {
-    return ociRuntime(this.o.config, handler);
+    mkdirSync(this.bundles, { recursive: true, mode: 0o700 });
+    this.host = o.host ?? hostProbes();
+    const runtimeOf = (c: { sandboxId: string }): OciRuntime => this.runtimeOf(c);
+    const bundleOf = (id: string): string => this.paths(id).bundle;
+    this.exits = new ExitMonitor({ repo: o.repo, shim: o.shim, runtimeOf, locks: this.locks, bundleOf, log: o.log });
+    this.io = new ContainerIo({
+      repo: o.repo,
+      shim: o.shim,
+      runtimeOf,
+      require: (idOrPrefix, opts) => this.requireContainer(idOrPrefix, opts),
+      bundleOf,
+    });
   }
 
   /** The runtime of a container: its pod's handler (the default one should the pod be gone). */
   private runtimeOf(c: { sandboxId: string }): OciRuntime {
-    return this.runtime(this.o.sandboxes.find(c.sandboxId)?.runtimeHandler ?? this.o.config.default_runtime);
+    return this.o.runtimes.get(this.o.sandboxes.find(c.sandboxId)?.runtimeHandler ?? this.o.runtimes.defaultHandler);
   }
 
   private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
@@ -127,6 +114,14 @@ export class ContainerService {
   /** The image a container was created from, while it is still present. */
   imageOf(c: ContainerRecord): ImageRecord | undefined {
     return this.o.images.find(c.imageId);
+  }
+
+  /**
+   * The container `idOrPrefix` names, in one of `opts.states`: NotFound when there is
+   * none (or it is still being created), FailedPrecondition naming its state otherwise.
+   */
+  requireContainer(idOrPrefix: string, opts: RequireStateOptions<ContainerState> = {}): ContainerRecord {
+    return requireState('container', idOrPrefix, this.find(idOrPrefix), opts);
   }
 
   list(): ContainerRecord[] {
@@ -147,22 +142,20 @@ export class ContainerService {
     return join(this.o.config.state, 'mounts', id);
   }
 
-  private paths(id: string): { bundle: string; rootfs: string; persist: string } {
+  private paths(id: string): { bundle: string; rootfs: string } {
     const bundle = join(this.bundles, id);
-    return { bundle, rootfs: join(bundle, 'rootfs'), persist: join(this.persistRoot, id) };
+    return { bundle, rootfs: join(bundle, 'rootfs') };
   }
 
   async create(req: CreateContainerRequest, signal?: AbortSignal): Promise<string> {
-    const sandbox = this.o.sandboxes.find(req.sandboxId);
-    if (!sandbox || sandbox.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${req.sandboxId}" not found`);
-    if (sandbox.state !== 'ready') throw new BerthError('FailedPrecondition', `pod sandbox ${sandbox.id} is ${sandbox.state}, not ready`);
+    const sandbox = this.o.sandboxes.requireSandbox(req.sandboxId, { states: ['ready'] });
     const image = this.o.images.find(req.image);
     if (!image) throw new BerthError('NotFound', `image "${req.image}" not found; pull it first`);
     const dup = this.o.repo.byName(sandbox.id, req.name, req.attempt);
     if (dup) throw new BerthError('AlreadyExists', `container "${req.name}" (attempt ${req.attempt}) already exists in pod ${sandbox.id} as ${dup.id}`);
 
     // Devices, host devices and LSM profiles: resolved before anything of the container exists.
-    const prereq = await specPrerequisites(req.config, hostProbes(), this.cdi);
+    const prereq = await specPrerequisites(req.config, this.host, this.cdi);
     // User namespaces and recursive read-only mounts (idmap.ts): checked before anything is made.
     const podIdmap = podIdmapOf(sandbox);
     const plans = planMounts(req.config.mounts, podIdmap);
@@ -172,8 +165,8 @@ export class ContainerService {
     const id = randomBytes(32).toString('hex');
     const logDir = (sandbox.config as { log_directory?: string }).log_directory ?? '';
     const logPath = logDir !== '' && req.logPath !== '' ? join(logDir, req.logPath) : join(this.bundles, id, 'container.log');
-    const { bundle, rootfs, persist } = this.paths(id);
-    const rt = this.runtime(sandbox.runtimeHandler);
+    const { bundle, rootfs } = this.paths(id);
+    const rt = this.o.runtimes.get(sandbox.runtimeHandler);
     this.o.repo.insert({
       id,
       sandboxId: sandbox.id,
@@ -201,17 +194,13 @@ export class ContainerService {
       const prepared = new PreparedMounts(this.preparedDir(id), podIdmap);
       undo.defer(() => releasePreparedMounts(prepared.dir));
       undo.defer(() => (mountTried ? unmount(rootfs) : undefined));
-      undo.defer(() => this.o.shim.removeFiles({ id, bundle, exitDir: this.exitDir, persistDir: persist, socketDir: this.socketDir }));
-      undo.defer(() => this.o.shim.delete(id, rt.path, rt.root, true));
+      undo.defer(() => this.o.shim.removeFiles({ id, bundle }));
+      undo.defer(() => rt.delete(id, true));
       shimCreated = this.o.shim.create({
         id,
         bundle,
-        runtimePath: rt.path,
-        runtimeRoot: rt.root,
+        runtime: rt,
         logPath,
-        exitDir: this.exitDir,
-        persistDir: persist,
-        socketDir: this.socketDir,
         terminal: req.config.tty,
         stdin: req.config.stdin,
         stdinOnce: req.config.stdin_once,
@@ -241,7 +230,7 @@ export class ContainerService {
       let ids = this.idFiles.get(image.id);
       if (!ids) {
         await mounted;
-        ids = await this.readIdFiles(image.id, rootfs);
+        ids = await this.idFiles.read(image.id, rootfs);
       }
 
       const {
@@ -256,13 +245,13 @@ export class ContainerService {
         passwd: ids.passwd,
         group: ids.group,
         rootfs,
-        sandbox: this.sandboxInfo(sandbox),
+        sandbox: podSpecView(sandbox, this.o.sandboxes.podDir(sandbox.id)),
         cgroupDriver: this.o.config.cgroup_driver,
-        minOomScoreAdj: this.minOomScoreAdj,
+        minOomScoreAdj: this.host.minOomScoreAdj,
         ...prereq,
-        ...(this.hostCapabilities ? { hostCapabilities: this.hostCapabilities } : {}),
+        ...(this.host.hostCapabilities ? { hostCapabilities: this.host.hostCapabilities } : {}),
         localhostSeccomp: await localhostSeccompProfiles(req.config),
-        ...this.targetPidns(sandbox.id, req.config),
+        ...targetPidns(sandbox.id, req.config, (id) => this.find(id)),
       });
       const spec = applyCdiEdits(generated, prereq.cdi);
       prepared.applyToSpec(spec, req.config.mounts);
@@ -292,160 +281,22 @@ export class ContainerService {
     }
   }
 
-  /**
-   * For namespace_options.pid TARGET (ephemeral debug containers, `kubectl debug
-   * --target`): the PID namespace of a running container of the same pod.
-   */
-  private targetPidns(sandboxId: string, cfg: CriContainerConfig): { targetPidnsPath?: string } {
-    const opts = cfg.linux?.security_context?.namespace_options;
-    if (opts?.pid !== 'TARGET' || !opts.target_id) return {};
-    const target = this.find(opts.target_id);
-    if (!target || target.state === 'creating' || target.sandboxId !== sandboxId) {
-      throw new BerthError('NotFound', `namespace_options.target_id: container "${opts.target_id}" not found in pod ${sandboxId}`);
-    }
-    if (target.state !== 'running' || !target.pid)
-      throw new BerthError('FailedPrecondition', `namespace_options.target_id: container ${target.id} is ${target.state}, not running`);
-    return { targetPidnsPath: `/proc/${target.pid}/ns/pid` };
-  }
-
-  /** An image's passwd and group, read through a container's freshly mounted rootfs; small ones are kept. */
-  private async readIdFiles(imageId: string, rootfs: string): Promise<IdFiles> {
-    const [passwd, group] = await Promise.all([readBounded(rootfs, 'etc/passwd'), readBounded(rootfs, 'etc/group')]);
-    if (passwd.length + group.length <= ID_FILES_CACHED_MAX) {
-      if (this.idFiles.size >= ID_FILES_CACHE_ENTRIES) this.idFiles.delete(this.idFiles.keys().next().value!);
-      this.idFiles.set(imageId, { passwd, group });
-    }
-    return { passwd, group };
-  }
-
-  private sandboxInfo(sb: SandboxRecord): Parameters<typeof generateSpec>[0]['sandbox'] {
-    const cfg = sb.config as {
-      hostname?: string;
-      linux?: { cgroup_parent?: string; security_context?: { namespace_options?: { network?: string; ipc?: string; pid?: string } } };
-    };
-    const ns = cfg.linux?.security_context?.namespace_options ?? {};
-    const podDir = this.o.sandboxes.podDir(sb.id);
-    const pin = (k: string): string | undefined => (sb.nsDir !== null && existsSync(join(sb.nsDir, k)) ? join(sb.nsDir, k) : undefined);
-    const net = pin('net');
-    const ipc = pin('ipc');
-    const uts = pin('uts');
-    const pid = pin('pid');
-    return {
-      hostname: readFileSync(join(podDir, 'hostname'), 'utf8').trim(),
-      ...(net ? { netnsPath: net } : {}),
-      ...(ipc ? { ipcnsPath: ipc } : {}),
-      ...(uts ? { utsnsPath: uts } : {}),
-      ...(pid ? { pidnsPath: pid } : {}),
-      hostsPath: join(podDir, 'hosts'),
-      resolvConfPath: join(podDir, 'resolv.conf'),
-      hostnamePath: join(podDir, 'hostname'),
-      ...(existsSync(join(podDir, 'shm')) && ns.ipc !== 'NODE' ? { shmPath: join(podDir, 'shm') } : {}),
-      cgroupParent: cfg.linux?.cgroup_parent ?? '',
-      hostNetwork: ns.network === 'NODE',
-      hostIpc: ns.ipc === 'NODE',
-      hostPid: ns.pid === 'NODE',
-    };
-  }
-
   async start(idOrPrefix: string): Promise<void> {
-    const found = this.find(idOrPrefix);
-    if (!found || found.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
+    const found = this.requireContainer(idOrPrefix);
     await this.locked(found.id, async () => {
-      const c = this.o.repo.get(found.id)!;
-      if (c.state !== 'created') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}; only a created container can be started`);
-      const rt = this.runtimeOf(c);
-      await this.o.shim.start(c.id, rt.path, rt.root);
-      this.o.repo.update(c.id, () => ({ state: 'running', startedAt: nowNs() }));
-      this.watch(c.id);
-    });
-  }
-
-  /** Follows a container's exit file and records the exit when it comes (see {@link followExit}). */
-  private watch(id: string): void {
-    if (this.watching.has(id)) return;
-    const p = this.followExit(id)
-      .catch((err: unknown) => {
-        if (!this.lifetime.signal.aborted) this.o.log.error('lost track of a container exit', { container: id, error: messageOf(err) });
-      })
-      .finally(() => this.watching.delete(id));
-    this.watching.set(id, p);
-  }
-
-  /**
-   * Waits for a container's exit file and records the exit. Should its shim die
-   * first (kill -9 of conmon), no exit file will come: the runtime is asked instead, and
-   * once it says the container stopped, the container becomes `unknown` with a message,
-   * its exit code having died with the shim. It is never left RUNNING when it is not.
-   */
-  private async followExit(id: string): Promise<void> {
-    const lifetime = this.lifetime.signal;
-    const shimPid = this.o.repo.get(id)?.shimPid ?? null;
-    const shimGone = new AbortController();
-    this.shims.set(id, { pid: shimPid, gone: shimGone });
-    this.shimCheck ??= setInterval(() => this.checkShims(), SHIM_CHECK_MS).unref();
-    try {
-      return await this.recordExit(id, await this.o.shim.waitExit(this.exitDir, id, AbortSignal.any([lifetime, shimGone.signal])));
-    } catch (err) {
-      if (lifetime.aborted || !shimGone.signal.aborted) throw err;
-    } finally {
-      this.shims.delete(id);
-      if (this.shims.size === 0) {
-        clearInterval(this.shimCheck);
-        this.shimCheck = undefined;
-      }
-    }
-    this.o.log.warn('the shim of a running container died; following the container through the runtime', { container: id, shim_pid: shimPid });
-    for (;;) {
-      // The shim may have written the exit file just before it went.
-      const code = await this.o.shim.exitCode(this.exitDir, id);
-      if (code !== undefined) return this.recordExit(id, code);
-      const c = this.o.repo.get(id);
-      if (c?.state !== 'running' && c?.state !== 'created') return;
-      const rt = this.runtimeOf(c);
-      const st = await this.o.shim.state(id, rt.path, rt.root).catch((err: unknown) => {
-        this.o.log.debug('runtime state failed; asking again', { container: id, error: messageOf(err) });
-        return { status: 'unknown', pid: 0 } as const;
+      const c = requireState('container', idOrPrefix, this.o.repo.get(found.id), {
+        states: ['created'],
+        refusal: '; only a created container can be started',
       });
-      if (!st || st.status === 'stopped') {
-        return this.locked(id, async () => {
-          const cur = this.o.repo.get(id);
-          if (cur?.state !== 'running' && cur?.state !== 'created') return;
-          const late = await this.o.shim.exitCode(this.exitDir, id);
-          if (late !== undefined) return this.recordExit(id, late);
-          this.o.repo.update(id, () => ({
-            state: 'unknown',
-            reason: 'Unknown',
-            message: `its shim (pid ${shimPid ?? '?'}) died, then the container stopped: the exit code is unknown`,
-            finishedAt: nowNs(),
-            pid: 0,
-          }));
-          this.o.log.warn('container stopped without its shim; exit code unknown', { container: id });
-        });
-      }
-      await new Promise((r) => setTimeout(r, SHIM_CHECK_MS).unref());
-      if (lifetime.aborted) return;
-    }
-  }
-
-  /** One pass over the followed containers' shims: a dead one stops the wait for its exit file. */
-  private checkShims(): void {
-    for (const [id, s] of this.shims) if (!shimAlive(s.pid, id)) s.gone.abort();
-  }
-
-  /** Marks a container exited with its code; idempotent. */
-  private async recordExit(id: string, code: number): Promise<void> {
-    const c = this.o.repo.get(id);
-    if (!c || c.state === 'exited' || c.state === 'removing') return;
-    const oom = existsSync(join(this.paths(id).persist, 'oom')) || existsSync(join(this.paths(id).bundle, 'oom'));
-    const reason = oom ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error';
-    this.o.repo.update(id, () => ({ state: 'exited', exitCode: code, reason, finishedAt: nowNs(), pid: 0 }));
-    this.o.log.info('container exited', { container: id, exit_code: code, reason });
+      await this.runtimeOf(c).start(c.id);
+      this.o.repo.update(c.id, () => ({ state: 'running', startedAt: nowNs() }));
+      this.exits.watch(c.id);
+    });
   }
 
   /** Stop signal, up to `timeoutSeconds`, then SIGKILL; idempotent (CRI: stopping a stopped container succeeds). */
   async stop(idOrPrefix: string, timeoutSeconds: number, signal?: AbortSignal): Promise<void> {
-    const found = this.find(idOrPrefix);
-    if (!found || found.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
+    const found = this.requireContainer(idOrPrefix);
     await this.locked(found.id, async () => {
       const c = this.o.repo.get(found.id)!;
       if (c.state === 'exited' || c.state === 'removing') return;
@@ -457,19 +308,19 @@ export class ContainerService {
       if (stopSig.warning) this.o.log.warn('stop signal', { container: c.id, warning: stopSig.warning });
       const sig = stopSig.signal;
       // Without its shim (killed) no exit file will come: ask the runtime instead.
-      const shimUp = shimAlive(c.shimPid, c.id);
-      const exited = (ms: number): Promise<number | undefined> => (shimUp ? this.exitWithin(c.id, ms, signal) : this.stoppedWithin(c.id, rt, ms));
+      const shimUp = this.exits.shimAlive(c);
+      const exited = (ms: number): Promise<number | undefined> => (shimUp ? this.exits.exitWithin(c.id, ms, signal) : this.exits.stoppedWithin(c.id, rt, ms));
       if (c.state === 'running' && timeoutSeconds > 0) {
-        await this.o.shim.kill(c.id, sig, rt.path, rt.root).catch(() => undefined);
+        await rt.kill(c.id, sig).catch(() => undefined);
         const code = await exited(timeoutSeconds * 1000);
-        if (code !== undefined) return this.recordExit(c.id, code);
+        if (code !== undefined) return this.exits.recordExit(c.id, code);
       }
-      await this.o.shim.kill(c.id, 'KILL', rt.path, rt.root, true).catch(() => undefined);
+      await rt.kill(c.id, 'KILL', true).catch(() => undefined);
       const code = await exited(10_000);
-      if (code !== undefined) return this.recordExit(c.id, code);
+      if (code !== undefined) return this.exits.recordExit(c.id, code);
       // Never started (no shim exit for a created container that got killed before start
       // on some runtimes), or the shim is gone: record it as killed.
-      return this.recordExit(c.id, 137);
+      return this.exits.recordExit(c.id, 137);
     });
   }
 
@@ -479,12 +330,12 @@ export class ContainerService {
    * reason and message, without waiting for a timeout. Should the runtime still know a
    * live process of it, that is killed first.
    */
-  private async stopLost(c: ContainerRecord, rt: { path: string; root: string }): Promise<void> {
+  private async stopLost(c: ContainerRecord, rt: OciRuntime): Promise<void> {
     const UNKNOWN_EXIT_CODE = 255;
-    const st = await this.o.shim.state(c.id, rt.path, rt.root);
+    const st = await rt.state(c.id);
     if (st && st.status !== 'stopped') {
-      await this.o.shim.kill(c.id, 'KILL', rt.path, rt.root, true).catch(() => undefined);
-      if ((await this.stoppedWithin(c.id, rt, 10_000)) === undefined)
+      await rt.kill(c.id, 'KILL', true).catch(() => undefined);
+      if ((await this.exits.stoppedWithin(c.id, rt, 10_000)) === undefined)
         throw new BerthError('Internal', `container ${c.id}: the runtime still reports it ${st.status} after SIGKILL`);
     }
     this.o.repo.update(c.id, (cur) => ({
@@ -494,33 +345,6 @@ export class ContainerService {
       pid: 0,
     }));
     this.o.log.info('lost container stopped', { container: c.id, exit_code: UNKNOWN_EXIT_CODE, reason: c.reason });
-  }
-
-  /** For a container whose shim is gone: waits until the runtime says it stopped; 137 (killed) then. */
-  private async stoppedWithin(id: string, rt: { path: string; root: string }, ms: number): Promise<number | undefined> {
-    const until = Date.now() + ms;
-    while (Date.now() < until) {
-      const st = await this.o.shim.state(id, rt.path, rt.root).catch(() => undefined);
-      if (!st || st.status === 'stopped') return 137;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-    return undefined;
-  }
-
-  private async exitWithin(id: string, ms: number, outer?: AbortSignal): Promise<number | undefined> {
-    const ac = new AbortController();
-    const t = setTimeout(() => ac.abort(new BerthError('DeadlineExceeded', 'stop timeout')), ms);
-    const onOuter = (): void => ac.abort(outer!.reason);
-    outer?.addEventListener('abort', onOuter, { once: true });
-    try {
-      return await this.o.shim.waitExit(this.exitDir, id, ac.signal);
-    } catch {
-      if (outer?.aborted) throw outer.reason;
-      return undefined;
-    } finally {
-      clearTimeout(t);
-      outer?.removeEventListener('abort', onOuter);
-    }
   }
 
   /** Removes a container and everything of it; a running one is killed first. Idempotent. */
@@ -533,178 +357,41 @@ export class ContainerService {
       if (!c) return;
       this.o.repo.update(c.id, () => ({ state: 'removing' }));
       const rt = this.runtimeOf(c);
-      const { bundle, rootfs, persist } = this.paths(c.id);
-      await this.o.shim.delete(c.id, rt.path, rt.root, true);
+      const { bundle, rootfs } = this.paths(c.id);
+      await rt.delete(c.id, true);
       await unmount(rootfs);
       // Idmapped and image-volume mounts; the image volumes' use rows go with the container's row.
       await releasePreparedMounts(this.preparedDir(c.id));
       await this.o.images.removeContainerLayer(c.id);
-      await this.o.shim.removeFiles({ id: c.id, bundle, exitDir: this.exitDir, persistDir: persist, socketDir: this.socketDir });
+      await this.o.shim.removeFiles({ id: c.id, bundle });
       await rm(bundle, { recursive: true, force: true });
       this.o.repo.delete(c.id);
     });
   }
 
-  /**
-   * Runs a command in a running container and returns its output and exit code
-   * (kubelet's exec probes). Each stream is capped at {@link EXEC_OUTPUT_CAP} bytes; more
-   * is discarded. On timeout (or the caller going away) the exec'd process itself is
-   * killed, not only the `runc exec` client, and DeadlineExceeded is thrown.
-   */
-  async execSync(
-    idOrPrefix: string,
-    cmd: string[],
-    timeoutSeconds: number,
-    signal?: AbortSignal,
-  ): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
-    const c = this.find(idOrPrefix);
-    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
-    if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
-    const rt = this.runtimeOf(c);
-    const pidFile = join(this.paths(c.id).persist, `exec-${randomBytes(6).toString('hex')}.pid`);
-    await mkdir(dirname(pidFile), { recursive: true });
-    let child;
-    try {
-      child = spawnProcess(rt.path, ['--root', rt.root, 'exec', '--pid-file', pidFile, c.id, ...cmd], { stdio: ['ignore', 'out', 'out'] });
-    } catch (err) {
-      throw new BerthError('Internal', `cannot run ${rt.path} exec: ${messageOf(err)}`, { cause: err });
-    }
-    const collect = (stream: NodeJS.ReadableStream): Promise<Buffer> =>
-      new Promise((resolve) => {
-        const chunks: Buffer[] = [];
-        let n = 0;
-        stream.on('data', (d: Buffer) => {
-          if (n < EXEC_OUTPUT_CAP) chunks.push(d.subarray(0, EXEC_OUTPUT_CAP - n));
-          n += d.length;
-        });
-        stream.on('close', () => resolve(Buffer.concat(chunks)));
-      });
-    const out = collect(child.stdout!);
-    const err = collect(child.stderr!);
-    let timedOut: BerthError | undefined;
-    const killExec = async (why: BerthError): Promise<void> => {
-      timedOut ??= why;
-      try {
-        const pid = Number((await readFile(pidFile, 'utf8')).trim());
-        // The command and everything it started (`sh -c 'sleep …'`): children would
-        // otherwise be reparented to the container's init and live on.
-        if (pid > 0) for (const p of [pid, ...descendants(pid)]) killQuietly(p);
-      } catch {
-        // not started yet, or already gone
-      }
-      // `runc exec` reaps the command it started: give it a moment, or the killed command
-      // lingers as a zombie that `ps`/`pgrep` in the container still see.
-      const grace = setTimeout(() => child.kill('SIGKILL'), 2000);
-      void child.exited.then(() => clearTimeout(grace));
-    };
-    const timer =
-      timeoutSeconds > 0
-        ? setTimeout(
-            () => void killExec(new BerthError('DeadlineExceeded', `command timed out after ${timeoutSeconds} s and was killed`)),
-            timeoutSeconds * 1000,
-          )
-        : undefined;
-    const onAbort = (): void => void killExec(new BerthError('DeadlineExceeded', 'the caller went away; the command was killed'));
-    signal?.addEventListener('abort', onAbort, { once: true });
-    try {
-      const st = await child.exited;
-      const code = st.code ?? 128 + (st.signal ? osConstants.signals[st.signal] : 9);
-      const [stdout, stderr] = await Promise.all([out, err]);
-      if (timedOut) throw timedOut;
-      return { stdout, stderr, exitCode: code };
-    } finally {
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', onAbort);
-      await rm(pidFile, { force: true });
-    }
+  /** ExecSync; see {@link ContainerIo.execSync}. */
+  execSync(idOrPrefix: string, cmd: string[], timeoutSeconds: number, signal?: AbortSignal): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
+    return this.io.execSync(idOrPrefix, cmd, timeoutSeconds, signal);
   }
 
-  /**
-   * Starts an interactive command in a running container for the streaming Exec. The
-   * caller owns the session: it must end in {@link ExecSession.exited}, or be killed.
-   */
-  async openExec(idOrPrefix: string, cmd: string[], opts: { tty: boolean; stdin: boolean }): Promise<ExecSession> {
-    const c = this.find(idOrPrefix);
-    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
-    if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
-    const rt = this.runtimeOf(c);
-    const persist = this.paths(c.id).persist;
-    await mkdir(persist, { recursive: true });
-    return startExecSession({
-      runtimePath: rt.path,
-      runtimeRoot: rt.root,
-      containerId: c.id,
-      cmd,
-      tty: opts.tty,
-      stdin: opts.stdin,
-      pidFile: join(persist, `exec-${randomBytes(6).toString('hex')}.pid`),
-    });
+  /** The streaming Exec; see {@link ContainerIo.openExec}. */
+  openExec(idOrPrefix: string, cmd: string[], opts: { tty: boolean; stdin: boolean }): Promise<ExecSession> {
+    return this.io.openExec(idOrPrefix, cmd, opts);
   }
 
-  /** Attaches to a running container's main process (the streaming Attach); see {@link startAttachSession}. */
+  /** The streaming Attach; see {@link ContainerIo.openAttach}. */
   openAttach(idOrPrefix: string, opts: { stdin: boolean }): ExecSession {
-    const c = this.find(idOrPrefix);
-    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
-    if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
-    return startAttachSession({ socketDir: join(this.socketDir, c.id), ctlPath: join(this.paths(c.id).bundle, 'ctl'), stdin: opts.stdin });
+    return this.io.openAttach(idOrPrefix, opts);
   }
 
-  /**
-   * ReopenContainerLog: after kubelet renamed the log file, conmon opens a new one at the
-   * same path. Lines written before the request are in the renamed file; none is lost.
-   * Through conmon's control FIFO: message type 2 ("reopen logs").
-   */
-  async reopenLog(idOrPrefix: string): Promise<void> {
-    const c = this.find(idOrPrefix);
-    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
-    if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running: there is no log to reopen`);
-    let fh;
-    try {
-      fh = await open(join(this.paths(c.id).bundle, 'ctl'), fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
-      await fh.write('2 0 0\n');
-    } catch (err) {
-      throw new BerthError('Unavailable', `container ${c.id}: its shim does not answer (${messageOf(err)})`);
-    } finally {
-      await fh?.close();
-    }
-    // conmon reopens asynchronously: answer once the new file exists (kubelet checks it).
-    for (let i = 0; i < 100 && !existsSync(c.logPath); i++) await new Promise((r) => setTimeout(r, 10));
-    if (!existsSync(c.logPath)) throw new BerthError('Unavailable', `container ${c.id}: the shim did not reopen ${c.logPath} within 1 s`);
+  /** ReopenContainerLog; see {@link ContainerIo.reopenLog}. */
+  reopenLog(idOrPrefix: string): Promise<void> {
+    return this.io.reopenLog(idOrPrefix);
   }
 
-  /**
-   * UpdateContainerResources: applies CPU and memory changes to a running (or created)
-   * container with the runtime's `update`, then records them in the container's config.
-   */
-  async updateResources(
-    idOrPrefix: string,
-    r: NonNullable<NonNullable<CriContainerConfig['linux']>['resources']>,
-    raw: Record<string, unknown>,
-  ): Promise<void> {
-    const c = this.find(idOrPrefix);
-    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${idOrPrefix}" not found`);
-    if (c.state !== 'running' && c.state !== 'created')
-      throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}; only a created or running container can be updated`);
-    const rt = this.runtimeOf(c);
-    const res: Record<string, unknown> = {};
-    const cpu: Record<string, unknown> = {};
-    if (r.cpu_shares > 0) cpu.shares = r.cpu_shares;
-    if (r.cpu_quota !== 0) cpu.quota = r.cpu_quota;
-    if (r.cpu_period > 0) cpu.period = r.cpu_period;
-    if (r.cpuset_cpus !== '') cpu.cpus = r.cpuset_cpus;
-    if (r.cpuset_mems !== '') cpu.mems = r.cpuset_mems;
-    if (Object.keys(cpu).length > 0) res.cpu = cpu;
-    if (r.memory_limit_in_bytes > 0) {
-      res.memory = { limit: r.memory_limit_in_bytes, swap: r.memory_swap_limit_in_bytes > 0 ? r.memory_swap_limit_in_bytes : r.memory_limit_in_bytes };
-    }
-    const run = await execProcess(rt.path, ['--root', rt.root, 'update', '--resources', '-', c.id], { input: JSON.stringify(res), maxBuffer: 4096 });
-    if (run.code !== 0) {
-      throw new BerthError(
-        'FailedPrecondition',
-        `container ${c.id}: the runtime refused the update: ${run.stderr.trim().replace(/^time="[^"]*" level=\w+ msg="(.*)"$/s, '$1') || `exit ${run.code ?? run.signal}`}`,
-      );
-    }
-    this.o.repo.updateConfig(c.id, { ...c.config, linux: { ...((c.config.linux as object | undefined) ?? {}), resources: raw } });
+  /** UpdateContainerResources; see {@link ContainerIo.updateResources}. */
+  updateResources(idOrPrefix: string, r: CriResources, raw: Record<string, unknown>): Promise<void> {
+    return this.io.updateResources(idOrPrefix, r, raw);
   }
 
   /** Stops every container of a pod (StopPodSandbox), lost (`unknown`) ones too, as containerd does. */
@@ -718,10 +405,9 @@ export class ContainerService {
   }
 
   /**
-   * Recovery: `creating` rows are rolled back; running containers are checked against
-   * their exit files (an exit while berthd was down is recorded with its code) and
-   * watched again; a container whose shim and runtime state are both gone without an
-   * exit file becomes `unknown`.
+   * Recovery: `creating` and `removing` rows are finished by removing them; created and
+   * running containers are reconciled with their exit files and the runtime, and
+   * followed again (see {@link ExitMonitor.reconcile}).
    */
   async recover(): Promise<void> {
     for (const c of this.o.repo.list()) {
@@ -730,98 +416,17 @@ export class ContainerService {
           await this.remove(c.id);
           continue;
         }
-        if (c.state !== 'running' && c.state !== 'created') continue;
-        const code = await this.o.shim.exitCode(this.exitDir, c.id);
-        if (code !== undefined) {
-          await this.recordExit(c.id, code);
-          continue;
-        }
-        const rt = this.runtimeOf(c);
-        const st = await this.o.shim.state(c.id, rt.path, rt.root);
-        if ((!st || st.status === 'stopped') && !shimAlive(c.shimPid, c.id)) {
-          // The shim may have written the exit file since it was read.
-          const late = await this.o.shim.exitCode(this.exitDir, c.id);
-          if (late !== undefined) await this.recordExit(c.id, late);
-          else
-            this.o.repo.update(c.id, () => ({
-              state: 'unknown',
-              reason: 'Unknown',
-              message: 'the container stopped while berthd was down and no exit code was recorded (its shim died)',
-            }));
-        } else if (c.state === 'running' || !st || st.status === 'stopped') {
-          // Running, or just stopped with its shim about to write the exit file.
-          this.watch(c.id);
-        }
+        if (c.state === 'running' || c.state === 'created') await this.exits.reconcile(c);
       } catch (err) {
         this.o.log.error('recovery of a container failed', { container: c.id, error: messageOf(err) });
         // Followed all the same: the exit file, or the runtime once the shim is gone.
-        if (c.state === 'running') this.watch(c.id);
+        if (c.state === 'running') this.exits.watch(c.id);
       }
     }
   }
 
   close(): void {
-    this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));
-    clearInterval(this.shimCheck);
-  }
-}
-
-/** Whether a process exists and is not a zombie (a killed shim may linger unreaped). */
-function alive(pid: number | null): boolean {
-  if (pid === null || pid <= 0) return false;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Whether the shim `pid` of container `id` still runs: alive, not a zombie, and its
- * command line names the container (a pid may have been reused since it was recorded).
- */
-function shimAlive(pid: number | null, id: string): boolean {
-  if (!alive(pid)) return false;
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(id);
-  } catch {
-    return false;
-  }
-}
-
-/** Bytes of a Localhost seccomp profile berth reads. */
-const MAX_SECCOMP_PROFILE = 1 << 20;
-
-/**
- * Reads the Localhost seccomp profile a container names (kubelet passes its absolute
- * path on the node) so that the pure spec generator can embed it.
- */
-async function localhostSeccompProfiles(cfg: CriContainerConfig): Promise<Record<string, unknown>> {
-  const sec = cfg.linux?.security_context?.seccomp;
-  if (sec?.profile_type !== 'Localhost' || !sec.localhost_ref) return {};
-  const ref = sec.localhost_ref;
-  const path = ref.startsWith('localhost/') ? ref.slice('localhost/'.length) : ref;
-  if (!path.startsWith('/')) throw new BerthError('InvalidArgument', `seccomp localhost_ref "${ref}" must be an absolute path on the node`);
-  let text: string;
-  try {
-    const fh = await open(path, 'r');
-    try {
-      const buf = Buffer.alloc(MAX_SECCOMP_PROFILE + 1);
-      const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
-      if (bytesRead > MAX_SECCOMP_PROFILE) throw new BerthError('InvalidArgument', `seccomp profile ${path} is larger than ${MAX_SECCOMP_PROFILE} bytes`);
-      text = buf.subarray(0, bytesRead).toString('utf8');
-    } finally {
-      await fh.close();
-    }
-  } catch (err) {
-    if (err instanceof BerthError) throw err;
-    throw new BerthError('NotFound', `seccomp profile ${path} (localhost_ref) cannot be read: ${messageOf(err)}`);
-  }
-  try {
-    return { [ref]: JSON.parse(text) as unknown };
-  } catch (err) {
-    throw new BerthError('InvalidArgument', `seccomp profile ${path} is not valid JSON: ${messageOf(err)}`);
+    this.exits.close();
   }
 }
 
@@ -832,28 +437,5 @@ async function unmount(path: string): Promise<void> {
     // EINVAL: not a mount point (any more); ENOENT: gone.
     if (errnoOf(err) === 'EINVAL' || errnoOf(err) === 'ENOENT') return;
     throw new BerthError('Internal', `unmounting ${path}: ${messageOf(err)}`, { cause: err });
-  }
-}
-
-/**
- * Reads a small file of the image (passwd, group): '' when absent, bounded in size, and
- * never through a symlink that leads out of the rootfs (an image must not make berthd
- * read a host file).
- */
-async function readBounded(rootfs: string, rel: string): Promise<string> {
-  let fh;
-  try {
-    const real = await realpath(join(rootfs, rel));
-    if (!real.startsWith(rootfs + '/')) return '';
-    fh = await open(real, 'r');
-  } catch {
-    return '';
-  }
-  try {
-    const buf = Buffer.alloc(MAX_ID_FILE);
-    const { bytesRead } = await fh.read(buf, 0, MAX_ID_FILE, 0);
-    return buf.subarray(0, bytesRead).toString('utf8');
-  } finally {
-    await fh.close();
   }
 }

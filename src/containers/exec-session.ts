@@ -7,35 +7,20 @@
  * the exit code.) The command's whole process tree is killed when the session is cut
  * off, and nothing is left behind: the pid file goes with it.
  */
-import { open, rm } from 'node:fs/promises';
-import { constants as fsConstants } from 'node:fs';
-import type { Socket } from 'node:net';
+import { rm } from 'node:fs/promises';
 import { ReadStream } from 'node:tty';
-import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { closeSync, readFileSync, readdirSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { BerthError, messageOf } from '../common/errors.js';
 import { spawnProcess, type ChildProcess } from '../common/process.js';
-import { attachConmon, openPty, setWinsize } from '../common/sys.js';
+import { openPty, setWinsize } from '../common/sys.js';
+import type { OciRuntime } from '../oci/oci-runtime.js';
+import type { ExecSession } from '../shim/shim.js';
 
-export interface ExecSession {
-  /** The command's stdin (present when asked for); ending it closes the command's stdin. */
-  stdin?: Writable;
-  /** Its stdout, or with a terminal everything the terminal prints. */
-  stdout: Readable;
-  /** Its stderr (never with a terminal). */
-  stderr?: Readable;
-  /** Resizes the terminal (no-op without one). */
-  resize(width: number, height: number): void;
-  /** The exit code: the command's, 128+signal when killed, runc's own (with its message on stderr) when it could not start it. */
-  exited: Promise<number>;
-  /** Kills the command and everything it started. */
-  kill(): void;
-}
+export type { ExecSession };
 
 export interface ExecSessionOptions {
-  runtimePath: string;
-  runtimeRoot: string;
+  runtime: OciRuntime;
   containerId: string;
   cmd: string[];
   tty: boolean;
@@ -45,7 +30,7 @@ export interface ExecSessionOptions {
 }
 
 export function startExecSession(o: ExecSessionOptions): ExecSession {
-  const args = ['--root', o.runtimeRoot, 'exec', '--pid-file', o.pidFile, ...(o.tty ? ['--tty'] : []), o.containerId, ...o.cmd];
+  const argv = o.runtime.execArgv(o.containerId, o.cmd, { pidFile: o.pidFile, tty: o.tty });
   let pty: [number, number] | undefined;
   let child: ChildProcess;
   try {
@@ -53,10 +38,10 @@ export function startExecSession(o: ExecSessionOptions): ExecSession {
       pty = openPty();
       setWinsize(pty[0], 24, 80);
     }
-    child = spawnProcess(o.runtimePath, args, { stdio: pty ? [pty[1], pty[1], pty[1]] : [o.stdin ? 'in' : 'ignore', 'out', 'out'] });
+    child = spawnProcess(argv.file, argv.args, { stdio: pty ? [pty[1], pty[1], pty[1]] : [o.stdin ? 'in' : 'ignore', 'out', 'out'] });
   } catch (err) {
     if (pty) for (const fd of pty) closeQuietly(fd);
-    throw new BerthError('Internal', `cannot run ${o.runtimePath} exec: ${messageOf(err)}`, { cause: err });
+    throw new BerthError('Internal', `cannot run ${argv.file} exec: ${messageOf(err)}`, { cause: err });
   } finally {
     // The child has its own copy of the terminal's slave side.
     if (pty) closeQuietly(pty[1]);
@@ -154,70 +139,4 @@ export function descendants(pid: number): number[] {
     }
   }
   return out;
-}
-
-/**
- * Attaches to a container's main process through its shim: conmon's attach socket
- * (bridged by the native addon, see native/berth_sys.c attachConmon) carries stdin in
- * and stdout/stderr out; resizes go through conmon's control FIFO. The session ends when
- * the container exits or the caller detaches ({@link ExecSession.kill}); it never stops
- * the container. `exited` is 0: an attach has no exit code of its own.
- */
-export function startAttachSession(o: { socketDir: string; ctlPath: string; stdin: boolean }): ExecSession {
-  let sock: Socket;
-  try {
-    sock = attachConmon(o.socketDir);
-  } catch (err) {
-    throw new BerthError('Unavailable', `cannot attach: the shim's attach socket does not answer (${messageOf(err)})`, { cause: err });
-  }
-  const stdout = new PassThrough();
-  const stderr = new PassThrough();
-  let buf: Buffer = Buffer.alloc(0);
-  sock.on('data', (d: Buffer) => {
-    buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
-    while (buf.length >= 3) {
-      const len = buf.readUInt16BE(1);
-      if (buf.length < 3 + len) break;
-      const payload = buf.subarray(3, 3 + len);
-      if (buf[0] === CONMON_STDERR) stderr.write(payload);
-      else if (buf[0] === CONMON_STDOUT) stdout.write(payload);
-      buf = buf.subarray(3 + len);
-    }
-  });
-  const exited = new Promise<number>((resolve) => {
-    sock.once('close', () => {
-      stdout.end();
-      stderr.end();
-      resolve(0);
-    });
-  });
-  sock.on('error', () => undefined);
-  sock.on('end', () => sock.destroy());
-  if (!o.stdin) sock.end();
-  return {
-    ...(o.stdin ? { stdin: sock } : {}),
-    stdout,
-    stderr,
-    resize: (width, height) => {
-      void writeCtl(o.ctlPath, `1 ${height} ${width}\n`);
-    },
-    exited,
-    kill: () => sock.destroy(),
-  };
-}
-
-/** conmon's pipe numbers on its attach socket. */
-const CONMON_STDOUT = 2;
-const CONMON_STDERR = 3;
-
-async function writeCtl(path: string, line: string): Promise<void> {
-  let fh;
-  try {
-    fh = await open(path, fsConstants.O_WRONLY | fsConstants.O_NONBLOCK);
-    await fh.write(line);
-  } catch {
-    // the shim is gone; a lost resize does no harm
-  } finally {
-    await fh?.close();
-  }
 }

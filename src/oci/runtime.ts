@@ -1,28 +1,11 @@
 /**
- * OCI runtime handlers (runc, crun) as berth runs them: the binary from config, and a
- * state root of berth's own per handler (`runc --root`), so berth never sees or touches
- * containers of another engine on the same host.
+ * Facts the OCI runtime's spec needs from berth's side: the cgroupsPath of a process
+ * group, and the lowest oom_score_adj berthd may hand out. The runtime's command line is
+ * {@link OciRuntime} (oci-runtime.ts).
  */
 import { readFileSync } from 'node:fs';
-import { posix, join } from 'node:path';
-import { BerthError, invalidArgument } from '../common/errors.js';
-import type { BerthConfig } from '../config/schema.js';
-
-export interface OciRuntime {
-  /** The handler's name (the CRI runtime_handler, e.g. "runc"). */
-  handler: string;
-  /** The runtime binary. */
-  path: string;
-  /** Its state root, under berth's state dir. */
-  root: string;
-}
-
-/** The configured runtime for a handler; FailedPrecondition when none is. */
-export function ociRuntime(config: Pick<BerthConfig, 'runtimes' | 'state'>, handler: string): OciRuntime {
-  const rt = config.runtimes[handler];
-  if (!rt) throw new BerthError('FailedPrecondition', `runtime handler "${handler}" is not configured`);
-  return { handler, path: rt.path, root: join(config.state, 'runtime', handler) };
-}
+import { posix } from 'node:path';
+import { invalidArgument } from '../common/errors.js';
 
 /**
  * runc's cgroupsPath for a process group named `name` under a pod's cgroup parent: a

@@ -19,10 +19,11 @@ import { mkdir, open, writeFile } from 'node:fs/promises';
 import { constants } from 'node:fs';
 import { join } from 'node:path';
 import { hostPlatform } from '../images/manifest.js';
-import { cgroupsPath, type OciRuntime } from '../oci/runtime.js';
+import type { OciRuntime } from '../oci/oci-runtime.js';
+import { cgroupsPath } from '../oci/runtime.js';
 import { runtimeDefaultProfile } from '../oci/seccomp-default.js';
 import { DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS, OCI_VERSION, type OciSpec } from '../oci/spec.js';
-import type { Shim, ShimDirs } from '../shim/shim.js';
+import type { Shim } from '../shim/shim.js';
 import type { PinnedNamespaces } from './namespaces.js';
 
 /** Where the infra binary appears inside its rootfs. */
@@ -86,16 +87,11 @@ export function infraSpec(i: InfraSpecInput): OciSpec {
 
 export interface InfraOptions {
   shim: Shim;
-  dirs: ShimDirs;
 }
 
-/** Starts and removes pods' infra processes through the shim. */
+/** Starts and removes pods' infra processes through the shim and the pod's OCI runtime. */
 export class PodInfra {
   constructor(private readonly o: InfraOptions) {}
-
-  private files(id: string, bundle: string): { id: string; bundle: string; exitDir: string; persistDir: string; socketDir: string } {
-    return { id, bundle, exitDir: this.o.dirs.exitDir, persistDir: join(this.o.dirs.persistRoot, id), socketDir: this.o.dirs.socketDir };
-  }
 
   /**
    * Creates and starts the infra process in `bundle` (made here, inside the pod's dir) and
@@ -108,34 +104,34 @@ export class PodInfra {
     await (await open(join(rootfs, INFRA_BIN), constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o444)).close();
     await writeFile(join(bundle, 'config.json'), JSON.stringify(infraSpec({ ...input, rootfs })));
     const handle = await this.o.shim.create({
-      ...this.files(input.sandboxId, bundle),
-      runtimePath: rt.path,
-      runtimeRoot: rt.root,
+      id: input.sandboxId,
+      bundle,
+      runtime: rt,
       logPath: join(bundle, 'infra.log'),
       terminal: false,
       stdin: false,
       stdinOnce: false,
       ...(signal ? { signal } : {}),
     });
-    await this.o.shim.start(input.sandboxId, rt.path, rt.root);
+    await rt.start(input.sandboxId);
     return handle.pid;
   }
 
   /** Kills the infra process (and with it every process of the pod's PID namespace) and removes its runtime state and shim files; idempotent. */
   async remove(id: string, bundle: string, rt: OciRuntime): Promise<void> {
-    await this.o.shim.delete(id, rt.path, rt.root, true);
-    await this.o.shim.removeFiles(this.files(id, bundle));
+    await rt.delete(id, true);
+    await this.o.shim.removeFiles({ id, bundle });
   }
 
   /** Whether the infra process is running: no exit recorded and the runtime says so. */
   async running(id: string, rt: OciRuntime): Promise<boolean> {
-    if ((await this.o.shim.exitCode(this.o.dirs.exitDir, id)) !== undefined) return false;
-    const st = await this.o.shim.state(id, rt.path, rt.root);
+    if ((await this.o.shim.exitCode(id)) !== undefined) return false;
+    const st = await rt.state(id);
     return st?.status === 'running';
   }
 
   /** Resolves with the exit code when the infra process exits; rejects on abort. */
   waitExit(id: string, signal: AbortSignal): Promise<number> {
-    return this.o.shim.waitExit(this.o.dirs.exitDir, id, signal);
+    return this.o.shim.waitExit(id, signal);
   }
 }

@@ -20,15 +20,18 @@ import { findByIdOrPrefix } from '../common/id-prefix.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
+import { requireState, type RequireStateOptions } from '../common/require-record.js';
 import type { BerthConfig } from '../config/schema.js';
-import { ociRuntime, ownOomScoreAdj } from '../oci/runtime.js';
-import { shimDirs, type Shim } from '../shim/shim.js';
+import type { OciRuntimes } from '../oci/oci-runtime.js';
+import { ownOomScoreAdj } from '../oci/runtime.js';
+import type { Shim } from '../shim/shim.js';
 import { CniNetwork, loopbackUp, podIps, type CniResult, type CniRuntimeConf, type PortMapping } from './cni/cni.js';
 import { findNetwork, type CniNetworkList } from './cni/conf-dir.js';
 import { PodInfra } from './infra.js';
 import { createPinnedNamespaces, isPinned, pinPidNamespace, removePinnedNamespaces, type PinnedNamespaces, type PodNamespace } from './namespaces.js';
 import { hostsFile, mountShm, resolvConf, unmountShm, validateHostname, writePodFiles } from './pod-files.js';
 import type { SandboxMetadata, SandboxRecord, SandboxRepository } from './sandbox-repository.js';
+import type { SandboxState } from './state.js';
 import { applySysctls, validateSysctls } from './sysctls.js';
 import { mountFeatures } from '../common/mount-probes.js';
 import { createPodUserns, type PodUserns } from './userns.js';
@@ -84,6 +87,8 @@ export interface PodContainerHooks {
 export interface SandboxServiceOptions {
   config: BerthConfig;
   repo: SandboxRepository;
+  /** The configured OCI runtimes, by handler. */
+  runtimes: OciRuntimes;
   /** Runs the infra process of pods that share a PID namespace. */
   shim: Shim;
   log: Logger;
@@ -115,7 +120,7 @@ export class SandboxService {
     mkdirSync(this.podRoot, { recursive: true, mode: 0o711 });
     chmodSync(this.nsRoot, 0o700);
     chmodSync(this.podRoot, 0o711);
-    this.infra = new PodInfra({ shim: o.shim, dirs: shimDirs(o.config.state) });
+    this.infra = new PodInfra({ shim: o.shim });
     this.minOomScoreAdj = ownOomScoreAdj();
   }
 
@@ -130,6 +135,14 @@ export class SandboxService {
       (id) => this.o.repo.get(id),
       (prefix) => this.o.repo.idsWithPrefix(prefix),
     );
+  }
+
+  /**
+   * The pod `idOrPrefix` names, in one of `opts.states`: NotFound when there is none (or
+   * it is still being created), FailedPrecondition naming its state otherwise.
+   */
+  requireSandbox(idOrPrefix: string, opts: RequireStateOptions<SandboxState> = {}): SandboxRecord {
+    return requireState('pod sandbox', idOrPrefix, this.find(idOrPrefix), opts);
   }
 
   list(): SandboxRecord[] {
@@ -184,10 +197,10 @@ export class SandboxService {
    * needs reading (the network config, resolv.conf), so a bad request costs nothing.
    */
   private async validate(spec: PodSandboxSpec): Promise<Prepared> {
-    if (!(spec.runtimeHandler in this.o.config.runtimes)) {
+    if (!this.o.runtimes.has(spec.runtimeHandler)) {
       throw new BerthError(
         'InvalidArgument',
-        `runtime_handler "${spec.runtimeHandler}" is not configured (configured: ${Object.keys(this.o.config.runtimes).join(', ')})`,
+        `runtime_handler "${spec.runtimeHandler}" is not configured (configured: ${this.o.runtimes.handlers().join(', ')})`,
       );
     }
     const hostNet = spec.namespaces.network === 'NODE';
@@ -283,7 +296,7 @@ export class SandboxService {
       // The infra process starts while CNI runs: both need only the pins.
       let infra: Promise<{ pid: number } | { error: unknown }> | undefined;
       if (sharedPid) {
-        const rt = ociRuntime(this.o.config, spec.runtimeHandler);
+        const rt = this.o.runtimes.get(spec.runtimeHandler);
         undo.defer(() => this.infra.remove(id, join(podDir, 'infra'), rt));
         infra = this.infra
           .start(
@@ -380,7 +393,7 @@ export class SandboxService {
   private async release(rec: SandboxRecord, signal?: AbortSignal): Promise<void> {
     const spec = rec.config as { linux?: { security_context?: { namespace_options?: { network?: string } } }; port_mappings?: unknown };
     const hostNet = spec.linux?.security_context?.namespace_options?.network === 'NODE';
-    if (sharesPid(rec)) await this.infra.remove(rec.id, join(this.podRoot, rec.id, 'infra'), ociRuntime(this.o.config, rec.runtimeHandler));
+    if (sharesPid(rec)) await this.infra.remove(rec.id, join(this.podRoot, rec.id, 'infra'), this.o.runtimes.get(rec.runtimeHandler));
     if (!hostNet && rec.nsDir !== null) {
       const netPin = join(rec.nsDir, 'net');
       const stored = rec.network as unknown as StoredNetwork | null;
@@ -432,7 +445,7 @@ export class SandboxService {
           await this.release(rec);
           this.o.repo.update(rec.id, () => ({ network: null, nsDir: null, ips: [] }));
         } else if (rec.state === 'ready' && sharesPid(rec)) {
-          if (await this.infra.running(rec.id, ociRuntime(this.o.config, rec.runtimeHandler))) {
+          if (await this.infra.running(rec.id, this.o.runtimes.get(rec.runtimeHandler))) {
             this.watchInfra(rec.id);
           } else {
             this.o.repo.update(rec.id, () => ({ state: 'notready' }));

@@ -22,18 +22,24 @@
  *   refuses such paths. `--cuuid` is required; the attach socket is `<bundle>/attach`,
  *   reached through the symlink `<socket-dir-path>/<cuuid>` that conmon does not remove.
  */
-import { watch, type FSWatcher } from 'node:fs';
-import { mkdir, readFile, readdir, readlink, rm, stat } from 'node:fs/promises';
+import { existsSync, watch, type FSWatcher } from 'node:fs';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { abortable } from '../common/abort.js';
 import { BerthError, errnoOf, messageOf } from '../common/errors.js';
 import { DisposableStack } from '../common/disposable.js';
 import type { Logger } from '../common/logger.js';
-import { execProcess, spawnProcess, type ChildProcess, type ExitStatus } from '../common/process.js';
-import type { Shim, ShimCreateOptions, ShimFiles, ShimHandle, ShimState } from './shim.js';
+import { spawnProcess, type ChildProcess, type ExitStatus } from '../common/process.js';
+import { runtimeMessage } from '../oci/runtime-errors.js';
+import { requestLogReopen, resizeTerminal, startAttachSession } from './conmon-attach.js';
+import { exists, findConmons, killConmon, parseSync, readPid, readSyncLine, removeSocketLink, shimAlive } from './conmon-process.js';
+import type { ExecSession, Shim, ShimContainer, ShimCreateOptions, ShimDirs, ShimHandle } from './shim.js';
 
 export interface ConmonShimOptions {
+  /** Where the shims keep their exit files, attach links and per-container dirs. */
+  dirs: ShimDirs;
   /** Default `/usr/bin/conmon`. */
   conmonPath?: string;
   log?: Logger;
@@ -45,33 +51,42 @@ export interface ConmonShimOptions {
   systemdCgroup?: boolean;
   /** `--no-pivot`: for root filesystems where pivot_root fails (ramfs). */
   noPivot?: boolean;
-  /** Bound on one OCI runtime command (start, kill, state, delete). Default 30 s. */
-  runtimeTimeoutMs?: number;
   /** Default bound on `create`. Default 60 s. */
   createTimeoutMs?: number;
 }
 
 /** Container ids as runc accepts them, and safe as file names. */
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$/;
-const SYNC_MAX = 64 * 1024;
 const EXIT_POLL_MS = 1000;
 /** How long a cut-off create may go on so that it can be undone whole. */
 const CREATE_GRACE_MS = 10_000;
 
 /** Files conmon makes in the bundle. */
 const BUNDLE_FILES = ['attach', 'ctl', 'winsz'];
+/** How long a log reopen may take before berth says the shim did not do it. */
+const REOPEN_WAIT_MS = 1000;
 
 export class ConmonShim implements Shim {
   private readonly conmonPath: string;
   private readonly log: Logger | undefined;
 
-  constructor(private readonly opts: ConmonShimOptions = {}) {
+  private readonly dirs: ShimDirs;
+
+  constructor(private readonly opts: ConmonShimOptions) {
     this.conmonPath = opts.conmonPath ?? '/usr/bin/conmon';
     this.log = opts.log;
+    this.dirs = opts.dirs;
+  }
+
+  /** The container's own dir: conmon's pid files, its second exit file, the OOM marker. */
+  private persistDir(id: string): string {
+    return join(this.dirs.persistRoot, id);
   }
 
   /** conmon's command line for `o` (exported through the class for tests and logs). */
   conmonArgs(o: ShimCreateOptions): string[] {
+    const persistDir = this.persistDir(o.id);
+    const runtime = o.runtime.shimArgs();
     const args = [
       '--cid',
       o.id,
@@ -80,23 +95,22 @@ export class ConmonShim implements Shim {
       '--name',
       o.id,
       '--runtime',
-      o.runtimePath,
-      '--runtime-arg',
-      `--root=${o.runtimeRoot}`,
+      runtime.path,
+      ...runtime.args.flatMap((a) => ['--runtime-arg', a]),
       '--bundle',
       o.bundle,
       '--container-pidfile',
-      join(o.persistDir, 'pidfile'),
+      join(persistDir, 'pidfile'),
       '--conmon-pidfile',
-      join(o.persistDir, 'conmon.pid'),
+      join(persistDir, 'conmon.pid'),
       '--log-path',
       `k8s-file:${o.logPath}`,
       '--exit-dir',
-      o.exitDir,
+      this.dirs.exitDir,
       '--persist-dir',
-      o.persistDir,
+      persistDir,
       '--socket-dir-path',
-      o.socketDir,
+      this.dirs.socketDir,
       '--log-level',
       this.opts.conmonLogLevel ?? 'warn',
     ];
@@ -117,6 +131,8 @@ export class ConmonShim implements Shim {
     const signal = o.signal ? AbortSignal.any([o.signal, AbortSignal.timeout(timeoutMs)]) : AbortSignal.timeout(timeoutMs);
     const log = this.log?.child({ container: o.id });
     const started = Date.now();
+    const { exitDir, socketDir } = this.dirs;
+    const persistDir = this.persistDir(o.id);
 
     const undo = new DisposableStack();
     // The caller's failure is rethrown as it is, after the undo; never left unhandled.
@@ -130,31 +146,32 @@ export class ConmonShim implements Shim {
     );
     bundleReady.catch(() => undefined);
     try {
-      await Promise.all([o.exitDir, dirname(o.persistDir), o.socketDir, o.runtimeRoot, dirname(o.logPath)].map((d) => mkdir(d, { recursive: true })));
+      await Promise.all([exitDir, this.dirs.persistRoot, socketDir].map((d) => mkdir(d, { recursive: true, mode: 0o700 })));
+      await Promise.all([o.runtime.root, dirname(o.logPath)].map((d) => mkdir(d, { recursive: true })));
       // The id is claimed by making its persist dir, exclusively: the undo below force-deletes
       // the id in the runtime, which must never reach a container made by someone else (the
       // dir stays until removeFiles, i.e. after the runtime's delete). No `runc state` here:
       // it costs a process per create.
       try {
-        await mkdir(o.persistDir);
+        await mkdir(persistDir);
       } catch (err) {
-        if (errnoOf(err) === 'EEXIST') throw new BerthError('AlreadyExists', `container ${o.id} already exists (${o.persistDir} is there)`);
+        if (errnoOf(err) === 'EEXIST') throw new BerthError('AlreadyExists', `container ${o.id} already exists (${persistDir} is there)`);
         throw err;
       }
       // A reused id must not look exited already.
-      const [logExisted] = await Promise.all([exists(o.logPath), rm(join(o.exitDir, o.id), { force: true })]);
+      const [logExisted] = await Promise.all([exists(o.logPath), rm(join(exitDir, o.id), { force: true })]);
 
       // Undo steps, newest first on failure: files, then runtime state, then conmon.
       undo.defer(async () => {
-        const files = [join(o.persistDir, 'pidfile'), join(o.persistDir, 'conmon.pid'), join(o.persistDir, 'exit'), join(o.exitDir, o.id)];
+        const files = [join(persistDir, 'pidfile'), join(persistDir, 'conmon.pid'), join(persistDir, 'exit'), join(exitDir, o.id)];
         files.push(...BUNDLE_FILES.map((f) => join(o.bundle, f)));
         if (!logExisted) files.push(o.logPath);
         await Promise.all(files.map((f) => rm(f, { force: true })));
-        await rm(o.persistDir, { recursive: true, force: true });
-        await removeSocketLink(o.socketDir, o.id, o.bundle);
+        await rm(persistDir, { recursive: true, force: true });
+        await removeSocketLink(socketDir, o.id, o.bundle);
       });
       let runtimeRan = false;
-      undo.defer(() => (runtimeRan ? this.delete(o.id, o.runtimePath, o.runtimeRoot, true) : undefined));
+      undo.defer(() => (runtimeRan ? o.runtime.delete(o.id, true) : undefined));
 
       signal.throwIfAborted();
       const args = this.conmonArgs(o);
@@ -164,7 +181,7 @@ export class ConmonShim implements Shim {
       let child: ChildProcess;
       try {
         child = spawnProcess(this.conmonPath, args, {
-          cwd: o.persistDir,
+          cwd: persistDir,
           setsid: true,
           stdio: ['ignore', 'out', 'out', 'out', 'in'],
           // A clean environment: nothing of berthd's (LISTEN_PID, NOTIFY_SOCKET…) leaks into conmon or runc.
@@ -196,7 +213,7 @@ export class ConmonShim implements Shim {
         await Promise.allSettled([childExit, syncLine]);
         child.kill('SIGKILL');
         if (!runtimeRan) return;
-        shimPid ??= await readPid(join(o.persistDir, 'conmon.pid'));
+        shimPid ??= await readPid(join(persistDir, 'conmon.pid'));
         const pids = shimPid !== undefined ? [shimPid] : await findConmons(o.id);
         await Promise.all(pids.map((p) => killConmon(p, o.id)));
       });
@@ -220,14 +237,14 @@ export class ConmonShim implements Shim {
       if (exit.code !== 0) {
         throw new BerthError('Internal', `conmon failed (exit ${exit.code ?? exit.signal}): ${conmonStderr || 'no message'}`);
       }
-      shimPid = await readPid(join(o.persistDir, 'conmon.pid'));
+      shimPid = await readPid(join(persistDir, 'conmon.pid'));
       const msg = parseSync(sync);
       if (msg === undefined) {
         throw new BerthError('Internal', `conmon exited before reporting the container${conmonStderr ? `: ${conmonStderr}` : ''}`);
       }
       if (msg.pid <= 0) {
         const text = runtimeMessage(msg.message ?? 'no message');
-        throw new BerthError('FailedPrecondition', /create failed/.test(text) ? text : `${o.runtimePath} create failed: ${text}`);
+        throw new BerthError('FailedPrecondition', /create failed/.test(text) ? text : `${o.runtime.path} create failed: ${text}`);
       }
       if (shimPid === undefined) throw new BerthError('Internal', 'conmon did not write its pid file');
       log?.debug('container created', { pid: msg.pid, shimPid, ms: Date.now() - started });
@@ -246,24 +263,8 @@ export class ConmonShim implements Shim {
     }
   }
 
-  async removeFiles(o: ShimFiles): Promise<void> {
-    const files = [join(o.exitDir, o.id), ...BUNDLE_FILES.map((f) => join(o.bundle, f))];
-    await Promise.all(files.map((f) => rm(f, { force: true })));
-    await rm(o.persistDir, { recursive: true, force: true });
-    await removeSocketLink(o.socketDir, o.id, o.bundle);
-  }
-
-  async start(id: string, runtimePath: string, runtimeRoot: string): Promise<void> {
-    await this.runtime(runtimePath, runtimeRoot, ['start', id]);
-  }
-
-  async kill(id: string, signal: string | number, runtimePath: string, runtimeRoot: string, all = false): Promise<void> {
-    const sig = typeof signal === 'number' ? String(signal) : signal.replace(/^SIG/i, '').toUpperCase();
-    if (!/^([A-Z0-9+-]+)$/.test(sig)) throw new BerthError('InvalidArgument', `bad signal ${String(signal)}`);
-    await this.runtime(runtimePath, runtimeRoot, ['kill', ...(all ? ['--all'] : []), id, sig]);
-  }
-
-  async exitCode(exitDir: string, id: string): Promise<number | undefined> {
+  async exitCode(id: string): Promise<number | undefined> {
+    const exitDir = this.dirs.exitDir;
     let text: string;
     try {
       text = await readFile(join(exitDir, id), 'utf8');
@@ -279,7 +280,8 @@ export class ConmonShim implements Shim {
     return Number(t);
   }
 
-  async waitExit(exitDir: string, id: string, signal?: AbortSignal): Promise<number> {
+  async waitExit(id: string, signal?: AbortSignal): Promise<number> {
+    const exitDir = this.dirs.exitDir;
     signal?.throwIfAborted();
     let watcher: FSWatcher | undefined;
     let wake: (() => void) | undefined;
@@ -295,7 +297,7 @@ export class ConmonShim implements Shim {
       }
       signal?.addEventListener('abort', poke, { once: true });
       for (;;) {
-        const code = await this.exitCode(exitDir, id);
+        const code = await this.exitCode(id);
         if (code !== undefined) return code;
         signal?.throwIfAborted();
         await new Promise<void>((resolve) => {
@@ -313,179 +315,46 @@ export class ConmonShim implements Shim {
     }
   }
 
-  async delete(id: string, runtimePath: string, runtimeRoot: string, force = false): Promise<void> {
+  async removeFiles(c: ShimContainer): Promise<void> {
+    const files = [join(this.dirs.exitDir, c.id), ...BUNDLE_FILES.map((f) => join(c.bundle, f))];
+    await Promise.all(files.map((f) => rm(f, { force: true })));
+    await rm(this.persistDir(c.id), { recursive: true, force: true });
+    await removeSocketLink(this.dirs.socketDir, c.id, c.bundle);
+  }
+
+  alive(id: string, shimPid: number | null): boolean {
+    return shimAlive(shimPid, id);
+  }
+
+  /** conmon marks an OOM kill with a file `oom` in its persist dir (2.1) or the bundle (older). */
+  async oomKilled(c: ShimContainer): Promise<boolean> {
+    return existsSync(join(this.persistDir(c.id), 'oom')) || existsSync(join(c.bundle, 'oom'));
+  }
+
+  /** Through conmon's control FIFO; conmon reopens asynchronously, so this waits (bounded) for the new file. */
+  async reopenLog(c: ShimContainer & { logPath: string }): Promise<void> {
     try {
-      await this.runtime(runtimePath, runtimeRoot, ['delete', ...(force ? ['--force'] : []), id]);
+      await requestLogReopen(join(c.bundle, 'ctl'));
     } catch (err) {
-      if (err instanceof BerthError && err.kind === 'NotFound') return;
-      throw err;
+      throw new BerthError('Unavailable', `container ${c.id}: its shim does not answer (${messageOf(err)})`);
     }
+    const until = Date.now() + REOPEN_WAIT_MS;
+    while (!existsSync(c.logPath) && Date.now() < until) await sleep(10);
+    if (!existsSync(c.logPath)) throw new BerthError('Unavailable', `container ${c.id}: the shim did not reopen ${c.logPath} within 1 s`);
   }
 
-  async state(id: string, runtimePath: string, runtimeRoot: string): Promise<ShimState | undefined> {
-    let out: string;
-    try {
-      out = await this.runtime(runtimePath, runtimeRoot, ['state', id]);
-    } catch (err) {
-      if (err instanceof BerthError && err.kind === 'NotFound') return undefined;
-      throw err;
-    }
-    let j: { status?: unknown; pid?: unknown };
-    try {
-      j = JSON.parse(out) as typeof j;
-    } catch {
-      throw new BerthError('Internal', `${runtimePath} state ${id} printed no JSON: ${out.slice(0, 200)}`);
-    }
-    const known = ['created', 'running', 'stopped', 'paused'] as const;
-    const status = known.find((s) => s === j.status) ?? 'unknown';
-    return { status, pid: typeof j.pid === 'number' ? j.pid : 0 };
+  /** Through the attach link `<socketDir>/<id>`, which keeps the socket's path short. */
+  attach(c: ShimContainer, o: { stdin: boolean }): ExecSession {
+    return startAttachSession({ dir: join(this.dirs.socketDir, c.id), ctlPath: join(c.bundle, 'ctl'), stdin: o.stdin });
   }
 
-  /** Runs `<runtime> --root <root> <args>`, returning stdout; errors carry the runtime's message and a kind. */
-  private async runtime(runtimePath: string, runtimeRoot: string, args: string[]): Promise<string> {
-    const timeout = this.opts.runtimeTimeoutMs ?? 30_000;
-    const argv = ['--root', runtimeRoot, ...args];
-    this.log?.debug('runtime', { runtime: runtimePath, args: argv });
-    const cmd = `${runtimePath} ${args[0] ?? ''} ${args.at(-1) ?? ''}`.trim();
-    let r;
-    try {
-      r = await execProcess(runtimePath, argv, { timeoutMs: timeout });
-    } catch (err) {
-      throw new BerthError('Internal', `${cmd}: ${messageOf(err)}`, { cause: err });
-    }
-    if (r.timedOut) throw new BerthError('DeadlineExceeded', `${cmd} took longer than ${timeout} ms`);
-    if (r.code === 0) return r.stdout;
-    const msg = runtimeMessage(r.stderr || `exited with ${r.code ?? r.signal}`);
-    throw new BerthError(runtimeErrorKind(msg), `${cmd}: ${msg}`);
+  resize(c: ShimContainer, width: number, height: number): Promise<void> {
+    return resizeTerminal(join(c.bundle, 'ctl'), width, height);
   }
-}
 
-/** The kind of a runtime failure, from its message. */
-export function runtimeErrorKind(msg: string): BerthError['kind'] {
-  if (/does not exist|not found/i.test(msg) && !/executable file not found/i.test(msg)) return 'NotFound';
-  if (/not running|not stopped|cannot (start|delete)|already (running|exists)|is paused/i.test(msg)) return 'FailedPrecondition';
-  return 'Internal';
-}
-
-/**
- * The human part of a runtime's stderr: runc prints logrus lines
- * (`time="…" level=error msg="…"`); keep the `msg` of each, or the text as it is.
- */
-export function runtimeMessage(stderr: string): string {
-  const msgs: string[] = [];
-  for (const line of stderr.split('\n')) {
-    const m = /\bmsg="((?:[^"\\]|\\.)*)"/.exec(line);
-    if (m?.[1] !== undefined) {
-      msgs.push(m[1].replace(/\\(.)/g, '$1'));
-    } else if (line.trim() !== '') {
-      msgs.push(line.trim());
-    }
-  }
-  return msgs.join('; ') || stderr.trim();
-}
-
-/** The first line conmon wrote on the sync pipe. Accepts both the legacy `pid` key and API v1's `data`. */
-export function parseSync(line: string | undefined): { pid: number; message?: string } | undefined {
-  if (line === undefined || line.trim() === '') return undefined;
-  let j: { pid?: unknown; data?: unknown; message?: unknown };
-  try {
-    j = JSON.parse(line) as typeof j;
-  } catch {
-    throw new BerthError('Internal', `conmon wrote ${JSON.stringify(line.slice(0, 200))} on the sync pipe`);
-  }
-  const pid = typeof j.pid === 'number' ? j.pid : typeof j.data === 'number' ? j.data : undefined;
-  if (pid === undefined) throw new BerthError('Internal', `conmon wrote no pid on the sync pipe: ${line.slice(0, 200)}`);
-  return typeof j.message === 'string' ? { pid, message: j.message } : { pid };
-}
-
-/** Reads up to the first newline, or to end of file (undefined when nothing came). */
-function readSyncLine(stream: NodeJS.ReadableStream, signal: AbortSignal): Promise<string | undefined> {
-  return new Promise((resolve, reject) => {
-    let buf = '';
-    const done = (fn: () => void): void => {
-      stream.removeListener('data', onData);
-      stream.removeListener('end', onEnd);
-      stream.removeListener('close', onEnd);
-      stream.removeListener('error', onError);
-      signal.removeEventListener('abort', onAbort);
-      fn();
-    };
-    const onData = (b: Buffer | string): void => {
-      buf += b.toString();
-      const nl = buf.indexOf('\n');
-      if (nl >= 0) done(() => resolve(buf.slice(0, nl)));
-      else if (buf.length > SYNC_MAX) done(() => reject(new BerthError('Internal', 'conmon wrote too much on the sync pipe')));
-    };
-    const onEnd = (): void => done(() => resolve(buf === '' ? undefined : buf));
-    const onError = (err: Error): void => done(() => reject(err));
-    const onAbort = (): void => done(() => reject(signal.reason));
-    if (signal.aborted) return reject(signal.reason);
-    stream.on('data', onData);
-    stream.once('end', onEnd);
-    stream.once('close', onEnd);
-    stream.once('error', onError);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-}
-
-async function readPid(file: string): Promise<number | undefined> {
-  try {
-    const n = Number((await readFile(file, 'utf8')).trim());
-    return Number.isInteger(n) && n > 0 ? n : undefined;
-  } catch (err) {
-    if (errnoOf(err) === 'ENOENT') return undefined;
-    throw err;
-  }
-}
-
-/** True while `pid` is a conmon for container `id` (guards against a reused pid). */
-async function isConmonFor(pid: number, id: string): Promise<boolean> {
-  try {
-    const argv = (await readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
-    const i = argv.indexOf('--cid');
-    return i >= 0 && argv[i + 1] === id;
-  } catch {
-    return false;
-  }
-}
-
-/** Live conmon processes for container `id`, found by their command line. */
-async function findConmons(id: string): Promise<number[]> {
-  const pids = (await readdir('/proc')).filter((p) => /^\d+$/.test(p)).map(Number);
-  const hits = await Promise.all(pids.map(async (p) => ((await isConmonFor(p, id)) ? p : undefined)));
-  return hits.filter((p): p is number => p !== undefined);
-}
-
-/** SIGKILLs conmon `pid` if it is still the conmon of `id`, and waits (bounded) until it is gone. */
-async function killConmon(pid: number, id: string): Promise<void> {
-  for (let i = 0; i < 100 && (await isConmonFor(pid, id)); i++) {
-    if (i === 0 || i % 20 === 0) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch (err) {
-        if (errnoOf(err) === 'ESRCH') return;
-        throw err;
-      }
-    }
-    await sleep(20);
-  }
-}
-
-/** Removes `<socketDir>/<id>` if it is conmon's link to this bundle. */
-async function removeSocketLink(socketDir: string, id: string, bundle: string): Promise<void> {
-  const link = join(socketDir, id);
-  try {
-    if ((await readlink(link)) === bundle) await rm(link, { force: true });
-  } catch (err) {
-    if (errnoOf(err) !== 'ENOENT' && errnoOf(err) !== 'EINVAL') throw err;
-  }
-}
-
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
+  async execPidFile(id: string): Promise<string> {
+    const dir = this.persistDir(id);
+    await mkdir(dir, { recursive: true });
+    return join(dir, `exec-${randomBytes(6).toString('hex')}.pid`);
   }
 }

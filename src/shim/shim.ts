@@ -20,35 +20,32 @@
  *    then exits itself. Files survive berthd, so after a restart berthd learns of exits
  *    that happened while it was down by reading them (`exitCode`), and waits for future
  *    ones with `waitExit`.
- * 4. **kill / state** — signals and status go through the OCI runtime, which keeps its
- *    state under berth's own `runtimeRoot`; they need nothing from the shim object, so a
- *    fresh berthd (a new `Shim` instance) can manage containers an older one created.
+ * 4. **while it runs** — the shim holds the container's stdio: `attach` joins it (the
+ *    streaming Attach), `resize` changes its terminal, `reopenLog` makes it open a new
+ *    log file after kubelet rotated the old one. Signals, status and `exec` are the OCI
+ *    runtime's ({@link OciRuntime}); they need nothing from the shim, so a fresh berthd
+ *    (a new `Shim` instance) can manage containers an older one created.
  * 5. **delete** — the OCI runtime's `delete` removes its state (and the cgroup) once the
- *    container has stopped; `force` kills it first. Deleting what is already gone is
- *    not an error. `removeFiles` then clears the shim's own leftovers.
+ *    container has stopped; `oomKilled` tells whether the kernel's OOM killer ended it.
+ *    `removeFiles` then clears the shim's own leftovers.
  *
- * Every method that runs a program is bounded by a timeout; `create` and `waitExit`
- * also take an `AbortSignal`.
+ * The shim keeps its files in directories shared by all containers ({@link ShimDirs},
+ * given to the implementation once); callers name a container by its id and bundle only.
+ * `create` is bounded by a timeout; `create` and `waitExit` take an `AbortSignal`.
  */
+import type { Readable, Writable } from 'node:stream';
+import type { OciRuntime } from '../oci/oci-runtime.js';
 
 /** What `Shim.create` needs. The directories are made when missing. */
 export interface ShimCreateOptions {
   /** The container id; also its name for the OCI runtime and its exit file's name. */
   id: string;
-  /** The OCI bundle directory (holds `config.json`); the shim puts its `attach` socket and `ctl`/`winsz` FIFOs here. */
+  /** The OCI bundle directory (holds `config.json`); the shim keeps its sockets and FIFOs here. */
   bundle: string;
-  /** The OCI runtime binary, e.g. `/usr/sbin/runc`. */
-  runtimePath: string;
-  /** The OCI runtime's state root (`runc --root`), under berth's state dir. */
-  runtimeRoot: string;
+  /** The OCI runtime the shim runs `create` with (and that deletes what a failed create left). */
+  runtime: OciRuntime;
   /** The CRI log file (the kubelet's LogPath). */
   logPath: string;
-  /** Where the shim writes `<exitDir>/<id>` holding the exit code. Shared by all containers. */
-  exitDir: string;
-  /** A directory of this container's own: the shim's pid files and a second `exit` file. */
-  persistDir: string;
-  /** Where the shim links `<socketDir>/<id>` to the bundle, keeping the attach socket path short. */
-  socketDir: string;
   /** Allocate a pseudo-terminal (the spec's `process.terminal` must agree). */
   terminal: boolean;
   /** Keep a stdin pipe that attach clients can write to. */
@@ -67,8 +64,11 @@ export interface ShimCreateOptions {
   bundleReady?: Promise<unknown>;
 }
 
-/** The files a shim keeps for one container, for {@link Shim.removeFiles}. */
-export type ShimFiles = Pick<ShimCreateOptions, 'id' | 'bundle' | 'exitDir' | 'persistDir' | 'socketDir'>;
+/** A container as the shim knows it after `create`: its id and its bundle. */
+export interface ShimContainer {
+  id: string;
+  bundle: string;
+}
 
 /** A created container, as the shim reports it. */
 export interface ShimHandle {
@@ -79,11 +79,23 @@ export interface ShimHandle {
   shimPid: number;
 }
 
-/** The OCI runtime's view of a container (`runc state`). */
-export interface ShimState {
-  status: 'created' | 'running' | 'stopped' | 'paused' | 'unknown';
-  /** The init pid; 0 once stopped. */
-  pid: number;
+/**
+ * A stream to a process in a container: a command started by the OCI runtime's exec, or
+ * the container's main process reached through the shim (attach).
+ */
+export interface ExecSession {
+  /** The command's stdin (present when asked for); ending it closes the command's stdin. */
+  stdin?: Writable;
+  /** Its stdout, or with a terminal everything the terminal prints. */
+  stdout: Readable;
+  /** Its stderr (never with a terminal). */
+  stderr?: Readable;
+  /** Resizes the terminal (no-op without one). */
+  resize(width: number, height: number): void;
+  /** The exit code: the command's, 128+signal when killed, runc's own (with its message on stderr) when it could not start it. */
+  exited: Promise<number>;
+  /** Kills the command and everything it started. */
+  kill(): void;
 }
 
 /**
@@ -97,29 +109,43 @@ export interface Shim {
    * runtime's own message and leaves nothing behind.
    */
   create(o: ShimCreateOptions): Promise<ShimHandle>;
-  /** Runs the user's program (`runc start`). */
-  start(id: string, runtimePath: string, runtimeRoot: string): Promise<void>;
+  /** The exit code recorded by the shim, or undefined while running. */
+  exitCode(id: string): Promise<number | undefined>;
+  /** Waits for the exit file (a watch plus a fallback poll); rejects with the signal's reason on abort. */
+  waitExit(id: string, signal?: AbortSignal): Promise<number>;
   /**
-   * Sends `signal` (a name like `TERM`/`SIGTERM` or a number) to the init process, or
-   * to every process of the container with `all`. Note that an init in its own pid
-   * namespace ignores signals it has no handler for, except SIGKILL.
+   * Whether the shim process `shimPid` of container `id` still runs (not a zombie, and
+   * still this container's: a pid may have been reused since it was recorded).
    */
-  kill(id: string, signal: string | number, runtimePath: string, runtimeRoot: string, all?: boolean): Promise<void>;
-  /** The exit code recorded by the shim, or undefined while running. Reads `<exitDir>/<id>`. */
-  exitCode(exitDir: string, id: string): Promise<number | undefined>;
-  /** Waits for the exit file (a watch on `exitDir` plus a fallback poll); rejects with the signal's reason on abort. */
-  waitExit(exitDir: string, id: string, signal?: AbortSignal): Promise<number>;
-  /** Removes the runtime's state (`runc delete`, `--force` kills a live container first). Idempotent. */
-  delete(id: string, runtimePath: string, runtimeRoot: string, force?: boolean): Promise<void>;
+  alive(id: string, shimPid: number | null): boolean;
+  /** Whether the container's main process was killed by the OOM killer (the shim's marker). */
+  oomKilled(c: ShimContainer): Promise<boolean>;
   /**
-   * Removes what the shim left for a container that is gone: its exit file, its
-   * persist dir, the attach link in `socketDir` and its sockets/FIFOs in the bundle
-   * (conmon removes none of these itself). Call after `delete`, once the exit code is
-   * recorded elsewhere; idempotent. The CRI log file is the kubelet's and stays.
+   * Makes the shim reopen the container's log file at `logPath` (after kubelet renamed
+   * it), and resolves once the new file exists. Unavailable when the shim does not answer.
    */
-  removeFiles(o: ShimFiles): Promise<void>;
-  /** The runtime's view of the container, or undefined when it does not know it. */
-  state(id: string, runtimePath: string, runtimeRoot: string): Promise<ShimState | undefined>;
+  reopenLog(c: ShimContainer & { logPath: string }): Promise<void>;
+  /**
+   * Attaches to the container's main process: its output, and its stdin when `stdin`
+   * (and the container was created with stdin). Ends when the container exits or the
+   * caller detaches (`kill`); never stops the container. `exited` resolves with 0.
+   */
+  attach(c: ShimContainer, o: { stdin: boolean }): ExecSession;
+  /** Resizes the container's terminal; a container without one, or a gone shim, ignores it. */
+  resize(c: ShimContainer, width: number, height: number): Promise<void>;
+  /**
+   * A fresh path for the pid file of a command run in the container (the runtime's
+   * `exec --pid-file`), in a directory of the container's own that `removeFiles` clears.
+   * The caller removes the file once the command has ended.
+   */
+  execPidFile(id: string): Promise<string>;
+  /**
+   * Removes what the shim left for a container that is gone: its exit file, its own
+   * directory, its attach link and its sockets/FIFOs in the bundle (conmon removes none
+   * of these itself). Call after the runtime's `delete`, once the exit code is recorded
+   * elsewhere; idempotent. The CRI log file is the kubelet's and stays.
+   */
+  removeFiles(c: ShimContainer): Promise<void>;
 }
 
 /** The directories shims share under berth's state dir (pods' infra processes and containers alike). */

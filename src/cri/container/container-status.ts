@@ -1,4 +1,3 @@
-import { BerthError } from '../../common/errors.js';
 import type { ContainerService } from '../../containers/container-service.js';
 import type { ContainerStatusRequest__Output } from '../gen/runtime/v1/ContainerStatusRequest.js';
 import type { ContainerStatusResponse } from '../gen/runtime/v1/ContainerStatusResponse.js';
@@ -16,8 +15,7 @@ export const containerStatus =
   (svc: ContainerService): UnaryHandler<ContainerStatusRequest__Output, ContainerStatusResponse> =>
   async (req) => {
     const cid = requireId(req.container_id, 'container_id');
-    const c = svc.find(cid);
-    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${cid}" not found`);
+    const c = svc.requireContainer(cid);
     const base = toCriContainer(c, svc.imageOf(c));
     const cfg = c.config as { mounts?: unknown[] };
     const spec = await svc.runtimeSpec(c.id);

@@ -1,5 +1,4 @@
 import { nowNs } from '../../common/clock.js';
-import { BerthError } from '../../common/errors.js';
 import type { SandboxService } from '../../sandbox/sandbox-service.js';
 import type { PodSandboxStatusRequest__Output } from '../gen/runtime/v1/PodSandboxStatusRequest.js';
 import type { PodSandboxStatusResponse } from '../gen/runtime/v1/PodSandboxStatusResponse.js';
@@ -15,8 +14,7 @@ export const podSandboxStatus =
   (svc: SandboxService): UnaryHandler<PodSandboxStatusRequest__Output, PodSandboxStatusResponse> =>
   async (req) => {
     const id = requireId(req.pod_sandbox_id, 'pod_sandbox_id');
-    const rec = svc.find(id);
-    if (!rec || rec.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${id}" not found`);
+    const rec = svc.requireSandbox(id);
     const base = toCriPodSandbox(rec);
     const nsOpts = (rec.config as StoredNamespaces).linux?.security_context?.namespace_options ?? {};
     const info: Record<string, string> = {};

@@ -1,4 +1,3 @@
-import { BerthError } from '../../common/errors.js';
 import type { ContainerStatsRequest__Output } from '../gen/runtime/v1/ContainerStatsRequest.js';
 import type { ContainerStatsResponse } from '../gen/runtime/v1/ContainerStatsResponse.js';
 import type { UnaryHandler } from '../rpc.js';
@@ -9,7 +8,6 @@ export const containerStats =
   (d: Deps): UnaryHandler<ContainerStatsRequest__Output, ContainerStatsResponse> =>
   async (req) => {
     const id = requiredString(req.container_id, 'container_id', 128);
-    const c = d.containers.find(id);
-    if (!c || c.state === 'creating' || c.state === 'removing') throw new BerthError('NotFound', `container "${id}" not found`);
+    const c = d.containers.requireContainer(id, { hidden: ['removing'] });
     return { stats: toContainerStats(await d.stats.containerUsage(c)) };
   };

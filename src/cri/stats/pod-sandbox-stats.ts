@@ -1,4 +1,3 @@
-import { BerthError } from '../../common/errors.js';
 import type { PodSandboxStatsRequest__Output } from '../gen/runtime/v1/PodSandboxStatsRequest.js';
 import type { PodSandboxStatsResponse } from '../gen/runtime/v1/PodSandboxStatsResponse.js';
 import type { UnaryHandler } from '../rpc.js';
@@ -9,7 +8,6 @@ export const podSandboxStats =
   (d: Deps): UnaryHandler<PodSandboxStatsRequest__Output, PodSandboxStatsResponse> =>
   async (req) => {
     const id = requiredString(req.pod_sandbox_id, 'pod_sandbox_id', 128);
-    const sb = d.sandboxes.find(id);
-    if (!sb || sb.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${id}" not found`);
+    const sb = d.sandboxes.requireSandbox(id);
     return { stats: toPodStats(await d.stats.podUsage(sb)) };
   };

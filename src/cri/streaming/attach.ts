@@ -15,9 +15,7 @@ export const attach =
   async (req) => {
     const id = requiredString(req.container_id, 'container_id', 128);
     if (!req.stdin && !req.stdout && !req.stderr) throw new BerthError('InvalidArgument', 'one of stdin, stdout and stderr must be true');
-    const c = d.containers.find(id);
-    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${id}" not found`);
-    if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
+    const c = d.containers.requireContainer(id, { states: ['running'] });
     const cfg = c.config as { stdin?: boolean };
     if (req.stdin && !cfg.stdin) throw new BerthError('FailedPrecondition', `container ${c.id} was created without stdin; it cannot take input`);
     // The client opens its channels by the request's tty: one output with a terminal.

@@ -18,8 +18,6 @@ export const exec =
     if (req.cmd.length === 0) throw new BerthError('InvalidArgument', 'cmd is required');
     if (!req.stdin && !req.stdout && !req.stderr) throw new BerthError('InvalidArgument', 'one of stdin, stdout and stderr must be true');
     if (req.tty && req.stderr) throw new BerthError('InvalidArgument', 'tty and stderr cannot both be true: a terminal has one output');
-    const c = d.containers.find(id);
-    if (!c || c.state === 'creating') throw new BerthError('NotFound', `container "${id}" not found`);
-    if (c.state !== 'running') throw new BerthError('FailedPrecondition', `container ${c.id} is ${c.state}, not running`);
+    const c = d.containers.requireContainer(id, { states: ['running'] });
     return { url: d.streaming.execUrl({ containerId: c.id, cmd: req.cmd, tty: req.tty, stdin: req.stdin, stdout: req.stdout, stderr: req.stderr }) };
   };

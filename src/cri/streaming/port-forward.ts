@@ -17,8 +17,6 @@ export const portForward =
   async (req) => {
     const id = requiredString(req.pod_sandbox_id, 'pod_sandbox_id', 128);
     for (const p of req.port) if (!(p >= 1 && p <= 65535)) throw new BerthError('InvalidArgument', `port ${p} is not from 1 to 65535`);
-    const sb = d.sandboxes.find(id);
-    if (!sb || sb.state === 'creating') throw new BerthError('NotFound', `pod sandbox "${id}" not found`);
-    if (sb.state !== 'ready') throw new BerthError('FailedPrecondition', `pod sandbox ${sb.id} is ${sb.state}, not ready`);
+    const sb = d.sandboxes.requireSandbox(id, { states: ['ready'] });
     return { url: d.streaming.portForwardUrl(sb.id) };
   };

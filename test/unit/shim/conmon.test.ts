@@ -11,8 +11,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BerthError } from '../../../src/common/errors.js';
-import { ConmonShim, parseSync, runtimeMessage } from '../../../src/shim/conmon.js';
-import type { ShimCreateOptions } from '../../../src/shim/shim.js';
+import { OciRuntime } from '../../../src/oci/oci-runtime.js';
+import { ConmonShim } from '../../../src/shim/conmon.js';
+import { parseSync } from '../../../src/shim/conmon-process.js';
+import type { ShimCreateOptions, ShimDirs } from '../../../src/shim/shim.js';
 
 const CONMON = '/usr/bin/conmon';
 const RUNC = '/usr/sbin/runc';
@@ -26,7 +28,15 @@ interface Env {
   runtimeRoot: string;
   exitDir: string;
   socketDir: string;
+  dirs: ShimDirs;
   ids: string[];
+}
+
+/** What a test bundle is: the create options plus the shim's paths for it, to check. */
+interface TestBundle extends ShimCreateOptions {
+  exitDir: string;
+  persistDir: string;
+  socketDir: string;
 }
 
 let seq = 0;
@@ -81,7 +91,7 @@ function spec(id: string, args: string[], opts: { pidNs?: boolean } = {}): unkno
   };
 }
 
-async function makeBundle(env: Env, id: string, args: string[], opts: { pidNs?: boolean } = {}): Promise<ShimCreateOptions> {
+async function makeBundle(env: Env, id: string, args: string[], opts: { pidNs?: boolean } = {}): Promise<TestBundle> {
   const bundle = join(env.dir, 'bundles', id);
   await mkdir(join(bundle, 'rootfs', 'bin'), { recursive: true });
   await copyFile(BUSYBOX, join(bundle, 'rootfs', 'bin', 'busybox'));
@@ -91,11 +101,10 @@ async function makeBundle(env: Env, id: string, args: string[], opts: { pidNs?: 
   return {
     id,
     bundle,
-    runtimePath: RUNC,
-    runtimeRoot: env.runtimeRoot,
+    runtime: new OciRuntime({ handler: 'runc', path: RUNC, root: env.runtimeRoot }),
     logPath: join(env.dir, 'logs', id, '0.log'),
     exitDir: env.exitDir,
-    persistDir: join(env.dir, 'conmon', id),
+    persistDir: join(env.dirs.persistRoot, id),
     socketDir: env.socketDir,
     terminal: false,
     stdin: false,
@@ -153,11 +162,15 @@ function median(xs: number[]): number {
 (canRun ? describe : describe.skip)('ConmonShim (root, real conmon and runc)', function () {
   this.timeout(60_000);
   let env: Env;
-  const shim = new ConmonShim({ conmonPath: CONMON });
+  let shim: ConmonShim;
+  let rt: OciRuntime;
 
   beforeEach(async () => {
     const dir = await mkdtemp(join(tmpdir(), 'berth-shim-'));
-    env = { dir, runtimeRoot: join(dir, 'runc'), exitDir: join(dir, 'exits'), socketDir: join(dir, 'attach'), ids: [] };
+    const dirs = { exitDir: join(dir, 'exits'), socketDir: join(dir, 'attach'), persistRoot: join(dir, 'conmon') };
+    env = { dir, runtimeRoot: join(dir, 'runc'), exitDir: dirs.exitDir, socketDir: dirs.socketDir, dirs, ids: [] };
+    shim = new ConmonShim({ conmonPath: CONMON, dirs });
+    rt = new OciRuntime({ handler: 'runc', path: RUNC, root: env.runtimeRoot });
   });
 
   afterEach(async () => {
@@ -190,12 +203,12 @@ function median(xs: number[]): number {
     const h = await shim.create(o);
     assert.ok(h.pid > 0 && h.shimPid > 0);
     assert.notEqual(await ppidOf(h.shimPid), process.pid, 'conmon must be reparented away from berthd');
-    assert.deepEqual(await shim.state(o.id, RUNC, env.runtimeRoot), { status: 'created', pid: h.pid });
-    assert.equal(await shim.exitCode(o.exitDir, o.id), undefined);
+    assert.deepEqual(await rt.state(o.id), { status: 'created', pid: h.pid });
+    assert.equal(await shim.exitCode(o.id), undefined);
 
-    await shim.start(o.id, RUNC, env.runtimeRoot);
-    assert.equal(await shim.waitExit(o.exitDir, o.id, AbortSignal.timeout(20_000)), 3);
-    assert.equal(await shim.exitCode(o.exitDir, o.id), 3);
+    await rt.start(o.id);
+    assert.equal(await shim.waitExit(o.id, AbortSignal.timeout(20_000)), 3);
+    assert.equal(await shim.exitCode(o.id), 3);
     assert.equal((await readFile(join(o.persistDir, 'exit'), 'utf8')).trim(), '3');
     await waitGone(h.shimPid);
 
@@ -207,11 +220,11 @@ function median(xs: number[]): number {
     );
     assert.deepEqual(lines.map((l) => l.replace(ts, '')).sort(), ['stderr F oops', 'stdout F hello']);
 
-    assert.equal((await shim.state(o.id, RUNC, env.runtimeRoot))?.status, 'stopped');
-    await shim.delete(o.id, RUNC, env.runtimeRoot);
-    assert.equal(await shim.state(o.id, RUNC, env.runtimeRoot), undefined);
-    await shim.delete(o.id, RUNC, env.runtimeRoot); // idempotent
-    await shim.delete(o.id, RUNC, env.runtimeRoot, true);
+    assert.equal((await rt.state(o.id))?.status, 'stopped');
+    await rt.delete(o.id);
+    assert.equal(await rt.state(o.id), undefined);
+    await rt.delete(o.id); // idempotent
+    await rt.delete(o.id, true);
 
     assert.ok(existsSync(join(o.socketDir, o.id)), 'conmon leaves its attach link');
     await shim.removeFiles(o);
@@ -226,19 +239,19 @@ function median(xs: number[]): number {
   it('records 128+15 for a process killed by SIGTERM (host pid namespace) and 137 for SIGKILL of a pid-1 init', async () => {
     const o = await makeBundle(env, newId(), ['/bin/sleep', '1000'], { pidNs: false });
     await shim.create(o);
-    await shim.start(o.id, RUNC, env.runtimeRoot);
-    assert.equal((await shim.state(o.id, RUNC, env.runtimeRoot))?.status, 'running');
-    await shim.kill(o.id, 'SIGTERM', RUNC, env.runtimeRoot);
-    assert.equal(await shim.waitExit(o.exitDir, o.id, AbortSignal.timeout(20_000)), 143);
+    await rt.start(o.id);
+    assert.equal((await rt.state(o.id))?.status, 'running');
+    await rt.kill(o.id, 'SIGTERM');
+    assert.equal(await shim.waitExit(o.id, AbortSignal.timeout(20_000)), 143);
 
     // In its own pid namespace `sleep` is pid 1 and ignores TERM (no handler); KILL is forced.
     const p = await makeBundle(env, newId(), ['/bin/sleep', '1000']);
     await shim.create(p);
-    await shim.start(p.id, RUNC, env.runtimeRoot);
-    await shim.kill(p.id, 9, RUNC, env.runtimeRoot, true);
-    assert.equal(await shim.waitExit(p.exitDir, p.id, AbortSignal.timeout(20_000)), 137);
-    await shim.delete(o.id, RUNC, env.runtimeRoot);
-    await shim.delete(p.id, RUNC, env.runtimeRoot);
+    await rt.start(p.id);
+    await rt.kill(p.id, 9, true);
+    assert.equal(await shim.waitExit(p.id, AbortSignal.timeout(20_000)), 137);
+    await rt.delete(o.id);
+    await rt.delete(p.id);
   });
 
   it("fails a create with runc's own message and leaves no conmon, runc state or files", async () => {
@@ -250,7 +263,7 @@ function median(xs: number[]): number {
       return true;
     });
     assert.deepEqual(conmonsFor(o.id), []);
-    assert.equal(await shim.state(o.id, RUNC, env.runtimeRoot), undefined);
+    assert.equal(await rt.state(o.id), undefined);
     assert.equal(existsSync(o.persistDir), false, 'the persist dir create claimed is gone');
     assert.deepEqual(await readdir(o.exitDir), []);
     assert.deepEqual(await readdir(o.socketDir), []);
@@ -261,7 +274,10 @@ function median(xs: number[]): number {
 
   it('fails clearly when the runtime binary is missing', async () => {
     const o = await makeBundle(env, newId(), ['/bin/true']);
-    await assert.rejects(shim.create({ ...o, runtimePath: '/nonexistent/runc' }), /\/nonexistent\/runc.*(ENOENT|No such file)/);
+    await assert.rejects(
+      shim.create({ ...o, runtime: new OciRuntime({ handler: 'runc', path: '/nonexistent/runc', root: env.runtimeRoot }) }),
+      /\/nonexistent\/runc.*(ENOENT|No such file)/,
+    );
     assert.deepEqual(conmonsFor(o.id), []);
     assert.equal(existsSync(o.persistDir), false);
   });
@@ -276,12 +292,12 @@ function median(xs: number[]): number {
     while (conmonsFor(o.id).length === 0 && Date.now() < until) await sleep(10);
     assert.equal(conmonsFor(o.id).length, 1, 'conmon waits on its start pipe');
     await sleep(200);
-    assert.equal(await shim.state(o.id, RUNC, env.runtimeRoot), undefined, 'no runtime create before the bundle is ready');
+    assert.equal(await rt.state(o.id), undefined, 'no runtime create before the bundle is ready');
     await writeFile(join(o.bundle, 'config.json'), config);
     ready();
     const h = await creating;
-    assert.deepEqual(await shim.state(o.id, RUNC, env.runtimeRoot), { status: 'created', pid: h.pid });
-    await shim.delete(o.id, RUNC, env.runtimeRoot, true);
+    assert.deepEqual(await rt.state(o.id), { status: 'created', pid: h.pid });
+    await rt.delete(o.id, true);
     await shim.removeFiles(o);
   });
 
@@ -296,7 +312,7 @@ function median(xs: number[]): number {
     await assert.rejects(creating, (err: unknown) => err === reason);
     await sleep(300); // a conmon released by mistake would have run runc by now
     assert.deepEqual(conmonsFor(o.id), []);
-    assert.equal(await shim.state(o.id, RUNC, env.runtimeRoot), undefined);
+    assert.equal(await rt.state(o.id), undefined);
     assert.equal(existsSync(o.persistDir), false);
     assert.equal(existsSync(o.logPath), false);
     assert.deepEqual(await readdir(o.exitDir).catch(() => []), []);
@@ -316,7 +332,7 @@ function median(xs: number[]): number {
     await assert.rejects(shim.create({ ...o, signal: AbortSignal.abort() }));
     await assert.rejects(shim.create({ ...o, timeoutMs: 1 }), { kind: 'DeadlineExceeded' });
     assert.deepEqual(conmonsFor(o.id), []);
-    assert.equal(await shim.state(o.id, RUNC, env.runtimeRoot), undefined);
+    assert.equal(await rt.state(o.id), undefined);
   });
 
   it('leaves nothing when the deadline lands anywhere inside create', async () => {
@@ -326,14 +342,14 @@ function median(xs: number[]): number {
       try {
         await shim.create({ ...o, timeoutMs: ms });
         outcomes.push(`${ms}:created`);
-        await shim.delete(o.id, RUNC, env.runtimeRoot, true);
+        await rt.delete(o.id, true);
         await shim.removeFiles(o);
       } catch (err) {
         assert.ok(err instanceof BerthError && err.kind === 'DeadlineExceeded', String(err));
         outcomes.push(`${ms}:deadline`);
       }
       assert.deepEqual(conmonsFor(o.id), [], `conmon left after ${ms} ms`);
-      assert.equal(await shim.state(o.id, RUNC, env.runtimeRoot), undefined);
+      assert.equal(await rt.state(o.id), undefined);
       assert.equal(existsSync(join(env.runtimeRoot, o.id)), false, `runc state dir left after ${ms} ms`);
       assert.deepEqual(await readdir(o.persistDir).catch(() => []), []);
       assert.deepEqual(await readdir(o.socketDir).catch(() => []), []);
@@ -346,31 +362,31 @@ function median(xs: number[]): number {
 
   it('lets a new ConmonShim (a restarted berthd) find and kill a container an older one made', async () => {
     const o = await makeBundle(env, newId(), ['/bin/sh', '-c', 'trap "exit 7" TERM; while true; do sleep 1; done']);
-    const h = await new ConmonShim({ conmonPath: CONMON }).create(o);
-    await new ConmonShim({ conmonPath: CONMON }).start(o.id, RUNC, env.runtimeRoot);
+    const h = await new ConmonShim({ conmonPath: CONMON, dirs: env.dirs }).create(o);
+    await rt.start(o.id);
 
-    const later = new ConmonShim({ conmonPath: CONMON });
-    assert.deepEqual(await later.state(o.id, RUNC, env.runtimeRoot), { status: 'running', pid: h.pid });
-    assert.equal(await later.exitCode(o.exitDir, o.id), undefined);
+    const later = new ConmonShim({ conmonPath: CONMON, dirs: env.dirs });
+    assert.deepEqual(await rt.state(o.id), { status: 'running', pid: h.pid });
+    assert.equal(await later.exitCode(o.id), undefined);
     await assert.rejects(later.create(o), { kind: 'AlreadyExists' });
-    assert.equal((await later.state(o.id, RUNC, env.runtimeRoot))?.status, 'running', 'a refused create leaves the live container alone');
+    assert.equal((await rt.state(o.id))?.status, 'running', 'a refused create leaves the live container alone');
     const ac = new AbortController();
-    const waiting = later.waitExit(o.exitDir, o.id, ac.signal);
-    await later.kill(o.id, 'TERM', RUNC, env.runtimeRoot);
+    const waiting = later.waitExit(o.id, ac.signal);
+    await rt.kill(o.id, 'TERM');
     assert.equal(await waiting, 7);
-    await later.delete(o.id, RUNC, env.runtimeRoot);
-    await later.delete(o.id, RUNC, env.runtimeRoot);
+    await rt.delete(o.id);
+    await rt.delete(o.id);
   });
 
   it('waitExit rejects on abort; delete of a running container needs force', async () => {
     const o = await makeBundle(env, newId(), ['/bin/sleep', '1000']);
     await shim.create(o);
-    await shim.start(o.id, RUNC, env.runtimeRoot);
-    await assert.rejects(shim.waitExit(o.exitDir, o.id, AbortSignal.timeout(100)), { name: 'TimeoutError' });
-    await assert.rejects(shim.delete(o.id, RUNC, env.runtimeRoot), { kind: 'FailedPrecondition' });
-    await shim.delete(o.id, RUNC, env.runtimeRoot, true);
-    assert.equal(await shim.state(o.id, RUNC, env.runtimeRoot), undefined);
-    assert.equal(await shim.waitExit(o.exitDir, o.id, AbortSignal.timeout(20_000)), 137);
+    await rt.start(o.id);
+    await assert.rejects(shim.waitExit(o.id, AbortSignal.timeout(100)), { name: 'TimeoutError' });
+    await assert.rejects(rt.delete(o.id), { kind: 'FailedPrecondition' });
+    await rt.delete(o.id, true);
+    assert.equal(await rt.state(o.id), undefined);
+    assert.equal(await shim.waitExit(o.id, AbortSignal.timeout(20_000)), 137);
   });
 
   it('measures create+start latency and conmon RSS', async () => {
@@ -380,10 +396,10 @@ function median(xs: number[]): number {
       const o = await makeBundle(env, newId(), ['/bin/sleep', '1000']);
       const t0 = performance.now();
       const h = await shim.create(o);
-      await shim.start(o.id, RUNC, env.runtimeRoot);
+      await rt.start(o.id);
       times.push(performance.now() - t0);
       rss.push(await vmRssKb(h.shimPid));
-      await shim.delete(o.id, RUNC, env.runtimeRoot, true);
+      await rt.delete(o.id, true);
     }
     console.log(
       `      create+start median ${median(times).toFixed(1)} ms (min ${Math.min(...times).toFixed(1)}, max ${Math.max(...times).toFixed(1)}); conmon VmRSS median ${median(rss)} kB`,
@@ -391,29 +407,29 @@ function median(xs: number[]): number {
   });
 });
 
-describe('ConmonShim sync pipe and runtime messages (pure)', () => {
+describe('ConmonShim command line and sync pipe (pure)', () => {
   it('builds the conmon command line', () => {
     const o: ShimCreateOptions = {
       id: 'c1',
       bundle: '/b',
-      runtimePath: '/usr/sbin/runc',
-      runtimeRoot: '/s/runc',
+      runtime: new OciRuntime({ handler: 'runc', path: '/usr/sbin/runc', root: '/s/runc' }),
       logPath: '/l/0.log',
-      exitDir: '/r/exits',
-      persistDir: '/r/conmon/c1',
-      socketDir: '/r/attach',
       terminal: true,
       stdin: true,
       stdinOnce: false,
     };
-    const args = new ConmonShim({ noPivot: true }).conmonArgs(o);
+    const dirs = { exitDir: '/r/exits', socketDir: '/r/attach', persistRoot: '/r/conmon' };
+    const args = new ConmonShim({ noPivot: true, dirs }).conmonArgs(o);
     const pairs = { get: (flag: string): string | undefined => args[args.indexOf(flag) + 1] };
     assert.equal(pairs.get('--runtime-arg'), '--root=/s/runc');
     assert.equal(pairs.get('--log-path'), 'k8s-file:/l/0.log');
     assert.equal(pairs.get('--exit-dir'), '/r/exits');
     assert.equal(pairs.get('--conmon-pidfile'), '/r/conmon/c1/conmon.pid');
     for (const f of ['--terminal', '--stdin', '--leave-stdin-open', '--no-pivot']) assert.ok(args.includes(f), f);
-    assert.ok(!new ConmonShim().conmonArgs({ ...o, stdinOnce: true }).includes('--leave-stdin-open'));
+    assert.equal(pairs.get('--runtime'), '/usr/sbin/runc');
+    assert.equal(pairs.get('--persist-dir'), '/r/conmon/c1');
+    assert.equal(pairs.get('--socket-dir-path'), '/r/attach');
+    assert.ok(!new ConmonShim({ dirs }).conmonArgs({ ...o, stdinOnce: true }).includes('--leave-stdin-open'));
   });
 
   it('parses the legacy and API v1 sync messages', () => {
@@ -422,11 +438,5 @@ describe('ConmonShim sync pipe and runtime messages (pure)', () => {
     assert.deepEqual(parseSync('{"pid": -1, "message": "boom\\n"}'), { pid: -1, message: 'boom\n' });
     assert.equal(parseSync(undefined), undefined);
     assert.throws(() => parseSync('nope'), BerthError);
-  });
-
-  it('keeps the msg of runc logrus lines', () => {
-    assert.equal(runtimeMessage('time="2024-01-01T00:00:00Z" level=error msg="container does not exist"\n'), 'container does not exist');
-    assert.equal(runtimeMessage('time="x" level=error msg="exec: \\"/x\\": stat /x: no such file"\n'), 'exec: "/x": stat /x: no such file');
-    assert.equal(runtimeMessage('plain text\n'), 'plain text');
   });
 });

@@ -1,0 +1,187 @@
+/**
+ * Following containers until they exit. The shim writes a container's exit code into a
+ * file; berth waits for that file and records the exit. Should the shim die first (kill -9
+ * of conmon), no exit file will come: one timer checks the shims of all followed
+ * containers, and a container whose shim is gone is followed through the OCI runtime
+ * instead, ending `unknown` once the runtime says it stopped. A container is never left
+ * RUNNING when it is not.
+ */
+import { nowNs } from '../common/clock.js';
+import type { KeyedLock } from '../common/keyed-lock.js';
+import { BerthError, messageOf } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import type { OciRuntime } from '../oci/oci-runtime.js';
+import type { Shim } from '../shim/shim.js';
+import type { ContainerRecord, ContainerRepository } from './container-repository.js';
+
+/** How often the shims of followed containers are checked, and a container whose shim died is asked about. */
+const SHIM_CHECK_MS = 2000;
+
+export interface ExitMonitorOptions {
+  repo: ContainerRepository;
+  shim: Shim;
+  /** The runtime of a container. */
+  runtimeOf(c: { sandboxId: string }): OciRuntime;
+  /** The containers' locks, shared with the lifecycle. */
+  locks: KeyedLock;
+  /** The container's bundle (where the shim keeps its files). */
+  bundleOf(id: string): string;
+  log: Logger;
+}
+
+export class ExitMonitor {
+  private readonly lifetime = new AbortController();
+  private readonly watching = new Map<string, Promise<void>>();
+  /** Shims of followed containers, checked together by one timer: aborted when a shim is gone. */
+  private readonly shims = new Map<string, { pid: number | null; gone: AbortController }>();
+  private shimCheck: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: ExitMonitorOptions) {}
+
+  /** Follows a container's exit file and records the exit when it comes (see {@link followExit}). */
+  watch(id: string): void {
+    if (this.watching.has(id)) return;
+    const p = this.followExit(id)
+      .catch((err: unknown) => {
+        if (!this.lifetime.signal.aborted) this.o.log.error('lost track of a container exit', { container: id, error: messageOf(err) });
+      })
+      .finally(() => this.watching.delete(id));
+    this.watching.set(id, p);
+  }
+
+  /** Whether the shim of a container still runs. */
+  shimAlive(c: Pick<ContainerRecord, 'id' | 'shimPid'>): boolean {
+    return this.o.shim.alive(c.id, c.shimPid);
+  }
+
+  /**
+   * Waits for a container's exit file and records the exit. Should its shim die
+   * first, the runtime is asked instead, and once it says the container stopped, the
+   * container becomes `unknown` with a message, its exit code having died with the shim.
+   */
+  private async followExit(id: string): Promise<void> {
+    const lifetime = this.lifetime.signal;
+    const shimPid = this.o.repo.get(id)?.shimPid ?? null;
+    const shimGone = new AbortController();
+    this.shims.set(id, { pid: shimPid, gone: shimGone });
+    this.shimCheck ??= setInterval(() => this.checkShims(), SHIM_CHECK_MS).unref();
+    try {
+      return await this.recordExit(id, await this.o.shim.waitExit(id, AbortSignal.any([lifetime, shimGone.signal])));
+    } catch (err) {
+      if (lifetime.aborted || !shimGone.signal.aborted) throw err;
+    } finally {
+      this.shims.delete(id);
+      if (this.shims.size === 0) {
+        clearInterval(this.shimCheck);
+        this.shimCheck = undefined;
+      }
+    }
+    this.o.log.warn('the shim of a running container died; following the container through the runtime', { container: id, shim_pid: shimPid });
+    for (;;) {
+      // The shim may have written the exit file just before it went.
+      const code = await this.o.shim.exitCode(id);
+      if (code !== undefined) return this.recordExit(id, code);
+      const c = this.o.repo.get(id);
+      if (c?.state !== 'running' && c?.state !== 'created') return;
+      const st = await this.o
+        .runtimeOf(c)
+        .state(id)
+        .catch((err: unknown) => {
+          this.o.log.debug('runtime state failed; asking again', { container: id, error: messageOf(err) });
+          return { status: 'unknown', pid: 0 } as const;
+        });
+      if (!st || st.status === 'stopped') {
+        return this.o.locks.run(id, async () => {
+          const cur = this.o.repo.get(id);
+          if (cur?.state !== 'running' && cur?.state !== 'created') return;
+          const late = await this.o.shim.exitCode(id);
+          if (late !== undefined) return this.recordExit(id, late);
+          this.o.repo.update(id, () => ({
+            state: 'unknown',
+            reason: 'Unknown',
+            message: `its shim (pid ${shimPid ?? '?'}) died, then the container stopped: the exit code is unknown`,
+            finishedAt: nowNs(),
+            pid: 0,
+          }));
+          this.o.log.warn('container stopped without its shim; exit code unknown', { container: id });
+        });
+      }
+      await new Promise((r) => setTimeout(r, SHIM_CHECK_MS).unref());
+      if (lifetime.aborted) return;
+    }
+  }
+
+  /**
+   * Recovery of a created or running container: an exit while berthd was down is recorded
+   * with its code; a container whose shim and runtime state are both gone without an
+   * exit file becomes `unknown`; one that runs (or just stopped, its shim about to write
+   * the exit file) is followed again.
+   */
+  async reconcile(c: ContainerRecord): Promise<void> {
+    const code = await this.o.shim.exitCode(c.id);
+    if (code !== undefined) return this.recordExit(c.id, code);
+    const st = await this.o.runtimeOf(c).state(c.id);
+    if ((!st || st.status === 'stopped') && !this.shimAlive(c)) {
+      // The shim may have written the exit file since it was read.
+      const late = await this.o.shim.exitCode(c.id);
+      if (late !== undefined) await this.recordExit(c.id, late);
+      else
+        this.o.repo.update(c.id, () => ({
+          state: 'unknown',
+          reason: 'Unknown',
+          message: 'the container stopped while berthd was down and no exit code was recorded (its shim died)',
+        }));
+    } else if (c.state === 'running' || !st || st.status === 'stopped') {
+      this.watch(c.id);
+    }
+  }
+
+  /** One pass over the followed containers' shims: a dead one stops the wait for its exit file. */
+  private checkShims(): void {
+    for (const [id, s] of this.shims) if (!this.o.shim.alive(id, s.pid)) s.gone.abort();
+  }
+
+  /** Marks a container exited with its code; idempotent. */
+  async recordExit(id: string, code: number): Promise<void> {
+    const c = this.o.repo.get(id);
+    if (!c || c.state === 'exited' || c.state === 'removing') return;
+    const oom = await this.o.shim.oomKilled({ id, bundle: this.o.bundleOf(id) });
+    const reason = oom ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error';
+    this.o.repo.update(id, () => ({ state: 'exited', exitCode: code, reason, finishedAt: nowNs(), pid: 0 }));
+    this.o.log.info('container exited', { container: id, exit_code: code, reason });
+  }
+
+  /** The exit code once the shim records it within `ms`; undefined when it does not. Rethrows `outer`'s reason on abort. */
+  async exitWithin(id: string, ms: number, outer?: AbortSignal): Promise<number | undefined> {
+    const ac = new AbortController();
+    const t = setTimeout(() => ac.abort(new BerthError('DeadlineExceeded', 'stop timeout')), ms);
+    const onOuter = (): void => ac.abort(outer!.reason);
+    outer?.addEventListener('abort', onOuter, { once: true });
+    try {
+      return await this.o.shim.waitExit(id, ac.signal);
+    } catch {
+      if (outer?.aborted) throw outer.reason;
+      return undefined;
+    } finally {
+      clearTimeout(t);
+      outer?.removeEventListener('abort', onOuter);
+    }
+  }
+
+  /** For a container whose shim is gone: waits until the runtime says it stopped; 137 (killed) then. */
+  async stoppedWithin(id: string, rt: OciRuntime, ms: number): Promise<number | undefined> {
+    const until = Date.now() + ms;
+    while (Date.now() < until) {
+      const st = await rt.state(id).catch(() => undefined);
+      if (!st || st.status === 'stopped') return 137;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return undefined;
+  }
+
+  /** Stops following (shutdown). */
+  close(): void {
+    this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));
+    clearInterval(this.shimCheck);
+  }
+}

@@ -1,0 +1,100 @@
+/**
+ * Reading what a container's spec needs from files: the Localhost seccomp profile a
+ * container names on the node, and the image's /etc/passwd and /etc/group (through the
+ * container's rootfs, never through a symlink that leads out of it), kept per image.
+ */
+import { open, realpath } from 'node:fs/promises';
+import { join } from 'node:path';
+import { BerthError, messageOf } from '../common/errors.js';
+import type { CriContainerConfig } from './spec.js';
+
+/** Bytes of /etc/passwd or /etc/group berth reads from an image. */
+const MAX_ID_FILE = 1 << 20;
+/** Images whose passwd and group are kept, and the most bytes kept for one. */
+const ID_FILES_CACHE_ENTRIES = 64;
+const ID_FILES_CACHED_MAX = 64 * 1024;
+
+export interface IdFiles {
+  passwd: string;
+  group: string;
+}
+
+/**
+ * /etc/passwd and /etc/group of images, by image id (a config digest, so fixed content):
+ * with them known, a container's spec need not wait for its rootfs mount.
+ */
+export class IdFilesCache {
+  private readonly byImage = new Map<string, IdFiles>();
+
+  get(imageId: string): IdFiles | undefined {
+    return this.byImage.get(imageId);
+  }
+
+  /** An image's passwd and group, read through a container's freshly mounted rootfs; small ones are kept. */
+  async read(imageId: string, rootfs: string): Promise<IdFiles> {
+    const [passwd, group] = await Promise.all([readBounded(rootfs, 'etc/passwd'), readBounded(rootfs, 'etc/group')]);
+    if (passwd.length + group.length <= ID_FILES_CACHED_MAX) {
+      if (this.byImage.size >= ID_FILES_CACHE_ENTRIES) this.byImage.delete(this.byImage.keys().next().value!);
+      this.byImage.set(imageId, { passwd, group });
+    }
+    return { passwd, group };
+  }
+}
+
+/** Bytes of a Localhost seccomp profile berth reads. */
+const MAX_SECCOMP_PROFILE = 1 << 20;
+
+/**
+ * Reads the Localhost seccomp profile a container names (kubelet passes its absolute
+ * path on the node) so that the pure spec generator can embed it.
+ */
+export async function localhostSeccompProfiles(cfg: CriContainerConfig): Promise<Record<string, unknown>> {
+  const sec = cfg.linux?.security_context?.seccomp;
+  if (sec?.profile_type !== 'Localhost' || !sec.localhost_ref) return {};
+  const ref = sec.localhost_ref;
+  const path = ref.startsWith('localhost/') ? ref.slice('localhost/'.length) : ref;
+  if (!path.startsWith('/')) throw new BerthError('InvalidArgument', `seccomp localhost_ref "${ref}" must be an absolute path on the node`);
+  let text: string;
+  try {
+    const fh = await open(path, 'r');
+    try {
+      const buf = Buffer.alloc(MAX_SECCOMP_PROFILE + 1);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
+      if (bytesRead > MAX_SECCOMP_PROFILE) throw new BerthError('InvalidArgument', `seccomp profile ${path} is larger than ${MAX_SECCOMP_PROFILE} bytes`);
+      text = buf.subarray(0, bytesRead).toString('utf8');
+    } finally {
+      await fh.close();
+    }
+  } catch (err) {
+    if (err instanceof BerthError) throw err;
+    throw new BerthError('NotFound', `seccomp profile ${path} (localhost_ref) cannot be read: ${messageOf(err)}`);
+  }
+  try {
+    return { [ref]: JSON.parse(text) as unknown };
+  } catch (err) {
+    throw new BerthError('InvalidArgument', `seccomp profile ${path} is not valid JSON: ${messageOf(err)}`);
+  }
+}
+
+/**
+ * Reads a small file of the image (passwd, group): '' when absent, bounded in size, and
+ * never through a symlink that leads out of the rootfs (an image must not make berthd
+ * read a host file).
+ */
+async function readBounded(rootfs: string, rel: string): Promise<string> {
+  let fh;
+  try {
+    const real = await realpath(join(rootfs, rel));
+    if (!real.startsWith(rootfs + '/')) return '';
+    fh = await open(real, 'r');
+  } catch {
+    return '';
+  }
+  try {
+    const buf = Buffer.alloc(MAX_ID_FILE);
+    const { bytesRead } = await fh.read(buf, 0, MAX_ID_FILE, 0);
+    return buf.subarray(0, bytesRead).toString('utf8');
+  } finally {
+    await fh.close();
+  }
+}

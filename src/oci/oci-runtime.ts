@@ -1,0 +1,173 @@
+/**
+ * An OCI runtime handler (runc, crun) as berth drives it: the one owner of the runtime's
+ * command line. Each handler has a state root of berth's own (`--root`), so berth never
+ * sees or touches containers of another engine on the same host. `create` is not here:
+ * the shim (conmon) runs it, with the path and root it gets from {@link OciRuntime}.
+ *
+ * Every command is bounded by a timeout; failures are `OciRuntimeError`s whose kind
+ * and message come from the runtime's own output (runtime-errors.ts).
+ */
+import { BerthError, messageOf } from '../common/errors.js';
+import type { Logger } from '../common/logger.js';
+import { execProcess } from '../common/process.js';
+import { runtimeFailure } from './runtime-errors.js';
+
+export interface OciRuntimeOptions {
+  /** The handler's name (the CRI runtime_handler, e.g. "runc"). */
+  handler: string;
+  /** The runtime binary. */
+  path: string;
+  /** Its state root, under berth's state dir. */
+  root: string;
+  /** Bound on one command (start, kill, state, delete, update). Default 30 s. */
+  timeoutMs?: number;
+  log?: Logger;
+}
+
+/** The runtime's view of a container (`runc state`). */
+export interface OciState {
+  status: 'created' | 'running' | 'stopped' | 'paused' | 'unknown';
+  /** The init pid; 0 once stopped. */
+  pid: number;
+}
+
+/** `linux.resources` of the OCI spec, as `update --resources` takes them (the parts berth changes). */
+export interface OciResourceUpdate {
+  cpu?: { shares?: number; quota?: number; period?: number; cpus?: string; mems?: string };
+  memory?: { limit: number; swap: number };
+}
+
+/** A command line: the binary and its arguments. */
+export interface Argv {
+  file: string;
+  args: string[];
+}
+
+export class OciRuntime {
+  readonly handler: string;
+  readonly path: string;
+  readonly root: string;
+  private readonly timeoutMs: number;
+  private readonly log: Logger | undefined;
+
+  constructor(o: OciRuntimeOptions) {
+    this.handler = o.handler;
+    this.path = o.path;
+    this.root = o.root;
+    this.timeoutMs = o.timeoutMs ?? 30_000;
+    this.log = o.log;
+  }
+
+  /** Runs the user's program of a created container. */
+  async start(id: string): Promise<void> {
+    await this.run(id, ['start', id]);
+  }
+
+  /**
+   * Sends `signal` (a name like `TERM`/`SIGTERM` or a number) to the init process, or
+   * to every process of the container with `all`. An init in its own pid namespace
+   * ignores signals it has no handler for, except SIGKILL.
+   */
+  async kill(id: string, signal: string | number, all = false): Promise<void> {
+    const sig = typeof signal === 'number' ? String(signal) : signal.replace(/^SIG/i, '').toUpperCase();
+    if (!/^([A-Z0-9+-]+)$/.test(sig)) throw new BerthError('InvalidArgument', `bad signal ${String(signal)}`);
+    await this.run(id, ['kill', ...(all ? ['--all'] : []), id, sig]);
+  }
+
+  /** Removes the runtime's state and cgroup (`--force` kills a live container first). Idempotent. */
+  async delete(id: string, force = false): Promise<void> {
+    try {
+      await this.run(id, ['delete', ...(force ? ['--force'] : []), id]);
+    } catch (err) {
+      if (err instanceof BerthError && err.kind === 'NotFound') return;
+      throw err;
+    }
+  }
+
+  /** The runtime's view of the container, or undefined when it does not know it. */
+  async state(id: string): Promise<OciState | undefined> {
+    let out: string;
+    try {
+      out = await this.run(id, ['state', id]);
+    } catch (err) {
+      if (err instanceof BerthError && err.kind === 'NotFound') return undefined;
+      throw err;
+    }
+    let j: { status?: unknown; pid?: unknown };
+    try {
+      j = JSON.parse(out) as typeof j;
+    } catch {
+      throw new BerthError('Internal', `${this.path} state ${id} printed no JSON: ${out.slice(0, 200)}`);
+    }
+    const known = ['created', 'running', 'stopped', 'paused'] as const;
+    const status = known.find((s) => s === j.status) ?? 'unknown';
+    return { status, pid: typeof j.pid === 'number' ? j.pid : 0 };
+  }
+
+  /** Changes the resources of a created or running container; the runtime's refusal is an `OciRuntimeError`. */
+  async update(id: string, resources: OciResourceUpdate): Promise<void> {
+    await this.run(id, ['update', '--resources', '-', id], JSON.stringify(resources));
+  }
+
+  /**
+   * The command line that runs `cmd` in a running container in the foreground: its exit
+   * code is the command's, and the command's pid is written to `pidFile` (so that it and
+   * what it starts can be killed). With `tty` the runtime wants a terminal as its stdio.
+   */
+  execArgv(id: string, cmd: readonly string[], o: { pidFile: string; tty: boolean }): Argv {
+    return { file: this.path, args: ['--root', this.root, 'exec', '--pid-file', o.pidFile, ...(o.tty ? ['--tty'] : []), id, ...cmd] };
+  }
+
+  /** How a shim is told to run this runtime: the binary, and the global arguments each of its commands takes. */
+  shimArgs(): { path: string; args: string[] } {
+    return { path: this.path, args: [`--root=${this.root}`] };
+  }
+
+  /**
+   * Runs `<runtime> --root <root> <args>` about container `id`, returning stdout; errors
+   * carry the runtime's message and a kind, and name the command as "<runtime> <verb> <id>".
+   */
+  private async run(id: string, args: string[], input?: string): Promise<string> {
+    const argv = ['--root', this.root, ...args];
+    this.log?.debug('runtime', { runtime: this.path, args: argv });
+    const cmd = `${this.path} ${args[0] ?? ''} ${id}`;
+    let r;
+    try {
+      r = await execProcess(this.path, argv, { timeoutMs: this.timeoutMs, ...(input !== undefined ? { input, maxBuffer: 64 * 1024 } : {}) });
+    } catch (err) {
+      throw new BerthError('Internal', `${cmd}: ${messageOf(err)}`, { cause: err });
+    }
+    if (r.timedOut) throw new BerthError('DeadlineExceeded', `${cmd} took longer than ${this.timeoutMs} ms`);
+    if (r.code === 0) return r.stdout;
+    throw runtimeFailure(cmd, r.stderr, r);
+  }
+}
+
+/** The configured runtime handlers, by name. */
+export class OciRuntimes {
+  private readonly byHandler: ReadonlyMap<string, OciRuntime>;
+
+  /** `defaultHandler` serves containers whose pod is gone (and so whose handler is unknown). */
+  constructor(
+    runtimes: readonly OciRuntime[],
+    readonly defaultHandler: string,
+  ) {
+    this.byHandler = new Map(runtimes.map((r) => [r.handler, r]));
+  }
+
+  /** The runtime of a handler; FailedPrecondition when none is configured. */
+  get(handler: string): OciRuntime {
+    const rt = this.byHandler.get(handler);
+    if (!rt) throw new BerthError('FailedPrecondition', `runtime handler "${handler}" is not configured`);
+    return rt;
+  }
+
+  has(handler: string): boolean {
+    return this.byHandler.has(handler);
+  }
+
+  /** The configured handler names, in configuration order. */
+  handlers(): string[] {
+    return [...this.byHandler.keys()];
+  }
+}
