@@ -3,7 +3,7 @@
 // re-exports included, against the module chain of README.md's "Architecture in brief"
 // and ../shared/DESIGN.md ("Modules and their direction"):
 //
-//   common ← config, store, oci ← images, shim ← sandbox ← containers ← streaming, stats ← cri ← main.ts
+//   common ← config, store, telemetry, oci ← images, shim ← sandbox ← containers ← streaming, stats ← cri ← main.ts
 //
 // A module may import itself and the layers below it only: not a layer above, nor a
 // different module of its own layer. It also fails on any import cycle between files.
@@ -19,6 +19,7 @@ const LAYER = {
   common: 0,
   config: 1,
   store: 1,
+  telemetry: 1,
   oci: 1,
   images: 2,
   shim: 2,

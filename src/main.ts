@@ -39,6 +39,7 @@ import { shimDirs } from './shim/shim.js';
 import { openDatabase, type Db } from './store/database.js';
 import { DirectoryLock } from './store/lock.js';
 import { RuntimeSettingsRepository } from './store/runtime-settings.js';
+import { startTracing } from './telemetry/tracing.js';
 
 const USAGE = `Usage: berthd [command] [flags]
 
@@ -57,6 +58,9 @@ Flags:
   -h, --help        show this help
   -v, --version     show the version
 `;
+
+/** How long the spans still queued at shutdown may take to reach the collector. */
+const TRACING_FLUSH_MS = 2000;
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration. */
 export async function main(argv: string[]): Promise<number> {
@@ -191,6 +195,11 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     const stateLock = DirectoryLock.acquire(config.state, 'state directory');
     held.push(() => stateLock.release());
     await claimSocketPath(config.socket);
+    // Tracing is not worth refusing to serve for: a failure to start it is logged and it stays off.
+    const tracing = await startTracing(config.tracing, log.child({ component: 'tracing' })).catch(
+      (err: unknown) => void log.error('tracing failed to start; it stays off', { error: messageOf(err) }),
+    );
+    if (tracing) held.push(() => tracing.shutdown(TRACING_FLUSH_MS));
 
     db = openDatabase(join(config.root, 'berth.db'));
     const openDb = db;
@@ -231,8 +240,8 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     const streaming = new StreamingServer({ config: config.streaming, containers, sandboxes, log: log.child({ component: 'streaming' }) });
     await streaming.start();
     held.push(() => streaming.close());
-    const deps = { config, settings: new RuntimeSettingsRepository(db), log, images, sandboxes, containers, stats, streaming };
-    server = createCriServer({ state, log }, deps);
+    const deps = { config, settings: new RuntimeSettingsRepository(db), log, images, sandboxes, containers, stats, streaming, tracing };
+    server = createCriServer({ state, log, observers: tracing ? [tracing.rpc] : [] }, deps);
     await bindSocket(server, config.socket);
     held.push(() => rmSync(config.socket, { force: true }));
   } catch (err) {

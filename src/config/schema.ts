@@ -89,6 +89,20 @@ export interface StreamingConfig {
   stream_creation_timeout_seconds: number;
 }
 
+/** OpenTelemetry tracing: spans exported over OTLP/gRPC (see README, "Tracing"). */
+export interface TracingConfig {
+  /**
+   * The OTLP/gRPC collector: "host:port" (plaintext gRPC) or "https://host:port" (TLS).
+   * "" leaves tracing off unless OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or
+   * OTEL_EXPORTER_OTLP_ENDPOINT names one.
+   */
+  endpoint: string;
+  /** Root spans sampled per million (as containerd and CRI-O); a caller's sampled trace is always continued. */
+  sampling_rate_per_million: number;
+  /** The `service.name` of berth's spans. */
+  service_name: string;
+}
+
 export interface BerthConfig {
   /** gRPC unix socket kubelet and crictl connect to. */
   socket: string;
@@ -107,6 +121,7 @@ export interface BerthConfig {
   sandbox: SandboxConfig;
   streaming: StreamingConfig;
   cdi: CdiConfig;
+  tracing: TracingConfig;
   /** The handler used when a pod names none. */
   default_runtime: string;
   runtimes: Record<string, RuntimeHandlerConfig>;
@@ -155,6 +170,11 @@ export function defaultConfig(): BerthConfig {
     },
     cdi: {
       spec_dirs: ['/etc/cdi', '/var/run/cdi'],
+    },
+    tracing: {
+      endpoint: '',
+      sampling_rate_per_million: 0,
+      service_name: 'berth',
     },
     default_runtime: 'runc',
     runtimes: {
@@ -248,6 +268,15 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'streaming.idle_timeout_seconds': integerIn(0, 7 * 24 * 3600),
   'streaming.stream_creation_timeout_seconds': integerIn(1, 600),
   'cdi.spec_dirs': pathList,
+  'tracing.endpoint': (v) => {
+    if (typeof v !== 'string') return `expected a string like "127.0.0.1:4317", got ${describe(v)}`;
+    if (v === '') return undefined;
+    const m = /^(?:(https?):\/\/)?([^/\s]+)$/.exec(v);
+    const port = m && URL.canParse(`${m[1] ?? 'http'}://${m[2]}`) ? new URL(`${m[1] ?? 'http'}://${m[2]}`).port : '';
+    return port !== '' ? undefined : `expected "host:port" or "https://host:port" of an OTLP/gRPC collector, got ${describe(v)}`;
+  },
+  'tracing.sampling_rate_per_million': integerIn(0, 1_000_000),
+  'tracing.service_name': (v) => (typeof v === 'string' && v.trim() !== '' ? undefined : `expected a non-empty service name, got ${describe(v)}`),
   default_runtime: (v) =>
     typeof v === 'string' && /^[a-z0-9][a-z0-9.-]{0,62}$/.test(v) ? undefined : `expected a handler name like "runc", got ${describe(v)}`,
   'runtimes.*.path': absolutePath,

@@ -6,6 +6,7 @@ import type { SandboxService } from '../sandbox/sandbox-service.js';
 import type { StatsService } from '../stats/stats-service.js';
 import type { StreamingServer } from '../streaming/server.js';
 import type { RuntimeSettingsRepository } from '../store/runtime-settings.js';
+import type { Tracing } from '../telemetry/tracing.js';
 
 /** What the CRI handlers are given by the composition root (src/main.ts). */
 export interface CriDeps {
@@ -17,4 +18,6 @@ export interface CriDeps {
   containers: ContainerService;
   stats: StatsService;
   streaming: StreamingServer;
+  /** Tracing, when a collector is configured. */
+  tracing?: Pick<Tracing, 'info'>;
 }

@@ -32,8 +32,11 @@ export interface RpcObservation {
 
 /** Watches every RPC: metrics count and time them, tracing gives each a span. */
 export interface RpcObserver {
-  /** A call arrived (before it is admitted); `streaming` for server-streaming RPCs. */
-  begin(method: string, metadata: grpc.Metadata, streaming: boolean): RpcObservation;
+  /**
+   * A call arrived (before it is admitted); `streaming` for server-streaming RPCs, `path`
+   * the full method name (`/runtime.v1.RuntimeService/RunPodSandbox`).
+   */
+  begin(method: string, metadata: grpc.Metadata, streaming: boolean, path: string): RpcObservation;
 }
 
 export interface WrapEnv {
@@ -44,9 +47,9 @@ export interface WrapEnv {
 }
 
 /** The observations of one call, as one. */
-function observe(env: WrapEnv, method: string, metadata: grpc.Metadata, streaming: boolean): RpcObservation {
-  const all = (env.observers ?? []).map((o) => o.begin(method, metadata, streaming));
-  if (all.length === 0) return NO_OBSERVATION;
+function observe(env: WrapEnv, method: string, call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'metadata' | 'getPath'>, streaming: boolean): RpcObservation {
+  if (env.observers === undefined || env.observers.length === 0) return NO_OBSERVATION;
+  const all = env.observers.map((o) => o.begin(method, call.metadata, streaming, call.getPath()));
   return {
     run: <T>(fn: () => T): T => all.reduceRight<() => T>((inner, o) => () => o.run(inner), fn)(),
     end: (code, details) => {
@@ -132,7 +135,7 @@ function admit(env: WrapEnv, method: string, request: unknown, implemented: bool
 function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined): grpc.handleUnaryCall<unknown, unknown> {
   return (call, callback) => {
     const start = process.hrtime.bigint();
-    const obs = observe(env, method, call.metadata, false);
+    const obs = observe(env, method, call, false);
     const refused = admit(env, method, call.request, handler !== undefined);
     if (refused) {
       logOutcome(env, method, start, refused, true);
@@ -169,7 +172,7 @@ function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined):
 function wrapStream(env: WrapEnv, method: string, handler: AnyStream | undefined): grpc.handleServerStreamingCall<unknown, unknown> {
   return (call) => {
     const start = process.hrtime.bigint();
-    const obs = observe(env, method, call.metadata, true);
+    const obs = observe(env, method, call, true);
     const refused = admit(env, method, call.request, handler !== undefined);
     if (refused) {
       logOutcome(env, method, start, refused, true);

@@ -10,6 +10,7 @@
 import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { execProcess } from '../common/process.js';
+import { traced } from '../common/trace-points.js';
 import { runtimeFailure } from './runtime-errors.js';
 
 export interface OciRuntimeOptions {
@@ -133,7 +134,9 @@ export class OciRuntime {
     const cmd = `${this.path} ${args[0] ?? ''} ${id}`;
     let r;
     try {
-      r = await execProcess(this.path, argv, { timeoutMs: this.timeoutMs, ...(input !== undefined ? { input, maxBuffer: 64 * 1024 } : {}) });
+      r = await traced('berth:runtime', { handler: this.handler, verb: args[0] ?? '', containerId: id }, () =>
+        execProcess(this.path, argv, { timeoutMs: this.timeoutMs, ...(input !== undefined ? { input, maxBuffer: 64 * 1024 } : {}) }),
+      );
     } catch (err) {
       throw new BerthError('Internal', `${cmd}: ${messageOf(err)}`, { cause: err });
     }

@@ -28,6 +28,8 @@ export interface StartOptions {
   logLevel?: string;
   /** Extra node flags for the berthd process (e.g. --cpu-prof for the benchmark). */
   nodeArgs?: string[];
+  /** Environment variables added to the test's own for berthd. */
+  env?: Record<string, string>;
 }
 
 export class Berthd implements AsyncDisposable {
@@ -101,7 +103,7 @@ export class Berthd implements AsyncDisposable {
     if (!/conf_dir/.test(opts.config ?? '') && !Object.values(opts.dropIns ?? {}).some((t) => /conf_dir/.test(t))) {
       writeFileSync(join(etc, 'config.d', '00-test-cni.toml'), `[cni]\nconf_dir = "${cniDir}"\n`);
     }
-    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
     const b = new Berthd(dir, proc);
     await b.waitReady();
     return b;

@@ -9,6 +9,7 @@ import type { StatusRequest__Output } from '../gen/runtime/v1/StatusRequest.js';
 import type { RuntimeHandler } from '../gen/runtime/v1/RuntimeHandler.js';
 import type { StatusResponse } from '../gen/runtime/v1/StatusResponse.js';
 import type { UnaryHandler } from '../rpc.js';
+import { TRACING_OFF } from '../../telemetry/tracing.js';
 
 /**
  * Every configured handler with its features (oci/features.ts, from the mount probes): the default
@@ -35,7 +36,8 @@ export function runtimeHandlerList(config: Pick<BerthConfig, 'default_runtime' |
  * later is noticed without a restart. `runtime_handlers` and `features` say what kubelet
  * may ask of each handler (see {@link runtimeHandlerList}). `verbose` adds the effective
  * config to `info`, and under `hostFeatures` the facilities the host has or lacks
- * (AppArmor, SELinux, CRIU) with the reason; values are JSON, as crictl expects.
+ * (AppArmor, SELinux, CRIU) with the reason, and under `tracing` the span exporter's health
+ * and its exported and dropped span counts; values are JSON, as crictl expects.
  */
 export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, StatusResponse> => {
   // The mount probes run inside the first Status call, so that a shutdown (which lets
@@ -57,6 +59,7 @@ export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, Statu
       const podCidr = deps.settings.podCidr();
       if (podCidr !== '') info.podCIDR = JSON.stringify(podCidr);
       info.hostFeatures = JSON.stringify({ apparmor: appArmor, selinux: seLinux, criu: await criuFacility() });
+      info.tracing = JSON.stringify(deps.tracing?.info() ?? TRACING_OFF);
     }
     return {
       status: {

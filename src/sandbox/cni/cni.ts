@@ -21,6 +21,7 @@
  */
 import { statfs } from 'node:fs/promises';
 import { BerthError, isKind, messageOf, type ErrorKind } from '../../common/errors.js';
+import { traced } from '../../common/trace-points.js';
 import type { CniNetworkList, CniPluginConf } from './conf-dir.js';
 import { findPlugin, runPlugin } from './exec.js';
 import { cniEnv, pluginStdin, pluginTypeProblem, runtimeConfProblem, supportsCheck, type CniCommand, type CniRuntimeConf } from './protocol.js';
@@ -143,7 +144,10 @@ export class CniNetwork {
     if (problem) throw new BerthError('InvalidArgument', problem);
     const file = await findPlugin(plugin.type, this.binDirs);
     const stdin = JSON.stringify(pluginStdin(this.list, plugin, prev, rt.capabilityArgs));
-    return runPlugin({ file, env: cniEnv(command, rt, this.binDirs), stdin, timeoutMs: this.timeoutMs, ...(signal ? { signal } : {}) });
+    const podId = rt.containerId === LOOPBACK_ID ? undefined : rt.containerId;
+    return traced('berth:cni', { plugin: plugin.type, command, ...(podId !== undefined ? { podId } : {}) }, () =>
+      runPlugin({ file, env: cniEnv(command, rt, this.binDirs), stdin, timeoutMs: this.timeoutMs, ...(signal ? { signal } : {}) }),
+    );
   }
 
   private validate(rt: CniRuntimeConf): void {
@@ -166,6 +170,8 @@ async function isNetns(path: string): Promise<boolean> {
   }
 }
 
+/** The CNI container id of the loopback attachment, which belongs to no one pod. */
+const LOOPBACK_ID = 'berth-loopback';
 const LOOPBACK: CniNetworkList = { cniVersion: '1.0.0', name: 'berth-loopback', plugins: [{ type: 'loopback' }], file: '(built in)' };
 
 /**
@@ -173,6 +179,6 @@ const LOOPBACK: CniNetworkList = { cniVersion: '1.0.0', name: 'berth-loopback', 
  * device dies with the netns), so there is nothing to undo.
  */
 export async function loopbackUp(netns: string, binDirs: string[], signal?: AbortSignal, opts: CniNetworkOptions = {}): Promise<void> {
-  const rt: CniRuntimeConf = { containerId: 'berth-loopback', netns, ifName: 'lo', args: [] };
+  const rt: CniRuntimeConf = { containerId: LOOPBACK_ID, netns, ifName: 'lo', args: [] };
   await new CniNetwork(LOOPBACK, binDirs, opts).add(rt, signal);
 }
