@@ -269,7 +269,7 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'streaming.stream_creation_timeout_seconds': integerIn(1, 600),
   'cdi.spec_dirs': pathList,
   'tracing.endpoint': (v) => {
-    if (typeof v !== 'string') return `expected a string like "127.0.0.1:4317", got ${describe(v)}`;
+    if (typeof v !== 'string') return `expected a string "host:port" such as "127.0.0.1:4317", got ${describe(v)}`;
     if (v === '') return undefined;
     const m = /^(?:(https?):\/\/)?([^/\s]+)$/.exec(v);
     const port = m && URL.canParse(`${m[1] ?? 'http'}://${m[2]}`) ? new URL(`${m[1] ?? 'http'}://${m[2]}`).port : '';
