@@ -455,7 +455,10 @@ describe('crictl against berthd', function () {
     // command sees a tty of the terminal's size, and what is typed reaches it.
     const sock = `unix://${b!.socket}`;
     const t = await new Promise<{ code: number | null; out: string }>((resolve, reject) => {
-      const cmd = `stty cols 123 rows 45; ${crictlBin!} --runtime-endpoint ${sock} exec -it ${id} sh -c 'tty; stty size; read x; echo "typed:$x"; exit 5'`;
+      // runc -t sizes its own terminal just after the command starts (then follows the
+      // client's resize): the command waits, up to 5 s, for the size to arrive.
+      const wait = 'i=0; until [ "$(stty size 2>/dev/null)" = "45 123" ] || [ $i -ge 50 ]; do sleep 0.1; i=$((i+1)); done';
+      const cmd = `stty cols 123 rows 45; ${crictlBin!} --runtime-endpoint ${sock} exec -it ${id} sh -c '${wait}; tty; stty size; read x; echo "typed:$x"; exit 5'`;
       const child = spawn('script', ['-qec', cmd, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] });
       let out = '';
       child.stdout.on('data', (d: Buffer) => {
