@@ -12,213 +12,28 @@
  *   windows; backpressure comes from the TCP socket.
  * - PING is echoed; GOAWAY from the client stops new streams; a malformed frame, an
  *   oversized one (over 8 MiB; clients write 32 KiB at a time) or a header block over 256 KiB ends the session.
+ *
+ * The frame layout and the header compression live in spdy-frames.ts.
  */
 import { EventEmitter } from 'node:events';
 import { Duplex } from 'node:stream';
-import { constants as zc, createDeflate, createInflate, type Deflate, type Inflate } from 'node:zlib';
-
-export interface SpdyHeaders {
-  [name: string]: string[];
-}
-
-const CONTROL = 0x80;
-const VERSION = 3;
-const TYPE = { SYN_STREAM: 1, SYN_REPLY: 2, RST_STREAM: 3, SETTINGS: 4, PING: 6, GOAWAY: 7, HEADERS: 8, WINDOW_UPDATE: 9 } as const;
-const FLAG_FIN = 0x01;
-/** RST_STREAM status codes. */
-export const RST = { PROTOCOL_ERROR: 1, INVALID_STREAM: 2, REFUSED_STREAM: 3, CANCEL: 5, STREAM_IN_USE: 8, STREAM_ALREADY_CLOSED: 9 } as const;
-const MAX_FRAME = 8 * 1024 * 1024;
-const MAX_HEADER_BLOCK = 256 * 1024;
-const DATA_CHUNK = 16 * 1024;
-
-/**
- * The SPDY/3 header compression dictionary (section 2.6.10.1 of the draft): these names,
- * each preceded by its length as a 32-bit big-endian number, then the tail as it is.
- * (Its SHA-256 is checked in test/unit/streaming/spdy.test.ts.)
- */
-const DICTIONARY_WORDS = [
-  'options',
-  'head',
-  'post',
-  'put',
-  'delete',
-  'trace',
-  'accept',
-  'accept-charset',
-  'accept-encoding',
-  'accept-language',
-  'accept-ranges',
-  'age',
-  'allow',
-  'authorization',
-  'cache-control',
-  'connection',
-  'content-base',
-  'content-encoding',
-  'content-language',
-  'content-length',
-  'content-location',
-  'content-md5',
-  'content-range',
-  'content-type',
-  'date',
-  'etag',
-  'expect',
-  'expires',
-  'from',
-  'host',
-  'if-match',
-  'if-modified-since',
-  'if-none-match',
-  'if-range',
-  'if-unmodified-since',
-  'last-modified',
-  'location',
-  'max-forwards',
-  'pragma',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'range',
-  'referer',
-  'retry-after',
-  'server',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'user-agent',
-  'vary',
-  'via',
-  'warning',
-  'www-authenticate',
-  'method',
-  'get',
-  'status',
-  '200 OK',
-  'version',
-  'HTTP/1.1',
-  'url',
-  'public',
-  'set-cookie',
-  'keep-alive',
-  'origin',
-];
-const DICTIONARY_TAIL =
-  '100101201202205206300302303304305306307402405406407408409410411412413414415416417502504505' +
-  '203 Non-Authoritative Information204 No Content301 Moved Permanently400 Bad Request401 Unauthorized403 Forbidden404 Not Found' +
-  '500 Internal Server Error501 Not Implemented503 Service Unavailable' +
-  'Jan Feb Mar Apr May Jun Jul Aug Sept Oct Nov Dec 00:00:00 Mon, Tue, Wed, Thu, Fri, Sat, Sun, GMT' +
-  'chunked,text/html,image/png,image/jpg,image/gif,application/xml,application/xhtml+xml,text/plain,text/javascript,public' +
-  'privatemax-age=gzip,deflate,sdchcharset=utf-8charset=iso-8859-1,utf-,*,enq=0.';
-
-export const SPDY_DICTIONARY: Buffer = Buffer.concat([
-  ...DICTIONARY_WORDS.flatMap((w) => {
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(w.length);
-    return [len, Buffer.from(w, 'latin1')];
-  }),
-  Buffer.from(DICTIONARY_TAIL, 'latin1'),
-]);
-
-/** Encodes a header block (uncompressed): count, then length-prefixed names and NUL-joined values. */
-export function encodeHeaderBlock(headers: Record<string, string | string[]>): Buffer {
-  const entries = Object.entries(headers);
-  const parts: Buffer[] = [u32(entries.length)];
-  for (const [name, value] of entries) {
-    const n = Buffer.from(name.toLowerCase(), 'utf8');
-    const v = Buffer.from(Array.isArray(value) ? value.join('\0') : value, 'utf8');
-    parts.push(u32(n.length), n, u32(v.length), v);
-  }
-  return Buffer.concat(parts);
-}
-
-/** Decodes an uncompressed header block; throws on a malformed one. */
-export function decodeHeaderBlock(b: Buffer): SpdyHeaders {
-  const out: SpdyHeaders = {};
-  let off = 0;
-  const take = (): Buffer => {
-    if (off + 4 > b.length) throw new Error('truncated header block');
-    const len = b.readUInt32BE(off);
-    off += 4;
-    if (off + len > b.length) throw new Error('truncated header block');
-    const s = b.subarray(off, off + len);
-    off += len;
-    return s;
-  };
-  if (b.length < 4) throw new Error('truncated header block');
-  const count = b.readUInt32BE(0);
-  off = 4;
-  for (let i = 0; i < count; i++) {
-    const name = take().toString('utf8').toLowerCase();
-    const value = take().toString('utf8');
-    if (name === '') throw new Error('empty header name');
-    (out[name] ??= []).push(...value.split('\0'));
-  }
-  return out;
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n >>> 0);
-  return b;
-}
-
-function controlFrame(type: number, flags: number, payload: Buffer): Buffer {
-  const h = Buffer.alloc(8);
-  h.writeUInt16BE(0x8000 | VERSION, 0);
-  h.writeUInt16BE(type, 2);
-  h.writeUInt32BE(((flags & 0xff) << 24) | payload.length, 4);
-  return Buffer.concat([h, payload]);
-}
-
-function dataFrame(streamId: number, flags: number, data: Buffer): Buffer {
-  const h = Buffer.alloc(8);
-  h.writeUInt32BE(streamId & 0x7fffffff, 0);
-  h.writeUInt32BE(((flags & 0xff) << 24) | data.length, 4);
-  return Buffer.concat([h, data]);
-}
-
-/** One zlib context used block by block with sync flushes (compressed header blocks). */
-class ZContext {
-  private chain: Promise<unknown> = Promise.resolve();
-  private readonly z: Deflate | Inflate;
-  private chunks: Buffer[] = [];
-  private size = 0;
-  private failed: Error | undefined;
-
-  constructor(kind: 'deflate' | 'inflate') {
-    this.z = kind === 'deflate' ? createDeflate({ dictionary: SPDY_DICTIONARY }) : createInflate({ dictionary: SPDY_DICTIONARY });
-    this.z.on('data', (d: Buffer) => {
-      this.size += d.length;
-      if (this.size <= MAX_HEADER_BLOCK) this.chunks.push(d);
-    });
-    this.z.on('error', (err: Error) => (this.failed = err));
-  }
-
-  /** Feeds one block and returns what the context produced for it, in call order. */
-  run(input: Buffer): Promise<Buffer> {
-    const p = this.chain.then(
-      () =>
-        new Promise<Buffer>((resolve, reject) => {
-          if (this.failed) return reject(this.failed);
-          this.chunks = [];
-          this.size = 0;
-          this.z.write(input);
-          this.z.flush(zc.Z_SYNC_FLUSH, () => {
-            if (this.failed) return reject(this.failed);
-            if (this.size > MAX_HEADER_BLOCK) return reject(new Error(`header block over ${MAX_HEADER_BLOCK} bytes`));
-            resolve(Buffer.concat(this.chunks));
-          });
-        }),
-    );
-    this.chain = p.catch(() => undefined);
-    return p;
-  }
-
-  close(): void {
-    this.z.close();
-  }
-}
+import {
+  dataFrames,
+  decodeHeaderBlock,
+  encodeHeaderBlock,
+  FLAG_FIN,
+  FrameSplitter,
+  goAwayFrame,
+  parseFrame,
+  pingFrame,
+  RST,
+  rstStreamFrame,
+  synReplyFrame,
+  TYPE,
+  VERSION,
+  ZContext,
+  type SpdyHeaders,
+} from './spdy-frames.js';
 
 /** A stream the client opened; write to send DATA, end() to send FIN. */
 export class SpdyStream extends Duplex {
@@ -309,7 +124,7 @@ export class SpdyStream extends Duplex {
 }
 
 export class SpdySession extends EventEmitter {
-  private buf: Buffer = Buffer.alloc(0);
+  private readonly frames = new FrameSplitter();
   private readonly streams = new Map<number, SpdyStream>();
   private readonly inflate = new ZContext('inflate');
   private readonly deflate = new ZContext('deflate');
@@ -341,8 +156,8 @@ export class SpdySession extends EventEmitter {
   close(): void {
     if (this.closed || this.closing) return;
     this.closing = true;
-    const payload = Buffer.concat([u32(this.lastStreamId), u32(0)]);
-    this.queue(async () => controlFrame(TYPE.GOAWAY, 0, payload));
+    const frame = goAwayFrame(this.lastStreamId);
+    this.queue(async () => frame);
     this.outChain = this.outChain.then(() => {
       if (this.socket.writable) this.socket.end();
       else this.socket.destroy();
@@ -363,22 +178,17 @@ export class SpdySession extends EventEmitter {
   /** @internal */
   sendReply(id: number, headers: Record<string, string | string[]>, fin: boolean): void {
     const block = this.deflate.run(encodeHeaderBlock(headers));
-    this.queue(async () => controlFrame(TYPE.SYN_REPLY, fin ? FLAG_FIN : 0, Buffer.concat([u32(id), await block])));
+    this.queue(async () => synReplyFrame(id, fin, await block));
   }
 
   /** @internal */
   sendReset(id: number, status: number): void {
-    this.queue(async () => controlFrame(TYPE.RST_STREAM, 0, Buffer.concat([u32(id), u32(status)])));
+    this.queue(async () => rstStreamFrame(id, status));
   }
 
   /** @internal DATA in frames of at most DATA_CHUNK; `cb` once the socket took them (backpressure). */
   sendData(id: number, data: Buffer, fin: boolean, cb: (err?: Error | null) => void): void {
-    const frames: Buffer[] = [];
-    for (let off = 0; off < data.length; off += DATA_CHUNK) {
-      const last = off + DATA_CHUNK >= data.length;
-      frames.push(dataFrame(id, fin && last ? FLAG_FIN : 0, data.subarray(off, off + DATA_CHUNK)));
-    }
-    if (frames.length === 0) frames.push(dataFrame(id, fin ? FLAG_FIN : 0, data));
+    const frames = dataFrames(id, data, fin);
     this.outChain = this.outChain.then(
       () =>
         new Promise<void>((resolve) => {
@@ -386,7 +196,7 @@ export class SpdySession extends EventEmitter {
             cb(new Error('session closed'));
             return resolve();
           }
-          const ok = this.socket.write(Buffer.concat(frames));
+          const ok = this.socket.write(frames);
           if (ok) {
             cb();
             return resolve();
@@ -420,23 +230,21 @@ export class SpdySession extends EventEmitter {
 
   private onBytes(d: Buffer): void {
     if (this.closed) return;
-    this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
-    while (this.buf.length >= 8) {
-      const len = this.buf.readUInt32BE(4) & 0xffffff;
-      if (len > MAX_FRAME) return this.fail(new Error(`SPDY frame of ${len} bytes is over the ${MAX_FRAME} limit`));
-      if (this.buf.length < 8 + len) return;
-      const frame = this.buf.subarray(0, 8 + len);
-      this.buf = this.buf.subarray(8 + len);
-      this.inChain = this.inChain.then(() => this.onFrame(frame)).catch((err: unknown) => this.fail(err as Error));
+    try {
+      for (const frame of this.frames.push(d)) {
+        this.inChain = this.inChain.then(() => this.onFrame(frame)).catch((err: unknown) => this.fail(err as Error));
+      }
+    } catch (err) {
+      this.fail(err as Error);
     }
   }
 
-  private async onFrame(f: Buffer): Promise<void> {
+  private async onFrame(bytes: Buffer): Promise<void> {
     if (this.closed) return;
-    const flags = f[4]!;
-    const payload = f.subarray(8);
-    if ((f[0]! & CONTROL) === 0) {
-      const id = f.readUInt32BE(0) & 0x7fffffff;
+    const f = parseFrame(bytes);
+    const { flags, payload } = f;
+    if (!f.control) {
+      const id = f.streamId;
       const s = this.streams.get(id);
       if (!s) {
         this.sendReset(id, RST.INVALID_STREAM);
@@ -445,10 +253,8 @@ export class SpdySession extends EventEmitter {
       s.onData(Buffer.from(payload), (flags & FLAG_FIN) !== 0);
       return;
     }
-    const version = f.readUInt16BE(0) & 0x7fff;
-    if (version !== VERSION) throw new Error(`SPDY version ${version}, not 3`);
-    const type = f.readUInt16BE(2);
-    switch (type) {
+    if (f.version !== VERSION) throw new Error(`SPDY version ${f.version}, not 3`);
+    switch (f.type) {
       case TYPE.SYN_STREAM: {
         if (payload.length < 10) throw new Error('short SYN_STREAM');
         const id = payload.readUInt32BE(0) & 0x7fffffff;
@@ -488,7 +294,7 @@ export class SpdySession extends EventEmitter {
       case TYPE.PING: {
         if (payload.length < 4) throw new Error('short PING');
         // Client pings have odd ids; an even one would be the answer to ours (never sent).
-        if (payload.readUInt32BE(0) % 2 === 1) this.queue(async () => controlFrame(TYPE.PING, 0, Buffer.from(payload)));
+        if (payload.readUInt32BE(0) % 2 === 1) this.queue(async () => pingFrame(payload));
         return;
       }
       case TYPE.GOAWAY: {

@@ -9,7 +9,8 @@ import { createHash } from 'node:crypto';
 import { once } from 'node:events';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { constants as zc, createDeflate, createInflate } from 'node:zlib';
-import { decodeHeaderBlock, encodeHeaderBlock, SPDY_DICTIONARY, SpdySession, type SpdyStream } from '../../../src/streaming/spdy-session.js';
+import { decodeHeaderBlock, encodeHeaderBlock, SPDY_DICTIONARY } from '../../../src/streaming/spdy-frames.js';
+import { SpdySession, type SpdyStream } from '../../../src/streaming/spdy-session.js';
 
 /** A test client: frames in and out, with header compression of its own. */
 class Client {
