@@ -14,15 +14,23 @@
  * A pull that fails removes what it added and nothing else uses (a cancelled one keeps
  * verified blobs and snapshots for its retry, as does a crash). Work in flight is
  * protected from a concurrent RemoveImage by leases.
+ *
+ * ImageService is the facade the rest of berth calls. Beside the pull path it delegates
+ * to image-lookup.ts (finding images by ID or name), image-stores.ts (garbage
+ * collection, recovery, ImageFsInfo), container-layers.ts (the containers' writable
+ * layers) and volume-use.ts (images mounted as volumes); leases.ts protects a pull's work.
  */
 import type { Readable } from 'node:stream';
 import { abortable } from '../common/abort.js';
-import { measure } from '../common/disk-usage.js';
 import { BerthError, isKind, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { ImagesConfig, RegistryConfig } from '../config/schema.js';
+import { ContainerLayers } from './container-layers.js';
 import type { ContentStore } from './content/content-store.js';
+import { ImageLookup } from './image-lookup.js';
 import type { ImageRecord, ImageRepository } from './image-repository.js';
+import { ImageStores } from './image-stores.js';
+import { Leases } from './leases.js';
 import {
   ACCEPTED_MANIFEST_TYPES,
   chainIds,
@@ -40,10 +48,11 @@ import {
   type LayerCompression,
   type Platform,
 } from './manifest.js';
-import { digestedName, formatReference, isImageId, parseReference, taggedName, type ImageReference } from './reference.js';
+import { digestedName, formatReference, parseReference, taggedName, type ImageReference } from './reference.js';
 import type { Credentials } from './registry/auth.js';
 import { RegistryClient, type Endpoint } from './registry/client.js';
 import type { Snapshotter } from './snapshots/snapshotter.js';
+import { refuseRemovalWhileMounted, useImageAsVolume } from './volume-use.js';
 
 export interface ImageServiceOptions {
   images: ImagesConfig;
@@ -55,9 +64,6 @@ export interface ImageServiceOptions {
   platform?: Platform;
   backoffMs?: number;
 }
-
-/** How old the measured use of the containers' writable layers may be before it is walked again. */
-export const CONTAINER_LAYERS_TTL_MS = 10_000;
 
 /** Runs at most `n` tasks at once. */
 class Limiter {
@@ -73,27 +79,6 @@ class Limiter {
       this.active--;
       this.queue.shift()?.();
     }
-  }
-}
-
-/** Reference-counted protection of blobs and snapshots that pulls are working on. */
-class Leases {
-  private readonly counts = new Map<string, number>();
-  hold(keys: string[]): () => void {
-    for (const k of keys) this.counts.set(k, (this.counts.get(k) ?? 0) + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      for (const k of keys) {
-        const n = (this.counts.get(k) ?? 1) - 1;
-        if (n <= 0) this.counts.delete(k);
-        else this.counts.set(k, n);
-      }
-    };
-  }
-  has(key: string): boolean {
-    return this.counts.has(key);
   }
 }
 
@@ -113,68 +98,25 @@ export class ImageService {
   /** Layers being fetched and unpacked, by chain ID; each settles once committed. */
   private readonly layerTasks = new Map<string, Promise<void>>();
 
-  private readonly containerLayers: {
-    at: number;
-    value?: { bytes: bigint; inodes: bigint; mountpoint: string };
-    pending?: Promise<{ bytes: bigint; inodes: bigint; mountpoint: string }>;
-  } = { at: 0 };
-
-  /** Names (tags and digests, normalised) of images configured as pinned. */
-  private readonly pinnedNames: Set<string>;
+  private readonly lookup: ImageLookup;
+  private readonly stores: ImageStores;
+  private readonly containerLayers: ContainerLayers;
 
   constructor(private readonly o: ImageServiceOptions) {
-    this.pinnedNames = new Set(
-      o.images.pinned.map((text) => {
-        let ref: ImageReference;
-        try {
-          ref = parseReference(text);
-        } catch (err) {
-          throw new BerthError('InvalidArgument', `config key 'images.pinned': ${messageOf(err)}`);
-        }
-        return ref.digest ? digestedName(ref, ref.digest) : taggedName(ref)!;
-      }),
-    );
+    this.lookup = new ImageLookup(o.repo, o.images.pinned);
+    this.stores = new ImageStores(o.content, o.snapshots);
+    this.containerLayers = new ContainerLayers(o.snapshots);
     this.client = new RegistryClient({ images: o.images, registries: o.registries, ...(o.backoffMs !== undefined ? { backoffMs: o.backoffMs } : {}) });
     this.platform = o.platform ?? hostPlatform();
   }
 
-  /** Marks an image pinned when one of its names is in images.pinned. */
-  private withPin(img: ImageRecord | undefined): ImageRecord | undefined {
-    if (!img) return undefined;
-    return { ...img, pinned: img.pinned || [...img.tags, ...img.digests].some((n) => this.pinnedNames.has(n)) };
-  }
-
   /** Finds an image by ID (full, "sha256:"-less, or a unique prefix), tag or digest reference. */
   find(spec: string): ImageRecord | undefined {
-    return this.withPin(this.lookup(spec));
-  }
-
-  private lookup(spec: string): ImageRecord | undefined {
-    const s = spec.trim();
-    if (s === '') return undefined;
-    if (isImageId(s)) return this.o.repo.get(s.startsWith('sha256:') ? s : `sha256:${s}`);
-    let ref: ImageReference | undefined;
-    try {
-      ref = parseReference(s);
-    } catch {
-      ref = undefined;
-    }
-    if (ref) {
-      const byName = ref.digest ? this.o.repo.byName(digestedName(ref, ref.digest)) : this.o.repo.byName(taggedName(ref) ?? '');
-      if (byName) return byName;
-    }
-    // A short ID as crictl shows it. At least 12 hex digits, so that a short image name
-    // that happens to be hex ("cafe") never resolves to an unrelated image.
-    const hex = s.replace(/^sha256:/, '');
-    if (/^[a-f0-9]{12,63}$/.test(hex)) {
-      const ids = this.o.repo.idsWithPrefix(`sha256:${hex}`);
-      if (ids.length === 1) return this.o.repo.get(ids[0]!);
-    }
-    return undefined;
+    return this.lookup.find(spec);
   }
 
   list(): ImageRecord[] {
-    return this.o.repo.list().map((i) => this.withPin(i)!);
+    return this.lookup.list();
   }
 
   /**
@@ -184,37 +126,21 @@ export class ImageService {
   async remove(spec: string): Promise<ImageRecord | undefined> {
     const img = this.find(spec);
     if (!img) return undefined;
-    const uses = this.o.repo.volumeUses(img.id);
-    if (uses.length > 0) {
-      const by = uses.map((u) => `${u.containerId} (mounts[${u.index}])`).join(', ');
-      throw new BerthError('FailedPrecondition', `image ${img.id} is in use as a volume by container ${by}; remove the container first`);
-    }
+    refuseRemovalWhileMounted(this.o.repo, img);
     this.o.repo.delete(img.id);
     this.o.log.info('image removed', { id: img.id, tags: img.tags });
     await this.collect();
     return img;
   }
 
-  /**
-   * Deletes blobs and snapshots that no image, container or pull in flight uses. What
-   * goes is decided and its rows deleted synchronously, with the leases as they are at
-   * that moment, so a pull cannot take a lease on something already condemned; files
-   * and directories are removed afterwards.
-   */
-  async collect(): Promise<{ blobs: number; snapshots: number }> {
-    const held = (key: string): boolean => this.leases.has(key);
-    const dirs = this.o.snapshots.collectRows(held);
-    const trash = this.o.content.collectRows(held);
-    await this.o.snapshots.removeDirs(dirs);
-    await this.o.content.emptyTrash(trash);
-    return { blobs: trash.length, snapshots: dirs.length };
+  /** Deletes blobs and snapshots that no image, container or pull in flight uses (see ImageStores.collect). */
+  collect(): Promise<{ blobs: number; snapshots: number }> {
+    return this.stores.collect((key) => this.leases.has(key));
   }
 
   /** A container's writable layer on an image (see OverlaySnapshotter.prepareActive). */
   prepareContainerLayer(containerId: string, image: ImageRecord): Promise<{ options: string }> {
-    const top = image.layers[image.layers.length - 1];
-    if (!top) throw new BerthError('FailedPrecondition', `image ${image.id} has no layers`);
-    return this.o.snapshots.prepareActive(containerId, top.chainId);
+    return this.containerLayers.prepare(containerId, image);
   }
 
   /**
@@ -225,25 +151,16 @@ export class ImageService {
    * is absent, as kubelet expects (it pulls and retries).
    */
   useAsVolume(containerId: string, index: number, spec: string): { image: ImageRecord; lowerDirs: string[] } {
-    const image = this.find(spec);
-    if (!image) throw new BerthError('NotFound', `mounts[${index}].image: image "${spec}" not found; pull it first`);
-    const top = image.layers[image.layers.length - 1];
-    if (!top) throw new BerthError('FailedPrecondition', `mounts[${index}].image: image ${image.id} has no layers`);
-    const lowerDirs = this.o.snapshots.lowerDirs(top.chainId);
-    if (lowerDirs.length !== image.layers.length) {
-      throw new BerthError('NotFound', `mounts[${index}].image: layer ${top.chainId} of image ${image.id} is not unpacked; pull the image again`);
-    }
-    this.o.repo.recordVolumeUse({ containerId, index, imageId: image.id, chainId: top.chainId });
-    return { image, lowerDirs };
+    return useImageAsVolume(this.o.repo, this.o.snapshots, this.find(spec), containerId, index, spec);
   }
 
   /** The directory holding what a container wrote (its writable layer), if it has one. */
   containerLayerDir(containerId: string): string | undefined {
-    return this.o.snapshots.activeDir(containerId);
+    return this.containerLayers.dir(containerId);
   }
 
   removeContainerLayer(containerId: string): Promise<void> {
-    return this.o.snapshots.removeActive(containerId);
+    return this.containerLayers.remove(containerId);
   }
 
   /** Stops shared downloads and unpacks (shutdown) and waits until they have cleaned up. */
@@ -254,43 +171,18 @@ export class ImageService {
     await this.o.snapshots.close();
   }
 
-  /**
-   * Disk use of the containers' writable layers (the upper dirs of the active snapshots,
-   * on the filesystem of the snapshots dir), as du counts it. Walked at most every
-   * {@link CONTAINER_LAYERS_TTL_MS}; a stale figure is answered while a walk runs.
-   */
-  async containerLayersUsage(): Promise<{ bytes: bigint; inodes: bigint; mountpoint: string }> {
-    const c = this.containerLayers;
-    if (Date.now() - c.at >= CONTAINER_LAYERS_TTL_MS && !c.pending) {
-      c.pending = (async () => {
-        let bytes = 0n;
-        let inodes = 0n;
-        for (const dir of this.o.snapshots.activeDirs()) {
-          // A container removed meanwhile takes its layer with it: it counts nothing.
-          const u = await measure(dir).catch(() => ({ bytes: 0n, inodes: 0n }));
-          bytes += u.bytes;
-          inodes += u.inodes;
-        }
-        c.value = { bytes, inodes, mountpoint: this.o.snapshots.usage().mountpoint };
-        c.at = Date.now();
-        return c.value;
-      })().finally(() => (c.pending = undefined));
-    }
-    return c.value ?? (await c.pending)!;
+  /** Disk use of the containers' writable layers, cached (see ContainerLayers.usage). */
+  containerLayersUsage(): Promise<{ bytes: bigint; inodes: bigint; mountpoint: string }> {
+    return this.containerLayers.usage();
   }
 
   usage(): { bytes: number; inodes: number; mountpoint: string } {
-    const s = this.o.snapshots.usage();
-    const c = this.o.content.usage();
-    return { bytes: s.bytes + c.bytes, inodes: s.inodes + c.count, mountpoint: s.mountpoint };
+    return this.stores.usage();
   }
 
   /** Each store recovers on its own: one failing does not keep the other from running. */
-  async recover(): Promise<void> {
-    const errors: unknown[] = [];
-    await this.o.content.recover().catch((e: unknown) => errors.push(e));
-    await this.o.snapshots.recover().catch((e: unknown) => errors.push(e));
-    if (errors.length > 0) throw new AggregateError(errors, errors.map(messageOf).join('; '));
+  recover(): Promise<void> {
+    return this.stores.recover();
   }
 
   /** Pulls an image; returns its record once it is fully stored and listed. */
