@@ -28,10 +28,6 @@ export function canTransition(from: ContainerState, to: ContainerState): boolean
   return from === to || TRANSITIONS[from].includes(to);
 }
 
-export function canStart(s: ContainerState): boolean {
-  return s === 'created';
-}
-
 /** CRI's ContainerState for a berth state. */
 export function criContainerState(s: ContainerState): 'CONTAINER_CREATED' | 'CONTAINER_RUNNING' | 'CONTAINER_EXITED' | 'CONTAINER_UNKNOWN' {
   switch (s) {

@@ -21,7 +21,8 @@ import { updateContainerResources } from './container/update-container-resources
 import { checkpointContainer } from './container/checkpoint-container.js';
 import { imageFsInfo } from './image/image-fs-info.js';
 import { imageStatus } from './image/image-status.js';
-import { listImages, streamImages } from './image/list-images.js';
+import { listImages } from './image/list-images.js';
+import { streamImages } from './image/stream-images.js';
 import { pullImage } from './image/pull-image.js';
 import { removeImage } from './image/remove-image.js';
 import type { ServiceHandlers } from './rpc.js';
