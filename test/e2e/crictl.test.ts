@@ -569,6 +569,29 @@ describe('crictl against berthd', function () {
     closed.kill('SIGTERM');
   });
 
+  it('the kubelet contract through crictl: a device and its cgroup rule, a privileged container with the host devices, the repo digest as imageRef', async function () {
+    if (!existsSync('/dev/fuse') || !existsSync('/dev/net/tun')) this.skip();
+    const { pod, cfg } = await runp();
+    const dev = await createAndStart(pod, cfg, 'dev', ['sleep', '1000'], {
+      devices: [{ host_path: '/dev/fuse', container_path: '/dev/fuse', permissions: 'rw' }],
+    });
+    const out = await ok(['exec', '-s', dev, 'sh', '-c', 'stat -c "%F %t:%T" /dev/fuse; cat /sys/fs/cgroup/devices/devices.list 2>/dev/null; true']);
+    assert.match(out, /^character special file a:e5$/m, '/dev/fuse with the host numbers (10:229)');
+    if (existsSync('/sys/fs/cgroup/devices')) assert.match(out, /^c 10:229 rw$/m, 'the requested permissions in the device cgroup');
+    assert.match(String((await inspect(dev)).status.imageRef), /^[^@]+\/busybox@sha256:[0-9a-f]{64}$/, 'imageRef is the repo digest');
+
+    const p = podConfig({ linux: { security_context: { privileged: true } } });
+    const ppod = await ok(['runp', p.path]);
+    cleanup.push(async () => {
+      await crictl(['stopp', ppod]);
+      await crictl(['rmp', '-f', ppod]);
+    });
+    const priv = await createAndStart(ppod, p.path, 'priv', ['sleep', '1000'], { linux: { security_context: { privileged: true } } });
+    const pout = await ok(['exec', '-s', priv, 'sh', '-c', 'test -c /dev/net/tun && echo tun; grep " /sys " /proc/self/mounts']);
+    assert.match(pout, /^tun$/m, 'the host device /dev/net/tun is there');
+    assert.match(pout, /^sysfs \/sys sysfs rw[, ]/m, '/sys is writable');
+  });
+
   it('stats and statsp: CPU, memory and the writable layer of containers, and the pod', async () => {
     const { pod, cfg } = await runp();
     const id = await createAndStart(pod, cfg, 'st', [
