@@ -103,6 +103,12 @@ export interface TracingConfig {
   service_name: string;
 }
 
+/** GetContainerEvents (kubelet's evented PLEG). */
+export interface EventsConfig {
+  /** Events one subscriber may fall behind by before it is cut off with RESOURCE_EXHAUSTED. */
+  subscriber_queue_size: number;
+}
+
 export interface BerthConfig {
   /** gRPC unix socket kubelet and crictl connect to. */
   socket: string;
@@ -122,6 +128,7 @@ export interface BerthConfig {
   streaming: StreamingConfig;
   cdi: CdiConfig;
   tracing: TracingConfig;
+  events: EventsConfig;
   /** The handler used when a pod names none. */
   default_runtime: string;
   runtimes: Record<string, RuntimeHandlerConfig>;
@@ -175,6 +182,9 @@ export function defaultConfig(): BerthConfig {
       endpoint: '',
       sampling_rate_per_million: 0,
       service_name: 'berth',
+    },
+    events: {
+      subscriber_queue_size: 1000,
     },
     default_runtime: 'runc',
     runtimes: {
@@ -277,6 +287,7 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   },
   'tracing.sampling_rate_per_million': integerIn(0, 1_000_000),
   'tracing.service_name': (v) => (typeof v === 'string' && v.trim() !== '' ? undefined : `expected a non-empty service name, got ${describe(v)}`),
+  'events.subscriber_queue_size': integerIn(1, 1_000_000),
   default_runtime: (v) =>
     typeof v === 'string' && /^[a-z0-9][a-z0-9.-]{0,62}$/.test(v) ? undefined : `expected a handler name like "runc", got ${describe(v)}`,
   'runtimes.*.path': absolutePath,

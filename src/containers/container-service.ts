@@ -25,6 +25,7 @@ import type { ImageService } from '../images/image-service.js';
 import type { OciRuntime, OciRuntimes } from '../oci/oci-runtime.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
 import type { Shim, ShimHandle } from '../shim/shim.js';
+import { ContainerEvents } from './container-events.js';
 import { ContainerIo, type CriResources } from './container-io.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
 import type { ExecSession } from './exec-session.js';
@@ -76,6 +77,8 @@ export class ContainerService {
   private readonly cdi: CdiRegistry;
   private readonly exits: ExitMonitor;
   private readonly io: ContainerIo;
+  /** Lifecycle events, for GetContainerEvents. */
+  readonly events: ContainerEvents;
 
   constructor(private readonly o: ContainerServiceOptions) {
     this.cdi = new CdiRegistry(o.config.cdi.spec_dirs);
@@ -84,7 +87,11 @@ export class ContainerService {
     this.host = o.host ?? hostProbes();
     const runtimeOf = (c: { sandboxId: string }): OciRuntime => this.runtimeOf(c);
     const bundleOf = (id: string): string => this.paths(id).bundle;
-    this.exits = new ExitMonitor({ repo: o.repo, shim: o.shim, runtimeOf, locks: this.locks, bundleOf, log: o.log });
+    this.events = new ContainerEvents({
+      snapshot: (sandboxId) => ({ sandbox: o.sandboxes.find(sandboxId), containers: o.repo.ofSandbox(sandboxId).filter((c) => c.state !== 'creating') }),
+      queueSize: o.config.events.subscriber_queue_size,
+    });
+    this.exits = new ExitMonitor({ repo: o.repo, shim: o.shim, runtimeOf, locks: this.locks, bundleOf, log: o.log, events: this.events });
     this.io = new ContainerIo({
       repo: o.repo,
       shim: o.shim,
@@ -263,6 +270,7 @@ export class ContainerService {
       const handle = await shimCreated;
       this.o.repo.update(id, () => ({ state: 'created', pid: handle.pid, shimPid: handle.shimPid }));
       undo.move();
+      this.events.publish('created', { id, sandboxId: sandbox.id });
       return id;
     } catch (err) {
       // The shim first gives up (its process killed) or finishes; then everything is undone.
@@ -290,6 +298,7 @@ export class ContainerService {
       });
       await this.runtimeOf(c).start(c.id);
       this.o.repo.update(c.id, () => ({ state: 'running', startedAt: nowNs() }));
+      this.events.publish('started', c);
       this.exits.watch(c.id);
     });
   }
@@ -355,6 +364,8 @@ export class ContainerService {
     await this.locked(found.id, async () => {
       const c = this.o.repo.get(found.id);
       if (!c) return;
+      // A row still `creating` (recovery) was never announced, so its removal is not either.
+      const announced = c.state !== 'creating';
       this.o.repo.update(c.id, () => ({ state: 'removing' }));
       const rt = this.runtimeOf(c);
       const { bundle, rootfs } = this.paths(c.id);
@@ -366,6 +377,7 @@ export class ContainerService {
       await this.o.shim.removeFiles({ id: c.id, bundle });
       await rm(bundle, { recursive: true, force: true });
       this.o.repo.delete(c.id);
+      if (announced) this.events.publish('deleted', c);
     });
   }
 
@@ -410,6 +422,15 @@ export class ContainerService {
    * followed again (see {@link ExitMonitor.reconcile}).
    */
   async recover(): Promise<void> {
+    this.events.beginRecovery();
+    try {
+      await this.recoverEach();
+    } finally {
+      this.events.endRecovery();
+    }
+  }
+
+  private async recoverEach(): Promise<void> {
     for (const c of this.o.repo.list()) {
       try {
         if (c.state === 'creating' || c.state === 'removing') {
@@ -427,6 +448,7 @@ export class ContainerService {
 
   close(): void {
     this.exits.close();
+    this.events.close();
   }
 }
 

@@ -12,6 +12,7 @@ import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { OciRuntime } from '../oci/oci-runtime.js';
 import type { Shim } from '../shim/shim.js';
+import type { ContainerEvents } from './container-events.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
 
 /** How often the shims of followed containers are checked, and a container whose shim died is asked about. */
@@ -27,6 +28,8 @@ export interface ExitMonitorOptions {
   /** The container's bundle (where the shim keeps its files). */
   bundleOf(id: string): string;
   log: Logger;
+  /** Where stops are published. */
+  events: ContainerEvents;
 }
 
 export class ExitMonitor {
@@ -103,6 +106,7 @@ export class ExitMonitor {
             finishedAt: nowNs(),
             pid: 0,
           }));
+          this.o.events.publish('stopped', cur);
           this.o.log.warn('container stopped without its shim; exit code unknown', { container: id });
         });
       }
@@ -125,12 +129,14 @@ export class ExitMonitor {
       // The shim may have written the exit file since it was read.
       const late = await this.o.shim.exitCode(c.id);
       if (late !== undefined) await this.recordExit(c.id, late);
-      else
+      else {
         this.o.repo.update(c.id, () => ({
           state: 'unknown',
           reason: 'Unknown',
           message: 'the container stopped while berthd was down and no exit code was recorded (its shim died)',
         }));
+        this.o.events.publish('stopped', c);
+      }
     } else if (c.state === 'running' || !st || st.status === 'stopped') {
       this.watch(c.id);
     }
@@ -141,13 +147,18 @@ export class ExitMonitor {
     for (const [id, s] of this.shims) if (!this.o.shim.alive(id, s.pid)) s.gone.abort();
   }
 
-  /** Marks a container exited with its code; idempotent. */
+  /** Marks a container exited with its code, publishing the stop once; idempotent. */
   async recordExit(id: string, code: number): Promise<void> {
     const c = this.o.repo.get(id);
     if (!c || c.state === 'exited' || c.state === 'removing') return;
     const oom = await this.o.shim.oomKilled({ id, bundle: this.o.bundleOf(id) });
+    // Read again: the exit may have been recorded meanwhile (the monitor and StopContainer race).
+    const cur = this.o.repo.get(id);
+    if (!cur || cur.state === 'exited' || cur.state === 'removing') return;
     const reason = oom ? 'OOMKilled' : code === 0 ? 'Completed' : 'Error';
     this.o.repo.update(id, () => ({ state: 'exited', exitCode: code, reason, finishedAt: nowNs(), pid: 0 }));
+    // An `unknown` container's stop was published when it was found stopped.
+    if (cur.state !== 'unknown') this.o.events.publish('stopped', cur);
     this.o.log.info('container exited', { container: id, exit_code: code, reason });
   }
 

@@ -13,6 +13,8 @@ export interface RpcContext {
   readonly signal: AbortSignal;
   /** The caller's deadline, if it set one. */
   readonly deadline: Date | undefined;
+  /** Aborted when berthd starts draining (SIGTERM): a stream that would run on ends then. */
+  readonly draining: AbortSignal;
 }
 
 export type UnaryHandler<Req, Res> = (req: Req, ctx: RpcContext) => Promise<Res>;

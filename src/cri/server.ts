@@ -11,6 +11,7 @@ import { criApi } from './proto.js';
 import { containerStatus } from './container/container-status.js';
 import { createContainer } from './container/create-container.js';
 import { execSync } from './container/exec-sync.js';
+import { getContainerEvents } from './container/get-container-events.js';
 import { listContainers } from './container/list-containers.js';
 import { removeContainer } from './container/remove-container.js';
 import { reopenContainerLog } from './container/reopen-container-log.js';
@@ -76,6 +77,7 @@ export function runtimeHandlers(deps: CriDeps): ServiceHandlers<RuntimeServiceHa
     ReopenContainerLog: reopenContainerLog(deps.containers),
     UpdateContainerResources: updateContainerResources(deps.containers),
     CheckpointContainer: checkpointContainer(),
+    GetContainerEvents: getContainerEvents(deps.containers),
     ContainerStats: containerStats(deps),
     ListContainerStats: listContainerStats(deps),
     StreamContainerStats: streamContainerStats(deps),

@@ -14,6 +14,12 @@ export class ServingState {
   private phaseValue: ServingPhase = 'recovering';
   private inflightCount = 0;
   private waiters: Array<() => void> = [];
+  private readonly drainStart = new AbortController();
+
+  /** Aborted when draining starts: long-lived streams (GetContainerEvents) end then. */
+  get draining(): AbortSignal {
+    return this.drainStart.signal;
+  }
 
   get phase(): ServingPhase {
     return this.phaseValue;
@@ -29,6 +35,7 @@ export class ServingState {
 
   drain(): void {
     this.phaseValue = 'draining';
+    this.drainStart.abort();
     if (this.inflightCount === 0) this.wake();
   }
 

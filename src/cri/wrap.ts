@@ -67,6 +67,7 @@ type AnyUnary = UnaryHandler<unknown, unknown>;
 type AnyStream = StreamHandler<unknown, unknown>;
 
 function makeContext(
+  env: WrapEnv,
   method: string,
   call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>,
 ): { ctx: RpcContext; done(): void } {
@@ -90,7 +91,7 @@ function makeContext(
     );
   call.on('cancelled', onCancel);
   return {
-    ctx: { method, signal: ac.signal, deadline },
+    ctx: { method, signal: ac.signal, deadline, draining: env.state.draining },
     done() {
       if (timer) clearTimeout(timer);
       call.removeListener('cancelled', onCancel);
@@ -143,7 +144,7 @@ function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined):
       callback({ code: refused.code, details: refused.details });
       return;
     }
-    const { ctx, done } = makeContext(method, call);
+    const { ctx, done } = makeContext(env, method, call);
     obs
       .run(() => Promise.resolve().then(() => handler!(call.request, ctx)))
       .then(
@@ -180,7 +181,10 @@ function wrapStream(env: WrapEnv, method: string, handler: AnyStream | undefined
       call.emit('error', { code: refused.code, details: refused.details });
       return;
     }
-    const { ctx, done } = makeContext(method, call);
+    const { ctx, done } = makeContext(env, method, call);
+    // Headers go out on admission: a client learns that its stream stands (a GetContainerEvents
+    // subscription is made as the handler starts, before any other call is read) before the first message.
+    call.sendMetadata(new grpc.Metadata());
     // Honour back-pressure: wait for 'drain' when the socket buffer is full.
     const send = (res: unknown): Promise<void> =>
       new Promise((resolve, reject) => {

@@ -1,8 +1,42 @@
+import type { ContainerRecord } from '../../containers/container-repository.js';
 import type { ContainerService } from '../../containers/container-service.js';
+import type { ContainerStatus } from '../gen/runtime/v1/ContainerStatus.js';
 import type { ContainerStatusRequest__Output } from '../gen/runtime/v1/ContainerStatusRequest.js';
 import type { ContainerStatusResponse } from '../gen/runtime/v1/ContainerStatusResponse.js';
 import type { UnaryHandler } from '../rpc.js';
 import { recordedResources, requireId, specStopSignal, specUser, toCriContainer, verboseInfo } from './convert.js';
+
+/**
+ * A container's CRI status from its record and its OCI spec (`spec`, undefined once the
+ * bundle is gone). ContainerStatus answers with it; GetContainerEvents attaches it.
+ */
+export function criContainerStatus(svc: ContainerService, c: ContainerRecord, spec: Record<string, unknown> | undefined): ContainerStatus {
+  const base = toCriContainer(c, svc.imageOf(c));
+  const cfg = c.config as { mounts?: unknown[] };
+  const user = specUser(spec);
+  const resources = recordedResources(c);
+  return {
+    id: c.id,
+    metadata: base.metadata,
+    state: base.state,
+    created_at: c.createdAt,
+    started_at: c.startedAt,
+    finished_at: c.finishedAt,
+    exit_code: c.exitCode ?? 0,
+    image: base.image,
+    image_ref: base.image_ref,
+    image_id: c.imageId,
+    reason: c.reason,
+    message: c.message,
+    labels: base.labels,
+    annotations: base.annotations,
+    mounts: (cfg.mounts ?? []) as never,
+    log_path: c.logPath,
+    ...(resources ? { resources: { linux: resources } } : {}),
+    ...(user ? { user: { linux: user } } : {}),
+    stop_signal: specStopSignal(spec) as never,
+  };
+}
 
 /**
  * ContainerStatus. `resources` are the ones in force (as created, then as updated);
@@ -16,33 +50,9 @@ export const containerStatus =
   async (req) => {
     const cid = requireId(req.container_id, 'container_id');
     const c = svc.requireContainer(cid);
-    const base = toCriContainer(c, svc.imageOf(c));
-    const cfg = c.config as { mounts?: unknown[] };
     const spec = await svc.runtimeSpec(c.id);
-    const user = specUser(spec);
-    const resources = recordedResources(c);
     return {
-      status: {
-        id: c.id,
-        metadata: base.metadata,
-        state: base.state,
-        created_at: c.createdAt,
-        started_at: c.startedAt,
-        finished_at: c.finishedAt,
-        exit_code: c.exitCode ?? 0,
-        image: base.image,
-        image_ref: base.image_ref,
-        image_id: c.imageId,
-        reason: c.reason,
-        message: c.message,
-        labels: base.labels,
-        annotations: base.annotations,
-        mounts: (cfg.mounts ?? []) as never,
-        log_path: c.logPath,
-        ...(resources ? { resources: { linux: resources } } : {}),
-        ...(user ? { user: { linux: user } } : {}),
-        stop_signal: specStopSignal(spec) as never,
-      },
+      status: criContainerStatus(svc, c, spec),
       info: req.verbose ? { info: JSON.stringify(verboseInfo(c, spec)) } : ({} as Record<string, string>),
     };
   };

@@ -1,5 +1,7 @@
 import { nowNs } from '../../common/clock.js';
+import type { SandboxRecord } from '../../sandbox/sandbox-repository.js';
 import type { SandboxService } from '../../sandbox/sandbox-service.js';
+import type { PodSandboxStatus } from '../gen/runtime/v1/PodSandboxStatus.js';
 import type { PodSandboxStatusRequest__Output } from '../gen/runtime/v1/PodSandboxStatusRequest.js';
 import type { PodSandboxStatusResponse } from '../gen/runtime/v1/PodSandboxStatusResponse.js';
 import type { UnaryHandler } from '../rpc.js';
@@ -9,14 +11,26 @@ interface StoredNamespaces {
   linux?: { security_context?: { namespace_options?: { network?: string; pid?: string; ipc?: string } } };
 }
 
+/** A pod's CRI status from its record. PodSandboxStatus answers with it; GetContainerEvents attaches it. */
+export function criPodSandboxStatus(rec: SandboxRecord): PodSandboxStatus {
+  const nsOpts = (rec.config as StoredNamespaces).linux?.security_context?.namespace_options ?? {};
+  return {
+    ...toCriPodSandbox(rec),
+    network: { ip: rec.ips[0] ?? '', additional_ips: rec.ips.slice(1).map((ip) => ({ ip })) },
+    linux: {
+      namespaces: {
+        options: { network: (nsOpts.network ?? 'POD') as 'POD', pid: (nsOpts.pid ?? 'POD') as 'POD', ipc: (nsOpts.ipc ?? 'POD') as 'POD', target_id: '' },
+      },
+    },
+  };
+}
+
 /** PodSandboxStatus: NOT_FOUND for an unknown id; `verbose` adds berth's own view in info["info"]. */
 export const podSandboxStatus =
   (svc: SandboxService): UnaryHandler<PodSandboxStatusRequest__Output, PodSandboxStatusResponse> =>
   async (req) => {
     const id = requireId(req.pod_sandbox_id, 'pod_sandbox_id');
     const rec = svc.requireSandbox(id);
-    const base = toCriPodSandbox(rec);
-    const nsOpts = (rec.config as StoredNamespaces).linux?.security_context?.namespace_options ?? {};
     const info: Record<string, string> = {};
     if (req.verbose) {
       info.info = JSON.stringify({
@@ -30,15 +44,7 @@ export const podSandboxStatus =
       });
     }
     return {
-      status: {
-        ...base,
-        network: { ip: rec.ips[0] ?? '', additional_ips: rec.ips.slice(1).map((ip) => ({ ip })) },
-        linux: {
-          namespaces: {
-            options: { network: (nsOpts.network ?? 'POD') as 'POD', pid: (nsOpts.pid ?? 'POD') as 'POD', ipc: (nsOpts.ipc ?? 'POD') as 'POD', target_id: '' },
-          },
-        },
-      },
+      status: criPodSandboxStatus(rec),
       info,
       containers_statuses: [],
       timestamp: nowNs(),
