@@ -221,7 +221,22 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     held.push(() => imgs.close());
     const runtimes = ociRuntimes(config, log.child({ component: 'runtime' }));
     const shim = new ConmonShim({ dirs: shimDirs(config.state), log: log.child({ component: 'shim' }) });
-    sandboxes = new SandboxService({ config, repo: new SandboxRepository(db), runtimes, shim, log: log.child({ component: 'sandbox' }) });
+    // The pod services need each other: ContainerService is built on SandboxService, which
+    // stops and removes a pod's containers through hooks bound to it once it exists (none
+    // is called before recovery, which runs after both are built).
+    const late: { containers?: ContainerService } = {};
+    const boundContainers = (): ContainerService => {
+      if (!late.containers) throw new Error('containers are not set up yet');
+      return late.containers;
+    };
+    sandboxes = new SandboxService({
+      config,
+      repo: new SandboxRepository(db),
+      runtimes,
+      shim,
+      containers: { stopAll: (id) => boundContainers().stopAll(id), removeAll: (id) => boundContainers().removeAll(id) },
+      log: log.child({ component: 'sandbox' }),
+    });
     const sb = sandboxes;
     held.push(() => sb.close());
     const containers = new ContainerService({
@@ -233,7 +248,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
       shim,
       log: log.child({ component: 'containers' }),
     });
-    sandboxes.containers = containers;
+    late.containers = containers;
     containersRef = containers;
     held.push(() => containers.close());
     const stats = new StatsService({ containers, sandboxes, images, cgroupDriver: config.cgroup_driver, log: log.child({ component: 'stats' }) });

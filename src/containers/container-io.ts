@@ -141,7 +141,7 @@ export class ContainerIo {
    * UpdateContainerResources: applies CPU and memory changes to a running (or created)
    * container with the runtime's `update`, then records them in the container's config.
    */
-  async updateResources(idOrPrefix: string, r: CriResources, raw: Record<string, unknown>): Promise<void> {
+  async updateResources(idOrPrefix: string, r: CriResources): Promise<void> {
     const c = this.o.require(idOrPrefix, { states: ['running', 'created'], refusal: '; only a created or running container can be updated' });
     const res: OciResourceUpdate = {};
     const cpu: NonNullable<OciResourceUpdate['cpu']> = {};
@@ -160,6 +160,39 @@ export class ContainerIo {
       if (err instanceof OciRuntimeError) throw new BerthError('FailedPrecondition', `container ${c.id}: the runtime refused the update: ${err.detail}`);
       throw err;
     }
-    this.o.repo.updateConfig(c.id, { ...c.config, linux: { ...((c.config.linux as object | undefined) ?? {}), resources: raw } });
+    this.o.repo.updateFacts(c.id, (cur) => ({ resources: mergeResources(cur.resources, r) }));
   }
+}
+
+const NO_RESOURCES: CriResources = {
+  cpu_period: 0,
+  cpu_quota: 0,
+  cpu_shares: 0,
+  memory_limit_in_bytes: 0,
+  oom_score_adj: 0,
+  cpuset_cpus: '',
+  cpuset_mems: '',
+  hugepage_limits: [],
+  unified: {},
+  memory_swap_limit_in_bytes: 0,
+};
+
+/**
+ * The resources in force after UpdateContainerResources: the recorded ones with the
+ * fields the update applies (set, i.e. non-zero or non-empty) replaced. As containerd, a
+ * zero field means "unchanged": crictl sends zero for every flag not given.
+ */
+export function mergeResources(cur: CriResources | null, next: CriResources): CriResources {
+  const out: CriResources = { ...(cur ?? NO_RESOURCES) };
+  if (next.cpu_shares > 0) out.cpu_shares = next.cpu_shares;
+  if (next.cpu_quota !== 0) out.cpu_quota = next.cpu_quota;
+  if (next.cpu_period > 0) out.cpu_period = next.cpu_period;
+  if (next.cpuset_cpus !== '') out.cpuset_cpus = next.cpuset_cpus;
+  if (next.cpuset_mems !== '') out.cpuset_mems = next.cpuset_mems;
+  if (next.memory_limit_in_bytes > 0) {
+    out.memory_limit_in_bytes = next.memory_limit_in_bytes;
+    // 0: the default, memory+swap equal to memory (no swap), as at creation.
+    out.memory_swap_limit_in_bytes = next.memory_swap_limit_in_bytes;
+  }
+  return out;
 }

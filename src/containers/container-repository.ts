@@ -1,5 +1,43 @@
 import type { Db } from '../store/database.js';
+import type { CriMount } from './mounts.js';
+import type { SelinuxOptions } from './selinux.js';
+import type { CriLinuxResources } from './spec.js';
 import { canTransition, type ContainerState } from './state.js';
+
+/**
+ * What was decided about a container when it was made, so nothing re-reads the request.
+ * The version says which shape the JSON document has (a new shape is a new version and a
+ * migration that converts the stored ones).
+ */
+export interface ContainerFacts {
+  v: 1;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  /** The rest of the request's ImageSpec (the reference itself is `imageRef`, the image `imageId`). */
+  image: { annotations: Record<string, string>; userSpecifiedImage: string; runtimeHandler: string };
+  tty: boolean;
+  stdin: boolean;
+  stdinOnce: boolean;
+  /** The LinuxContainerResources in force: as created, then as UpdateContainerResources merged them. */
+  resources: CriLinuxResources | null;
+  /** The CRI mounts, as requested (ContainerStatus reports them). */
+  mounts: CriMount[];
+  privileged: boolean;
+  selinuxOptions: SelinuxOptions | null;
+  /** The identity the process runs as, as resolved into the OCI spec; null when unknown. */
+  user: { uid: number; gid: number; supplementalGroups: number[] } | null;
+  /** The signal StopContainer sends first (a CRI Signal name), as decided into the OCI spec; null when unknown. */
+  stopSignal: string | null;
+}
+
+export const CONTAINER_FACTS_VERSION = 1;
+
+function parseFacts(id: string, text: string): ContainerFacts {
+  const f = JSON.parse(text) as ContainerFacts;
+  if (f.v !== CONTAINER_FACTS_VERSION)
+    throw new Error(`container ${id}: facts of version ${String(f.v)}; this berthd reads version ${CONTAINER_FACTS_VERSION}`);
+  return f;
+}
 
 export interface ContainerRecord {
   id: string;
@@ -10,8 +48,9 @@ export interface ContainerRecord {
   /** The image as the CRI request named it. */
   imageRef: string;
   state: ContainerState;
-  /** The ContainerConfig as kubelet sent it (JSON-able). */
-  config: Record<string, unknown>;
+  facts: ContainerFacts;
+  /** The ContainerConfig as kubelet sent it (JSON-able), shown only by verbose status. */
+  request: Record<string, unknown>;
   logPath: string;
   pid: number | null;
   shimPid: number | null;
@@ -33,6 +72,7 @@ interface Row {
   image_ref: string;
   state: ContainerState;
   config: string;
+  facts: string;
   log_path: string;
   pid: number | null;
   shim_pid: number | null;
@@ -53,7 +93,8 @@ function toRecord(r: Row): ContainerRecord {
     imageId: r.image_id,
     imageRef: r.image_ref,
     state: r.state,
-    config: JSON.parse(r.config) as Record<string, unknown>,
+    facts: parseFacts(r.id, r.facts),
+    request: JSON.parse(r.config) as Record<string, unknown>,
     logPath: r.log_path,
     pid: r.pid,
     shimPid: r.shim_pid,
@@ -78,7 +119,7 @@ export class ContainerRepository {
   private readonly insertStmt;
   private readonly deleteStmt;
   private readonly updateStmt;
-  private readonly updateConfigStmt;
+  private readonly updateFactsStmt;
 
   constructor(private readonly db: Db) {
     this.getStmt = db.prepare<[string], Row>('SELECT * FROM containers WHERE id = ?');
@@ -86,11 +127,11 @@ export class ContainerRepository {
     this.bySandboxStmt = db.prepare<[string], Row>('SELECT * FROM containers WHERE sandbox_id = ? ORDER BY created_at');
     this.byNameStmt = db.prepare<[string, string, number], Row>('SELECT * FROM containers WHERE sandbox_id = ? AND name = ? AND attempt = ?');
     this.prefixStmt = db.prepare<[string], { id: string }>("SELECT id FROM containers WHERE id LIKE ? ESCAPE '\\'");
-    this.insertStmt = db.prepare<[string, string, string, number, string, string, string, string, string]>(
-      "INSERT INTO containers (id, sandbox_id, name, attempt, image_id, image_ref, state, config, log_path, created_at) VALUES (?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?)",
+    this.insertStmt = db.prepare<[string, string, string, number, string, string, string, string, string, string]>(
+      "INSERT INTO containers (id, sandbox_id, name, attempt, image_id, image_ref, state, config, facts, log_path, created_at) VALUES (?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?)",
     );
     this.deleteStmt = db.prepare<[string]>('DELETE FROM containers WHERE id = ?');
-    this.updateConfigStmt = db.prepare<[string, string]>('UPDATE containers SET config = ? WHERE id = ?');
+    this.updateFactsStmt = db.prepare<[string, string]>('UPDATE containers SET facts = ? WHERE id = ?');
     this.updateStmt = db.prepare(
       'UPDATE containers SET state = @state, pid = @pid, shim_pid = @shimPid, exit_code = @exitCode, reason = @reason, message = @message, started_at = @startedAt, finished_at = @finishedAt WHERE id = @id',
     );
@@ -125,11 +166,23 @@ export class ContainerRepository {
     attempt: number;
     imageId: string;
     imageRef: string;
-    config: Record<string, unknown>;
+    facts: ContainerFacts;
+    request: Record<string, unknown>;
     logPath: string;
     createdAt: string;
   }): void {
-    this.insertStmt.run(c.id, c.sandboxId, c.name, c.attempt, c.imageId, c.imageRef, JSON.stringify(c.config), c.logPath, c.createdAt);
+    this.insertStmt.run(
+      c.id,
+      c.sandboxId,
+      c.name,
+      c.attempt,
+      c.imageId,
+      c.imageRef,
+      JSON.stringify(c.request),
+      JSON.stringify(c.facts),
+      c.logPath,
+      c.createdAt,
+    );
   }
 
   /** Changes a container in one transaction; a state change must be a legal transition. */
@@ -155,9 +208,15 @@ export class ContainerRepository {
     })();
   }
 
-  /** Replaces the recorded ContainerConfig (after UpdateContainerResources). */
-  updateConfig(id: string, config: Record<string, unknown>): void {
-    this.updateConfigStmt.run(JSON.stringify(config), id);
+  /** Changes a container's facts in one transaction (resources after an update; user and stop signal learnt from the spec). */
+  updateFacts(id: string, fn: (cur: ContainerFacts) => Partial<ContainerFacts>): ContainerRecord {
+    return this.db.transaction(() => {
+      const cur = this.get(id);
+      if (!cur) throw new Error(`container ${id} vanished`);
+      const facts: ContainerFacts = { ...cur.facts, ...fn(cur.facts) };
+      this.updateFactsStmt.run(JSON.stringify(facts), id);
+      return { ...cur, facts };
+    })();
   }
 
   delete(id: string): void {

@@ -32,7 +32,7 @@ import type { ExecSession } from './exec-session.js';
 import { ExitMonitor } from './exit-monitor.js';
 import { hostProbes, warnOnce, type HostProbes } from './host-probes.js';
 import { podSpecView, targetPidns } from './pod-view.js';
-import { effectiveStopSignal } from './signals.js';
+import { containerFacts, specFacts, stopSignalOf, type RequestedImageSpec } from './container-facts.js';
 import { generateSpec, type CriContainerConfig } from './spec.js';
 import { IdFilesCache, localhostSeccompProfiles } from './spec-files.js';
 import { specPrerequisites } from './spec-prerequisites.js';
@@ -51,7 +51,9 @@ export interface CreateContainerRequest {
   /** The kubelet's log path relative to the pod's log directory. */
   logPath: string;
   config: CriContainerConfig;
-  /** The ContainerConfig as kubelet sent it, kept for ContainerStatus. */
+  /** The request's ImageSpec besides the reference. */
+  imageSpec: RequestedImageSpec;
+  /** The ContainerConfig as kubelet sent it, kept for verbose ContainerStatus only. */
   raw: Record<string, unknown>;
 }
 
@@ -164,14 +166,14 @@ export class ContainerService {
     // Devices, host devices and LSM profiles: resolved before anything of the container exists.
     const prereq = await specPrerequisites(req.config, this.host, this.cdi);
     // User namespaces and recursive read-only mounts (idmap.ts): checked before anything is made.
-    const podIdmap = podIdmapOf(sandbox);
+    const pod = this.o.sandboxes.containerView(sandbox.id);
+    const podIdmap = podIdmapOf(pod);
     const plans = planMounts(req.config.mounts, podIdmap);
     // Image volumes (image-volumes.ts): checked, and their images found, before anything is made.
     const volumePlans = planImageVolumes(req.config.mounts, { images: this.o.images });
 
     const id = randomBytes(32).toString('hex');
-    const logDir = (sandbox.config as { log_directory?: string }).log_directory ?? '';
-    const logPath = logDir !== '' && req.logPath !== '' ? join(logDir, req.logPath) : join(this.bundles, id, 'container.log');
+    const logPath = pod.logDirectory !== '' && req.logPath !== '' ? join(pod.logDirectory, req.logPath) : join(this.bundles, id, 'container.log');
     const { bundle, rootfs } = this.paths(id);
     const rt = this.o.runtimes.get(sandbox.runtimeHandler);
     this.o.repo.insert({
@@ -181,7 +183,8 @@ export class ContainerService {
       attempt: req.attempt,
       imageId: image.id,
       imageRef: req.image,
-      config: req.raw,
+      facts: containerFacts(req.config, req.imageSpec),
+      request: req.raw,
       logPath,
       createdAt: nowNs(),
     });
@@ -252,7 +255,7 @@ export class ContainerService {
         passwd: ids.passwd,
         group: ids.group,
         rootfs,
-        sandbox: podSpecView(sandbox, this.o.sandboxes.podDir(sandbox.id)),
+        sandbox: podSpecView(pod),
         cgroupDriver: this.o.config.cgroup_driver,
         minOomScoreAdj: this.host.minOomScoreAdj,
         ...prereq,
@@ -265,6 +268,7 @@ export class ContainerService {
       for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
       for (const w of hostWarnings) warnOnce(this.o.log, w, { container: id });
       await writeFile(join(bundle, 'config.json'), JSON.stringify(spec), { mode: 0o600 });
+      this.o.repo.updateFacts(id, () => specFacts(spec as unknown as Record<string, unknown>));
       await mounted;
       bundleDone();
       const handle = await shimCreated;
@@ -312,8 +316,8 @@ export class ContainerService {
       const rt = this.runtimeOf(c);
       if (c.state === 'unknown') return this.stopLost(c, rt);
       const image = this.o.images.find(c.imageId);
-      // ContainerConfig.stop_signal, else the image's; an unusable image signal falls back to SIGTERM.
-      const stopSig = effectiveStopSignal(c.config, image?.config);
+      // As decided at creation: ContainerConfig.stop_signal, else the image's (an unusable one: SIGTERM).
+      const stopSig = stopSignalOf(c.facts, image?.config);
       if (stopSig.warning) this.o.log.warn('stop signal', { container: c.id, warning: stopSig.warning });
       const sig = stopSig.signal;
       // Without its shim (killed) no exit file will come: ask the runtime instead.
@@ -402,8 +406,8 @@ export class ContainerService {
   }
 
   /** UpdateContainerResources; see {@link ContainerIo.updateResources}. */
-  updateResources(idOrPrefix: string, r: CriResources, raw: Record<string, unknown>): Promise<void> {
-    return this.io.updateResources(idOrPrefix, r, raw);
+  updateResources(idOrPrefix: string, r: CriResources): Promise<void> {
+    return this.io.updateResources(idOrPrefix, r);
   }
 
   /** Stops every container of a pod (StopPodSandbox), lost (`unknown`) ones too, as containerd does. */
@@ -437,6 +441,7 @@ export class ContainerService {
           await this.remove(c.id);
           continue;
         }
+        if (c.facts.user === null && c.facts.stopSignal === null) await this.completeFacts(c.id);
         if (c.state === 'running' || c.state === 'created') await this.exits.reconcile(c);
       } catch (err) {
         this.o.log.error('recovery of a container failed', { container: c.id, error: messageOf(err) });
@@ -444,6 +449,15 @@ export class ContainerService {
         if (c.state === 'running') this.exits.watch(c.id);
       }
     }
+  }
+
+  /**
+   * Rows written before containers had typed facts (migration 6) lack what only the OCI
+   * spec says (user, stop signal): read once from the bundle, when it is still there.
+   */
+  private async completeFacts(id: string): Promise<void> {
+    const spec = await this.runtimeSpec(id);
+    if (spec) this.o.repo.updateFacts(id, () => specFacts(spec));
   }
 
   close(): void {

@@ -27,8 +27,8 @@ import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/error
 import { cloneMount, MNT, umount } from '../common/mount.js';
 import { pinUserns, type IdMap } from '../common/userns.js';
 import type { OciIdMapping, OciMount, OciNamespace } from '../oci/spec.js';
-import type { SandboxRecord } from '../sandbox/sandbox-repository.js';
-import { checkIdMappings, hostIdOf, usernsPin, type CriIdMapping, type CriUsernsOptions } from '../sandbox/userns.js';
+import type { PodContainerView } from '../sandbox/pod-facts.js';
+import { hostIdOf, type CriIdMapping } from '../sandbox/userns.js';
 import { isImageVolume } from './image-volumes.js';
 import { cleanPath, type CriMount } from './mounts.js';
 
@@ -39,12 +39,9 @@ export interface PodIdmap {
   gids: IdMap[];
 }
 
-/** The user namespace of a pod, from its record; undefined when it runs in the host's. */
-export function podIdmapOf(sb: SandboxRecord): PodIdmap | undefined {
-  const opts = (sb.config as { linux?: { security_context?: { namespace_options?: { userns_options?: CriUsernsOptions | null } } } }).linux?.security_context
-    ?.namespace_options?.userns_options;
-  if (opts?.mode !== 'POD' || sb.nsDir === null) return undefined;
-  return { usernsPath: usernsPin(sb.nsDir), uids: checkIdMappings(opts.uids, 'userns_options.uids'), gids: checkIdMappings(opts.gids, 'userns_options.gids') };
+/** The user namespace of a pod, from the view it gives its containers; undefined when it runs in the host's. */
+export function podIdmapOf(pod: PodContainerView): PodIdmap | undefined {
+  return pod.userns ? { usernsPath: pod.userns.path, uids: pod.userns.uids, gids: pod.userns.gids } : undefined;
 }
 
 /** What a CRI mount needs prepared: `index` into the CRI mounts. */

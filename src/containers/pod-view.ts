@@ -1,41 +1,30 @@
 /**
- * What a container's spec needs from its pod: the pod's files (hostname, hosts,
- * resolv.conf, shm), the pinned namespaces it joins, its cgroup parent and which
- * namespaces are the host's; and for pid TARGET, the PID namespace of another container.
+ * What a container's spec needs from its pod, as the spec generator takes it: from the
+ * view the pod gives its containers (sandbox/pod-facts.ts, the only place that knows the
+ * pod's layout); and for pid TARGET, the PID namespace of another container.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { BerthError } from '../common/errors.js';
-import type { SandboxRecord } from '../sandbox/sandbox-repository.js';
+import type { PodContainerView } from '../sandbox/pod-facts.js';
 import type { ContainerRecord } from './container-repository.js';
 import type { CriContainerConfig, generateSpec } from './spec.js';
 
-/** The pod as the spec generator sees it, from the pod's record and its directory `podDir`. */
-export function podSpecView(sb: SandboxRecord, podDir: string): Parameters<typeof generateSpec>[0]['sandbox'] {
-  const cfg = sb.config as {
-    hostname?: string;
-    linux?: { cgroup_parent?: string; security_context?: { namespace_options?: { network?: string; ipc?: string; pid?: string } } };
-  };
-  const ns = cfg.linux?.security_context?.namespace_options ?? {};
-  const pin = (k: string): string | undefined => (sb.nsDir !== null && existsSync(join(sb.nsDir, k)) ? join(sb.nsDir, k) : undefined);
-  const net = pin('net');
-  const ipc = pin('ipc');
-  const uts = pin('uts');
-  const pid = pin('pid');
+/** The pod as the spec generator sees it. */
+export function podSpecView(pod: PodContainerView): Parameters<typeof generateSpec>[0]['sandbox'] {
+  const ns = pod.namespaces;
   return {
-    hostname: readFileSync(join(podDir, 'hostname'), 'utf8').trim(),
-    ...(net ? { netnsPath: net } : {}),
-    ...(ipc ? { ipcnsPath: ipc } : {}),
-    ...(uts ? { utsnsPath: uts } : {}),
-    ...(pid ? { pidnsPath: pid } : {}),
-    hostsPath: join(podDir, 'hosts'),
-    resolvConfPath: join(podDir, 'resolv.conf'),
-    hostnamePath: join(podDir, 'hostname'),
-    ...(existsSync(join(podDir, 'shm')) && ns.ipc !== 'NODE' ? { shmPath: join(podDir, 'shm') } : {}),
-    cgroupParent: cfg.linux?.cgroup_parent ?? '',
-    hostNetwork: ns.network === 'NODE',
-    hostIpc: ns.ipc === 'NODE',
-    hostPid: ns.pid === 'NODE',
+    hostname: pod.hostname,
+    ...(ns.net ? { netnsPath: ns.net } : {}),
+    ...(ns.ipc ? { ipcnsPath: ns.ipc } : {}),
+    ...(ns.uts ? { utsnsPath: ns.uts } : {}),
+    ...(ns.pid ? { pidnsPath: ns.pid } : {}),
+    hostsPath: pod.hostsPath,
+    resolvConfPath: pod.resolvConfPath,
+    hostnamePath: pod.hostnamePath,
+    ...(pod.shmPath ? { shmPath: pod.shmPath } : {}),
+    cgroupParent: pod.cgroupParent,
+    hostNetwork: pod.hostNetwork,
+    hostIpc: pod.hostIpc,
+    hostPid: pod.hostPid,
   };
 }
 

@@ -45,8 +45,10 @@ export const CONTRACT: Readonly<Record<string, Decision>> = {
   'LinuxPodSandboxConfig.cgroup_parent': "applied: the pod's cgroup; containers are created under it",
   'LinuxPodSandboxConfig.security_context': 'applied: see LinuxSandboxSecurityContext',
   'LinuxPodSandboxConfig.sysctls': "applied: set in the pod's namespaces and repeated in its containers",
-  'LinuxPodSandboxConfig.overhead': 'ignored: informational; kubelet sizes the pod cgroup (cgroup_parent) itself',
-  'LinuxPodSandboxConfig.resources': 'ignored: informational; kubelet sizes the pod cgroup (cgroup_parent) itself',
+  'LinuxPodSandboxConfig.overhead':
+    'applied: recorded, shown by verbose PodSandboxStatus and replaced by UpdatePodSandboxResources; no cgroup is written: kubelet sizes the pod cgroup (cgroup_parent) itself',
+  'LinuxPodSandboxConfig.resources':
+    'applied: recorded, shown by verbose PodSandboxStatus and replaced by UpdatePodSandboxResources; no cgroup is written: kubelet sizes the pod cgroup (cgroup_parent) itself',
 
   // LinuxSandboxSecurityContext
   'LinuxSandboxSecurityContext.namespace_options': 'applied: network, pid and ipc namespaces of the pod',

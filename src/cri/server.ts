@@ -34,6 +34,7 @@ import { streamPodSandboxes } from './sandbox/stream-pod-sandboxes.js';
 import { runPodSandbox } from './sandbox/run-pod-sandbox.js';
 import { removePodSandbox } from './sandbox/remove-pod-sandbox.js';
 import { stopPodSandbox } from './sandbox/stop-pod-sandbox.js';
+import { updatePodSandboxResources } from './sandbox/update-pod-sandbox-resources.js';
 import { status } from './runtime/status.js';
 import { attach } from './streaming/attach.js';
 import { exec } from './streaming/exec.js';
@@ -63,6 +64,7 @@ export function runtimeHandlers(deps: CriDeps): ServiceHandlers<RuntimeServiceHa
     PodSandboxStatus: podSandboxStatus(deps.sandboxes),
     ListPodSandbox: listPodSandbox(deps.sandboxes),
     StreamPodSandboxes: streamPodSandboxes(deps.sandboxes),
+    UpdatePodSandboxResources: updatePodSandboxResources(deps.sandboxes),
     CreateContainer: createContainer(deps.containers),
     StartContainer: startContainer(deps.containers),
     StopContainer: stopContainer(deps.containers),

@@ -30,13 +30,15 @@ import { findNetwork, type CniNetworkList } from './cni/conf-dir.js';
 import { PodInfra } from './infra.js';
 import { createPinnedNamespaces, isPinned, pinPidNamespace, removePinnedNamespaces, type PinnedNamespaces, type PodNamespace } from './namespaces.js';
 import { hostsFile, mountShm, resolvConf, unmountShm, validateHostname, writePodFiles } from './pod-files.js';
-import type { SandboxMetadata, SandboxRecord, SandboxRepository } from './sandbox-repository.js';
+import { containerViewOf, defaultHostname, pinnedKinds, podFacts, type PodContainerView } from './pod-facts.js';
+import type { NamespaceMode, PodResources, SandboxMetadata, SandboxRecord, SandboxRepository } from './sandbox-repository.js';
 import type { SandboxState } from './state.js';
 import { applySysctls, validateSysctls } from './sysctls.js';
 import { mountFeatures } from '../common/mount-probes.js';
 import { createPodUserns, type PodUserns } from './userns.js';
 
-export type NamespaceMode = 'POD' | 'CONTAINER' | 'NODE' | 'TARGET';
+export type { NamespaceMode } from './sandbox-repository.js';
+export { toPortMappings } from './pod-facts.js';
 
 /** What a pod keeps of its network: the CNI config ADD runs (recorded first) and its result. */
 interface StoredNetwork {
@@ -51,17 +53,6 @@ interface Prepared {
   network: CniNetwork | undefined;
 }
 
-/** A hostname from a pod name: RFC 1123, at most 63 characters. */
-function defaultHostname(podName: string): string {
-  const h = podName
-    .toLowerCase()
-    .replace(/[^a-z0-9-]/g, '-')
-    .replace(/^-+|-+$/g, '')
-    .slice(0, 63)
-    .replace(/-+$/, '');
-  return h === '' ? 'pod' : h;
-}
-
 /** What berth needs from a PodSandboxConfig, already checked field by field by the CRI layer. */
 export interface PodSandboxSpec {
   metadata: SandboxMetadata;
@@ -74,11 +65,20 @@ export interface PodSandboxSpec {
   runtimeHandler: string;
   /** A user namespace of the pod's own (userns_options mode POD); absent: the host's. */
   userns?: PodUserns;
-  /** The whole config as kubelet sent it, kept for PodSandboxStatus. */
+  logDirectory: string;
+  labels: Record<string, string>;
+  annotations: Record<string, string>;
+  /** LinuxPodSandboxConfig.overhead and .resources: recorded (kubelet sizes the pod's cgroup itself). */
+  overhead?: PodResources;
+  resources?: PodResources;
+  /** The whole config as kubelet sent it, kept for verbose PodSandboxStatus only. */
   raw: Record<string, unknown>;
 }
 
-/** What the containers of a pod need done when the pod stops or goes (set by main.ts: sandbox cannot import containers). */
+/**
+ * What the containers of a pod need done when the pod stops or goes. Given by main.ts
+ * (sandbox/ cannot import containers/, which is built after it and needs it).
+ */
 export interface PodContainerHooks {
   stopAll(sandboxId: string): Promise<void>;
   removeAll(sandboxId: string): Promise<void>;
@@ -91,6 +91,8 @@ export interface SandboxServiceOptions {
   runtimes: OciRuntimes;
   /** Runs the infra process of pods that share a PID namespace. */
   shim: Shim;
+  /** Stops and removes the pod's containers (StopPodSandbox, RemovePodSandbox). */
+  containers: PodContainerHooks;
   log: Logger;
 }
 
@@ -106,8 +108,6 @@ export class SandboxService {
   private readonly locks = new KeyedLock();
   /** Creation outlives its caller, not the daemon: aborted on shutdown. */
   private readonly lifetime = new AbortController();
-  /** Stops and removes the pod's containers; set once containers exist. */
-  containers: PodContainerHooks = { stopAll: async () => {}, removeAll: async () => {} };
   private readonly infra: PodInfra;
   /** Infra processes being watched for their exit, by pod id. */
   private readonly watching = new Set<string>();
@@ -268,7 +268,8 @@ export class SandboxService {
     const createdAt = nowNs();
     const signal = this.lifetime.signal;
     const log = this.o.log.child({ sandbox: id, pod: `${spec.metadata.namespace}/${spec.metadata.name}` });
-    this.o.repo.insert(id, spec.metadata, spec.raw, spec.runtimeHandler, createdAt);
+    const facts = podFacts({ ...spec, hostname: prepared.hostname });
+    this.o.repo.insert(id, spec.metadata, facts, spec.raw, spec.runtimeHandler, createdAt);
     const undo = new DisposableStack();
     try {
       const hostNet = spec.namespaces.network === 'NODE';
@@ -382,7 +383,7 @@ export class SandboxService {
       if (rec.state === 'creating') return; // its creation (holding the lock) failed and rolled back
       // CRI: StopPodSandbox stops every container of the pod (forcibly: kubelet has
       // already asked them to stop gracefully).
-      await this.containers.stopAll(rec.id);
+      await this.o.containers.stopAll(rec.id);
       await this.release(rec, signal);
       this.o.repo.update(rec.id, () => ({ state: 'notready', network: null, nsDir: null, ips: [] }));
       this.o.log.info('pod sandbox stopped', { sandbox: rec.id });
@@ -391,8 +392,7 @@ export class SandboxService {
 
   /** The infra process (killing what is left in the PID namespace), network DEL, then namespaces and shm: each step tolerant of what is already gone. */
   private async release(rec: SandboxRecord, signal?: AbortSignal): Promise<void> {
-    const spec = rec.config as { linux?: { security_context?: { namespace_options?: { network?: string } } }; port_mappings?: unknown };
-    const hostNet = spec.linux?.security_context?.namespace_options?.network === 'NODE';
+    const hostNet = rec.facts.namespaces.network === 'NODE';
     if (sharesPid(rec)) await this.infra.remove(rec.id, join(this.podRoot, rec.id, 'infra'), this.o.runtimes.get(rec.runtimeHandler));
     if (!hostNet && rec.nsDir !== null) {
       const netPin = join(rec.nsDir, 'net');
@@ -401,7 +401,7 @@ export class SandboxService {
       if (stored) {
         const net = new CniNetwork(stored.list, this.o.config.cni.bin_dirs, { timeoutMs: this.o.config.sandbox.cni_timeout_seconds * 1000 });
         // DEL must run even when the netns is gone: host-local frees the IP by container id.
-        await net.del(this.cniRuntime(rec, isPinned(netPin) ? netPin : '', portMappingsOf(rec)), stored.result ?? undefined, signal);
+        await net.del(this.cniRuntime(rec, isPinned(netPin) ? netPin : '', rec.facts.portMappings), stored.result ?? undefined, signal);
       }
     }
     await unmountShm(join(this.podRoot, rec.id, 'shm'));
@@ -415,7 +415,7 @@ export class SandboxService {
     await this.locked(found.id, async () => {
       const rec = this.o.repo.get(found.id);
       if (!rec) return;
-      await this.containers.removeAll(rec.id);
+      await this.o.containers.removeAll(rec.id);
       if (rec.state !== 'removing') await this.release(rec, signal);
       this.o.repo.update(rec.id, () => ({ state: 'removing' }));
       await rm(join(this.podRoot, rec.id), { recursive: true, force: true });
@@ -477,11 +477,7 @@ export class SandboxService {
   /** Whether a ready pod is missing a namespace pin it should have. */
   private lostNamespaces(rec: SandboxRecord): boolean {
     if (rec.nsDir === null) return false;
-    const opts =
-      (rec.config as { linux?: { security_context?: { namespace_options?: { network?: string; ipc?: string } } } }).linux?.security_context
-        ?.namespace_options ?? {};
-    const kinds = [...(opts.network === 'NODE' ? [] : ['net', 'uts']), ...(opts.ipc === 'NODE' ? [] : ['ipc']), ...(sharesPid(rec) ? ['pid'] : [])];
-    return kinds.some((k) => !isPinned(join(rec.nsDir!, k)));
+    return pinnedKinds(rec.facts).some((k) => !isPinned(join(rec.nsDir!, k)));
   }
 
   /**
@@ -516,31 +512,38 @@ export class SandboxService {
     clearTimeout(timer);
   }
 
-  /** Where the pod's files are (for containers: hosts, resolv.conf, hostname, shm). */
+  /** Where the pod's files are (hosts, resolv.conf, hostname, shm); shown by verbose status. */
   podDir(id: string): string {
     return join(this.podRoot, id);
+  }
+
+  /**
+   * What a container joining pod `idOrPrefix` is given: the paths of the pod's files and
+   * pinned namespaces, the host's namespaces it uses, its cgroup parent and user namespace.
+   */
+  containerView(idOrPrefix: string): PodContainerView {
+    const rec = this.requireSandbox(idOrPrefix);
+    return containerViewOf(rec, this.podDir(rec.id));
+  }
+
+  /**
+   * UpdatePodSandboxResources: records the pod's new overhead and resources. The pod's
+   * cgroup is kubelet's (cgroup_parent), resized by it before this call; berth has no
+   * pod-level cgroup of its own to change.
+   */
+  async updateResources(idOrPrefix: string, r: { overhead?: PodResources; resources?: PodResources }): Promise<void> {
+    const found = this.requireSandbox(idOrPrefix);
+    await this.locked(found.id, async () => {
+      const rec = this.requireSandbox(found.id);
+      this.o.repo.update(rec.id, (cur) => ({
+        facts: { ...cur.facts, ...(r.overhead ? { overhead: r.overhead } : {}), ...(r.resources ? { resources: r.resources } : {}) },
+      }));
+      this.o.log.info('pod sandbox resources recorded', { sandbox: rec.id });
+    });
   }
 }
 
 /** Whether the pod shares one PID namespace (and so has an infra process). */
 export function sharesPid(rec: SandboxRecord): boolean {
-  return (rec.config as { linux?: { security_context?: { namespace_options?: { pid?: string } } } }).linux?.security_context?.namespace_options?.pid === 'POD';
-}
-
-function portMappingsOf(rec: SandboxRecord): PortMapping[] {
-  const pm =
-    (rec.config as { port_mappings?: Array<{ protocol?: string; container_port?: number; host_port?: number; host_ip?: string }> }).port_mappings ?? [];
-  return toPortMappings(pm);
-}
-
-/** CRI port mappings → CNI's, keeping only those with a host port (portmap ignores the rest). */
-export function toPortMappings(pm: Array<{ protocol?: string; container_port?: number; host_port?: number; host_ip?: string }>): PortMapping[] {
-  return pm
-    .filter((p) => (p.host_port ?? 0) > 0)
-    .map((p) => ({
-      hostPort: p.host_port!,
-      containerPort: p.container_port ?? 0,
-      protocol: (p.protocol ?? 'TCP').toLowerCase() as PortMapping['protocol'],
-      ...(p.host_ip ? { hostIP: p.host_ip } : {}),
-    }));
+  return rec.facts.namespaces.pid === 'POD';
 }

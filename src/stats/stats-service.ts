@@ -106,7 +106,7 @@ export class StatsService {
         .filter((c) => c.sandboxId === sb.id)
         .map((c) => this.containerUsage(c)),
     );
-    const parent = (sb.config as { linux?: { cgroup_parent?: string } }).linux?.cgroup_parent ?? '';
+    const parent = sb.facts.cgroupParent;
     let usage: UsageSample | undefined;
     if (parent !== '') {
       const mounts = await this.cgroupMounts();
@@ -196,8 +196,7 @@ export class StatsService {
   }
 
   private async podNetwork(sb: SandboxRecord, containers: ContainerUsage[]): Promise<PodUsage['network']> {
-    const ns = (sb.config as { linux?: { security_context?: { namespace_options?: { network?: string } } } }).linux?.security_context?.namespace_options;
-    if (ns?.network === 'NODE' || sb.nsDir === null) return undefined;
+    if (sb.facts.namespaces.network === 'NODE' || sb.nsDir === null) return undefined;
     for (const { container: c, usage } of containers) {
       if (!usage || !c.pid) continue;
       let text: string;

@@ -7,6 +7,7 @@
  * - the tables are documented in SCHEMA.md.
  */
 import type Database from 'better-sqlite3';
+import { containerFactsV1, podFactsV1 } from './typed-records-v6.js';
 
 export interface Migration {
   version: number;
@@ -153,6 +154,24 @@ export const MIGRATIONS: readonly Migration[] = [
         ) STRICT;
         CREATE INDEX image_volumes_by_image ON image_volumes(image_id);
       `);
+    },
+  },
+  {
+    version: 6,
+    name: 'typed records: the facts of pods and containers decided at creation',
+    up(db) {
+      db.exec(`
+        ALTER TABLE sandboxes ADD COLUMN facts TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE containers ADD COLUMN facts TEXT NOT NULL DEFAULT '{}';
+      `);
+      const setPod = db.prepare<[string, string]>('UPDATE sandboxes SET facts = ? WHERE id = ?');
+      for (const r of db.prepare<[], { id: string; name: string; config: string }>('SELECT id, name, config FROM sandboxes').all()) {
+        setPod.run(JSON.stringify(podFactsV1(JSON.parse(r.config) as Record<string, unknown>, r.name)), r.id);
+      }
+      const setContainer = db.prepare<[string, string]>('UPDATE containers SET facts = ? WHERE id = ?');
+      for (const r of db.prepare<[], { id: string; config: string }>('SELECT id, config FROM containers').all()) {
+        setContainer.run(JSON.stringify(containerFactsV1(JSON.parse(r.config) as Record<string, unknown>)), r.id);
+      }
     },
   },
 ];

@@ -8,7 +8,6 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect, type AddressInfo, type Socket } from 'node:net';
-import { join } from 'node:path';
 import type { Duplex } from 'node:stream';
 import { messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
@@ -177,10 +176,8 @@ export class StreamingServer {
   private async dial(podId: string, port: number): Promise<Socket> {
     const sb = this.o.sandboxes.find(podId);
     if (!sb || sb.state !== 'ready') throw new Error(`pod ${podId} is not ready`);
-    const hostNet =
-      (sb.config as { linux?: { security_context?: { namespace_options?: { network?: string } } } }).linux?.security_context?.namespace_options?.network ===
-      'NODE';
-    if (hostNet || sb.nsDir === null) {
+    const pod = this.o.sandboxes.containerView(sb.id);
+    if (pod.hostNetwork) {
       return new Promise((resolve, reject) => {
         const c = connect({ host: '127.0.0.1', port }, () => {
           c.off('error', reject);
@@ -189,7 +186,8 @@ export class StreamingServer {
         c.once('error', reject);
       });
     }
-    return connectInNetns(join(sb.nsDir, 'net'), port, DIAL_TIMEOUT_MS);
+    if (pod.namespaces.net === undefined) throw new Error(`pod ${podId} has no network namespace`);
+    return connectInNetns(pod.namespaces.net, port, DIAL_TIMEOUT_MS);
   }
 
   /** Stops listening and cuts every open stream. */

@@ -4,17 +4,15 @@ import type { ContainerStatus } from '../gen/runtime/v1/ContainerStatus.js';
 import type { ContainerStatusRequest__Output } from '../gen/runtime/v1/ContainerStatusRequest.js';
 import type { ContainerStatusResponse } from '../gen/runtime/v1/ContainerStatusResponse.js';
 import type { UnaryHandler } from '../rpc.js';
-import { recordedResources, requireId, specStopSignal, specUser, toCriContainer, verboseInfo } from './convert.js';
+import { requireId, toCriContainer, verboseInfo } from './convert.js';
 
 /**
- * A container's CRI status from its record and its OCI spec (`spec`, undefined once the
- * bundle is gone). ContainerStatus answers with it; GetContainerEvents attaches it.
+ * A container's CRI status from its record (the facts decided at creation and updated
+ * since). ContainerStatus answers with it; GetContainerEvents attaches it.
  */
-export function criContainerStatus(svc: ContainerService, c: ContainerRecord, spec: Record<string, unknown> | undefined): ContainerStatus {
+export function criContainerStatus(svc: ContainerService, c: ContainerRecord): ContainerStatus {
   const base = toCriContainer(c, svc.imageOf(c));
-  const cfg = c.config as { mounts?: unknown[] };
-  const user = specUser(spec);
-  const resources = recordedResources(c);
+  const { resources, user, stopSignal } = c.facts;
   return {
     id: c.id,
     metadata: base.metadata,
@@ -30,11 +28,11 @@ export function criContainerStatus(svc: ContainerService, c: ContainerRecord, sp
     message: c.message,
     labels: base.labels,
     annotations: base.annotations,
-    mounts: (cfg.mounts ?? []) as never,
+    mounts: c.facts.mounts as never,
     log_path: c.logPath,
     ...(resources ? { resources: { linux: resources } } : {}),
-    ...(user ? { user: { linux: user } } : {}),
-    stop_signal: specStopSignal(spec) as never,
+    ...(user ? { user: { linux: { uid: user.uid, gid: user.gid, supplemental_groups: user.supplementalGroups } } } : {}),
+    stop_signal: (stopSignal ?? 'SIGNAL_RUNTIME_DEFAULT') as never,
   };
 }
 
@@ -50,9 +48,8 @@ export const containerStatus =
   async (req) => {
     const cid = requireId(req.container_id, 'container_id');
     const c = svc.requireContainer(cid);
-    const spec = await svc.runtimeSpec(c.id);
     return {
-      status: criContainerStatus(svc, c, spec),
-      info: req.verbose ? { info: JSON.stringify(verboseInfo(c, spec)) } : ({} as Record<string, string>),
+      status: criContainerStatus(svc, c),
+      info: req.verbose ? { info: JSON.stringify(verboseInfo(c, await svc.runtimeSpec(c.id))) } : ({} as Record<string, string>),
     };
   };

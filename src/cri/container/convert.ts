@@ -2,8 +2,8 @@ import { parseProfileString } from '../../containers/apparmor.js';
 import type { ContainerRecord } from '../../containers/container-repository.js';
 import type { ContainerService } from '../../containers/container-service.js';
 import { hostProbes } from '../../containers/host-probes.js';
-import { SELINUX_IGNORED, selinuxRequested, type SelinuxOptions } from '../../containers/selinux.js';
-import { ANNOTATION_STOP_SIGNAL, type CriContainerConfig, type CriLinuxResources } from '../../containers/spec.js';
+import { SELINUX_IGNORED, selinuxRequested } from '../../containers/selinux.js';
+import type { CriContainerConfig, CriLinuxResources } from '../../containers/spec.js';
 import { criContainerState } from '../../containers/state.js';
 import type { ImageRecord } from '../../images/image-repository.js';
 import { isImageId, parseReference, repositoryName } from '../../images/reference.js';
@@ -132,12 +132,9 @@ export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
 /** What of an image a container's status needs: its repo digests and tags. */
 export type ContainerImageNames = Pick<ImageRecord, 'digests' | 'tags'>;
 
-type RecordedImageSpec = { image?: string; annotations?: Record<string, string>; user_specified_image?: string; runtime_handler?: string } | null;
-
 /** The reference the user wrote: kubelet's `user_specified_image`, else what CreateContainer named the image by. */
 function userReference(c: ContainerRecord): string {
-  const img = (c.config as { image?: RecordedImageSpec }).image;
-  return img?.user_specified_image || c.imageRef;
+  return c.facts.image.userSpecifiedImage || c.imageRef;
 }
 
 function repositoryOf(name: string): string | undefined {
@@ -167,19 +164,18 @@ export function containerImageRef(c: ContainerRecord, image: ContainerImageNames
  * ID without a user-specified name, the image's first tag stands for it, as in containerd.
  */
 function criImageSpec(c: ContainerRecord, image: ContainerImageNames | undefined): ImageSpec {
-  const img = (c.config as { image?: RecordedImageSpec }).image;
+  const img = c.facts.image;
   const user = userReference(c);
   return {
     image: isImageId(user) ? (image?.tags[0] ?? user) : user,
-    annotations: img?.annotations ?? {},
-    user_specified_image: img?.user_specified_image ?? '',
-    runtime_handler: img?.runtime_handler ?? '',
+    annotations: img.annotations,
+    user_specified_image: img.userSpecifiedImage,
+    runtime_handler: img.runtimeHandler,
   };
 }
 
 /** A container as CRI's Container message; `image` is its image's record, when that still exists. */
 export function toCriContainer(c: ContainerRecord, image?: ContainerImageNames): Container {
-  const cfg = c.config as { labels?: Record<string, string>; annotations?: Record<string, string> };
   return {
     id: c.id,
     pod_sandbox_id: c.sandboxId,
@@ -189,8 +185,8 @@ export function toCriContainer(c: ContainerRecord, image?: ContainerImageNames):
     image_id: c.imageId,
     state: criContainerState(c.state),
     created_at: c.createdAt,
-    labels: cfg.labels ?? {},
-    annotations: cfg.annotations ?? {},
+    labels: c.facts.labels,
+    annotations: c.facts.annotations,
   };
 }
 
@@ -213,51 +209,6 @@ export function filteredContainers(svc: ContainerService, f: ContainerFilter__Ou
     .filter((c) => (!f?.state || c.state === f.state.state) && Object.entries(f?.label_selector ?? {}).every(([k, v]) => c.labels?.[k] === v));
 }
 
-/** The LinuxContainerResources recorded for a container (as created, then as updated), if any. */
-export function recordedResources(c: ContainerRecord): Record<string, unknown> | undefined {
-  const r = (c.config.linux as { resources?: Record<string, unknown> | null } | null | undefined)?.resources;
-  return r ?? undefined;
-}
-
-/**
- * What to record after UpdateContainerResources: the recorded resources with the fields
- * the update applies (set, i.e. non-zero or non-empty) replaced. As containerd, a zero
- * field means "unchanged": crictl sends zero for every flag not given.
- */
-export function mergeResources(cur: Record<string, unknown> | undefined, next: LinuxContainerResources__Output): Record<string, unknown> {
-  const out: Record<string, unknown> = { ...(cur ?? {}) };
-  if (num(next.cpu_shares) > 0) out.cpu_shares = next.cpu_shares;
-  if (num(next.cpu_quota) !== 0) out.cpu_quota = next.cpu_quota;
-  if (num(next.cpu_period) > 0) out.cpu_period = next.cpu_period;
-  if (next.cpuset_cpus !== '') out.cpuset_cpus = next.cpuset_cpus;
-  if (next.cpuset_mems !== '') out.cpuset_mems = next.cpuset_mems;
-  if (num(next.memory_limit_in_bytes) > 0) {
-    out.memory_limit_in_bytes = next.memory_limit_in_bytes;
-    // 0: the default, memory+swap equal to memory (no swap), as at creation.
-    out.memory_swap_limit_in_bytes = next.memory_swap_limit_in_bytes;
-  }
-  return out;
-}
-
-interface SpecUser {
-  uid?: number;
-  gid?: number;
-  additionalGids?: number[];
-}
-
-/** ContainerStatus.user.linux from the OCI spec's process.user. */
-export function specUser(spec: Record<string, unknown> | undefined): { uid: number; gid: number; supplemental_groups: number[] } | undefined {
-  const u = (spec?.process as { user?: SpecUser } | undefined)?.user;
-  if (!u) return undefined;
-  return { uid: u.uid ?? 0, gid: u.gid ?? 0, supplemental_groups: u.additionalGids ?? [] };
-}
-
-/** ContainerStatus.stop_signal: the signal StopContainer sends first, as recorded in the spec at creation. */
-export function specStopSignal(spec: Record<string, unknown> | undefined): string {
-  const a = (spec?.annotations as Record<string, string> | undefined)?.[ANNOTATION_STOP_SIGNAL];
-  return a ?? 'SIGNAL_RUNTIME_DEFAULT';
-}
-
 /**
  * ContainerStatus info["info"] when verbose. Keys as containerd and CRI-O name them
  * (`sandboxID`, `pid`, `privileged`, `config`, `runtimeSpec`), so that scripts and
@@ -265,18 +216,15 @@ export function specStopSignal(spec: Record<string, unknown> | undefined): strin
  * `state` are berth's own.
  */
 export function verboseInfo(c: ContainerRecord, spec: Record<string, unknown> | undefined): Record<string, unknown> {
-  const sc = (c.config.linux as { security_context?: { privileged?: boolean; selinux_options?: SelinuxOptions | null } | null } | null | undefined)
-    ?.security_context;
-  const privileged = sc?.privileged ?? false;
   return {
-    ...(selinuxRequested(sc?.selinux_options) && !hostProbes().selinuxEnabled ? { selinux: SELINUX_IGNORED } : {}),
+    ...(selinuxRequested(c.facts.selinuxOptions) && !hostProbes().selinuxEnabled ? { selinux: SELINUX_IGNORED } : {}),
     id: c.id,
     sandboxID: c.sandboxId,
     pid: c.pid ?? 0,
     shimPid: c.shimPid,
     state: c.state,
-    privileged,
-    config: readableConfig(c.config),
+    privileged: c.facts.privileged,
+    config: readableConfig(c.request),
     ...(spec ? { runtimeSpec: spec } : {}),
   };
 }

@@ -19,6 +19,11 @@ export const createContainer =
         image,
         logPath: boundedString(cfg.log_path, 'config.log_path', 4096),
         config: toSpecConfig(cfg),
+        imageSpec: {
+          annotations: cfg.image?.annotations ?? {},
+          userSpecifiedImage: cfg.image?.user_specified_image ?? '',
+          runtimeHandler: cfg.image?.runtime_handler ?? '',
+        },
         raw: cfg as unknown as Record<string, unknown>,
       },
       ctx.signal,

@@ -15,13 +15,12 @@ const CRI_TYPE = {
 
 /** An event as kubelet reads it: the pod's status and all its containers' statuses, as they were then. */
 async function toResponse(svc: ContainerService, ev: ContainerEvent): Promise<ContainerEventResponse> {
-  const specs = await Promise.all(ev.containers.map((c) => svc.runtimeSpec(c.id)));
   return {
     container_id: ev.containerId,
     container_event_type: CRI_TYPE[ev.type],
     created_at: ev.at,
     pod_sandbox_status: ev.sandbox ? criPodSandboxStatus(ev.sandbox) : null,
-    containers_statuses: ev.containers.map((c, i) => criContainerStatus(svc, c, specs[i])),
+    containers_statuses: ev.containers.map((c) => criContainerStatus(svc, c)),
   };
 }
 

@@ -4,7 +4,7 @@ import type { UpdateContainerResourcesRequest__Output } from '../gen/runtime/v1/
 import type { UpdateContainerResourcesResponse } from '../gen/runtime/v1/UpdateContainerResourcesResponse.js';
 import type { UnaryHandler } from '../rpc.js';
 import { required } from '../validate.js';
-import { mergeResources, recordedResources, requireId, toSpecResources } from './convert.js';
+import { requireId, toSpecResources } from './convert.js';
 
 /** UpdateContainerResources: CPU and memory of a running container, applied and recorded. */
 export const updateContainerResources =
@@ -14,10 +14,7 @@ export const updateContainerResources =
     const r = toSpecResources(linux);
     if (r.memory_limit_in_bytes < 0 || r.cpu_shares < 0 || r.cpu_period < 0)
       throw new BerthError('InvalidArgument', 'linux: negative memory limit, CPU shares or CPU period');
-    const cid = requireId(req.container_id, 'container_id');
-    // Recorded as merged: crictl sends only the fields given on its command line (zero for
-    // the rest), and only set fields are applied, so the others stay as they were.
-    const cur = svc.find(cid);
-    await svc.updateResources(cid, r, mergeResources(cur ? recordedResources(cur) : undefined, linux));
+    // Only set fields are applied and recorded (crictl sends zero for every flag not given).
+    await svc.updateResources(requireId(req.container_id, 'container_id'), r);
     return {};
   };

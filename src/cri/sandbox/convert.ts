@@ -5,20 +5,14 @@ import { criState } from '../../sandbox/state.js';
 import type { PodSandbox } from '../gen/runtime/v1/PodSandbox.js';
 import type { PodSandboxFilter__Output } from '../gen/runtime/v1/PodSandboxFilter.js';
 
-interface StoredConfig {
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-}
-
 export function toCriPodSandbox(rec: SandboxRecord): PodSandbox {
-  const cfg = rec.config as StoredConfig;
   return {
     id: rec.id,
     metadata: { name: rec.metadata.name, uid: rec.metadata.uid, namespace: rec.metadata.namespace, attempt: rec.metadata.attempt },
     state: criState(rec.state),
     created_at: rec.createdAt,
-    labels: cfg.labels ?? {},
-    annotations: cfg.annotations ?? {},
+    labels: rec.facts.labels,
+    annotations: rec.facts.annotations,
     runtime_handler: rec.runtimeHandler,
   };
 }

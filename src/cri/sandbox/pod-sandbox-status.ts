@@ -7,25 +7,24 @@ import type { PodSandboxStatusResponse } from '../gen/runtime/v1/PodSandboxStatu
 import type { UnaryHandler } from '../rpc.js';
 import { requireId, toCriPodSandbox } from './convert.js';
 
-interface StoredNamespaces {
-  linux?: { security_context?: { namespace_options?: { network?: string; pid?: string; ipc?: string } } };
-}
-
 /** A pod's CRI status from its record. PodSandboxStatus answers with it; GetContainerEvents attaches it. */
 export function criPodSandboxStatus(rec: SandboxRecord): PodSandboxStatus {
-  const nsOpts = (rec.config as StoredNamespaces).linux?.security_context?.namespace_options ?? {};
+  const modes = rec.facts.namespaces;
   return {
     ...toCriPodSandbox(rec),
     network: { ip: rec.ips[0] ?? '', additional_ips: rec.ips.slice(1).map((ip) => ({ ip })) },
     linux: {
       namespaces: {
-        options: { network: (nsOpts.network ?? 'POD') as 'POD', pid: (nsOpts.pid ?? 'POD') as 'POD', ipc: (nsOpts.ipc ?? 'POD') as 'POD', target_id: '' },
+        options: { network: modes.network, pid: modes.pid, ipc: modes.ipc, target_id: '' },
       },
     },
   };
 }
 
-/** PodSandboxStatus: NOT_FOUND for an unknown id; `verbose` adds berth's own view in info["info"]. */
+/**
+ * PodSandboxStatus: NOT_FOUND for an unknown id; `verbose` adds berth's own view in
+ * info["info"], with the recorded overhead and resources and the config as kubelet sent it.
+ */
 export const podSandboxStatus =
   (svc: SandboxService): UnaryHandler<PodSandboxStatusRequest__Output, PodSandboxStatusResponse> =>
   async (req) => {
@@ -40,7 +39,9 @@ export const podSandboxStatus =
         podDir: svc.podDir(rec.id),
         runtimeHandler: rec.runtimeHandler,
         cni: rec.network,
-        config: rec.config,
+        overhead: rec.facts.overhead,
+        resources: rec.facts.resources,
+        config: rec.request,
       });
     }
     return {

@@ -1,11 +1,11 @@
 import { BerthError } from '../../common/errors.js';
 import { toPortMappings, type NamespaceMode, type SandboxService } from '../../sandbox/sandbox-service.js';
-import type { PodSandboxConfig__Output } from '../gen/runtime/v1/PodSandboxConfig.js';
 import type { RunPodSandboxRequest__Output } from '../gen/runtime/v1/RunPodSandboxRequest.js';
 import type { RunPodSandboxResponse } from '../gen/runtime/v1/RunPodSandboxResponse.js';
 import type { UnaryHandler } from '../rpc.js';
 import { boundedString, required, requiredString } from '../validate.js';
 import { podUsernsFrom } from '../../sandbox/userns.js';
+import { toSpecResources } from '../container/convert.js';
 
 const MAX_PORT = 65535;
 
@@ -56,22 +56,14 @@ export const runPodSandbox =
       namespaces,
       runtimeHandler: req.runtime_handler === '' ? defaultRuntime : boundedString(req.runtime_handler, 'runtime_handler', 63),
       ...(userns ? { userns } : {}),
-      raw: withNamespaceModes(cfg, namespaces),
+      logDirectory: cfg.log_directory,
+      labels: cfg.labels,
+      annotations: cfg.annotations,
+      ...(cfg.linux?.overhead ? { overhead: toSpecResources(cfg.linux.overhead) } : {}),
+      ...(cfg.linux?.resources ? { resources: toSpecResources(cfg.linux.resources) } : {}),
+      raw: cfg as unknown as Record<string, unknown>,
     });
     // Only an answer the caller can still receive counts as delivered.
     if (!ctx.signal.aborted) svc.acknowledge(id);
     return { pod_sandbox_id: id };
   };
-
-/**
- * The config as recorded: with the namespace modes as decided here. A config without
- * them (crictl's `"linux": {}`) means POD for each, the enum's zero; whatever reads the
- * record later (stop, remove, recovery, containers joining the pod) must see the same
- * modes the pod was made with, not an absent field.
- */
-function withNamespaceModes(cfg: PodSandboxConfig__Output, modes: { network: NamespaceMode; pid: NamespaceMode; ipc: NamespaceMode }): Record<string, unknown> {
-  const linux = cfg.linux ?? {};
-  const sc = cfg.linux?.security_context ?? {};
-  const opts = cfg.linux?.security_context?.namespace_options ?? {};
-  return { ...cfg, linux: { ...linux, security_context: { ...sc, namespace_options: { ...opts, ...modes } } } };
-}

@@ -52,10 +52,9 @@ function memoryUsage(s: CgroupSample): MemoryUsage | null {
 
 export function toContainerStats(u: ContainerUsage): ContainerStats {
   const c = u.container;
-  const cfg = c.config as { labels?: Record<string, string>; annotations?: Record<string, string> };
   const s = u.usage;
   return {
-    attributes: { id: c.id, metadata: { name: c.name, attempt: c.attempt }, labels: cfg.labels ?? {}, annotations: cfg.annotations ?? {} },
+    attributes: { id: c.id, metadata: { name: c.name, attempt: c.attempt }, labels: c.facts.labels, annotations: c.facts.annotations },
     cpu: s ? cpuUsage(s) : null,
     memory: s ? memoryUsage(s) : null,
     swap: s?.swap
@@ -83,14 +82,13 @@ function iface(i: InterfaceUsage): NetworkInterfaceUsage {
 
 export function toPodStats(p: PodUsage): PodSandboxStats {
   const sb = p.sandbox;
-  const cfg = sb.config as { labels?: Record<string, string>; annotations?: Record<string, string> };
   const s = p.usage;
   return {
     attributes: {
       id: sb.id,
       metadata: { name: sb.metadata.name, uid: sb.metadata.uid, namespace: sb.metadata.namespace, attempt: sb.metadata.attempt },
-      labels: cfg.labels ?? {},
-      annotations: cfg.annotations ?? {},
+      labels: sb.facts.labels,
+      annotations: sb.facts.annotations,
     },
     linux: {
       cpu: s ? cpuUsage(s) : null,
@@ -120,9 +118,7 @@ export function filterContainers(d: Deps, f: ContainerStatsFilter__Output | null
     recs = one ? [one] : [];
   }
   if (f?.pod_sandbox_id) recs = recs.filter((c) => c.sandboxId.startsWith(f.pod_sandbox_id));
-  return recs.filter(
-    (c) => c.state !== 'creating' && c.state !== 'removing' && labelsMatch((c.config as { labels?: Record<string, string> }).labels, f?.label_selector),
-  );
+  return recs.filter((c) => c.state !== 'creating' && c.state !== 'removing' && labelsMatch(c.facts.labels, f?.label_selector));
 }
 
 export function filterPods(d: Deps, f: PodSandboxStatsFilter__Output | null): SandboxRecord[] {
@@ -131,7 +127,7 @@ export function filterPods(d: Deps, f: PodSandboxStatsFilter__Output | null): Sa
     const one = d.sandboxes.find(f.id);
     recs = one ? [one] : [];
   }
-  return recs.filter((s) => s.state !== 'creating' && labelsMatch((s.config as { labels?: Record<string, string> }).labels, f?.label_selector));
+  return recs.filter((s) => s.state !== 'creating' && labelsMatch(s.facts.labels, f?.label_selector));
 }
 
 export const unfiltered = (f: { id?: string; pod_sandbox_id?: string; label_selector?: Record<string, string> } | null): boolean =>

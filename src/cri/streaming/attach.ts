@@ -16,8 +16,7 @@ export const attach =
     const id = requiredString(req.container_id, 'container_id', 128);
     if (!req.stdin && !req.stdout && !req.stderr) throw new BerthError('InvalidArgument', 'one of stdin, stdout and stderr must be true');
     const c = d.containers.requireContainer(id, { states: ['running'] });
-    const cfg = c.config as { stdin?: boolean };
-    if (req.stdin && !cfg.stdin) throw new BerthError('FailedPrecondition', `container ${c.id} was created without stdin; it cannot take input`);
+    if (req.stdin && !c.facts.stdin) throw new BerthError('FailedPrecondition', `container ${c.id} was created without stdin; it cannot take input`);
     // The client opens its channels by the request's tty: one output with a terminal.
     return { url: d.streaming.attachUrl({ containerId: c.id, cmd: [], tty: req.tty, stdin: req.stdin, stdout: req.stdout, stderr: req.stderr && !req.tty }) };
   };

@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { isKind } from '../../../src/common/errors.js';
 import { ContainerEvents } from '../../../src/containers/container-events.js';
-import type { ContainerRecord } from '../../../src/containers/container-repository.js';
+import type { ContainerFacts, ContainerRecord } from '../../../src/containers/container-repository.js';
+import { containerFactsV1 } from '../../../src/store/typed-records-v6.js';
 import type { ContainerState } from '../../../src/containers/state.js';
 
 function record(id: string, state: ContainerState): ContainerRecord {
@@ -18,7 +19,8 @@ function record(id: string, state: ContainerState): ContainerRecord {
     imageId: 'img',
     imageRef: 'busybox',
     state,
-    config: {},
+    facts: containerFactsV1({}) as unknown as ContainerFacts,
+    request: {},
     logPath: '',
     pid: null,
     shimPid: null,

@@ -9,14 +9,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { requireState } from '../../../src/common/require-record.js';
 import { defaultConfig } from '../../../src/config/schema.js';
-import { ContainerRepository } from '../../../src/containers/container-repository.js';
+import { ContainerRepository, type ContainerFacts } from '../../../src/containers/container-repository.js';
 import { ContainerService } from '../../../src/containers/container-service.js';
 import type { ImageService } from '../../../src/images/image-service.js';
 import { OciRuntimes } from '../../../src/oci/oci-runtime.js';
-import { SandboxRepository } from '../../../src/sandbox/sandbox-repository.js';
+import { SandboxRepository, type PodFacts } from '../../../src/sandbox/sandbox-repository.js';
 import { SandboxService } from '../../../src/sandbox/sandbox-service.js';
 import type { Shim } from '../../../src/shim/shim.js';
 import { openDatabase, type Db } from '../../../src/store/database.js';
+import { containerFactsV1, podFactsV1 } from '../../../src/store/typed-records-v6.js';
 
 const POD = 'a'.repeat(64);
 const C1 = 'abc1'.padEnd(64, '0');
@@ -31,10 +32,21 @@ describe('requireContainer / requireState', () => {
   beforeEach(async () => {
     dir = await mkdtemp(join(tmpdir(), 'berth-require-'));
     db = openDatabase(join(dir, 'berth.db'));
-    new SandboxRepository(db).insert(POD, { name: 'p', namespace: 'ns', uid: 'u', attempt: 0 }, {}, 'runc', '1');
+    new SandboxRepository(db).insert(POD, { name: 'p', namespace: 'ns', uid: 'u', attempt: 0 }, podFactsV1({}, 'p') as unknown as PodFacts, {}, 'runc', '1');
     repo = new ContainerRepository(db);
     for (const id of [C1, C2]) {
-      repo.insert({ id, sandboxId: POD, name: id.slice(0, 4), attempt: 0, imageId: 'img', imageRef: 'busybox', config: {}, logPath: '/l', createdAt: '1' });
+      repo.insert({
+        id,
+        sandboxId: POD,
+        name: id.slice(0, 4),
+        attempt: 0,
+        imageId: 'img',
+        imageRef: 'busybox',
+        facts: containerFactsV1({}) as unknown as ContainerFacts,
+        request: {},
+        logPath: '/l',
+        createdAt: '1',
+      });
     }
     // The lookup needs none of these seams: they stay empty.
     svc = new ContainerService({
@@ -97,6 +109,7 @@ describe('requireContainer / requireState', () => {
       repo: sandboxRepo,
       runtimes: new OciRuntimes([], 'runc'),
       shim: {} as Shim,
+      containers: { stopAll: async () => {}, removeAll: async () => {} },
       log: { child: () => undefined } as never,
     });
     assert.throws(() => pods.requireSandbox('aaa'), { kind: 'NotFound', message: 'pod sandbox "aaa" not found' });

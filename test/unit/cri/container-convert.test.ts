@@ -1,8 +1,12 @@
 import assert from 'node:assert/strict';
-import type { ContainerRecord } from '../../../src/containers/container-repository.js';
-import { containerImageRef, mergeResources, recordedResources, specUser, toCriContainer, verboseInfo } from '../../../src/cri/container/convert.js';
+import { specFacts } from '../../../src/containers/container-facts.js';
+import { mergeResources } from '../../../src/containers/container-io.js';
+import type { ContainerFacts, ContainerRecord } from '../../../src/containers/container-repository.js';
+import { containerImageRef, toCriContainer, toSpecResources, verboseInfo } from '../../../src/cri/container/convert.js';
 import type { LinuxContainerResources__Output } from '../../../src/cri/gen/runtime/v1/LinuxContainerResources.js';
+import { containerFactsV1 } from '../../../src/store/typed-records-v6.js';
 
+/** A record as created from `config` (its facts derived as migration 6 derives them). */
 function record(config: Record<string, unknown>): ContainerRecord {
   return {
     id: 'c'.repeat(64),
@@ -12,7 +16,8 @@ function record(config: Record<string, unknown>): ContainerRecord {
     imageId: 'sha256:' + 'a'.repeat(64),
     imageRef: 'sha256:' + 'a'.repeat(64),
     state: 'running',
-    config,
+    facts: containerFactsV1(config) as unknown as ContainerFacts,
+    request: config,
     logPath: '/var/log/pods/x/web/2.log',
     pid: 4321,
     shimPid: 4300,
@@ -68,36 +73,29 @@ describe('cri/container/convert', () => {
   });
 
   it('mergeResources: fields the update sets replace the recorded ones; zero fields (crictl’s unset flags) keep them', () => {
-    const created = resources({ memory_limit_in_bytes: '268435456', cpu_shares: '256', oom_score_adj: '100' }) as unknown as Record<string, unknown>;
-    const afterCpu = mergeResources(created, resources({ cpu_quota: '50000', cpu_period: '100000' }));
-    assert.equal(afterCpu.memory_limit_in_bytes, '268435456');
-    assert.equal(afterCpu.cpu_shares, '256');
-    assert.equal(afterCpu.cpu_quota, '50000');
-    assert.equal(afterCpu.cpu_period, '100000');
-    assert.equal(afterCpu.oom_score_adj, '100', 'not applied by an update, so not recorded as changed');
-    const afterMem = mergeResources(afterCpu, resources({ memory_limit_in_bytes: '134217728', cpuset_cpus: '0' }));
-    assert.equal(afterMem.memory_limit_in_bytes, '134217728');
-    assert.equal(afterMem.memory_swap_limit_in_bytes, '0');
-    assert.equal(afterMem.cpu_quota, '50000');
+    const created = toSpecResources(resources({ memory_limit_in_bytes: '268435456', cpu_shares: '256', oom_score_adj: '100' }));
+    const afterCpu = mergeResources(created, toSpecResources(resources({ cpu_quota: '50000', cpu_period: '100000' })));
+    assert.equal(afterCpu.memory_limit_in_bytes, 268435456);
+    assert.equal(afterCpu.cpu_shares, 256);
+    assert.equal(afterCpu.cpu_quota, 50000);
+    assert.equal(afterCpu.cpu_period, 100000);
+    assert.equal(afterCpu.oom_score_adj, 100, 'not applied by an update, so not recorded as changed');
+    const afterMem = mergeResources(afterCpu, toSpecResources(resources({ memory_limit_in_bytes: '134217728', cpuset_cpus: '0' })));
+    assert.equal(afterMem.memory_limit_in_bytes, 134217728);
+    assert.equal(afterMem.memory_swap_limit_in_bytes, 0);
+    assert.equal(afterMem.cpu_quota, 50000);
     assert.equal(afterMem.cpuset_cpus, '0');
-    assert.equal(mergeResources(afterMem, resources({ cpu_quota: '-1' })).cpu_quota, '-1', '-1 (no limit) is a value, not "unset"');
-    assert.deepEqual(mergeResources(undefined, resources({ cpu_shares: '2' })), { cpu_shares: '2' });
+    assert.equal(mergeResources(afterMem, toSpecResources(resources({ cpu_quota: '-1' }))).cpu_quota, -1, '-1 (no limit) is a value, not "unset"');
+    assert.deepEqual(mergeResources(null, toSpecResources(resources({ cpu_shares: '2' }))), toSpecResources(resources({ cpu_shares: '2' })));
   });
 
-  it('recordedResources: the config’s linux.resources, none when absent or null', () => {
-    assert.equal(recordedResources(record({})), undefined);
-    assert.equal(recordedResources(record({ linux: { resources: null } })), undefined);
-    assert.deepEqual(recordedResources(record({ linux: { resources: { cpu_shares: '2' } } })), { cpu_shares: '2' });
-  });
-
-  it('specUser: process.user of the OCI spec', () => {
-    assert.deepEqual(specUser({ process: { user: { uid: 1000, gid: 1000, additionalGids: [1000, 3000] } } }), {
-      uid: 1000,
-      gid: 1000,
-      supplemental_groups: [1000, 3000],
-    });
-    assert.deepEqual(specUser({ process: { user: {} } }), { uid: 0, gid: 0, supplemental_groups: [] });
-    assert.equal(specUser(undefined), undefined);
+  it('specFacts: process.user and the stop-signal annotation of the OCI spec', () => {
+    assert.deepEqual(
+      specFacts({ process: { user: { uid: 1000, gid: 1000, additionalGids: [1000, 3000] } }, annotations: { 'io.berth.stop-signal': 'SIGNAL_SIGQUIT' } }),
+      { user: { uid: 1000, gid: 1000, supplementalGroups: [1000, 3000] }, stopSignal: 'SIGNAL_SIGQUIT' },
+    );
+    assert.deepEqual(specFacts({ process: { user: {} } }), { user: { uid: 0, gid: 0, supplementalGroups: [] }, stopSignal: null });
+    assert.deepEqual(specFacts({}), { user: null, stopSignal: null });
   });
 
   it('verboseInfo: containerd/CRI-O keys (sandboxID, pid, privileged, config, runtimeSpec), env values as text', () => {

@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { SchemaTooNewError, openDatabase, schemaVersion } from '../../../src/store/database.js';
 import { MIGRATIONS } from '../../../src/store/migrations.js';
 import { RuntimeSettingsRepository } from '../../../src/store/runtime-settings.js';
+import { ContainerRepository } from '../../../src/containers/container-repository.js';
+import { SandboxRepository } from '../../../src/sandbox/sandbox-repository.js';
 
 function columns(db: ReturnType<typeof openDatabase>, table: string): string[] {
   return (db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>).map((c) => c.name);
@@ -141,6 +143,193 @@ describe('store: database and migrations', () => {
     assert.throws(() => use.run('c', 1), /UNIQUE|PRIMARY KEY/, 'one use per mount index');
     db.prepare("DELETE FROM containers WHERE id = 'c'").run();
     assert.equal((db.prepare('SELECT count(*) AS n FROM image_volumes').get() as { n: number }).n, 0, 'the uses go with the container');
+    db.close();
+  });
+
+  it('migration 6 derives the typed facts of pods and containers from their stored requests', () => {
+    const file = join(dir, 'berth.db');
+    const v5 = openDatabase(file, { migrations: MIGRATIONS.slice(0, 5) });
+    // Rows as berthd 5 wrote them: the requests as grpc-js decoded them (int64 as strings),
+    // a pod's namespace modes filled in, nothing else decided.
+    const podConfig = {
+      metadata: { name: 'Web.App_1', namespace: 'default', uid: 'u1', attempt: 0 },
+      hostname: '',
+      log_directory: '/var/log/pods/default_web_u1',
+      dns_config: { servers: ['10.96.0.10'], searches: ['default.svc.cluster.local'], options: ['ndots:5'] },
+      port_mappings: [
+        { protocol: 'TCP', container_port: 80, host_port: 8080, host_ip: '' },
+        { protocol: 'UDP', container_port: 53, host_port: 0, host_ip: '' },
+      ],
+      labels: { app: 'web' },
+      annotations: { 'kubernetes.io/config.source': 'api' },
+      linux: {
+        cgroup_parent: '/kubepods/besteffort/podu1',
+        sysctls: { 'net.ipv4.ip_unprivileged_port_start': '0' },
+        overhead: {
+          cpu_period: '0',
+          cpu_quota: '0',
+          cpu_shares: '128',
+          memory_limit_in_bytes: '0',
+          oom_score_adj: '0',
+          cpuset_cpus: '',
+          cpuset_mems: '',
+          hugepage_limits: [],
+          unified: {},
+          memory_swap_limit_in_bytes: '0',
+        },
+        resources: null,
+        security_context: {
+          namespace_options: {
+            network: 'POD',
+            pid: 'CONTAINER',
+            ipc: 'POD',
+            target_id: '',
+            userns_options: {
+              mode: 'POD',
+              uids: [{ host_id: 100000, container_id: 0, length: 65536 }],
+              gids: [{ host_id: 100000, container_id: 0, length: 65536 }],
+            },
+          },
+        },
+      },
+    };
+    const hostNetPod = {
+      metadata: { name: 'h', namespace: 'kube-system', uid: 'u2', attempt: 1 },
+      linux: { security_context: { namespace_options: { network: 'NODE', pid: 'NODE', ipc: 'NODE' } } },
+    };
+    const pod = v5.prepare(
+      "INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, ns_dir, created_at) VALUES (?, ?, ?, ?, ?, 'ready', ?, 'runc', ?, '1')",
+    );
+    pod.run('p1', 'Web.App_1', 'default', 'u1', 0, JSON.stringify(podConfig), '/run/berth/ns/p1');
+    pod.run('p2', 'h', 'kube-system', 'u2', 1, JSON.stringify(hostNetPod), null);
+    const containerConfig = {
+      metadata: { name: 'web', attempt: 0 },
+      image: { image: 'sha256:' + 'a'.repeat(64), annotations: { x: 'y' }, user_specified_image: 'nginx:1.25', runtime_handler: '' },
+      labels: { 'io.kubernetes.container.name': 'web' },
+      annotations: { 'io.kubernetes.container.hash': '1' },
+      tty: true,
+      stdin: true,
+      stdin_once: false,
+      mounts: [
+        {
+          container_path: '/data',
+          host_path: '/srv/data',
+          readonly: true,
+          selinux_relabel: false,
+          propagation: 'PROPAGATION_HOST_TO_CONTAINER',
+          uidMappings: [],
+          gidMappings: [],
+          recursive_read_only: false,
+          image: null,
+          image_sub_path: '',
+        },
+      ],
+      linux: {
+        resources: {
+          cpu_period: '100000',
+          cpu_quota: '50000',
+          cpu_shares: '512',
+          memory_limit_in_bytes: '268435456',
+          oom_score_adj: '1000',
+          cpuset_cpus: '0',
+          cpuset_mems: '',
+          hugepage_limits: [{ page_size: '2MB', limit: '0' }],
+          unified: {},
+          memory_swap_limit_in_bytes: '0',
+        },
+        security_context: { privileged: true, selinux_options: { user: 'u', role: 'r', type: 't', level: 's0' } },
+      },
+    };
+    const ctr = v5.prepare(
+      "INSERT INTO containers (id, sandbox_id, name, attempt, image_id, image_ref, state, config, log_path, created_at) VALUES (?, ?, ?, 0, 'sha256:i', 'nginx', 'running', ?, '/l', '1')",
+    );
+    ctr.run('c1', 'p1', 'web', JSON.stringify(containerConfig));
+    ctr.run('c2', 'p2', 'bare', JSON.stringify({ metadata: { name: 'bare' }, image: { image: 'busybox' } }));
+    v5.close();
+
+    const db = openDatabase(file);
+    assert.equal(schemaVersion(db), 6);
+    const pods = new SandboxRepository(db);
+    const p1 = pods.get('p1')!;
+    assert.deepEqual(p1.facts, {
+      v: 1,
+      hostname: 'web-app-1',
+      logDirectory: '/var/log/pods/default_web_u1',
+      namespaces: { network: 'POD', pid: 'CONTAINER', ipc: 'POD' },
+      userns: { uids: [{ containerId: 0, hostId: 100000, size: 65536 }], gids: [{ containerId: 0, hostId: 100000, size: 65536 }] },
+      cgroupParent: '/kubepods/besteffort/podu1',
+      labels: { app: 'web' },
+      annotations: { 'kubernetes.io/config.source': 'api' },
+      portMappings: [{ hostPort: 8080, containerPort: 80, protocol: 'tcp' }],
+      dns: { servers: ['10.96.0.10'], searches: ['default.svc.cluster.local'], options: ['ndots:5'] },
+      sysctls: { 'net.ipv4.ip_unprivileged_port_start': '0' },
+      overhead: {
+        cpu_period: 0,
+        cpu_quota: 0,
+        cpu_shares: 128,
+        memory_limit_in_bytes: 0,
+        oom_score_adj: 0,
+        cpuset_cpus: '',
+        cpuset_mems: '',
+        hugepage_limits: [],
+        unified: {},
+        memory_swap_limit_in_bytes: 0,
+      },
+      resources: null,
+    });
+    assert.deepEqual(p1.request, podConfig, 'the request is kept as it was, for verbose status');
+    assert.equal(p1.nsDir, '/run/berth/ns/p1');
+    const p2 = pods.get('p2')!;
+    assert.equal(p2.facts.hostname, hostname(), 'a host-network pod without a hostname has the node’s');
+    assert.deepEqual(p2.facts.namespaces, { network: 'NODE', pid: 'NODE', ipc: 'NODE' });
+    assert.equal(p2.facts.userns, null);
+    assert.equal(p2.facts.dns, null);
+    assert.deepEqual([p2.facts.labels, p2.facts.portMappings, p2.facts.logDirectory, p2.facts.cgroupParent], [{}, [], '', '']);
+
+    const containers = new ContainerRepository(db);
+    const c1 = containers.get('c1')!;
+    assert.deepEqual(c1.facts, {
+      v: 1,
+      labels: { 'io.kubernetes.container.name': 'web' },
+      annotations: { 'io.kubernetes.container.hash': '1' },
+      image: { annotations: { x: 'y' }, userSpecifiedImage: 'nginx:1.25', runtimeHandler: '' },
+      tty: true,
+      stdin: true,
+      stdinOnce: false,
+      resources: {
+        cpu_period: 100000,
+        cpu_quota: 50000,
+        cpu_shares: 512,
+        memory_limit_in_bytes: 268435456,
+        oom_score_adj: 1000,
+        cpuset_cpus: '0',
+        cpuset_mems: '',
+        hugepage_limits: [{ page_size: '2MB', limit: 0 }],
+        unified: {},
+        memory_swap_limit_in_bytes: 0,
+      },
+      mounts: containerConfig.mounts,
+      privileged: true,
+      selinuxOptions: { user: 'u', role: 'r', type: 't', level: 's0' },
+      user: null,
+      stopSignal: null,
+    });
+    assert.deepEqual(c1.request, containerConfig);
+    const c2 = containers.get('c2')!;
+    assert.deepEqual(
+      [c2.facts.labels, c2.facts.tty, c2.facts.resources, c2.facts.mounts, c2.facts.privileged, c2.facts.selinuxOptions, c2.facts.image],
+      [{}, false, null, [], false, null, { annotations: {}, userSpecifiedImage: '', runtimeHandler: '' }],
+    );
+    // New rows cannot skip their facts.
+    assert.throws(
+      () =>
+        db
+          .prepare(
+            "INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, runtime_handler, created_at, facts) VALUES ('x', 'x', 'x', 'x', 0, 'creating', '{}', 'runc', '1', NULL)",
+          )
+          .run(),
+      /NOT NULL/,
+    );
     db.close();
   });
 
