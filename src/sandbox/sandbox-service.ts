@@ -12,7 +12,6 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
-import { hostname as osHostname } from 'node:os';
 import { join } from 'node:path';
 import { DisposableStack } from '../common/disposable.js';
 import { nowNs } from '../common/clock.js';
@@ -29,50 +28,22 @@ import { CniNetwork, loopbackUp, podIps, type CniResult, type CniRuntimeConf, ty
 import { findNetwork, type CniNetworkList } from './cni/conf-dir.js';
 import { PodInfra } from './infra.js';
 import { createPinnedNamespaces, isPinned, pinPidNamespace, removePinnedNamespaces, type PinnedNamespaces, type PodNamespace } from './namespaces.js';
-import { hostsFile, mountShm, resolvConf, unmountShm, validateHostname, writePodFiles } from './pod-files.js';
-import { containerViewOf, defaultHostname, pinnedKinds, podFacts, type PodContainerView } from './pod-facts.js';
-import type { NamespaceMode, PodResources, SandboxMetadata, SandboxRecord, SandboxRepository } from './sandbox-repository.js';
+import { hostsFile, mountShm, unmountShm, writePodFiles } from './pod-files.js';
+import { containerViewOf, pinnedKinds, podFacts, type PodContainerView } from './pod-facts.js';
+import type { PodResources, SandboxMetadata, SandboxRecord, SandboxRepository } from './sandbox-repository.js';
 import type { SandboxState } from './state.js';
-import { applySysctls, validateSysctls } from './sysctls.js';
-import { mountFeatures } from '../common/mount-probes.js';
-import { createPodUserns, type PodUserns } from './userns.js';
+import { applySysctls } from './sysctls.js';
+import { createPodUserns } from './userns.js';
+import { validatePodSpec, type PodSandboxSpec, type Prepared } from './pod-spec.js';
 
 export type { NamespaceMode } from './sandbox-repository.js';
+export type { PodSandboxSpec } from './pod-spec.js';
 export { toPortMappings } from './pod-facts.js';
 
 /** What a pod keeps of its network: the CNI config ADD runs (recorded first) and its result. */
 interface StoredNetwork {
   list: CniNetworkList;
   result: CniResult | null;
-}
-
-/** What validation prepared for creation. */
-interface Prepared {
-  resolv: string;
-  hostname: string;
-  network: CniNetwork | undefined;
-}
-
-/** What berth needs from a PodSandboxConfig, already checked field by field by the CRI layer. */
-export interface PodSandboxSpec {
-  metadata: SandboxMetadata;
-  hostname: string;
-  dns: { servers: string[]; searches: string[]; options: string[] } | undefined;
-  portMappings: PortMapping[];
-  cgroupParent: string;
-  sysctls: Record<string, string>;
-  namespaces: { network: NamespaceMode; pid: NamespaceMode; ipc: NamespaceMode };
-  runtimeHandler: string;
-  /** A user namespace of the pod's own (userns_options mode POD); absent: the host's. */
-  userns?: PodUserns;
-  logDirectory: string;
-  labels: Record<string, string>;
-  annotations: Record<string, string>;
-  /** LinuxPodSandboxConfig.overhead and .resources: recorded (kubelet sizes the pod's cgroup itself). */
-  overhead?: PodResources;
-  resources?: PodResources;
-  /** The whole config as kubelet sent it, kept for verbose PodSandboxStatus only. */
-  raw: Record<string, unknown>;
 }
 
 /**
@@ -192,55 +163,8 @@ export class SandboxService {
     this.o.log.info('rolled back an interrupted pod sandbox creation', { sandbox: rec.id });
   }
 
-  /**
-   * Checks everything that can be checked before touching the system, and prepares what
-   * needs reading (the network config, resolv.conf), so a bad request costs nothing.
-   */
-  private async validate(spec: PodSandboxSpec): Promise<Prepared> {
-    if (!this.o.runtimes.has(spec.runtimeHandler)) {
-      throw new BerthError(
-        'InvalidArgument',
-        `runtime_handler "${spec.runtimeHandler}" is not configured (configured: ${this.o.runtimes.handlers().join(', ')})`,
-      );
-    }
-    const hostNet = spec.namespaces.network === 'NODE';
-    if (!hostNet && spec.hostname !== '') validateHostname(spec.hostname);
-    validateSysctls(spec.sysctls, { network: hostNet, ipc: spec.namespaces.ipc === 'NODE' });
-    const cg = spec.cgroupParent;
-    if (cg !== '') {
-      if (this.o.config.cgroup_driver === 'systemd' && !/^[A-Za-z0-9_.\\@:-]+\.slice$/.test(cg)) {
-        throw new BerthError(
-          'InvalidArgument',
-          `linux.cgroup_parent "${cg}" is not a systemd slice name (e.g. kubepods-besteffort-pod1234.slice), as the systemd cgroup driver needs`,
-        );
-      }
-      if (this.o.config.cgroup_driver === 'cgroupfs' && (!cg.startsWith('/') || cg.includes('..'))) {
-        throw new BerthError(
-          'InvalidArgument',
-          `linux.cgroup_parent "${cg}" is not an absolute cgroup path (e.g. /kubepods/besteffort/pod1234), as the cgroupfs driver needs`,
-        );
-      }
-    }
-    if (spec.userns) {
-      if (spec.namespaces.pid === 'POD') {
-        throw new BerthError(
-          'FailedPrecondition',
-          'namespace_options.userns_options: a pod user namespace with a shared PID namespace (pid POD) is not supported yet',
-        );
-      }
-      const probe = (await mountFeatures(join(this.o.config.state, 'probe'))).idmappedMounts;
-      if (!probe.ok) {
-        throw new BerthError(
-          'FailedPrecondition',
-          `namespace_options.userns_options: runtime handler "${spec.runtimeHandler}" cannot run pods in a user namespace on this host: ${probe.reason}`,
-        );
-      }
-    }
-    const hostResolv = readFileSync('/etc/resolv.conf', 'utf8');
-    const resolv = spec.dns ? resolvConf(spec.dns, hostResolv) : hostResolv;
-    // Host-network pods keep kubelet's hostname (its node name) when it sends one.
-    const hostname = spec.hostname !== '' ? spec.hostname : hostNet ? osHostname() : defaultHostname(spec.metadata.name);
-    return { resolv, hostname, network: hostNet ? undefined : await this.network() };
+  private validate(spec: PodSandboxSpec): Promise<Prepared> {
+    return validatePodSpec(spec, { config: this.o.config, runtimes: this.o.runtimes, network: () => this.network() });
   }
 
   private cniRuntime(rec: { id: string; metadata: SandboxMetadata }, netns: string, portMappings: PortMapping[]): CniRuntimeConf {

@@ -231,6 +231,51 @@ describe('pod sandboxes', function () {
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: id });
   });
 
+  it('UpdatePodSandboxResources records overhead and resources (verbose status, across a restart); NOT_FOUND for an unknown pod', async () => {
+    const b = await Berthd.start();
+    const cgroupParent = '/berth-test-kubepods/pod' + randomBytes(4).toString('hex');
+    const cfg = podConfig({
+      linux: {
+        cgroup_parent: cgroupParent,
+        overhead: { cpu_shares: 64 },
+        security_context: { namespace_options: { network: 'NODE', pid: 'POD', ipc: 'POD' } },
+      },
+    });
+    const { pod_sandbox_id: id } = await b.runtime.RunPodSandbox({ config: cfg });
+    type Info = {
+      overhead: { cpu_shares: number; memory_limit_in_bytes: number } | null;
+      resources: { cpu_shares: number; memory_limit_in_bytes: number } | null;
+    };
+    const info = async (c: Berthd): Promise<Info> => JSON.parse((await c.runtime.PodSandboxStatus({ pod_sandbox_id: id, verbose: true })).info.info!) as Info;
+    const created = await info(b);
+    assert.equal(created.overhead?.cpu_shares, 64, 'the overhead of RunPodSandbox is recorded');
+    assert.equal(created.resources, null);
+
+    await b.runtime.UpdatePodSandboxResources({
+      pod_sandbox_id: id.slice(0, 12),
+      overhead: { cpu_shares: 128 },
+      resources: { cpu_shares: 1024, memory_limit_in_bytes: 268435456 },
+    });
+    const updated = await info(b);
+    assert.equal(updated.overhead?.cpu_shares, 128);
+    assert.equal(updated.resources?.cpu_shares, 1024);
+    assert.equal(updated.resources?.memory_limit_in_bytes, 268435456);
+    // berth makes no pod cgroup of its own: kubelet owns cgroup_parent.
+    for (const root of ['/sys/fs/cgroup/cpu', '/sys/fs/cgroup/memory', '/sys/fs/cgroup/unified', '/sys/fs/cgroup']) {
+      assert.ok(!existsSync(join(root, cgroupParent)), `no cgroup written at ${join(root, cgroupParent)}`);
+    }
+
+    const nf = await grpcError(b.runtime.UpdatePodSandboxResources({ pod_sandbox_id: 'f'.repeat(64), resources: { cpu_shares: 2 } }));
+    assert.equal(nf.code, status.NOT_FOUND);
+    assert.match(nf.details, /pod sandbox/);
+
+    await b.stop('SIGTERM');
+    const again = await Berthd.start({ reuse: { dir: b.dir } });
+    cleanup.push(() => again.dispose());
+    assert.deepEqual(await info(again), updated, 'kept across a restart');
+    await again.runtime.RemovePodSandbox({ pod_sandbox_id: id });
+  });
+
   it('applies namespaced sysctls inside the pod only, and refuses the others', async () => {
     const b = await start();
     network(b);
