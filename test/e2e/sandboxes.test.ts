@@ -238,7 +238,8 @@ describe('pod sandboxes', function () {
       linux: {
         cgroup_parent: cgroupParent,
         overhead: { cpu_shares: 64 },
-        security_context: { namespace_options: { network: 'NODE', pid: 'POD', ipc: 'POD' } },
+        // No infra process (pid CONTAINER): nothing of the pod makes a cgroup under cgroup_parent.
+        security_context: { namespace_options: { network: 'NODE', pid: 'CONTAINER', ipc: 'POD' } },
       },
     });
     const { pod_sandbox_id: id } = await b.runtime.RunPodSandbox({ config: cfg });
