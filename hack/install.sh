@@ -13,13 +13,14 @@
 #   zstd, util-linux, psmisc .. zstd layers; unshare/nsenter/mount; fuser for leak checks
 #   apache2-utils ............. htpasswd -B, for the test registry that requires basic auth
 #   attr ...................... setfattr/getfattr: layer xattrs and overlay opaque dirs
+#   prometheus ................ the metrics e2e test scrapes berthd with a Prometheus of its own
 #   openssl ................... self-signed certificates for the TLS registry test
 #   gcc, make, python3 ........ node-gyp builds berth's native addon (native/berth_sys.c)
 #                               against the nodejs package's headers (/usr/include/node)
 set -euo pipefail
 
 PACKAGES=(
-  runc crun conmon catatonit containernetworking-plugins
+  runc crun conmon catatonit containernetworking-plugins prometheus
   iproute2 iptables
   docker-registry busybox-static zstd
   util-linux psmisc ca-certificates
@@ -50,7 +51,10 @@ fi
 
 # The Debian docker-registry package may start its own service on :5000 through an init
 # script; berth's tests start their own registries on 127.0.0.1 with temp storage instead.
-if command -v service >/dev/null 2>&1 && [ -x /etc/init.d/docker-registry ]; then
-  service docker-registry stop >/dev/null 2>&1 || true
-fi
+# So may prometheus on :9090; the metrics test starts its own on 127.0.0.1 with a temp config.
+for svc in docker-registry prometheus; do
+  if command -v service >/dev/null 2>&1 && [ -x "/etc/init.d/$svc" ]; then
+    service "$svc" stop >/dev/null 2>&1 || true
+  fi
+done
 echo "hack/install.sh: system packages ready"

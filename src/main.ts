@@ -7,7 +7,7 @@
  * good and the locks are held, so a bad config or a second instance changes nothing.
  */
 import * as grpc from '@grpc/grpc-js';
-import { chmodSync, lstatSync, mkdirSync, rmSync } from 'node:fs';
+import { chmodSync, lstatSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
 import { dirname, join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -15,10 +15,11 @@ import { BerthError, errnoOf, messageOf } from './common/errors.js';
 import { createLogger, type Logger } from './common/logger.js';
 import { cleanProbeScratch } from './common/mount-probes.js';
 import { loadNative } from './common/native.js';
+import { traced } from './common/trace-points.js';
 import { BERTH_VERSION } from './common/version.js';
 import { ConfigError, formatConfig, loadConfig } from './config/load.js';
 import type { BerthConfig } from './config/schema.js';
-import { createCriServer } from './cri/server.js';
+import { createCriServer, serviceOfMethod } from './cri/server.js';
 import { ServingState } from './cri/serving-state.js';
 import { ContainerRepository } from './containers/container-repository.js';
 import { ContainerService } from './containers/container-service.js';
@@ -31,6 +32,7 @@ import { OverlaySnapshotter } from './images/snapshots/overlay.js';
 import { SnapshotRepository } from './images/snapshots/snapshot-repository.js';
 import { SandboxRepository } from './sandbox/sandbox-repository.js';
 import { SandboxService } from './sandbox/sandbox-service.js';
+import { CadvisorCollector } from './stats/cadvisor-samples.js';
 import { StatsService } from './stats/stats-service.js';
 import { StreamingServer } from './streaming/server.js';
 import { OciRuntime, OciRuntimes } from './oci/oci-runtime.js';
@@ -40,6 +42,8 @@ import { openDatabase, type Db } from './store/database.js';
 import { DirectoryLock } from './store/lock.js';
 import { RuntimeSettingsRepository } from './store/runtime-settings.js';
 import { startTracing } from './telemetry/tracing.js';
+import { BerthMetrics } from './telemetry/metrics.js';
+import { MetricsServer } from './telemetry/metrics-server.js';
 
 const USAGE = `Usage: berthd [command] [flags]
 
@@ -189,6 +193,9 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
   let sandboxes: SandboxService;
   let containersRef: ContainerService;
   const state = new ServingState();
+  // Built first, so that the trace points of start-up and recovery are counted.
+  let metrics: BerthMetrics | undefined;
+  let metricsEndpoint: { serving: boolean; address?: string; error?: string } = { serving: false, error: 'metrics.address is ""' };
   try {
     const rootLock = DirectoryLock.acquire(config.root, 'root directory');
     held.push(() => rootLock.release());
@@ -206,6 +213,17 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     held.push(() => {
       openDb.close();
     });
+    const dbFile = join(config.root, 'berth.db');
+    if (config.metrics.address !== '') {
+      const m = (metrics = new BerthMetrics({
+        serviceOf: serviceOfMethod(),
+        podsByState: () => countBy(sandboxes.list().map((s) => s.state)),
+        containersByState: () => countBy(containersRef.list().map((c) => c.state)),
+        liveShims: () => containersRef.list().filter((c) => c.shimPid !== null && alive(c.shimPid)).length,
+        databaseBytes: () => [dbFile, `${dbFile}-wal`].reduce((n, f) => n + (statSync(f, { throwIfNoEntry: false })?.size ?? 0), 0),
+      }));
+      held.push(() => m.close());
+    }
 
     const snapshots = new OverlaySnapshotter(config.root, new SnapshotRepository(db), log.child({ component: 'snapshots' }));
     images = new ImageService({
@@ -255,8 +273,35 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     const streaming = new StreamingServer({ config: config.streaming, containers, sandboxes, log: log.child({ component: 'streaming' }) });
     await streaming.start();
     held.push(() => streaming.close());
-    const deps = { config, settings: new RuntimeSettingsRepository(db), log, images, sandboxes, containers, stats, streaming, tracing };
-    server = createCriServer({ state, log, observers: tracing ? [tracing.rpc] : [] }, deps);
+    const cadvisor = new CadvisorCollector({ stats, sandboxes });
+    if (metrics) {
+      const m = metrics;
+      const ms = new MetricsServer({ address: config.metrics.address, metrics: () => m.render(), cadvisor: () => cadvisor.collect(), log });
+      // A taken port costs the metrics, not the node: logged and reported in verbose Status.
+      await ms.start().then(
+        () => (metricsEndpoint = { serving: true, address: ms.address! }),
+        (err: unknown) => {
+          metricsEndpoint = { serving: false, error: `${config.metrics.address}: ${messageOf(err)}` };
+          log.error('metrics endpoint not serving', { address: config.metrics.address, error: messageOf(err) });
+        },
+      );
+      held.push(() => ms.close());
+    }
+    const metricsState = (): typeof metricsEndpoint => metricsEndpoint;
+    const deps = {
+      config,
+      settings: new RuntimeSettingsRepository(db),
+      log,
+      images,
+      sandboxes,
+      containers,
+      stats,
+      streaming,
+      tracing,
+      cadvisor,
+      metricsEndpoint: metricsState,
+    };
+    server = createCriServer({ state, log, observers: [...(tracing ? [tracing.rpc] : []), ...(metrics ? [metrics] : [])] }, deps);
     await bindSocket(server, config.socket);
     held.push(() => rmSync(config.socket, { force: true }));
   } catch (err) {
@@ -266,7 +311,14 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     process.stderr.write(`berthd: ${msg}\n`);
     return 1;
   }
-  log.info('berthd serving', { version: BERTH_VERSION, socket: config.socket, root: config.root, state: config.state, config_files: sources });
+  log.info('berthd serving', {
+    version: BERTH_VERSION,
+    socket: config.socket,
+    root: config.root,
+    state: config.state,
+    config_files: sources,
+    metrics: metricsEndpoint,
+  });
 
   let stopping: Promise<number> | undefined;
   const stop = (signal: string): Promise<number> =>
@@ -280,12 +332,14 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void stop(sig).then(resolve));
   });
 
-  await recover(log, [
-    { name: 'mount probes', run: () => cleanProbeScratch(join(config.state, 'probe')) },
-    { name: 'images', run: () => images.recover() },
-    { name: 'sandboxes', run: () => sandboxes.recover() },
-    { name: 'containers', run: () => containersRef.recover() },
-  ]);
+  await traced('berth:recovery', {}, () =>
+    recover(log, [
+      { name: 'mount probes', run: () => cleanProbeScratch(join(config.state, 'probe')) },
+      { name: 'images', run: () => images.recover() },
+      { name: 'sandboxes', run: () => sandboxes.recover() },
+      { name: 'containers', run: () => containersRef.recover() },
+    ]),
+  );
   if (state.phase === 'recovering') {
     state.ready();
     log.info('recovery finished; berthd is ready');
@@ -299,6 +353,23 @@ function ociRuntimes(config: BerthConfig, log: Logger): OciRuntimes {
     ([handler, rt]) => new OciRuntime({ handler, path: rt.path, root: join(config.state, 'runtime', handler), log }),
   );
   return new OciRuntimes(runtimes, config.default_runtime);
+}
+
+/** How many times each value occurs. */
+function countBy(values: string[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const v of values) out[v] = (out[v] ?? 0) + 1;
+  return out;
+}
+
+/** Whether a process exists (signal 0 checks without sending). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return errnoOf(err) === 'EPERM';
+  }
 }
 
 /**

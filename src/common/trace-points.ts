@@ -52,3 +52,29 @@ export function traced<N extends TracePointName, T>(name: N, context: TracePoint
   if (!ch.hasSubscribers) return step();
   return ch.tracePromise(step, context as TracePoints[N] & object);
 }
+
+/**
+ * {@link traced} for a synchronous step (a database transaction). It publishes what
+ * `traced` does: `start`, `error` if it threw, `end`, then `asyncStart` and `asyncEnd` at
+ * once, so that subscribers see every step, synchronous or not, finish with `asyncEnd`.
+ */
+export function tracedSync<N extends TracePointName, T>(name: N, context: TracePoints[N], step: () => T): T {
+  const ch = tracePoint(name);
+  if (!ch.hasSubscribers) return step();
+  const ctx = context as TracePoints[N] & { result?: unknown; error?: unknown };
+  return ch.start.runStores(ctx, () => {
+    try {
+      const result = step();
+      ctx.result = result;
+      return result;
+    } catch (err) {
+      ctx.error = err;
+      ch.error.publish(ctx);
+      throw err;
+    } finally {
+      ch.end.publish(ctx);
+      ch.asyncStart.publish(ctx);
+      ch.asyncEnd.publish(ctx);
+    }
+  });
+}

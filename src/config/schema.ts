@@ -109,6 +109,12 @@ export interface EventsConfig {
   subscriber_queue_size: number;
 }
 
+/** The metrics endpoint: /metrics and /metrics/cadvisor in the Prometheus text format. */
+export interface MetricsConfig {
+  /** "host:port" it listens on (plain HTTP; loopback by default); "" turns it off. */
+  address: string;
+}
+
 export interface BerthConfig {
   /** gRPC unix socket kubelet and crictl connect to. */
   socket: string;
@@ -129,6 +135,7 @@ export interface BerthConfig {
   cdi: CdiConfig;
   tracing: TracingConfig;
   events: EventsConfig;
+  metrics: MetricsConfig;
   /** The handler used when a pod names none. */
   default_runtime: string;
   runtimes: Record<string, RuntimeHandlerConfig>;
@@ -186,6 +193,9 @@ export function defaultConfig(): BerthConfig {
     events: {
       subscriber_queue_size: 1000,
     },
+    metrics: {
+      address: '127.0.0.1:9102',
+    },
     default_runtime: 'runc',
     runtimes: {
       runc: { path: '/usr/sbin/runc' },
@@ -239,6 +249,17 @@ const urlList: Check = (v) => {
   return undefined;
 };
 
+/** "" (off), or "ip:port" / "[ipv6]:port". */
+const listenAddress: Check = (v) => {
+  if (v === '') return undefined;
+  const m = typeof v === 'string' ? /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(v) : null;
+  const host = m?.[1] ?? m?.[2];
+  if (!m || host === undefined || isIP(host) === 0 || Number(m[3]) > 65535) {
+    return `expected "ip:port" such as "127.0.0.1:9102" (or "" for off), got ${describe(v)}`;
+  }
+  return undefined;
+};
+
 const boolean: Check = (v) => (typeof v === 'boolean' ? undefined : `expected true or false, got ${describe(v)}`);
 const string: Check = (v) => (typeof v === 'string' ? undefined : `expected a string, got ${describe(v)}`);
 
@@ -288,6 +309,7 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'tracing.sampling_rate_per_million': integerIn(0, 1_000_000),
   'tracing.service_name': (v) => (typeof v === 'string' && v.trim() !== '' ? undefined : `expected a non-empty service name, got ${describe(v)}`),
   'events.subscriber_queue_size': integerIn(1, 1_000_000),
+  'metrics.address': listenAddress,
   default_runtime: (v) =>
     typeof v === 'string' && /^[a-z0-9][a-z0-9.-]{0,62}$/.test(v) ? undefined : `expected a handler name like "runc", got ${describe(v)}`,
   'runtimes.*.path': absolutePath,

@@ -1,3 +1,4 @@
+import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
 import type { CriMount } from './mounts.js';
 import type { SelinuxOptions } from './selinux.js';
@@ -187,25 +188,29 @@ export class ContainerRepository {
 
   /** Changes a container in one transaction; a state change must be a legal transition. */
   update(id: string, fn: (cur: ContainerRecord) => ContainerChange): ContainerRecord {
-    return this.db.transaction(() => {
-      const cur = this.get(id);
-      if (!cur) throw new Error(`container ${id} vanished`);
-      const ch = fn(cur);
-      if (ch.state !== undefined && !canTransition(cur.state, ch.state)) throw new Error(`container ${id}: illegal transition ${cur.state} -> ${ch.state}`);
-      const next = { ...cur, ...ch };
-      this.updateStmt.run({
-        id,
-        state: next.state,
-        pid: next.pid,
-        shimPid: next.shimPid,
-        exitCode: next.exitCode,
-        reason: next.reason,
-        message: next.message,
-        startedAt: next.startedAt,
-        finishedAt: next.finishedAt,
-      });
-      return next;
-    })();
+    return tracedSync(
+      'berth:db.write',
+      { table: 'containers' },
+      this.db.transaction(() => {
+        const cur = this.get(id);
+        if (!cur) throw new Error(`container ${id} vanished`);
+        const ch = fn(cur);
+        if (ch.state !== undefined && !canTransition(cur.state, ch.state)) throw new Error(`container ${id}: illegal transition ${cur.state} -> ${ch.state}`);
+        const next = { ...cur, ...ch };
+        this.updateStmt.run({
+          id,
+          state: next.state,
+          pid: next.pid,
+          shimPid: next.shimPid,
+          exitCode: next.exitCode,
+          reason: next.reason,
+          message: next.message,
+          startedAt: next.startedAt,
+          finishedAt: next.finishedAt,
+        });
+        return next;
+      }),
+    );
   }
 
   /** Changes a container's facts in one transaction (resources after an update; user and stop signal learnt from the spec). */

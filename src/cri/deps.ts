@@ -3,6 +3,7 @@ import type { BerthConfig } from '../config/schema.js';
 import type { ContainerService } from '../containers/container-service.js';
 import type { ImageService } from '../images/image-service.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
+import type { CadvisorCollector } from '../stats/cadvisor-samples.js';
 import type { StatsService } from '../stats/stats-service.js';
 import type { StreamingServer } from '../streaming/server.js';
 import type { RuntimeSettingsRepository } from '../store/runtime-settings.js';
@@ -20,4 +21,8 @@ export interface CriDeps {
   streaming: StreamingServer;
   /** Tracing, when a collector is configured. */
   tracing?: Pick<Tracing, 'info'>;
+  /** The cached cAdvisor-style samples (ListPodSandboxMetrics, /metrics/cadvisor). */
+  cadvisor: CadvisorCollector;
+  /** The metrics endpoint's state for verbose Status: its address when serving, else why not. */
+  metricsEndpoint(): { serving: boolean; address?: string; error?: string };
 }

@@ -20,6 +20,9 @@ import { stopContainer } from './container/stop-container.js';
 import { streamContainers } from './container/stream-containers.js';
 import { updateContainerResources } from './container/update-container-resources.js';
 import { checkpointContainer } from './container/checkpoint-container.js';
+import { listMetricDescriptors } from './metrics/list-metric-descriptors.js';
+import { listPodSandboxMetrics } from './metrics/list-pod-sandbox-metrics.js';
+import { streamPodSandboxMetrics } from './metrics/stream-pod-sandbox-metrics.js';
 import { imageFsInfo } from './image/image-fs-info.js';
 import { imageStatus } from './image/image-status.js';
 import { listImages } from './image/list-images.js';
@@ -86,6 +89,9 @@ export function runtimeHandlers(deps: CriDeps): ServiceHandlers<RuntimeServiceHa
     PodSandboxStats: podSandboxStats(deps),
     ListPodSandboxStats: listPodSandboxStats(deps),
     StreamPodSandboxStats: streamPodSandboxStats(deps),
+    ListMetricDescriptors: listMetricDescriptors(),
+    ListPodSandboxMetrics: listPodSandboxMetrics(deps.cadvisor),
+    StreamPodSandboxMetrics: streamPodSandboxMetrics(deps.cadvisor),
   };
 }
 
@@ -98,6 +104,19 @@ export function imageHandlers(deps: CriDeps): ServiceHandlers<ImageServiceHandle
     RemoveImage: removeImage(deps.images),
     ImageFsInfo: imageFsInfo(deps.images),
   };
+}
+
+/** The full service name of each RPC ("runtime.v1.ImageService" for PullImage…), for metrics labels. */
+export function serviceOfMethod(): (method: string) => string {
+  const api = criApi().runtime.v1;
+  const of = new Map<string, string>();
+  for (const [name, svc] of [
+    ['runtime.v1.RuntimeService', api.RuntimeService.service],
+    ['runtime.v1.ImageService', api.ImageService.service],
+  ] as const) {
+    for (const method of Object.keys(svc)) of.set(method, name);
+  }
+  return (method) => of.get(method) ?? 'unknown';
 }
 
 /** Builds the server with both services; binding and shutdown are the caller's. */

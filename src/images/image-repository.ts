@@ -1,3 +1,4 @@
+import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
 import type { ImageConfig } from './manifest.js';
 
@@ -151,17 +152,21 @@ export class ImageRepository {
    * is either fully listed or not at all. A tag that pointed at another image moves.
    */
   save(img: NewImage): void {
-    this.db.transaction(() => {
-      this.upsertImage.run(img.id, img.manifestDigest, JSON.stringify(img.config), img.size, Date.now());
-      // The same image (config) may come through another manifest, e.g. recompressed
-      // layers: its references are those of the latest pull, not a union.
-      this.clearRefs.run(img.id);
-      this.clearLayers.run(img.id);
-      for (const d of img.blobs) this.insertBlob.run(img.id, d);
-      img.layers.forEach((l, i) => this.insertLayer.run(img.id, i, l.blobDigest, l.diffId, l.chainId));
-      if (img.tag) this.upsertName.run(img.tag, 'tag', img.id);
-      this.upsertName.run(img.digestName, 'digest', img.id);
-    })();
+    tracedSync(
+      'berth:db.write',
+      { table: 'images' },
+      this.db.transaction(() => {
+        this.upsertImage.run(img.id, img.manifestDigest, JSON.stringify(img.config), img.size, Date.now());
+        // The same image (config) may come through another manifest, e.g. recompressed
+        // layers: its references are those of the latest pull, not a union.
+        this.clearRefs.run(img.id);
+        this.clearLayers.run(img.id);
+        for (const d of img.blobs) this.insertBlob.run(img.id, d);
+        img.layers.forEach((l, i) => this.insertLayer.run(img.id, i, l.blobDigest, l.diffId, l.chainId));
+        if (img.tag) this.upsertName.run(img.tag, 'tag', img.id);
+        this.upsertName.run(img.digestName, 'digest', img.id);
+      }),
+    );
   }
 
   /** Deletes an image with all its names and references. */

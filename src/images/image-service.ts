@@ -24,6 +24,7 @@ import type { Readable } from 'node:stream';
 import { abortable } from '../common/abort.js';
 import { BerthError, isKind, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
+import { traced } from '../common/trace-points.js';
 import type { ImagesConfig, RegistryConfig } from '../config/schema.js';
 import { ContainerLayers } from './container-layers.js';
 import type { ContentStore } from './content/content-store.js';
@@ -189,6 +190,10 @@ export class ImageService {
   async pull(refText: string, credentials: Credentials | undefined, signal?: AbortSignal): Promise<ImageRecord> {
     const ref = parseReference(refText);
     const what = formatReference(ref);
+    return traced('berth:image.pull', { image: what }, () => this.pullRef(ref, what, credentials, signal));
+  }
+
+  private async pullRef(ref: ImageReference, what: string, credentials: Credentials | undefined, signal?: AbortSignal): Promise<ImageRecord> {
     const t0 = Date.now();
     const top = await this.resolve(ref, credentials, signal, what);
     const { ep } = top;
@@ -275,6 +280,7 @@ export class ImageService {
             parent: i === 0 ? undefined : { chainId: chain[i - 1]!, task: tasks[i - 1]! },
             diffId: config.diffIds[i]!,
             layer,
+            image: what,
             open: () => this.client.openBlob(ep, ref.path, layer.digest, layer.size, shared, `${what} layer ${layer.digest}`),
             limiter,
           }),
@@ -331,6 +337,8 @@ export class ImageService {
     parent: { chainId: string; task: Promise<void> } | undefined;
     diffId: string;
     layer: Descriptor & { compression: LayerCompression };
+    /** The pull's image, for the trace points. */
+    image: string;
     open: () => Promise<Readable>;
     limiter: Limiter;
   }): Promise<void> {
@@ -338,20 +346,27 @@ export class ImageService {
     if (running) return running;
     const content = this.o.content;
     const signal = this.lifetime.signal;
+    const fetch = (): Promise<void> => {
+      if (content.has(t.layer.digest)) return Promise.resolve();
+      const step = { image: t.image, digest: t.layer.digest, bytes: 0 };
+      return traced('berth:image.fetch', step, () => content.ensure(t.layer, t.open, signal, (n) => (step.bytes += n)));
+    };
     const run = async (): Promise<void> => {
       if (this.o.snapshots.committed(t.chainId)) {
-        await t.limiter.run(() => content.ensure(t.layer, t.open, signal));
+        await t.limiter.run(fetch);
         return;
       }
-      await t.limiter.run(() => content.ensure(t.layer, t.open, signal));
-      const prepared = await this.o.snapshots.extract({
-        diffId: t.diffId,
-        layer: t.layer.digest,
-        compression: t.layer.compression,
-        blobPath: content.path(t.layer.digest),
-        maxBytes: this.o.images.max_layer_bytes,
-        signal,
-      });
+      await t.limiter.run(fetch);
+      const prepared = await traced('berth:image.unpack', { image: t.image, digest: t.layer.digest }, () =>
+        this.o.snapshots.extract({
+          diffId: t.diffId,
+          layer: t.layer.digest,
+          compression: t.layer.compression,
+          blobPath: content.path(t.layer.digest),
+          maxBytes: this.o.images.max_layer_bytes,
+          signal,
+        }),
+      );
       try {
         if (t.parent) await t.parent.task;
         this.o.snapshots.commit(prepared, t.chainId, t.parent?.chainId);

@@ -1,4 +1,5 @@
 import type { IdMap } from '../common/userns.js';
+import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
 import type { PortMapping } from './cni/protocol.js';
 import type { DnsConfig } from './pod-files.js';
@@ -171,25 +172,29 @@ export class SandboxRepository {
     id: string,
     fn: (cur: SandboxRecord) => Partial<Pick<SandboxRecord, 'state' | 'nsDir' | 'network' | 'ips' | 'acknowledged' | 'facts'>>,
   ): SandboxRecord {
-    return this.db.transaction(() => {
-      const cur = this.get(id);
-      if (!cur) throw new Error(`sandbox ${id} vanished`);
-      const ch = fn(cur);
-      if (ch.state !== undefined && ch.state !== cur.state && !canTransition(cur.state, ch.state)) {
-        throw new Error(`sandbox ${id}: illegal transition ${cur.state} -> ${ch.state}`);
-      }
-      const next = { ...cur, ...ch };
-      this.updateStmt.run(
-        next.state,
-        next.nsDir,
-        next.network === null ? null : JSON.stringify(next.network),
-        JSON.stringify(next.ips),
-        next.acknowledged ? 1 : 0,
-        JSON.stringify(next.facts),
-        id,
-      );
-      return next;
-    })();
+    return tracedSync(
+      'berth:db.write',
+      { table: 'sandboxes' },
+      this.db.transaction(() => {
+        const cur = this.get(id);
+        if (!cur) throw new Error(`sandbox ${id} vanished`);
+        const ch = fn(cur);
+        if (ch.state !== undefined && ch.state !== cur.state && !canTransition(cur.state, ch.state)) {
+          throw new Error(`sandbox ${id}: illegal transition ${cur.state} -> ${ch.state}`);
+        }
+        const next = { ...cur, ...ch };
+        this.updateStmt.run(
+          next.state,
+          next.nsDir,
+          next.network === null ? null : JSON.stringify(next.network),
+          JSON.stringify(next.ips),
+          next.acknowledged ? 1 : 0,
+          JSON.stringify(next.facts),
+          id,
+        );
+        return next;
+      }),
+    );
   }
 
   delete(id: string): void {

@@ -32,6 +32,7 @@ import { BerthError, errnoOf, messageOf } from '../common/errors.js';
 import { DisposableStack } from '../common/disposable.js';
 import type { Logger } from '../common/logger.js';
 import { spawnProcess, type ChildProcess, type ExitStatus } from '../common/process.js';
+import { traced } from '../common/trace-points.js';
 import { runtimeMessage } from '../oci/runtime-errors.js';
 import { requestLogReopen, resizeTerminal, startAttachSession } from './conmon-attach.js';
 import { exists, findConmons, killConmon, parseSync, readPid, readSyncLine, removeSocketLink, shimAlive } from './conmon-process.js';
@@ -123,7 +124,11 @@ export class ConmonShim implements Shim {
     return args;
   }
 
-  async create(o: ShimCreateOptions): Promise<ShimHandle> {
+  create(o: ShimCreateOptions): Promise<ShimHandle> {
+    return traced('berth:shim.create', { containerId: o.id }, () => this.spawnConmon(o));
+  }
+
+  private async spawnConmon(o: ShimCreateOptions): Promise<ShimHandle> {
     if (!ID_RE.test(o.id)) throw new BerthError('InvalidArgument', `container id ${JSON.stringify(o.id)} is not valid for the OCI runtime`);
     if (o.logPath.includes(':')) throw new BerthError('InvalidArgument', `log path ${o.logPath} contains ':', which conmon cannot take`);
     o.signal?.throwIfAborted();

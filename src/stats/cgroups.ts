@@ -39,7 +39,17 @@ export interface CgroupSample {
   /** Nanoseconds since the epoch. */
   timestamp: bigint;
   cpu?: { usageNs: bigint; psi?: Psi };
-  memory?: { usage: bigint; workingSet: bigint; rss?: bigint; pageFaults?: bigint; majorPageFaults?: bigint; limit?: bigint; psi?: Psi };
+  memory?: {
+    usage: bigint;
+    workingSet: bigint;
+    rss?: bigint;
+    pageFaults?: bigint;
+    majorPageFaults?: bigint;
+    limit?: bigint;
+    psi?: Psi;
+    /** Processes the kernel's OOM killer killed in the cgroup (v1 memory.oom_control, v2 memory.events). */
+    oomKills?: bigint;
+  };
   swap?: { usage: bigint; limit?: bigint };
   pids?: bigint;
   io?: { psi: Psi };
@@ -195,31 +205,37 @@ export async function readCgroupSample(mounts: CgroupMounts, cg: ProcCgroups, no
   }
 
   if (memory) {
-    const [usage, statText, limit, memswUsage, memswLimit] = await Promise.all([
+    const [usage, statText, limit, memswUsage, memswLimit, oomText] = await Promise.all([
       readNum(join(memory, 'memory.usage_in_bytes')),
       readText(join(memory, 'memory.stat')),
       readNum(join(memory, 'memory.limit_in_bytes')),
       readNum(join(memory, 'memory.memsw.usage_in_bytes')),
       readNum(join(memory, 'memory.memsw.limit_in_bytes')),
+      readText(join(memory, 'memory.oom_control')),
     ]);
     if (usage !== undefined && statText !== undefined) {
       // v1's total_* figures count the whole subtree.
       sample.memory = memorySample(usage, parseFlatKeyed(statText), 'total_', limit !== undefined && limit < V1_UNLIMITED ? limit : undefined, psi(memPsi));
+      const oom = oomText !== undefined ? parseFlatKeyed(oomText).get('oom_kill') : undefined;
+      if (oom !== undefined) sample.memory.oomKills = oom;
       if (memswUsage !== undefined) {
         const swapLimit = memswLimit !== undefined && limit !== undefined && memswLimit < V1_UNLIMITED ? memswLimit - limit : undefined;
         sample.swap = { usage: memswUsage > usage ? memswUsage - usage : 0n, ...(swapLimit !== undefined && swapLimit >= 0n ? { limit: swapLimit } : {}) };
       }
     }
   } else if (v2) {
-    const [usage, statText, limit, swapUsage, swapLimit] = await Promise.all([
+    const [usage, statText, limit, swapUsage, swapLimit, eventsText] = await Promise.all([
       readNum(join(v2, 'memory.current')),
       readText(join(v2, 'memory.stat')),
       readLimitV2(join(v2, 'memory.max')),
       readNum(join(v2, 'memory.swap.current')),
       readLimitV2(join(v2, 'memory.swap.max')),
+      readText(join(v2, 'memory.events')),
     ]);
     if (usage !== undefined && statText !== undefined) {
       sample.memory = memorySample(usage, parseFlatKeyed(statText), '', limit, psi(memPsi));
+      const oom = eventsText !== undefined ? parseFlatKeyed(eventsText).get('oom_kill') : undefined;
+      if (oom !== undefined) sample.memory.oomKills = oom;
       if (swapUsage !== undefined) sample.swap = { usage: swapUsage, ...(swapLimit !== undefined ? { limit: swapLimit } : {}) };
     }
   }

@@ -103,6 +103,10 @@ export class Berthd implements AsyncDisposable {
     if (!/conf_dir/.test(opts.config ?? '') && !Object.values(opts.dropIns ?? {}).some((t) => /conf_dir/.test(t))) {
       writeFileSync(join(etc, 'config.d', '00-test-cni.toml'), `[cni]\nconf_dir = "${cniDir}"\n`);
     }
+    // Tests run side by side: each metrics endpoint on a free port (see metricsAddress()).
+    if (!/\[metrics\]/.test(opts.config ?? '') && !Object.values(opts.dropIns ?? {}).some((t) => /\[metrics\]/.test(t))) {
+      writeFileSync(join(etc, 'config.d', '00-test-metrics.toml'), `[metrics]\naddress = "127.0.0.1:0"\n`);
+    }
     const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
     const b = new Berthd(dir, proc);
     await b.waitReady();
@@ -128,6 +132,13 @@ export class Berthd implements AsyncDisposable {
       await sleep(20);
     }
     throw new Error(`berthd did not become ready in ${timeoutMs} ms:\n${this.output}`);
+  }
+
+  /** Where the metrics endpoint listens ("127.0.0.1:port"), from verbose Status; undefined when it does not serve. */
+  async metricsAddress(): Promise<string | undefined> {
+    const res = await this.runtime.Status({ verbose: true });
+    const m = JSON.parse(res.info['metrics'] ?? '{}') as { serving?: boolean; address?: string };
+    return m.serving ? m.address : undefined;
   }
 
   /** Sends `signal` and waits for the exit; returns the exit code and time taken. */

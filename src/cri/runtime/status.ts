@@ -36,7 +36,8 @@ export function runtimeHandlerList(config: Pick<BerthConfig, 'default_runtime' |
  * later is noticed without a restart. `runtime_handlers` and `features` say what kubelet
  * may ask of each handler (see {@link runtimeHandlerList}). `verbose` adds the effective
  * config to `info`, and under `hostFeatures` the facilities the host has or lacks
- * (AppArmor, SELinux, CRIU) with the reason, and under `tracing` the span exporter's health
+ * (AppArmor, SELinux, CRIU) with the reason, under `metrics` whether the metrics endpoint
+ * serves and where (or why not), and under `tracing` the span exporter's health
  * and its exported and dropped span counts; values are JSON, as crictl expects.
  */
 export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, StatusResponse> => {
@@ -58,6 +59,7 @@ export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, Statu
       );
       const podCidr = deps.settings.podCidr();
       if (podCidr !== '') info.podCIDR = JSON.stringify(podCidr);
+      info.metrics = JSON.stringify(deps.metricsEndpoint());
       info.hostFeatures = JSON.stringify({ apparmor: appArmor, selinux: seLinux, criu: await criuFacility() });
       info.tracing = JSON.stringify(deps.tracing?.info() ?? TRACING_OFF);
     }

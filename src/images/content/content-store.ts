@@ -63,20 +63,21 @@ export class ContentStore {
   /**
    * Makes sure the blob is in the store, downloading it with `open` if it is not. A
    * concurrent call for the same digest waits for the first instead of downloading again.
+   * `onBytes` hears of each chunk this call downloads (pull progress).
    */
-  async ensure(desc: BlobDescriptor, openStream: () => Promise<Readable>, signal?: AbortSignal): Promise<void> {
+  async ensure(desc: BlobDescriptor, openStream: () => Promise<Readable>, signal?: AbortSignal, onBytes?: (n: number) => void): Promise<void> {
     if (this.has(desc.digest)) return;
     const running = this.inflight.get(desc.digest);
     if (running) {
       await running;
       return;
     }
-    const p = this.ingest(desc, openStream, signal).finally(() => this.inflight.delete(desc.digest));
+    const p = this.ingest(desc, openStream, signal, onBytes).finally(() => this.inflight.delete(desc.digest));
     this.inflight.set(desc.digest, p);
     await p;
   }
 
-  private async ingest(desc: BlobDescriptor, openStream: () => Promise<Readable>, signal?: AbortSignal): Promise<void> {
+  private async ingest(desc: BlobDescriptor, openStream: () => Promise<Readable>, signal?: AbortSignal, onBytes?: (n: number) => void): Promise<void> {
     const [alg, hex] = desc.digest.split(':') as [string, string];
     const tmp = join(this.ingestDir, `${hex}.${randomBytes(6).toString('hex')}`);
     const hash = createHash(alg === 'sha512' ? 'sha512' : 'sha256');
@@ -89,6 +90,7 @@ export class ContentStore {
           return;
         }
         hash.update(chunk);
+        onBytes?.(chunk.length);
         cb(null, chunk);
       },
     });

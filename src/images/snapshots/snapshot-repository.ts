@@ -1,3 +1,4 @@
+import { tracedSync } from '../../common/trace-points.js';
 import type { Db } from '../../store/database.js';
 
 export interface SnapshotRow {
@@ -82,6 +83,6 @@ export class SnapshotRepository {
   }
 
   transaction<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+    return tracedSync('berth:db.write', { table: 'snapshots' }, this.db.transaction(fn));
   }
 }
