@@ -61,7 +61,7 @@ describe('stats: cgroup readers', () => {
     );
   });
 
-  it('reads a v1 container cgroup: cpuacct, memory with working set, limit and swap, pids', async () => {
+  it('reads a v1 container cgroup: cpuacct, memory with working set, limit, OOM kills and swap, pids', async () => {
     const path = '/kubepods/pod1/berth-c1';
     tree(dir, {
       [`cpuacct${path}/cpuacct.usage`]: '5000000000\n',
@@ -70,6 +70,7 @@ describe('stats: cgroup readers', () => {
       [`memory${path}/memory.memsw.usage_in_bytes`]: '115343360\n',
       [`memory${path}/memory.memsw.limit_in_bytes`]: '314572800\n',
       [`memory${path}/memory.stat`]: 'cache 1\nrss 5\ntotal_rss 52428800\ntotal_inactive_file 20971520\ntotal_pgfault 900\ntotal_pgmajfault 3\n',
+      [`memory${path}/memory.oom_control`]: 'oom_kill_disable 0\nunder_oom 0\noom_kill 2\n',
       [`pids${path}/pids.current`]: '4\n',
     });
     const mounts = { v1: new Map(['cpu', 'cpuacct', 'memory', 'pids'].map((c) => [c, { mountpoint: join(dir, c === 'cpu' ? 'cpuacct' : c), root: '/' }])) };
@@ -83,6 +84,7 @@ describe('stats: cgroup readers', () => {
       pageFaults: 900n,
       majorPageFaults: 3n,
       limit: 209715200n,
+      oomKills: 2n,
     });
     assert.deepEqual(s.swap, { usage: 115343360n - 104857600n, limit: 314572800n - 209715200n });
     assert.equal(s.pids, 4n);
@@ -99,13 +101,14 @@ describe('stats: cgroup readers', () => {
     assert.equal(s.cpu, undefined);
   });
 
-  it('reads a v2 cgroup: cpu.stat in µs, memory.current and memory.max, swap, pids, PSI', async () => {
+  it('reads a v2 cgroup: cpu.stat in µs, memory.current and memory.max, OOM kills, swap, pids, PSI', async () => {
     tree(dir, {
       'k/c/cpu.stat': 'usage_usec 2500\nuser_usec 2000\nsystem_usec 500\n',
       'k/c/cpu.pressure': 'some avg10=0.10 avg60=0.00 avg300=0.00 total=99\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=1\n',
       'k/c/memory.current': '8192\n',
       'k/c/memory.max': 'max\n',
       'k/c/memory.stat': 'anon 4096\ninactive_file 1024\npgfault 10\npgmajfault 1\n',
+      'k/c/memory.events': 'low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n',
       'k/c/memory.swap.current': '0\n',
       'k/c/memory.swap.max': '1048576\n',
       'k/c/memory.pressure': 'some avg10=0.00 avg60=0.00 avg300=0.00 total=0\n',
@@ -115,7 +118,18 @@ describe('stats: cgroup readers', () => {
     const s = await readCgroupSample({ v1: new Map(), v2: { mountpoint: dir, root: '/' } }, parseProcCgroups('0::/k/c\n'));
     assert.equal(s.cpu?.usageNs, 2_500_000n);
     assert.equal(s.cpu?.psi?.some?.total, 99n);
-    assert.deepEqual({ ...s.memory, psi: undefined }, { usage: 8192n, workingSet: 7168n, rss: 4096n, pageFaults: 10n, majorPageFaults: 1n, psi: undefined });
+    assert.deepEqual(
+      { ...s.memory, psi: undefined },
+      {
+        usage: 8192n,
+        workingSet: 7168n,
+        rss: 4096n,
+        pageFaults: 10n,
+        majorPageFaults: 1n,
+        oomKills: 1n,
+        psi: undefined,
+      },
+    );
     assert.deepEqual(s.swap, { usage: 0n, limit: 1048576n });
     assert.equal(s.pids, 2n);
     assert.equal(s.io?.psi.some?.total, 5n);
