@@ -65,6 +65,15 @@ describe('config loading', () => {
     assert.throws(() => load('', { log_level: 'verbose' }), /command line: key 'log_level'/);
   });
 
+  it('takes the metrics address as ip:port, or "" for off', () => {
+    assert.equal(defaultConfig().metrics.address, '127.0.0.1:9102');
+    assert.equal(load('[metrics]\naddress = ""\n').config.metrics.address, '');
+    assert.equal(load('[metrics]\naddress = "[::1]:9102"\n').config.metrics.address, '[::1]:9102');
+    for (const bad of ['localhost:9102', '127.0.0.1', '127.0.0.1:65536', ':9102']) {
+      assert.throws(() => load(`[metrics]\naddress = "${bad}"\n`), /key 'metrics.address': expected "ip:port" such as "127.0.0.1:9102" \(or "" for off\)/, bad);
+    }
+  });
+
   it('names the drop-in that is wrong', () => {
     writeFileSync(join(dir, 'config.d', '50-bad.toml'), 'cgroup_driver = "cgroupv3"\n');
     assert.throws(
