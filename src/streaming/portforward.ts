@@ -34,14 +34,14 @@ export function servePortForward(session: SpdySession, podId: string, dial: PodD
   });
 
   session.on('stream', (s: SpdyStream) => {
-    const type = s.headers.streamtype?.[0];
-    const portText = s.headers.port?.[0] ?? '';
+    const type = s.headers.get('streamtype')?.[0];
+    const portText = s.headers.get('port')?.[0] ?? '';
     const port = /^\d{1,5}$/.test(portText) ? Number(portText) : NaN;
     if ((type !== 'error' && type !== 'data') || !(port >= 1 && port <= 65535)) {
       s.reset(1); // PROTOCOL_ERROR
       return;
     }
-    const requestId = s.headers.requestid?.[0] ?? String(type === 'data' ? s.id - 2 : s.id);
+    const requestId = s.headers.get('requestid')?.[0] ?? String(type === 'data' ? s.id - 2 : s.id);
     s.reply({});
     let pair = pairs.get(requestId);
     if (!pair) {

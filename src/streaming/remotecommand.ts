@@ -75,7 +75,7 @@ export function acceptChannels(session: SpdySession, protocol: SpdyProtocol, o: 
       else resolve(got as Channels);
     };
     const onStream = (s: SpdyStream): void => {
-      const type = s.headers.streamtype?.[0] ?? '';
+      const type = s.headers.get('streamtype')?.[0] ?? '';
       if (!(CHANNEL_NAMES as readonly string[]).includes(type) || !want.has(type as (typeof CHANNEL_NAMES)[number]) || got[type as keyof Channels]) {
         s.reset(1); // PROTOCOL_ERROR: a stream this exec did not ask for, or twice
         return;

@@ -18,6 +18,7 @@ import type { SandboxService } from '../sandbox/sandbox-service.js';
 import { PORT_FORWARD_PROTOCOL, servePortForward } from './portforward.js';
 import { negotiate, serveRemoteCommand, SPDY_PROTOCOLS, type SpdyProtocol } from './remotecommand.js';
 import { SpdySession } from './spdy-session.js';
+import { StreamBudget } from './stream-budget.js';
 
 export interface ExecRequestInfo {
   containerId: string;
@@ -43,10 +44,14 @@ const DIAL_TIMEOUT_MS = 10_000;
 /** Most URLs handed out and not yet used at once; the oldest go first beyond it. */
 const MAX_PENDING = 4096;
 
+/** Most SPDY streams open at once across all sessions (REFUSED_STREAM beyond). */
+const MAX_STREAMS_TOTAL = 4096;
+
 export class StreamingServer {
   private readonly server: Server;
   private readonly pending = new Map<string, Pending>();
   private readonly sockets = new Set<Duplex>();
+  private readonly streamBudget = new StreamBudget(MAX_STREAMS_TOTAL);
   private port = 0;
 
   constructor(private readonly o: StreamingServerOptions) {
@@ -145,7 +150,7 @@ export class StreamingServer {
     if (idle > 0) {
       (socket as Socket).setTimeout?.(idle, () => socket.destroy());
     }
-    const session = new SpdySession(socket, head);
+    const session = new SpdySession(socket, head, { budget: this.streamBudget });
     session.on('error', (err: unknown) => this.o.log.debug('streaming session error', { error: messageOf(err) }));
     if (p.kind === 'portforward') {
       this.o.log.debug('port-forward stream', { pod: p.podId });

@@ -9,10 +9,8 @@
  */
 import { constants as zc, createDeflate, createInflate, type Deflate, type Inflate } from 'node:zlib';
 
-/** Decoded headers: lower-case names, each with its values. */
-export interface SpdyHeaders {
-  [name: string]: string[];
-}
+/** Decoded headers: lower-case names, each with its values (a Map: any name is data, `__proto__` too). */
+export type SpdyHeaders = Map<string, string[]>;
 
 const CONTROL = 0x80;
 /** The only SPDY version spoken. */
@@ -23,10 +21,16 @@ export const TYPE = { SYN_STREAM: 1, SYN_REPLY: 2, RST_STREAM: 3, SETTINGS: 4, P
 export const FLAG_FIN = 0x01;
 /** RST_STREAM status codes. */
 export const RST = { PROTOCOL_ERROR: 1, INVALID_STREAM: 2, REFUSED_STREAM: 3, CANCEL: 5, STREAM_IN_USE: 8, STREAM_ALREADY_CLOSED: 9 } as const;
-/** Larger incoming frames end the session (clients write 32 KiB at a time). */
+/** RST_STREAM and GOAWAY status: the peer broke the protocol. */
+export const PROTOCOL_ERROR = 1;
+/** Larger incoming DATA frames end the session (clients write 32 KiB at a time). */
 const MAX_FRAME = 8 * 1024 * 1024;
-/** Larger decompressed header blocks end the session. */
-const MAX_HEADER_BLOCK = 256 * 1024;
+/** Larger control frames carrying a header block end the session. */
+const MAX_HEADER_FRAME = 512 * 1024;
+/** Larger other control frames (SETTINGS, GOAWAY, unknown ones) end the session. */
+const MAX_SMALL_CONTROL = 64 * 1024;
+/** Larger decompressed header blocks end the session; inflating stops there. */
+export const MAX_HEADER_BLOCK = 256 * 1024;
 /** Outgoing DATA is cut into frames of at most this size. */
 const DATA_CHUNK = 16 * 1024;
 
@@ -134,7 +138,7 @@ export function encodeHeaderBlock(headers: Record<string, string | string[]>): B
 
 /** Decodes an uncompressed header block; throws on a malformed one. */
 export function decodeHeaderBlock(b: Buffer): SpdyHeaders {
-  const out: SpdyHeaders = {};
+  const out: SpdyHeaders = new Map();
   let off = 0;
   const take = (): Buffer => {
     if (off + 4 > b.length) throw new Error('truncated header block');
@@ -152,7 +156,9 @@ export function decodeHeaderBlock(b: Buffer): SpdyHeaders {
     const name = take().toString('utf8').toLowerCase();
     const value = take().toString('utf8');
     if (name === '') throw new Error('empty header name');
-    (out[name] ??= []).push(...value.split('\0'));
+    const values = out.get(name) ?? [];
+    values.push(...value.split('\0'));
+    out.set(name, values);
   }
   return out;
 }
@@ -178,9 +184,9 @@ function dataFrame(streamId: number, flags: number, data: Buffer): Buffer {
   return Buffer.concat([h, data]);
 }
 
-/** GOAWAY naming the last stream the server accepted, status OK. */
-export function goAwayFrame(lastStreamId: number): Buffer {
-  return controlFrame(TYPE.GOAWAY, 0, Buffer.concat([u32(lastStreamId), u32(0)]));
+/** GOAWAY naming the last stream the server accepted, status OK (0) or {@link PROTOCOL_ERROR}. */
+export function goAwayFrame(lastStreamId: number, status = 0): Buffer {
+  return controlFrame(TYPE.GOAWAY, 0, Buffer.concat([u32(lastStreamId), u32(status)]));
 }
 
 /** SYN_REPLY for stream `id` with its compressed header block. */
@@ -221,39 +227,131 @@ export function parseFrame(f: Buffer): Frame {
   return { control: true, version: f.readUInt16BE(0) & 0x7fff, type: f.readUInt16BE(2), flags, payload };
 }
 
-/** Cuts the incoming byte stream into whole frames. */
-export class FrameSplitter {
-  private buf: Buffer = Buffer.alloc(0);
-
-  /** Adds bytes and yields each frame they complete; throws on a frame over MAX_FRAME. */
-  *push(d: Buffer): Generator<Buffer> {
-    this.buf = this.buf.length === 0 ? d : Buffer.concat([this.buf, d]);
-    while (this.buf.length >= 8) {
-      const len = this.buf.readUInt32BE(4) & 0xffffff;
-      if (len > MAX_FRAME) throw new Error(`SPDY frame of ${len} bytes is over the ${MAX_FRAME} limit`);
-      if (this.buf.length < 8 + len) return;
-      const frame = this.buf.subarray(0, 8 + len);
-      this.buf = this.buf.subarray(8 + len);
-      yield frame;
-    }
+/** The largest length a frame of this 8-byte header may have; throws when the header itself is wrong. */
+function frameLimit(h: Buffer): number {
+  if ((h[0]! & CONTROL) === 0) return MAX_FRAME;
+  switch (h.readUInt16BE(2)) {
+    case TYPE.SYN_STREAM:
+    case TYPE.SYN_REPLY:
+    case TYPE.HEADERS:
+      return MAX_HEADER_FRAME;
+    case TYPE.PING:
+      if ((h.readUInt32BE(4) & 0xffffff) !== 4) throw new Error(`SPDY PING of ${h.readUInt32BE(4) & 0xffffff} bytes, not 4`);
+      return 4;
+    case TYPE.RST_STREAM:
+    case TYPE.WINDOW_UPDATE:
+      return 8;
+    default:
+      return MAX_SMALL_CONTROL;
   }
 }
 
-/** One zlib context used block by block with sync flushes (compressed header blocks). */
+/**
+ * Cuts the incoming byte stream into whole frames. Chunks are kept as they came and each
+ * byte is copied at most once (into the frame it belongs to), so the work is linear in
+ * the bytes received; a frame's length is checked against its type's limit as soon as
+ * its 8-byte header is in, before its payload is buffered.
+ */
+export class FrameSplitter {
+  private chunks: Buffer[] = [];
+  /** Index of the first chunk not wholly taken. */
+  private first = 0;
+  /** Bytes of that chunk already taken. */
+  private offset = 0;
+  private size = 0;
+
+  /** Adds bytes and yields each frame they complete; throws on a frame over its limit. */
+  *push(d: Buffer): Generator<Buffer> {
+    if (d.length > 0) {
+      this.chunks.push(d);
+      this.size += d.length;
+    }
+    while (this.size >= 8) {
+      const head = this.read(8, false);
+      const len = head.readUInt32BE(4) & 0xffffff;
+      const limit = frameLimit(head);
+      if (len > limit) throw new Error(`SPDY frame of ${len} bytes is over the ${limit} limit`);
+      if (this.size < 8 + len) return;
+      yield this.read(8 + len, true);
+    }
+  }
+
+  /** The next `n` bytes (a view when they lie in one chunk), taken or only looked at. */
+  private read(n: number, take: boolean): Buffer {
+    const head = this.chunks[this.first]!;
+    let out: Buffer;
+    let i = this.first;
+    let off = this.offset;
+    if (head.length - off >= n) {
+      out = head.subarray(off, off + n);
+      off += n;
+    } else {
+      out = Buffer.allocUnsafe(n);
+      let got = 0;
+      while (got < n) {
+        const c = this.chunks[i]!;
+        const k = c.copy(out, got, off, Math.min(c.length, off + n - got));
+        got += k;
+        off += k;
+        if (off === c.length) {
+          i++;
+          off = 0;
+        }
+      }
+    }
+    if (!take) return out;
+    if (off === this.chunks[i]?.length) {
+      i++;
+      off = 0;
+    }
+    this.first = i;
+    this.offset = off;
+    this.size -= n;
+    // Drop the chunks taken once they are the larger part of the list.
+    if (this.first > 64 && this.first * 2 > this.chunks.length) {
+      this.chunks = this.chunks.slice(this.first);
+      this.first = 0;
+    }
+    return out;
+  }
+}
+
+/**
+ * One zlib context used block by block with sync flushes (compressed header blocks). An
+ * inflating context stops as soon as a block's output passes {@link MAX_HEADER_BLOCK}, and
+ * any failure (a corrupt block, the cap) rejects the block and every later one: the
+ * context's state is lost, so the session cannot go on.
+ */
 export class ZContext {
   private chain: Promise<unknown> = Promise.resolve();
   private readonly z: Deflate | Inflate;
   private chunks: Buffer[] = [];
   private size = 0;
   private failed: Error | undefined;
+  /** Rejects the block being processed. */
+  private abort: ((err: Error) => void) | undefined;
 
-  constructor(kind: 'deflate' | 'inflate') {
+  constructor(private readonly kind: 'deflate' | 'inflate') {
     this.z = kind === 'deflate' ? createDeflate({ dictionary: SPDY_DICTIONARY }) : createInflate({ dictionary: SPDY_DICTIONARY });
     this.z.on('data', (d: Buffer) => {
       this.size += d.length;
-      if (this.size <= MAX_HEADER_BLOCK) this.chunks.push(d);
+      if (this.size <= MAX_HEADER_BLOCK || this.kind === 'deflate') this.chunks.push(d);
+      else this.stop(new Error(`header block over ${MAX_HEADER_BLOCK} bytes`));
     });
-    this.z.on('error', (err: Error) => (this.failed = err));
+    this.z.on('error', (err: Error) => this.stop(err));
+  }
+
+  private stop(err: Error): void {
+    if (this.failed) return;
+    this.failed = err;
+    this.chunks = [];
+    this.abort?.(err);
+    this.z.destroy();
+  }
+
+  /** Bytes the last block produced (counted up to where inflating stopped). */
+  get produced(): number {
+    return this.size;
   }
 
   /** Feeds one block and returns what the context produced for it, in call order. */
@@ -264,10 +362,11 @@ export class ZContext {
           if (this.failed) return reject(this.failed);
           this.chunks = [];
           this.size = 0;
+          this.abort = reject;
           this.z.write(input);
           this.z.flush(zc.Z_SYNC_FLUSH, () => {
+            this.abort = undefined;
             if (this.failed) return reject(this.failed);
-            if (this.size > MAX_HEADER_BLOCK) return reject(new Error(`header block over ${MAX_HEADER_BLOCK} bytes`));
             resolve(Buffer.concat(this.chunks));
           });
         }),
@@ -277,6 +376,8 @@ export class ZContext {
   }
 
   close(): void {
+    if (!this.failed) this.failed = new Error('the zlib context is closed');
+    this.abort?.(this.failed);
     this.z.close();
   }
 }

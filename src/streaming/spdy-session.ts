@@ -9,14 +9,23 @@
  *   frame order: incoming frames go through one queue, outgoing ones through another.
  * - Flow control: the clients (moby/spdystream, used by kubelet, kubectl and crictl)
  *   neither send nor heed WINDOW_UPDATE, so berth sends none and does not wait on
- *   windows; backpressure comes from the TCP socket.
- * - PING is echoed; GOAWAY from the client stops new streams; a malformed frame, an
- *   oversized one (over 8 MiB; clients write 32 KiB at a time) or a header block over 256 KiB ends the session.
+ *   windows; backpressure comes from the TCP socket both ways. Incoming DATA waiting for
+ *   a consumer counts against a per-session cap: at the cap the socket is no longer
+ *   read (the client's writes block in TCP) until the consumers catch up. Outgoing
+ *   frames wait for the socket to drain; a client that lets control frames pile up
+ *   (PING answers, resets) past a cap loses the session.
+ * - Streams are capped per session and across sessions ({@link StreamBudget}); beyond
+ *   either, SYN_STREAM is answered with REFUSED_STREAM.
+ * - PING (exactly 4 bytes) is echoed; GOAWAY from the client stops new streams. A
+ *   malformed frame, an oversized one (DATA over 8 MiB; clients write 32 KiB at a time),
+ *   a header block over 256 KiB (inflating stops there) or a corrupt one ends the
+ *   session with GOAWAY(PROTOCOL_ERROR), the socket cut a second later at the latest.
  *
  * The frame layout and the header compression live in spdy-frames.ts.
  */
 import { EventEmitter } from 'node:events';
 import { Duplex } from 'node:stream';
+import type { StreamBudget } from './stream-budget.js';
 import {
   dataFrames,
   decodeHeaderBlock,
@@ -26,6 +35,7 @@ import {
   goAwayFrame,
   parseFrame,
   pingFrame,
+  PROTOCOL_ERROR,
   RST,
   rstStreamFrame,
   synReplyFrame,
@@ -89,7 +99,8 @@ export class SpdyStream extends Duplex {
   }
 
   override _read(): void {
-    // Data is pushed as frames arrive; the socket's own backpressure limits the rest.
+    // Data is pushed as frames arrive; a consumer asking for more may let the socket go on.
+    this.session.resumeIfBelowCap();
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
@@ -113,6 +124,7 @@ export class SpdyStream extends Duplex {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    queueMicrotask(() => this.session.resumeIfBelowCap());
     if (!this.localClosed || !this.remoteClosed) {
       if (!this.session.closed) this.session.sendReset(this.id, RST.CANCEL);
       this.localClosed = true;
@@ -123,8 +135,35 @@ export class SpdyStream extends Duplex {
   }
 }
 
+/** Limits of one session; the defaults suit kubelet's and crictl's streams. */
+export interface SpdySessionOptions {
+  /** Incoming DATA bytes held for consumers before the socket is paused. */
+  maxBufferedBytes?: number;
+  /** Streams open at once in this session. */
+  maxStreams?: number;
+  /** Control frames (replies, resets, PING answers) queued and not yet taken by the socket. */
+  maxPendingControl?: number;
+  /** Streams open at once across the sessions sharing it. */
+  budget?: StreamBudget;
+}
+
+/** The defaults of {@link SpdySessionOptions}. */
+export const SESSION_DEFAULTS = { maxBufferedBytes: 1024 * 1024, maxStreams: 256, maxPendingControl: 1024 } as const;
+
+/** Unknown streams a session answers with RST_STREAM (once each); DATA for others is dropped. */
+const MAX_RESETS = 1024;
+/** How long a session ended for a protocol error waits for its GOAWAY to leave. */
+const GOAWAY_GRACE_MS = 1000;
+
 export class SpdySession extends EventEmitter {
   private readonly frames = new FrameSplitter();
+  private readonly limits: Required<Omit<SpdySessionOptions, 'budget'>>;
+  private readonly budget: StreamBudget | undefined;
+  /** Unknown stream ids already answered with RST_STREAM. */
+  private readonly resetIds = new Set<number>();
+  private pendingControl = 0;
+  /** The socket is paused because consumers hold maxBufferedBytes. */
+  private throttled = false;
   private readonly streams = new Map<number, SpdyStream>();
   private readonly inflate = new ZContext('inflate');
   private readonly deflate = new ZContext('deflate');
@@ -142,8 +181,15 @@ export class SpdySession extends EventEmitter {
   constructor(
     private readonly socket: Duplex,
     head?: Buffer,
+    o: SpdySessionOptions = {},
   ) {
     super();
+    this.limits = {
+      maxBufferedBytes: o.maxBufferedBytes ?? SESSION_DEFAULTS.maxBufferedBytes,
+      maxStreams: o.maxStreams ?? SESSION_DEFAULTS.maxStreams,
+      maxPendingControl: o.maxPendingControl ?? SESSION_DEFAULTS.maxPendingControl,
+    };
+    this.budget = o.budget;
     socket.on('data', (d: Buffer) => this.onBytes(d));
     socket.on('error', (err: Error) => this.fail(err));
     socket.on('close', () => this.teardown());
@@ -171,8 +217,34 @@ export class SpdySession extends EventEmitter {
 
   /** @internal */
   forget(id: number): void {
-    this.streams.delete(id);
+    if (this.streams.delete(id)) this.budget?.release();
     if (this.peerGoingAway && this.streams.size === 0) this.close();
+  }
+
+  /** The socket is not being read: consumers hold the buffered-bytes cap. */
+  get readingPaused(): boolean {
+    return this.throttled;
+  }
+
+  /** Incoming DATA bytes held in the streams' buffers for their consumers. */
+  get bufferedBytes(): number {
+    let n = 0;
+    for (const s of this.streams.values()) n += s.readableLength;
+    return n;
+  }
+
+  /** @internal stops reading the socket while consumers hold the cap. */
+  pauseIfOverCap(): void {
+    if (this.throttled || this.bufferedBytes < this.limits.maxBufferedBytes) return;
+    this.throttled = true;
+    this.socket.pause();
+  }
+
+  /** @internal reads the socket again once consumers are below the cap. */
+  resumeIfBelowCap(): void {
+    if (!this.throttled || this.closed || this.bufferedBytes >= this.limits.maxBufferedBytes) return;
+    this.throttled = false;
+    this.socket.resume();
   }
 
   /** @internal */
@@ -213,7 +285,12 @@ export class SpdySession extends EventEmitter {
     );
   }
 
+  /** Queues a control frame; later frames wait until the socket has taken it (drain). */
   private queue(make: () => Promise<Buffer>): void {
+    if (++this.pendingControl > this.limits.maxPendingControl) {
+      this.fail(new Error(`over ${this.limits.maxPendingControl} control frames wait for a client that does not read`));
+      return;
+    }
     const frame = make();
     frame.catch(() => undefined);
     this.outChain = this.outChain.then(async () => {
@@ -221,10 +298,25 @@ export class SpdySession extends EventEmitter {
       try {
         f = await frame;
       } catch (err) {
+        this.pendingControl--;
         this.fail(err as Error);
         return;
       }
-      if (!this.closed && this.socket.writable) this.socket.write(f);
+      if (!this.closed && this.socket.writable && !this.socket.write(f)) await this.drained();
+      this.pendingControl--;
+    });
+  }
+
+  /** Resolves on the socket's next 'drain', or when it closes. */
+  private drained(): Promise<void> {
+    return new Promise((resolve) => {
+      const done = (): void => {
+        this.socket.off('drain', done);
+        this.socket.off('close', done);
+        resolve();
+      };
+      this.socket.once('drain', done);
+      this.socket.once('close', done);
     });
   }
 
@@ -247,10 +339,15 @@ export class SpdySession extends EventEmitter {
       const id = f.streamId;
       const s = this.streams.get(id);
       if (!s) {
-        this.sendReset(id, RST.INVALID_STREAM);
+        // One answer per stream id: a client streaming DATA to a closed stream gets no echo of each frame.
+        if (this.resetIds.size < MAX_RESETS && !this.resetIds.has(id)) {
+          this.resetIds.add(id);
+          this.sendReset(id, RST.INVALID_STREAM);
+        }
         return;
       }
       s.onData(Buffer.from(payload), (flags & FLAG_FIN) !== 0);
+      this.pauseIfOverCap();
       return;
     }
     if (f.version !== VERSION) throw new Error(`SPDY version ${f.version}, not 3`);
@@ -264,7 +361,7 @@ export class SpdySession extends EventEmitter {
           return;
         }
         this.lastStreamId = id;
-        if (this.peerGoingAway || this.closing) {
+        if (this.peerGoingAway || this.closing || this.streams.size >= this.limits.maxStreams || !(this.budget?.take() ?? true)) {
           this.sendReset(id, RST.REFUSED_STREAM);
           return;
         }
@@ -292,7 +389,7 @@ export class SpdySession extends EventEmitter {
         return;
       }
       case TYPE.PING: {
-        if (payload.length < 4) throw new Error('short PING');
+        if (payload.length !== 4) throw new Error(`PING of ${payload.length} bytes, not 4`);
         // Client pings have odd ids; an even one would be the answer to ours (never sent).
         if (payload.readUInt32BE(0) % 2 === 1) this.queue(async () => pingFrame(payload));
         return;
@@ -309,10 +406,20 @@ export class SpdySession extends EventEmitter {
     }
   }
 
+  /**
+   * Ends the session for a protocol error: GOAWAY(PROTOCOL_ERROR) ahead of anything still
+   * queued (each write is a whole frame), then the socket is ended, and cut if the client
+   * has not taken the GOAWAY within a second.
+   */
   private fail(err: Error): void {
     if (this.closed) return;
     this.emit('error', err);
-    this.socket.destroy();
+    if (this.socket.writable) {
+      this.socket.end(goAwayFrame(this.lastStreamId, PROTOCOL_ERROR));
+      setTimeout(() => this.socket.destroy(), GOAWAY_GRACE_MS).unref();
+    } else {
+      this.socket.destroy();
+    }
     this.teardown();
   }
 
@@ -321,6 +428,7 @@ export class SpdySession extends EventEmitter {
     this.closed = true;
     for (const s of [...this.streams.values()]) s.onReset();
     this.streams.clear();
+    this.resetIds.clear();
     this.inflate.close();
     this.deflate.close();
     this.emit('close');

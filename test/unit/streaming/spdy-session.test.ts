@@ -1,106 +1,16 @@
 /**
- * The SPDY/3.1 session over a real TCP connection on 127.0.0.1, driven by a small client
- * written here (its own framing and its own zlib contexts). The interoperability with
+ * The SPDY/3.1 session over a real TCP connection on 127.0.0.1, driven by the test client
+ * of test/helpers/spdy-client.ts (its own framing and its own zlib contexts). The interoperability with
  * kubelet's client (moby/spdystream) is shown end to end by crictl in
  * test/e2e/crictl.test.ts.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { once } from 'node:events';
-import { createServer, connect, type Server, type Socket } from 'node:net';
-import { constants as zc, createDeflate, createInflate } from 'node:zlib';
+import { createServer, connect, type Server } from 'node:net';
 import { decodeHeaderBlock, encodeHeaderBlock, SPDY_DICTIONARY } from '../../../src/streaming/spdy-frames.js';
+import { Client } from '../../helpers/spdy-client.js';
 import { SpdySession, type SpdyStream } from '../../../src/streaming/spdy-session.js';
-
-/** A test client: frames in and out, with header compression of its own. */
-class Client {
-  private readonly deflate = createDeflate({ dictionary: SPDY_DICTIONARY });
-  private readonly inflate = createInflate({ dictionary: SPDY_DICTIONARY });
-  private buf = Buffer.alloc(0);
-  readonly frames: Array<{ control: boolean; type?: number; streamId: number; flags: number; payload: Buffer }> = [];
-  private waiters: Array<() => void> = [];
-
-  constructor(readonly sock: Socket) {
-    sock.on('data', (d: Buffer) => {
-      this.buf = Buffer.concat([this.buf, d]);
-      while (this.buf.length >= 8) {
-        const len = this.buf.readUInt32BE(4) & 0xffffff;
-        if (this.buf.length < 8 + len) break;
-        const f = this.buf.subarray(0, 8 + len);
-        this.buf = this.buf.subarray(8 + len);
-        const control = (f[0]! & 0x80) !== 0;
-        this.frames.push({
-          control,
-          ...(control ? { type: f.readUInt16BE(2) } : {}),
-          streamId: control ? (len >= 4 ? f.readUInt32BE(8) & 0x7fffffff : 0) : f.readUInt32BE(0) & 0x7fffffff,
-          flags: f[4]!,
-          payload: Buffer.from(f.subarray(8)),
-        });
-      }
-      for (const w of this.waiters.splice(0)) w();
-    });
-  }
-
-  private async compress(block: Buffer): Promise<Buffer> {
-    const out: Buffer[] = [];
-    const onData = (d: Buffer): number => out.push(d);
-    this.deflate.on('data', onData);
-    this.deflate.write(block);
-    await new Promise<void>((r) => this.deflate.flush(zc.Z_SYNC_FLUSH, () => r()));
-    this.deflate.off('data', onData);
-    return Buffer.concat(out);
-  }
-
-  async headersOf(payload: Buffer): Promise<Record<string, string[]>> {
-    const out: Buffer[] = [];
-    const onData = (d: Buffer): number => out.push(d);
-    this.inflate.on('data', onData);
-    this.inflate.write(payload);
-    await new Promise<void>((r) => this.inflate.flush(zc.Z_SYNC_FLUSH, () => r()));
-    this.inflate.off('data', onData);
-    return decodeHeaderBlock(Buffer.concat(out));
-  }
-
-  control(type: number, flags: number, payload: Buffer): void {
-    const h = Buffer.alloc(8);
-    h.writeUInt16BE(0x8003, 0);
-    h.writeUInt16BE(type, 2);
-    h.writeUInt32BE((flags << 24) | payload.length, 4);
-    this.sock.write(Buffer.concat([h, payload]));
-  }
-
-  async synStream(id: number, headers: Record<string, string | string[]>, fin = false): Promise<void> {
-    const head = Buffer.alloc(10);
-    head.writeUInt32BE(id, 0);
-    this.control(1, fin ? 1 : 0, Buffer.concat([head, await this.compress(encodeHeaderBlock(headers))]));
-  }
-
-  data(id: number, data: Buffer, fin = false): void {
-    const h = Buffer.alloc(8);
-    h.writeUInt32BE(id, 0);
-    h.writeUInt32BE(((fin ? 1 : 0) << 24) | data.length, 4);
-    this.sock.write(Buffer.concat([h, data]));
-  }
-
-  async until<T>(pred: () => T | undefined, ms = 3000): Promise<T> {
-    const end = Date.now() + ms;
-    for (;;) {
-      const v = pred();
-      if (v !== undefined) return v;
-      if (Date.now() > end) throw new Error('timed out waiting for frames');
-      await new Promise<void>((r) => {
-        this.waiters.push(r);
-        setTimeout(r, 50);
-      });
-    }
-  }
-
-  /** All DATA bytes received on a stream, and whether FIN came. */
-  received(id: number): { data: Buffer; fin: boolean } {
-    const fs = this.frames.filter((f) => !f.control && f.streamId === id);
-    return { data: Buffer.concat(fs.map((f) => f.payload)), fin: fs.some((f) => (f.flags & 1) !== 0) };
-  }
-}
 
 describe('streaming: SPDY/3.1 session', () => {
   let server: Server;
@@ -131,7 +41,13 @@ describe('streaming: SPDY/3.1 session', () => {
 
   it('encodes and decodes header blocks: lowercase names, NUL-separated values', () => {
     const b = encodeHeaderBlock({ StreamType: 'stdout', multi: ['a', 'b'] });
-    assert.deepEqual(decodeHeaderBlock(b), { streamtype: ['stdout'], multi: ['a', 'b'] });
+    assert.deepEqual(
+      decodeHeaderBlock(b),
+      new Map([
+        ['streamtype', ['stdout']],
+        ['multi', ['a', 'b']],
+      ]),
+    );
     assert.throws(() => decodeHeaderBlock(Buffer.from([0, 0, 0, 1, 0, 0, 0, 9])), /truncated/);
   });
 
@@ -142,16 +58,22 @@ describe('streaming: SPDY/3.1 session', () => {
     await client.synStream(1, { streamtype: 'stdin', port: ['80', '81'] });
     await client.synStream(3, { streamtype: 'stdout' });
     await client.until(() => (streams.length === 2 ? true : undefined));
-    assert.deepEqual(streams[0]!.headers, { streamtype: ['stdin'], port: ['80', '81'] });
+    assert.deepEqual(
+      streams[0]!.headers,
+      new Map([
+        ['streamtype', ['stdin']],
+        ['port', ['80', '81']],
+      ]),
+    );
     assert.equal(streams[1]!.id, 3);
     // Data written before the reply waits for it.
     streams[1]!.write('early ');
     streams[1]!.reply({ ok: 'yes' });
     streams[0]!.reply();
     const reply = await client.until(() => client.frames.find((f) => f.control && f.type === 2 && f.streamId === 3));
-    assert.deepEqual(await client.headersOf(reply.payload.subarray(4)), { ok: ['yes'] });
+    assert.deepEqual(await client.headersOf(reply.payload.subarray(4)), new Map([['ok', ['yes']]]));
     const reply1 = await client.until(() => client.frames.find((f) => f.control && f.type === 2 && f.streamId === 1));
-    assert.deepEqual(await client.headersOf(reply1.payload.subarray(4)), {});
+    assert.deepEqual(await client.headersOf(reply1.payload.subarray(4)), new Map());
 
     const big = Buffer.alloc(1 << 20, 7);
     streams[1]!.end(big);
