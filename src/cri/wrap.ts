@@ -185,15 +185,23 @@ function wrapStream(env: WrapEnv, method: string, handler: AnyStream | undefined
     // Headers go out on admission: a client learns that its stream stands (a GetContainerEvents
     // subscription is made as the handler starts, before any other call is read) before the first message.
     call.sendMetadata(new grpc.Metadata());
-    // Honour back-pressure: wait for 'drain' when the socket buffer is full.
+    // Honour back-pressure: wait for 'drain' when the socket buffer is full; a call
+    // cancelled meanwhile never drains, so the wait ends with the cancellation.
     const send = (res: unknown): Promise<void> =>
       new Promise((resolve, reject) => {
         if (ctx.signal.aborted) {
           reject(ctx.signal.reason);
           return;
         }
-        if (call.write(res)) resolve();
-        else call.once('drain', () => resolve());
+        if (call.write(res)) return resolve();
+        const settle = (): void => {
+          call.off('drain', settle);
+          ctx.signal.removeEventListener('abort', settle);
+          if (ctx.signal.aborted) reject(ctx.signal.reason);
+          else resolve();
+        };
+        call.once('drain', settle);
+        ctx.signal.addEventListener('abort', settle, { once: true });
       });
     obs
       .run(() => Promise.resolve().then(() => handler!(call.request, ctx, send)))

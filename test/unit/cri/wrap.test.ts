@@ -14,6 +14,7 @@ import { criApi } from '../../../src/cri/proto.js';
 import { ServingState } from '../../../src/cri/serving-state.js';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { wrapService, type RpcObserver } from '../../../src/cri/wrap.js';
+import { until } from '../../helpers/berthd.js';
 import { criClients, grpcError, type CriClients } from '../../helpers/cri-client.js';
 
 type Handler = (req: unknown, ctx: { signal: AbortSignal; deadline: Date | undefined; method: string }) => Promise<unknown>;
@@ -214,6 +215,36 @@ describe('cri: the RPC wrapper', () => {
       s.on('end', resolve);
     });
     assert.deepEqual(got, ['c0', 'c1', 'c2']);
+  });
+
+  it('ends a stream cancelled while it waits for the client to read (send rejects)', async () => {
+    const h: Record<string, Handler> = {};
+    state.ready();
+    let sent = 0;
+    let waiting = false;
+    let outcome: unknown;
+    const big = 'x'.repeat(1024 * 1024);
+    h.GetContainerEvents = (async (_req: unknown, _ctx: unknown, send: (r: unknown) => Promise<void>) => {
+      try {
+        for (;;) {
+          waiting = true;
+          await send({ container_id: big, container_event_type: 'CONTAINER_CREATED_EVENT' });
+          waiting = false;
+          sent++;
+        }
+      } catch (err) {
+        outcome = err;
+        throw err;
+      }
+    }) as unknown as Handler;
+    const c = await serve(h);
+    const s = c.runtime.raw.GetContainerEvents({});
+    s.pause(); // a client that reads nothing: the server's writes stop draining
+    s.on('error', () => undefined);
+    await until(async () => (waiting && sent >= 1 ? true : undefined));
+    s.cancel();
+    await until(async () => (state.inflight === 0 ? true : undefined));
+    assert.ok(outcome instanceof BerthError && outcome.kind === 'Cancelled', String(outcome));
   });
 
   it('tells every observer of each call, refused ones too, and runs the handler in their scope', async () => {
