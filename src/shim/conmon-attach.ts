@@ -37,14 +37,25 @@ export function startAttachSession(o: { dir: string; ctlPath: string; stdin: boo
   const stdout = new PassThrough();
   const stderr = new PassThrough();
   let buf: Buffer = Buffer.alloc(0);
+  // Output waits for its reader: while stdout or stderr is full, conmon's socket is not read.
+  let full = 0;
+  const drained = (): void => {
+    if (--full === 0) sock.resume();
+  };
+  const deliver = (to: PassThrough, payload: Buffer): void => {
+    if (to.write(payload)) return;
+    if (full++ === 0) sock.pause();
+    to.once('drain', drained);
+  };
   sock.on('data', (d: Buffer) => {
+    // A frame is at most 3 + 65535 bytes, so the concatenation stays small.
     buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
     while (buf.length >= 3) {
       const len = buf.readUInt16BE(1);
       if (buf.length < 3 + len) break;
       const payload = buf.subarray(3, 3 + len);
-      if (buf[0] === CONMON_STDERR) stderr.write(payload);
-      else if (buf[0] === CONMON_STDOUT) stdout.write(payload);
+      if (buf[0] === CONMON_STDERR) deliver(stderr, payload);
+      else if (buf[0] === CONMON_STDOUT) deliver(stdout, payload);
       buf = buf.subarray(3 + len);
     }
   });
@@ -57,7 +68,8 @@ export function startAttachSession(o: { dir: string; ctlPath: string; stdin: boo
   });
   sock.on('error', () => undefined);
   sock.on('end', () => sock.destroy());
-  if (!o.stdin) sock.end();
+  // Without stdin the socket is left open for writing: ending it would tell conmon the
+  // container's stdin is over (it closes it for a stdin_once container).
   return {
     ...(o.stdin ? { stdin: sock } : {}),
     stdout,
