@@ -14,10 +14,10 @@
  * - mount / umount: mount(2) and umount2(2) on libuv's thread pool, instead of forking
  *   /usr/bin/mount (~3 ms) for each container's overlay rootfs.
  * - pipe: pipe2(O_CLOEXEC), whose ends JavaScript wraps in net.Socket.
- * - connectInNetns: a TCP connection made from inside a pod's network namespace (port
- *   forwarding). A short-lived thread enters the namespace with setns(2) (which only
- *   changes that thread), connects, and hands back the socket, which stays in the
- *   namespace it was made in.
+ * - socketInNetns: a TCP socket made inside a pod's network namespace (port forwarding).
+ *   A short-lived thread enters the namespace with setns(2) (which only changes that
+ *   thread) and makes the socket, which stays in the namespace it was made in; the
+ *   connect is then made non-blocking from the event loop, so no thread waits on it.
  * - attachConmon: conmon's attach socket is SOCK_SEQPACKET, which libuv cannot carry.
  *   A thread bridges it to a stream socket pair whose other end JavaScript reads: each
  *   packet conmon sends ([pipe byte][data]) becomes a frame [pipe][u16 length][data];
@@ -740,47 +740,18 @@ static napi_value js_set_winsize(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-/* ---- connectInNetns(nsPath, port, timeoutMs) -> Promise<fd>: 127.0.0.1, then ::1 ---- */
+/* ---- socketInNetns(nsPath, family 4|6) -> fd: an unconnected TCP socket made in a netns ---- */
 
-struct netns_work {
-  napi_async_work work;
-  napi_deferred deferred;
-  char *ns_path;
-  int port;
-  int timeout_ms;
+struct netns_socket {
+  const char *ns_path;
+  int family;
   int fd;
   int err;
   const char *syscall;
 };
 
-static int connect_bounded(int fd, const struct sockaddr *sa, socklen_t len, int timeout_ms) {
-  int fl = fcntl(fd, F_GETFL);
-  fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-  int r = connect(fd, sa, len);
-  if (r != 0 && errno == EINPROGRESS) {
-    struct pollfd p = {.fd = fd, .events = POLLOUT};
-    do r = poll(&p, 1, timeout_ms);
-    while (r < 0 && errno == EINTR);
-    if (r == 0) {
-      errno = ETIMEDOUT;
-      return -1;
-    }
-    if (r < 0) return -1;
-    int soerr = 0;
-    socklen_t sl = sizeof soerr;
-    getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl);
-    if (soerr) {
-      errno = soerr;
-      return -1;
-    }
-    r = 0;
-  }
-  return r;
-}
-
-static void *netns_thread(void *arg) {
-  struct netns_work *w = arg;
-  w->fd = -1;
+static void *netns_socket_thread(void *arg) {
+  struct netns_socket *w = arg;
   int ns = open(w->ns_path, O_RDONLY | O_CLOEXEC);
   if (ns < 0) {
     w->err = errno;
@@ -794,69 +765,49 @@ static void *netns_thread(void *arg) {
     return NULL;
   }
   close(ns);
-  struct sockaddr_in v4 = {.sin_family = AF_INET, .sin_port = htons((uint16_t)w->port), .sin_addr = {htonl(INADDR_LOOPBACK)}};
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd >= 0 && connect_bounded(fd, (struct sockaddr *)&v4, sizeof v4, w->timeout_ms) == 0) {
-    w->fd = fd;
-    return NULL;
+  w->fd = socket(w->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (w->fd < 0) {
+    w->err = errno;
+    w->syscall = "socket";
   }
-  int err4 = errno;
-  if (fd >= 0) close(fd);
-  struct sockaddr_in6 v6 = {.sin6_family = AF_INET6, .sin6_port = htons((uint16_t)w->port), .sin6_addr = IN6ADDR_LOOPBACK_INIT};
-  fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd >= 0 && connect_bounded(fd, (struct sockaddr *)&v6, sizeof v6, w->timeout_ms) == 0) {
-    w->fd = fd;
-    return NULL;
-  }
-  if (fd >= 0) close(fd);
-  w->err = err4; /* the IPv4 error is the one people expect (ECONNREFUSED) */
-  w->syscall = "connect";
   return NULL;
 }
 
-static void netns_execute(napi_env env, void *arg) {
-  (void)env;
-  /* A thread of its own: setns must never touch a pool thread that others reuse. */
-  pthread_t th;
-  if (pthread_create(&th, NULL, netns_thread, arg) != 0) {
-    struct netns_work *w = arg;
-    w->err = EAGAIN;
-    w->syscall = "pthread_create";
-    return;
-  }
-  pthread_join(th, NULL);
-}
-
-static void netns_complete(napi_env env, napi_status status, void *arg) {
-  struct netns_work *w = arg;
-  if (status != napi_ok || w->err || w->fd < 0) {
-    napi_reject_deferred(env, w->deferred, errno_error(env, status != napi_ok ? ECANCELED : (w->err ? w->err : EIO), w->syscall ? w->syscall : "connect", w->ns_path));
-  } else {
-    int fl = fcntl(w->fd, F_GETFL);
-    fcntl(w->fd, F_SETFL, fl & ~O_NONBLOCK);
-    napi_value v;
-    napi_create_int32(env, w->fd, &v);
-    napi_resolve_deferred(env, w->deferred, v);
-  }
-  napi_delete_async_work(env, w->work);
-  free(w->ns_path);
-  free(w);
-}
-
-static napi_value js_connect_in_netns(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value args[3];
+static napi_value js_socket_in_netns(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value args[2];
   NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
-  struct netns_work *w = calloc(1, sizeof *w);
-  if (!w) return throw_errno(env, ENOMEM, "connect", NULL);
-  if (argc < 3 || !(w->ns_path = get_string(env, args[0], "nsPath")) || napi_get_value_int32(env, args[1], &w->port) != napi_ok ||
-      napi_get_value_int32(env, args[2], &w->timeout_ms) != napi_ok || w->port < 1 || w->port > 65535) {
-    free(w->ns_path);
-    free(w);
-    napi_throw_type_error(env, NULL, "berth_sys.connectInNetns(nsPath, port 1-65535, timeoutMs)");
+  int family = 0;
+  char *path = argc >= 2 ? get_string(env, args[0], "nsPath") : NULL;
+  if (!path || napi_get_value_int32(env, args[1], &family) != napi_ok || (family != 4 && family != 6)) {
+    free(path);
+    napi_throw_type_error(env, NULL, "berth_sys.socketInNetns(nsPath, family 4 or 6)");
     return NULL;
   }
-  return queue_work(env, "berth_sys.connectInNetns", netns_execute, netns_complete, w, &w->work, &w->deferred);
+  /* A thread of its own, joined at once: setns changes only it, and it does no I/O that
+   * can wait (open, setns, socket), so the caller is held for microseconds. */
+  struct netns_socket w = {.ns_path = path, .family = family == 4 ? AF_INET : AF_INET6, .fd = -1};
+  pthread_t th;
+  pthread_attr_t ta;
+  pthread_attr_init(&ta);
+  pthread_attr_setstacksize(&ta, 64 * 1024);
+  int rc = pthread_create(&th, &ta, netns_socket_thread, &w);
+  pthread_attr_destroy(&ta);
+  if (rc != 0) {
+    free(path);
+    return throw_errno(env, rc, "pthread_create", NULL);
+  }
+  pthread_join(th, NULL);
+  if (w.fd < 0) {
+    napi_value e = errno_error(env, w.err ? w.err : EIO, w.syscall ? w.syscall : "socket", path);
+    free(path);
+    napi_throw(env, e);
+    return NULL;
+  }
+  free(path);
+  napi_value v;
+  napi_create_int32(env, w.fd, &v);
+  return v;
 }
 
 /* ---- attachConmon(dir) -> fd: a bridge to <dir>/attach (SOCK_SEQPACKET) ---- */
@@ -1004,7 +955,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"cloneMount", NULL, js_clone_mount, NULL, NULL, NULL, napi_enumerable, NULL},
       {"setWinsize", NULL, js_set_winsize, NULL, NULL, NULL, napi_enumerable, NULL},
       {"openPty", NULL, js_open_pty, NULL, NULL, NULL, napi_enumerable, NULL},
-      {"connectInNetns", NULL, js_connect_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"socketInNetns", NULL, js_socket_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
       {"attachConmon", NULL, js_attach_conmon, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));

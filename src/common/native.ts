@@ -37,7 +37,7 @@ export interface NativeSys {
   cloneMount(source: string, target: string, recursive: boolean, readonly: boolean, usernsPath: string | null): Promise<void>;
   openPty(): [number, number];
   setWinsize(fd: number, rows: number, cols: number): void;
-  connectInNetns(nsPath: string, port: number, timeoutMs: number): Promise<number>;
+  socketInNetns(nsPath: string, family: 4 | 6): number;
   attachConmon(dir: string): number;
 }
 

@@ -14,11 +14,54 @@ export function openPty(): [number, number] {
 
 /**
  * A TCP connection to `port` on the loopback of the network namespace pinned at
- * `nsPath` (127.0.0.1, then ::1), made by a thread that entered it; berthd stays in its own.
+ * `nsPath` (127.0.0.1, then ::1). Each socket is made inside the namespace by a short
+ * helper thread; the connect itself is non-blocking on the event loop, so a port that
+ * never answers holds no thread. `timeoutMs` bounds both attempts together (ETIMEDOUT);
+ * `signal` abandons the connect, and a socket made for it is destroyed.
  */
-export async function connectInNetns(nsPath: string, port: number, timeoutMs: number): Promise<Socket> {
-  const fd = await native().connectInNetns(nsPath, port, timeoutMs);
-  return new Socket({ fd, readable: true, writable: true });
+export async function connectInNetns(nsPath: string, port: number, timeoutMs: number, signal?: AbortSignal): Promise<Socket> {
+  const deadline = Date.now() + timeoutMs;
+  let first: unknown;
+  for (const [family, host] of [
+    [4, '127.0.0.1'],
+    [6, '::1'],
+  ] as const) {
+    const fd = native().socketInNetns(nsPath, family);
+    try {
+      return await connectSocket(new Socket({ fd, readable: true, writable: true }), host, port, deadline, signal);
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === 'ETIMEDOUT' || code === 'ABORT_ERR') throw err;
+      first ??= err; // the IPv4 error is the one people expect (ECONNREFUSED)
+    }
+  }
+  throw first;
+}
+
+/** Connects `s` before `deadline`; on failure it is destroyed. */
+function connectSocket(s: Socket, host: string, port: number, deadline: number, signal?: AbortSignal): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const finish = (err?: Error): void => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      s.off('connect', onConnect);
+      s.off('error', finish);
+      if (!err) return resolve(s);
+      s.destroy();
+      reject(err);
+    };
+    const onConnect = (): void => finish();
+    const onAbort = (): void => finish(Object.assign(new Error(`connect to ${host}:${port} abandoned`), { code: 'ABORT_ERR' }));
+    const timer = setTimeout(
+      () => finish(Object.assign(new Error(`connect to port ${port} timed out`), { code: 'ETIMEDOUT', syscall: 'connect' })),
+      Math.max(0, deadline - Date.now()),
+    );
+    if (signal?.aborted) return onAbort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    s.once('connect', onConnect);
+    s.once('error', finish);
+    s.connect({ host, port });
+  });
 }
 
 /**

@@ -21,13 +21,16 @@ interface Pair {
   timer: NodeJS.Timeout;
 }
 
-/** Connects to a port of the pod (see StreamingServer). */
-export type PodDialer = (port: number) => Promise<Socket>;
+/** Connects to a port of the pod (see pod-connector.ts); `signal` abandons the connect. */
+export type PodDialer = (port: number, signal: AbortSignal) => Promise<Socket>;
 
 export function servePortForward(session: SpdySession, podId: string, dial: PodDialer, pairTimeoutMs: number, log: Logger): void {
   const pairs = new Map<string, Pair>();
   const conns = new Set<Socket>();
+  // Connects still under way when the session ends are abandoned, their sockets destroyed.
+  const gone = new AbortController();
   session.on('close', () => {
+    gone.abort(new Error('the port-forward session closed'));
     for (const c of conns) c.destroy();
     for (const p of pairs.values()) clearTimeout(p.timer);
     pairs.clear();
@@ -70,13 +73,15 @@ export function servePortForward(session: SpdySession, podId: string, dial: PodD
     error.resume(); // the client sends nothing on it
     let conn: Socket;
     try {
-      conn = await dial(port);
+      conn = await dial(port, gone.signal);
+      if (session.closed) conn.destroy();
     } catch (err) {
       log.debug('port-forward connect failed', { pod: podId, port, error: messageOf(err) });
       error.end(`error forwarding port ${port} to pod ${podId}: ${messageOf(err)}`);
       data.end();
       return;
     }
+    if (conn.destroyed) return;
     conns.add(conn);
     conn.on('error', (err) => {
       error.end(`error forwarding port ${port} to pod ${podId}: ${messageOf(err)}`);

@@ -7,16 +7,16 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
-import { connect, type AddressInfo, type Socket } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { StreamingConfig } from '../config/schema.js';
 import type { ContainerService } from '../containers/container-service.js';
-import { connectInNetns } from '../common/sys.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
 import { PORT_FORWARD_PROTOCOL, servePortForward } from './portforward.js';
 import { negotiate, serveRemoteCommand, SPDY_PROTOCOLS, type SpdyProtocol } from './remotecommand.js';
+import { PodConnector } from './pod-connector.js';
 import { SpdySession } from './spdy-session.js';
 import { StreamBudget } from './stream-budget.js';
 
@@ -38,8 +38,10 @@ export interface StreamingServerOptions {
   log: Logger;
 }
 
-/** How long connecting to a pod's port may take. */
+/** How long connecting to a pod's port may take (both loopback addresses, any wait for a turn). */
 const DIAL_TIMEOUT_MS = 10_000;
+/** Port-forward connects under way at once, across all sessions. */
+const MAX_CONCURRENT_DIALS = 32;
 
 /** Most URLs handed out and not yet used at once; the oldest go first beyond it. */
 const MAX_PENDING = 4096;
@@ -52,9 +54,11 @@ export class StreamingServer {
   private readonly pending = new Map<string, Pending>();
   private readonly sockets = new Set<Duplex>();
   private readonly streamBudget = new StreamBudget(MAX_STREAMS_TOTAL);
+  private readonly pods: PodConnector;
   private port = 0;
 
   constructor(private readonly o: StreamingServerOptions) {
+    this.pods = new PodConnector(o.sandboxes, { timeoutMs: DIAL_TIMEOUT_MS, maxConcurrent: MAX_CONCURRENT_DIALS });
     this.server = createServer((req, res) => this.onRequest(req, res));
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
     this.server.on('clientError', (_err, socket: Duplex) => socket.destroy());
@@ -157,7 +161,7 @@ export class StreamingServer {
       servePortForward(
         session,
         p.podId,
-        (port) => this.dial(p.podId, port),
+        (port, signal) => this.pods.connect(p.podId, port, signal),
         this.o.config.stream_creation_timeout_seconds * 1000,
         this.o.log.child({ pod: p.podId }),
       );
@@ -175,24 +179,6 @@ export class StreamingServer {
       log.warn('exec stream failed', { error: messageOf(err) });
       session.destroy();
     });
-  }
-
-  /** Connects to `port` on the pod's loopback: inside its network namespace, or the host's for a host-network pod. */
-  private async dial(podId: string, port: number): Promise<Socket> {
-    const sb = this.o.sandboxes.find(podId);
-    if (!sb || sb.state !== 'ready') throw new Error(`pod ${podId} is not ready`);
-    const pod = this.o.sandboxes.containerView(sb.id);
-    if (pod.hostNetwork) {
-      return new Promise((resolve, reject) => {
-        const c = connect({ host: '127.0.0.1', port }, () => {
-          c.off('error', reject);
-          resolve(c);
-        });
-        c.once('error', reject);
-      });
-    }
-    if (pod.namespaces.net === undefined) throw new Error(`pod ${podId} has no network namespace`);
-    return connectInNetns(pod.namespaces.net, port, DIAL_TIMEOUT_MS);
   }
 
   /** Stops listening and cuts every open stream. */

@@ -13,6 +13,7 @@ import { cloneMount, MNT, MS, mount, umount } from '../../../src/common/mount.js
 import { execProcess, spawnProcess } from '../../../src/common/process.js';
 import { connectInNetns } from '../../../src/common/sys.js';
 import { pinUserns } from '../../../src/common/userns.js';
+import { until } from '../../helpers/berthd.js';
 
 async function isMountPoint(dir: string): Promise<boolean> {
   const mounts = await readFile('/proc/self/mountinfo', 'utf8');
@@ -321,6 +322,55 @@ describe('common/sys: the native addon', () => {
       } finally {
         server.kill('SIGKILL');
         execFileSync('ip', ['netns', 'del', ns]);
+      }
+    });
+
+    it('holds no thread while connects wait on a listener that never accepts: file reads stay fast, nothing is left open', async () => {
+      const ns = `berth-sys-${randomBytes(3).toString('hex')}`;
+      execFileSync('ip', ['netns', 'add', ns]);
+      // listen(0) and never accept: once the queue holds one connection, SYNs go unanswered.
+      const server = spawn(
+        'ip',
+        [
+          'netns',
+          'exec',
+          ns,
+          'sh',
+          '-c',
+          'ip link set lo up && exec perl -MSocket -e \'socket(S,PF_INET,SOCK_STREAM,0) or die; bind(S,sockaddr_in(7777,INADDR_LOOPBACK)) or die; listen(S,0) or die; print "up\\n"; $|=1; sleep 1000\'',
+        ],
+        { stdio: ['ignore', 'pipe', 'ignore'] },
+      );
+      const dir = await mkdtemp(join(tmpdir(), 'berth-sys-'));
+      try {
+        await new Promise<void>((resolve) => server.stdout!.once('data', () => resolve()));
+        const path = `/run/netns/${ns}`;
+        const file = join(dir, 'one-mib');
+        await writeFile(file, randomBytes(1024 * 1024));
+        const fds = async (): Promise<number> => (await readdir('/proc/self/fd')).length;
+        const before = await fds();
+        const ac = new AbortController();
+        const attempts = Array.from({ length: 200 }, (_, i) => connectInNetns(path, 7777, 3000, i === 199 ? ac.signal : undefined));
+        for (const a of attempts) a.catch(() => undefined); // settled below
+        ac.abort();
+        let slowest = 0;
+        for (let i = 0; i < 10; i++) {
+          const t0 = process.hrtime.bigint();
+          assert.equal((await readFile(file)).length, 1024 * 1024);
+          slowest = Math.max(slowest, Number(process.hrtime.bigint() - t0) / 1e6);
+        }
+        const results = await Promise.allSettled(attempts);
+        for (const r of results) if (r.status === 'fulfilled') r.value.destroy();
+        const codes = results.map((r) => (r.status === 'rejected' ? (r.reason as { code?: string }).code : 'connected'));
+        assert.equal(codes[199], 'ABORT_ERR');
+        assert.ok(codes.filter((c) => c === 'ETIMEDOUT').length >= 150, codes.join(' '));
+        // The pool's threads were free: a read that waited for a connect would take seconds.
+        assert.ok(slowest < 500, `a 1 MiB read took ${slowest} ms`);
+        await until(async () => ((await fds()) <= before ? true : undefined));
+      } finally {
+        server.kill('SIGKILL');
+        execFileSync('ip', ['netns', 'del', ns]);
+        await rm(dir, { recursive: true, force: true });
       }
     });
   });
