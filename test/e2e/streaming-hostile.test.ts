@@ -100,6 +100,41 @@ describe('streaming server against hostile clients', function () {
     assert.ok(c.sock.writableLength > total / 2, `${c.sock.writableLength} bytes are still with the client`);
   });
 
+  it('16 PINGs of 8 MiB are refused from their frame header, and a garbage header block ends its session within a second', async () => {
+    const { b, id } = await running(['sleep', '1000']);
+    const pid = b.proc.pid!;
+    const before = rss(pid);
+    const head = Buffer.alloc(8);
+    head.writeUInt16BE(0x8003, 0);
+    head.writeUInt16BE(6, 2);
+    head.writeUInt32BE(8 * MiB, 4);
+    const payload = Buffer.alloc(8 * MiB, 1);
+    payload.writeUInt32BE(1, 0);
+    const clients: Client[] = [];
+    for (let i = 0; i < 16; i++) {
+      const { url } = await b.runtime.Exec({ container_id: id, cmd: ['true'], stdout: true });
+      const c = await upgrade(url, 'v4.channel.k8s.io');
+      cleanup.push(() => void c.sock.destroy());
+      c.sock.on('error', () => undefined);
+      c.sock.pause(); // a client that reads nothing back
+      c.sock.write(Buffer.concat([head, payload]));
+      clients.push(c);
+    }
+    await until(async () => (clients.every((c) => c.sock.closed) ? true : undefined), 10_000);
+    assert.ok(rss(pid) - before < 16 * MiB, `berthd grew by ${((rss(pid) - before) / MiB).toFixed(1)} MiB`);
+
+    const { url } = await b.runtime.Exec({ container_id: id, cmd: ['true'], stdout: true });
+    const c = await upgrade(url, 'v4.channel.k8s.io');
+    cleanup.push(() => void c.sock.destroy());
+    const syn = Buffer.alloc(10);
+    syn.writeUInt32BE(1, 0);
+    c.control(1, 0, Buffer.concat([syn, Buffer.from('garbage, not a zlib stream')]));
+    const goaway = await c.until(() => c.frames.find((f) => f.control && f.type === 7), 1000);
+    assert.equal(goaway.payload.readUInt32BE(4), 1, 'GOAWAY with PROTOCOL_ERROR');
+    await until(async () => (c.sock.closed ? true : undefined), 1000);
+    assert.equal((await b.runtime.ContainerStatus({ container_id: id })).status?.state, 'CONTAINER_RUNNING');
+  });
+
   it('attach without stdin leaves the container’s stdin open', async () => {
     // With stdin_once, conmon closes the container's stdin when an attach connection ends
     // its input: one that only watches the output must not do that as it starts.
