@@ -7,6 +7,7 @@
 import { readFileSync, realpathSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
 import { native } from './native.js';
+import { traced } from './trace-points.js';
 
 /** mount(2) flags berth uses. */
 export const MS = { RDONLY: 1, NOSUID: 2, NODEV: 4, NOEXEC: 8, REMOUNT: 32, BIND: 4096, REC: 16384, PRIVATE: 1 << 18 } as const;
@@ -15,12 +16,12 @@ export const MNT = { FORCE: 1, DETACH: 2, NOFOLLOW: 8 } as const;
 
 /** mount(2). Rejects with a Node-style errno error (`code`: 'ENOENT', 'EINVAL'…). */
 export function mount(source: string, target: string, fstype: string, flags: number, data = ''): Promise<void> {
-  return native().mount(source, target, fstype, flags, data);
+  return traced('berth:mount', { op: 'mount', target }, () => native().mount(source, target, fstype, flags, data));
 }
 
 /** umount2(2). Rejects with a Node-style errno error ('EINVAL' when `target` is not a mount point). */
 export function umount(target: string, flags = 0): Promise<void> {
-  return native().umount(target, flags);
+  return traced('berth:mount', { op: 'umount', target }, () => native().umount(target, flags));
 }
 
 export interface CloneMountOptions {

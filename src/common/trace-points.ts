@@ -24,6 +24,8 @@ export interface TracePoints {
   'berth:cni': { plugin: string; command: 'ADD' | 'DEL' | 'CHECK' | 'GC' | 'STATUS' | 'VERSION'; podId?: string };
   /** One call of the OCI runtime's command line (runc/crun), by verb. */
   'berth:runtime': { handler: string; verb: string; containerId?: string };
+  /** One mount(2) or umount2(2) through the addon. */
+  'berth:mount': { op: 'mount' | 'umount'; target: string };
   /** The shim (conmon) creating a container, up to the init pid. */
   'berth:shim.create': { containerId: string };
   /** A write transaction of the database. */

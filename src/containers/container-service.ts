@@ -9,9 +9,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomic } from '../common/atomic-file.js';
 import { nowNs } from '../common/clock.js';
+import { traced } from '../common/trace-points.js';
 import { DisposableStack } from '../common/disposable.js';
 import { findByIdOrPrefix } from '../common/id-prefix.js';
 import { KeyedLock } from '../common/keyed-lock.js';
@@ -206,20 +208,22 @@ export class ContainerService {
       undo.defer(() => (mountTried ? unmount(rootfs) : undefined));
       undo.defer(() => this.o.shim.removeFiles({ id, bundle }));
       undo.defer(() => rt.delete(id, true));
-      shimCreated = this.o.shim.create({
-        id,
-        bundle,
-        runtime: rt,
-        logPath,
-        terminal: req.config.tty,
-        stdin: req.config.stdin,
-        stdinOnce: req.config.stdin_once,
-        bundleReady: new Promise<void>((resolve, reject) => {
-          bundleDone = resolve;
-          bundleFailed = reject;
+      shimCreated = traced('berth:shim.create', { containerId: id }, () =>
+        this.o.shim.create({
+          id,
+          bundle,
+          runtime: rt,
+          logPath,
+          terminal: req.config.tty,
+          stdin: req.config.stdin,
+          stdinOnce: req.config.stdin_once,
+          bundleReady: new Promise<void>((resolve, reject) => {
+            bundleDone = resolve;
+            bundleFailed = reject;
+          }),
+          ...(signal ? { signal } : {}),
         }),
-        ...(signal ? { signal } : {}),
-      });
+      );
       shimCreated.catch(() => undefined);
       const layerMade = this.o.images.prepareContainerLayer(id, image);
       const rootfsMade = mkdir(rootfs, { recursive: true, mode: 0o755 });
@@ -267,9 +271,11 @@ export class ContainerService {
       prepared.applyToSpec(spec, req.config.mounts);
       for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
       for (const w of hostWarnings) warnOnce(this.o.log, w, { container: id });
-      await writeFile(join(bundle, 'config.json'), JSON.stringify(spec), { mode: 0o600 });
       this.o.repo.updateFacts(id, () => specFacts(spec as unknown as Record<string, unknown>));
       await mounted;
+      // config.json comes last, whole (by rename): should berthd die before, the start pipe's
+      // end of file releases conmon on a bundle without one, and `runc create` fails.
+      await writeFileAtomic(join(bundle, 'config.json'), JSON.stringify(spec), 0o600);
       bundleDone();
       const handle = await shimCreated;
       this.o.repo.update(id, () => ({ state: 'created', pid: handle.pid, shimPid: handle.shimPid }));
@@ -297,10 +303,18 @@ export class ContainerService {
     const found = this.requireContainer(idOrPrefix);
     await this.locked(found.id, async () => {
       const c = requireState('container', idOrPrefix, this.o.repo.get(found.id), {
-        states: ['created'],
+        states: ['created', 'running'],
         refusal: '; only a created container can be started',
       });
-      await this.runtimeOf(c).start(c.id);
+      // Running already: an earlier start went through (its answer lost); a retry succeeds.
+      if (c.state === 'running') return;
+      try {
+        await this.runtimeOf(c).start(c.id);
+      } catch (err) {
+        // An earlier StartContainer, cut off by a restart, may have started it in the runtime.
+        if (await this.exits.adoptIfRunning(c)) return;
+        throw err;
+      }
       this.o.repo.update(c.id, () => ({ state: 'running', startedAt: nowNs() }));
       this.events.publish('started', c);
       this.exits.watch(c.id);
@@ -437,6 +451,7 @@ export class ContainerService {
   private async recoverEach(): Promise<void> {
     for (const c of this.o.repo.list()) {
       try {
+        if (c.state === 'creating') await this.abandonCreate(c);
         if (c.state === 'creating' || c.state === 'removing') {
           await this.remove(c.id);
           continue;
@@ -458,6 +473,12 @@ export class ContainerService {
   private async completeFacts(id: string): Promise<void> {
     const spec = await this.runtimeSpec(id);
     if (spec) this.o.repo.updateFacts(id, () => specFacts(spec));
+  }
+
+  /** A create cut off by a restart: its shim is killed, its runtime `create` awaited, then deleted (remove deletes again). */
+  private async abandonCreate(c: ContainerRecord): Promise<void> {
+    await this.o.shim.abandon({ id: c.id, bundle: this.paths(c.id).bundle });
+    await this.runtimeOf(c).delete(c.id, true);
   }
 
   close(): void {

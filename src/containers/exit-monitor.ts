@@ -7,6 +7,7 @@
  * RUNNING when it is not.
  */
 import { nowNs } from '../common/clock.js';
+import { processStartNs } from '../common/proc-stat.js';
 import type { KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
@@ -117,7 +118,7 @@ export class ExitMonitor {
 
   /**
    * Recovery of a created or running container: an exit while berthd was down is recorded
-   * with its code; a container whose shim and runtime state are both gone without an
+   * with its code; a created one that the runtime runs is recorded running; a container whose shim and runtime state are both gone without an
    * exit file becomes `unknown`; one that runs (or just stopped, its shim about to write
    * the exit file) is followed again.
    */
@@ -125,6 +126,12 @@ export class ExitMonitor {
     const code = await this.o.shim.exitCode(c.id);
     if (code !== undefined) return this.recordExit(c.id, code);
     const st = await this.o.runtimeOf(c).state(c.id);
+    if (c.state === 'created' && (st?.status === 'running' || st?.status === 'paused')) {
+      // A StartContainer cut off after the runtime started it: the runtime is right.
+      this.adoptStart(c, st.pid);
+      this.o.log.warn('a container recorded created runs: its start was interrupted; recorded running', { container: c.id, pid: st.pid });
+      return this.watch(c.id);
+    }
     if ((!st || st.status === 'stopped') && !this.shimAlive(c)) {
       // The shim may have written the exit file since it was read.
       const late = await this.o.shim.exitCode(c.id);
@@ -140,6 +147,31 @@ export class ExitMonitor {
     } else if (c.state === 'running' || !st || st.status === 'stopped') {
       this.watch(c.id);
     }
+  }
+
+  /**
+   * Records as running a container the runtime started without berth recording it (an
+   * interrupted StartContainer), dated by its init process's start time.
+   */
+  adoptStart(c: ContainerRecord, pid: number): void {
+    const created = BigInt(c.createdAt);
+    const began = pid > 0 ? processStartNs(pid) : undefined;
+    const startedAt = began === undefined ? nowNs() : String(began > created ? began : created);
+    this.o.repo.update(c.id, () => ({ state: 'running', startedAt, ...(pid > 0 ? { pid } : {}) }));
+    this.o.events.publish('started', c);
+  }
+
+  /** StartContainer's fallback: when the runtime runs `c` already, it is recorded running and followed (true). */
+  async adoptIfRunning(c: ContainerRecord): Promise<boolean> {
+    const st = await this.o
+      .runtimeOf(c)
+      .state(c.id)
+      .catch(() => undefined);
+    if (st?.status !== 'running') return false;
+    this.adoptStart(c, st.pid);
+    this.o.log.warn('StartContainer: the runtime runs the container already (an interrupted start); recorded running', { container: c.id });
+    this.watch(c.id);
+    return true;
   }
 
   /** One pass over the followed containers' shims: a dead one stops the wait for its exit file. */

@@ -7,9 +7,9 @@
  * CRI `DNSConfig`, or the host's file as is when the pod has none; a Kubernetes-style
  * hosts file. For host-network pods the caller uses the host's /etc/hosts instead.
  */
-import { randomBytes } from 'node:crypto';
 import { isIP } from 'node:net';
-import { mkdir, open, rename, unlink } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
+import { writeFileAtomic } from '../common/atomic-file.js';
 import { join } from 'node:path';
 import { BerthError, failedPrecondition, invalidArgument, messageOf } from '../common/errors.js';
 import { isMountPoint, mount, MNT, MS, umount } from '../common/mount.js';
@@ -140,25 +140,6 @@ export function hostsFile(hostname: string, podIps: string[], hostAliases: HostA
   return out;
 }
 
-/** Writes `content` to `path` atomically: a temp file in the same dir, fsynced, renamed over. */
-async function writeAtomic(path: string, content: string, mode: number): Promise<void> {
-  const tmp = `${path}.tmp-${randomBytes(6).toString('hex')}`;
-  try {
-    const fh = await open(tmp, 'wx', mode);
-    try {
-      await fh.writeFile(content, 'utf8');
-      await fh.chmod(mode); // the umask may have narrowed it
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, path);
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined);
-    throw new BerthError('Internal', `writing ${path}: ${messageOf(err)}`, { cause: err });
-  }
-}
-
 /**
  * Writes `<dir>/hostname`, `<dir>/resolv.conf` and `<dir>/hosts`, each atomically with
  * mode 0644 (containers bind-mount them read by any user), creating `dir` if needed.
@@ -171,9 +152,9 @@ export async function writePodFiles(
   validateHostname(files.hostname);
   await mkdir(dir, { recursive: true, mode: 0o755 });
   const paths = { hostname: join(dir, 'hostname'), resolvConf: join(dir, 'resolv.conf'), hosts: join(dir, 'hosts') };
-  await writeAtomic(paths.hostname, `${files.hostname}\n`, 0o644);
-  await writeAtomic(paths.resolvConf, files.resolvConf, 0o644);
-  await writeAtomic(paths.hosts, files.hosts, 0o644);
+  await writeFileAtomic(paths.hostname, `${files.hostname}\n`, 0o644);
+  await writeFileAtomic(paths.resolvConf, files.resolvConf, 0o644);
+  await writeFileAtomic(paths.hosts, files.hosts, 0o644);
   return paths;
 }
 

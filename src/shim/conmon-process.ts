@@ -84,6 +84,27 @@ export async function findConmons(id: string): Promise<number[]> {
   return hits.filter((p): p is number => p !== undefined);
 }
 
+/**
+ * Live processes other than conmon that run for container `id` in `bundle`: the OCI
+ * runtime's `create` that a conmon started (its command line names both).
+ */
+export async function findRuntimeCreates(id: string, bundle: string): Promise<number[]> {
+  const pids = (await readdir('/proc')).filter((p) => /^\d+$/.test(p)).map(Number);
+  const hits = await Promise.all(
+    pids.map(async (p) => {
+      try {
+        const argv = (await readFile(`/proc/${p}/cmdline`, 'utf8')).split('\0');
+        if (argv.includes('--cid')) return undefined;
+        const b = argv.indexOf('--bundle');
+        return b >= 0 && argv[b + 1] === bundle && argv.includes(id) && aliveNotZombie(p) ? p : undefined;
+      } catch {
+        return undefined;
+      }
+    }),
+  );
+  return hits.filter((p): p is number => p !== undefined);
+}
+
 /** SIGKILLs conmon `pid` if it is still the conmon of `id`, and waits (bounded) until it is gone. */
 export async function killConmon(pid: number, id: string): Promise<void> {
   for (let i = 0; i < 100 && (await isConmonFor(pid, id)); i++) {

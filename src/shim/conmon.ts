@@ -35,7 +35,7 @@ import { spawnProcess, type ChildProcess, type ExitStatus } from '../common/proc
 import { traced } from '../common/trace-points.js';
 import { runtimeMessage } from '../oci/runtime-errors.js';
 import { requestLogReopen, resizeTerminal, startAttachSession } from './conmon-attach.js';
-import { exists, findConmons, killConmon, parseSync, readPid, readSyncLine, removeSocketLink, shimAlive } from './conmon-process.js';
+import { exists, findConmons, findRuntimeCreates, killConmon, parseSync, readPid, readSyncLine, removeSocketLink, shimAlive } from './conmon-process.js';
 import type { ExecSession, Shim, ShimContainer, ShimCreateOptions, ShimDirs, ShimHandle } from './shim.js';
 
 export interface ConmonShimOptions {
@@ -266,6 +266,28 @@ export class ConmonShim implements Shim {
       }
       throw new BerthError('Internal', `creating container ${o.id}: ${messageOf(err)}`, { cause: err });
     }
+  }
+
+  async abandon(c: ShimContainer): Promise<void> {
+    const conmons = await findConmons(c.id);
+    await Promise.all(conmons.map((p) => killConmon(p, c.id)));
+    // A `runc create` left by a killed conmon goes on: it is let finish (killed halfway it
+    // leaves a cgroup that `runc delete` cannot find), then killed should it hang.
+    const until = Date.now() + CREATE_GRACE_MS;
+    let creates = await findRuntimeCreates(c.id, c.bundle);
+    while (creates.length > 0 && Date.now() < until) {
+      await sleep(50);
+      creates = await findRuntimeCreates(c.id, c.bundle);
+    }
+    for (const p of creates) {
+      this.log?.warn('killing a runtime create that outlived its shim', { container: c.id, pid: p });
+      try {
+        process.kill(p, 'SIGKILL');
+      } catch (err) {
+        if (errnoOf(err) !== 'ESRCH') throw err;
+      }
+    }
+    if (conmons.length > 0) this.log?.info('killed the shim of a cut-off create', { container: c.id, pids: conmons });
   }
 
   async exitCode(id: string): Promise<number | undefined> {

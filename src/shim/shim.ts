@@ -109,6 +109,13 @@ export interface Shim {
    * runtime's own message and leaves nothing behind.
    */
   create(o: ShimCreateOptions): Promise<ShimHandle>;
+  /**
+   * For a container whose creation was cut off (berthd killed halfway): kills its shim
+   * process, found without a pid file, and waits (bounded) until the runtime's `create`
+   * the shim may have started is over, so that the runtime's `delete` after this finds
+   * whatever was made. Idempotent; nothing to kill is no error.
+   */
+  abandon(c: ShimContainer): Promise<void>;
   /** The exit code recorded by the shim, or undefined while running. */
   exitCode(id: string): Promise<number | undefined>;
   /** Waits for the exit file (a watch plus a fallback poll); rejects with the signal's reason on abort. */

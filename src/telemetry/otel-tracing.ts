@@ -52,6 +52,7 @@ const STEPS: { [N in TracePointName]: Describe<N> } = {
     name: `runtime ${c.verb}`,
     attributes: { 'berth.runtime.handler': c.handler, 'berth.runtime.verb': c.verb, 'container.id': c.containerId },
   }),
+  'berth:mount': (c) => ({ name: c.op, attributes: { 'berth.mount.target': c.target } }),
   'berth:shim.create': (c) => ({ name: 'shim.create', attributes: { 'container.id': c.containerId } }),
   'berth:db.write': (c) => ({ name: 'db.write', attributes: { 'db.system.name': 'sqlite', 'db.collection.name': c.table } }),
   'berth:recovery': () => ({ name: 'recovery', attributes: {} }),
