@@ -159,6 +159,34 @@ static char **get_strv(napi_env env, napi_value arr, const char *what) {
   return v;
 }
 
+/* An integer from `lo` to `hi` (TypeError for a non-number, RangeError otherwise); false after throwing. */
+static bool get_int_in(napi_env env, napi_value v, const char *what, double lo, double hi, int64_t *out) {
+  napi_valuetype t;
+  double d;
+  char msg[160];
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number || napi_get_value_double(env, v, &d) != napi_ok) {
+    snprintf(msg, sizeof msg, "berth_sys: %s must be a number", what);
+    napi_throw_type_error(env, NULL, msg);
+    return false;
+  }
+  if (!(d >= lo && d <= hi) || d != (double)(int64_t)d) {
+    snprintf(msg, sizeof msg, "berth_sys: %s must be an integer from %.0f to %.0f", what, lo, hi);
+    napi_throw_range_error(env, NULL, msg);
+    return false;
+  }
+  *out = (int64_t)d;
+  return true;
+}
+
+/* A boolean (TypeError otherwise); false after throwing. */
+static bool get_bool(napi_env env, napi_value v, const char *what, bool *out) {
+  if (napi_get_value_bool(env, v, out) == napi_ok) return true;
+  char msg[128];
+  snprintf(msg, sizeof msg, "berth_sys: %s must be a boolean", what);
+  napi_throw_type_error(env, NULL, msg);
+  return false;
+}
+
 /* ---- pipe() -> [readFd, writeFd] ---- */
 
 static napi_value js_pipe(napi_env env, napi_callback_info info) {
@@ -263,12 +291,11 @@ static napi_value js_spawn(napi_env env, napi_callback_info info) {
   for (uint32_t i = 0; i < nfds; i++) {
     napi_value e;
     napi_get_element(env, args[4], i, &e);
-    if (napi_get_value_int32(env, e, &src[i]) != napi_ok) {
-      napi_throw_type_error(env, NULL, "berth_sys.spawn: fds must hold integers");
-      goto out;
-    }
+    int64_t fd;
+    if (!get_int_in(env, e, "spawn: each of fds", -1, INT32_MAX, &fd)) goto out;
+    src[i] = (int)fd;
   }
-  napi_get_value_bool(env, args[5], &setsid_);
+  if (!get_bool(env, args[5], "spawn: setsid", &setsid_)) goto out;
 
   /* Each source is first copied above every target number, so that no dup2 overwrites a
    * source still to be used and none is a dup2 onto itself (which would keep CLOEXEC). */
@@ -318,20 +345,56 @@ static napi_value js_spawn(napi_env env, napi_callback_info info) {
     goto out;
   }
 
+  /* The child runs: should its waiter not be made (no memory, no thread), it is killed and
+   * reaped here, and the call throws, so that no child is left that nobody reaps. */
   struct child *c = calloc(1, sizeof *c);
   napi_value promise, name, result, pidv;
-  if (!c) abort(); /* the child runs; without memory its exit could never be reaped */
-  c->pid = pid;
-  if (napi_create_promise(env, &c->deferred, &promise) != napi_ok) abort();
-  napi_create_string_utf8(env, "berth_sys.wait", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, c, child_finalize, c, child_exited, &c->tsfn) != napi_ok) abort();
-  pthread_t th;
-  pthread_attr_t ta;
-  pthread_attr_init(&ta);
-  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&ta, 64 * 1024);
-  if (pthread_create(&th, &ta, wait_thread, c) != 0) abort();
-  pthread_attr_destroy(&ta);
+  int fail = 0;
+  const char *failed = NULL;
+  bool tsfn_made = false;
+  if (!c) {
+    fail = ENOMEM;
+    failed = "calloc";
+  } else {
+    c->pid = pid;
+    if (napi_create_promise(env, &c->deferred, &promise) != napi_ok) {
+      fail = ENOMEM;
+      failed = "napi_create_promise";
+    } else {
+      napi_create_string_utf8(env, "berth_sys.wait", NAPI_AUTO_LENGTH, &name);
+      if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, c, child_finalize, c, child_exited, &c->tsfn) != napi_ok) {
+        fail = ENOMEM;
+        failed = "napi_create_threadsafe_function";
+      } else {
+        tsfn_made = true;
+        pthread_t th;
+        pthread_attr_t ta;
+        pthread_attr_init(&ta);
+        pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&ta, 64 * 1024);
+        int perr = pthread_create(&th, &ta, wait_thread, c);
+        pthread_attr_destroy(&ta);
+        if (perr != 0) {
+          fail = perr;
+          failed = "pthread_create";
+        }
+      }
+    }
+  }
+  if (fail) {
+    kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    if (c) {
+      napi_value e = errno_error(env, fail, failed, file);
+      napi_reject_deferred(env, c->deferred, e);
+      /* child_finalize frees c once the function is released; without one, it is freed here. */
+      if (tsfn_made) napi_release_threadsafe_function(c->tsfn, napi_tsfn_abort);
+      else free(c);
+    }
+    throw_errno(env, fail, failed, file);
+    goto out;
+  }
 
   napi_create_object(env, &result);
   napi_create_int32(env, pid, &pidv);
@@ -418,7 +481,7 @@ static napi_value js_mount(napi_env env, napi_callback_info info) {
   if (!w) return throw_errno(env, ENOMEM, "mount", NULL);
   int64_t flags = 0;
   if (!(w->source = get_string(env, args[0], "source")) || !(w->target = get_string(env, args[1], "target")) ||
-      !(w->fstype = get_string(env, args[2], "fstype")) || napi_get_value_int64(env, args[3], &flags) != napi_ok ||
+      !(w->fstype = get_string(env, args[2], "fstype")) || !get_int_in(env, args[3], "mount: flags", 0, UINT32_MAX, &flags) ||
       !(w->data = get_string(env, args[4], "data"))) {
     free(w->source);
     free(w->target);
@@ -436,8 +499,8 @@ static napi_value js_umount(napi_env env, napi_callback_info info) {
   NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
   struct mount_work *w = calloc(1, sizeof *w);
   if (!w) return throw_errno(env, ENOMEM, "umount2", NULL);
-  int32_t flags = 0;
-  if (argc < 2 || !(w->target = get_string(env, args[0], "target")) || napi_get_value_int32(env, args[1], &flags) != napi_ok) {
+  int64_t flags = 0;
+  if (argc < 2 || !(w->target = get_string(env, args[0], "target")) || !get_int_in(env, args[1], "umount: flags", 0, INT32_MAX, &flags)) {
     if (argc < 2) napi_throw_type_error(env, NULL, "berth_sys.umount(target, flags)");
     free(w->target);
     free(w);

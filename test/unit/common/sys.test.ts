@@ -11,6 +11,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { cloneMount, MNT, MS, mount, umount } from '../../../src/common/mount.js';
 import { execProcess, spawnProcess } from '../../../src/common/process.js';
+import { native } from '../../../src/common/native.js';
 import { connectInNetns } from '../../../src/common/sys.js';
 import { pinUserns } from '../../../src/common/userns.js';
 import { until } from '../../helpers/berthd.js';
@@ -286,6 +287,39 @@ describe('common/sys: the native addon', () => {
       await assert.rejects(cloneMount(dir, dst, { usernsPath: join(dir, 'missing') }), { code: 'ENOENT', syscall: 'open' });
       const pin = await pinned();
       await assert.rejects(cloneMount('/proc', dst, { usernsPath: pin }), { code: 'EINVAL', syscall: 'mount_setattr' });
+    });
+  });
+
+  describe('argument errors: thrown, never a silent undefined, never an abort', () => {
+    type Loose = Record<'mount' | 'umount' | 'connectInNetns' | 'spawn', (...a: unknown[]) => unknown>;
+    const sys = () => native() as unknown as Loose;
+
+    it('mount and umount refuse flags that are not numbers, and out-of-range flags', async () => {
+      assert.throws(() => sys().mount('tmpfs', dir, 'tmpfs', '0', ''), TypeError);
+      assert.throws(() => sys().mount('tmpfs', dir, 'tmpfs', undefined, ''), TypeError);
+      assert.throws(() => sys().mount('tmpfs', dir, 'tmpfs', -1, ''), RangeError);
+      assert.throws(() => sys().mount('tmpfs', dir, 'tmpfs', 2 ** 32, ''), RangeError);
+      assert.throws(() => sys().mount('tmpfs', dir, 'tmpfs', 1.5, ''), RangeError);
+      assert.throws(() => sys().umount(dir, 'x'), TypeError);
+      assert.throws(() => sys().umount(dir, null), TypeError);
+      // 2^32 + MNT_DETACH used to reach umount2 as MNT_DETACH.
+      assert.throws(() => sys().umount(dir, 2 ** 32 + MNT.DETACH), RangeError);
+      assert.throws(() => sys().umount(dir, -1), RangeError);
+      assert.ok(!(await isMountPoint(dir)));
+    });
+
+    it('connectInNetns refuses a negative timeout (poll would wait forever) and a bad port', () => {
+      assert.throws(() => sys().connectInNetns('/proc/self/ns/net', 80, -1), RangeError);
+      assert.throws(() => sys().connectInNetns('/proc/self/ns/net', 80, '5'), TypeError);
+      assert.throws(() => sys().connectInNetns('/proc/self/ns/net', 0, 100), RangeError);
+      assert.throws(() => sys().connectInNetns('/proc/self/ns/net', 65536, 100), RangeError);
+    });
+
+    it('spawn refuses descriptors that are not integers and a setsid that is not a boolean, starting nothing', () => {
+      assert.throws(() => sys().spawn('true', ['true'], [], null, ['0'], false), TypeError);
+      assert.throws(() => sys().spawn('true', ['true'], [], null, [1.5], false), RangeError);
+      assert.throws(() => sys().spawn('true', ['true'], [], null, [-2], false), RangeError);
+      assert.throws(() => sys().spawn('true', ['true'], [], null, [], 'yes'), TypeError);
     });
   });
 
