@@ -291,7 +291,7 @@ describe('common/sys: the native addon', () => {
   });
 
   describe('argument errors: thrown, never a silent undefined, never an abort', () => {
-    type Loose = Record<'mount' | 'umount' | 'connectInNetns' | 'spawn', (...a: unknown[]) => unknown>;
+    type Loose = Record<'mount' | 'umount' | 'socketInNetns' | 'spawn', (...a: unknown[]) => unknown>;
     const sys = () => native() as unknown as Loose;
 
     it('mount and umount refuse flags that are not numbers, and out-of-range flags', async () => {
@@ -308,11 +308,10 @@ describe('common/sys: the native addon', () => {
       assert.ok(!(await isMountPoint(dir)));
     });
 
-    it('connectInNetns refuses a negative timeout (poll would wait forever) and a bad port', () => {
-      assert.throws(() => sys().connectInNetns('/proc/self/ns/net', 80, -1), RangeError);
-      assert.throws(() => sys().connectInNetns('/proc/self/ns/net', 80, '5'), TypeError);
-      assert.throws(() => sys().connectInNetns('/proc/self/ns/net', 0, 100), RangeError);
-      assert.throws(() => sys().connectInNetns('/proc/self/ns/net', 65536, 100), RangeError);
+    it('socketInNetns refuses a family other than 4 or 6, and a path that is not a string', () => {
+      assert.throws(() => sys().socketInNetns('/proc/self/ns/net', 5), TypeError);
+      assert.throws(() => sys().socketInNetns('/proc/self/ns/net', '4'), TypeError);
+      assert.throws(() => sys().socketInNetns(42, 4), TypeError);
     });
 
     it('spawn refuses descriptors that are not integers and a setsid that is not a boolean, starting nothing', () => {
