@@ -161,23 +161,32 @@ function isDirectory(block: Buffer): boolean {
   return nameEnd > 0 && block[nameEnd - 1] === 0x2f;
 }
 
-/** Parses PAX records ("<len> <key>=<value>\n"): the xattr values as bytes, and the size record. */
+/**
+ * Parses PAX records ("<len> <key>=<value>\n", POSIX pax format) strictly: the xattr values
+ * as bytes, and the size record. A length that is not decimal digits, that runs past the
+ * header or does not end on the record's newline, a record without '=', or bytes after
+ * the last record other than NUL padding: the header is refused (the layer is corrupt).
+ */
 function paxRecords(buf: Buffer): { xattrs: RawXattrs; size: string | undefined } {
   const xattrs: RawXattrs = new Map();
   let size: string | undefined;
   let pos = 0;
   while (pos < buf.length) {
+    if (buf[pos] === 0 && buf.subarray(pos).every((b) => b === 0)) break;
     const space = buf.indexOf(0x20, pos);
-    if (space < 0) break;
-    const len = Number(buf.toString('latin1', pos, space));
-    if (!Number.isInteger(len) || len <= space - pos + 1 || pos + len > buf.length) break;
+    const lenText = space < 0 ? '' : buf.toString('latin1', pos, space);
+    if (!/^[0-9]{1,9}$/.test(lenText)) throw new Error(`malformed PAX record at byte ${pos}: the length field is not a decimal number`);
+    const len = Number(lenText);
+    if (len <= space - pos + 1 || pos + len > buf.length) {
+      throw new Error(`malformed PAX record at byte ${pos}: its length ${len} does not fit the ${buf.length}-byte header`);
+    }
+    if (buf[pos + len - 1] !== 0x0a) throw new Error(`malformed PAX record at byte ${pos}: length ${len} does not end on the record's newline`);
     const record = buf.subarray(space + 1, pos + len - 1); // without the trailing newline
     const eq = record.indexOf(0x3d);
-    if (eq > 0) {
-      const key = record.toString('utf8', 0, eq);
-      if (key.startsWith(XATTR_PAX_PREFIX)) xattrs.set(key, Buffer.from(record.subarray(eq + 1)));
-      else if (key === 'size') size = record.toString('utf8', eq + 1);
-    }
+    if (eq <= 0) throw new Error(`malformed PAX record at byte ${pos}: no "key=value"`);
+    const key = record.toString('utf8', 0, eq);
+    if (key.startsWith(XATTR_PAX_PREFIX)) xattrs.set(key, Buffer.from(record.subarray(eq + 1)));
+    else if (key === 'size') size = record.toString('utf8', eq + 1);
     pos += len;
   }
   return { xattrs, size };
