@@ -135,6 +135,7 @@ export function loadConfig(opts: LoadOptions = {}): LoadedConfig {
   apply(config, flags, 'command line');
 
   const result = config as unknown as BerthConfig;
+  if (result.images.registry_certs_dir === '') result.images.registry_certs_dir = join(dirname(file), 'certs.d');
   for (const [name, rt] of Object.entries(result.runtimes)) {
     if (rt.path === '') throw new ConfigError(`runtimes.${name}: "path" is required`);
   }

@@ -36,6 +36,16 @@ export interface ImagesConfig {
   pull_attempts: number;
   /** A transfer that delivers no byte for this long is abandoned. */
   stall_timeout_seconds: number;
+  /**
+   * A transfer slower than this, measured over each `stall_timeout_seconds` window, is
+   * abandoned as stalled (0: no floor).
+   */
+  min_transfer_rate_bytes_per_second: number;
+  /**
+   * A docker-style directory of per-registry certificates, `<dir>/<host>/` holding
+   * `*.crt` (CAs), `client.cert` and `client.key`. Empty: `certs.d` beside the config file.
+   */
+  registry_certs_dir: string;
 }
 
 /** Per-registry settings, keyed by host[:port] as it appears in image references. */
@@ -46,6 +56,11 @@ export interface RegistryConfig {
   plain_http?: boolean;
   /** Accept any TLS certificate from this registry. */
   insecure_skip_verify: boolean;
+  /** A PEM file of CA certificates this registry's certificate may chain to (beside the system's). */
+  ca_file?: string;
+  /** A PEM client certificate and its key, for registries that require mutual TLS. */
+  cert_file?: string;
+  key_file?: string;
   /** Credentials for this registry (and its use as a mirror). Never logged. */
   username: string;
   password: string;
@@ -168,6 +183,8 @@ export function defaultConfig(): BerthConfig {
       max_index_depth: 4,
       pull_attempts: 3,
       stall_timeout_seconds: 30,
+      min_transfer_rate_bytes_per_second: 10 * 1024,
+      registry_certs_dir: '',
     },
     registries: {},
     sandbox: {
@@ -285,9 +302,14 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'images.max_index_depth': integerIn(1, 16),
   'images.pull_attempts': integerIn(1, 10),
   'images.stall_timeout_seconds': integerIn(1, 3600),
+  'images.min_transfer_rate_bytes_per_second': integerIn(0, 1024 * 1024 * 1024),
+  'images.registry_certs_dir': (v) => (v === '' ? undefined : absolutePath(v)),
   'registries.*.mirrors': urlList,
   'registries.*.plain_http': boolean,
   'registries.*.insecure_skip_verify': boolean,
+  'registries.*.ca_file': absolutePath,
+  'registries.*.cert_file': absolutePath,
+  'registries.*.key_file': absolutePath,
   'registries.*.username': string,
   'registries.*.password': string,
   'sandbox.shm_size_bytes': integerIn(1024 * 1024, 64 * 1024 * 1024 * 1024),

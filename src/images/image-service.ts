@@ -32,6 +32,7 @@ import { ImageLookup } from './image-lookup.js';
 import type { ImageRecord, ImageRepository } from './image-repository.js';
 import { ImageStores } from './image-stores.js';
 import { Leases } from './leases.js';
+import { SharedWork, type Joined } from './shared-work.js';
 import {
   ACCEPTED_MANIFEST_TYPES,
   chainIds,
@@ -94,10 +95,10 @@ export class ImageService {
   private readonly client: RegistryClient;
   private readonly platform: Platform;
   private readonly leases = new Leases();
-  /** Work shared by pulls (downloads, unpacks) outlives any one caller; shutdown stops it. */
+  /** Shutdown stops all work. */
   private readonly lifetime = new AbortController();
-  /** Layers being fetched and unpacked, by chain ID; each settles once committed. */
-  private readonly layerTasks = new Map<string, Promise<void>>();
+  /** Downloads and unpacks shared by pulls: each runs while some pull waits for it. */
+  private readonly work = new SharedWork(this.lifetime.signal);
 
   private readonly lookup: ImageLookup;
   private readonly stores: ImageStores;
@@ -107,7 +108,12 @@ export class ImageService {
     this.lookup = new ImageLookup(o.repo, o.images.pinned);
     this.stores = new ImageStores(o.content, o.snapshots);
     this.containerLayers = new ContainerLayers(o.snapshots);
-    this.client = new RegistryClient({ images: o.images, registries: o.registries, ...(o.backoffMs !== undefined ? { backoffMs: o.backoffMs } : {}) });
+    this.client = new RegistryClient({
+      images: o.images,
+      registries: o.registries,
+      log: o.log,
+      ...(o.backoffMs !== undefined ? { backoffMs: o.backoffMs } : {}),
+    });
     this.platform = o.platform ?? hostPlatform();
   }
 
@@ -167,7 +173,7 @@ export class ImageService {
   /** Stops shared downloads and unpacks (shutdown) and waits until they have cleaned up. */
   async close(): Promise<void> {
     this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));
-    await Promise.allSettled([...this.layerTasks.values()]);
+    await this.work.idle();
     await this.o.content.idle();
     await this.o.snapshots.close();
   }
@@ -247,19 +253,17 @@ export class ImageService {
     }
     // Held from before first use until the image row is committed (or the pull fails).
     const leases = [this.leases.hold([...blobs.map((b) => b.desc.digest), manifest.config.digest, ...manifest.layers.map((l) => l.digest)])];
-    // Downloads and unpacks may be shared with other pulls: they run under berthd's
-    // lifetime, not this caller's; the caller only stops waiting when it goes away.
-    const shared = this.lifetime.signal;
+    // Downloads and unpacks may be shared with other pulls: each runs while some pull
+    // waits for it (SharedWork), and stops when the last one goes away.
     let failure: unknown;
     try {
-      await abortable(
+      await this.work.join(`blob:${manifest.config.digest}`, signal, (shared) =>
         this.o.content.ensure(
           manifest.config,
           () => this.client.openBlob(ep, ref.path, manifest.config.digest, manifest.config.size, shared, `${what} config ${manifest.config.digest}`),
           shared,
         ),
-        signal,
-      );
+      ).caller;
       const config = parseImageConfig(await this.o.content.readBuffer(manifest.config.digest), `${what} config ${manifest.config.digest}`);
       if (config.diffIds.length !== manifest.layers.length) {
         throw new BerthError(
@@ -273,18 +277,22 @@ export class ImageService {
       // One task per layer: download and unpack in parallel, commit bottom-up.
       const limiter = new Limiter(this.o.images.max_concurrent_downloads);
       const tasks: Array<Promise<void>> = [];
+      let parent: { chainId: string; task: Promise<void> } | undefined;
       for (const [i, layer] of manifest.layers.entries()) {
-        tasks.push(
-          this.layerTask({
+        const joined = this.layerTask(
+          {
             chainId: chain[i]!,
-            parent: i === 0 ? undefined : { chainId: chain[i - 1]!, task: tasks[i - 1]! },
+            parent,
             diffId: config.diffIds[i]!,
             layer,
             image: what,
-            open: () => this.client.openBlob(ep, ref.path, layer.digest, layer.size, shared, `${what} layer ${layer.digest}`),
+            open: (shared) => this.client.openBlob(ep, ref.path, layer.digest, layer.size, shared, `${what} layer ${layer.digest}`),
             limiter,
-          }),
+          },
+          signal,
         );
+        tasks.push(joined.caller);
+        parent = { chainId: chain[i]!, task: joined.shared };
       }
       // Wait for all, so no task rejects unobserved; report the first failure.
       const outcomes = await abortable(Promise.allSettled(tasks), signal);
@@ -332,26 +340,33 @@ export class ImageService {
    * downloaded into the content store (which checks its digest), unpacked from there on a
    * worker (which checks the diff ID), and committed once its parent is.
    */
-  private layerTask(t: {
-    chainId: string;
-    parent: { chainId: string; task: Promise<void> } | undefined;
-    diffId: string;
-    layer: Descriptor & { compression: LayerCompression };
-    /** The pull's image, for the trace points. */
-    image: string;
-    open: () => Promise<Readable>;
-    limiter: Limiter;
-  }): Promise<void> {
-    const running = this.layerTasks.get(t.chainId);
-    if (running) return running;
+  private layerTask(
+    t: {
+      chainId: string;
+      parent: { chainId: string; task: Promise<void> } | undefined;
+      diffId: string;
+      layer: Descriptor & { compression: LayerCompression };
+      /** The pull's image, for the trace points. */
+      image: string;
+      open: (signal: AbortSignal) => Promise<Readable>;
+      limiter: Limiter;
+    },
+    caller: AbortSignal | undefined,
+  ): Joined<void> {
     const content = this.o.content;
-    const signal = this.lifetime.signal;
-    const fetch = (): Promise<void> => {
-      if (content.has(t.layer.digest)) return Promise.resolve();
-      const step = { image: t.image, digest: t.layer.digest, bytes: 0 };
-      return traced('berth:image.fetch', step, () => content.ensure(t.layer, t.open, signal, (n) => (step.bytes += n)));
-    };
-    const run = async (): Promise<void> => {
+    const run = async (signal: AbortSignal): Promise<void> => {
+      const fetch = (): Promise<void> => {
+        if (content.has(t.layer.digest)) return Promise.resolve();
+        const step = { image: t.image, digest: t.layer.digest, bytes: 0 };
+        return traced('berth:image.fetch', step, () =>
+          content.ensure(
+            t.layer,
+            () => t.open(signal),
+            signal,
+            (n) => (step.bytes += n),
+          ),
+        );
+      };
       if (this.o.snapshots.committed(t.chainId)) {
         await t.limiter.run(fetch);
         return;
@@ -375,9 +390,7 @@ export class ImageService {
         throw err;
       }
     };
-    const p = run().finally(() => this.layerTasks.delete(t.chainId));
-    this.layerTasks.set(t.chainId, p);
-    return p;
+    return this.work.join(`layer:${t.chainId}`, caller, run);
   }
 
   /** Fetches the manifest (or index) the reference names, trying mirrors first. */

@@ -239,6 +239,7 @@ interface FaultBase {
  * - `wrong-length`: declares `contentLength`; sends that many bytes when it is less than
  *   the blob (a clean, short response), or the whole blob then closes the connection when more.
  * - `stall`: sends the headers and `afterBytes` bytes (default 0), then hangs until the client gives up or the proxy stops.
+ * - `trickle`: sends `bytesPerTick` bytes every `tickMs` until the blob is sent or the client goes away.
  * - `fail`: answers `status` (default 500) to the first `times` requests, then passes through.
  * - `redirect`: answers 307 to `/_redirected/...` on the proxy (or on a second port with
  *   `crossOrigin`, a different origin as blob storage would be), which serves the same bytes.
@@ -249,6 +250,7 @@ export type BlobFault = FaultBase &
     | { kind: 'truncate'; afterBytes: number }
     | { kind: 'wrong-length'; contentLength: number }
     | { kind: 'stall'; afterBytes?: number }
+    | { kind: 'trickle'; bytesPerTick: number; tickMs: number }
     | { kind: 'fail'; times: number; status?: number }
     | { kind: 'redirect'; crossOrigin?: boolean }
   );
@@ -276,6 +278,8 @@ export interface BearerAuth {
   service?: string;
   /** Token lifetime in seconds (default 300). */
   expiresIn?: number;
+  /** The realm the challenge names (default: the proxy's own `/token`). */
+  realm?: string;
 }
 
 export interface ProxyOptions {
@@ -296,6 +300,8 @@ export interface RecordedRequest {
   server: 'main' | 'redirect';
   /** The status answered; set when the response was sent (0 if the connection died first). */
   status?: number;
+  /** When the response closed (Date.now()), sent in full or cut off. */
+  closedAt?: number;
 }
 
 export interface IssuedToken {
@@ -382,7 +388,10 @@ export class RegistryProxy implements AsyncDisposable {
   private handle(req: http.IncomingMessage, res: http.ServerResponse, server: 'main' | 'redirect'): void {
     const record: RecordedRequest = { method: req.method ?? '', path: req.url ?? '', headers: { ...req.headers }, server };
     this.requests.push(record);
-    res.on('close', () => (record.status = res.headersSent ? res.statusCode : 0));
+    res.on('close', () => {
+      record.status = res.headersSent ? res.statusCode : 0;
+      record.closedAt = Date.now();
+    });
     this.route(req, res, server).catch((err: Error) => {
       if (!res.headersSent) json(res, 502, { errors: [{ code: 'PROXY', message: err.message }] });
       else res.destroy();
@@ -430,7 +439,7 @@ export class RegistryProxy implements AsyncDisposable {
     const token = this.tokens.find((t) => t.token === presented && t.expiresAt > Date.now());
     if (token && (!name || token.scopes.some((s) => s.startsWith(`repository:${name}:`)))) return true;
     const scope = name ? `,scope="repository:${name}:pull"` : '';
-    res.setHeader('www-authenticate', `Bearer realm="${this.url}/token",service="${b.service ?? 'berth-test'}"${scope}`);
+    res.setHeader('www-authenticate', `Bearer realm="${b.realm ?? `${this.url}/token`}",service="${b.service ?? 'berth-test'}"${scope}`);
     json(res, 401, { errors: [{ code: 'UNAUTHORIZED', message: 'authentication required' }] });
     return false;
   }
@@ -523,6 +532,17 @@ export class RegistryProxy implements AsyncDisposable {
     // How many bytes to send before ending, cutting or hanging.
     const limit = fault.kind === 'truncate' ? fault.afterBytes : fault.kind === 'stall' ? (fault.afterBytes ?? 0) : Math.min(declared, size);
     const corruptAt = fault.kind === 'corrupt' ? (fault.offset ?? Math.floor(size / 2)) : -1;
+    if (fault.kind === 'trickle') {
+      const parts: Buffer[] = [];
+      for await (const chunk of up as AsyncIterable<Buffer>) parts.push(chunk);
+      const body = Buffer.concat(parts);
+      for (let at = 0; at < body.length && !res.destroyed; at += fault.bytesPerTick) {
+        res.write(body.subarray(at, at + fault.bytesPerTick));
+        await sleep(fault.tickMs);
+      }
+      res.end();
+      return;
+    }
     let sent = 0;
     for await (const chunk of up as AsyncIterable<Buffer>) {
       let part = chunk.subarray(0, Math.max(0, limit - sent));

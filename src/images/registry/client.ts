@@ -9,24 +9,31 @@
  * - Retries with exponential backoff on network errors, 429 and 5xx; 4xx are final.
  * - Auth: on 401 the challenge is answered once (Basic, or a Bearer token from the
  *   realm) and the request repeated. The caller's credentials go only to the image's
- *   own registry; a mirror gets the credentials configured for the mirror's host.
+ *   own registry and its token server; a mirror gets the credentials configured for the
+ *   mirror's host. Credentials go to a token server over HTTPS only, unless the registry
+ *   itself is a plain-HTTP loopback registry and the token server is on the same host; a
+ *   token server on another host gets that host's TLS settings, and is logged.
+ * - TLS: see tls.ts (system roots, per-registry CA and client certificates, certs.d).
  * - Caps: manifests are read up to a size cap; a blob stream ends with an error if the
  *   registry sends more or fewer bytes than the descriptor declares.
  */
 import { createHash } from 'node:crypto';
 import { Transform, type Readable } from 'node:stream';
 import { BerthError, errnoOf, messageOf } from '../../common/errors.js';
+import type { Logger } from '../../common/logger.js';
 import { defaultRegistryConfig, type ImagesConfig, type RegistryConfig } from '../../config/schema.js';
 import { registryHost, type ImageReference } from '../reference.js';
 import { basicHeader, hasCredentials, parseChallenge, TokenCache, type Credentials } from './auth.js';
 import { NetworkError, readBody, send, type HttpResponse } from './http.js';
+import { RegistryTls, type TlsSettings } from './tls.js';
 
 export interface Endpoint {
   /** e.g. http://127.0.0.1:5000 (requests go to <base>/v2/…); may carry a path prefix. */
   base: URL;
   /** The host the settings and credentials belong to (the mirror's own host for a mirror). */
   host: string;
-  insecureSkipVerify: boolean;
+  /** TLS settings of `host`. */
+  tls: TlsSettings;
   credentials: Credentials | undefined;
   mirror: boolean;
 }
@@ -36,6 +43,7 @@ export interface ClientOptions {
   registries: Record<string, RegistryConfig>;
   /** Base delay of the retry backoff (tests shorten it). */
   backoffMs?: number;
+  log?: Logger;
 }
 
 export interface FetchedManifest {
@@ -90,10 +98,16 @@ export class RegistryClient {
   private readonly tokens = new TokenCache();
   private readonly basicOrigins = new Set<string>();
   private readonly backoffMs: number;
+  private readonly tls: RegistryTls;
+  /** Registry → token server pairs on different hosts already logged. */
+  private readonly loggedRealms = new Set<string>();
 
   constructor(private readonly opts: ClientOptions) {
     this.backoffMs = opts.backoffMs ?? 250;
+    this.tls = new RegistryTls(opts.registries, opts.images.registry_certs_dir);
   }
+
+  private readonly tlsFor = (url: URL): TlsSettings => this.tls.for(url.host);
 
   private settings(host: string): RegistryConfig {
     return this.opts.registries[host] ?? defaultRegistryConfig();
@@ -110,11 +124,10 @@ export class RegistryClient {
     const out: Endpoint[] = [];
     for (const m of own.mirrors) {
       const base = new URL(m.replace(/\/+$/, '').replace(/\/v2$/, ''));
-      const mirrorSettings = this.settings(base.host);
       out.push({
         base,
         host: base.host,
-        insecureSkipVerify: mirrorSettings.insecure_skip_verify,
+        tls: this.tls.for(base.host),
         credentials: this.configuredCredentials(base.host),
         mirror: true,
       });
@@ -124,7 +137,7 @@ export class RegistryClient {
     out.push({
       base: new URL(`${plain ? 'http' : 'https'}://${host}`),
       host: ref.domain,
-      insecureSkipVerify: own.insecure_skip_verify,
+      tls: this.tls.for(ref.domain),
       credentials: hasCredentials(credentials) ? credentials : this.configuredCredentials(ref.domain),
       mirror: false,
     });
@@ -171,7 +184,9 @@ export class RegistryClient {
           url: this.url(ep, path),
           headers,
           stallMs: this.opts.images.stall_timeout_seconds * 1000,
-          insecureSkipVerify: ep.insecureSkipVerify,
+          minBytesPerSecond: this.opts.images.min_transfer_rate_bytes_per_second,
+          tls: ep.tls,
+          tlsFor: this.tlsFor,
           maxRedirects: 5,
           ...(signal ? { signal } : {}),
         });
@@ -232,12 +247,31 @@ export class RegistryClient {
     } catch {
       throw new BerthError('Unauthenticated', `${what}: registry ${ep.host} sent an invalid token realm`);
     }
+    if (realmUrl.protocol !== 'https:' && realmUrl.protocol !== 'http:') {
+      throw new BerthError('Unauthenticated', `${what}: registry ${ep.host} sent a token realm that is not an http(s) URL`);
+    }
+    const sameHost = realmUrl.host === ep.base.host;
+    if (!sameHost && !this.loggedRealms.has(`${ep.base.host}|${realmUrl.host}`)) {
+      this.loggedRealms.add(`${ep.base.host}|${realmUrl.host}`);
+      this.opts.log?.info('registry uses a token server on another host', { registry: ep.host, realmHost: realmUrl.host });
+    }
+    const sendsCredentials = !!creds?.identityToken || !!creds?.username || !!creds?.password;
+    if (sendsCredentials && realmUrl.protocol !== 'https:' && !(sameHost && ep.base.protocol === 'http:' && LOOPBACK.test(ep.base.host))) {
+      throw new BerthError(
+        'Unauthenticated',
+        `${what}: registry ${ep.host} names the token server ${realmUrl.host} over plain HTTP; ` +
+          'berth sends credentials to token servers over HTTPS only (plain HTTP only on the host of a loopback registry)',
+      );
+    }
     const service = challenge.params.service;
     const wantScope = challenge.params.scope ?? scope;
     let res: HttpResponse;
     const common = {
       stallMs: this.opts.images.stall_timeout_seconds * 1000,
-      insecureSkipVerify: ep.insecureSkipVerify,
+      minBytesPerSecond: this.opts.images.min_transfer_rate_bytes_per_second,
+      // The token server has TLS checks of its own: the registry's apply only on its own host.
+      tls: realmUrl.host === ep.base.host ? ep.tls : this.tls.for(realmUrl.host),
+      tlsFor: this.tlsFor,
       maxRedirects: 3,
       ...(signal ? { signal } : {}),
     };

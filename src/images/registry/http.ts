@@ -6,6 +6,7 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { BerthError, messageOf } from '../../common/errors.js';
+import type { TlsSettings } from './tls.js';
 
 export interface HttpOptions {
   method: 'GET' | 'HEAD' | 'POST';
@@ -14,7 +15,15 @@ export interface HttpOptions {
   body?: string;
   /** Abandon the request when no byte moves for this long. */
   stallMs: number;
-  insecureSkipVerify: boolean;
+  /**
+   * Abandon the response when fewer than this many bytes per second arrive, measured over
+   * each `stallMs` window (0: no floor): a trickle counts as a stall.
+   */
+  minBytesPerSecond?: number;
+  /** TLS settings of the URL's host. */
+  tls: TlsSettings;
+  /** TLS settings of another host, for a redirect there: the first host's never carry over. */
+  tlsFor: (url: URL) => TlsSettings;
   signal?: AbortSignal;
   /** Follow up to this many redirects (0: return 3xx responses as they are). */
   maxRedirects: number;
@@ -39,15 +48,24 @@ export class NetworkError extends Error {
 const httpAgents = new Map<string, HttpAgent>();
 const httpsAgents = new Map<string, HttpsAgent>();
 
-function agentFor(url: URL, insecure: boolean): HttpAgent | HttpsAgent {
+function agentFor(url: URL, tls: TlsSettings): HttpAgent | HttpsAgent {
   if (url.protocol === 'http:') {
     let a = httpAgents.get(url.origin);
     if (!a) httpAgents.set(url.origin, (a = new HttpAgent({ keepAlive: true, maxSockets: 32 })));
     return a;
   }
-  const key = `${url.origin}|${insecure}`;
+  const key = `${url.origin}|${tls.id}`;
   let a = httpsAgents.get(key);
-  if (!a) httpsAgents.set(key, (a = new HttpsAgent({ keepAlive: true, maxSockets: 32, rejectUnauthorized: !insecure })));
+  if (!a) {
+    a = new HttpsAgent({
+      keepAlive: true,
+      maxSockets: 32,
+      rejectUnauthorized: !tls.insecureSkipVerify,
+      ca: tls.ca,
+      ...(tls.cert && tls.key ? { cert: tls.cert, key: tls.key } : {}),
+    });
+    httpsAgents.set(key, a);
+  }
   return a;
 }
 
@@ -65,7 +83,7 @@ function once(opts: HttpOptions, url: URL, headers: OutgoingHttpHeaders): Promis
       return;
     }
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
-    const req = send(url, { method: opts.method, headers, agent: agentFor(url, opts.insecureSkipVerify) });
+    const req = send(url, { method: opts.method, headers, agent: agentFor(url, opts.tls) });
     const onAbort = (): void => {
       req.destroy(opts.signal!.reason as Error);
     };
@@ -85,8 +103,35 @@ function once(opts: HttpOptions, url: URL, headers: OutgoingHttpHeaders): Promis
     });
     req.on('response', (res) => {
       response = res;
+      const floor = opts.minBytesPerSecond ?? 0;
+      let rateTimer: NodeJS.Timeout | undefined;
+      if (floor > 0) {
+        // Counted on the socket, so the check never takes the body out of paused mode.
+        // Sampled four times a window; a window with no byte at its end is silence,
+        // which the stall timeout reports.
+        const socket = res.socket;
+        const samples = [socket.bytesRead];
+        const need = Math.ceil((floor * opts.stallMs) / 1000);
+        rateTimer = setInterval(() => {
+          const now = socket.bytesRead;
+          samples.push(now);
+          if (samples.length <= 4) return;
+          const windowBytes = now - (samples.shift() as number);
+          const recent = now - (samples[samples.length - 2] as number);
+          if (windowBytes >= need || recent === 0 || res.complete) return;
+          const err = new NetworkError(
+            `${url.origin}: transfer slower than ${floor} bytes/s over ${opts.stallMs / 1000} s (${windowBytes} bytes), giving up on it`,
+          );
+          res.destroy(err);
+          req.destroy(err);
+        }, opts.stallMs / 4);
+        rateTimer.unref();
+      }
       // The body stays under the same stall timeout and abort signal until it ends.
-      res.once('close', () => opts.signal?.removeEventListener('abort', onAbort));
+      res.once('close', () => {
+        clearInterval(rateTimer);
+        opts.signal?.removeEventListener('abort', onAbort);
+      });
       resolve({ status: res.statusCode ?? 0, headers: res.headers, body: res, url });
     });
     req.end(opts.body);
@@ -101,9 +146,9 @@ function once(opts: HttpOptions, url: URL, headers: OutgoingHttpHeaders): Promis
 export async function send(opts: HttpOptions): Promise<HttpResponse> {
   let url = opts.url;
   let headers = { ...opts.headers };
-  let insecure = opts.insecureSkipVerify;
+  let tls = opts.tls;
   for (let hop = 0; ; hop++) {
-    const res = await once({ ...opts, insecureSkipVerify: insecure }, url, headers);
+    const res = await once({ ...opts, tls }, url, headers);
     const location = res.headers.location;
     if (![301, 302, 303, 307, 308].includes(res.status) || !location || opts.maxRedirects === 0) return res;
     // A redirect's body is never read: a hostile server could stream it forever.
@@ -119,8 +164,9 @@ export async function send(opts: HttpOptions): Promise<HttpResponse> {
       if (opts.body !== undefined) throw new BerthError('Unavailable', `${opts.url.origin}: refusing to send the request body on to ${next.origin}`);
       const { authorization: _dropped, ...rest } = headers as Record<string, unknown>;
       headers = rest as OutgoingHttpHeaders;
-      // A TLS exception configured for the registry does not extend to other hosts.
-      insecure = false;
+      // TLS settings (an exception, a CA, a client certificate) configured for the
+      // registry do not extend to other hosts.
+      if (next.host !== url.host) tls = opts.tlsFor(next);
     }
     url = next;
   }

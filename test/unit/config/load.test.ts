@@ -21,8 +21,11 @@ describe('config loading', () => {
     return loadConfig({ file, ...(overrides ? { overrides } : {}) });
   };
 
-  it('uses the defaults for an empty file', () => {
-    assert.deepEqual(load('').config, defaultConfig());
+  it('uses the defaults for an empty file; registry certificates live in certs.d beside it', () => {
+    const want = defaultConfig();
+    want.images.registry_certs_dir = join(dir, 'certs.d');
+    assert.deepEqual(load('').config, want);
+    assert.equal(load('[images]\nregistry_certs_dir = "/srv/certs"\n').config.images.registry_certs_dir, '/srv/certs');
   });
 
   it('reads top-level keys and tables', () => {

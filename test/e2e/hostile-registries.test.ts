@@ -1,0 +1,93 @@
+/**
+ * Hostile registries end to end: a real berthd pulling through a fault-injecting proxy
+ * (test/helpers/registry.ts) in front of a real docker-registry on 127.0.0.1, with
+ * images built and pushed by the test.
+ */
+import { status } from '@grpc/grpc-js';
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { pushRandomImage, type PushedImage } from '../../hack/test-images/oci.js';
+import { Berthd, until } from '../helpers/berthd.js';
+import { grpcError } from '../helpers/cri-client.js';
+import { startRegistry, startRegistryProxy, type Registry, type RegistryProxy } from '../helpers/registry.js';
+
+describe('hostile registries', function () {
+  this.timeout(120_000);
+  let registry: Registry;
+  /** One uncompressible 1 MiB layer. */
+  let image: PushedImage;
+  const cleanup: Array<() => Promise<void> | void> = [];
+
+  before(async function () {
+    this.timeout(300_000);
+    registry = await startRegistry();
+    image = await pushRandomImage(registry.host, 'hostile/one-mib', 'latest', 1, 1 << 20, 'gzip');
+  });
+  after(async () => registry?.stop());
+  afterEach(async () => {
+    for (const f of cleanup.splice(0).reverse()) await f();
+  });
+
+  async function start(config = ''): Promise<Berthd> {
+    const b = await Berthd.start({ config });
+    cleanup.push(() => b.dispose());
+    return b;
+  }
+  async function proxy(opts: Parameters<typeof startRegistryProxy>[1] = {}): Promise<RegistryProxy> {
+    const p = await startRegistryProxy(registry.host, opts);
+    cleanup.push(() => p.stop());
+    return p;
+  }
+  const via = (host: string, img: PushedImage): string => `${host}/${img.name}:${img.tag ?? 'latest'}`;
+  const ingest = (b: Berthd): string[] => {
+    const dir = join(b.root, 'content', 'ingest');
+    return existsSync(dir) ? readdirSync(dir) : [];
+  };
+  const layerGets = (p: RegistryProxy) => p.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/blobs/${image.layers[0]!.digest}`));
+
+  describe('a trickling registry', () => {
+    it('loses its download within a second once the only caller has gone', async () => {
+      // 80 KB/s: above the floor rate, so only the caller's departure can end it.
+      const p = await proxy({ faults: [{ kind: 'trickle', bytesPerTick: 4096, tickMs: 50, digest: image.layers[0]!.digest }] });
+      const b = await start('[images]\npull_attempts = 1\n');
+      const deadline = Date.now() + 1500;
+      const e = await grpcError(b.image.PullImage({ image: { image: via(p.host, image) } }, { deadline }));
+      assert.equal(e.code, status.DEADLINE_EXCEEDED, e.details);
+      const get = await until(async () => (layerGets(p)[0]?.closedAt !== undefined ? layerGets(p)[0] : undefined), 10_000);
+      assert.ok(get.closedAt! - deadline < 1000, `the transfer stopped ${get.closedAt! - deadline} ms after the caller left`);
+      await until(async () => (ingest(b).length === 0 ? true : undefined), 5000);
+      assert.deepEqual((await b.image.ListImages({})).images, []);
+      // A retry starts afresh rather than inheriting the abort.
+      p.faults = [];
+      assert.equal((await b.image.PullImage({ image: { image: via(p.host, image) } })).image_ref, image.id);
+    });
+
+    it('keeps a shared download going while another pull still waits for it', async () => {
+      // 320 KB/s: the 1 MiB layer takes about 3 s.
+      const p = await proxy({ faults: [{ kind: 'trickle', bytesPerTick: 16384, tickMs: 50, digest: image.layers[0]!.digest }] });
+      const b = await start('[images]\npull_attempts = 1\n');
+      const ref = via(p.host, image);
+      const patient = b.image.PullImage({ image: { image: ref } });
+      const hasty = grpcError(b.image.PullImage({ image: { image: ref } }, { deadline: Date.now() + 1000 }));
+      assert.equal((await hasty).code, status.DEADLINE_EXCEEDED);
+      assert.equal((await patient).image_ref, image.id);
+      assert.equal(layerGets(p).length, 1, 'one download, shared');
+      assert.equal(layerGets(p)[0]!.status, 200);
+    });
+
+    it('counts a transfer below the floor rate as stalled', async () => {
+      // 1 KB/s, well below a floor of 10 KiB/s measured over 1 s windows.
+      const p = await proxy({ faults: [{ kind: 'trickle', bytesPerTick: 100, tickMs: 100, digest: image.layers[0]!.digest }] });
+      const b = await start('[images]\npull_attempts = 1\nstall_timeout_seconds = 1\nmin_transfer_rate_bytes_per_second = 10240\n');
+      const t0 = Date.now();
+      const e = await grpcError(b.image.PullImage({ image: { image: via(p.host, image) } }));
+      assert.equal(e.code, status.UNAVAILABLE, e.details);
+      assert.match(e.details, /transfer slower than 10240 bytes\/s over 1 s \(\d+ bytes\), giving up on it/);
+      assert.ok(e.details.includes(image.layers[0]!.digest), e.details);
+      assert.ok(Date.now() - t0 < 10_000);
+      await until(async () => (ingest(b).length === 0 ? true : undefined), 5000);
+      assert.deepEqual((await b.image.ListImages({})).images, []);
+    });
+  });
+});
