@@ -30,6 +30,18 @@ export interface ImagesConfig {
   max_config_bytes: number;
   /** Largest uncompressed layer (tar stream) berth unpacks, in bytes. */
   max_layer_bytes: number;
+  /** Largest uncompressed image (the sum of the layers a pull unpacks), in bytes. */
+  max_image_bytes: number;
+  /** Largest ratio of a layer's uncompressed to compressed size, past the threshold below. */
+  max_compression_ratio: number;
+  /** Uncompressed bytes a layer may reach whatever its compression ratio. */
+  compression_ratio_threshold_bytes: number;
+  /**
+   * Free space a pull must leave on the image filesystem: the smaller of this many bytes
+   * and `min_free_percent` of the filesystem.
+   */
+  min_free_bytes: number;
+  min_free_percent: number;
   /** How deep an index may nest inside another index. */
   max_index_depth: number;
   /** Attempts per registry request on network errors, 429 and 5xx. */
@@ -180,6 +192,11 @@ export function defaultConfig(): BerthConfig {
       max_manifest_bytes: 4 * 1024 * 1024,
       max_config_bytes: 8 * 1024 * 1024,
       max_layer_bytes: 32 * 1024 * 1024 * 1024,
+      max_image_bytes: 64 * 1024 * 1024 * 1024,
+      max_compression_ratio: 100,
+      compression_ratio_threshold_bytes: 1024 * 1024 * 1024,
+      min_free_bytes: 2 * 1024 * 1024 * 1024,
+      min_free_percent: 5,
       max_index_depth: 4,
       pull_attempts: 3,
       stall_timeout_seconds: 30,
@@ -299,6 +316,11 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'images.max_manifest_bytes': integerIn(1024, 64 * 1024 * 1024),
   'images.max_config_bytes': integerIn(1024, 64 * 1024 * 1024),
   'images.max_layer_bytes': integerIn(1024 * 1024, Number.MAX_SAFE_INTEGER),
+  'images.max_image_bytes': integerIn(1024 * 1024, Number.MAX_SAFE_INTEGER),
+  'images.max_compression_ratio': integerIn(1, 1_000_000),
+  'images.compression_ratio_threshold_bytes': integerIn(0, Number.MAX_SAFE_INTEGER),
+  'images.min_free_bytes': integerIn(0, Number.MAX_SAFE_INTEGER),
+  'images.min_free_percent': integerIn(0, 100),
   'images.max_index_depth': integerIn(1, 16),
   'images.pull_attempts': integerIn(1, 10),
   'images.stall_timeout_seconds': integerIn(1, 3600),

@@ -32,6 +32,7 @@ import { ImageLookup } from './image-lookup.js';
 import type { ImageRecord, ImageRepository } from './image-repository.js';
 import { ImageStores } from './image-stores.js';
 import { Leases } from './leases.js';
+import { PullLimits } from './pull-limits.js';
 import { SharedWork, type Joined } from './shared-work.js';
 import {
   ACCEPTED_MANIFEST_TYPES,
@@ -276,6 +277,8 @@ export class ImageService {
 
       // One task per layer: download and unpack in parallel, commit bottom-up.
       const limiter = new Limiter(this.o.images.max_concurrent_downloads);
+      const limits = new PullLimits(this.o.images, this.o.content.root, what);
+      await limits.checkDownloads(manifest.layers.reduce((n, l) => n + (this.o.content.has(l.digest) ? 0 : l.size), 0));
       const tasks: Array<Promise<void>> = [];
       let parent: { chainId: string; task: Promise<void> } | undefined;
       for (const [i, layer] of manifest.layers.entries()) {
@@ -288,6 +291,7 @@ export class ImageService {
             image: what,
             open: (shared) => this.client.openBlob(ep, ref.path, layer.digest, layer.size, shared, `${what} layer ${layer.digest}`),
             limiter,
+            limits,
           },
           signal,
         );
@@ -350,6 +354,7 @@ export class ImageService {
       image: string;
       open: (signal: AbortSignal) => Promise<Readable>;
       limiter: Limiter;
+      limits: PullLimits;
     },
     caller: AbortSignal | undefined,
   ): Joined<void> {
@@ -372,17 +377,19 @@ export class ImageService {
         return;
       }
       await t.limiter.run(fetch);
+      const limit = await t.limits.forLayer(t.layer.size);
       const prepared = await traced('berth:image.unpack', { image: t.image, digest: t.layer.digest }, () =>
         this.o.snapshots.extract({
           diffId: t.diffId,
           layer: t.layer.digest,
           compression: t.layer.compression,
           blobPath: content.path(t.layer.digest),
-          maxBytes: this.o.images.max_layer_bytes,
+          ...limit,
           signal,
         }),
       );
       try {
+        t.limits.charge(t.layer.digest, prepared.tarBytes);
         if (t.parent) await t.parent.task;
         this.o.snapshots.commit(prepared, t.chainId, t.parent?.chainId);
       } catch (err) {

@@ -7,7 +7,7 @@ import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { pushRandomImage, type PushedImage } from '../../hack/test-images/oci.js';
+import { buildBombLayer, buildImage, pushRandomImage, RegistryPusher, type PushedImage } from '../../hack/test-images/oci.js';
 import { Berthd, until } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { startRegistry, startRegistryProxy, type Registry, type RegistryProxy } from '../helpers/registry.js';
@@ -17,12 +17,25 @@ describe('hostile registries', function () {
   let registry: Registry;
   /** One uncompressible 1 MiB layer. */
   let image: PushedImage;
+  /** Two uncompressible layers of 700 KiB. */
+  let twoLayers: PushedImage;
+  /** 64 MiB of zeros in about 64 KB of gzip. */
+  let bomb: { ref: string; id: string };
   const cleanup: Array<() => Promise<void> | void> = [];
 
   before(async function () {
     this.timeout(300_000);
     registry = await startRegistry();
     image = await pushRandomImage(registry.host, 'hostile/one-mib', 'latest', 1, 1 << 20, 'gzip');
+    twoLayers = await pushRandomImage(registry.host, 'hostile/two-layers', 'latest', 2, 700 << 10, 'gzip');
+    const built = buildImage({ layers: [buildBombLayer(64 << 20)], config: { Cmd: ['sh'] } });
+    const pusher = new RegistryPusher(registry.host);
+    try {
+      await pusher.pushImage('hostile/bomb', built, ['latest']);
+    } finally {
+      pusher.close();
+    }
+    bomb = { ref: `${registry.host}/hostile/bomb:latest`, id: built.configBlob.digest };
   });
   after(async () => registry?.stop());
   afterEach(async () => {
@@ -44,6 +57,14 @@ describe('hostile registries', function () {
     const dir = join(b.root, 'content', 'ingest');
     return existsSync(dir) ? readdirSync(dir) : [];
   };
+  const files = (dir: string): string[] => (existsSync(dir) ? (readdirSync(dir, { recursive: true }) as string[]) : []);
+  /** No blob, snapshot, temp file or image row. */
+  async function assertNothingLeft(b: Berthd): Promise<void> {
+    assert.deepEqual(files(join(b.root, 'content', 'blobs', 'sha256')), [], 'blobs');
+    assert.deepEqual(files(join(b.root, 'content', 'ingest')), [], 'ingest temp files');
+    assert.deepEqual(files(join(b.root, 'snapshots')), [], 'snapshots');
+    assert.deepEqual((await b.image.ListImages({})).images, []);
+  }
   const layerGets = (p: RegistryProxy) => p.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/blobs/${image.layers[0]!.digest}`));
 
   describe('a trickling registry', () => {
@@ -88,6 +109,36 @@ describe('hostile registries', function () {
       assert.ok(Date.now() - t0 < 10_000);
       await until(async () => (ingest(b).length === 0 ? true : undefined), 5000);
       assert.deepEqual((await b.image.ListImages({})).images, []);
+    });
+  });
+
+  describe('decompression bombs', () => {
+    it('caps the compression ratio past its threshold (RESOURCE_EXHAUSTED naming the limit), leaving nothing behind', async () => {
+      const b = await start('[images]\nmax_compression_ratio = 100\ncompression_ratio_threshold_bytes = 1048576\n');
+      const e = await grpcError(b.image.PullImage({ image: { image: bomb.ref } }));
+      assert.equal(e.code, status.RESOURCE_EXHAUSTED, e.details);
+      assert.match(e.details, /expands beyond \d+ bytes, a compression ratio of 100:1 over its \d+ compressed bytes \(images\.max_compression_ratio/);
+      await assertNothingLeft(b);
+      // The defaults (a 1 GiB threshold) let the same 64 MiB layer through.
+      const ok = await start();
+      assert.equal((await ok.image.PullImage({ image: { image: bomb.ref } })).image_ref, bomb.id);
+    });
+
+    it('caps the uncompressed bytes of a whole image, not just of each layer', async () => {
+      const b = await start(`[images]\nmax_image_bytes = ${1 << 20}\n`);
+      const e = await grpcError(b.image.PullImage({ image: { image: twoLayers.ref } }));
+      assert.equal(e.code, status.RESOURCE_EXHAUSTED, e.details);
+      assert.match(e.details, /images\.max_image_bytes \(1048576 bytes uncompressed per image/);
+      await assertNothingLeft(b);
+    });
+
+    it('keeps a free-space reserve on the image filesystem', async () => {
+      const b = await start(`[images]\nmin_free_percent = 100\nmin_free_bytes = ${Number.MAX_SAFE_INTEGER}\n`);
+      const e = await grpcError(b.image.PullImage({ image: { image: image.ref } }));
+      assert.equal(e.code, status.RESOURCE_EXHAUSTED, e.details);
+      assert.match(e.details, /downloading \d+ bytes would leave \d+ bytes free on the image filesystem, less than the free-space reserve of \d+ bytes/);
+      assert.match(e.details, /images\.min_free_bytes.*images\.min_free_percent = 100%/);
+      await assertNothingLeft(b);
     });
   });
 });

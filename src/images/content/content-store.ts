@@ -40,7 +40,8 @@ export class ContentStore {
   private readonly inflight = new Map<string, Promise<void>>();
 
   constructor(
-    root: string,
+    /** berthd's root directory, on the image filesystem. */
+    readonly root: string,
     private readonly repo: BlobRepository,
     private readonly log: Logger,
   ) {

@@ -57,16 +57,21 @@ export class OverlaySnapshotter implements Snapshotter {
     try {
       await mkdir(join(dir, 'fs'), { recursive: true, mode: 0o755 });
       const result = await this.pool.run(
-        { blobPath: req.blobPath, compression: req.compression, target: join(dir, 'fs'), opts: { layer: req.layer, maxBytes: req.maxBytes } },
+        {
+          blobPath: req.blobPath,
+          compression: req.compression,
+          target: join(dir, 'fs'),
+          opts: { layer: req.layer, maxBytes: req.maxBytes, ...(req.limitText ? { limitText: req.limitText } : {}) },
+        },
         req.signal,
       );
       if (result.diffId !== req.diffId) {
         throw new BerthError('DataLoss', `layer ${req.layer}: unpacked content has diff ID ${result.diffId}, but the image config says ${req.diffId}`);
       }
       // Usage is counted once, here: content bytes plus a block per entry for metadata.
-      return { id, dir, sizeBytes: result.fileBytes + result.entries * 4096, inodes: result.entries };
+      return { id, dir, sizeBytes: result.fileBytes + result.entries * 4096, inodes: result.entries, tarBytes: result.tarBytes };
     } catch (err) {
-      await this.discard({ id, dir, sizeBytes: 0, inodes: 0 });
+      await this.discard({ id, dir, sizeBytes: 0, inodes: 0, tarBytes: 0 });
       throw err;
     }
   }

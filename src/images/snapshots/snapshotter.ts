@@ -44,6 +44,8 @@ export interface ExtractRequest {
   /** The verified layer blob in the content store. */
   blobPath: string;
   maxBytes: number;
+  /** What set `maxBytes`, for the message (see UnpackOptions.limitText). */
+  limitText?: string;
   signal?: AbortSignal;
 }
 
@@ -53,6 +55,8 @@ export interface PreparedSnapshot {
   dir: string;
   sizeBytes: number;
   inodes: number;
+  /** Bytes of uncompressed tar stream the layer expanded to. */
+  tarBytes: number;
 }
 
 export interface Snapshotter {

@@ -58,6 +58,11 @@ export interface UnpackOptions {
    * ("layer …: expands beyond the configured limit of N bytes (images.max_layer_bytes)").
    */
   maxBytes: number;
+  /**
+   * What `maxBytes` is, for the message, when another limit than the layer cap set it
+   * (default "the configured limit of <maxBytes> bytes (images.max_layer_bytes)").
+   */
+  limitText?: string;
   /** Upper bound on the number of tar entries (default 1,000,000) → ResourceExhausted likewise. */
   maxEntries?: number;
   signal?: AbortSignal;
@@ -157,10 +162,8 @@ class LayerUnpacker {
       for await (const chunk of decompressor.output as AsyncIterable<Buffer>) {
         this.tarBytes += chunk.length;
         if (this.tarBytes > this.opts.maxBytes) {
-          throw new BerthError(
-            'ResourceExhausted',
-            `layer ${this.layer}: expands beyond the configured limit of ${this.opts.maxBytes} bytes ` + '(images.max_layer_bytes)',
-          );
+          const limit = this.opts.limitText ?? `the configured limit of ${this.opts.maxBytes} bytes (images.max_layer_bytes)`;
+          throw new BerthError('ResourceExhausted', `layer ${this.layer}: expands beyond ${limit}`);
         }
         this.hash.update(chunk);
         try {
