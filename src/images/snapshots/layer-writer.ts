@@ -12,6 +12,8 @@ import { errnoOf } from '../../common/errors.js';
 import { SYNC_WRITE_MAX, writeEntryData, writeEntryDataSync } from './entry-data.js';
 import { mknod } from './host-tools.js';
 import { OverlayMarks } from './overlay-marks.js';
+import { writeSparse } from './sparse-writer.js';
+import type { SparseMember } from './sparse.js';
 import { depth, fsError, normalize, OPAQUE_MARKER, unsafe, type EntryStream, type Metadata, type Times, type Xattrs } from './tar-entry.js';
 import { XattrBatch } from './xattr-batch.js';
 
@@ -143,13 +145,15 @@ export class LayerWriter {
     this.xattrs.queue(rel, xattrs);
   }
 
-  async file(parts: readonly string[], name: string, meta: Metadata, data: EntryStream, xattrs: Xattrs): Promise<void> {
+  /** A regular file; a sparse one (see sparse.ts) is written with its holes kept. */
+  async file(parts: readonly string[], name: string, meta: Metadata, data: EntryStream, xattrs: Xattrs, sparse?: SparseMember): Promise<void> {
     const rel = parts.join('/');
     const path = this.abs(rel);
     let fd = -1;
     await this.create(parts, name, false, () => (fd = fs.openSync(path, OPEN_NEW_FILE, 0o600)));
     try {
-      this.fileBytes += meta.size <= SYNC_WRITE_MAX ? await writeEntryDataSync(fd, data) : await writeEntryData(fd, data);
+      if (sparse) this.fileBytes += await writeSparse(fd, data, sparse, meta.size);
+      else this.fileBytes += meta.size <= SYNC_WRITE_MAX ? await writeEntryDataSync(fd, data) : await writeEntryData(fd, data);
       fs.fchownSync(fd, meta.uid, meta.gid);
       fs.fchmodSync(fd, meta.mode); // after chown, which clears setuid and setgid
       fs.futimesSync(fd, meta.times[0], meta.times[1]);

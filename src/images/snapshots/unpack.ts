@@ -30,10 +30,15 @@
  * time, never here. Unsafe content is refused with FailedPrecondition; the caller
  * removes the snapshot.
  *
- * The pieces: decompress.ts opens the blob, tar-entry.ts reads each entry's role,
- * metadata and xattrs, layer-writer.ts writes the entries (with overlay-marks.ts for
- * whiteouts and opaque directories, xattr-batch.ts for xattrs, entry-data.ts for file
- * data, host-tools.ts for mknod and setfattr); this file drives them.
+ * Sparse members (GNU 'S', PAX 0.0/0.1/1.0) are written with their holes kept, never
+ * as zeroes. PAX records are parsed strictly: a malformed one refuses the layer.
+ *
+ * The pieces: decompress.ts opens the blob, pax-xattrs.ts walks the raw tar blocks just
+ * before tar-stream (raw xattr values, strict PAX records, sparse maps from sparse.ts),
+ * tar-entry.ts reads each entry's role, metadata and xattrs, layer-writer.ts writes the
+ * entries (with overlay-marks.ts for whiteouts and opaque directories, xattr-batch.ts for
+ * xattrs, entry-data.ts and sparse-writer.ts for file data, host-tools.ts for mknod and
+ * setfattr); this file drives them.
  */
 import { createHash } from 'node:crypto';
 import { resolve } from 'node:path';
@@ -166,18 +171,22 @@ class LayerUnpacker {
           throw new BerthError('ResourceExhausted', `layer ${this.layer}: expands beyond ${limit}`);
         }
         this.hash.update(chunk);
+        let parsed: Buffer[];
         try {
-          this.pax.push(chunk);
+          parsed = this.pax.push(chunk);
         } catch (err) {
           throw new BerthError('DataLoss', `layer ${this.layer}: corrupt tar stream: ${messageOf(err)}`);
         }
-        if (!extract.write(chunk)) await drained(extract);
-        if (extract.destroying) return;
+        for (const part of parsed) {
+          if (!extract.write(part)) await drained(extract);
+          if (extract.destroying) return;
+        }
       }
     } catch (err) {
       throw decompressor.explain(err);
     }
     await decompressor.finish();
+    for (const part of this.pax.flush()) extract.write(part);
     extract.end(undefined);
   }
 
@@ -196,13 +205,15 @@ class LayerUnpacker {
     if (++this.entries > this.maxEntries) {
       throw new BerthError('ResourceExhausted', `layer ${this.layer}: has more than ${this.maxEntries} entries, the limit for one layer`);
     }
-    const name = header.name;
     this.entryXattrs = this.pax.takeEntry(this.entries);
+    const sparse = this.pax.takeSparse(this.entries);
+    // The PAX sparse formats 0.1 and 1.0 give the header a made-up name and the real one in GNU.sparse.name.
+    const name = sparse?.name ?? header.name;
     try {
       const parts = normalize(name, `entry ${JSON.stringify(name)}`, this.layer);
       const pax = (header.pax ?? undefined) as Record<string, string> | undefined;
-      if (pax && Object.keys(pax).some((k) => k.startsWith('GNU.sparse.'))) {
-        throw unsafe(this.layer, `entry ${JSON.stringify(name)} is a sparse file, which berth cannot unpack`);
+      if (sparse && header.type !== 'file') {
+        throw new TarError(`entry ${JSON.stringify(name)} has a sparse map but is not a regular file`);
       }
       const base = parts[parts.length - 1] ?? '';
       const dirParts = parts.slice(0, -1);
@@ -221,7 +232,7 @@ class LayerUnpacker {
       switch (type) {
         case 'file':
         case 'contiguous-file':
-          return await this.writer.file(parts, name, meta, data, xattrsOf(header, this.entryXattrs, this.layer));
+          return await this.writer.file(parts, name, meta, data, xattrsOf(header, this.entryXattrs, this.layer), sparse);
         case 'directory':
           return await this.writer.directory(parts, name, meta, xattrsOf(header, this.entryXattrs, this.layer));
         case 'symlink':
@@ -233,7 +244,10 @@ class LayerUnpacker {
         case 'fifo':
           return await this.writer.specialFile(parts, name, type, header, meta, xattrsOf(header, this.entryXattrs, this.layer));
         default:
-          throw unsafe(this.layer, `entry ${JSON.stringify(name)} has a tar entry type berth cannot unpack ` + '(such as a GNU sparse file or a volume label)');
+          throw unsafe(
+            this.layer,
+            `entry ${JSON.stringify(name)} has a tar entry type berth cannot unpack ` + '(such as a volume label or a multi-volume continuation)',
+          );
       }
     } catch (err) {
       if (err instanceof BerthError || err instanceof TarError) throw err;

@@ -1,9 +1,11 @@
 /**
  * Hostile layers the unpacker must refuse or tame: malformed PAX records (refused as
- * corrupt data naming the layer). Each layer is built here, byte by byte where tar-stream
- * would not write it.
+ * corrupt data naming the layer), and sparse members in every GNU format (written with
+ * their holes, never as gigabytes of zeroes). Layers are built here, byte by byte where
+ * tar-stream would not write them, or by GNU tar from a real sparse file.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -40,10 +42,21 @@ export function padded(data: Buffer): Buffer {
   return Buffer.concat([data, Buffer.alloc((BLOCK - (data.length % BLOCK)) % BLOCK)]);
 }
 
+/** PAX records with correct lengths. */
+function paxText(records: Array<[string, string]>): string {
+  return records
+    .map(([k, v]) => {
+      const rest = ` ${k}=${v}\n`;
+      let len = rest.length + 1;
+      while (String(len).length + rest.length !== len) len++;
+      return `${len}${rest}`;
+    })
+    .join('');
+}
+
 /** A tar stream of a PAX header with `records` (raw bytes) before a small regular file. */
-function withPax(records: string): Buffer {
+function withPax(records: string, content = Buffer.from('hello\n')): Buffer {
   const body = Buffer.from(records, 'utf8');
-  const content = Buffer.from('hello\n');
   return Buffer.concat([
     ustarHeader('PaxHeaders/f', 'x', body.length),
     padded(body),
@@ -94,5 +107,150 @@ describe('images: hostile layers', () => {
       const raw = Buffer.concat([ustarHeader('GlobalHead', 'g', body.length), padded(body)]);
       assert.throws(() => new PaxXattrScanner().push(raw), /malformed PAX record/);
     });
+  });
+
+  describe('sparse members', function () {
+    this.timeout(60_000);
+    const REAL = 2 * 1024 ** 3;
+    /** Six data runs (more than the 4 an old GNU header holds), the last at the very end. */
+    const runs: Array<[number, Buffer]> = [
+      [0, Buffer.from('head of the file\n')],
+      [8192, Buffer.alloc(3000, 'a')],
+      [64 << 20, Buffer.alloc(5000, 'b')],
+      [1024 ** 3 + 12345, Buffer.from('the middle')],
+      [1536 * 1024 ** 2, Buffer.alloc(4096, 'c')],
+      [REAL - 100, Buffer.alloc(100, 'z')],
+    ];
+
+    /** A real 2 GiB sparse file with the runs above, archived by GNU tar with `args`. */
+    function gnuTar(args: string[]): Buffer {
+      const src = join(work, 'src');
+      fs.mkdirSync(src);
+      const fd = fs.openSync(join(src, 'db.img'), 'w');
+      fs.ftruncateSync(fd, REAL);
+      for (const [off, data] of runs) fs.writeSync(fd, data, 0, data.length, off);
+      fs.closeSync(fd);
+      const raw = execFileSync('tar', ['-c', '--sparse', ...args, '-C', src, 'db.img'], { maxBuffer: 64 << 20 });
+      fs.rmSync(src, { recursive: true });
+      return raw;
+    }
+
+    for (const [format, args] of [
+      ['GNU (old sparse header with extension blocks)', ['--format=gnu']],
+      ['PAX 0.0', ['--format=posix', '--sparse-version=0.0']],
+      ['PAX 0.1', ['--format=posix', '--sparse-version=0.1']],
+      ['PAX 1.0', ['--format=posix', '--sparse-version=1.0']],
+    ] as const) {
+      it(`writes a ${format} member sparse: 2 GiB in size, a few KB on disk, data at its offsets`, async () => {
+        const raw = gnuTar([...args]);
+        assert.ok(raw.length < 1 << 20, `the layer is small (${raw.length} bytes)`);
+        const target = join(work, 'snapshot');
+        fs.mkdirSync(target);
+        const result = await unpackLayer(Readable.from([raw]), 'none', target, { layer: LAYER, maxBytes: 1 << 30 });
+        assert.deepEqual(fs.readdirSync(target), ['db.img'], 'the real name, not GNUSparseFile.*');
+        const file = join(target, 'db.img');
+        const st = fs.statSync(file);
+        assert.equal(st.size, REAL, 'stat size');
+        assert.ok(st.blocks * 512 < 256 * 1024, `du: ${st.blocks * 512} bytes on disk`);
+        assert.ok(result.fileBytes < 1 << 20, `data written: ${result.fileBytes}`);
+        assert.equal(execFileSync('du', ['-B1', file], { encoding: 'utf8' }).split('\t')[0], String(st.blocks * 512));
+        const fd = fs.openSync(file, 'r');
+        try {
+          for (const [off, data] of runs) {
+            const got = Buffer.alloc(data.length + 16);
+            const n = fs.readSync(fd, got, 0, got.length, off - 8 >= 0 ? off - 8 : off);
+            const at = off - 8 >= 0 ? 8 : 0;
+            assert.deepEqual(got.subarray(at, at + data.length), data, `data at ${off}`);
+            if (at === 8)
+              assert.ok(
+                got.subarray(0, 8).every((b) => b === 0),
+                `hole before ${off}`,
+              );
+            assert.ok(n >= at + data.length);
+          }
+          const hole = Buffer.alloc(4096, 1);
+          fs.readSync(fd, hole, 0, hole.length, 512 << 20);
+          assert.ok(
+            hole.every((b) => b === 0),
+            'a hole reads as zeroes',
+          );
+        } finally {
+          fs.closeSync(fd);
+        }
+      });
+    }
+
+    for (const [what, records, data, reason] of [
+      [
+        'a segment past the real size',
+        [
+          ['GNU.sparse.size', '10'],
+          ['GNU.sparse.numblocks', '1'],
+          ['GNU.sparse.map', '5,10'],
+        ],
+        10,
+        /past the real size 10/,
+      ],
+      [
+        'a map that does not add up to the data',
+        [
+          ['GNU.sparse.size', '100'],
+          ['GNU.sparse.numblocks', '1'],
+          ['GNU.sparse.map', '0,5'],
+        ],
+        10,
+        /describes 5 bytes of data, the archive stores 10/,
+      ],
+      [
+        'overlapping segments',
+        [
+          ['GNU.sparse.size', '100'],
+          ['GNU.sparse.numblocks', '2'],
+          ['GNU.sparse.map', '0,6,4,4'],
+        ],
+        10,
+        /overlap/,
+      ],
+      [
+        'a wrong segment count',
+        [
+          ['GNU.sparse.size', '100'],
+          ['GNU.sparse.numblocks', '3'],
+          ['GNU.sparse.map', '0,10'],
+        ],
+        10,
+        /numblocks \(3\)/,
+      ],
+      [
+        'a non-numeric offset',
+        [
+          ['GNU.sparse.size', '100'],
+          ['GNU.sparse.numblocks', '1'],
+          ['GNU.sparse.map', 'x,10'],
+        ],
+        10,
+        /not a decimal number/,
+      ],
+      [
+        'an unknown format',
+        [
+          ['GNU.sparse.major', '2'],
+          ['GNU.sparse.minor', '0'],
+          ['GNU.sparse.realsize', '10'],
+        ],
+        10,
+        /unknown PAX sparse format 2\.0/,
+      ],
+    ] as const) {
+      it(`refuses a sparse member with ${what} (DataLoss naming the layer)`, async () => {
+        const raw = withPax(paxText(records.map(([k, v]) => [k, v])), Buffer.alloc(data, 'x'));
+        await assert.rejects(unpack(raw), (err: unknown) => {
+          assert.ok(isKind(err, 'DataLoss'), String(err));
+          assert.ok(err.message.startsWith(`layer ${LAYER}: corrupt tar stream: `), err.message);
+          assert.match(err.message, reason);
+          return true;
+        });
+      });
+    }
   });
 });
