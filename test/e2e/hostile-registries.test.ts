@@ -5,9 +5,11 @@
  */
 import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { buildBombLayer, buildImage, pushRandomImage, RegistryPusher, type PushedImage } from '../../hack/test-images/oci.js';
+import { buildBombLayer, buildImage, buildLayer, pushRandomImage, RegistryPusher, type PushedImage } from '../../hack/test-images/oci.js';
 import { Berthd, until } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { startRegistry, startRegistryProxy, type Registry, type RegistryProxy } from '../helpers/registry.js';
@@ -139,6 +141,50 @@ describe('hostile registries', function () {
       assert.match(e.details, /downloading \d+ bytes would leave \d+ bytes free on the image filesystem, less than the free-space reserve of \d+ bytes/);
       assert.match(e.details, /images\.min_free_bytes.*images\.min_free_percent = 100%/);
       await assertNothingLeft(b);
+    });
+  });
+
+  describe('sparse layers', () => {
+    it('pulls a layer holding a 2 GiB sparse file of a few KB of data: 2 GiB in size, KBs on disk', async () => {
+      const REAL = 2 * 1024 ** 3;
+      const tmp = mkdtempSync(join(tmpdir(), 'berth-sparse-'));
+      let raw: Buffer;
+      try {
+        const fd = openSync(join(tmp, 'prealloc.db'), 'w');
+        ftruncateSync(fd, REAL);
+        writeSync(fd, Buffer.from('page zero'), 0, 9, 0);
+        writeSync(fd, Buffer.alloc(4000, 'q'), 0, 4000, 1024 ** 3);
+        closeSync(fd);
+        raw = execFileSync('tar', ['-c', '--sparse', '--format=posix', '--sparse-version=1.0', '-C', tmp, 'prealloc.db'], { maxBuffer: 64 << 20 });
+      } finally {
+        rmSync(tmp, { recursive: true, force: true });
+      }
+      const built = buildImage({ layers: [await buildLayer(raw, 'gzip')], config: { Cmd: ['sh'] } });
+      const pusher = new RegistryPusher(registry.host);
+      try {
+        await pusher.pushImage('hostile/sparse', built, ['latest']);
+      } finally {
+        pusher.close();
+      }
+      assert.ok(built.layers[0]!.size < 64 * 1024, `the layer blob is ${built.layers[0]!.size} bytes`);
+      const b = await start();
+      assert.equal((await b.image.PullImage({ image: { image: `${registry.host}/hostile/sparse:latest` } })).image_ref, built.configBlob.digest);
+      const [snap] = readdirSync(join(b.root, 'snapshots')).filter((d) => existsSync(join(b.root, 'snapshots', d, 'fs', 'prealloc.db')));
+      assert.ok(snap, 'the snapshot holds the file under its real name');
+      const file = join(b.root, 'snapshots', snap, 'fs', 'prealloc.db');
+      const st = statSync(file);
+      assert.equal(st.size, REAL);
+      assert.ok(st.blocks * 512 < 1024 * 1024, `${st.blocks * 512} bytes on disk`);
+      const got = Buffer.alloc(4000);
+      const fd = openSync(file, 'r');
+      try {
+        readSync(fd, got, 0, 4000, 1024 ** 3);
+      } finally {
+        closeSync(fd);
+      }
+      assert.deepEqual(got, Buffer.alloc(4000, 'q'));
+      const fs = (await b.image.ImageFsInfo({})).image_filesystems[0]!;
+      assert.ok(Number(fs.used_bytes!.value) < 1024 * 1024, `ImageFsInfo counts the data, not the holes: ${fs.used_bytes!.value}`);
     });
   });
 });
