@@ -36,6 +36,12 @@ export class SharedWork {
   /** Joins the work under `key`, starting it with `start` when none runs. */
   join<T>(key: string, caller: AbortSignal | undefined, start: (signal: AbortSignal) => Promise<T>): Joined<T> {
     let entry = this.running.get(key);
+    if (caller?.aborted) {
+      // Gone before joining: nothing starts for this caller alone.
+      const gone = Promise.reject(caller.reason as Error);
+      gone.catch(() => undefined);
+      return { caller: Promise.reject(caller.reason as Error), shared: (entry?.promise as Promise<T> | undefined) ?? gone };
+    }
     if (!entry) entry = this.begin(key, start);
     entry.waiters++;
     return { caller: this.wait(key, entry, caller) as Promise<T>, shared: entry.promise as Promise<T> };
