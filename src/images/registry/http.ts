@@ -61,8 +61,7 @@ function agentFor(url: URL, tls: TlsSettings): HttpAgent | HttpsAgent {
       keepAlive: true,
       maxSockets: 32,
       rejectUnauthorized: !tls.insecureSkipVerify,
-      ca: tls.ca,
-      ...(tls.cert && tls.key ? { cert: tls.cert, key: tls.key } : {}),
+      secureContext: tls.secureContext,
     });
     httpsAgents.set(key, a);
   }

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { rootCertificates } from 'node:tls';
+import { createSecureContext, rootCertificates, type SecureContext } from 'node:tls';
 import { BerthError, errnoOf, messageOf } from '../../common/errors.js';
 import { defaultRegistryConfig, type RegistryConfig } from '../../config/schema.js';
 
@@ -26,6 +26,8 @@ export interface TlsSettings {
   ca: string[];
   cert?: Buffer;
   key?: Buffer;
+  /** Built once from the above: parsing a few hundred roots per connection would cost each one milliseconds. */
+  secureContext: SecureContext;
   /** Identifies these settings (for keep-alive agent reuse); says nothing about the keys. */
   id: string;
 }
@@ -94,12 +96,14 @@ export class RegistryTls {
       .update(JSON.stringify([s.insecure_skip_verify, ca, cert?.toString('base64') ?? '', key?.toString('base64') ?? '']))
       .digest('hex')
       .slice(0, 16);
-    return {
-      insecureSkipVerify: s.insecure_skip_verify,
-      ca: [...rootCertificates, ...readSystemRoots(), ...ca],
-      ...(cert && key ? { cert, key } : {}),
-      id,
-    };
+    const all = [...rootCertificates, ...readSystemRoots(), ...ca];
+    let secureContext: SecureContext;
+    try {
+      secureContext = createSecureContext({ ca: all, ...(cert && key ? { cert, key } : {}) });
+    } catch (err) {
+      throw new BerthError('FailedPrecondition', `${where}: the configured certificates cannot be used: ${messageOf(err)}`);
+    }
+    return { insecureSkipVerify: s.insecure_skip_verify, ca: all, ...(cert && key ? { cert, key } : {}), secureContext, id };
   }
 }
 
