@@ -108,6 +108,20 @@ export function errorStatusV4(message: string): string {
   return JSON.stringify({ metadata: {}, status: 'Failure', message, reason: 'InternalError', code: 500 });
 }
 
+/**
+ * What the error channel carries at the end, for SPDY and WebSocket alike: a Status
+ * (`structured`, v4 and later), else a failure's text only ('' for success).
+ */
+export function exitReport(structured: boolean, exitCode: number): string {
+  if (structured) return statusV4(exitCode);
+  return exitCode === 0 ? '' : `command terminated with non-zero exit code: exit status ${exitCode}`;
+}
+
+/** What the error channel carries when the command could not be started. */
+export function startFailureReport(structured: boolean, message: string): string {
+  return structured ? errorStatusV4(message) : message;
+}
+
 /** Reads {"Width":W,"Height":H} objects from the resize channel. */
 function followResize(stream: Readable, apply: (w: number, h: number) => void): void {
   let buf = '';
@@ -176,7 +190,7 @@ export async function serveRemoteCommand(
   try {
     proc = await start();
   } catch (err) {
-    await finish(protocol === 'v4.channel.k8s.io' ? errorStatusV4(messageOf(err)) : messageOf(err));
+    await finish(startFailureReport(protocol === 'v4.channel.k8s.io', messageOf(err)));
     return;
   }
   let clientGone = false;
@@ -208,6 +222,5 @@ export async function serveRemoteCommand(
   await Promise.race([Promise.all(outputs), new Promise((r) => setTimeout(r, OUTPUT_GRACE_MS).unref())]);
   session.off('close', onClose);
   if (clientGone) return;
-  const status = protocol === 'v4.channel.k8s.io' ? statusV4(code) : code === 0 ? '' : `command terminated with non-zero exit code: exit status ${code}`;
-  await finish(status);
+  await finish(exitReport(protocol === 'v4.channel.k8s.io', code));
 }

@@ -1,8 +1,8 @@
 /**
  * The streaming server's own rules, seen from HTTP: loopback by default, single-use and
- * expiring URLs, SPDY/3.1 only (for now), protocol negotiation, and Exec's validation.
+ * expiring URLs, SPDY/3.1 and WebSocket upgrades, protocol negotiation, and Exec's validation.
  * (The exec streams themselves are driven by crictl, the reference client, in
- * test/e2e/crictl.test.ts.)
+ * test/e2e/crictl.test.ts, and over WebSocket in test/e2e/streaming-ws.test.ts.)
  */
 import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
@@ -84,9 +84,19 @@ describe('streaming server', function () {
     const plain = await http(u);
     assert.equal(plain.status, 400);
     assert.match(plain.body, /SPDY\/3\.1/);
-    const ws = await http(u, { Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Version': '13', 'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==' });
+    const other = await http(u, { Connection: 'Upgrade', Upgrade: 'h2c' });
+    assert.equal(other.status, 400);
+    assert.match(other.body, /SPDY\/3\.1 and WebSocket only/);
+    // A WebSocket client offering no subprotocol berth speaks (see streaming-ws.test.ts).
+    const ws = await http(u, {
+      Connection: 'Upgrade',
+      Upgrade: 'websocket',
+      'Sec-WebSocket-Version': '13',
+      'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==',
+      'Sec-WebSocket-Protocol': 'v1.unknown.k8s.io',
+    });
     assert.equal(ws.status, 400);
-    assert.match(ws.body, /SPDY\/3\.1 only/);
+    assert.match(ws.body, /berth speaks v5\.channel\.k8s\.io/);
     // Neither used the URL up.
     const none = await http(u, spdy('v1.unknown.k8s.io'));
     assert.equal(none.status, 403);
