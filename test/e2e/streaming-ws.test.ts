@@ -6,7 +6,7 @@
  * pod's own loopback.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -51,6 +51,11 @@ class Client {
   async waitFor(channel: number, re: RegExp, ms = 15_000): Promise<string> {
     return until(async () => (re.test(this.text(channel)) ? this.text(channel) : undefined), ms);
   }
+}
+
+/** Resident memory of a process, in MiB. */
+function rssMiB(pid: number): number {
+  return Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 }
 
 const PROTOCOLS = [
@@ -246,6 +251,70 @@ describe('streaming over WebSocket', function () {
     assert.match(c.text(0), /hello-from-the-pod/);
     assert.deepEqual(c.messages.filter((m) => m.channel === 2)[0]!.data, le(9));
     assert.match(c.text(3).slice(2), /error forwarding port 9 to pod/);
+  });
+
+  it('a client that never reads: the command is held back, berthd’s memory stays bounded and it keeps answering', async () => {
+    const before = rssMiB(b.proc.pid!);
+    const c = new Client(await exec(['sh', '-c', 'head -c 300000000 /dev/zero; echo done >&2']), 'v4.channel.k8s.io');
+    await c.opened;
+    c.ws.pause();
+    // The writer stops once the socket, the session's buffer and the pipe are full.
+    const written = async (): Promise<number> => {
+      const r = await b.runtime.ExecSync({ container_id: id, cmd: ['sh', '-c', 'grep ^wchar /proc/$(pidof head)/io'], timeout: 5 });
+      return Number(/wchar: (\d+)/.exec(r.stdout.toString())?.[1] ?? NaN);
+    };
+    let last = -1;
+    const held = await until(
+      async () => {
+        const now = await written();
+        const steady = now === last;
+        last = now;
+        return steady ? now : undefined;
+      },
+      30_000,
+      500,
+    );
+    assert.ok(held < 64 * 1024 * 1024, `the command wrote ${held} bytes for a client that reads nothing`);
+    const t0 = Date.now();
+    await b.runtime.Version({});
+    assert.ok(Date.now() - t0 < 1000, 'berthd answers');
+    assert.ok(rssMiB(b.proc.pid!) - before < 48, `RSS grew from ${before} to ${rssMiB(b.proc.pid!)} MiB`);
+    c.ws.terminate();
+  });
+
+  it('stdin pushed at a command that never reads it: the client is held back, berthd’s memory stays bounded', async () => {
+    const before = rssMiB(b.proc.pid!);
+    const c = new Client(await exec(['sleep', '1000'], { stdin: true }), 'v4.channel.k8s.io');
+    await c.opened;
+    const chunk = Buffer.concat([Buffer.of(0), Buffer.alloc(64 * 1024, 0x61)]);
+    let sent = 0;
+    // Sends as long as the client's own socket takes it; stops when berth stops reading.
+    const push = (): void => {
+      while (c.ws.readyState === WebSocket.OPEN && c.ws.bufferedAmount < 4 * 1024 * 1024 && sent < 256 * 1024 * 1024) {
+        c.ws.send(chunk);
+        sent += chunk.length;
+      }
+      if (sent < 256 * 1024 * 1024 && c.ws.readyState === WebSocket.OPEN) setTimeout(push, 20);
+    };
+    push();
+    // Held back: what berth accepted stops growing far below what was pushed.
+    let last = -1;
+    const accepted = await until(
+      async () => {
+        const now = sent - c.ws.bufferedAmount;
+        const steady = now === last && c.ws.bufferedAmount >= 4 * 1024 * 1024 - chunk.length;
+        last = now;
+        return steady ? now : undefined;
+      },
+      30_000,
+      500,
+    );
+    assert.ok(accepted < 64 * 1024 * 1024, `berth took ${accepted} bytes of stdin the command does not read`);
+    assert.ok(rssMiB(b.proc.pid!) - before < 48, `RSS grew from ${before} to ${rssMiB(b.proc.pid!)} MiB`);
+    const t0 = Date.now();
+    await b.runtime.Version({});
+    assert.ok(Date.now() - t0 < 1000, 'berthd answers');
+    c.ws.terminate();
   });
 
   it('refuses, with the protocols berth speaks, a client that offers none of them; the URL stays usable', async () => {
