@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # hack/test.sh — the whole test suite, as README and CI run it (as root, on Debian 12):
 # system packages, npm dependencies, strict type check, lint, import-cycle and layer
-# check, then every mocha test (unit and end-to-end, real processes, real sockets).
+# check, then every mocha test (unit, integration and end-to-end: real processes, real sockets).
 # Extra arguments go to mocha, e.g. `npm test -- --grep Status`.
 set -euo pipefail
 cd "$(dirname "$0")/.."

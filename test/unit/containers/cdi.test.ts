@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { isKind } from '../../../src/common/errors.js';
 import { applyCdiEdits, CdiRegistry, parseQualifiedName, parseSpec, requestedCdiDevices } from '../../../src/containers/cdi.js';
 import { generateSpec } from '../../../src/containers/spec.js';
-import { config, input } from './fixtures.js';
+import { config, input } from '../../helpers/container-spec.js';
 
 describe('containers: CDI', () => {
   let dir: string;

@@ -8,7 +8,7 @@ import { appArmorProfile, defaultAppArmorProfileText, parseProfileString } from 
 import { podMcsLevel, SELINUX_IGNORED, selinuxLabels } from '../../../src/containers/selinux.js';
 import { criSignalName, criSignalNumber, effectiveStopSignal } from '../../../src/containers/signals.js';
 import { generateSpec } from '../../../src/containers/spec.js';
-import { config, image, input, securityContext, withSc } from './fixtures.js';
+import { config, image, input, securityContext, withSc } from '../../helpers/container-spec.js';
 
 const local = { profile_type: 'Localhost' as const, localhost_ref: 'localhost/my-prof' };
 const rd = { profile_type: 'RuntimeDefault' as const, localhost_ref: '' };

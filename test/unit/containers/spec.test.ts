@@ -15,7 +15,7 @@ import {
   type CriLinuxResources,
   type CriSecurityContext,
 } from '../../../src/containers/spec.js';
-import { config, image, input, securityContext, withSc } from './fixtures.js';
+import { config, image, input, securityContext, withSc } from '../../helpers/container-spec.js';
 
 function invalid(fn: () => unknown, pattern: RegExp): void {
   assert.throws(fn, (err: unknown) => {

@@ -1,6 +1,6 @@
 /** Shared inputs for the container spec tests: a busybox-like image in a plain pod. */
-import type { ImageConfig } from '../../../src/images/manifest.js';
-import type { ContainerSpecInput, CriContainerConfig, CriSecurityContext } from '../../../src/containers/spec.js';
+import type { ImageConfig } from '../../src/images/manifest.js';
+import type { ContainerSpecInput, CriContainerConfig, CriSecurityContext } from '../../src/containers/spec.js';
 
 export function image(run: Partial<ImageConfig['run']> = {}): ImageConfig {
   return {

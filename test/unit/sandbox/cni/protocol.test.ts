@@ -12,8 +12,8 @@ import {
   pluginTypeProblem,
   runtimeConfProblem,
   type CniRuntimeConf,
-} from '../../../src/sandbox/cni/protocol.js';
-import { parseResult, podIps, type CniResult } from '../../../src/sandbox/cni/result.js';
+} from '../../../../src/sandbox/cni/protocol.js';
+import { parseResult, podIps, type CniResult } from '../../../../src/sandbox/cni/result.js';
 
 const rt: CniRuntimeConf = {
   containerId: 'abc123',

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ALL_CAPABILITIES, DEFAULT_CAPABILITIES } from '../../../src/containers/capabilities.js';
 import { generateSpec } from '../../../src/containers/spec.js';
-import { config, GROUP, image, input, PASSWD, securityContext } from './fixtures.js';
+import { config, GROUP, image, input, PASSWD, securityContext } from '../../helpers/container-spec.js';
 
 function which(bin: string): string | undefined {
   const r = spawnSync('sh', ['-c', `command -v ${bin}`], { encoding: 'utf8' });

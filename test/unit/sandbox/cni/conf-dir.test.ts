@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { findNetwork, parseNetworkConfig } from '../../../src/sandbox/cni/conf-dir.js';
+import { findNetwork, parseNetworkConfig } from '../../../../src/sandbox/cni/conf-dir.js';
 
 describe('CNI conf dir lookup', () => {
   let dir: string;

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
-import { specFacts } from '../../../src/containers/container-facts.js';
-import { mergeResources } from '../../../src/containers/container-io.js';
-import type { ContainerFacts, ContainerRecord } from '../../../src/containers/container-repository.js';
-import { containerImageRef, toCriContainer, toSpecResources, verboseInfo } from '../../../src/cri/container/convert.js';
-import type { LinuxContainerResources__Output } from '../../../src/cri/gen/runtime/v1/LinuxContainerResources.js';
-import { containerFactsV1 } from '../../../src/store/typed-records-v6.js';
+import { specFacts } from '../../../../src/containers/container-facts.js';
+import { mergeResources } from '../../../../src/containers/container-io.js';
+import type { ContainerFacts, ContainerRecord } from '../../../../src/containers/container-repository.js';
+import { containerImageRef, toCriContainer, toSpecResources, verboseInfo } from '../../../../src/cri/container/convert.js';
+import type { LinuxContainerResources__Output } from '../../../../src/cri/gen/runtime/v1/LinuxContainerResources.js';
+import { containerFactsV1 } from '../../../../src/store/typed-records-v6.js';
 
 /** A record as created from `config` (its facts derived as migration 6 derives them). */
 function record(config: Record<string, unknown>): ContainerRecord {

@@ -1,16 +1,20 @@
+/**
+ * Layer unpack onto a real filesystem as root: owners, modes, devices, FIFOs, trusted
+ * xattrs, whiteouts, hardlinks and symlinks as the kernel stores them.
+ */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import type { Header } from 'tar-stream';
-import { BerthError, isKind } from '../../../src/common/errors.js';
-import type { LayerCompression, UnpackOptions, UnpackResult } from '../../../src/images/snapshots/unpack.js';
-import { unpackLayer } from '../../../src/images/snapshots/unpack.js';
+import { isKind } from '../../../../src/common/errors.js';
+import type { LayerCompression, UnpackOptions, UnpackResult } from '../../../../src/images/snapshots/unpack.js';
+import { unpackLayer } from '../../../../src/images/snapshots/unpack.js';
 
 const LAYER = `sha256:${'ab'.repeat(32)}`;
 const MTIME = new Date('2021-06-01T12:00:00Z');
@@ -73,34 +77,8 @@ function minorOf(rdev: number): number {
   return (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
 }
 
-/** Pids of this process's children whose command is `name`. */
-function childrenNamed(name: string): number[] {
-  const pids: number[] = [];
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === process.pid && comm === name) pids.push(Number(entry));
-    } catch {
-      // the process went away meanwhile
-    }
-  }
-  return pids;
-}
-
 function openFds(): number {
   return fs.readdirSync('/proc/self/fd').length;
-}
-
-/** Rewrites the typeflag of the header at `offset` and fixes its checksum. */
-function setTypeflag(tarBuf: Buffer, offset: number, flag: string): void {
-  tarBuf[offset + 156] = flag.charCodeAt(0);
-  tarBuf.fill(0x20, offset + 148, offset + 156);
-  let sum = 0;
-  for (let i = 0; i < 512; i++) sum += tarBuf[offset + i] as number;
-  tarBuf.write(`${sum.toString(8).padStart(6, '0')}\0 `, offset + 148, 'latin1');
 }
 
 describe('images: layer unpack', () => {
@@ -380,31 +358,6 @@ describe('images: layer unpack', () => {
     assert.equal(fs.readFileSync(join(target, 'gone'), 'utf8'), 'now a file');
   });
 
-  it('closes the file it was writing when aborted mid-entry', async () => {
-    const raw = await makeTar([{ header: { name: 'big' }, content: Buffer.alloc(8 << 20, 5) }]);
-    const blob = gzipSync(raw, { level: 1 });
-    const input = new PassThrough();
-    input.write(blob.subarray(0, blob.length >> 1));
-    const fds = openFds();
-    const controller = new AbortController();
-    const promise = unpackLayer(input, 'gzip', target, { layer: LAYER, maxBytes: 1 << 30, signal: controller.signal });
-    const size = (): number => (fs.existsSync(join(target, 'big')) ? fs.statSync(join(target, 'big')).size : 0);
-    for (let i = 0; i < 500 && size() === 0; i++) await new Promise((r) => setTimeout(r, 10));
-    assert.ok(size() > 0, 'the file is being written');
-    controller.abort(new Error('cancelled'));
-    await assert.rejects(promise, /cancelled/);
-    assert.equal(openFds(), fds);
-  });
-
-  it('refuses an absolute entry name', async () => {
-    await refused([{ header: { name: '/etc/evil' }, content: 'x' }], /entry "\/etc\/evil" has an absolute name/);
-  });
-
-  it('refuses an entry name with ..', async () => {
-    await refused([{ header: { name: '../evil' }, content: 'x' }], /entry "\.\.\/evil" would escape the snapshot/);
-    await refused([{ header: { name: 'a/../../evil' }, content: 'x' }], /would escape the snapshot/);
-  });
-
   it('refuses an entry below a symlink that points outside, writing nothing there', async () => {
     const outside = join(work, 'outside');
     fs.mkdirSync(outside);
@@ -413,13 +366,6 @@ describe('images: layer unpack', () => {
       /entry "evil\/x" would be written through the symlink "evil"/,
     );
     assert.deepEqual(fs.readdirSync(outside), []);
-  });
-
-  it('refuses a hardlink to ../x or to an absolute path', async () => {
-    fs.writeFileSync(join(work, 'x'), 'secret');
-    await refused([{ header: { name: 'h', type: 'link', linkname: '../x' } }], /hardlink "h" would escape the snapshot/);
-    await refused([{ header: { name: 'h', type: 'link', linkname: join(work, 'x') } }], /hardlink "h" points to the absolute path/);
-    assert.equal(fs.statSync(join(work, 'x')).nlink, 1);
   });
 
   it('refuses a hardlink to a missing target, a directory, or through a symlink', async () => {
@@ -434,27 +380,6 @@ describe('images: layer unpack', () => {
     );
   });
 
-  it('refuses entry types it does not know, such as a GNU multi-volume continuation', async () => {
-    const raw = await makeTar([{ header: { name: 'volume' }, content: 'data' }]);
-    setTypeflag(raw, 0, 'M');
-    await assert.rejects(unpack(raw), (err: unknown) => {
-      assert.ok(isKind(err, 'FailedPrecondition'), String(err));
-      assert.match(err.message, /^layer sha256:[0-9a-f]+: entry "volume" has a tar entry type berth cannot unpack/);
-      return true;
-    });
-  });
-
-  it('stops with ResourceExhausted when the layer expands beyond maxBytes', async () => {
-    const raw = await makeTar([{ header: { name: 'zeros' }, content: Buffer.alloc(64 << 20) }]);
-    const blob = gzipSync(raw);
-    assert.ok(blob.length < 1 << 20, 'the fixture stays small');
-    await assert.rejects(unpackLayer(Readable.from([blob]), 'gzip', target, { layer: LAYER, maxBytes: 4 << 20 }), (err: unknown) => {
-      assert.ok(isKind(err, 'ResourceExhausted'), String(err));
-      assert.equal(err.message, `layer ${LAYER}: expands beyond the configured limit of ${4 << 20} bytes (images.max_layer_bytes)`);
-      return true;
-    });
-  });
-
   it('stops with ResourceExhausted beyond maxEntries', async () => {
     const entries = Array.from({ length: 10 }, (_, i) => ({ header: { name: `f${i}` }, content: '' }));
     await assert.rejects(unpack(await makeTar(entries), 'none', { maxEntries: 5 }), (err: unknown) => {
@@ -462,59 +387,5 @@ describe('images: layer unpack', () => {
       assert.match(err.message, /^layer sha256:[0-9a-f]+: has more than 5 entries/);
       return true;
     });
-  });
-
-  it('fails with DataLoss on truncated gzip, truncated zstd and a corrupt tar', async () => {
-    const raw = await makeTar([{ header: { name: 'f' }, content: Buffer.alloc(200_000, 1) }]);
-    const cases: Array<[LayerCompression, Buffer, RegExp]> = [
-      ['gzip', gzipSync(raw).subarray(0, 100), /corrupt gzip data/],
-      ['zstd', compress(raw, 'zstd').subarray(0, 40), /corrupt zstd data/],
-      ['none', raw.subarray(0, 10_000), /corrupt tar stream/],
-      ['none', Buffer.alloc(1024, 'garbage'), /corrupt tar stream/],
-    ];
-    for (const [compression, blob, pattern] of cases) {
-      await assert.rejects(unpackLayer(Readable.from([blob]), compression, target, { layer: LAYER, maxBytes: 1 << 30 }), (err: unknown) => {
-        assert.ok(isKind(err, 'DataLoss'), `${compression}: ${String(err)}`);
-        assert.ok(err.message.startsWith(`layer ${LAYER}: `), err.message);
-        assert.match(err.message, pattern);
-        return true;
-      });
-    }
-    assert.deepEqual(childrenNamed('zstd'), []);
-  });
-
-  it('passes on a BerthError of the blob stream itself', async () => {
-    const blob = new PassThrough();
-    const promise = unpackLayer(blob, 'gzip', target, { layer: LAYER, maxBytes: 1 << 30 });
-    blob.destroy(new BerthError('Unavailable', 'registry went away'));
-    await assert.rejects(promise, (err: unknown) => isKind(err, 'Unavailable') && err.message === 'registry went away');
-  });
-
-  it('rethrows the abort reason and leaves no zstd process behind', async () => {
-    const raw = await makeTar([{ header: { name: 'big' }, content: Buffer.alloc(4 << 20, 3) }]);
-    const blob = compress(raw, 'zstd');
-    const input = new PassThrough();
-    input.write(blob.subarray(0, blob.length >> 1)); // and never the rest: the unpack waits
-    const controller = new AbortController();
-    const promise = unpackLayer(input, 'zstd', target, { layer: LAYER, maxBytes: 1 << 30, signal: controller.signal });
-    for (let i = 0; i < 100 && childrenNamed('zstd').length === 0; i++) await new Promise((r) => setTimeout(r, 20));
-    assert.equal(childrenNamed('zstd').length, 1, 'zstd runs while unpacking');
-    const reason = new Error('pull cancelled');
-    controller.abort(reason);
-    await assert.rejects(promise, (err: unknown) => err === reason);
-    assert.deepEqual(childrenNamed('zstd'), []);
-  });
-
-  it('refuses to start when the signal is already aborted', async () => {
-    const controller = new AbortController();
-    controller.abort(new Error('too late'));
-    await assert.rejects(
-      unpackLayer(Readable.from([Buffer.alloc(0)]), 'none', target, {
-        layer: LAYER,
-        maxBytes: 1,
-        signal: controller.signal,
-      }),
-      /too late/,
-    );
   });
 });

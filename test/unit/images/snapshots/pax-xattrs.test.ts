@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import tar from 'tar-stream';
-import { PaxXattrScanner } from '../../../src/images/snapshots/pax-xattrs.js';
+import { PaxXattrScanner } from '../../../../src/images/snapshots/pax-xattrs.js';
 
 async function packed(entries: Array<{ header: Partial<tar.Header> & { name: string; pax?: Record<string, string> }; content?: string }>): Promise<Buffer> {
   const pack = tar.pack();
