@@ -70,7 +70,23 @@ export interface ContainerServiceOptions {
   log: Logger;
   /** What the host can do; probed when absent. */
   host?: HostProbes;
+  /** Mounts and unmounts the container's rootfs; {@link overlayRootfs} when absent. */
+  rootfs?: RootfsMounter;
 }
+
+/** The one privileged step of the lifecycle itself: the overlay mount of a container's rootfs. */
+export interface RootfsMounter {
+  /** Mounts the overlay made of the snapshot `options` on `rootfs`. */
+  mount(rootfs: string, options: string): Promise<void>;
+  /** Unmounts `rootfs`; nothing when it is not a mount point (any more) or gone. */
+  unmount(rootfs: string): Promise<void>;
+}
+
+/** mount(2) and umount2(2) of an overlay, through the addon. */
+export const overlayRootfs: RootfsMounter = {
+  mount: (rootfs, options) => mount('overlay', rootfs, 'overlay', 0, options),
+  unmount,
+};
 
 export class ContainerService {
   private readonly bundles: string;
@@ -83,8 +99,10 @@ export class ContainerService {
   private readonly io: ContainerIo;
   /** Lifecycle events, for GetContainerEvents. */
   readonly events: ContainerEvents;
+  private readonly rootfs: RootfsMounter;
 
   constructor(private readonly o: ContainerServiceOptions) {
+    this.rootfs = o.rootfs ?? overlayRootfs;
     this.cdi = new CdiRegistry(o.config.cdi.spec_dirs);
     this.bundles = join(o.config.root, 'containers');
     mkdirSync(this.bundles, { recursive: true, mode: 0o700 });
@@ -205,7 +223,7 @@ export class ContainerService {
       // Mounts runc cannot make, prepared by idmap.ts; released after the rootfs that may sit on them.
       const prepared = new PreparedMounts(this.preparedDir(id), podIdmap);
       undo.defer(() => releasePreparedMounts(prepared.dir));
-      undo.defer(() => (mountTried ? unmount(rootfs) : undefined));
+      undo.defer(() => (mountTried ? this.rootfs.unmount(rootfs) : undefined));
       undo.defer(() => this.o.shim.removeFiles({ id, bundle }));
       undo.defer(() => rt.delete(id, true));
       shimCreated = traced('berth:shim.create', { containerId: id }, () =>
@@ -236,7 +254,7 @@ export class ContainerService {
       await volumes.mount(id, volumePlans);
       if (podIdmap) await ensureTraversable([join(rootfs, 'x'), join(prepared.dir, 'x')], [this.o.config.root, this.o.config.state]);
       mountTried = true;
-      mounted = mount('overlay', rootfs, 'overlay', 0, rootfsOptions).catch((err: unknown) => {
+      mounted = this.rootfs.mount(rootfs, rootfsOptions).catch((err: unknown) => {
         throw new BerthError('Internal', `mounting the container's rootfs (overlay on ${rootfs}): ${messageOf(err)}`, { cause: err });
       });
       mounted.catch(() => undefined);
@@ -388,7 +406,7 @@ export class ContainerService {
       const rt = this.runtimeOf(c);
       const { bundle, rootfs } = this.paths(c.id);
       await rt.delete(c.id, true);
-      await unmount(rootfs);
+      await this.rootfs.unmount(rootfs);
       // Idmapped and image-volume mounts; the image volumes' use rows go with the container's row.
       await releasePreparedMounts(this.preparedDir(c.id));
       await this.o.images.removeContainerLayer(c.id);
