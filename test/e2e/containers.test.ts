@@ -382,7 +382,12 @@ describe('containers', function () {
     await b.runtime.StartContainer({ container_id: id });
     const info = JSON.parse((await b.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info!) as { shimPid: number; pid: number };
     process.kill(info.shimPid, 'SIGKILL');
-    await sleep(300);
+    // berthd notices the dead shim (its check runs every 2 s) and follows the container through the runtime.
+    await until(async () =>
+      b.records().some((r) => r.msg === 'the shim of a running container died; following the container through the runtime' && r.container === id)
+        ? true
+        : undefined,
+    );
     const st = (await b.runtime.ContainerStatus({ container_id: id })).status!;
     assert.equal(st.state, 'CONTAINER_RUNNING', 'the container itself still runs without its shim');
     assert.deepEqual(
