@@ -69,6 +69,8 @@ export interface StatsServiceOptions {
   images: ImageService;
   cgroupDriver: 'cgroupfs' | 'systemd';
   log: Logger;
+  /** Where procfs is mounted ("/proc"); a fixture tree in unit tests. */
+  procRoot?: string;
 }
 
 /** The interface CNI plugins are asked to make in each pod (kubelet's default). */
@@ -79,11 +81,15 @@ export class StatsService {
   private readonly lastCpu = new Map<string, { at: bigint; usageNs: bigint }>();
   private readonly layers = new Map<string, { at: number; usage?: LayerUsage; pending?: Promise<LayerUsage | undefined> }>();
 
-  constructor(private readonly o: StatsServiceOptions) {}
+  private readonly proc: string;
+
+  constructor(private readonly o: StatsServiceOptions) {
+    this.proc = o.procRoot ?? '/proc';
+  }
 
   /** The cgroup mounts, read once (they do not change while berthd runs). */
   private async cgroupMounts(): Promise<CgroupMounts> {
-    this.mounts ??= parseCgroupMounts(await readFile('/proc/self/mountinfo', 'utf8'));
+    this.mounts ??= parseCgroupMounts(await readFile(join(this.proc, 'self', 'mountinfo'), 'utf8'));
     return this.mounts;
   }
 
@@ -138,7 +144,7 @@ export class StatsService {
     if ((c.state !== 'running' && c.state !== 'created') || !c.pid) return undefined;
     let text: string;
     try {
-      text = await readFile(`/proc/${c.pid}/cgroup`, 'utf8');
+      text = await readFile(join(this.proc, String(c.pid), 'cgroup'), 'utf8');
     } catch {
       return undefined;
     }
@@ -201,7 +207,7 @@ export class StatsService {
       if (!usage || !c.pid) continue;
       let text: string;
       try {
-        text = await readFile(`/proc/${c.pid}/net/dev`, 'utf8');
+        text = await readFile(join(this.proc, String(c.pid), 'net', 'dev'), 'utf8');
       } catch {
         continue;
       }
