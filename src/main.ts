@@ -31,6 +31,7 @@ import { closeAgents } from './images/registry/http.js';
 import { OverlaySnapshotter } from './images/snapshots/overlay.js';
 import { SnapshotRepository } from './images/snapshots/snapshot-repository.js';
 import { SandboxRepository } from './sandbox/sandbox-repository.js';
+import { systemPodHost } from './sandbox/pod-host.js';
 import { SandboxService } from './sandbox/sandbox-service.js';
 import { CadvisorCollector } from './stats/cadvisor-samples.js';
 import { StatsService } from './stats/stats-service.js';
@@ -252,6 +253,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
       repo: new SandboxRepository(db),
       runtimes,
       shim,
+      host: systemPodHost,
       containers: { stopAll: (id) => boundContainers().stopAll(id), removeAll: (id) => boundContainers().removeAll(id) },
       log: log.child({ component: 'sandbox' }),
     });

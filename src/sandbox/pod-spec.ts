@@ -10,7 +10,8 @@ import { BerthError } from '../common/errors.js';
 import { mountFeatures } from '../common/mount-probes.js';
 import type { BerthConfig } from '../config/schema.js';
 import type { OciRuntimes } from '../oci/oci-runtime.js';
-import type { CniNetwork, PortMapping } from './cni/cni.js';
+import type { PortMapping } from './cni/cni.js';
+import type { PodNetwork } from './pod-host.js';
 import { defaultHostname } from './pod-facts.js';
 import { resolvConf, validateHostname } from './pod-files.js';
 import type { NamespaceMode, PodResources, SandboxMetadata } from './sandbox-repository.js';
@@ -21,7 +22,7 @@ import type { PodUserns } from './userns.js';
 export interface Prepared {
   resolv: string;
   hostname: string;
-  network: CniNetwork | undefined;
+  network: PodNetwork | undefined;
 }
 
 /** What berth needs from a PodSandboxConfig, already checked field by field by the CRI layer. */
@@ -50,7 +51,7 @@ export interface PodSandboxSpec {
 export interface ValidationEnv {
   config: BerthConfig;
   runtimes: OciRuntimes;
-  network(): Promise<CniNetwork>;
+  network(): Promise<PodNetwork>;
 }
 
 /**

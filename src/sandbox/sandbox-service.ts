@@ -24,15 +24,15 @@ import type { BerthConfig } from '../config/schema.js';
 import type { OciRuntimes } from '../oci/oci-runtime.js';
 import { ownOomScoreAdj } from '../oci/runtime.js';
 import type { Shim } from '../shim/shim.js';
-import { CniNetwork, loopbackUp, podIps, type CniResult, type CniRuntimeConf, type PortMapping } from './cni/cni.js';
+import { podIps, type CniResult, type CniRuntimeConf, type PortMapping } from './cni/cni.js';
 import { findNetwork, type CniNetworkList } from './cni/conf-dir.js';
 import { PodInfra } from './infra.js';
-import { createPinnedNamespaces, isPinned, pinPidNamespace, removePinnedNamespaces, type PinnedNamespaces, type PodNamespace } from './namespaces.js';
-import { hostsFile, mountShm, unmountShm, writePodFiles } from './pod-files.js';
+import { pinPidNamespace, type PinnedNamespaces, type PodNamespace } from './namespaces.js';
+import { hostsFile, writePodFiles } from './pod-files.js';
+import { systemPodHost, type PodHost, type PodNetwork } from './pod-host.js';
 import { containerViewOf, pinnedKinds, podFacts, type PodContainerView } from './pod-facts.js';
 import type { PodResources, SandboxMetadata, SandboxRecord, SandboxRepository } from './sandbox-repository.js';
 import type { SandboxState } from './state.js';
-import { applySysctls } from './sysctls.js';
 import { createPodUserns } from './userns.js';
 import { validatePodSpec, type PodSandboxSpec, type Prepared } from './pod-spec.js';
 
@@ -65,6 +65,8 @@ export interface SandboxServiceOptions {
   /** Stops and removes the pod's containers (StopPodSandbox, RemovePodSandbox). */
   containers: PodContainerHooks;
   log: Logger;
+  /** The privileged steps (namespaces, shm, CNI, sysctls); {@link systemPodHost} when absent. */
+  host?: PodHost;
 }
 
 const metaKey = (m: SandboxMetadata): string => JSON.stringify([m.name, m.namespace, m.uid, m.attempt]);
@@ -83,8 +85,10 @@ export class SandboxService {
   /** Infra processes being watched for their exit, by pod id. */
   private readonly watching = new Set<string>();
   private readonly minOomScoreAdj: number;
+  private readonly host: PodHost;
 
   constructor(private readonly o: SandboxServiceOptions) {
+    this.host = o.host ?? systemPodHost;
     this.nsRoot = join(o.config.state, 'ns');
     this.podRoot = join(o.config.root, 'sandboxes');
     mkdirSync(this.nsRoot, { recursive: true, mode: 0o700 });
@@ -182,10 +186,10 @@ export class SandboxService {
     };
   }
 
-  private async network(): Promise<CniNetwork> {
+  private async network(): Promise<PodNetwork> {
     const found = await findNetwork(this.o.config.cni.conf_dir);
     if (!found.found) throw new BerthError('FailedPrecondition', `the pod network is not ready: ${found.reason}`);
-    return new CniNetwork(found.network, this.o.config.cni.bin_dirs, { timeoutMs: this.o.config.sandbox.cni_timeout_seconds * 1000 });
+    return this.host.network(found.network, this.o.config.cni.bin_dirs, { timeoutMs: this.o.config.sandbox.cni_timeout_seconds * 1000 });
   }
 
   private async create(id: string, spec: PodSandboxSpec, prepared: Prepared): Promise<string> {
@@ -205,17 +209,17 @@ export class SandboxService {
       let pins: PinnedNamespaces = {};
       if (kinds.length > 0 || sharedPid || spec.userns) {
         this.o.repo.update(id, () => ({ nsDir }));
-        undo.defer(() => removePinnedNamespaces(nsDir));
+        undo.defer(() => this.host.removeNamespaces(nsDir));
       }
       if (spec.userns) pins = await createPodUserns(nsDir, spec.userns, kinds, prepared.hostname);
-      else if (kinds.length > 0) pins = await createPinnedNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal });
+      else if (kinds.length > 0) pins = await this.host.pinNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal });
 
       const podDir = join(this.podRoot, id);
       await mkdir(podDir, { recursive: true, mode: 0o711 });
       undo.defer(() => rm(podDir, { recursive: true, force: true }));
       if (spec.namespaces.ipc !== 'NODE') {
-        undo.defer(() => unmountShm(join(podDir, 'shm')));
-        await mountShm(join(podDir, 'shm'), this.o.config.sandbox.shm_size_bytes);
+        undo.defer(() => this.host.unmountShm(join(podDir, 'shm')));
+        await this.host.mountShm(join(podDir, 'shm'), this.o.config.sandbox.shm_size_bytes);
       }
 
       // The infra process starts while CNI runs: both need only the pins.
@@ -248,7 +252,7 @@ export class SandboxService {
       let ips: string[] = [];
       if (prepared.network) {
         const net = prepared.network;
-        await loopbackUp(pins.net!, this.o.config.cni.bin_dirs, signal);
+        await this.host.loopbackUp(pins.net!, this.o.config.cni.bin_dirs, signal);
         const rt = this.cniRuntime({ id, metadata: spec.metadata }, pins.net!, spec.portMappings);
         // Intent first: the chain ADD runs is recorded, so DEL (now or after a crash)
         // runs the same chain; and DEL is armed before ADD, since ADD may half-succeed.
@@ -269,7 +273,7 @@ export class SandboxService {
         await pinPidNamespace(nsDir, started.pid);
       }
       // After CNI, so per-interface sysctls (net.ipv4.conf.eth0.*) find eth0.
-      if (Object.keys(spec.sysctls).length > 0) await applySysctls(pins, spec.sysctls, signal);
+      if (Object.keys(spec.sysctls).length > 0) await this.host.applySysctls(pins, spec.sysctls, signal);
 
       await writePodFiles(podDir, {
         hostname: prepared.hostname,
@@ -323,13 +327,13 @@ export class SandboxService {
       const stored = rec.network as unknown as StoredNetwork | null;
       // Only a recorded intent means ADD may have run; DEL runs the chain it recorded.
       if (stored) {
-        const net = new CniNetwork(stored.list, this.o.config.cni.bin_dirs, { timeoutMs: this.o.config.sandbox.cni_timeout_seconds * 1000 });
+        const net = this.host.network(stored.list, this.o.config.cni.bin_dirs, { timeoutMs: this.o.config.sandbox.cni_timeout_seconds * 1000 });
         // DEL must run even when the netns is gone: host-local frees the IP by container id.
-        await net.del(this.cniRuntime(rec, isPinned(netPin) ? netPin : '', rec.facts.portMappings), stored.result ?? undefined, signal);
+        await net.del(this.cniRuntime(rec, this.host.isPinned(netPin) ? netPin : '', rec.facts.portMappings), stored.result ?? undefined, signal);
       }
     }
-    await unmountShm(join(this.podRoot, rec.id, 'shm'));
-    if (rec.nsDir !== null) await removePinnedNamespaces(rec.nsDir);
+    await this.host.unmountShm(join(this.podRoot, rec.id, 'shm'));
+    if (rec.nsDir !== null) await this.host.removeNamespaces(rec.nsDir);
   }
 
   /** Stops the pod if needed and removes everything of it; idempotent. */
@@ -343,7 +347,7 @@ export class SandboxService {
       if (rec.state !== 'removing') await this.release(rec, signal);
       this.o.repo.update(rec.id, () => ({ state: 'removing' }));
       await rm(join(this.podRoot, rec.id), { recursive: true, force: true });
-      if (rec.nsDir !== null) await removePinnedNamespaces(rec.nsDir);
+      if (rec.nsDir !== null) await this.host.removeNamespaces(rec.nsDir);
       this.o.repo.delete(rec.id);
       this.o.log.info('pod sandbox removed', { sandbox: rec.id });
     });
@@ -385,9 +389,9 @@ export class SandboxService {
       for (const name of readdirSync(dir)) {
         if (known.has(name)) continue;
         try {
-          if (dir === this.nsRoot) await removePinnedNamespaces(join(dir, name));
+          if (dir === this.nsRoot) await this.host.removeNamespaces(join(dir, name));
           else {
-            await unmountShm(join(dir, name, 'shm'));
+            await this.host.unmountShm(join(dir, name, 'shm'));
             await rm(join(dir, name), { recursive: true, force: true });
           }
           this.o.log.info('recovery: removed leftovers of an unknown pod sandbox', { path: join(dir, name) });
@@ -401,7 +405,7 @@ export class SandboxService {
   /** Whether a ready pod is missing a namespace pin it should have. */
   private lostNamespaces(rec: SandboxRecord): boolean {
     if (rec.nsDir === null) return false;
-    return pinnedKinds(rec.facts).some((k) => !isPinned(join(rec.nsDir!, k)));
+    return pinnedKinds(rec.facts).some((k) => !this.host.isPinned(join(rec.nsDir!, k)));
   }
 
   /**
