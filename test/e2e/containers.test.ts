@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Berthd, sleep, until } from '../helpers/berthd.js';
+import { Berthd, until } from '../helpers/berthd.js';
 import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
 import { testBridge } from '../helpers/network.js';
@@ -167,14 +167,14 @@ describe('containers', function () {
       sandbox_config: podCfg(pod, logDir) as never,
     });
     await b.runtime.StartContainer({ container_id: id });
-    await sleep(500);
     const log = join(logDir, 'w.log');
+    const numbers = (f: string) => [...readFileSync(f, 'utf8').matchAll(/ stdout F line(\d+)$/gm)].map((m) => Number(m[1]));
+    await until(async () => (numbers(log).length > 3 ? true : undefined));
     execFileSync('mv', [log, `${log}.1`]);
     await b.runtime.ReopenContainerLog({ container_id: id });
     assert.ok(existsSync(log), 'the new log file exists when the call returns');
-    await sleep(500);
+    await until(async () => (numbers(log).length > 3 ? true : undefined));
     await b.runtime.StopContainer({ container_id: id, timeout: 0 });
-    const numbers = (f: string) => [...readFileSync(f, 'utf8').matchAll(/ stdout F line(\d+)$/gm)].map((m) => Number(m[1]));
     const before = numbers(`${log}.1`);
     const after = numbers(log);
     assert.ok(before.length > 3 && after.length > 3, `lines before ${before.length}, after ${after.length}`);
@@ -451,7 +451,8 @@ describe('containers', function () {
     await b.runtime.StartContainer({ container_id: long });
     await b.runtime.StartContainer({ container_id: short });
     await b.stop('SIGKILL');
-    await sleep(2500);
+    // conmon records the short one's exit while berthd is down.
+    await until(async () => (existsSync(join(b.state, 'exits', short)) ? true : undefined));
     const again = await Berthd.start({ reuse: { dir: b.dir } });
     cleanup.push(() => again.dispose());
     const s1 = (await again.runtime.ContainerStatus({ container_id: long })).status!;

@@ -9,7 +9,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parse } from 'smol-toml';
-import { Berthd, BERTHD_BIN, leftovers } from '../helpers/berthd.js';
+import { Berthd, BERTHD_BIN, leftovers, until } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
 
 const PKG_VERSION = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
@@ -241,7 +241,8 @@ describe('berthd: daemon', function () {
     await b.runtime.Version({});
     await b.runtime.Status({});
     await grpcError(b.runtime.ContainerStats({ container_id: 'x' }));
-    await new Promise((r) => setTimeout(r, 100));
+    // The line of a call is written as it ends, just after its answer.
+    await until(async () => (b.records().some((r) => r.msg === 'rpc' && r.method === 'ContainerStats') ? true : undefined));
     const rpcs = b.records().filter((r) => r.msg === 'rpc');
     const byMethod = (m: string) => rpcs.filter((r) => r.method === m);
     assert.ok(byMethod('Version').length >= 2, 'readiness probe plus the test call');

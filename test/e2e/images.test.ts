@@ -12,7 +12,7 @@ import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, readlink
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LAYERED_EXPECT, pushFixtures, type Fixtures, type PushedImage } from '../../hack/test-images/oci.js';
-import { Berthd } from '../helpers/berthd.js';
+import { Berthd, until } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { freePort, startRegistry, startRegistryProxy, type Registry, type RegistryProxy } from '../helpers/registry.js';
 
@@ -471,8 +471,7 @@ describe('ImageService', function () {
     assert.equal(e.code, status.DEADLINE_EXCEEDED);
     assert.deepEqual((await b.image.ListImages({})).images, []);
     // The download is shared work: it stops once no pull waits for it, and leaves no temp file.
-    for (let i = 0; i < 80 && files(join(b.root, 'content', 'ingest')).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
-    assert.deepEqual(files(join(b.root, 'content', 'ingest')), []);
+    await until(async () => (files(join(b.root, 'content', 'ingest')).length === 0 ? true : undefined), 8000, 100);
     p.faults = [];
     // The layer's shared task may still be winding down (on a loaded machine, just after
     // the temp file went): a pull that joins it gets its stall; the next one starts afresh.
@@ -504,9 +503,17 @@ describe('ImageService', function () {
     const dir = b.dir;
     cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
     const pulling = grpcError(b.image.PullImage({ image: { image: via(p.host, fx.layered) } }));
-    // Wait until the stalled blob is being fetched (the others are done or under way).
-    for (let i = 0; i < 200 && !p.requests.some((r) => r.path.endsWith(stalled)); i++) await new Promise((r) => setTimeout(r, 25));
-    await new Promise((r) => setTimeout(r, 500));
+    // Wait until the stalled blob is being fetched and the first layer is stored and recorded.
+    await until(async () => (p.requests.some((r) => r.path.endsWith(stalled)) ? true : undefined));
+    const first = fx.layered.layers[0]!.digest;
+    await until(async () => {
+      const db = new Database(join(b.root, 'berth.db'), { readonly: true, fileMustExist: true });
+      try {
+        return db.prepare('SELECT 1 FROM blobs WHERE digest = ?').get(first) ? true : undefined;
+      } finally {
+        db.close();
+      }
+    });
     await b.stop('SIGKILL');
     await pulling;
     p.faults = [];

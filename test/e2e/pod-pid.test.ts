@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Berthd, sleep } from '../helpers/berthd.js';
+import { Berthd, until } from '../helpers/berthd.js';
 import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
 import { testBridge } from '../helpers/network.js';
@@ -69,13 +69,7 @@ describe('pods sharing a PID namespace', function () {
     (JSON.parse(execFileSync('runc', ['--root', join(b.state, 'runtime', 'runc'), 'state', podId], { encoding: 'utf8' })) as { pid: number }).pid;
 
   async function podState(b: Berthd, podId: string, want: string): Promise<void> {
-    const end = Date.now() + 15_000;
-    for (;;) {
-      const st = (await b.runtime.PodSandboxStatus({ pod_sandbox_id: podId })).status!.state;
-      if (st === want) return;
-      if (Date.now() > end) throw new Error(`pod is ${st}, not ${want}`);
-      await sleep(50);
-    }
+    await until(async () => ((await b.runtime.PodSandboxStatus({ pod_sandbox_id: podId })).status!.state === want ? true : undefined));
   }
 
   it('runs catatonit as PID 1 of the pod, unprivileged, and every container sees the others', async () => {
@@ -114,11 +108,8 @@ describe('pods sharing a PID namespace', function () {
     const a = await container(b, p, 'a', ['sleep', '1003'], 'POD');
     process.kill(infraPid(b, p), 'SIGKILL');
     await podState(b, p, 'SANDBOX_NOTREADY');
-    const end = Date.now() + 15_000;
-    while ((await b.runtime.ContainerStatus({ container_id: a })).status!.state !== 'CONTAINER_EXITED') {
-      if (Date.now() > end) throw new Error('the container outlived its PID namespace');
-      await sleep(50);
-    }
+    // The container cannot outlive its PID namespace.
+    await until(async () => ((await b.runtime.ContainerStatus({ container_id: a })).status!.state === 'CONTAINER_EXITED' ? true : undefined));
     assert.equal(
       (
         await grpcError(

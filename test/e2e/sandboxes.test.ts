@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
-import { Berthd } from '../helpers/berthd.js';
+import { Berthd, until } from '../helpers/berthd.js';
 import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { freePort } from '../helpers/registry.js';
@@ -202,7 +202,9 @@ describe('pod sandboxes', function () {
       stdio: 'ignore',
     });
     cleanup.push(() => void server.kill('SIGKILL'));
-    await new Promise((r) => setTimeout(r, 300));
+    // Listening once port 8080 (0x1F90) shows in state LISTEN (0A) in the pod's netns (IPv4 or IPv6 socket).
+    const listening = (): boolean => ['tcp', 'tcp6'].some((f) => /:1F90 0+:0000 0A /.test(readFileSync(`/proc/${server.pid}/net/${f}`, 'utf8')));
+    await until(async () => (listening() ? true : undefined));
     const reply = await new Promise<string>((resolve, reject) => {
       const s = connect(hostPort, '127.0.0.1');
       let data = '';

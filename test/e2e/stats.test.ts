@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, rmdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Berthd, sleep, until } from '../helpers/berthd.js';
+import { Berthd, until } from '../helpers/berthd.js';
 import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
 import { testBridge } from '../helpers/network.js';
@@ -89,8 +89,14 @@ describe('stats', function () {
     assert.equal(first.writable_layer!.fs_id!.mountpoint, join(b.root, 'snapshots'));
 
     // The rate needs a second sample: a busy loop uses most of a core.
-    await sleep(500);
-    const second = (await b.runtime.ContainerStats({ container_id: busy })).stats!;
+    const second = await until(
+      async () => {
+        const s = (await b.runtime.ContainerStats({ container_id: busy })).stats!;
+        return n(s.cpu!.usage_nano_cores) > 0.2e9 ? s : undefined;
+      },
+      15_000,
+      250,
+    );
     assert.ok(n(second.cpu!.usage_core_nano_seconds) > n(first.cpu!.usage_core_nano_seconds));
     assert.ok(n(second.cpu!.usage_nano_cores) > 0.2e9, `usage_nano_cores ${n(second.cpu!.usage_nano_cores)}`);
 

@@ -206,16 +206,8 @@ describe('common/sys: the native addon', () => {
       const server = spawn('ip', ['netns', 'exec', ns, 'sh', '-c', 'ip link set lo up && exec busybox nc -l -p 7777 -e echo from-inside'], { stdio: 'ignore' });
       try {
         const path = `/run/netns/${ns}`;
-        const sock = await (async () => {
-          for (let i = 0; ; i++) {
-            try {
-              return await connectInNetns(path, 7777, 2000);
-            } catch (err) {
-              if (i > 50) throw err;
-              await new Promise((r) => setTimeout(r, 100));
-            }
-          }
-        })();
+        // Connected once nc listens inside.
+        const sock = await until(() => connectInNetns(path, 7777, 2000).catch(() => undefined), 6000, 100);
         const got = await new Promise<string>((resolve) => {
           let s = '';
           sock.on('data', (d: Buffer) => (s += d.toString()));

@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { isKind } from '../../../src/common/errors.js';
 import { isMountPoint, mountPoints } from '../../../src/common/mount.js';
 import { createPinnedNamespaces, isPinned, removePinnedNamespaces, type PodNamespace } from '../../../src/sandbox/namespaces.js';
+import { until } from '../../helpers/berthd.js';
 
 const MODULE = fileURLToPath(new URL('../../../src/sandbox/namespaces.js', import.meta.url));
 const KINDS: PodNamespace[] = ['net', 'ipc', 'uts'];
@@ -158,9 +159,8 @@ describe('sandbox: pinned namespaces', function () {
     async function slaveNamespace(): Promise<{ pid: number; stop: () => void }> {
       const child = spawn('unshare', ['--mount', '--propagation', 'slave', 'sleep', '60'], { stdio: 'ignore' });
       const pid = child.pid as number;
-      for (let i = 0; i < 100 && readlinkSafe(`/proc/${pid}/ns/mnt`) === readlinkSync('/proc/self/ns/mnt'); i++) {
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      // unshare has made its mount namespace once /proc/<pid>/ns/mnt differs from ours.
+      await until(async () => (readlinkSafe(`/proc/${pid}/ns/mnt`) !== readlinkSync('/proc/self/ns/mnt') ? true : undefined), 5000, 10);
       return { pid, stop: () => child.kill('SIGKILL') };
     }
     const readlinkSafe = (p: string): string | undefined => {

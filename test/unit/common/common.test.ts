@@ -63,14 +63,18 @@ describe('common', () => {
     const lock = new KeyedLock();
     const order: string[] = [];
     const step =
-      (name: string, ms: number, fail = false) =>
+      (name: string, gate: Promise<unknown> = Promise.resolve(), fail = false) =>
       async () => {
         order.push(`${name}+`);
-        await new Promise((r) => setTimeout(r, ms));
+        await gate;
         order.push(`${name}-`);
         if (fail) throw new Error(name);
       };
-    await Promise.allSettled([lock.run('a', step('a1', 30, true)), lock.run('a', step('a2', 1)), lock.run('b', step('b1', 1))]);
+    // a1 holds key a until b1, on another key, has run to its end.
+    let bDone!: () => void;
+    const afterB = new Promise<void>((r) => (bDone = r));
+    const runs = [lock.run('a', step('a1', afterB, true)), lock.run('a', step('a2')), lock.run('b', step('b1')).finally(bDone)];
+    await Promise.allSettled(runs);
     assert.deepEqual(order, ['a1+', 'b1+', 'b1-', 'a1-', 'a2+', 'a2-']);
   });
 

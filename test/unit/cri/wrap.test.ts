@@ -115,7 +115,7 @@ describe('cri: the RPC wrapper', () => {
     const e = await grpcError(c.runtime.StopContainer({ container_id: 'x' }, { deadline: t0 + 200 }));
     assert.equal(e.code, grpc.status.DEADLINE_EXCEEDED);
     assert.ok(deadline instanceof Date && Math.abs(deadline.getTime() - (t0 + 200)) < 50);
-    await new Promise((r) => setTimeout(r, 50));
+    await until(async () => seen);
     assert.ok(seen instanceof BerthError && seen.kind === 'DeadlineExceeded', 'the handler saw the deadline');
     assert.equal(state.inflight, 0);
   });
@@ -130,7 +130,7 @@ describe('cri: the RPC wrapper', () => {
     };
     const c = await serve(h);
     const call = c.runtime.raw.StopPodSandbox({ pod_sandbox_id: 'p' }, () => {});
-    await new Promise((r) => setTimeout(r, 100));
+    await until(async () => (aborted ? true : undefined));
     call.cancel();
     const reason = await aborted!;
     assert.ok(reason instanceof BerthError && reason.kind === 'Cancelled');
@@ -165,8 +165,7 @@ describe('cri: the RPC wrapper', () => {
     h.Version = async () => version;
     const c = await serve(h);
     const slow = c.runtime.StopContainer({ container_id: 'x' });
-    await new Promise((r) => setTimeout(r, 50));
-    assert.equal(state.inflight, 1);
+    await until(async () => (state.inflight === 1 ? true : undefined));
     state.drain();
     let drained = false;
     const d = state.drained().then(() => (drained = true));

@@ -11,6 +11,7 @@ import { createServer, connect, type Server } from 'node:net';
 import { decodeHeaderBlock, encodeHeaderBlock, SPDY_DICTIONARY } from '../../../src/streaming/spdy-frames.js';
 import { Client } from '../../helpers/spdy-client.js';
 import { SpdySession, type SpdyStream } from '../../../src/streaming/spdy-session.js';
+import { until } from '../../helpers/berthd.js';
 
 describe('streaming: SPDY/3.1 session', () => {
   let server: Server;
@@ -127,8 +128,7 @@ describe('streaming: SPDY/3.1 session', () => {
 
     const sock2 = connect((server.address() as { port: number }).port, '127.0.0.1');
     await once(sock2, 'connect');
-    await new Promise((r) => setTimeout(r, 50));
-    const s2 = sessions[1]!;
+    const s2 = await until(async () => sessions[1]);
     const errors2: Error[] = [];
     s2.on('error', (e: Error) => errors2.push(e));
     const closed2 = new Promise((r) => s2.once('close', r));

@@ -43,7 +43,7 @@ describe('images: overlay snapshotter', () => {
     const id = repo.prepare();
     const d = join(snapshotsDir(), String(id));
     mkdirSync(join(d, 'fs'), { recursive: true });
-    return snap.commit({ id, dir: d, sizeBytes: 4096, inodes: 1 }, chainId, parent).id;
+    return snap.commit({ id, dir: d, sizeBytes: 4096, inodes: 1, tarBytes: 1024 }, chainId, parent).id;
   }
 
   beforeEach(async () => {

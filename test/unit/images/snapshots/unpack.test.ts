@@ -15,6 +15,7 @@ import type { Header } from 'tar-stream';
 import { BerthError, isKind } from '../../../../src/common/errors.js';
 import type { LayerCompression, UnpackOptions, UnpackResult } from '../../../../src/images/snapshots/unpack.js';
 import { unpackLayer } from '../../../../src/images/snapshots/unpack.js';
+import { until } from '../../../helpers/berthd.js';
 
 const LAYER = `sha256:${'ab'.repeat(32)}`;
 const MTIME = new Date('2021-06-01T12:00:00Z');
@@ -122,8 +123,7 @@ describe('images: layer unpack', () => {
     const controller = new AbortController();
     const promise = unpackLayer(input, 'gzip', target, { layer: LAYER, maxBytes: 1 << 30, signal: controller.signal });
     const size = (): number => (fs.existsSync(join(target, 'big')) ? fs.statSync(join(target, 'big')).size : 0);
-    for (let i = 0; i < 500 && size() === 0; i++) await new Promise((r) => setTimeout(r, 10));
-    assert.ok(size() > 0, 'the file is being written');
+    await until(async () => (size() > 0 ? true : undefined), 5000, 10);
     controller.abort(new Error('cancelled'));
     await assert.rejects(promise, /cancelled/);
     assert.equal(openFds(), fds);
@@ -199,7 +199,7 @@ describe('images: layer unpack', () => {
     input.write(blob.subarray(0, blob.length >> 1)); // and never the rest: the unpack waits
     const controller = new AbortController();
     const promise = unpackLayer(input, 'zstd', target, { layer: LAYER, maxBytes: 1 << 30, signal: controller.signal });
-    for (let i = 0; i < 100 && childrenNamed('zstd').length === 0; i++) await new Promise((r) => setTimeout(r, 20));
+    await until(async () => (childrenNamed('zstd').length > 0 ? true : undefined), 2000, 20);
     assert.equal(childrenNamed('zstd').length, 1, 'zstd runs while unpacking');
     const reason = new Error('pull cancelled');
     controller.abort(reason);
