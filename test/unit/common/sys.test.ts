@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MNT, umount } from '../../../src/common/mount.js';
 import { execProcess, spawnProcess } from '../../../src/common/process.js';
 import { native } from '../../../src/common/native.js';
 
@@ -22,7 +21,6 @@ describe('common/sys: the native addon', () => {
     dir = await mkdtemp(join(tmpdir(), 'berth-sys-'));
   });
   afterEach(async () => {
-    await umount(dir, MNT.DETACH).catch(() => undefined);
     await rm(dir, { recursive: true, force: true });
   });
 

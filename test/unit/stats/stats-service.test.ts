@@ -15,6 +15,7 @@ import type { ImageService } from '../../../src/images/image-service.js';
 import type { SandboxRecord } from '../../../src/sandbox/sandbox-repository.js';
 import type { SandboxService } from '../../../src/sandbox/sandbox-service.js';
 import { StatsService } from '../../../src/stats/stats-service.js';
+import { podFactsV1 } from '../../../src/store/typed-records-v6.js';
 
 const C1 = 'c1'.padEnd(64, '1');
 const C2 = 'c2'.padEnd(64, '2');
@@ -54,7 +55,8 @@ describe('stats: StatsService over a fixture /proc and cgroup tree', () => {
 
   const container = (id: string, pid: number, state: ContainerRecord['state'] = 'running'): ContainerRecord =>
     ({ id, sandboxId: POD, state, pid }) as unknown as ContainerRecord;
-  const pod = (config: Record<string, unknown>, nsDir: string | null = '/run/ns/x'): SandboxRecord => ({ id: POD, config, nsDir }) as unknown as SandboxRecord;
+  const pod = (config: Record<string, unknown>, nsDir: string | null = '/run/ns/x'): SandboxRecord =>
+    ({ id: POD, request: config, facts: podFactsV1(config, 'p'), nsDir }) as unknown as SandboxRecord;
 
   beforeEach(() => {
     dir = mkdtempSync(join(tmpdir(), 'berth-stats-svc-'));
