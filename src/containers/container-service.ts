@@ -17,10 +17,9 @@ import { traced } from '../common/trace-points.js';
 import { DisposableStack } from '../common/disposable.js';
 import { findByIdOrPrefix } from '../common/id-prefix.js';
 import { KeyedLock } from '../common/keyed-lock.js';
-import { BerthError, errnoOf, messageOf } from '../common/errors.js';
+import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { requireState, type RequireStateOptions } from '../common/require-record.js';
-import { mount, umount } from '../common/mount.js';
 import type { BerthConfig } from '../config/schema.js';
 import type { ImageRecord } from '../images/image-repository.js';
 import type { ImageService } from '../images/image-service.js';
@@ -28,6 +27,7 @@ import type { OciRuntime, OciRuntimes } from '../oci/oci-runtime.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
 import type { Shim, ShimHandle } from '../shim/shim.js';
 import { ContainerEvents } from './container-events.js';
+import { overlayRootfs, type RootfsMounter } from './rootfs.js';
 import { ContainerIo, type CriResources } from './container-io.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
 import type { ExecSession } from './exec-session.js';
@@ -44,6 +44,7 @@ import { ImageVolumes, planImageVolumes } from './image-volumes.js';
 import type { ContainerState } from './state.js';
 
 export { EXEC_OUTPUT_CAP } from './container-io.js';
+export { overlayRootfs, type RootfsMounter } from './rootfs.js';
 
 export interface CreateContainerRequest {
   sandboxId: string;
@@ -73,20 +74,6 @@ export interface ContainerServiceOptions {
   /** Mounts and unmounts the container's rootfs; {@link overlayRootfs} when absent. */
   rootfs?: RootfsMounter;
 }
-
-/** The one privileged step of the lifecycle itself: the overlay mount of a container's rootfs. */
-export interface RootfsMounter {
-  /** Mounts the overlay made of the snapshot `options` on `rootfs`. */
-  mount(rootfs: string, options: string): Promise<void>;
-  /** Unmounts `rootfs`; nothing when it is not a mount point (any more) or gone. */
-  unmount(rootfs: string): Promise<void>;
-}
-
-/** mount(2) and umount2(2) of an overlay, through the addon. */
-export const overlayRootfs: RootfsMounter = {
-  mount: (rootfs, options) => mount('overlay', rootfs, 'overlay', 0, options),
-  unmount,
-};
 
 export class ContainerService {
   private readonly bundles: string;
@@ -502,15 +489,5 @@ export class ContainerService {
   close(): void {
     this.exits.close();
     this.events.close();
-  }
-}
-
-async function unmount(path: string): Promise<void> {
-  try {
-    await umount(path);
-  } catch (err) {
-    // EINVAL: not a mount point (any more); ENOENT: gone.
-    if (errnoOf(err) === 'EINVAL' || errnoOf(err) === 'ENOENT') return;
-    throw new BerthError('Internal', `unmounting ${path}: ${messageOf(err)}`, { cause: err });
   }
 }

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { MNT } from '../../../src/common/mount.js';
 import { execProcess, spawnProcess } from '../../../src/common/process.js';
 import { native } from '../../../src/common/native.js';
 

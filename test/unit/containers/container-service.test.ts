@@ -113,6 +113,10 @@ class FakeShim extends EventEmitter {
   async removeFiles(c: { id: string }): Promise<void> {
     this.removed.push(c.id);
   }
+  /** A creation cut off by a crash: its conmon would be killed here. */
+  async abandon(c: { id: string }): Promise<void> {
+    this.shimsAlive.delete(c.id);
+  }
 }
 
 describe('containers: ContainerService with a fake shim and runtime', () => {
@@ -265,10 +269,16 @@ describe('containers: ContainerService with a fake shim and runtime', () => {
     const id = await create();
     await svc.start(id);
     assert.equal(repo.get(id)!.state, 'running');
-    await assert.rejects(svc.start(id), { kind: 'FailedPrecondition', message: /is running; only a created container can be started/ });
+    await svc.start(id);
+    assert.deepEqual(
+      rt.calls.filter((x) => x.startsWith('start')),
+      [`start ${id}`],
+      'a retried start of a running container succeeds without starting it again',
+    );
     shim.exit(id, 3);
     const c = await until(async () => (repo.get(id)!.state === 'exited' ? repo.get(id) : undefined));
     assert.deepEqual([c.exitCode, c.reason, c.pid], [3, 'Error', 0]);
+    await assert.rejects(svc.start(id), { kind: 'FailedPrecondition', message: /is exited; only a created container can be started/ });
   });
 
   it('stops a running container with its stop signal; stopping again succeeds', async () => {

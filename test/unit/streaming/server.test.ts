@@ -85,7 +85,7 @@ describe('streaming: server tokens', () => {
   it('answers a plain request 400 for a live token and 404 for an unknown one, using neither up', async () => {
     await start(60);
     const url = server.execUrl(REQ);
-    assert.deepEqual(await ask(url), { status: 400, body: 'this URL takes an HTTP upgrade to SPDY/3.1\n' });
+    assert.deepEqual(await ask(url), { status: 400, body: 'this URL takes an HTTP upgrade to SPDY/3.1 or WebSocket\n' });
     assert.deepEqual(await ask(`${server.baseUrl}/exec/${'A'.repeat(32)}`), { status: 404, body: 'unknown or expired streaming URL\n' });
     assert.equal((await ask(url, 'SPDY/3.1')).status, 101);
   });
@@ -99,12 +99,12 @@ describe('streaming: server tokens', () => {
     assert.deepEqual(opened, [], 'the exec starts only once the client opens its streams');
   });
 
-  it('refuses an upgrade to anything but SPDY/3.1 and keeps the token for a retry', async () => {
+  it('refuses an upgrade to anything but SPDY/3.1 or WebSocket and keeps the token for a retry', async () => {
     await start(60);
     const url = server.attachUrl(REQ);
-    const ws = await ask(url, 'websocket');
-    assert.equal(ws.status, 400);
-    assert.match(ws.body, /speaks SPDY\/3\.1 only, not "websocket"/);
+    const h2 = await ask(url, 'h2c');
+    assert.equal(h2.status, 400);
+    assert.match(h2.body, /speaks SPDY\/3\.1 and WebSocket only, not "h2c"/);
     assert.equal((await ask(url, 'SPDY/3.1')).status, 101);
   });
 

@@ -10,9 +10,9 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { isKind } from '../../../src/common/errors.js';
-import { PaxXattrScanner } from '../../../src/images/snapshots/pax-xattrs.js';
-import { unpackLayer } from '../../../src/images/snapshots/unpack.js';
+import { isKind } from '../../../../src/common/errors.js';
+import { PaxXattrScanner } from '../../../../src/images/snapshots/pax-xattrs.js';
+import { unpackLayer } from '../../../../src/images/snapshots/unpack.js';
 
 const LAYER = `sha256:${'cd'.repeat(32)}`;
 const BLOCK = 512;
@@ -74,13 +74,6 @@ describe('images: hostile layers', () => {
   const unpack = (raw: Buffer) => unpackLayer(Readable.from([raw]), 'none', work, { layer: LAYER, maxBytes: 1 << 30 });
 
   describe('strict PAX records', () => {
-    it('accepts well-formed records, NUL padding after them included', async () => {
-      const ok = withPax('29 SCHILY.xattr.user.k=value\n');
-      await unpack(ok);
-      assert.equal(fs.readFileSync(join(work, 'f'), 'utf8'), 'hello\n');
-      new PaxXattrScanner().push(withPax('29 SCHILY.xattr.user.k=value\n\0\0\0'));
-    });
-
     for (const [what, records, reason] of [
       ['a length one too long', '30 SCHILY.xattr.user.k=value\n', /does not fit/],
       ['a length one too short', '28 SCHILY.xattr.user.k=value\n', /does not end on the record's newline/],
