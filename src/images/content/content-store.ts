@@ -95,9 +95,12 @@ export class ContentStore {
         cb(null, chunk);
       },
     });
+    // Created before the try, so a failure can wait for its close: an abort may land
+    // before the file is even opened, and the open would then recreate it after the rm.
+    const out = createWriteStream(tmp, { mode: 0o600, highWaterMark: 4 << 20 });
     try {
       const src = await openStream();
-      await pipeline(src, check, createWriteStream(tmp, { mode: 0o600, highWaterMark: 4 << 20 }), ...(signal ? [{ signal }] : []));
+      await pipeline(src, check, out, ...(signal ? [{ signal }] : []));
       if (bytes !== desc.size) throw new BerthError('DataLoss', `blob ${desc.digest}: got ${bytes} bytes, expected ${desc.size}`);
       const actual = `${alg}:${hash.digest('hex')}`;
       if (actual !== desc.digest) throw new BerthError('DataLoss', `blob ${desc.digest}: content has digest ${actual}`);
@@ -106,6 +109,8 @@ export class ContentStore {
       await fsyncPath(join(this.blobsDir, alg));
       this.repo.insert(desc.digest, desc.size, desc.mediaType);
     } catch (err) {
+      out.destroy();
+      if (!out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
       await rm(tmp, { force: true });
       if (signal?.aborted) throw signal.reason;
       throw err;
