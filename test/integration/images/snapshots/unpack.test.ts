@@ -9,49 +9,10 @@ import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
-import { gzipSync } from 'node:zlib';
-import tar from 'tar-stream';
-import type { Header } from 'tar-stream';
 import { isKind } from '../../../../src/common/errors.js';
 import type { LayerCompression, UnpackOptions, UnpackResult } from '../../../../src/images/snapshots/unpack.js';
 import { unpackLayer } from '../../../../src/images/snapshots/unpack.js';
-
-const LAYER = `sha256:${'ab'.repeat(32)}`;
-const MTIME = new Date('2021-06-01T12:00:00Z');
-
-interface Entry {
-  header: Partial<Header> & { name: string };
-  content?: string | Buffer;
-}
-
-/** Builds a tar stream in memory; entries default to root-owned, 0644/0755, MTIME. */
-async function makeTar(entries: Entry[]): Promise<Buffer> {
-  const pack = tar.pack();
-  const chunks: Buffer[] = [];
-  const done = new Promise<void>((resolve, reject) => {
-    pack.on('data', (c) => chunks.push(c as Buffer));
-    pack.on('end', () => resolve());
-    pack.on('error', reject);
-  });
-  for (const { header, content } of entries) {
-    const type = header.type ?? 'file';
-    const full = { mode: type === 'directory' ? 0o755 : 0o644, uid: 0, gid: 0, mtime: MTIME, type, ...header };
-    await new Promise<void>((resolve, reject) => {
-      const cb = (err?: Error | null): void => (err ? reject(err) : resolve());
-      if (content !== undefined) pack.entry(full, content, cb);
-      else pack.entry(full, cb);
-    });
-  }
-  pack.finalize();
-  await done;
-  return Buffer.concat(chunks);
-}
-
-function compress(raw: Buffer, compression: LayerCompression): Buffer {
-  if (compression === 'gzip') return gzipSync(raw);
-  if (compression === 'zstd') return execFileSync('zstd', ['-c', '-q'], { input: raw, maxBuffer: 1 << 30 });
-  return raw;
-}
+import { compress, LAYER, makeTar, type Entry } from '../../../helpers/tar-layers.js';
 
 function sha256(buf: Buffer): string {
   return `sha256:${createHash('sha256').update(buf).digest('hex')}`;
