@@ -8,9 +8,10 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Berthd, until } from '../helpers/berthd.js';
+import { Berthd } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
+import { runToExit } from '../helpers/run-container.js';
 
 describe('CDI devices', function () {
   this.timeout(90_000);
@@ -73,18 +74,7 @@ describe('CDI devices', function () {
         ...config,
       } as never,
     });
-    await b.runtime.StartContainer({ container_id: id });
-    const st = await until(async () => {
-      const s = (await b.runtime.ContainerStatus({ container_id: id })).status!;
-      return s.state === 'CONTAINER_EXITED' ? s : undefined;
-    });
-    const out = readFileSync(st.log_path, 'utf8')
-      .split('\n')
-      .filter((l) => / stdout [FP] /.test(l))
-      .map((l) => l.replace(/^\S+ stdout [FP] /, ''))
-      .join('\n');
-    await b.runtime.RemoveContainer({ container_id: id });
-    return { code: st.exit_code, out };
+    return runToExit(b, id);
   }
 
   it('CDI_devices: the device node, the env, the vendor mount (read-only) and the hook', async () => {

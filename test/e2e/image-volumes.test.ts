@@ -9,9 +9,10 @@ import assert from 'node:assert/strict';
 import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Berthd, until } from '../helpers/berthd.js';
+import { Berthd } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
+import { runToExit } from '../helpers/run-container.js';
 import { testBridge } from '../helpers/network.js';
 
 describe('image volumes', function () {
@@ -63,18 +64,7 @@ describe('image volumes', function () {
   /** Runs a shell script to its end; its exit code and stdout. */
   async function run(script: string, mounts: Array<Record<string, unknown>>): Promise<{ code: number; out: string }> {
     const id = await create({ command: ['sh', '-c', script], mounts });
-    await b.runtime.StartContainer({ container_id: id });
-    const st = await until(async () => {
-      const s = (await b.runtime.ContainerStatus({ container_id: id })).status!;
-      return s.state === 'CONTAINER_EXITED' ? s : undefined;
-    });
-    const out = readFileSync(st.log_path, 'utf8')
-      .split('\n')
-      .filter((l) => / stdout [FP] /.test(l))
-      .map((l) => l.replace(/^\S+ stdout [FP] /, ''))
-      .join('\n');
-    await b.runtime.RemoveContainer({ container_id: id });
-    return { code: st.exit_code, out };
+    return runToExit(b, id);
   }
 
   /** berthd's mounts of image volumes (under <state>/mounts) that exist now. */

@@ -12,6 +12,7 @@ import { buildImage, buildLayer, busyboxEntries, DEFAULT_PATH, RegistryPusher } 
 import { Berthd, until } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
+import { runToExit } from '../helpers/run-container.js';
 
 describe('kubelet contract', function () {
   this.timeout(90_000);
@@ -53,18 +54,7 @@ describe('kubelet contract', function () {
   /** Runs a shell script to its end; its exit code and stdout. */
   async function run(script: string, config: Record<string, unknown> = {}): Promise<{ code: number; out: string }> {
     const id = await create({ command: ['sh', '-c', script], ...config });
-    await b.runtime.StartContainer({ container_id: id });
-    const st = await until(async () => {
-      const s = (await b.runtime.ContainerStatus({ container_id: id })).status!;
-      return s.state === 'CONTAINER_EXITED' ? s : undefined;
-    });
-    const out = readFileSync(st.log_path, 'utf8')
-      .split('\n')
-      .filter((l) => / stdout [FP] /.test(l))
-      .map((l) => l.replace(/^\S+ stdout [FP] /, ''))
-      .join('\n');
-    await b.runtime.RemoveContainer({ container_id: id });
-    return { code: st.exit_code, out };
+    return runToExit(b, id);
   }
 
   /** The container's own device cgroup rules (the v1 devices controller), or '' where there is none. */
