@@ -2,11 +2,15 @@
  * Layer tars built in memory for the unpack tests (unit and integration): entries default
  * to root-owned, mode 0644 (0755 for directories) and a fixed mtime.
  */
+import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { readdirSync } from 'node:fs';
+import { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import tar from 'tar-stream';
 import type { Header } from 'tar-stream';
-import type { LayerCompression } from '../../src/images/snapshots/unpack.js';
+import { isKind } from '../../src/common/errors.js';
+import { unpackLayer, type LayerCompression, type UnpackOptions, type UnpackResult } from '../../src/images/snapshots/unpack.js';
 
 /** The layer digest the tests name (unpack only reports it). */
 export const LAYER = `sha256:${'ab'.repeat(32)}`;
@@ -45,4 +49,26 @@ export function compress(raw: Buffer, compression: LayerCompression): Buffer {
   if (compression === 'gzip') return gzipSync(raw);
   if (compression === 'zstd') return execFileSync('zstd', ['-c', '-q'], { input: raw, maxBuffer: 1 << 30 });
   return raw;
+}
+
+/** Open file descriptors of this process (a refused unpack must leave none). */
+export function openFds(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/** Unpacks `raw` (compressed as `compression` first) into `target` as layer {@link LAYER}. */
+export function unpackInto(target: string, raw: Buffer, compression: LayerCompression = 'none', opts: Partial<UnpackOptions> = {}): Promise<UnpackResult> {
+  return unpackLayer(Readable.from([compress(raw, compression)]), compression, target, { layer: LAYER, maxBytes: 1 << 30, ...opts });
+}
+
+/** Asserts that unpacking `entries` into `target` is refused (FailedPrecondition naming the layer) and leaves no descriptor open. */
+export async function expectRefused(target: string, entries: Entry[], pattern: RegExp): Promise<void> {
+  const fds = openFds();
+  await assert.rejects(unpackInto(target, await makeTar(entries)), (err: unknown) => {
+    assert.ok(isKind(err, 'FailedPrecondition'), String(err));
+    assert.ok(err.message.startsWith(`layer ${LAYER}: `), err.message);
+    assert.match(err.message, pattern);
+    return true;
+  });
+  assert.equal(openFds(), fds, 'no file descriptor left open');
 }

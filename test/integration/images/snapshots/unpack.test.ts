@@ -8,11 +8,9 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Readable } from 'node:stream';
 import { isKind } from '../../../../src/common/errors.js';
 import type { LayerCompression, UnpackOptions, UnpackResult } from '../../../../src/images/snapshots/unpack.js';
-import { unpackLayer } from '../../../../src/images/snapshots/unpack.js';
-import { compress, LAYER, makeTar, type Entry } from '../../../helpers/tar-layers.js';
+import { expectRefused, makeTar, unpackInto, type Entry } from '../../../helpers/tar-layers.js';
 
 function sha256(buf: Buffer): string {
   return `sha256:${createHash('sha256').update(buf).digest('hex')}`;
@@ -38,10 +36,6 @@ function minorOf(rdev: number): number {
   return (rdev & 0xff) | ((rdev >> 12) & 0xfff00);
 }
 
-function openFds(): number {
-  return fs.readdirSync('/proc/self/fd').length;
-}
-
 describe('images: layer unpack', () => {
   let work: string;
   let target: string;
@@ -53,24 +47,9 @@ describe('images: layer unpack', () => {
   });
   afterEach(() => fs.rmSync(work, { recursive: true, force: true }));
 
-  function unpack(raw: Buffer, compression: LayerCompression = 'none', opts: Partial<UnpackOptions> = {}): Promise<UnpackResult> {
-    return unpackLayer(Readable.from([compress(raw, compression)]), compression, target, {
-      layer: LAYER,
-      maxBytes: 1 << 30,
-      ...opts,
-    });
-  }
-
-  async function refused(entries: Entry[], pattern: RegExp): Promise<void> {
-    const fds = openFds();
-    await assert.rejects(unpack(await makeTar(entries)), (err: unknown) => {
-      assert.ok(isKind(err, 'FailedPrecondition'), String(err));
-      assert.ok(err.message.startsWith(`layer ${LAYER}: `), err.message);
-      assert.match(err.message, pattern);
-      return true;
-    });
-    assert.equal(openFds(), fds, 'no file descriptor left open');
-  }
+  const unpack = (raw: Buffer, compression: LayerCompression = 'none', opts: Partial<UnpackOptions> = {}): Promise<UnpackResult> =>
+    unpackInto(target, raw, compression, opts);
+  const refused = (entries: Entry[], pattern: RegExp): Promise<void> => expectRefused(target, entries, pattern);
 
   it('unpacks a small tree and reports what it read', async () => {
     const raw = await makeTar([

@@ -12,7 +12,7 @@ import { gzipSync } from 'node:zlib';
 import { BerthError, isKind } from '../../../../src/common/errors.js';
 import type { LayerCompression, UnpackOptions, UnpackResult } from '../../../../src/images/snapshots/unpack.js';
 import { unpackLayer } from '../../../../src/images/snapshots/unpack.js';
-import { compress, LAYER, makeTar, type Entry } from '../../../helpers/tar-layers.js';
+import { compress, expectRefused, LAYER, makeTar, openFds, unpackInto, type Entry } from '../../../helpers/tar-layers.js';
 import { until } from '../../../helpers/berthd.js';
 
 /** Pids of this process's children whose command is `name`. */
@@ -30,10 +30,6 @@ function childrenNamed(name: string): number[] {
     }
   }
   return pids;
-}
-
-function openFds(): number {
-  return fs.readdirSync('/proc/self/fd').length;
 }
 
 /** Rewrites the typeflag of the header at `offset` and fixes its checksum. */
@@ -56,24 +52,9 @@ describe('images: layer unpack', () => {
   });
   afterEach(() => fs.rmSync(work, { recursive: true, force: true }));
 
-  function unpack(raw: Buffer, compression: LayerCompression = 'none', opts: Partial<UnpackOptions> = {}): Promise<UnpackResult> {
-    return unpackLayer(Readable.from([compress(raw, compression)]), compression, target, {
-      layer: LAYER,
-      maxBytes: 1 << 30,
-      ...opts,
-    });
-  }
-
-  async function refused(entries: Entry[], pattern: RegExp): Promise<void> {
-    const fds = openFds();
-    await assert.rejects(unpack(await makeTar(entries)), (err: unknown) => {
-      assert.ok(isKind(err, 'FailedPrecondition'), String(err));
-      assert.ok(err.message.startsWith(`layer ${LAYER}: `), err.message);
-      assert.match(err.message, pattern);
-      return true;
-    });
-    assert.equal(openFds(), fds, 'no file descriptor left open');
-  }
+  const unpack = (raw: Buffer, compression: LayerCompression = 'none', opts: Partial<UnpackOptions> = {}): Promise<UnpackResult> =>
+    unpackInto(target, raw, compression, opts);
+  const refused = (entries: Entry[], pattern: RegExp): Promise<void> => expectRefused(target, entries, pattern);
 
   it('closes the file it was writing when aborted mid-entry', async () => {
     const raw = await makeTar([{ header: { name: 'big' }, content: Buffer.alloc(8 << 20, 5) }]);
