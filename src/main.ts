@@ -19,6 +19,7 @@ import { traced } from './common/trace-points.js';
 import { BERTH_VERSION } from './common/version.js';
 import { ConfigError, formatConfig, loadConfig } from './config/load.js';
 import type { BerthConfig } from './config/schema.js';
+import type { LiveCounts } from './cri/deps.js';
 import { createCriServer, serviceOfMethod } from './cri/server.js';
 import { ServingState } from './cri/serving-state.js';
 import { ContainerRepository } from './containers/container-repository.js';
@@ -193,6 +194,9 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
   let images: ImageService;
   let sandboxes: SandboxService;
   let containersRef: ContainerService;
+  const podsByState = (): Record<string, number> => countBy(sandboxes.list().map((s) => s.state));
+  const containersByState = (): Record<string, number> => countBy(containersRef.list().map((c) => c.state));
+  const liveShims = (): number => containersRef.list().filter((c) => c.shimPid !== null && alive(c.shimPid)).length;
   const state = new ServingState();
   // Built first, so that the trace points of start-up and recovery are counted.
   let metrics: BerthMetrics | undefined;
@@ -218,9 +222,9 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     if (config.metrics.address !== '') {
       const m = (metrics = new BerthMetrics({
         serviceOf: serviceOfMethod(),
-        podsByState: () => countBy(sandboxes.list().map((s) => s.state)),
-        containersByState: () => countBy(containersRef.list().map((c) => c.state)),
-        liveShims: () => containersRef.list().filter((c) => c.shimPid !== null && alive(c.shimPid)).length,
+        podsByState: () => podsByState(),
+        containersByState: () => containersByState(),
+        liveShims: () => liveShims(),
         databaseBytes: () => [dbFile, `${dbFile}-wal`].reduce((n, f) => n + (statSync(f, { throwIfNoEntry: false })?.size ?? 0), 0),
       }));
       held.push(() => m.close());
@@ -290,6 +294,15 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
       held.push(() => ms.close());
     }
     const metricsState = (): typeof metricsEndpoint => metricsEndpoint;
+    const liveCounts = (): LiveCounts => ({
+      podsByState: podsByState(),
+      containersByState: containersByState(),
+      liveShims: liveShims(),
+      pullsInProgress: imgs.pullsInProgress,
+      eventSubscribers: containers.events.subscriberCount,
+      streamingSessions: streaming.sessions.open,
+      streamingUrlsPending: streaming.sessions.pendingUrls,
+    });
     const deps = {
       config,
       settings: new RuntimeSettingsRepository(db),
@@ -302,6 +315,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
       tracing,
       cadvisor,
       metricsEndpoint: metricsState,
+      liveCounts,
     };
     server = createCriServer({ state, log, observers: [...(tracing ? [tracing.rpc] : []), ...(metrics ? [metrics] : [])] }, deps);
     await bindSocket(server, config.socket);

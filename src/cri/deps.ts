@@ -23,6 +23,19 @@ export interface CriDeps {
   tracing?: Pick<Tracing, 'info'>;
   /** The cached cAdvisor-style samples (ListPodSandboxMetrics, /metrics/cadvisor). */
   cadvisor: CadvisorCollector;
+  /** What berthd holds now, for verbose Status (see {@link LiveCounts}). */
+  liveCounts(): LiveCounts;
   /** The metrics endpoint's state for verbose Status: its address when serving, else why not. */
   metricsEndpoint(): { serving: boolean; address?: string; error?: string };
+}
+
+/** What verbose Status reports as "counts": the objects berthd tracks and the work under way. */
+export interface LiveCounts {
+  podsByState: Record<string, number>;
+  containersByState: Record<string, number>;
+  liveShims: number;
+  pullsInProgress: number;
+  eventSubscribers: number;
+  streamingSessions: number;
+  streamingUrlsPending: number;
 }

@@ -100,6 +100,7 @@ export class ImageService {
   private readonly lifetime = new AbortController();
   /** Downloads and unpacks shared by pulls: each runs while some pull waits for it. */
   private readonly work = new SharedWork(this.lifetime.signal);
+  private pulling = 0;
 
   private readonly lookup: ImageLookup;
   private readonly stores: ImageStores;
@@ -197,7 +198,17 @@ export class ImageService {
   async pull(refText: string, credentials: Credentials | undefined, signal?: AbortSignal): Promise<ImageRecord> {
     const ref = parseReference(refText);
     const what = formatReference(ref);
-    return traced('berth:image.pull', { image: what }, () => this.pullRef(ref, what, credentials, signal));
+    this.pulling++;
+    try {
+      return await traced('berth:image.pull', { image: what }, () => this.pullRef(ref, what, credentials, signal));
+    } finally {
+      this.pulling--;
+    }
+  }
+
+  /** PullImage calls under way (callers of one shared transfer counted each). */
+  get pullsInProgress(): number {
+    return this.pulling;
   }
 
   private async pullRef(ref: ImageReference, what: string, credentials: Credentials | undefined, signal?: AbortSignal): Promise<ImageRecord> {

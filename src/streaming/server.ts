@@ -92,6 +92,11 @@ export class StreamingServer {
   }
 
   /** Base URL of the server (host bracketed when IPv6). */
+  /** Streaming sessions (exec, attach, port-forward) open now, and URLs handed out but not yet used. */
+  get sessions(): { open: number; pendingUrls: number } {
+    return { open: this.sockets.size, pendingUrls: this.pending.size };
+  }
+
   get baseUrl(): string {
     const a = this.o.config.address;
     return `http://${a.includes(':') ? `[${a}]` : a}:${this.port}`;

@@ -91,6 +91,15 @@ describe('metrics', function () {
   it('answers the CRI metrics RPCs and /metrics/cadvisor with the same cAdvisor series, and NOT_FOUND for unknown ids', async () => {
     const { b, pod, burn, address } = await burningPod();
 
+    // Verbose Status counts what berthd holds now: the one pod, its running container and its shim.
+    const counts = JSON.parse((await b.runtime.Status({ verbose: true })).info['counts']!) as Record<string, unknown>;
+    assert.deepEqual(counts.podsByState, { ready: 1 });
+    assert.deepEqual(counts.containersByState, { running: 1 });
+    assert.equal(counts.liveShims, 1);
+    assert.equal(counts.pullsInProgress, 0);
+    assert.equal(counts.eventSubscribers, 0);
+    assert.equal(counts.streamingSessions, 0);
+
     const { descriptors } = await b.runtime.ListMetricDescriptors({});
     const names = descriptors.map((d) => d.name);
     for (const n of ['container_cpu_usage_seconds_total', 'container_memory_working_set_bytes', 'container_memory_rss', 'container_spec_memory_limit_bytes']) {

@@ -38,7 +38,9 @@ export function runtimeHandlerList(config: Pick<BerthConfig, 'default_runtime' |
  * config to `info`, and under `hostFeatures` the facilities the host has or lacks
  * (AppArmor, SELinux, CRIU) with the reason, under `metrics` whether the metrics endpoint
  * serves and where (or why not), and under `tracing` the span exporter's health
- * and its exported and dropped span counts; values are JSON, as crictl expects.
+ * and its exported and dropped span counts, and under `counts` the live counts (pods and
+ * containers per state, live shims, pulls, event subscribers and streaming sessions under
+ * way); values are JSON, as crictl expects.
  */
 export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, StatusResponse> => {
   // The mount probes run inside the first Status call, so that a shutdown (which lets
@@ -62,6 +64,7 @@ export const status = (deps: CriDeps): UnaryHandler<StatusRequest__Output, Statu
       info.metrics = JSON.stringify(deps.metricsEndpoint());
       info.hostFeatures = JSON.stringify({ apparmor: appArmor, selinux: seLinux, criu: await criuFacility() });
       info.tracing = JSON.stringify(deps.tracing?.info() ?? TRACING_OFF);
+      info.counts = JSON.stringify(deps.liveCounts());
     }
     return {
       status: {
