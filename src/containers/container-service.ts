@@ -26,6 +26,7 @@ import type { ImageService } from '../images/image-service.js';
 import type { OciRuntime, OciRuntimes } from '../oci/oci-runtime.js';
 import type { SandboxService } from '../sandbox/sandbox-service.js';
 import type { Shim, ShimHandle } from '../shim/shim.js';
+import { containerDirs } from './container-dirs.js';
 import { ContainerEvents } from './container-events.js';
 import { overlayRootfs, type RootfsMounter } from './rootfs.js';
 import { ContainerIo, type CriResources } from './container-io.js';
@@ -91,7 +92,7 @@ export class ContainerService {
   constructor(private readonly o: ContainerServiceOptions) {
     this.rootfs = o.rootfs ?? overlayRootfs;
     this.cdi = new CdiRegistry(o.config.cdi.spec_dirs);
-    this.bundles = join(o.config.root, 'containers');
+    this.bundles = containerDirs(o.config).bundles;
     mkdirSync(this.bundles, { recursive: true, mode: 0o700 });
     this.host = o.host ?? hostProbes();
     const runtimeOf = (c: { sandboxId: string }): OciRuntime => this.runtimeOf(c);
@@ -155,7 +156,7 @@ export class ContainerService {
 
   /** Where idmap.ts prepares a container's mounts: apart from the bundle, which is removed recursively. */
   private preparedDir(id: string): string {
-    return join(this.o.config.state, 'mounts', id);
+    return join(containerDirs(this.o.config).mounts, id);
   }
 
   private paths(id: string): { bundle: string; rootfs: string } {

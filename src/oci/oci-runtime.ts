@@ -7,6 +7,7 @@
  * Every command is bounded by a timeout; failures are `OciRuntimeError`s whose kind
  * and message come from the runtime's own output (runtime-errors.ts).
  */
+import { join } from 'node:path';
 import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { execProcess } from '../common/process.js';
@@ -42,6 +43,11 @@ export interface OciResourceUpdate {
 export interface Argv {
   file: string;
   args: string[];
+}
+
+/** The state root berth gives handler `handler` (`runc --root`): `<state>/runtime/<handler>`, one dir per container ID. */
+export function runtimeStateRoot(state: string, handler: string): string {
+  return join(state, 'runtime', handler);
 }
 
 export class OciRuntime {

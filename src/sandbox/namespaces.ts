@@ -231,6 +231,16 @@ export async function pinPidNamespace(dir: string, pid: number): Promise<string>
 }
 
 /**
+ * Unmounts (MNT_DETACH) everything stacked on one pin file and deletes it, for a pin
+ * made outside berth's own layout (`ip netns add` style, a file rather than a pod's
+ * dir). Idempotent.
+ */
+export async function removePin(path: string): Promise<void> {
+  await detachAll([path], `namespace pin ${path}`);
+  await unlinkIfPresent(path);
+}
+
+/**
  * Unmounts (MNT_DETACH) and deletes each pin of `dir`, then the dir. Idempotent: a
  * missing dir or file, or a pin that is not mounted, is fine. Only the pin files are
  * removed; anything else in the dir makes the rmdir fail, loudly, rather than vanish.

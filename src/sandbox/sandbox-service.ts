@@ -17,7 +17,7 @@ import { DisposableStack } from '../common/disposable.js';
 import { nowNs } from '../common/clock.js';
 import { findByIdOrPrefix } from '../common/id-prefix.js';
 import { KeyedLock } from '../common/keyed-lock.js';
-import { BerthError, messageOf } from '../common/errors.js';
+import { BerthError, errnoOf, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { requireState, type RequireStateOptions } from '../common/require-record.js';
 import type { BerthConfig } from '../config/schema.js';
@@ -89,8 +89,7 @@ export class SandboxService {
 
   constructor(private readonly o: SandboxServiceOptions) {
     this.host = o.host ?? systemPodHost;
-    this.nsRoot = join(o.config.state, 'ns');
-    this.podRoot = join(o.config.root, 'sandboxes');
+    ({ nsRoot: this.nsRoot, podRoot: this.podRoot } = podDirs(o.config));
     mkdirSync(this.nsRoot, { recursive: true, mode: 0o700 });
     mkdirSync(this.podRoot, { recursive: true, mode: 0o711 });
     chmodSync(this.nsRoot, 0o700);
@@ -385,19 +384,16 @@ export class SandboxService {
       }
     }
     const known = new Set(this.o.repo.list().map((r) => r.id));
-    for (const dir of [this.nsRoot, this.podRoot]) {
-      for (const name of readdirSync(dir)) {
-        if (known.has(name)) continue;
-        try {
-          if (dir === this.nsRoot) await this.host.removeNamespaces(join(dir, name));
-          else {
-            await this.host.unmountShm(join(dir, name, 'shm'));
-            await rm(join(dir, name), { recursive: true, force: true });
-          }
-          this.o.log.info('recovery: removed leftovers of an unknown pod sandbox', { path: join(dir, name) });
-        } catch (err) {
-          this.o.log.error('recovery: could not remove leftovers', { path: join(dir, name), error: messageOf(err) });
+    for (const stray of strayPodEntries({ nsRoot: this.nsRoot, podRoot: this.podRoot }, known)) {
+      try {
+        if (stray.kind === 'ns') await this.host.removeNamespaces(stray.path);
+        else {
+          await this.host.unmountShm(join(stray.path, 'shm'));
+          await rm(stray.path, { recursive: true, force: true });
         }
+        this.o.log.info('recovery: removed leftovers of an unknown pod sandbox', { path: stray.path });
+      } catch (err) {
+        this.o.log.error('recovery: could not remove leftovers', { path: stray.path, error: messageOf(err) });
       }
     }
   }
@@ -469,6 +465,37 @@ export class SandboxService {
       this.o.log.info('pod sandbox resources recorded', { sandbox: rec.id });
     });
   }
+}
+
+/** Where pods live on disk: their pinned namespaces under the state dir, their files (hosts, resolv.conf, shm) under the root. */
+export function podDirs(config: Pick<BerthConfig, 'root' | 'state'>): { nsRoot: string; podRoot: string } {
+  return { nsRoot: join(config.state, 'ns'), podRoot: join(config.root, 'sandboxes') };
+}
+
+/**
+ * The entries of the pods' dirs that name no known pod (`ns`: a namespace pin dir or
+ * file; `pod`: a pod's files): recovery removes them; `berthd doctor` reports them.
+ * A missing dir has none.
+ */
+export function strayPodEntries(
+  dirs: { nsRoot: string; podRoot: string },
+  known: ReadonlySet<string>,
+): Array<{ kind: 'ns' | 'pod'; name: string; path: string }> {
+  const out: Array<{ kind: 'ns' | 'pod'; name: string; path: string }> = [];
+  for (const [kind, dir] of [
+    ['ns', dirs.nsRoot],
+    ['pod', dirs.podRoot],
+  ] as const) {
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT') continue;
+      throw err;
+    }
+    for (const name of names) if (!known.has(name)) out.push({ kind, name, path: join(dir, name) });
+  }
+  return out;
 }
 
 /** Whether the pod shares one PID namespace (and so has an infra process). */

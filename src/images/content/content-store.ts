@@ -33,6 +33,34 @@ async function fsyncPath(path: string): Promise<void> {
   }
 }
 
+/** The content store's dirs under berthd's root: verified blobs, downloads in progress, blobs being collected. */
+export function contentDirs(root: string): { blobsDir: string; ingestDir: string; trashDir: string } {
+  return { blobsDir: join(root, 'content', 'blobs'), ingestDir: join(root, 'content', 'ingest'), trashDir: join(root, 'content', 'trash') };
+}
+
+/**
+ * Blob files no row names (`<blobsDir>/<alg>/<hex>` whose digest is not in `known`):
+ * recovery removes them; `berthd doctor` reports them. Missing dirs have none.
+ */
+export function strayBlobFiles(blobsDir: string, known: ReadonlySet<string>): Array<{ digest: string; path: string }> {
+  const out: Array<{ digest: string; path: string }> = [];
+  for (const alg of readdirIfPresent(blobsDir)) {
+    for (const hex of readdirIfPresent(join(blobsDir, alg))) {
+      if (!known.has(`${alg}:${hex}`)) out.push({ digest: `${alg}:${hex}`, path: join(blobsDir, alg, hex) });
+    }
+  }
+  return out;
+}
+
+function readdirIfPresent(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return [];
+    throw err;
+  }
+}
+
 export class ContentStore {
   private readonly blobsDir: string;
   private readonly ingestDir: string;
@@ -45,9 +73,7 @@ export class ContentStore {
     private readonly repo: BlobRepository,
     private readonly log: Logger,
   ) {
-    this.blobsDir = join(root, 'content', 'blobs');
-    this.ingestDir = join(root, 'content', 'ingest');
-    this.trashDir = join(root, 'content', 'trash');
+    ({ blobsDir: this.blobsDir, ingestDir: this.ingestDir, trashDir: this.trashDir } = contentDirs(root));
     for (const d of [join(this.blobsDir, 'sha256'), join(this.blobsDir, 'sha512'), this.ingestDir, this.trashDir])
       mkdirSync(d, { recursive: true, mode: 0o700 });
   }
@@ -177,13 +203,9 @@ export class ContentStore {
       }
     }
     const known = new Set(this.repo.digests());
-    for (const alg of readdirSync(this.blobsDir)) {
-      for (const hex of readdirSync(join(this.blobsDir, alg))) {
-        if (!known.has(`${alg}:${hex}`)) {
-          await rm(join(this.blobsDir, alg, hex), { force: true });
-          removedFiles++;
-        }
-      }
+    for (const stray of strayBlobFiles(this.blobsDir, known)) {
+      await rm(stray.path, { force: true });
+      removedFiles++;
     }
     for (const digest of known) {
       try {

@@ -5,11 +5,32 @@
 import { mkdirSync, readdirSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BerthError } from '../../common/errors.js';
+import { BerthError, errnoOf } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import type { SnapshotRepository, SnapshotRow } from './snapshot-repository.js';
 import type { ExtractRequest, PreparedSnapshot, SnapshotInfo, Snapshotter } from './snapshotter.js';
 import { UnpackPool } from './unpack-pool.js';
+
+/** Where the snapshots of berthd's root live: `<root>/snapshots/<id>`. */
+export function snapshotsDir(root: string): string {
+  return join(root, 'snapshots');
+}
+
+/**
+ * The entries of the snapshots dir that no row names (recovery removes them; `berthd
+ * doctor` reports them). A missing dir has none.
+ */
+export function straySnapshotDirs(dir: string, rows: readonly Pick<SnapshotRow, 'id'>[]): string[] {
+  const known = new Set(rows.map((r) => String(r.id)));
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (err) {
+    if (errnoOf(err) === 'ENOENT') return [];
+    throw err;
+  }
+  return names.filter((n) => !known.has(n)).map((n) => join(dir, n));
+}
 
 export class OverlaySnapshotter implements Snapshotter {
   private readonly dir: string;
@@ -19,7 +40,7 @@ export class OverlaySnapshotter implements Snapshotter {
     private readonly repo: SnapshotRepository,
     private readonly log: Logger,
   ) {
-    this.dir = join(root, 'snapshots');
+    this.dir = snapshotsDir(root);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
   }
 
@@ -189,12 +210,12 @@ export class OverlaySnapshotter implements Snapshotter {
       await rm(join(this.dir, String(r.id)), { recursive: true, force: true });
       removed++;
     }
-    const known = new Set(rows.filter((r) => r.kind !== 'preparing').map((r) => String(r.id)));
-    for (const name of readdirSync(this.dir)) {
-      if (!known.has(name)) {
-        await rm(join(this.dir, name), { recursive: true, force: true });
-        removed++;
-      }
+    for (const path of straySnapshotDirs(
+      this.dir,
+      rows.filter((x) => x.kind !== 'preparing'),
+    )) {
+      await rm(path, { recursive: true, force: true });
+      removed++;
     }
     if (removed > 0) this.log.info('snapshots recovered', { removed });
   }
