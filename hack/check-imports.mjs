@@ -3,7 +3,7 @@
 // re-exports included, against the module chain of README.md's "Architecture in brief"
 // and ../shared/DESIGN.md ("Modules and their direction"):
 //
-//   common ← config, store, telemetry, oci ← images, shim ← sandbox ← containers ← streaming, stats ← cri ← main.ts
+//   common ← config, store, telemetry, oci ← images, shim ← sandbox ← containers ← streaming, stats ← cri, doctor ← main.ts
 //
 // A module may import itself and the layers below it only: not a layer above, nor a
 // different module of its own layer. It also fails on any import cycle between files.
@@ -28,6 +28,7 @@ const LAYER = {
   streaming: 5,
   stats: 5,
   cri: 6,
+  doctor: 6,
   'main.ts': 7,
 };
 

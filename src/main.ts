@@ -21,6 +21,7 @@ import { ConfigError, formatConfig, loadConfig } from './config/load.js';
 import type { BerthConfig } from './config/schema.js';
 import type { LiveCounts } from './cri/deps.js';
 import { createCriServer, serviceOfMethod } from './cri/server.js';
+import { doctorMain } from './doctor/command.js';
 import { ServingState } from './cri/serving-state.js';
 import { ContainerRepository } from './containers/container-repository.js';
 import { ContainerService } from './containers/container-service.js';
@@ -37,7 +38,7 @@ import { SandboxService } from './sandbox/sandbox-service.js';
 import { CadvisorCollector } from './stats/cadvisor-samples.js';
 import { StatsService } from './stats/stats-service.js';
 import { StreamingServer } from './streaming/server.js';
-import { OciRuntime, OciRuntimes } from './oci/oci-runtime.js';
+import { OciRuntime, OciRuntimes, runtimeStateRoot } from './oci/oci-runtime.js';
 import { ConmonShim } from './shim/conmon.js';
 import { shimDirs } from './shim/shim.js';
 import { openDatabase, type Db } from './store/database.js';
@@ -54,6 +55,7 @@ berth: a Kubernetes CRI v1 container runtime.
 Commands:
   (none)            run the daemon
   config            print the effective configuration (TOML) and exit
+  doctor            report (and with --repair remove) what the node holds that the database does not know; see berthd doctor --help
 
 Flags:
   --config FILE     config file (default /etc/berth/config.toml; drop-ins from its config.d/)
@@ -70,6 +72,7 @@ const TRACING_FLUSH_MS = 2000;
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration. */
 export async function main(argv: string[]): Promise<number> {
+  if (argv[0] === 'doctor') return doctorMain(argv.slice(1));
   let parsed;
   try {
     parsed = parseArgs({
@@ -366,7 +369,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
 /** One OCI runtime per configured handler, each with its state root under berth's state dir. */
 function ociRuntimes(config: BerthConfig, log: Logger): OciRuntimes {
   const runtimes = Object.entries(config.runtimes).map(
-    ([handler, rt]) => new OciRuntime({ handler, path: rt.path, root: join(config.state, 'runtime', handler), log }),
+    ([handler, rt]) => new OciRuntime({ handler, path: rt.path, root: runtimeStateRoot(config.state, handler), log }),
   );
   return new OciRuntimes(runtimes, config.default_runtime);
 }
