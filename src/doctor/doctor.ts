@@ -31,6 +31,7 @@ interface Judged extends Finding {
 export interface RepairOutcome {
   category: Finding['category'];
   subject: string;
+  owner?: string;
   ok: boolean;
   result: string;
 }
@@ -101,16 +102,17 @@ export async function repair(ctx: DoctorContext, writableDb?: Db): Promise<Repai
     const leaked = (await judgedFindings(ctx)).filter((f) => f.status === 'leaked' && f.repair && kinds.has(f.repair.kind));
     leaked.sort((a, b) => ORDER.indexOf(a.repair!.kind) - ORDER.indexOf(b.repair!.kind) || b.subject.length - a.subject.length);
     for (const f of leaked) {
+      const which = { category: f.category, subject: f.subject, ...(f.owner !== undefined ? { owner: f.owner } : {}) };
       const now = readDbView(ctx.db);
       if (f.observation && judge(f.observation.owner, now, ctx.running).known) {
-        outcomes.push({ category: f.category, subject: f.subject, ok: true, result: 'now known to berth: left alone' });
+        outcomes.push({ ...which, ok: true, result: 'now known to berth: left alone' });
         continue;
       }
       try {
         const result = await runRepair(f.repair!, { config: ctx.config, ...(writableDb ? { db: writableDb } : {}) });
-        outcomes.push({ category: f.category, subject: f.subject, ok: true, result });
+        outcomes.push({ ...which, ok: true, result });
       } catch (err) {
-        outcomes.push({ category: f.category, subject: f.subject, ok: false, result: err instanceof Error ? err.message : String(err) });
+        outcomes.push({ ...which, ok: false, result: err instanceof Error ? err.message : String(err) });
       }
     }
   };

@@ -7,7 +7,7 @@
  * (stray files, an orphaned blob row), and the refusal of a root doctor cannot read.
  */
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -38,7 +38,7 @@ interface Report {
   berthd_running: boolean;
   summary: { known: number; leaked: number; damaged: number };
   findings: Finding[];
-  repairs?: Array<{ category: string; subject: string; ok: boolean; result: string }>;
+  repairs?: Array<{ category: string; subject: string; owner?: string; ok: boolean; result: string }>;
   remaining?: Finding[];
 }
 
@@ -240,6 +240,76 @@ describe('berthd doctor', function () {
       existsSync(podSt.network!.ip ? join(b.dir, 'ipam', `berth-${net.bridge}`, podSt.network!.ip) : '/nonexistent'),
       "the pod's own reservation stays",
     );
+  });
+
+  it('--repair beside pods and containers being made never touches them (intent is in the database before the node changes)', async () => {
+    const b = await Berthd.start();
+    cleanup.push(() => b.dispose());
+    const net = testBridge(b, 'bd');
+    cleanup.push(net.remove);
+    const tag = randomBytes(4).toString('hex');
+    const cgroupParent = `/berth-test-doctor-${tag}`;
+    cleanup.push(() => {
+      for (const h of hierarchies()) {
+        try {
+          rmdirSync(join(h, cgroupParent));
+        } catch {
+          // never made in this hierarchy
+        }
+      }
+    });
+    await b.image.PullImage({ image: { image: reg.fx.busybox.ref } });
+    const made: Array<{ pod: string; ctr: string }> = [];
+    cleanup.push(async () => {
+      for (const { pod } of made) {
+        await b.runtime.StopPodSandbox({ pod_sandbox_id: pod });
+        await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+      }
+    });
+    const makeOne = async (i: number): Promise<void> => {
+      const podCfg = {
+        metadata: { name: `race-${tag}-${i}`, namespace: 'test', uid: `r${tag}${i}`, attempt: 0 },
+        linux: { cgroup_parent: cgroupParent, security_context: { namespace_options: { network: 'POD', pid: 'POD', ipc: 'POD' } } },
+      };
+      const { pod_sandbox_id: pod } = await b.runtime.RunPodSandbox({ config: podCfg as never });
+      const entry = { pod, ctr: '' };
+      made.push(entry);
+      const { container_id: ctr } = await b.runtime.CreateContainer({
+        pod_sandbox_id: pod,
+        config: { metadata: { name: 'c', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '3600'] },
+        sandbox_config: podCfg as never,
+      });
+      entry.ctr = ctr;
+      await b.runtime.StartContainer({ container_id: ctr });
+    };
+    let making = true;
+    const creations = Promise.all([0, 1, 2].map(makeOne)).finally(() => (making = false));
+    const repairs: NonNullable<Report['repairs']> = [];
+    let runs = 0;
+    // spawnSync would block the event loop the creations run on: doctor runs as a child, awaited.
+    while (making || runs === 0) {
+      const res = await new Promise<{ code: number | null; out: string }>((resolve) => {
+        const child = spawn(process.execPath, [BERTHD_BIN, 'doctor', '--config', b.configFile, '--root', b.root, '--state', b.state, '--json', '--repair']);
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        child.once('exit', (code) => resolve({ code, out }));
+      });
+      runs++;
+      repairs.push(...((JSON.parse(res.out) as Report).repairs ?? []));
+    }
+    await creations;
+    const ours = new Set(made.flatMap((m) => [m.pod, m.ctr]));
+    assert.deepEqual(
+      repairs.filter((r) => (r.owner !== undefined && ours.has(r.owner)) || [...ours].some((id) => r.subject.includes(id))),
+      [],
+      `doctor ran ${runs} times beside the creations and repaired nothing of them`,
+    );
+    for (const { pod, ctr } of made) {
+      assert.equal((await b.runtime.PodSandboxStatus({ pod_sandbox_id: pod })).status!.state, 'SANDBOX_READY');
+      assert.equal((await b.runtime.ContainerStatus({ container_id: ctr })).status!.state, 'CONTAINER_RUNNING');
+      assert.equal((await b.runtime.ExecSync({ container_id: ctr, cmd: ['true'], timeout: 10 })).exit_code, 0);
+    }
+    assert.equal(doctor(b).code, 0);
   });
 
   it('works with berthd stopped: stray files, exit files and an orphaned blob row are leaked, --repair removes them', async () => {
