@@ -37,6 +37,10 @@
  *   move_mount onto the target. Idmapped and recursive read-only mounts, which runc 1.1
  *   cannot make, are prepared this way before runc sees the bundle. An idmap can only be
  *   set on a detached mount, so the clone is what makes it possible.
+ * - notifySocket / datagramBind: the sd_notify protocol (systemd's Type=notify): one
+ *   datagram of "KEY=VALUE" lines sent to $NOTIFY_SOCKET, a unix path or, with a
+ *   leading '@', an abstract socket; Node has no unix datagram sockets. datagramBind
+ *   makes a non-blocking bound datagram socket that receives such messages (tests).
  * - openPty / setWinsize: a terminal pair for `runc exec -t` in the foreground, which
  *   wants a terminal of its own as stdio (it relays it to the container's and follows
  *   its size on SIGWINCH); TIOCSWINSZ sets the size.
@@ -53,6 +57,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1008,6 +1013,98 @@ static napi_value js_attach_conmon(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/* ---- sd_notify: notifySocket(path, text), datagramBind(path) -> fd ---- */
+
+/* Fills `addr` for a unix path, or an abstract name when `path` starts with '@'; returns the address length, or 0 when too long. */
+static socklen_t unix_address(const char *path, struct sockaddr_un *addr) {
+  size_t n = strlen(path);
+  memset(addr, 0, sizeof *addr);
+  addr->sun_family = AF_UNIX;
+  if (n == 0 || n >= sizeof addr->sun_path) return 0;
+  memcpy(addr->sun_path, path, n);
+  if (path[0] == '@') {
+    addr->sun_path[0] = '\0';
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n);
+  }
+  return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+}
+
+static napi_value js_notify_socket(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2) {
+    napi_throw_type_error(env, NULL, "berth_sys: notifySocket(path, text)");
+    return NULL;
+  }
+  char *path = get_string(env, argv[0], "path");
+  if (!path) return NULL;
+  char *text = get_string(env, argv[1], "text");
+  if (!text) {
+    free(path);
+    return NULL;
+  }
+  struct sockaddr_un addr;
+  socklen_t len = unix_address(path, &addr);
+  if (len == 0) {
+    free(text);
+    napi_value e = errno_error(env, ENAMETOOLONG, "sendto", path);
+    free(path);
+    napi_throw(env, e);
+    return NULL;
+  }
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  int err = 0;
+  if (fd < 0) {
+    err = errno;
+  } else {
+    /* MSG_DONTWAIT: a receiver that does not read must not stall the event loop. */
+    ssize_t sent = sendto(fd, text, strlen(text), MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&addr, len);
+    if (sent < 0) err = errno;
+    close(fd);
+  }
+  free(text);
+  if (err != 0) {
+    napi_value e = errno_error(env, err, fd < 0 ? "socket" : "sendto", path);
+    free(path);
+    napi_throw(env, e);
+    return NULL;
+  }
+  free(path);
+  return NULL;
+}
+
+static napi_value js_datagram_bind(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) {
+    napi_throw_type_error(env, NULL, "berth_sys: datagramBind(path)");
+    return NULL;
+  }
+  char *path = get_string(env, argv[0], "path");
+  if (!path) return NULL;
+  struct sockaddr_un addr;
+  socklen_t len = unix_address(path, &addr);
+  int fd = len == 0 ? -1 : socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  int err = len == 0 ? ENAMETOOLONG : 0;
+  if (fd < 0 && err == 0) err = errno;
+  if (fd >= 0 && bind(fd, (struct sockaddr *)&addr, len) != 0) {
+    err = errno;
+    close(fd);
+  }
+  if (err != 0) {
+    napi_value e = errno_error(env, err, "bind", path);
+    free(path);
+    napi_throw(env, e);
+    return NULL;
+  }
+  free(path);
+  napi_value v;
+  napi_create_int32(env, fd, &v);
+  return v;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"pipe", NULL, js_pipe, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -1020,6 +1117,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"openPty", NULL, js_open_pty, NULL, NULL, NULL, napi_enumerable, NULL},
       {"socketInNetns", NULL, js_socket_in_netns, NULL, NULL, NULL, napi_enumerable, NULL},
       {"attachConmon", NULL, js_attach_conmon, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"notifySocket", NULL, js_notify_socket, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"datagramBind", NULL, js_datagram_bind, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

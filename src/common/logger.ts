@@ -36,17 +36,18 @@ export function redact(value: unknown, depth = 0): unknown {
 
 class JsonLogger implements Logger {
   constructor(
-    private readonly min: number,
+    /** The lowest rank written, read on every line so that a config reload can change it. */
+    private readonly min: () => number,
     private readonly base: LogFields,
     private readonly write: (line: string) => void,
   ) {}
 
   enabled(level: LogLevel): boolean {
-    return RANK[level] >= this.min;
+    return RANK[level] >= this.min();
   }
 
   private log(level: LogLevel, msg: string, fields?: LogFields): void {
-    if (RANK[level] < this.min) return;
+    if (RANK[level] < this.min()) return;
     const rec = redact({ time: new Date().toISOString(), level, msg, ...this.base, ...fields });
     let line: string;
     try {
@@ -75,6 +76,18 @@ class JsonLogger implements Logger {
   }
 }
 
-export function createLogger(level: LogLevel, write: (line: string) => void = (l) => process.stderr.write(l)): Logger {
-  return new JsonLogger(RANK[level], {}, write);
+/**
+ * A logger writing lines at `level` and above. Given a function, the level is read from
+ * it on every line (the config in force, which `berthd reload` may change), for this
+ * logger and every child of it.
+ */
+export function createLogger(level: LogLevel | (() => LogLevel), write: (line: string) => void = (l) => process.stderr.write(l)): Logger {
+  const min =
+    typeof level === 'function'
+      ? (): number => RANK[level()]
+      : (
+          (rank) => (): number =>
+            rank
+        )(RANK[level]);
+  return new JsonLogger(min, {}, write);
 }

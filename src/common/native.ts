@@ -3,7 +3,8 @@
  * lacks. Callers use it through the modules named for what they do: processes
  * (`process.ts`: posix_spawn), mounts (`mount.ts`: mount(2), umount2(2), open_tree and
  * mount_setattr), user namespaces (`userns.ts`), and the
- * streaming server's terminal, network-namespace and attach-socket calls (`sys.ts`).
+ * streaming server's terminal, network-namespace and attach-socket calls (`sys.ts`), and
+ * systemd's notify socket (`sd-notify.ts`).
  *
  * The addon is built by `npm run build` (node-gyp, hack/build-native.sh); berthd cannot
  * run without it, and says so.
@@ -39,6 +40,8 @@ export interface NativeSys {
   setWinsize(fd: number, rows: number, cols: number): void;
   socketInNetns(nsPath: string, family: 4 | 6): number;
   attachConmon(dir: string): number;
+  notifySocket(path: string, text: string): void;
+  datagramBind(path: string): number;
 }
 
 /** Where the build leaves the addon, from dist/src/common (or any dist-* build) up to the repository. */
