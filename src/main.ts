@@ -17,8 +17,13 @@ import { cleanProbeScratch } from './common/mount-probes.js';
 import { loadNative } from './common/native.js';
 import { traced } from './common/trace-points.js';
 import { BERTH_VERSION } from './common/version.js';
-import { ConfigError, formatConfig, loadConfig } from './config/load.js';
-import type { BerthConfig } from './config/schema.js';
+import { SystemdNotifier } from './common/sd-notify.js';
+import { configInForce } from './cli/config.js';
+import { reloadCommand } from './cli/reload.js';
+import { LiveConfig } from './config/live.js';
+import { ConfigError, formatConfig, loadConfig, type LoadedConfig } from './config/load.js';
+import { ConfigReloader } from './config/reload.js';
+import { defaultConfig, type BerthConfig } from './config/schema.js';
 import type { LiveCounts } from './cri/deps.js';
 import { createCriServer, serviceOfMethod } from './cri/server.js';
 import { doctorMain } from './doctor/command.js';
@@ -28,6 +33,7 @@ import { ContainerService } from './containers/container-service.js';
 import { BlobRepository } from './images/content/blob-repository.js';
 import { ContentStore } from './images/content/content-store.js';
 import { ImageRepository } from './images/image-repository.js';
+import { pinnedNames } from './images/image-lookup.js';
 import { ImageService } from './images/image-service.js';
 import { closeAgents } from './images/registry/http.js';
 import { OverlaySnapshotter } from './images/snapshots/overlay.js';
@@ -54,7 +60,10 @@ berth: a Kubernetes CRI v1 container runtime.
 
 Commands:
   (none)            run the daemon
-  config            print the effective configuration (TOML) and exit
+  config            print the configuration in force in the berthd running on --state; with
+                    --config, --root, --socket or --log-level (or no berthd), what they give
+  reload            make the running berthd re-read its config files (SIGHUP) and print the
+                    outcome; keys that need a restart keep their running value
   doctor            report (and with --repair remove) what the node holds that the database does not know; see berthd doctor --help
 
 Flags:
@@ -103,28 +112,34 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const command = positionals[0] ?? 'run';
-  if (positionals.length > 1 || !['run', 'config'].includes(command)) {
+  if (positionals.length > 1 || !['run', 'config', 'reload'].includes(command)) {
     process.stderr.write(`berthd: unknown command "${positionals.join(' ')}"\n\n${USAGE}`);
     return 2;
   }
 
-  let config: BerthConfig;
-  let sources: string[];
-  try {
-    ({ config, sources } = loadConfig({
+  // The daemon reads its files again with the same flags on top at each reload.
+  const load = (): LoadedConfig =>
+    loadConfig({
       ...(values.config !== undefined ? { file: values.config } : {}),
       overrides: { socket: values.socket, root: values.root, state: values.state, log_level: values['log-level'] },
-    }));
+    });
+  let loaded: LoadedConfig;
+  try {
+    loaded = load();
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
+    // A broken file is for the running daemon to refuse (and say so): reload still asks it.
+    if (command === 'reload') return reloadCommand({ state: values.state ?? defaultConfig().state });
     process.stderr.write(`berthd: invalid configuration: ${err.message}\n`);
     return 2;
   }
+  if (command === 'reload') return reloadCommand({ state: loaded.config.state });
   if (command === 'config') {
-    process.stdout.write(formatConfig(config));
+    const describesFiles = [values.config, values.root, values.socket, values['log-level']].some((v) => v !== undefined);
+    process.stdout.write((!describesFiles && configInForce(loaded.config.state)) || formatConfig(loaded.config));
     return 0;
   }
-  return runDaemon(config, sources);
+  return runDaemon(loaded, load);
 }
 
 /**
@@ -171,8 +186,13 @@ async function bindSocket(server: grpc.Server, path: string): Promise<void> {
   chmodSync(path, 0o660);
 }
 
-async function runDaemon(config: BerthConfig, sources: string[]): Promise<number> {
-  const log = createLogger(config.log_level);
+async function runDaemon(loaded: LoadedConfig, load: () => LoadedConfig): Promise<number> {
+  // The config in force: what a reload may change is read from it at each use (config/live.ts).
+  const live = new LiveConfig(loaded.config, loaded.sources);
+  const config = live.view;
+  const sources = loaded.sources;
+  const log = createLogger(() => live.current.log_level);
+  const notifier = SystemdNotifier.fromEnvironment(log.child({ component: 'systemd' }));
   // What start-up took, undone in reverse order on shutdown or a failed start.
   const held: Array<() => void | Promise<void>> = [];
   const releaseAll = async (): Promise<void> => {
@@ -204,11 +224,25 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
   // Built first, so that the trace points of start-up and recovery are counted.
   let metrics: BerthMetrics | undefined;
   let metricsEndpoint: { serving: boolean; address?: string; error?: string } = { serving: false, error: 'metrics.address is ""' };
+  const reloader = new ConfigReloader({
+    live,
+    load,
+    check: (next) => void pinnedNames(next.images.pinned),
+    stateDir: config.state,
+    log: log.child({ component: 'config' }),
+    // systemd hears of a reload only once berthd is serving: READY=1 then means serving again.
+    onBegin: () => state.phase === 'ready' && notifier.reloading(),
+    onEnd: () => state.phase === 'ready' && notifier.ready(`serving on ${config.socket}; configuration generation ${live.generation}`),
+  });
+  // Installed before anything else: Node's default for SIGHUP is to exit.
+  process.on('SIGHUP', () => void reloader.reload());
   try {
     const rootLock = DirectoryLock.acquire(config.root, 'root directory');
     held.push(() => rootLock.release());
     const stateLock = DirectoryLock.acquire(config.state, 'state directory');
     held.push(() => stateLock.release());
+    await reloader.publish();
+    held.push(() => reloader.unpublish());
     await claimSocketPath(config.socket);
     // Tracing is not worth refusing to serve for: a failure to start it is logged and it stays off.
     const tracing = await startTracing(config.tracing, log.child({ component: 'tracing' })).catch(
@@ -235,8 +269,8 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
 
     const snapshots = new OverlaySnapshotter(config.root, new SnapshotRepository(db), log.child({ component: 'snapshots' }));
     images = new ImageService({
-      images: config.images,
-      registries: config.registries,
+      images: live.section('images'),
+      registries: () => live.current.registries,
       content: new ContentStore(config.root, new BlobRepository(db), log.child({ component: 'content' })),
       snapshots,
       repo: new ImageRepository(db),
@@ -279,7 +313,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
     containersRef = containers;
     held.push(() => containers.close());
     const stats = new StatsService({ containers, sandboxes, images, cgroupDriver: config.cgroup_driver, log: log.child({ component: 'stats' }) });
-    const streaming = new StreamingServer({ config: config.streaming, containers, sandboxes, log: log.child({ component: 'streaming' }) });
+    const streaming = new StreamingServer({ config: live.section('streaming'), containers, sandboxes, log: log.child({ component: 'streaming' }) });
     await streaming.start();
     held.push(() => streaming.close());
     const cadvisor = new CadvisorCollector({ stats, sandboxes });
@@ -340,12 +374,14 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
   });
 
   let stopping: Promise<number> | undefined;
-  const stop = (signal: string): Promise<number> =>
-    (stopping ??= shutdown(server, state, config, log, signal).then(async (code) => {
+  const stop = (signal: string): Promise<number> => {
+    if (!stopping) notifier.stopping(`stopping on ${signal}`);
+    return (stopping ??= shutdown(server, state, config, log, signal).then(async (code) => {
       await releaseAll();
       log.info('berthd stopped', { signal });
       return code;
     }));
+  };
 
   const exit = new Promise<number>((resolve) => {
     for (const sig of ['SIGTERM', 'SIGINT'] as const) process.on(sig, () => void stop(sig).then(resolve));
@@ -362,6 +398,7 @@ async function runDaemon(config: BerthConfig, sources: string[]): Promise<number
   if (state.phase === 'recovering') {
     state.ready();
     log.info('recovery finished; berthd is ready');
+    notifier.ready(`serving on ${config.socket}`);
   }
   return exit;
 }

@@ -7,27 +7,45 @@ import { BerthError, messageOf } from '../common/errors.js';
 import type { ImageRecord, ImageRepository } from './image-repository.js';
 import { digestedName, isImageId, parseReference, taggedName, type ImageReference } from './reference.js';
 
+/**
+ * The normalised names of images.pinned; throws InvalidArgument naming the key when a
+ * reference does not parse (a config reload runs it before putting a config in force).
+ */
+export function pinnedNames(pinned: readonly string[]): Set<string> {
+  return new Set(
+    pinned.map((text) => {
+      let ref: ImageReference;
+      try {
+        ref = parseReference(text);
+      } catch (err) {
+        throw new BerthError('InvalidArgument', `config key 'images.pinned': ${messageOf(err)}`);
+      }
+      return ref.digest ? digestedName(ref, ref.digest) : taggedName(ref)!;
+    }),
+  );
+}
+
 /** Lookups over the image repository, with pins from the configuration. */
 export class ImageLookup {
-  /** Names (tags and digests, normalised) of images configured as pinned. */
-  private readonly pinnedNames: Set<string>;
+  /** Names (tags and digests, normalised) of images configured as pinned, for the list they came from. */
+  private pins: { from: readonly string[]; names: Set<string> };
 
-  /** `pinned` is images.pinned; a reference that does not parse is InvalidArgument. */
+  /**
+   * `pinned` gives images.pinned in force, asked at each lookup (a config reload may
+   * change it); a reference that does not parse is InvalidArgument, here at once.
+   */
   constructor(
     private readonly repo: ImageRepository,
-    pinned: readonly string[],
+    private readonly pinned: () => readonly string[],
   ) {
-    this.pinnedNames = new Set(
-      pinned.map((text) => {
-        let ref: ImageReference;
-        try {
-          ref = parseReference(text);
-        } catch (err) {
-          throw new BerthError('InvalidArgument', `config key 'images.pinned': ${messageOf(err)}`);
-        }
-        return ref.digest ? digestedName(ref, ref.digest) : taggedName(ref)!;
-      }),
-    );
+    const from = pinned();
+    this.pins = { from, names: pinnedNames(from) };
+  }
+
+  private get pinnedNames(): Set<string> {
+    const from = this.pinned();
+    if (from !== this.pins.from) this.pins = { from, names: pinnedNames(from) };
+    return this.pins.names;
   }
 
   /** Finds an image by ID (full, "sha256:"-less, or a unique prefix), tag or digest reference. */

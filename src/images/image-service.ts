@@ -58,8 +58,10 @@ import type { Snapshotter } from './snapshots/snapshotter.js';
 import { refuseRemovalWhileMounted, useImageAsVolume } from './volume-use.js';
 
 export interface ImageServiceOptions {
+  /** Read at each use: a view of the config in force (config/live.ts) follows reloads. */
   images: ImagesConfig;
-  registries: Record<string, RegistryConfig>;
+  /** The per-registry settings in force, asked at each pull. */
+  registries: () => Record<string, RegistryConfig>;
   content: ContentStore;
   snapshots: Snapshotter;
   repo: ImageRepository;
@@ -107,7 +109,7 @@ export class ImageService {
   private readonly containerLayers: ContainerLayers;
 
   constructor(private readonly o: ImageServiceOptions) {
-    this.lookup = new ImageLookup(o.repo, o.images.pinned);
+    this.lookup = new ImageLookup(o.repo, () => o.images.pinned);
     this.stores = new ImageStores(o.content, o.snapshots);
     this.containerLayers = new ContainerLayers(o.snapshots);
     this.client = new RegistryClient({

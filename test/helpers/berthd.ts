@@ -25,7 +25,8 @@ export interface StartOptions {
   args?: string[];
   /** Reuse the dirs of an earlier instance (restart tests). */
   reuse?: { dir: string };
-  logLevel?: string;
+  /** The --log-level flag (default debug); null passes none, so the config files decide. */
+  logLevel?: string | null;
   /** Extra node flags for the berthd process (e.g. --cpu-prof for the benchmark). */
   nodeArgs?: string[];
   /** Environment variables added to the test's own for berthd. */
@@ -96,8 +97,7 @@ export class Berthd implements AsyncDisposable {
       join(dir, 'state'),
       '--socket',
       join(dir, 'state', 'berth.sock'),
-      '--log-level',
-      opts.logLevel ?? 'debug',
+      ...(opts.logLevel === null ? [] : ['--log-level', opts.logLevel ?? 'debug']),
       ...(opts.args ?? []),
     ];
     if (!/conf_dir/.test(opts.config ?? '') && !Object.values(opts.dropIns ?? {}).some((t) => /conf_dir/.test(t))) {

@@ -39,8 +39,10 @@ export interface Endpoint {
 }
 
 export interface ClientOptions {
+  /** Pull limits and the certs.d dir: read at each use (a config reload may change them). */
   images: ImagesConfig;
-  registries: Record<string, RegistryConfig>;
+  /** The per-registry settings in force, asked at each use (a config reload may replace them). */
+  registries: () => Record<string, RegistryConfig>;
   /** Base delay of the retry backoff (tests shorten it). */
   backoffMs?: number;
   log?: Logger;
@@ -98,19 +100,27 @@ export class RegistryClient {
   private readonly tokens = new TokenCache();
   private readonly basicOrigins = new Set<string>();
   private readonly backoffMs: number;
-  private readonly tls: RegistryTls;
+  /** TLS settings of the registry config in force, made again when a reload replaces it. */
+  private tlsCache: { registries: Record<string, RegistryConfig>; certsDir: string; tls: RegistryTls } | undefined;
   /** Registry → token server pairs on different hosts already logged. */
   private readonly loggedRealms = new Set<string>();
 
   constructor(private readonly opts: ClientOptions) {
     this.backoffMs = opts.backoffMs ?? 250;
-    this.tls = new RegistryTls(opts.registries, opts.images.registry_certs_dir);
+  }
+
+  private get tls(): RegistryTls {
+    const registries = this.opts.registries();
+    const certsDir = this.opts.images.registry_certs_dir;
+    const c = this.tlsCache;
+    if (c && c.registries === registries && c.certsDir === certsDir) return c.tls;
+    return (this.tlsCache = { registries, certsDir, tls: new RegistryTls(registries, certsDir) }).tls;
   }
 
   private readonly tlsFor = (url: URL): TlsSettings => this.tls.for(url.host);
 
   private settings(host: string): RegistryConfig {
-    return this.opts.registries[host] ?? defaultRegistryConfig();
+    return this.opts.registries()[host] ?? defaultRegistryConfig();
   }
 
   private configuredCredentials(host: string): Credentials | undefined {

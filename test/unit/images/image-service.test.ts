@@ -113,7 +113,7 @@ describe('images: ImageService against a registry of the test', () => {
     const cfg = defaultConfig();
     svc = new ImageService({
       images: { ...cfg.images, pull_attempts: 1 },
-      registries: {},
+      registries: () => ({}),
       content: new ContentStore(dir, new BlobRepository(db), log),
       snapshots: new OverlaySnapshotter(dir, new SnapshotRepository(db), log),
       repo: new ImageRepository(db),
