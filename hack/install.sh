@@ -15,6 +15,8 @@
 #   attr ...................... setfattr/getfattr: layer xattrs and overlay opaque dirs
 #   prometheus ................ the metrics e2e test scrapes berthd with a Prometheus of its own
 #   openssl ................... self-signed certificates for the TLS registry test
+#   systemd ................... systemd-analyze verify checks hack/systemd/berthd.service in a test
+#                               (and the host's systemd runs berthd where it is PID 1)
 #   gcc, make, python3 ........ node-gyp builds berth's native addon (native/berth_sys.c)
 #                               against the nodejs package's headers (/usr/include/node)
 set -euo pipefail
@@ -24,7 +26,7 @@ PACKAGES=(
   iproute2 iptables
   docker-registry busybox-static zstd
   util-linux psmisc ca-certificates
-  apache2-utils attr openssl
+  apache2-utils attr openssl systemd
   gcc libc6-dev make python3
 )
 

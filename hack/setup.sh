@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # hack/setup.sh — set berth up on a fresh Debian 12 machine and run berthd with working
 # defaults (as root): system packages, npm dependencies, build, a default CNI network,
-# then berthd in the background on /run/berth/berth.sock, logging to /var/log/berthd.log.
+# then berthd on /run/berth/berth.sock: as the systemd service berthd.service where the
+# host runs systemd (hack/systemd/berthd.service; logs in the journal), otherwise in the
+# background with nohup, logging to /var/log/berthd.log.
 # Idempotent: run it again to rebuild and restart berthd.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,9 +31,34 @@ fi
 
 ln -sf "$REPO/bin/berthd.js" /usr/local/bin/berthd
 
-# (Re)start berthd.
+# (Re)start berthd: as a systemd service where the host runs systemd, otherwise in the
+# background with nohup.
 SOCK=/run/berth/berth.sock
 PIDFILE=/run/berth/berthd.pid
+UNIT=/etc/systemd/system/berthd.service
+if [ -d /run/systemd/system ]; then
+  # A berthd started earlier by this script (nohup) would hold the state dir: stop it first.
+  if ! systemctl is-active --quiet berthd && [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+    echo "hack/setup.sh: stopping the berthd started without systemd (pid $(cat "$PIDFILE"))"
+    kill -TERM "$(cat "$PIDFILE")"
+    for _ in $(seq 1 100); do kill -0 "$(cat "$PIDFILE" 2>/dev/null || echo 0)" 2>/dev/null || break; sleep 0.1; done
+  fi
+  install -m 0644 hack/systemd/berthd.service "$UNIT"
+  systemctl daemon-reload
+  systemctl enable --quiet berthd
+  # Type=notify: restart returns once berthd has recovered and serves (or failed to).
+  # KillMode=process: conmon and the containers keep running across the restart.
+  if ! systemctl restart berthd; then
+    echo "hack/setup.sh: berthd failed to start; journalctl -u berthd says:" >&2
+    journalctl -u berthd -n 20 --no-pager >&2 || true
+    exit 1
+  fi
+  echo "hack/setup.sh: berthd is running under systemd (unit $UNIT) on unix://$SOCK"
+  echo "  status: systemctl status berthd; logs: journalctl -u berthd; reload config: systemctl reload berthd"
+  echo "  try: crictl --runtime-endpoint unix://$SOCK version"
+  exit 0
+fi
+
 if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
   echo "hack/setup.sh: stopping the running berthd (pid $(cat "$PIDFILE"))"
   kill -TERM "$(cat "$PIDFILE")"
