@@ -49,7 +49,12 @@ export async function reloadCommand(o: ReloadCommandOptions): Promise<number> {
   }
   const before = readInForce(o.state);
   const seen = before?.pid === found.pid ? before.reloads : -1;
-  process.kill(found.pid, 'SIGHUP');
+  try {
+    process.kill(found.pid, 'SIGHUP');
+  } catch (e) {
+    err(`berthd reload: cannot signal berthd pid ${found.pid}: ${errnoOf(e) ?? String(e)}${errnoOf(e) === 'EPERM' ? ' (run it as root)' : ''}\n`);
+    return 1;
+  }
   const timeoutMs = o.timeoutMs ?? 30_000;
   const until = Date.now() + timeoutMs;
   while (Date.now() < until) {

@@ -117,7 +117,7 @@ export class ConfigReloader {
       config: redactedConfig(live.current),
       ...(this.last ? { last_reload: this.last } : {}),
     };
-    await writeFileAtomic(this.file, JSON.stringify(record, null, 2) + '\n', 0o644).catch((err: unknown) =>
+    await writeFileAtomic(this.file, JSON.stringify(record, null, 2) + '\n', 0o600).catch((err: unknown) =>
       this.o.log.warn('cannot publish the config in force', { file: this.file, error: messageOf(err) }),
     );
   }

@@ -158,6 +158,12 @@ describe('berthd: live config reload', function () {
     assert.equal((await b.runtime.Version({})).runtime_name, 'berth');
   });
 
+  it('berthd reload without a berthd on the state dir says so and exits 1', async () => {
+    const r = await runBerthd(['reload', '--state', join(first.dataDir, 'no-berthd-here')]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^berthd reload: no berthd runs on state dir .*no-berthd-here \(no .*berthd\.pid\)\n$/);
+  });
+
   it('a log level change applies to the next line', async () => {
     const b = await start({ config: 'log_level = "info"\n', logLevel: null });
     const versionLines = (): number => b.records().filter((x) => x.msg === 'rpc' && x.method === 'Version').length;
