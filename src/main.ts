@@ -231,8 +231,12 @@ async function runDaemon(loaded: LoadedConfig, load: () => LoadedConfig): Promis
     stateDir: config.state,
     log: log.child({ component: 'config' }),
     // systemd hears of a reload only once berthd is serving: READY=1 then means serving again.
-    onBegin: () => state.phase === 'ready' && notifier.reloading(),
-    onEnd: () => state.phase === 'ready' && notifier.ready(`serving on ${config.socket}; configuration generation ${live.generation}`),
+    onBegin: () => {
+      if (state.phase === 'ready') notifier.reloading();
+    },
+    onEnd: () => {
+      if (state.phase === 'ready') notifier.ready(`serving on ${config.socket}; configuration generation ${live.generation}`);
+    },
   });
   // Installed before anything else: Node's default for SIGHUP is to exit.
   process.on('SIGHUP', () => void reloader.reload());
