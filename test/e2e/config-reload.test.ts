@@ -6,13 +6,17 @@
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parse } from 'smol-toml';
 import type { BerthConfig } from '../../src/config/schema.js';
 import { pushRandomImage, type PushedImage } from '../../hack/test-images/oci.js';
 import { Berthd, BERTHD_BIN, sleep, until } from '../helpers/berthd.js';
 import { freePort, startRegistry, type Registry } from '../helpers/registry.js';
+
+/** The default pod network hack/setup.sh installs. */
+const CONFLIST = fileURLToPath(new URL('../../../hack/cni/10-berth-bridge.conflist', import.meta.url));
 
 /**
  * Runs a berthd command (reload, config) to completion. Asynchronously: the test must
@@ -135,10 +139,18 @@ describe('berthd: live config reload', function () {
 
   it('a changed key that needs a restart is named and keeps its running value; the rest applies', async () => {
     const b = await start({ config: 'cgroup_driver = "cgroupfs"\n' });
+    const networkReady = async (): Promise<boolean> => (await b.runtime.Status({})).status!.conditions.find((c) => c.type === 'NetworkReady')!.status;
+    assert.equal(await networkReady(), false, "the test's CNI conf dir is empty");
+    // Another CNI conf dir, holding a network: a live key, applied with the refused ones.
+    const cni = join(b.dir, 'cni-2');
+    mkdirSync(cni);
+    copyFileSync(CONFLIST, join(cni, '10-berth-bridge.conflist'));
+    dropIn(b, '00-test-cni.toml', `[cni]\nconf_dir = "${cni}"\n`);
     dropIn(b, '80-restart.toml', `cgroup_driver = "systemd"\n[streaming]\nport = 1\nidle_timeout_seconds = 60\n[runtimes.other]\npath = "/bin/true"\n`);
     const r = await reload(b);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /applied: streaming\.idle_timeout_seconds\n/);
+    assert.match(r.stdout, /applied: cni\.conf_dir, streaming\.idle_timeout_seconds\n/);
+    assert.equal(await networkReady(), true, 'Status reads the new CNI conf dir');
     assert.match(r.stdout, /kept until a restart \(these keys need one\): cgroup_driver, runtimes\.other\.path, streaming\.port\n/);
     const refused = await logged(b, (x) => x.msg === 'config key needs a restart; its running value stays', 3);
     assert.deepEqual(
