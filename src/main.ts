@@ -239,7 +239,9 @@ async function runDaemon(loaded: LoadedConfig, load: () => LoadedConfig): Promis
     },
   });
   // Installed before anything else: Node's default for SIGHUP is to exit.
-  process.on('SIGHUP', () => void reloader.reload());
+  process.on('SIGHUP', () => {
+    if (state.phase !== 'draining') void reloader.reload();
+  });
   try {
     const rootLock = DirectoryLock.acquire(config.root, 'root directory');
     held.push(() => rootLock.release());

@@ -66,6 +66,8 @@ export class ConfigReloader {
   private reloads = 0;
   private last: ReloadOutcome | undefined;
   private queue: Promise<unknown> = Promise.resolve();
+  /** Set at shutdown: nothing is published after the record is removed. */
+  private closed = false;
 
   constructor(private readonly o: ReloaderOptions) {}
 
@@ -108,6 +110,7 @@ export class ConfigReloader {
   /** Writes the config in force and the last outcome to the state dir; a failure is logged. */
   async publish(): Promise<void> {
     const { live } = this.o;
+    if (this.closed) return;
     const record: InForceRecord = {
       pid: process.pid,
       generation: live.generation,
@@ -124,6 +127,7 @@ export class ConfigReloader {
 
   /** Removes the published record (at shutdown: no daemon, no config in force). */
   unpublish(): void {
+    this.closed = true;
     rmSync(this.file, { force: true });
   }
 }
