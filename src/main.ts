@@ -247,7 +247,7 @@ async function runDaemon(loaded: LoadedConfig, load: () => LoadedConfig): Promis
     held.push(() => rootLock.release());
     const stateLock = DirectoryLock.acquire(config.state, 'state directory');
     held.push(() => stateLock.release());
-    await reloader.publish();
+    reloader.publish();
     held.push(() => reloader.unpublish());
     await claimSocketPath(config.socket);
     // Tracing is not worth refusing to serve for: a failure to start it is logged and it stays off.

@@ -12,9 +12,8 @@
  * The outcome, and the config in force (passwords masked), are published in the state
  * dir as `berthd.config.json`, which `berthd reload` waits on and `berthd config` prints.
  */
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../common/atomic-file.js';
 import { messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { planReload, type LiveConfig } from './live.js';
@@ -102,13 +101,17 @@ export class ConfigReloader {
     }
     this.reloads++;
     this.last = outcome;
-    await this.publish();
+    this.publish();
     this.o.onEnd?.(outcome);
     return outcome;
   }
 
-  /** Writes the config in force and the last outcome to the state dir; a failure is logged. */
-  async publish(): Promise<void> {
+  /**
+   * Writes the config in force and the last outcome to the state dir (a temp file renamed
+   * over, so readers never see half a record; not fsynced: it describes this boot's
+   * daemon only). A failure is logged.
+   */
+  publish(): void {
     const { live } = this.o;
     if (this.closed) return;
     const record: InForceRecord = {
@@ -120,9 +123,14 @@ export class ConfigReloader {
       config: redactedConfig(live.current),
       ...(this.last ? { last_reload: this.last } : {}),
     };
-    await writeFileAtomic(this.file, JSON.stringify(record, null, 2) + '\n', 0o600).catch((err: unknown) =>
-      this.o.log.warn('cannot publish the config in force', { file: this.file, error: messageOf(err) }),
-    );
+    const tmp = `${this.file}.tmp-${process.pid}`;
+    try {
+      writeFileSync(tmp, JSON.stringify(record, null, 2) + '\n', { mode: 0o600 });
+      renameSync(tmp, this.file);
+    } catch (err) {
+      rmSync(tmp, { force: true });
+      this.o.log.warn('cannot publish the config in force', { file: this.file, error: messageOf(err) });
+    }
   }
 
   /** Removes the published record (at shutdown: no daemon, no config in force). */
