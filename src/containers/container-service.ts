@@ -76,6 +76,9 @@ export interface ContainerServiceOptions {
   rootfs?: RootfsMounter;
 }
 
+/** How long a stop waits for the exit of a container it sent SIGKILL. */
+const KILL_WAIT_MS = 10_000;
+
 export class ContainerService {
   private readonly bundles: string;
   private readonly locks = new KeyedLock();
@@ -349,12 +352,36 @@ export class ContainerService {
         if (code !== undefined) return this.exits.recordExit(c.id, code);
       }
       await rt.kill(c.id, 'KILL', true).catch(() => undefined);
-      const code = await exited(10_000);
+      const code = await exited(KILL_WAIT_MS);
       if (code !== undefined) return this.exits.recordExit(c.id, code);
+      await this.refuseIfStillLive(c, rt);
       // Never started (no shim exit for a created container that got killed before start
       // on some runtimes), or the shim is gone: record it as killed.
       return this.exits.recordExit(c.id, 137);
     });
+  }
+
+  /**
+   * After SIGKILL and no exit within KILL_WAIT_MS: when the runtime still has the
+   * container live (a process in uninterruptible sleep, a frozen cgroup), no exit is
+   * recorded, since that would let the pod's resources go while its processes hold them.
+   * The stop fails with DeadlineExceeded, as containerd's does when its wait for the
+   * killed task runs out, and the container stays RUNNING; the exit monitor records the
+   * real exit when it comes, and a retried StopContainer sees it.
+   */
+  private async refuseIfStillLive(c: ContainerRecord, rt: OciRuntime): Promise<void> {
+    const st = await rt.state(c.id).catch((err: unknown) => {
+      this.o.log.warn('runtime state after SIGKILL failed', { container: c.id, error: messageOf(err) });
+      return { status: 'unknown' as const, pid: 0 };
+    });
+    if (st === undefined || st.status === 'stopped') return;
+    // The shim may have written the exit file while the runtime was asked.
+    if ((await this.o.shim.exitCode(c.id)) !== undefined) return;
+    this.o.log.warn('container still live after SIGKILL; its exit is not recorded', { container: c.id, runtime_state: st.status, pid: st.pid });
+    throw new BerthError(
+      'DeadlineExceeded',
+      `container ${c.id}: still ${st.status} in the runtime ${KILL_WAIT_MS / 1000} s after SIGKILL (pid ${st.pid}: a process in uninterruptible sleep, or a frozen cgroup); it stays ${c.state}, retry StopContainer`,
+    );
   }
 
   /**

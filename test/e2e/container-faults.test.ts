@@ -8,7 +8,7 @@ import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Berthd, until } from '../helpers/berthd.js';
@@ -392,5 +392,67 @@ describe('container faults', function () {
     console.log(`      (outcomes: ${outcomes.join('; ')})`);
     await h.b.runtime.StopPodSandbox({ pod_sandbox_id: h.pod });
     await h.b.runtime.RemovePodSandbox({ pod_sandbox_id: h.pod });
+  });
+
+  it('a container that SIGKILL cannot end (its cgroup frozen) is not recorded exited: StopContainer fails and it stays RUNNING until it really ends', async function () {
+    const FREEZER = '/sys/fs/cgroup/freezer';
+    if (!existsSync(join(FREEZER, 'freezer.state')) && !existsSync(join(FREEZER, 'cgroup.procs'))) this.skip();
+    // A pod cgroup parent of the test's own, frozen in the v1 freezer: the container's
+    // processes stop where they are and a SIGKILL stays pending until the thaw, as for a
+    // process in uninterruptible sleep. (runc's kill --all thaws the container's own
+    // cgroup, not its parent.)
+    const parent = `/berth-frz-${randomBytes(4).toString('hex')}`;
+    const freezer = join(FREEZER, parent);
+    cleanup.push(() => {
+      for (const ctrl of readdirSync('/sys/fs/cgroup')) {
+        const d = join('/sys/fs/cgroup', ctrl, parent);
+        if (!existsSync(d)) continue;
+        if (existsSync(join(d, 'freezer.state'))) writeFileSync(join(d, 'freezer.state'), 'THAWED');
+        rmdirSync(d);
+      }
+    });
+    const b = await Berthd.start();
+    cleanup.push(() => b.dispose());
+    await b.image.PullImage({ image: { image: reg.fx.busybox.ref } });
+    const logDir = mkdtempSync(join(tmpdir(), 'berth-logs-'));
+    cleanup.push(() => rmSync(logDir, { recursive: true, force: true }));
+    const tag = randomBytes(2).toString('hex');
+    const podCfg = {
+      metadata: { name: `frz${tag}`, namespace: 'test', uid: `frz${tag}`, attempt: 0 },
+      hostname: `frz${tag}`,
+      log_directory: logDir,
+      linux: { cgroup_parent: parent, security_context: { namespace_options: { network: 'NODE', pid: 'CONTAINER' } } },
+    };
+    const pod = (await b.runtime.RunPodSandbox({ config: podCfg as never })).pod_sandbox_id;
+    const id = (await b.runtime.CreateContainer({ pod_sandbox_id: pod, config: ctr('stuck', ['sleep', '1000']) as never, sandbox_config: podCfg as never }))
+      .container_id;
+    await b.runtime.StartContainer({ container_id: id });
+    const { pid } = await pidsOf(b, id);
+    assert.ok(existsSync(freezer), `the container's freezer cgroup is under ${freezer}`);
+    writeFileSync(join(freezer, 'freezer.state'), 'FROZEN');
+    await until(async () => (readFileSync(join(freezer, 'freezer.state'), 'utf8').trim() === 'FROZEN' ? true : undefined), 5000);
+
+    const t0 = Date.now();
+    const e = await grpcError(b.runtime.StopContainer({ container_id: id, timeout: 0 }));
+    assert.equal(e.code, status.DEADLINE_EXCEEDED, e.details);
+    assert.match(e.details, new RegExp(`container ${id}: still (running|paused) in the runtime 10 s after SIGKILL`));
+    assert.ok(Date.now() - t0 >= 10_000, 'it waited for the exit');
+    assert.ok(!gone(pid), 'the frozen process is alive');
+    const st = await statusOf(b, id);
+    assert.deepEqual([st.state, st.exit_code, st.finished_at], ['CONTAINER_RUNNING', 0, '0'], 'no exit is recorded for a live container');
+    assert.match(runc(b, 'state', id), /"status": "(running|paused)"/);
+
+    // Thawed, the pending SIGKILL lands: the exit is recorded as it really happened.
+    writeFileSync(join(freezer, 'freezer.state'), 'THAWED');
+    const ended = await until(async () => {
+      const s = await statusOf(b, id);
+      return s.state === 'CONTAINER_EXITED' ? s : undefined;
+    }, 10_000);
+    assert.deepEqual([ended.exit_code, ended.reason], [137, 'Error']);
+    assert.ok(gone(pid));
+    await b.runtime.StopContainer({ container_id: id, timeout: 0 });
+    await b.runtime.StopPodSandbox({ pod_sandbox_id: pod });
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+    assertNoTraces(b, 'after the pod was removed');
   });
 });
