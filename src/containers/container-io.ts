@@ -4,7 +4,7 @@
  * UpdateContainerResources. Commands run through the container's OCI runtime; the
  * container's own stdio and log file are the shim's.
  */
-import { rm, readFile } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { BerthError, messageOf } from '../common/errors.js';
 import type { RequireStateOptions } from '../common/require-record.js';
@@ -13,7 +13,8 @@ import type { OciResourceUpdate, OciRuntime } from '../oci/oci-runtime.js';
 import { OciRuntimeError } from '../oci/runtime-errors.js';
 import type { Shim } from '../shim/shim.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
-import { descendants, killQuietly, startExecSession, type ExecSession } from './exec-session.js';
+import { ExecProcess } from './exec-process.js';
+import { startExecSession, type ExecSession } from './exec-session.js';
 import type { CriContainerConfig } from './spec.js';
 import type { ContainerState } from './state.js';
 
@@ -69,16 +70,12 @@ export class ContainerIo {
     const out = collect(child.stdout!);
     const err = collect(child.stderr!);
     let timedOut: BerthError | undefined;
-    const killExec = async (why: BerthError): Promise<void> => {
+    const command = new ExecProcess(pidFile, child.pid, child.exited);
+    const killExec = (why: BerthError): void => {
       timedOut ??= why;
-      try {
-        const pid = Number((await readFile(pidFile, 'utf8')).trim());
-        // The command and everything it started (`sh -c 'sleep …'`): children would
-        // otherwise be reparented to the container's init and live on.
-        if (pid > 0) for (const p of [pid, ...descendants(pid)]) killQuietly(p);
-      } catch {
-        // not started yet, or already gone
-      }
+      // The command and everything it started (`sh -c 'sleep …'`), each only if its pid
+      // still names it.
+      command.kill();
       // The runtime's `exec` reaps the command it started: give it a moment, or the killed
       // command lingers as a zombie that `ps`/`pgrep` in the container still see.
       const grace = setTimeout(() => child.kill('SIGKILL'), 2000);
@@ -86,12 +83,9 @@ export class ContainerIo {
     };
     const timer =
       timeoutSeconds > 0
-        ? setTimeout(
-            () => void killExec(new BerthError('DeadlineExceeded', `command timed out after ${timeoutSeconds} s and was killed`)),
-            timeoutSeconds * 1000,
-          )
+        ? setTimeout(() => killExec(new BerthError('DeadlineExceeded', `command timed out after ${timeoutSeconds} s and was killed`)), timeoutSeconds * 1000)
         : undefined;
-    const onAbort = (): void => void killExec(new BerthError('DeadlineExceeded', 'the caller went away; the command was killed'));
+    const onAbort = (): void => killExec(new BerthError('DeadlineExceeded', 'the caller went away; the command was killed'));
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
       const st = await child.exited;

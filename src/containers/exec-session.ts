@@ -9,13 +9,14 @@
  */
 import { rm } from 'node:fs/promises';
 import { ReadStream } from 'node:tty';
-import { closeSync, readFileSync, readdirSync } from 'node:fs';
+import { closeSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import { BerthError, messageOf } from '../common/errors.js';
 import { spawnProcess, type ChildProcess } from '../common/process.js';
 import { openPty, setWinsize } from '../common/sys.js';
 import type { OciRuntime } from '../oci/oci-runtime.js';
 import type { ExecSession } from '../shim/shim.js';
+import { ExecProcess } from './exec-process.js';
 
 export type { ExecSession };
 
@@ -50,14 +51,9 @@ export function startExecSession(o: ExecSessionOptions): ExecSession {
     await rm(o.pidFile, { force: true });
     return st.code ?? 128 + signalNumber(st.signal);
   });
+  const command = new ExecProcess(o.pidFile, child.pid, child.exited);
   const kill = (): void => {
-    let pid = 0;
-    try {
-      pid = Number(readFileSync(o.pidFile, 'utf8').trim());
-    } catch {
-      // not started yet, or gone
-    }
-    if (pid > 0) for (const p of [pid, ...descendants(pid)]) killQuietly(p);
+    command.kill();
     // runc reaps what it started; if it lingers, it goes too.
     const t = setTimeout(() => child.kill('SIGKILL'), 2000);
     void child.exited.then(() => clearTimeout(t));
@@ -105,38 +101,4 @@ function closeQuietly(fd: number): void {
 
 function signalNumber(sig: NodeJS.Signals | null): number {
   return sig ? osConstants.signals[sig] : 9;
-}
-
-export function killQuietly(pid: number): void {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // already gone
-  }
-}
-
-/** Every descendant of `pid`, from /proc. */
-export function descendants(pid: number): number[] {
-  const children = new Map<number, number[]>();
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      const list = children.get(ppid) ?? [];
-      list.push(Number(name));
-      children.set(ppid, list);
-    } catch {
-      // the process went away while we looked
-    }
-  }
-  const out: number[] = [];
-  const stack = [pid];
-  while (stack.length > 0) {
-    for (const c of children.get(stack.pop()!) ?? []) {
-      out.push(c);
-      stack.push(c);
-    }
-  }
-  return out;
 }
