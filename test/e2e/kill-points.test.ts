@@ -6,17 +6,27 @@
  * must list every container and pod that exists in the state the runtime really has,
  * leave nothing it does not list (process, mount, netns pin, cgroup, file), and accept
  * the client's retry of the RPC.
+ *
+ * PullImage is killed at each of its steps (resolve, each layer's fetch and unpack, the
+ * image record's commit) and part-way through fetches and unpacks; after each restart no
+ * temp file, untracked blob or snapshot directory, or half-unpacked snapshot may remain,
+ * an image that is listed must run a container, and the client's re-pull must succeed.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { buildImage, buildLayer, busyboxEntries, RegistryPusher, type StreamedContent } from '../../hack/test-images/oci.js';
 import { Berthd } from '../helpers/berthd.js';
 import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
 import { testBridge } from '../helpers/network.js';
+import { startRegistryProxy } from '../helpers/registry.js';
+import { runToExit } from '../helpers/run-container.js';
 
 const PRELOAD = fileURLToPath(new URL('../helpers/kill-point.js', import.meta.url));
 /** Bound on the steps of one RPC, should an RPC never run through. */
@@ -276,5 +286,170 @@ describe('kill points', function () {
       after: async (b, id) => assert.equal((await b.runtime.ListPodSandbox({ filter: { id } })).items.length, 0),
     });
     console.log(`      (run killed at: ${runs.join('; ')}; stop: ${stops.join('; ')}; remove: ${removes.join('; ')})`);
+  });
+
+  it('PullImage', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'berth-kp-image-'));
+    cleanup.push(() => rmSync(work, { recursive: true, force: true }));
+    // busybox, 16 MiB that does not compress (an unpack long enough to be cut part-way) and
+    // a small zstd layer the proxy trickles (a fetch long enough to be cut part-way).
+    const big: StreamedContent = {
+      size: 16 << 20,
+      *chunks() {
+        for (let i = 0; i < 16; i++) yield randomBytes(1 << 20);
+      },
+    };
+    const layers = [
+      await buildLayer(busyboxEntries(), 'gzip'),
+      await buildLayer([{ path: 'big.bin', type: 'file', content: big }], 'gzip', { file: join(work, 'big'), gzipLevel: 1 }),
+      await buildLayer(
+        [
+          { path: 'small', type: 'directory' },
+          { path: 'small/x.bin', type: 'file', content: randomBytes(256 << 10) },
+        ],
+        'zstd',
+      ),
+    ];
+    const built = buildImage({ layers, config: { Cmd: ['sh'] } });
+    const pusher = new RegistryPusher(reg.registry.host);
+    try {
+      await pusher.pushImage('kp/pull', built, ['latest']);
+    } finally {
+      pusher.close();
+    }
+    const proxy = await startRegistryProxy(reg.registry.host, { faults: [{ kind: 'trickle', bytesPerTick: 16 << 10, tickMs: 20, digest: layers[2]!.digest }] });
+    cleanup.push(() => proxy.stop());
+    const ref = `${proxy.host}/kp/pull:latest`;
+
+    const killDir = mkdtempSync(join(tmpdir(), 'berth-kill-'));
+    cleanup.push(() => rmSync(killDir, { recursive: true, force: true }));
+    const file = join(killDir, 'arm');
+    const opts = {
+      nodeArgs: ['--import', PRELOAD],
+      env: { BERTH_KILL_POINT_FILE: file, BERTH_KILL_POINTS: 'berth:image.pull,berth:image.fetch,berth:image.unpack,berth:db.write' },
+      readyTimeoutMs: 60_000,
+    };
+    let b = await Berthd.start(opts);
+    cleanup.push(() => b.dispose());
+
+    const files = (d: string): string[] => (existsSync(d) ? (readdirSync(d, { recursive: true }) as string[]).sort() : []);
+    /** What the database holds of the image stores. */
+    const rows = (bd: Berthd) => {
+      const db = new Database(join(bd.root, 'berth.db'), { readonly: true, fileMustExist: true });
+      try {
+        return {
+          blobs: db
+            .prepare<[], { digest: string }>('SELECT digest FROM blobs')
+            .all()
+            .map((r) => r.digest),
+          snapshots: db.prepare<[], { id: number; kind: string }>('SELECT id, kind FROM snapshots').all(),
+          images: db
+            .prepare<[], { id: string }>('SELECT id FROM images')
+            .all()
+            .map((r) => r.id),
+        };
+      } finally {
+        db.close();
+      }
+    };
+    /** Runs a container of the image that reads a file of every layer. */
+    const usable = async (bd: Berthd, what: string): Promise<void> => {
+      const pod = podCfg();
+      (pod.linux as { security_context: { namespace_options: Record<string, string> } }).security_context.namespace_options.network = 'NODE';
+      cleanup.push(() => rmSync(pod.log_directory as string, { recursive: true, force: true }));
+      const podId = (await bd.runtime.RunPodSandbox({ config: pod as never })).pod_sandbox_id;
+      const id = (
+        await bd.runtime.CreateContainer({
+          pod_sandbox_id: podId,
+          config: {
+            metadata: { name: 'c', attempt: 0 },
+            image: { image: ref },
+            command: ['sh', '-c', 'test "$(wc -c < /big.bin)" -eq 16777216 && test "$(wc -c < /small/x.bin)" -eq 262144 && echo ok'],
+            log_path: 'c.log',
+          } as never,
+          sandbox_config: pod as never,
+        })
+      ).container_id;
+      const { code, out } = await runToExit(bd, id);
+      assert.deepEqual({ code, out: out.trim() }, { code: 0, out: 'ok' }, `${what}: a container runs from the image`);
+      await bd.runtime.StopPodSandbox({ pod_sandbox_id: podId });
+      await bd.runtime.RemovePodSandbox({ pod_sandbox_id: podId });
+    };
+    /** After a restart: nothing half-done or untracked is left, and a listed image works. */
+    const assertRecovered = async (bd: Berthd, what: string): Promise<void> => {
+      assert.deepEqual(files(join(bd.root, 'content', 'ingest')), [], `${what}: download temp files`);
+      assert.deepEqual(files(join(bd.root, 'content', 'trash')), [], `${what}: trash`);
+      const r = rows(bd);
+      assert.deepEqual(
+        r.snapshots.filter((x) => x.kind !== 'committed'),
+        [],
+        `${what}: snapshots neither committed nor in use (half-unpacked)`,
+      );
+      assert.deepEqual(ls(join(bd.root, 'snapshots')), r.snapshots.map((x) => String(x.id)).sort(), `${what}: snapshot directories are those recorded`);
+      assert.deepEqual(
+        files(join(bd.root, 'content', 'blobs', 'sha256')),
+        r.blobs.map((d) => d.slice('sha256:'.length)).sort(),
+        `${what}: blobs are those recorded`,
+      );
+      assert.deepEqual(mountsUnder(bd.dir), [], `${what}: mounts`);
+      assert.deepEqual(
+        procsOf(bd).map((p) => p.argv.join(' ')),
+        [],
+        `${what}: processes`,
+      );
+      const listed = (await bd.image.ListImages({})).images.map((i) => i.id);
+      assert.deepEqual(listed, r.images, `${what}: listed images are the recorded ones`);
+      if (listed.includes(built.configBlob.digest)) await usable(bd, `${what}, listed after the restart`);
+    };
+    /** After RemoveImage: garbage collection finds everything, so nothing was untracked. */
+    const assertEmpty = async (bd: Berthd, what: string): Promise<void> => {
+      await bd.image.RemoveImage({ image: { image: ref } });
+      assert.deepEqual(files(join(bd.root, 'snapshots')), [], `${what}: snapshot directories after RemoveImage`);
+      assert.deepEqual(files(join(bd.root, 'content', 'blobs', 'sha256')), [], `${what}: blobs after RemoveImage`);
+      assert.deepEqual(rows(bd), { blobs: [], snapshots: [], images: [] }, `${what}: rows after RemoveImage`);
+    };
+
+    const arms = [
+      ...Array.from({ length: MAX_STEPS }, (_, i) => `pull-${i + 1} ${i + 1}`),
+      `mid-fetch-trickled mid berth:image.fetch ${layers[2]!.digest}`,
+      `mid-fetch-big mid berth:image.fetch ${layers[1]!.digest}`,
+      `mid-unpack-big mid berth:image.unpack ${layers[1]!.digest}`,
+      `mid-unpack-busybox mid berth:image.unpack ${layers[0]!.digest}`,
+    ];
+    const hits: string[] = [];
+    let ranThrough = false;
+    for (const arm of arms) {
+      const numbered = !arm.includes(' mid ');
+      if (numbered && ranThrough) continue;
+      writeFileSync(file, arm);
+      const res = await b.image.PullImage({ image: { image: ref } }).then(
+        () => undefined,
+        (err: unknown) => err,
+      );
+      rmSync(file, { force: true });
+      const hit = existsSync(`${file}.hit`) ? readFileSync(`${file}.hit`, 'utf8') : undefined;
+      if (hit === undefined) {
+        assert.ok(numbered, `${arm}: the kill never came`);
+        assert.equal(res, undefined, 'the pull runs through when not killed');
+        await usable(b, 'not killed');
+        await assertEmpty(b, 'not killed');
+        ranThrough = true;
+        continue;
+      }
+      rmSync(`${file}.hit`);
+      const ctx = JSON.parse(hit.slice(hit.indexOf('{'))) as { digest?: string; table?: string };
+      const layer = layers.findIndex((l) => l.digest === ctx.digest);
+      hits.push(`${hit.split(' ').slice(0, 2).join(' ')}${layer >= 0 ? ` layer ${layer}` : ''}${ctx.table ? ` ${ctx.table}` : ''}`);
+      const dir = b.dir;
+      await b.stop('SIGKILL');
+      b = await Berthd.start({ ...opts, reuse: { dir } });
+      const what = `PullImage killed at ${arm.split(' ')[0]} (${hit.slice(0, 120)})`;
+      await assertRecovered(b, what);
+      await b.image.PullImage({ image: { image: ref } }).catch((err: Error) => assert.fail(`${what}: the re-pull failed: ${err.message}`));
+      await usable(b, `${what}, re-pulled`);
+      await assertEmpty(b, what);
+    }
+    assert.ok(ranThrough, `PullImage did not run through within ${MAX_STEPS} steps`);
+    console.log(`      (killed at: ${hits.join('; ')})`);
   });
 });

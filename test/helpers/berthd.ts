@@ -31,6 +31,8 @@ export interface StartOptions {
   nodeArgs?: string[];
   /** Environment variables added to the test's own for berthd. */
   env?: Record<string, string>;
+  /** How long to wait for berthd to answer (default 15 s; a loaded machine may need more). */
+  readyTimeoutMs?: number;
 }
 
 export class Berthd implements AsyncDisposable {
@@ -84,6 +86,10 @@ export class Berthd implements AsyncDisposable {
     writeFileSync(join(etc, 'config.toml'), opts.config ?? '');
     for (const [name, text] of Object.entries(opts.dropIns ?? {})) writeFileSync(join(etc, 'config.d', name), text);
     // Tests never depend on the host's CNI config: each gets an empty conf dir unless it says otherwise.
+    // A killed berthd leaves its socket: a client that connects to it before the new one
+    // binds is refused and backs off for seconds, which a loaded machine turns into a
+    // start-up timeout.
+    if (opts.reuse) rmSync(join(dir, 'state', 'berth.sock'), { force: true });
     const cniDir = join(dir, 'cni');
     mkdirp(cniDir);
     const args = [
@@ -109,7 +115,7 @@ export class Berthd implements AsyncDisposable {
     }
     const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
     const b = new Berthd(dir, proc);
-    await b.waitReady();
+    await b.waitReady(opts.readyTimeoutMs);
     return b;
   }
 
