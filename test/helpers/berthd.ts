@@ -132,7 +132,9 @@ export class Berthd implements AsyncDisposable {
           await this.clients.runtime.Version({}, { deadline: Date.now() + 1000 });
           return;
         } catch (err) {
-          if ((err as { code?: number }).code !== status.UNAVAILABLE) throw err;
+          // Not up yet, or too slow for the probe's own deadline on a loaded machine.
+          const code = (err as { code?: number }).code;
+          if (code !== status.UNAVAILABLE && code !== status.DEADLINE_EXCEEDED) throw err;
         }
       }
       await sleep(20);
