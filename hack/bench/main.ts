@@ -25,9 +25,13 @@
  *   line), against containerd + its runc v2 shims (one per pod in containerd 1.6) and
  *   pause process. The containers' own processes (sleep) are never counted.
  *
- * Usage: node dist/hack/bench/main.js [--suite pull,pods,containers | --only-pull | --only-pods]
+ * - lifecycle, churn (and soak): see suite-lifecycle.ts and suite-churn.ts; their figures
+ *   are also written to --results DIR (default bench/results: latest.json, .md, .svg).
+ *
+ * Usage: node dist/hack/bench/main.js [--suite pull,pods,containers,lifecycle,churn | --only-pull | --only-pods]
  *          [--runs N] [--layers N] [--layer-mb N] [--pods N] [--containers N] [--execs N]
  *          [--only berth|containerd] [--profile DIR]
+ *          [--lifecycle-pods N] [--churn-pods N] [--churn-seconds T] [--soak-minutes N] [--results DIR]
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
@@ -40,11 +44,14 @@ import { Berthd } from '../../test/helpers/berthd.js';
 import type { CriClients } from '../../test/helpers/cri-client.js';
 import { startRegistry } from '../../test/helpers/registry.js';
 import { childrenOf, containerdAvailable, processes, startContainerd } from './containerd.js';
+import { newResults, writeResults } from './results.js';
+import { churnSuite } from './suite-churn.js';
+import { lifecycleSuite } from './suite-lifecycle.js';
 
 const { values } = parseArgs({
   options: {
     /** Comma-separated: pull, pods, containers (default all three). */
-    suite: { type: 'string', default: 'pull,pods,containers' },
+    suite: { type: 'string', default: 'pull,pods,containers,lifecycle,churn' },
     'only-pull': { type: 'boolean', default: false },
     'only-pods': { type: 'boolean', default: false },
     runs: { type: 'string', default: '5' },
@@ -59,24 +66,43 @@ const { values } = parseArgs({
     only: { type: 'string' },
     /** Write a V8 CPU profile of berthd into this directory. */
     profile: { type: 'string' },
+    /** Pods timed per runtime in the lifecycle suite. */
+    'lifecycle-pods': { type: 'string', default: '10' },
+    /** Pods at once in the churn suite, and how long it runs. */
+    'churn-pods': { type: 'string', default: '10' },
+    'churn-seconds': { type: 'string', default: '120' },
+    /** Soak mode: the churn alone, for this many minutes, RSS printed at each minute. */
+    'soak-minutes': { type: 'string' },
+    /** Where the lifecycle and churn figures are written (latest.json, .md, .svg). */
+    results: { type: 'string', default: 'bench/results' },
   },
 });
-const SUITES = ['pull', 'pods', 'containers'] as const;
+const SUITES = ['pull', 'pods', 'containers', 'lifecycle', 'churn'] as const;
 type Suite = (typeof SUITES)[number];
 if (values['only-pull'] && values['only-pods']) throw new Error('--only-pull and --only-pods exclude each other (use --suite pull,pods)');
+const soakMinutes = values['soak-minutes'] === undefined ? undefined : Number(values['soak-minutes']);
+if (soakMinutes !== undefined && !(soakMinutes >= 1 && Number.isInteger(soakMinutes)))
+  throw new Error(`--soak-minutes must be a positive integer, not "${values['soak-minutes']}"`);
+const positive = (name: 'lifecycle-pods' | 'churn-pods' | 'churn-seconds'): number => {
+  const n = Number(values[name]);
+  if (!(n >= 1 && Number.isInteger(n))) throw new Error(`--${name} must be a positive integer, not "${values[name]}"`);
+  return n;
+};
 const suites = new Set<Suite>(
-  values['only-pull']
-    ? ['pull']
-    : values['only-pods']
-      ? ['pods']
-      : values.suite
-          .split(',')
-          .map((s) => s.trim())
-          .filter(Boolean)
-          .map((s) => {
-            if (!(SUITES as readonly string[]).includes(s)) throw new Error(`unknown suite "${s}" (known: ${SUITES.join(', ')})`);
-            return s as Suite;
-          }),
+  soakMinutes !== undefined
+    ? ['churn']
+    : values['only-pull']
+      ? ['pull']
+      : values['only-pods']
+        ? ['pods']
+        : values.suite
+            .split(',')
+            .map((s) => s.trim())
+            .filter(Boolean)
+            .map((s) => {
+              if (!(SUITES as readonly string[]).includes(s)) throw new Error(`unknown suite "${s}" (known: ${SUITES.join(', ')})`);
+              return s as Suite;
+            }),
 );
 if (values.only !== undefined && values.only !== 'berth' && values.only !== 'containerd')
   throw new Error(`--only takes berth or containerd, not "${values.only}"`);
@@ -806,6 +832,20 @@ try {
   if (suites.has('pods')) await podsSuite(registry.host);
   if (suites.has('containers') && (suites.has('pull') || suites.has('pods'))) out();
   if (suites.has('containers')) await containersSuite(registry.host);
+  if (suites.has('lifecycle') || suites.has('churn')) {
+    const ctx = { registryHost: registry.host, runBerth, runContainerd, berthNodeArgs, benchNet, pushPauseImage, out };
+    const results = newResults(process.argv.slice(2));
+    if (suites.has('lifecycle')) {
+      if (suites.size > 1) out();
+      results.lifecycle = await lifecycleSuite(ctx, positive('lifecycle-pods'), 3);
+    }
+    if (suites.has('churn')) {
+      if (suites.size > 1) out();
+      const seconds = soakMinutes !== undefined ? soakMinutes * 60 : positive('churn-seconds');
+      results.churn = await churnSuite(ctx, { pods: positive('churn-pods'), seconds, perMinute: soakMinutes !== undefined });
+    }
+    out(`\nresults: ${writeResults(values.results, results).join(', ')}`);
+  }
 } finally {
   await registry.stop();
 }

@@ -1,0 +1,106 @@
+/**
+ * The lifecycle suite: kubelet-like pods (see kubelet.ts: network POD, pid CONTAINER,
+ * ipc POD, DNS config, a cgroup parent, two containers with kubelet's mounts, resources
+ * and log paths), created and torn down whole, one at a time, as kubelet would:
+ * RunPodSandbox, then CreateContainer + StartContainer for each container in turn, a few
+ * ExecSync `true`, StopContainer of both (they exit on SIGTERM), StopPodSandbox,
+ * RemovePodSandbox. One warm-up pod is not counted. Each figure is the median over the
+ * pods (per container for Create+Start, per call for ExecSync).
+ */
+import { containerdAvailable } from './containerd.js';
+import { RpcTimes, kubeletPod, median, ms, percentile, withRuntime, type BenchContext, type RuntimeName, type RuntimeUnderTest } from './kubelet.js';
+
+export interface LifecycleFigures {
+  runtime: string;
+  pods: number;
+  /** Medians, ms. */
+  median: Record<LifecycleFigure, number>;
+  p90: Record<LifecycleFigure, number>;
+}
+
+export const LIFECYCLE_FIGURES = [
+  'RunPodSandbox',
+  'CreateContainer+StartContainer',
+  'StopPodSandbox+RemovePodSandbox',
+  'ExecSync true',
+  'pod startup',
+] as const;
+export type LifecycleFigure = (typeof LIFECYCLE_FIGURES)[number];
+
+/** The issue's goals, berth/containerd at most. */
+export const LIFECYCLE_GOALS: Record<LifecycleFigure, number> = {
+  RunPodSandbox: 0.5,
+  'CreateContainer+StartContainer': 0.8,
+  'StopPodSandbox+RemovePodSandbox': 0.6,
+  'ExecSync true': 0.8,
+  'pod startup': 0.7,
+};
+
+async function onePod(rt: RuntimeUnderTest, i: number, t: RpcTimes, execs: number): Promise<void> {
+  const c = rt.clients.runtime;
+  const pod = kubeletPod(rt.dirs, `life-${i}`, rt.image);
+  const t0 = process.hrtime.bigint();
+  const { pod_sandbox_id: podId } = await c.RunPodSandbox({ config: pod.config });
+  t.add('RunPodSandbox', ms(t0));
+  const ids: string[] = [];
+  for (const config of pod.containers) {
+    const t1 = process.hrtime.bigint();
+    const { container_id: id } = await c.CreateContainer({ pod_sandbox_id: podId, config, sandbox_config: pod.config });
+    await c.StartContainer({ container_id: id });
+    t.add('CreateContainer+StartContainer', ms(t1));
+    ids.push(id);
+  }
+  t.add('pod startup', ms(t0));
+  const running = (await c.ListContainers({ filter: { pod_sandbox_id: podId, state: { state: 'CONTAINER_RUNNING' } } })).containers.length;
+  if (running !== ids.length) throw new Error(`${rt.name}: ${running} of ${ids.length} containers of pod ${podId} running after StartContainer`);
+  for (let k = 0; k < execs; k++) {
+    const r = await t.time('ExecSync true', () => c.ExecSync({ container_id: ids[0]!, cmd: ['true'], timeout: 10 }));
+    if (r.exit_code !== 0) throw new Error(`${rt.name}: ExecSync ["true"] exited ${r.exit_code}: ${r.stderr.toString()}`);
+  }
+  // kubelet: stop the containers (grace period; they exit on SIGTERM), then the sandbox, then remove.
+  await Promise.all(ids.map((id) => c.StopContainer({ container_id: id, timeout: 10 })));
+  const t2 = process.hrtime.bigint();
+  await c.StopPodSandbox({ pod_sandbox_id: podId });
+  await c.RemovePodSandbox({ pod_sandbox_id: podId });
+  t.add('StopPodSandbox+RemovePodSandbox', ms(t2));
+}
+
+async function lifecycleRuns(rt: RuntimeUnderTest, pods: number, execs: number): Promise<LifecycleFigures> {
+  await onePod(rt, 0, new RpcTimes(), 1); // warm-up
+  const t = new RpcTimes();
+  for (let i = 1; i <= pods; i++) await onePod(rt, i, t, execs);
+  const left = (await rt.clients.runtime.ListPodSandbox({})).items.length + (await rt.clients.runtime.ListContainers({})).containers.length;
+  if (left > 0) throw new Error(`${rt.name}: ${left} pods and containers still listed after the lifecycle suite`);
+  const med = {} as Record<LifecycleFigure, number>;
+  const p90 = {} as Record<LifecycleFigure, number>;
+  for (const f of LIFECYCLE_FIGURES) {
+    med[f] = median(t.get(f));
+    p90[f] = percentile(t.get(f), 90);
+  }
+  return { runtime: rt.version, pods, median: med, p90 };
+}
+
+export async function lifecycleSuite(ctx: BenchContext, pods: number, execs: number): Promise<Partial<Record<RuntimeName, LifecycleFigures>>> {
+  const res: Partial<Record<RuntimeName, LifecycleFigures>> = {};
+  ctx.out(
+    `lifecycle: ${pods} kubelet-like pods (2 containers each) per runtime, created and torn down whole one at a time, after one warm-up pod; ${execs} ExecSync per pod`,
+  );
+  const plan: Array<[RuntimeName, string]> = [];
+  if (ctx.runBerth) plan.push(['berth', '10.187.0.0/24']);
+  if (ctx.runContainerd) plan.push(['containerd', '10.188.0.0/24']);
+  for (const [name, subnet] of plan) {
+    if (name === 'containerd' && !containerdAvailable()) {
+      ctx.out('containerd not installed: no comparison');
+      continue;
+    }
+    res[name] = await withRuntime(ctx, name, subnet, (rt) => lifecycleRuns(rt, pods, execs));
+  }
+  const pad = 34;
+  ctx.out(`${'figure (median ms, p90 in brackets)'.padEnd(pad)} ${'berth'.padStart(16)} ${'containerd'.padStart(16)} ${'ratio'.padStart(6)}  goal`);
+  for (const f of LIFECYCLE_FIGURES) {
+    const cell = (x: LifecycleFigures | undefined): string => (x ? `${x.median[f].toFixed(1)} (${x.p90[f].toFixed(1)})` : '-');
+    const ratio = res.berth && res.containerd ? (res.berth.median[f] / res.containerd.median[f]).toFixed(2) : '-';
+    ctx.out(`${f.padEnd(pad)} ${cell(res.berth).padStart(16)} ${cell(res.containerd).padStart(16)} ${ratio.padStart(6)}  <= ${LIFECYCLE_GOALS[f]}`);
+  }
+  return res;
+}
