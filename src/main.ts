@@ -48,6 +48,7 @@ import { OciRuntime, OciRuntimes, runtimeStateRoot } from './oci/oci-runtime.js'
 import { ConmonShim } from './shim/conmon.js';
 import { shimDirs } from './shim/shim.js';
 import { openDatabase, type Db } from './store/database.js';
+import { WalSync } from './store/wal-sync.js';
 import { DirectoryLock } from './store/lock.js';
 import { RuntimeSettingsRepository } from './store/runtime-settings.js';
 import { startTracing } from './telemetry/tracing.js';
@@ -261,6 +262,8 @@ async function runDaemon(loaded: LoadedConfig, load: () => LoadedConfig): Promis
     held.push(() => {
       openDb.close();
     });
+    const walSync = new WalSync(db, join(config.root, 'berth.db-wal'));
+    held.push(() => walSync.close());
     const dbFile = join(config.root, 'berth.db');
     if (config.metrics.address !== '') {
       const m = (metrics = new BerthMetrics({
@@ -360,7 +363,10 @@ async function runDaemon(loaded: LoadedConfig, load: () => LoadedConfig): Promis
       metricsEndpoint: metricsState,
       liveCounts,
     };
-    server = createCriServer({ state, log, observers: [...(tracing ? [tracing.rpc] : []), ...(metrics ? [metrics] : [])] }, deps);
+    server = createCriServer(
+      { state, log, durable: () => walSync.sync(), observers: [...(tracing ? [tracing.rpc] : []), ...(metrics ? [metrics] : [])] },
+      deps,
+    );
     await bindSocket(server, config.socket);
     held.push(() => rmSync(config.socket, { force: true }));
   } catch (err) {

@@ -44,6 +44,11 @@ export interface WrapEnv {
   log: Logger;
   /** Metrics and tracing; none by default. */
   observers?: readonly RpcObserver[];
+  /**
+   * Resolves once what was committed so far is on disk (the store's WalSync): a unary
+   * call answers only after it, so an acknowledged change survives a power cut.
+   */
+  durable?: () => Promise<void>;
 }
 
 /** The observations of one call, as one. */
@@ -146,7 +151,14 @@ function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined):
     }
     const { ctx, done } = makeContext(env, method, call);
     obs
-      .run(() => Promise.resolve().then(() => handler!(call.request, ctx)))
+      .run(() =>
+        Promise.resolve()
+          .then(() => handler!(call.request, ctx))
+          .then(async (res) => {
+            await env.durable?.();
+            return res;
+          }),
+      )
       .then(
         (res) => {
           logOutcome(env, method, start, undefined);

@@ -3,9 +3,10 @@
  *
  * - WAL journal, so readers never wait for the writer;
  * - foreign keys enforced;
- * - `synchronous=FULL`: a transaction that returned has reached the disk, so an
- *   acknowledged RPC survives a kill -9 or a power cut. Commits happen a few times per
- *   pod or container operation, so the fsync cost is small against runc and CNI.
+ * - `synchronous=NORMAL`: a transaction that returned is in the OS's page cache (it
+ *   survives a kill -9 of berthd); an acknowledged RPC survives a power cut too, because
+ *   the CRI wrapper fdatasyncs the WAL off the event loop before answering (wal-sync.ts).
+ *   FULL made every commit wait for an fsync on the main thread.
  *
  * better-sqlite3 is synchronous: never `await` inside a transaction.
  */
@@ -37,7 +38,7 @@ export function openDatabase(file: string, opts: OpenOptions = {}): Db {
   const db = new Database(file);
   try {
     db.pragma('journal_mode = WAL');
-    db.pragma('synchronous = FULL');
+    db.pragma('synchronous = NORMAL');
     db.pragma('foreign_keys = ON');
     db.pragma('busy_timeout = 5000');
     migrate(db, file, opts.migrations ?? MIGRATIONS);

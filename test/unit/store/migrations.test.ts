@@ -21,11 +21,11 @@ describe('store: database and migrations', () => {
     MIGRATIONS.forEach((m, i) => assert.equal(m.version, i + 1, `migration "${m.name}"`));
   });
 
-  it('opens in WAL mode with foreign keys and full sync', () => {
+  it('opens in WAL mode with foreign keys and normal sync (acknowledgements are synced by WalSync)', () => {
     const db = openDatabase(join(dir, 'berth.db'));
     assert.equal(db.pragma('journal_mode', { simple: true }), 'wal');
     assert.equal(db.pragma('foreign_keys', { simple: true }), 1);
-    assert.equal(db.pragma('synchronous', { simple: true }), 2);
+    assert.equal(db.pragma('synchronous', { simple: true }), 1);
     assert.equal(schemaVersion(db), MIGRATIONS.length);
     db.close();
   });
