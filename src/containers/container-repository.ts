@@ -1,5 +1,6 @@
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
+import { lazyJsonField } from '../store/lazy-json.js';
 import type { CriMount } from './mounts.js';
 import type { SelinuxOptions } from './selinux.js';
 import type { CriLinuxResources } from './spec.js';
@@ -86,7 +87,7 @@ interface Row {
 }
 
 function toRecord(r: Row): ContainerRecord {
-  return {
+  const rec: Omit<ContainerRecord, 'request'> = {
     id: r.id,
     sandboxId: r.sandbox_id,
     name: r.name,
@@ -95,7 +96,6 @@ function toRecord(r: Row): ContainerRecord {
     imageRef: r.image_ref,
     state: r.state,
     facts: parseFacts(r.id, r.facts),
-    request: JSON.parse(r.config) as Record<string, unknown>,
     logPath: r.log_path,
     pid: r.pid,
     shimPid: r.shim_pid,
@@ -106,6 +106,7 @@ function toRecord(r: Row): ContainerRecord {
     startedAt: r.started_at,
     finishedAt: r.finished_at,
   };
+  return lazyJsonField<typeof rec, 'request', Record<string, unknown>>(rec, 'request', r.config);
 }
 
 export type ContainerChange = Partial<Pick<ContainerRecord, 'state' | 'pid' | 'shimPid' | 'exitCode' | 'reason' | 'message' | 'startedAt' | 'finishedAt'>>;

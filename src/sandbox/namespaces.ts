@@ -38,7 +38,7 @@ import { dirname, join, resolve } from 'node:path';
 import { throwIfAborted } from '../common/abort.js';
 import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/errors.js';
 import { DisposableStack } from '../common/disposable.js';
-import { isMountPoint, mount, MNT, MS, umount } from '../common/mount.js';
+import { canonicalPath, isMountPoint, mount, mountPoints, MNT, MS, umount } from '../common/mount.js';
 import { runHostTool } from '../common/process.js';
 
 export type PodNamespace = 'net' | 'ipc' | 'uts';
@@ -78,8 +78,9 @@ export function isPinned(path: string): boolean {
 /** Unmounts (MNT_DETACH) everything stacked on the given paths, one umount2 per path and round. */
 async function detachAll(paths: string[], what: string): Promise<void> {
   for (let round = 0; round < MAX_UNMOUNTS; round++) {
-    // Never unmount through a symlink: it would detach the target.
-    const mounted = paths.filter((p) => !isSymlink(p) && isMountPoint(p));
+    // Never unmount through a symlink: it would detach the target. One read of mountinfo per round.
+    const points = new Set(mountPoints());
+    const mounted = paths.filter((p) => !isSymlink(p) && points.has(canonicalPath(p)));
     if (mounted.length === 0) return;
     for (const path of mounted) {
       try {
@@ -89,7 +90,8 @@ async function detachAll(paths: string[], what: string): Promise<void> {
       }
     }
   }
-  const left = paths.filter((p) => isMountPoint(p));
+  const points = new Set(mountPoints());
+  const left = paths.filter((p) => points.has(canonicalPath(p)));
   if (left.length > 0) throw new BerthError('Internal', `${what}: still mounted after ${MAX_UNMOUNTS} unmounts: ${left.join(' ')}`);
 }
 

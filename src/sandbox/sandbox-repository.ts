@@ -1,6 +1,7 @@
 import type { IdMap } from '../common/userns.js';
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
+import { lazyJsonField } from '../store/lazy-json.js';
 import type { PortMapping } from './cni/protocol.js';
 import type { DnsConfig } from './pod-files.js';
 import { canTransition, type SandboxState } from './state.js';
@@ -95,12 +96,11 @@ interface Row {
 }
 
 function toRecord(r: Row): SandboxRecord {
-  return {
+  const rec: Omit<SandboxRecord, 'request'> = {
     id: r.id,
     metadata: { name: r.name, namespace: r.namespace, uid: r.uid, attempt: r.attempt },
     state: r.state,
     facts: parseFacts(r.id, r.facts),
-    request: JSON.parse(r.config) as Record<string, unknown>,
     runtimeHandler: r.runtime_handler,
     nsDir: r.ns_dir,
     network: r.network === null ? null : (JSON.parse(r.network) as Record<string, unknown>),
@@ -108,6 +108,7 @@ function toRecord(r: Row): SandboxRecord {
     acknowledged: r.acknowledged !== 0,
     createdAt: r.created_at,
   };
+  return lazyJsonField<typeof rec, 'request', Record<string, unknown>>(rec, 'request', r.config);
 }
 
 function parseFacts(id: string, text: string): PodFacts {
