@@ -6,7 +6,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { CHURN_GOALS, createStartP50, type ChurnFigures } from './suite-churn.js';
 import { LIFECYCLE_FIGURES, LIFECYCLE_GOALS, type LifecycleFigures } from './suite-lifecycle.js';
@@ -14,7 +14,7 @@ import type { RuntimeName } from './kubelet.js';
 
 export interface Results {
   date: string;
-  machine: { nproc: number; cpu: string; memGiB: number; kernel: string; node: string };
+  machine: { nproc: number; cpu: string; memGiB: number; kernel: string; node: string; loadavg?: number[] };
   berthCommit: string;
   command: string;
   lifecycle?: Partial<Record<RuntimeName, LifecycleFigures>>;
@@ -38,6 +38,8 @@ export function newResults(argv: string[]): Results {
       memGiB: Math.round((totalmem() / 2 ** 30) * 10) / 10,
       kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim(),
       node: process.version,
+      // Other work on the machine moves every latency: the 1/5/15-minute load when the run began.
+      loadavg: loadavg().map((x) => Math.round(x * 10) / 10),
     },
     berthCommit: sh('git', ['rev-parse', '--short', 'HEAD']),
     command: ['npm run bench --', ...argv].join(' '),
@@ -109,7 +111,7 @@ function rows(r: Results): Row[] {
       goal: CHURN_GOALS['CPU seconds'],
     });
     const perPod = (f?: ChurnFigures): number | undefined => f && (f.cpuSeconds.total / f.podsStarted) * 1000;
-    out.push({ section: 'churn', name: 'CPU ms per pod started', unit: 'ms', berth: perPod(c.berth), containerd: perPod(c.containerd), goal: 1 });
+    out.push({ section: 'churn', name: 'CPU per pod started', unit: 'ms', berth: perPod(c.berth), containerd: perPod(c.containerd), goal: 1 });
     for (const k of ['first', 'last', 'max'] as const)
       out.push({ section: 'churn', name: `daemon RSS ${k}`, unit: 'MiB', berth: c.berth?.rssMiB[k], containerd: c.containerd?.rssMiB[k] });
     out.push({ section: 'churn', name: 'shim RSS, max total', unit: 'MiB', berth: c.berth?.shimRssMiB.max, containerd: c.containerd?.shimRssMiB.max });
@@ -126,7 +128,8 @@ export function markdown(r: Results): string {
   const lines = [
     `# Benchmark results: berth against containerd`,
     '',
-    `${r.date}, berth ${r.berthCommit}; ${m.nproc} CPUs (${m.cpu}), ${m.memGiB} GiB, kernel ${m.kernel}, Node ${m.node}.`,
+    `${r.date}, berth ${r.berthCommit}; ${m.nproc} CPUs (${m.cpu}), ${m.memGiB} GiB, kernel ${m.kernel}, Node ${m.node}` +
+      (m.loadavg ? `; load average ${m.loadavg.join(' / ')} at the start (the runtimes are timed one after the other: the ratios move with the load).` : '.'),
     `Runtimes: ${[r.lifecycle?.berth?.runtime ?? r.churn?.berth?.runtime, r.lifecycle?.containerd?.runtime ?? r.churn?.containerd?.runtime].filter(Boolean).join(' against ')}.`,
     `Command: \`${r.command}\`. Ratio = berth / containerd (below 1: berth faster or smaller); goals from issue 14.`,
     '',
