@@ -23,6 +23,10 @@ export interface ContainerdOptions {
   sandboxImage?: string;
   /** containerd's --log-level (default warn). */
   logLevel?: string;
+  /** Port of the CRI streaming server on 127.0.0.1 (default 0, which 1.6 then puts, unusable, in its Exec/PortForward URLs). */
+  streamServerPort?: number;
+  /** `[metrics] address` ("127.0.0.1:port"): containerd's own Prometheus endpoint at /v1/metrics (default off). */
+  metricsAddress?: string;
 }
 
 export interface Containerd {
@@ -53,12 +57,12 @@ root = "${dir}/root"
 state = "${dir}/state"
 [grpc]
   address = "${socket}"
-[plugins."io.containerd.internal.v1.opt"]
+${opts.metricsAddress ? `[metrics]\n  address = "${opts.metricsAddress}"\n` : ''}[plugins."io.containerd.internal.v1.opt"]
   path = "${dir}/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
   stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
+  stream_server_port = "${opts.streamServerPort ?? 0}"
   # No CAP_SYS_RESOURCE here: the pause container's default oom_score_adj (-998) would make runc fail.
   restrict_oom_score_adj = true
   netns_mounts_under_state_dir = true

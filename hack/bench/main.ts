@@ -47,11 +47,14 @@ import { childrenOf, containerdAvailable, processes, startContainerd } from './c
 import { newResults, writeResults } from './results.js';
 import { churnSuite } from './suite-churn.js';
 import { lifecycleSuite } from './suite-lifecycle.js';
+import { metricsSuite } from './suite-metrics.js';
+import { streamingSuite } from './suite-streaming.js';
+import type { SuiteContext } from './suite.js';
 
 const { values } = parseArgs({
   options: {
-    /** Comma-separated: pull, pods, containers (default all three). */
-    suite: { type: 'string', default: 'pull,pods,containers,lifecycle,churn' },
+    /** Comma-separated: pull, pods, containers, lifecycle, churn, streaming, metrics (default all). */
+    suite: { type: 'string', default: 'pull,pods,containers,lifecycle,churn,streaming,metrics' },
     'only-pull': { type: 'boolean', default: false },
     'only-pods': { type: 'boolean', default: false },
     runs: { type: 'string', default: '5' },
@@ -77,7 +80,7 @@ const { values } = parseArgs({
     results: { type: 'string', default: 'bench/results' },
   },
 });
-const SUITES = ['pull', 'pods', 'containers', 'lifecycle', 'churn'] as const;
+const SUITES = ['pull', 'pods', 'containers', 'lifecycle', 'churn', 'streaming', 'metrics'] as const;
 type Suite = (typeof SUITES)[number];
 if (values['only-pull'] && values['only-pods']) throw new Error('--only-pull and --only-pods exclude each other (use --suite pull,pods)');
 const soakMinutes = values['soak-minutes'] === undefined ? undefined : Number(values['soak-minutes']);
@@ -845,6 +848,24 @@ try {
       results.churn = await churnSuite(ctx, { pods: positive('churn-pods'), seconds, perMinute: soakMinutes !== undefined });
     }
     out(`\nresults: ${writeResults(values.results, results).join(', ')}`);
+  }
+  // Suites in files of their own (suite-*.ts), given the harness through one context.
+  const suiteCtx: SuiteContext = {
+    registryHost: registry.host,
+    runs,
+    runBerth,
+    runContainerd,
+    berthOptions: berthNodeArgs,
+    net: benchNet,
+    pauseImage: () => pushPauseImage(registry.host),
+  };
+  for (const [name, suite] of [
+    ['streaming', streamingSuite],
+    ['metrics', metricsSuite],
+  ] as const) {
+    if (!suites.has(name)) continue;
+    out();
+    await suite(suiteCtx);
   }
 } finally {
   await registry.stop();
