@@ -181,8 +181,12 @@ export async function serveRemoteCommand(
   }
   const finish = async (status: string | undefined): Promise<void> => {
     if (status !== undefined && status !== '') ch.error.write(status);
-    for (const s of [ch.error, ch.stdout, ch.stderr]) s?.end();
+    // Each stream's FIN goes out before the GOAWAY (bounded: a client that reads nothing may hold writes back).
+    const ends = [ch.error, ch.stdout, ch.stderr].filter((s) => s !== undefined).map((s) => new Promise<void>((r) => s.end(() => r())));
     for (const s of [ch.stdin, ch.resize]) s?.resume();
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(ends), new Promise<void>((r) => (timer = setTimeout(r, OUTPUT_GRACE_MS)))]);
+    clearTimeout(timer);
     session.close();
   };
 
