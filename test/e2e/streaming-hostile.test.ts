@@ -4,11 +4,12 @@
  * costs berthd bounded memory, and leaves the container as it was.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Berthd, until } from '../helpers/berthd.js';
+import { pushRandomImage } from '../../hack/test-images/oci.js';
+import { Berthd, sleep, until } from '../helpers/berthd.js';
 import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
 import { testBridge } from '../helpers/network.js';
@@ -16,6 +17,11 @@ import { type Client, upgrade } from '../helpers/spdy-client.js';
 
 const SYN_REPLY = 2;
 const MiB = 1024 * 1024;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
 
 /** Resident memory of a process, in bytes. */
 function rss(pid: number): number {
@@ -28,6 +34,58 @@ function unreadOn(to: number, from: number): number {
   const out = execFileSync('ss', ['-tnH', 'state', 'established', 'src', `127.0.0.1:${to}`, 'dst', `127.0.0.1:${from}`], { encoding: 'utf8' });
   const line = out.trim().split('\n')[0] ?? '';
   return Number(line.trim().split(/\s+/)[0] ?? 0) || 0;
+}
+
+/** Open file descriptors of a process. */
+function fdCount(pid: number): number {
+  return readdirSync(`/proc/${pid}/fd`).length;
+}
+
+/** TCP connections in network namespace `pin` that connect to `port` (berthd's side), by state. */
+function clientConns(pin: string, port: number): string[] {
+  const out = execFileSync('nsenter', [`--net=${pin}`, 'ss', '-tanH', 'state', 'all', 'dport', `= :${port}`], { encoding: 'utf8' });
+  return out
+    .trim()
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.trim().split(/\s+/)[0]!);
+}
+
+/** TCP sockets of process `pid` in network namespace `pin` (the host's when undefined), from `ss -p`; `filter` narrows them. */
+function socketsOf(pid: number, pin: string | undefined, filter: string[] = []): string[] {
+  const cmd = ['ss', '-tanpH', 'state', 'all', ...filter];
+  const out = pin ? execFileSync('nsenter', [`--net=${pin}`, ...cmd], { encoding: 'utf8' }) : execFileSync(cmd[0]!, cmd.slice(1), { encoding: 'utf8' });
+  return out.split('\n').filter((l) => l.includes(`pid=${pid},`));
+}
+
+/**
+ * A listener on 127.0.0.1:`port` in network namespace `pin` with a backlog of 0 that
+ * accepts nothing until it is sent a line: once one connection waits in its queue, SYNs
+ * go unanswered. Resolves once it listens.
+ */
+async function stuckListener(pin: string, port: number): Promise<{ acceptAll(): void; kill(): void }> {
+  const script =
+    'use Socket; socket(S,PF_INET,SOCK_STREAM,0) or die; setsockopt(S,SOL_SOCKET,SO_REUSEADDR,1); ' +
+    `bind(S,sockaddr_in(${port},INADDR_LOOPBACK)) or die "bind: $!"; listen(S,0) or die; $|=1; print "up\\n"; ` +
+    'my $go = <STDIN>; my @c; while (accept(my $c, S)) { push @c, $c; print "accepted\\n"; }';
+  const p = spawn('nsenter', [`--net=${pin}`, 'perl', '-e', script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  await new Promise<void>((resolve, reject) => {
+    p.stdout.once('data', () => resolve());
+    p.once('exit', (code) => reject(new Error(`the listener exited with ${code}`)));
+  });
+  return { acceptAll: () => void p.stdin.write('go\n'), kill: () => void p.kill('SIGKILL') };
+}
+
+/** Opens port-forward pairs (error, data) for `port` on a session; the data stream ids. */
+async function forwardPairs(c: Client, port: number, count: number): Promise<Array<{ errorId: number; dataId: number }>> {
+  const pairs: Array<{ errorId: number; dataId: number }> = [];
+  for (let i = 0; i < count; i++) {
+    const p = { errorId: 1 + 4 * i, dataId: 3 + 4 * i };
+    await c.synStream(p.errorId, { streamtype: 'error', port: String(port), requestid: String(i) });
+    await c.synStream(p.dataId, { streamtype: 'data', port: String(port), requestid: String(i) });
+    pairs.push(p);
+  }
+  return pairs;
 }
 
 /** Opens the channels of a v4 exec or attach: each named stream gets its SYN_REPLY. */
@@ -133,6 +191,152 @@ describe('streaming server against hostile clients', function () {
     assert.equal(goaway.payload.readUInt32BE(4), 1, 'GOAWAY with PROTOCOL_ERROR');
     await until(async () => (c.sock.closed ? true : undefined), 1000);
     assert.equal((await b.runtime.ContainerStatus({ container_id: id })).status?.state, 'CONTAINER_RUNNING');
+  });
+
+  it('an exec that ends sends the exit status and FIN on the error stream before its GOAWAY, also to a client that reads slowly', async () => {
+    const { b, id } = await running(['sleep', '1000']);
+    const { url } = await b.runtime.Exec({ container_id: id, cmd: ['sh', '-c', 'head -c 300000 /dev/zero; exit 3'], stdout: true });
+    const c = await upgrade(url, 'v4.channel.k8s.io');
+    cleanup.push(() => void c.sock.destroy());
+    c.sock.pause(); // the output piles up in berthd's socket for a while
+    const ids = { error: 1, stdout: 3 };
+    await c.synStream(ids.error, { streamtype: 'error' });
+    await c.synStream(ids.stdout, { streamtype: 'stdout' });
+    await sleep(500);
+    c.sock.resume();
+    const goaway = await c.until(() => c.frames.findIndex((f) => f.control && f.type === 7) + 1 || undefined, 10_000);
+    const before = c.frames.slice(0, goaway - 1);
+    const finOf = (sid: number): number => before.findIndex((f) => !f.control && f.streamId === sid && (f.flags & 1) !== 0);
+    const seen = c.frames.map((f) => (f.control ? `ctl${f.type}:${f.streamId}` : `data:${f.streamId}:${f.payload.length}${f.flags & 1 ? ':fin' : ''}`));
+    assert.ok(
+      finOf(ids.error) >= 0 && finOf(ids.stdout) >= 0,
+      `both streams end before the GOAWAY: ${seen.filter((x) => !/^data:3:16384$/.test(x)).join(' ')}`,
+    );
+    assert.match(c.received(ids.error).data.toString(), /"reason":"NonZeroExitCode".*"message":"3"/);
+    assert.equal(c.received(ids.stdout).data.length, 300000);
+  });
+
+  /** A pod with one container whose OCI spec (its bundle's config.json) is over 1 MiB: ContainerStatus verbose reads it. */
+  async function podWithBigSpec(): Promise<{ b: Berthd; pod: string; id: string; pin: string }> {
+    const b = await Berthd.start({ logLevel: 'info' });
+    cleanup.push(() => b.dispose());
+    const net = testBridge(b, 'bp');
+    cleanup.push(net.remove);
+    const logDir = mkdtempSync(join(tmpdir(), 'berth-logs-'));
+    cleanup.push(() => rmSync(logDir, { recursive: true, force: true }));
+    await b.image.PullImage({ image: { image: reg.fx.busybox.ref } });
+    const podCfg = { metadata: { name: `p${net.tag}`, namespace: 'test', uid: `u${net.tag}`, attempt: 0 }, log_directory: logDir };
+    const { pod_sandbox_id: pod } = await b.runtime.RunPodSandbox({ config: podCfg });
+    cleanup.push(async () => {
+      await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod }).catch(() => undefined);
+    });
+    const annotations = Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`test.berth/filler-${i}`, 'x'.repeat(128 * 1024)]));
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: { metadata: { name: 'c', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'c.log', annotations },
+      sandbox_config: podCfg,
+    });
+    await b.runtime.StartContainer({ container_id: id });
+    return { b, pod, id, pin: join(b.state, 'ns', pod, 'net') };
+  }
+
+  /** ContainerStatus verbose: berthd reads the container's config.json (over 1 MiB here) from disk; the call's time in ms. */
+  async function timedSpecRead(b: Berthd, id: string): Promise<number> {
+    const t0 = process.hrtime.bigint();
+    const st = await b.runtime.ContainerStatus({ container_id: id, verbose: true });
+    const took = Number(process.hrtime.bigint() - t0) / 1e6;
+    assert.ok(st.info.info!.length > 1024 * 1024, `verbose info of ${st.info.info!.length} bytes holds the spec`);
+    return took;
+  }
+
+  it('200 port-forward connects to a listener that never accepts, while a pull runs: berthd reads a 1 MiB file fast throughout, and nothing stays open', async () => {
+    const { b, pod, id, pin } = await podWithBigSpec();
+    const pid = b.proc.pid!;
+    const listener = await stuckListener(pin, 7777);
+    cleanup.push(listener.kill);
+    // Two pulls alike: one while berthd's reads are timed without the connects, one with them.
+    const calm = await pushRandomImage(reg.registry.host, 'hostile/calm', 'v1', 2, 8 * MiB, 'gzip');
+    const big = await pushRandomImage(reg.registry.host, 'hostile/storm', 'v1', 2, 8 * MiB, 'gzip');
+    const quiet: number[] = [];
+    const calmPull = b.image.PullImage({ image: { image: calm.ref } });
+    for (let i = 0; i < 10; i++) quiet.push(await timedSpecRead(b, id));
+    await calmPull;
+    const registryPort = ['dport', `= :${reg.registry.host.split(':')[1]}`];
+    const fdsBefore = fdCount(pid) - socketsOf(pid, undefined, registryPort).length;
+
+    const pull = b.image.PullImage({ image: { image: big.ref } });
+    const sessions: Client[] = [];
+    const pairs: Array<Array<{ errorId: number; dataId: number }>> = [];
+    // 4 sessions of 50 pairs: 100 streams each, within the per-session stream cap.
+    for (let s = 0; s < 4; s++) {
+      const { url } = await b.runtime.PortForward({ pod_sandbox_id: pod, port: [7777] });
+      const c = await upgrade(url, 'portforward.k8s.io');
+      cleanup.push(() => void c.sock.destroy());
+      sessions.push(c);
+      pairs.push(await forwardPairs(c, 7777, 50));
+    }
+    // Every connect is under way (at most 32 at once, the rest waiting their turn) or waiting on the full queue.
+    const stormy: number[] = [];
+    for (let i = 0; i < 10; i++) stormy.push(await timedSpecRead(b, id));
+    const underWay = clientConns(pin, 7777).filter((st) => st === 'SYN-SENT').length;
+    assert.ok(underWay >= 16, `${underWay} connects under way while berthd read`);
+    await pull;
+
+    // Each connect ends: one waits in the listener's queue (connected), the others time out and say so on their error stream.
+    const ended = (): number => sessions.reduce((n, c, s) => n + pairs[s]!.filter((p) => c.received(p.errorId).fin).length, 0);
+    await until(async () => (ended() >= 195 ? true : undefined), 30_000);
+    const reports = sessions.flatMap((c, s) => pairs[s]!.map((p) => c.received(p.errorId).data.toString())).filter(Boolean);
+    assert.ok(reports.filter((r) => /error forwarding port 7777 to pod .*timed out/.test(r)).length >= 150, reports.slice(0, 3).join('\n'));
+    assert.deepEqual(
+      clientConns(pin, 7777).filter((st) => st === 'SYN-SENT'),
+      [],
+      'no connect still under way',
+    );
+    // A read that waited for a pool thread held by a connect would take seconds (up to the 10 s connect deadline).
+    // On an idle machine this is the issue's "under 50 ms"; on a loaded one the bound follows the quiet reads.
+    const bound = Math.max(50, 3 * median(quiet));
+    assert.ok(
+      median(stormy) < bound,
+      `ContainerStatus verbose (a 1 MiB read) took ${stormy.map((x) => x.toFixed(1)).join(', ')} ms in the storm, ${quiet.map((x) => x.toFixed(1)).join(', ')} ms with a pull alone (bound ${bound.toFixed(0)} ms)`,
+    );
+
+    for (const c of sessions) c.sock.destroy();
+    // berthd holds no socket in the pod's netns, and no more descriptors than before but its keep-alive connections to the registry.
+    await until(async () => (socketsOf(pid, pin).length === 0 ? true : undefined), 10_000).catch(() => assert.deepEqual(socketsOf(pid, pin), []));
+    await until(async () => (fdCount(pid) - socketsOf(pid, undefined, registryPort).length <= fdsBefore ? true : undefined), 10_000).catch(() =>
+      assert.fail(`${fdCount(pid)} descriptors open, ${socketsOf(pid, undefined, registryPort).length} of them to the registry; ${fdsBefore} before`),
+    );
+    assert.deepEqual(
+      clientConns(pin, 7777).filter((st) => st === 'ESTAB' || st === 'SYN-SENT'),
+      [],
+    );
+    assert.equal((await b.runtime.ContainerStatus({ container_id: id })).status?.state, 'CONTAINER_RUNNING');
+  });
+
+  it('a port-forward connect that would complete after its session closed is abandoned: nothing stays open', async () => {
+    const { b, pod, pin } = await podWithBigSpec();
+    const pid = b.proc.pid!;
+    const listener = await stuckListener(pin, 7777);
+    cleanup.push(listener.kill);
+    const fdsBefore = fdCount(pid);
+    const { url } = await b.runtime.PortForward({ pod_sandbox_id: pod, port: [7777] });
+    const c = await upgrade(url, 'portforward.k8s.io');
+    cleanup.push(() => void c.sock.destroy());
+    await forwardPairs(c, 7777, 8);
+    // One connection waits in the listener's queue; the others' SYNs go unanswered.
+    await until(async () => (clientConns(pin, 7777).filter((st) => st === 'SYN-SENT').length >= 7 ? true : undefined), 10_000);
+    c.sock.destroy();
+    await sleep(200);
+    // The listener now accepts everything: a connect still under way would complete now, with nobody to forward it.
+    listener.acceptAll();
+    await sleep(3000); // past SYN retransmissions at 1 s and 3 s
+    await until(async () => (fdCount(pid) <= fdsBefore ? true : undefined), 10_000);
+    assert.deepEqual(socketsOf(pid, pin), [], 'berthd has no socket in the pod’s network namespace');
+    assert.deepEqual(
+      clientConns(pin, 7777).filter((st) => st === 'ESTAB' || st === 'SYN-SENT'),
+      [],
+      'berthd holds no connection into the pod',
+    );
   });
 
   it('attach without stdin leaves the container’s stdin open', async () => {
