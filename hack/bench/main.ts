@@ -24,11 +24,16 @@
  *   per container, reparented to init, found by berthd's temp dir on their command
  *   line), against containerd + its runc v2 shims (one per pod in containerd 1.6) and
  *   pause process. The containers' own processes (sleep) are never counted.
+ * - streaming (suite-streaming.ts): Exec RPC to the first output byte over SPDY; 20
+ *   concurrent port-forward transfers of 10 MB over one session.
+ * - metrics (suite-metrics.ts): with 100 running containers, ListPodSandboxMetrics and
+ *   /metrics/cadvisor and /metrics scrape latency, idle CPU and RSS; RSS and per-RPC
+ *   latency with tracing off and on (berth only).
  *
  * - lifecycle, churn (and soak): see suite-lifecycle.ts and suite-churn.ts; their figures
  *   are also written to --results DIR (default bench/results: latest.json, .md, .svg).
  *
- * Usage: node dist/hack/bench/main.js [--suite pull,pods,containers,lifecycle,churn | --only-pull | --only-pods]
+ * Usage: node dist/hack/bench/main.js [--suite pull,pods,containers,lifecycle,churn,streaming,metrics | --only-pull | --only-pods]
  *          [--runs N] [--layers N] [--layer-mb N] [--pods N] [--containers N] [--execs N]
  *          [--only berth|containerd] [--profile DIR]
  *          [--lifecycle-pods N] [--churn-pods N] [--churn-seconds T] [--soak-minutes N] [--results DIR]
