@@ -3,8 +3,8 @@
  *
  * - With 100 running containers (10 pods on a bridge network of the run's own, 10
  *   busybox `sleep` containers each): the latency of ListPodSandboxMetrics, of a
- *   /metrics/cadvisor scrape and of a /metrics scrape (`SCRAPES` each, one after the
- *   other, after one warm-up); then the daemon's CPU while idle, in CPU seconds over
+ *   /metrics/cadvisor scrape and of a /metrics scrape (`SCRAPES` rounds of the three in
+ *   turn, after one warm-up round; the RPC's time includes the harness decoding it); then the daemon's CPU while idle, in CPU seconds over
  *   `IDLE_SECONDS` s from /proc/<pid>/stat, and its RSS.
  *   containerd 1.6 runs the same pods and containers with its `[metrics]` endpoint on:
  *   its /v1/metrics scrape and ListContainerStats are timed (1.6 has no
@@ -128,9 +128,14 @@ async function idleCpu(pid: number, others: () => number[]): Promise<{ daemon: n
 }
 
 async function samples(n: number, f: () => Promise<unknown>): Promise<number[]> {
-  await f(); // warm-up
-  const xs: number[] = [];
-  for (let i = 0; i < n; i++) xs.push(await timed(f));
+  return (await interleaved(n, [f]))[0]!;
+}
+
+/** `n` timed rounds of calling each of `fs` in turn (after one warm-up round): all see the same moments of the machine's load. */
+async function interleaved(n: number, fs: Array<() => Promise<unknown>>): Promise<number[][]> {
+  for (const f of fs) await f();
+  const xs = fs.map((): number[] => []);
+  for (let i = 0; i < n; i++) for (const [j, f] of fs.entries()) xs[j]!.push(await timed(f));
   return xs;
 }
 
@@ -159,12 +164,14 @@ async function berthLoaded(ctx: SuiteContext, image: string): Promise<LoadedFigu
       await sleep(2000);
       let cadvisorBytes = 0;
       let ownBytes = 0;
-      const list = await samples(SCRAPES, async () => {
-        const r = await b.runtime.ListPodSandboxMetrics({});
-        if (r.pod_metrics.length !== PODS) throw new Error(`ListPodSandboxMetrics: ${r.pod_metrics.length} pods`);
-      });
-      const cadvisor = await samples(SCRAPES, async () => (cadvisorBytes = await scrape(`http://${addr}/metrics/cadvisor`)));
-      const own = await samples(SCRAPES, async () => (ownBytes = await scrape(`http://${addr}/metrics`)));
+      const [list = [], cadvisor = [], own = []] = await interleaved(SCRAPES, [
+        async () => {
+          const r = await b.runtime.ListPodSandboxMetrics({});
+          if (r.pod_metrics.length !== PODS) throw new Error(`ListPodSandboxMetrics: ${r.pod_metrics.length} pods`);
+        },
+        async () => (cadvisorBytes = await scrape(`http://${addr}/metrics/cadvisor`)),
+        async () => (ownBytes = await scrape(`http://${addr}/metrics`)),
+      ]);
       const pid = b.proc.pid!;
       const conmons = (): number[] =>
         processes()
@@ -226,12 +233,14 @@ async function containerdLoaded(ctx: SuiteContext, image: string): Promise<Loade
         note = `ListPodSandboxMetrics: ${(err as Error).message.split('\n')[0]} (ListContainerStats timed instead)`;
       }
       let bytes = 0;
-      const list = await samples(SCRAPES, async () => {
-        // Its ListPodSandboxStats needs pods with a cgroup parent ("cgroupPath is empty" otherwise): the containers' stats instead.
-        const r = await ctr.clients.runtime.ListContainerStats({});
-        if (r.stats.length !== PODS * PER_POD) throw new Error(`ListContainerStats: ${r.stats.length} containers`);
-      });
-      const scrapeMs = await samples(SCRAPES, async () => (bytes = await scrape(`http://${metrics}/v1/metrics`)));
+      const [list = [], scrapeMs = []] = await interleaved(SCRAPES, [
+        async () => {
+          // Its ListPodSandboxStats needs pods with a cgroup parent ("cgroupPath is empty" otherwise): the containers' stats instead.
+          const r = await ctr.clients.runtime.ListContainerStats({});
+          if (r.stats.length !== PODS * PER_POD) throw new Error(`ListContainerStats: ${r.stats.length} containers`);
+        },
+        async () => (bytes = await scrape(`http://${metrics}/v1/metrics`)),
+      ]);
       const cpu = await idleCpu(ctr.pid, () => ctr.shimPids());
       const figures: LoadedFigures = {
         list,
