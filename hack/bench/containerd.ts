@@ -23,7 +23,7 @@ export interface ContainerdOptions {
   sandboxImage?: string;
   /** containerd's --log-level (default warn). */
   logLevel?: string;
-  /** Port of the CRI streaming server on 127.0.0.1 (default 0, which 1.6 then puts, unusable, in its Exec/PortForward URLs). */
+  /** Port of the CRI streaming server on 127.0.0.1 (default 0). The streaming suite passes a free port of its own. */
   streamServerPort?: number;
   /** `[metrics] address` ("127.0.0.1:port"): containerd's own Prometheus endpoint at /v1/metrics (default off). */
   metricsAddress?: string;

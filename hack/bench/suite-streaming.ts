@@ -192,7 +192,7 @@ function printStreaming(name: string, f: StreamingFigures): void {
   );
 }
 
-/** A TCP port free on 127.0.0.1 now (for containerd's streaming server, whose URLs need a real port). */
+/** A TCP port free on 127.0.0.1 now (for containerd's streaming server). */
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = createServer();
