@@ -5,6 +5,8 @@
  * PATH the whole file is skipped, with the reason printed.
  *
  * Streaming (exec, attach, port-forward) goes through berth's SPDY server, as it does for kubelet.
+ * `crictl events` (GetContainerEvents) and `crictl metricsp` (ListPodSandboxMetrics; crictl
+ * has had it since 1.29, the version these tests were written against) are checked too.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -654,5 +656,89 @@ describe('crictl against berthd', function () {
     assert.deepEqual(lines(await ok(['pods', '-q', '--name', p.name])), []);
     assert.deepEqual(processesMentioning(pod), [], 'nothing of the pod runs on (its infra process went with it)');
     assert.deepEqual(processesMentioning(id), []);
+  });
+
+  /** JSON documents printed one after another (crictl prints each indented, over several lines). */
+  function jsonDocuments(text: string): Array<Record<string, unknown>> {
+    const docs: Array<Record<string, unknown>> = [];
+    let depth = 0;
+    let begin = -1;
+    let inString = false;
+    for (let i = 0; i < text.length; i++) {
+      const ch = text[i];
+      if (inString) {
+        if (ch === '\\') i++;
+        else if (ch === '"') inString = false;
+      } else if (ch === '"') inString = true;
+      else if (ch === '{') {
+        if (depth++ === 0) begin = i;
+      } else if (ch === '}' && --depth === 0) docs.push(JSON.parse(text.slice(begin, i + 1)) as Record<string, unknown>);
+    }
+    return docs;
+  }
+
+  it('events: a container’s CREATED, STARTED, STOPPED and DELETED, in order, each with its pod', async () => {
+    const sock = `unix://${b!.socket}`;
+    const watcher = spawn(crictlBin!, ['--runtime-endpoint', sock, '--timeout', '20s', 'events', '-o', 'json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    watcher.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    watcher.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const closed = new Promise<void>((resolve) => watcher.once('close', () => resolve()));
+    cleanup.push(async () => {
+      watcher.kill('SIGTERM');
+      await closed;
+    });
+    // The stream is open once berthd counts a subscriber; crictl prints nothing until the first event, so give it a moment.
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(watcher.exitCode, null, `crictl events is still streaming: ${err}`);
+
+    const { pod, cfg } = await runp();
+    const id = await createAndStart(pod, cfg, 'ev', ['sh', '-c', 'sleep 1000']);
+    assert.equal(await ok(['stop', '-t', '0', id]), id);
+    assert.equal(await ok(['rm', id]), id);
+
+    type Ev = { containerId: string; containerEventType: string; createdAt: string; podSandboxStatus?: { id: string } };
+    const mine = (): Ev[] => (jsonDocuments(out) as unknown as Ev[]).filter((e) => e.containerId === id);
+    await until(async () => (mine().length >= 4 ? true : undefined), 10_000).catch(() => undefined);
+    const events = mine();
+    assert.deepEqual(
+      events.map((e) => e.containerEventType),
+      ['CONTAINER_CREATED_EVENT', 'CONTAINER_STARTED_EVENT', 'CONTAINER_STOPPED_EVENT', 'CONTAINER_DELETED_EVENT'],
+      `crictl events printed:\n${out}\n${err}`,
+    );
+    for (const e of events) assert.equal(e.podSandboxStatus?.id, pod, 'each event carries its pod’s status');
+    const times = events.map((e) => BigInt(e.createdAt));
+    assert.ok(
+      times.every((t, i) => i === 0 || t >= times[i - 1]!),
+      `event times do not go back: ${times.join(', ')}`,
+    );
+  });
+
+  it('metricsp: the cAdvisor metrics of a pod and its running container (ListPodSandboxMetrics)', async () => {
+    const { pod, cfg } = await runp();
+    const id = await createAndStart(pod, cfg, 'mp', ['sh', '-c', 'dd if=/dev/zero of=/dev/shm/m bs=1048576 count=8 2>/dev/null; touch /ready; sleep 1000']);
+    await until(async () => ((await crictl(['exec', '-s', id, 'test', '-f', '/ready'])).code === 0 ? true : undefined));
+    type M = { name: string; metricType: string; labelValues: string[]; value: { value: string } };
+    const json = JSON.parse(await ok(['metricsp', '-o', 'json'])) as {
+      podMetrics: Array<{ podSandboxId: string; metrics: M[]; containerMetrics: Array<{ containerId: string; metrics: M[] }> }>;
+    };
+    const pm = json.podMetrics.find((p) => p.podSandboxId === pod);
+    assert.ok(pm, `metricsp lists the pod: ${JSON.stringify(json.podMetrics.map((p) => p.podSandboxId))}`);
+    assert.deepEqual(
+      pm.containerMetrics.map((c) => c.containerId),
+      [id],
+    );
+    const ws = pm.containerMetrics[0]!.metrics.find((m) => m.name === 'container_memory_working_set_bytes');
+    assert.ok(ws, 'the container has container_memory_working_set_bytes');
+    assert.equal(ws.metricType, 'GAUGE');
+    assert.ok(Number(ws.value.value) >= 8 * 1024 * 1024, `working set ${ws.value.value} holds the 8 MiB written to /dev/shm`);
+    assert.ok(ws.labelValues.includes(id), 'labelled with the container id');
+    const cpu = pm.containerMetrics[0]!.metrics.find((m) => m.name === 'container_cpu_usage_seconds_total');
+    assert.equal(cpu?.metricType, 'COUNTER');
+    assert.ok(
+      pm.metrics.some((m) => m.name === 'container_memory_working_set_bytes'),
+      'and the pod has its own',
+    );
   });
 });
