@@ -66,6 +66,7 @@ Commands:
   reload            make the running berthd re-read its config files (SIGHUP) and print the
                     outcome; keys that need a restart keep their running value
   doctor            report (and with --repair remove) what the node holds that the database does not know; see berthd doctor --help
+  explain pod|container ID   print a pod's or container's startup timeline (asks the running berthd)
 
 Flags:
   --config FILE     config file (default /etc/berth/config.toml; drop-ins from its config.d/)
@@ -83,6 +84,7 @@ const TRACING_FLUSH_MS = 2000;
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration. */
 export async function main(argv: string[]): Promise<number> {
   if (argv[0] === 'doctor') return doctorMain(argv.slice(1));
+  if (argv[0] === 'explain') return (await import('./cli/explain.js')).explain(argv.slice(1));
   let parsed;
   try {
     parsed = parseArgs({

@@ -28,10 +28,32 @@ export interface TracePoints {
   'berth:mount': { op: 'mount' | 'umount'; target: string };
   /** The shim (conmon) creating a container, up to the init pid. */
   'berth:shim.create': { containerId: string };
+  /** Inside the shim's create: from conmon's release (the bundle complete) to the runtime's create reporting the init pid. */
+  'berth:shim.runtime-create': { containerId: string };
   /** A write transaction of the database. */
   'berth:db.write': { table: string };
   /** Start-up recovery, as a whole. */
   'berth:recovery': Record<string, never>;
+  /** RunPodSandbox's checks before anything is made (runtime handler, network config, DNS). */
+  'berth:pod.validate': Record<string, never>;
+  /** Creating and pinning a pod's namespaces. */
+  'berth:pod.namespaces': { podId: string };
+  /** Making a pod's directory and its /dev/shm. */
+  'berth:pod.dir': { podId: string };
+  /** A pod's network: the loopback, then the CNI chain's ADD, recorded before and after. */
+  'berth:pod.network': { podId: string };
+  /** Starting a pod's infra process (shared PID namespace), beside its network. */
+  'berth:pod.infra': { podId: string };
+  /** Pinning the infra process's PID namespace. */
+  'berth:pod.pidns': { podId: string };
+  /** Writing a pod's hostname, hosts and resolv.conf. */
+  'berth:pod.files': { podId: string };
+  /** Finding a new container's image among the stored ones. */
+  'berth:container.image': { image: string };
+  /** Preparing a new container's writable snapshot on its image's layers. */
+  'berth:container.snapshot': { containerId: string };
+  /** Generating a new container's OCI runtime spec. */
+  'berth:container.spec': { containerId: string };
 }
 
 export type TracePointName = keyof TracePoints;

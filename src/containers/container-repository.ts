@@ -1,3 +1,4 @@
+import type { TimelineStep } from '../common/timeline.js';
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
 import { lazyJsonField } from '../store/lazy-json.js';
@@ -30,6 +31,11 @@ export interface ContainerFacts {
   user: { uid: number; gid: number; supplementalGroups: number[] } | null;
   /** The signal StopContainer sends first (a CRI Signal name), as decided into the OCI spec; null when unknown. */
   stopSignal: string | null;
+  /**
+   * The steps of CreateContainer and StartContainer and their times (common/timeline.ts),
+   * at most 64. Optional, so version 1 documents without it stay valid ones.
+   */
+  timeline?: TimelineStep[];
 }
 
 export const CONTAINER_FACTS_VERSION = 1;

@@ -13,6 +13,7 @@ import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../common/atomic-file.js';
 import { nowNs } from '../common/clock.js';
+import { recordTimeline, timelineSoFar } from '../common/timeline.js';
 import { traced } from '../common/trace-points.js';
 import { DisposableStack } from '../common/disposable.js';
 import { findByIdOrPrefix } from '../common/id-prefix.js';
@@ -167,9 +168,14 @@ export class ContainerService {
     return { bundle, rootfs: join(bundle, 'rootfs') };
   }
 
-  async create(req: CreateContainerRequest, signal?: AbortSignal): Promise<string> {
+  /** Creates a container; its steps are recorded as the container's timeline (common/timeline.ts). */
+  create(req: CreateContainerRequest, signal?: AbortSignal): Promise<string> {
+    return recordTimeline('CreateContainer', () => this.createRecorded(req, signal));
+  }
+
+  private async createRecorded(req: CreateContainerRequest, signal?: AbortSignal): Promise<string> {
     const sandbox = this.o.sandboxes.requireSandbox(req.sandboxId, { states: ['ready'] });
-    const image = this.o.images.find(req.image);
+    const image = await traced('berth:container.image', { image: req.image }, async () => this.o.images.find(req.image));
     if (!image) throw new BerthError('NotFound', `image "${req.image}" not found; pull it first`);
     const dup = this.o.repo.byName(sandbox.id, req.name, req.attempt);
     if (dup) throw new BerthError('AlreadyExists', `container "${req.name}" (attempt ${req.attempt}) already exists in pod ${sandbox.id} as ${dup.id}`);
@@ -234,7 +240,7 @@ export class ContainerService {
         }),
       );
       shimCreated.catch(() => undefined);
-      const layerMade = this.o.images.prepareContainerLayer(id, image);
+      const layerMade = traced('berth:container.snapshot', { containerId: id }, () => this.o.images.prepareContainerLayer(id, image));
       const rootfsMade = mkdir(rootfs, { recursive: true, mode: 0o755 });
       await Promise.allSettled([layerMade, rootfsMade]);
       const [layer] = await Promise.all([layerMade, rootfsMade]);
@@ -256,28 +262,27 @@ export class ContainerService {
         ids = await this.idFiles.read(image.id, rootfs);
       }
 
-      const {
-        spec: generated,
-        warnings,
-        hostWarnings,
-      } = generateSpec({
-        containerId: id,
-        sandboxId: sandbox.id,
-        config: volumes.applyToMounts(req.config),
-        image: image.config,
-        passwd: ids.passwd,
-        group: ids.group,
-        rootfs,
-        sandbox: podSpecView(pod),
-        cgroupDriver: this.o.config.cgroup_driver,
-        minOomScoreAdj: this.host.minOomScoreAdj,
-        ...prereq,
-        ...(this.host.hostCapabilities ? { hostCapabilities: this.host.hostCapabilities } : {}),
-        localhostSeccomp: await localhostSeccompProfiles(req.config),
-        ...targetPidns(sandbox.id, req.config, (id) => this.find(id)),
+      const { spec, warnings, hostWarnings } = await traced('berth:container.spec', { containerId: id }, async () => {
+        const made = generateSpec({
+          containerId: id,
+          sandboxId: sandbox.id,
+          config: volumes.applyToMounts(req.config),
+          image: image.config,
+          passwd: ids.passwd,
+          group: ids.group,
+          rootfs,
+          sandbox: podSpecView(pod),
+          cgroupDriver: this.o.config.cgroup_driver,
+          minOomScoreAdj: this.host.minOomScoreAdj,
+          ...prereq,
+          ...(this.host.hostCapabilities ? { hostCapabilities: this.host.hostCapabilities } : {}),
+          localhostSeccomp: await localhostSeccompProfiles(req.config),
+          ...targetPidns(sandbox.id, req.config, (id) => this.find(id)),
+        });
+        const edited = applyCdiEdits(made.spec, prereq.cdi);
+        prepared.applyToSpec(edited, req.config.mounts);
+        return { ...made, spec: edited };
       });
-      const spec = applyCdiEdits(generated, prereq.cdi);
-      prepared.applyToSpec(spec, req.config.mounts);
       for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
       for (const w of hostWarnings) warnOnce(this.o.log, w, { container: id });
       this.o.repo.updateFacts(id, () => specFacts(spec as unknown as Record<string, unknown>));
@@ -288,6 +293,8 @@ export class ContainerService {
       bundleDone();
       const handle = await shimCreated;
       this.o.repo.update(id, () => ({ state: 'created', pid: handle.pid, shimPid: handle.shimPid }));
+      // The timeline is kept with the container's facts, so it outlives a restart of berthd.
+      this.o.repo.updateFacts(id, (f) => ({ timeline: timelineSoFar(f.timeline) }));
       undo.move();
       this.events.publish('created', { id, sandboxId: sandbox.id });
       return id;
@@ -308,7 +315,12 @@ export class ContainerService {
     }
   }
 
-  async start(idOrPrefix: string): Promise<void> {
+  /** Starts a created container; its steps are added to the container's timeline. */
+  start(idOrPrefix: string): Promise<void> {
+    return recordTimeline('StartContainer', () => this.startRecorded(idOrPrefix));
+  }
+
+  private async startRecorded(idOrPrefix: string): Promise<void> {
     const found = this.requireContainer(idOrPrefix);
     await this.locked(found.id, async () => {
       const c = requireState('container', idOrPrefix, this.o.repo.get(found.id), {
@@ -325,6 +337,7 @@ export class ContainerService {
         throw err;
       }
       this.o.repo.update(c.id, () => ({ state: 'running', startedAt: nowNs() }));
+      this.o.repo.updateFacts(c.id, (f) => ({ timeline: timelineSoFar(f.timeline) }));
       this.events.publish('started', c);
       this.exits.watch(c.id);
     });

@@ -1,4 +1,5 @@
 import type { IdMap } from '../common/userns.js';
+import type { TimelineStep } from '../common/timeline.js';
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
 import { lazyJsonField } from '../store/lazy-json.js';
@@ -55,6 +56,12 @@ export interface PodFacts {
   /** LinuxPodSandboxConfig.overhead and .resources, as at creation or as UpdatePodSandboxResources last set them. */
   overhead: PodResources | null;
   resources: PodResources | null;
+  /**
+   * The steps of RunPodSandbox and their times (common/timeline.ts), at most 64; absent
+   * before the pod is ready and in pods made by a berthd without timelines. Optional, so
+   * version 1 documents without it stay valid ones.
+   */
+  timeline?: TimelineStep[];
 }
 
 export const POD_FACTS_VERSION = 1;

@@ -15,6 +15,8 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DisposableStack } from '../common/disposable.js';
 import { nowNs } from '../common/clock.js';
+import { recordTimeline, timelineSoFar } from '../common/timeline.js';
+import { traced } from '../common/trace-points.js';
 import { findByIdOrPrefix } from '../common/id-prefix.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, errnoOf, messageOf } from '../common/errors.js';
@@ -128,9 +130,13 @@ export class SandboxService {
     this.o.repo.update(id, () => ({ acknowledged: true }));
   }
 
-  /** Creates a pod, or hands back the one an earlier, abandoned request made. */
-  async run(spec: PodSandboxSpec): Promise<string> {
-    const prepared = await this.validate(spec);
+  /** Creates a pod, or hands back the one an earlier, abandoned request made. Its steps are recorded as the pod's timeline (common/timeline.ts). */
+  run(spec: PodSandboxSpec): Promise<string> {
+    return recordTimeline('RunPodSandbox', () => this.runRecorded(spec));
+  }
+
+  private async runRecorded(spec: PodSandboxSpec): Promise<string> {
+    const prepared = await traced('berth:pod.validate', {}, () => this.validate(spec));
     const key = metaKey(spec.metadata);
     const inflight = this.creating.get(key);
     if (inflight) return inflight;
@@ -210,24 +216,30 @@ export class SandboxService {
         this.o.repo.update(id, () => ({ nsDir }));
         undo.defer(() => this.host.removeNamespaces(nsDir));
       }
-      if (spec.userns) pins = await createPodUserns(nsDir, spec.userns, kinds, prepared.hostname);
-      else if (kinds.length > 0) pins = await this.host.pinNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal });
+      if (spec.userns) pins = await traced('berth:pod.namespaces', { podId: id }, () => createPodUserns(nsDir, spec.userns!, kinds, prepared.hostname));
+      else if (kinds.length > 0) {
+        pins = await traced('berth:pod.namespaces', { podId: id }, () =>
+          this.host.pinNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal }),
+        );
+      }
 
       const podDir = join(this.podRoot, id);
-      await mkdir(podDir, { recursive: true, mode: 0o711 });
-      undo.defer(() => rm(podDir, { recursive: true, force: true }));
-      if (spec.namespaces.ipc !== 'NODE') {
-        undo.defer(() => this.host.unmountShm(join(podDir, 'shm')));
-        await this.host.mountShm(join(podDir, 'shm'), this.o.config.sandbox.shm_size_bytes);
-      }
+      await traced('berth:pod.dir', { podId: id }, async () => {
+        await mkdir(podDir, { recursive: true, mode: 0o711 });
+        undo.defer(() => rm(podDir, { recursive: true, force: true }));
+        if (spec.namespaces.ipc !== 'NODE') {
+          undo.defer(() => this.host.unmountShm(join(podDir, 'shm')));
+          await this.host.mountShm(join(podDir, 'shm'), this.o.config.sandbox.shm_size_bytes);
+        }
+      });
 
       // The infra process starts while CNI runs: both need only the pins.
       let infra: Promise<{ pid: number } | { error: unknown }> | undefined;
       if (sharedPid) {
         const rt = this.o.runtimes.get(spec.runtimeHandler);
         undo.defer(() => this.infra.remove(id, join(podDir, 'infra'), rt));
-        infra = this.infra
-          .start(
+        infra = traced('berth:pod.infra', { podId: id }, () =>
+          this.infra.start(
             {
               sandboxId: id,
               infraPath: this.o.config.sandbox.infra_path,
@@ -239,11 +251,11 @@ export class SandboxService {
             join(podDir, 'infra'),
             rt,
             signal,
-          )
-          .then(
-            (pid) => ({ pid }),
-            (error: unknown) => ({ error }),
-          );
+          ),
+        ).then(
+          (pid) => ({ pid }),
+          (error: unknown) => ({ error }),
+        );
         // Settled before any undo runs, whatever fails first.
         undo.defer(async () => void (await infra));
       }
@@ -251,36 +263,42 @@ export class SandboxService {
       let ips: string[] = [];
       if (prepared.network) {
         const net = prepared.network;
-        await this.host.loopbackUp(pins.net!, this.o.config.cni.bin_dirs, signal);
-        const rt = this.cniRuntime({ id, metadata: spec.metadata }, pins.net!, spec.portMappings);
-        // Intent first: the chain ADD runs is recorded, so DEL (now or after a crash)
-        // runs the same chain; and DEL is armed before ADD, since ADD may half-succeed.
-        const intent: StoredNetwork = { list: net.list, result: null };
-        this.o.repo.update(id, () => ({ network: intent as unknown as Record<string, unknown> }));
-        // The undo reads the result when it runs: after a failed ADD there is none.
-        const added: { result?: CniResult } = {};
-        undo.defer(() => net.del(rt, added.result));
-        const result = await net.add(rt, signal);
-        added.result = result;
-        ips = podIps(result);
-        const stored: StoredNetwork = { list: net.list, result };
-        this.o.repo.update(id, () => ({ network: stored as unknown as Record<string, unknown>, ips }));
+        ips = await traced('berth:pod.network', { podId: id }, async () => {
+          await this.host.loopbackUp(pins.net!, this.o.config.cni.bin_dirs, signal);
+          const rt = this.cniRuntime({ id, metadata: spec.metadata }, pins.net!, spec.portMappings);
+          // Intent first: the chain ADD runs is recorded, so DEL (now or after a crash)
+          // runs the same chain; and DEL is armed before ADD, since ADD may half-succeed.
+          const intent: StoredNetwork = { list: net.list, result: null };
+          this.o.repo.update(id, () => ({ network: intent as unknown as Record<string, unknown> }));
+          // The undo reads the result when it runs: after a failed ADD there is none.
+          const added: { result?: CniResult } = {};
+          undo.defer(() => net.del(rt, added.result));
+          const result = await net.add(rt, signal);
+          added.result = result;
+          const stored: StoredNetwork = { list: net.list, result };
+          const got = podIps(result);
+          this.o.repo.update(id, () => ({ network: stored as unknown as Record<string, unknown>, ips: got }));
+          return got;
+        });
       }
       if (infra) {
         const started = await infra;
         if ('error' in started) throw started.error;
-        await pinPidNamespace(nsDir, started.pid);
+        await traced('berth:pod.pidns', { podId: id }, () => pinPidNamespace(nsDir, started.pid));
       }
       // After CNI, so per-interface sysctls (net.ipv4.conf.eth0.*) find eth0.
       if (Object.keys(spec.sysctls).length > 0) await this.host.applySysctls(pins, spec.sysctls, signal);
 
-      await writePodFiles(podDir, {
-        hostname: prepared.hostname,
-        resolvConf: prepared.resolv,
-        hosts: hostNet ? readFileSync('/etc/hosts', 'utf8') : hostsFile(prepared.hostname, ips),
-      });
+      await traced('berth:pod.files', { podId: id }, () =>
+        writePodFiles(podDir, {
+          hostname: prepared.hostname,
+          resolvConf: prepared.resolv,
+          hosts: hostNet ? readFileSync('/etc/hosts', 'utf8') : hostsFile(prepared.hostname, ips),
+        }),
+      );
 
-      this.o.repo.update(id, () => ({ state: 'ready' }));
+      // The timeline is kept with the pod's facts, so it outlives a restart of berthd.
+      this.o.repo.update(id, (cur) => ({ state: 'ready', facts: { ...cur.facts, timeline: timelineSoFar() } }));
       undo.move();
       if (sharedPid) this.watchInfra(id);
       log.info('pod sandbox ready', { ips });

@@ -237,7 +237,7 @@ export class ConmonShim implements Shim {
       runtimeRan = true;
       startStream.write('0');
 
-      const [exit, sync] = await abortable(Promise.all([childExit, syncLine]), signal);
+      const [exit, sync] = await traced('berth:shim.runtime-create', { containerId: o.id }, () => abortable(Promise.all([childExit, syncLine]), signal));
       const conmonStderr = Buffer.concat(stderr).toString('utf8').trim();
       if (exit.code !== 0) {
         throw new BerthError('Internal', `conmon failed (exit ${exit.code ?? exit.signal}): ${conmonStderr || 'no message'}`);

@@ -56,6 +56,17 @@ const STEPS: { [N in TracePointName]: Describe<N> } = {
   'berth:shim.create': (c) => ({ name: 'shim.create', attributes: { 'container.id': c.containerId } }),
   'berth:db.write': (c) => ({ name: 'db.write', attributes: { 'db.system.name': 'sqlite', 'db.collection.name': c.table } }),
   'berth:recovery': () => ({ name: 'recovery', attributes: {} }),
+  'berth:shim.runtime-create': (c) => ({ name: 'runtime create', attributes: { 'container.id': c.containerId } }),
+  'berth:pod.validate': () => ({ name: 'pod.validate', attributes: {} }),
+  'berth:pod.namespaces': (c) => ({ name: 'pod.namespaces', attributes: { 'berth.pod_sandbox.id': c.podId } }),
+  'berth:pod.dir': (c) => ({ name: 'pod.dir', attributes: { 'berth.pod_sandbox.id': c.podId } }),
+  'berth:pod.network': (c) => ({ name: 'pod.network', attributes: { 'berth.pod_sandbox.id': c.podId } }),
+  'berth:pod.infra': (c) => ({ name: 'pod.infra', attributes: { 'berth.pod_sandbox.id': c.podId } }),
+  'berth:pod.pidns': (c) => ({ name: 'pod.pidns', attributes: { 'berth.pod_sandbox.id': c.podId } }),
+  'berth:pod.files': (c) => ({ name: 'pod.files', attributes: { 'berth.pod_sandbox.id': c.podId } }),
+  'berth:container.image': (c) => ({ name: 'container.image', attributes: { 'berth.image': c.image } }),
+  'berth:container.snapshot': (c) => ({ name: 'container.snapshot', attributes: { 'container.id': c.containerId } }),
+  'berth:container.spec': (c) => ({ name: 'container.spec', attributes: { 'container.id': c.containerId } }),
 };
 
 /** Attributes without the absent ones (the SDK would warn about each). */

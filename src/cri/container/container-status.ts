@@ -41,7 +41,9 @@ export function criContainerStatus(svc: ContainerService, c: ContainerRecord): C
  * `user` is the identity the process runs as. With `verbose`, info["info"] holds what
  * containerd and CRI-O put there too (so `crictl inspect` templates work alike):
  * `sandboxID`, `pid`, `privileged`, the ContainerConfig as `config` and the OCI spec as
- * `runtimeSpec`; plus berth's own `shimPid` and `state`.
+ * `runtimeSpec`; plus berth's own `shimPid` and `state`. info["timeline"] holds the steps of
+ * CreateContainer and StartContainer as a JSON array of `{step, rpc, start, duration_ms, depth}`
+ * (common/timeline.ts).
  */
 export const containerStatus =
   (svc: ContainerService): UnaryHandler<ContainerStatusRequest__Output, ContainerStatusResponse> =>
@@ -50,6 +52,8 @@ export const containerStatus =
     const c = svc.requireContainer(cid);
     return {
       status: criContainerStatus(svc, c),
-      info: req.verbose ? { info: JSON.stringify(verboseInfo(c, await svc.runtimeSpec(c.id))) } : ({} as Record<string, string>),
+      info: req.verbose
+        ? { info: JSON.stringify(verboseInfo(c, await svc.runtimeSpec(c.id))), timeline: JSON.stringify(c.facts.timeline ?? []) }
+        : ({} as Record<string, string>),
     };
   };

@@ -23,7 +23,9 @@ export function criPodSandboxStatus(rec: SandboxRecord): PodSandboxStatus {
 
 /**
  * PodSandboxStatus: NOT_FOUND for an unknown id; `verbose` adds berth's own view in
- * info["info"], with the recorded overhead and resources and the config as kubelet sent it.
+ * info["info"], with the recorded overhead and resources and the config as kubelet sent it,
+ * and the pod's startup timeline in info["timeline"]: a JSON array of
+ * `{step, rpc, start, duration_ms, depth}` (common/timeline.ts).
  */
 export const podSandboxStatus =
   (svc: SandboxService): UnaryHandler<PodSandboxStatusRequest__Output, PodSandboxStatusResponse> =>
@@ -43,6 +45,7 @@ export const podSandboxStatus =
         resources: rec.facts.resources,
         config: rec.request,
       });
+      info.timeline = JSON.stringify(rec.facts.timeline ?? []);
     }
     return {
       status: criPodSandboxStatus(rec),
