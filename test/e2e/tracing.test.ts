@@ -91,7 +91,26 @@ describe('tracing', function () {
     assert.equal(run.attributes['rpc.grpc.status_code'], 0);
     assert.equal(run.resource['service.name'], 'berth-test');
 
-    const cni = rx.childrenOf(run).filter((s) => s.name.startsWith('cni '));
+    // The CNI plugin calls sit under the pod.network step's span, itself a child of the RPC's (the steps of the pod startup timeline are spans too).
+    const network = rx.childrenOf(run).filter((s) => s.name === 'pod.network');
+    assert.equal(
+      network.length,
+      1,
+      `child spans of RunPodSandbox: ${rx
+        .childrenOf(run)
+        .map((s) => s.name)
+        .join(', ')}`,
+    );
+    for (const step of ['pod.validate', 'pod.namespaces', 'pod.files']) {
+      assert.ok(
+        rx.childrenOf(run).some((s) => s.name === step),
+        `a ${step} child span: ${rx
+          .childrenOf(run)
+          .map((s) => s.name)
+          .join(', ')}`,
+      );
+    }
+    const cni = rx.childrenOf(network[0]!).filter((s) => s.name.startsWith('cni '));
     const plugins = cni.map((s) => s.attributes['berth.cni.plugin']).sort();
     assert.deepEqual(plugins, ['bridge', 'loopback'], `CNI child spans: ${cni.map((s) => s.name).join(', ')}`);
     const bridge = cni.find((s) => s.attributes['berth.cni.plugin'] === 'bridge')!;
