@@ -80,7 +80,7 @@ export async function explain(argv: string[], io: ExplainIo = stdio): Promise<nu
   } catch (err) {
     const e = err as Partial<grpc.ServiceError>;
     if (e.code === grpc.status.NOT_FOUND) {
-      io.err(`berthd explain: NOT_FOUND: ${kind === 'pod' ? 'pod sandbox' : 'container'} "${id}" not found (${e.details ?? ''})\n`);
+      io.err(`berthd explain: NOT_FOUND: ${e.details || `${kind === 'pod' ? 'pod sandbox' : 'container'} "${id}" not found`}\n`);
     } else if (e.code !== undefined) {
       io.err(`berthd explain: ${grpc.status[e.code] ?? e.code}: ${e.details ?? messageOf(err)} (socket ${socket})\n`);
     } else {

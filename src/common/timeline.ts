@@ -172,7 +172,14 @@ export function timelineSoFar(before: TimelineStep[] = []): TimelineStep[] {
     .map((s) => (s === root && s.ns === undefined ? Object.assign(s, { ns: now - s.t0 }) : s))
     .filter((s): s is OpenStep & { ns: bigint } => s.ns !== undefined);
   const ms = (ns: bigint): number => Math.round(Number(ns) / 1000) / 1000;
-  const done = finished.map((s): TimelineStep => {
+  // Depth first: each step followed by the steps inside it, so a table reads as a tree.
+  const ordered: typeof finished = [];
+  const visit = (s: (typeof finished)[number]): void => {
+    ordered.push(s);
+    for (const c of finished) if (c.parent === s) visit(c);
+  };
+  for (const s of finished) if (s.parent === undefined || !finished.includes(s.parent as (typeof finished)[number])) visit(s);
+  const done = ordered.map((s): TimelineStep => {
     const inside = finished.filter((c) => c.parent === s).map((c): [bigint, bigint] => [c.t0, c.t0 + c.ns]);
     const own = s.ns - unionNs(inside, s.t0, s.t0 + s.ns);
     return {
