@@ -223,22 +223,21 @@ export class ContainerService {
       undo.defer(() => (mountTried ? this.rootfs.unmount(rootfs) : undefined));
       undo.defer(() => this.o.shim.removeFiles({ id, bundle }));
       undo.defer(() => rt.delete(id, true));
-      shimCreated = traced('berth:shim.create', { containerId: id }, () =>
-        this.o.shim.create({
-          id,
-          bundle,
-          runtime: rt,
-          logPath,
-          terminal: req.config.tty,
-          stdin: req.config.stdin,
-          stdinOnce: req.config.stdin_once,
-          bundleReady: new Promise<void>((resolve, reject) => {
-            bundleDone = resolve;
-            bundleFailed = reject;
-          }),
-          ...(signal ? { signal } : {}),
+      // The shim traces its own create (berth:shim.create).
+      shimCreated = this.o.shim.create({
+        id,
+        bundle,
+        runtime: rt,
+        logPath,
+        terminal: req.config.tty,
+        stdin: req.config.stdin,
+        stdinOnce: req.config.stdin_once,
+        bundleReady: new Promise<void>((resolve, reject) => {
+          bundleDone = resolve;
+          bundleFailed = reject;
         }),
-      );
+        ...(signal ? { signal } : {}),
+      });
       shimCreated.catch(() => undefined);
       const layerMade = traced('berth:container.snapshot', { containerId: id }, () => this.o.images.prepareContainerLayer(id, image));
       const rootfsMade = mkdir(rootfs, { recursive: true, mode: 0o755 });
