@@ -6,6 +6,8 @@
  * Start-up order matters: nothing touches the system before the config is known to be
  * good and the locks are held, so a bad config or a second instance changes nothing.
  */
+// First: V8 heap settings that must hold before anything else loads.
+import './common/heap-flags.js';
 import * as grpc from '@grpc/grpc-js';
 import { chmodSync, lstatSync, mkdirSync, rmSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
