@@ -44,6 +44,9 @@
  * - openPty / setWinsize: a terminal pair for `runc exec -t` in the foreground, which
  *   wants a terminal of its own as stdio (it relays it to the container's and follows
  *   its size on SIGWINCH); TIOCSWINSZ sets the size.
+ * - mallocTrim: glibc gives each thread that mallocs (libuv's pool, the unpack workers)
+ *   an arena of its own and keeps the pages a burst (a pull) filled there; malloc_trim(0)
+ *   hands the free pages of every arena back to the kernel after such a burst.
  *
  * Errors are thrown (or rejected) as Error objects with `code` (e.g. "ENOENT"), `errno`
  * and `syscall`, like Node's own.
@@ -54,6 +57,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
@@ -808,6 +812,15 @@ static napi_value js_set_winsize(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- mallocTrim() -> boolean: malloc_trim(0), true when memory went back to the kernel ---- */
+
+static napi_value js_malloc_trim(napi_env env, napi_callback_info info) {
+  (void)info;
+  napi_value out;
+  NAPI_OK(napi_get_boolean(env, malloc_trim(0) == 1, &out));
+  return out;
+}
+
 /* ---- socketInNetns(nsPath, family 4|6) -> fd: an unconnected TCP socket made in a netns ---- */
 
 struct netns_socket {
@@ -1119,6 +1132,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"attachConmon", NULL, js_attach_conmon, NULL, NULL, NULL, napi_enumerable, NULL},
       {"notifySocket", NULL, js_notify_socket, NULL, NULL, NULL, napi_enumerable, NULL},
       {"datagramBind", NULL, js_datagram_bind, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"mallocTrim", NULL, js_malloc_trim, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

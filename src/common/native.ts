@@ -42,6 +42,8 @@ export interface NativeSys {
   attachConmon(dir: string): number;
   notifySocket(path: string, text: string): void;
   datagramBind(path: string): number;
+  /** malloc_trim(0): returns the free pages of every arena to the kernel; true if any went. */
+  mallocTrim(): boolean;
 }
 
 /** Where the build leaves the addon, from dist/src/common (or any dist-* build) up to the repository. */
