@@ -20,8 +20,9 @@
  * rule), so a CDI device node behaves exactly like a device kubelet names itself.
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { extname, join, posix } from 'node:path';
-import { parse as parseYaml } from 'yaml';
+import type { parse as ParseYaml } from 'yaml';
 import { BerthError, invalidArgument, messageOf } from '../common/errors.js';
 import type { OciHook, OciMount, OciSpec } from '../oci/spec.js';
 
@@ -208,6 +209,16 @@ function specFiles(dir: string): string[] {
 }
 
 /** Parses and checks one spec file (JSON or YAML); throws with the reason. */
+/**
+ * The YAML parser, loaded on the first YAML spec: its ~150 modules cost an idle berthd
+ * about 1 MiB, and most hosts have no CDI specs (or JSON ones).
+ */
+function parseYaml(text: string, opts: { maxAliasCount: number }): unknown {
+  yamlParse ??= (createRequire(import.meta.url)('yaml') as { parse: typeof ParseYaml }).parse;
+  return yamlParse(text, opts);
+}
+let yamlParse: typeof ParseYaml | undefined;
+
 export function parseSpec(file: string, text: string): Spec {
   const doc: unknown = extname(file) === '.json' ? JSON.parse(text) : parseYaml(text, { maxAliasCount: 16 });
   const o = object(doc, 'the file');

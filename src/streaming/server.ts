@@ -7,9 +7,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createRequire } from 'node:module';
 import type { AddressInfo, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { WebSocketServer, type WebSocket } from 'ws';
+import type { WebSocket, WebSocketServer } from 'ws';
 import { messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import type { StreamingConfig } from '../config/schema.js';
@@ -59,21 +60,29 @@ export class StreamingServer {
   private readonly sockets = new Set<Duplex>();
   private readonly streamBudget = new StreamBudget(MAX_STREAMS_TOTAL);
   private readonly pods: PodConnector;
-  private readonly wss: WebSocketServer;
+  /** Made on the first WebSocket upgrade: the `ws` package costs an idle berthd ~1.5 MiB and kubelet uses SPDY. */
+  private wssInstance: WebSocketServer | undefined;
   /** The subprotocol chosen for a WebSocket upgrade under way. */
   private readonly chosen = new WeakMap<IncomingMessage, string>();
   private port = 0;
 
+  private get wss(): WebSocketServer {
+    if (!this.wssInstance) {
+      const ws = createRequire(import.meta.url)('ws') as { WebSocketServer: typeof WebSocketServer };
+      this.wssInstance = new ws.WebSocketServer({
+        noServer: true,
+        clientTracking: false,
+        perMessageDeflate: false,
+        maxPayload: MAX_WS_MESSAGE_BYTES,
+        autoPong: false,
+        handleProtocols: (_offered, req) => this.chosen.get(req) ?? false,
+      });
+    }
+    return this.wssInstance;
+  }
+
   constructor(private readonly o: StreamingServerOptions) {
     this.pods = new PodConnector(o.sandboxes, { timeoutMs: DIAL_TIMEOUT_MS, maxConcurrent: MAX_CONCURRENT_DIALS });
-    this.wss = new WebSocketServer({
-      noServer: true,
-      clientTracking: false,
-      perMessageDeflate: false,
-      maxPayload: MAX_WS_MESSAGE_BYTES,
-      autoPong: false,
-      handleProtocols: (_offered, req) => this.chosen.get(req) ?? false,
-    });
     this.server = createServer((req, res) => this.onRequest(req, res));
     this.server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
     this.server.on('clientError', (_err, socket: Duplex) => socket.destroy());
