@@ -16,6 +16,7 @@ import { parseArgs } from 'node:util';
 import { BerthError, errnoOf, messageOf } from './common/errors.js';
 import { createLogger, type Logger } from './common/logger.js';
 import { cleanProbeScratch } from './common/mount-probes.js';
+import { startMallocTrimmer } from './common/malloc-trim.js';
 import { loadNative } from './common/native.js';
 import { traced } from './common/trace-points.js';
 import { BERTH_VERSION } from './common/version.js';
@@ -79,6 +80,9 @@ Flags:
   -h, --help        show this help
   -v, --version     show the version
 `;
+
+/** How often freed malloc memory goes back to the kernel (see common/malloc-trim.ts). */
+const MALLOC_TRIM_EVERY_MS = 30_000;
 
 /** How long the spans still queued at shutdown may take to reach the collector. */
 const TRACING_FLUSH_MS = 2000;
@@ -260,6 +264,8 @@ async function runDaemon(loaded: LoadedConfig, load: () => LoadedConfig): Promis
       (err: unknown) => void log.error('tracing failed to start; it stays off', { error: messageOf(err) }),
     );
     if (tracing) held.push(() => tracing.shutdown(TRACING_FLUSH_MS));
+
+    held.push(startMallocTrimmer(MALLOC_TRIM_EVERY_MS));
 
     db = openDatabase(join(config.root, 'berth.db'));
     const openDb = db;

@@ -15,7 +15,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { BerthError, type ErrorKind } from '../../common/errors.js';
-import { native } from '../../common/native.js';
+import { trimMalloc } from '../../common/malloc-trim.js';
 import type { LayerCompression, UnpackOptions, UnpackResult } from './unpack.js';
 
 export interface UnpackJob {
@@ -163,14 +163,5 @@ export class UnpackPool {
     await Promise.all(this.slots.map((s) => s.worker.terminate()));
     this.slots.length = 0;
     for (const w of this.waiting.splice(0)) w();
-  }
-}
-
-/** Hands the free pages of every malloc arena back to the kernel (the workers' arenas stay behind them). */
-function trimMalloc(): void {
-  try {
-    native().mallocTrim();
-  } catch {
-    // no addon (unit tests of the pool without a build): nothing to trim with
   }
 }
