@@ -93,6 +93,8 @@ export class Berthd implements AsyncDisposable {
     const cniDir = join(dir, 'cni');
     mkdirp(cniDir);
     const args = [
+      // As bin/berthd.js's shebang runs it (see src/common/heap-flags.ts).
+      '--max-semi-space-size=1',
       ...(opts.nodeArgs ?? []),
       BERTHD_MAIN,
       '--config',
