@@ -6,7 +6,9 @@
  * Suites:
  * - pull: cold pull throughput of a large multi-layer image from a local registry
  *   (5 layers of 40 MB incompressible data by default; "cold" = the image and all its
- *   blobs and snapshots removed before each run).
+ *   blobs and snapshots removed before each run), and the daemon's CPU seconds per 100 MB
+ *   over the timed pulls (all its threads and the children it reaped, from
+ *   /proc/<pid>/stat): a figure that holds when other work loads the machine.
  * - pods: RunPodSandbox latency and StopPodSandbox+RemovePodSandbox latency (timed
  *   together) over N pods created one after the other (after one warm-up pod), each on a
  *   bridge + host-local + portmap network of its own (a private subnet, a bridge named
@@ -152,24 +154,41 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 // ---------------------------------------------------------------------------------------
 // Pull
 
-async function coldPulls(name: string, c: CriClients, ref: string, bytes: number): Promise<number[]> {
+/**
+ * CPU seconds a daemon has used: its own threads (worker threads included) and the
+ * children it has waited for (utime + stime + cutime + cstime of /proc/<pid>/stat).
+ */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // Fields 14-17 of stat(5), counted from 1 with pid and comm first.
+  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLOCK_TICKS;
+}
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** Throughput of each timed cold pull (MB/s), and the daemon's CPU seconds per 100 MB over all of them. */
+async function coldPulls(name: string, c: CriClients, ref: string, bytes: number, pid: number): Promise<{ mbps: number[]; cpuPer100MB: number }> {
   const mbps: number[] = [];
   // One warm-up pull, not counted: connections, JIT, page cache of the registry's files.
   await c.image.PullImage({ image: { image: ref } });
   await c.image.RemoveImage({ image: { image: ref } });
+  let cpu = 0;
   for (let i = 0; i < runs; i++) {
+    const cpu0 = cpuSeconds(pid);
     const t0 = process.hrtime.bigint();
     await c.image.PullImage({ image: { image: ref } });
     const s = Number(process.hrtime.bigint() - t0) / 1e9;
+    cpu += cpuSeconds(pid) - cpu0;
     mbps.push(bytes / 1e6 / s);
     await c.image.RemoveImage({ image: { image: ref } });
     if ((await c.image.ImageStatus({ image: { image: ref } })).image) throw new Error(`${name}: image still present after RemoveImage`);
   }
-  return mbps;
+  return { mbps, cpuPer100MB: cpu / ((runs * bytes) / 1e8) };
 }
 
 async function pullSuite(registryHost: string): Promise<void> {
   const results: Record<string, number> = {};
+  const cpu: Record<string, number> = {};
   out(`pushing a ${layerCount} x ${layerBytes / 1048576} MiB incompressible image to ${registryHost} ...`);
   const img = await pushRandomImage(registryHost, 'bench/random', 'latest', layerCount, layerBytes, 'gzip');
   const bytes = img.layersSize;
@@ -178,9 +197,12 @@ async function pullSuite(registryHost: string): Promise<void> {
   if (runBerth) {
     const b = await Berthd.start({ logLevel: 'warn', ...berthNodeArgs });
     try {
-      const xs = await coldPulls('berth', b.clients, img.ref, bytes);
+      const { mbps: xs, cpuPer100MB } = await coldPulls('berth', b.clients, img.ref, bytes, b.proc.pid!);
       results.berth = median(xs);
-      out(`${label('berth')} cold pull: median ${results.berth.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')})`);
+      cpu.berth = cpuPer100MB;
+      out(
+        `${label('berth')} cold pull: median ${results.berth.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}); CPU ${cpuPer100MB.toFixed(3)} s per 100 MB`,
+      );
     } finally {
       await b.dispose();
     }
@@ -192,10 +214,11 @@ async function pullSuite(registryHost: string): Promise<void> {
       const ctr = await startContainerd(registryHost);
       try {
         const v = await ctr.clients.runtime.Version({});
-        const xs = await coldPulls('containerd', ctr.clients, img.ref, bytes);
+        const { mbps: xs, cpuPer100MB } = await coldPulls('containerd', ctr.clients, img.ref, bytes, ctr.pid);
         results.containerd = median(xs);
+        cpu.containerd = cpuPer100MB;
         out(
-          `${label('containerd')} cold pull: median ${results.containerd.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}; ${v.runtime_name} ${v.runtime_version})`,
+          `${label('containerd')} cold pull: median ${results.containerd.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}; ${v.runtime_name} ${v.runtime_version}); CPU ${cpuPer100MB.toFixed(3)} s per 100 MB`,
         );
       } finally {
         await ctr.stop();
@@ -204,6 +227,9 @@ async function pullSuite(registryHost: string): Promise<void> {
   }
   if (results.berth && results.containerd) {
     out(`\npull throughput berth/containerd: ${(results.berth / results.containerd).toFixed(2)}x (>1: berth pulls faster)`);
+  }
+  if (cpu.berth && cpu.containerd) {
+    out(`pull CPU per MB berth/containerd: ${(cpu.berth / cpu.containerd).toFixed(2)}x (<1: berth uses less CPU)`);
   }
 }
 
