@@ -33,7 +33,19 @@ export interface StartOptions {
   env?: Record<string, string>;
   /** How long to wait for berthd to answer (default 15 s; a loaded machine may need more). */
   readyTimeoutMs?: number;
+  /**
+   * A command that runs berthd in the end, by exec (so the pid stays berthd's): the node
+   * binary and its arguments are appended. {@link IN_NEW_NETNS} runs it in a network
+   * namespace of its own.
+   */
+  wrap?: string[];
 }
+
+/**
+ * Runs berthd in a new network namespace with only its loopback up: nothing it (or a
+ * host-network pod of it) sends can leave the machine, and no name resolves.
+ */
+export const IN_NEW_NETNS = ['unshare', '--net', '--', 'sh', '-c', 'ip link set lo up && exec "$0" "$@"'];
 
 export class Berthd implements AsyncDisposable {
   readonly root: string;
@@ -115,7 +127,11 @@ export class Berthd implements AsyncDisposable {
     if (!/\[metrics\]/.test(opts.config ?? '') && !Object.values(opts.dropIns ?? {}).some((t) => /\[metrics\]/.test(t))) {
       writeFileSync(join(etc, 'config.d', '00-test-metrics.toml'), `[metrics]\naddress = "127.0.0.1:0"\n`);
     }
-    const proc = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+    const [cmd, ...pre] = opts.wrap ?? [process.execPath];
+    const proc = spawn(cmd!, opts.wrap ? [...pre, process.execPath, ...args] : args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...opts.env },
+    });
     const b = new Berthd(dir, proc);
     await b.waitReady(opts.readyTimeoutMs);
     return b;
