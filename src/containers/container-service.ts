@@ -36,6 +36,7 @@ import type { ExecSession } from './exec-session.js';
 import { ExitMonitor } from './exit-monitor.js';
 import { hostProbes, warnOnce, type HostProbes } from './host-probes.js';
 import { podSpecView, targetPidns } from './pod-view.js';
+import { containerLogPath } from './log-path.js';
 import { containerFacts, specFacts, stopSignalOf, type RequestedImageSpec } from './container-facts.js';
 import { generateSpec, type CriContainerConfig } from './spec.js';
 import { IdFilesCache, localhostSeccompProfiles } from './spec-files.js';
@@ -190,7 +191,7 @@ export class ContainerService {
     const volumePlans = planImageVolumes(req.config.mounts, { images: this.o.images });
 
     const id = randomBytes(32).toString('hex');
-    const logPath = pod.logDirectory !== '' && req.logPath !== '' ? join(pod.logDirectory, req.logPath) : join(this.bundles, id, 'container.log');
+    const logPath = containerLogPath(pod.logDirectory, req.logPath) ?? join(this.bundles, id, 'container.log');
     const { bundle, rootfs } = this.paths(id);
     const rt = this.o.runtimes.get(sandbox.runtimeHandler);
     this.o.repo.insert({

@@ -152,7 +152,14 @@ export class ConmonShim implements Shim {
     bundleReady.catch(() => undefined);
     try {
       await Promise.all([exitDir, this.dirs.persistRoot, socketDir].map((d) => mkdir(d, { recursive: true, mode: 0o700 })));
-      await Promise.all([o.runtime.root, dirname(o.logPath)].map((d) => mkdir(d, { recursive: true })));
+      await Promise.all([
+        mkdir(o.runtime.root, { recursive: true }),
+        // The log directory is the caller's (kubelet's): one that cannot be made (a file is
+        // in the way, say) is the request's problem, not berth's.
+        mkdir(dirname(o.logPath), { recursive: true }).catch((err: unknown) => {
+          throw new BerthError('FailedPrecondition', `cannot make the directory of the log file ${o.logPath}: ${messageOf(err)}`, { cause: err });
+        }),
+      ]);
       // The id is claimed by making its persist dir, exclusively: the undo below force-deletes
       // the id in the runtime, which must never reach a container made by someone else (the
       // dir stays until removeFiles, i.e. after the runtime's delete). No `runc state` here:

@@ -29,6 +29,7 @@ import { buildImage, buildLayer, busyboxEntries, DEFAULT_PATH, RegistryPusher } 
 import { MAX_MESSAGE_BYTES } from '../../src/cri/server.js';
 import { PROTO_FILE } from '../../src/cri/proto.js';
 import { Berthd, IN_NEW_NETNS } from '../helpers/berthd.js';
+import { grpcError } from '../helpers/cri-client.js';
 import { encode, fuzzSeed, garbage, MessageGenerator, Rng } from '../helpers/fuzz.js';
 import { startRegistry, type Registry } from '../helpers/registry.js';
 
@@ -222,6 +223,48 @@ describe('fuzz: every RPC of the gRPC surface', function () {
     await b?.dispose().catch((e: unknown) => console.log(String(e)));
     await registry?.stop();
     if (work) rmSync(work, { recursive: true, force: true });
+  });
+
+  it("regressions it found: a container's log file stays inside its pod's log directory, which must be absolute and makeable", async () => {
+    const berthd = b!;
+    const logs = join(work, 'regress');
+    mkdirSync(logs, { recursive: true });
+    writeFileSync(join(logs, 'a-file'), '');
+    const pod = async (name: string, log_directory: string): Promise<string> =>
+      (
+        await berthd.runtime.RunPodSandbox({
+          config: {
+            metadata: { name, namespace: 'fuzz', uid: name, attempt: 0 },
+            log_directory,
+            linux: { security_context: { namespace_options: { network: 'NODE' } } },
+          },
+        })
+      ).pod_sandbox_id;
+    const create = (pod_sandbox_id: string, log_path: string): Promise<unknown> =>
+      berthd.runtime.CreateContainer({
+        pod_sandbox_id,
+        config: { metadata: { name: 'c', attempt: 0 }, image: { image: image.ref }, command: ['true'], log_path },
+      });
+    try {
+      let e = await grpcError(pod('rel', 'relative/logs'));
+      assert.equal(e.code, grpc.status.INVALID_ARGUMENT, e.details);
+      assert.match(e.details, /config\.log_directory "relative\/logs" is not an absolute path/);
+      // A file where the log directory should be.
+      const onFile = await pod('on-file', join(logs, 'a-file'));
+      e = await grpcError(create(onFile, 'c.log'));
+      assert.equal(e.code, grpc.status.FAILED_PRECONDITION, e.details);
+      assert.match(e.details, /cannot make the directory of the log file/);
+      const ok = await pod('ok', join(logs, 'pod'));
+      for (const p of ['../escaped.log', 'a/../../escaped.log', '.']) {
+        e = await grpcError(create(ok, p));
+        assert.equal(e.code, grpc.status.INVALID_ARGUMENT, `${p}: ${e.details}`);
+        assert.match(e.details, /config\.log_path .* inside the pod's log_directory/);
+      }
+      assert.ok(!existsSync(join(logs, 'escaped.log')));
+      assert.deepEqual((await berthd.runtime.ListContainers({})).containers, []);
+    } finally {
+      await removeAll(berthd, { images: false });
+    }
   });
 
   it('answers every request with a proper status, never crashes, and leaves nothing behind', async function () {

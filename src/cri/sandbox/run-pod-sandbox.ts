@@ -56,7 +56,7 @@ export const runPodSandbox =
       namespaces,
       runtimeHandler: req.runtime_handler === '' ? defaultRuntime : boundedString(req.runtime_handler, 'runtime_handler', 63),
       ...(userns ? { userns } : {}),
-      logDirectory: cfg.log_directory,
+      logDirectory: absoluteOrEmpty(boundedString(cfg.log_directory, 'config.log_directory'), 'config.log_directory'),
       labels: cfg.labels,
       annotations: cfg.annotations,
       ...(cfg.linux?.overhead ? { overhead: toSpecResources(cfg.linux.overhead) } : {}),
@@ -67,3 +67,9 @@ export const runPodSandbox =
     if (!ctx.signal.aborted) svc.acknowledge(id);
     return { pod_sandbox_id: id };
   };
+
+/** A host path kubelet names: absolute, or empty for none. */
+function absoluteOrEmpty(path: string, field: string): string {
+  if (path !== '' && !path.startsWith('/')) throw new BerthError('InvalidArgument', `${field} "${path}" is not an absolute path`);
+  return path;
+}
