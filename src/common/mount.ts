@@ -6,6 +6,7 @@
  */
 import { readFileSync, realpathSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
+import { BerthError } from './errors.js';
 import { native } from './native.js';
 import { traced } from './trace-points.js';
 
@@ -14,8 +15,24 @@ export const MS = { RDONLY: 1, NOSUID: 2, NODEV: 4, NOEXEC: 8, REMOUNT: 32, BIND
 /** umount2(2) flags. */
 export const MNT = { FORCE: 1, DETACH: 2, NOFOLLOW: 8 } as const;
 
-/** mount(2). Rejects with a Node-style errno error (`code`: 'ENOENT', 'EINVAL'…). */
+/**
+ * The most bytes of options mount(2) takes: one page (the smallest, 4 KiB) less its NUL.
+ * The kernel reads one page and silently cuts what is longer, so an overlay with too
+ * many lowerdirs would lose its last layers and its upperdir without an error.
+ */
+export const MAX_MOUNT_DATA = 4095;
+
+/**
+ * mount(2). Rejects with a Node-style errno error (`code`: 'ENOENT', 'EINVAL'…), or with
+ * FailedPrecondition when `data` is longer than {@link MAX_MOUNT_DATA}.
+ */
 export function mount(source: string, target: string, fstype: string, flags: number, data = ''): Promise<void> {
+  const bytes = Buffer.byteLength(data);
+  if (bytes > MAX_MOUNT_DATA) {
+    return Promise.reject(
+      new BerthError('FailedPrecondition', `mounting ${fstype} on ${target}: its options are ${bytes} bytes, over the ${MAX_MOUNT_DATA} mount(2) takes`),
+    );
+  }
   return traced('berth:mount', { op: 'mount', target }, () => native().mount(source, target, fstype, flags, data));
 }
 

@@ -108,7 +108,13 @@ export class ImageVolumes {
         // Setuid files and device nodes of the image then behave as in a rootfs.
         await mount('overlay', root, 'overlay', MS.RDONLY, `lowerdir=${lowers.join(':')}`);
       } catch (err) {
-        throw new BerthError('Internal', `${field}.image: mounting image ${image.id} (overlay on ${root}): ${messageOf(err)}`, { cause: err });
+        throw new BerthError(
+          err instanceof BerthError ? err.kind : 'Internal',
+          `${field}.image: mounting image ${image.id} (overlay on ${root}): ${messageOf(err)}`,
+          {
+            cause: err,
+          },
+        );
       }
       this.sources.set(p.index, p.subPath === '' ? root : await resolveInRoot(root, p.subPath, `${field}.image_sub_path`, image.id));
     }

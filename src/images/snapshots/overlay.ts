@@ -6,6 +6,7 @@ import { mkdirSync, readdirSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BerthError, errnoOf } from '../../common/errors.js';
+import { MAX_MOUNT_DATA } from '../../common/mount.js';
 import type { Logger } from '../../common/logger.js';
 import type { SnapshotRepository, SnapshotRow } from './snapshot-repository.js';
 import type { ExtractRequest, PreparedSnapshot, SnapshotInfo, Snapshotter } from './snapshotter.js';
@@ -153,6 +154,18 @@ export class OverlaySnapshotter implements Snapshotter {
   async prepareActive(key: string, parentChainId: string): Promise<{ info: SnapshotInfo; options: string }> {
     const parent = this.committed(parentChainId);
     if (!parent) throw new BerthError('NotFound', `image layer ${parentChainId} is not unpacked; pull the image again`);
+    // An image is any number of layers; the mount's options must fit in the page mount(2)
+    // reads (the kernel would cut the rest: the last layers and the upperdir). Checked
+    // with the longest id the active snapshot can get, before anything is made.
+    const lowers = this.lowerDirs(parentChainId);
+    const longest = join(this.dir, String(Number.MAX_SAFE_INTEGER));
+    const bytes = Buffer.byteLength(`lowerdir=${lowers.join(':')},upperdir=${longest}/fs,workdir=${longest}/work`);
+    if (bytes > MAX_MOUNT_DATA) {
+      throw new BerthError(
+        'FailedPrecondition',
+        `the image has ${lowers.length} layers: the overlay mount of a container's rootfs would need ${bytes} bytes of options, over the ${MAX_MOUNT_DATA} mount(2) takes`,
+      );
+    }
     const id = this.repo.prepareActive(key, parent.id);
     const dir = join(this.dir, String(id));
     try {

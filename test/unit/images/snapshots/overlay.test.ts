@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import tar from 'tar-stream';
 import { createLogger } from '../../../../src/common/logger.js';
+import { MAX_MOUNT_DATA, mount } from '../../../../src/common/mount.js';
 import { OverlaySnapshotter } from '../../../../src/images/snapshots/overlay.js';
 import { SnapshotRepository } from '../../../../src/images/snapshots/snapshot-repository.js';
 import { openDatabase, type Db } from '../../../../src/store/database.js';
@@ -64,6 +65,32 @@ describe('images: overlay snapshotter', () => {
     assert.deepEqual(snap.lowerDirs('sha256:b'), [join(snapshotsDir(), String(b), 'fs'), join(snapshotsDir(), String(a), 'fs')]);
     assert.equal(snap.committed('sha256:b')?.parentId, a);
     assert.throws(() => committed('sha256:c', 'sha256:nope'), { kind: 'Internal', message: 'snapshot sha256:c: parent sha256:nope is not committed' });
+  });
+
+  it('refuses a container on an image whose layers do not fit in the page of options mount(2) reads, making nothing', async () => {
+    // The kernel would cut longer options silently: the last layers and the upperdir would go.
+    let parent: string | undefined;
+    let fits: string | undefined;
+    for (let i = 0; i < 200; i++) {
+      const chain = `sha256:${i}`;
+      committed(chain, parent);
+      parent = chain;
+      const probe = `lowerdir=${snap.lowerDirs(chain).join(':')},upperdir=${join(snapshotsDir(), String(Number.MAX_SAFE_INTEGER))}/fs,workdir=${join(snapshotsDir(), String(Number.MAX_SAFE_INTEGER))}/work`;
+      if (probe.length <= MAX_MOUNT_DATA) fits = chain;
+    }
+    const { options } = await snap.prepareActive('fits', fits!);
+    assert.ok(options.length <= MAX_MOUNT_DATA);
+    await assert.rejects(snap.prepareActive('too-many', parent!), {
+      kind: 'FailedPrecondition',
+      message: /^the image has 200 layers: the overlay mount of a container's rootfs would need \d+ bytes of options, over the 4095 mount\(2\) takes$/,
+    });
+    assert.equal(snap.activeDir('too-many'), undefined);
+    assert.deepEqual(snap.activeDirs(), [snap.activeDir('fits')]);
+    // And mount(2) itself never gets options it would cut.
+    await assert.rejects(mount('overlay', join(dir, 'nowhere'), 'overlay', 0, 'x'.repeat(MAX_MOUNT_DATA + 1)), {
+      kind: 'FailedPrecondition',
+      message: /options are 4096 bytes, over the 4095 mount\(2\) takes/,
+    });
   });
 
   it("makes a container's active snapshot with the overlay options, and removes it idempotently", async () => {
