@@ -34,6 +34,8 @@ import { encode, fuzzSeed, garbage, MessageGenerator, Rng } from '../helpers/fuz
 import { startRegistry, type Registry } from '../helpers/registry.js';
 
 const SECONDS = Number(process.env['BERTH_FUZZ_SECONDS'] ?? 60);
+/** BERTH_FUZZ_VERBOSE=1 prints every answer. */
+const VERBOSE = process.env['BERTH_FUZZ_VERBOSE'] === '1';
 const ITERATIONS = Number(process.env['BERTH_FUZZ_ITERATIONS'] ?? Infinity);
 
 /** Statuses a bad or unlucky request may get. UNKNOWN and INTERNAL never. */
@@ -57,6 +59,8 @@ const PROPER_FOR: Record<string, grpc.status[]> = {
 /** The RPCs that make, change and remove objects: asked for more often, to have objects to name. */
 const LIFECYCLE = [
   'RunPodSandbox',
+  'CreateContainer',
+  'CreateContainer',
   'CreateContainer',
   'StartContainer',
   'StopContainer',
@@ -291,7 +295,19 @@ describe('fuzz: every RPC of the gRPC surface', function () {
     const counts = new Map<string, Record<string, number>>();
     let n = 0;
 
-    const pickId = (set: Set<string>): string => (set.size > 0 && rng.chance(0.85) ? rng.pick([...set]) : gen.string('id'));
+    /** Pods that are ready, containers created and running, as last seen. */
+    const ready = new Set<string>();
+    const created = new Set<string>();
+    const running = new Set<string>();
+    // The same number of draws whatever the sets hold, so that a replay stays in step with
+    // the run as far as it can (what exists at a moment depends on timing, too).
+    const otherIds = new MessageGenerator({ rng: new Rng(seed ^ 0x5bd1e995), ids: { all: () => [...ids] } });
+    const pickId = (...sets: Array<Set<string>>): string => {
+      const set = sets.find((x) => x.size > 0);
+      const known = rng.chance(0.85);
+      const i = rng.next();
+      return set && known ? [...set][i % set.size]! : otherIds.string('id');
+    };
 
     /** Keeps a host path the request names inside this test's own dir, odd characters and all. */
     const confine = (p: unknown, base: string): string => {
@@ -300,7 +316,9 @@ describe('fuzz: every RPC of the gRPC surface', function () {
       const inside = resolve(base, p.replace(/^\/+/, ''));
       return relative(base, inside).startsWith('..') ? base : inside;
     };
-    const safeCommand = (): string[] => rng.pick([['sleep', '3600'], ['true'], ['/nonexistent/bin'], ['sleep'], ['cat']]);
+    const SAFE_COMMANDS = [['sleep', '3600'], ['true'], ['/nonexistent/bin'], ['sleep'], ['cat']];
+    const safeCommand = (): string[] => (rng.chance(0.6) ? SAFE_COMMANDS[0]! : rng.pick(SAFE_COMMANDS));
+    const isSafe = (cmd: unknown): boolean => SAFE_COMMANDS.some((c) => JSON.stringify(c) === JSON.stringify(cmd));
     const hostSysctl = (key: string): string | undefined => {
       if (key.includes('\0') || key.includes('..')) return undefined;
       const file = `/proc/sys/${key.replace(/\./g, '/')}`;
@@ -335,7 +353,7 @@ describe('fuzz: every RPC of the gRPC surface', function () {
           break;
         }
         case 'ContainerConfig': {
-          obj['command'] = safeCommand();
+          if (!isSafe(obj['command'])) obj['command'] = safeCommand();
           // The log file stays under the pod's log directory, which is under this test's dir.
           if (typeof obj['log_path'] === 'string') obj['log_path'] = (obj['log_path'] as string).replace(/\.\./g, '_');
           break;
@@ -353,8 +371,8 @@ describe('fuzz: every RPC of the gRPC surface', function () {
           // The one image stays until the end (nothing can pull it again in here).
           const spec = obj['image'] as Record<string, unknown> | undefined;
           const name = spec?.['image'];
-          if (typeof name === 'string' && [image.ref, image.id, image.digestRef].some((s) => s.startsWith(name)) && rng.chance(0.97))
-            spec!['image'] = `${name}-not`;
+          const protect = rng.chance(0.97);
+          if (typeof name === 'string' && [image.ref, image.id, image.digestRef].some((s) => s.startsWith(name)) && protect) spec!['image'] = `${name}-not`;
           break;
         }
       }
@@ -368,8 +386,8 @@ describe('fuzz: every RPC of the gRPC surface', function () {
 
     /** A valid request for the RPCs that make or name objects, the base for mutations. */
     const template = (name: string): Record<string, unknown> | undefined => {
-      const pod = (): string => pickId(pods);
-      const ctr = (): string => pickId(containers);
+      const pod = (): string => pickId(ready, pods);
+      const ctr = (): string => pickId(name === 'StartContainer' ? created : /^(Exec|Attach|Update|Stop)/.test(name) ? running : containers, containers);
       switch (name) {
         case 'RunPodSandbox':
           return {
@@ -384,7 +402,23 @@ describe('fuzz: every RPC of the gRPC surface', function () {
         case 'CreateContainer':
           return {
             pod_sandbox_id: pod(),
-            config: { metadata: { name: `c${n}`, attempt: 0 }, image: { image: image.ref }, command: ['sleep', '3600'], log_path: `c${n}.log` },
+            config: {
+              metadata: { name: `c${n}`, attempt: 0 },
+              image: { image: image.ref },
+              command: ['sleep', '3600'],
+              args: [],
+              working_dir: '/tmp',
+              envs: [{ key: 'A', value: Buffer.from('b') }],
+              mounts: [{ container_path: '/mnt/host', host_path: join(hostRoot, 'dir'), readonly: true }],
+              devices: [{ container_path: '/dev/fz', host_path: '/dev/null', permissions: 'rw' }],
+              labels: { fuzz: '1' },
+              annotations: { a: 'b' },
+              log_path: `c${n}.log`,
+              linux: {
+                resources: { cpu_shares: '2', memory_limit_in_bytes: String(256 << 20), pids_limit: '64' },
+                security_context: { run_as_user: { value: '1000' }, capabilities: { drop_capabilities: ['NET_RAW'] }, no_new_privs: true },
+              },
+            },
           };
         case 'StartContainer':
         case 'RemoveContainer':
@@ -430,10 +464,16 @@ describe('fuzz: every RPC of the gRPC surface', function () {
     const refresh = async (): Promise<void> => {
       const p = await berthd.runtime.ListPodSandbox({});
       const c = await berthd.runtime.ListContainers({});
-      pods.clear();
-      containers.clear();
-      for (const x of p.items) pods.add(x.id);
-      for (const x of c.containers) containers.add(x.id);
+      for (const s of [pods, containers, ready, created, running]) s.clear();
+      for (const x of p.items) {
+        pods.add(x.id);
+        if (x.state === 'SANDBOX_READY') ready.add(x.id);
+      }
+      for (const x of c.containers) {
+        containers.add(x.id);
+        if (x.state === 'CONTAINER_CREATED') created.add(x.id);
+        if (x.state === 'CONTAINER_RUNNING') running.add(x.id);
+      }
       for (const id of [...pods, ...containers]) ids.add(id);
       while (ids.size > 400) ids.delete(ids.values().next().value!);
     };
@@ -443,7 +483,7 @@ describe('fuzz: every RPC of the gRPC surface', function () {
     berthd.proc.once('exit', () => (exited = true));
     while (Date.now() < end && n < ITERATIONS && !exited) {
       n++;
-      if (n % 20 === 0) await refresh();
+      if (n % 6 === 0) await refresh();
       let rpc = rng.chance(0.4) ? byName.get(rng.pick(LIFECYCLE))! : rng.pick(all);
       // Keep the number of live objects bounded: past a limit, creation turns into removal.
       if (rpc.name === 'RunPodSandbox' && pods.size >= 8) rpc = byName.get('RemovePodSandbox')!;
@@ -458,7 +498,13 @@ describe('fuzz: every RPC of the gRPC surface', function () {
       let obj: Record<string, unknown> | undefined;
       let bytes: Buffer;
       if (mode === 'garbage') {
-        bytes = garbage(rng, encode(rpc.request, base ?? gen.message(rpc.request)), rpc.request);
+        let valid: Buffer;
+        try {
+          valid = encode(rpc.request, base ?? gen.message(rpc.request));
+        } catch {
+          valid = Buffer.alloc(0);
+        }
+        bytes = garbage(rng, valid, rpc.request);
       } else {
         obj = mode === 'random' ? gen.message(rpc.request) : mode === 'mutated' ? gen.mutate(rpc.request, base!) : base!;
         sanitize(rpc.request, obj);
@@ -469,11 +515,14 @@ describe('fuzz: every RPC of the gRPC surface', function () {
           obj = undefined;
         }
       }
+      if (VERBOSE && process.env['BERTH_FUZZ_DUMP'] === String(n)) console.log(`      #${n} request: ${obj ? describe_(obj) : bytes.toString('hex')}`);
+      const t0 = Date.now();
       const answer = rpc.streaming ? await callStream(client, rpc.path, bytes, 300) : await callUnary(client, rpc.path, bytes, deadlineFor(rpc.name));
       const c = counts.get(rpc.name) ?? {};
       const codeName = grpc.status[answer.code] ?? String(answer.code);
       c[codeName] = (c[codeName] ?? 0) + 1;
       counts.set(rpc.name, c);
+      if (VERBOSE) console.log(`      #${n} ${rpc.name} (${mode}) ${Date.now() - t0} ms ${codeName} ${answer.details.slice(0, 300)}`);
       if (!PROPER.has(answer.code) && !PROPER_FOR[rpc.name]?.includes(answer.code)) {
         failures.push(
           `#${n} ${rpc.name} (${mode}) answered ${codeName}: ${answer.details}\n    request: ${
@@ -481,10 +530,20 @@ describe('fuzz: every RPC of the gRPC surface', function () {
           }`,
         );
       }
+      // A request that outlived its deadline may have wedged berthd: it must still answer.
+      if (answer.code === grpc.status.DEADLINE_EXCEEDED) {
+        const alive = await callUnary(client, byName.get('Version')!.path, Buffer.alloc(0), 5000);
+        if (alive.code !== grpc.status.OK) {
+          failures.push(
+            `#${n} ${rpc.name} (${mode}) left berthd unable to answer Version (${alive.details})\n    request: ${obj ? describe_(obj) : bytes.toString('hex')}`,
+          );
+          break;
+        }
+      }
       if (answer.code === grpc.status.OK && answer.response && !rpc.streaming) {
         const res = rpc.response.toObject(rpc.response.decode(answer.response)) as Record<string, unknown>;
-        if (typeof res['pod_sandbox_id'] === 'string') pods.add(res['pod_sandbox_id']);
-        if (typeof res['container_id'] === 'string') containers.add(res['container_id']);
+        if (rpc.name === 'RunPodSandbox') for (const s of [pods, ready]) s.add(res['pod_sandbox_id'] as string);
+        if (rpc.name === 'CreateContainer') for (const s of [containers, created]) s.add(res['container_id'] as string);
         for (const k of ['pod_sandbox_id', 'container_id']) if (typeof res[k] === 'string' && /^(Run|Create)/.test(rpc.name)) made.add(res[k] as string);
         for (const k of ['pod_sandbox_id', 'container_id', 'image_ref']) if (typeof res[k] === 'string') ids.add(res[k]);
       }
@@ -497,7 +556,9 @@ describe('fuzz: every RPC of the gRPC surface', function () {
     // berthd is the same process and still answers.
     assert.ok(!exited && berthd.proc.exitCode === null, `berthd exited after request #${n}, ${where}:\n${berthd.logs().slice(-4000)}`);
     assert.equal(berthd.proc.pid, pid);
-    await berthd.runtime.Version({}, { deadline: Date.now() + 5000 });
+    await berthd.runtime.Version({}, { deadline: Date.now() + 5000 }).catch((err: unknown) => {
+      throw new Error(`berthd does not answer Version after request #${n}, ${where}: ${String(err)}\n${berthd.logs().slice(-3000)}`);
+    });
     const unused = all.filter((r) => !counts.has(r.name)).map((r) => r.name);
     assert.ok(n < all.length * 4 || unused.length === 0, `RPCs never called: ${unused.join(', ')}`);
     assert.deepEqual(failures, [], `improper statuses, ${where}:\n${failures.join('\n')}`);
