@@ -12,7 +12,7 @@ import type { ContainerConfig__Output } from '../gen/runtime/v1/ContainerConfig.
 import type { ContainerFilter__Output } from '../gen/runtime/v1/ContainerFilter.js';
 import type { ImageSpec } from '../gen/runtime/v1/ImageSpec.js';
 import type { LinuxContainerResources__Output } from '../gen/runtime/v1/LinuxContainerResources.js';
-import { requiredString } from '../validate.js';
+import { boundedString, requiredString } from '../validate.js';
 import type { SecurityProfile__Output } from '../gen/runtime/v1/SecurityProfile.js';
 import { refuseUnsupportedContainerFields } from '../refusals.js';
 
@@ -54,6 +54,9 @@ function securityProfile(
  * The decoded ContainerConfig (int64 as strings) → the spec generator's input (numbers).
  * Fields berth does not apply yet are refused here (see ../contract.ts).
  */
+/** The longest path Linux resolves (PATH_MAX, NUL included). */
+const PATH_MAX = 4095;
+
 export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
   refuseUnsupportedContainerFields(c);
   const r = c.linux?.resources;
@@ -64,11 +67,12 @@ export function toSpecConfig(c: ContainerConfig__Output): CriContainerConfig {
     stop_signal: c.stop_signal,
     command: c.command,
     args: c.args,
-    working_dir: c.working_dir,
+    // A path longer than PATH_MAX is never usable; runc 1.1 hangs in create on a cwd of megabytes.
+    working_dir: boundedString(c.working_dir, 'config.working_dir', PATH_MAX),
     envs: c.envs.map((e) => ({ key: e.key, value: Buffer.isBuffer(e.value) ? e.value.toString('utf8') : String(e.value) })),
-    mounts: c.mounts.map((m) => ({
-      container_path: m.container_path,
-      host_path: m.host_path,
+    mounts: c.mounts.map((m, i) => ({
+      container_path: boundedString(m.container_path, `config.mounts[${i}].container_path`, PATH_MAX),
+      host_path: boundedString(m.host_path, `config.mounts[${i}].host_path`, PATH_MAX),
       readonly: m.readonly,
       selinux_relabel: m.selinux_relabel,
       propagation: m.propagation,
