@@ -32,7 +32,11 @@ export function credentialsFrom(auth: AuthConfig__Output | null | undefined): Cr
   if (username) c.username = username;
   if (password) c.password = password;
   if (auth.identity_token) c.identityToken = auth.identity_token;
-  if (auth.registry_token) c.registryToken = auth.registry_token;
+  if (auth.registry_token) {
+    // Sent as `Authorization: Bearer <token>`: a header value, visible ASCII only.
+    if (!/^[\x21-\x7e]+$/.test(auth.registry_token)) throw new BerthError('InvalidArgument', 'auth.registry_token holds characters a bearer token cannot have');
+    c.registryToken = auth.registry_token;
+  }
   return Object.keys(c).length > 0 ? c : undefined;
 }
 

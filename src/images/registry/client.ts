@@ -317,6 +317,10 @@ export class RegistryClient {
     }
     const token = doc.token ?? doc.access_token;
     if (!token) throw new BerthError('Unauthenticated', `${what}: the token service of registry ${ep.host} sent no token`);
+    // It goes into a header: anything but visible ASCII would make the request itself throw.
+    if (typeof token !== 'string' || !/^[\x21-\x7e]+$/.test(token)) {
+      throw new BerthError('Unauthenticated', `${what}: the token service of registry ${ep.host} sent a token that is not a usable bearer token`);
+    }
     this.tokens.set(tokenKey, `Bearer ${token}`, typeof doc.expires_in === 'number' ? doc.expires_in : 60);
   }
 
