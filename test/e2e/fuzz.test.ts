@@ -328,6 +328,7 @@ describe('fuzz: every RPC of the gRPC surface', function () {
     const confine = (p: unknown, base: string): string => {
       if (typeof p !== 'string' || p === '') return '';
       if (rng.chance(0.3)) return rng.pick([join(hostRoot, 'dir'), join(hostRoot, 'file'), join(hostRoot, 'missing')]);
+      if (p === base || p.startsWith(`${base}/`)) return p;
       const inside = resolve(base, p.replace(/^\/+/, ''));
       return relative(base, inside).startsWith('..') ? base : inside;
     };
