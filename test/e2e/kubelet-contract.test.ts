@@ -5,7 +5,7 @@
  */
 import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildImage, buildLayer, busyboxEntries, DEFAULT_PATH, RegistryPusher } from '../../hack/test-images/oci.js';
@@ -104,6 +104,21 @@ describe('kubelet contract', function () {
     assert.match(r.out, /^character special file a:c8$/m);
     // runc's own defaults already allow the tun device (rwm), so the rule shows as at least rw.
     if (existsSync('/sys/fs/cgroup/devices')) assert.match(r.out, /^c 10:200 rwm?$/m);
+  });
+
+  it('a bind mount whose host path does not exist: made as a directory (0755), as containerd and CRI-O do', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'berth-missing-src-'));
+    try {
+      const src = join(dir, 'a', 'b');
+      const r = await run(`echo hi > /data/f && echo wrote`, { mounts: [{ container_path: '/data', host_path: src }] });
+      assert.equal(r.code, 0, r.out);
+      assert.match(r.out, /^wrote$/m);
+      assert.ok(statSync(src).isDirectory());
+      assert.equal(statSync(src).mode & 0o777, 0o755);
+      assert.equal(readFileSync(join(src, 'f'), 'utf8'), 'hi\n');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('bad devices are INVALID_ARGUMENT naming the field, and leave nothing behind', async () => {
