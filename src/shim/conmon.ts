@@ -246,17 +246,19 @@ export class ConmonShim implements Shim {
 
       const [exit, sync] = await traced('berth:shim.runtime-create', { containerId: o.id }, () => abortable(Promise.all([childExit, syncLine]), signal));
       const conmonStderr = Buffer.concat(stderr).toString('utf8').trim();
+      const msg = parseSync(sync);
+      // The runtime's refusal comes on the sync pipe, and conmon then exits 1: the runtime's
+      // message is what the caller needs, not conmon's exit.
+      if (msg !== undefined && msg.pid <= 0) {
+        const text = runtimeMessage(msg.message ?? 'no message');
+        throw new BerthError('FailedPrecondition', /create failed/.test(text) ? text : `${o.runtime.path} create failed: ${text}`);
+      }
       if (exit.code !== 0) {
         throw new BerthError('Internal', `conmon failed (exit ${exit.code ?? exit.signal}): ${conmonStderr || 'no message'}`);
       }
       shimPid = await readPid(join(persistDir, 'conmon.pid'));
-      const msg = parseSync(sync);
       if (msg === undefined) {
         throw new BerthError('Internal', `conmon exited before reporting the container${conmonStderr ? `: ${conmonStderr}` : ''}`);
-      }
-      if (msg.pid <= 0) {
-        const text = runtimeMessage(msg.message ?? 'no message');
-        throw new BerthError('FailedPrecondition', /create failed/.test(text) ? text : `${o.runtime.path} create failed: ${text}`);
       }
       if (shimPid === undefined) throw new BerthError('Internal', 'conmon did not write its pid file');
       log?.debug('container created', { pid: msg.pid, shimPid, ms: Date.now() - started });
