@@ -150,15 +150,44 @@ function aliveNotZombie(pid: number | null): boolean {
   }
 }
 
+/** Shims found to be their container's, by pid: the container and the process's start time (field 22 of its stat). */
+const knownShims = new Map<number, { id: string; start: string }>();
+/** More than this many remembered shims are forgotten at once (entries of shims not asked about again stay until then). */
+const KNOWN_SHIMS_MAX = 4096;
+
 /**
  * Whether the shim `pid` of container `id` still runs: alive, not a zombie, and its
  * command line names the container (a pid may have been reused since it was recorded).
+ * The command line is read once per process: a later check reads only its stat, whose
+ * start time tells the same process from one that reused its pid.
  */
 export function shimAlive(pid: number | null, id: string): boolean {
-  if (!aliveNotZombie(pid)) return false;
+  if (pid === null || pid <= 0) return false;
+  let stat: string;
   try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(id);
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch {
+    knownShims.delete(pid);
     return false;
   }
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  if (fields[0] === 'Z' || fields[0] === 'X') {
+    knownShims.delete(pid);
+    return false;
+  }
+  const start = fields[22 - 3] ?? '';
+  const known = knownShims.get(pid);
+  if (known?.id === id && known.start === start && start !== '') return true;
+  let ours: boolean;
+  try {
+    ours = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').includes(id);
+  } catch {
+    ours = false;
+  }
+  if (!ours) knownShims.delete(pid);
+  else {
+    if (knownShims.size >= KNOWN_SHIMS_MAX) knownShims.clear();
+    knownShims.set(pid, { id, start });
+  }
+  return ours;
 }

@@ -58,7 +58,14 @@ export interface ConmonShimOptions {
 
 /** Container ids as runc accepts them, and safe as file names. */
 const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$/;
+/** How often a waited-for exit file is read when the exit dir cannot be watched. */
 const EXIT_POLL_MS = 1000;
+/**
+ * How often it is read while the exit dir is watched: the watch reports the file, so the
+ * read is only a safety net, and reading every second for each running container was
+ * most of berthd's idle CPU (a failed open per container per second).
+ */
+const EXIT_POLL_WATCHED_MS = 15_000;
 /** How long a cut-off create may go on so that it can be undone whole. */
 const CREATE_GRACE_MS = 10_000;
 
@@ -321,23 +328,35 @@ export class ConmonShim implements Shim {
     signal?.throwIfAborted();
     let watcher: FSWatcher | undefined;
     let wake: (() => void) | undefined;
-    const poke = (): void => wake?.();
+    // A poke while the file is being read is kept, so that the wait after the read is skipped.
+    let poked: boolean;
+    const poke = (): void => {
+      poked = true;
+      wake?.();
+    };
     try {
       try {
         watcher = watch(exitDir, { persistent: false }, (_e, name) => {
           if (name === null || name === id) poke();
         });
-        watcher.on('error', () => undefined);
+        watcher.on('error', (err) => {
+          this.log?.debug('watching the exit dir failed; polling', { exitDir, error: messageOf(err) });
+          watcher?.close();
+          watcher = undefined;
+          poke();
+        });
       } catch (err) {
         this.log?.debug('cannot watch the exit dir; polling', { exitDir, error: messageOf(err) });
       }
       signal?.addEventListener('abort', poke, { once: true });
       for (;;) {
+        poked = false;
         const code = await this.exitCode(id);
         if (code !== undefined) return code;
         signal?.throwIfAborted();
+        if (poked) continue;
         await new Promise<void>((resolve) => {
-          const t = setTimeout(resolve, EXIT_POLL_MS);
+          const t = setTimeout(resolve, watcher ? EXIT_POLL_WATCHED_MS : EXIT_POLL_MS);
           wake = () => {
             clearTimeout(t);
             resolve();

@@ -3,10 +3,12 @@
  * it parses. The shim against the real conmon and runc is in test/integration/shim.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { BerthError } from '../../../src/common/errors.js';
 import { OciRuntime } from '../../../src/oci/oci-runtime.js';
 import { ConmonShim } from '../../../src/shim/conmon.js';
-import { parseSync } from '../../../src/shim/conmon-process.js';
+import { parseSync, shimAlive } from '../../../src/shim/conmon-process.js';
 import type { ShimCreateOptions } from '../../../src/shim/shim.js';
 
 describe('ConmonShim command line and sync pipe (pure)', () => {
@@ -40,5 +42,22 @@ describe('ConmonShim command line and sync pipe (pure)', () => {
     assert.deepEqual(parseSync('{"pid": -1, "message": "boom\\n"}'), { pid: -1, message: 'boom\n' });
     assert.equal(parseSync(undefined), undefined);
     assert.throws(() => parseSync('nope'), BerthError);
+  });
+
+  it('tells a live shim by pid and container id, again from its stat alone, and not once it is gone', async () => {
+    const id = `shim-alive-${process.pid}`;
+    const p = spawn('sh', ['-c', 'sleep 30; :', id], { stdio: 'ignore' });
+    await once(p, 'spawn');
+    try {
+      assert.equal(shimAlive(p.pid!, id), true);
+      assert.equal(shimAlive(p.pid!, id), true, 'the second check, its command line remembered');
+      assert.equal(shimAlive(p.pid!, 'another-container'), false, 'another container is not named on its command line');
+      assert.equal(shimAlive(p.pid!, id), true);
+      assert.equal(shimAlive(null, id), false);
+    } finally {
+      p.kill('SIGKILL');
+      await once(p, 'exit');
+    }
+    assert.equal(shimAlive(p.pid!, id), false);
   });
 });
