@@ -204,7 +204,14 @@ export class ConmonShim implements Shim {
           setsid: true,
           stdio: ['ignore', 'out', 'out', 'out', 'in'],
           // A clean environment: nothing of berthd's (LISTEN_PID, NOTIFY_SOCKET…) leaks into conmon or runc.
-          env: { PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', _OCI_SYNCPIPE: '3', _OCI_STARTPIPE: '4' },
+          // A UTF-8 locale: conmon's option parser (GLib) converts its arguments from the locale's
+          // charset, and under plain C a log path with any non-ASCII byte fails it (exit 1).
+          env: {
+            PATH: process.env.PATH ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+            LC_ALL: 'C.UTF-8',
+            _OCI_SYNCPIPE: '3',
+            _OCI_STARTPIPE: '4',
+          },
         });
       } catch (err) {
         throw new BerthError('Internal', `cannot run conmon (${this.conmonPath}): ${messageOf(err)}`, { cause: err });

@@ -7,7 +7,7 @@ import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { buildImage, buildLayer, busyboxEntries, DEFAULT_PATH, RegistryPusher } from '../../hack/test-images/oci.js';
 import { Berthd, until } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
@@ -118,6 +118,31 @@ describe('kubelet contract', function () {
       assert.equal(readFileSync(join(src, 'f'), 'utf8'), 'hi\n');
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a pod log directory with non-ASCII characters: the container runs and logs there', async () => {
+    const dir = join(mkdtempSync(join(tmpdir(), 'berth-logs-utf8-')), 'café ☕ \uFFFD');
+    const { pod_sandbox_id: p } = await b.runtime.RunPodSandbox({
+      config: {
+        metadata: { name: 'utf8-logs', namespace: 'test', uid: 'utf8-logs', attempt: 0 },
+        log_directory: dir,
+        linux: { security_context: { namespace_options: { network: 'NODE' } } },
+      },
+    });
+    try {
+      const { container_id: id } = await b.runtime.CreateContainer({
+        pod_sandbox_id: p,
+        config: { metadata: { name: 'u', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['echo', 'héllo'], log_path: 'ü.log' } as never,
+        sandbox_config: { metadata: { name: 'utf8-logs', namespace: 'test', uid: 'utf8-logs', attempt: 0 }, log_directory: dir },
+      });
+      const r = await runToExit(b, id);
+      assert.equal(r.code, 0);
+      assert.equal(r.out, 'héllo');
+      assert.ok(existsSync(join(dir, 'ü.log')));
+    } finally {
+      await b.runtime.RemovePodSandbox({ pod_sandbox_id: p });
+      rmSync(dirname(dir), { recursive: true, force: true });
     }
   });
 
