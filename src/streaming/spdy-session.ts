@@ -162,6 +162,8 @@ export class SpdySession extends EventEmitter {
   /** Unknown stream ids already answered with RST_STREAM. */
   private readonly resetIds = new Set<number>();
   private pendingControl = 0;
+  /** DATA writers waiting for the socket's 'drain' (or its close): one listener for them all. */
+  private readonly drainWaiters: Array<() => void> = [];
   /** The socket is paused because consumers hold maxBufferedBytes. */
   private throttled = false;
   private readonly streams = new Map<number, SpdyStream>();
@@ -193,6 +195,7 @@ export class SpdySession extends EventEmitter {
     socket.on('data', (d: Buffer) => this.onBytes(d));
     socket.on('error', (err: Error) => this.fail(err));
     socket.on('close', () => this.teardown());
+    socket.on('drain', () => this.onDrain());
     // The client closed its side: nothing more will come; finish what is queued, then close.
     socket.on('end', () => this.close());
     if (head && head.length > 0) queueMicrotask(() => this.onBytes(head));
@@ -261,28 +264,21 @@ export class SpdySession extends EventEmitter {
   /** @internal DATA in frames of at most DATA_CHUNK; `cb` once the socket took them (backpressure). */
   sendData(id: number, data: Buffer, fin: boolean, cb: (err?: Error | null) => void): void {
     const frames = dataFrames(id, data, fin);
-    this.outChain = this.outChain.then(
-      () =>
-        new Promise<void>((resolve) => {
-          if (this.closed || !this.socket.writable) {
-            cb(new Error('session closed'));
-            return resolve();
-          }
-          const ok = this.socket.write(frames);
-          if (ok) {
-            cb();
-            return resolve();
-          }
-          // Later frames may queue meanwhile, but this writer waits for the drain.
-          resolve();
-          const onDrain = (): void => {
-            this.socket.off('close', onDrain);
-            cb();
-          };
-          this.socket.once('drain', onDrain);
-          this.socket.once('close', onDrain);
-        }),
-    );
+    this.outChain = this.outChain.then(() => {
+      if (this.closed || !this.socket.writable) return cb(new Error('session closed'));
+      // Headers and views of `data` leave in one writev, nothing copied.
+      this.socket.cork();
+      let ok = true;
+      for (const f of frames) ok = this.socket.write(f);
+      this.socket.uncork();
+      if (ok) return cb();
+      // Later frames may queue meanwhile, but this writer waits for the drain.
+      this.drainWaiters.push(cb);
+    });
+  }
+
+  private onDrain(): void {
+    for (const w of this.drainWaiters.splice(0)) w();
   }
 
   /** Queues a control frame; later frames wait until the socket has taken it (drain). */
@@ -432,5 +428,6 @@ export class SpdySession extends EventEmitter {
     this.inflate.close();
     this.deflate.close();
     this.emit('close');
+    this.onDrain();
   }
 }
