@@ -8,7 +8,7 @@ import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Berthd, until } from '../helpers/berthd.js';
@@ -179,11 +179,15 @@ describe('container faults', function () {
     const noExe = await grpcError(create(h, 'noexe', ['no-such-program', 'x']));
     assert.equal(noExe.code, status.FAILED_PRECONDITION);
     assert.match(noExe.details, /runc create failed: .*exec: "no-such-program": executable file not found in \$PATH/);
-    const missing = '/nonexistent/berth-faults-' + randomBytes(3).toString('hex');
-    const noSource = await grpcError(create(h, 'nosource', ['true'], { mounts: [{ container_path: '/data', host_path: missing }] }));
+    // A missing host path is made as a directory (as containerd and CRI-O do), but a
+    // dangling symlink is left as it is: runc cannot mount what it names.
+    const linkDir = mkdtempSync(join(tmpdir(), 'berth-faults-'));
+    cleanup.push(() => rmSync(linkDir, { recursive: true, force: true }));
+    const dangling = join(linkDir, 'dangling');
+    symlinkSync('/nonexistent/berth-faults-' + randomBytes(3).toString('hex'), dangling);
+    const noSource = await grpcError(create(h, 'nosource', ['true'], { mounts: [{ container_path: '/data', host_path: dangling }] }));
     assert.equal(noSource.code, status.FAILED_PRECONDITION);
-    assert.ok(noSource.details.includes(`stat ${missing}: no such file or directory`), noSource.details);
-    assert.ok(!existsSync(missing), 'the missing host path was not made');
+    assert.ok(noSource.details.includes(`stat ${dangling}: no such file or directory`), noSource.details);
 
     // Unknown containers: NOT_FOUND, except RemoveContainer (CRI: idempotent).
     const unknown = 'c'.repeat(64);

@@ -11,6 +11,8 @@ export class NotifyListener {
   private readonly buf = Buffer.alloc(64 * 1024);
   /** Every message received so far, in order. */
   readonly messages: string[] = [];
+  /** Where the next waitFor starts looking (set by the first one). */
+  private cursor: number | undefined;
 
   private constructor(
     readonly path: string,
@@ -38,14 +40,21 @@ export class NotifyListener {
     return fresh;
   }
 
-  /** Polls until a message not yet polled matches, or fails after `ms`. */
+  /**
+   * Polls until a message after the last one a waitFor returned (or after those received
+   * before the first waitFor) matches, or fails after `ms`. Messages that arrive in one
+   * poll together are each still there for the next waitFor.
+   */
   async waitFor(match: RegExp, ms = 15_000): Promise<string> {
     const end = Date.now() + ms;
-    const seen = this.messages.length;
+    this.cursor ??= this.messages.length;
     for (;;) {
       this.poll();
-      const hit = this.messages.slice(seen).find((m) => match.test(m));
-      if (hit !== undefined) return hit;
+      const i = this.messages.findIndex((m, k) => k >= this.cursor! && match.test(m));
+      if (i >= 0) {
+        this.cursor = i + 1;
+        return this.messages[i]!;
+      }
       if (Date.now() > end) throw new Error(`no notify message matching ${match} within ${ms} ms; got ${JSON.stringify(this.messages)}`);
       await new Promise((r) => setTimeout(r, 5));
     }
