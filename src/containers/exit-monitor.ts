@@ -222,6 +222,52 @@ export class ExitMonitor {
     return undefined;
   }
 
+  /**
+   * After SIGKILL and no exit within `waitedMs`: when the runtime still has the
+   * container live (a process in uninterruptible sleep, a frozen cgroup), no exit is
+   * recorded, since that would let the pod's resources go while its processes hold them.
+   * The stop fails with DeadlineExceeded, as containerd's does when its wait for the
+   * killed task runs out, and the container stays RUNNING; the exit monitor records the
+   * real exit when it comes, and a retried StopContainer sees it.
+   */
+  async refuseIfStillLive(c: ContainerRecord, rt: OciRuntime, waitedMs: number): Promise<void> {
+    const st = await rt.state(c.id).catch((err: unknown) => {
+      this.o.log.warn('runtime state after SIGKILL failed', { container: c.id, error: messageOf(err) });
+      return { status: 'unknown' as const, pid: 0 };
+    });
+    if (st === undefined || st.status === 'stopped') return;
+    // The shim may have written the exit file while the runtime was asked.
+    if ((await this.o.shim.exitCode(c.id)) !== undefined) return;
+    this.o.log.warn('container still live after SIGKILL; its exit is not recorded', { container: c.id, runtime_state: st.status, pid: st.pid });
+    throw new BerthError(
+      'DeadlineExceeded',
+      `container ${c.id}: still ${st.status} in the runtime ${waitedMs / 1000} s after SIGKILL (pid ${st.pid}: a process in uninterruptible sleep, or a frozen cgroup); it stays ${c.state}, retry StopContainer`,
+    );
+  }
+
+  /**
+   * StopContainer of an `unknown` container (its shim and its runtime state were lost):
+   * as containerd does, it becomes EXITED with the unknown exit code 255, keeping its
+   * reason and message, without waiting for a timeout. Should the runtime still know a
+   * live process of it, that is killed first.
+   */
+  async stopLost(c: ContainerRecord, rt: OciRuntime): Promise<void> {
+    const UNKNOWN_EXIT_CODE = 255;
+    const st = await rt.state(c.id);
+    if (st && st.status !== 'stopped') {
+      await rt.kill(c.id, 'KILL', true).catch(() => undefined);
+      if ((await this.stoppedWithin(c.id, rt, 10_000)) === undefined)
+        throw new BerthError('Internal', `container ${c.id}: the runtime still reports it ${st.status} after SIGKILL`);
+    }
+    this.o.repo.update(c.id, (cur) => ({
+      state: 'exited',
+      exitCode: UNKNOWN_EXIT_CODE,
+      finishedAt: BigInt(cur.finishedAt) > 0n ? cur.finishedAt : nowNs(),
+      pid: 0,
+    }));
+    this.o.log.info('lost container stopped', { container: c.id, exit_code: UNKNOWN_EXIT_CODE, reason: c.reason });
+  }
+
   /** Stops following (shutdown). */
   close(): void {
     this.lifetime.abort(new BerthError('Unavailable', 'berthd is shutting down'));

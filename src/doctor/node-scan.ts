@@ -19,7 +19,7 @@ import { snapshotsDir, straySnapshotDirs } from '../images/snapshots/overlay.js'
 import { runtimeStateRoot } from '../oci/oci-runtime.js';
 import type { CniNetworkList } from '../sandbox/cni/conf-dir.js';
 import { isPinned } from '../sandbox/namespaces.js';
-import { podDirs, strayPodEntries } from '../sandbox/sandbox-service.js';
+import { podDirs, strayPodEntries } from '../sandbox/pod-dirs.js';
 import { shimDirs } from '../shim/shim.js';
 import type { Observation } from './findings.js';
 

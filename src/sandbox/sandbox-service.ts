@@ -10,7 +10,7 @@
  * creation in flight all get its id).
  */
 import { randomBytes } from 'node:crypto';
-import { chmodSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DisposableStack } from '../common/disposable.js';
@@ -19,7 +19,7 @@ import { recordTimeline, timelineSoFar } from '../common/timeline.js';
 import { traced } from '../common/trace-points.js';
 import { findByIdOrPrefix } from '../common/id-prefix.js';
 import { KeyedLock } from '../common/keyed-lock.js';
-import { BerthError, errnoOf, messageOf } from '../common/errors.js';
+import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { requireState, type RequireStateOptions } from '../common/require-record.js';
 import type { BerthConfig } from '../config/schema.js';
@@ -33,6 +33,7 @@ import { pinPidNamespace, type PinnedNamespaces, type PodNamespace } from './nam
 import { hostsFile, writePodFiles } from './pod-files.js';
 import { systemPodHost, type PodHost, type PodNetwork } from './pod-host.js';
 import { containerViewOf, pinnedKinds, podFacts, type PodContainerView } from './pod-facts.js';
+import { podDirs, strayPodEntries } from './pod-dirs.js';
 import type { PodResources, SandboxMetadata, SandboxRecord, SandboxRepository } from './sandbox-repository.js';
 import type { SandboxState } from './state.js';
 import { createPodUserns } from './userns.js';
@@ -483,37 +484,6 @@ export class SandboxService {
       this.o.log.info('pod sandbox resources recorded', { sandbox: rec.id });
     });
   }
-}
-
-/** Where pods live on disk: their pinned namespaces under the state dir, their files (hosts, resolv.conf, shm) under the root. */
-export function podDirs(config: Pick<BerthConfig, 'root' | 'state'>): { nsRoot: string; podRoot: string } {
-  return { nsRoot: join(config.state, 'ns'), podRoot: join(config.root, 'sandboxes') };
-}
-
-/**
- * The entries of the pods' dirs that name no known pod (`ns`: a namespace pin dir or
- * file; `pod`: a pod's files): recovery removes them; `berthd doctor` reports them.
- * A missing dir has none.
- */
-export function strayPodEntries(
-  dirs: { nsRoot: string; podRoot: string },
-  known: ReadonlySet<string>,
-): Array<{ kind: 'ns' | 'pod'; name: string; path: string }> {
-  const out: Array<{ kind: 'ns' | 'pod'; name: string; path: string }> = [];
-  for (const [kind, dir] of [
-    ['ns', dirs.nsRoot],
-    ['pod', dirs.podRoot],
-  ] as const) {
-    let names: string[];
-    try {
-      names = readdirSync(dir);
-    } catch (err) {
-      if (errnoOf(err) === 'ENOENT') continue;
-      throw err;
-    }
-    for (const name of names) if (!known.has(name)) out.push({ kind, name, path: join(dir, name) });
-  }
-  return out;
 }
 
 /** Whether the pod shares one PID namespace (and so has an infra process). */
