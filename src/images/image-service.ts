@@ -398,6 +398,7 @@ export class ImageService {
           compression: t.layer.compression,
           blobPath: content.path(t.layer.digest),
           ...limit,
+          maxLayerBytes: this.o.images.max_layer_bytes,
           signal,
         }),
       );

@@ -15,6 +15,8 @@ export const SYNC_WRITE_MAX = 512 * 1024;
 
 /** Resolves once a paused writable can take more, or has been destroyed. */
 export function drained(stream: Extract): Promise<void> {
+  // Destroyed (an entry's reader gave up on its data): 'close' may have been emitted already.
+  if (stream.destroying) return Promise.resolve();
   return new Promise((done) => {
     const settle = (): void => {
       stream.off('drain', settle);

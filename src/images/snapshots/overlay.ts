@@ -83,7 +83,12 @@ export class OverlaySnapshotter implements Snapshotter {
           blobPath: req.blobPath,
           compression: req.compression,
           target: join(dir, 'fs'),
-          opts: { layer: req.layer, maxBytes: req.maxBytes, ...(req.limitText ? { limitText: req.limitText } : {}) },
+          opts: {
+            layer: req.layer,
+            maxBytes: req.maxBytes,
+            ...(req.limitText ? { limitText: req.limitText } : {}),
+            ...(req.maxLayerBytes !== undefined ? { maxLayerBytes: req.maxLayerBytes } : {}),
+          },
         },
         req.signal,
       );

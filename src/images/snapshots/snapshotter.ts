@@ -46,6 +46,8 @@ export interface ExtractRequest {
   maxBytes: number;
   /** What set `maxBytes`, for the message (see UnpackOptions.limitText). */
   limitText?: string;
+  /** images.max_layer_bytes (see UnpackOptions.maxLayerBytes). */
+  maxLayerBytes?: number;
   signal?: AbortSignal;
 }
 

@@ -4,11 +4,9 @@
  */
 import * as fs from 'node:fs';
 import { BerthError, messageOf } from '../../common/errors.js';
-import { checkMap, parseMapText, SparseError, type SparseMember } from './sparse.js';
+import { checkMap, SparseError, SparseMapReader, type SparseMember } from './sparse.js';
 import { TarError, type EntryStream } from './tar-entry.js';
 
-/** A 1.0 map larger than this is refused. */
-const MAX_MAP_TEXT = 16 * 1024 * 1024;
 const BLOCK = 512;
 
 /**
@@ -18,8 +16,8 @@ const BLOCK = 512;
  */
 async function writeSparseData(fd: number, data: EntryStream, member: SparseMember, stored: number): Promise<number> {
   let map = member.map;
-  let mapText: Buffer[] = [];
-  let mapBytes = 0;
+  /** The 1.0 map being read from the data. */
+  const mapReader = map ? undefined : new SparseMapReader();
   /** Bytes of the 1.0 map's block padding still to skip. */
   let skipPad = 0;
   let seg = 0;
@@ -35,19 +33,12 @@ async function writeSparseData(fd: number, data: EntryStream, member: SparseMemb
     for await (const raw of data) {
       let chunk = raw as Buffer;
       if (!map) {
-        mapText.push(chunk);
-        mapBytes += chunk.length;
-        const parsed = parseMapText(Buffer.concat(mapText));
-        if (!parsed) {
-          if (mapBytes > MAX_MAP_TEXT) throw new TarError(`sparse file: the 1.0 map is larger than ${MAX_MAP_TEXT} bytes`);
-          mapText = [Buffer.concat(mapText)];
-          continue;
-        }
-        const mapBlocks = Math.ceil(parsed.length / BLOCK) * BLOCK;
+        const parsed = mapReader!.push(chunk);
+        if (!parsed) continue;
+        const mapBlocks = Math.ceil(mapReader!.length / BLOCK) * BLOCK;
         setMap(parsed.map, stored - mapBlocks);
-        chunk = Buffer.concat(mapText).subarray(parsed.length);
-        mapText = [];
-        skipPad = mapBlocks - parsed.length;
+        chunk = parsed.rest;
+        skipPad = mapBlocks - mapReader!.length;
       }
       if (skipPad > 0) {
         const n = Math.min(skipPad, chunk.length);

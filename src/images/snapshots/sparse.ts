@@ -28,8 +28,6 @@ export interface SparseMember {
 
 /** Most segments one member may have (GNU tar writes one per data run). */
 export const MAX_SPARSE_SEGMENTS = 1_000_000;
-/** A 1.0 map larger than this is refused. */
-
 /** A decimal number of a sparse header, checked. */
 export function sparseNumber(text: string | undefined, what: string): number {
   if (text === undefined || !/^[0-9]{1,16}$/.test(text)) throw new SparseError(`sparse file: ${what} is not a decimal number`);
@@ -52,27 +50,70 @@ export function checkMap(map: Array<[number, number]>, realSize: number, stored:
   if (sum !== stored) throw new SparseError(`sparse file: the map describes ${sum} bytes of data, the archive stores ${stored}`);
 }
 
-/** Parses a 1.0 map ("<count>\n" then "<offset>\n<length>\n" per segment), or undefined when more text is needed. */
-export function parseMapText(buf: Buffer): { map: Array<[number, number]>; length: number } | undefined {
-  const numbers: number[] = [];
-  let pos = 0;
-  let count = -1;
-  while (count < 0 || numbers.length < count * 2) {
-    const nl = buf.indexOf(0x0a, pos);
-    if (nl < 0) {
-      if (buf.length - pos > 20) throw new SparseError('sparse file: a 1.0 map number is not decimal');
-      return undefined;
+/** A 1.0 map's text larger than this is refused. */
+export const MAX_MAP_TEXT = 16 * 1024 * 1024;
+/** Longest line of a 1.0 map (16 digits); a longer run without a newline is refused. */
+const MAX_MAP_LINE = 20;
+
+/**
+ * Reads a 1.0 map ("<count>\n" then "<offset>\n<length>\n" per segment) from the data
+ * chunks as they arrive. It keeps what it has parsed and the partial line between
+ * chunks, so each byte is looked at a constant number of times, whatever the map's size
+ * and however the data is chunked.
+ */
+export class SparseMapReader {
+  /** Bytes of map text read so far. */
+  length = 0;
+  private count = -1;
+  private readonly map: Array<[number, number]> = [];
+  /** The offset of a segment whose length is still to come. */
+  private offset: number | undefined;
+  /** The start of a line cut by the end of a chunk. */
+  private partial = '';
+
+  /**
+   * Feeds the next data chunk: the map and the rest of the chunk after it once the map
+   * is complete, else undefined (more text is needed).
+   */
+  push(chunk: Buffer): { map: Array<[number, number]>; rest: Buffer } | undefined {
+    let pos = 0;
+    while (!this.complete()) {
+      const nl = chunk.indexOf(0x0a, pos);
+      if (nl < 0) {
+        if (this.partial.length + chunk.length - pos > MAX_MAP_LINE) throw new SparseError('sparse file: a 1.0 map number is not decimal');
+        this.partial += chunk.toString('latin1', pos);
+        this.consumed(chunk.length - pos);
+        return undefined;
+      }
+      if (this.partial.length + nl - pos > MAX_MAP_LINE) throw new SparseError('sparse file: a 1.0 map number is not decimal');
+      const text = this.partial + chunk.toString('latin1', pos, nl);
+      this.partial = '';
+      this.consumed(nl + 1 - pos);
+      pos = nl + 1;
+      this.onNumber(sparseNumber(text, 'a 1.0 map entry'));
     }
-    const n = sparseNumber(buf.toString('latin1', pos, nl), 'a 1.0 map entry');
-    pos = nl + 1;
-    if (count < 0) {
-      if (n > MAX_SPARSE_SEGMENTS) throw new SparseError(`sparse file: more than ${MAX_SPARSE_SEGMENTS} segments`);
-      count = n;
-    } else numbers.push(n);
+    return { map: this.map, rest: chunk.subarray(pos) };
   }
-  const map: Array<[number, number]> = [];
-  for (let i = 0; i < numbers.length; i += 2) map.push([numbers[i]!, numbers[i + 1]!]);
-  return { map, length: pos };
+
+  private complete(): boolean {
+    return this.count >= 0 && this.offset === undefined && this.map.length === this.count;
+  }
+
+  private consumed(bytes: number): void {
+    this.length += bytes;
+    if (this.length > MAX_MAP_TEXT) throw new SparseError(`sparse file: the 1.0 map is larger than ${MAX_MAP_TEXT} bytes`);
+  }
+
+  private onNumber(n: number): void {
+    if (this.count < 0) {
+      if (n > MAX_SPARSE_SEGMENTS) throw new SparseError(`sparse file: more than ${MAX_SPARSE_SEGMENTS} segments`);
+      this.count = n;
+    } else if (this.offset === undefined) this.offset = n;
+    else {
+      this.map.push([this.offset, n]);
+      this.offset = undefined;
+    }
+  }
 }
 
 /** The sparse member a PAX header's GNU.sparse.* records describe (undefined when none). */

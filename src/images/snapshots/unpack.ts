@@ -50,6 +50,7 @@ import { openDecompressor, type Decompressor, type LayerCompression } from './de
 import { drain, drained } from './entry-data.js';
 import { LayerWriter } from './layer-writer.js';
 import { PaxXattrScanner, type RawXattrs } from './pax-xattrs.js';
+import type { SparseMember } from './sparse.js';
 import { fsError, metadataOf, normalize, roleOf, TarError, unsafe, WHITEOUT_PREFIX, xattrsOf, type EntryStream } from './tar-entry.js';
 
 export type { LayerCompression } from './decompress.js';
@@ -68,6 +69,11 @@ export interface UnpackOptions {
    * (default "the configured limit of <maxBytes> bytes (images.max_layer_bytes)").
    */
   limitText?: string;
+  /**
+   * The per-layer cap (images.max_layer_bytes; default `maxBytes`): a sparse file's real
+   * size (its holes included) may not exceed it → ResourceExhausted.
+   */
+  maxLayerBytes?: number;
   /** Upper bound on the number of tar entries (default 1,000,000) → ResourceExhausted likewise. */
   maxEntries?: number;
   signal?: AbortSignal;
@@ -207,6 +213,7 @@ class LayerUnpacker {
     }
     this.entryXattrs = this.pax.takeEntry(this.entries);
     const sparse = this.pax.takeSparse(this.entries);
+    if (sparse) this.checkRealSize(sparse, header.name);
     // The PAX sparse formats 0.1 and 1.0 give the header a made-up name and the real one in GNU.sparse.name.
     const name = sparse?.name ?? header.name;
     try {
@@ -253,6 +260,20 @@ class LayerUnpacker {
       if (err instanceof BerthError || err instanceof TarError) throw err;
       throw fsError(this.layer, err, `unpacking entry ${JSON.stringify(name)}`);
     }
+  }
+
+  /**
+   * A sparse file's holes take no disk (berth writes them as holes, where containerd
+   * writes them dense), so only its data bytes count towards the layer's usage
+   * (`fileBytes`, the snapshot's size); but its real size is what every reader and tool
+   * sees, so it may not exceed the per-layer cap: a 1 KB layer must not declare a
+   * 2^60-byte file.
+   */
+  private checkRealSize(sparse: SparseMember, name: string): void {
+    const cap = this.opts.maxLayerBytes ?? this.opts.maxBytes;
+    if (sparse.realSize <= cap) return;
+    const what = `sparse file ${JSON.stringify(sparse.name ?? name)} is ${sparse.realSize} bytes with its holes`;
+    throw new BerthError('ResourceExhausted', `layer ${this.layer}: ${what}, beyond the configured limit of ${cap} bytes (images.max_layer_bytes)`);
   }
 
   private toBerthError(err: unknown): unknown {

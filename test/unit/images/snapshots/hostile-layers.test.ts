@@ -66,6 +66,31 @@ function withPax(records: string, content = Buffer.from('hello\n')): Buffer {
   ]);
 }
 
+/** A PAX 1.0 sparse member (map text at the start of its data) with `segments`, as GNU tar writes it. */
+function sparse10(name: string, realSize: number, segments: Array<[number, Buffer]>): Buffer {
+  let map = `${segments.length}\n`;
+  for (const [off, data] of segments) map += `${off}\n${data.length}\n`;
+  return withMapText(map, 0, name, realSize, Buffer.concat(segments.map(([, d]) => d)));
+}
+
+/** A PAX 1.0 sparse member with the map text `map` (as it is) and `dataBytes` bytes of data 'd' (or `data`). */
+function withMapText(map: string, dataBytes: number, name = 'f', realSize = 100, data = Buffer.alloc(dataBytes, 'd')): Buffer {
+  const body = Buffer.concat([padded(Buffer.from(map, 'latin1')), data]);
+  const records = paxText([
+    ['GNU.sparse.major', '1'],
+    ['GNU.sparse.minor', '0'],
+    ['GNU.sparse.name', name],
+    ['GNU.sparse.realsize', String(realSize)],
+  ]);
+  return Buffer.concat([
+    ustarHeader(`PaxHeaders/${name}`, 'x', Buffer.byteLength(records)),
+    padded(Buffer.from(records)),
+    ustarHeader(`GNUSparseFile.0/${name}`, '0', body.length),
+    padded(body),
+    Buffer.alloc(2 * BLOCK),
+  ]);
+}
+
 describe('images: hostile layers', () => {
   let work: string;
   beforeEach(() => (work = fs.mkdtempSync(join(tmpdir(), 'berth-hostile-'))));
@@ -139,7 +164,8 @@ describe('images: hostile layers', () => {
         assert.ok(raw.length < 1 << 20, `the layer is small (${raw.length} bytes)`);
         const target = join(work, 'snapshot');
         fs.mkdirSync(target);
-        const result = await unpackLayer(Readable.from([raw]), 'none', target, { layer: LAYER, maxBytes: 1 << 30 });
+        // The tar bytes are capped at 1 GiB, the real size (holes included) by images.max_layer_bytes.
+        const result = await unpackLayer(Readable.from([raw]), 'none', target, { layer: LAYER, maxBytes: 1 << 30, maxLayerBytes: 4 * 1024 ** 3 });
         assert.deepEqual(fs.readdirSync(target), ['db.img'], 'the real name, not GNUSparseFile.*');
         const file = join(target, 'db.img');
         const st = fs.statSync(file);
@@ -172,6 +198,84 @@ describe('images: hostile layers', () => {
         }
       });
     }
+
+    it('reads a PAX 1.0 map of 200,000 segments arriving in 512-byte chunks, each byte of the map once', async () => {
+      const count = 200_000;
+      const segments: Array<[number, Buffer]> = [];
+      for (let i = 0; i < count; i++) segments.push([i * 2, Buffer.from([i % 251])]);
+      const raw = sparse10('many.img', count * 2 + 10, segments);
+      const chunks: Buffer[] = [];
+      for (let i = 0; i < raw.length; i += BLOCK) chunks.push(raw.subarray(i, i + BLOCK));
+      const target = join(work, 'snapshot');
+      fs.mkdirSync(target);
+      const result = await unpackLayer(Readable.from(chunks), 'none', target, { layer: LAYER, maxBytes: 1 << 30 });
+      assert.equal(result.fileBytes, count);
+      const got = fs.readFileSync(join(target, 'many.img'));
+      assert.equal(got.length, count * 2 + 10);
+      for (const i of [0, 1, 250, 251, 99_999, count - 1]) {
+        assert.equal(got[i * 2], i % 251, `segment ${i}`);
+        assert.equal(got[i * 2 + 1], 0, `the hole after segment ${i}`);
+      }
+    });
+
+    it('still refuses a 1.0 map out of order, with a bad number or too long a line when it arrives in pieces', async () => {
+      const cases: Array<[string, Buffer, RegExp]> = [
+        [
+          'out of order',
+          sparse10('f', 100, [
+            [10, Buffer.from('a')],
+            [5, Buffer.from('b')],
+          ]),
+          /out of order/,
+        ],
+        ['a bad number', withMapText('2\n0\n1\nx\n1\n', 2), /not a decimal number/],
+        ['a line of 21 digits', withMapText(`1\n${'1'.repeat(21)}\n1\n`, 1), /not decimal/],
+        ['a count over the limit', withMapText('1000001\n', 0), /more than 1000000 segments/],
+      ];
+      for (const [what, raw, reason] of cases) {
+        for (const size of [1, 7, BLOCK, raw.length]) {
+          const chunks: Buffer[] = [];
+          for (let i = 0; i < raw.length; i += size) chunks.push(raw.subarray(i, i + size));
+          await assert.rejects(unpackLayer(Readable.from(chunks), 'none', work, { layer: LAYER, maxBytes: 1 << 30 }), (err: unknown) => {
+            assert.ok(isKind(err, 'DataLoss'), `${what}, chunks of ${size}: ${String(err)}`);
+            assert.match(err.message, reason, `${what}, chunks of ${size}`);
+            return true;
+          });
+          fs.rmSync(join(work, 'f'), { force: true });
+        }
+      }
+    });
+
+    it('refuses a sparse file whose real size is beyond images.max_layer_bytes (ResourceExhausted), writing nothing', async () => {
+      const huge = 2 ** 50;
+      for (const raw of [
+        sparse10('huge.img', huge, [[huge - 5, Buffer.from('tail\n')]]),
+        withPax(
+          paxText([
+            ['GNU.sparse.size', String(huge)],
+            ['GNU.sparse.numblocks', '1'],
+            ['GNU.sparse.map', `${huge - 5},5`],
+            ['GNU.sparse.name', 'huge.img'],
+          ]),
+          Buffer.from('tail\n'),
+        ),
+      ]) {
+        await assert.rejects(unpackLayer(Readable.from([raw]), 'none', work, { layer: LAYER, maxBytes: 1 << 30, maxLayerBytes: 1 << 30 }), (err: unknown) => {
+          assert.ok(isKind(err, 'ResourceExhausted'), String(err));
+          assert.equal(
+            err.message,
+            `layer ${LAYER}: sparse file "huge.img" is ${huge} bytes with its holes, beyond the configured limit of ${1 << 30} bytes (images.max_layer_bytes)`,
+          );
+          return true;
+        });
+        assert.deepEqual(fs.readdirSync(work), []);
+      }
+      // At the cap it is accepted, and only its data counts as written.
+      const atCap = sparse10('edge.img', 1 << 30, [[(1 << 30) - 5, Buffer.from('tail\n')]]);
+      const result = await unpackLayer(Readable.from([atCap]), 'none', work, { layer: LAYER, maxBytes: 1 << 20, maxLayerBytes: 1 << 30 });
+      assert.equal(result.fileBytes, 5);
+      assert.equal(fs.statSync(join(work, 'edge.img')).size, 1 << 30);
+    });
 
     for (const [what, records, data, reason] of [
       [
