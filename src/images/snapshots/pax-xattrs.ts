@@ -17,6 +17,18 @@
  * header becomes a regular file's header and its sparse extension blocks are left out,
  * so tar-stream sees the stored data as a plain file's; the unpacker takes the map by
  * entry number.
+ *
+ * Two readers of one stream are a smuggling vector if they frame it differently (one
+ * skips as data what the other reads as a header). So the scanner also reads each
+ * entry's name, type and size as tar-stream does, and the unpacker refuses the layer
+ * when tar-stream's header disagrees ({@link PaxXattrScanner.takeEntry}). Inputs on which
+ * the two walks are known to differ are refused outright: the old GNU long-name header
+ * 'N', and a global PAX header that sets an entry's path, link target, size or sparse map.
+ *
+ * Extended attributes are bounded as Linux bounds them: a value of at most 64 KiB
+ * (XATTR_SIZE_MAX), a name of at most 255 bytes (XATTR_NAME_MAX), and at most
+ * {@link MAX_XATTRS_PER_ENTRY} per entry; a larger one refuses the layer, and its value
+ * is never copied.
  */
 import { paxSparse, SparseError, sparseNumber, type SparseMember } from './sparse.js';
 
@@ -26,8 +38,40 @@ const MAX_LONG_HEADER = 4 * 1024 * 1024;
 /** The PAX record prefix of extended attributes (libarchive, GNU tar). */
 export const XATTR_PAX_PREFIX = 'SCHILY.xattr.';
 
+/** Largest xattr value Linux stores (XATTR_SIZE_MAX). */
+export const MAX_XATTR_VALUE = 64 * 1024;
+/** Longest xattr name Linux stores (XATTR_NAME_MAX), in bytes. */
+const MAX_XATTR_NAME = 255;
+/** Most xattrs one entry may carry (real images carry a few: capabilities, SELinux labels). */
+export const MAX_XATTRS_PER_ENTRY = 128;
+/** PAX keys a global header may not set: they change every later entry's identity or framing. */
+const PER_ENTRY_KEYS = new Set(['path', 'linkpath', 'size']);
+
 /** Raw xattr records by PAX key (`SCHILY.xattr.<name>`). */
 export type RawXattrs = Map<string, Buffer>;
+
+/** What tar-stream's header says of an entry, for {@link PaxXattrScanner.takeEntry}. */
+export interface EntryHeader {
+  name: string;
+  type: string | null;
+  size: number;
+}
+
+/** What the scanner read of one entry. */
+interface ScannedEntry extends EntryHeader {
+  xattrs: RawXattrs | undefined;
+  sparse: SparseMember | undefined;
+}
+
+/** The records of one PAX header the scanner uses. */
+interface PaxRecords {
+  xattrs: RawXattrs;
+  size: string | undefined;
+  path: string | undefined;
+  sparse: Map<string, string[]>;
+  /** Why the entry is refused (an xattr beyond Linux's limits), without its name. */
+  refusal: string | undefined;
+}
 
 export class PaxXattrScanner {
   private readonly pending: Buffer[] = [];
@@ -35,14 +79,14 @@ export class PaxXattrScanner {
   /** Bytes of entry data (and padding) still to skip. */
   private skip = 0;
   /** The long header being read: its type and size. */
-  private long: { type: 'pax' | 'global' | 'gnu'; size: number } | undefined;
+  private long: { type: LongHeader; size: number } | undefined;
   private global: RawXattrs | undefined;
-  private globalSize: string | undefined;
-  private local: { xattrs: RawXattrs; size: string | undefined; sparse: Map<string, string[]> } | undefined;
+  private local: PaxRecords | undefined;
+  /** The name of a GNU long-name header ('L') for the next entry. */
+  private longName: string | undefined;
   /** Entries seen so far (headers other than long headers). */
   private entries = 0;
-  private readonly byEntry = new Map<number, RawXattrs>();
-  private readonly sparseByEntry = new Map<number, SparseMember>();
+  private readonly byEntry = new Map<number, ScannedEntry>();
   /** An old GNU sparse header's extension blocks being read: its map so far, and its data size. */
   private gnuExtension: { member: SparseMember; dataSize: number } | undefined;
 
@@ -85,42 +129,62 @@ export class PaxXattrScanner {
     return out;
   }
 
-  /** The sparse map of entry `n`, once; undefined when it is not sparse. */
-  takeSparse(n: number): SparseMember | undefined {
-    const x = this.sparseByEntry.get(n);
-    this.sparseByEntry.delete(n);
-    return x;
-  }
-
-  /** The raw xattr records of entry `n` (1-based, in stream order), once; undefined when it had none. */
-  takeEntry(n: number): RawXattrs | undefined {
+  /**
+   * What the scanner read of entry `n` (1-based, in stream order; once): its raw xattr
+   * records and sparse map. Throws when tar-stream's `header` of that entry disagrees
+   * with the scanner's walk on its name, type or size.
+   */
+  takeEntry(n: number, header: EntryHeader): { xattrs: RawXattrs | undefined; sparse: SparseMember | undefined } {
     const x = this.byEntry.get(n);
     this.byEntry.delete(n);
-    return x;
+    if (!x || x.name !== header.name || x.type !== header.type || x.size !== header.size) {
+      const theirs = describe(header);
+      const ours = x ? describe(x) : 'no such entry';
+      throw new Error(`the tar parser reads entry ${n} as ${theirs}, berth's header scanner as ${ours}: the two readers of the stream disagree`);
+    }
+    return { xattrs: x.xattrs, sparse: x.sparse };
   }
 
   private onHeader(block: Buffer): Buffer {
-    let sum = 0;
-    for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 32 : (block[i] as number);
-    if (sum === 8 * 32) return block; // an all-zero block
+    if (checksum(block) === 8 * 32) return block; // an all-zero block
     const flag = block[156];
-    const size = headerSize(block);
-    if (flag === 0x78 /* x */ || flag === 0x67 /* g */ || flag === 0x4c /* L */ || flag === 0x4b /* K */) {
+    const size = headerNumber(block, 124, 12);
+    const long = LONG_HEADERS.get(flag as number);
+    if (long) {
       if (!(size >= 0) || size > MAX_LONG_HEADER) throw new Error('tar long header exceeds the maximum size');
-      this.long = { type: flag === 0x78 ? 'pax' : flag === 0x67 ? 'global' : 'gnu', size };
+      this.long = { type: long, size };
       return block;
+    }
+    if (flag === 0x4e /* N */) {
+      // tar-stream reads it as a long name; GNU tar as an entry with a rename script.
+      throw new Error("an old GNU long-name header (type 'N') is not supported: tar readers disagree on its framing");
     }
     this.entries++;
     const local = this.local;
     this.local = undefined;
+    const longName = this.longName;
+    this.longName = undefined;
+    // The name as tar-stream reads it: the header's (with the ustar prefix), a GNU long name, a PAX path.
+    const name = local?.path || longName || nameOf(block);
+    if (local?.refusal) throw new Error(`entry ${JSON.stringify(name)}: ${local.refusal}`);
     const xattrs = local?.xattrs;
-    if (xattrs && xattrs.size > 0) this.byEntry.set(this.entries, xattrs);
-    const paxSize = local ? (local.size ?? this.globalSize) : undefined;
-    const dataSize = paxSize ? parseInt(paxSize, 10) : size;
+    if (xattrs && xattrs.size > MAX_XATTRS_PER_ENTRY) {
+      throw new Error(`entry ${JSON.stringify(name)} has ${xattrs.size} extended attributes, more than ${MAX_XATTRS_PER_ENTRY}`);
+    }
+    const dataSize = local?.size ? Number(local.size) : size;
+    if (!(dataSize >= 0)) throw new Error(`entry ${JSON.stringify(name)} has an invalid size`);
     const sparse = local ? paxSparse(local.sparse) : undefined;
-    if (sparse) this.sparseByEntry.set(this.entries, sparse);
-    if (flag === 0x53 /* S */) return this.onGnuSparse(block, dataSize);
-    if (isDirectory(block) || !(dataSize > 0)) return block;
+    const entry: ScannedEntry = {
+      name,
+      // The scanner frames an 'S' header as a regular file's data (tar-stream sees it rewritten so).
+      type: flag === 0x53 /* S */ ? 'file' : typeOf(flag as number),
+      size: dataSize,
+      xattrs: xattrs && xattrs.size > 0 ? xattrs : undefined,
+      sparse,
+    };
+    this.byEntry.set(this.entries, entry);
+    if (flag === 0x53 /* S */) return this.onGnuSparse(block, dataSize, entry);
+    if (entry.type === 'directory' || dataSize === 0) return block;
     this.skip = dataSize + padding(dataSize);
     return block;
   }
@@ -129,7 +193,9 @@ export class PaxXattrScanner {
    * An old GNU sparse header: up to 4 segments in the header (offset 386, 24 bytes each),
    * a flag for extension blocks (482), the real size (483). Handed on as a regular file.
    */
-  private onGnuSparse(block: Buffer, dataSize: number): Buffer {
+  private onGnuSparse(block: Buffer, dataSize: number, entry: ScannedEntry): Buffer {
+    // The rewritten header gets a new checksum: a corrupt one must not be laundered.
+    if (checksum(block) !== headerNumber(block, 148, 8)) throw new Error(`entry ${JSON.stringify(entry.name)}: invalid tar header checksum`);
     const member: SparseMember = { format: 'gnu', realSize: numberField(block, 483, 12, 'the real size'), map: [], name: undefined };
     readSegments(block, 386, 4, member);
     const out = Buffer.from(block);
@@ -138,7 +204,7 @@ export class PaxXattrScanner {
     let sum = 0;
     for (let i = 0; i < BLOCK; i++) sum += out[i] as number;
     out.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
-    this.sparseByEntry.set(this.entries, member);
+    entry.sparse = member;
     if (block[482]) this.gnuExtension = { member, dataSize };
     else this.skip = dataSize + padding(dataSize);
     return out;
@@ -153,15 +219,22 @@ export class PaxXattrScanner {
     this.skip = ext.dataSize + padding(ext.dataSize);
   }
 
-  private onLongHeader(type: 'pax' | 'global' | 'gnu', body: Buffer): void {
-    if (type === 'gnu') return;
-    const { xattrs, size, sparse } = paxRecords(body);
-    if (type === 'global') {
-      this.global = xattrs;
-      this.globalSize = size;
+  private onLongHeader(type: LongHeader, body: Buffer): void {
+    if (type === 'longlink') return;
+    if (type === 'longname') {
+      const nul = body.indexOf(0);
+      this.longName = body.toString('utf8', 0, nul < 0 ? body.length : nul);
       return;
     }
-    this.local = { xattrs: new Map([...(this.global ?? []), ...xattrs]), size, sparse };
+    const records = paxRecords(body, type === 'global');
+    if (type === 'global') {
+      if (records.refusal) throw new Error(`the global PAX header: ${records.refusal}`);
+      this.global = records.xattrs;
+      return;
+    }
+    // As tar-stream: a global header's records apply to entries that have a PAX header of their own.
+    if (this.global) records.xattrs = new Map([...this.global, ...records.xattrs]);
+    this.local = records;
   }
 
   /** Moves `n` pending bytes to `out`. */
@@ -198,6 +271,43 @@ export class PaxXattrScanner {
   }
 }
 
+type LongHeader = 'pax' | 'global' | 'longname' | 'longlink';
+/** The long headers by type flag, as tar-stream reads them ('N' aside, refused). */
+const LONG_HEADERS = new Map<number, LongHeader>([
+  [0x78 /* x */, 'pax'],
+  [0x67 /* g */, 'global'],
+  [0x4c /* L */, 'longname'],
+  [0x4b /* K */, 'longlink'],
+]);
+/** tar-stream's entry types by type flag, '0' to '7' (NUL is '0'). */
+const TYPES = ['file', 'link', 'symlink', 'character-device', 'block-device', 'directory', 'fifo', 'contiguous-file'];
+
+/**
+ * An entry's type as tar-stream reads it from its type flag. Unlike old tars, tar-stream
+ * never reads a regular file whose name ends in '/' as a directory: it reads its size
+ * as data, and so must the scanner.
+ */
+function typeOf(flag: number): string | null {
+  return TYPES[flag === 0 ? 0 : flag - 0x30] ?? null;
+}
+
+/** A NUL-terminated UTF-8 field. */
+function field(block: Buffer, offset: number, length: number): string {
+  const nul = block.subarray(offset, offset + length).indexOf(0);
+  return block.toString('utf8', offset, nul < 0 ? offset + length : offset + nul);
+}
+
+/** The header's name, with its prefix when it is a POSIX ustar header ("ustar\0"), as tar-stream reads it. */
+function nameOf(block: Buffer): string {
+  const name = field(block, 0, 100);
+  if (block[345] === 0 || block.toString('latin1', 257, 263) !== 'ustar\0') return name;
+  return `${field(block, 345, 155)}/${name}`;
+}
+
+function describe(e: EntryHeader): string {
+  return `${JSON.stringify(e.name)} (${e.type ?? 'unknown type'}, ${e.size} bytes)`;
+}
+
 /** An octal (or base-256) number field of an old GNU sparse header. */
 function numberField(block: Buffer, offset: number, length: number, what: string): number {
   const field = block.subarray(offset, offset + length);
@@ -230,9 +340,19 @@ function padding(size: number): number {
   return (BLOCK - (size % BLOCK)) % BLOCK;
 }
 
-/** The size field: octal (leading spaces and NULs allowed), or base-256 when its first byte has the high bit. */
-function headerSize(block: Buffer): number {
-  const field = block.subarray(124, 136);
+/** The header checksum as tar computes it: the sum of its bytes, the checksum field read as spaces. */
+function checksum(block: Buffer): number {
+  let sum = 0;
+  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 32 : (block[i] as number);
+  return sum;
+}
+
+/**
+ * A number field (the size, the checksum) as tar-stream reads it: octal (leading spaces
+ * and NULs allowed), or base-256 when its first byte has the high bit (NaN if negative).
+ */
+function headerNumber(block: Buffer, offset: number, length: number): number {
+  const field = block.subarray(offset, offset + length);
   if ((field[0] as number) & 0x80) {
     if (field[0] !== 0x80) return NaN;
     let n = 0;
@@ -247,26 +367,17 @@ function headerSize(block: Buffer): number {
   return start === end ? 0 : parseInt(field.toString('latin1', start, end), 8);
 }
 
-/** A directory by its type flag, or (old tars) a regular file whose header name ends in '/'. */
-function isDirectory(block: Buffer): boolean {
-  const flag = block[156];
-  if (flag === 0x35 /* 5 */) return true;
-  if (flag !== 0 && flag !== 0x30) return false;
-  const nul = block.indexOf(0);
-  const nameEnd = nul < 0 || nul > 100 ? 100 : nul;
-  return nameEnd > 0 && block[nameEnd - 1] === 0x2f;
-}
-
 /**
  * Parses PAX records ("<len> <key>=<value>\n", POSIX pax format) strictly: the xattr values
- * as bytes, and the size record. A length that is not decimal digits, that runs past the
- * header or does not end on the record's newline, a record without '=', or bytes after
- * the last record other than NUL padding: the header is refused (the layer is corrupt).
+ * as bytes, the size and path records, the sparse ones. A length that is not decimal
+ * digits, that runs past the header or does not end on the record's newline, a record
+ * without '=', bytes after the last record other than NUL padding, a size that is not a
+ * decimal number, or (in a `global` header) a record that sets an entry's path, link
+ * target, size or sparse map: the header is refused (the layer is corrupt). An xattr
+ * beyond Linux's limits is not copied, and reported as `refusal`.
  */
-function paxRecords(buf: Buffer): { xattrs: RawXattrs; size: string | undefined; sparse: Map<string, string[]> } {
-  const xattrs: RawXattrs = new Map();
-  const sparse = new Map<string, string[]>();
-  let size: string | undefined;
+function paxRecords(buf: Buffer, global: boolean): PaxRecords {
+  const out: PaxRecords = { xattrs: new Map(), size: undefined, path: undefined, sparse: new Map(), refusal: undefined };
   let pos = 0;
   while (pos < buf.length) {
     if (buf[pos] === 0 && buf.subarray(pos).every((b) => b === 0)) break;
@@ -282,14 +393,29 @@ function paxRecords(buf: Buffer): { xattrs: RawXattrs; size: string | undefined;
     const eq = record.indexOf(0x3d);
     if (eq <= 0) throw new Error(`malformed PAX record at byte ${pos}: no "key=value"`);
     const key = record.toString('utf8', 0, eq);
-    if (key.startsWith(XATTR_PAX_PREFIX)) xattrs.set(key, Buffer.from(record.subarray(eq + 1)));
-    else if (key === 'size') size = record.toString('utf8', eq + 1);
+    if (global && (PER_ENTRY_KEYS.has(key) || key.startsWith('GNU.sparse.'))) {
+      throw new Error(`a global PAX header sets ${key}, which would apply to every later entry (tar readers disagree on it)`);
+    }
+    if (key.startsWith(XATTR_PAX_PREFIX)) {
+      const name = key.slice(XATTR_PAX_PREFIX.length);
+      const valueBytes = record.length - eq - 1;
+      if (valueBytes > MAX_XATTR_VALUE) {
+        out.refusal ??= `the extended attribute ${JSON.stringify(name)} has a ${valueBytes}-byte value, more than the ${MAX_XATTR_VALUE} bytes Linux allows (XATTR_SIZE_MAX)`;
+      } else if (Buffer.byteLength(name) > MAX_XATTR_NAME) {
+        out.refusal ??= `the extended attribute name ${JSON.stringify(name.slice(0, 64))}… is longer than the ${MAX_XATTR_NAME} bytes Linux allows (XATTR_NAME_MAX)`;
+      } else out.xattrs.set(key, Buffer.from(record.subarray(eq + 1)));
+    } else if (key === 'size') {
+      out.size = record.toString('utf8', eq + 1);
+      if (!/^[0-9]{1,16}$/.test(out.size) || !Number.isSafeInteger(Number(out.size))) {
+        throw new Error(`malformed PAX record at byte ${pos}: the size ${JSON.stringify(out.size.slice(0, 32))} is not a decimal number`);
+      }
+    } else if (key === 'path') out.path = record.toString('utf8', eq + 1);
     else if (key.startsWith('GNU.sparse.')) {
-      const values = sparse.get(key) ?? [];
+      const values = out.sparse.get(key) ?? [];
       values.push(record.toString('utf8', eq + 1));
-      sparse.set(key, values);
+      out.sparse.set(key, values);
     }
     pos += len;
   }
-  return { xattrs, size, sparse };
+  return out;
 }

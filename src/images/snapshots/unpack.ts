@@ -211,8 +211,9 @@ class LayerUnpacker {
     if (++this.entries > this.maxEntries) {
       throw new BerthError('ResourceExhausted', `layer ${this.layer}: has more than ${this.maxEntries} entries, the limit for one layer`);
     }
-    this.entryXattrs = this.pax.takeEntry(this.entries);
-    const sparse = this.pax.takeSparse(this.entries);
+    const scanned = this.pax.takeEntry(this.entries, header);
+    this.entryXattrs = scanned.xattrs;
+    const sparse = scanned.sparse;
     if (sparse) this.checkRealSize(sparse, header.name);
     // The PAX sparse formats 0.1 and 1.0 give the header a made-up name and the real one in GNU.sparse.name.
     const name = sparse?.name ?? header.name;

@@ -350,4 +350,156 @@ describe('images: hostile layers', () => {
       });
     }
   });
+
+  /** Expects `raw` refused as corrupt data, with `message` after the layer's prefix, and nothing written. */
+  async function expectCorrupt(raw: Buffer, message: string | RegExp): Promise<void> {
+    await assert.rejects(unpack(raw), (err: unknown) => {
+      assert.ok(isKind(err, 'DataLoss'), String(err));
+      const prefix = `layer ${LAYER}: corrupt tar stream: `;
+      assert.ok(err.message.startsWith(prefix), err.message);
+      if (typeof message === 'string') assert.equal(err.message.slice(prefix.length), message);
+      else assert.match(err.message.slice(prefix.length), message);
+      return true;
+    });
+    assert.deepEqual(fs.readdirSync(work), [], 'nothing written');
+  }
+
+  describe('extended attributes beyond what Linux holds', () => {
+    const xattr = (name: string, bytes: number): [string, string] => [`SCHILY.xattr.${name}`, 'v'.repeat(bytes)];
+
+    it('refuses a value over 64 KiB (XATTR_SIZE_MAX), naming the entry (its PAX path) and the attribute', async () => {
+      const raw = withPax(paxText([xattr('user.big', 64 * 1024 + 1), ['path', 'opt/data/blob']]));
+      await expectCorrupt(
+        raw,
+        'entry "opt/data/blob": the extended attribute "user.big" has a 65537-byte value, more than the 65536 bytes Linux allows (XATTR_SIZE_MAX)',
+      );
+    });
+
+    it('keeps a value of exactly 64 KiB, as bytes', () => {
+      const scanner = new PaxXattrScanner();
+      scanner.push(withPax(paxText([xattr('user.edge', 64 * 1024)])));
+      const { xattrs } = scanner.takeEntry(1, { name: 'f', type: 'file', size: 6 });
+      assert.equal(xattrs?.get('SCHILY.xattr.user.edge')?.length, 64 * 1024);
+    });
+
+    it('refuses an entry with more than 128 xattrs, and a name over 255 bytes (XATTR_NAME_MAX)', async () => {
+      const many = Array.from({ length: 129 }, (_, i) => xattr(`user.a${i}`, 1));
+      await expectCorrupt(withPax(paxText(many)), 'entry "f" has 129 extended attributes, more than 128');
+      await expectCorrupt(
+        withPax(paxText([xattr(`user.${'n'.repeat(251)}`, 1)])),
+        /^entry "f": the extended attribute name "user\.n+"… is longer than the 255 bytes/,
+      );
+    });
+
+    it('refuses an oversized value in a global PAX header', async () => {
+      const body = Buffer.from(paxText([xattr('user.big', 100_000)]));
+      const raw = Buffer.concat([ustarHeader('GlobalHead', 'g', body.length), padded(body), withPax(paxText([['mtime', '1']]))]);
+      await expectCorrupt(raw, /^the global PAX header: the extended attribute "user\.big" has a 100000-byte value/);
+    });
+  });
+
+  describe("inputs on which the tar parser and berth's header scanner could disagree", () => {
+    const file = (name: string, content: string): Buffer => Buffer.concat([ustarHeader(name, '0', content.length), padded(Buffer.from(content))]);
+    const end = Buffer.alloc(2 * BLOCK);
+
+    it("refuses an old GNU long-name header (type 'N')", async () => {
+      const body = Buffer.from('Renamed\0');
+      await expectCorrupt(Buffer.concat([ustarHeader('././@LongLink', 'N', body.length), padded(body), file('f', 'x'), end]), /type 'N'\) is not supported/);
+    });
+
+    for (const [key, value] of [
+      ['path', 'etc/passwd'],
+      ['linkpath', '/etc/shadow'],
+      ['size', '0'],
+      ['GNU.sparse.size', '100'],
+    ] as const) {
+      it(`refuses a global PAX header that sets ${key}`, async () => {
+        const body = Buffer.from(paxText([[key, value]]));
+        const raw = Buffer.concat([ustarHeader('GlobalHead', 'g', body.length), padded(body), withPax(paxText([['mtime', '1']]))]);
+        await expectCorrupt(raw, `a global PAX header sets ${key}, which would apply to every later entry (tar readers disagree on it)`);
+      });
+    }
+
+    it('accepts a global PAX header of comments and times, and GNU long names', async () => {
+      const global = Buffer.from(
+        paxText([
+          ['comment', 'built by hand'],
+          ['mtime', '1600000000'],
+        ]),
+      );
+      const long = `${'d'.repeat(120)}/${'f'.repeat(120)}`;
+      const longBody = Buffer.from(`${long}\0`);
+      const raw = Buffer.concat([
+        ustarHeader('GlobalHead', 'g', global.length),
+        padded(global),
+        ustarHeader('././@LongLink', 'L', longBody.length),
+        padded(longBody),
+        file(long.slice(0, 99), 'long\n'),
+        withPax(paxText([['path', 'renamed']])).subarray(0, -2 * BLOCK),
+        end,
+      ]);
+      await unpack(raw);
+      assert.equal(fs.readFileSync(join(work, long), 'utf8'), 'long\n');
+      assert.equal(fs.readFileSync(join(work, 'renamed'), 'utf8'), 'hello\n');
+    });
+
+    it("reads a regular file whose name ends in '/' as a file with data, as tar-stream does: a PAX header in its data is not applied", async () => {
+      // Berth's scanner used to take such an entry for a directory (as old tars do) and read
+      // its data as headers: the sparse map hidden there was then applied to the next entry.
+      const hidden = Buffer.from(
+        paxText([
+          ['GNU.sparse.size', String(1 << 30)],
+          ['GNU.sparse.numblocks', '1'],
+          ['GNU.sparse.map', '0,3'],
+        ]),
+      );
+      const data = Buffer.concat([ustarHeader('PaxHeaders/after', 'x', hidden.length), padded(hidden)]);
+      await unpack(Buffer.concat([ustarHeader('x/', '0', data.length), data, file('after', 'ok\n'), end]));
+      assert.deepEqual(fs.readFileSync(join(work, 'x')), data);
+      assert.equal(fs.statSync(join(work, 'after')).size, 3, 'not a 1 GiB sparse file');
+      assert.equal(fs.readFileSync(join(work, 'after'), 'utf8'), 'ok\n');
+    });
+
+    it('refuses an old GNU sparse header with a bad checksum rather than rewrite it with a good one', async () => {
+      const header = ustarHeader('db.img', 'S', 3, (b) => {
+        b.write('ustar  \0', 257, 'latin1');
+        b.write(`${(0).toString(8).padStart(11, '0')}\0`, 386, 'latin1');
+        b.write(`${(3).toString(8).padStart(11, '0')}\0`, 398, 'latin1');
+        b.write(`${(100).toString(8).padStart(11, '0')}\0`, 483, 'latin1');
+      });
+      const good = Buffer.concat([header, padded(Buffer.from('abc')), end]);
+      await unpack(good);
+      assert.equal(fs.statSync(join(work, 'db.img')).size, 100);
+      fs.rmSync(join(work, 'db.img'));
+      header[0] = (header[0] as number) ^ 1; // "eb.img": the checksum no longer matches
+      await expectCorrupt(Buffer.concat([header, padded(Buffer.from('abc')), end]), 'entry "eb.img": invalid tar header checksum');
+    });
+
+    it("refuses an entry on which tar-stream's header and the scanner's walk disagree (name, type or size)", async () => {
+      const raw = Buffer.concat([file('a', 'x'), withPax(paxText([['path', 'b']]))]);
+      const right = [
+        { name: 'a', type: 'file', size: 1 },
+        { name: 'b', type: 'file', size: 6 },
+      ];
+      for (const [n, wrong, ours] of [
+        [1, { ...right[0]!, name: 'c' }, '"a" (file, 1 bytes)'],
+        [1, { ...right[0]!, type: 'directory' }, '"a" (file, 1 bytes)'],
+        [2, { ...right[1]!, size: 7 }, '"b" (file, 6 bytes)'],
+        [2, { ...right[1]!, name: 'f' }, '"b" (file, 6 bytes)'],
+      ] as const) {
+        const scanner = new PaxXattrScanner();
+        scanner.push(raw);
+        if (n === 2) scanner.takeEntry(1, right[0]!);
+        assert.throws(
+          () => scanner.takeEntry(n, wrong),
+          new RegExp(
+            `reads entry ${n} as "${wrong.name}" \\(${wrong.type}, ${wrong.size} bytes\\), berth's header scanner as ${ours.replace(/[()]/g, '\\$&')}: the two readers`,
+          ),
+        );
+      }
+      // A real unpack makes the same comparison for every entry.
+      await unpack(raw);
+      assert.deepEqual(fs.readdirSync(work).sort(), ['a', 'b']);
+    });
+  });
 });

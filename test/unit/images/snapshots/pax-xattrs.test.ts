@@ -21,7 +21,7 @@ async function compare(buf: Buffer, chunk: number): Promise<Map<number, Map<stri
   let n = 0;
   for await (const entry of extract) {
     n++;
-    const raw = scanner.takeEntry(n);
+    const raw = scanner.takeEntry(n, entry.header).xattrs;
     const pax = (entry.header.pax ?? {}) as Record<string, string>;
     const keys = Object.keys(pax).filter((k) => k.startsWith('SCHILY.xattr.'));
     assert.deepEqual([...(raw?.keys() ?? [])].sort(), keys.sort(), `entry ${n} ${entry.header.name}`);
@@ -56,8 +56,9 @@ describe('PaxXattrScanner: raw PAX xattr values beside tar-stream', () => {
     value.copy(buf, buf.indexOf('security.capability=') + 'security.capability='.length);
     const scanner = new PaxXattrScanner();
     scanner.push(buf);
-    assert.deepEqual(scanner.takeEntry(1)?.get('SCHILY.xattr.security.capability'), value);
-    assert.equal(scanner.takeEntry(1), undefined, 'taken once');
+    const header = { name: 'bin/ping', type: 'file', size: 1 };
+    assert.deepEqual(scanner.takeEntry(1, header).xattrs?.get('SCHILY.xattr.security.capability'), value);
+    assert.throws(() => scanner.takeEntry(1, header), /reads entry 1 as "bin\/ping" \(file, 1 bytes\), berth's header scanner as no such entry/, 'taken once');
   });
 
   it('refuses a long header beyond 4 MiB, as tar-stream does', () => {
