@@ -79,7 +79,7 @@ export class PaxXattrScanner {
   /** Bytes of entry data (and padding) still to skip. */
   private skip = 0;
   /** The long header being read: its type and size. */
-  private long: { type: LongHeader; size: number } | undefined;
+  private long: { type: LongHeader; size: number; peek: PaxPeek | undefined } | undefined;
   private global: RawXattrs | undefined;
   private local: PaxRecords | undefined;
   /** The name of a GNU long-name header ('L') for the next entry. */
@@ -109,7 +109,10 @@ export class PaxXattrScanner {
       }
       if (this.long) {
         const padded = this.long.size + padding(this.long.size);
-        if (this.pendingBytes < padded) return out;
+        if (this.pendingBytes < padded) {
+          this.long.peek?.check(this.pending, this.pendingBytes);
+          return out;
+        }
         const block = this.take(padded);
         out.push(block);
         this.onLongHeader(this.long.type, block.subarray(0, this.long.size));
@@ -152,7 +155,7 @@ export class PaxXattrScanner {
     const long = LONG_HEADERS.get(flag as number);
     if (long) {
       if (!(size >= 0) || size > MAX_LONG_HEADER) throw new Error('tar long header exceeds the maximum size');
-      this.long = { type: long, size };
+      this.long = { type: long, size, peek: long === 'pax' || long === 'global' ? new PaxPeek(size) : undefined };
       return block;
     }
     if (flag === 0x4e /* N */) {
@@ -267,6 +270,75 @@ export class PaxXattrScanner {
       else this.pending[0] = head.subarray(part);
     }
     this.pendingBytes -= n;
+    return out;
+  }
+}
+
+/**
+ * Looks at the records of a PAX header while it is still arriving, so that an xattr
+ * value beyond Linux's limit is refused before the header (up to 4 MiB) is buffered
+ * whole. Only a record too long to be anything but such a value is read past its length
+ * field; anything malformed is left to paxRecords, which reads the whole header.
+ */
+class PaxPeek {
+  /** The start of the next record, from the start of the header. */
+  private pos = 0;
+  /** The pending chunk holding `pos`, and where that chunk starts. */
+  private chunk = 0;
+  private chunkStart = 0;
+  private done = false;
+
+  constructor(private readonly size: number) {}
+
+  /** Checks the records that have arrived: `pending` holds the header's bytes from its start. */
+  check(pending: readonly Buffer[], available: number): void {
+    const end = Math.min(available, this.size);
+    while (!this.done && this.pos < end) {
+      const head = this.bytes(pending, end, 10);
+      const space = head.indexOf(0x20);
+      if (space < 0) {
+        if (head.length < 10 && end < this.size) return; // the length field is still arriving
+        this.done = true;
+        return;
+      }
+      const lenText = head.toString('latin1', 0, space);
+      if (!/^[0-9]{1,9}$/.test(lenText) || Number(lenText) <= space + 1) {
+        this.done = true;
+        return;
+      }
+      const len = Number(lenText);
+      if (len > space + 1 + XATTR_PAX_PREFIX.length + MAX_XATTR_NAME + 2 + MAX_XATTR_VALUE) {
+        const want = space + 1 + XATTR_PAX_PREFIX.length + MAX_XATTR_NAME + 1;
+        const window = this.bytes(pending, end, want);
+        if (window.length < want && end < this.size) return; // the key is still arriving
+        const key = window.subarray(space + 1);
+        if (key.subarray(0, XATTR_PAX_PREFIX.length).toString('latin1') === XATTR_PAX_PREFIX) {
+          const eq = key.indexOf(0x3d);
+          if (eq < 0) throw new Error(`a PAX header has an extended attribute name longer than the ${MAX_XATTR_NAME} bytes Linux allows (XATTR_NAME_MAX)`);
+          const name = key.toString('utf8', XATTR_PAX_PREFIX.length, eq);
+          const valueBytes = len - (space + 1) - (eq + 1) - 1;
+          throw new Error(
+            `a PAX header's extended attribute ${JSON.stringify(name)} has a ${valueBytes}-byte value, more than the ${MAX_XATTR_VALUE} bytes Linux allows (XATTR_SIZE_MAX)`,
+          );
+        }
+      }
+      this.pos += len;
+    }
+  }
+
+  /** Up to `n` bytes from `pos`, no further than `end`. */
+  private bytes(pending: readonly Buffer[], end: number, n: number): Buffer {
+    while (this.pos >= this.chunkStart + (pending[this.chunk] as Buffer).length) {
+      this.chunkStart += (pending[this.chunk] as Buffer).length;
+      this.chunk++;
+    }
+    const want = Math.min(n, end - this.pos);
+    const first = pending[this.chunk] as Buffer;
+    const at = this.pos - this.chunkStart;
+    if (at + want <= first.length) return first.subarray(at, at + want);
+    const out = Buffer.allocUnsafe(want);
+    let filled = first.copy(out, 0, at);
+    for (let i = this.chunk + 1; filled < want; i++) filled += (pending[i] as Buffer).copy(out, filled, 0, want - filled);
     return out;
   }
 }
