@@ -169,13 +169,13 @@ export class PaxXattrScanner {
     this.longName = undefined;
     // The name as tar-stream reads it: the header's (with the ustar prefix), a GNU long name, a PAX path.
     const name = local?.path || longName || nameOf(block);
-    if (local?.refusal) throw new Error(`entry ${JSON.stringify(name)}: ${local.refusal}`);
+    if (local?.refusal) throw new Error(`entry ${quoted(name)}: ${local.refusal}`);
     const xattrs = local?.xattrs;
     if (xattrs && xattrs.size > MAX_XATTRS_PER_ENTRY) {
-      throw new Error(`entry ${JSON.stringify(name)} has ${xattrs.size} extended attributes, more than ${MAX_XATTRS_PER_ENTRY}`);
+      throw new Error(`entry ${quoted(name)} has ${xattrs.size} extended attributes, more than ${MAX_XATTRS_PER_ENTRY}`);
     }
     const dataSize = local?.size ? Number(local.size) : size;
-    if (!(dataSize >= 0)) throw new Error(`entry ${JSON.stringify(name)} has an invalid size`);
+    if (!(dataSize >= 0)) throw new Error(`entry ${quoted(name)} has an invalid size`);
     const sparse = local ? paxSparse(local.sparse) : undefined;
     const entry: ScannedEntry = {
       name,
@@ -198,7 +198,7 @@ export class PaxXattrScanner {
    */
   private onGnuSparse(block: Buffer, dataSize: number, entry: ScannedEntry): Buffer {
     // The rewritten header gets a new checksum: a corrupt one must not be laundered.
-    if (checksum(block) !== headerNumber(block, 148, 8)) throw new Error(`entry ${JSON.stringify(entry.name)}: invalid tar header checksum`);
+    if (checksum(block) !== headerNumber(block, 148, 8)) throw new Error(`entry ${quoted(entry.name)}: invalid tar header checksum`);
     const member: SparseMember = { format: 'gnu', realSize: numberField(block, 483, 12, 'the real size'), map: [], name: undefined };
     readSegments(block, 386, 4, member);
     const out = Buffer.from(block);
@@ -376,8 +376,13 @@ function nameOf(block: Buffer): string {
   return `${field(block, 345, 155)}/${name}`;
 }
 
+/** A name for a message: quoted, and cut short (a PAX path may be megabytes long). */
+function quoted(name: string): string {
+  return name.length > 256 ? `${JSON.stringify(name.slice(0, 256))}…` : JSON.stringify(name);
+}
+
 function describe(e: EntryHeader): string {
-  return `${JSON.stringify(e.name)} (${e.type ?? 'unknown type'}, ${e.size} bytes)`;
+  return `${quoted(e.name)} (${e.type ?? 'unknown type'}, ${e.size} bytes)`;
 }
 
 /** An octal (or base-256) number field of an old GNU sparse header. */
