@@ -2,7 +2,7 @@
  * The overlayfs snapshotter (see snapshotter.ts for the life of a snapshot).
  * Directory layout: `<root>/snapshots/<id>/fs`, `<id>` being the row's id.
  */
-import { mkdirSync, readdirSync } from 'node:fs';
+import { chmodSync, mkdirSync, readdirSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BerthError, errnoOf } from '../../common/errors.js';
@@ -43,6 +43,8 @@ export class OverlaySnapshotter implements Snapshotter {
   ) {
     this.dir = snapshotsDir(root);
     mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    // At every start: an operator or an older berth may have left it open to all.
+    chmodSync(this.dir, 0o700);
   }
 
   private info(row: SnapshotRow): SnapshotInfo {

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -57,6 +57,14 @@ describe('images: overlay snapshotter', () => {
     await snap.close();
     db.close();
     await rm(dir, { recursive: true, force: true });
+  });
+
+  it('keeps the snapshots dir 0700 at every start, even one an operator or an older berth left 0755', async () => {
+    assert.equal(statSync(snapshotsDir()).mode & 0o777, 0o700, 'made 0700');
+    await snap.close();
+    chmodSync(snapshotsDir(), 0o755);
+    snap = new OverlaySnapshotter(dir, repo, log);
+    assert.equal(statSync(snapshotsDir()).mode & 0o777, 0o700, 'closed again at the next start');
   });
 
   it('commits a chain and lists its fs dirs top first; refuses a parent that is not committed', () => {
