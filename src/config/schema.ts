@@ -42,6 +42,13 @@ export interface ImagesConfig {
    */
   min_free_bytes: number;
   min_free_percent: number;
+  /**
+   * Free inodes a pull must leave on the image filesystem: the smaller of this many and
+   * `min_free_inodes_percent` of the filesystem's inodes (none on a filesystem without an
+   * inode limit, such as btrfs).
+   */
+  min_free_inodes: number;
+  min_free_inodes_percent: number;
   /** How deep an index may nest inside another index. */
   max_index_depth: number;
   /** Attempts per registry request on network errors, 429 and 5xx. */
@@ -197,6 +204,8 @@ export function defaultConfig(): BerthConfig {
       compression_ratio_threshold_bytes: 1024 * 1024 * 1024,
       min_free_bytes: 2 * 1024 * 1024 * 1024,
       min_free_percent: 5,
+      min_free_inodes: 100_000,
+      min_free_inodes_percent: 5,
       max_index_depth: 4,
       pull_attempts: 3,
       stall_timeout_seconds: 30,
@@ -321,6 +330,8 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'images.compression_ratio_threshold_bytes': integerIn(0, Number.MAX_SAFE_INTEGER),
   'images.min_free_bytes': integerIn(0, Number.MAX_SAFE_INTEGER),
   'images.min_free_percent': integerIn(0, 100),
+  'images.min_free_inodes': integerIn(0, Number.MAX_SAFE_INTEGER),
+  'images.min_free_inodes_percent': integerIn(0, 100),
   'images.max_index_depth': integerIn(1, 16),
   'images.pull_attempts': integerIn(1, 10),
   'images.stall_timeout_seconds': integerIn(1, 3600),

@@ -54,7 +54,7 @@ import {
 import { digestedName, formatReference, parseReference, taggedName, type ImageReference } from './reference.js';
 import type { Credentials } from './registry/auth.js';
 import { RegistryClient, type Endpoint } from './registry/client.js';
-import type { Snapshotter } from './snapshots/snapshotter.js';
+import type { PreparedSnapshot, Snapshotter } from './snapshots/snapshotter.js';
 import { refuseRemovalWhileMounted, useImageAsVolume } from './volume-use.js';
 
 export interface ImageServiceOptions {
@@ -291,7 +291,11 @@ export class ImageService {
       // One task per layer: download and unpack in parallel, commit bottom-up.
       const limiter = new Limiter(this.o.images.max_concurrent_downloads);
       const limits = new PullLimits(this.o.images, this.o.content.root, what);
-      await limits.checkDownloads(manifest.layers.reduce((n, l) => n + (this.o.content.has(l.digest) ? 0 : l.size), 0));
+      const toDownload = manifest.layers.filter((l) => !this.o.content.has(l.digest));
+      await limits.checkDownloads(
+        toDownload.reduce((n, l) => n + l.size, 0),
+        toDownload.length,
+      );
       const tasks: Array<Promise<void>> = [];
       let parent: { chainId: string; task: Promise<void> } | undefined;
       for (const [i, layer] of manifest.layers.entries()) {
@@ -390,20 +394,28 @@ export class ImageService {
         return;
       }
       await t.limiter.run(fetch);
-      const limit = await t.limits.forLayer(t.layer.size);
-      const prepared = await traced('berth:image.unpack', { image: t.image, digest: t.layer.digest }, () =>
-        this.o.snapshots.extract({
-          diffId: t.diffId,
-          layer: t.layer.digest,
-          compression: t.layer.compression,
-          blobPath: content.path(t.layer.digest),
-          ...limit,
-          maxLayerBytes: this.o.images.max_layer_bytes,
-          signal,
-        }),
-      );
+      const allowance = t.limits.forLayer(t.layer.digest, t.layer.size);
+      let prepared: PreparedSnapshot;
       try {
-        t.limits.charge(t.layer.digest, prepared.tarBytes);
+        prepared = await traced('berth:image.unpack', { image: t.image, digest: t.layer.digest }, () =>
+          this.o.snapshots.extract({
+            diffId: t.diffId,
+            layer: t.layer.digest,
+            compression: t.layer.compression,
+            blobPath: content.path(t.layer.digest),
+            maxBytes: allowance.maxBytes,
+            ...(allowance.limitText ? { limitText: allowance.limitText } : {}),
+            maxLayerBytes: this.o.images.max_layer_bytes,
+            grant: allowance.grant,
+            signal,
+          }),
+        );
+      } catch (err) {
+        allowance.settle(); // the failed unpack's snapshot is gone: nothing to count
+        throw err;
+      }
+      try {
+        allowance.settle(prepared.tarBytes);
         if (t.parent) await t.parent.task;
         this.o.snapshots.commit(prepared, t.chainId, t.parent?.chainId);
       } catch (err) {

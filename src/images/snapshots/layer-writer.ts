@@ -23,6 +23,11 @@ const OPEN_NEW_FILE = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constant
 export class LayerWriter {
   /** Bytes of regular-file content written. */
   fileBytes = 0;
+  /**
+   * Directories created because an entry's path needs them, though the layer lists none:
+   * each is an inode like any entry, so they count against the layer's limits.
+   */
+  implicitDirectories = 0;
   /** Xattrs applied in batches (one setfattr per batch, after chown, which clears capabilities). */
   readonly xattrs: XattrBatch;
   /** Relative paths ('' is the root) known to be real directories, not symlinks. */
@@ -34,6 +39,8 @@ export class LayerWriter {
   constructor(
     private readonly root: string,
     private readonly layer: string,
+    /** Called before each implicit directory is made; throws to refuse it (a limit). */
+    private readonly beforeImplicitDirectory: () => void = () => undefined,
   ) {
     this.xattrs = new XattrBatch((rel) => this.abs(rel), layer);
     this.marks = new OverlayMarks(root, layer);
@@ -76,7 +83,9 @@ export class LayerWriter {
   }
 
   private implicitDirectory(path: string): void {
+    this.beforeImplicitDirectory();
     fs.mkdirSync(path, 0o755);
+    this.implicitDirectories++;
     // Explicitly, so neither the umask nor a setgid parent decides.
     fs.lchownSync(path, 0, 0);
     fs.chmodSync(path, 0o755);

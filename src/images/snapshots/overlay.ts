@@ -93,12 +93,14 @@ export class OverlaySnapshotter implements Snapshotter {
           },
         },
         req.signal,
+        req.grant,
       );
       if (result.diffId !== req.diffId) {
         throw new BerthError('DataLoss', `layer ${req.layer}: unpacked content has diff ID ${result.diffId}, but the image config says ${req.diffId}`);
       }
-      // Usage is counted once, here: content bytes plus a block per entry for metadata.
-      return { id, dir, sizeBytes: result.fileBytes + result.entries * 4096, inodes: result.entries, tarBytes: result.tarBytes };
+      // Usage is counted once, here: content bytes plus a block per inode for metadata.
+      const inodes = result.entries + result.implicitDirectories;
+      return { id, dir, sizeBytes: result.fileBytes + inodes * 4096, inodes, tarBytes: result.chargedBytes };
     } catch (err) {
       await this.discard({ id, dir, sizeBytes: 0, inodes: 0, tarBytes: 0 });
       throw err;

@@ -23,6 +23,7 @@
  *    goes first, then the directory; recovery removes directories that have no row.
  */
 import type { LayerCompression } from '../manifest.js';
+import type { GrantFn } from './unpack.js';
 
 export interface SnapshotInfo {
   id: number;
@@ -48,6 +49,8 @@ export interface ExtractRequest {
   limitText?: string;
   /** images.max_layer_bytes (see UnpackOptions.maxLayerBytes). */
   maxLayerBytes?: number;
+  /** The limits shared with other unpacks, granted as the unpack goes (see UnpackOptions.grant). */
+  grant?: GrantFn;
   signal?: AbortSignal;
 }
 
@@ -57,7 +60,10 @@ export interface PreparedSnapshot {
   dir: string;
   sizeBytes: number;
   inodes: number;
-  /** Bytes of uncompressed tar stream the layer expanded to. */
+  /**
+   * Bytes the layer counts for against the image's cap: its uncompressed tar stream,
+   * plus a block for each parent directory it needed but did not list.
+   */
   tarBytes: number;
 }
 

@@ -25,6 +25,14 @@ export type EntryStream = AsyncIterable<Buffer> & {
   resume(): unknown;
 };
 
+/**
+ * The deepest and the longest path a layer entry (or a hardlink's target) may have. Real
+ * images stay far below both; a hostile layer could otherwise make every entry create
+ * hundreds of parent directories, or paths no syscall takes (PATH_MAX is 4096).
+ */
+export const MAX_PATH_DEPTH = 256;
+export const MAX_PATH_BYTES = 4096;
+
 /** Raised by the tar parser; turned into DataLoss. */
 export class TarError extends Error {}
 
@@ -92,14 +100,28 @@ export function xattrsOf(header: Header, raw: RawXattrs | undefined, layer: stri
   return out;
 }
 
-/** Splits a tar name into clean components; refuses absolute names and `..` (`what` names it). */
+/**
+ * Splits a tar name into clean components; refuses absolute names and `..` (`what` names
+ * it), and paths deeper or longer than {@link MAX_PATH_DEPTH} and {@link MAX_PATH_BYTES}.
+ */
 export function normalize(name: string, what: string, layer: string): string[] {
   if (name.startsWith('/')) throw unsafe(layer, `${what} has an absolute name and would escape the snapshot`);
+  const short = what.length > 200 ? `${what.slice(0, 200)}…` : what;
+  const bytes = Buffer.byteLength(name);
+  if (bytes > MAX_PATH_BYTES) {
+    throw new BerthError('ResourceExhausted', `layer ${layer}: ${short} has a path of ${bytes} bytes, over the limit of ${MAX_PATH_BYTES} for one path`);
+  }
   const parts: string[] = [];
   for (const part of name.split('/')) {
     if (part === '' || part === '.') continue;
     if (part === '..') throw unsafe(layer, `${what} would escape the snapshot`);
     parts.push(part);
+  }
+  if (parts.length > MAX_PATH_DEPTH) {
+    throw new BerthError(
+      'ResourceExhausted',
+      `layer ${layer}: ${short} has a path of ${parts.length} components, over the limit of ${MAX_PATH_DEPTH} for one path`,
+    );
   }
   return parts;
 }

@@ -11,21 +11,37 @@
  * that has had no job for `idleMs` is terminated, and when the last one is gone the
  * freed arenas go back to the kernel (malloc_trim). Starting a worker again costs a few
  * tens of milliseconds, against seconds of unpacking.
+ *
+ * An unpack's shared limits are granted on this thread (see pull-limits.ts): the worker
+ * asks with a 'grant' message and waits for the 'granted' answer.
  */
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { BerthError, type ErrorKind } from '../../common/errors.js';
 import { trimMalloc } from '../../common/malloc-trim.js';
-import type { LayerCompression, UnpackOptions, UnpackResult } from './unpack.js';
+import type { Budget, GrantFn, LayerCompression, UnpackOptions, UnpackResult } from './unpack.js';
 
 export interface UnpackJob {
   blobPath: string;
   compression: LayerCompression;
   target: string;
-  opts: Omit<UnpackOptions, 'signal'>;
+  opts: Omit<UnpackOptions, 'signal' | 'grant'> & {
+    /** Whether the worker asks this thread for grants (UnpackOptions.grant). */
+    granted?: boolean;
+  };
 }
 
 type Reply = { id: number; ok: true; result: UnpackResult } | { id: number; ok: false; kind: ErrorKind | undefined; message: string };
+/** A worker's request for a grant (see UnpackOptions.grant), and its answer. */
+export interface GrantRequest {
+  type: 'grant';
+  id: number;
+  seq: number;
+  used: Budget;
+  need: Budget;
+}
+export type GrantAnswer =
+  { type: 'granted'; seq: number; ok: true; budget: Budget } | { type: 'granted'; seq: number; ok: false; kind: ErrorKind | undefined; message: string };
 
 interface Slot {
   worker: Worker;
@@ -44,7 +60,7 @@ const WORKER_URL = new URL('./unpack-worker.js', import.meta.url);
 export class UnpackPool {
   private readonly slots: Slot[] = [];
   private readonly waiting: Array<() => void> = [];
-  private readonly pending = new Map<number, { resolve(r: UnpackResult): void; reject(e: unknown): void }>();
+  private readonly pending = new Map<number, { resolve(r: UnpackResult): void; reject(e: unknown): void; grant: GrantFn | undefined }>();
   private nextId = 1;
   private closed = false;
 
@@ -62,7 +78,8 @@ export class UnpackPool {
     const worker = new Worker(WORKER_URL);
     worker.unref();
     const slot: Slot = { worker, busy: false, job: undefined, idleTimer: undefined };
-    worker.on('message', (m: Reply) => {
+    worker.on('message', (m: Reply | GrantRequest) => {
+      if ('type' in m) return this.answerGrant(worker, m);
       const p = this.pending.get(m.id);
       if (!p) return;
       this.pending.delete(m.id);
@@ -86,6 +103,23 @@ export class UnpackPool {
     worker.on('exit', (code) => drop(new BerthError('Internal', `unpack worker exited with code ${code}`)));
     this.slots.push(slot);
     return slot;
+  }
+
+  /** Answers a worker's grant request, always (the unpack waits for it). */
+  private answerGrant(worker: Worker, m: GrantRequest): void {
+    const grant = this.pending.get(m.id)?.grant;
+    const asked = grant ? grant(m.used, m.need) : Promise.reject(new BerthError('Internal', `unpack job ${m.id} asked for a grant it has no source for`));
+    asked.then(
+      (budget) => worker.postMessage({ type: 'granted', seq: m.seq, ok: true, budget } satisfies GrantAnswer),
+      (err: unknown) =>
+        worker.postMessage({
+          type: 'granted',
+          seq: m.seq,
+          ok: false,
+          kind: err instanceof BerthError ? err.kind : undefined,
+          message: err instanceof Error ? err.message : String(err),
+        } satisfies GrantAnswer),
+    );
   }
 
   private wake(): void {
@@ -120,15 +154,18 @@ export class UnpackPool {
     }
   }
 
-  /** Unpacks one layer on a worker; an abort stops it there and waits for its cleanup. */
-  async run(job: UnpackJob, signal?: AbortSignal): Promise<UnpackResult> {
+  /**
+   * Unpacks one layer on a worker; an abort stops it there and waits for its cleanup.
+   * `grant` (UnpackOptions.grant) runs on this thread.
+   */
+  async run(job: UnpackJob, signal?: AbortSignal, grant?: GrantFn): Promise<UnpackResult> {
     const slot = await this.acquire(signal);
     const id = this.nextId++;
     slot.job = id;
     const onAbort = (): void => slot.worker.postMessage({ type: 'abort', id });
     try {
-      const done = new Promise<UnpackResult>((resolve, reject) => this.pending.set(id, { resolve, reject }));
-      slot.worker.postMessage({ type: 'unpack', id, job });
+      const done = new Promise<UnpackResult>((resolve, reject) => this.pending.set(id, { resolve, reject, grant }));
+      slot.worker.postMessage({ type: 'unpack', id, job: { ...job, opts: { ...job.opts, granted: grant !== undefined } } });
       if (signal?.aborted) onAbort();
       else signal?.addEventListener('abort', onAbort, { once: true });
       try {

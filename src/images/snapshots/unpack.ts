@@ -74,10 +74,35 @@ export interface UnpackOptions {
    * size (its holes included) may not exceed it → ResourceExhausted.
    */
   maxLayerBytes?: number;
-  /** Upper bound on the number of tar entries (default 1,000,000) → ResourceExhausted likewise. */
+  /**
+   * Upper bound on the inodes the layer makes: its tar entries plus the parent directories
+   * their paths need but the layer does not list (default 1,000,000) → ResourceExhausted
+   * likewise. Each such directory also counts {@link IMPLICIT_DIRECTORY_BYTES} against
+   * `maxBytes`.
+   */
   maxEntries?: number;
+  /**
+   * Limits shared with other unpacks (the image cap, free space and inodes on the image
+   * filesystem: see pull-limits.ts), granted as the unpack goes. Called with the totals
+   * the unpack has used and needs; answers totals at least `need`, or rejects with a
+   * ResourceExhausted that names the limit. Without it only `maxBytes` and `maxEntries` bound
+   * the unpack.
+   */
+  grant?: GrantFn;
   signal?: AbortSignal;
 }
+
+/** Bytes (of tar stream, plus a block per implicit directory) and inodes of one unpack. */
+export interface Budget {
+  bytes: number;
+  entries: number;
+}
+
+/** See {@link UnpackOptions.grant}. */
+export type GrantFn = (used: Budget, need: Budget) => Promise<Budget>;
+
+/** What a directory the layer does not list, but its entries' paths need, counts for in bytes: one block. */
+export const IMPLICIT_DIRECTORY_BYTES = 4096;
 
 /** What {@link unpackLayer} read and wrote. */
 export interface UnpackResult {
@@ -87,7 +112,12 @@ export interface UnpackResult {
   tarBytes: number;
   /** Bytes of regular-file content written. */
   fileBytes: number;
+  /** Tar entries read. */
   entries: number;
+  /** Parent directories made that the layer does not list (inodes beyond `entries`). */
+  implicitDirectories: number;
+  /** What the unpack counted against its byte limits: `tarBytes` plus a block per implicit directory. */
+  chargedBytes: number;
 }
 
 /**
@@ -122,6 +152,10 @@ class LayerUnpacker {
   private tarBytes = 0;
   private entries = 0;
   private readonly writer: LayerWriter;
+  /** What {@link UnpackOptions.grant} has granted so far (unbounded without it). */
+  private granted: Budget;
+  /** The grant being asked for, if any (feed and consume may both need one). */
+  private granting: Promise<void> | undefined;
   /** The raw xattr values of the tar stream, read alongside tar-stream. */
   private readonly pax = new PaxXattrScanner();
   /** Those of the entry being unpacked. */
@@ -133,7 +167,58 @@ class LayerUnpacker {
   ) {
     this.layer = opts.layer;
     this.maxEntries = opts.maxEntries ?? DEFAULT_MAX_ENTRIES;
-    this.writer = new LayerWriter(root, opts.layer);
+    this.writer = new LayerWriter(root, opts.layer, () => this.beforeImplicitDirectory());
+    this.granted = opts.grant ? { bytes: 0, entries: 0 } : { bytes: Infinity, entries: Infinity };
+  }
+
+  /** Bytes counted against the limits: the tar stream and a block per implicit directory. */
+  private get chargedBytes(): number {
+    return this.tarBytes + this.writer.implicitDirectories * IMPLICIT_DIRECTORY_BYTES;
+  }
+
+  /** Inodes counted against the limits: entries and implicit directories. */
+  private get inodes(): number {
+    return this.entries + this.writer.implicitDirectories;
+  }
+
+  private overBytes(): BerthError {
+    const limit = this.opts.limitText ?? `the configured limit of ${this.opts.maxBytes} bytes (images.max_layer_bytes)`;
+    return new BerthError('ResourceExhausted', `layer ${this.layer}: expands beyond ${limit}`);
+  }
+
+  private overEntries(): BerthError {
+    const implicit = this.writer.implicitDirectories;
+    const counting = implicit > 0 ? ` (counting the ${implicit} parent directories its entries' paths need but it does not list)` : '';
+    return new BerthError('ResourceExhausted', `layer ${this.layer}: has more than ${this.maxEntries} entries${counting}, the limit for one layer`);
+  }
+
+  /** Refuses an implicit directory over the layer's limits (the shared ones were granted ahead, in onEntry). */
+  private beforeImplicitDirectory(): void {
+    if (this.inodes + 1 > this.maxEntries) throw this.overEntries();
+    if (this.chargedBytes + IMPLICIT_DIRECTORY_BYTES > this.opts.maxBytes) throw this.overBytes();
+  }
+
+  /** Whether the grant covers these totals (without asking). */
+  private covers(bytes: number, entries: number): boolean {
+    return bytes <= this.granted.bytes && entries <= this.granted.entries;
+  }
+
+  /** Asks for grants until they cover these totals; one request at a time. */
+  private async cover(bytes: number, entries: number): Promise<void> {
+    const grant = this.opts.grant;
+    while (grant && !this.covers(bytes, entries)) {
+      if (!this.granting) {
+        const need = { bytes: Math.max(bytes, this.granted.bytes), entries: Math.max(entries, this.granted.entries) };
+        this.granting = grant({ bytes: this.chargedBytes, entries: this.inodes }, need)
+          .then((g) => {
+            if (g.bytes < need.bytes || g.entries < need.entries)
+              throw new Error(`granted less than asked for (${JSON.stringify(g)} < ${JSON.stringify(need)})`);
+            this.granted = g;
+          })
+          .finally(() => (this.granting = undefined));
+      }
+      await this.granting;
+    }
   }
 
   async run(source: Readable, compression: LayerCompression): Promise<UnpackResult> {
@@ -164,6 +249,8 @@ class LayerUnpacker {
       tarBytes: this.tarBytes,
       fileBytes: this.writer.fileBytes,
       entries: this.entries,
+      implicitDirectories: this.writer.implicitDirectories,
+      chargedBytes: this.chargedBytes,
     };
   }
 
@@ -171,11 +258,11 @@ class LayerUnpacker {
   private async feed(decompressor: Decompressor, extract: Extract): Promise<void> {
     try {
       for await (const chunk of decompressor.output as AsyncIterable<Buffer>) {
+        // Granted before it counts as used (a grant is asked with what is used so far).
+        const next = this.chargedBytes + chunk.length;
+        if (next > this.opts.maxBytes) throw this.overBytes();
+        if (!this.covers(next, 0)) await this.cover(next, 0);
         this.tarBytes += chunk.length;
-        if (this.tarBytes > this.opts.maxBytes) {
-          const limit = this.opts.limitText ?? `the configured limit of ${this.opts.maxBytes} bytes (images.max_layer_bytes)`;
-          throw new BerthError('ResourceExhausted', `layer ${this.layer}: expands beyond ${limit}`);
-        }
         this.hash.update(chunk);
         let parsed: Buffer[];
         try {
@@ -208,9 +295,7 @@ class LayerUnpacker {
   }
 
   private async onEntry(header: Header, data: EntryStream): Promise<void> {
-    if (++this.entries > this.maxEntries) {
-      throw new BerthError('ResourceExhausted', `layer ${this.layer}: has more than ${this.maxEntries} entries, the limit for one layer`);
-    }
+    if (++this.entries + this.writer.implicitDirectories > this.maxEntries) throw this.overEntries();
     const scanned = this.pax.takeEntry(this.entries, header);
     this.entryXattrs = scanned.xattrs;
     const sparse = scanned.sparse;
@@ -219,6 +304,9 @@ class LayerUnpacker {
     const name = sparse?.name ?? header.name;
     try {
       const parts = normalize(name, `entry ${JSON.stringify(name)}`, this.layer);
+      // Ahead of the writer, which may make a directory for each parent (synchronously).
+      const bytes = this.chargedBytes + parts.length * IMPLICIT_DIRECTORY_BYTES;
+      if (!this.covers(bytes, this.inodes + parts.length)) await this.cover(bytes, this.inodes + parts.length);
       const pax = (header.pax ?? undefined) as Record<string, string> | undefined;
       if (sparse && header.type !== 'file') {
         throw new TarError(`entry ${JSON.stringify(name)} has a sparse map but is not a regular file`);

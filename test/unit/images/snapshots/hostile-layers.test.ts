@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { isKind } from '../../../../src/common/errors.js';
 import { PaxXattrScanner } from '../../../../src/images/snapshots/pax-xattrs.js';
+import { MAX_PATH_BYTES, MAX_PATH_DEPTH } from '../../../../src/images/snapshots/tar-entry.js';
 import { unpackLayer } from '../../../../src/images/snapshots/unpack.js';
 
 const LAYER = `sha256:${'cd'.repeat(32)}`;
@@ -525,6 +526,89 @@ describe('images: hostile layers', () => {
       // A real unpack makes the same comparison for every entry.
       await unpack(raw);
       assert.deepEqual(fs.readdirSync(work).sort(), ['a', 'b']);
+  describe('paths that make inodes of their own', () => {
+    /** Unpacks `raw` with these limits, expecting ResourceExhausted naming the layer and `pattern`. */
+    async function exhausted(raw: Buffer, limits: { maxEntries?: number; maxBytes?: number }, pattern: RegExp): Promise<void> {
+      await assert.rejects(unpackLayer(Readable.from([raw]), 'none', work, { layer: LAYER, maxBytes: 1 << 30, ...limits }), (err: unknown) => {
+        assert.ok(isKind(err, 'ResourceExhausted'), String(err));
+        assert.ok(err.message.startsWith(`layer ${LAYER}: `), err.message);
+        assert.match(err.message, pattern);
+        return true;
+      });
+    }
+    /** Directories and files under the snapshot (its inodes, less the root). */
+    const inodes = (): number => (fs.readdirSync(work, { recursive: true }) as string[]).length;
+    /** A one-file tar at `name`, the file holding "x". */
+    const fileAt = (name: string): Buffer => tarOf([[name, Buffer.from('x')]]);
+    function tarOf(files: Array<[string, Buffer]>): Buffer {
+      const blocks: Buffer[] = [];
+      for (const [name, data] of files) {
+        if (Buffer.byteLength(name) > 100) {
+          const record = paxText([['path', name]]);
+          blocks.push(ustarHeader('PaxHeaders/p', 'x', Buffer.byteLength(record)), padded(Buffer.from(record)));
+        }
+        blocks.push(ustarHeader(name.slice(0, 99), '0', data.length), padded(data));
+      }
+      return Buffer.concat([...blocks, Buffer.alloc(2 * BLOCK)]);
+    }
+    const deep = (n: number, leaf = 'f'): string => `${'d/'.repeat(n - 1)}${leaf}`;
+
+    it('counts each parent directory an entry needs but the layer does not list as an entry of its own', async () => {
+      const result = await unpack(fileAt(deep(50)));
+      assert.equal(result.entries, 1);
+      assert.equal(result.implicitDirectories, 49);
+      assert.equal(result.chargedBytes, result.tarBytes + 49 * 4096);
+      assert.equal(inodes(), 50);
+      fs.rmSync(work, { recursive: true });
+      fs.mkdirSync(work);
+      await exhausted(
+        fileAt(deep(50)),
+        { maxEntries: 20 },
+        /has more than 20 entries \(counting the 19 parent directories its entries' paths need but it does not list\)/,
+      );
+      assert.ok(inodes() <= 20, `${inodes()} inodes made, over the limit of 20`);
+    });
+
+    it('stops a layer of entries with deep unique parents at the entry limit, not thousands of inodes later', async () => {
+      // 200 entries of 100 unique directories each: 20,200 inodes from 200 tar entries.
+      const raw = tarOf(Array.from({ length: 200 }, (_, i) => [`u${i}/${deep(100)}`, Buffer.from('x')] as [string, Buffer]));
+      await exhausted(raw, { maxEntries: 1000 }, /has more than 1000 entries \(counting the \d+ parent directories/);
+      assert.ok(inodes() <= 1000, `${inodes()} inodes made, over the limit of 1000`);
+    });
+
+    it('counts a 4 KiB block per implicit directory against the byte limit', async () => {
+      const raw = fileAt(deep(200)); // 3 KB of tar, 199 directories: 796 KiB
+      assert.ok(raw.length < 16 * 1024);
+      await exhausted(raw, { maxBytes: 512 * 1024 }, /expands beyond the configured limit of 524288 bytes \(images\.max_layer_bytes\)/);
+      assert.ok(inodes() <= 128, `${inodes()} directories made, more than 512 KiB of 4 KiB blocks`);
+    });
+
+    it(`refuses a path deeper than ${MAX_PATH_DEPTH} components, and takes one of exactly ${MAX_PATH_DEPTH}`, async () => {
+      await exhausted(fileAt(deep(MAX_PATH_DEPTH + 1)), {}, /has a path of 257 components, over the limit of 256 for one path/);
+      assert.equal(inodes(), 0, 'nothing made');
+      const ok = await unpack(fileAt(deep(MAX_PATH_DEPTH)));
+      assert.equal(ok.implicitDirectories, MAX_PATH_DEPTH - 1);
+      assert.equal(fs.readFileSync(join(work, deep(MAX_PATH_DEPTH)), 'utf8'), 'x');
+    });
+
+    it(`refuses a path longer than ${MAX_PATH_BYTES} bytes`, async () => {
+      const long = `${'n'.repeat(200)}/`.repeat(20) + 'f'.repeat(MAX_PATH_BYTES - 20 * 201 + 1);
+      assert.equal(Buffer.byteLength(long), MAX_PATH_BYTES + 1);
+      await exhausted(fileAt(long), {}, /has a path of 4097 bytes, over the limit of 4096 for one path/);
+      assert.equal(inodes(), 0, 'nothing made');
+    });
+
+    it('refuses a hardlink whose target is deeper than the limit', async () => {
+      const record = paxText([['linkpath', `${'a/'.repeat(MAX_PATH_DEPTH)}f`]]);
+      const raw = Buffer.concat([
+        ustarHeader('f', '0', 1),
+        padded(Buffer.from('x')),
+        ustarHeader('PaxHeaders/l', 'x', Buffer.byteLength(record)),
+        padded(Buffer.from(record)),
+        ustarHeader('l', '1', 0),
+        Buffer.alloc(2 * BLOCK),
+      ]);
+      await exhausted(raw, {}, /hardlink "l" has a path of 257 components, over the limit of 256 for one path/);
     });
   });
 });
