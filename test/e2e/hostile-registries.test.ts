@@ -6,7 +6,7 @@
 import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSync, readSync, rmSync, statfsSync, statSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildBombLayer, buildImage, buildLayer, pushRandomImage, RegistryPusher, type PushedImage } from '../../hack/test-images/oci.js';
@@ -140,6 +140,23 @@ describe('hostile registries', function () {
       assert.equal(e.code, status.RESOURCE_EXHAUSTED, e.details);
       assert.match(e.details, /downloading \d+ bytes would leave \d+ bytes free on the image filesystem, less than the free-space reserve of \d+ bytes/);
       assert.match(e.details, /images\.min_free_bytes.*images\.min_free_percent = 100%/);
+      await assertNothingLeft(b);
+    });
+  });
+
+  describe('inodes', () => {
+    it('keeps a free-inode reserve on the image filesystem', async function () {
+      const b = await start(`[images]\nmin_free_inodes_percent = 100\nmin_free_inodes = ${Number.MAX_SAFE_INTEGER}\n`);
+      const fsStat = statfsSync(b.root);
+      if (fsStat.files === 0) this.skip(); // no inode limit there (btrfs): no reserve to keep
+      const e = await grpcError(b.image.PullImage({ image: { image: image.ref } }));
+      assert.equal(e.code, status.RESOURCE_EXHAUSTED, e.details);
+      assert.match(
+        e.details,
+        new RegExp(
+          `the image filesystem has \\d+ free inodes left for unpacking, less than the free-inode reserve of ${fsStat.files} \\(the smaller of images\\.min_free_inodes`,
+        ),
+      );
       await assertNothingLeft(b);
     });
   });
