@@ -526,6 +526,9 @@ describe('images: hostile layers', () => {
       // A real unpack makes the same comparison for every entry.
       await unpack(raw);
       assert.deepEqual(fs.readdirSync(work).sort(), ['a', 'b']);
+    });
+  });
+
   describe('paths that make inodes of their own', () => {
     /** Unpacks `raw` with these limits, expecting ResourceExhausted naming the layer and `pattern`. */
     async function exhausted(raw: Buffer, limits: { maxEntries?: number; maxBytes?: number }, pattern: RegExp): Promise<void> {
