@@ -96,7 +96,9 @@ export class ContainerIo {
     } finally {
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
-      await rm(pidFile, { force: true });
+      // The command has exited and nothing reads the pid file any more: removed without
+      // holding the answer back (RemoveContainer removes the dir it is in in any case).
+      void rm(pidFile, { force: true }).catch(() => undefined);
     }
   }
 

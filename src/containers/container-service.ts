@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../common/atomic-file.js';
+import { stageFile } from '../common/atomic-file.js';
 import { nowNs } from '../common/clock.js';
 import { recordTimeline, timelineSoFar } from '../common/timeline.js';
 import { traced } from '../common/trace-points.js';
@@ -285,11 +285,16 @@ export class ContainerService {
       });
       for (const w of warnings) this.o.log.warn('container spec adjusted', { container: id, warning: w });
       for (const w of hostWarnings) warnOnce(this.o.log, w, { container: id });
+      // config.json is written while the mount runs, under a temp name, and comes last,
+      // whole (by rename): should berthd die before, the start pipe's end of file releases
+      // conmon on a bundle without one, and `runc create` fails. No fsync: it matters only
+      // while the container can exist, and a power cut ends that (the runtime's state is on
+      // tmpfs); a kill -9 leaves it whole, as the page cache survives.
+      const staged = stageFile(join(bundle, 'config.json'), JSON.stringify(spec), 0o600, { sync: false });
+      staged.catch(() => undefined);
       this.o.repo.updateFacts(id, () => specFacts(spec as unknown as Record<string, unknown>));
-      await mounted;
-      // config.json comes last, whole (by rename): should berthd die before, the start pipe's
-      // end of file releases conmon on a bundle without one, and `runc create` fails.
-      await writeFileAtomic(join(bundle, 'config.json'), JSON.stringify(spec), 0o600);
+      const [, config] = await Promise.all([mounted, staged]);
+      await config.commit();
       bundleDone();
       const handle = await shimCreated;
       this.o.repo.update(id, () => ({ state: 'created', pid: handle.pid, shimPid: handle.shimPid }));

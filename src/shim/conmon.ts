@@ -79,6 +79,8 @@ export class ConmonShim implements Shim {
   private readonly log: Logger | undefined;
 
   private readonly dirs: ShimDirs;
+  /** {@link sharedDirs}, by runtime root. */
+  private readonly madeDirs = new Map<string, Promise<void>>();
 
   constructor(private readonly opts: ConmonShimOptions) {
     this.conmonPath = opts.conmonPath ?? '/usr/bin/conmon';
@@ -89,6 +91,25 @@ export class ConmonShim implements Shim {
   /** The container's own dir: conmon's pid files, its second exit file, the OOM marker. */
   private persistDir(id: string): string {
     return join(this.dirs.persistRoot, id);
+  }
+
+  /**
+   * The dirs every create needs (exit files, persist dirs, attach links, the runtime's
+   * root), made once: a create then waits for no mkdir of them. A failed attempt is
+   * forgotten, so the next create tries again.
+   */
+  private sharedDirs(runtimeRoot: string): Promise<void> {
+    let made = this.madeDirs.get(runtimeRoot);
+    if (!made) {
+      const { exitDir, persistRoot, socketDir } = this.dirs;
+      made = Promise.all([
+        ...[exitDir, persistRoot, socketDir].map((d) => mkdir(d, { recursive: true, mode: 0o700 })),
+        mkdir(runtimeRoot, { recursive: true }),
+      ]).then(() => undefined);
+      made.catch(() => this.madeDirs.delete(runtimeRoot));
+      this.madeDirs.set(runtimeRoot, made);
+    }
+    return made;
   }
 
   /** conmon's command line for `o` (exported through the class for tests and logs). */
@@ -158,37 +179,43 @@ export class ConmonShim implements Shim {
     );
     bundleReady.catch(() => undefined);
     try {
-      await Promise.all([exitDir, this.dirs.persistRoot, socketDir].map((d) => mkdir(d, { recursive: true, mode: 0o700 })));
-      await Promise.all([
-        mkdir(o.runtime.root, { recursive: true }),
-        // The log directory is the caller's (kubelet's): one that cannot be made (a file is
-        // in the way, say) is the request's problem, not berth's.
-        mkdir(dirname(o.logPath), { recursive: true }).catch((err: unknown) => {
-          throw new BerthError('FailedPrecondition', `cannot make the directory of the log file ${o.logPath}: ${messageOf(err)}`, { cause: err });
-        }),
+      await this.sharedDirs(o.runtime.root);
+      // One round on the pool: the log dir, the claim of the id, and the state of its files.
+      const [logDirMade, claimed, logExisted] = await Promise.allSettled([
+        mkdir(dirname(o.logPath), { recursive: true }),
+        // The id is claimed by making its persist dir, exclusively: the undo below force-deletes
+        // the id in the runtime, which must never reach a container made by someone else (the
+        // dir stays until removeFiles, i.e. after the runtime's delete). No `runc state` here:
+        // it costs a process per create.
+        mkdir(persistDir),
+        exists(o.logPath),
       ]);
-      // The id is claimed by making its persist dir, exclusively: the undo below force-deletes
-      // the id in the runtime, which must never reach a container made by someone else (the
-      // dir stays until removeFiles, i.e. after the runtime's delete). No `runc state` here:
-      // it costs a process per create.
-      try {
-        await mkdir(persistDir);
-      } catch (err) {
+      if (claimed.status === 'rejected') {
+        const err = claimed.reason as unknown;
         if (errnoOf(err) === 'EEXIST') throw new BerthError('AlreadyExists', `container ${o.id} already exists (${persistDir} is there)`);
         throw err;
       }
-      // A reused id must not look exited already.
-      const [logExisted] = await Promise.all([exists(o.logPath), rm(join(exitDir, o.id), { force: true })]);
+      // A reused id must not look exited already: cleared (only once the id is ours) while
+      // conmon starts, and awaited before it is released.
+      const exitCleared = rm(join(exitDir, o.id), { force: true });
+      exitCleared.catch(() => undefined);
 
       // Undo steps, newest first on failure: files, then runtime state, then conmon.
       undo.defer(async () => {
         const files = [join(persistDir, 'pidfile'), join(persistDir, 'conmon.pid'), join(persistDir, 'exit'), join(exitDir, o.id)];
         files.push(...BUNDLE_FILES.map((f) => join(o.bundle, f)));
-        if (!logExisted) files.push(o.logPath);
+        if (logExisted.status === 'fulfilled' && !logExisted.value) files.push(o.logPath);
         await Promise.all(files.map((f) => rm(f, { force: true })));
         await rm(persistDir, { recursive: true, force: true });
         await removeSocketLink(socketDir, o.id, o.bundle);
       });
+      // The log directory is the caller's (kubelet's): one that cannot be made (a file is
+      // in the way, say) is the request's problem, not berth's.
+      if (logDirMade.status === 'rejected') {
+        const err = logDirMade.reason as unknown;
+        throw new BerthError('FailedPrecondition', `cannot make the directory of the log file ${o.logPath}: ${messageOf(err)}`, { cause: err });
+      }
+      if (logExisted.status === 'rejected') throw logExisted.reason;
       let runtimeRan = false;
       undo.defer(() => (runtimeRan ? o.runtime.delete(o.id, true) : undefined));
 
@@ -255,9 +282,14 @@ export class ConmonShim implements Shim {
           `conmon failed (exit ${early.code ?? early.signal}): ${Buffer.concat(stderr).toString('utf8').trim() || 'no message'}`,
         );
       }
+      await exitCleared;
       runtimeRan = true;
       startStream.write('0');
 
+      // conmon's first process writes the pid file and exits as soon as it has forked, long
+      // before the runtime's create ends: read while the create runs.
+      const pidRead = childExit.then((st) => (st.code === 0 ? readPid(join(persistDir, 'conmon.pid')) : undefined));
+      pidRead.catch(() => undefined);
       const [exit, sync] = await traced('berth:shim.runtime-create', { containerId: o.id }, () => abortable(Promise.all([childExit, syncLine]), signal));
       const conmonStderr = Buffer.concat(stderr).toString('utf8').trim();
       const msg = parseSync(sync);
@@ -270,7 +302,7 @@ export class ConmonShim implements Shim {
       if (exit.code !== 0) {
         throw new BerthError('Internal', `conmon failed (exit ${exit.code ?? exit.signal}): ${conmonStderr || 'no message'}`);
       }
-      shimPid = await readPid(join(persistDir, 'conmon.pid'));
+      shimPid = await pidRead;
       if (msg === undefined) {
         throw new BerthError('Internal', `conmon exited before reporting the container${conmonStderr ? `: ${conmonStderr}` : ''}`);
       }
