@@ -48,6 +48,12 @@
  *   an arena of its own and keeps the pages a burst (a pull) filled there; malloc_trim(0)
  *   hands the free pages of every arena back to the kernel after such a burst.
  *
+ * - sealedCopy: a copy of a file (the OCI runtime's binary) in a memfd sealed against any
+ *   change. runc (and crun) copy themselves into such a memfd at every `create` and `exec`
+ *   before entering the container (CVE-2019-5736: the container must not reach the host's
+ *   binary through /proc/self/exe), unless /proc/self/exe already is a fully sealed memfd;
+ *   run from this copy they skip that copy and a second exec of themselves.
+ *
  * Errors are thrown (or rejected) as Error objects with `code` (e.g. "ENOENT"), `errno`
  * and `syscall`, like Node's own.
  */
@@ -71,7 +77,10 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -1118,6 +1127,56 @@ static napi_value js_datagram_bind(napi_env env, napi_callback_info info) {
   return v;
 }
 
+/* ---- sealedCopy(path) -> fd: the file copied into a memfd sealed against writes, growth, shrinking and new seals ---- */
+
+static napi_value js_sealed_copy(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value args[1];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
+  if (argc < 1) {
+    napi_throw_type_error(env, NULL, "berth_sys.sealedCopy(path)");
+    return NULL;
+  }
+  char *path = get_string(env, args[0], "path");
+  if (!path) return NULL;
+  napi_value ret = NULL;
+  int mfd = -1, src = open(path, O_RDONLY | O_CLOEXEC);
+  if (src < 0) {
+    throw_errno(env, errno, "open", path);
+    goto out;
+  }
+  struct stat st;
+  if (fstat(src, &st) != 0) {
+    throw_errno(env, errno, "fstat", path);
+    goto out;
+  }
+  mfd = memfd_create("berth-runtime", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (mfd < 0) {
+    throw_errno(env, errno, "memfd_create", path);
+    goto out;
+  }
+  off_t done = 0;
+  while (done < st.st_size) {
+    ssize_t n = sendfile(mfd, src, &done, (size_t)(st.st_size - done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      throw_errno(env, n < 0 ? errno : EIO, "sendfile", path);
+      goto out;
+    }
+  }
+  if (fcntl(mfd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) != 0) {
+    throw_errno(env, errno, "fcntl", "F_ADD_SEALS");
+    goto out;
+  }
+  napi_create_int32(env, mfd, &ret);
+  mfd = -1;
+out:
+  if (mfd >= 0) close(mfd);
+  if (src >= 0) close(src);
+  free(path);
+  return ret;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"pipe", NULL, js_pipe, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -1133,6 +1192,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"notifySocket", NULL, js_notify_socket, NULL, NULL, NULL, napi_enumerable, NULL},
       {"datagramBind", NULL, js_datagram_bind, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mallocTrim", NULL, js_malloc_trim, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"sealedCopy", NULL, js_sealed_copy, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

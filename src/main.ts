@@ -428,7 +428,7 @@ async function runDaemon(loaded: LoadedConfig, load: () => LoadedConfig): Promis
 /** One OCI runtime per configured handler, each with its state root under berth's state dir. */
 function ociRuntimes(config: BerthConfig, log: Logger): OciRuntimes {
   const runtimes = Object.entries(config.runtimes).map(
-    ([handler, rt]) => new OciRuntime({ handler, path: rt.path, root: runtimeStateRoot(config.state, handler), log }),
+    ([handler, rt]) => new OciRuntime({ handler, path: rt.path, root: runtimeStateRoot(config.state, handler), log, sealedCopy: true }),
   );
   return new OciRuntimes(runtimes, config.default_runtime);
 }

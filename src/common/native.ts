@@ -44,6 +44,8 @@ export interface NativeSys {
   datagramBind(path: string): number;
   /** malloc_trim(0): returns the free pages of every arena to the kernel; true if any went. */
   mallocTrim(): boolean;
+  /** A copy of the file at `path` in a memfd sealed against any change (close-on-exec); its descriptor. */
+  sealedCopy(path: string): number;
 }
 
 /** Where the build leaves the addon, from dist/src/common (or any dist-* build) up to the repository. */

@@ -13,6 +13,7 @@ import type { Logger } from '../common/logger.js';
 import { execProcess } from '../common/process.js';
 import { traced } from '../common/trace-points.js';
 import { runtimeFailure } from './runtime-errors.js';
+import { SealedBinary } from './sealed-binary.js';
 
 export interface OciRuntimeOptions {
   /** The handler's name (the CRI runtime_handler, e.g. "runc"). */
@@ -24,6 +25,11 @@ export interface OciRuntimeOptions {
   /** Bound on one command (start, kill, state, delete, update). Default 30 s. */
   timeoutMs?: number;
   log?: Logger;
+  /**
+   * Run the binary from a sealed in-memory copy (sealed-binary.ts), which spares the
+   * runtime its own copy at every create and exec. berthd sets it; default off.
+   */
+  sealedCopy?: boolean;
 }
 
 /** The runtime's view of a container (`runc state`). */
@@ -56,6 +62,7 @@ export class OciRuntime {
   readonly root: string;
   private readonly timeoutMs: number;
   private readonly log: Logger | undefined;
+  private readonly sealed: SealedBinary | undefined;
 
   constructor(o: OciRuntimeOptions) {
     this.handler = o.handler;
@@ -63,6 +70,17 @@ export class OciRuntime {
     this.root = o.root;
     this.timeoutMs = o.timeoutMs ?? 30_000;
     this.log = o.log;
+    this.sealed = o.sealedCopy ? new SealedBinary(o.path, o.log) : undefined;
+  }
+
+  /** The path the binary is run by: {@link path}, or its sealed copy's. */
+  private execPath(): string {
+    return this.sealed?.execPath() ?? this.path;
+  }
+
+  /** Closes what the runtime holds (its sealed copy). */
+  close(): void {
+    this.sealed?.close();
   }
 
   /** Runs the user's program of a created container. */
@@ -122,12 +140,12 @@ export class OciRuntime {
    * what it starts can be killed). With `tty` the runtime wants a terminal as its stdio.
    */
   execArgv(id: string, cmd: readonly string[], o: { pidFile: string; tty: boolean }): Argv {
-    return { file: this.path, args: ['--root', this.root, 'exec', '--pid-file', o.pidFile, ...(o.tty ? ['--tty'] : []), id, ...cmd] };
+    return { file: this.execPath(), args: ['--root', this.root, 'exec', '--pid-file', o.pidFile, ...(o.tty ? ['--tty'] : []), id, ...cmd] };
   }
 
   /** How a shim is told to run this runtime: the binary, and the global arguments each of its commands takes. */
   shimArgs(): { path: string; args: string[] } {
-    return { path: this.path, args: [`--root=${this.root}`] };
+    return { path: this.execPath(), args: [`--root=${this.root}`] };
   }
 
   /**
@@ -141,7 +159,7 @@ export class OciRuntime {
     let r;
     try {
       r = await traced('berth:runtime', { handler: this.handler, verb: args[0] ?? '', containerId: id }, () =>
-        execProcess(this.path, argv, { timeoutMs: this.timeoutMs, ...(input !== undefined ? { input, maxBuffer: 64 * 1024 } : {}) }),
+        execProcess(this.execPath(), argv, { timeoutMs: this.timeoutMs, ...(input !== undefined ? { input, maxBuffer: 64 * 1024 } : {}) }),
       );
     } catch (err) {
       throw new BerthError('Internal', `${cmd}: ${messageOf(err)}`, { cause: err });
