@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readFile, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -118,7 +118,9 @@ function conmonsFor(id: string): number[] {
   for (const p of readdirSync('/proc')) {
     if (!/^\d+$/.test(p)) continue;
     try {
-      const argv = execFileSync('cat', [`/proc/${p}/cmdline`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).split('\0');
+      // Read in-process: a `cat` per process made one scan take 10 s on a loaded 2-core
+      // machine, longer than the 5 s the tests wait for conmon to show.
+      const argv = readFileSync(`/proc/${p}/cmdline`, 'utf8').split('\0');
       const i = argv.indexOf('--cid');
       if (i >= 0 && argv[i + 1] === id && argv[0]?.endsWith('conmon')) out.push(Number(p));
     } catch {
