@@ -16,6 +16,7 @@ import { nowNs } from '../common/clock.js';
 import { recordTimeline, timelineSoFar } from '../common/timeline.js';
 import { traced } from '../common/trace-points.js';
 import { DisposableStack } from '../common/disposable.js';
+import { settleAll } from '../common/settle-all.js';
 import { findByIdOrPrefix } from '../common/id-prefix.js';
 import { KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, messageOf } from '../common/errors.js';
@@ -106,7 +107,11 @@ export class ContainerService {
       snapshot: (sandboxId) => ({ sandbox: o.sandboxes.find(sandboxId), containers: o.repo.ofSandbox(sandboxId).filter((c) => c.state !== 'creating') }),
       queueSize: o.config.events.subscriber_queue_size,
     });
-    this.exits = new ExitMonitor({ repo: o.repo, shim: o.shim, runtimeOf, locks: this.locks, bundleOf, log: o.log, events: this.events });
+    const retire = async (c: ContainerRecord): Promise<void> => {
+      await runtimeOf(c).delete(c.id, true);
+      await this.rootfs.unmount(this.paths(c.id).rootfs);
+    };
+    this.exits = new ExitMonitor({ repo: o.repo, shim: o.shim, runtimeOf, locks: this.locks, bundleOf, log: o.log, events: this.events, retire });
     this.io = new ContainerIo({
       repo: o.repo,
       shim: o.shim,
@@ -392,14 +397,28 @@ export class ContainerService {
       this.o.repo.update(c.id, () => ({ state: 'removing' }));
       const rt = this.runtimeOf(c);
       const { bundle, rootfs } = this.paths(c.id);
-      await rt.delete(c.id, true);
-      await this.rootfs.unmount(rootfs);
-      // Idmapped and image-volume mounts; the image volumes' use rows go with the container's row.
-      await releasePreparedMounts(this.preparedDir(c.id));
-      await this.o.images.removeContainerLayer(c.id);
-      await this.o.shim.removeFiles({ id: c.id, bundle });
+      // Retired at its exit (ExitMonitor.retire): no runtime record and no rootfs mount left.
+      const retired = c.state === 'exited' && this.exits.retired(c.id);
+      const layer = async (): Promise<void> => {
+        if (!retired) await this.rootfs.unmount(rootfs);
+        // Idmapped and image-volume mounts; the image volumes' use rows go with the container's row.
+        await releasePreparedMounts(this.preparedDir(c.id));
+        await this.o.images.removeContainerLayer(c.id);
+      };
+      if (c.state === 'exited') {
+        // Its processes are gone (or, in a shared PID namespace, left to the runtime's
+        // delete to kill): the runtime's delete, a process spawn and the longest step, runs
+        // beside the unmounts, the writable layer's removal and the shim's files.
+        await settleAll([retired ? undefined : rt.delete(c.id, true), layer(), this.o.shim.removeFiles({ id: c.id, bundle })]);
+      } else {
+        // Maybe still live (lost shim, an interrupted create): killed and deleted first.
+        await rt.delete(c.id, true);
+        await layer();
+        await this.o.shim.removeFiles({ id: c.id, bundle });
+      }
       await rm(bundle, { recursive: true, force: true });
       this.o.repo.delete(c.id);
+      this.exits.forget(c.id);
       if (announced) this.events.publish('deleted', c);
     });
   }
@@ -431,12 +450,13 @@ export class ContainerService {
 
   /** Stops every container of a pod (StopPodSandbox), lost (`unknown`) ones too, as containerd does. */
   async stopAll(sandboxId: string): Promise<void> {
-    for (const c of this.o.repo.ofSandbox(sandboxId)) if (c.state === 'running' || c.state === 'created' || c.state === 'unknown') await this.stop(c.id, 0);
+    const live = this.o.repo.ofSandbox(sandboxId).filter((c) => c.state === 'running' || c.state === 'created' || c.state === 'unknown');
+    await settleAll(live.map((c) => this.stop(c.id, 0)));
   }
 
-  /** Removes every container of a pod (RemovePodSandbox). */
+  /** Removes every container of a pod (RemovePodSandbox), side by side: each has its own lock and its own things. */
   async removeAll(sandboxId: string): Promise<void> {
-    for (const c of this.o.repo.ofSandbox(sandboxId)) await this.remove(c.id);
+    await settleAll(this.o.repo.ofSandbox(sandboxId).map((c) => this.remove(c.id)));
   }
 
   /**

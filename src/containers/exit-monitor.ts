@@ -31,6 +31,8 @@ export interface ExitMonitorOptions {
   log: Logger;
   /** Where stops are published. */
   events: ContainerEvents;
+  /** Frees what an exited container no longer needs before its removal (see {@link ExitMonitor.retire}). */
+  retire(c: ContainerRecord): Promise<void>;
 }
 
 export class ExitMonitor {
@@ -39,6 +41,8 @@ export class ExitMonitor {
   /** Shims of followed containers, checked together by one timer: aborted when a shim is gone. */
   private readonly shims = new Map<string, { pid: number | null; gone: AbortController }>();
   private shimCheck: NodeJS.Timeout | undefined;
+  /** Exited containers already retired (see {@link retire}); forgotten at removal or restart. */
+  private readonly retiredIds = new Set<string>();
 
   constructor(private readonly o: ExitMonitorOptions) {}
 
@@ -192,6 +196,40 @@ export class ExitMonitor {
     // An `unknown` container's stop was published when it was found stopped.
     if (cur.state !== 'unknown') this.o.events.publish('stopped', cur);
     this.o.log.info('container exited', { container: id, exit_code: code, reason });
+    this.retire(id);
+  }
+
+  /**
+   * Once a container has exited, what only a live container needs goes: the runtime's
+   * record of it (its state, its cgroup, and any process left in a shared PID namespace:
+   * runc's delete kills those), then its rootfs mount. In the background and under the
+   * container's lock, as containerd deletes the task when it exits: RemoveContainer then
+   * has no runtime process and no overlay unmount (a sync of the upper filesystem) to
+   * wait for. Nothing becomes untracked: the row stays until RemoveContainer, which does
+   * both again (each idempotent) when this did not happen, failed, or was cut off.
+   */
+  private retire(id: string): void {
+    this.o.locks
+      .run(id, async () => {
+        const c = this.o.repo.get(id);
+        if (c?.state !== 'exited' || this.lifetime.signal.aborted) return;
+        await this.o.retire(c);
+        this.retiredIds.add(id);
+      })
+      .catch((err: unknown) => {
+        if (!this.lifetime.signal.aborted)
+          this.o.log.warn('retiring an exited container failed; RemoveContainer finishes it', { container: id, error: messageOf(err) });
+      });
+  }
+
+  /** Whether an exited container was retired since berthd started (RemoveContainer need not do it again). */
+  retired(id: string): boolean {
+    return this.retiredIds.has(id);
+  }
+
+  /** Forgets a removed container. */
+  forget(id: string): void {
+    this.retiredIds.delete(id);
   }
 
   /** The exit code once the shim records it within `ms`; undefined when it does not. Rethrows `outer`'s reason on abort. */

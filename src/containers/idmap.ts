@@ -241,6 +241,14 @@ export async function ensureTraversable(paths: readonly string[], own: readonly 
 export async function releasePreparedMounts(dir: string): Promise<void> {
   const prefix = `${dir}/`;
   try {
+    // Most containers have no prepared mounts: without the dir, nothing can be mounted in
+    // it (a dir holding a mount point cannot be removed), so mountinfo need not be read.
+    try {
+      await lstat(dir);
+    } catch (err) {
+      if (errnoOf(err) === 'ENOENT') return;
+      throw err;
+    }
     for (let round = 0; round < 8; round++) {
       const points = readFileSync('/proc/self/mountinfo', 'utf8')
         .split('\n')

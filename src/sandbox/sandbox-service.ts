@@ -14,6 +14,7 @@ import { chmodSync, mkdirSync, readFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DisposableStack } from '../common/disposable.js';
+import { settleAll } from '../common/settle-all.js';
 import { nowNs } from '../common/clock.js';
 import { recordTimeline, timelineSoFar } from '../common/timeline.js';
 import { traced } from '../common/trace-points.js';
@@ -325,33 +326,44 @@ export class SandboxService {
       const rec = this.o.repo.get(found.id);
       if (!rec || rec.state === 'removing') return;
       // A NOTREADY pod may still hold what an earlier release could not free.
-      if (rec.state === 'notready' && rec.network === null && rec.nsDir === null) return;
+      if (released(rec)) return;
       if (rec.state === 'creating') return; // its creation (holding the lock) failed and rolled back
       // CRI: StopPodSandbox stops every container of the pod (forcibly: kubelet has
-      // already asked them to stop gracefully).
-      await this.o.containers.stopAll(rec.id);
-      await this.release(rec, signal);
+      // already asked them to stop gracefully), while the network is released.
+      await this.release(rec, signal, () => this.o.containers.stopAll(rec.id));
       this.o.repo.update(rec.id, () => ({ state: 'notready', network: null, nsDir: null, ips: [] }));
       this.o.log.info('pod sandbox stopped', { sandbox: rec.id });
     });
   }
 
-  /** The infra process (killing what is left in the PID namespace), network DEL, then namespaces and shm: each step tolerant of what is already gone. */
-  private async release(rec: SandboxRecord, signal?: AbortSignal): Promise<void> {
-    const hostNet = rec.facts.namespaces.network === 'NODE';
-    if (sharesPid(rec)) await this.infra.remove(rec.id, join(this.podRoot, rec.id, 'infra'), this.o.runtimes.get(rec.runtimeHandler));
-    if (!hostNet && rec.nsDir !== null) {
-      const netPin = join(rec.nsDir, 'net');
-      const stored = rec.network as unknown as StoredNetwork | null;
-      // Only a recorded intent means ADD may have run; DEL runs the chain it recorded.
-      if (stored) {
-        const net = this.host.network(stored.list, this.o.config.cni.bin_dirs, { timeoutMs: this.o.config.sandbox.cni_timeout_seconds * 1000 });
-        // DEL must run even when the netns is gone: host-local frees the IP by container id.
-        await net.del(this.cniRuntime(rec, this.host.isPinned(netPin) ? netPin : '', rec.facts.portMappings), stored.result ?? undefined, signal);
-      }
-    }
+  /**
+   * Releases what the pod holds, each step tolerant of what is already gone. Two strands
+   * run side by side: the processes (`stopContainers`, then the infra process, which kills
+   * what is left in the PID namespace) and the network's DEL. Neither needs the other: the
+   * processes do not need the pod network to die, and DEL needs only the pinned netns,
+   * which stays until both are done. Then shm and the namespaces go. Every step of both
+   * strands is attempted even when one fails; the first failure is thrown.
+   */
+  private async release(rec: SandboxRecord, signal?: AbortSignal, stopContainers?: () => Promise<void>): Promise<void> {
+    const processes = async (): Promise<void> => {
+      await stopContainers?.();
+      if (sharesPid(rec)) await this.infra.remove(rec.id, join(this.podRoot, rec.id, 'infra'), this.o.runtimes.get(rec.runtimeHandler));
+    };
+    await settleAll([processes(), this.delNetwork(rec, signal)]);
     await this.host.unmountShm(join(this.podRoot, rec.id, 'shm'));
     if (rec.nsDir !== null) await this.host.removeNamespaces(rec.nsDir);
+  }
+
+  /** CNI DEL of the chain the pod's ADD recorded, with its result; nothing when no ADD may have run. */
+  private async delNetwork(rec: SandboxRecord, signal?: AbortSignal): Promise<void> {
+    const hostNet = rec.facts.namespaces.network === 'NODE';
+    const stored = rec.network as unknown as StoredNetwork | null;
+    // Only a recorded intent means ADD may have run; DEL runs the chain it recorded.
+    if (hostNet || rec.nsDir === null || !stored) return;
+    const netPin = join(rec.nsDir, 'net');
+    const net = this.host.network(stored.list, this.o.config.cni.bin_dirs, { timeoutMs: this.o.config.sandbox.cni_timeout_seconds * 1000 });
+    // DEL must run even when the netns is gone: host-local frees the IP by container id.
+    await net.del(this.cniRuntime(rec, this.host.isPinned(netPin) ? netPin : '', rec.facts.portMappings), stored.result ?? undefined, signal);
   }
 
   /** Stops the pod if needed and removes everything of it; idempotent. */
@@ -361,10 +373,11 @@ export class SandboxService {
     await this.locked(found.id, async () => {
       const rec = this.o.repo.get(found.id);
       if (!rec) return;
-      await this.o.containers.removeAll(rec.id);
-      if (rec.state !== 'removing') await this.release(rec, signal);
-      this.o.repo.update(rec.id, () => ({ state: 'removing' }));
-      await rm(join(this.podRoot, rec.id), { recursive: true, force: true });
+      // `removing` means released; so does a pod StopPodSandbox finished (the usual case).
+      if (rec.state !== 'removing' && !released(rec)) await this.release(rec, signal, () => this.o.containers.removeAll(rec.id));
+      if (rec.state !== 'removing') this.o.repo.update(rec.id, () => ({ state: 'removing' }));
+      // Nothing of a released pod is in use: its containers and its dir go side by side.
+      await settleAll([this.o.containers.removeAll(rec.id), rm(join(this.podRoot, rec.id), { recursive: true, force: true })]);
       if (rec.nsDir !== null) await this.host.removeNamespaces(rec.nsDir);
       this.o.repo.delete(rec.id);
       this.o.log.info('pod sandbox removed', { sandbox: rec.id });
@@ -484,6 +497,11 @@ export class SandboxService {
       this.o.log.info('pod sandbox resources recorded', { sandbox: rec.id });
     });
   }
+}
+
+/** Whether a StopPodSandbox (or recovery) released everything the pod held: NOTREADY with no network or namespaces left to free. */
+function released(rec: SandboxRecord): boolean {
+  return rec.state === 'notready' && rec.network === null && rec.nsDir === null;
 }
 
 /** Whether the pod shares one PID namespace (and so has an infra process). */
