@@ -17,8 +17,8 @@ import { criApi } from '../cri/proto.js';
 
 const USAGE = `Usage: berthd explain pod|container <id> [--socket PATH] [--config FILE]
 
-Prints the startup timeline of a pod (RunPodSandbox) or a container (CreateContainer,
-StartContainer) as the running berthd recorded it, with the slowest step marked.
+Prints the timeline of a pod (RunPodSandbox, StopPodSandbox) or a container
+(CreateContainer, StartContainer) as the running berthd recorded it, with the slowest step marked.
 <id> may be a unique prefix. The socket is --socket, else the configuration's.
 `;
 

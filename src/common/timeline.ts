@@ -1,8 +1,8 @@
 /**
- * The startup timeline of pods and containers: when each step of RunPodSandbox,
- * CreateContainer and StartContainer began and how long it took, so that "why is this
- * pod slow to start?" has an answer in the pod's own status (verbose info `timeline`,
- * `berthd explain`).
+ * The timeline of pods and containers: when each step of RunPodSandbox, CreateContainer,
+ * StartContainer and StopPodSandbox began and how long it took, so that "why is this pod
+ * slow to start (or to stop)?" has an answer in the pod's own status (verbose info
+ * `timeline`, `berthd explain`).
  *
  * The steps are the trace points (trace-points.ts), the same ones metrics count and
  * tracing turns into spans: the timeline is one more subscriber. It knows which pod or
@@ -28,7 +28,7 @@ import { tracePoint, type TracePointName, type TracePoints } from './trace-point
 export interface TimelineStep {
   /** What was done, e.g. "namespaces", "cni bridge ADD", "runtime start". */
   step: string;
-  /** The RPC it was done for: RunPodSandbox, CreateContainer or StartContainer. */
+  /** The RPC it was done for: RunPodSandbox, CreateContainer, StartContainer or StopPodSandbox. */
   rpc: string;
   /** When it began: RFC 3339, UTC, nanosecond digits. */
   start: string;

@@ -57,8 +57,8 @@ export interface PodFacts {
   overhead: PodResources | null;
   resources: PodResources | null;
   /**
-   * The steps of RunPodSandbox and their times (common/timeline.ts), at most 64; absent
-   * before the pod is ready and in pods made by a berthd without timelines. Optional, so
+   * The steps of RunPodSandbox, then of StopPodSandbox, and their times (common/timeline.ts),
+   * at most 64; absent before the pod is ready and in pods made by a berthd without timelines. Optional, so
    * version 1 documents without it stay valid ones.
    */
   timeline?: TimelineStep[];

@@ -318,22 +318,33 @@ export class SandboxService {
     }
   }
 
-  /** Releases the pod's network, namespaces and shm; idempotent. Unknown ids succeed (CRI). */
+  /**
+   * Releases the pod's network, namespaces and shm; idempotent. Unknown ids succeed (CRI).
+   * Its steps are kept with the pod's timeline, after RunPodSandbox's.
+   */
   async stop(idOrPrefix: string, signal?: AbortSignal): Promise<void> {
     const found = this.find(idOrPrefix);
     if (!found) return;
-    await this.locked(found.id, async () => {
-      const rec = this.o.repo.get(found.id);
-      if (!rec || rec.state === 'removing') return;
-      // A NOTREADY pod may still hold what an earlier release could not free.
-      if (released(rec)) return;
-      if (rec.state === 'creating') return; // its creation (holding the lock) failed and rolled back
-      // CRI: StopPodSandbox stops every container of the pod (forcibly: kubelet has
-      // already asked them to stop gracefully), while the network is released.
-      await this.release(rec, signal, () => this.o.containers.stopAll(rec.id));
-      this.o.repo.update(rec.id, () => ({ state: 'notready', network: null, nsDir: null, ips: [] }));
-      this.o.log.info('pod sandbox stopped', { sandbox: rec.id });
-    });
+    await this.locked(found.id, () => recordTimeline('StopPodSandbox', () => this.stopLocked(found.id, signal)));
+  }
+
+  private async stopLocked(id: string, signal?: AbortSignal): Promise<void> {
+    const rec = this.o.repo.get(id);
+    if (!rec || rec.state === 'removing') return;
+    // A NOTREADY pod may still hold what an earlier release could not free.
+    if (released(rec)) return;
+    if (rec.state === 'creating') return; // its creation (holding the lock) failed and rolled back
+    // CRI: StopPodSandbox stops every container of the pod (forcibly: kubelet has
+    // already asked them to stop gracefully), while the network is released.
+    await this.release(rec, signal, () => this.o.containers.stopAll(rec.id));
+    this.o.repo.update(rec.id, (cur) => ({
+      state: 'notready',
+      network: null,
+      nsDir: null,
+      ips: [],
+      facts: { ...cur.facts, timeline: timelineSoFar(cur.facts.timeline) },
+    }));
+    this.o.log.info('pod sandbox stopped', { sandbox: rec.id });
   }
 
   /**

@@ -165,6 +165,25 @@ describe('pod startup timeline', function () {
     assert.deepEqual(timelineOf((await again.runtime.PodSandboxStatus({ pod_sandbox_id: pod, verbose: true })).info), podSteps);
     assert.deepEqual(timelineOf((await again.runtime.ContainerStatus({ container_id: id, verbose: true })).info), steps);
     assert.deepEqual((await again.runtime.PodSandboxStatus({ pod_sandbox_id: pod, verbose: false })).info, {}, 'only verbose status carries it');
+
+    // StopPodSandbox's steps follow RunPodSandbox's: the kill of the running container and
+    // the network's DEL side by side (DEL begins before the kill is over), then shm and pins.
+    await again.runtime.StopPodSandbox({ pod_sandbox_id: pod });
+    const all = timelineOf((await again.runtime.PodSandboxStatus({ pod_sandbox_id: pod, verbose: true })).info);
+    assert.deepEqual(all.slice(0, podSteps.length), podSteps, 'RunPodSandbox’s steps are kept');
+    const stopSteps = all.slice(podSteps.length);
+    assert.ok(stopSteps.length > 0 && stopSteps.every((s) => s.rpc === 'StopPodSandbox'), JSON.stringify(stopSteps));
+    assert.deepEqual([stopSteps[0]!.step, stopSteps[0]!.depth], ['StopPodSandbox', 0]);
+    const stopNames = stopSteps.map((s) => s.step);
+    for (const want of ['runtime kill', 'cni bridge DEL', 'umount shm', 'umount net']) {
+      assert.ok(stopNames.includes(want), `StopPodSandbox's steps name "${want}": ${stopNames.join(', ')}`);
+    }
+    const endNs = (s: TimelineStep): bigint => epochNs(s.start) + BigInt(Math.round(s.duration_ms * 1e6));
+    const kill = stopSteps.find((s) => s.step === 'runtime kill')!;
+    const del = stopSteps.find((s) => s.step === 'cni bridge DEL')!;
+    assert.ok(epochNs(del.start) < endNs(kill), `CNI DEL (from ${del.start}) runs beside the kill (${kill.start}, ${kill.duration_ms} ms)`);
+    const unmountNet = stopSteps.find((s) => s.step === 'umount net')!;
+    assert.ok(epochNs(unmountNet.start) >= endNs(del) && epochNs(unmountNet.start) >= endNs(kill), 'the netns goes after both');
   });
 
   it('berthd explain pod|container prints the steps as a table with the slowest marked; an unknown id is NOT_FOUND, exit 1', async () => {

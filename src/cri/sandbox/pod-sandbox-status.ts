@@ -24,7 +24,7 @@ export function criPodSandboxStatus(rec: SandboxRecord): PodSandboxStatus {
 /**
  * PodSandboxStatus: NOT_FOUND for an unknown id; `verbose` adds berth's own view in
  * info["info"], with the recorded overhead and resources and the config as kubelet sent it,
- * and the pod's startup timeline in info["timeline"]: a JSON array of
+ * and the pod's timeline (RunPodSandbox, then StopPodSandbox) in info["timeline"]: a JSON array of
  * `{step, rpc, start, duration_ms, depth}` (common/timeline.ts).
  */
 export const podSandboxStatus =
