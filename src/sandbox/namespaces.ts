@@ -38,6 +38,7 @@ import { dirname, join, resolve } from 'node:path';
 import { throwIfAborted } from '../common/abort.js';
 import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/errors.js';
 import { DisposableStack } from '../common/disposable.js';
+import { settleAll } from '../common/settle-all.js';
 import { canonicalPath, isMountPoint, mount, mountPoints, MNT, MS, umount } from '../common/mount.js';
 import { runHostTool } from '../common/process.js';
 
@@ -75,32 +76,31 @@ export function isPinned(path: string): boolean {
   }
 }
 
-/** Unmounts (MNT_DETACH) everything stacked on the given paths, one umount2 per path and round. */
+/**
+ * Unmounts (MNT_DETACH) everything stacked on the given paths, the paths side by side:
+ * each is unmounted until the kernel answers that it is no mount point (EINVAL) or is
+ * missing (ENOENT). UMOUNT_NOFOLLOW: never through a symlink, which would detach its
+ * target (a symlink is no mount point: EINVAL). mountinfo, a synchronous read that grows
+ * with every mount on the node, is read once, at the end, to confirm: EINVAL is also the
+ * answer for a mount the caller may not unmount.
+ */
 async function detachAll(paths: string[], what: string): Promise<void> {
-  for (let round = 0; round < MAX_UNMOUNTS; round++) {
-    // Never unmount through a symlink: it would detach the target. One read of mountinfo per round.
-    const points = new Set(mountPoints());
-    const mounted = paths.filter((p) => !isSymlink(p) && points.has(canonicalPath(p)));
-    if (mounted.length === 0) return;
-    for (const path of mounted) {
+  const detach = async (path: string): Promise<void> => {
+    for (let round = 0; round < MAX_UNMOUNTS; round++) {
       try {
         await umount(path, MNT.DETACH | MNT.NOFOLLOW);
       } catch (err) {
+        const errno = errnoOf(err);
+        if (errno === 'EINVAL' || errno === 'ENOENT') return;
         if (isMountPoint(path)) throw new BerthError('Internal', `${what}: unmounting ${path} failed: ${messageOf(err)}`, { cause: err });
+        return;
       }
     }
-  }
+  };
+  await settleAll(paths.map(detach));
   const points = new Set(mountPoints());
   const left = paths.filter((p) => points.has(canonicalPath(p)));
   if (left.length > 0) throw new BerthError('Internal', `${what}: still mounted after ${MAX_UNMOUNTS} unmounts: ${left.join(' ')}`);
-}
-
-function isSymlink(path: string): boolean {
-  try {
-    return lstatSync(path).isSymbolicLink();
-  } catch {
-    return false;
-  }
 }
 
 /** Removes a file; a missing one is fine. */
@@ -251,7 +251,7 @@ export async function removePinnedNamespaces(dir: string): Promise<void> {
   const paths = PIN_FILES.map((k) => join(dir, k));
   try {
     await detachAll(paths, `pod namespaces in ${dir}`);
-    for (const path of paths) await unlinkIfPresent(path);
+    await settleAll(paths.map(unlinkIfPresent));
     await rmdir(dir);
   } catch (err) {
     if (errnoOf(err) === 'ENOENT') return;

@@ -11,7 +11,7 @@ import { isIP } from 'node:net';
 import { mkdir } from 'node:fs/promises';
 import { writeFileAtomic } from '../common/atomic-file.js';
 import { join } from 'node:path';
-import { BerthError, failedPrecondition, invalidArgument, messageOf } from '../common/errors.js';
+import { BerthError, errnoOf, failedPrecondition, invalidArgument, messageOf } from '../common/errors.js';
 import { isMountPoint, mount, MNT, MS, umount } from '../common/mount.js';
 
 /** The CRI `DNSConfig` of a pod. */
@@ -183,10 +183,14 @@ export async function mountShm(path: string, sizeBytes: number): Promise<void> {
  * the empty directory to whoever removes the sandbox dir.
  */
 export async function unmountShm(path: string): Promise<void> {
-  for (let round = 0; round < 8 && isMountPoint(path); round++) {
+  // Until the kernel answers it is no mount point (EINVAL) or missing (ENOENT); then one
+  // read of mountinfo (synchronous, and longer with every mount on the node) confirms it.
+  for (let round = 0; round < 8; round++) {
     try {
       await umount(path, MNT.DETACH | MNT.NOFOLLOW);
     } catch (err) {
+      const errno = errnoOf(err);
+      if (errno === 'EINVAL' || errno === 'ENOENT') break;
       if (isMountPoint(path)) throw new BerthError('Internal', `pod shm ${path}: unmounting failed: ${messageOf(err)}`, { cause: err });
     }
   }

@@ -361,8 +361,7 @@ export class SandboxService {
       if (sharesPid(rec)) await this.infra.remove(rec.id, join(this.podRoot, rec.id, 'infra'), this.o.runtimes.get(rec.runtimeHandler));
     };
     await settleAll([processes(), this.delNetwork(rec, signal)]);
-    await this.host.unmountShm(join(this.podRoot, rec.id, 'shm'));
-    if (rec.nsDir !== null) await this.host.removeNamespaces(rec.nsDir);
+    await settleAll([this.host.unmountShm(join(this.podRoot, rec.id, 'shm')), rec.nsDir !== null ? this.host.removeNamespaces(rec.nsDir) : undefined]);
   }
 
   /** CNI DEL of the chain the pod's ADD recorded, with its result; nothing when no ADD may have run. */
