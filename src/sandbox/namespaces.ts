@@ -77,30 +77,41 @@ export function isPinned(path: string): boolean {
 }
 
 /**
- * Unmounts (MNT_DETACH) everything stacked on the given paths, the paths side by side:
- * each is unmounted until the kernel answers that it is no mount point (EINVAL) or is
- * missing (ENOENT). UMOUNT_NOFOLLOW: never through a symlink, which would detach its
- * target (a symlink is no mount point: EINVAL). mountinfo, a synchronous read that grows
- * with every mount on the node, is read once, at the end, to confirm: EINVAL is also the
- * answer for a mount the caller may not unmount.
+ * Unmounts (MNT_DETACH) everything stacked on the given paths: each round unmounts, side
+ * by side, the paths that exist (a cheap lstat) or, after the first round, that mountinfo
+ * still lists (stacked pins: only after a crash), then reads mountinfo, a synchronous read
+ * that grows with every mount on the node, once. Never through a symlink, which would
+ * detach its target (UMOUNT_NOFOLLOW, and symlinks are skipped).
  */
 async function detachAll(paths: string[], what: string): Promise<void> {
-  const detach = async (path: string): Promise<void> => {
-    for (let round = 0; round < MAX_UNMOUNTS; round++) {
-      try {
-        await umount(path, MNT.DETACH | MNT.NOFOLLOW);
-      } catch (err) {
-        const errno = errnoOf(err);
-        if (errno === 'EINVAL' || errno === 'ENOENT') return;
-        if (isMountPoint(path)) throw new BerthError('Internal', `${what}: unmounting ${path} failed: ${messageOf(err)}`, { cause: err });
-        return;
-      }
-    }
-  };
-  await settleAll(paths.map(detach));
-  const points = new Set(mountPoints());
-  const left = paths.filter((p) => points.has(canonicalPath(p)));
-  if (left.length > 0) throw new BerthError('Internal', `${what}: still mounted after ${MAX_UNMOUNTS} unmounts: ${left.join(' ')}`);
+  let todo = paths.filter((p) => isPlainEntry(p));
+  for (let round = 0; round < MAX_UNMOUNTS && todo.length > 0; round++) {
+    await settleAll(
+      todo.map(async (path) => {
+        try {
+          await umount(path, MNT.DETACH | MNT.NOFOLLOW);
+        } catch (err) {
+          const errno = errnoOf(err);
+          // EINVAL: no mount point; ENOENT: gone. Anything else counts only if it is still mounted.
+          if (errno !== 'EINVAL' && errno !== 'ENOENT' && isMountPoint(path)) {
+            throw new BerthError('Internal', `${what}: unmounting ${path} failed: ${messageOf(err)}`, { cause: err });
+          }
+        }
+      }),
+    );
+    const points = new Set(mountPoints());
+    todo = todo.filter((p) => isPlainEntry(p) && points.has(canonicalPath(p)));
+  }
+  if (todo.length > 0) throw new BerthError('Internal', `${what}: still mounted after ${MAX_UNMOUNTS} unmounts: ${todo.join(' ')}`);
+}
+
+/** Whether `path` exists and is no symlink. */
+function isPlainEntry(path: string): boolean {
+  try {
+    return !lstatSync(path).isSymbolicLink();
+  } catch {
+    return false;
+  }
 }
 
 /** Removes a file; a missing one is fine. */

@@ -183,16 +183,18 @@ export async function mountShm(path: string, sizeBytes: number): Promise<void> {
  * the empty directory to whoever removes the sandbox dir.
  */
 export async function unmountShm(path: string): Promise<void> {
-  // Until the kernel answers it is no mount point (EINVAL) or missing (ENOENT); then one
-  // read of mountinfo (synchronous, and longer with every mount on the node) confirms it.
+  // Unmounted first, then mountinfo (a synchronous read, longer with every mount on the
+  // node) is read once to confirm; again only while something is stacked there.
   for (let round = 0; round < 8; round++) {
     try {
       await umount(path, MNT.DETACH | MNT.NOFOLLOW);
     } catch (err) {
       const errno = errnoOf(err);
-      if (errno === 'EINVAL' || errno === 'ENOENT') break;
-      if (isMountPoint(path)) throw new BerthError('Internal', `pod shm ${path}: unmounting failed: ${messageOf(err)}`, { cause: err });
+      if (errno !== 'EINVAL' && errno !== 'ENOENT' && isMountPoint(path)) {
+        throw new BerthError('Internal', `pod shm ${path}: unmounting failed: ${messageOf(err)}`, { cause: err });
+      }
     }
+    if (!isMountPoint(path)) return;
   }
-  if (isMountPoint(path)) throw new BerthError('Internal', `pod shm ${path}: still mounted`);
+  throw new BerthError('Internal', `pod shm ${path}: still mounted`);
 }
