@@ -32,10 +32,11 @@
  *   /metrics/cadvisor and /metrics scrape latency, idle CPU and RSS; RSS and per-RPC
  *   latency with tracing off and on (berth only).
  *
+ * - relist (suite-relist.ts): the PLEG relist of N idle pods in isolation (--churn-pods).
  * - lifecycle, churn (and soak): see suite-lifecycle.ts and suite-churn.ts; their figures
  *   are also written to --results DIR (default bench/results: latest.json, .md, .svg).
  *
- * Usage: node dist/hack/bench/main.js [--suite pull,pods,containers,lifecycle,churn,streaming,metrics | --only-pull | --only-pods]
+ * Usage: node dist/hack/bench/main.js [--suite pull,pods,containers,lifecycle,churn,relist,streaming,metrics | --only-pull | --only-pods]
  *          [--runs N] [--layers N] [--layer-mb N] [--pods N] [--containers N] [--execs N]
  *          [--only berth|containerd] [--profile DIR]
  *          [--lifecycle-pods N] [--churn-pods N] [--churn-seconds T] [--soak-minutes N] [--results DIR]
@@ -55,6 +56,7 @@ import { newResults, writeResults } from './results.js';
 import { churnSuite } from './suite-churn.js';
 import { lifecycleSuite } from './suite-lifecycle.js';
 import { metricsSuite } from './suite-metrics.js';
+import { relistSuite } from './suite-relist.js';
 import { streamingSuite } from './suite-streaming.js';
 import type { SuiteContext } from './suite.js';
 
@@ -87,7 +89,7 @@ const { values } = parseArgs({
     results: { type: 'string', default: 'bench/results' },
   },
 });
-const SUITES = ['pull', 'pods', 'containers', 'lifecycle', 'churn', 'streaming', 'metrics'] as const;
+const SUITES = ['pull', 'pods', 'containers', 'lifecycle', 'churn', 'relist', 'streaming', 'metrics'] as const;
 type Suite = (typeof SUITES)[number];
 if (values['only-pull'] && values['only-pods']) throw new Error('--only-pull and --only-pods exclude each other (use --suite pull,pods)');
 const soakMinutes = values['soak-minutes'] === undefined ? undefined : Number(values['soak-minutes']);
@@ -866,6 +868,10 @@ try {
   if (suites.has('pods')) await podsSuite(registry.host);
   if (suites.has('containers') && (suites.has('pull') || suites.has('pods'))) out();
   if (suites.has('containers')) await containersSuite(registry.host);
+  if (suites.has('relist')) {
+    const ctx = { registryHost: registry.host, runBerth, runContainerd, berthNodeArgs, benchNet, pushPauseImage, out };
+    await relistSuite(ctx, { pods: positive('churn-pods'), relists: 50, serial: 200 });
+  }
   if (suites.has('lifecycle') || suites.has('churn')) {
     const ctx = { registryHost: registry.host, runBerth, runContainerd, berthNodeArgs, benchNet, pushPauseImage, out };
     const results = newResults(process.argv.slice(2));
