@@ -46,7 +46,8 @@ export interface WrapEnv {
   observers?: readonly RpcObserver[];
   /**
    * Resolves once what was committed so far is on disk (the store's WalSync): a unary
-   * call answers only after it, so an acknowledged change survives a power cut.
+   * call that may change state answers only after it, so an acknowledged change survives
+   * a power cut. Read-only calls (status, list, stats) do not wait for it.
    */
   durable?: () => Promise<void>;
 }
@@ -66,6 +67,10 @@ function observe(env: WrapEnv, method: string, call: Pick<grpc.ServerUnaryCall<u
 const NO_OBSERVATION: RpcObservation = { run: (fn) => fn(), end: () => undefined };
 
 // Calls kubelet makes every few seconds to observe state; their successes log at debug.
+// None of them commits anything, so none waits for the WAL's fdatasync either: what they
+// report is committed (a later change's answer waits for the sync), and under a churn a
+// PLEG relist of every pod and container would otherwise queue behind the other calls'
+// syncs on the libuv pool.
 const READ_ONLY = /^(Version|Status|RuntimeConfig|List.*|Stream.*|.*Status|.*Stats|ImageFsInfo|GetContainerEvents)$/;
 
 type AnyUnary = UnaryHandler<unknown, unknown>;
@@ -150,12 +155,13 @@ function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined):
       return;
     }
     const { ctx, done } = makeContext(env, method, call);
+    const durable = READ_ONLY.test(method) ? undefined : env.durable;
     obs
       .run(() =>
         Promise.resolve()
           .then(() => handler!(call.request, ctx))
           .then(async (res) => {
-            await env.durable?.();
+            await durable?.();
             return res;
           }),
       )

@@ -27,10 +27,10 @@ describe('cri: the RPC wrapper', () => {
   let logLines: string[];
 
   /** Serves the RuntimeService through the real wrapper with the given handlers. */
-  async function serve(handlers: Record<string, Handler>, observers: RpcObserver[] = []): Promise<CriClients> {
+  async function serve(handlers: Record<string, Handler>, observers: RpcObserver[] = [], durable?: () => Promise<void>): Promise<CriClients> {
     const log = createLogger('debug', (l) => logLines.push(l));
     server = new grpc.Server();
-    const svc = wrapService({ state, log, observers }, criApi().runtime.v1.RuntimeService.service, handlers as never);
+    const svc = wrapService({ state, log, observers, durable }, criApi().runtime.v1.RuntimeService.service, handlers as never);
     server.addService(svc.definition, svc.implementation);
     const socket = join(dir, 's.sock');
     await new Promise<void>((res, rej) => server!.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
@@ -63,6 +63,32 @@ describe('cri: the RPC wrapper', () => {
     assert.match(e.details, /recovering/);
     state.ready();
     assert.equal((await c.runtime.Version({})).runtime_name, 'x');
+  });
+
+  it('answers a change only once it is durable; status and list calls do not wait for that', async () => {
+    let release!: () => void;
+    const synced = new Promise<void>((r) => (release = r));
+    let syncs = 0;
+    const h: Record<string, Handler> = {};
+    h.StopContainer = async () => ({});
+    h.ContainerStatus = async (req) => ({ status: { id: (req as { container_id: string }).container_id }, info: {} });
+    h.ListContainers = async () => ({ containers: [] });
+    const c = await serve(h, [], () => {
+      syncs++;
+      return synced;
+    });
+    state.ready();
+    let stopped = false;
+    const stop = c.runtime.StopContainer({ container_id: 'c1', timeout: 0 }).then(() => (stopped = true));
+    await until(async () => (syncs === 1 ? true : undefined), 5000);
+    // The stop's commit is not on disk yet: reads answer meanwhile, without a sync of their own.
+    assert.equal((await c.runtime.ContainerStatus({ container_id: 'c1' })).status?.id, 'c1');
+    assert.deepEqual((await c.runtime.ListContainers({})).containers, []);
+    assert.equal(stopped, false);
+    assert.equal(syncs, 1);
+    release();
+    await stop;
+    assert.equal(stopped, true);
   });
 
   it('answers UNIMPLEMENTED naming the RPC when there is no handler', async () => {
