@@ -1,7 +1,7 @@
 import type { TimelineStep } from '../common/timeline.js';
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
-import { lazyJsonField } from '../store/lazy-json.js';
+import { ParsedJsonCache, lazyJsonField } from '../store/lazy-json.js';
 import type { CriMount } from './mounts.js';
 import type { SelinuxOptions } from './selinux.js';
 import type { CriLinuxResources } from './spec.js';
@@ -92,6 +92,9 @@ interface Row {
   finished_at: string;
 }
 
+/** The parsed facts of each container, while its row holds the same text. */
+const factsCache = new ParsedJsonCache(parseFacts);
+
 function toRecord(r: Row): ContainerRecord {
   const rec: Omit<ContainerRecord, 'request'> = {
     id: r.id,
@@ -101,7 +104,7 @@ function toRecord(r: Row): ContainerRecord {
     imageId: r.image_id,
     imageRef: r.image_ref,
     state: r.state,
-    facts: parseFacts(r.id, r.facts),
+    facts: factsCache.get(r.id, r.facts),
     logPath: r.log_path,
     pid: r.pid,
     shimPid: r.shim_pid,
@@ -233,5 +236,6 @@ export class ContainerRepository {
 
   delete(id: string): void {
     this.deleteStmt.run(id);
+    factsCache.delete(id);
   }
 }

@@ -138,9 +138,12 @@ export class ContainerService {
     );
   }
 
-  /** The image a container was created from, while it is still present. */
-  imageOf(c: ContainerRecord): ImageRecord | undefined {
-    return this.o.images.find(c.imageId);
+  /**
+   * The names of the image a container was created from (none once it is gone): what its
+   * status reports of it, read without the image's config and layers.
+   */
+  imageNamesOf(c: ContainerRecord): Pick<ImageRecord, 'tags' | 'digests'> {
+    return this.o.images.namesOf(c.imageId);
   }
 
   /**

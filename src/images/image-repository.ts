@@ -125,6 +125,18 @@ export class ImageRepository {
     return row ? this.record(row) : undefined;
   }
 
+  /**
+   * An image's tags and digest names (none when the image is gone): all a container's
+   * status needs of its image, without its config and layers.
+   */
+  names(id: string): Pick<ImageRecord, 'tags' | 'digests'> {
+    const names = this.namesStmt.all(id);
+    return {
+      tags: names.filter((n) => n.kind === 'tag').map((n) => n.name),
+      digests: names.filter((n) => n.kind === 'digest').map((n) => n.name),
+    };
+  }
+
   /** The image a tag or digest name points at. */
   byName(name: string): ImageRecord | undefined {
     const hit = this.byNameStmt.get(name);

@@ -130,6 +130,11 @@ export class ImageService {
     return this.lookup.list();
   }
 
+  /** The tags and digest names of the image `id` (a full image ID); none when it is gone. */
+  namesOf(id: string): Pick<ImageRecord, 'tags' | 'digests'> {
+    return this.o.repo.names(id);
+  }
+
   /**
    * Removes an image and all its names; collects what nothing else uses. Idempotent. An
    * image a container mounts as a volume is refused while that container exists.

@@ -2,7 +2,7 @@ import type { IdMap } from '../common/userns.js';
 import type { TimelineStep } from '../common/timeline.js';
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
-import { lazyJsonField } from '../store/lazy-json.js';
+import { ParsedJsonCache, lazyJsonField } from '../store/lazy-json.js';
 import type { PortMapping } from './cni/protocol.js';
 import type { DnsConfig } from './pod-files.js';
 import { canTransition, type SandboxState } from './state.js';
@@ -102,20 +102,24 @@ interface Row {
   created_at: string;
 }
 
+/** The parsed facts of each pod, while its row holds the same text. */
+const factsCache = new ParsedJsonCache(parseFacts);
+
 function toRecord(r: Row): SandboxRecord {
-  const rec: Omit<SandboxRecord, 'request'> = {
+  const rec: Omit<SandboxRecord, 'request' | 'network'> = {
     id: r.id,
     metadata: { name: r.name, namespace: r.namespace, uid: r.uid, attempt: r.attempt },
     state: r.state,
-    facts: parseFacts(r.id, r.facts),
+    facts: factsCache.get(r.id, r.facts),
     runtimeHandler: r.runtime_handler,
     nsDir: r.ns_dir,
-    network: r.network === null ? null : (JSON.parse(r.network) as Record<string, unknown>),
     ips: JSON.parse(r.ips) as string[],
     acknowledged: r.acknowledged !== 0,
     createdAt: r.created_at,
   };
-  return lazyJsonField<typeof rec, 'request', Record<string, unknown>>(rec, 'request', r.config);
+  // The CNI result is read by teardown and verbose status only: parsed when first read.
+  const withNetwork = lazyJsonField<typeof rec, 'network', Record<string, unknown> | null>(rec, 'network', r.network ?? 'null');
+  return lazyJsonField<typeof withNetwork, 'request', Record<string, unknown>>(withNetwork, 'request', r.config);
 }
 
 function parseFacts(id: string, text: string): PodFacts {
@@ -207,5 +211,6 @@ export class SandboxRepository {
 
   delete(id: string): void {
     this.deleteStmt.run(id);
+    factsCache.delete(id);
   }
 }

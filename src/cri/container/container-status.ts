@@ -11,7 +11,7 @@ import { requireId, toCriContainer, verboseInfo } from './convert.js';
  * since). ContainerStatus answers with it; GetContainerEvents attaches it.
  */
 export function criContainerStatus(svc: ContainerService, c: ContainerRecord): ContainerStatus {
-  const base = toCriContainer(c, svc.imageOf(c));
+  const base = toCriContainer(c, svc.imageNamesOf(c));
   const { resources, user, stopSignal } = c.facts;
   return {
     id: c.id,

@@ -205,7 +205,7 @@ export function filteredContainers(svc: ContainerService, f: ContainerFilter__Ou
   // One image lookup per image, not per container.
   const images = new Map<string, ContainerImageNames | undefined>();
   const imageOf = (c: ContainerRecord): ContainerImageNames | undefined => {
-    if (!images.has(c.imageId)) images.set(c.imageId, svc.imageOf(c));
+    if (!images.has(c.imageId)) images.set(c.imageId, svc.imageNamesOf(c));
     return images.get(c.imageId);
   };
   return recs
