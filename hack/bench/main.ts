@@ -870,7 +870,7 @@ try {
   if (suites.has('containers')) await containersSuite(registry.host);
   if (suites.has('relist')) {
     const ctx = { registryHost: registry.host, runBerth, runContainerd, berthNodeArgs, benchNet, pushPauseImage, out };
-    await relistSuite(ctx, { pods: positive('churn-pods'), relists: 50, serial: 200 });
+    await relistSuite(ctx, { pods: positive('churn-pods'), relists: 100, serial: 500 });
   }
   if (suites.has('lifecycle') || suites.has('churn')) {
     const ctx = { registryHost: registry.host, runBerth, runContainerd, berthNodeArgs, benchNet, pushPauseImage, out };
