@@ -1,7 +1,7 @@
 import type { TimelineStep } from '../common/timeline.js';
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
-import { ParsedJsonCache, lazyJsonField } from '../store/lazy-json.js';
+import { DATA_VERSION_COLUMN, RowDocuments, lazyJsonField } from '../store/lazy-json.js';
 import type { CriMount } from './mounts.js';
 import type { SelinuxOptions } from './selinux.js';
 import type { CriLinuxResources } from './spec.js';
@@ -71,7 +71,9 @@ export interface ContainerRecord {
   finishedAt: string;
 }
 
+/** A row as read: without `config` and `facts`, which are read when wanted (see toRecord). */
 interface Row {
+  data_version: number;
   id: string;
   sandbox_id: string;
   name: string;
@@ -79,8 +81,6 @@ interface Row {
   image_id: string;
   image_ref: string;
   state: ContainerState;
-  config: string;
-  facts: string;
   log_path: string;
   pid: number | null;
   shim_pid: number | null;
@@ -92,10 +92,14 @@ interface Row {
   finished_at: string;
 }
 
-/** The parsed facts of each container, while its row holds the same text. */
-const factsCache = new ParsedJsonCache(parseFacts);
+/** The columns read for a record; `config` (the request) and `facts` are read apart. */
+const COLUMNS = `${DATA_VERSION_COLUMN}, id, sandbox_id, name, attempt, image_id, image_ref, state, log_path, pid, shim_pid, exit_code, reason, message, created_at, started_at, finished_at`;
 
-function toRecord(r: Row): ContainerRecord {
+/**
+ * A record of a row: its facts from `facts` (read and parsed once per change), the request
+ * read from the row when first wanted (`{}` should the row be gone by then).
+ */
+function toRecord(r: Row, facts: ContainerFacts, config: (id: string) => string | undefined): ContainerRecord {
   const rec: Omit<ContainerRecord, 'request'> = {
     id: r.id,
     sandboxId: r.sandbox_id,
@@ -104,7 +108,7 @@ function toRecord(r: Row): ContainerRecord {
     imageId: r.image_id,
     imageRef: r.image_ref,
     state: r.state,
-    facts: factsCache.get(r.id, r.facts),
+    facts,
     logPath: r.log_path,
     pid: r.pid,
     shimPid: r.shim_pid,
@@ -115,7 +119,7 @@ function toRecord(r: Row): ContainerRecord {
     startedAt: r.started_at,
     finishedAt: r.finished_at,
   };
-  return lazyJsonField<typeof rec, 'request', Record<string, unknown>>(rec, 'request', r.config);
+  return lazyJsonField<typeof rec, 'request', Record<string, unknown>>(rec, 'request', () => config(r.id) ?? '{}');
 }
 
 export type ContainerChange = Partial<Pick<ContainerRecord, 'state' | 'pid' | 'shimPid' | 'exitCode' | 'reason' | 'message' | 'startedAt' | 'finishedAt'>>;
@@ -131,12 +135,18 @@ export class ContainerRepository {
   private readonly deleteStmt;
   private readonly updateStmt;
   private readonly updateFactsStmt;
+  private readonly facts: RowDocuments<ContainerFacts>;
+  private readonly config: (id: string) => string | undefined;
 
   constructor(private readonly db: Db) {
-    this.getStmt = db.prepare<[string], Row>('SELECT * FROM containers WHERE id = ?');
-    this.allStmt = db.prepare<[], Row>('SELECT * FROM containers ORDER BY created_at');
-    this.bySandboxStmt = db.prepare<[string], Row>('SELECT * FROM containers WHERE sandbox_id = ? ORDER BY created_at');
-    this.byNameStmt = db.prepare<[string, string, number], Row>('SELECT * FROM containers WHERE sandbox_id = ? AND name = ? AND attempt = ?');
+    this.getStmt = db.prepare<[string], Row>(`SELECT ${COLUMNS} FROM containers WHERE id = ?`);
+    this.allStmt = db.prepare<[], Row>(`SELECT ${COLUMNS} FROM containers ORDER BY created_at`);
+    this.bySandboxStmt = db.prepare<[string], Row>(`SELECT ${COLUMNS} FROM containers WHERE sandbox_id = ? ORDER BY created_at`);
+    this.byNameStmt = db.prepare<[string, string, number], Row>(`SELECT ${COLUMNS} FROM containers WHERE sandbox_id = ? AND name = ? AND attempt = ?`);
+    const factsStmt = db.prepare<[string], string>('SELECT facts FROM containers WHERE id = ?').pluck();
+    this.facts = new RowDocuments((id) => factsStmt.get(id), parseFacts);
+    const configStmt = db.prepare<[string], string>('SELECT config FROM containers WHERE id = ?').pluck();
+    this.config = (id) => configStmt.get(id);
     this.prefixStmt = db.prepare<[string], { id: string }>("SELECT id FROM containers WHERE id LIKE ? ESCAPE '\\'");
     this.insertStmt = db.prepare<[string, string, string, number, string, string, string, string, string, string]>(
       "INSERT INTO containers (id, sandbox_id, name, attempt, image_id, image_ref, state, config, facts, log_path, created_at) VALUES (?, ?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?)",
@@ -148,9 +158,19 @@ export class ContainerRepository {
     );
   }
 
+  /** The record of a row read (undefined when its facts are gone: deleted in between). */
+  private record(r: Row | undefined): ContainerRecord | undefined {
+    if (r === undefined) return undefined;
+    const facts = this.facts.get(r.id, r.data_version);
+    return facts === undefined ? undefined : toRecord(r, facts, this.config);
+  }
+
+  private records(rows: Row[]): ContainerRecord[] {
+    return rows.map((r) => this.record(r)).filter((c): c is ContainerRecord => c !== undefined);
+  }
+
   get(id: string): ContainerRecord | undefined {
-    const r = this.getStmt.get(id);
-    return r ? toRecord(r) : undefined;
+    return this.record(this.getStmt.get(id));
   }
 
   idsWithPrefix(prefix: string): string[] {
@@ -158,16 +178,15 @@ export class ContainerRepository {
   }
 
   byName(sandboxId: string, name: string, attempt: number): ContainerRecord | undefined {
-    const r = this.byNameStmt.get(sandboxId, name, attempt);
-    return r ? toRecord(r) : undefined;
+    return this.record(this.byNameStmt.get(sandboxId, name, attempt));
   }
 
   list(): ContainerRecord[] {
-    return this.allStmt.all().map(toRecord);
+    return this.records(this.allStmt.all());
   }
 
   ofSandbox(sandboxId: string): ContainerRecord[] {
-    return this.bySandboxStmt.all(sandboxId).map(toRecord);
+    return this.records(this.bySandboxStmt.all(sandboxId));
   }
 
   insert(c: {
@@ -182,6 +201,7 @@ export class ContainerRepository {
     logPath: string;
     createdAt: string;
   }): void {
+    this.facts.forget(c.id);
     this.insertStmt.run(
       c.id,
       c.sandboxId,
@@ -229,13 +249,14 @@ export class ContainerRepository {
       const cur = this.get(id);
       if (!cur) throw new Error(`container ${id} vanished`);
       const facts: ContainerFacts = { ...cur.facts, ...fn(cur.facts) };
+      this.facts.forget(id);
       this.updateFactsStmt.run(JSON.stringify(facts), id);
       return { ...cur, facts };
     })();
   }
 
   delete(id: string): void {
+    this.facts.forget(id);
     this.deleteStmt.run(id);
-    factsCache.delete(id);
   }
 }

@@ -2,7 +2,7 @@ import type { IdMap } from '../common/userns.js';
 import type { TimelineStep } from '../common/timeline.js';
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
-import { ParsedJsonCache, lazyJsonField } from '../store/lazy-json.js';
+import { DATA_VERSION_COLUMN, RowDocuments, lazyJsonField } from '../store/lazy-json.js';
 import type { PortMapping } from './cni/protocol.js';
 import type { DnsConfig } from './pod-files.js';
 import { canTransition, type SandboxState } from './state.js';
@@ -85,41 +85,47 @@ export interface SandboxRecord {
   createdAt: string;
 }
 
+/** A row as read: without `config`, `facts` and `network`, which are read when wanted (see toRecord). */
 interface Row {
+  data_version: number;
   id: string;
   name: string;
   namespace: string;
   uid: string;
   attempt: number;
   state: SandboxState;
-  config: string;
-  facts: string;
   runtime_handler: string;
   ns_dir: string | null;
-  network: string | null;
   ips: string;
   acknowledged: number;
   created_at: string;
 }
 
-/** The parsed facts of each pod, while its row holds the same text. */
-const factsCache = new ParsedJsonCache(parseFacts);
+/** The columns read for a record; `config` (the request), `facts` and `network` are read apart. */
+const COLUMNS = `${DATA_VERSION_COLUMN}, id, name, namespace, uid, attempt, state, runtime_handler, ns_dir, ips, acknowledged, created_at`;
 
-function toRecord(r: Row): SandboxRecord {
+/** What toRecord reads from the row apart, when first wanted (undefined should the row be gone by then). */
+interface RowReads {
+  config(id: string): string | undefined;
+  network(id: string): string | null | undefined;
+}
+
+/** A record of a row: its facts from `facts` (read and parsed once per change); the request and CNI result read when first wanted. */
+function toRecord(r: Row, facts: PodFacts, reads: RowReads): SandboxRecord {
   const rec: Omit<SandboxRecord, 'request' | 'network'> = {
     id: r.id,
     metadata: { name: r.name, namespace: r.namespace, uid: r.uid, attempt: r.attempt },
     state: r.state,
-    facts: factsCache.get(r.id, r.facts),
+    facts,
     runtimeHandler: r.runtime_handler,
     nsDir: r.ns_dir,
     ips: JSON.parse(r.ips) as string[],
     acknowledged: r.acknowledged !== 0,
     createdAt: r.created_at,
   };
-  // The CNI result is read by teardown and verbose status only: parsed when first read.
-  const withNetwork = lazyJsonField<typeof rec, 'network', Record<string, unknown> | null>(rec, 'network', r.network ?? 'null');
-  return lazyJsonField<typeof withNetwork, 'request', Record<string, unknown>>(withNetwork, 'request', r.config);
+  // The CNI result is read by teardown and verbose status only.
+  const withNetwork = lazyJsonField<typeof rec, 'network', Record<string, unknown> | null>(rec, 'network', () => reads.network(r.id) ?? 'null');
+  return lazyJsonField<typeof withNetwork, 'request', Record<string, unknown>>(withNetwork, 'request', () => reads.config(r.id) ?? '{}');
 }
 
 function parseFacts(id: string, text: string): PodFacts {
@@ -137,11 +143,20 @@ export class SandboxRepository {
   private readonly deleteStmt;
   private readonly prefixStmt;
   private readonly updateStmt;
+  private readonly facts: RowDocuments<PodFacts>;
+  private readonly reads: RowReads;
 
   constructor(private readonly db: Db) {
-    this.getStmt = db.prepare<[string], Row>('SELECT * FROM sandboxes WHERE id = ?');
-    this.byMetaStmt = db.prepare<[string, string, string, number], Row>('SELECT * FROM sandboxes WHERE name = ? AND namespace = ? AND uid = ? AND attempt = ?');
-    this.allStmt = db.prepare<[], Row>('SELECT * FROM sandboxes ORDER BY created_at');
+    this.getStmt = db.prepare<[string], Row>(`SELECT ${COLUMNS} FROM sandboxes WHERE id = ?`);
+    this.byMetaStmt = db.prepare<[string, string, string, number], Row>(
+      `SELECT ${COLUMNS} FROM sandboxes WHERE name = ? AND namespace = ? AND uid = ? AND attempt = ?`,
+    );
+    this.allStmt = db.prepare<[], Row>(`SELECT ${COLUMNS} FROM sandboxes ORDER BY created_at`);
+    const factsStmt = db.prepare<[string], string>('SELECT facts FROM sandboxes WHERE id = ?').pluck();
+    this.facts = new RowDocuments((id) => factsStmt.get(id), parseFacts);
+    const configStmt = db.prepare<[string], string>('SELECT config FROM sandboxes WHERE id = ?').pluck();
+    const networkStmt = db.prepare<[string], string | null>('SELECT network FROM sandboxes WHERE id = ?').pluck();
+    this.reads = { config: (id) => configStmt.get(id), network: (id) => networkStmt.get(id) };
     this.prefixStmt = db.prepare<[string], { id: string }>("SELECT id FROM sandboxes WHERE id LIKE ? ESCAPE '\\'");
     this.insertStmt = db.prepare<[string, string, string, string, number, string, string, string, string]>(
       "INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, facts, runtime_handler, created_at) VALUES (?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?)",
@@ -152,14 +167,19 @@ export class SandboxRepository {
     );
   }
 
+  /** The record of a row read (undefined when its facts are gone: deleted in between). */
+  private record(r: Row | undefined): SandboxRecord | undefined {
+    if (r === undefined) return undefined;
+    const facts = this.facts.get(r.id, r.data_version);
+    return facts === undefined ? undefined : toRecord(r, facts, this.reads);
+  }
+
   get(id: string): SandboxRecord | undefined {
-    const r = this.getStmt.get(id);
-    return r ? toRecord(r) : undefined;
+    return this.record(this.getStmt.get(id));
   }
 
   byMetadata(m: SandboxMetadata): SandboxRecord | undefined {
-    const r = this.byMetaStmt.get(m.name, m.namespace, m.uid, m.attempt);
-    return r ? toRecord(r) : undefined;
+    return this.record(this.byMetaStmt.get(m.name, m.namespace, m.uid, m.attempt));
   }
 
   /** Ids starting with `prefix` (crictl and users pass short ids). */
@@ -168,11 +188,15 @@ export class SandboxRepository {
   }
 
   list(): SandboxRecord[] {
-    return this.allStmt.all().map(toRecord);
+    return this.allStmt
+      .all()
+      .map((r) => this.record(r))
+      .filter((r): r is SandboxRecord => r !== undefined);
   }
 
   /** Records the intent to create a sandbox (state `creating`), with its facts and the request as sent. */
   insert(id: string, m: SandboxMetadata, facts: PodFacts, request: Record<string, unknown>, runtimeHandler: string, createdAt: string): void {
+    this.facts.forget(id);
     this.insertStmt.run(id, m.name, m.namespace, m.uid, m.attempt, JSON.stringify(request), JSON.stringify(facts), runtimeHandler, createdAt);
   }
 
@@ -195,6 +219,7 @@ export class SandboxRepository {
           throw new Error(`sandbox ${id}: illegal transition ${cur.state} -> ${ch.state}`);
         }
         const next = { ...cur, ...ch };
+        if (ch.facts !== undefined) this.facts.forget(id);
         this.updateStmt.run(
           next.state,
           next.nsDir,
@@ -210,7 +235,7 @@ export class SandboxRepository {
   }
 
   delete(id: string): void {
+    this.facts.forget(id);
     this.deleteStmt.run(id);
-    factsCache.delete(id);
   }
 }

@@ -2,9 +2,10 @@
  * A record field holding a JSON document that most readers never look at (the request as
  * kubelet sent it: only verbose status, checkpoints and recovery read it), parsed on
  * first read instead of on every row read. The status and list RPCs kubelet's PLEG makes
- * every second for every pod and container read rows without it.
+ * every second for every pod and container read rows without it. `text` is the document,
+ * or a function that reads it (from its row) when first wanted.
  */
-export function lazyJsonField<T extends object, K extends string, V>(obj: T, key: K, text: string): T & Record<K, V> {
+export function lazyJsonField<T extends object, K extends string, V>(obj: T, key: K, text: string | (() => string)): T & Record<K, V> {
   let value: V | undefined;
   let parsed = false;
   return Object.defineProperty(obj, key, {
@@ -12,7 +13,7 @@ export function lazyJsonField<T extends object, K extends string, V>(obj: T, key
     configurable: true,
     get(): V {
       if (!parsed) {
-        value = JSON.parse(text) as V;
+        value = JSON.parse(typeof text === 'string' ? text : text()) as V;
         parsed = true;
       }
       return value!;
@@ -34,33 +35,56 @@ function deepFreeze<T>(v: T): T {
 }
 
 /**
- * Parsed JSON documents of rows, by row id, reused while the row holds the same text: the
- * status and list RPCs that kubelet's PLEG makes every second for every pod and container
- * read the same facts again and again, and parsing them was most of such a call's work.
- * The text is compared on every read, so a row changed by anyone (another process, a
- * migration) is parsed afresh. The documents are shared between the records handed out,
- * so they are frozen: a change is a new document written through the repository.
+ * The column a repository adds to the rows it reads for {@link RowDocuments}: the
+ * connection's `PRAGMA data_version`, read in the same statement (so in the same read
+ * transaction, and without a statement of its own: in WAL mode each one takes the
+ * shared-memory read lock).
  */
-export class ParsedJsonCache<V> {
-  private readonly byId = new Map<string, { text: string; value: V }>();
+export const DATA_VERSION_COLUMN = '(SELECT data_version FROM pragma_data_version) AS data_version';
+
+/**
+ * A JSON document of each row of a table (a container's or pod's facts), read from the
+ * database and parsed once, then kept: the status and list RPCs that kubelet's PLEG makes
+ * every second for every pod and container would otherwise read and parse the same
+ * kilobytes again and again (most of such a call's work, and of the garbage it leaves).
+ *
+ * It stays true because the owning repository, through which this connection writes the
+ * column, calls {@link forget} for each row it writes or deletes, and because a commit of
+ * any other connection (a `berthd doctor --repair`) changes `PRAGMA data_version`, read
+ * with each row ({@link DATA_VERSION_COLUMN}), which empties the cache. The documents are
+ * shared between the records handed out, so they are frozen: a change is a new document
+ * written through the repository.
+ */
+export class RowDocuments<V> {
+  private readonly byId = new Map<string, V>();
+  private version: number | undefined;
 
   constructor(
+    /** The document's text, read from its row; undefined when there is no such row. */
+    private readonly read: (id: string) => string | undefined,
     private readonly parse: (id: string, text: string) => V,
-    /** Entries kept at most; all are dropped when it is reached (rows deleted behind the repository's back). */
+    /** Documents kept at most; all are dropped when it is reached. */
     private readonly max = 4096,
   ) {}
 
-  get(id: string, text: string): V {
+  /** The document of the row `id`, read with `dataVersion` ({@link DATA_VERSION_COLUMN}); undefined when the row is gone. */
+  get(id: string, dataVersion: number): V | undefined {
+    if (dataVersion !== this.version) {
+      this.byId.clear();
+      this.version = dataVersion;
+    }
     const hit = this.byId.get(id);
-    if (hit !== undefined && hit.text === text) return hit.value;
+    if (hit !== undefined) return hit;
+    const text = this.read(id);
+    if (text === undefined) return undefined;
     const value = deepFreeze(this.parse(id, text));
-    if (hit === undefined && this.byId.size >= this.max) this.byId.clear();
-    this.byId.set(id, { text, value });
+    if (this.byId.size >= this.max) this.byId.clear();
+    this.byId.set(id, value);
     return value;
   }
 
-  /** Forgets a deleted row's document. */
-  delete(id: string): void {
+  /** A write of this connection changed or deleted the row (called inside the write's transaction). */
+  forget(id: string): void {
     this.byId.delete(id);
   }
 }

@@ -1,57 +1,112 @@
-/** The parsed-document cache the repositories read facts through, and the lazily parsed request field. */
+/** The row documents the repositories read facts through, and the lazily read request field. */
+import Database from 'better-sqlite3';
 import assert from 'node:assert/strict';
-import { ParsedJsonCache, lazyJsonField } from '../../../src/store/lazy-json.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DATA_VERSION_COLUMN, RowDocuments, lazyJsonField } from '../../../src/store/lazy-json.js';
 
-describe('store: parsed JSON documents', () => {
-  it('parses a row once while its text stays the same, and afresh when it changes', () => {
-    let parses = 0;
-    const cache = new ParsedJsonCache((_id, text) => {
-      parses++;
-      return JSON.parse(text) as { n: number; list: number[] };
-    });
-    const a = cache.get('c1', '{"n":1,"list":[1]}');
-    assert.equal(cache.get('c1', '{"n":1,"list":[1]}'), a);
-    assert.equal(parses, 1);
-    const b = cache.get('c1', '{"n":2,"list":[1]}');
-    assert.equal(b.n, 2);
-    assert.equal(parses, 2);
-    // Another row with the same text is a document of its own.
-    assert.notEqual(cache.get('c2', '{"n":2,"list":[1]}'), b);
-    cache.delete('c1');
-    cache.get('c1', '{"n":2,"list":[1]}');
-    assert.equal(parses, 4);
+describe('store: row documents', () => {
+  let dir: string;
+  let db: Database.Database;
+  let other: Database.Database;
+  let reads: number;
+  let docs: RowDocuments<{ n: number; list: number[] }>;
+  const write = (d: Database.Database, id: string, text: string): void => void d.prepare('INSERT OR REPLACE INTO t (id, doc) VALUES (?, ?)').run(id, text);
+  /** PRAGMA data_version, as a repository reads it with its rows. */
+  const version = (): number => db.prepare(`SELECT ${DATA_VERSION_COLUMN}`).pluck().get() as number;
+  const get = (d: RowDocuments<unknown>, id: string): unknown => d.get(id, version());
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'berth-rowdocs-'));
+    db = new Database(join(dir, 'db'));
+    db.pragma('journal_mode = WAL');
+    db.exec('CREATE TABLE t (id TEXT PRIMARY KEY, doc TEXT NOT NULL)');
+    other = new Database(join(dir, 'db'));
+    reads = 0;
+    const stmt = db.prepare<[string], string>('SELECT doc FROM t WHERE id = ?').pluck();
+    docs = new RowDocuments(
+      (id) => {
+        reads++;
+        return stmt.get(id);
+      },
+      (_id, text) => JSON.parse(text) as { n: number; list: number[] },
+    );
+  });
+
+  afterEach(() => {
+    other.close();
+    db.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('reads and parses a row once, again after this connection forgets it, and answers undefined for no row', () => {
+    write(db, 'c1', '{"n":1,"list":[1]}');
+    const a = get(docs, 'c1') as { n: number; list: number[] } | undefined;
+    assert.deepEqual(a, { n: 1, list: [1] });
+    assert.equal(get(docs, 'c1') as { n: number; list: number[] } | undefined, a);
+    assert.equal(reads, 1);
+    write(db, 'c1', '{"n":2,"list":[1]}');
+    docs.forget('c1');
+    assert.equal((get(docs, 'c1') as { n: number; list: number[] } | undefined)?.n, 2);
+    assert.equal(reads, 2);
+    assert.equal(get(docs, 'nope') as { n: number; list: number[] } | undefined, undefined);
+  });
+
+  it("reads afresh after another connection's commit (data_version)", () => {
+    write(db, 'c1', '{"n":1,"list":[1]}');
+    assert.equal((get(docs, 'c1') as { n: number; list: number[] } | undefined)?.n, 1);
+    write(other, 'c1', '{"n":3,"list":[]}');
+    assert.equal((get(docs, 'c1') as { n: number; list: number[] } | undefined)?.n, 3);
+    other.prepare('DELETE FROM t WHERE id = ?').run('c1');
+    assert.equal(get(docs, 'c1') as { n: number; list: number[] } | undefined, undefined);
   });
 
   it('hands out frozen documents: a change cannot leak into the next reader', () => {
-    const cache = new ParsedJsonCache((_id, text) => JSON.parse(text) as { labels: Record<string, string>; list: number[] });
-    const f = cache.get('c1', '{"labels":{"a":"1"},"list":[1,2]}');
+    write(db, 'c1', '{"n":1,"list":[1,2]}');
+    const f = (get(docs, 'c1') as { n: number; list: number[] } | undefined)!;
     assert.throws(() => {
-      (f.labels as Record<string, string>).a = '2';
+      (f as { n: number }).n = 5;
     }, TypeError);
     assert.throws(() => f.list.push(3), TypeError);
-    assert.deepEqual(cache.get('c1', '{"labels":{"a":"1"},"list":[1,2]}'), { labels: { a: '1' }, list: [1, 2] });
+    assert.deepEqual(get(docs, 'c1') as { n: number; list: number[] } | undefined, { n: 1, list: [1, 2] });
   });
 
   it('drops every entry when it holds its maximum, and still answers', () => {
-    let parses = 0;
-    const cache = new ParsedJsonCache((_id, text) => {
-      parses++;
-      return JSON.parse(text) as number;
-    }, 2);
-    cache.get('a', '1');
-    cache.get('b', '2');
-    cache.get('c', '3');
-    assert.equal(cache.get('c', '3'), 3);
-    assert.equal(parses, 3);
-    assert.equal(cache.get('a', '1'), 1);
-    assert.equal(parses, 4);
+    const stmt = db.prepare<[string], string>('SELECT doc FROM t WHERE id = ?').pluck();
+    const small = new RowDocuments(
+      (id) => (reads++, stmt.get(id)),
+      (_id, text) => JSON.parse(text) as number,
+      2,
+    );
+    for (const [id, n] of [
+      ['a', 1],
+      ['b', 2],
+      ['c', 3],
+    ] as const)
+      write(db, id, String(n));
+    get(small, 'a');
+    get(small, 'b');
+    get(small, 'c');
+    assert.equal(get(small, 'c'), 3);
+    assert.equal(reads, 3);
+    assert.equal(get(small, 'a'), 1);
+    assert.equal(reads, 4);
   });
+});
 
+describe('store: lazy JSON fields', () => {
   it('parses a lazy field on first read only, and takes a value set before', () => {
     const rec = lazyJsonField<{ id: string }, 'request', { x: number }>({ id: 'p' }, 'request', '{"x":1}');
     assert.deepEqual({ ...rec }, { id: 'p', request: { x: 1 } });
     const bad = lazyJsonField<{ id: string }, 'request', unknown>({ id: 'q' }, 'request', 'not json');
     bad.request = { y: 2 };
     assert.deepEqual(bad.request, { y: 2 });
+    let loads = 0;
+    const loaded = lazyJsonField<{ id: string }, 'request', { z: number }>({ id: 'r' }, 'request', () => (loads++, '{"z":3}'));
+    assert.equal(loads, 0);
+    assert.equal(loaded.request.z, 3);
+    assert.equal(loaded.request.z, 3);
+    assert.equal(loads, 1);
   });
 });
