@@ -170,12 +170,18 @@ export function shimAlive(pid: number | null, id: string): boolean {
     knownShims.delete(pid);
     return false;
   }
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  if (fields[0] === 'Z' || fields[0] === 'X') {
+  // The state (field 3) and the start time (field 22), found without splitting all 52
+  // fields: the exit monitor asks this of every running container's shim every 2 s.
+  const from = stat.lastIndexOf(')') + 2;
+  const state = stat[from];
+  if (state === 'Z' || state === 'X') {
     knownShims.delete(pid);
     return false;
   }
-  const start = fields[22 - 3] ?? '';
+  let at = from;
+  for (let field = 3; field < 22 && at >= 0; field++) at = stat.indexOf(' ', at + 1);
+  const end = at < 0 ? -1 : stat.indexOf(' ', at + 1);
+  const start = at < 0 ? '' : stat.slice(at + 1, end < 0 ? undefined : end);
   const known = knownShims.get(pid);
   if (known?.id === id && known.start === start && start !== '') return true;
   let ours: boolean;

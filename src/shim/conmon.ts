@@ -390,7 +390,9 @@ export class ConmonShim implements Shim {
       signal?.addEventListener('abort', poke, { once: true });
       for (;;) {
         poked = false;
-        const code = await this.exitCode(id);
+        // Mostly the file is not there yet: one stat of a tmpfs file then, where an open that
+        // fails made an error object with its stack for every running container each round.
+        const code = existsSync(join(exitDir, id)) ? await this.exitCode(id) : undefined;
         if (code !== undefined) return code;
         signal?.throwIfAborted();
         if (poked) continue;
