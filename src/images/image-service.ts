@@ -5,9 +5,10 @@
  * 1. resolve the reference at the first endpoint that has it (mirrors, then the registry);
  * 2. walk down indexes to this node's platform (bounded depth), checking every digest;
  * 3. fetch the config; its diff IDs give each layer's chain ID;
- * 4. download the layers in parallel (images.max_concurrent_downloads), unpack each on
- *    a worker thread as soon as its blob is verified, in parallel, and commit their
- *    snapshots bottom-up once each layer's diff ID has been checked;
+ * 4. download the layers in parallel (images.max_concurrent_downloads), each unpacked on
+ *    a worker thread as it arrives (the worker also hashes the blob and writes it to the
+ *    content store), and commit their snapshots bottom-up once each layer's blob digest
+ *    and diff ID have been checked;
  * 5. store manifests and config, then record the image and its names in one
  *    transaction: until that commit nothing of the pull is listed.
  *
@@ -27,7 +28,7 @@ import type { Logger } from '../common/logger.js';
 import { traced } from '../common/trace-points.js';
 import type { ImagesConfig, RegistryConfig } from '../config/schema.js';
 import { ContainerLayers } from './container-layers.js';
-import type { ContentStore } from './content/content-store.js';
+import type { BlobSinkFactory, ContentStore } from './content/content-store.js';
 import { ImageLookup } from './image-lookup.js';
 import type { ImageRecord, ImageRepository } from './image-repository.js';
 import { ImageStores } from './image-stores.js';
@@ -363,8 +364,9 @@ export class ImageService {
   /**
    * Makes one layer's committed snapshot (and its blob) exist. Shared by chain ID, so
    * concurrent pulls of images with common layers do each layer once. The blob is
-   * downloaded into the content store (which checks its digest), unpacked from there on a
-   * worker (which checks the diff ID), and committed once its parent is.
+   * downloaded into the content store (which checks its digest) and unpacked on a worker
+   * as it arrives (the diff ID checked at its end); the snapshot is committed once the
+   * blob is verified and stored, and its parent committed.
    */
   private layerTask(
     t: {
@@ -382,39 +384,51 @@ export class ImageService {
   ): Joined<void> {
     const content = this.o.content;
     const run = async (signal: AbortSignal): Promise<void> => {
-      const fetch = (): Promise<void> => {
-        if (content.has(t.layer.digest)) return Promise.resolve();
-        const step = { image: t.image, digest: t.layer.digest, bytes: 0 };
-        return traced('berth:image.fetch', step, () =>
-          content.ensure(
-            t.layer,
-            () => t.open(signal),
-            signal,
-            (n) => (step.bytes += n),
-          ),
-        );
-      };
       if (this.o.snapshots.committed(t.chainId)) {
-        await t.limiter.run(fetch);
+        await t.limiter.run(() => this.fetchLayer(t, signal));
         return;
       }
-      await t.limiter.run(fetch);
+      // The layer's own byte limit, and the shared limits granted as its unpack goes; settled
+      // however the unpack ends.
       const allowance = t.limits.forLayer(t.layer.digest, t.layer.size);
+      const unpack = {
+        diffId: t.diffId,
+        layer: t.layer.digest,
+        compression: t.layer.compression,
+        maxBytes: allowance.maxBytes,
+        ...(allowance.limitText ? { limitText: allowance.limitText } : {}),
+        maxLayerBytes: this.o.images.max_layer_bytes,
+        grant: allowance.grant,
+        signal,
+      };
       let prepared: PreparedSnapshot;
       try {
-        prepared = await traced('berth:image.unpack', { image: t.image, digest: t.layer.digest }, () =>
-          this.o.snapshots.extract({
-            diffId: t.diffId,
-            layer: t.layer.digest,
-            compression: t.layer.compression,
-            blobPath: content.path(t.layer.digest),
-            maxBytes: allowance.maxBytes,
-            ...(allowance.limitText ? { limitText: allowance.limitText } : {}),
-            maxLayerBytes: this.o.images.max_layer_bytes,
-            grant: allowance.grant,
-            signal,
-          }),
-        );
+        // The layer unpacks while it downloads (on a worker that also hashes and writes the
+        // blob); when the blob is already stored, or another download of it is under way,
+        // it unpacks from the stored blob.
+        let streamed: Promise<PreparedSnapshot> | undefined;
+        await t.limiter.run(async () => {
+          if (content.has(t.layer.digest)) return;
+          await this.fetchLayer(t, signal, async (tmp, alg) => {
+            const x = await this.o.snapshots.extractStream({ ...unpack, blobTmp: tmp, alg });
+            streamed = traced('berth:image.unpack', { image: t.image, digest: t.layer.digest }, () => x.prepared);
+            streamed.catch(() => undefined);
+            return x.sink;
+          }).catch(async (err: unknown) => {
+            // The unpack stops with the download; its snapshot is thrown away once it settles.
+            await streamed?.then(
+              (p) => this.o.snapshots.discard(p),
+              () => undefined,
+            );
+            throw err;
+          });
+        });
+        prepared =
+          streamed !== undefined
+            ? await streamed
+            : await traced('berth:image.unpack', { image: t.image, digest: t.layer.digest }, () =>
+                this.o.snapshots.extract({ ...unpack, blobPath: content.path(t.layer.digest) }),
+              );
       } catch (err) {
         allowance.settle(); // the failed unpack's snapshot is gone: nothing to count
         throw err;
@@ -429,6 +443,26 @@ export class ImageService {
       }
     };
     return this.work.join(`layer:${t.chainId}`, caller, run);
+  }
+
+  /** Downloads a layer's blob into the content store unless it is there (see ContentStore.ensure). */
+  private fetchLayer(
+    t: { layer: Descriptor; image: string; open: (signal: AbortSignal) => Promise<Readable> },
+    signal: AbortSignal,
+    sink?: BlobSinkFactory,
+  ): Promise<void> {
+    const content = this.o.content;
+    if (content.has(t.layer.digest)) return Promise.resolve();
+    const step = { image: t.image, digest: t.layer.digest, bytes: 0 };
+    return traced('berth:image.fetch', step, () =>
+      content.ensure(
+        t.layer,
+        () => t.open(signal),
+        signal,
+        (n) => (step.bytes += n),
+        sink,
+      ),
+    );
   }
 
   /** Fetches the manifest (or index) the reference names, trying mirrors first. */

@@ -12,7 +12,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream, mkdirSync, readdirSync, renameSync } from 'node:fs';
 import { open, readFile, rename, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Readable, Transform } from 'node:stream';
+import { Readable, Transform, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BerthError, errnoOf, messageOf } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
@@ -61,6 +61,23 @@ function readdirIfPresent(dir: string): string[] {
   }
 }
 
+/**
+ * Takes over writing and hashing a blob being downloaded (a layer's unpack worker, which
+ * reads the same bytes): the store still counts the bytes, checks the digest it is given,
+ * and renames and records the file.
+ */
+export interface BlobSink {
+  /** Takes the blob's bytes in order; finishes once they are all in the file, synced. */
+  readonly writable: Writable;
+  /** The hex digest of the bytes written, with the blob's algorithm (after `writable` finished). */
+  seal(): Promise<string>;
+  /** Settles once the temp file is closed, whatever happened. */
+  readonly closed: Promise<void>;
+}
+
+/** Makes the sink of one download, given its temp file and digest algorithm. */
+export type BlobSinkFactory = (tmp: string, alg: 'sha256' | 'sha512') => Promise<BlobSink>;
+
 export class ContentStore {
   private readonly blobsDir: string;
   private readonly ingestDir: string;
@@ -90,16 +107,26 @@ export class ContentStore {
   /**
    * Makes sure the blob is in the store, downloading it with `open` if it is not. A
    * concurrent call for the same digest waits for the first instead of downloading again.
-   * `onBytes` hears of each chunk this call downloads (pull progress).
+   * `onBytes` hears of each chunk this call downloads (pull progress). `sink`, when given,
+   * writes and hashes the bytes instead of this store (it is called only when this call
+   * downloads).
    */
-  async ensure(desc: BlobDescriptor, openStream: () => Promise<Readable>, signal?: AbortSignal, onBytes?: (n: number) => void): Promise<void> {
+  async ensure(
+    desc: BlobDescriptor,
+    openStream: () => Promise<Readable>,
+    signal?: AbortSignal,
+    onBytes?: (n: number) => void,
+    sink?: BlobSinkFactory,
+  ): Promise<void> {
     if (this.has(desc.digest)) return;
     const running = this.inflight.get(desc.digest);
     if (running) {
       await running;
       return;
     }
-    const p = this.ingest(desc, openStream, signal, onBytes).finally(() => this.inflight.delete(desc.digest));
+    const p = (sink ? this.ingestTo(desc, openStream, sink, signal, onBytes) : this.ingest(desc, openStream, signal, onBytes)).finally(() =>
+      this.inflight.delete(desc.digest),
+    );
     this.inflight.set(desc.digest, p);
     await p;
   }
@@ -137,6 +164,50 @@ export class ContentStore {
     } catch (err) {
       out.destroy();
       if (!out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
+      await rm(tmp, { force: true });
+      if (signal?.aborted) throw signal.reason;
+      throw err;
+    }
+  }
+
+  /** ingest, with the bytes written and hashed by a sink (see BlobSink). */
+  private async ingestTo(
+    desc: BlobDescriptor,
+    openStream: () => Promise<Readable>,
+    makeSink: BlobSinkFactory,
+    signal?: AbortSignal,
+    onBytes?: (n: number) => void,
+  ): Promise<void> {
+    const [alg, hex] = desc.digest.split(':') as [string, string];
+    const tmp = join(this.ingestDir, `${hex}.${randomBytes(6).toString('hex')}`);
+    let bytes = 0;
+    const check = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        bytes += chunk.length;
+        if (bytes > desc.size) {
+          cb(new BerthError('DataLoss', `blob ${desc.digest}: more than its declared ${desc.size} bytes`));
+          return;
+        }
+        onBytes?.(chunk.length);
+        cb(null, chunk);
+      },
+    });
+    let sink: BlobSink | undefined;
+    try {
+      sink = await makeSink(tmp, alg === 'sha512' ? 'sha512' : 'sha256');
+      const src = await openStream();
+      await pipeline(src, check, sink.writable, ...(signal ? [{ signal }] : []));
+      if (bytes !== desc.size) throw new BerthError('DataLoss', `blob ${desc.digest}: got ${bytes} bytes, expected ${desc.size}`);
+      const actual = `${alg}:${await sink.seal()}`;
+      if (actual !== desc.digest) throw new BerthError('DataLoss', `blob ${desc.digest}: content has digest ${actual}`);
+      await rename(tmp, this.path(desc.digest));
+      await fsyncPath(join(this.blobsDir, alg));
+      this.repo.insert(desc.digest, desc.size, desc.mediaType);
+    } catch (err) {
+      if (sink) {
+        sink.writable.destroy();
+        await sink.closed;
+      }
       await rm(tmp, { force: true });
       if (signal?.aborted) throw signal.reason;
       throw err;

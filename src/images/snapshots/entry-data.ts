@@ -131,7 +131,7 @@ export async function writeEntryDataSync(fd: number, data: EntryStream): Promise
 }
 
 /** writev until every byte is written (regular files rarely write short, but may). */
-function writeAll(fd: number, bufs: Buffer[], cb: (err: Error | null, n: number) => void, done = 0): void {
+export function writeAll(fd: number, bufs: Buffer[], cb: (err: Error | null, n: number) => void, done = 0): void {
   fs.writev(fd, bufs, (err, n) => {
     if (err) return cb(err, done);
     let rest = n;

@@ -9,8 +9,9 @@ import { BerthError, errnoOf } from '../../common/errors.js';
 import { MAX_MOUNT_DATA } from '../../common/mount.js';
 import type { Logger } from '../../common/logger.js';
 import type { SnapshotRepository, SnapshotRow } from './snapshot-repository.js';
-import type { ExtractRequest, PreparedSnapshot, SnapshotInfo, Snapshotter } from './snapshotter.js';
-import { UnpackPool } from './unpack-pool.js';
+import type { ExtractRequest, PreparedSnapshot, SnapshotInfo, Snapshotter, StreamExtractRequest } from './snapshotter.js';
+import { UnpackPool, type StreamSink, type UnpackJob } from './unpack-pool.js';
+import type { UnpackResult } from './unpack.js';
 
 /** Where the snapshots of berthd's root live: `<root>/snapshots/<id>`. */
 export function snapshotsDir(root: string): string {
@@ -31,6 +32,16 @@ export function straySnapshotDirs(dir: string, rows: readonly Pick<SnapshotRow, 
     throw err;
   }
   return names.filter((n) => !known.has(n)).map((n) => join(dir, n));
+}
+
+/** The unpack options of an extract request (its grants go separately: they run on this thread). */
+function unpackOpts(req: Pick<ExtractRequest, 'layer' | 'maxBytes' | 'limitText' | 'maxLayerBytes'>): UnpackJob['opts'] {
+  return {
+    layer: req.layer,
+    maxBytes: req.maxBytes,
+    ...(req.limitText ? { limitText: req.limitText } : {}),
+    ...(req.maxLayerBytes !== undefined ? { maxLayerBytes: req.maxLayerBytes } : {}),
+  };
 }
 
 export class OverlaySnapshotter implements Snapshotter {
@@ -76,25 +87,51 @@ export class OverlaySnapshotter implements Snapshotter {
   }
 
   async extract(req: ExtractRequest): Promise<PreparedSnapshot> {
+    const { id, dir } = await this.preparing();
+    return this.finish(
+      req,
+      id,
+      dir,
+      this.pool.run({ blobPath: req.blobPath, compression: req.compression, target: join(dir, 'fs'), opts: unpackOpts(req) }, req.signal, req.grant),
+    );
+  }
+
+  async extractStream(req: StreamExtractRequest): Promise<{ sink: StreamSink; prepared: Promise<PreparedSnapshot> }> {
+    const { id, dir } = await this.preparing();
+    let started: { sink: StreamSink; result: Promise<UnpackResult> };
+    try {
+      started = await this.pool.stream(
+        { tmpPath: req.blobTmp, alg: req.alg, compression: req.compression, target: join(dir, 'fs'), opts: unpackOpts(req) },
+        req.signal,
+        req.grant,
+      );
+    } catch (err) {
+      await this.discard({ id, dir, sizeBytes: 0, inodes: 0, tarBytes: 0 });
+      throw err;
+    }
+    const prepared = this.finish(req, id, dir, started.result);
+    // Awaited by the caller after the download; marked handled so a failure before then is not an unhandled rejection.
+    prepared.catch(() => undefined);
+    return { sink: started.sink, prepared };
+  }
+
+  /** A new `preparing` row and its empty `fs` directory. */
+  private async preparing(): Promise<{ id: number; dir: string }> {
     const id = this.repo.prepare();
     const dir = join(this.dir, String(id));
     try {
       await mkdir(join(dir, 'fs'), { recursive: true, mode: 0o755 });
-      const result = await this.pool.run(
-        {
-          blobPath: req.blobPath,
-          compression: req.compression,
-          target: join(dir, 'fs'),
-          opts: {
-            layer: req.layer,
-            maxBytes: req.maxBytes,
-            ...(req.limitText ? { limitText: req.limitText } : {}),
-            ...(req.maxLayerBytes !== undefined ? { maxLayerBytes: req.maxLayerBytes } : {}),
-          },
-        },
-        req.signal,
-        req.grant,
-      );
+    } catch (err) {
+      await this.discard({ id, dir, sizeBytes: 0, inodes: 0, tarBytes: 0 });
+      throw err;
+    }
+    return { id, dir };
+  }
+
+  /** Checks an unpack's diff ID; a failed unpack's snapshot is thrown away. */
+  private async finish(req: Pick<ExtractRequest, 'diffId' | 'layer'>, id: number, dir: string, unpacked: Promise<UnpackResult>): Promise<PreparedSnapshot> {
+    try {
+      const result = await unpacked;
       if (result.diffId !== req.diffId) {
         throw new BerthError('DataLoss', `layer ${req.layer}: unpacked content has diff ID ${result.diffId}, but the image config says ${req.diffId}`);
       }

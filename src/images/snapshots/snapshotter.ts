@@ -23,6 +23,7 @@
  *    goes first, then the directory; recovery removes directories that have no row.
  */
 import type { LayerCompression } from '../manifest.js';
+import type { StreamSink } from './unpack-pool.js';
 import type { GrantFn } from './unpack.js';
 
 export interface SnapshotInfo {
@@ -54,6 +55,14 @@ export interface ExtractRequest {
   signal?: AbortSignal;
 }
 
+/** A layer to unpack while its blob downloads (see Snapshotter.extractStream). */
+export interface StreamExtractRequest extends Omit<ExtractRequest, 'blobPath'> {
+  /** The content store's temp file the blob's bytes go to. */
+  blobTmp: string;
+  /** The blob digest's algorithm: the worker hashes the bytes with it. */
+  alg: 'sha256' | 'sha512';
+}
+
 /** A layer unpacked into a `preparing` snapshot, not yet committed. */
 export interface PreparedSnapshot {
   id: number;
@@ -76,6 +85,14 @@ export interface Snapshotter {
    * are only markers, so no layer needs the one below it on disk.
    */
   extract(req: ExtractRequest): Promise<PreparedSnapshot>;
+  /**
+   * Like extract, but from the blob as it downloads: the caller writes the blob's bytes to
+   * `sink` (which also hashes them and writes them to `req.blobTmp`, for the content store
+   * to check and keep) and `prepared` settles once the unpack is over and its diff ID
+   * checked. The snapshot must not be committed before the content store has verified the
+   * blob's digest.
+   */
+  extractStream(req: StreamExtractRequest): Promise<{ sink: StreamSink; prepared: Promise<PreparedSnapshot> }>;
   /** Commits a prepared snapshot under its chain ID; the parent must be committed. */
   commit(prepared: PreparedSnapshot, chainId: string, parentChainId: string | undefined): SnapshotInfo;
   /** The `fs` directories of a committed chain, top first: overlayfs's lowerdir order. */

@@ -2,8 +2,11 @@
  * Layer unpacking on worker threads. Unpacking is CPU work on every byte (inflate,
  * sha256 of the tar stream, tar parsing): on berthd's main thread it would compete with
  * the gRPC server kubelet polls every few seconds, and it would use one core only. A
- * small pool of workers (one per core, created on first use) runs `unpackLayer` on
- * blobs already verified in the content store.
+ * small pool of workers (one per core, created on first use) runs `unpackLayer`, either
+ * on a blob already verified in the content store (`run`) or on a blob as it downloads
+ * (`stream`: the worker also hashes it and writes it to the content store's temp file, see
+ * blob-intake.ts). A worker takes up to {@link JOBS_PER_WORKER} layers at once, so a
+ * layer's tail (the last unpacked bytes, the blob's fsync) overlaps the next one's start.
  *
  * A worker is a whole V8 isolate with its own heap, and the 1 MiB read and inflate
  * buffers it allocates land in a glibc malloc arena of its thread: measured after three
@@ -16,19 +19,45 @@
  * asks with a 'grant' message and waits for the 'granted' answer.
  */
 import { availableParallelism } from 'node:os';
+import { Writable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { BerthError, type ErrorKind } from '../../common/errors.js';
 import { trimMalloc } from '../../common/malloc-trim.js';
+import type { IntakeMessage } from './blob-intake.js';
 import type { Budget, GrantFn, LayerCompression, UnpackOptions, UnpackResult } from './unpack.js';
+
+/** A job's unpack options; its grants (UnpackOptions.grant) are asked of the main thread. */
+export type JobOptions = Omit<UnpackOptions, 'signal' | 'grant'> & {
+  /** Whether the worker asks the main thread for grants (UnpackOptions.grant). */
+  granted?: boolean;
+};
 
 export interface UnpackJob {
   blobPath: string;
   compression: LayerCompression;
   target: string;
-  opts: Omit<UnpackOptions, 'signal' | 'grant'> & {
-    /** Whether the worker asks this thread for grants (UnpackOptions.grant). */
-    granted?: boolean;
-  };
+  opts: JobOptions;
+}
+
+/** A layer unpacked while its blob downloads: the bytes come through {@link StreamSink}. */
+export interface StreamJob {
+  /** The content store's temp file for the blob (created, written, synced and closed by the worker). */
+  tmpPath: string;
+  /** The blob digest's algorithm. */
+  alg: 'sha256' | 'sha512';
+  compression: LayerCompression;
+  target: string;
+  opts: JobOptions;
+}
+
+/** Where the main thread writes a streamed blob's bytes (see ContentStore's BlobSink). */
+export interface StreamSink {
+  /** Takes the blob's bytes in order; finishes once the worker has them all in the file, synced. */
+  readonly writable: Writable;
+  /** The hex digest of the bytes written (after `writable` finished). */
+  seal(): Promise<string>;
+  /** Settles once the temp file is closed, whatever happened. */
+  readonly closed: Promise<void>;
 }
 
 type Reply = { id: number; ok: true; result: UnpackResult } | { id: number; ok: false; kind: ErrorKind | undefined; message: string };
@@ -45,22 +74,34 @@ export type GrantAnswer =
 
 interface Slot {
   worker: Worker;
-  busy: boolean;
-  /** The job id it is running, if busy. */
-  job: number | undefined;
-  /** Terminates it when it stays idle (armed while not busy). */
+  /** The ids of the jobs it runs. */
+  jobs: Set<number>;
+  /** Terminates it when it stays idle (armed while it has no job). */
   idleTimer: NodeJS.Timeout | undefined;
 }
 
 /** How long a worker may stay without a job before it is terminated. */
 export const UNPACK_WORKER_IDLE_MS = 10_000;
+/** Layers one worker unpacks at once. */
+export const JOBS_PER_WORKER = 2;
+/** Bytes of a streamed blob sent to the worker and not yet in its file. */
+const STREAM_WINDOW = 8 << 20;
+/** Bytes gathered into one message to the worker. */
+const STREAM_BATCH = 1 << 20;
 
 const WORKER_URL = new URL('./unpack-worker.js', import.meta.url);
+
+/** The main thread's end of a streamed blob: messages from the worker about it. */
+interface BlobChannel {
+  ack(bytes: number): void;
+  closed(m: { digest?: string; error?: string; code?: string }): void;
+}
 
 export class UnpackPool {
   private readonly slots: Slot[] = [];
   private readonly waiting: Array<() => void> = [];
   private readonly pending = new Map<number, { resolve(r: UnpackResult): void; reject(e: unknown): void; grant: GrantFn | undefined }>();
+  private readonly blobs = new Map<number, BlobChannel>();
   private nextId = 1;
   private closed = false;
 
@@ -77,26 +118,39 @@ export class UnpackPool {
   private spawn(): Slot {
     const worker = new Worker(WORKER_URL);
     worker.unref();
-    const slot: Slot = { worker, busy: false, job: undefined, idleTimer: undefined };
-    worker.on('message', (m: Reply | GrantRequest) => {
-      if ('type' in m) return this.answerGrant(worker, m);
+    const slot: Slot = { worker, jobs: new Set(), idleTimer: undefined };
+    worker.on('message', (m: Reply | IntakeMessage | GrantRequest) => {
+      if ('type' in m) {
+        if (m.type === 'grant') return this.answerGrant(worker, m);
+        const ch = this.blobs.get(m.id);
+        if (m.type === 'ack') ch?.ack(m.bytes);
+        else {
+          this.blobs.delete(m.id);
+          ch?.closed(m);
+        }
+        return;
+      }
       const p = this.pending.get(m.id);
       if (!p) return;
       this.pending.delete(m.id);
       if (m.ok) p.resolve(m.result);
       else p.reject(m.kind ? new BerthError(m.kind, m.message) : new Error(m.message));
     });
-    // A worker that dies (error or exit) takes its job with it and leaves the pool; a
+    // A worker that dies (error or exit) takes its jobs with it and leaves the pool; a
     // new one is spawned on demand.
     const drop = (why: unknown): void => {
       clearTimeout(slot.idleTimer);
       const i = this.slots.indexOf(slot);
       if (i >= 0) this.slots.splice(i, 1);
       if (this.slots.length === 0) trimMalloc();
-      if (slot.job !== undefined) {
-        this.pending.get(slot.job)?.reject(why);
-        this.pending.delete(slot.job);
+      for (const id of slot.jobs) {
+        this.pending.get(id)?.reject(why);
+        this.pending.delete(id);
+        const ch = this.blobs.get(id);
+        this.blobs.delete(id);
+        ch?.closed({ error: String(why) });
       }
+      slot.jobs.clear();
       this.wake();
     };
     worker.on('error', drop);
@@ -126,14 +180,21 @@ export class UnpackPool {
     this.waiting.shift()?.();
   }
 
-  /** A free slot, marked busy before anyone else can see it; waits (abortably) if none. */
-  private async acquire(signal: AbortSignal | undefined): Promise<Slot> {
+  /**
+   * A slot for one more job, counted before anyone else can see it: an idle worker, else a
+   * new one while the pool has room, else the least busy with room; waits (abortably) if none.
+   */
+  private async acquire(signal: AbortSignal | undefined, id: number): Promise<Slot> {
     for (;;) {
       if (this.closed) throw new BerthError('Unavailable', 'berthd is shutting down');
       if (signal?.aborted) throw signal.reason;
-      const slot = this.slots.find((s) => !s.busy) ?? (this.slots.length < this.size ? this.spawn() : undefined);
+      let slot = this.slots.find((s) => s.jobs.size === 0) ?? (this.slots.length < this.size ? this.spawn() : undefined);
+      if (!slot) {
+        const open = this.slots.filter((s) => s.jobs.size < JOBS_PER_WORKER);
+        slot = open.sort((a, b) => a.jobs.size - b.jobs.size)[0];
+      }
       if (slot) {
-        slot.busy = true;
+        slot.jobs.add(id);
         clearTimeout(slot.idleTimer);
         slot.idleTimer = undefined;
         return slot;
@@ -154,18 +215,22 @@ export class UnpackPool {
     }
   }
 
+  /** Gives a job's place back. */
+  private release(slot: Slot, id: number): void {
+    slot.jobs.delete(id);
+    if (slot.jobs.size === 0) this.armIdle(slot);
+    this.wake();
+  }
+
   /**
-   * Unpacks one layer on a worker; an abort stops it there and waits for its cleanup.
-   * `grant` (UnpackOptions.grant) runs on this thread.
+   * Posts a job and returns its result; an abort stops it there and waits for its cleanup.
+   * `grant` (UnpackOptions.grant) answers the job's grant requests, on this thread.
    */
-  async run(job: UnpackJob, signal?: AbortSignal, grant?: GrantFn): Promise<UnpackResult> {
-    const slot = await this.acquire(signal);
-    const id = this.nextId++;
-    slot.job = id;
+  private async start(slot: Slot, id: number, message: unknown, signal: AbortSignal | undefined, grant: GrantFn | undefined): Promise<UnpackResult> {
     const onAbort = (): void => slot.worker.postMessage({ type: 'abort', id });
     try {
       const done = new Promise<UnpackResult>((resolve, reject) => this.pending.set(id, { resolve, reject, grant }));
-      slot.worker.postMessage({ type: 'unpack', id, job: { ...job, opts: { ...job.opts, granted: grant !== undefined } } });
+      slot.worker.postMessage(message);
       if (signal?.aborted) onAbort();
       else signal?.addEventListener('abort', onAbort, { once: true });
       try {
@@ -175,18 +240,119 @@ export class UnpackPool {
       }
     } finally {
       signal?.removeEventListener('abort', onAbort);
-      slot.busy = false;
-      slot.job = undefined;
-      this.armIdle(slot);
-      this.wake();
     }
+  }
+
+  /**
+   * Unpacks one layer from its blob file on a worker; an abort stops it there and waits for
+   * its cleanup. `grant` (UnpackOptions.grant) runs on this thread.
+   */
+  async run(job: UnpackJob, signal?: AbortSignal, grant?: GrantFn): Promise<UnpackResult> {
+    const id = this.nextId++;
+    const slot = await this.acquire(signal, id);
+    try {
+      return await this.start(slot, id, { type: 'unpack', id, job: { ...job, opts: { ...job.opts, granted: grant !== undefined } } }, signal, grant);
+    } finally {
+      this.release(slot, id);
+    }
+  }
+
+  /**
+   * Unpacks one layer on a worker while its blob downloads: the caller writes the blob's
+   * bytes to `sink.writable`; the worker hashes them, writes them to `job.tmpPath` and
+   * unpacks them. `result` settles once the unpack is over and the temp file closed; an
+   * abort (or destroying the writable) stops both. `grant` runs on this thread, as for run.
+   */
+  async stream(job: StreamJob, signal?: AbortSignal, grant?: GrantFn): Promise<{ sink: StreamSink; result: Promise<UnpackResult> }> {
+    const id = this.nextId++;
+    const slot = await this.acquire(signal, id);
+    const worker = slot.worker;
+    let inflight = 0;
+    let held: (() => void) | undefined;
+    let batch: Uint8Array[] = [];
+    let batchBytes = 0;
+    let flushing: NodeJS.Immediate | undefined;
+    let fileClosed!: (m: { digest?: string; error?: string; code?: string }) => void;
+    const outcome = new Promise<{ digest?: string; error?: string; code?: string }>((resolve) => (fileClosed = resolve));
+    this.blobs.set(id, {
+      ack: (bytes) => {
+        inflight -= bytes;
+        if (held && inflight < STREAM_WINDOW) {
+          const cb = held;
+          held = undefined;
+          cb();
+        }
+      },
+      closed: (m) => fileClosed(m),
+    });
+    const flush = (): void => {
+      clearImmediate(flushing);
+      flushing = undefined;
+      if (batch.length === 0) return;
+      const chunks = batch;
+      batch = [];
+      batchBytes = 0;
+      worker.postMessage(
+        { type: 'chunks', id, chunks },
+        chunks.map((c) => c.buffer as ArrayBuffer),
+      );
+    };
+    const sealed = outcome.then((m) => {
+      if (m.digest !== undefined) return m.digest;
+      const err = new Error(`writing the blob failed: ${m.error}`) as NodeJS.ErrnoException;
+      if (m.code) err.code = m.code;
+      throw err;
+    });
+    sealed.catch(() => undefined);
+    let ended = false;
+    const writable = new Writable({
+      write(chunk: Buffer, _enc, cb) {
+        // Moved to the worker, not copied, when the chunk owns its memory (the HTTP
+        // parser's body chunks do); a view into shared memory is copied first.
+        const own = chunk.byteOffset === 0 && chunk.buffer.byteLength === chunk.length;
+        batch.push(own ? new Uint8Array(chunk.buffer, 0, chunk.length) : new Uint8Array(chunk));
+        batchBytes += chunk.length;
+        inflight += chunk.length;
+        if (batchBytes >= STREAM_BATCH) flush();
+        else flushing ??= setImmediate(flush);
+        if (inflight < STREAM_WINDOW) cb();
+        else held = cb;
+      },
+      final(cb) {
+        flush();
+        ended = true;
+        worker.postMessage({ type: 'end', id });
+        sealed.then(
+          () => cb(),
+          (err: Error) => cb(err),
+        );
+      },
+      destroy(err, cb) {
+        clearImmediate(flushing);
+        batch = [];
+        held = undefined;
+        // Stops the worker's intake; a finished one has closed its file already.
+        if (!ended || err) worker.postMessage({ type: 'abort', id });
+        cb(err);
+      },
+    });
+    // A write error in the worker fails the writable (and so the download).
+    void sealed.catch((err: Error) => {
+      if (!writable.destroyed) writable.destroy(err);
+    });
+    const result = this.start(slot, id, { type: 'stream', id, job: { ...job, opts: { ...job.opts, granted: grant !== undefined } } }, signal, grant);
+    const settled = Promise.allSettled([result, outcome]).then(() => this.release(slot, id));
+    return {
+      sink: { writable, seal: () => sealed, closed: outcome.then(() => undefined) },
+      result: settled.then(() => result),
+    };
   }
 
   /** Terminates an idle worker after idleMs (its 'exit' then drops it from the pool). */
   private armIdle(slot: Slot): void {
     clearTimeout(slot.idleTimer);
     slot.idleTimer = setTimeout(() => {
-      if (slot.busy || this.closed) return;
+      if (slot.jobs.size > 0 || this.closed) return;
       const i = this.slots.indexOf(slot);
       if (i >= 0) this.slots.splice(i, 1);
       void slot.worker.terminate();
