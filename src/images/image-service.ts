@@ -28,7 +28,7 @@ import type { Logger } from '../common/logger.js';
 import { traced } from '../common/trace-points.js';
 import type { ImagesConfig, RegistryConfig } from '../config/schema.js';
 import { ContainerLayers } from './container-layers.js';
-import type { BlobSinkFactory, ContentStore } from './content/content-store.js';
+import type { BlobSink, BlobSinkFactory, ContentStore } from './content/content-store.js';
 import { ImageLookup } from './image-lookup.js';
 import type { ImageRecord, ImageRepository } from './image-repository.js';
 import { ImageStores } from './image-stores.js';
@@ -409,12 +409,20 @@ export class ImageService {
         let streamed: Promise<PreparedSnapshot> | undefined;
         await t.limiter.run(async () => {
           if (content.has(t.layer.digest)) return;
-          await this.fetchLayer(t, signal, async (tmp, alg) => {
-            const x = await this.o.snapshots.extractStream({ ...unpack, blobTmp: tmp, alg });
-            streamed = traced('berth:image.unpack', { image: t.image, digest: t.layer.digest }, () => x.prepared);
-            streamed.catch(() => undefined);
-            return x.sink;
-          }).catch(async (err: unknown) => {
+          // The unpack's trace point begins before its snapshot exists, as for an unpack from a stored blob.
+          const sink = (tmp: string, alg: 'sha256' | 'sha512'): Promise<BlobSink> =>
+            new Promise<BlobSink>((resolveSink, rejectSink) => {
+              streamed = traced('berth:image.unpack', { image: t.image, digest: t.layer.digest }, async () => {
+                const x = await this.o.snapshots.extractStream({ ...unpack, blobTmp: tmp, alg }).catch((err: unknown) => {
+                  rejectSink(err);
+                  throw err;
+                });
+                resolveSink(x.sink);
+                return x.prepared;
+              });
+              streamed.catch(() => undefined);
+            });
+          await this.fetchLayer(t, signal, sink).catch(async (err: unknown) => {
             // The unpack stops with the download; its snapshot is thrown away once it settles.
             await streamed?.then(
               (p) => this.o.snapshots.discard(p),

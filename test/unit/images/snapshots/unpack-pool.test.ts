@@ -8,8 +8,11 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { isKind } from '../../../../src/common/errors.js';
 import { UnpackPool } from '../../../../src/images/snapshots/unpack-pool.js';
-import { compress, LAYER, makeTar } from '../../../helpers/tar-layers.js';
+import { compress, LAYER, makeTar, openFds } from '../../../helpers/tar-layers.js';
 import { until } from '../../../helpers/berthd.js';
 
 describe('UnpackPool', function () {
@@ -59,5 +62,79 @@ describe('UnpackPool', function () {
     await unpack(p, 'a');
     await unpack(p, 'b');
     assert.equal(p.workers, 1, 'the same worker ran both jobs');
+  });
+
+  /** `data` in chunks of `size` bytes, each a Buffer of its own (as the HTTP parser gives them). */
+  function chunked(data: Buffer, size: number): Readable {
+    return Readable.from(
+      (function* () {
+        for (let off = 0; off < data.length; off += size) yield Buffer.from(data.subarray(off, off + size));
+      })(),
+    );
+  }
+  const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+  it('unpacks a layer while its blob streams in, and writes and hashes the blob on the way', async () => {
+    const p = (pool = new UnpackPool(2, 1_000));
+    // Bigger than the flow-control window, so acknowledgements must keep it going.
+    const big = Buffer.alloc(24 << 20);
+    for (let i = 0; i < big.length; i += 4096) big.writeUInt32BE(i, i);
+    const raw = await makeTar([{ header: { name: 'etc', type: 'directory' } }, { header: { name: 'etc/big.bin' }, content: big }]);
+    const blobBytes = compress(raw, 'gzip');
+    const target = join(dir, 'fs');
+    fs.mkdirSync(target);
+    const tmpPath = join(dir, 'blob.tmp');
+    const { sink, result } = await p.stream({ tmpPath, alg: 'sha256', compression: 'gzip', target, opts: { layer: LAYER, maxBytes: 1 << 30 } });
+    // Some chunks are views into a larger buffer (copied before they move), most are whole.
+    await pipeline(chunked(blobBytes, 65_536), sink.writable);
+    assert.equal(await sink.seal(), sha256(blobBytes), 'the digest of the streamed blob');
+    await sink.closed;
+    assert.ok(fs.readFileSync(tmpPath).equals(blobBytes), 'the blob file holds exactly the bytes streamed');
+    const r = await result;
+    assert.equal(r.diffId, `sha256:${sha256(raw)}`);
+    assert.ok(fs.readFileSync(join(target, 'etc', 'big.bin')).equals(big));
+  });
+
+  it('still writes and hashes the whole blob when its unpack fails early', async () => {
+    const p = (pool = new UnpackPool(1, 1_000));
+    const raw = await makeTar([{ header: { name: '../escape' }, content: 'x'.repeat(100_000) }]);
+    const blobBytes = compress(raw, 'gzip');
+    const target = join(dir, 'fs');
+    fs.mkdirSync(target);
+    const tmpPath = join(dir, 'blob.tmp');
+    const { sink, result } = await p.stream({ tmpPath, alg: 'sha256', compression: 'gzip', target, opts: { layer: LAYER, maxBytes: 1 << 30 } });
+    await pipeline(chunked(blobBytes, 1000), sink.writable);
+    assert.equal(await sink.seal(), sha256(blobBytes));
+    await assert.rejects(result, (e) => isKind(e, 'FailedPrecondition'));
+  });
+
+  it('a download that fails part-way stops the unpack and closes the temp file', async () => {
+    const p = (pool = new UnpackPool(1, 1_000));
+    const raw = await makeTar([{ header: { name: 'a.bin' }, content: Buffer.alloc(4 << 20, 1) }]);
+    const blobBytes = compress(raw, 'gzip');
+    const target = join(dir, 'fs');
+    fs.mkdirSync(target);
+    const fds = openFds();
+    const { sink, result } = await p.stream({
+      tmpPath: join(dir, 'blob.tmp'),
+      alg: 'sha256',
+      compression: 'gzip',
+      target,
+      opts: { layer: LAYER, maxBytes: 1 << 30 },
+    });
+    const broken = Readable.from(
+      (async function* () {
+        yield Buffer.from(blobBytes.subarray(0, 10_000));
+        throw new Error('connection reset');
+      })(),
+    );
+    await assert.rejects(pipeline(broken, sink.writable), /connection reset/);
+    await sink.closed;
+    await assert.rejects(result);
+    await assert.rejects(sink.seal());
+    // The worker's own descriptors go with it; a file it left open would stay.
+    await p.close();
+    pool = undefined;
+    assert.equal(openFds(), fds, 'no file left open');
   });
 });
