@@ -10,8 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { isKind } from '../../../../src/common/errors.js';
+import { BerthError, isKind } from '../../../../src/common/errors.js';
 import { UnpackPool } from '../../../../src/images/snapshots/unpack-pool.js';
+import type { Budget } from '../../../../src/images/snapshots/unpack.js';
 import { compress, LAYER, makeTar, openFds } from '../../../helpers/tar-layers.js';
 import { until } from '../../../helpers/berthd.js';
 
@@ -136,5 +137,48 @@ describe('UnpackPool', function () {
     await p.close();
     pool = undefined;
     assert.equal(openFds(), fds, 'no file left open');
+  });
+  it("asks this thread for a streamed layer's grants, and a refused grant refuses the unpack", async () => {
+    const p = (pool = new UnpackPool(1, 1_000));
+    const raw = await makeTar([
+      { header: { name: 'etc', type: 'directory' } },
+      { header: { name: 'etc/a.bin' }, content: Buffer.alloc(3 << 20, 7) },
+      { header: { name: 'etc/b.bin' }, content: Buffer.alloc(1 << 20, 9) },
+    ]);
+    const blobBytes = compress(raw, 'gzip');
+    const stream = async (name: string, grant: (used: Budget, need: Budget) => Promise<Budget>) => {
+      const target = join(dir, `${name}-fs`);
+      fs.mkdirSync(target);
+      const job = {
+        tmpPath: join(dir, `${name}.tmp`),
+        alg: 'sha256' as const,
+        compression: 'gzip' as const,
+        target,
+        opts: { layer: LAYER, maxBytes: 1 << 30 },
+      };
+      const { sink, result } = await p.stream(job, undefined, grant);
+      await pipeline(chunked(blobBytes, 65_536), sink.writable);
+      return { result, target };
+    };
+
+    // Granted exactly what is asked each time: the unpack asks again as it goes.
+    const asked: Array<{ used: Budget; need: Budget }> = [];
+    const ok = await stream('granted', (used, need) => {
+      asked.push({ used, need });
+      return Promise.resolve(need);
+    });
+    const r = await ok.result;
+    assert.equal(r.diffId, `sha256:${sha256(raw)}`);
+    assert.ok(asked.length >= 2, `the worker asked for grants as it wrote (${asked.length} requests)`);
+    const last = asked[asked.length - 1]!.need;
+    assert.ok(last.bytes >= 4 << 20, `the grants cover the layer's file bytes (${last.bytes})`);
+    assert.ok(last.entries >= 3, `the grants cover the layer's entries (${last.entries})`);
+
+    // A grant refused on this thread refuses the unpack with its kind and message.
+    const refused = await stream('refused', (_used, need) =>
+      need.bytes > 1 << 20 ? Promise.reject(new BerthError('ResourceExhausted', 'test: no more bytes')) : Promise.resolve(need),
+    );
+    await assert.rejects(refused.result, (e) => isKind(e, 'ResourceExhausted') && /test: no more bytes/.test((e as Error).message));
+    assert.ok(!fs.existsSync(join(refused.target, 'etc', 'b.bin')), 'nothing past the refusal was written');
   });
 });
