@@ -108,6 +108,12 @@ export function verifyDigest(data: Buffer, digest: string, what: string): void {
   if (actual !== digest) throw new BerthError('DataLoss', `${what}: content has digest ${actual}, expected ${digest}`);
 }
 
+/** Registry-provided text in a message: at most CLIP_CHARS characters, marked when cut. */
+export const CLIP_CHARS = 200;
+export function clip(s: string, max = CLIP_CHARS): string {
+  return s.length <= max ? s : `${s.slice(0, max)}... (${s.length - max} more characters)`;
+}
+
 function bad(what: string, why: string): BerthError {
   return new BerthError('FailedPrecondition', `${what}: ${why}`);
 }
@@ -141,14 +147,23 @@ function parseDescriptor(d: unknown, what: string): Descriptor {
   return desc;
 }
 
+/** index / manifest / undefined (anything else) for a manifest media type. */
+function kindOf(mt: string): 'index' | 'manifest' | undefined {
+  if (mt === MediaType.OciIndex || mt === MediaType.DockerList) return 'index';
+  if (mt === MediaType.OciManifest || mt === MediaType.DockerManifest) return 'manifest';
+  return undefined;
+}
+
 /**
  * Classifies a manifest document by its declared media type (the response's
  * Content-Type, or the document's own `mediaType`), refusing schema1 and unknown types.
+ * A document whose own `mediaType` says otherwise than the Content-Type is refused:
+ * one document read two ways by two clients is how the ambiguous-manifest attack works.
  */
 export function manifestKind(contentType: string, data: Buffer, what: string): 'index' | 'manifest' {
   let mt = contentType.split(';')[0]!.trim();
+  const doc = parseJson(data, what);
   if (mt === '' || mt === 'application/json' || mt === 'text/plain' || mt === 'application/octet-stream') {
-    const doc = parseJson(data, what);
     mt =
       typeof doc.mediaType === 'string'
         ? doc.mediaType
@@ -158,20 +173,31 @@ export function manifestKind(contentType: string, data: Buffer, what: string): '
             ? MediaType.DockerSchema1
             : MediaType.OciManifest;
   }
-  if (mt === MediaType.OciIndex || mt === MediaType.DockerList) return 'index';
-  if (mt === MediaType.OciManifest || mt === MediaType.DockerManifest) return 'manifest';
+  const kind = kindOf(mt);
+  if (kind !== undefined) {
+    if (typeof doc.mediaType === 'string' && kindOf(doc.mediaType) !== kind) {
+      throw bad(
+        what,
+        `is ambiguous: served as ${kind} type "${mt}" but the document says its mediaType is ${JSON.stringify(clip(doc.mediaType))}; refusing it`,
+      );
+    }
+    return kind;
+  }
   if (mt === MediaType.DockerSchema1 || mt === MediaType.DockerSchema1Signed) {
     throw bad(
       what,
       'is a Docker schema1 manifest, which berth does not support (deprecated since 2017); push the image again with a current client to get a schema2 or OCI manifest',
     );
   }
-  throw bad(what, `has unsupported media type "${mt}"`);
+  throw bad(what, `has unsupported media type ${JSON.stringify(clip(mt))}`);
 }
 
 export function parseIndex(data: Buffer, what: string): ImageIndex {
   const doc = parseJson(data, what);
   if (!Array.isArray(doc.manifests)) throw bad(what, 'index has no "manifests" array');
+  if (doc.config !== undefined || doc.layers !== undefined) {
+    throw bad(what, 'is ambiguous: an index with "config" or "layers" fields, which only an image manifest has; refusing it');
+  }
   return {
     mediaType: typeof doc.mediaType === 'string' ? doc.mediaType : MediaType.OciIndex,
     manifests: doc.manifests.map((m, i) => parseDescriptor(m, `${what} manifests[${i}]`)),
@@ -181,15 +207,18 @@ export function parseIndex(data: Buffer, what: string): ImageIndex {
 export function parseManifest(data: Buffer, what: string): ImageManifest {
   const doc = parseJson(data, what);
   if (doc.schemaVersion !== 2) throw bad(what, `schemaVersion ${JSON.stringify(doc.schemaVersion)} is not 2`);
+  if (doc.manifests !== undefined) {
+    throw bad(what, 'is ambiguous: an image manifest with a "manifests" field, which only an index has; refusing it');
+  }
   const config = parseDescriptor(doc.config, `${what} config`);
   if (config.mediaType !== MediaType.OciConfig && config.mediaType !== MediaType.DockerConfig) {
-    throw bad(what, `config has media type "${config.mediaType}", not an image config (is this an artifact rather than an image?)`);
+    throw bad(what, `config has media type ${JSON.stringify(clip(config.mediaType))}, not an image config (is this an artifact rather than an image?)`);
   }
   if (!Array.isArray(doc.layers)) throw bad(what, 'manifest has no "layers" array');
   const layers = doc.layers.map((l, i) => {
     const d = parseDescriptor(l, `${what} layers[${i}]`);
     const compression = LAYER_TYPES[d.mediaType];
-    if (compression === undefined) throw bad(what, `layer ${d.digest} has unsupported media type "${d.mediaType}"`);
+    if (compression === undefined) throw bad(what, `layer ${d.digest} has unsupported media type ${JSON.stringify(clip(d.mediaType))}`);
     return { ...d, compression };
   });
   return { mediaType: typeof doc.mediaType === 'string' ? doc.mediaType : MediaType.OciManifest, config, layers };
@@ -251,6 +280,8 @@ export function hostPlatform(): Platform {
  * an exact match first, then an entry without variant (arm64's "v8" is the default).
  * Among equals the first listed wins, as in every other runtime.
  */
+const MAX_LISTED = 10;
+
 export function selectPlatform(index: ImageIndex, want: Platform, what: string): Descriptor {
   const candidates = index.manifests.filter(
     (m) =>
@@ -266,9 +297,12 @@ export function selectPlatform(index: ImageIndex, want: Platform, what: string):
   const loose = candidates.find((m) => m.platform!.variant === undefined || (want.architecture === 'arm64' && m.platform!.variant === 'v8'));
   const pick = exact ?? loose;
   if (!pick) {
-    const offered = index.manifests
-      .map((m) => (m.platform ? [m.platform.os, m.platform.architecture, m.platform.variant].filter(Boolean).join('/') : 'unknown'))
-      .join(', ');
+    // Strings from the registry: the first MAX_LISTED platforms, each clipped.
+    const listed = index.manifests
+      .slice(0, MAX_LISTED)
+      .map((m) => (m.platform ? clip([m.platform.os, m.platform.architecture, m.platform.variant].filter(Boolean).join('/')) : 'unknown'));
+    const more = index.manifests.length - listed.length;
+    const offered = listed.join(', ') + (more > 0 ? ` and ${more} more` : '');
     const wanted = [want.os, want.architecture, want.variant].filter(Boolean).join('/');
     throw new BerthError('NotFound', `${what}: no image for this node's platform ${wanted} (the index offers: ${offered || 'nothing'})`);
   }

@@ -33,6 +33,49 @@ describe('images: manifests, configs, platforms', () => {
     );
   });
 
+  it('refuses an ambiguous document: a mediaType other than the served kind, an index with layers, a manifest with manifests', () => {
+    const amb = (e: unknown, re: RegExp) => isKind(e, 'FailedPrecondition') && re.test((e as Error).message);
+    // Served as a manifest, says it is an index (and the reverse).
+    assert.throws(
+      () => manifestKind(MediaType.OciManifest, json({ mediaType: MediaType.OciIndex, manifests: [] }), 'r/x:1'),
+      (e) =>
+        amb(
+          e,
+          /r\/x:1: is ambiguous: served as manifest type "application\/vnd.oci.image.manifest.v1\+json" but the document says its mediaType is "application\/vnd.oci.image.index.v1\+json"/,
+        ),
+    );
+    assert.throws(
+      () => manifestKind(MediaType.DockerList, json({ mediaType: MediaType.DockerManifest }), 'x'),
+      (e) => amb(e, /is ambiguous: served as index/),
+    );
+    assert.throws(
+      () => manifestKind(MediaType.OciIndex, json({ mediaType: 'application/vnd.example' }), 'x'),
+      (e) => amb(e, /is ambiguous/),
+    );
+    // A long registry string is clipped in the message.
+    assert.throws(
+      () => manifestKind(MediaType.OciIndex, json({ mediaType: 'z'.repeat(100_000) }), 'x'),
+      (e) => amb(e, /"z{200}\.\.\. \(99800 more characters\)"/) && (e as Error).message.length < 600,
+    );
+    // Same kind by another spelling is not ambiguous.
+    assert.equal(manifestKind(MediaType.DockerManifest, json({ mediaType: MediaType.OciManifest }), 'x'), 'manifest');
+    assert.equal(manifestKind(MediaType.OciIndex, json({ mediaType: MediaType.DockerList }), 'x'), 'index');
+    const desc = { mediaType: MediaType.OciManifest, digest: d('a'), size: 1 };
+    const cfg = { mediaType: MediaType.OciConfig, digest: d('c'), size: 1 };
+    assert.throws(
+      () => parseIndex(json({ manifests: [desc], layers: [] }), 'i'),
+      (e) => amb(e, /i: is ambiguous: an index with "config" or "layers"/),
+    );
+    assert.throws(
+      () => parseIndex(json({ manifests: [desc], config: cfg }), 'i'),
+      (e) => amb(e, /an index with "config" or "layers"/),
+    );
+    assert.throws(
+      () => parseManifest(json({ schemaVersion: 2, config: cfg, layers: [], manifests: [desc] }), 'm'),
+      (e) => amb(e, /m: is ambiguous: an image manifest with a "manifests" field/),
+    );
+  });
+
   it('parses manifests and refuses unknown layer types and non-image configs', () => {
     const m = {
       schemaVersion: 2,
@@ -87,6 +130,28 @@ describe('images: manifests, configs, platforms', () => {
         /img: no image for this node's platform linux\/s390x \(the index offers: windows\/amd64, linux\/arm\/v6, linux\/arm\/v7, linux\/amd64, linux\/arm64\/v8\)/.test(
           (e as Error).message,
         ),
+    );
+  });
+
+  it('lists at most 10 offered platforms, each clipped, when none fits', () => {
+    const manifests = Array.from({ length: 25_000 }, (_, i) => ({
+      mediaType: MediaType.OciManifest,
+      digest: d('a'),
+      size: 1,
+      platform: { os: i === 0 ? 'o'.repeat(10_000) : `os${i}`, architecture: 'amd64' },
+    }));
+    const index = parseIndex(json({ manifests }), 'x');
+    assert.throws(
+      () => selectPlatform(index, { os: 'linux', architecture: 'amd64' }, 'img'),
+      (e) => {
+        const msg = (e as Error).message;
+        return (
+          isKind(e, 'NotFound') &&
+          /the index offers: o{200}\.\.\. \(\d+ more characters\), os1\/amd64, .*, os9\/amd64 and 24990 more\)$/.test(msg) &&
+          !msg.includes('os10/') &&
+          msg.length < 1000
+        );
+      },
     );
   });
 
