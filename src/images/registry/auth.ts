@@ -57,6 +57,11 @@ interface CachedToken {
 }
 
 /** Tokens per (origin, scope); shared by all pulls of the daemon. */
+/** The longest bearer token accepted from a token server (1000 are cached). */
+export const MAX_TOKEN_BYTES = 64 * 1024;
+/** The longest a bearer token is kept, whatever expires_in says. */
+export const MAX_TOKEN_TTL_SECONDS = 24 * 60 * 60;
+
 export class TokenCache {
   private readonly tokens = new Map<string, CachedToken>();
 
@@ -71,13 +76,21 @@ export class TokenCache {
   }
 
   set(key: string, header: string, ttlSeconds: number): void {
+    // expires_in comes from the token server: a missing, non-finite or huge one is not
+    // trusted (a NaN would never expire), at most MAX_TOKEN_TTL_SECONDS.
+    const secs = Number.isFinite(ttlSeconds) ? Math.min(ttlSeconds, MAX_TOKEN_TTL_SECONDS) : 60;
     // Renew a little early so a token never expires in the middle of a request.
-    const ttl = Math.max(10, ttlSeconds - 10) * 1000;
+    const ttl = Math.max(10, secs - 10) * 1000;
     this.tokens.set(key, { header, expiresAt: Date.now() + ttl });
     if (this.tokens.size > 1000) this.tokens.delete(this.tokens.keys().next().value!);
   }
 
   delete(key: string): void {
     this.tokens.delete(key);
+  }
+
+  /** When the token under `key` expires (ms since the epoch), if one is held. */
+  expiresAt(key: string): number | undefined {
+    return this.tokens.get(key)?.expiresAt;
   }
 }

@@ -22,8 +22,9 @@ import { Transform, type Readable } from 'node:stream';
 import { BerthError, errnoOf, messageOf } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import { defaultRegistryConfig, type ImagesConfig, type RegistryConfig } from '../../config/schema.js';
+import { clip } from '../manifest.js';
 import { registryHost, type ImageReference } from '../reference.js';
-import { basicHeader, hasCredentials, parseChallenge, TokenCache, type Credentials } from './auth.js';
+import { basicHeader, hasCredentials, MAX_TOKEN_BYTES, parseChallenge, TokenCache, type Credentials } from './auth.js';
 import { NetworkError, readBody, send, type HttpResponse } from './http.js';
 import { RegistryTls, type TlsSettings } from './tls.js';
 
@@ -89,8 +90,13 @@ async function registryMessage(res: HttpResponse): Promise<string> {
     const body = await readBody(res, 64 * 1024, 'error body');
     const doc = JSON.parse(body.toString('utf8')) as { errors?: Array<{ code?: string; message?: string }> };
     const e = doc.errors?.[0];
-    if (e) return [e.code, e.message].filter(Boolean).join(': ');
-    return body.toString('utf8').slice(0, 200).trim();
+    // Registry text in our messages: each string clipped (a registry may send 64 KiB).
+    if (e)
+      return [e.code, e.message]
+        .filter((x): x is string => typeof x === 'string' && x !== '')
+        .map((x) => clip(x))
+        .join(': ');
+    return clip(body.toString('utf8').trim());
   } catch {
     return '';
   }
@@ -302,7 +308,8 @@ export class RegistryClient {
       throw err;
     }
     if (res.status === 401 || res.status === 403) {
-      res.body.resume();
+      // Not read: a refusal's body may never end (resume() would drain it for ever).
+      res.body.destroy();
       throw new BerthError('Unauthenticated', `${what}: the token service of registry ${ep.host} refused the credentials (${res.status})`);
     }
     if (res.status !== 200) {
@@ -311,12 +318,19 @@ export class RegistryClient {
     }
     let doc: { token?: string; access_token?: string; expires_in?: number };
     try {
-      doc = JSON.parse((await readBody(res, 1 << 20, 'token response')).toString('utf8')) as typeof doc;
+      // Room for a token and an access_token of MAX_TOKEN_BYTES each, and a refresh token.
+      doc = JSON.parse((await readBody(res, 4 * MAX_TOKEN_BYTES, 'token response')).toString('utf8')) as typeof doc;
     } catch (err) {
       throw new BerthError('Unauthenticated', `${what}: the token service of registry ${ep.host} sent an unreadable answer (${messageOf(err)})`);
     }
     const token = doc.token ?? doc.access_token;
     if (!token) throw new BerthError('Unauthenticated', `${what}: the token service of registry ${ep.host} sent no token`);
+    if (typeof token === 'string' && token.length > MAX_TOKEN_BYTES) {
+      throw new BerthError(
+        'Unauthenticated',
+        `${what}: the token service of registry ${ep.host} sent a token of ${token.length} bytes, over the ${MAX_TOKEN_BYTES} bytes berth accepts`,
+      );
+    }
     // It goes into a header: anything but visible ASCII would make the request itself throw.
     if (typeof token !== 'string' || !/^[\x21-\x7e]+$/.test(token)) {
       throw new BerthError('Unauthenticated', `${what}: the token service of registry ${ep.host} sent a token that is not a usable bearer token`);

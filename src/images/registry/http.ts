@@ -157,6 +157,11 @@ export async function send(opts: HttpOptions): Promise<HttpResponse> {
     if (next.protocol !== 'http:' && next.protocol !== 'https:') {
       throw new BerthError('Unavailable', `${opts.url.origin}: redirect to unsupported URL scheme ${next.protocol}`);
     }
+    // Never down from HTTPS to plain HTTP: whoever sits on the path could answer in the
+    // registry's name (a registry configured as plain HTTP starts, and stays, on http:).
+    if (url.protocol === 'https:' && next.protocol === 'http:') {
+      throw new BerthError('Unavailable', `${opts.url.origin}: refusing a redirect from HTTPS to plain HTTP (${next.origin})`);
+    }
     if (next.origin !== url.origin) {
       // A request with a body (a token request carrying a refresh token) never follows
       // a redirect to another origin.
