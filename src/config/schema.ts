@@ -51,6 +51,8 @@ export interface ImagesConfig {
   min_free_inodes_percent: number;
   /** How deep an index may nest inside another index. */
   max_index_depth: number;
+  /** Most layers an image manifest may list (refused before any download). */
+  max_layers: number;
   /** Attempts per registry request on network errors, 429 and 5xx. */
   pull_attempts: number;
   /** A transfer that delivers no byte for this long is abandoned. */
@@ -207,6 +209,7 @@ export function defaultConfig(): BerthConfig {
       min_free_inodes: 100_000,
       min_free_inodes_percent: 5,
       max_index_depth: 4,
+      max_layers: 500,
       pull_attempts: 3,
       stall_timeout_seconds: 30,
       min_transfer_rate_bytes_per_second: 10 * 1024,
@@ -333,6 +336,7 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   'images.min_free_inodes': integerIn(0, Number.MAX_SAFE_INTEGER),
   'images.min_free_inodes_percent': integerIn(0, 100),
   'images.max_index_depth': integerIn(1, 16),
+  'images.max_layers': integerIn(1, 10_000),
   'images.pull_attempts': integerIn(1, 10),
   'images.stall_timeout_seconds': integerIn(1, 3600),
   'images.min_transfer_rate_bytes_per_second': integerIn(0, 1024 * 1024 * 1024),

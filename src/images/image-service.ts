@@ -255,6 +255,12 @@ export class ImageService {
       blobs.push({ desc: { digest: desc.digest, size: m.data.length, mediaType: desc.mediaType }, data: m.data });
     }
     const manifest = parseManifest(cur.data, `${what} manifest ${cur.digest}`);
+    if (manifest.layers.length > this.o.images.max_layers) {
+      throw new BerthError(
+        'ResourceExhausted',
+        `${what}: manifest ${cur.digest} lists ${manifest.layers.length} layers, over images.max_layers (${this.o.images.max_layers})`,
+      );
+    }
 
     // The config, read whole (small, capped).
     if (manifest.config.size > this.o.images.max_config_bytes) {

@@ -109,6 +109,9 @@ describe('config loading', () => {
       () => load('[images]\nmax_concurrent_downloads = 0\n'),
       /key 'images.max_concurrent_downloads': expected an integer from 1 to 64, got number 0/,
     );
+    assert.equal(load('').config.images.max_layers, 500);
+    assert.equal(load('[images]\nmax_layers = 20\n').config.images.max_layers, 20);
+    assert.throws(() => load('[images]\nmax_layers = 0\n'), /key 'images.max_layers': expected an integer from 1 to 10000, got number 0/);
   });
 
   it('never prints registry passwords', () => {

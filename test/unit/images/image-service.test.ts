@@ -72,6 +72,17 @@ async function startRegistry(): Promise<FakeRegistry> {
       layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha256(layer), size: layer.length }],
     }),
   );
+  // `many`: a manifest listing one layer over images.max_layers (the same blob each time).
+  const many = Buffer.from(
+    JSON.stringify({
+      ...JSON.parse(manifest.toString()),
+      layers: Array.from({ length: defaultConfig().images.max_layers + 1 }, () => ({
+        mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+        digest: sha256(layer),
+        size: layer.length,
+      })),
+    }),
+  );
   const blobs = new Map([
     [sha256(config), config],
     [sha256(layer), layer],
@@ -85,6 +96,7 @@ async function startRegistry(): Promise<FakeRegistry> {
     };
     const url = req.url ?? '';
     if (url === '/v2/') return send(200, Buffer.from('{}'), 'application/json');
+    if (url === '/v2/test/app/manifests/many') return send(200, many, 'application/vnd.oci.image.manifest.v1+json', sha256(many));
     if (url === '/v2/test/app/manifests/v1' || url === `/v2/test/app/manifests/${reg.manifestDigest}`)
       return send(200, manifest, 'application/vnd.oci.image.manifest.v1+json', reg.manifestDigest);
     const m = /^\/v2\/test\/app\/blobs\/(sha256:[0-9a-f]{64})$/.exec(url);
@@ -162,6 +174,21 @@ describe('images: ImageService against a registry of the test', () => {
     await svc.collect();
     assert.deepEqual(readdirSync(join(dir, 'content', 'blobs', 'sha256')), []);
     assert.deepEqual(readdirSync(join(dir, 'snapshots')), []);
+  });
+
+  it('refuses an image with more layers than images.max_layers before downloading anything', async () => {
+    const max = defaultConfig().images.max_layers;
+    await assert.rejects(
+      svc.pull(`${reg.host}/test/app:many`, undefined),
+      (e: Error & { kind?: string }) =>
+        e.kind === 'ResourceExhausted' &&
+        new RegExp(`manifest sha256:[0-9a-f]{64} lists ${max + 1} layers, over images.max_layers \\(${max}\\)`).test(e.message),
+    );
+    assert.deepEqual(
+      reg.requests.filter((r) => r.includes('/blobs/')),
+      [],
+    );
+    assert.deepEqual(svc.list(), []);
   });
 
   it('answers NotFound for an image the registry does not have', async () => {
