@@ -5,6 +5,7 @@
  * caller reads them from the rootfs; this module does no I/O).
  */
 import { invalidArgument } from '../common/errors.js';
+import { MAX_ID, parseIdRef, parseImageUser, parseNumericId } from '../common/user-ids.js';
 
 export interface PasswdEntry {
   name: string;
@@ -40,22 +41,14 @@ export interface ResolvedUser {
   home?: string;
 }
 
-const MAX_ID = 0xffffffff;
-
-function parseId(s: string): number | undefined {
-  if (!/^\d+$/.test(s)) return undefined;
-  const n = Number(s);
-  return n <= MAX_ID ? n : undefined;
-}
-
 /** Parses /etc/passwd text; comment, blank and malformed lines are skipped, as libc does. */
 export function parsePasswd(text: string): PasswdEntry[] {
   const out: PasswdEntry[] = [];
   for (const line of text.split('\n')) {
     if (line.trim() === '' || line.startsWith('#')) continue;
     const f = line.split(':');
-    const uid = parseId(f[2] ?? '');
-    const gid = parseId(f[3] ?? '');
+    const uid = parseNumericId(f[2] ?? '');
+    const gid = parseNumericId(f[3] ?? '');
     if (f[0] === undefined || f[0] === '' || uid === undefined || gid === undefined) continue;
     out.push({ name: f[0], uid, gid, home: f[5] ?? '' });
   }
@@ -68,7 +61,7 @@ export function parseGroup(text: string): GroupEntry[] {
   for (const line of text.split('\n')) {
     if (line.trim() === '' || line.startsWith('#')) continue;
     const f = line.split(':');
-    const gid = parseId(f[2] ?? '');
+    const gid = parseNumericId(f[2] ?? '');
     if (f[0] === undefined || f[0] === '' || gid === undefined) continue;
     const members = (f[3] ?? '')
       .split(',')
@@ -101,10 +94,19 @@ export function resolveUser(req: UserRequest, passwdText: string, groupText: str
     entry = passwd.find((p) => p.uid === uid);
     gid = entry?.gid ?? 0;
   } else if (req.runAsUsername !== undefined && req.runAsUsername !== '') {
-    entry = passwd.find((p) => p.name === req.runAsUsername);
-    if (!entry) throw invalidArgument(`run_as_username "${req.runAsUsername}": no such user in the image's /etc/passwd`);
-    uid = entry.uid;
-    gid = entry.gid;
+    // kubelet sends the image's USER here when ImageStatus gave it as a name; all digits is a uid, never a name.
+    const ref = parseIdRef(req.runAsUsername);
+    if (ref.kind === 'too-big') throw invalidArgument(`run_as_username "${req.runAsUsername}" is all digits, so a uid, and above ${MAX_ID}`);
+    if (ref.kind === 'id') {
+      uid = ref.id;
+      entry = passwd.find((p) => p.uid === uid);
+      gid = entry?.gid ?? 0;
+    } else {
+      entry = passwd.find((p) => p.name === ref.name);
+      if (!entry) throw invalidArgument(`run_as_username "${req.runAsUsername}": no such user in the image's /etc/passwd`);
+      uid = entry.uid;
+      gid = entry.gid;
+    }
   } else {
     if (req.runAsGroup !== undefined) throw invalidArgument('run_as_group requires run_as_user or run_as_username');
     ({ uid, gid, entry } = fromImageUser(req.imageUser, passwd, groups));
@@ -126,37 +128,36 @@ export function resolveUser(req: UserRequest, passwdText: string, groupText: str
 }
 
 function fromImageUser(user: string, passwd: PasswdEntry[], groups: GroupEntry[]): { uid: number; gid: number; entry?: PasswdEntry } {
-  const spec = user.trim();
-  if (spec === '') {
+  const spec = parseImageUser(user);
+  if (spec.user === undefined) {
     const root = passwd.find((p) => p.uid === 0);
     return { uid: 0, gid: root?.gid ?? 0, ...(root ? { entry: root } : {}) };
   }
-  const colon = spec.indexOf(':');
-  const userPart = colon < 0 ? spec : spec.slice(0, colon);
-  const groupPart = colon < 0 ? undefined : spec.slice(colon + 1);
-  if (userPart === '') throw invalidArgument(`image USER "${user}" has no user part`);
+  const u = spec.user;
+  if (u.kind === 'name' && u.name === '') throw invalidArgument(`image USER "${user}" has no user part`);
 
   let uid: number;
   let gid: number;
   let entry: PasswdEntry | undefined;
-  const numericUid = parseId(userPart);
-  if (numericUid !== undefined) {
-    uid = numericUid;
+  if (u.kind === 'too-big') throw invalidArgument(`image USER "${user}": uid ${u.text} is above ${MAX_ID}`);
+  if (u.kind === 'id') {
+    uid = u.id;
     entry = passwd.find((p) => p.uid === uid);
     gid = entry?.gid ?? 0;
   } else {
-    entry = passwd.find((p) => p.name === userPart);
-    if (!entry) throw invalidArgument(`image USER "${user}": no user "${userPart}" in the image's /etc/passwd`);
+    entry = passwd.find((p) => p.name === u.name);
+    if (!entry) throw invalidArgument(`image USER "${user}": no user "${u.name}" in the image's /etc/passwd`);
     uid = entry.uid;
     gid = entry.gid;
   }
-  if (groupPart !== undefined) {
-    const numericGid = parseId(groupPart);
-    if (numericGid !== undefined) gid = numericGid;
+  const g = spec.group;
+  if (g !== undefined) {
+    if (g.kind === 'too-big') throw invalidArgument(`image USER "${user}": gid ${g.text} is above ${MAX_ID}`);
+    if (g.kind === 'id') gid = g.id;
     else {
-      const g = groups.find((x) => x.name === groupPart);
-      if (!g) throw invalidArgument(`image USER "${user}": no group "${groupPart}" in the image's /etc/group`);
-      gid = g.gid;
+      const found = groups.find((x) => x.name === g.name);
+      if (!found) throw invalidArgument(`image USER "${user}": no group "${g.name}" in the image's /etc/group`);
+      gid = found.gid;
     }
   }
   return { uid, gid, ...(entry ? { entry } : {}) };

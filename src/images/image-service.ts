@@ -26,6 +26,7 @@ import { abortable } from '../common/abort.js';
 import { BerthError, isKind, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { traced } from '../common/trace-points.js';
+import { parseImageUser } from '../common/user-ids.js';
 import type { ImagesConfig, RegistryConfig } from '../config/schema.js';
 import { ContainerLayers } from './container-layers.js';
 import type { BlobSink, BlobSinkFactory, ContentStore } from './content/content-store.js';
@@ -506,10 +507,21 @@ export class ImageService {
   }
 }
 
-/** The user an image runs as, as CRI reports it: a numeric uid, or a name. */
+/**
+ * The user an image runs as, as CRI reports it: a numeric uid, or a name. Read as
+ * CreateContainer reads it (common/user-ids.ts). All digits above the largest uid is no
+ * uid (CreateContainer refuses it): it is given as a username, which kubelet's
+ * runAsNonRoot check refuses as unverifiable instead of passing it as a non-zero uid.
+ */
 export function imageUser(config: ImageConfig): { uid: number | undefined; username: string } {
-  const user = config.run.user.split(':')[0] ?? '';
-  if (user === '') return { uid: undefined, username: '' };
-  if (/^\d+$/.test(user)) return { uid: Number(user), username: '' };
-  return { uid: undefined, username: user };
+  const user = parseImageUser(config.run.user).user;
+  if (user === undefined) return { uid: undefined, username: '' };
+  switch (user.kind) {
+    case 'id':
+      return { uid: user.id, username: '' };
+    case 'name':
+      return { uid: undefined, username: user.name };
+    case 'too-big':
+      return { uid: undefined, username: user.text };
+  }
 }

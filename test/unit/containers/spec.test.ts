@@ -15,7 +15,7 @@ import {
   type CriLinuxResources,
   type CriSecurityContext,
 } from '../../../src/containers/spec.js';
-import { config, image, input, securityContext, withSc } from '../../helpers/container-spec.js';
+import { config, GROUP, image, input, PASSWD, securityContext, withSc } from '../../helpers/container-spec.js';
 
 function invalid(fn: () => unknown, pattern: RegExp): void {
   assert.throws(fn, (err: unknown) => {
@@ -180,6 +180,28 @@ describe('container spec: user', () => {
   for (const [name, sc, imageUser, re] of bad) {
     it(`refuses ${name}`, () => invalid(() => generateSpec(withSc(sc, { image: image({ user: imageUser }) })), re));
   }
+
+  // A passwd NAME made of digits is never looked up: all digits is a uid, and above the largest uid it is refused.
+  describe('all-digit users are ids, never passwd names', () => {
+    const passwd = `${PASSWD}\n4294967296:x:0:0::/root:/bin/sh\n77:x:0:0::/root:/bin/sh\n`;
+    const group = `${GROUP}\n4294967296:x:0:\n`;
+    const gen = (user: string, sc: Partial<CriSecurityContext> = {}) => generateSpec(withSc(sc, { passwd, group, image: image({ user }) }));
+
+    for (const user of ['4294967296', ' 4294967296', '4294967296:0', '18446744073709551616', '99999999999999999999999999']) {
+      it(`refuses image USER "${user}"`, () => invalid(() => gen(user), new RegExp(`^image USER "${user}": uid \\d+ is above 4294967295$`)));
+    }
+    it('refuses an image group above the largest gid', () =>
+      invalid(() => gen('1000:4294967296'), /^image USER "1000:4294967296": gid 4294967296 is above 4294967295$/));
+    it('refuses run_as_username of digits above the largest uid', () =>
+      invalid(() => gen('', { run_as_username: '4294967296' }), /^run_as_username "4294967296" is all digits, so a uid, and above 4294967295$/));
+    it('an all-digit run_as_username is that uid, not the passwd name', () => {
+      assert.deepEqual(gen('', { run_as_username: '1000' }).spec.process.user, { uid: 1000, gid: 1000, additionalGids: [1000, 10, 29] });
+    });
+    it('an all-digit image USER within range is that uid even when a passwd name is those digits', () => {
+      assert.deepEqual(gen('4294967295').spec.process.user, { uid: 4294967295, gid: 0, additionalGids: [0] });
+      assert.deepEqual(gen('0077').spec.process.user, { uid: 77, gid: 0, additionalGids: [0] });
+    });
+  });
 });
 
 describe('container spec: capabilities', () => {

@@ -206,6 +206,10 @@ describe('images: manifests, configs, platforms', () => {
     assert.deepEqual(imageUser(cfg), { uid: 1000, username: '' });
     assert.deepEqual(imageUser({ ...cfg, run: { ...cfg.run, user: 'berth:extra' } }), { uid: undefined, username: 'berth' });
     assert.deepEqual(imageUser({ ...cfg, run: { ...cfg.run, user: '' } }), { uid: undefined, username: '' });
+    // All digits above the largest uid is no uid (CreateContainer refuses it): a username, which kubelet's runAsNonRoot refuses.
+    assert.deepEqual(imageUser({ ...cfg, run: { ...cfg.run, user: '4294967296' } }), { uid: undefined, username: '4294967296' });
+    assert.deepEqual(imageUser({ ...cfg, run: { ...cfg.run, user: '99999999999999999999999:0' } }), { uid: undefined, username: '99999999999999999999999' });
+    assert.deepEqual(imageUser({ ...cfg, run: { ...cfg.run, user: '4294967295' } }), { uid: 4294967295, username: '' });
     assert.throws(() => parseImageConfig(json({ config: {} }), 'cfg'), /cfg: has no rootfs.diff_ids/);
   });
 
