@@ -3,7 +3,8 @@
  * container names on the node, and the image's /etc/passwd and /etc/group (through the
  * container's rootfs, never through a symlink that leads out of it), kept per image.
  */
-import { open, realpath } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { lstat, open, realpath } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BerthError, messageOf } from '../common/errors.js';
 import type { CriContainerConfig } from './spec.js';
@@ -32,7 +33,7 @@ export class IdFilesCache {
 
   /** An image's passwd and group, read through a container's freshly mounted rootfs; small ones are kept. */
   async read(imageId: string, rootfs: string): Promise<IdFiles> {
-    const [passwd, group] = await Promise.all([readBounded(rootfs, 'etc/passwd'), readBounded(rootfs, 'etc/group')]);
+    const [passwd, group] = await Promise.all([readImageFile(rootfs, 'etc/passwd', MAX_ID_FILE), readImageFile(rootfs, 'etc/group', MAX_ID_FILE)]);
     if (passwd.length + group.length <= ID_FILES_CACHED_MAX) {
       if (this.byImage.size >= ID_FILES_CACHE_ENTRIES) this.byImage.delete(this.byImage.keys().next().value!);
       this.byImage.set(imageId, { passwd, group });
@@ -56,8 +57,10 @@ export async function localhostSeccompProfiles(cfg: CriContainerConfig): Promise
   if (!path.startsWith('/')) throw new BerthError('InvalidArgument', `seccomp localhost_ref "${ref}" must be an absolute path on the node`);
   let text: string;
   try {
-    const fh = await open(path, 'r');
+    // Non-blocking: a FIFO there must not hold a libuv pool thread; only a regular file is read.
+    const fh = await open(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
     try {
+      if (!(await fh.stat()).isFile()) throw new BerthError('InvalidArgument', `seccomp profile ${path} (localhost_ref) is not a regular file`);
       const buf = Buffer.alloc(MAX_SECCOMP_PROFILE + 1);
       const { bytesRead } = await fh.read(buf, 0, buf.length, 0);
       if (bytesRead > MAX_SECCOMP_PROFILE) throw new BerthError('InvalidArgument', `seccomp profile ${path} is larger than ${MAX_SECCOMP_PROFILE} bytes`);
@@ -79,21 +82,33 @@ export async function localhostSeccompProfiles(cfg: CriContainerConfig): Promise
 /**
  * Reads a small file of the image (passwd, group): '' when absent, bounded in size, and
  * never through a symlink that leads out of the rootfs (an image must not make berthd
- * read a host file).
+ * read a host file). Only a regular file is read: a FIFO, socket or device node the
+ * image put there counts as absent (berthd is host root: opening a FIFO would block a
+ * libuv pool thread until a writer came, and a device node would be the host's device).
+ * The node is checked before it is opened (opening a device runs its driver) and again
+ * on the open fd, which is opened non-blocking and without following a last symlink.
  */
-async function readBounded(rootfs: string, rel: string): Promise<string> {
+export async function readImageFile(rootfs: string, rel: string, max: number): Promise<string> {
   let fh;
   try {
     const real = await realpath(join(rootfs, rel));
     if (!real.startsWith(rootfs + '/')) return '';
-    fh = await open(real, 'r');
+    if (!(await lstat(real)).isFile()) return '';
+    fh = await open(real, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW | constants.O_NOCTTY);
   } catch {
     return '';
   }
   try {
-    const buf = Buffer.alloc(MAX_ID_FILE);
-    const { bytesRead } = await fh.read(buf, 0, MAX_ID_FILE, 0);
-    return buf.subarray(0, bytesRead).toString('utf8');
+    const st = await fh.stat();
+    if (!st.isFile()) return '';
+    const buf = Buffer.alloc(Math.min(st.size, max));
+    let n = 0;
+    while (n < buf.length) {
+      const { bytesRead } = await fh.read(buf, n, buf.length - n, n);
+      if (bytesRead === 0) break;
+      n += bytesRead;
+    }
+    return buf.subarray(0, n).toString('utf8');
   } finally {
     await fh.close();
   }
