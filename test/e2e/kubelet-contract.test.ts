@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { buildImage, buildLayer, busyboxEntries, DEFAULT_PATH, RegistryPusher } from '../../hack/test-images/oci.js';
+import { buildImage, buildLayer, busyboxEntries, DEFAULT_PATH, RegistryPusher, type LayerEntry } from '../../hack/test-images/oci.js';
 import { Berthd, until } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
@@ -187,6 +187,58 @@ describe('kubelet contract', function () {
     assert.equal(st.state, 'CONTAINER_EXITED');
     assert.equal(st.exit_code, 42, 'the USR1 trap ran');
     await b.runtime.RemoveContainer({ container_id: id });
+  });
+
+  /** Pushes busybox with `replace` entries (by path) swapped in and USER `user`; its reference. */
+  async function pushBusyboxWith(name: string, user: string, replace: LayerEntry[]): Promise<string> {
+    const pusher = new RegistryPusher(reg.registry.host);
+    try {
+      const paths = new Set(replace.map((e) => e.path));
+      const layer = await buildLayer([...busyboxEntries().filter((e) => !paths.has(e.path)), ...replace], 'gzip');
+      const image = buildImage({ layers: [layer], config: { Env: [`PATH=${DEFAULT_PATH}`], Cmd: ['sh'], User: user } });
+      await pusher.pushImage(`berth-test/${name}`, image, ['latest']);
+    } finally {
+      pusher.close();
+    }
+    const ref = `${reg.registry.host}/berth-test/${name}:latest`;
+    await b.image.PullImage({ image: { image: ref } });
+    return ref;
+  }
+
+  it('runAsNonRoot: an all-digit image USER above the largest uid is no uid in ImageStatus, and CreateContainer refuses it (never the passwd NAME of those digits, uid 0)', async () => {
+    const passwd = 'root:x:0:0:root:/root:/bin/sh\n4294967296:x:0:0::/root:/bin/sh\n';
+    const ref = await pushBusyboxWith('digits-user', '4294967296', [{ path: 'etc/passwd', type: 'file', content: passwd }]);
+    const img = (await b.image.ImageStatus({ image: { image: ref } })).image!;
+    // kubelet's runAsNonRoot check refuses an image user it cannot see as a number, instead of passing a non-zero uid.
+    assert.equal(img.uid, null);
+    assert.equal(img.username, '4294967296');
+    const e = await grpcError(create({ command: ['id', '-u'] }, ref));
+    assert.equal(e.code, status.INVALID_ARGUMENT);
+    assert.match(e.details, /image USER "4294967296": uid 4294967296 is above 4294967295/);
+    // What kubelet sends without runAsNonRoot: the reported username as run_as_username.
+    const e2 = await grpcError(create({ command: ['id', '-u'], linux: { security_context: { run_as_username: '4294967296' } } }, ref));
+    assert.equal(e2.code, status.INVALID_ARGUMENT);
+    assert.match(e2.details, /run_as_username "4294967296" is all digits, so a uid, and above 4294967295/);
+  });
+
+  it('an image whose /etc/passwd is a FIFO and /etc/group a device node: berthd reads them as absent, does not hang', async () => {
+    const special: LayerEntry[] = [
+      { path: 'etc/passwd', type: 'fifo' },
+      { path: 'etc/group', type: 'character-device', devmajor: 1, devminor: 5 },
+    ];
+    const ref = await pushBusyboxWith('special-idfiles', 'berth', special);
+    // More creates at once than libuv has pool threads (4): a blocking open of the FIFO held one each, for ever.
+    // The user is named, so it is looked up in the passwd berthd read (none) and refused before runc runs.
+    // (A numeric USER would get to runc 1.1, whose init itself opens the container's /etc/passwd: that
+    // blocks inside the container until CreateContainer's timeout, not in berthd.)
+    const errs = await Promise.all([0, 1, 2, 3, 4, 5].map(() => grpcError(create({ command: ['true'] }, ref))));
+    for (const e of errs) {
+      assert.equal(e.code, status.INVALID_ARGUMENT, e.details);
+      assert.match(e.details, /image USER "berth": no user "berth" in the image's \/etc\/passwd/);
+    }
+    // berthd's pool is free: a container is made and run, reading its image's files.
+    const r = await run('echo alive');
+    assert.deepEqual(r, { code: 0, out: 'alive' });
   });
 
   it('an image whose STOPSIGNAL does not parse can still be stopped: SIGTERM, with a warning', async () => {
