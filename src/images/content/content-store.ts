@@ -78,6 +78,26 @@ export interface BlobSink {
 /** Makes the sink of one download, given its temp file and digest algorithm. */
 export type BlobSinkFactory = (tmp: string, alg: 'sha256' | 'sha512') => Promise<BlobSink>;
 
+/**
+ * A pass-through that counts a blob's bytes and fails as soon as they exceed its declared
+ * size (DataLoss); `onChunk` sees each chunk let through. `bytes` is the count so far.
+ */
+function sizeCheck(desc: BlobDescriptor, onChunk: (chunk: Buffer) => void): Transform & { bytes: number } {
+  const check = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      check.bytes += chunk.length;
+      if (check.bytes > desc.size) {
+        cb(new BerthError('DataLoss', `blob ${desc.digest}: more than its declared ${desc.size} bytes`));
+        return;
+      }
+      onChunk(chunk);
+      cb(null, chunk);
+    },
+  }) as Transform & { bytes: number };
+  check.bytes = 0;
+  return check;
+}
+
 export class ContentStore {
   private readonly blobsDir: string;
   private readonly ingestDir: string;
@@ -135,18 +155,9 @@ export class ContentStore {
     const [alg, hex] = desc.digest.split(':') as [string, string];
     const tmp = join(this.ingestDir, `${hex}.${randomBytes(6).toString('hex')}`);
     const hash = createHash(alg === 'sha512' ? 'sha512' : 'sha256');
-    let bytes = 0;
-    const check = new Transform({
-      transform(chunk: Buffer, _enc, cb) {
-        bytes += chunk.length;
-        if (bytes > desc.size) {
-          cb(new BerthError('DataLoss', `blob ${desc.digest}: more than its declared ${desc.size} bytes`));
-          return;
-        }
-        hash.update(chunk);
-        onBytes?.(chunk.length);
-        cb(null, chunk);
-      },
+    const check = sizeCheck(desc, (chunk) => {
+      hash.update(chunk);
+      onBytes?.(chunk.length);
     });
     // Created before the try, so a failure can wait for its close: an abort may land
     // before the file is even opened, and the open would then recreate it after the rm.
@@ -154,7 +165,7 @@ export class ContentStore {
     try {
       const src = await openStream();
       await pipeline(src, check, out, ...(signal ? [{ signal }] : []));
-      if (bytes !== desc.size) throw new BerthError('DataLoss', `blob ${desc.digest}: got ${bytes} bytes, expected ${desc.size}`);
+      if (check.bytes !== desc.size) throw new BerthError('DataLoss', `blob ${desc.digest}: got ${check.bytes} bytes, expected ${desc.size}`);
       const actual = `${alg}:${hash.digest('hex')}`;
       if (actual !== desc.digest) throw new BerthError('DataLoss', `blob ${desc.digest}: content has digest ${actual}`);
       await fsyncPath(tmp);
@@ -180,24 +191,13 @@ export class ContentStore {
   ): Promise<void> {
     const [alg, hex] = desc.digest.split(':') as [string, string];
     const tmp = join(this.ingestDir, `${hex}.${randomBytes(6).toString('hex')}`);
-    let bytes = 0;
-    const check = new Transform({
-      transform(chunk: Buffer, _enc, cb) {
-        bytes += chunk.length;
-        if (bytes > desc.size) {
-          cb(new BerthError('DataLoss', `blob ${desc.digest}: more than its declared ${desc.size} bytes`));
-          return;
-        }
-        onBytes?.(chunk.length);
-        cb(null, chunk);
-      },
-    });
+    const check = sizeCheck(desc, (chunk) => onBytes?.(chunk.length));
     let sink: BlobSink | undefined;
     try {
       sink = await makeSink(tmp, alg === 'sha512' ? 'sha512' : 'sha256');
       const src = await openStream();
       await pipeline(src, check, sink.writable, ...(signal ? [{ signal }] : []));
-      if (bytes !== desc.size) throw new BerthError('DataLoss', `blob ${desc.digest}: got ${bytes} bytes, expected ${desc.size}`);
+      if (check.bytes !== desc.size) throw new BerthError('DataLoss', `blob ${desc.digest}: got ${check.bytes} bytes, expected ${desc.size}`);
       const actual = `${alg}:${await sink.seal()}`;
       if (actual !== desc.digest) throw new BerthError('DataLoss', `blob ${desc.digest}: content has digest ${actual}`);
       await rename(tmp, this.path(desc.digest));
