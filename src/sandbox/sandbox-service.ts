@@ -27,14 +27,15 @@ import type { BerthConfig } from '../config/schema.js';
 import type { OciRuntimes } from '../oci/oci-runtime.js';
 import { ownOomScoreAdj } from '../oci/runtime.js';
 import type { Shim } from '../shim/shim.js';
-import { podIps, type CniResult, type CniRuntimeConf, type PortMapping } from './cni/cni.js';
-import { findNetwork, type CniNetworkList } from './cni/conf-dir.js';
+import { podIps, type CniResult } from './cni/cni.js';
+import { findNetwork } from './cni/conf-dir.js';
 import { PodInfra } from './infra.js';
 import { pinPidNamespace, type PinnedNamespaces, type PodNamespace } from './namespaces.js';
 import { hostsFile, writePodFiles } from './pod-files.js';
 import { systemPodHost, type PodHost, type PodNetwork } from './pod-host.js';
 import { containerViewOf, pinnedKinds, podFacts, type PodContainerView } from './pod-facts.js';
 import { podDirs, strayPodEntries } from './pod-dirs.js';
+import { cniRuntime, released, releasePod, sharesPid, type PodContainerHooks, type PodReleaseContext, type StoredNetwork } from './pod-release.js';
 import type { PodResources, SandboxMetadata, SandboxRecord, SandboxRepository } from './sandbox-repository.js';
 import type { SandboxState } from './state.js';
 import { createPodUserns } from './userns.js';
@@ -43,21 +44,7 @@ import { validatePodSpec, type PodSandboxSpec, type Prepared } from './pod-spec.
 export type { NamespaceMode } from './sandbox-repository.js';
 export type { PodSandboxSpec } from './pod-spec.js';
 export { toPortMappings } from './pod-facts.js';
-
-/** What a pod keeps of its network: the CNI config ADD runs (recorded first) and its result. */
-interface StoredNetwork {
-  list: CniNetworkList;
-  result: CniResult | null;
-}
-
-/**
- * What the containers of a pod need done when the pod stops or goes. Given by main.ts
- * (sandbox/ cannot import containers/, which is built after it and needs it).
- */
-export interface PodContainerHooks {
-  stopAll(sandboxId: string): Promise<void>;
-  removeAll(sandboxId: string): Promise<void>;
-}
+export { sharesPid, type PodContainerHooks } from './pod-release.js';
 
 export interface SandboxServiceOptions {
   config: BerthConfig;
@@ -90,6 +77,8 @@ export class SandboxService {
   private readonly watching = new Set<string>();
   private readonly minOomScoreAdj: number;
   private readonly host: PodHost;
+  /** What releasing a pod needs (pod-release.ts). */
+  private readonly teardown: PodReleaseContext;
 
   constructor(private readonly o: SandboxServiceOptions) {
     this.host = o.host ?? systemPodHost;
@@ -100,6 +89,7 @@ export class SandboxService {
     chmodSync(this.podRoot, 0o711);
     this.infra = new PodInfra({ shim: o.shim });
     this.minOomScoreAdj = ownOomScoreAdj();
+    this.teardown = { config: o.config, runtimes: o.runtimes, host: this.host, infra: this.infra, podRoot: this.podRoot };
   }
 
   private locked<T>(id: string, fn: () => Promise<T>): Promise<T> {
@@ -168,7 +158,7 @@ export class SandboxService {
 
   /** Releases what a `creating` row may have made and deletes the row (only if all of that worked). */
   private async rollBack(rec: SandboxRecord): Promise<void> {
-    await this.release(rec);
+    await releasePod(this.teardown, rec);
     await rm(join(this.podRoot, rec.id), { recursive: true, force: true });
     this.o.repo.delete(rec.id);
     this.o.log.info('rolled back an interrupted pod sandbox creation', { sandbox: rec.id });
@@ -176,21 +166,6 @@ export class SandboxService {
 
   private validate(spec: PodSandboxSpec): Promise<Prepared> {
     return validatePodSpec(spec, { config: this.o.config, runtimes: this.o.runtimes, network: () => this.network() });
-  }
-
-  private cniRuntime(rec: { id: string; metadata: SandboxMetadata }, netns: string, portMappings: PortMapping[]): CniRuntimeConf {
-    return {
-      containerId: rec.id,
-      netns,
-      ifName: 'eth0',
-      args: [
-        ['K8S_POD_NAMESPACE', rec.metadata.namespace],
-        ['K8S_POD_NAME', rec.metadata.name],
-        ['K8S_POD_INFRA_CONTAINER_ID', rec.id],
-        ['K8S_POD_UID', rec.metadata.uid],
-      ],
-      capabilityArgs: { portMappings },
-    };
   }
 
   private async network(): Promise<PodNetwork> {
@@ -267,7 +242,7 @@ export class SandboxService {
         const net = prepared.network;
         ips = await traced('berth:pod.network', { podId: id }, async () => {
           await this.host.loopbackUp(pins.net!, this.o.config.cni.bin_dirs, signal);
-          const rt = this.cniRuntime({ id, metadata: spec.metadata }, pins.net!, spec.portMappings);
+          const rt = cniRuntime({ id, metadata: spec.metadata }, pins.net!, spec.portMappings);
           // Intent first: the chain ADD runs is recorded, so DEL (now or after a crash)
           // runs the same chain; and DEL is armed before ADD, since ADD may half-succeed.
           const intent: StoredNetwork = { list: net.list, result: null };
@@ -336,7 +311,7 @@ export class SandboxService {
     if (rec.state === 'creating') return; // its creation (holding the lock) failed and rolled back
     // CRI: StopPodSandbox stops every container of the pod (forcibly: kubelet has
     // already asked them to stop gracefully), while the network is released.
-    await this.release(rec, signal, () => this.o.containers.stopAll(rec.id));
+    await releasePod(this.teardown, rec, signal, () => this.o.containers.stopAll(rec.id));
     this.o.repo.update(rec.id, (cur) => ({
       state: 'notready',
       network: null,
@@ -347,35 +322,6 @@ export class SandboxService {
     this.o.log.info('pod sandbox stopped', { sandbox: rec.id });
   }
 
-  /**
-   * Releases what the pod holds, each step tolerant of what is already gone. Two strands
-   * run side by side: the processes (`stopContainers`, then the infra process, which kills
-   * what is left in the PID namespace) and the network's DEL. Neither needs the other: the
-   * processes do not need the pod network to die, and DEL needs only the pinned netns,
-   * which stays until both are done. Then shm and the namespaces go. Every step of both
-   * strands is attempted even when one fails; the first failure is thrown.
-   */
-  private async release(rec: SandboxRecord, signal?: AbortSignal, stopContainers?: () => Promise<void>): Promise<void> {
-    const processes = async (): Promise<void> => {
-      await stopContainers?.();
-      if (sharesPid(rec)) await this.infra.remove(rec.id, join(this.podRoot, rec.id, 'infra'), this.o.runtimes.get(rec.runtimeHandler));
-    };
-    await settleAll([processes(), this.delNetwork(rec, signal)]);
-    await settleAll([this.host.unmountShm(join(this.podRoot, rec.id, 'shm')), rec.nsDir !== null ? this.host.removeNamespaces(rec.nsDir) : undefined]);
-  }
-
-  /** CNI DEL of the chain the pod's ADD recorded, with its result; nothing when no ADD may have run. */
-  private async delNetwork(rec: SandboxRecord, signal?: AbortSignal): Promise<void> {
-    const hostNet = rec.facts.namespaces.network === 'NODE';
-    const stored = rec.network as unknown as StoredNetwork | null;
-    // Only a recorded intent means ADD may have run; DEL runs the chain it recorded.
-    if (hostNet || rec.nsDir === null || !stored) return;
-    const netPin = join(rec.nsDir, 'net');
-    const net = this.host.network(stored.list, this.o.config.cni.bin_dirs, { timeoutMs: this.o.config.sandbox.cni_timeout_seconds * 1000 });
-    // DEL must run even when the netns is gone: host-local frees the IP by container id.
-    await net.del(this.cniRuntime(rec, this.host.isPinned(netPin) ? netPin : '', rec.facts.portMappings), stored.result ?? undefined, signal);
-  }
-
   /** Stops the pod if needed and removes everything of it; idempotent. */
   async remove(idOrPrefix: string, signal?: AbortSignal): Promise<void> {
     const found = this.find(idOrPrefix);
@@ -384,7 +330,7 @@ export class SandboxService {
       const rec = this.o.repo.get(found.id);
       if (!rec) return;
       // `removing` means released; so does a pod StopPodSandbox finished (the usual case).
-      if (rec.state !== 'removing' && !released(rec)) await this.release(rec, signal, () => this.o.containers.removeAll(rec.id));
+      if (rec.state !== 'removing' && !released(rec)) await releasePod(this.teardown, rec, signal, () => this.o.containers.removeAll(rec.id));
       if (rec.state !== 'removing') this.o.repo.update(rec.id, () => ({ state: 'removing' }));
       // Nothing of a released pod is in use: its containers and its dir go side by side.
       await settleAll([this.o.containers.removeAll(rec.id), rm(join(this.podRoot, rec.id), { recursive: true, force: true })]);
@@ -411,7 +357,7 @@ export class SandboxService {
           // by a later StopPodSandbox.
           this.o.repo.update(rec.id, () => ({ state: 'notready' }));
           this.o.log.warn('recovery: pod sandbox lost its namespaces (a reboot?); marked NOTREADY', { sandbox: rec.id });
-          await this.release(rec);
+          await releasePod(this.teardown, rec);
           this.o.repo.update(rec.id, () => ({ network: null, nsDir: null, ips: [] }));
         } else if (rec.state === 'ready' && sharesPid(rec)) {
           if (await this.infra.running(rec.id, this.o.runtimes.get(rec.runtimeHandler))) {
@@ -507,14 +453,4 @@ export class SandboxService {
       this.o.log.info('pod sandbox resources recorded', { sandbox: rec.id });
     });
   }
-}
-
-/** Whether a StopPodSandbox (or recovery) released everything the pod held: NOTREADY with no network or namespaces left to free. */
-function released(rec: SandboxRecord): boolean {
-  return rec.state === 'notready' && rec.network === null && rec.nsDir === null;
-}
-
-/** Whether the pod shares one PID namespace (and so has an infra process). */
-export function sharesPid(rec: SandboxRecord): boolean {
-  return rec.facts.namespaces.pid === 'POD';
 }
