@@ -4,8 +4,9 @@
  * defers its undo, and exits are learnt from the shim's exit files (exit-monitor.ts), so a
  * container that exits while berthd is down is recorded with its code when berthd is back.
  *
- * This file holds the lifecycle (create, start, stop, remove, recovery); exec, attach,
- * log reopening and resource updates are container-io.ts, and this class hands them on.
+ * This file holds the lifecycle (create, start, stop, remove, recovery); the work of stop
+ * and remove is container-teardown.ts; exec, attach, log reopening and resource updates
+ * are container-io.ts, and this class hands them on.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
@@ -32,13 +33,14 @@ import { containerDirs } from './container-dirs.js';
 import { ContainerEvents } from './container-events.js';
 import { overlayRootfs, type RootfsMounter } from './rootfs.js';
 import { ContainerIo, type CriResources } from './container-io.js';
+import { ContainerTeardown } from './container-teardown.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
 import type { ExecSession } from './exec-session.js';
 import { ExitMonitor } from './exit-monitor.js';
 import { hostProbes, warnOnce, type HostProbes } from './host-probes.js';
 import { podSpecView, targetPidns } from './pod-view.js';
 import { containerLogPath } from './log-path.js';
-import { containerFacts, specFacts, stopSignalOf, type RequestedImageSpec } from './container-facts.js';
+import { containerFacts, specFacts, type RequestedImageSpec } from './container-facts.js';
 import { generateSpec, type CriContainerConfig } from './spec.js';
 import { IdFilesCache, localhostSeccompProfiles } from './spec-files.js';
 import { specPrerequisites } from './spec-prerequisites.js';
@@ -79,9 +81,6 @@ export interface ContainerServiceOptions {
   rootfs?: RootfsMounter;
 }
 
-/** How long a stop waits for the exit of a container it sent SIGKILL. */
-const KILL_WAIT_MS = 10_000;
-
 export class ContainerService {
   private readonly bundles: string;
   private readonly locks = new KeyedLock();
@@ -91,6 +90,8 @@ export class ContainerService {
   private readonly cdi: CdiRegistry;
   private readonly exits: ExitMonitor;
   private readonly io: ContainerIo;
+  /** StopContainer's and RemoveContainer's work, and the retiring of exited containers. */
+  private readonly teardown: ContainerTeardown;
   /** Lifecycle events, for GetContainerEvents. */
   readonly events: ContainerEvents;
   private readonly rootfs: RootfsMounter;
@@ -107,11 +108,20 @@ export class ContainerService {
       snapshot: (sandboxId) => ({ sandbox: o.sandboxes.find(sandboxId), containers: o.repo.ofSandbox(sandboxId).filter((c) => c.state !== 'creating') }),
       queueSize: o.config.events.subscriber_queue_size,
     });
-    const retire = async (c: ContainerRecord): Promise<void> => {
-      await runtimeOf(c).delete(c.id, true);
-      await this.rootfs.unmount(this.paths(c.id).rootfs);
-    };
+    const retire = (c: ContainerRecord): Promise<void> => this.teardown.retire(c);
     this.exits = new ExitMonitor({ repo: o.repo, shim: o.shim, runtimeOf, locks: this.locks, bundleOf, log: o.log, events: this.events, retire });
+    this.teardown = new ContainerTeardown({
+      repo: o.repo,
+      images: o.images,
+      shim: o.shim,
+      rootfs: this.rootfs,
+      exits: this.exits,
+      log: o.log,
+      events: this.events,
+      runtimeOf,
+      paths: (id) => this.paths(id),
+      preparedDir: (id) => this.preparedDir(id),
+    });
     this.io = new ContainerIo({
       repo: o.repo,
       shim: o.shim,
@@ -359,32 +369,7 @@ export class ContainerService {
   /** Stop signal, up to `timeoutSeconds`, then SIGKILL; idempotent (CRI: stopping a stopped container succeeds). */
   async stop(idOrPrefix: string, timeoutSeconds: number, signal?: AbortSignal): Promise<void> {
     const found = this.requireContainer(idOrPrefix);
-    await this.locked(found.id, async () => {
-      const c = this.o.repo.get(found.id)!;
-      if (c.state === 'exited' || c.state === 'removing') return;
-      const rt = this.runtimeOf(c);
-      if (c.state === 'unknown') return this.exits.stopLost(c, rt);
-      const image = this.o.images.find(c.imageId);
-      // As decided at creation: ContainerConfig.stop_signal, else the image's (an unusable one: SIGTERM).
-      const stopSig = stopSignalOf(c.facts, image?.config);
-      if (stopSig.warning) this.o.log.warn('stop signal', { container: c.id, warning: stopSig.warning });
-      const sig = stopSig.signal;
-      // Without its shim (killed) no exit file will come: ask the runtime instead.
-      const shimUp = this.exits.shimAlive(c);
-      const exited = (ms: number): Promise<number | undefined> => (shimUp ? this.exits.exitWithin(c.id, ms, signal) : this.exits.stoppedWithin(c.id, rt, ms));
-      if (c.state === 'running' && timeoutSeconds > 0) {
-        await rt.kill(c.id, sig).catch(() => undefined);
-        const code = await exited(timeoutSeconds * 1000);
-        if (code !== undefined) return this.exits.recordExit(c.id, code);
-      }
-      await rt.kill(c.id, 'KILL', true).catch(() => undefined);
-      const code = await exited(KILL_WAIT_MS);
-      if (code !== undefined) return this.exits.recordExit(c.id, code);
-      await this.exits.refuseIfStillLive(c, rt, KILL_WAIT_MS);
-      // Never started (no shim exit for a created container that got killed before start
-      // on some runtimes), or the shim is gone: record it as killed.
-      return this.exits.recordExit(c.id, 137);
-    });
+    await this.locked(found.id, () => this.teardown.stop(found.id, timeoutSeconds, signal));
   }
 
   /** Removes a container and everything of it; a running one is killed first. Idempotent. */
@@ -392,38 +377,7 @@ export class ContainerService {
     const found = this.find(idOrPrefix);
     if (!found) return;
     if (found.state === 'running' || found.state === 'created') await this.stop(found.id, 0);
-    await this.locked(found.id, async () => {
-      const c = this.o.repo.get(found.id);
-      if (!c) return;
-      // A row still `creating` (recovery) was never announced, so its removal is not either.
-      const announced = c.state !== 'creating';
-      this.o.repo.update(c.id, () => ({ state: 'removing' }));
-      const rt = this.runtimeOf(c);
-      const { bundle, rootfs } = this.paths(c.id);
-      // Retired at its exit (ExitMonitor.retire): no runtime record and no rootfs mount left.
-      const retired = c.state === 'exited' && this.exits.retired(c.id);
-      const layer = async (): Promise<void> => {
-        if (!retired) await this.rootfs.unmount(rootfs);
-        // Idmapped and image-volume mounts; the image volumes' use rows go with the container's row.
-        await releasePreparedMounts(this.preparedDir(c.id));
-        await this.o.images.removeContainerLayer(c.id);
-      };
-      if (c.state === 'exited') {
-        // Its processes are gone (or, in a shared PID namespace, left to the runtime's
-        // delete to kill): the runtime's delete, a process spawn and the longest step, runs
-        // beside the unmounts, the writable layer's removal and the shim's files.
-        await settleAll([retired ? undefined : rt.delete(c.id, true), layer(), this.o.shim.removeFiles({ id: c.id, bundle })]);
-      } else {
-        // Maybe still live (lost shim, an interrupted create): killed and deleted first.
-        await rt.delete(c.id, true);
-        await layer();
-        await this.o.shim.removeFiles({ id: c.id, bundle });
-      }
-      await rm(bundle, { recursive: true, force: true });
-      this.o.repo.delete(c.id);
-      this.exits.forget(c.id);
-      if (announced) this.events.publish('deleted', c);
-    });
+    await this.locked(found.id, () => this.teardown.remove(found.id));
   }
 
   /** ExecSync; see {@link ContainerIo.execSync}. */
