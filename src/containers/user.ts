@@ -5,7 +5,7 @@
  * caller reads them from the rootfs; this module does no I/O).
  */
 import { invalidArgument } from '../common/errors.js';
-import { MAX_ID, parseIdRef, parseImageUser, parseNumericId } from '../common/user-ids.js';
+import { MAX_ID, parseIdRef, parseImageUser, parseNumericId, type IdRef } from '../common/user-ids.js';
 
 export interface PasswdEntry {
   name: string;
@@ -44,9 +44,7 @@ export interface ResolvedUser {
 /** Parses /etc/passwd text; comment, blank and malformed lines are skipped, as libc does. */
 export function parsePasswd(text: string): PasswdEntry[] {
   const out: PasswdEntry[] = [];
-  for (const line of text.split('\n')) {
-    if (line.trim() === '' || line.startsWith('#')) continue;
-    const f = line.split(':');
+  for (const f of records(text)) {
     const uid = parseNumericId(f[2] ?? '');
     const gid = parseNumericId(f[3] ?? '');
     if (f[0] === undefined || f[0] === '' || uid === undefined || gid === undefined) continue;
@@ -58,9 +56,7 @@ export function parsePasswd(text: string): PasswdEntry[] {
 /** Parses /etc/group text; comment, blank and malformed lines are skipped. */
 export function parseGroup(text: string): GroupEntry[] {
   const out: GroupEntry[] = [];
-  for (const line of text.split('\n')) {
-    if (line.trim() === '' || line.startsWith('#')) continue;
-    const f = line.split(':');
+  for (const f of records(text)) {
     const gid = parseNumericId(f[2] ?? '');
     if (f[0] === undefined || f[0] === '' || gid === undefined) continue;
     const members = (f[3] ?? '')
@@ -70,6 +66,14 @@ export function parseGroup(text: string): GroupEntry[] {
     out.push({ name: f[0], gid, members });
   }
   return out;
+}
+
+/** The colon-separated fields of each line of a passwd or group file; comment and blank lines are skipped. */
+function records(text: string): string[][] {
+  return text
+    .split('\n')
+    .filter((line) => line.trim() !== '' && !line.startsWith('#'))
+    .map((line) => line.split(':'));
 }
 
 function checkId(n: number, field: string): number {
@@ -95,18 +99,11 @@ export function resolveUser(req: UserRequest, passwdText: string, groupText: str
     gid = entry?.gid ?? 0;
   } else if (req.runAsUsername !== undefined && req.runAsUsername !== '') {
     // kubelet sends the image's USER here when ImageStatus gave it as a name; all digits is a uid, never a name.
-    const ref = parseIdRef(req.runAsUsername);
-    if (ref.kind === 'too-big') throw invalidArgument(`run_as_username "${req.runAsUsername}" is all digits, so a uid, and above ${MAX_ID}`);
-    if (ref.kind === 'id') {
-      uid = ref.id;
-      entry = passwd.find((p) => p.uid === uid);
-      gid = entry?.gid ?? 0;
-    } else {
-      entry = passwd.find((p) => p.name === ref.name);
-      if (!entry) throw invalidArgument(`run_as_username "${req.runAsUsername}": no such user in the image's /etc/passwd`);
-      uid = entry.uid;
-      gid = entry.gid;
-    }
+    const name = req.runAsUsername;
+    ({ uid, gid, entry } = userOf(parseIdRef(name), passwd, {
+      tooBig: () => `run_as_username "${name}" is all digits, so a uid, and above ${MAX_ID}`,
+      unknown: () => `run_as_username "${name}": no such user in the image's /etc/passwd`,
+    }));
   } else {
     if (req.runAsGroup !== undefined) throw invalidArgument('run_as_group requires run_as_user or run_as_username');
     ({ uid, gid, entry } = fromImageUser(req.imageUser, passwd, groups));
@@ -136,20 +133,11 @@ function fromImageUser(user: string, passwd: PasswdEntry[], groups: GroupEntry[]
   const u = spec.user;
   if (u.kind === 'name' && u.name === '') throw invalidArgument(`image USER "${user}" has no user part`);
 
-  let uid: number;
-  let gid: number;
-  let entry: PasswdEntry | undefined;
-  if (u.kind === 'too-big') throw invalidArgument(`image USER "${user}": uid ${u.text} is above ${MAX_ID}`);
-  if (u.kind === 'id') {
-    uid = u.id;
-    entry = passwd.find((p) => p.uid === uid);
-    gid = entry?.gid ?? 0;
-  } else {
-    entry = passwd.find((p) => p.name === u.name);
-    if (!entry) throw invalidArgument(`image USER "${user}": no user "${u.name}" in the image's /etc/passwd`);
-    uid = entry.uid;
-    gid = entry.gid;
-  }
+  const named = userOf(u, passwd, {
+    tooBig: (text) => `image USER "${user}": uid ${text} is above ${MAX_ID}`,
+    unknown: (name) => `image USER "${user}": no user "${name}" in the image's /etc/passwd`,
+  });
+  let gid = named.gid;
   const g = spec.group;
   if (g !== undefined) {
     if (g.kind === 'too-big') throw invalidArgument(`image USER "${user}": gid ${g.text} is above ${MAX_ID}`);
@@ -160,5 +148,24 @@ function fromImageUser(user: string, passwd: PasswdEntry[], groups: GroupEntry[]
       gid = found.gid;
     }
   }
-  return { uid, gid, ...(entry ? { entry } : {}) };
+  return { uid: named.uid, gid, ...(named.entry ? { entry: named.entry } : {}) };
+}
+
+/**
+ * The user a user part names in the image's /etc/passwd: a uid (with its entry's gid when
+ * it has one, else 0), or a name that must have an entry. The refusals are worded by the caller.
+ */
+function userOf(
+  ref: IdRef,
+  passwd: PasswdEntry[],
+  refusal: { tooBig(text: string): string; unknown(name: string): string },
+): { uid: number; gid: number; entry?: PasswdEntry } {
+  if (ref.kind === 'too-big') throw invalidArgument(refusal.tooBig(ref.text));
+  if (ref.kind === 'id') {
+    const entry = passwd.find((p) => p.uid === ref.id);
+    return { uid: ref.id, gid: entry?.gid ?? 0, ...(entry ? { entry } : {}) };
+  }
+  const entry = passwd.find((p) => p.name === ref.name);
+  if (!entry) throw invalidArgument(refusal.unknown(ref.name));
+  return { uid: entry.uid, gid: entry.gid, entry };
 }
