@@ -75,6 +75,22 @@ describe('UnpackPool', function () {
   }
   const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
+  /**
+   * Starts a streamed unpack of a gzip layer on pool `p` into a new dir `<name>-fs`, the
+   * blob written to `<name>.tmp`: the caller writes the blob into `sink`.
+   */
+  async function startStream(p: UnpackPool, name: string, grant?: (used: Budget, need: Budget) => Promise<Budget>) {
+    const target = join(dir, `${name}-fs`);
+    fs.mkdirSync(target);
+    const tmpPath = join(dir, `${name}.tmp`);
+    const { sink, result } = await p.stream(
+      { tmpPath, alg: 'sha256', compression: 'gzip', target, opts: { layer: LAYER, maxBytes: 1 << 30 } },
+      undefined,
+      grant,
+    );
+    return { sink, result, target, tmpPath };
+  }
+
   it('unpacks a layer while its blob streams in, and writes and hashes the blob on the way', async () => {
     const p = (pool = new UnpackPool(2, 1_000));
     // Bigger than the flow-control window, so acknowledgements must keep it going.
@@ -82,10 +98,7 @@ describe('UnpackPool', function () {
     for (let i = 0; i < big.length; i += 4096) big.writeUInt32BE(i, i);
     const raw = await makeTar([{ header: { name: 'etc', type: 'directory' } }, { header: { name: 'etc/big.bin' }, content: big }]);
     const blobBytes = compress(raw, 'gzip');
-    const target = join(dir, 'fs');
-    fs.mkdirSync(target);
-    const tmpPath = join(dir, 'blob.tmp');
-    const { sink, result } = await p.stream({ tmpPath, alg: 'sha256', compression: 'gzip', target, opts: { layer: LAYER, maxBytes: 1 << 30 } });
+    const { sink, result, target, tmpPath } = await startStream(p, 'streamed');
     // Some chunks are views into a larger buffer (copied before they move), most are whole.
     await pipeline(chunked(blobBytes, 65_536), sink.writable);
     assert.equal(await sink.seal(), sha256(blobBytes), 'the digest of the streamed blob');
@@ -100,10 +113,7 @@ describe('UnpackPool', function () {
     const p = (pool = new UnpackPool(1, 1_000));
     const raw = await makeTar([{ header: { name: '../escape' }, content: 'x'.repeat(100_000) }]);
     const blobBytes = compress(raw, 'gzip');
-    const target = join(dir, 'fs');
-    fs.mkdirSync(target);
-    const tmpPath = join(dir, 'blob.tmp');
-    const { sink, result } = await p.stream({ tmpPath, alg: 'sha256', compression: 'gzip', target, opts: { layer: LAYER, maxBytes: 1 << 30 } });
+    const { sink, result } = await startStream(p, 'escape');
     await pipeline(chunked(blobBytes, 1000), sink.writable);
     assert.equal(await sink.seal(), sha256(blobBytes));
     await assert.rejects(result, (e) => isKind(e, 'FailedPrecondition'));
@@ -113,16 +123,8 @@ describe('UnpackPool', function () {
     const p = (pool = new UnpackPool(1, 1_000));
     const raw = await makeTar([{ header: { name: 'a.bin' }, content: Buffer.alloc(4 << 20, 1) }]);
     const blobBytes = compress(raw, 'gzip');
-    const target = join(dir, 'fs');
-    fs.mkdirSync(target);
     const fds = openFds();
-    const { sink, result } = await p.stream({
-      tmpPath: join(dir, 'blob.tmp'),
-      alg: 'sha256',
-      compression: 'gzip',
-      target,
-      opts: { layer: LAYER, maxBytes: 1 << 30 },
-    });
+    const { sink, result } = await startStream(p, 'broken');
     const broken = Readable.from(
       (async function* () {
         yield Buffer.from(blobBytes.subarray(0, 10_000));
@@ -147,16 +149,7 @@ describe('UnpackPool', function () {
     ]);
     const blobBytes = compress(raw, 'gzip');
     const stream = async (name: string, grant: (used: Budget, need: Budget) => Promise<Budget>) => {
-      const target = join(dir, `${name}-fs`);
-      fs.mkdirSync(target);
-      const job = {
-        tmpPath: join(dir, `${name}.tmp`),
-        alg: 'sha256' as const,
-        compression: 'gzip' as const,
-        target,
-        opts: { layer: LAYER, maxBytes: 1 << 30 },
-      };
-      const { sink, result } = await p.stream(job, undefined, grant);
+      const { sink, result, target } = await startStream(p, name, grant);
       await pipeline(chunked(blobBytes, 65_536), sink.writable);
       return { result, target };
     };
