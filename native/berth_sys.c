@@ -117,6 +117,29 @@ static napi_value throw_errno(napi_env env, int err, const char *syscall, const 
   return NULL;
 }
 
+/* As throw_errno, for a malloc'd `what`, which is freed once the error names it. */
+static napi_value throw_errno_free(napi_env env, int err, const char *syscall, char *what) {
+  napi_value e = errno_error(env, err, syscall, what);
+  free(what);
+  napi_throw(env, e);
+  return NULL;
+}
+
+/* The first `n` arguments of a call into `args` (undefined for those not passed); false
+ * after throwing: a TypeError with `usage` when fewer than `n` were passed. */
+static bool get_args(napi_env env, napi_callback_info info, size_t n, napi_value *args, const char *usage) {
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, args, NULL, NULL) != napi_ok) {
+    napi_throw_error(env, NULL, "berth_sys: N-API call failed: napi_get_cb_info");
+    return false;
+  }
+  if (argc < n) {
+    napi_throw_type_error(env, NULL, usage);
+    return false;
+  }
+  return true;
+}
+
 /* A JavaScript string as a malloc'd C string (NULL after throwing). */
 static char *get_string(napi_env env, napi_value v, const char *what) {
   size_t len = 0;
@@ -488,13 +511,8 @@ static napi_value queue_mount(napi_env env, struct mount_work *w) {
 }
 
 static napi_value js_mount(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value args[5];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
-  if (argc < 5) {
-    napi_throw_type_error(env, NULL, "berth_sys.mount(source, target, fstype, flags, data)");
-    return NULL;
-  }
+  if (!get_args(env, info, 5, args, "berth_sys.mount(source, target, fstype, flags, data)")) return NULL;
   struct mount_work *w = calloc(1, sizeof *w);
   if (!w) return throw_errno(env, ENOMEM, "mount", NULL);
   int64_t flags = 0;
@@ -726,13 +744,8 @@ static char *get_optional_string(napi_env env, napi_value v, const char *what, b
 }
 
 static napi_value js_pin_userns(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
   napi_value args[7];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
-  if (argc < 7) {
-    napi_throw_type_error(env, NULL, "berth_sys.pinUserns(pinPath, uidMap, gidMap, netPin, ipcPin, utsPin, hostname)");
-    return NULL;
-  }
+  if (!get_args(env, info, 7, args, "berth_sys.pinUserns(pinPath, uidMap, gidMap, netPin, ipcPin, utsPin, hostname)")) return NULL;
   struct userns_work *w = calloc(1, sizeof *w);
   if (!w) return throw_errno(env, ENOMEM, "pinUserns", NULL);
   bool ok = (w->pin = get_string(env, args[0], "pinPath")) && (w->uid_map = get_string(env, args[1], "uidMap")) &&
@@ -751,13 +764,8 @@ static napi_value js_pin_userns(napi_env env, napi_callback_info info) {
 }
 
 static napi_value js_clone_mount(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value args[5];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
-  if (argc < 5) {
-    napi_throw_type_error(env, NULL, "berth_sys.cloneMount(source, target, recursive, readonly, usernsPath)");
-    return NULL;
-  }
+  if (!get_args(env, info, 5, args, "berth_sys.cloneMount(source, target, recursive, readonly, usernsPath)")) return NULL;
   struct userns_work *w = calloc(1, sizeof *w);
   if (!w) return throw_errno(env, ENOMEM, "cloneMount", NULL);
   w->clone_mount = true;
@@ -889,10 +897,7 @@ static napi_value js_socket_in_netns(napi_env env, napi_callback_info info) {
   }
   pthread_join(th, NULL);
   if (w.fd < 0) {
-    napi_value e = errno_error(env, w.err ? w.err : EIO, w.syscall ? w.syscall : "socket", path);
-    free(path);
-    napi_throw(env, e);
-    return NULL;
+    return throw_errno_free(env, w.err ? w.err : EIO, w.syscall ? w.syscall : "socket", path);
   }
   free(path);
   napi_value v;
@@ -970,22 +975,14 @@ static void *bridge_thread(void *arg) {
 }
 
 static napi_value js_attach_conmon(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value args[1];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
-  if (argc < 1) {
-    napi_throw_type_error(env, NULL, "berth_sys.attachConmon(dir)");
-    return NULL;
-  }
+  if (!get_args(env, info, 1, args, "berth_sys.attachConmon(dir)")) return NULL;
   char *dir = get_string(env, args[0], "dir");
   if (!dir) return NULL;
   /* Through /proc/self/fd, a long directory still fits in sun_path's 108 bytes. */
   int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) {
-    napi_value e = errno_error(env, errno, "open", dir);
-    free(dir);
-    napi_throw(env, e);
-    return NULL;
+    return throw_errno_free(env, errno, "open", dir);
   }
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
   snprintf(addr.sun_path, sizeof addr.sun_path, "/proc/self/fd/%d/attach", dfd);
@@ -994,10 +991,7 @@ static napi_value js_attach_conmon(napi_env env, napi_callback_info info) {
     int err = errno;
     if (seq >= 0) close(seq);
     close(dfd);
-    napi_value e = errno_error(env, err, "connect", dir);
-    free(dir);
-    napi_throw(env, e);
-    return NULL;
+    return throw_errno_free(env, err, "connect", dir);
   }
   close(dfd);
   free(dir);
@@ -1052,13 +1046,8 @@ static socklen_t unix_address(const char *path, struct sockaddr_un *addr) {
 }
 
 static napi_value js_notify_socket(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
   napi_value argv[2];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 2) {
-    napi_throw_type_error(env, NULL, "berth_sys: notifySocket(path, text)");
-    return NULL;
-  }
+  if (!get_args(env, info, 2, argv, "berth_sys: notifySocket(path, text)")) return NULL;
   char *path = get_string(env, argv[0], "path");
   if (!path) return NULL;
   char *text = get_string(env, argv[1], "text");
@@ -1070,10 +1059,7 @@ static napi_value js_notify_socket(napi_env env, napi_callback_info info) {
   socklen_t len = unix_address(path, &addr);
   if (len == 0) {
     free(text);
-    napi_value e = errno_error(env, ENAMETOOLONG, "sendto", path);
-    free(path);
-    napi_throw(env, e);
-    return NULL;
+    return throw_errno_free(env, ENAMETOOLONG, "sendto", path);
   }
   int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   int err = 0;
@@ -1087,23 +1073,15 @@ static napi_value js_notify_socket(napi_env env, napi_callback_info info) {
   }
   free(text);
   if (err != 0) {
-    napi_value e = errno_error(env, err, fd < 0 ? "socket" : "sendto", path);
-    free(path);
-    napi_throw(env, e);
-    return NULL;
+    return throw_errno_free(env, err, fd < 0 ? "socket" : "sendto", path);
   }
   free(path);
   return NULL;
 }
 
 static napi_value js_datagram_bind(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value argv[1];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 1) {
-    napi_throw_type_error(env, NULL, "berth_sys: datagramBind(path)");
-    return NULL;
-  }
+  if (!get_args(env, info, 1, argv, "berth_sys: datagramBind(path)")) return NULL;
   char *path = get_string(env, argv[0], "path");
   if (!path) return NULL;
   struct sockaddr_un addr;
@@ -1116,10 +1094,7 @@ static napi_value js_datagram_bind(napi_env env, napi_callback_info info) {
     close(fd);
   }
   if (err != 0) {
-    napi_value e = errno_error(env, err, "bind", path);
-    free(path);
-    napi_throw(env, e);
-    return NULL;
+    return throw_errno_free(env, err, "bind", path);
   }
   free(path);
   napi_value v;
@@ -1130,13 +1105,8 @@ static napi_value js_datagram_bind(napi_env env, napi_callback_info info) {
 /* ---- sealedCopy(path) -> fd: the file copied into a memfd sealed against writes, growth, shrinking and new seals ---- */
 
 static napi_value js_sealed_copy(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
   napi_value args[1];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
-  if (argc < 1) {
-    napi_throw_type_error(env, NULL, "berth_sys.sealedCopy(path)");
-    return NULL;
-  }
+  if (!get_args(env, info, 1, args, "berth_sys.sealedCopy(path)")) return NULL;
   char *path = get_string(env, args[0], "path");
   if (!path) return NULL;
   napi_value ret = NULL;
