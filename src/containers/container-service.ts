@@ -196,6 +196,8 @@ export class ContainerService {
     const sandbox = this.o.sandboxes.requireSandbox(req.sandboxId, { states: ['ready'] });
     const image = await traced('berth:container.image', { image: req.image }, async () => this.o.images.find(req.image));
     if (!image) throw new BerthError('NotFound', `image "${req.image}" not found; pull it first`);
+    // An image already found with a FIFO (or other non-regular) /etc/passwd or /etc/group is refused before anything is made.
+    this.idFiles.get(image.id);
     const dup = this.o.repo.byName(sandbox.id, req.name, req.attempt);
     if (dup) throw new BerthError('AlreadyExists', `container "${req.name}" (attempt ${req.attempt}) already exists in pod ${sandbox.id} as ${dup.id}`);
 
@@ -273,7 +275,9 @@ export class ContainerService {
         throw new BerthError('Internal', `mounting the container's rootfs (overlay on ${rootfs}): ${messageOf(err)}`, { cause: err });
       });
       mounted.catch(() => undefined);
-      // The spec is made while the mount runs when the image's passwd and group are known.
+      // The spec is made while the mount runs when the image's passwd and group are known;
+      // else they are read from the mounted rootfs, which refuses an image whose passwd or
+      // group is no regular file (spec-files.ts) before the runtime sees the bundle.
       let ids = this.idFiles.get(image.id);
       if (!ids) {
         await mounted;

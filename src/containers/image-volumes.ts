@@ -19,11 +19,12 @@
  * everything else under `<dir>` (releasePreparedMounts), by a failed create's undo, by
  * RemoveContainer and by recovery's removal path.
  */
-import { lstat, mkdir, readlink } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/errors.js';
+import { BerthError, invalidArgument, messageOf } from '../common/errors.js';
 import { cloneMount, mount, MS } from '../common/mount.js';
 import type { ImageService } from '../images/image-service.js';
+import { walkInRoot } from './in-root.js';
 import type { CriMount } from './mounts.js';
 
 /** An image volume of a container: `index` into the CRI mounts. */
@@ -34,9 +35,6 @@ export interface ImageVolumePlan {
   /** Relative path inside the image; '' for the whole image. */
   subPath: string;
 }
-
-/** Symlinks followed while resolving a sub path, as the kernel's MAXSYMLINKS. */
-const MAX_LINKS = 40;
 
 /** Whether a CRI mount is an image volume. */
 export function isImageVolume(m: CriMount): boolean {
@@ -144,39 +142,20 @@ export class ImageVolumes {
 }
 
 /**
- * Resolves `sub` inside `root` as if `root` were `/` (openat2's RESOLVE_IN_ROOT): an
- * absolute symlink restarts at `root`, `..` stops there, so nothing outside the image is
- * reached. The path must exist: a missing one is InvalidArgument, as kubelet expects the
- * container's creation to fail.
+ * Resolves `sub` inside `root` as if `root` were `/` (in-root.ts): an absolute symlink
+ * restarts at `root`, `..` stops there, so nothing outside the image is reached. The
+ * path must exist: a missing one is InvalidArgument, as kubelet expects the container's
+ * creation to fail.
  */
 export async function resolveInRoot(root: string, sub: string, field: string, imageId: string): Promise<string> {
-  const parts = (p: string): string[] => p.split('/').filter((s) => s !== '' && s !== '.');
-  const todo = parts(sub);
-  const done: string[] = [];
-  let links = 0;
-  while (todo.length > 0) {
-    const name = todo.shift()!;
-    if (name === '..') {
-      done.pop();
-      continue;
-    }
-    const path = join(root, ...done, name);
-    let st;
-    try {
-      st = await lstat(path);
-    } catch (err) {
-      if (errnoOf(err) === 'ENOENT' || errnoOf(err) === 'ENOTDIR') throw invalidArgument(`${field} "${sub}" does not exist in image ${imageId}`);
-      throw new BerthError('Internal', `${field} "${sub}": ${messageOf(err)}`, { cause: err });
-    }
-    if (st.isSymbolicLink()) {
-      if (++links > MAX_LINKS) throw invalidArgument(`${field} "${sub}": too many symbolic links in image ${imageId}`);
-      const target = await readlink(path);
-      if (target.startsWith('/')) done.length = 0;
-      todo.unshift(...parts(target));
-      continue;
-    }
-    if (todo.length > 0 && !st.isDirectory()) throw invalidArgument(`${field} "${sub}" does not exist in image ${imageId} (${name} is not a directory)`);
-    done.push(name);
+  let r;
+  try {
+    r = await walkInRoot(root, sub);
+  } catch (err) {
+    throw new BerthError('Internal', `${field} "${sub}": ${messageOf(err)}`, { cause: err });
   }
-  return join(root, ...done);
+  if (r.found) return r.path;
+  if (r.why === 'loop') throw invalidArgument(`${field} "${sub}": too many symbolic links in image ${imageId}`);
+  if (r.why === 'notDirectory') throw invalidArgument(`${field} "${sub}" does not exist in image ${imageId} (${r.name} is not a directory)`);
+  throw invalidArgument(`${field} "${sub}" does not exist in image ${imageId}`);
 }

@@ -3,10 +3,11 @@
  * container names on the node, and the image's /etc/passwd and /etc/group (through the
  * container's rootfs, never through a symlink that leads out of it), kept per image.
  */
-import { constants } from 'node:fs';
-import { lstat, open, realpath } from 'node:fs/promises';
-import { join } from 'node:path';
+import { constants, type Stats } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { join, relative } from 'node:path';
 import { BerthError, messageOf } from '../common/errors.js';
+import { walkInRoot } from './in-root.js';
 import type { CriContainerConfig } from './spec.js';
 
 /** Bytes of /etc/passwd or /etc/group berth reads from an image. */
@@ -22,24 +23,74 @@ export interface IdFiles {
 
 /**
  * /etc/passwd and /etc/group of images, by image id (a config digest, so fixed content):
- * with them known, a container's spec need not wait for its rootfs mount.
+ * with them known, a container's spec need not wait for its rootfs mount. An image whose
+ * passwd or group is no regular file is refused, and that is kept too.
  */
 export class IdFilesCache {
-  private readonly byImage = new Map<string, IdFiles>();
+  private readonly byImage = new Map<string, IdFiles | BerthError>();
 
+  /** What is known of an image's files; throws the refusal of an image known to be refused. */
   get(imageId: string): IdFiles | undefined {
-    return this.byImage.get(imageId);
+    const hit = this.byImage.get(imageId);
+    if (hit instanceof BerthError) throw new BerthError(hit.kind, hit.message);
+    return hit;
   }
 
-  /** An image's passwd and group, read through a container's freshly mounted rootfs; small ones are kept. */
+  /**
+   * An image's passwd and group, read through a container's freshly mounted rootfs; small
+   * ones are kept. FailedPrecondition when either exists and is not a regular file.
+   */
   async read(imageId: string, rootfs: string): Promise<IdFiles> {
-    const [passwd, group] = await Promise.all([readImageFile(rootfs, 'etc/passwd', MAX_ID_FILE), readImageFile(rootfs, 'etc/group', MAX_ID_FILE)]);
-    if (passwd.length + group.length <= ID_FILES_CACHED_MAX) {
-      if (this.byImage.size >= ID_FILES_CACHE_ENTRIES) this.byImage.delete(this.byImage.keys().next().value!);
-      this.byImage.set(imageId, { passwd, group });
+    const refusal = (await Promise.all(ID_FILES.map((rel) => idFileRefusal(rootfs, rel)))).find((r) => r !== undefined);
+    if (refusal) {
+      this.keep(imageId, refusal);
+      throw new BerthError(refusal.kind, refusal.message);
     }
-    return { passwd, group };
+    const [passwd, group] = await Promise.all(ID_FILES.map((rel) => readImageFile(rootfs, rel, MAX_ID_FILE)));
+    if (passwd!.length + group!.length <= ID_FILES_CACHED_MAX) this.keep(imageId, { passwd: passwd!, group: group! });
+    return { passwd: passwd!, group: group! };
   }
+
+  private keep(imageId: string, v: IdFiles | BerthError): void {
+    if (this.byImage.size >= ID_FILES_CACHE_ENTRIES) this.byImage.delete(this.byImage.keys().next().value!);
+    this.byImage.set(imageId, v);
+  }
+}
+
+const ID_FILES = ['etc/passwd', 'etc/group'] as const;
+
+/** What a non-regular file is, for messages. */
+function kindOf(st: Stats): string {
+  if (st.isFIFO()) return 'a FIFO (named pipe)';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  if (st.isSocket()) return 'a socket';
+  if (st.isDirectory()) return 'a directory';
+  return 'not a regular file';
+}
+
+/**
+ * Why the container cannot be made with this /etc/passwd or /etc/group, if it cannot:
+ * the file exists (resolved inside the rootfs, as the container sees it) and is not a
+ * regular file. runc (1.1) opens both inside the container at create whatever the user
+ * (a numeric one too): on a FIFO it would wait for a writer until CreateContainer's
+ * timeout, and a device node would be read through.
+ */
+export async function idFileRefusal(rootfs: string, rel: string): Promise<BerthError | undefined> {
+  let r;
+  try {
+    r = await walkInRoot(rootfs, rel);
+  } catch {
+    // Unreadable to berthd (root): the runtime will say what it makes of it.
+    return undefined;
+  }
+  if (!r.found || r.stats.isFile()) return undefined;
+  const shown = r.path === join(rootfs, rel) ? `/${rel}` : `/${rel} (resolved to /${relative(rootfs, r.path)})`;
+  return new BerthError(
+    'FailedPrecondition',
+    `the image's ${shown} is ${kindOf(r.stats)}, not a regular file: the OCI runtime reads /etc/passwd and /etc/group ` +
+      'when it creates the container and would block or read a device there; rebuild the image with a regular file (or none) at that path',
+  );
 }
 
 /** Bytes of a Localhost seccomp profile berth reads. */
@@ -81,8 +132,8 @@ export async function localhostSeccompProfiles(cfg: CriContainerConfig): Promise
 
 /**
  * Reads a small file of the image (passwd, group): '' when absent, bounded in size, and
- * never through a symlink that leads out of the rootfs (an image must not make berthd
- * read a host file). Only a regular file is read: a FIFO, socket or device node the
+ * resolved inside the rootfs as the container sees it (in-root.ts: an image must not make
+ * berthd read a host file). Only a regular file is read: a FIFO, socket or device node the
  * image put there counts as absent (berthd is host root: opening a FIFO would block a
  * libuv pool thread until a writer came, and a device node would be the host's device).
  * The node is checked before it is opened (opening a device runs its driver) and again
@@ -91,10 +142,9 @@ export async function localhostSeccompProfiles(cfg: CriContainerConfig): Promise
 export async function readImageFile(rootfs: string, rel: string, max: number): Promise<string> {
   let fh;
   try {
-    const real = await realpath(join(rootfs, rel));
-    if (!real.startsWith(rootfs + '/')) return '';
-    if (!(await lstat(real)).isFile()) return '';
-    fh = await open(real, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW | constants.O_NOCTTY);
+    const r = await walkInRoot(rootfs, rel);
+    if (!r.found || !r.stats.isFile()) return '';
+    fh = await open(r.path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW | constants.O_NOCTTY);
   } catch {
     return '';
   }

@@ -5,7 +5,7 @@
  */
 import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { buildImage, buildLayer, busyboxEntries, DEFAULT_PATH, RegistryPusher, type LayerEntry } from '../../hack/test-images/oci.js';
@@ -221,24 +221,67 @@ describe('kubelet contract', function () {
     assert.match(e2.details, /run_as_username "4294967296" is all digits, so a uid, and above 4294967295/);
   });
 
-  it('an image whose /etc/passwd is a FIFO and /etc/group a device node: berthd reads them as absent, does not hang', async () => {
+  /** What CreateContainer leaves of containers under berthd `b`: rows, bundles, rootfs mounts, active snapshots, conmon dirs. */
+  function containerTraces(): Record<string, string[]> {
+    const ls = (d: string): string[] => (existsSync(d) ? readdirSync(d).sort() : []);
+    const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[4] ?? '')
+      .filter((m) => m.startsWith(b.root + '/containers/') || m.startsWith(b.root + '/snapshots/'));
+    return { bundles: ls(join(b.root, 'containers')), snapshots: ls(join(b.root, 'snapshots')), conmon: ls(join(b.state, 'conmon')), mounts };
+  }
+
+  it('an image whose /etc/passwd is a FIFO and /etc/group a device node: refused at once (FAILED_PRECONDITION naming the file), berthd does not hang', async () => {
     const special: LayerEntry[] = [
       { path: 'etc/passwd', type: 'fifo' },
       { path: 'etc/group', type: 'character-device', devmajor: 1, devminor: 5 },
     ];
     const ref = await pushBusyboxWith('special-idfiles', 'berth', special);
+    const before = containerTraces();
+    const rows = (await b.runtime.ListContainers({})).containers!.length;
     // More creates at once than libuv has pool threads (4): a blocking open of the FIFO held one each, for ever.
-    // The user is named, so it is looked up in the passwd berthd read (none) and refused before runc runs.
-    // (A numeric USER would get to runc 1.1, whose init itself opens the container's /etc/passwd: that
-    // blocks inside the container until CreateContainer's timeout, not in berthd.)
     const errs = await Promise.all([0, 1, 2, 3, 4, 5].map(() => grpcError(create({ command: ['true'] }, ref))));
     for (const e of errs) {
-      assert.equal(e.code, status.INVALID_ARGUMENT, e.details);
-      assert.match(e.details, /image USER "berth": no user "berth" in the image's \/etc\/passwd/);
+      assert.equal(e.code, status.FAILED_PRECONDITION, e.details);
+      assert.match(e.details, /the image's \/etc\/(passwd is a FIFO \(named pipe\)|group is a character device), not a regular file/);
     }
+    assert.deepEqual(containerTraces(), before, 'nothing of the refused containers is left');
+    assert.equal((await b.runtime.ListContainers({})).containers!.length, rows);
     // berthd's pool is free: a container is made and run, reading its image's files.
     const r = await run('echo alive');
     assert.deepEqual(r, { code: 0, out: 'alive' });
+  });
+
+  it('a numeric USER and a FIFO /etc/passwd (also behind an absolute symlink): refused before the runtime, which would block in it until the create timeout', async () => {
+    // runc 1.1 opens the container's /etc/passwd and /etc/group at create whatever the user:
+    // were berth to hand it this bundle, CreateContainer would hang for its 60 s timeout.
+    const cases: Array<[string, LayerEntry[], RegExp]> = [
+      ['fifo-passwd-numeric', [{ path: 'etc/passwd', type: 'fifo' }], /the image's \/etc\/passwd is a FIFO \(named pipe\), not a regular file/],
+      [
+        'fifo-link-group-numeric',
+        [
+          { path: 'etc/group', type: 'symlink', linkname: '/srv/group-fifo' },
+          { path: 'srv', type: 'directory' },
+          { path: 'srv/group-fifo', type: 'fifo' },
+        ],
+        /the image's \/etc\/group \(resolved to \/srv\/group-fifo\) is a FIFO \(named pipe\), not a regular file/,
+      ],
+    ];
+    for (const [name, entries, message] of cases) {
+      const ref = await pushBusyboxWith(name, '1000:1000', entries);
+      const before = containerTraces();
+      for (const attempt of ['first (read from the mounted rootfs)', 'second (the refusal is known)']) {
+        const t0 = Date.now();
+        const e = await grpcError(create({ command: ['true'] }, ref));
+        const took = Date.now() - t0;
+        assert.equal(e.code, status.FAILED_PRECONDITION, `${name}, ${attempt}: ${e.details}`);
+        assert.match(e.details, message);
+        assert.match(e.details, /rebuild the image with a regular file/);
+        // Well under CreateContainer's 60 s runtime timeout: no runtime was waited for.
+        assert.ok(took < 15_000, `${name}, ${attempt}: answered in ${took} ms`);
+        assert.deepEqual(containerTraces(), before, `${name}, ${attempt}: nothing is left`);
+      }
+    }
   });
 
   it('an image whose STOPSIGNAL does not parse can still be stopped: SIGTERM, with a warning', async () => {

@@ -6,7 +6,10 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
+import { isKind } from '../../../src/common/errors.js';
 import { IdFilesCache, readImageFile } from '../../../src/containers/spec-files.js';
 
 describe('containers: files read from an image rootfs', function () {
@@ -53,10 +56,65 @@ describe('containers: files read from an image rootfs', function () {
     assert.equal(await readImageFile(rootfs, 'etc/group', 1 << 20), '');
   });
 
-  it('IdFilesCache: passwd and group that are special files read as empty, the regular one as it is', async () => {
-    mknod('etc/passwd', 'p');
-    writeFileSync(join(rootfs, 'etc/group'), 'root:x:0:\n');
-    const cache = new IdFilesCache();
-    assert.deepEqual(await cache.read('sha256:x', rootfs), { passwd: '', group: 'root:x:0:\n' });
+  it('an absolute symlink resolves inside the rootfs, as the container sees it (never the host file)', async () => {
+    mkdirSync(join(rootfs, 'srv'));
+    writeFileSync(join(rootfs, 'srv/passwd'), 'img:x:7:7::/:/bin/sh\n');
+    symlinkSync('/srv/passwd', join(rootfs, 'etc/passwd'));
+    symlinkSync('../../../../../etc/hostname', join(rootfs, 'etc/group'));
+    assert.equal(await readImageFile(rootfs, 'etc/passwd', 1 << 20), 'img:x:7:7::/:/bin/sh\n');
+    assert.equal(await readImageFile(rootfs, 'etc/group', 1 << 20), '');
+  });
+
+  describe('IdFilesCache: a passwd or group that exists and is not a regular file refuses the image', () => {
+    const refused = async (cache: IdFilesCache, message: RegExp): Promise<void> => {
+      await assert.rejects(cache.read('sha256:x', rootfs), (err: unknown) => {
+        assert.ok(isKind(err, 'FailedPrecondition'), String(err));
+        assert.match(err.message, message);
+        return true;
+      });
+      // Known from then on: refused without a rootfs.
+      assert.throws(
+        () => cache.get('sha256:x'),
+        (err: unknown) => isKind(err, 'FailedPrecondition') && message.test(err.message),
+      );
+    };
+
+    it('a FIFO passwd, at once (runc would block in it until the create timeout)', async () => {
+      mknod('etc/passwd', 'p');
+      writeFileSync(join(rootfs, 'etc/group'), 'root:x:0:\n');
+      await refused(new IdFilesCache(), /^the image's \/etc\/passwd is a FIFO \(named pipe\), not a regular file: .*rebuild the image/);
+    });
+
+    it('a device node, a directory, a socket', async () => {
+      mknod('etc/group', 'c', '1', '5');
+      await refused(new IdFilesCache(), /the image's \/etc\/group is a character device, not a regular file/);
+      rmSync(join(rootfs, 'etc/group'));
+      mkdirSync(join(rootfs, 'etc/group'));
+      await refused(new IdFilesCache(), /the image's \/etc\/group is a directory/);
+      rmSync(join(rootfs, 'etc/group'), { recursive: true });
+      const server = createServer().listen(join(rootfs, 'etc/passwd'));
+      await once(server, 'listening');
+      try {
+        await refused(new IdFilesCache(), /the image's \/etc\/passwd is a socket/);
+      } finally {
+        server.close();
+      }
+    });
+
+    it('a FIFO behind symlinks, absolute and relative, is found inside the rootfs and named', async () => {
+      mkdirSync(join(rootfs, 'srv'));
+      mknod('srv/fifo', 'p');
+      symlinkSync('/srv/../srv/link', join(rootfs, 'etc/group'));
+      symlinkSync('fifo', join(rootfs, 'srv/link'));
+      await refused(new IdFilesCache(), /the image's \/etc\/group \(resolved to \/srv\/fifo\) is a FIFO/);
+    });
+
+    it('absent, or regular through symlinks: read and kept', async () => {
+      writeFileSync(join(rootfs, 'etc/group.real'), 'root:x:0:\n');
+      symlinkSync('/etc/group.real', join(rootfs, 'etc/group'));
+      const cache = new IdFilesCache();
+      assert.deepEqual(await cache.read('sha256:x', rootfs), { passwd: '', group: 'root:x:0:\n' });
+      assert.deepEqual(cache.get('sha256:x'), { passwd: '', group: 'root:x:0:\n' });
+    });
   });
 });
