@@ -14,6 +14,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createSecureContext, rootCertificates, type SecureContext } from 'node:tls';
 import { BerthError, errnoOf, messageOf } from '../../common/errors.js';
+import { LruMap } from '../../common/lru.js';
 import { defaultRegistryConfig, type RegistryConfig } from '../../config/schema.js';
 
 /** The system CA bundle of Debian, Ubuntu, Alpine, Arch (and others, through symlinks). */
@@ -47,15 +48,26 @@ function readSystemRoots(): string[] {
 
 /** Settings are re-read after this long, so files added to certs.d apply without a restart. */
 const CACHE_MS = 10_000;
+/** Hosts whose settings are kept at most (the least recently used are built again when asked). */
+export const MAX_TLS_HOSTS = 64;
 
 export class RegistryTls {
-  private readonly cache = new Map<string, { at: number; settings: TlsSettings }>();
+  private readonly cache: LruMap<string, { at: number; settings: TlsSettings }>;
 
   constructor(
     private readonly registries: Record<string, RegistryConfig>,
     /** The docker-style certs.d directory ('' for none). */
     private readonly certsDir: string,
-  ) {}
+    /** Hosts whose settings are kept at most. */
+    maxHosts = MAX_TLS_HOSTS,
+  ) {
+    this.cache = new LruMap(maxHosts);
+  }
+
+  /** How many hosts' settings are kept. */
+  get size(): number {
+    return this.cache.size;
+  }
 
   /** The settings for `host` (host[:port], as configured and as in image references). */
   for(host: string): TlsSettings {

@@ -4,6 +4,7 @@ import { DisposableStack } from '../../../src/common/disposable.js';
 import { findByIdOrPrefix } from '../../../src/common/id-prefix.js';
 import { KeyedLock } from '../../../src/common/keyed-lock.js';
 import { createLogger, redact } from '../../../src/common/logger.js';
+import { LruMap } from '../../../src/common/lru.js';
 
 describe('common', () => {
   it('parseCidr accepts IPv4 and IPv6 prefixes and nothing else', () => {
@@ -12,6 +13,26 @@ describe('common', () => {
     for (const bad of ['10.88.0.0', '10.88.0.0/33', 'fd00::/129', '10.0.0.0/8/8', 'x/8', '/8', '10.0.0.0/-1', '10.0.0.0/ 8', '']) {
       assert.equal(parseCidr(bad), undefined, bad);
     }
+  });
+
+  it('LruMap keeps at most max entries, pushes out the least recently used (get and set count as use), and says which', () => {
+    const out: Array<[string, number]> = [];
+    const m = new LruMap<string, number>(2, (k, v) => out.push([k, v]));
+    m.set('a', 1).set('b', 2);
+    assert.equal(m.get('a'), 1);
+    m.set('c', 3);
+    assert.deepEqual(out, [['b', 2]]);
+    assert.equal(m.has('b'), false);
+    m.set('a', 10);
+    m.set('d', 4);
+    assert.deepEqual(out, [
+      ['b', 2],
+      ['c', 3],
+    ]);
+    assert.deepEqual([...m.values()], [10, 4]);
+    assert.equal(m.size, 2);
+    assert.equal(m.get('zz'), undefined);
+    assert.throws(() => new LruMap(0), RangeError);
   });
 
   it('the logger never writes credentials', () => {

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { rootCertificates } from 'node:tls';
 import { isKind } from '../../../src/common/errors.js';
 import { defaultRegistryConfig } from '../../../src/config/schema.js';
-import { RegistryTls, SYSTEM_CA_BUNDLE } from '../../../src/images/registry/tls.js';
+import { MAX_TLS_HOSTS, RegistryTls, SYSTEM_CA_BUNDLE } from '../../../src/images/registry/tls.js';
 
 describe('images: registry TLS settings', () => {
   let dir: string;
@@ -29,6 +29,28 @@ describe('images: registry TLS settings', () => {
     assert.equal(tls.for('a.example').insecureSkipVerify, true);
     assert.equal(tls.for('b.example').insecureSkipVerify, false);
     assert.notEqual(tls.for('a.example').id, tls.for('b.example').id);
+  });
+
+  it(`keeps the settings of at most ${MAX_TLS_HOSTS} hosts (by default), the least recently used dropped and built again when asked`, () => {
+    assert.equal(new RegistryTls({}, dir).size, 0);
+    const tls = new RegistryTls({ 'a.example': { ...defaultRegistryConfig(), insecure_skip_verify: true } }, dir, 2);
+    const a = tls.for('a.example');
+    assert.equal(tls.for('a.example'), a, 'kept');
+    tls.for('b.example');
+    tls.for('a.example'); // a is now the most recent: c pushes b out
+    tls.for('c.example');
+    assert.equal(tls.size, 2);
+    assert.equal(tls.for('a.example'), a, 'the most recently used stays');
+    const b = tls.for('b.example');
+    tls.for('c.example');
+    tls.for('d.example'); // pushes a out
+    const a2 = tls.for('a.example');
+    assert.notEqual(a2, a, 'a was dropped and built again');
+    assert.equal(a2.id, a.id, 'to the same settings');
+    assert.equal(a2.insecureSkipVerify, true);
+    assert.ok(a2.secureContext);
+    assert.equal(tls.size, 2);
+    assert.notEqual(tls.for('b.example'), b);
   });
 
   it('refuses unreadable files, a lone client certificate in certs.d, and a half-configured pair, naming them', () => {
