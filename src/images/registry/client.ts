@@ -14,6 +14,9 @@
  *   itself is a plain-HTTP loopback registry and the token server is on the same host; a
  *   token server on another host gets that host's TLS settings, and is logged.
  * - TLS: see tls.ts (system roots, per-registry CA and client certificates, certs.d).
+ * - Addresses: redirects and token realms reach loopback, link-local and unspecified
+ *   addresses only for a registry (or mirror) on that same class of address; checked on
+ *   the resolved addresses at connect (address-policy.ts).
  * - Caps: manifests are read up to a size cap; a blob stream ends with an error if the
  *   registry sends more or fewer bytes than the descriptor declares.
  */
@@ -21,9 +24,11 @@ import { createHash } from 'node:crypto';
 import { Transform, type Readable } from 'node:stream';
 import { BerthError, errnoOf, messageOf } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
+import { LruMap } from '../../common/lru.js';
 import { defaultRegistryConfig, type ImagesConfig, type RegistryConfig } from '../../config/schema.js';
 import { clip } from '../manifest.js';
 import { registryHost, type ImageReference } from '../reference.js';
+import { AddressPolicy } from './address-policy.js';
 import { basicHeader, hasCredentials, MAX_TOKEN_BYTES, parseChallenge, TokenCache, type Credentials } from './auth.js';
 import { NetworkError, readBody, send, type HttpResponse } from './http.js';
 import { RegistryTls, type TlsSettings } from './tls.js';
@@ -37,6 +42,8 @@ export interface Endpoint {
   tls: TlsSettings;
   credentials: Credentials | undefined;
   mirror: boolean;
+  /** Where its requests, redirects and token realm may connect: by the class of `base`'s host (address-policy.ts). */
+  policy: AddressPolicy;
 }
 
 export interface ClientOptions {
@@ -104,12 +111,13 @@ async function registryMessage(res: HttpResponse): Promise<string> {
 
 export class RegistryClient {
   private readonly tokens = new TokenCache();
-  private readonly basicOrigins = new Set<string>();
+  /** Origins known to want Basic auth (bounded: a forgotten one costs one more 401). */
+  private readonly basicOrigins = new LruMap<string, true>(256);
   private readonly backoffMs: number;
   /** TLS settings of the registry config in force, made again when a reload replaces it. */
   private tlsCache: { registries: Record<string, RegistryConfig>; certsDir: string; tls: RegistryTls } | undefined;
   /** Registry → token server pairs on different hosts already logged. */
-  private readonly loggedRealms = new Set<string>();
+  private readonly loggedRealms = new LruMap<string, true>(256);
 
   constructor(private readonly opts: ClientOptions) {
     this.backoffMs = opts.backoffMs ?? 250;
@@ -146,6 +154,7 @@ export class RegistryClient {
         tls: this.tls.for(base.host),
         credentials: this.configuredCredentials(base.host),
         mirror: true,
+        policy: new AddressPolicy(base.host),
       });
     }
     const host = registryHost(ref.domain);
@@ -156,6 +165,7 @@ export class RegistryClient {
       tls: this.tls.for(ref.domain),
       credentials: hasCredentials(credentials) ? credentials : this.configuredCredentials(ref.domain),
       mirror: false,
+      policy: new AddressPolicy(host),
     });
     return out;
   }
@@ -204,6 +214,7 @@ export class RegistryClient {
           tls: ep.tls,
           tlsFor: this.tlsFor,
           maxRedirects: 5,
+          policy: ep.policy,
           ...(signal ? { signal } : {}),
         });
       } catch (err) {
@@ -252,7 +263,7 @@ export class RegistryClient {
       }
       // Remember only that the registry wants Basic; the header is built from each
       // request's own credentials.
-      this.basicOrigins.add(ep.base.origin);
+      this.basicOrigins.set(ep.base.origin, true);
       return;
     }
     const realm = challenge.params.realm;
@@ -268,7 +279,7 @@ export class RegistryClient {
     }
     const sameHost = realmUrl.host === ep.base.host;
     if (!sameHost && !this.loggedRealms.has(`${ep.base.host}|${realmUrl.host}`)) {
-      this.loggedRealms.add(`${ep.base.host}|${realmUrl.host}`);
+      this.loggedRealms.set(`${ep.base.host}|${realmUrl.host}`, true);
       this.opts.log?.info('registry uses a token server on another host', { registry: ep.host, realmHost: realmUrl.host });
     }
     const sendsCredentials = !!creds?.identityToken || !!creds?.username || !!creds?.password;
@@ -289,6 +300,7 @@ export class RegistryClient {
       tls: realmUrl.host === ep.base.host ? ep.tls : this.tls.for(realmUrl.host),
       tlsFor: this.tlsFor,
       maxRedirects: 3,
+      policy: ep.policy,
       ...(signal ? { signal } : {}),
     };
     try {

@@ -1,11 +1,15 @@
 /**
  * The HTTP layer under the registry client: one request with an idle ("stall")
- * timeout, optional redirects, keep-alive agents per origin, and cancellation. Bodies
+ * timeout, optional redirects, keep-alive agents per origin (at most MAX_AGENTS, the
+ * least recently used closed once idle), the address policy on every connection
+ * (address-policy.ts), and cancellation. Bodies
  * are never buffered here beyond a stated cap.
  */
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
 import { BerthError, messageOf } from '../../common/errors.js';
+import { LruMap } from '../../common/lru.js';
+import type { AddressPolicy } from './address-policy.js';
 import type { TlsSettings } from './tls.js';
 
 export interface HttpOptions {
@@ -27,6 +31,8 @@ export interface HttpOptions {
   signal?: AbortSignal;
   /** Follow up to this many redirects (0: return 3xx responses as they are). */
   maxRedirects: number;
+  /** Which addresses the request and its redirects may connect to (address-policy.ts). */
+  policy: AddressPolicy;
 }
 
 export interface HttpResponse {
@@ -45,34 +51,58 @@ export class NetworkError extends Error {
   }
 }
 
-const httpAgents = new Map<string, HttpAgent>();
-const httpsAgents = new Map<string, HttpsAgent>();
+/** Keep-alive agents kept at most (one per origin, TLS settings and address policy). */
+export const MAX_AGENTS = 64;
+/** How often an agent pushed out of the pool is looked at until it is idle and can be closed. */
+const RETIRE_POLL_MS = 1000;
 
-function agentFor(url: URL, tls: TlsSettings): HttpAgent | HttpsAgent {
-  if (url.protocol === 'http:') {
-    let a = httpAgents.get(url.origin);
-    if (!a) httpAgents.set(url.origin, (a = new HttpAgent({ keepAlive: true, maxSockets: 32 })));
-    return a;
-  }
-  const key = `${url.origin}|${tls.id}`;
-  let a = httpsAgents.get(key);
+const agents = new LruMap<string, HttpAgent | HttpsAgent>(MAX_AGENTS, (_key, agent) => retireWhenIdle(agent));
+
+function pending(sets: NodeJS.ReadOnlyDict<unknown[]>): number {
+  return Object.values(sets).reduce((n, list) => n + (list?.length ?? 0), 0);
+}
+
+/**
+ * Closes an agent pushed out of the pool once no request uses it: at once when idle,
+ * else when its last socket is back (requests in flight finish on it undisturbed).
+ */
+function retireWhenIdle(agent: HttpAgent | HttpsAgent): void {
+  const busy = (): boolean => pending(agent.sockets) + pending(agent.requests) > 0;
+  if (!busy()) return agent.destroy();
+  const t = setInterval(() => {
+    if (busy()) return;
+    clearInterval(t);
+    agent.destroy();
+  }, RETIRE_POLL_MS);
+  t.unref();
+}
+
+/**
+ * The keep-alive agent for `url` under `tls` and `policy`. The policy is part of the key
+ * and its `lookup` checks every connection the agent makes, so a pooled connection opened
+ * for one registry is never handed to a pull that the rule would keep from that address.
+ */
+function agentFor(url: URL, tls: TlsSettings, policy: AddressPolicy): HttpAgent | HttpsAgent {
+  const plain = url.protocol === 'http:';
+  const key = `${url.origin}|${plain ? '' : tls.id}|${policy.registryHost}`;
+  let a = agents.get(key);
   if (!a) {
-    a = new HttpsAgent({
-      keepAlive: true,
-      maxSockets: 32,
-      rejectUnauthorized: !tls.insecureSkipVerify,
-      secureContext: tls.secureContext,
-    });
-    httpsAgents.set(key, a);
+    const common = { keepAlive: true, maxSockets: 32, lookup: policy.lookup() };
+    a = plain ? new HttpAgent(common) : new HttpsAgent({ ...common, rejectUnauthorized: !tls.insecureSkipVerify, secureContext: tls.secureContext });
+    agents.set(key, a);
   }
   return a;
 }
 
+/** How many keep-alive agents are kept (for tests and metrics). */
+export function agentCount(): number {
+  return agents.size;
+}
+
 /** Closes idle keep-alive connections (on shutdown). */
 export function closeAgents(): void {
-  for (const a of [...httpAgents.values(), ...httpsAgents.values()]) a.destroy();
-  httpAgents.clear();
-  httpsAgents.clear();
+  for (const a of agents.values()) a.destroy();
+  agents.clear();
 }
 
 function once(opts: HttpOptions, url: URL, headers: OutgoingHttpHeaders): Promise<HttpResponse> {
@@ -82,7 +112,7 @@ function once(opts: HttpOptions, url: URL, headers: OutgoingHttpHeaders): Promis
       return;
     }
     const send = url.protocol === 'https:' ? httpsRequest : httpRequest;
-    const req = send(url, { method: opts.method, headers, agent: agentFor(url, opts.tls) });
+    const req = send(url, { method: opts.method, headers, agent: agentFor(url, opts.tls, opts.policy) });
     const onAbort = (): void => {
       req.destroy(opts.signal!.reason as Error);
     };
@@ -97,7 +127,8 @@ function once(opts: HttpOptions, url: URL, headers: OutgoingHttpHeaders): Promis
     req.on('error', (err) => {
       opts.signal?.removeEventListener('abort', onAbort);
       if (opts.signal?.aborted) reject(opts.signal.reason);
-      else if (err instanceof NetworkError) reject(err);
+      // The address policy's refusal (from the agent's lookup): final, not a network fault to retry.
+      else if (err instanceof NetworkError || err instanceof BerthError) reject(err);
       else reject(new NetworkError(`${url.origin}: ${messageOf(err)}`, { cause: err }));
     });
     req.on('response', (res) => {
@@ -147,6 +178,7 @@ export async function send(opts: HttpOptions): Promise<HttpResponse> {
   let headers = { ...opts.headers };
   let tls = opts.tls;
   for (let hop = 0; ; hop++) {
+    await opts.policy.checkLiteral(url);
     const res = await once({ ...opts, tls }, url, headers);
     const location = res.headers.location;
     if (![301, 302, 303, 307, 308].includes(res.status) || !location || opts.maxRedirects === 0) return res;

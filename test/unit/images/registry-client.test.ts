@@ -173,4 +173,72 @@ describe('images: registry client against a hostile registry', function () {
     const ok = (await fetchManifest(client(), `127.0.0.1:${plainPort}`)) as { data: Buffer };
     assert.equal(ok.data.toString(), '{}');
   });
+
+  describe('redirects and token realms to special addresses (address-policy.ts)', () => {
+    const refusedBy = (target: string, cls: string, registry: string) => (e: unknown) => {
+      assert.ok(isKind(e, 'PermissionDenied'), String(e));
+      assert.match(
+        (e as Error).message,
+        new RegExp(
+          `refusing to connect to ${target.replace(/[.[\]]/g, '\\$&')}, a ${cls} address, for registry ${registry.replace(/\./g, '\\.')}, which is not on one`,
+        ),
+      );
+      return true;
+    };
+
+    // Link-local targets: a registry on loopback is not link-local, so they are refused by the
+    // check, before any connect (fe80::1 without a zone could not be connected to anyway:
+    // the kernel answers EINVAL, which would show as a network error, not this refusal).
+    it('a registry on 127.0.0.1 redirecting a manifest to a link-local address: refused before connecting', async () => {
+      const port = await listen(http.createServer(), (req, res) => {
+        res.writeHead(307, { location: `http://[fe80::1]:${port}${req.url}` });
+        res.end();
+      });
+      await assert.rejects(fetchManifest(client(), `127.0.0.1:${port}`), refusedBy('fe80::1', 'link-local', `127.0.0.1:${port}`));
+    });
+
+    it('a token realm on a link-local or unspecified address: refused, no token request made', async () => {
+      for (const realmHost of ['[fe80::a9fe:a9fe]', '[::ffff:0.0.0.0]', '0.0.0.0']) {
+        const tokenHits: string[] = [];
+        const port = await listen(http.createServer(), (req, res) => {
+          if (req.url?.startsWith('/token')) {
+            tokenHits.push(String(req.headers.authorization));
+            return void res.end('{"token":"t"}');
+          }
+          res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${realmHost}:${port}/token",service="test"` });
+          res.end();
+        });
+        const ref = parseReference(`127.0.0.1:${port}/test/app:v1`);
+        const c = client();
+        // Anonymous: with credentials, the rule for plain-HTTP token servers refuses first.
+        const ep = c.endpoints(ref, undefined).at(-1)!;
+        const [shown, cls] =
+          realmHost === '0.0.0.0'
+            ? ['0.0.0.0', 'unspecified']
+            : realmHost === '[::ffff:0.0.0.0]'
+              ? ['::ffff:0:0', 'unspecified']
+              : ['fe80::a9fe:a9fe', 'link-local'];
+        await assert.rejects(
+          c.fetchManifest(ep, ref.path, 'v1', ['application/json'], 1 << 20, undefined, 'test/app:v1'),
+          refusedBy(shown, cls, `127.0.0.1:${port}`),
+        );
+        assert.deepEqual(tokenHits, [], `${realmHost}: no token request reached anything`);
+      }
+    });
+
+    it('a registry named localhost (resolved: loopback) may redirect to 127.0.0.1 storage, and one on 127.0.0.1 to localhost', async () => {
+      const storagePort = await listen(http.createServer(), (_req, res) => {
+        res.writeHead(200, { 'content-type': 'application/vnd.oci.image.manifest.v1+json' });
+        res.end('{"from":"storage"}');
+      });
+      const port = await listen(http.createServer(), (req, res) => {
+        res.writeHead(307, { location: `http://${req.headers.host?.startsWith('localhost') ? '127.0.0.1' : 'localhost'}:${storagePort}/blob` });
+        res.end();
+      });
+      for (const host of [`localhost:${port}`, `127.0.0.1:${port}`]) {
+        const got = (await fetchManifest(client(), host)) as { data: Buffer };
+        assert.equal(got.data.toString(), '{"from":"storage"}', host);
+      }
+    });
+  });
 });
