@@ -69,6 +69,33 @@ describe('hostile registries', function () {
   }
   const layerGets = (p: RegistryProxy) => p.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/blobs/${image.layers[0]!.digest}`));
 
+  describe('redirects to special addresses', () => {
+    it('a blob redirected to a link-local address: PERMISSION_DENIED before any connection, nothing left behind', async () => {
+      // fe80::1 carries no zone, so even a connect would go nowhere (the kernel says EINVAL).
+      const p = await proxy({ faults: [{ kind: 'redirect', toHost: '[fe80::1]:9', digest: image.layers[0]!.digest }] });
+      const b = await start('[images]\npull_attempts = 1\n');
+      const e = await grpcError(b.image.PullImage({ image: { image: via(p.host, image) } }));
+      assert.equal(e.code, status.PERMISSION_DENIED, e.details);
+      assert.match(
+        e.details,
+        new RegExp(`refusing to connect to fe80::1, a link-local address, for registry ${p.host.replace(/\./g, '\\.')}, which is not on one`),
+      );
+      assert.equal(layerGets(p).length, 1, 'the registry was asked once; the refusal is not retried');
+      await assertNothingLeft(b);
+    });
+
+    it('a loopback registry may send its blobs to loopback storage named by a name (localhost)', async () => {
+      const p = await proxy({ faults: [{ kind: 'redirect', crossOrigin: true, digest: image.layers[0]!.digest }] });
+      const port = p.redirectHost.split(':')[1]!;
+      const p2 = await proxy({ faults: [{ kind: 'redirect', toHost: `localhost:${port}`, digest: image.layers[0]!.digest }] });
+      const b = await start();
+      await b.image.PullImage({ image: { image: via(p2.host, image) } });
+      // The blob was served by the first proxy's storage port, reached through the name.
+      assert.equal(p.redirected().length, 1);
+      assert.equal(p.redirected()[0]!.server, 'redirect');
+    });
+  });
+
   describe('a trickling registry', () => {
     it('loses its download within a second once the only caller has gone', async () => {
       // 80 KB/s: above the floor rate, so only the caller's departure can end it.

@@ -242,7 +242,9 @@ interface FaultBase {
  * - `trickle`: sends `bytesPerTick` bytes every `tickMs` until the blob is sent or the client goes away.
  * - `fail`: answers `status` (default 500) to the first `times` requests, then passes through.
  * - `redirect`: answers 307 to `/_redirected/...` on the proxy (or on a second port with
- *   `crossOrigin`, a different origin as blob storage would be), which serves the same bytes.
+ *   `crossOrigin`, a different origin as blob storage would be), which serves the same bytes;
+ *   `toHost` (host[:port]) names the redirect's host instead (e.g. `localhost:<port>`, or an
+ *   address a client must refuse to connect to).
  */
 export type BlobFault = FaultBase &
   (
@@ -252,7 +254,7 @@ export type BlobFault = FaultBase &
     | { kind: 'stall'; afterBytes?: number }
     | { kind: 'trickle'; bytesPerTick: number; tickMs: number }
     | { kind: 'fail'; times: number; status?: number }
-    | { kind: 'redirect'; crossOrigin?: boolean }
+    | { kind: 'redirect'; crossOrigin?: boolean; toHost?: string }
   );
 
 /** A manifest the proxy serves itself for GET/HEAD `/v2/<name>/manifests/<reference>`. */
@@ -514,7 +516,7 @@ export class RegistryProxy implements AsyncDisposable {
     if (fault.kind === 'fail' && (fault.hits ?? 0) > fault.times) return this.forward(req, res);
     if (fault.kind === 'fail') return json(res, fault.status ?? 500, { errors: [{ code: 'UNKNOWN', message: 'injected failure' }] });
     if (fault.kind === 'redirect') {
-      const host = fault.crossOrigin ? this.redirectHost : this.host;
+      const host = fault.toHost ?? (fault.crossOrigin ? this.redirectHost : this.host);
       res.writeHead(307, { location: `http://${host}/_redirected/${digest}?name=${encodeURIComponent(name)}`, 'content-length': 0 });
       res.end();
       return;

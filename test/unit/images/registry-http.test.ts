@@ -5,9 +5,15 @@
  * agents (the least recently used one is closed once idle, and its origin still works).
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { isKind } from '../../../src/common/errors.js';
+import { defaultRegistryConfig } from '../../../src/config/schema.js';
 import { AddressPolicy } from '../../../src/images/registry/address-policy.js';
 import { agentCount, MAX_AGENTS, readBody, send } from '../../../src/images/registry/http.js';
 import { RegistryTls } from '../../../src/images/registry/tls.js';
@@ -21,7 +27,7 @@ interface TestServer {
 
 describe('images: registry HTTP layer', function () {
   this.timeout(20_000);
-  const servers: http.Server[] = [];
+  const servers: Array<http.Server | https.Server> = [];
   // One host's settings for all: plain HTTP uses none, and building them costs tens of ms a host.
   const tls = new RegistryTls({}, '').for('127.0.0.1');
 
@@ -84,6 +90,45 @@ describe('images: registry HTTP layer', function () {
       assert.equal(await getText(`http://localhost:${s.port}/v2/`, new AddressPolicy(s.host)), 'ok');
       assert.equal(await getText(`http://127.0.0.1:${s.port}/v2/`, new AddressPolicy('localhost:5000')), 'ok');
       assert.ok(s.connections.length >= 1);
+    });
+
+    it('the same over HTTPS (the TLS agents connect through the same lookup)', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'berth-reghttp-'));
+      try {
+        execFileSync(
+          'openssl',
+          ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'k.pem'), '-out', join(dir, 'c.pem'), '-days', '1', '-subj', '/CN=localhost'],
+          {
+            stdio: 'pipe',
+          },
+        );
+        const server = https.createServer({ key: readFileSync(join(dir, 'k.pem')), cert: readFileSync(join(dir, 'c.pem')) }, (_req, res) => res.end('ok'));
+        servers.push(server);
+        let connections = 0;
+        server.on('connection', () => connections++);
+        await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+        const host = `localhost:${(server.address() as AddressInfo).port}`;
+        const insecure = new RegistryTls({ [host]: { ...defaultRegistryConfig(), insecure_skip_verify: true } }, dir).for(host);
+        const u = new URL(`https://${host}/v2/`);
+        const opts = (policy: AddressPolicy) => ({
+          method: 'GET' as const,
+          url: u,
+          headers: {},
+          stallMs: 15_000,
+          tls: insecure,
+          tlsFor: () => insecure,
+          maxRedirects: 0,
+          policy,
+        });
+        await assert.rejects(
+          send(opts(publicRegistry())),
+          (e) => isKind(e, 'PermissionDenied') && /^refusing to connect to localhost \((127\.0\.0\.1|::1)\), a loopback address/.test((e as Error).message),
+        );
+        assert.equal(connections, 0, 'no connection was attempted');
+        assert.equal((await readBody(await send(opts(new AddressPolicy(host))), 100, 'ok')).toString(), 'ok');
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
   });
 
