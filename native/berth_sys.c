@@ -8,9 +8,12 @@
  *   The child gets exactly the descriptors asked for (everything else is closed), default
  *   signal dispositions and an empty signal mask (Node ignores SIGPIPE; that must not be
  *   inherited), and optionally a new session.
- *   Exits are reaped on the main thread: a helper thread only waits with WNOWAIT and
- *   then wakes the loop, which reaps. So a pid that JavaScript may still signal is never
- *   reaped (and reusable) behind its back.
+ *   Exits are reaped on the main thread, so a pid that JavaScript may still signal is never
+ *   reaped (and reusable) behind its back. The exit is seen through a pidfd (pidfd_open)
+ *   watched by the event loop itself: it wakes the loop directly, with no thread per
+ *   child (an exec probe's answer waited for a helper thread to be scheduled, then for
+ *   the loop). Where pidfds are missing (kernels before 5.3), a helper thread waits with
+ *   WNOWAIT and then wakes the loop, which reaps.
  * - mount / umount: mount(2) and umount2(2) on libuv's thread pool, instead of forking
  *   /usr/bin/mount (~3 ms) for each container's overlay rootfs.
  * - pipe: pipe2(O_CLOEXEC), whose ends JavaScript wraps in net.Socket.
@@ -83,8 +86,10 @@
 #include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <uv.h>
 
 #define MAX_FDS 16
 #define MAX_STR 65536
@@ -248,15 +253,22 @@ static napi_value js_pipe(napi_env env, napi_callback_info info) {
 struct child {
   pid_t pid;
   napi_deferred deferred;
+  /* The thread's way: */
   napi_threadsafe_function tsfn;
 };
 
-/* On the main thread, once the child has exited: reap it and settle the promise. */
-static void child_exited(napi_env env, napi_value js_cb, void *context, void *data) {
-  (void)js_cb;
-  (void)data;
-  struct child *c = context;
-  if (env != NULL) {
+/* The pidfd's way: the loop's handle on the child's pidfd. */
+struct pidfd_watch {
+  uv_poll_t poll;
+  int fd;
+  napi_env env;
+  napi_async_context async;
+  struct child *c;
+};
+
+/* Reaps the exited child and settles its promise (on the main thread). */
+static void settle_child(napi_env env, struct child *c) {
+  {
     int status = 0;
     pid_t r;
     do r = waitpid(c->pid, &status, 0);
@@ -280,6 +292,13 @@ static void child_exited(napi_env env, napi_value js_cb, void *context, void *da
   }
 }
 
+/* The thread's way, on the main thread once the child has exited. */
+static void child_exited(napi_env env, napi_value js_cb, void *context, void *data) {
+  (void)js_cb;
+  (void)data;
+  if (env != NULL) settle_child(env, context);
+}
+
 static void child_finalize(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
@@ -297,6 +316,71 @@ static void *wait_thread(void *arg) {
   napi_call_threadsafe_function(c->tsfn, NULL, napi_tsfn_blocking);
   napi_release_threadsafe_function(c->tsfn, napi_tsfn_release);
   return NULL;
+}
+
+/* The pidfd's way: the handle is closed, so its descriptor can be. */
+static void pidfd_closed(uv_handle_t *h) {
+  struct pidfd_watch *w = h->data;
+  close(w->fd);
+  free(w);
+}
+
+/* The pidfd's way: the child has exited. Settled within a callback scope, so that what the
+ * promise's reactions do (and the microtasks they queue) runs now, as for any I/O callback. */
+static void pidfd_readable(uv_poll_t *h, int status, int events) {
+  (void)status;
+  (void)events;
+  struct pidfd_watch *w = h->data;
+  uv_poll_stop(h);
+  napi_env env = w->env;
+  napi_handle_scope hs;
+  napi_value resource;
+  napi_callback_scope cs;
+  if (napi_open_handle_scope(env, &hs) == napi_ok) {
+    bool scoped = napi_create_object(env, &resource) == napi_ok && napi_open_callback_scope(env, resource, w->async, &cs) == napi_ok;
+    settle_child(env, w->c);
+    if (scoped) napi_close_callback_scope(env, cs);
+    napi_close_handle_scope(env, hs);
+  }
+  napi_async_destroy(env, w->async);
+  free(w->c);
+  uv_close((uv_handle_t *)h, pidfd_closed);
+}
+
+/* Watches `c`'s child through a pidfd on the loop, which then owns `c`; false (and
+ * nothing kept) where it cannot. */
+static bool watch_pidfd(napi_env env, struct child *c) {
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok) return false;
+  struct pidfd_watch *w = calloc(1, sizeof *w);
+  if (!w) return false;
+  w->fd = (int)syscall(SYS_pidfd_open, c->pid, 0);
+  if (w->fd < 0) {
+    free(w);
+    return false;
+  }
+  napi_value name;
+  if (napi_create_string_utf8(env, "berth_sys.wait", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_async_init(env, NULL, name, &w->async) != napi_ok) {
+    close(w->fd);
+    free(w);
+    return false;
+  }
+  w->env = env;
+  w->c = c;
+  w->poll.data = w;
+  if (uv_poll_init(loop, &w->poll, w->fd) != 0) {
+    napi_async_destroy(env, w->async);
+    close(w->fd);
+    free(w);
+    return false;
+  }
+  if (uv_poll_start(&w->poll, UV_READABLE, pidfd_readable) != 0) {
+    napi_async_destroy(env, w->async);
+    uv_close((uv_handle_t *)&w->poll, pidfd_closed);
+    return false;
+  }
+  return true;
 }
 
 static napi_value js_spawn(napi_env env, napi_callback_info info) {
@@ -401,6 +485,8 @@ static napi_value js_spawn(napi_env env, napi_callback_info info) {
     if (napi_create_promise(env, &c->deferred, &promise) != napi_ok) {
       fail = ENOMEM;
       failed = "napi_create_promise";
+    } else if (watch_pidfd(env, c)) {
+      /* The loop watches it: no thread. */
     } else {
       napi_create_string_utf8(env, "berth_sys.wait", NAPI_AUTO_LENGTH, &name);
       if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, c, child_finalize, c, child_exited, &c->tsfn) != napi_ok) {

@@ -4,7 +4,7 @@
  * Mounts and namespaces are in test/integration/common/sys.test.ts.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MNT } from '../../../src/common/mount.js';
@@ -117,6 +117,31 @@ describe('common/sys: the native addon', () => {
       const children = Array.from({ length: 20 }, () => spawnProcess('/bin/true', []));
       await Promise.all(children.map((c) => c.exited));
       for (const c of children) await assert.rejects(stat(`/proc/${c.pid}`), { code: 'ENOENT' });
+    });
+
+    it('waits for its children with no thread each, and keeps no descriptor once they are reaped', async () => {
+      const tasks = async (): Promise<number> => (await readdir('/proc/self/task')).length;
+      const fds = async (): Promise<number> => (await readdir('/proc/self/fd')).length;
+      await execProcess('/bin/true', []); // libuv's pool and the addon are up
+      const [t0, f0] = [await tasks(), await fds()];
+      const children = Array.from({ length: 8 }, () => spawnProcess('/bin/sleep', ['0.5']));
+      assert.equal(await tasks(), t0, 'a thread per child');
+      // A child's exit is seen through a pidfd each (one descriptor per child while it runs).
+      assert.equal(await fds(), f0 + children.length);
+      const statuses = await Promise.all(children.map((c) => c.exited));
+      assert.deepEqual(statuses[0], { code: 0, signal: null });
+      // The watch of each is closed on the loop's next turn.
+      await new Promise((r) => setImmediate(r));
+      assert.equal(await fds(), f0, 'descriptors left behind');
+      for (const c of children) await assert.rejects(stat(`/proc/${c.pid}`), { code: 'ENOENT' });
+    });
+
+    it('settles the exit promise in the turn the exit is seen: its reactions run with no other event to wake them', async () => {
+      // Nothing else is pending here: reactions left in the microtask queue would wait for
+      // the next unrelated event (mocha's timeout timer, seconds away).
+      const t0 = Date.now();
+      assert.deepEqual(await spawnProcess('/bin/true', []).exited, { code: 0, signal: null });
+      assert.ok(Date.now() - t0 < 1000, `took ${Date.now() - t0} ms`);
     });
   });
 
