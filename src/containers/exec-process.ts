@@ -103,7 +103,16 @@ export function killTree(root: ProcessIdentity): number {
   return n;
 }
 
-/** How often the pid file is looked for while the exec starts. */
+/**
+ * When the pid file is first looked for. Most execs (kubelet's probes) have ended by then
+ * and cost no poll: no wake-up of the event loop and no file read while they run. A kill
+ * before then identifies the command itself ({@link ExecProcess.kill}), and that is as
+ * safe as an earlier record: the runtime's client is berthd's child and not yet reaped
+ * (no kill is made after its exit), so its pid names it still, and a process whose parent
+ * it is can only be the command it started.
+ */
+const PID_FILE_FIRST_POLL_MS = 50;
+/** How often the pid file is looked for after that, until it names the command. */
 const PID_FILE_POLL_MS = 10;
 
 /**
@@ -112,18 +121,22 @@ const PID_FILE_POLL_MS = 10;
  */
 export class ExecProcess {
   private identity: ProcessIdentity | undefined;
-  private readonly timer: NodeJS.Timeout;
+  private timer: NodeJS.Timeout;
+  private ended = false;
 
   constructor(
     private readonly pidFile: string,
     private readonly runtimePid: number,
     exited: Promise<unknown>,
   ) {
-    this.timer = setInterval(() => {
-      if (this.record()) clearInterval(this.timer);
-    }, PID_FILE_POLL_MS);
-    this.timer.unref();
-    void exited.finally(() => clearInterval(this.timer));
+    const poll = (): void => {
+      if (!this.ended && !this.record()) this.timer = setTimeout(poll, PID_FILE_POLL_MS).unref();
+    };
+    this.timer = setTimeout(poll, PID_FILE_FIRST_POLL_MS).unref();
+    void exited.finally(() => {
+      this.ended = true;
+      clearTimeout(this.timer);
+    });
   }
 
   /** The command's identity, once recorded. */
@@ -149,7 +162,7 @@ export class ExecProcess {
    * never identified, or one whose pid now names another process.
    */
   kill(): number {
-    clearInterval(this.timer);
+    clearTimeout(this.timer);
     this.record();
     return this.identity ? killTree(this.identity) : 0;
   }
