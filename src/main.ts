@@ -47,6 +47,7 @@ import { SandboxService } from './sandbox/sandbox-service.js';
 import { CadvisorCollector } from './stats/cadvisor-samples.js';
 import { StatsService } from './stats/stats-service.js';
 import { StreamingServer } from './streaming/server.js';
+import { CgroupJoinWarmup } from './oci/cgroup-warmup.js';
 import { OciRuntime, OciRuntimes, runtimeStateRoot } from './oci/oci-runtime.js';
 import { ConmonShim } from './shim/conmon.js';
 import { shimDirs } from './shim/shim.js';
@@ -427,8 +428,10 @@ async function runDaemon(loaded: LoadedConfig, load: () => LoadedConfig): Promis
 
 /** One OCI runtime per configured handler, each with its state root under berth's state dir. */
 function ociRuntimes(config: BerthConfig, log: Logger): OciRuntimes {
+  // One for all handlers: the kernel lock it warms is global.
+  const cgroupWarmup = new CgroupJoinWarmup(log);
   const runtimes = Object.entries(config.runtimes).map(
-    ([handler, rt]) => new OciRuntime({ handler, path: rt.path, root: runtimeStateRoot(config.state, handler), log, sealedCopy: true }),
+    ([handler, rt]) => new OciRuntime({ handler, path: rt.path, root: runtimeStateRoot(config.state, handler), log, sealedCopy: true, cgroupWarmup }),
   );
   return new OciRuntimes(runtimes, config.default_runtime);
 }

@@ -50,9 +50,11 @@ export class ContainerIo {
   ): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
     const c = this.o.require(idOrPrefix, { states: ['running'] });
     const pidFile = await this.o.shim.execPidFile(c.id);
-    const argv = this.o.runtimeOf(c).execArgv(c.id, cmd, { pidFile, tty: false });
+    const runtime = this.o.runtimeOf(c);
+    const argv = runtime.execArgv(c.id, cmd, { pidFile, tty: false });
     let child;
     try {
+      runtime.beforeExec();
       child = spawnProcess(argv.file, argv.args, { stdio: ['ignore', 'out', 'out'] });
     } catch (err) {
       throw new BerthError('Internal', `cannot run ${argv.file} exec: ${messageOf(err)}`, { cause: err });

@@ -12,6 +12,7 @@ import { BerthError, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { execProcess } from '../common/process.js';
 import { traced } from '../common/trace-points.js';
+import type { CgroupJoinWarmup } from './cgroup-warmup.js';
 import { runtimeFailure } from './runtime-errors.js';
 import { SealedBinary } from './sealed-binary.js';
 
@@ -30,6 +31,8 @@ export interface OciRuntimeOptions {
    * runtime its own copy at every create and exec. berthd sets it; default off.
    */
   sealedCopy?: boolean;
+  /** A head start on the cgroup join of each `exec` (cgroup-warmup.ts), shared by the handlers. berthd sets it; default none. */
+  cgroupWarmup?: CgroupJoinWarmup;
 }
 
 /** The runtime's view of a container (`runc state`). */
@@ -63,6 +66,7 @@ export class OciRuntime {
   private readonly timeoutMs: number;
   private readonly log: Logger | undefined;
   private readonly sealed: SealedBinary | undefined;
+  private readonly warmup: CgroupJoinWarmup | undefined;
 
   constructor(o: OciRuntimeOptions) {
     this.handler = o.handler;
@@ -71,6 +75,7 @@ export class OciRuntime {
     this.timeoutMs = o.timeoutMs ?? 30_000;
     this.log = o.log;
     this.sealed = o.sealedCopy ? new SealedBinary(o.path, o.log) : undefined;
+    this.warmup = o.cgroupWarmup;
   }
 
   /** The path the binary is run by: {@link path}, or its sealed copy's. */
@@ -141,6 +146,14 @@ export class OciRuntime {
    */
   execArgv(id: string, cmd: readonly string[], o: { pidFile: string; tty: boolean }): Argv {
     return { file: this.execPath(), args: ['--root', this.root, 'exec', '--pid-file', o.pidFile, ...(o.tty ? ['--tty'] : []), id, ...cmd] };
+  }
+
+  /**
+   * Call just before starting a command line of {@link execArgv}: gives the runtime's
+   * move of the command into the container's cgroups a head start (cgroup-warmup.ts).
+   */
+  beforeExec(): void {
+    this.warmup?.warm();
   }
 
   /** How a shim is told to run this runtime: the binary, and the global arguments each of its commands takes. */
