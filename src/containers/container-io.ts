@@ -49,12 +49,13 @@ export class ContainerIo {
     signal?: AbortSignal,
   ): Promise<{ stdout: Buffer; stderr: Buffer; exitCode: number }> {
     const c = this.o.require(idOrPrefix, { states: ['running'] });
-    const pidFile = await this.o.shim.execPidFile(c.id);
     const runtime = this.o.runtimeOf(c);
+    // As early as can be: the longer the head start, the less of it runc waits for.
+    runtime.beforeExec();
+    const pidFile = await this.o.shim.execPidFile(c.id);
     const argv = runtime.execArgv(c.id, cmd, { pidFile, tty: false });
     let child;
     try {
-      runtime.beforeExec();
       child = spawnProcess(argv.file, argv.args, { stdio: ['ignore', 'out', 'out'] });
     } catch (err) {
       throw new BerthError('Internal', `cannot run ${argv.file} exec: ${messageOf(err)}`, { cause: err });
