@@ -51,7 +51,7 @@ export class ContainerIo {
     const c = this.o.require(idOrPrefix, { states: ['running'] });
     const runtime = this.o.runtimeOf(c);
     // As early as can be: the longer the head start, the less of it runc waits for.
-    runtime.beforeExec();
+    runtime.warmCgroupJoin();
     const pidFile = await this.o.shim.execPidFile(c.id);
     const argv = runtime.execArgv(c.id, cmd, { pidFile, tty: false });
     let child;

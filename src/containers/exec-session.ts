@@ -39,7 +39,7 @@ export function startExecSession(o: ExecSessionOptions): ExecSession {
       pty = openPty();
       setWinsize(pty[0], 24, 80);
     }
-    o.runtime.beforeExec();
+    o.runtime.warmCgroupJoin();
     child = spawnProcess(argv.file, argv.args, { stdio: pty ? [pty[1], pty[1], pty[1]] : [o.stdin ? 'in' : 'ignore', 'out', 'out'] });
   } catch (err) {
     if (pty) for (const fd of pty) closeQuietly(fd);

@@ -149,10 +149,11 @@ export class OciRuntime {
   }
 
   /**
-   * Call just before starting a command line of {@link execArgv}: gives the runtime's
-   * move of the command into the container's cgroups a head start (cgroup-warmup.ts).
+   * Call just before the runtime moves a process into a container's cgroups: before a
+   * command line of {@link execArgv} starts, or a shim's `create`. Gives that move a head
+   * start (cgroup-warmup.ts).
    */
-  beforeExec(): void {
+  warmCgroupJoin(): void {
     this.warmup?.warm();
   }
 
