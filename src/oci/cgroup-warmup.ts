@@ -97,7 +97,11 @@ export class CgroupJoinWarmup {
   private current: Promise<void> | undefined;
   private off = false;
 
-  constructor(private readonly log?: Logger) {}
+  constructor(
+    private readonly log?: Logger,
+    /** Where berthd's mounts and cgroups are read (tests give others). */
+    private readonly files = { mountinfo: '/proc/self/mountinfo', cgroup: '/proc/self/cgroup' },
+  ) {}
 
   /** False once turned off (no hierarchy to write in, or the write refused). */
   get enabled(): boolean {
@@ -114,8 +118,8 @@ export class CgroupJoinWarmup {
     if (this.off || this.current) return;
     let file: string | undefined;
     try {
-      if (this.hierarchy === null) this.hierarchy = chooseHierarchy(readFileSync('/proc/self/mountinfo', 'utf8'));
-      if (this.hierarchy) file = ownProcsFile(this.hierarchy, readFileSync('/proc/self/cgroup', 'utf8'));
+      if (this.hierarchy === null) this.hierarchy = chooseHierarchy(readFileSync(this.files.mountinfo, 'utf8'));
+      if (this.hierarchy) file = ownProcsFile(this.hierarchy, readFileSync(this.files.cgroup, 'utf8'));
     } catch (err) {
       return this.turnOff(`cannot read berthd's cgroups: ${messageOf(err)}`);
     }

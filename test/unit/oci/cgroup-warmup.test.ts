@@ -4,7 +4,9 @@
  * this host a real warm-up write, which must leave the process in the cgroups it was in.
  */
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { CgroupJoinWarmup, chooseHierarchy, ownProcsFile } from '../../../src/oci/cgroup-warmup.js';
 
 const line = (id: number, root: string, mountpoint: string, fstype: string, opts: string): string =>
@@ -67,5 +69,30 @@ describe('oci: cgroup join warm-up on this host', () => {
     await w.idle();
     assert.equal(w.enabled, true, 'the write was refused');
     assert.equal(readFileSync('/proc/self/cgroup', 'utf8'), before);
+  });
+
+  it('turns itself off for good when the write is refused, or there is no hierarchy to write in', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'berth-warmup-'));
+    try {
+      // A "hierarchy" whose cgroup.procs cannot be written: a directory.
+      mkdirSync(join(dir, 'cg', 'cgroup.procs'), { recursive: true });
+      writeFileSync(join(dir, 'mountinfo'), line(40, '/', join(dir, 'cg'), 'cgroup', 'rw,pids'));
+      writeFileSync(join(dir, 'cgroup'), '3:pids:/\n');
+      const refused = new CgroupJoinWarmup(undefined, { mountinfo: join(dir, 'mountinfo'), cgroup: join(dir, 'cgroup') });
+      refused.warm();
+      await refused.idle();
+      assert.equal(refused.enabled, false);
+      refused.warm(); // nothing more is tried
+      await refused.idle();
+      writeFileSync(join(dir, 'none'), line(20, '/', '/', 'ext4', 'rw'));
+      const none = new CgroupJoinWarmup(undefined, { mountinfo: join(dir, 'none'), cgroup: join(dir, 'cgroup') });
+      none.warm();
+      assert.equal(none.enabled, false);
+      const unreadable = new CgroupJoinWarmup(undefined, { mountinfo: join(dir, 'missing'), cgroup: join(dir, 'cgroup') });
+      unreadable.warm();
+      assert.equal(unreadable.enabled, false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
