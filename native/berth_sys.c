@@ -264,6 +264,9 @@ struct pidfd_watch {
   napi_env env;
   napi_async_context async;
   struct child *c;
+  /* Node waits for the handle's close when the environment goes away first. */
+  napi_async_cleanup_hook_handle cleanup;
+  bool env_gone;
 };
 
 /* Reaps the exited child and settles its promise (on the main thread). */
@@ -322,7 +325,20 @@ static void *wait_thread(void *arg) {
 static void pidfd_closed(uv_handle_t *h) {
   struct pidfd_watch *w = h->data;
   close(w->fd);
+  if (w->env_gone) napi_remove_async_cleanup_hook(w->cleanup);
   free(w);
+}
+
+/* The pidfd's way, when the environment goes away (a worker's end, the process's exit)
+ * before the child has exited: the handle is closed, and Node waits for that (a loop may
+ * not end with it open); the child is left to whoever outlives the environment. */
+static void pidfd_env_gone(napi_async_cleanup_hook_handle handle, void *arg) {
+  struct pidfd_watch *w = arg;
+  w->cleanup = handle;
+  w->env_gone = true;
+  uv_poll_stop(&w->poll);
+  free(w->c);
+  uv_close((uv_handle_t *)&w->poll, pidfd_closed);
 }
 
 /* The pidfd's way: the child has exited. Settled within a callback scope, so that what the
@@ -333,6 +349,7 @@ static void pidfd_readable(uv_poll_t *h, int status, int events) {
   struct pidfd_watch *w = h->data;
   uv_poll_stop(h);
   napi_env env = w->env;
+  napi_remove_async_cleanup_hook(w->cleanup);
   napi_handle_scope hs;
   napi_value resource;
   napi_callback_scope cs;
@@ -375,7 +392,8 @@ static bool watch_pidfd(napi_env env, struct child *c) {
     free(w);
     return false;
   }
-  if (uv_poll_start(&w->poll, UV_READABLE, pidfd_readable) != 0) {
+  if (uv_poll_start(&w->poll, UV_READABLE, pidfd_readable) != 0 || napi_add_async_cleanup_hook(env, pidfd_env_gone, w, &w->cleanup) != napi_ok) {
+    uv_poll_stop(&w->poll);
     napi_async_destroy(env, w->async);
     uv_close((uv_handle_t *)&w->poll, pidfd_closed);
     return false;

@@ -136,6 +136,20 @@ describe('common/sys: the native addon', () => {
       for (const c of children) await assert.rejects(stat(`/proc/${c.pid}`), { code: 'ENOENT' });
     });
 
+    it('a worker that ends while its child runs takes its watch with it: the process lives on and spawns again', async () => {
+      // In a Node of its own: a watch left open would crash it as the worker's loop closes.
+      const processJs = new URL('../../../src/common/process.js', import.meta.url).href;
+      const script = `
+        import { Worker } from 'node:worker_threads';
+        const w = new Worker(\`Promise.all([import(\${JSON.stringify(${JSON.stringify(processJs)})}), import('node:worker_threads')]).then(([{ spawnProcess }, { parentPort }]) => parentPort.postMessage(spawnProcess('/bin/sleep', ['1']).pid))\`, { eval: true });
+        await new Promise((r) => w.once('message', r));
+        await w.terminate();
+        const { spawnProcess } = await import(${JSON.stringify(processJs)});
+        console.log(JSON.stringify(await spawnProcess('/bin/true', []).exited));`;
+      const r = await execProcess(process.execPath, ['--input-type=module', '-e', script], { timeoutMs: 20_000 });
+      assert.deepEqual([r.code, r.signal, r.stdout.trim()], [0, null, '{"code":0,"signal":null}'], r.stderr);
+    });
+
     it('settles the exit promise in the turn the exit is seen: its reactions run with no other event to wake them', async () => {
       // Nothing else is pending here: reactions left in the microtask queue would wait for
       // the next unrelated event (mocha's timeout timer, seconds away).
