@@ -19,9 +19,9 @@
  * ImageService is the facade the rest of berth calls. Beside the pull path it delegates
  * to image-lookup.ts (finding images by ID or name), image-stores.ts (garbage
  * collection, recovery, ImageFsInfo), container-layers.ts (the containers' writable
- * layers) and volume-use.ts (images mounted as volumes); leases.ts protects a pull's work.
+ * layers) and volume-use.ts (images mounted as volumes); leases.ts protects a pull's work;
+ * layer-task.ts is one layer's download, unpack and commit.
  */
-import type { Readable } from 'node:stream';
 import { abortable } from '../common/abort.js';
 import { BerthError, isKind, messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
@@ -29,13 +29,14 @@ import { traced } from '../common/trace-points.js';
 import { parseImageUser } from '../common/user-ids.js';
 import type { ImagesConfig, RegistryConfig } from '../config/schema.js';
 import { ContainerLayers } from './container-layers.js';
-import type { BlobSink, BlobSinkFactory, ContentStore } from './content/content-store.js';
+import type { ContentStore } from './content/content-store.js';
 import { ImageLookup } from './image-lookup.js';
 import type { ImageRecord, ImageRepository } from './image-repository.js';
 import { ImageStores } from './image-stores.js';
 import { Leases } from './leases.js';
 import { PullLimits } from './pull-limits.js';
-import { SharedWork, type Joined } from './shared-work.js';
+import { Limiter, layerTask } from './layer-task.js';
+import { SharedWork } from './shared-work.js';
 import {
   ACCEPTED_MANIFEST_TYPES,
   chainIds,
@@ -50,13 +51,12 @@ import {
   verifyDigest,
   type Descriptor,
   type ImageConfig,
-  type LayerCompression,
   type Platform,
 } from './manifest.js';
 import { digestedName, formatReference, parseReference, taggedName, type ImageReference } from './reference.js';
 import type { Credentials } from './registry/auth.js';
 import { RegistryClient, type Endpoint } from './registry/client.js';
-import type { PreparedSnapshot, Snapshotter } from './snapshots/snapshotter.js';
+import type { Snapshotter } from './snapshots/snapshotter.js';
 import { refuseRemovalWhileMounted, useImageAsVolume } from './volume-use.js';
 
 export interface ImageServiceOptions {
@@ -70,23 +70,6 @@ export interface ImageServiceOptions {
   log: Logger;
   platform?: Platform;
   backoffMs?: number;
-}
-
-/** Runs at most `n` tasks at once. */
-class Limiter {
-  private active = 0;
-  private queue: Array<() => void> = [];
-  constructor(private readonly n: number) {}
-  async run<T>(task: () => Promise<T>): Promise<T> {
-    if (this.active >= this.n) await new Promise<void>((r) => this.queue.push(r));
-    this.active++;
-    try {
-      return await task();
-    } finally {
-      this.active--;
-      this.queue.shift()?.();
-    }
-  }
 }
 
 interface Resolved {
@@ -312,7 +295,8 @@ export class ImageService {
       const tasks: Array<Promise<void>> = [];
       let parent: { chainId: string; task: Promise<void> } | undefined;
       for (const [i, layer] of manifest.layers.entries()) {
-        const joined = this.layerTask(
+        const joined = layerTask(
+          { images: this.o.images, content: this.o.content, snapshots: this.o.snapshots, work: this.work },
           {
             chainId: chain[i]!,
             parent,
@@ -366,118 +350,6 @@ export class ImageService {
         await this.collect().catch((e: unknown) => this.o.log.warn('cleanup after a failed pull failed', { image: what, error: messageOf(e) }));
       }
     }
-  }
-
-  /**
-   * Makes one layer's committed snapshot (and its blob) exist. Shared by chain ID, so
-   * concurrent pulls of images with common layers do each layer once. The blob is
-   * downloaded into the content store (which checks its digest) and unpacked on a worker
-   * as it arrives (the diff ID checked at its end); the snapshot is committed once the
-   * blob is verified and stored, and its parent committed.
-   */
-  private layerTask(
-    t: {
-      chainId: string;
-      parent: { chainId: string; task: Promise<void> } | undefined;
-      diffId: string;
-      layer: Descriptor & { compression: LayerCompression };
-      /** The pull's image, for the trace points. */
-      image: string;
-      open: (signal: AbortSignal) => Promise<Readable>;
-      limiter: Limiter;
-      limits: PullLimits;
-    },
-    caller: AbortSignal | undefined,
-  ): Joined<void> {
-    const content = this.o.content;
-    const run = async (signal: AbortSignal): Promise<void> => {
-      if (this.o.snapshots.committed(t.chainId)) {
-        await t.limiter.run(() => this.fetchLayer(t, signal));
-        return;
-      }
-      // The layer's own byte limit, and the shared limits granted as its unpack goes; settled
-      // however the unpack ends.
-      const allowance = t.limits.forLayer(t.layer.digest, t.layer.size);
-      const unpack = {
-        diffId: t.diffId,
-        layer: t.layer.digest,
-        compression: t.layer.compression,
-        maxBytes: allowance.maxBytes,
-        ...(allowance.limitText ? { limitText: allowance.limitText } : {}),
-        maxLayerBytes: this.o.images.max_layer_bytes,
-        grant: allowance.grant,
-        signal,
-      };
-      let prepared: PreparedSnapshot;
-      try {
-        // The layer unpacks while it downloads (on a worker that also hashes and writes the
-        // blob); when the blob is already stored, or another download of it is under way,
-        // it unpacks from the stored blob.
-        let streamed: Promise<PreparedSnapshot> | undefined;
-        await t.limiter.run(async () => {
-          if (content.has(t.layer.digest)) return;
-          // The unpack's trace point begins before its snapshot exists, as for an unpack from a stored blob.
-          const sink = (tmp: string, alg: 'sha256' | 'sha512'): Promise<BlobSink> =>
-            new Promise<BlobSink>((resolveSink, rejectSink) => {
-              streamed = traced('berth:image.unpack', { image: t.image, digest: t.layer.digest }, async () => {
-                const x = await this.o.snapshots.extractStream({ ...unpack, blobTmp: tmp, alg }).catch((err: unknown) => {
-                  rejectSink(err);
-                  throw err;
-                });
-                resolveSink(x.sink);
-                return x.prepared;
-              });
-              streamed.catch(() => undefined);
-            });
-          await this.fetchLayer(t, signal, sink).catch(async (err: unknown) => {
-            // The unpack stops with the download; its snapshot is thrown away once it settles.
-            await streamed?.then(
-              (p) => this.o.snapshots.discard(p),
-              () => undefined,
-            );
-            throw err;
-          });
-        });
-        prepared =
-          streamed !== undefined
-            ? await streamed
-            : await traced('berth:image.unpack', { image: t.image, digest: t.layer.digest }, () =>
-                this.o.snapshots.extract({ ...unpack, blobPath: content.path(t.layer.digest) }),
-              );
-      } catch (err) {
-        allowance.settle(); // the failed unpack's snapshot is gone: nothing to count
-        throw err;
-      }
-      try {
-        allowance.settle(prepared.tarBytes);
-        if (t.parent) await t.parent.task;
-        this.o.snapshots.commit(prepared, t.chainId, t.parent?.chainId);
-      } catch (err) {
-        await this.o.snapshots.discard(prepared);
-        throw err;
-      }
-    };
-    return this.work.join(`layer:${t.chainId}`, caller, run);
-  }
-
-  /** Downloads a layer's blob into the content store unless it is there (see ContentStore.ensure). */
-  private fetchLayer(
-    t: { layer: Descriptor; image: string; open: (signal: AbortSignal) => Promise<Readable> },
-    signal: AbortSignal,
-    sink?: BlobSinkFactory,
-  ): Promise<void> {
-    const content = this.o.content;
-    if (content.has(t.layer.digest)) return Promise.resolve();
-    const step = { image: t.image, digest: t.layer.digest, bytes: 0 };
-    return traced('berth:image.fetch', step, () =>
-      content.ensure(
-        t.layer,
-        () => t.open(signal),
-        signal,
-        (n) => (step.bytes += n),
-        sink,
-      ),
-    );
   }
 
   /** Fetches the manifest (or index) the reference names, trying mirrors first. */
