@@ -304,6 +304,7 @@ export class ImageService {
             layer,
             image: what,
             open: (shared) => this.client.openBlob(ep, ref.path, layer.digest, layer.size, shared, `${what} layer ${layer.digest}`),
+            request: () => this.client.blobRequest(ep, ref.path, layer.digest),
             limiter,
             limits,
           },

@@ -12,9 +12,11 @@
 import type { Readable } from 'node:stream';
 import type { ImagesConfig } from '../config/schema.js';
 import { traced } from '../common/trace-points.js';
+import { BerthError } from '../common/errors.js';
 import type { BlobSink, BlobSinkFactory, ContentStore } from './content/content-store.js';
 import type { Descriptor, LayerCompression } from './manifest.js';
 import type { PullLimits } from './pull-limits.js';
+import type { BlobRequest } from './registry/client.js';
 import type { Joined, SharedWork } from './shared-work.js';
 import type { PreparedSnapshot, Snapshotter } from './snapshots/snapshotter.js';
 
@@ -52,6 +54,8 @@ export interface LayerTaskSpec {
   /** The pull's image, for the trace points. */
   image: string;
   open: (signal: AbortSignal) => Promise<Readable>;
+  /** The blob's first GET, for the unpack worker to send itself (RegistryClient.blobRequest); `open` when it cannot. */
+  request?: () => BlobRequest;
   limiter: Limiter;
   limits: PullLimits;
 }
@@ -96,7 +100,21 @@ export function layerTask(d: LayerTaskDeps, t: LayerTaskSpec, caller: AbortSigna
                 rejectSink(err);
                 throw err;
               });
-              resolveSink(x.sink);
+              const request = t.request;
+              resolveSink(
+                request
+                  ? {
+                      ...x.sink,
+                      // The worker downloads the blob itself; undefined (a fallback) has the store feed it.
+                      fetch: async () => {
+                        const o = await x.sink.fetch(request(), t.layer.size, `${t.image} layer ${t.layer.digest}`);
+                        if (o.ok) return o.bytes;
+                        if (o.fallback) return undefined;
+                        throw o.kind ? new BerthError(o.kind, o.message) : new Error(o.message);
+                      },
+                    }
+                  : { writable: x.sink.writable, seal: () => x.sink.seal(), closed: x.sink.closed },
+              );
               return x.prepared;
             });
             streamed.catch(() => undefined);

@@ -73,6 +73,13 @@ export interface BlobSink {
   seal(): Promise<string>;
   /** Settles once the temp file is closed, whatever happened. */
   readonly closed: Promise<void>;
+  /**
+   * Downloads the blob itself when it can (a layer's unpack worker: see
+   * snapshots/blob-fetch.ts): resolves with the bytes it took (the declared size, checked
+   * as it went), or undefined when the store must feed `writable` from its own download;
+   * rejects when the transfer failed after its first byte.
+   */
+  fetch?(): Promise<number | undefined>;
 }
 
 /** Makes the sink of one download, given its temp file and digest algorithm. */
@@ -195,9 +202,14 @@ export class ContentStore {
     let sink: BlobSink | undefined;
     try {
       sink = await makeSink(tmp, alg === 'sha512' ? 'sha512' : 'sha256');
-      const src = await openStream();
-      await pipeline(src, check, sink.writable, ...(signal ? [{ signal }] : []));
-      if (check.bytes !== desc.size) throw new BerthError('DataLoss', `blob ${desc.digest}: got ${check.bytes} bytes, expected ${desc.size}`);
+      let bytes = sink.fetch ? await sink.fetch() : undefined;
+      if (bytes !== undefined) onBytes?.(bytes);
+      else {
+        const src = await openStream();
+        await pipeline(src, check, sink.writable, ...(signal ? [{ signal }] : []));
+        bytes = check.bytes;
+      }
+      if (bytes !== desc.size) throw new BerthError('DataLoss', `blob ${desc.digest}: got ${bytes} bytes, expected ${desc.size}`);
       const actual = `${alg}:${await sink.seal()}`;
       if (actual !== desc.digest) throw new BerthError('DataLoss', `blob ${desc.digest}: content has digest ${actual}`);
       await rename(tmp, this.path(desc.digest));

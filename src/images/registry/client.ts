@@ -56,6 +56,18 @@ export interface ClientOptions {
   log?: Logger;
 }
 
+/** See {@link RegistryClient.blobRequest}. Holds credentials: never logged. */
+export interface BlobRequest {
+  url: string;
+  /** The registry's host as configured (for messages). */
+  host: string;
+  headers: Record<string, string>;
+  stallMs: number;
+  minBytesPerSecond: number;
+  /** TLS settings of the registry's host, without the built context (a worker builds its own). */
+  tls: Omit<TlsSettings, 'secureContext'>;
+}
+
 export interface FetchedManifest {
   data: Buffer;
   contentType: string;
@@ -175,6 +187,42 @@ export class RegistryClient {
     return new URL(`${ep.base.origin}${prefix}/v2/${path}`);
   }
 
+  /** Tokens belong to the credentials that earned them: a pull without (or with other) credentials must never ride on someone else's token. */
+  private tokenKey(ep: Endpoint, scope: string): string {
+    return `${ep.base.origin}|${scope}|${credentialKey(ep.credentials)}`;
+  }
+
+  /** The Authorization header a request to `ep` carries now, if any. */
+  private authorization(ep: Endpoint, tokenKey: string): string | undefined {
+    return ep.credentials?.registryToken
+      ? `Bearer ${ep.credentials.registryToken}`
+      : this.basicOrigins.has(ep.base.origin) && ep.credentials?.username
+        ? basicHeader(ep.credentials)
+        : this.tokens.get(tokenKey);
+  }
+
+  /**
+   * The GET of a blob as {@link openBlob} would send it first (its URL, headers with the
+   * Authorization in force, TLS settings and timeouts), for a layer's unpack worker to
+   * send itself (see snapshots/blob-fetch.ts): the body then never crosses berthd's main
+   * thread. Only the first request: any answer but 200, or a failure before the answer,
+   * sends the caller back to {@link openBlob} (the auth dance, redirects, retries).
+   */
+  blobRequest(ep: Endpoint, repo: string, digest: string): BlobRequest {
+    const headers: Record<string, string> = { 'user-agent': 'berth' };
+    const auth = this.authorization(ep, this.tokenKey(ep, `repository:${repo}:pull`));
+    if (auth) headers.authorization = auth;
+    const { secureContext: _built, ...tls } = ep.tls;
+    return {
+      url: this.url(ep, `${repo}/blobs/${digest}`).href,
+      host: ep.host,
+      headers,
+      stallMs: this.opts.images.stall_timeout_seconds * 1000,
+      minBytesPerSecond: this.opts.images.min_transfer_rate_bytes_per_second,
+      tls,
+    };
+  }
+
   /**
    * Sends a GET with retries and the auth dance. Returns any final response (2xx, 3xx
    * when not following, 4xx); throws for exhausted retries and auth failures.
@@ -188,20 +236,14 @@ export class RegistryClient {
     what: string,
   ): Promise<HttpResponse> {
     const scope = `repository:${repo}:pull`;
-    // Tokens belong to the credentials that earned them: a pull without (or with other)
-    // credentials must never ride on someone else's token.
-    const tokenKey = `${ep.base.origin}|${scope}|${credentialKey(ep.credentials)}`;
+    const tokenKey = this.tokenKey(ep, scope);
     const attempts = this.opts.images.pull_attempts;
     let answeredChallenge = false;
     let lastError: unknown;
     for (let attempt = 1; attempt <= attempts;) {
       const headers: Record<string, string> = { 'user-agent': 'berth' };
       if (accept) headers.accept = accept;
-      const auth = ep.credentials?.registryToken
-        ? `Bearer ${ep.credentials.registryToken}`
-        : this.basicOrigins.has(ep.base.origin) && ep.credentials?.username
-          ? basicHeader(ep.credentials)
-          : this.tokens.get(tokenKey);
+      const auth = this.authorization(ep, tokenKey);
       if (auth) headers.authorization = auth;
       let res: HttpResponse;
       try {

@@ -5,7 +5,8 @@
  * small pool of workers (one per core, created on first use) runs `unpackLayer`, either
  * on a blob already verified in the content store (`run`) or on a blob as it downloads
  * (`stream`: the worker also hashes it and writes it to the content store's temp file, see
- * blob-intake.ts). A worker takes up to {@link JOBS_PER_WORKER} layers at once, so a
+ * blob-intake.ts; the worker may download the blob itself, see blob-fetch.ts, so its bytes
+ * never cross the main thread). A worker takes up to {@link JOBS_PER_WORKER} layers at once, so a
  * layer's tail (the last unpacked bytes, the blob's fsync) overlaps the next one's start.
  *
  * A worker is a whole V8 isolate with its own heap, and the 1 MiB read and inflate
@@ -23,6 +24,8 @@ import { Writable } from 'node:stream';
 import { Worker } from 'node:worker_threads';
 import { BerthError, type ErrorKind } from '../../common/errors.js';
 import { trimMalloc } from '../../common/malloc-trim.js';
+import type { BlobRequest } from '../registry/client.js';
+import type { FetchOutcome } from './blob-fetch.js';
 import type { IntakeMessage } from './blob-intake.js';
 import type { Budget, GrantFn, LayerCompression, UnpackOptions, UnpackResult } from './unpack.js';
 
@@ -58,6 +61,19 @@ export interface StreamSink {
   seal(): Promise<string>;
   /** Settles once the temp file is closed, whatever happened. */
   readonly closed: Promise<void>;
+  /**
+   * Has the worker download the blob itself (blob-fetch.ts) instead of taking its bytes
+   * through `writable`; `what` names the blob in messages. On a `fallback` outcome nothing
+   * reached the worker's intake: write the blob to `writable` as usual.
+   */
+  fetch(req: BlobRequest, size: number, what: string): Promise<FetchOutcome>;
+}
+
+/** A worker's report of a download it did itself. */
+interface FetchedMessage {
+  type: 'fetched';
+  id: number;
+  outcome: FetchOutcome;
 }
 
 type Reply = { id: number; ok: true; result: UnpackResult } | { id: number; ok: false; kind: ErrorKind | undefined; message: string };
@@ -95,6 +111,8 @@ const WORKER_URL = new URL('./unpack-worker.js', import.meta.url);
 interface BlobChannel {
   ack(bytes: number): void;
   closed(m: { digest?: string; error?: string; code?: string }): void;
+  /** The worker's download (StreamSink.fetch) ended. */
+  fetched(o: FetchOutcome): void;
 }
 
 export class UnpackPool {
@@ -119,11 +137,12 @@ export class UnpackPool {
     const worker = new Worker(WORKER_URL);
     worker.unref();
     const slot: Slot = { worker, jobs: new Set(), idleTimer: undefined };
-    worker.on('message', (m: Reply | IntakeMessage | GrantRequest) => {
+    worker.on('message', (m: Reply | IntakeMessage | GrantRequest | FetchedMessage) => {
       if ('type' in m) {
         if (m.type === 'grant') return this.answerGrant(worker, m);
         const ch = this.blobs.get(m.id);
         if (m.type === 'ack') ch?.ack(m.bytes);
+        else if (m.type === 'fetched') ch?.fetched(m.outcome);
         else {
           this.blobs.delete(m.id);
           ch?.closed(m);
@@ -148,6 +167,7 @@ export class UnpackPool {
         this.pending.delete(id);
         const ch = this.blobs.get(id);
         this.blobs.delete(id);
+        ch?.fetched({ ok: false, fallback: false, kind: 'Internal', message: `unpack worker failed: ${String(why)}` });
         ch?.closed({ error: String(why) });
       }
       slot.jobs.clear();
@@ -274,7 +294,13 @@ export class UnpackPool {
     let flushing: NodeJS.Immediate | undefined;
     let fileClosed!: (m: { digest?: string; error?: string; code?: string }) => void;
     const outcome = new Promise<{ digest?: string; error?: string; code?: string }>((resolve) => (fileClosed = resolve));
+    let fetching: ((o: FetchOutcome) => void) | undefined;
     this.blobs.set(id, {
+      fetched: (o) => {
+        const done = fetching;
+        fetching = undefined;
+        done?.(o);
+      },
       ack: (bytes) => {
         inflight -= bytes;
         if (held && inflight < STREAM_WINDOW) {
@@ -283,7 +309,11 @@ export class UnpackPool {
           cb();
         }
       },
-      closed: (m) => fileClosed(m),
+      closed: (m) => {
+        fileClosed(m);
+        // The worker answers a download before its file closes; nothing more comes for it after.
+        if (!this.blobs.has(id)) fetching?.({ ok: false, fallback: false, kind: 'Internal', message: `writing the blob failed: ${m.error ?? 'closed'}` });
+      },
     });
     const flush = (): void => {
       clearImmediate(flushing);
@@ -336,14 +366,26 @@ export class UnpackPool {
         cb(err);
       },
     });
+    // Its errors reach whoever pipes into it; unused (the worker downloads), it must not
+    // throw them as unhandled 'error' events.
+    writable.on('error', () => undefined);
     // A write error in the worker fails the writable (and so the download).
     void sealed.catch((err: Error) => {
       if (!writable.destroyed) writable.destroy(err);
     });
     const result = this.start(slot, id, { type: 'stream', id, job: { ...job, opts: { ...job.opts, granted: grant !== undefined } } }, signal, grant);
     const settled = Promise.allSettled([result, outcome]).then(() => this.release(slot, id));
+    const fetch = (req: BlobRequest, size: number, what: string): Promise<FetchOutcome> =>
+      new Promise<FetchOutcome>((resolve) => {
+        if (fetching || ended || writable.destroyed || !this.blobs.has(id)) {
+          resolve({ ok: false, fallback: true, why: 'the blob intake is in use or closed' });
+          return;
+        }
+        fetching = resolve;
+        worker.postMessage({ type: 'fetch', id, req, size, what });
+      });
     return {
-      sink: { writable, seal: () => sealed, closed: outcome.then(() => undefined) },
+      sink: { writable, seal: () => sealed, closed: outcome.then(() => undefined), fetch },
       result: settled.then(() => result),
     };
   }

@@ -7,6 +7,8 @@ import { createReadStream } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { parentPort } from 'node:worker_threads';
 import { BerthError, messageOf } from '../../common/errors.js';
+import type { BlobRequest } from '../registry/client.js';
+import { fetchBlob, type FetchTarget } from './blob-fetch.js';
 import { BlobIntake, type IntakeMessage } from './blob-intake.js';
 import type { GrantAnswer, GrantRequest, JobOptions, StreamJob, UnpackJob } from './unpack-pool.js';
 import { unpackLayer, type Budget, type GrantFn, type LayerCompression } from './unpack.js';
@@ -19,12 +21,15 @@ const running = new Map<number, AbortController>();
 const grants = new Map<number, { resolve(b: Budget): void; reject(e: unknown): void }>();
 let nextGrant = 1;
 const intakes = new Map<number, BlobIntake>();
+/** Blobs this worker downloads itself (blob-fetch.ts), by job id: their intake's acks stay here. */
+const fetches = new Map<number, { target: FetchTarget & { pending: number }; ac: AbortController; closed?: IntakeMessage }>();
 
 type Message =
   | { type: 'unpack'; id: number; job: UnpackJob }
   | { type: 'stream'; id: number; job: StreamJob }
   | { type: 'chunks'; id: number; chunks: Uint8Array[] }
   | { type: 'end'; id: number }
+  | { type: 'fetch'; id: number; req: BlobRequest; size: number; what: string }
   | { type: 'abort'; id: number }
   | GrantAnswer;
 
@@ -68,14 +73,57 @@ port.on('message', (m: Message) => {
       return;
     case 'abort':
       running.get(m.id)?.abort(new BerthError('Cancelled', 'unpack cancelled'));
+      fetches.get(m.id)?.ac.abort(new BerthError('Cancelled', 'download cancelled'));
       intakes.get(m.id)?.abort();
       return;
+    case 'fetch': {
+      const intake = intakes.get(m.id);
+      if (!intake || fetches.has(m.id)) {
+        port.postMessage({ type: 'fetched', id: m.id, outcome: { ok: false, fallback: true, why: 'the blob intake is closed' } });
+        return;
+      }
+      const ac = new AbortController();
+      const target = {
+        pending: 0,
+        onDrain: undefined as (() => void) | undefined,
+        chunk(c: Buffer) {
+          target.pending += c.length;
+          intake.chunks([c]);
+        },
+        end: () => intake.end(),
+        abort: () => intake.abort(),
+      };
+      const record: { target: typeof target; ac: AbortController; closed?: IntakeMessage } = { target, ac };
+      fetches.set(m.id, record);
+      void fetchBlob(m.req, m.size, m.what, target, ac.signal).then((outcome) => {
+        fetches.delete(m.id);
+        port.postMessage({ type: 'fetched', id: m.id, outcome });
+        if (record.closed) port.postMessage(record.closed);
+      });
+      return;
+    }
     case 'unpack':
       unpack(m.id, createReadStream(m.job.blobPath, { highWaterMark: 1 << 20 }), m.job.compression, m.job.target, m.job.opts);
       return;
     case 'stream': {
       const intake = new BlobIntake(m.id, m.job.tmpPath, m.job.alg, (msg: IntakeMessage) => {
-        if (msg.type === 'blob') intakes.delete(m.id);
+        const fetching = fetches.get(m.id);
+        if (msg.type === 'blob') {
+          intakes.delete(m.id);
+          if (fetching) {
+            // Reported after the download's outcome. A blob that failed to write stops its
+            // download at once (its socket would stay paused).
+            fetching.closed = msg;
+            if (msg.error !== undefined) fetching.ac.abort(new BerthError('Unavailable', `writing the blob failed: ${msg.error}`));
+            return;
+          }
+        }
+        if (msg.type === 'ack' && fetching) {
+          // This worker downloads the blob: its flow control stays here.
+          fetching.target.pending -= msg.bytes;
+          fetching.target.onDrain?.();
+          return;
+        }
         port.postMessage(msg);
       });
       if (!intake.done) intakes.set(m.id, intake);

@@ -8,9 +8,12 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BerthError, isKind } from '../../../../src/common/errors.js';
+import type { BlobRequest } from '../../../../src/images/registry/client.js';
 import { UnpackPool } from '../../../../src/images/snapshots/unpack-pool.js';
 import type { Budget } from '../../../../src/images/snapshots/unpack.js';
 import { compress, LAYER, makeTar, openFds } from '../../../helpers/tar-layers.js';
@@ -117,6 +120,120 @@ describe('UnpackPool', function () {
     await pipeline(chunked(blobBytes, 1000), sink.writable);
     assert.equal(await sink.seal(), sha256(blobBytes));
     await assert.rejects(result, (e) => isKind(e, 'FailedPrecondition'));
+  });
+
+  describe('a blob the worker downloads itself', () => {
+    let server: Server | undefined;
+    afterEach(async () => {
+      server?.closeAllConnections();
+      await new Promise<void>((r) => (server ? server.close(() => r()) : r()));
+      server = undefined;
+    });
+
+    /** A server on 127.0.0.1 answering every GET with `handler`; the request a worker would send to it. */
+    async function serve(handler: (req: IncomingMessage, res: ServerResponse) => void): Promise<BlobRequest & { seen: IncomingMessage[] }> {
+      const seen: IncomingMessage[] = [];
+      server = createServer((req, res) => {
+        seen.push(req);
+        handler(req, res);
+      });
+      await new Promise<void>((r) => server!.listen(0, '127.0.0.1', () => r()));
+      const { port } = server.address() as AddressInfo;
+      return {
+        url: `http://127.0.0.1:${port}/v2/x/blobs/sha256:00`,
+        host: `127.0.0.1:${port}`,
+        headers: { 'user-agent': 'berth', authorization: 'Bearer secret-token' },
+        stallMs: 5_000,
+        minBytesPerSecond: 0,
+        tls: { insecureSkipVerify: false, ca: [], id: 'none' },
+        seen,
+      };
+    }
+
+    async function layer(): Promise<{ raw: Buffer; blobBytes: Buffer; big: Buffer }> {
+      const big = Buffer.alloc(20 << 20);
+      for (let i = 0; i < big.length; i += 4096) big.writeUInt32BE(i, i);
+      const raw = await makeTar([{ header: { name: 'big.bin' }, content: big }]);
+      return { raw, blobBytes: compress(raw, 'gzip'), big };
+    }
+
+    it('downloads, hashes, writes and unpacks a blob larger than the flow-control window, with the headers it was given', async () => {
+      const p = (pool = new UnpackPool(1, 1_000));
+      const { raw, blobBytes, big } = await layer();
+      const req = await serve((_req, res) => {
+        res.writeHead(200, { 'content-length': blobBytes.length });
+        res.end(blobBytes);
+      });
+      const target = join(dir, 'fs');
+      fs.mkdirSync(target);
+      const tmpPath = join(dir, 'blob.tmp');
+      const { sink, result } = await p.stream({ tmpPath, alg: 'sha256', compression: 'gzip', target, opts: { layer: LAYER, maxBytes: 1 << 30 } });
+      assert.deepEqual(await sink.fetch(req, blobBytes.length, 'the layer'), { ok: true, bytes: blobBytes.length });
+      assert.equal(await sink.seal(), sha256(blobBytes));
+      await sink.closed;
+      assert.ok(fs.readFileSync(tmpPath).equals(blobBytes));
+      assert.equal((await result).diffId, `sha256:${sha256(raw)}`);
+      assert.ok(fs.readFileSync(join(target, 'big.bin')).equals(big));
+      assert.equal(req.seen[0]!.headers.authorization, 'Bearer secret-token');
+    });
+
+    it('falls back, having fed nothing, on any answer but 200; the blob then streams in from this thread', async () => {
+      const p = (pool = new UnpackPool(1, 1_000));
+      const { raw, blobBytes } = await layer();
+      const req = await serve((_req, res) => {
+        res.writeHead(307, { location: 'http://127.0.0.1:1/elsewhere' });
+        res.end();
+      });
+      const target = join(dir, 'fs');
+      fs.mkdirSync(target);
+      const { sink, result } = await p.stream({
+        tmpPath: join(dir, 'blob.tmp'),
+        alg: 'sha256',
+        compression: 'gzip',
+        target,
+        opts: { layer: LAYER, maxBytes: 1 << 30 },
+      });
+      const o = await sink.fetch(req, blobBytes.length, 'the layer');
+      assert.equal(o.ok, false);
+      assert.equal(!o.ok && o.fallback, true, JSON.stringify(o));
+      assert.equal(req.seen.length, 1, 'the redirect is not followed by the worker');
+      await pipeline(chunked(blobBytes, 65_536), sink.writable);
+      assert.equal(await sink.seal(), sha256(blobBytes));
+      assert.equal((await result).diffId, `sha256:${sha256(raw)}`);
+    });
+
+    it('refuses more bytes than declared, and a truncated body, with DataLoss; the temp file is closed', async () => {
+      const p = (pool = new UnpackPool(1, 1_000));
+      const { blobBytes } = await layer();
+      for (const [send, pattern] of [
+        [blobBytes.length + 1, /sent more than the \d+ bytes the descriptor declares/],
+        [blobBytes.length - 1000, /truncated: .*of \d+ bytes/],
+      ] as const) {
+        const req = await serve((_req, res) => {
+          // No content-length: the body itself is over or under.
+          res.writeHead(200, { 'transfer-encoding': 'chunked' });
+          res.end(Buffer.concat([blobBytes, Buffer.alloc(1)]).subarray(0, send));
+        });
+        const target = join(dir, `fs-${send}`);
+        fs.mkdirSync(target);
+        const { sink, result } = await p.stream({
+          tmpPath: join(dir, `blob-${send}.tmp`),
+          alg: 'sha256',
+          compression: 'gzip',
+          target,
+          opts: { layer: LAYER, maxBytes: 1 << 30 },
+        });
+        const o = await sink.fetch(req, blobBytes.length, 'the layer');
+        assert.ok(!o.ok && !o.fallback && o.kind === 'DataLoss' && pattern.test(o.message), JSON.stringify(o));
+        assert.ok(!JSON.stringify(o).includes('secret-token'), 'no credential in the outcome');
+        await sink.closed;
+        await assert.rejects(result);
+        await assert.rejects(sink.seal());
+        server?.closeAllConnections();
+        await new Promise<void>((r) => server!.close(() => r()));
+        server = undefined;
+      }
+    });
   });
 
   it('a download that fails part-way stops the unpack and closes the temp file', async () => {
