@@ -106,8 +106,8 @@ export function layerTask(d: LayerTaskDeps, t: LayerTaskSpec, caller: AbortSigna
                   ? {
                       ...x.sink,
                       // The worker downloads the blob itself; undefined (a fallback) has the store feed it.
-                      fetch: async () => {
-                        const o = await x.sink.fetch(request(), t.layer.size, `${t.image} layer ${t.layer.digest}`);
+                      fetch: async (onBytes?: (n: number) => void) => {
+                        const o = await x.sink.fetch(request(), t.layer.size, `${t.image} layer ${t.layer.digest}`, onBytes);
                         if (o.ok) return o.bytes;
                         if (o.fallback) return undefined;
                         throw o.kind ? new BerthError(o.kind, o.message) : new Error(o.message);

@@ -77,9 +77,10 @@ export interface BlobSink {
    * Downloads the blob itself when it can (a layer's unpack worker: see
    * snapshots/blob-fetch.ts): resolves with the bytes it took (the declared size, checked
    * as it went), or undefined when the store must feed `writable` from its own download;
-   * rejects when the transfer failed after its first byte.
+   * rejects when the transfer failed after its first byte. `onBytes` hears of the bytes as
+   * they come.
    */
-  fetch?(): Promise<number | undefined>;
+  fetch?(onBytes?: (n: number) => void): Promise<number | undefined>;
 }
 
 /** Makes the sink of one download, given its temp file and digest algorithm. */
@@ -202,9 +203,8 @@ export class ContentStore {
     let sink: BlobSink | undefined;
     try {
       sink = await makeSink(tmp, alg === 'sha512' ? 'sha512' : 'sha256');
-      let bytes = sink.fetch ? await sink.fetch() : undefined;
-      if (bytes !== undefined) onBytes?.(bytes);
-      else {
+      let bytes = sink.fetch ? await sink.fetch(onBytes) : undefined;
+      if (bytes === undefined) {
         const src = await openStream();
         await pipeline(src, check, sink.writable, ...(signal ? [{ signal }] : []));
         bytes = check.bytes;

@@ -66,15 +66,11 @@ export interface StreamSink {
    * through `writable`; `what` names the blob in messages. On a `fallback` outcome nothing
    * reached the worker's intake: write the blob to `writable` as usual.
    */
-  fetch(req: BlobRequest, size: number, what: string): Promise<FetchOutcome>;
+  fetch(req: BlobRequest, size: number, what: string, onBytes?: (n: number) => void): Promise<FetchOutcome>;
 }
 
-/** A worker's report of a download it did itself. */
-interface FetchedMessage {
-  type: 'fetched';
-  id: number;
-  outcome: FetchOutcome;
-}
+/** A worker's reports of a download it does itself: bytes so far, and its end. */
+type FetchedMessage = { type: 'fetched'; id: number; outcome: FetchOutcome } | { type: 'progress'; id: number; bytes: number };
 
 type Reply = { id: number; ok: true; result: UnpackResult } | { id: number; ok: false; kind: ErrorKind | undefined; message: string };
 /** A worker's request for a grant (see UnpackOptions.grant), and its answer. */
@@ -113,6 +109,8 @@ interface BlobChannel {
   closed(m: { digest?: string; error?: string; code?: string }): void;
   /** The worker's download (StreamSink.fetch) ended. */
   fetched(o: FetchOutcome): void;
+  /** The worker's download took `bytes` more. */
+  progress(bytes: number): void;
 }
 
 export class UnpackPool {
@@ -143,6 +141,7 @@ export class UnpackPool {
         const ch = this.blobs.get(m.id);
         if (m.type === 'ack') ch?.ack(m.bytes);
         else if (m.type === 'fetched') ch?.fetched(m.outcome);
+        else if (m.type === 'progress') ch?.progress(m.bytes);
         else {
           this.blobs.delete(m.id);
           ch?.closed(m);
@@ -295,7 +294,9 @@ export class UnpackPool {
     let fileClosed!: (m: { digest?: string; error?: string; code?: string }) => void;
     const outcome = new Promise<{ digest?: string; error?: string; code?: string }>((resolve) => (fileClosed = resolve));
     let fetching: ((o: FetchOutcome) => void) | undefined;
+    let fetchProgress: ((n: number) => void) | undefined;
     this.blobs.set(id, {
+      progress: (n) => fetchProgress?.(n),
       fetched: (o) => {
         const done = fetching;
         fetching = undefined;
@@ -375,13 +376,14 @@ export class UnpackPool {
     });
     const result = this.start(slot, id, { type: 'stream', id, job: { ...job, opts: { ...job.opts, granted: grant !== undefined } } }, signal, grant);
     const settled = Promise.allSettled([result, outcome]).then(() => this.release(slot, id));
-    const fetch = (req: BlobRequest, size: number, what: string): Promise<FetchOutcome> =>
+    const fetch = (req: BlobRequest, size: number, what: string, onBytes?: (n: number) => void): Promise<FetchOutcome> =>
       new Promise<FetchOutcome>((resolve) => {
         if (fetching || ended || writable.destroyed || !this.blobs.has(id)) {
           resolve({ ok: false, fallback: true, why: 'the blob intake is in use or closed' });
           return;
         }
         fetching = resolve;
+        fetchProgress = onBytes;
         worker.postMessage({ type: 'fetch', id, req, size, what });
       });
     return {

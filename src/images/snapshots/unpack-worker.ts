@@ -21,6 +21,8 @@ const running = new Map<number, AbortController>();
 const grants = new Map<number, { resolve(b: Budget): void; reject(e: unknown): void }>();
 let nextGrant = 1;
 const intakes = new Map<number, BlobIntake>();
+/** Bytes of a download between two progress reports to the main thread. */
+const PROGRESS_BYTES = 4 << 20;
 /** Blobs this worker downloads itself (blob-fetch.ts), by job id: their intake's acks stay here. */
 const fetches = new Map<number, { target: FetchTarget & { pending: number }; ac: AbortController; closed?: IntakeMessage }>();
 
@@ -83,12 +85,22 @@ port.on('message', (m: Message) => {
         return;
       }
       const ac = new AbortController();
+      // Progress goes to the main thread (pull progress, trace points): the first bytes at
+      // once, then every PROGRESS_BYTES.
+      let unreported = 0;
+      let reported = false;
       const target = {
         pending: 0,
         onDrain: undefined as (() => void) | undefined,
         chunk(c: Buffer) {
           target.pending += c.length;
           intake.chunks([c]);
+          unreported += c.length;
+          if (!reported || unreported >= PROGRESS_BYTES) {
+            reported = true;
+            port.postMessage({ type: 'progress', id: m.id, bytes: unreported });
+            unreported = 0;
+          }
         },
         end: () => intake.end(),
         abort: () => intake.abort(),
@@ -97,6 +109,7 @@ port.on('message', (m: Message) => {
       fetches.set(m.id, record);
       void fetchBlob(m.req, m.size, m.what, target, ac.signal).then((outcome) => {
         fetches.delete(m.id);
+        if (unreported > 0 && outcome.ok) port.postMessage({ type: 'progress', id: m.id, bytes: unreported });
         port.postMessage({ type: 'fetched', id: m.id, outcome });
         if (record.closed) port.postMessage(record.closed);
       });

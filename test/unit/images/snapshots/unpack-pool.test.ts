@@ -4,7 +4,7 @@
  * in berthd's RSS after a pull), then come back on the next job.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -151,13 +151,13 @@ describe('UnpackPool', function () {
     }
 
     async function layer(): Promise<{ raw: Buffer; blobBytes: Buffer; big: Buffer }> {
-      const big = Buffer.alloc(20 << 20);
-      for (let i = 0; i < big.length; i += 4096) big.writeUInt32BE(i, i);
+      // Incompressible: the blob itself is larger than the worker's flow-control window.
+      const big = randomBytes(12 << 20);
       const raw = await makeTar([{ header: { name: 'big.bin' }, content: big }]);
       return { raw, blobBytes: compress(raw, 'gzip'), big };
     }
 
-    it('downloads, hashes, writes and unpacks a blob larger than the flow-control window, with the headers it was given', async () => {
+    it('downloads, hashes, writes and unpacks a blob larger than the flow-control window, with the headers it was given, reporting progress', async () => {
       const p = (pool = new UnpackPool(1, 1_000));
       const { raw, blobBytes, big } = await layer();
       const req = await serve((_req, res) => {
@@ -168,7 +168,14 @@ describe('UnpackPool', function () {
       fs.mkdirSync(target);
       const tmpPath = join(dir, 'blob.tmp');
       const { sink, result } = await p.stream({ tmpPath, alg: 'sha256', compression: 'gzip', target, opts: { layer: LAYER, maxBytes: 1 << 30 } });
-      assert.deepEqual(await sink.fetch(req, blobBytes.length, 'the layer'), { ok: true, bytes: blobBytes.length });
+      const progress: number[] = [];
+      assert.deepEqual(await sink.fetch(req, blobBytes.length, 'the layer', (n) => progress.push(n)), { ok: true, bytes: blobBytes.length });
+      assert.ok(progress.length >= 2, `progress reported as the bytes came (${progress.length} reports)`);
+      assert.equal(
+        progress.reduce((a, b) => a + b, 0),
+        blobBytes.length,
+        'progress adds up to the blob',
+      );
       assert.equal(await sink.seal(), sha256(blobBytes));
       await sink.closed;
       assert.ok(fs.readFileSync(tmpPath).equals(blobBytes));
