@@ -305,6 +305,7 @@ export class ImageService {
             image: what,
             open: (shared) => this.client.openBlob(ep, ref.path, layer.digest, layer.size, shared, `${what} layer ${layer.digest}`),
             request: () => this.client.blobRequest(ep, ref.path, layer.digest),
+            redirected: () => this.client.blobRedirected(ep),
             limiter,
             limits,
           },

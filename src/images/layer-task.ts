@@ -54,8 +54,13 @@ export interface LayerTaskSpec {
   /** The pull's image, for the trace points. */
   image: string;
   open: (signal: AbortSignal) => Promise<Readable>;
-  /** The blob's first GET, for the unpack worker to send itself (RegistryClient.blobRequest); `open` when it cannot. */
-  request?: () => BlobRequest;
+  /**
+   * The blob's first GET, for the unpack worker to send itself (RegistryClient.blobRequest);
+   * undefined (or no function) has `open` fetch it.
+   */
+  request?: () => BlobRequest | undefined;
+  /** The worker's GET was answered with a redirect (RegistryClient.blobRedirected). */
+  redirected?: () => void;
   limiter: Limiter;
   limits: PullLimits;
 }
@@ -107,9 +112,14 @@ export function layerTask(d: LayerTaskDeps, t: LayerTaskSpec, caller: AbortSigna
                       ...x.sink,
                       // The worker downloads the blob itself; undefined (a fallback) has the store feed it.
                       fetch: async (onBytes?: (n: number) => void) => {
-                        const o = await x.sink.fetch(request(), t.layer.size, `${t.image} layer ${t.layer.digest}`, onBytes);
+                        const req = request();
+                        if (!req) return undefined;
+                        const o = await x.sink.fetch(req, t.layer.size, `${t.image} layer ${t.layer.digest}`, onBytes);
                         if (o.ok) return o.bytes;
-                        if (o.fallback) return undefined;
+                        if (o.fallback) {
+                          if (o.status !== undefined && o.status >= 300 && o.status < 400) t.redirected?.();
+                          return undefined;
+                        }
                         throw o.kind ? new BerthError(o.kind, o.message) : new Error(o.message);
                       },
                     }

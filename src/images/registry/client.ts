@@ -61,6 +61,8 @@ export interface BlobRequest {
   url: string;
   /** The registry's host as configured (for messages). */
   host: string;
+  /** The host whose address class the connection must keep (see address-policy.ts; the endpoint's policy). */
+  policyHost: string;
   headers: Record<string, string>;
   stallMs: number;
   minBytesPerSecond: number;
@@ -125,6 +127,8 @@ export class RegistryClient {
   private readonly tokens = new TokenCache();
   /** Origins known to want Basic auth (bounded: a forgotten one costs one more 401). */
   private readonly basicOrigins = new LruMap<string, true>(256);
+  /** Registries that redirect blob GETs (see blobRedirected; bounded as basicOrigins is). */
+  private readonly redirecting = new LruMap<string, true>(256);
   private readonly backoffMs: number;
   /** TLS settings of the registry config in force, made again when a reload replaces it. */
   private tlsCache: { registries: Record<string, RegistryConfig>; certsDir: string; tls: RegistryTls } | undefined;
@@ -208,7 +212,8 @@ export class RegistryClient {
    * thread. Only the first request: any answer but 200, or a failure before the answer,
    * sends the caller back to {@link openBlob} (the auth dance, redirects, retries).
    */
-  blobRequest(ep: Endpoint, repo: string, digest: string): BlobRequest {
+  blobRequest(ep: Endpoint, repo: string, digest: string): BlobRequest | undefined {
+    if (this.redirecting.has(ep.base.origin)) return undefined;
     const headers: Record<string, string> = { 'user-agent': 'berth' };
     const auth = this.authorization(ep, this.tokenKey(ep, `repository:${repo}:pull`));
     if (auth) headers.authorization = auth;
@@ -216,11 +221,21 @@ export class RegistryClient {
     return {
       url: this.url(ep, `${repo}/blobs/${digest}`).href,
       host: ep.host,
+      policyHost: ep.policy.registryHost,
       headers,
       stallMs: this.opts.images.stall_timeout_seconds * 1000,
       minBytesPerSecond: this.opts.images.min_transfer_rate_bytes_per_second,
       tls,
     };
+  }
+
+  /**
+   * `ep` answered a blob's GET with a redirect (to blob storage, as many registries do for
+   * every blob): its blobs are fetched through {@link openBlob} from now on, without a
+   * first request from the worker that would only be answered with the redirect again.
+   */
+  blobRedirected(ep: Endpoint): void {
+    this.redirecting.set(ep.base.origin, true);
   }
 
   /**

@@ -17,6 +17,7 @@
  */
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { BerthError, errnoOf, messageOf, type ErrorKind } from '../../common/errors.js';
+import { AddressPolicy } from '../registry/address-policy.js';
 import type { BlobRequest } from '../registry/client.js';
 import { NetworkError, send, type HttpResponse } from '../registry/http.js';
 import type { TlsSettings } from '../registry/tls.js';
@@ -26,7 +27,7 @@ export type FetchOutcome =
   /** The whole body went to the intake (exactly `size` bytes). */
   | { ok: true; bytes: number }
   /** Nothing was fed to the intake: the main thread should fetch the blob itself. */
-  | { ok: false; fallback: true; why: string }
+  | { ok: false; fallback: true; why: string; status?: number }
   /** The transfer failed after its first byte (the intake has been aborted). */
   | { ok: false; fallback: false; kind: ErrorKind | undefined; message: string };
 
@@ -83,6 +84,7 @@ export async function fetchBlob(req: BlobRequest, size: number, what: string, ta
         throw new BerthError('Internal', 'a worker download follows no redirect');
       },
       maxRedirects: 0,
+      policy: new AddressPolicy(req.policyHost),
       signal,
     });
   } catch (err) {
@@ -91,7 +93,7 @@ export async function fetchBlob(req: BlobRequest, size: number, what: string, ta
   }
   if (res.status !== 200) {
     res.body.destroy();
-    return { ok: false, fallback: true, why: `answered ${res.status}` };
+    return { ok: false, fallback: true, why: `answered ${res.status}`, status: res.status };
   }
   const declared = Number(res.headers['content-length'] ?? NaN);
   if (Number.isFinite(declared) && declared !== size) {

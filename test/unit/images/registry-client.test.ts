@@ -241,4 +241,17 @@ describe('images: registry client against a hostile registry', function () {
       }
     });
   });
+
+  it("describes a blob's first GET for the unpack worker with the credentials in force, and none once the registry redirects blobs", () => {
+    const c = client();
+    const ref = parseReference('127.0.0.1:5999/test/app:v1');
+    const ep = c.endpoints(ref, { registryToken: 'tok-1' }).at(-1)!;
+    const req = c.blobRequest(ep, ref.path, `sha256:${'a'.repeat(64)}`);
+    assert.ok(req);
+    assert.equal(req.url, `http://127.0.0.1:5999/v2/test/app/blobs/sha256:${'a'.repeat(64)}`);
+    assert.equal(req.headers.authorization, 'Bearer tok-1');
+    assert.equal('secureContext' in req.tls, false, 'the built TLS context stays on this thread');
+    c.blobRedirected(ep);
+    assert.equal(c.blobRequest(ep, ref.path, `sha256:${'b'.repeat(64)}`), undefined);
+  });
 });

@@ -142,6 +142,7 @@ describe('UnpackPool', function () {
       return {
         url: `http://127.0.0.1:${port}/v2/x/blobs/sha256:00`,
         host: `127.0.0.1:${port}`,
+        policyHost: `127.0.0.1:${port}`,
         headers: { 'user-agent': 'berth', authorization: 'Bearer secret-token' },
         stallMs: 5_000,
         minBytesPerSecond: 0,
