@@ -24,6 +24,18 @@ export interface NativeSys {
     fds: number[],
     setsid: boolean,
   ): { pid: number; exited: Promise<[number | null, number | null]> };
+  /**
+   * As spawn, made on a helper thread: the event loop does not wait for the child's exec.
+   * `file` must be a path (holding a '/'). Rejects as spawn throws when nothing started.
+   */
+  spawnAsync(
+    file: string,
+    argv: string[],
+    envp: string[],
+    cwd: string | null,
+    fds: number[],
+    setsid: boolean,
+  ): Promise<{ pid: number; exited: Promise<[number | null, number | null]> }>;
   mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   umount(target: string, flags: number): Promise<void>;
   pinUserns(

@@ -31,7 +31,7 @@ import { abortable } from '../common/abort.js';
 import { BerthError, errnoOf, messageOf } from '../common/errors.js';
 import { DisposableStack } from '../common/disposable.js';
 import type { Logger } from '../common/logger.js';
-import { spawnProcess, type ChildProcess, type ExitStatus } from '../common/process.js';
+import { startProcess, type ChildProcess, type ExitStatus } from '../common/process.js';
 import { traced } from '../common/trace-points.js';
 import { runtimeMessage } from '../oci/runtime-errors.js';
 import { requestLogReopen, resizeTerminal, startAttachSession } from './conmon-attach.js';
@@ -226,7 +226,8 @@ export class ConmonShim implements Shim {
       // runtime, so it loads while the caller completes the bundle.
       let child: ChildProcess;
       try {
-        child = spawnProcess(this.conmonPath, args, {
+        // Spawned off the event loop (startProcess), which meanwhile goes on with the bundle.
+        child = await startProcess(this.conmonPath, args, {
           cwd: persistDir,
           setsid: true,
           stdio: ['ignore', 'out', 'out', 'out', 'in'],

@@ -10,7 +10,7 @@ import { constants } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BerthError, messageOf } from '../../common/errors.js';
-import { BoundedOutput, spawnProcess, type ChildProcess, type ExitStatus } from '../../common/process.js';
+import { BoundedOutput, startProcess, type ChildProcess, type ExitStatus } from '../../common/process.js';
 import { failureMessage } from './protocol.js';
 
 export interface PluginRun {
@@ -52,9 +52,9 @@ export async function findPlugin(type: string, binDirs: string[]): Promise<strin
  * exit (message from the CNI error object, or stderr), DeadlineExceeded on timeout,
  * Cancelled on abort, ResourceExhausted when it prints more than the cap.
  */
-export function runPlugin(run: PluginRun): Promise<string> {
+export async function runPlugin(run: PluginRun): Promise<string> {
   const max = run.maxOutputBytes ?? DEFAULT_MAX_OUTPUT;
-  if (run.signal?.aborted) return Promise.reject(new BerthError('Cancelled', 'cancelled before the plugin started'));
+  if (run.signal?.aborted) throw new BerthError('Cancelled', 'cancelled before the plugin started');
 
   const env: Record<string, string | undefined> = {};
   // berthd's environment (plugins need PATH for iptables…) minus any stray CNI_* of its own.
@@ -62,9 +62,10 @@ export function runPlugin(run: PluginRun): Promise<string> {
   Object.assign(env, run.env);
   let child: ChildProcess;
   try {
-    child = spawnProcess(run.file, [], { env, stdio: ['in', 'out', 'out'], setsid: true });
+    // Spawned off the event loop (startProcess): a chain's plugins no longer stop it.
+    child = await startProcess(run.file, [], { env, stdio: ['in', 'out', 'out'], setsid: true });
   } catch (e) {
-    return Promise.reject(new BerthError('Unavailable', `could not run ${run.file}: ${messageOf(e)}`));
+    throw new BerthError('Unavailable', `could not run ${run.file}: ${messageOf(e)}`);
   }
 
   return new Promise((resolve, reject) => {
@@ -108,6 +109,8 @@ export function runPlugin(run: PluginRun): Promise<string> {
     const onAbort = (): void => fail(new BerthError('Cancelled', 'cancelled; the plugin was killed'));
 
     run.signal?.addEventListener('abort', onAbort, { once: true });
+    // Aborted while the plugin was being started: killed at once.
+    if (run.signal?.aborted) onAbort();
     timers.push(setTimeout(() => fail(new BerthError('DeadlineExceeded', `timed out after ${run.timeoutMs} ms; the plugin was killed`)), run.timeoutMs));
 
     // A plugin may exit without reading all of stdin (EPIPE); its exit status tells.

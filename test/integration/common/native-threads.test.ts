@@ -2,7 +2,8 @@
  * The native addon when the node has no thread to give: a child Node process that loaded
  * the addon is put in a pids cgroup of the test's own whose pids.max equals its thread
  * count, so its next pthread_create fails for real (EAGAIN). The addon calls that make a
- * thread (socketInNetns; attachConmon, whose bridge thread every attach adds) must throw
+ * thread (socketInNetns; attachConmon, whose bridge thread every attach adds; spawnAsync,
+ * whose thread spawns the child and waits for it) must throw
  * and leak no fd, and the process must live on (an abort() would kill it, and with it
  * berthd) and work again once threads are free. Root; cgroup v1 pids or v2; python3 makes
  * the SOCK_SEQPACKET listener conmon's attach socket would be.
@@ -60,6 +61,22 @@ for await (const line of createInterface({ input: process.stdin })) {
     } catch (err) {
       say({ ok: false, code: err.code, message: err.message });
     }
+  } else if (line === 'spawnAsync') {
+    try {
+      const [r, w] = native().pipe();
+      let started;
+      try {
+        started = native().spawnAsync('/bin/true', ['true'], [], null, [-1, w, w], false);
+      } finally {
+        closeSync(r);
+        closeSync(w);
+      }
+      const child = await started;
+      const [code] = await child.exited;
+      say({ ok: code === 0 });
+    } catch (err) {
+      say({ ok: false, code: err.code, message: err.message });
+    }
   } else if (line === 'fds') {
     say({ fds: readdirSync('/proc/self/fd').length });
   } else if (line === 'exit') {
@@ -88,7 +105,7 @@ describe('common/sys: the native addon without threads to spare', function () {
     child = listener = cgroup = dir = undefined;
   });
 
-  it('a failed pthread_create makes socketInNetns and attachConmon throw EAGAIN; the process lives and works once threads are free', async function () {
+  it('a failed pthread_create makes socketInNetns, attachConmon and spawnAsync throw EAGAIN; the process lives and works once threads are free', async function () {
     const root = pidsRoot();
     if (process.getuid?.() !== 0 || !root) this.skip();
     dir = mkdtempSync(join(tmpdir(), 'berth-threads-'));
@@ -111,6 +128,7 @@ describe('common/sys: the native addon without threads to spare', function () {
     };
     assert.deepEqual(await next(), { ready: true });
     assert.deepEqual(await ask('socketInNetns'), { ok: true }, 'it works with threads to spare');
+    assert.deepEqual(await ask('spawnAsync'), { ok: true }, 'a spawn on a helper thread works with threads to spare');
     // (Not attachConmon yet: its bridge thread lives on a while and would skew the count below.)
     const fds = (await ask('fds')).fds;
 
@@ -128,6 +146,10 @@ describe('common/sys: the native addon without threads to spare', function () {
       assert.equal(attach.ok, false, `attach ${i + 1} without a thread to spare fails`);
       assert.equal(attach.code, 'EAGAIN', String(attach.message));
       assert.match(String(attach.message), /pthread_create/);
+      const spawned = await ask('spawnAsync');
+      assert.equal(spawned.ok, false, `spawn ${i + 1} without a thread to spare fails`);
+      assert.equal(spawned.code, 'EAGAIN', String(spawned.message));
+      assert.match(String(spawned.message), /pthread_create/);
     }
     assert.equal((await ask('fds')).fds, fds, 'no fd is left by the failed calls');
     assert.equal(child.exitCode, null, 'the process lives');
@@ -138,6 +160,7 @@ describe('common/sys: the native addon without threads to spare', function () {
     writeFileSync(join(cgroup, 'pids.max'), 'max');
     assert.deepEqual(await ask('socketInNetns'), { ok: true }, 'it works again once threads are free');
     assert.deepEqual(await ask(`attachConmon ${dir}`), { ok: true }, 'attach works again once threads are free');
+    assert.deepEqual(await ask('spawnAsync'), { ok: true }, 'a spawn works again once threads are free');
     child.stdin!.write('exit\n');
     const [code] = (await once(child, 'exit')) as [number | null];
     assert.equal(code, 0);

@@ -4,11 +4,12 @@
  * Mounts and namespaces are in test/integration/common/sys.test.ts.
  */
 import assert from 'node:assert/strict';
+import { readdirSync } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MNT } from '../../../src/common/mount.js';
-import { execProcess, spawnProcess } from '../../../src/common/process.js';
+import { execProcess, resolveExecutable, spawnProcess, startProcess } from '../../../src/common/process.js';
 import { native } from '../../../src/common/native.js';
 
 async function isMountPoint(dir: string): Promise<boolean> {
@@ -159,8 +160,75 @@ describe('common/sys: the native addon', () => {
     });
   });
 
+  describe('startProcess: the spawn made on a helper thread', () => {
+    it('maps extra descriptors both ways, with only those in the child and an empty signal mask', async () => {
+      const child = await startProcess('/bin/sh', ['-c', 'read x <&4; echo "got $x" >&3; ls /proc/self/fd >&3; grep SigBlk /proc/self/status >&3'], {
+        stdio: ['ignore', 'ignore', 'ignore', 'out', 'in'],
+      });
+      let got = '';
+      child.stdio[3]!.on('data', (d: Buffer) => (got += d.toString()));
+      const closed = new Promise((resolve) => child.stdio[3]!.on('close', resolve));
+      child.stdio[4]!.end('go\n');
+      assert.deepEqual(await child.exited, { code: 0, signal: null });
+      await closed;
+      const lines = got.trim().split('\n');
+      assert.equal(lines[0], 'got go');
+      // 0-4, and the one `ls` opened to list the directory.
+      const fds = lines.filter((l) => /^\d+$/.test(l)).map(Number);
+      assert.deepEqual(
+        fds.filter((fd) => fd <= 4),
+        [0, 1, 2, 3, 4],
+      );
+      assert.ok(fds.length <= 6, `descriptors in the child: ${fds.join(' ')}`);
+      assert.match(
+        lines.find((l) => l.startsWith('SigBlk'))!,
+        /SigBlk:\s+0+$/,
+      );
+    });
+
+    it('starts a new session when asked, with the argv[0] it was given', async () => {
+      const child = await startProcess('sh', ['-c', 'echo "$0 $(cut -d" " -f6 /proc/self/stat)"'], { setsid: true, stdio: ['ignore', 'out', 'ignore'] });
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      await child.exited;
+      await new Promise((r) => setImmediate(r));
+      assert.equal(out.trim(), `sh ${child.pid}`);
+    });
+
+    it('rejects ENOENT, naming the file, for a missing binary (by path or on PATH) and leaves no descriptor', async () => {
+      const before = readdirSync('/proc/self/fd').length;
+      for (const file of ['/nonexistent/berth-no-such-binary', 'berth-no-such-binary']) {
+        await assert.rejects(startProcess(file, [], { stdio: ['in', 'out', 'out', 'out'] }), (err: NodeJS.ErrnoException) => {
+          assert.equal(err.code, 'ENOENT');
+          assert.match(err.message, /berth-no-such-binary/);
+          return true;
+        });
+      }
+      assert.throws(() => resolveExecutable('berth-no-such-binary'), { code: 'ENOENT' });
+      assert.equal(resolveExecutable('/x/y'), '/x/y');
+      assert.equal(readdirSync('/proc/self/fd').length, before);
+    });
+
+    it('reaps every child, however many start at once: no zombie and no descriptor left', async () => {
+      const before = readdirSync('/proc/self/fd').length;
+      const children = await Promise.all(Array.from({ length: 20 }, () => startProcess('/bin/sh', ['-c', 'echo x'], { stdio: ['ignore', 'out', 'ignore'] })));
+      const outs = children.map((c) => new Promise((resolve) => c.stdout!.on('close', resolve).resume()));
+      assert.deepEqual(
+        (await Promise.all(children.map((c) => c.exited))).map((s) => s.code),
+        children.map(() => 0),
+      );
+      await Promise.all(outs);
+      for (const c of children) await assert.rejects(stat(`/proc/${c.pid}`), { code: 'ENOENT' });
+      assert.equal(readdirSync('/proc/self/fd').length, before);
+    });
+
+    it('the addon refuses a file that is not a path, starting nothing', () => {
+      assert.throws(() => native().spawnAsync('true', ['true'], [], null, [], false), TypeError);
+    });
+  });
+
   describe('argument errors: thrown, never a silent undefined, never an abort', () => {
-    type Loose = Record<'mount' | 'umount' | 'socketInNetns' | 'spawn', (...a: unknown[]) => unknown>;
+    type Loose = Record<'mount' | 'umount' | 'socketInNetns' | 'spawn' | 'spawnAsync', (...a: unknown[]) => unknown>;
     const sys = () => native() as unknown as Loose;
 
     it('mount and umount refuse flags that are not numbers, and out-of-range flags', async () => {
@@ -188,6 +256,10 @@ describe('common/sys: the native addon', () => {
       assert.throws(() => sys().spawn('true', ['true'], [], null, [1.5], false), RangeError);
       assert.throws(() => sys().spawn('true', ['true'], [], null, [-2], false), RangeError);
       assert.throws(() => sys().spawn('true', ['true'], [], null, [], 'yes'), TypeError);
+      assert.throws(() => sys().spawnAsync('/bin/true', ['true'], [], null, ['0'], false), TypeError);
+      assert.throws(() => sys().spawnAsync('/bin/true', ['true'], [], null, [1.5], false), RangeError);
+      assert.throws(() => sys().spawnAsync('/bin/true', ['true'], [], null, [], 'yes'), TypeError);
+      assert.throws(() => sys().spawnAsync('/bin/true', 'true', [], null, [], false), TypeError);
     });
   });
 });
