@@ -5,6 +5,7 @@
  * /proc/self/mountinfo.
  */
 import { readFileSync, realpathSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { BerthError } from './errors.js';
 import { native } from './native.js';
@@ -93,4 +94,24 @@ export function mountPoints(): string[] {
 export function isMountPoint(path: string): boolean {
   const target = canonicalPath(path);
   return mountPoints().includes(target);
+}
+
+/**
+ * {@link mountPoints}, read on libuv's pool: mountinfo grows with every mount on the node
+ * (each pod's pins and shm, each container's rootfs), and a synchronous read of it stops
+ * the event loop for as long.
+ */
+export async function mountPointsAsync(): Promise<Set<string>> {
+  const text = await readFile('/proc/self/mountinfo', 'utf8');
+  const points = new Set<string>();
+  for (const line of text.split('\n')) {
+    const field = line.split(' ')[4];
+    if (field !== undefined) points.add(unescapeMountPath(field));
+  }
+  return points;
+}
+
+/** {@link isMountPoint}, with mountinfo read on libuv's pool. */
+export async function isMountPointAsync(path: string): Promise<boolean> {
+  return (await mountPointsAsync()).has(canonicalPath(path));
 }

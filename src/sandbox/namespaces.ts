@@ -39,7 +39,7 @@ import { throwIfAborted } from '../common/abort.js';
 import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/errors.js';
 import { DisposableStack } from '../common/disposable.js';
 import { settleAll } from '../common/settle-all.js';
-import { canonicalPath, isMountPoint, mount, mountPoints, MNT, MS, umount } from '../common/mount.js';
+import { canonicalPath, isMountPoint, isMountPointAsync, mount, mountPoints, mountPointsAsync, MNT, MS, umount } from '../common/mount.js';
 import { runHostTool } from '../common/process.js';
 
 export type PodNamespace = 'net' | 'ipc' | 'uts';
@@ -168,8 +168,10 @@ export async function createPinnedNamespaces(
     if (madeDir) stack.defer(() => rmdir(dir));
     await chmod(dir, 0o700);
 
+    // Nothing can be mounted in a dir made just now: mountinfo is read only for one that was there.
+    const points = madeDir ? undefined : await mountPointsAsync();
     for (const path of paths) {
-      if (isPinned(path) || isMountPoint(path)) {
+      if (isPinned(path) || points?.has(canonicalPath(path))) {
         throw new BerthError('AlreadyExists', `pod namespaces: ${path} is already a mount point; remove the old pins first`);
       }
     }
@@ -224,7 +226,7 @@ function errorKindOf(err: unknown): BerthError['kind'] {
 export async function pinPidNamespace(dir: string, pid: number): Promise<string> {
   const path = join(dir, 'pid');
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  if (isPinned(path) || isMountPoint(path))
+  if (isPinned(path) || (await isMountPointAsync(path)))
     throw new BerthError('AlreadyExists', `pod namespaces: ${path} is already a mount point; remove the old pins first`);
   const fh = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o444);
   await fh.close();

@@ -10,9 +10,10 @@
 import { isIP } from 'node:net';
 import { mkdir } from 'node:fs/promises';
 import { writeFileAtomic } from '../common/atomic-file.js';
+import { settleAll } from '../common/settle-all.js';
 import { join } from 'node:path';
 import { BerthError, errnoOf, failedPrecondition, invalidArgument, messageOf } from '../common/errors.js';
-import { isMountPoint, mount, MNT, MS, umount } from '../common/mount.js';
+import { isMountPoint, isMountPointAsync, mount, MNT, MS, umount } from '../common/mount.js';
 
 /** The CRI `DNSConfig` of a pod. */
 export interface DnsConfig {
@@ -152,9 +153,12 @@ export async function writePodFiles(
   validateHostname(files.hostname);
   await mkdir(dir, { recursive: true, mode: 0o755 });
   const paths = { hostname: join(dir, 'hostname'), resolvConf: join(dir, 'resolv.conf'), hosts: join(dir, 'hosts') };
-  await writeFileAtomic(paths.hostname, `${files.hostname}\n`, 0o644);
-  await writeFileAtomic(paths.resolvConf, files.resolvConf, 0o644);
-  await writeFileAtomic(paths.hosts, files.hosts, 0o644);
+  // Three files of their own, each written whole: side by side (each waits for an fsync).
+  await settleAll([
+    writeFileAtomic(paths.hostname, `${files.hostname}\n`, 0o644),
+    writeFileAtomic(paths.resolvConf, files.resolvConf, 0o644),
+    writeFileAtomic(paths.hosts, files.hosts, 0o644),
+  ]);
   return paths;
 }
 
@@ -169,7 +173,7 @@ export async function mountShm(path: string, sizeBytes: number): Promise<void> {
   }
   const size = sizeBytes === 0 ? DEFAULT_SHM_BYTES : sizeBytes;
   await mkdir(path, { recursive: true, mode: 0o755 });
-  if (isMountPoint(path)) throw new BerthError('AlreadyExists', `pod shm ${path}: already a mount point`);
+  if (await isMountPointAsync(path)) throw new BerthError('AlreadyExists', `pod shm ${path}: already a mount point`);
   try {
     await mount('shm', path, 'tmpfs', MS.NOSUID | MS.NODEV | MS.NOEXEC, `mode=1777,size=${size}`);
   } catch (err) {

@@ -193,15 +193,18 @@ export class SandboxService {
         this.o.repo.update(id, () => ({ nsDir }));
         undo.defer(() => this.host.removeNamespaces(nsDir));
       }
-      if (spec.userns) pins = await traced('berth:pod.namespaces', { podId: id }, () => createPodUserns(nsDir, spec.userns!, kinds, prepared.hostname));
-      else if (kinds.length > 0) {
-        pins = await traced('berth:pod.namespaces', { podId: id }, () =>
-          this.host.pinNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal }),
-        );
-      }
-
+      // The namespaces and the pod's dir (with its shm) need nothing of each other: made side
+      // by side, both settled before anything goes on (or is undone).
+      const nsMade = (async (): Promise<void> => {
+        if (spec.userns) pins = await traced('berth:pod.namespaces', { podId: id }, () => createPodUserns(nsDir, spec.userns!, kinds, prepared.hostname));
+        else if (kinds.length > 0) {
+          pins = await traced('berth:pod.namespaces', { podId: id }, () =>
+            this.host.pinNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal }),
+          );
+        }
+      })();
       const podDir = join(this.podRoot, id);
-      await traced('berth:pod.dir', { podId: id }, async () => {
+      const dirMade = traced('berth:pod.dir', { podId: id }, async () => {
         await mkdir(podDir, { recursive: true, mode: 0o711 });
         undo.defer(() => rm(podDir, { recursive: true, force: true }));
         if (spec.namespaces.ipc !== 'NODE') {
@@ -209,6 +212,8 @@ export class SandboxService {
           await this.host.mountShm(join(podDir, 'shm'), this.o.config.sandbox.shm_size_bytes);
         }
       });
+      await Promise.allSettled([nsMade, dirMade]);
+      await Promise.all([nsMade, dirMade]);
 
       // The infra process starts while CNI runs: both need only the pins.
       let infra: Promise<{ pid: number } | { error: unknown }> | undefined;
@@ -241,7 +246,10 @@ export class SandboxService {
       if (prepared.network) {
         const net = prepared.network;
         ips = await traced('berth:pod.network', { podId: id }, async () => {
-          await this.host.loopbackUp(pins.net!, this.o.config.cni.bin_dirs, signal);
+          // `lo` is brought up beside the chain's ADD (each plugin a process of some ms): the
+          // two touch different interfaces of the pod's namespace.
+          const loUp = this.host.loopbackUp(pins.net!, this.o.config.cni.bin_dirs, signal);
+          loUp.catch(() => undefined);
           const rt = cniRuntime({ id, metadata: spec.metadata }, pins.net!, spec.portMappings);
           // Intent first: the chain ADD runs is recorded, so DEL (now or after a crash)
           // runs the same chain; and DEL is armed before ADD, since ADD may half-succeed.
@@ -250,8 +258,9 @@ export class SandboxService {
           // The undo reads the result when it runs: after a failed ADD there is none.
           const added: { result?: CniResult } = {};
           undo.defer(() => net.del(rt, added.result));
-          const result = await net.add(rt, signal);
-          added.result = result;
+          const adding = net.add(rt, signal).then((r) => (added.result = r));
+          await Promise.allSettled([adding, loUp]);
+          const [result] = await Promise.all([adding, loUp]);
           const stored: StoredNetwork = { list: net.list, result };
           const got = podIps(result);
           this.o.repo.update(id, () => ({ network: stored as unknown as Record<string, unknown>, ips: got }));
