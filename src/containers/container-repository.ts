@@ -122,7 +122,10 @@ function toRecord(r: Row, facts: ContainerFacts, config: (id: string) => string 
   return lazyJsonField<typeof rec, 'request', Record<string, unknown>>(rec, 'request', () => config(r.id) ?? '{}');
 }
 
-export type ContainerChange = Partial<Pick<ContainerRecord, 'state' | 'pid' | 'shimPid' | 'exitCode' | 'reason' | 'message' | 'startedAt' | 'finishedAt'>>;
+export type ContainerChange = Partial<Pick<ContainerRecord, 'state' | 'pid' | 'shimPid' | 'exitCode' | 'reason' | 'message' | 'startedAt' | 'finishedAt'>> & {
+  /** Facts changed with the state, in the same transaction (merged into the current ones). */
+  facts?: Partial<ContainerFacts>;
+};
 
 /** Containers. Owns `containers`. Every state change goes through {@link update}. */
 export class ContainerRepository {
@@ -216,7 +219,10 @@ export class ContainerRepository {
     );
   }
 
-  /** Changes a container in one transaction; a state change must be a legal transition. */
+  /**
+   * Changes a container in one transaction (one commit, one WAL write): its state and, when
+   * the change has `facts`, its facts too. A state change must be a legal transition.
+   */
   update(id: string, fn: (cur: ContainerRecord) => ContainerChange): ContainerRecord {
     return tracedSync(
       'berth:db.write',
@@ -224,9 +230,14 @@ export class ContainerRepository {
       this.db.transaction(() => {
         const cur = this.get(id);
         if (!cur) throw new Error(`container ${id} vanished`);
-        const ch = fn(cur);
+        const { facts: factsChange, ...ch } = fn(cur);
         if (ch.state !== undefined && !canTransition(cur.state, ch.state)) throw new Error(`container ${id}: illegal transition ${cur.state} -> ${ch.state}`);
-        const next = { ...cur, ...ch };
+        const next: ContainerRecord = { ...cur, ...ch };
+        if (factsChange !== undefined) {
+          next.facts = { ...cur.facts, ...factsChange };
+          this.facts.forget(id);
+          this.updateFactsStmt.run(JSON.stringify(next.facts), id);
+        }
         this.updateStmt.run({
           id,
           state: next.state,

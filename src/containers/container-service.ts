@@ -314,14 +314,19 @@ export class ContainerService {
       // tmpfs); a kill -9 leaves it whole, as the page cache survives.
       const staged = stageFile(join(bundle, 'config.json'), JSON.stringify(spec), 0o600, { sync: false });
       staged.catch(() => undefined);
-      this.o.repo.updateFacts(id, () => specFacts(spec as unknown as Record<string, unknown>));
       const [, config] = await Promise.all([mounted, staged]);
       await config.commit();
       bundleDone();
       const handle = await shimCreated;
-      this.o.repo.update(id, () => ({ state: 'created', pid: handle.pid, shimPid: handle.shimPid }));
-      // The timeline is kept with the container's facts, so it outlives a restart of berthd.
-      this.o.repo.updateFacts(id, (f) => ({ timeline: timelineSoFar(f.timeline) }));
+      // One transaction: the state, the facts only the spec says (a row still `creating`
+      // after a crash is removed by recovery, so they are needed only from here on), and the
+      // timeline, kept with the facts so that it outlives a restart of berthd.
+      this.o.repo.update(id, (cur) => ({
+        state: 'created',
+        pid: handle.pid,
+        shimPid: handle.shimPid,
+        facts: { ...specFacts(spec as unknown as Record<string, unknown>), timeline: timelineSoFar(cur.facts.timeline) },
+      }));
       undo.move();
       this.events.publish('created', { id, sandboxId: sandbox.id });
       return id;
@@ -363,8 +368,7 @@ export class ContainerService {
         if (await this.exits.adoptIfRunning(c)) return;
         throw err;
       }
-      this.o.repo.update(c.id, () => ({ state: 'running', startedAt: nowNs() }));
-      this.o.repo.updateFacts(c.id, (f) => ({ timeline: timelineSoFar(f.timeline) }));
+      this.o.repo.update(c.id, (cur) => ({ state: 'running', startedAt: nowNs(), facts: { timeline: timelineSoFar(cur.facts.timeline) } }));
       this.events.publish('started', c);
       this.exits.watch(c.id);
     });
