@@ -7,6 +7,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BerthError, errnoOf } from '../../common/errors.js';
 import { MAX_MOUNT_DATA } from '../../common/mount.js';
+import { settleAll } from '../../common/settle-all.js';
 import type { Logger } from '../../common/logger.js';
 import type { SnapshotRepository, SnapshotRow } from './snapshot-repository.js';
 import type { ExtractRequest, PreparedSnapshot, SnapshotInfo, Snapshotter, StreamExtractRequest } from './snapshotter.js';
@@ -215,8 +216,9 @@ export class OverlaySnapshotter implements Snapshotter {
     const id = this.repo.prepareActive(key, parent.id);
     const dir = join(this.dir, String(id));
     try {
-      await mkdir(join(dir, 'fs'), { recursive: true, mode: 0o755 });
-      await mkdir(join(dir, 'work'), { recursive: true, mode: 0o700 });
+      // The dir, then its two children side by side: two rounds on the pool, not four.
+      await mkdir(dir, { recursive: true, mode: 0o755 });
+      await settleAll([mkdir(join(dir, 'fs'), { recursive: true, mode: 0o755 }), mkdir(join(dir, 'work'), { recursive: true, mode: 0o700 })]);
     } catch (err) {
       this.repo.delete(id);
       await rm(dir, { recursive: true, force: true });
