@@ -30,6 +30,8 @@
  *   bytes JavaScript writes become packets of stdin; its end of input shuts down the
  *   sending side (conmon then closes the container's stdin when stdin_once); its close,
  *   or conmon's, ends the bridge.
+ * - pinNamespaces: new network, IPC and UTS namespaces, each pinned by bind-mounting its
+ *   nsfs file on a file, with a hostname set: as pinUserns below, without the user namespace.
  * - pinUserns: a new user namespace with the given uid and gid maps, pinned by bind-mounting
  *   its nsfs file on a file (pods with hostUsers: false), and optionally new network, IPC
  *   and UTS namespaces owned by it (so root of the pod has capabilities over them), each
@@ -1002,8 +1004,10 @@ static void pin_userns(struct userns_work *w) {
     w->syscall = "malloc";
     return;
   }
-  /* One clone: the net, ipc and uts namespaces it makes are owned by the new user namespace. */
-  int flags = CLONE_VM | CLONE_NEWUSER | SIGCHLD;
+  /* One clone: the net, ipc and uts namespaces it makes are owned by the new user namespace
+   * (pinUserns), or by berthd's own (pinNamespaces: no uid map given). */
+  int flags = CLONE_VM | SIGCHLD;
+  if (w->uid_map) flags |= CLONE_NEWUSER;
   for (int i = 0; i < 3; i++)
     if (w->ns_pins[i]) flags |= ns_pin_flags[i];
   struct userns_child_arg arg = {.hostname = w->hostname, .report = report[1]};
@@ -1030,18 +1034,18 @@ static void pin_userns(struct userns_work *w) {
   }
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
-  if (!w->err && write_file(path, w->uid_map) != 0) {
+  if (!w->err && w->uid_map && write_file(path, w->uid_map) != 0) {
     w->err = errno;
     w->syscall = "write uid_map";
   }
   snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
-  if (!w->err && write_file(path, w->gid_map) != 0) {
+  if (!w->err && w->gid_map && write_file(path, w->gid_map) != 0) {
     w->err = errno;
     w->syscall = "write gid_map";
   }
   /* Pins made before a failure are the caller's to remove, as with any partial pin. */
   snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
-  if (!w->err && mount(path, w->pin, NULL, MS_BIND, NULL) != 0) {
+  if (!w->err && w->pin && mount(path, w->pin, NULL, MS_BIND, NULL) != 0) {
     w->err = errno;
     w->syscall = "mount";
   }
@@ -1102,6 +1106,7 @@ static void userns_execute(napi_env env, void *arg) {
 static void userns_complete(napi_env env, napi_status status, void *arg) {
   struct userns_work *w = arg;
   const char *what = w->clone_mount ? w->target : w->pin;
+  for (int i = 0; i < 3 && !what; i++) what = w->ns_pins[i];
   if (status != napi_ok || w->err) {
     napi_reject_deferred(env, w->deferred, errno_error(env, status != napi_ok ? ECANCELED : w->err, w->syscall ? w->syscall : "mount", what));
   } else {
@@ -1149,6 +1154,41 @@ static napi_value js_pin_userns(napi_env env, napi_callback_info info) {
     return NULL;
   }
   return queue_work(env, "berth_sys.pinUserns", userns_execute, userns_complete, w, &w->work, &w->deferred);
+}
+
+/* pinNamespaces(netPin|null, ipcPin|null, utsPin|null, hostname|null): pinUserns without a
+ * user namespace: new net, ipc and uts namespaces of berthd's own, each bind-mounted on its
+ * file, the hostname set in the new UTS namespace. One clone (CLONE_VM) on the pool, where
+ * `unshare` cost two execs (unshare, then hostname) and a fork. */
+static napi_value js_pin_namespaces(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value args[4];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
+  if (argc < 4) {
+    napi_throw_type_error(env, NULL, "berth_sys.pinNamespaces(netPin, ipcPin, utsPin, hostname)");
+    return NULL;
+  }
+  struct userns_work *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, ENOMEM, "pinNamespaces", NULL);
+  bool ok = true;
+  for (int i = 0; i < 3 && ok; i++) w->ns_pins[i] = get_optional_string(env, args[i], ns_pin_names[i], &ok);
+  if (ok) w->hostname = get_optional_string(env, args[3], "hostname", &ok);
+  if (ok && !w->ns_pins[0] && !w->ns_pins[1] && !w->ns_pins[2]) {
+    napi_throw_type_error(env, NULL, "berth_sys.pinNamespaces: no namespace to pin");
+    ok = false;
+  }
+  if (ok && w->hostname && !w->ns_pins[2]) {
+    /* Without a new UTS namespace, the hostname would be the node's. */
+    napi_throw_type_error(env, NULL, "berth_sys.pinNamespaces: a hostname needs a new UTS namespace");
+    ok = false;
+  }
+  if (!ok) {
+    for (int i = 0; i < 3; i++) free(w->ns_pins[i]);
+    free(w->hostname);
+    free(w);
+    return NULL;
+  }
+  return queue_work(env, "berth_sys.pinNamespaces", userns_execute, userns_complete, w, &w->work, &w->deferred);
 }
 
 static napi_value js_clone_mount(napi_env env, napi_callback_info info) {
@@ -1540,6 +1580,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"pipe", NULL, js_pipe, NULL, NULL, NULL, napi_enumerable, NULL},
       {"spawn", NULL, js_spawn, NULL, NULL, NULL, napi_enumerable, NULL},
       {"spawnAsync", NULL, js_spawn_async, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"pinNamespaces", NULL, js_pin_namespaces, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mount", NULL, js_mount, NULL, NULL, NULL, napi_enumerable, NULL},
       {"umount", NULL, js_umount, NULL, NULL, NULL, napi_enumerable, NULL},
       {"pinUserns", NULL, js_pin_userns, NULL, NULL, NULL, napi_enumerable, NULL},

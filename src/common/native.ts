@@ -38,6 +38,8 @@ export interface NativeSys {
   ): Promise<{ pid: number; exited: Promise<[number | null, number | null]> }>;
   mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   umount(target: string, flags: number): Promise<void>;
+  /** New net, IPC and UTS namespaces (those with a pin path), each bind-mounted on its pin; the hostname set in the new UTS one. */
+  pinNamespaces(net: string | null, ipc: string | null, uts: string | null, hostname: string | null): Promise<void>;
   pinUserns(
     pinPath: string,
     uidMap: string,

@@ -4,14 +4,13 @@
  *
  * A namespace lives as long as something refers to it: a process in it, an open fd, or
  * a bind mount of its nsfs file. berth pins each pod namespace by bind-mounting it on an
- * empty file, `<dir>/net`, `<dir>/ipc`, `<dir>/uts`, with one process spawn:
- *
- *     unshare --net=<dir>/net --ipc=<dir>/ipc --uts=<dir>/uts hostname <name>
- *
- * util-linux unshare forks a helper that waits, unshares the namespaces, lets the helper
- * bind `/proc/<pid>/ns/<kind>` on each file, waits for it, then execs `hostname` inside
- * the new UTS namespace. It does not unshare the mount namespace, so the binds land in
- * berthd's own mount namespace: they outlive unshare and berthd itself. Containers
+ * empty file, `<dir>/net`, `<dir>/ipc`, `<dir>/uts`, without a process spawn: the addon's
+ * pinNamespaces clones a helper (CLONE_VM, on libuv's pool) into new namespaces of those
+ * kinds, which sets the hostname in the new UTS namespace; the pool thread binds
+ * `/proc/<helper>/ns/<kind>` on each file, then kills and reaps the helper. (This was
+ * `unshare --net=<dir>/net --ipc=<dir>/ipc --uts=<dir>/uts hostname <name>`: a fork and
+ * two execs, some 9 ms of RunPodSandbox.) The mount namespace is not unshared, so the
+ * binds land in berthd's own mount namespace: they outlive the helper and berthd itself. Containers
  * then join a namespace by path (`runc` spec `namespaces[].path`), and the kernel frees
  * it once the pin is unmounted and the last process in it has exited.
  *
@@ -40,7 +39,7 @@ import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/error
 import { DisposableStack } from '../common/disposable.js';
 import { settleAll } from '../common/settle-all.js';
 import { canonicalPath, isMountPoint, isMountPointAsync, mount, mountPoints, mountPointsAsync, MNT, MS, umount } from '../common/mount.js';
-import { runHostTool } from '../common/process.js';
+import { native } from '../common/native.js';
 
 export type PodNamespace = 'net' | 'ipc' | 'uts';
 
@@ -126,8 +125,8 @@ async function unlinkIfPresent(path: string): Promise<void> {
 /**
  * Creates new namespaces of the given kinds and pins each by bind mount at
  * `<dir>/<kind>` (dir created with mode 0700). Sets the hostname inside the new UTS
- * namespace when given (the caller validates it; the `hostname` tool and the kernel
- * refuse bad ones, and everything is then undone). One process spawn. On any failure,
+ * namespace when given (the caller validates it; the kernel refuses one over 64 bytes,
+ * and everything is then undone). No process spawn (the addon's pinNamespaces). On any failure,
  * undoes what it made: unmounts the pins, removes the files, and the dir if it made it.
  * A pin that already exists and is mounted is never stacked on: AlreadyExists.
  */
@@ -186,18 +185,16 @@ export async function createPinnedNamespaces(
       await fh.close();
     }
 
-    const args = wanted.map((k) => `--${k}=${join(dir, k)}`);
-    args.push('--', ...(hostname !== undefined ? ['hostname', hostname] : ['true']));
-    const res = await runHostTool('unshare', args);
-    if (res.code !== 0) {
-      const why = res.stderr.trim() || (res.signal !== null ? `killed by ${res.signal}` : `exit status ${res.code}`);
-      throw new BerthError('Internal', `pod namespaces in ${dir}: unshare ${args.join(' ')} failed: ${why}`);
+    try {
+      await native().pinNamespaces(pins.net ?? null, pins.ipc ?? null, pins.uts ?? null, hostname ?? null);
+    } catch (err) {
+      throw new BerthError('Internal', `pod namespaces in ${dir}: pinning ${wanted.join(', ')} failed: ${messageOf(err)}`, { cause: err });
     }
     const missing = paths.filter((p) => !isPinned(p));
     if (missing.length > 0) {
-      throw new BerthError('Internal', `pod namespaces in ${dir}: unshare succeeded but ${missing.join(', ')} is not pinned`);
+      throw new BerthError('Internal', `pod namespaces in ${dir}: pinning succeeded but ${missing.join(', ')} is not pinned`);
     }
-    // Cancelled while unshare ran: it was left to finish, and now everything is undone.
+    // Cancelled while the pins were made: they were left to finish, and now everything is undone.
     throwIfAborted(signal, `pod namespaces in ${dir}`);
     stack.move();
     return pins;

@@ -228,7 +228,7 @@ describe('common/sys: the native addon', () => {
   });
 
   describe('argument errors: thrown, never a silent undefined, never an abort', () => {
-    type Loose = Record<'mount' | 'umount' | 'socketInNetns' | 'spawn' | 'spawnAsync', (...a: unknown[]) => unknown>;
+    type Loose = Record<'mount' | 'umount' | 'socketInNetns' | 'spawn' | 'spawnAsync' | 'pinNamespaces', (...a: unknown[]) => unknown>;
     const sys = () => native() as unknown as Loose;
 
     it('mount and umount refuse flags that are not numbers, and out-of-range flags', async () => {
@@ -243,6 +243,12 @@ describe('common/sys: the native addon', () => {
       assert.throws(() => sys().umount(dir, 2 ** 32 + MNT.DETACH), RangeError);
       assert.throws(() => sys().umount(dir, -1), RangeError);
       assert.ok(!(await isMountPoint(dir)));
+    });
+
+    it('pinNamespaces refuses no namespace at all and a hostname without a UTS namespace, pinning nothing', () => {
+      assert.throws(() => native().pinNamespaces(null, null, null, null), /no namespace to pin/);
+      assert.throws(() => native().pinNamespaces(join(dir, 'net'), null, null, 'pod'), /needs a new UTS namespace/);
+      assert.throws(() => sys().pinNamespaces(42, null, null, null), TypeError);
     });
 
     it('socketInNetns refuses a family other than 4 or 6, and a path that is not a string', () => {
