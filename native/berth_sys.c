@@ -1161,13 +1161,8 @@ static napi_value js_pin_userns(napi_env env, napi_callback_info info) {
  * file, the hostname set in the new UTS namespace. One clone (CLONE_VM) on the pool, where
  * `unshare` cost two execs (unshare, then hostname) and a fork. */
 static napi_value js_pin_namespaces(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
   napi_value args[4];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
-  if (argc < 4) {
-    napi_throw_type_error(env, NULL, "berth_sys.pinNamespaces(netPin, ipcPin, utsPin, hostname)");
-    return NULL;
-  }
+  if (!get_args(env, info, 4, args, "berth_sys.pinNamespaces(netPin, ipcPin, utsPin, hostname)")) return NULL;
   struct userns_work *w = calloc(1, sizeof *w);
   if (!w) return throw_errno(env, ENOMEM, "pinNamespaces", NULL);
   bool ok = true;
