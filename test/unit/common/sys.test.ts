@@ -123,7 +123,10 @@ describe('common/sys: the native addon', () => {
     it('waits for its children with no thread each, and keeps no descriptor once they are reaped', async () => {
       const tasks = async (): Promise<number> => (await readdir('/proc/self/task')).length;
       const fds = async (): Promise<number> => (await readdir('/proc/self/fd')).length;
-      await execProcess('/bin/true', []); // libuv's pool and the addon are up
+      // libuv's pool and the addon are up (through spawnProcess: execProcess's spawn thread,
+      // short-lived, could still be counted); its pidfd watch is gone on the loop's next turn.
+      await Promise.all([tasks(), spawnProcess('/bin/true', []).exited]);
+      await new Promise((r) => setImmediate(r));
       const [t0, f0] = [await tasks(), await fds()];
       const children = Array.from({ length: 8 }, () => spawnProcess('/bin/sleep', ['0.5']));
       assert.equal(await tasks(), t0, 'a thread per child');
@@ -131,8 +134,10 @@ describe('common/sys: the native addon', () => {
       assert.equal(await fds(), f0 + children.length);
       const statuses = await Promise.all(children.map((c) => c.exited));
       assert.deepEqual(statuses[0], { code: 0, signal: null });
-      // The watch of each is closed on the loop's next turn.
+      // The watch of each is closed on the loop's next turn (a descriptor of an earlier test's
+      // child, started off the loop by startProcess, may close a little later: bounded wait).
       await new Promise((r) => setImmediate(r));
+      for (let i = 0; i < 100 && (await fds()) > f0; i++) await new Promise((r) => setTimeout(r, 10));
       assert.equal(await fds(), f0, 'descriptors left behind');
       for (const c of children) await assert.rejects(stat(`/proc/${c.pid}`), { code: 'ENOENT' });
     });
