@@ -406,6 +406,32 @@ static bool watch_pidfd(napi_env env, struct child *c) {
   return true;
 }
 
+/* Follows the exit of child c, whose promise is made: through a pidfd the loop watches (the
+ * loop then owns c), else a detached thread that waits for it (c->tsfn, which then owns c;
+ * *tsfn_made says it was made). 0, or the errno with *failed naming the call that failed. */
+static int follow_exit(napi_env env, struct child *c, const char **failed, bool *tsfn_made) {
+  if (watch_pidfd(env, c)) return 0;
+  napi_value name;
+  napi_create_string_utf8(env, "berth_sys.wait", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, c, child_finalize, c, child_exited, &c->tsfn) != napi_ok) {
+    *failed = "napi_create_threadsafe_function";
+    return ENOMEM;
+  }
+  *tsfn_made = true;
+  pthread_t th;
+  pthread_attr_t ta;
+  pthread_attr_init(&ta);
+  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&ta, 64 * 1024);
+  int perr = pthread_create(&th, &ta, wait_thread, c);
+  pthread_attr_destroy(&ta);
+  if (perr != 0) {
+    *failed = "pthread_create";
+    return perr;
+  }
+  return 0;
+}
+
 /* What a spawn takes, parsed on the main thread: strings copied, and each descriptor the
  * child gets duplicated (close-on-exec, above every target number), so that the caller may
  * close its own at once and the spawn may happen later on another thread. */
@@ -519,96 +545,22 @@ static int spawn_args_run(const struct spawn_args *a, bool search_path, pid_t *p
 }
 
 static napi_value js_spawn(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value args[6];
-  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
-  if (argc < 6) {
-    napi_throw_type_error(env, NULL, "berth_sys.spawn(file, argv, envp, cwd, fds, setsid)");
-    return NULL;
-  }
-  char *file = NULL, *cwd = NULL;
-  char **argv = NULL, **envp = NULL;
-  int src[MAX_FDS], tmp[MAX_FDS];
-  uint32_t nfds = 0;
-  bool setsid_ = false, attr_made = false, actions_made = false;
+  struct spawn_args a;
+  if (!spawn_args_parse(env, info, "berth_sys.spawn(file, argv, envp, cwd, fds, setsid)", &a)) return NULL;
   napi_value ret = NULL;
-  posix_spawnattr_t attr;
-  posix_spawn_file_actions_t actions;
-  for (int i = 0; i < MAX_FDS; i++) tmp[i] = -1;
-
-  if (!(file = get_string(env, args[0], "file"))) goto out;
-  if (!(argv = get_strv(env, args[1], "argv"))) goto out;
-  if (!(envp = get_strv(env, args[2], "envp"))) goto out;
-  napi_valuetype t;
-  napi_typeof(env, args[3], &t);
-  if (t != napi_null && t != napi_undefined && !(cwd = get_string(env, args[3], "cwd"))) goto out;
-  bool is_array = false;
-  napi_is_array(env, args[4], &is_array);
-  if (!is_array || napi_get_array_length(env, args[4], &nfds) != napi_ok || nfds > MAX_FDS) {
-    napi_throw_type_error(env, NULL, "berth_sys.spawn: fds must be an array of at most 16 descriptors (-1: /dev/null)");
-    goto out;
-  }
-  for (uint32_t i = 0; i < nfds; i++) {
-    napi_value e;
-    napi_get_element(env, args[4], i, &e);
-    int64_t fd;
-    if (!get_int_in(env, e, "spawn: each of fds", -1, INT32_MAX, &fd)) goto out;
-    src[i] = (int)fd;
-  }
-  if (!get_bool(env, args[5], "spawn: setsid", &setsid_)) goto out;
-
-  /* Each source is first copied above every target number, so that no dup2 overwrites a
-   * source still to be used and none is a dup2 onto itself (which would keep CLOEXEC). */
-  for (uint32_t i = 0; i < nfds; i++) {
-    if (src[i] < 0) continue;
-    tmp[i] = fcntl(src[i], F_DUPFD_CLOEXEC, MAX_FDS);
-    if (tmp[i] < 0) {
-      throw_errno(env, errno, "fcntl", "F_DUPFD_CLOEXEC");
-      goto out;
-    }
-  }
-  int err = posix_spawn_file_actions_init(&actions);
-  if (err) {
-    throw_errno(env, err, "posix_spawn_file_actions_init", NULL);
-    goto out;
-  }
-  actions_made = true;
-  for (uint32_t i = 0; i < nfds && !err; i++) {
-    if (src[i] < 0) err = posix_spawn_file_actions_addopen(&actions, (int)i, "/dev/null", O_RDWR, 0);
-    else err = posix_spawn_file_actions_adddup2(&actions, tmp[i], (int)i);
-  }
-  if (!err) err = posix_spawn_file_actions_addclosefrom_np(&actions, (int)nfds);
-  if (!err && cwd) err = posix_spawn_file_actions_addchdir_np(&actions, cwd);
-  if (err) {
-    throw_errno(env, err, "posix_spawn_file_actions", NULL);
-    goto out;
-  }
-  err = posix_spawnattr_init(&attr);
-  if (err) {
-    throw_errno(env, err, "posix_spawnattr_init", NULL);
-    goto out;
-  }
-  attr_made = true;
-  sigset_t none, all;
-  sigemptyset(&none);
-  sigfillset(&all);
-  short flags = POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF;
-  if (setsid_) flags |= POSIX_SPAWN_SETSID;
-  posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setsigdefault(&attr, &all);
-  posix_spawnattr_setflags(&attr, flags);
-
+  const char *file = a.file;
   pid_t pid;
-  err = posix_spawnp(&pid, file, &actions, &attr, argv, envp);
+  const char *spawn_failed = NULL;
+  int err = spawn_args_run(&a, true, &pid, &spawn_failed);
   if (err) {
-    throw_errno(env, err, "spawn", file);
+    throw_errno(env, err, spawn_failed, file);
     goto out;
   }
 
   /* The child runs: should its waiter not be made (no memory, no thread), it is killed and
    * reaped here, and the call throws, so that no child is left that nobody reaps. */
   struct child *c = calloc(1, sizeof *c);
-  napi_value promise, name, result, pidv;
+  napi_value promise, result, pidv;
   int fail = 0;
   const char *failed = NULL;
   bool tsfn_made = false;
@@ -620,27 +572,8 @@ static napi_value js_spawn(napi_env env, napi_callback_info info) {
     if (napi_create_promise(env, &c->deferred, &promise) != napi_ok) {
       fail = ENOMEM;
       failed = "napi_create_promise";
-    } else if (watch_pidfd(env, c)) {
-      /* The loop watches it: no thread. */
     } else {
-      napi_create_string_utf8(env, "berth_sys.wait", NAPI_AUTO_LENGTH, &name);
-      if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, c, child_finalize, c, child_exited, &c->tsfn) != napi_ok) {
-        fail = ENOMEM;
-        failed = "napi_create_threadsafe_function";
-      } else {
-        tsfn_made = true;
-        pthread_t th;
-        pthread_attr_t ta;
-        pthread_attr_init(&ta);
-        pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&ta, 64 * 1024);
-        int perr = pthread_create(&th, &ta, wait_thread, c);
-        pthread_attr_destroy(&ta);
-        if (perr != 0) {
-          fail = perr;
-          failed = "pthread_create";
-        }
-      }
+      fail = follow_exit(env, c, &failed, &tsfn_made);
     }
   }
   if (fail) {
@@ -665,14 +598,7 @@ static napi_value js_spawn(napi_env env, napi_callback_info info) {
   ret = result;
 
 out:
-  for (uint32_t i = 0; i < nfds && i < MAX_FDS; i++)
-    if (tmp[i] >= 0) close(tmp[i]);
-  if (actions_made) posix_spawn_file_actions_destroy(&actions);
-  if (attr_made) posix_spawnattr_destroy(&attr);
-  free(file);
-  free(cwd);
-  free_strv(argv);
-  free_strv(envp);
+  spawn_args_free(&a);
   return ret;
 }
 
@@ -715,7 +641,7 @@ static void async_spawned(napi_env env, napi_value js_cb, void *context, void *d
     return;
   }
   struct child *c = calloc(1, sizeof *c);
-  napi_value exited, name;
+  napi_value exited;
   int fail = 0;
   const char *failed = NULL;
   bool tsfn_made = false, promise_made = false;
@@ -727,27 +653,9 @@ static void async_spawned(napi_env env, napi_value js_cb, void *context, void *d
     if (napi_create_promise(env, &c->deferred, &exited) != napi_ok) {
       fail = ENOMEM;
       failed = "napi_create_promise";
-    } else if (promise_made = true, watch_pidfd(env, c)) {
-      /* The loop follows the exit; it owns c. */
     } else {
-      napi_create_string_utf8(env, "berth_sys.wait", NAPI_AUTO_LENGTH, &name);
-      if (napi_create_threadsafe_function(env, NULL, NULL, name, 0, 1, c, child_finalize, c, child_exited, &c->tsfn) != napi_ok) {
-        fail = ENOMEM;
-        failed = "napi_create_threadsafe_function";
-      } else {
-        tsfn_made = true;
-        pthread_t th;
-        pthread_attr_t ta;
-        pthread_attr_init(&ta);
-        pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&ta, 64 * 1024);
-        int perr = pthread_create(&th, &ta, wait_thread, c);
-        pthread_attr_destroy(&ta);
-        if (perr != 0) {
-          fail = perr;
-          failed = "pthread_create";
-        }
-      }
+      promise_made = true;
+      fail = follow_exit(env, c, &failed, &tsfn_made);
     }
   }
   if (fail) {

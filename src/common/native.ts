@@ -13,29 +13,24 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { messageOf } from './errors.js';
 
+/** The arguments of spawn and spawnAsync: the file, argv, envp, cwd, the child's fds 0..n-1, setsid. */
+type SpawnArgs = [file: string, argv: string[], envp: string[], cwd: string | null, fds: number[], setsid: boolean];
+
+/** A started child: its pid, and its exit as [code, signal]. */
+interface SpawnedChild {
+  pid: number;
+  exited: Promise<[number | null, number | null]>;
+}
+
 /** The addon's functions, as native/berth_sys.c defines them. */
 export interface NativeSys {
   pipe(): [number, number];
-  spawn(
-    file: string,
-    argv: string[],
-    envp: string[],
-    cwd: string | null,
-    fds: number[],
-    setsid: boolean,
-  ): { pid: number; exited: Promise<[number | null, number | null]> };
+  spawn(...args: SpawnArgs): SpawnedChild;
   /**
    * As spawn, made on a helper thread: the event loop does not wait for the child's exec.
    * `file` must be a path (holding a '/'). Rejects as spawn throws when nothing started.
    */
-  spawnAsync(
-    file: string,
-    argv: string[],
-    envp: string[],
-    cwd: string | null,
-    fds: number[],
-    setsid: boolean,
-  ): Promise<{ pid: number; exited: Promise<[number | null, number | null]> }>;
+  spawnAsync(...args: SpawnArgs): Promise<SpawnedChild>;
   mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   umount(target: string, flags: number): Promise<void>;
   /** New net, IPC and UTS namespaces (those with a pin path), each bind-mounted on its pin; the hostname set in the new UTS one. */
