@@ -9,12 +9,23 @@ import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MNT } from '../../../src/common/mount.js';
-import { execProcess, resolveExecutable, spawnProcess, startProcess } from '../../../src/common/process.js';
+import { execProcess, resolveExecutable, spawnProcess, startProcess, type ChildProcess } from '../../../src/common/process.js';
 import { native } from '../../../src/common/native.js';
 
 async function isMountPoint(dir: string): Promise<boolean> {
   const mounts = await readFile('/proc/self/mountinfo', 'utf8');
   return mounts.split('\n').some((l) => l.split(' ')[4] === dir);
+}
+
+/** Writes `input` to the child's fd 4, then gathers what it writes to fd 3 until it exits (0) and fd 3 closes. */
+async function converse(child: ChildProcess, input: string): Promise<string> {
+  let got = '';
+  child.stdio[3]!.on('data', (d: Buffer) => (got += d.toString()));
+  const closed = new Promise((resolve) => child.stdio[3]!.on('close', resolve));
+  child.stdio[4]!.end(input);
+  assert.deepEqual(await child.exited, { code: 0, signal: null });
+  await closed;
+  return got;
 }
 
 describe('common/sys: the native addon', () => {
@@ -79,13 +90,7 @@ describe('common/sys: the native addon', () => {
 
     it('maps extra descriptors (3, 4…) in both directions, as conmon sync and start pipes', async () => {
       const child = spawnProcess('/bin/sh', ['-c', 'read x <&4; echo "got $x" >&3'], { stdio: ['ignore', 'ignore', 'ignore', 'out', 'in'] });
-      let got = '';
-      child.stdio[3]!.on('data', (d: Buffer) => (got += d.toString()));
-      const closed = new Promise((resolve) => child.stdio[3]!.on('close', resolve));
-      child.stdio[4]!.end('go\n');
-      assert.deepEqual(await child.exited, { code: 0, signal: null });
-      await closed;
-      assert.equal(got, 'got go\n');
+      assert.equal(await converse(child, 'go\n'), 'got go\n');
     });
 
     it('starts a new session when asked', async () => {
@@ -170,13 +175,7 @@ describe('common/sys: the native addon', () => {
       const child = await startProcess('/bin/sh', ['-c', 'read x <&4; echo "got $x" >&3; ls /proc/self/fd >&3; grep SigBlk /proc/self/status >&3'], {
         stdio: ['ignore', 'ignore', 'ignore', 'out', 'in'],
       });
-      let got = '';
-      child.stdio[3]!.on('data', (d: Buffer) => (got += d.toString()));
-      const closed = new Promise((resolve) => child.stdio[3]!.on('close', resolve));
-      child.stdio[4]!.end('go\n');
-      assert.deepEqual(await child.exited, { code: 0, signal: null });
-      await closed;
-      const lines = got.trim().split('\n');
+      const lines = (await converse(child, 'go\n')).trim().split('\n');
       assert.equal(lines[0], 'got go');
       // 0-4, and the one `ls` opened to list the directory.
       const fds = lines.filter((l) => /^\d+$/.test(l)).map(Number);
