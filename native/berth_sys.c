@@ -406,6 +406,18 @@ static bool watch_pidfd(napi_env env, struct child *c) {
   return true;
 }
 
+/* Starts fn(arg) on a detached thread with a 64 KiB stack; 0 or pthread_create's error. */
+static int start_detached(void *(*fn)(void *), void *arg) {
+  pthread_t th;
+  pthread_attr_t ta;
+  pthread_attr_init(&ta);
+  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&ta, 64 * 1024);
+  int err = pthread_create(&th, &ta, fn, arg);
+  pthread_attr_destroy(&ta);
+  return err;
+}
+
 /* Follows the exit of child c, whose promise is made: through a pidfd the loop watches (the
  * loop then owns c), else a detached thread that waits for it (c->tsfn, which then owns c;
  * *tsfn_made says it was made). 0, or the errno with *failed naming the call that failed. */
@@ -418,13 +430,7 @@ static int follow_exit(napi_env env, struct child *c, const char **failed, bool 
     return ENOMEM;
   }
   *tsfn_made = true;
-  pthread_t th;
-  pthread_attr_t ta;
-  pthread_attr_init(&ta);
-  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
-  pthread_attr_setstacksize(&ta, 64 * 1024);
-  int perr = pthread_create(&th, &ta, wait_thread, c);
-  pthread_attr_destroy(&ta);
+  int perr = start_detached(wait_thread, c);
   if (perr != 0) {
     *failed = "pthread_create";
     return perr;
@@ -732,14 +738,8 @@ static napi_value js_spawn_async(napi_env env, napi_callback_info info) {
     napi_throw(env, e);
     return NULL;
   }
-  pthread_t th;
-  pthread_attr_t ta;
-  pthread_attr_init(&ta);
-  pthread_attr_setdetachstate(&ta, PTHREAD_CREATE_DETACHED);
   /* posix_spawn runs the child on a stack of its own (mmap'd by glibc), so this one stays small. */
-  pthread_attr_setstacksize(&ta, 64 * 1024);
-  int perr = pthread_create(&th, &ta, spawn_thread, s);
-  pthread_attr_destroy(&ta);
+  int perr = start_detached(spawn_thread, s);
   if (perr != 0) {
     /* Nothing was started. The promise is settled (nobody gets it), the duplicated
      * descriptors are closed now, and the call throws; async_spawn_finalize frees s. */
