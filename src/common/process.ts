@@ -159,18 +159,26 @@ function childOf(p: PreparedStdio, child: { pid: number; exited: Promise<[number
  * The event loop waits until the child has exec'd; {@link startProcess} does not.
  */
 export function spawnProcess(file: string, args: readonly string[], opts: SpawnOptions = {}): ChildProcess {
+  const [p, child] = launch(opts, (addon, fds) => addon.spawn(file, [file, ...args], envOf(opts), opts.cwd ?? null, fds, opts.setsid ?? false));
+  return childOf(p, child);
+}
+
+/**
+ * The child's stdio made, then `start` called with the descriptors it gets: our ends of
+ * the pipes are closed should it throw, the child's ends in any case (the addon has
+ * duplicated them before it returns).
+ */
+function launch<T>(opts: SpawnOptions, start: (addon: NativeSys, childFds: number[]) => T): [PreparedStdio, T] {
   const addon = native();
   const p = prepareStdio(addon, opts.stdio ?? ['ignore', 'ignore', 'ignore']);
-  let child: ReturnType<NativeSys['spawn']>;
   try {
-    child = addon.spawn(file, [file, ...args], envOf(opts), opts.cwd ?? null, p.childFds, opts.setsid ?? false);
+    return [p, start(addon, p.childFds)];
   } catch (err) {
     closeOurEnds(p);
     throw err;
   } finally {
     closeChildEnds(p);
   }
-  return childOf(p, child);
 }
 
 /**
@@ -199,19 +207,8 @@ export function resolveExecutable(file: string): string {
  * `runc` call paid it on the main thread). Rejects as spawnProcess throws.
  */
 export async function startProcess(file: string, args: readonly string[], opts: SpawnOptions = {}): Promise<ChildProcess> {
-  const addon = native();
   const path = resolveExecutable(file);
-  const p = prepareStdio(addon, opts.stdio ?? ['ignore', 'ignore', 'ignore']);
-  let started: ReturnType<NativeSys['spawnAsync']>;
-  try {
-    // The addon duplicates the child's descriptors before it returns: ours close at once.
-    started = addon.spawnAsync(path, [file, ...args], envOf(opts), opts.cwd ?? null, p.childFds, opts.setsid ?? false);
-  } catch (err) {
-    closeOurEnds(p);
-    throw err;
-  } finally {
-    closeChildEnds(p);
-  }
+  const [p, started] = launch(opts, (addon, fds) => addon.spawnAsync(path, [file, ...args], envOf(opts), opts.cwd ?? null, fds, opts.setsid ?? false));
   let child: Awaited<typeof started>;
   try {
     child = await started;
