@@ -62,7 +62,7 @@ export function cloneMount(source: string, target: string, opts: CloneMountOptio
 }
 
 /** Undoes the octal escapes (`\040` for a space…) of a /proc/self/mountinfo path field. */
-function unescapeMountPath(field: string): string {
+export function unescapeMountPath(field: string): string {
   return field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
 }
 
@@ -81,7 +81,11 @@ export function canonicalPath(path: string): string {
 
 /** The mount points of berthd's mount namespace, from /proc/self/mountinfo. */
 export function mountPoints(): string[] {
-  const text = readFileSync('/proc/self/mountinfo', 'utf8');
+  return parseMountPoints(readFileSync('/proc/self/mountinfo', 'utf8'));
+}
+
+/** The mount points (field 5, unescaped) of a mountinfo text. */
+function parseMountPoints(text: string): string[] {
   const points: string[] = [];
   for (const line of text.split('\n')) {
     const field = line.split(' ')[4];
@@ -102,13 +106,7 @@ export function isMountPoint(path: string): boolean {
  * the event loop for as long.
  */
 export async function mountPointsAsync(): Promise<Set<string>> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  const points = new Set<string>();
-  for (const line of text.split('\n')) {
-    const field = line.split(' ')[4];
-    if (field !== undefined) points.add(unescapeMountPath(field));
-  }
-  return points;
+  return new Set(parseMountPoints(await readFile('/proc/self/mountinfo', 'utf8')));
 }
 
 /** {@link isMountPoint}, with mountinfo read on libuv's pool. */

@@ -11,7 +11,7 @@
 import { lstatSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, posix, relative, sep } from 'node:path';
 import { errnoOf } from '../common/errors.js';
-import { canonicalPath } from '../common/mount.js';
+import { canonicalPath, unescapeMountPath } from '../common/mount.js';
 import type { BerthConfig } from '../config/schema.js';
 import { containerDirs } from '../containers/container-dirs.js';
 import { contentDirs, strayBlobFiles } from '../images/content/content-store.js';
@@ -45,10 +45,6 @@ interface MountEntry {
   fstype: string;
 }
 
-function unescapeMount(field: string): string {
-  return field.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(parseInt(oct, 8)));
-}
-
 function mountTable(text: string): MountEntry[] {
   const out: MountEntry[] = [];
   for (const line of text.split('\n')) {
@@ -56,7 +52,7 @@ function mountTable(text: string): MountEntry[] {
     if (sepAt < 0) continue;
     const pre = line.slice(0, sepAt).split(' ');
     const fstype = line.slice(sepAt + 3).split(' ')[0] ?? '';
-    if (pre[4] !== undefined) out.push({ path: unescapeMount(pre[4]), root: unescapeMount(pre[3] ?? '/'), fstype });
+    if (pre[4] !== undefined) out.push({ path: unescapeMountPath(pre[4]), root: unescapeMountPath(pre[3] ?? '/'), fstype });
   }
   return out;
 }

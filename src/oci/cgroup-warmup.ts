@@ -26,6 +26,7 @@
 import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
+import { parseCgroupMounts } from '../common/cgroup-mounts.js';
 import { messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 
@@ -47,36 +48,13 @@ const V1_ORDER = ['pids', 'freezer', 'devices', 'blkio', 'cpu', 'cpuacct', 'memo
 
 /** The hierarchy to write in, from /proc/self/mountinfo; undefined when there is none. */
 export function chooseHierarchy(mountinfo: string): Hierarchy | undefined {
-  const v1 = new Map<string, Hierarchy>();
-  let v2: Hierarchy | undefined;
-  for (const text of mountinfo.split('\n')) {
-    const sep = text.indexOf(' - ');
-    if (sep < 0) continue;
-    const pre = text.slice(0, sep).split(' ');
-    const [fstype, , superOpts = ''] = text.slice(sep + 3).split(' ');
-    const root = unescapeMount(pre[3] ?? '/');
-    const mountpoint = unescapeMount(pre[4] ?? '');
-    if (fstype === 'cgroup2') {
-      v2 ??= { mountpoint, root, line: /^0::(.*)$/m };
-    } else if (fstype === 'cgroup') {
-      const opts = superOpts.split(',');
-      for (const c of V1_ORDER) {
-        if (!opts.includes(c) || v1.has(c)) continue;
-        // The line names the hierarchy by all its controllers ("4:cpu,cpuacct:/path").
-        v1.set(c, { mountpoint, root, line: new RegExp(`^\\d+:(?:[^:]*,)?${c}(?:,[^:]*)?:(.*)$`, 'm') });
-      }
-    }
-  }
+  const mounts = parseCgroupMounts(mountinfo);
   for (const c of V1_ORDER) {
-    const h = v1.get(c);
-    if (h) return h;
+    const m = mounts.v1.get(c);
+    // The line names the hierarchy by all its controllers ("4:cpu,cpuacct:/path").
+    if (m) return { ...m, line: new RegExp(`^\\d+:(?:[^:]*,)?${c}(?:,[^:]*)?:(.*)$`, 'm') };
   }
-  return v2;
-}
-
-/** mountinfo escapes space, tab, newline and backslash as octal. */
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
+  return mounts.v2 && { ...mounts.v2, line: /^0::(.*)$/m };
 }
 
 /** The `cgroup.procs` of the cgroup that /proc/self/cgroup's `text` puts berthd in, in `h`. */

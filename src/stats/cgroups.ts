@@ -10,12 +10,11 @@
 import { readFile } from 'node:fs/promises';
 import { join, posix } from 'node:path';
 import { nowNsBigint } from '../common/clock.js';
+import type { CgroupMounts } from '../common/cgroup-mounts.js';
+
+export { parseCgroupMounts, type CgroupMounts } from '../common/cgroup-mounts.js';
 
 /** Where each cgroup hierarchy is mounted: v1 controllers by name, and the v2 mount. */
-export interface CgroupMounts {
-  v1: Map<string, { mountpoint: string; root: string }>;
-  v2?: { mountpoint: string; root: string };
-}
 
 /** A process's cgroups: v1 paths by controller and the v2 path, as in /proc/<pid>/cgroup. */
 export interface ProcCgroups {
@@ -53,49 +52,6 @@ export interface CgroupSample {
   swap?: { usage: bigint; limit?: bigint };
   pids?: bigint;
   io?: { psi: Psi };
-}
-
-/** cgroup mounts from /proc/self/mountinfo. */
-export function parseCgroupMounts(mountinfo: string): CgroupMounts {
-  const out: CgroupMounts = { v1: new Map() };
-  for (const line of mountinfo.split('\n')) {
-    const sep = line.indexOf(' - ');
-    if (sep < 0) continue;
-    const pre = line.slice(0, sep).split(' ');
-    const [fstype, , superOpts = ''] = line.slice(sep + 3).split(' ');
-    const root = unescapeMount(pre[3] ?? '/');
-    const mountpoint = unescapeMount(pre[4] ?? '');
-    if (fstype === 'cgroup2') {
-      out.v2 ??= { mountpoint, root };
-    } else if (fstype === 'cgroup') {
-      for (const opt of superOpts.split(',')) {
-        if (V1_CONTROLLERS.has(opt) && !out.v1.has(opt)) out.v1.set(opt, { mountpoint, root });
-      }
-    }
-  }
-  return out;
-}
-
-const V1_CONTROLLERS = new Set([
-  'cpu',
-  'cpuacct',
-  'cpuset',
-  'memory',
-  'pids',
-  'blkio',
-  'devices',
-  'freezer',
-  'hugetlb',
-  'net_cls',
-  'net_prio',
-  'perf_event',
-  'rdma',
-  'misc',
-]);
-
-/** mountinfo escapes space, tab, newline and backslash as octal. */
-function unescapeMount(s: string): string {
-  return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
 
 /** /proc/<pid>/cgroup: "N:controller,controller:/path" (v1) and "0::/path" (v2). */
