@@ -1,7 +1,7 @@
 import type { TimelineStep } from '../common/timeline.js';
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
-import { DATA_VERSION_COLUMN, RowDocuments, lazyJsonField } from '../store/lazy-json.js';
+import { DATA_VERSION_COLUMN, RowDocuments, lazyJsonField, withChanges } from '../store/lazy-json.js';
 import type { CriMount } from './mounts.js';
 import type { SelinuxOptions } from './selinux.js';
 import type { CriLinuxResources } from './spec.js';
@@ -232,7 +232,7 @@ export class ContainerRepository {
         if (!cur) throw new Error(`container ${id} vanished`);
         const { facts: factsChange, ...ch } = fn(cur);
         if (ch.state !== undefined && !canTransition(cur.state, ch.state)) throw new Error(`container ${id}: illegal transition ${cur.state} -> ${ch.state}`);
-        const next: ContainerRecord = { ...cur, ...ch };
+        const next: ContainerRecord = withChanges(cur, ch);
         if (factsChange !== undefined) {
           next.facts = { ...cur.facts, ...factsChange };
           this.facts.forget(id);
@@ -262,7 +262,7 @@ export class ContainerRepository {
       const facts: ContainerFacts = { ...cur.facts, ...fn(cur.facts) };
       this.facts.forget(id);
       this.updateFactsStmt.run(JSON.stringify(facts), id);
-      return { ...cur, facts };
+      return withChanges(cur, { facts });
     })();
   }
 

@@ -25,6 +25,19 @@ export function lazyJsonField<T extends object, K extends string, V>(obj: T, key
   }) as T & Record<K, V>;
 }
 
+/**
+ * `{ ...rec, ...change }` without reading `rec`'s lazy fields ({@link lazyJsonField}): a
+ * spread calls their getters, i.e. reads and parses the documents on every state change.
+ * The copy keeps them lazy; the keys of `change` become plain fields.
+ */
+export function withChanges<T extends object>(rec: T, change: Partial<T>): T {
+  const next = Object.defineProperties({}, Object.getOwnPropertyDescriptors(rec)) as T;
+  for (const [key, value] of Object.entries(change)) {
+    Object.defineProperty(next, key, { value: value as unknown, writable: true, enumerable: true, configurable: true });
+  }
+  return next;
+}
+
 /** Freezes a parsed JSON document and everything in it. */
 function deepFreeze<T>(v: T): T {
   if (typeof v === 'object' && v !== null && !Object.isFrozen(v)) {

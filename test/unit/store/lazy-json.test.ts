@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DATA_VERSION_COLUMN, RowDocuments, lazyJsonField } from '../../../src/store/lazy-json.js';
+import { DATA_VERSION_COLUMN, RowDocuments, lazyJsonField, withChanges } from '../../../src/store/lazy-json.js';
 
 describe('store: row documents', () => {
   let dir: string;
@@ -107,6 +107,17 @@ describe('store: lazy JSON fields', () => {
     assert.equal(loads, 0);
     assert.equal(loaded.request.z, 3);
     assert.equal(loaded.request.z, 3);
+    assert.equal(loads, 1);
+  });
+
+  it('withChanges copies a record with its changes and leaves its lazy fields unread', () => {
+    let loads = 0;
+    const rec = lazyJsonField<{ id: string; state: string }, 'request', { z: number }>({ id: 'r', state: 'created' }, 'request', () => (loads++, '{"z":3}'));
+    const next = withChanges(rec, { state: 'running' });
+    assert.equal(loads, 0, 'no document read by the copy');
+    assert.equal(next.state, 'running');
+    assert.equal(rec.state, 'created', 'the record itself is unchanged');
+    assert.equal(next.request.z, 3);
     assert.equal(loads, 1);
   });
 });
