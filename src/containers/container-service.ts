@@ -235,6 +235,8 @@ export class ContainerService {
     let shimCreated: Promise<ShimHandle> | undefined;
     let mountTried = false;
     let mounted: Promise<unknown> | undefined;
+    /** config.json's write under its temp name: settled before the undo removes the bundle. */
+    let staged: Promise<unknown> | undefined;
     try {
       undo.defer(() => this.o.images.removeContainerLayer(id));
       undo.defer(() => rm(bundle, { recursive: true, force: true }));
@@ -312,9 +314,10 @@ export class ContainerService {
       // conmon on a bundle without one, and `runc create` fails. No fsync: it matters only
       // while the container can exist, and a power cut ends that (the runtime's state is on
       // tmpfs); a kill -9 leaves it whole, as the page cache survives.
-      const staged = stageFile(join(bundle, 'config.json'), JSON.stringify(spec), 0o600, { sync: false });
-      staged.catch(() => undefined);
-      const [, config] = await Promise.all([mounted, staged]);
+      const staging = stageFile(join(bundle, 'config.json'), JSON.stringify(spec), 0o600, { sync: false });
+      staged = staging;
+      staging.catch(() => undefined);
+      const [, config] = await Promise.all([mounted, staging]);
       await config.commit();
       bundleDone();
       const handle = await shimCreated;
@@ -333,7 +336,7 @@ export class ContainerService {
     } catch (err) {
       // The shim first gives up (its process killed) or finishes; then everything is undone.
       bundleFailed(err);
-      await Promise.allSettled([shimCreated, mounted]);
+      await Promise.allSettled([shimCreated, mounted, staged]);
       try {
         await undo.dispose();
         this.o.repo.delete(id);
