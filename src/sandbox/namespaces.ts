@@ -38,7 +38,7 @@ import { throwIfAborted } from '../common/abort.js';
 import { BerthError, errnoOf, invalidArgument, messageOf } from '../common/errors.js';
 import { DisposableStack } from '../common/disposable.js';
 import { settleAll } from '../common/settle-all.js';
-import { canonicalPath, isMountPoint, isMountPointAsync, mount, mountPoints, mountPointsAsync, MNT, MS, umount } from '../common/mount.js';
+import { canonicalPath, isMountPoint, isMountPointAsync, mount, mountPointsAsync, MNT, MS, umount } from '../common/mount.js';
 import { native } from '../common/native.js';
 
 export type PodNamespace = 'net' | 'ipc' | 'uts';
@@ -78,8 +78,8 @@ export function isPinned(path: string): boolean {
 /**
  * Unmounts (MNT_DETACH) everything stacked on the given paths: each round unmounts, side
  * by side, the paths that exist (a cheap lstat) or, after the first round, that mountinfo
- * still lists (stacked pins: only after a crash), then reads mountinfo, a synchronous read
- * that grows with every mount on the node, once. Never through a symlink, which would
+ * still lists (stacked pins: only after a crash), then reads mountinfo once, on the pool
+ * (it grows with every mount on the node). Never through a symlink, which would
  * detach its target (UMOUNT_NOFOLLOW, and symlinks are skipped).
  */
 async function detachAll(paths: string[], what: string): Promise<void> {
@@ -98,7 +98,7 @@ async function detachAll(paths: string[], what: string): Promise<void> {
         }
       }),
     );
-    const points = new Set(mountPoints());
+    const points = await mountPointsAsync();
     todo = todo.filter((p) => isPlainEntry(p) && points.has(canonicalPath(p)));
   }
   if (todo.length > 0) throw new BerthError('Internal', `${what}: still mounted after ${MAX_UNMOUNTS} unmounts: ${todo.join(' ')}`);

@@ -187,8 +187,8 @@ export async function mountShm(path: string, sizeBytes: number): Promise<void> {
  * the empty directory to whoever removes the sandbox dir.
  */
 export async function unmountShm(path: string): Promise<void> {
-  // Unmounted first, then mountinfo (a synchronous read, longer with every mount on the
-  // node) is read once to confirm; again only while something is stacked there.
+  // Unmounted first, then mountinfo (longer with every mount on the node: read on the
+  // pool) is read once to confirm; again only while something is stacked there.
   for (let round = 0; round < 8; round++) {
     try {
       await umount(path, MNT.DETACH | MNT.NOFOLLOW);
@@ -198,7 +198,7 @@ export async function unmountShm(path: string): Promise<void> {
         throw new BerthError('Internal', `pod shm ${path}: unmounting failed: ${messageOf(err)}`, { cause: err });
       }
     }
-    if (!isMountPoint(path)) return;
+    if (!(await isMountPointAsync(path))) return;
   }
   throw new BerthError('Internal', `pod shm ${path}: still mounted`);
 }
