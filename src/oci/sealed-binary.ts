@@ -38,6 +38,8 @@ export class SealedBinary {
   private copy: Copy | undefined;
   private preparing: Promise<void> | undefined;
   private warned = false;
+  /** Set by close(): no copy is made or kept after it. */
+  private closed = false;
 
   constructor(
     /** The binary on disk. */
@@ -57,6 +59,7 @@ export class SealedBinary {
 
   /** Closes the copy (berthd's shutdown; tests). */
   close(): void {
+    this.closed = true;
     if (this.copy) closeSync(this.copy.fd);
     this.copy = undefined;
   }
@@ -71,6 +74,7 @@ export class SealedBinary {
 
   /** Makes and checks a new copy in the background, unless one is being made. */
   private refresh(): void {
+    if (this.closed) return;
     this.preparing ??= this.prepare().finally(() => (this.preparing = undefined));
   }
 
@@ -92,7 +96,8 @@ export class SealedBinary {
       closeSync(fd);
       return this.fallBack(`cannot run the copy: ${messageOf(err)}`);
     }
-    if (this.identityOnDisk() !== from) {
+    // Closed meanwhile (shutdown), or the binary changed: this copy is not kept.
+    if (this.closed || this.identityOnDisk() !== from) {
       closeSync(fd);
       return;
     }
