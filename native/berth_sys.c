@@ -449,12 +449,17 @@ struct spawn_args {
   bool setsid_;
 };
 
-static void spawn_args_free(struct spawn_args *a) {
+/* Closes berthd's duplicates of the child's descriptors. */
+static void spawn_args_close_fds(struct spawn_args *a) {
   for (uint32_t i = 0; i < MAX_FDS; i++)
     if (a->tmp[i] >= 0) {
       close(a->tmp[i]);
       a->tmp[i] = -1;
     }
+}
+
+static void spawn_args_free(struct spawn_args *a) {
+  spawn_args_close_fds(a);
   free(a->file);
   free(a->cwd);
   free_strv(a->argv);
@@ -641,7 +646,15 @@ static void async_spawned(napi_env env, napi_value js_cb, void *context, void *d
   (void)js_cb;
   (void)data;
   struct async_spawn *s = context;
-  if (env == NULL) return;
+  if (env == NULL) {
+    /* The environment is going (a worker ending): nobody will follow a child spawned for it. */
+    if (!s->err) {
+      kill(s->pid, SIGKILL);
+      while (waitpid(s->pid, NULL, 0) < 0 && errno == EINTR) {
+      }
+    }
+    return;
+  }
   if (s->err) {
     napi_reject_deferred(env, s->started, errno_error(env, s->err, s->failed, s->a.file));
     return;
@@ -700,11 +713,7 @@ static void *spawn_thread(void *arg) {
   pthread_sigmask(SIG_BLOCK, &all, NULL);
   s->err = spawn_args_run(&s->a, false, &s->pid, &s->failed);
   /* The child has its copies (or there is none): ours are closed now, not at finalize. */
-  for (uint32_t i = 0; i < MAX_FDS; i++)
-    if (s->a.tmp[i] >= 0) {
-      close(s->a.tmp[i]);
-      s->a.tmp[i] = -1;
-    }
+  spawn_args_close_fds(&s->a);
   napi_call_threadsafe_function(s->tsfn, NULL, napi_tsfn_blocking);
   napi_release_threadsafe_function(s->tsfn, napi_tsfn_release);
   return NULL;
