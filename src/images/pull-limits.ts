@@ -120,8 +120,8 @@ export class PullLimits {
    */
   async checkDownloads(bytes: number, blobs = 0): Promise<void> {
     const s = await this.space();
-    const held = this.ledger().heldBy();
-    this.dropIfIdle();
+    // Read, not made: a ledger exists only while unpacks hold grants.
+    const held: Budget = ledgers.get(this.dev!)?.heldBy() ?? { bytes: 0, entries: 0 };
     const left = s.free - held.bytes - bytes;
     if (left < s.reserve) {
       const others = held.bytes > 0 ? ` (counting ${held.bytes} bytes granted to unpacks in flight)` : '';

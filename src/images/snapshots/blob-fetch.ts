@@ -17,10 +17,11 @@
  */
 import { createSecureContext, type SecureContext } from 'node:tls';
 import { BerthError, errnoOf, messageOf, type ErrorKind } from '../../common/errors.js';
+import { LruMap } from '../../common/lru.js';
 import { AddressPolicy } from '../registry/address-policy.js';
 import type { BlobRequest } from '../registry/client.js';
 import { NetworkError, send, type HttpResponse } from '../registry/http.js';
-import type { TlsSettings } from '../registry/tls.js';
+import { MAX_TLS_HOSTS, type TlsSettings } from '../registry/tls.js';
 
 /** How a worker's download of a blob ended. */
 export type FetchOutcome =
@@ -49,7 +50,7 @@ export interface FetchTarget {
 const WINDOW = 8 << 20;
 
 /** TLS contexts built in this worker, by settings id (building one parses every root). */
-const contexts = new Map<string, SecureContext>();
+const contexts = new LruMap<string, SecureContext>(MAX_TLS_HOSTS);
 
 function tlsOf(t: BlobRequest['tls'], where: string): TlsSettings {
   let secureContext = contexts.get(t.id);

@@ -313,7 +313,7 @@ export class UnpackPool {
       closed: (m) => {
         fileClosed(m);
         // The worker answers a download before its file closes; nothing more comes for it after.
-        if (!this.blobs.has(id)) fetching?.({ ok: false, fallback: false, kind: 'Internal', message: `writing the blob failed: ${m.error ?? 'closed'}` });
+        fetching?.({ ok: false, fallback: false, kind: 'Internal', message: `writing the blob failed: ${m.error ?? 'closed'}` });
       },
     });
     const flush = (): void => {
