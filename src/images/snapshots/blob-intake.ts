@@ -23,13 +23,11 @@ export type IntakeMessage =
   /** The temp file is closed: after all bytes were written and synced (digest), or not (error). */
   | { type: 'blob'; id: number; digest?: string; error?: string; code?: string };
 
-/** Bytes the unpacker may have waiting before acknowledgements are held back. */
-const SOURCE_HIGH_WATER = 4 << 20;
 /**
- * Bytes gathered into one chunk for the unpacker: the socket's 64 KiB pieces, each a
- * round trip to zlib's thread and a pass through the tar parser, cost more than one copy.
+ * Bytes the unpacker may have waiting before acknowledgements are held back. The pieces
+ * go to it as they came: its gzip decoder gathers them for zlib (gunzip.ts).
  */
-const SOURCE_CHUNK = 1 << 20;
+const SOURCE_HIGH_WATER = 4 << 20;
 
 export class BlobIntake {
   /** The compressed stream the unpacker reads. */
@@ -37,9 +35,6 @@ export class BlobIntake {
   private readonly hash: Hash;
   private fd: number | undefined;
   private queue: Buffer[] = [];
-  /** Bytes for the unpacker, gathered up to SOURCE_CHUNK. */
-  private gathered: Buffer[] = [];
-  private gatheredBytes = 0;
   private writing = false;
   private unacked = 0;
   private ended = false;
@@ -74,10 +69,8 @@ export class BlobIntake {
       const buf = Buffer.from(c.buffer, c.byteOffset, c.byteLength);
       this.hash.update(buf);
       this.queue.push(buf);
-      this.gathered.push(buf);
-      this.gatheredBytes += buf.length;
+      if (!this.source.destroyed) this.source.push(buf);
     }
-    if (this.gatheredBytes >= SOURCE_CHUNK) this.feed();
     this.pump();
   }
 
@@ -85,7 +78,6 @@ export class BlobIntake {
   end(): void {
     if (this.stopped) return;
     this.ended = true;
-    this.feed();
     if (!this.source.destroyed) this.source.push(null);
     this.pump();
   }
@@ -97,15 +89,6 @@ export class BlobIntake {
     this.queue = [];
     this.source.destroy();
     if (!this.writing) this.close({});
-  }
-
-  /** Hands what was gathered to the unpacker (nothing once it has stopped). */
-  private feed(): void {
-    if (this.gatheredBytes === 0) return;
-    const chunk = this.gathered.length === 1 ? this.gathered[0]! : Buffer.concat(this.gathered, this.gatheredBytes);
-    this.gathered = [];
-    this.gatheredBytes = 0;
-    if (!this.source.destroyed) this.source.push(chunk);
   }
 
   private ack(wanted = false): void {

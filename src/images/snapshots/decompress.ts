@@ -1,20 +1,20 @@
 /**
- * The decompressor of a layer blob: gzip through zlib, zstd through the host's `zstd`
- * tool (Node 20 has none), plain tar as it is. Its errors name the layer and say whose
+ * The decompressor of a layer blob: gzip through zlib's raw inflate (gunzip.ts reads the
+ * gzip framing), zstd through the host's `zstd` tool (Node 20 has none), plain tar as it is. Its errors name the layer and say whose
  * fault they are: Unavailable when reading the blob failed, DataLoss for corrupt data,
  * FailedPrecondition when the host lacks zstd.
  */
 import { pipeline, Readable } from 'node:stream';
-import { createGunzip } from 'node:zlib';
 import { BerthError, messageOf } from '../../common/errors.js';
 import { BoundedOutput, spawnProcess, type ChildProcess } from '../../common/process.js';
+import { GzipDecoder } from './gunzip.js';
 
 /** How a layer blob is compressed (from its media type). */
 export type LayerCompression = 'gzip' | 'zstd' | 'none';
 
 /** A stream of uncompressed tar bytes over the blob. */
 export interface Decompressor {
-  readonly output: Readable;
+  readonly output: AsyncIterable<Buffer>;
   /** Called at the end of `output`: throws if the decompressor reported an error. */
   finish(): Promise<void>;
   /** The BerthError for an error thrown while reading `output`. */
@@ -29,6 +29,8 @@ export interface Decompressor {
 export function openDecompressor(source: Readable, compression: LayerCompression, layer: string): Decompressor {
   let sourceError: unknown;
   source.on('error', (err) => (sourceError ??= err));
+  // errored is set at once by destroy(err), its 'error' event comes a tick later.
+  const sourceFailed = (): boolean => (sourceError ??= source.errored ?? undefined) !== undefined;
   const fromSource = (): unknown =>
     sourceError instanceof BerthError
       ? sourceError
@@ -40,27 +42,25 @@ export function openDecompressor(source: Readable, compression: LayerCompression
     return {
       output: source,
       finish: async () => {
-        if (sourceError !== undefined) throw fromSource();
+        if (sourceFailed()) throw fromSource();
       },
-      explain: (err) => (err instanceof BerthError ? err : sourceError !== undefined ? fromSource() : err),
+      explain: (err) => (err instanceof BerthError ? err : sourceFailed() ? fromSource() : err),
       destroy: () => source.destroy(),
       closed: Promise.resolve(),
     };
   }
 
   if (compression === 'gzip') {
-    const gunzip = createGunzip({ chunkSize: 1024 * 1024 });
-    pipeline(source, gunzip, () => {
-      // errors surface through the gunzip stream being read
-    });
+    // The source's errors surface through the decoder's iteration of it.
+    const gunzip = new GzipDecoder(source);
     return {
       output: gunzip,
       finish: async () => {
-        if (sourceError !== undefined) throw fromSource();
+        if (sourceFailed()) throw fromSource();
       },
       explain: (err) => {
         if (err instanceof BerthError) return err;
-        if (sourceError !== undefined) return fromSource();
+        if (sourceFailed()) return fromSource();
         return new BerthError('DataLoss', `layer ${layer}: corrupt gzip data: ${messageOf(err)}`);
       },
       destroy: () => {
@@ -96,10 +96,10 @@ export function openDecompressor(source: Readable, compression: LayerCompression
     output: child?.stdout ?? Readable.from([]),
     finish: async () => {
       const code = await closed;
-      if (sourceError !== undefined) throw fromSource();
+      if (sourceFailed()) throw fromSource();
       if (code !== 0 || spawnError !== undefined) throw failed();
     },
-    explain: (err) => (err instanceof BerthError ? err : sourceError !== undefined ? fromSource() : failed()),
+    explain: (err) => (err instanceof BerthError ? err : sourceFailed() ? fromSource() : failed()),
     destroy: () => {
       source.destroy();
       child?.closeStdio();

@@ -257,7 +257,7 @@ class LayerUnpacker {
   /** Pumps the uncompressed stream into the tar parser, hashing and counting it. */
   private async feed(decompressor: Decompressor, extract: Extract): Promise<void> {
     try {
-      for await (const chunk of decompressor.output as AsyncIterable<Buffer>) {
+      for await (const chunk of decompressor.output) {
         // Granted before it counts as used (a grant is asked with what is used so far).
         const next = this.chargedBytes + chunk.length;
         if (next > this.opts.maxBytes) throw this.overBytes();
