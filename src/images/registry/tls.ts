@@ -23,7 +23,11 @@ export const SYSTEM_CA_BUNDLE = '/etc/ssl/certs/ca-certificates.crt';
 /** What one HTTPS connection to a host is set up with. */
 export interface TlsSettings {
   insecureSkipVerify: boolean;
-  /** Trusted roots in PEM: bundled, system, then configured. */
+  /**
+   * Roots configured for the host (ca_file, certs.d), in PEM: trusted on top of the
+   * bundled and system ones (see trustedRoots), which are not repeated here (an unpack
+   * worker is sent these settings with each blob it downloads, and builds its own context).
+   */
   ca: string[];
   cert?: Buffer;
   key?: Buffer;
@@ -44,6 +48,23 @@ function readSystemRoots(): string[] {
     }
   }
   return systemRoots;
+}
+
+/** The roots a connection trusts: Node's bundled ones, the system store's, then `configured`. */
+export function trustedRoots(configured: string[]): string[] {
+  return [...rootCertificates, ...readSystemRoots(), ...configured];
+}
+
+/**
+ * The context of a connection that trusts `configured` (see trustedRoots) and presents
+ * `cert` and `key` if given; `where` names the configuration in the error.
+ */
+export function secureContextOf(configured: string[], cert: Buffer | undefined, key: Buffer | undefined, where: string): SecureContext {
+  try {
+    return createSecureContext({ ca: trustedRoots(configured), ...(cert && key ? { cert, key } : {}) });
+  } catch (err) {
+    throw new BerthError('FailedPrecondition', `${where}: the configured certificates cannot be used: ${messageOf(err)}`);
+  }
 }
 
 /** Settings are re-read after this long, so files added to certs.d apply without a restart. */
@@ -108,14 +129,8 @@ export class RegistryTls {
       .update(JSON.stringify([s.insecure_skip_verify, ca, cert?.toString('base64') ?? '', key?.toString('base64') ?? '']))
       .digest('hex')
       .slice(0, 16);
-    const all = [...rootCertificates, ...readSystemRoots(), ...ca];
-    let secureContext: SecureContext;
-    try {
-      secureContext = createSecureContext({ ca: all, ...(cert && key ? { cert, key } : {}) });
-    } catch (err) {
-      throw new BerthError('FailedPrecondition', `${where}: the configured certificates cannot be used: ${messageOf(err)}`);
-    }
-    return { insecureSkipVerify: s.insecure_skip_verify, ca: all, ...(cert && key ? { cert, key } : {}), secureContext, id };
+    const secureContext = secureContextOf(ca, cert, key, where);
+    return { insecureSkipVerify: s.insecure_skip_verify, ca, ...(cert && key ? { cert, key } : {}), secureContext, id };
   }
 }
 

@@ -15,13 +15,13 @@
  * floor, through registry/http.ts) fails the transfer, and so does a truncation. The
  * request's headers carry credentials: nothing here logs them or puts them in a message.
  */
-import { createSecureContext, type SecureContext } from 'node:tls';
+import type { SecureContext } from 'node:tls';
 import { BerthError, errnoOf, messageOf, type ErrorKind } from '../../common/errors.js';
 import { LruMap } from '../../common/lru.js';
 import { AddressPolicy } from '../registry/address-policy.js';
 import type { BlobRequest } from '../registry/client.js';
 import { NetworkError, send, type HttpResponse } from '../registry/http.js';
-import { MAX_TLS_HOSTS, type TlsSettings } from '../registry/tls.js';
+import { MAX_TLS_HOSTS, secureContextOf, type TlsSettings } from '../registry/tls.js';
 
 /** How a worker's download of a blob ended. */
 export type FetchOutcome =
@@ -49,17 +49,17 @@ export interface FetchTarget {
 /** Bytes fed and not yet taken before the socket is paused. */
 const WINDOW = 8 << 20;
 
-/** TLS contexts built in this worker, by settings id (building one parses every root). */
+/**
+ * TLS contexts built in this worker, by settings id: building one parses every root, and
+ * the request carries only the host's configured ones (the bundled and system roots are
+ * added here, as on the main thread).
+ */
 const contexts = new LruMap<string, SecureContext>(MAX_TLS_HOSTS);
 
-function tlsOf(t: BlobRequest['tls'], where: string): TlsSettings {
+function tlsOf(t: BlobRequest['tls'], host: string): TlsSettings {
   let secureContext = contexts.get(t.id);
   if (!secureContext) {
-    try {
-      secureContext = createSecureContext({ ca: t.ca, ...(t.cert && t.key ? { cert: t.cert, key: t.key } : {}) });
-    } catch (err) {
-      throw new BerthError('FailedPrecondition', `${where}: the configured certificates cannot be used: ${messageOf(err)}`);
-    }
+    secureContext = secureContextOf(t.ca, t.cert, t.key, `registries."${host}"`);
     contexts.set(t.id, secureContext);
   }
   return { ...t, secureContext };
