@@ -106,6 +106,30 @@ function sizeCheck(desc: BlobDescriptor, onChunk: (chunk: Buffer) => void): Tran
   return check;
 }
 
+/** A sink that may be shown each chunk the size check lets through (the store's own, to hash them). */
+type SeeingSink = BlobSink & { see?(chunk: Buffer): void };
+
+/**
+ * The store's own sink: a write stream to the temp file, fed the chunks the size check
+ * lets through (`see`) to hash them; `seal` syncs the file, then gives the digest.
+ */
+async function fileSink(tmp: string, alg: 'sha256' | 'sha512'): Promise<SeeingSink> {
+  const hash = createHash(alg);
+  // Opened at once, so a failure can wait for its close: an abort may land before the
+  // file is even opened, and the open would then recreate it after the rm.
+  const out = createWriteStream(tmp, { mode: 0o600, highWaterMark: 4 << 20 });
+  const closed = new Promise<void>((resolve) => out.once('close', () => resolve()));
+  return {
+    writable: out,
+    closed,
+    see: (chunk: Buffer) => hash.update(chunk),
+    seal: async () => {
+      await fsyncPath(tmp);
+      return hash.digest('hex');
+    },
+  };
+}
+
 export class ContentStore {
   private readonly blobsDir: string;
   private readonly ingestDir: string;
@@ -152,45 +176,17 @@ export class ContentStore {
       await running;
       return;
     }
-    const p = (sink ? this.ingestTo(desc, openStream, sink, signal, onBytes) : this.ingest(desc, openStream, signal, onBytes)).finally(() =>
-      this.inflight.delete(desc.digest),
-    );
+    const p = this.ingest(desc, openStream, sink ?? fileSink, signal, onBytes).finally(() => this.inflight.delete(desc.digest));
     this.inflight.set(desc.digest, p);
     await p;
   }
 
-  private async ingest(desc: BlobDescriptor, openStream: () => Promise<Readable>, signal?: AbortSignal, onBytes?: (n: number) => void): Promise<void> {
-    const [alg, hex] = desc.digest.split(':') as [string, string];
-    const tmp = join(this.ingestDir, `${hex}.${randomBytes(6).toString('hex')}`);
-    const hash = createHash(alg === 'sha512' ? 'sha512' : 'sha256');
-    const check = sizeCheck(desc, (chunk) => {
-      hash.update(chunk);
-      onBytes?.(chunk.length);
-    });
-    // Created before the try, so a failure can wait for its close: an abort may land
-    // before the file is even opened, and the open would then recreate it after the rm.
-    const out = createWriteStream(tmp, { mode: 0o600, highWaterMark: 4 << 20 });
-    try {
-      const src = await openStream();
-      await pipeline(src, check, out, ...(signal ? [{ signal }] : []));
-      if (check.bytes !== desc.size) throw new BerthError('DataLoss', `blob ${desc.digest}: got ${check.bytes} bytes, expected ${desc.size}`);
-      const actual = `${alg}:${hash.digest('hex')}`;
-      if (actual !== desc.digest) throw new BerthError('DataLoss', `blob ${desc.digest}: content has digest ${actual}`);
-      await fsyncPath(tmp);
-      await rename(tmp, this.path(desc.digest));
-      await fsyncPath(join(this.blobsDir, alg));
-      this.repo.insert(desc.digest, desc.size, desc.mediaType);
-    } catch (err) {
-      out.destroy();
-      if (!out.closed) await new Promise<void>((resolve) => out.once('close', () => resolve()));
-      await rm(tmp, { force: true });
-      if (signal?.aborted) throw signal.reason;
-      throw err;
-    }
-  }
-
-  /** ingest, with the bytes written and hashed by a sink (see BlobSink). */
-  private async ingestTo(
+  /**
+   * Downloads one blob into a temp file through `makeSink` (the store's own file sink
+   * unless a caller brings one), checks its size and digest, and renames and records it.
+   * On any failure the sink is closed and the temp file removed before this rejects.
+   */
+  private async ingest(
     desc: BlobDescriptor,
     openStream: () => Promise<Readable>,
     makeSink: BlobSinkFactory,
@@ -199,12 +195,16 @@ export class ContentStore {
   ): Promise<void> {
     const [alg, hex] = desc.digest.split(':') as [string, string];
     const tmp = join(this.ingestDir, `${hex}.${randomBytes(6).toString('hex')}`);
-    const check = sizeCheck(desc, (chunk) => onBytes?.(chunk.length));
-    let sink: BlobSink | undefined;
+    let sink: SeeingSink | undefined;
     try {
       sink = await makeSink(tmp, alg === 'sha512' ? 'sha512' : 'sha256');
+      const see = sink.see;
       let bytes = sink.fetch ? await sink.fetch(onBytes) : undefined;
       if (bytes === undefined) {
+        const check = sizeCheck(desc, (chunk) => {
+          see?.(chunk);
+          onBytes?.(chunk.length);
+        });
         const src = await openStream();
         await pipeline(src, check, sink.writable, ...(signal ? [{ signal }] : []));
         bytes = check.bytes;

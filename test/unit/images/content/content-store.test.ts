@@ -6,14 +6,14 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
+import { PassThrough, Readable, Transform } from 'node:stream';
 import { createLogger } from '../../../../src/common/logger.js';
 import { BlobRepository } from '../../../../src/images/content/blob-repository.js';
-import { ContentStore, type BlobDescriptor } from '../../../../src/images/content/content-store.js';
+import { ContentStore, type BlobDescriptor, type BlobSink } from '../../../../src/images/content/content-store.js';
 import { openDatabase, type Db } from '../../../../src/store/database.js';
 
 const log = createLogger('error', () => undefined);
@@ -102,6 +102,96 @@ describe('images: content store', () => {
     await store.idle();
     assert.deepEqual(ingest(), []);
     assert.equal(store.has(desc.digest), false);
+  });
+
+  /** A sink as a layer's unpack worker makes one: it writes and hashes the file itself, and may download the blob itself. */
+  function testSink(tmp: string, alg: 'sha256' | 'sha512', own?: Buffer): BlobSink & { sealed: () => boolean } {
+    const hash = createHash(alg);
+    const file = createWriteStream(tmp, { mode: 0o600 });
+    const tap = new Transform({
+      transform(chunk: Buffer, _enc, cb) {
+        hash.update(chunk);
+        cb(null, chunk);
+      },
+    });
+    tap.pipe(file);
+    tap.once('close', () => {
+      if (!tap.readableEnded) file.destroy();
+    });
+    const closed = new Promise<void>((resolve) => file.once('close', () => resolve()));
+    let sealed = false;
+    return {
+      writable: tap,
+      closed,
+      sealed: () => sealed,
+      seal: async () => {
+        await closed;
+        sealed = true;
+        return hash.digest('hex');
+      },
+      ...(own
+        ? {
+            fetch: async (onBytes?: (n: number) => void): Promise<number> => {
+              tap.end(own);
+              onBytes?.(own.length);
+              return own.length;
+            },
+          }
+        : {}),
+    };
+  }
+
+  it('lets a sink write and hash the bytes, checked as its own are, whether the store or the sink downloads', async () => {
+    const fed = blob('fed by the store');
+    const sinks: Array<ReturnType<typeof testSink>> = [];
+    let heard = 0;
+    await store.ensure(
+      fed.desc,
+      async () => Readable.from([fed.data]),
+      undefined,
+      (n) => (heard += n),
+      async (tmp, alg) => (sinks.push(testSink(tmp, alg)), sinks.at(-1)!),
+    );
+    assert.deepEqual(await store.readBuffer(fed.desc.digest), fed.data);
+    assert.equal(heard, fed.data.length);
+    const own = blob('fetched by the sink');
+    let opened = 0;
+    await store.ensure(
+      own.desc,
+      async () => (opened++, Readable.from([own.data])),
+      undefined,
+      undefined,
+      async (tmp, alg) => (sinks.push(testSink(tmp, alg, own.data)), sinks.at(-1)!),
+    );
+    assert.equal(opened, 0, 'the store does not download what the sink fetched');
+    assert.deepEqual(await store.readBuffer(own.desc.digest), own.data);
+    const bad = blob('hello');
+    await assert.rejects(
+      store.ensure(
+        bad.desc,
+        async () => Readable.from([]),
+        undefined,
+        undefined,
+        async (tmp, alg) => testSink(tmp, alg, Buffer.from('jello')),
+      ),
+      { kind: 'DataLoss', message: new RegExp(`blob ${bad.desc.digest}: content has digest sha256:`) },
+    );
+    await assert.rejects(
+      store.ensure(
+        bad.desc,
+        async () => Readable.from([Buffer.from('hell')]),
+        undefined,
+        undefined,
+        async (tmp, alg) => testSink(tmp, alg),
+      ),
+      { kind: 'DataLoss', message: `blob ${bad.desc.digest}: got 4 bytes, expected 5` },
+    );
+    assert.equal(store.has(bad.desc.digest), false);
+    assert.deepEqual(ingest(), []);
+    assert.deepEqual(
+      sinks.map((s) => s.sealed()),
+      [true, true],
+    );
   });
 
   it('collects unreferenced blobs not held: rows at once, files through the trash', async () => {
