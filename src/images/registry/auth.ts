@@ -6,6 +6,7 @@
  * Credentials and tokens are never logged and never sent to another origin.
  */
 import { BerthError } from '../../common/errors.js';
+import { LruMap } from '../../common/lru.js';
 
 /** What a caller may present to a registry. All optional: anonymous when empty. */
 export interface Credentials {
@@ -56,14 +57,16 @@ interface CachedToken {
   expiresAt: number;
 }
 
-/** Tokens per (origin, scope); shared by all pulls of the daemon. */
-/** The longest bearer token accepted from a token server (1000 are cached). */
+/** The longest bearer token accepted from a token server (MAX_CACHED_TOKENS are cached). */
 export const MAX_TOKEN_BYTES = 64 * 1024;
 /** The longest a bearer token is kept, whatever expires_in says. */
 export const MAX_TOKEN_TTL_SECONDS = 24 * 60 * 60;
+/** How many tokens are kept; the least recently used goes first. */
+export const MAX_CACHED_TOKENS = 1000;
 
+/** Tokens per (origin, scope); shared by all pulls of the daemon. */
 export class TokenCache {
-  private readonly tokens = new Map<string, CachedToken>();
+  private readonly tokens = new LruMap<string, CachedToken>(MAX_CACHED_TOKENS);
 
   get(key: string): string | undefined {
     const t = this.tokens.get(key);
@@ -82,7 +85,6 @@ export class TokenCache {
     // Renew a little early so a token never expires in the middle of a request.
     const ttl = Math.max(10, secs - 10) * 1000;
     this.tokens.set(key, { header, expiresAt: Date.now() + ttl });
-    if (this.tokens.size > 1000) this.tokens.delete(this.tokens.keys().next().value!);
   }
 
   delete(key: string): void {

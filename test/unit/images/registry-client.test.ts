@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { isKind } from '../../../src/common/errors.js';
 import { defaultConfig, defaultRegistryConfig, type RegistryConfig } from '../../../src/config/schema.js';
 import { parseReference } from '../../../src/images/reference.js';
-import { MAX_TOKEN_BYTES, MAX_TOKEN_TTL_SECONDS, TokenCache } from '../../../src/images/registry/auth.js';
+import { MAX_CACHED_TOKENS, MAX_TOKEN_BYTES, MAX_TOKEN_TTL_SECONDS, TokenCache } from '../../../src/images/registry/auth.js';
 import { RegistryClient } from '../../../src/images/registry/client.js';
 
 type Handler = (req: http.IncomingMessage, res: http.ServerResponse, port: number) => void;
@@ -122,6 +122,17 @@ describe('images: registry client against a hostile registry', function () {
     assert.ok(cache.expiresAt('nan')! <= after + 60_000);
     assert.ok(cache.expiresAt('short')! <= after + 300_000 && cache.expiresAt('short')! >= before + 290_000);
     assert.equal(cache.get('nan'), 'Bearer c');
+  });
+
+  it('keeps at most MAX_CACHED_TOKENS tokens, forgetting the least recently used first', () => {
+    const cache = new TokenCache();
+    for (let i = 0; i < MAX_CACHED_TOKENS; i++) cache.set(`scope-${i}`, `Bearer ${i}`, 300);
+    assert.equal(cache.get('scope-0'), 'Bearer 0', 'the oldest, used again, becomes the most recent');
+    cache.set('one more', 'Bearer x', 300);
+    assert.equal(cache.get('scope-1'), undefined, 'the least recently used went');
+    assert.equal(cache.get('scope-0'), 'Bearer 0');
+    assert.equal(cache.get('scope-2'), 'Bearer 2');
+    assert.equal(cache.get('one more'), 'Bearer x');
   });
 
   it('clips registry error text in its messages', async () => {
