@@ -42,6 +42,15 @@ export function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+/**
+ * Text from outside (a registry's answer, a layer's file name) in a message: at most
+ * `max` characters, marked with how many were cut.
+ */
+export const CLIP_CHARS = 200;
+export function clip(s: string, max = CLIP_CHARS): string {
+  return s.length <= max ? s : `${s.slice(0, max)}... (${s.length - max} more characters)`;
+}
+
 /** The errno code (ENOENT, EEXIST…) of a Node system error, if it is one. */
 export function errnoOf(err: unknown): string | undefined {
   if (typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string') {

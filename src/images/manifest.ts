@@ -9,7 +9,7 @@
  * the digests of the uncompressed layers, in the same order.
  */
 import { createHash } from 'node:crypto';
-import { BerthError } from '../common/errors.js';
+import { BerthError, clip } from '../common/errors.js';
 
 export const MediaType = {
   OciIndex: 'application/vnd.oci.image.index.v1+json',
@@ -106,12 +106,6 @@ export function verifyDigest(data: Buffer, digest: string, what: string): void {
       .update(data)
       .digest('hex');
   if (actual !== digest) throw new BerthError('DataLoss', `${what}: content has digest ${actual}, expected ${digest}`);
-}
-
-/** Registry-provided text in a message: at most CLIP_CHARS characters, marked when cut. */
-export const CLIP_CHARS = 200;
-export function clip(s: string, max = CLIP_CHARS): string {
-  return s.length <= max ? s : `${s.slice(0, max)}... (${s.length - max} more characters)`;
 }
 
 function bad(what: string, why: string): BerthError {

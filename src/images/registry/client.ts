@@ -22,11 +22,10 @@
  */
 import { createHash } from 'node:crypto';
 import { Transform, type Readable } from 'node:stream';
-import { BerthError, errnoOf, messageOf } from '../../common/errors.js';
+import { BerthError, clip, errnoOf, messageOf } from '../../common/errors.js';
 import type { Logger } from '../../common/logger.js';
 import { LruMap } from '../../common/lru.js';
 import { defaultRegistryConfig, type ImagesConfig, type RegistryConfig } from '../../config/schema.js';
-import { clip } from '../manifest.js';
 import { registryHost, type ImageReference } from '../reference.js';
 import { AddressPolicy } from './address-policy.js';
 import { basicHeader, hasCredentials, MAX_TOKEN_BYTES, parseChallenge, TokenCache, type Credentials } from './auth.js';

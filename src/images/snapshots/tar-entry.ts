@@ -4,7 +4,7 @@
  * its extended attributes, and the errors every step of an unpack raises.
  */
 import type { Header } from 'tar-stream';
-import { BerthError, errnoOf, messageOf } from '../../common/errors.js';
+import { BerthError, clip, errnoOf, messageOf } from '../../common/errors.js';
 import { XATTR_PAX_PREFIX, type RawXattrs } from './pax-xattrs.js';
 
 /** A whiteout `.wh.<name>` deletes `<name>` of a lower layer. */
@@ -106,7 +106,7 @@ export function xattrsOf(header: Header, raw: RawXattrs | undefined, layer: stri
  */
 export function normalize(name: string, what: string, layer: string): string[] {
   if (name.startsWith('/')) throw unsafe(layer, `${what} has an absolute name and would escape the snapshot`);
-  const short = what.length > 200 ? `${what.slice(0, 200)}…` : what;
+  const short = clip(what);
   const bytes = Buffer.byteLength(name);
   if (bytes > MAX_PATH_BYTES) {
     throw new BerthError('ResourceExhausted', `layer ${layer}: ${short} has a path of ${bytes} bytes, over the limit of ${MAX_PATH_BYTES} for one path`);
