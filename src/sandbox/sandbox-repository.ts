@@ -2,7 +2,7 @@ import type { IdMap } from '../common/userns.js';
 import type { TimelineStep } from '../common/timeline.js';
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
-import { DATA_VERSION_COLUMN, RowDocuments, lazyJsonField } from '../store/lazy-json.js';
+import { DATA_VERSION_COLUMN, RowDocuments, lazyJsonField, withChanges } from '../store/lazy-json.js';
 import type { PortMapping } from './cni/protocol.js';
 import type { DnsConfig } from './pod-files.js';
 import { canTransition, type SandboxState } from './state.js';
@@ -134,6 +134,19 @@ function parseFacts(id: string, text: string): PodFacts {
   return f;
 }
 
+/** The parameters of the row update: `network` and `facts` are written only when `setNetwork` and `setFacts` are 1. */
+interface UpdateParams {
+  id: string;
+  state: SandboxState;
+  nsDir: string | null;
+  ips: string;
+  acknowledged: number;
+  setNetwork: number;
+  network: string | null;
+  setFacts: number;
+  facts: string | null;
+}
+
 /** Pod sandboxes. Owns `sandboxes`. Every state change goes through {@link update}. */
 export class SandboxRepository {
   private readonly getStmt;
@@ -162,8 +175,11 @@ export class SandboxRepository {
       "INSERT INTO sandboxes (id, name, namespace, uid, attempt, state, config, facts, runtime_handler, created_at) VALUES (?, ?, ?, ?, ?, 'creating', ?, ?, ?, ?)",
     );
     this.deleteStmt = db.prepare<[string]>('DELETE FROM sandboxes WHERE id = ?');
-    this.updateStmt = db.prepare<[string, string | null, string | null, string, number, string, string]>(
-      'UPDATE sandboxes SET state = ?, ns_dir = ?, network = ?, ips = ?, acknowledged = ?, facts = ? WHERE id = ?',
+    // The CNI result and the facts are written only when the change has them: the record's
+    // network is read from its row when first wanted, and a state change need not read it.
+    this.updateStmt = db.prepare<[UpdateParams]>(
+      'UPDATE sandboxes SET state = @state, ns_dir = @nsDir, ips = @ips, acknowledged = @acknowledged, ' +
+        'network = CASE WHEN @setNetwork THEN @network ELSE network END, facts = CASE WHEN @setFacts THEN @facts ELSE facts END WHERE id = @id',
     );
   }
 
@@ -218,17 +234,19 @@ export class SandboxRepository {
         if (ch.state !== undefined && ch.state !== cur.state && !canTransition(cur.state, ch.state)) {
           throw new Error(`sandbox ${id}: illegal transition ${cur.state} -> ${ch.state}`);
         }
-        const next = { ...cur, ...ch };
+        const next = withChanges<SandboxRecord>(cur, ch);
         if (ch.facts !== undefined) this.facts.forget(id);
-        this.updateStmt.run(
-          next.state,
-          next.nsDir,
-          next.network === null ? null : JSON.stringify(next.network),
-          JSON.stringify(next.ips),
-          next.acknowledged ? 1 : 0,
-          JSON.stringify(next.facts),
+        this.updateStmt.run({
           id,
-        );
+          state: next.state,
+          nsDir: next.nsDir,
+          ips: JSON.stringify(next.ips),
+          acknowledged: next.acknowledged ? 1 : 0,
+          setNetwork: ch.network !== undefined ? 1 : 0,
+          network: ch.network ? JSON.stringify(ch.network) : null,
+          setFacts: ch.facts !== undefined ? 1 : 0,
+          facts: ch.facts !== undefined ? JSON.stringify(ch.facts) : null,
+        });
         return next;
       }),
     );
