@@ -212,8 +212,7 @@ export class SandboxService {
           await this.host.mountShm(join(podDir, 'shm'), this.o.config.sandbox.shm_size_bytes);
         }
       });
-      await Promise.allSettled([nsMade, dirMade]);
-      await Promise.all([nsMade, dirMade]);
+      await settleAll([nsMade, dirMade]);
 
       // The infra process starts while CNI runs: both need only the pins.
       let infra: Promise<{ pid: number } | { error: unknown }> | undefined;
@@ -259,8 +258,8 @@ export class SandboxService {
           const added: { result?: CniResult } = {};
           undo.defer(() => net.del(rt, added.result));
           const adding = net.add(rt, signal).then((r) => (added.result = r));
-          await Promise.allSettled([adding, loUp]);
-          const [result] = await Promise.all([adding, loUp]);
+          await settleAll([adding, loUp]);
+          const result = await adding;
           const stored: StoredNetwork = { list: net.list, result };
           const got = podIps(result);
           this.o.repo.update(id, () => ({ network: stored as unknown as Record<string, unknown>, ips: got }));
