@@ -1,3 +1,4 @@
+import { errnoOf } from '../common/errors.js';
 import type { IdMap } from '../common/userns.js';
 import type { TimelineStep } from '../common/timeline.js';
 import { tracedSync } from '../common/trace-points.js';
@@ -255,5 +256,19 @@ export class SandboxRepository {
   delete(id: string): void {
     this.facts.forget(id);
     this.deleteStmt.run(id);
+  }
+
+  /**
+   * Deletes the pod's row unless a container's row still names it (containers reference
+   * their pod): false then, and nothing deleted.
+   */
+  deleteIfNoContainers(id: string): boolean {
+    try {
+      this.delete(id);
+      return true;
+    } catch (err) {
+      if (errnoOf(err) === 'SQLITE_CONSTRAINT_FOREIGNKEY') return false;
+      throw err;
+    }
   }
 }

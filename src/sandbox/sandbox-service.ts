@@ -338,12 +338,20 @@ export class SandboxService {
       const rec = this.o.repo.get(found.id);
       if (!rec) return;
       // `removing` means released; so does a pod StopPodSandbox finished (the usual case).
-      if (rec.state !== 'removing' && !released(rec)) await releasePod(this.teardown, rec, signal, () => this.o.containers.removeAll(rec.id));
+      // A pod still holding its network and namespaces is released here, its containers
+      // removed (not only stopped) before its network and namespaces go, and only here.
+      const releasing = rec.state !== 'removing' && !released(rec);
+      if (releasing) await releasePod(this.teardown, rec, signal, () => this.o.containers.removeAll(rec.id));
       if (rec.state !== 'removing') this.o.repo.update(rec.id, () => ({ state: 'removing' }));
-      // Nothing of a released pod is in use: its containers and its dir go side by side.
-      await settleAll([this.o.containers.removeAll(rec.id), rm(join(this.podRoot, rec.id), { recursive: true, force: true })]);
-      if (rec.nsDir !== null) await this.host.removeNamespaces(rec.nsDir);
-      this.o.repo.delete(rec.id);
+      // Nothing of a released pod is in use: the containers an earlier release stopped and
+      // the pod's dir go side by side. (Its namespaces went with its release.)
+      await settleAll([releasing ? undefined : this.o.containers.removeAll(rec.id), rm(join(this.podRoot, rec.id), { recursive: true, force: true })]);
+      // A container whose creation got past its pod's check before the pod became
+      // `removing` may have a row by now, which keeps the pod's: it goes too.
+      if (!this.o.repo.deleteIfNoContainers(rec.id)) {
+        await this.o.containers.removeAll(rec.id);
+        this.o.repo.delete(rec.id);
+      }
       this.o.log.info('pod sandbox removed', { sandbox: rec.id });
     });
   }

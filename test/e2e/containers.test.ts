@@ -4,7 +4,7 @@
  */
 import { status } from '@grpc/grpc-js';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -411,6 +411,74 @@ describe('containers', function () {
     assert.ok(!existsSync(`/proc/${info.pid}`) || !readFileSync(`/proc/${info.pid}/cmdline`, 'utf8').includes('sleep'), 'the container process is gone');
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
     assert.deepEqual(readdirSync(join(b.root, 'containers')), []);
+  });
+
+  it('RemovePodSandbox of a running pod removes its container and namespaces once, leaving no process, mount, netns or cgroup', async function () {
+    if (!existsSync('/usr/bin/strace')) {
+      console.log('      (skipped: the count of removals is read with strace, which this host lacks)');
+      this.skip();
+    }
+    const { b, pod, logDir } = await setup();
+    const { container_id: id } = await b.runtime.CreateContainer({
+      pod_sandbox_id: pod,
+      config: { metadata: { name: 'running', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'run.log' },
+      sandbox_config: podCfg(pod, logDir) as never,
+    });
+    await b.runtime.StartContainer({ container_id: id });
+    const pid = JSON.parse((await b.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info!).pid as number;
+    // The container's cgroups, one a hierarchy (v1 controllers, or the unified one).
+    const cgroups = readFileSync(`/proc/${pid}/cgroup`, 'utf8')
+      .split('\n')
+      .filter((l) => l !== '' && !l.includes('name=systemd'))
+      .map((l) => {
+        const [, ctrl, path] = l.split(':') as [string, string, string];
+        return join('/sys/fs/cgroup', ctrl === '' ? (existsSync('/sys/fs/cgroup/unified') ? 'unified' : '') : ctrl.split(',')[0]!, path);
+      })
+      .filter((d) => existsSync(d));
+    assert.ok(cgroups.length > 0, 'the container has cgroups to look for');
+    const nsDir = join(b.state, 'ns', pod);
+    assert.ok(existsSync(join(nsDir, 'net')));
+
+    // berthd's removals and the programs it runs, traced while RemovePodSandbox runs.
+    const traceFile = join(b.dir, 'remove.strace');
+    const tracer = spawn('strace', ['-f', '-e', 'trace=rmdir,unlink,unlinkat,execve', '-s', '256', '-o', traceFile, '-p', String(b.proc.pid)], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    const tracerExit = new Promise((resolve) => tracer.once('exit', resolve));
+    cleanup.push(async () => {
+      if (tracer.exitCode === null && tracer.signalCode === null) tracer.kill('SIGINT');
+      await tracerExit;
+    });
+    let traceErr = '';
+    tracer.stderr!.on('data', (d: Buffer) => (traceErr += d.toString()));
+    await until(async () => (/attached/.test(traceErr) ? true : undefined), 10_000);
+    await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
+    tracer.kill('SIGINT');
+    await tracerExit;
+    const trace = readFileSync(traceFile, 'utf8').split('\n');
+    rmSync(traceFile);
+
+    const nsRemovals = trace.filter((l) => l.includes(`rmdir("${nsDir}")`));
+    assert.equal(nsRemovals.length, 1, `the pod's namespace dir is removed once:\n${nsRemovals.join('\n')}`);
+    const pinUnlinks = trace.filter((l) => /unlink(at)?\(/.test(l) && l.includes(`${nsDir}/net"`));
+    assert.equal(pinUnlinks.length, 1, `its net pin is unlinked once:\n${pinUnlinks.join('\n')}`);
+    const deletes = trace.filter((l) => l.includes('execve(') && l.includes('"delete"') && l.includes(id));
+    assert.equal(deletes.length, 1, `the container's runtime delete runs once:\n${deletes.join('\n')}`);
+
+    assert.equal(existsSync(`/proc/${pid}`), false, 'the container process is gone');
+    assert.equal(existsSync(nsDir), false, 'no namespace pins');
+    assert.deepEqual(
+      cgroups.filter((d) => existsSync(d)),
+      [],
+      'no cgroup of the container',
+    );
+    const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+      .split('\n')
+      .map((l) => l.split(' ')[4] ?? '')
+      .filter((m) => m.startsWith(b.dir) && (m.includes(pod) || m.includes(id)));
+    assert.deepEqual(mounts, [], 'no mount of the pod or the container');
+    assert.deepEqual((await b.runtime.ListContainers({})).containers, []);
+    assert.deepEqual((await b.runtime.ListPodSandbox({})).items, []);
   });
 
   it('refuses an unknown pod or image, and a duplicate name', async () => {

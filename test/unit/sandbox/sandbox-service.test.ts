@@ -20,7 +20,7 @@ import type { PinnedNamespaces, PodNamespace } from '../../../src/sandbox/namesp
 import type { PodHost, PodNetwork } from '../../../src/sandbox/pod-host.js';
 import { SandboxRepository } from '../../../src/sandbox/sandbox-repository.js';
 import type { PodSandboxSpec } from '../../../src/sandbox/pod-spec.js';
-import { SandboxService } from '../../../src/sandbox/sandbox-service.js';
+import { SandboxService, type PodContainerHooks } from '../../../src/sandbox/sandbox-service.js';
 import type { Shim } from '../../../src/shim/shim.js';
 import { openDatabase, type Db } from '../../../src/store/database.js';
 
@@ -31,7 +31,11 @@ class FakeHost implements PodHost {
   readonly pins = new Set<string>();
   readonly shm = new Set<string>();
   readonly calls: string[] = [];
+  /** The teardown's steps in order: CNI DEL, shm unmounts, namespace removals (and the test's container removals). */
+  readonly steps: string[] = [];
   addFails: Error | undefined;
+  /** Runs during each CNI DEL (after it is recorded). */
+  onDel: (() => Promise<void> | void) | undefined;
   sysctlFails: Error | undefined;
 
   async pinNamespaces(dir: string, kinds: PodNamespace[], opts: { hostname?: string }): Promise<PinnedNamespaces> {
@@ -46,6 +50,7 @@ class FakeHost implements PodHost {
     return out;
   }
   async removeNamespaces(dir: string): Promise<void> {
+    this.steps.push(`rmns ${dir}`);
     for (const p of [...this.pins]) if (p.startsWith(`${dir}/`)) this.pins.delete(p);
     await rm(dir, { recursive: true, force: true });
   }
@@ -57,6 +62,7 @@ class FakeHost implements PodHost {
     this.shm.add(path);
   }
   async unmountShm(path: string): Promise<void> {
+    this.steps.push(`umount shm ${path}`);
     this.shm.delete(path);
   }
   network(list: CniNetworkList): PodNetwork {
@@ -69,6 +75,8 @@ class FakeHost implements PodHost {
       },
       del: async (rt: CniRuntimeConf, prev: CniResult | undefined): Promise<void> => {
         this.calls.push(`DEL ${list.name} ${rt.containerId} netns=${rt.netns} prev=${prev ? 'yes' : 'no'}`);
+        this.steps.push(`DEL ${rt.containerId}`);
+        await this.onDel?.();
       },
     };
   }
@@ -88,6 +96,8 @@ describe('sandbox: SandboxService with a fake PodHost', () => {
   let host: FakeHost;
   let svc: SandboxService;
   let confDir: string;
+  /** What the service is given for the pod's containers. */
+  let containers: PodContainerHooks;
 
   const service = (): SandboxService => {
     const config = { ...defaultConfig(), root: join(dir, 'root'), state: join(dir, 'state') };
@@ -97,7 +107,7 @@ describe('sandbox: SandboxService with a fake PodHost', () => {
       repo,
       runtimes: new OciRuntimes([{ handler: 'runc' } as OciRuntime], 'runc'),
       shim: {} as Shim,
-      containers: { stopAll: async () => {}, removeAll: async () => {} },
+      containers,
       log,
       host,
     });
@@ -130,6 +140,7 @@ describe('sandbox: SandboxService with a fake PodHost', () => {
     db = openDatabase(join(dir, 'berth.db'));
     repo = new SandboxRepository(db);
     host = new FakeHost();
+    containers = { stopAll: async () => {}, removeAll: async () => {} };
     svc = service();
   });
   afterEach(async () => {
@@ -214,6 +225,66 @@ describe('sandbox: SandboxService with a fake PodHost', () => {
     await svc.remove(id);
     assert.equal(repo.get(id), undefined);
     assert.equal(existsSync(svc.podDir(id)), false);
+  });
+
+  /** Containers as rows of the real `containers` table (which reference their pod); removing one deletes its row and is logged in `host.steps`. */
+  function containerRows(): { add(pod: string, name: string): void } {
+    const insert = db.prepare(
+      "INSERT INTO containers (id, sandbox_id, name, attempt, image_id, image_ref, state, config, log_path, created_at) VALUES (?, ?, ?, 0, 'i', 'r', 'running', '{}', '/l', '1')",
+    );
+    const ofPod = db.prepare<[string], string>('SELECT id FROM containers WHERE sandbox_id = ? ORDER BY id').pluck();
+    const del = db.prepare('DELETE FROM containers WHERE id = ?');
+    containers = {
+      stopAll: async (pod) => void host.steps.push(`stop all of ${pod}`),
+      removeAll: async (pod) => {
+        host.steps.push(`remove all of ${pod}`);
+        for (const c of ofPod.all(pod)) {
+          host.steps.push(`remove ${c}`);
+          del.run(c);
+        }
+      },
+    };
+    svc = service();
+    return { add: (pod, name) => void insert.run(name, pod, name) };
+  }
+
+  it('removes a running pod in one pass: its containers, then its network, shm and namespaces, each once', async () => {
+    const rows = containerRows();
+    const id = await svc.run(spec());
+    rows.add(id, 'c1');
+    rows.add(id, 'c2');
+    host.steps.length = 0;
+    await svc.remove(id);
+    const nsDir = join(dir, 'state', 'ns', id);
+    assert.deepEqual(host.steps, [`remove all of ${id}`, 'remove c1', 'remove c2', `DEL ${id}`, `umount shm ${join(svc.podDir(id), 'shm')}`, `rmns ${nsDir}`]);
+    assert.equal(repo.get(id), undefined);
+    assert.deepEqual([host.pins.size, host.shm.size, existsSync(svc.podDir(id)), existsSync(nsDir)], [0, 0, false, false]);
+    await svc.remove(id);
+    assert.equal(host.steps.length, 6, 'a second remove does nothing');
+  });
+
+  it('removes a stopped pod without a second release: its stopped containers, once', async () => {
+    const rows = containerRows();
+    const id = await svc.run(spec());
+    rows.add(id, 'c1');
+    await svc.stop(id);
+    host.steps.length = 0;
+    await svc.remove(id);
+    assert.deepEqual(host.steps, [`remove all of ${id}`, 'remove c1']);
+    assert.equal(repo.get(id), undefined);
+  });
+
+  it('removes a container whose creation raced the pod removal (its row came after the release listed the containers)', async () => {
+    const rows = containerRows();
+    const id = await svc.run(spec());
+    host.onDel = () => rows.add(id, 'late');
+    host.steps.length = 0;
+    await svc.remove(id);
+    assert.deepEqual(
+      host.steps.filter((c) => c.startsWith('remove')),
+      [`remove all of ${id}`, `remove all of ${id}`, 'remove late'],
+    );
+    assert.equal(repo.get(id), undefined);
   });
 
   it('recovery: a pod that lost its pins (a reboot) becomes NOTREADY with its network released; leftovers go', async () => {
