@@ -15,8 +15,14 @@
  * (`--version`) has worked, and only while the binary on disk is the one copied: after an
  * upgrade the plain path is used until a new copy has been checked. A copy replaced is
  * closed only after {@link RETIRE_MS}, so that a conmon given its path still finds it.
+ *
+ * The binary on disk is not looked at for every command: it is looked at again once a
+ * watch of its directory (inotify) reports a change of its name (written, its attributes
+ * changed, replaced by a rename), and at least every {@link RECHECK_MS} whatever the watch
+ * says (it may be missing: no inotify watch left, a directory not there yet).
  */
-import { closeSync, statSync, type Stats } from 'node:fs';
+import { closeSync, statSync, watch, type FSWatcher, type Stats } from 'node:fs';
+import { basename, dirname } from 'node:path';
 import { messageOf } from '../common/errors.js';
 import type { Logger } from '../common/logger.js';
 import { native } from '../common/native.js';
@@ -24,6 +30,8 @@ import { execProcess } from '../common/process.js';
 
 /** How long a replaced copy stays open (longer than any create may wait for its release). */
 const RETIRE_MS = 10 * 60_000;
+/** The longest the binary on disk goes unlooked-at while it is in use, when no change was reported. */
+const RECHECK_MS = 1000;
 
 interface Copy {
   fd: number;
@@ -40,26 +48,65 @@ export class SealedBinary {
   private warned = false;
   /** Set by close(): no copy is made or kept after it. */
   private closed = false;
+  /** The binary on disk as last looked at, when (performance.now()), and whether a change was reported since. */
+  private onDisk: string | undefined;
+  private checkedAt = -Infinity;
+  private changed = false;
+  private watcher: FSWatcher | undefined;
+  private readonly recheckMs: number;
 
   constructor(
     /** The binary on disk. */
     readonly path: string,
     private readonly log?: Logger,
+    opts: { recheckMs?: number } = {},
   ) {
+    this.recheckMs = opts.recheckMs ?? RECHECK_MS;
+    this.watch();
     this.refresh();
   }
 
   /** The path to execute: the checked sealed copy while it is current, else the binary on disk. */
   execPath(): string {
-    const now = this.identityOnDisk();
+    const now = this.current();
     if (this.copy && this.copy.from === now) return this.copy.path;
     if (now !== undefined) this.refresh();
     return this.path;
   }
 
+  /** The binary on disk: looked at again only after a reported change or {@link recheckMs}. */
+  private current(): string | undefined {
+    const t = performance.now();
+    if (this.changed || t - this.checkedAt >= this.recheckMs) {
+      this.changed = false;
+      this.checkedAt = t;
+      this.onDisk = this.identityOnDisk();
+    }
+    return this.onDisk;
+  }
+
+  /** Watches the binary's directory for changes of its name; without a watch, the timed look alone. */
+  private watch(): void {
+    const name = basename(this.path);
+    try {
+      this.watcher = watch(dirname(this.path), { persistent: false }, (_event, file) => {
+        if (file === null || file === name) this.changed = true;
+      });
+    } catch {
+      return;
+    }
+    this.watcher.on('error', () => {
+      this.changed = true;
+      this.watcher?.close();
+      this.watcher = undefined;
+    });
+  }
+
   /** Closes the copy (berthd's shutdown; tests). */
   close(): void {
     this.closed = true;
+    this.watcher?.close();
+    this.watcher = undefined;
     if (this.copy) closeSync(this.copy.fd);
     this.copy = undefined;
   }
