@@ -54,6 +54,8 @@ export class SealedBinary {
   private changed = false;
   private watcher: FSWatcher | undefined;
   private readonly recheckMs: number;
+  /** The binary on disk a copy was last made of (or tried): a failed one is not tried again until it changes. */
+  private tried: string | undefined;
 
   constructor(
     /** The binary on disk. */
@@ -70,7 +72,7 @@ export class SealedBinary {
   execPath(): string {
     const now = this.current();
     if (this.copy && this.copy.from === now) return this.copy.path;
-    if (now !== undefined) this.refresh();
+    if (now !== undefined && now !== this.tried) this.refresh();
     return this.path;
   }
 
@@ -128,6 +130,7 @@ export class SealedBinary {
   private async prepare(): Promise<void> {
     const from = this.identityOnDisk();
     if (from === undefined) return;
+    this.tried = from;
     let fd: number;
     try {
       fd = native().sealedCopy(this.path);

@@ -5,7 +5,19 @@
  * of its directory, or a look at least once a second) and used from its path until copied again.
  */
 import assert from 'node:assert/strict';
-import { closeSync, copyFileSync, existsSync, ftruncateSync, openSync, readlinkSync, renameSync, utimesSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  ftruncateSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  renameSync,
+  utimesSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -82,6 +94,20 @@ const RUNC = '/usr/sbin/runc';
     const s = sealed(script);
     await new Promise((r) => setTimeout(r, 500));
     assert.equal(s.execPath(), script, '--version failed, so the copy is not used');
+    // Not copied and tried again for every command, only once the binary changes.
+    const counted = join(dir, 'counted');
+    writeFileSync(counted, `#!/bin/sh\necho run >> ${join(dir, 'runs')}\nexit 1\n`, { mode: 0o755 });
+    const c = sealed(counted);
+    const runs = (): number => (existsSync(join(dir, 'runs')) ? readFileSync(join(dir, 'runs'), 'utf8').split('\n').length - 1 : 0);
+    await until(async () => (runs() === 1 ? true : undefined), 10_000);
+    for (let i = 0; i < 20; i++) {
+      assert.equal(c.execPath(), counted);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(runs(), 1, 'a copy that failed its check is not made again for the same binary');
+    const later = new Date(Date.now() + 5000);
+    utimesSync(counted, later, later);
+    await until(async () => (c.execPath() === counted && runs() === 2 ? true : undefined), 10_000);
     const missing = sealed(join(dir, 'none'));
     assert.equal(missing.execPath(), join(dir, 'none'));
   });
