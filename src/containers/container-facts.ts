@@ -4,7 +4,6 @@
  * the process runs as, the stop signal), and read by everything after instead of the
  * request.
  */
-import type { ImageConfig } from '../images/manifest.js';
 import { CONTAINER_FACTS_VERSION, type ContainerFacts } from './container-repository.js';
 import { criSignalNumber, effectiveStopSignal } from './signals.js';
 import { ANNOTATION_STOP_SIGNAL, type CriContainerConfig } from './spec.js';
@@ -55,8 +54,12 @@ export function specFacts(spec: Record<string, unknown>): Pick<ContainerFacts, '
 /**
  * The signal StopContainer sends first: the one decided at creation; when that is
  * unknown or has no CRI name, the image's (or SIGTERM) as it would have been decided.
+ * `imageStopSignal` gives the image's STOPSIGNAL (undefined when the image is gone); it
+ * is asked only then.
  */
-export function stopSignalOf(facts: ContainerFacts, image: ImageConfig | undefined): { signal: number; warning?: string } {
+export function stopSignalOf(facts: ContainerFacts, imageStopSignal: () => string | undefined): { signal: number; warning?: string } {
   const n = facts.stopSignal === null ? undefined : criSignalNumber(facts.stopSignal);
-  return n !== undefined ? { signal: n } : effectiveStopSignal({}, image);
+  if (n !== undefined) return { signal: n };
+  const s = imageStopSignal();
+  return effectiveStopSignal({}, s === undefined ? undefined : { run: { stopSignal: s } });
 }

@@ -23,7 +23,7 @@ const KILL_WAIT_MS = 10_000;
 
 export interface ContainerTeardownOptions {
   repo: ContainerRepository;
-  images: Pick<ImageService, 'find' | 'removeContainerLayer'>;
+  images: Pick<ImageService, 'stopSignalOf' | 'removeContainerLayer'>;
   shim: Shim;
   rootfs: RootfsMounter;
   exits: ExitMonitor;
@@ -46,9 +46,8 @@ export class ContainerTeardown {
     if (c.state === 'exited' || c.state === 'removing') return;
     const rt = this.o.runtimeOf(c);
     if (c.state === 'unknown') return this.o.exits.stopLost(c, rt);
-    const image = this.o.images.find(c.imageId);
     // As decided at creation: ContainerConfig.stop_signal, else the image's (an unusable one: SIGTERM).
-    const stopSig = stopSignalOf(c.facts, image?.config);
+    const stopSig = stopSignalOf(c.facts, () => this.o.images.stopSignalOf(c.imageId));
     if (stopSig.warning) this.o.log.warn('stop signal', { container: c.id, warning: stopSig.warning });
     const sig = stopSig.signal;
     // Without its shim (killed) no exit file will come: ask the runtime instead.

@@ -66,8 +66,13 @@ export function parseSignal(s: string): number {
   throw invalidArgument(`stop signal "${s}" is not a known signal`);
 }
 
+/** What a stop signal needs of an image's config (an ImageConfig has it). */
+export interface ImageStopSignal {
+  run: Pick<ImageConfig['run'], 'stopSignal'>;
+}
+
 /** The image's stop signal, SIGTERM (15) when it names none. */
-export function stopSignal(image: ImageConfig): number {
+export function stopSignal(image: ImageStopSignal): number {
   const s = image.run.stopSignal;
   return s.trim() === '' ? SIGNALS.TERM! : parseSignal(s);
 }
@@ -108,7 +113,7 @@ export function criSignalName(n: number): string {
  * An unknown CRI enum value is refused (InvalidArgument) at creation, so it never
  * reaches a stop.
  */
-export function effectiveStopSignal(config: { stop_signal?: unknown }, image: ImageConfig | undefined): { signal: number; warning?: string } {
+export function effectiveStopSignal(config: { stop_signal?: unknown }, image: ImageStopSignal | undefined): { signal: number; warning?: string } {
   const asked = config.stop_signal === undefined || config.stop_signal === null ? '' : String(config.stop_signal);
   if (asked !== '' && asked !== '0' && asked !== 'SIGNAL_RUNTIME_DEFAULT') {
     const n = criSignalNumber(asked);

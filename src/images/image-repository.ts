@@ -69,6 +69,7 @@ export class ImageRepository {
   private readonly insertLayer;
   private readonly deleteImage;
   private readonly idsStmt;
+  private readonly stopSignalStmt;
   private readonly clearRefs;
   private readonly clearLayers;
   private readonly insertVolumeUse;
@@ -84,6 +85,7 @@ export class ImageRepository {
     );
     this.byNameStmt = db.prepare<[string], { image_id: string }>('SELECT image_id FROM image_names WHERE name = ?');
     this.idsStmt = db.prepare<[string], { id: string }>('SELECT id FROM images WHERE id LIKE ?');
+    this.stopSignalStmt = db.prepare<[string], { s: string | null }>("SELECT json_extract(config, '$.run.stopSignal') AS s FROM images WHERE id = ?");
     this.upsertImage = db.prepare<[string, string, string, number, number]>(
       'INSERT INTO images (id, manifest_digest, config, size, created_at) VALUES (?, ?, ?, ?, ?) ' +
         'ON CONFLICT(id) DO UPDATE SET manifest_digest = excluded.manifest_digest, size = excluded.size',
@@ -135,6 +137,15 @@ export class ImageRepository {
       tags: names.filter((n) => n.kind === 'tag').map((n) => n.name),
       digests: names.filter((n) => n.kind === 'digest').map((n) => n.name),
     };
+  }
+
+  /**
+   * The STOPSIGNAL of image `id` as its config says ('' for none); undefined when the
+   * image is gone: all a container's stop needs of its image, without parsing its config.
+   */
+  stopSignal(id: string): string | undefined {
+    const row = this.stopSignalStmt.get(id);
+    return row === undefined ? undefined : (row.s ?? '');
   }
 
   /** The image a tag or digest name points at. */

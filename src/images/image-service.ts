@@ -115,6 +115,11 @@ export class ImageService {
     return this.lookup.list();
   }
 
+  /** The STOPSIGNAL of the image `id` (a full image ID), '' for none; undefined when it is gone. */
+  stopSignalOf(id: string): string | undefined {
+    return this.o.repo.stopSignal(id);
+  }
+
   /** The tags and digest names of the image `id` (a full image ID); none when it is gone. */
   namesOf(id: string): Pick<ImageRecord, 'tags' | 'digests'> {
     return this.o.repo.names(id);

@@ -129,6 +129,10 @@ describe('containers: ContainerService with a fake shim and runtime', () => {
   let svc: ContainerService;
   let mounted: Set<string>;
   let layers: Set<string>;
+  /** What was asked of the image service (finds, stop signals). */
+  const imageReads: string[] = [];
+  /** The image's STOPSIGNAL, as the image service reports it. */
+  let imageStopSignal = '';
   const img: ImageRecord = {
     id: `sha256:${'1'.repeat(64)}`,
     manifestDigest: `sha256:${'2'.repeat(64)}`,
@@ -154,7 +158,8 @@ describe('containers: ContainerService with a fake shim and runtime', () => {
       unmount: async (path) => void mounted.delete(path),
     };
     const images = {
-      find: (ref: string) => (ref === 'busybox' || ref === img.id ? img : undefined),
+      find: (ref: string) => (imageReads.push(`find ${ref}`), ref === 'busybox' || ref === img.id ? img : undefined),
+      stopSignalOf: (id: string) => (imageReads.push(`stop signal ${id}`), id === img.id ? imageStopSignal : undefined),
       prepareContainerLayer: async (id: string) => {
         layers.add(id);
         return { options: `lowerdir=/l,upperdir=/u/${id},workdir=/w/${id}` };
@@ -291,6 +296,28 @@ describe('containers: ContainerService with a fake shim and runtime', () => {
     assert.ok(!rt.calls.some((x) => x.startsWith(`kill ${id} KILL`)), 'no SIGKILL after a timely exit');
     await svc.stop(id, 10);
     assert.equal(repo.get(id)!.exitCode, 143);
+  });
+
+  it("stops with the signal decided at creation, reading nothing of the image; asks only the image's STOPSIGNAL of a container without one", async () => {
+    const id = await create();
+    await svc.start(id);
+    imageReads.length = 0;
+    await svc.stop(id, 10);
+    assert.deepEqual(imageReads, [], 'the stop signal recorded at creation decides');
+    assert.ok(rt.calls.includes(`kill ${id} TERM`), rt.calls.join('; '));
+    // A container whose stop signal was not recorded (made by an older berthd).
+    const old = await create('old');
+    await svc.start(old);
+    repo.updateFacts(old, () => ({ stopSignal: null }));
+    imageStopSignal = 'SIGQUIT';
+    imageReads.length = 0;
+    try {
+      await svc.stop(old, 10);
+    } finally {
+      imageStopSignal = '';
+    }
+    assert.deepEqual(imageReads, [`stop signal ${img.id}`], 'no image record read, only its stop signal');
+    assert.ok(rt.calls.includes(`kill ${old} 3`), rt.calls.join('; '));
   });
 
   it('kills a container that ignores its stop signal once the timeout is over', async () => {

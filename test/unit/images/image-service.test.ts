@@ -60,7 +60,7 @@ async function startRegistry(): Promise<FakeRegistry> {
       architecture: p.architecture,
       os: p.os,
       ...(p.variant ? { variant: p.variant } : {}),
-      config: { Cmd: ['sh'], Env: ['PATH=/bin'] },
+      config: { Cmd: ['sh'], Env: ['PATH=/bin'], StopSignal: 'SIGQUIT' },
       rootfs: { type: 'layers', diff_ids: [sha256(raw)] },
     }),
   );
@@ -150,6 +150,9 @@ describe('images: ImageService against a registry of the test', () => {
     assert.equal(svc.find(ref)?.id, img.id);
     assert.equal(svc.find(`${reg.host}/test/app@${reg.manifestDigest}`)?.id, img.id);
     assert.equal(svc.find(img.id)?.id, img.id);
+    assert.equal(img.config.run.stopSignal, 'SIGQUIT');
+    assert.equal(svc.stopSignalOf(img.id), 'SIGQUIT', "a stop reads the image's STOPSIGNAL alone");
+    assert.equal(svc.stopSignalOf(`sha256:${'0'.repeat(64)}`), undefined);
     const { options } = await svc.prepareContainerLayer('ctr', img);
     const lower = /lowerdir=([^,]+)/.exec(options)![1]!;
     assert.equal(readFileSync(join(lower, 'etc', 'passwd'), 'utf8'), 'root:x:0:0:root:/root:/bin/sh\n');
