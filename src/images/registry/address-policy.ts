@@ -3,7 +3,8 @@
  * registry redirects (a blob's 307 to storage) and token realms. A registry names those
  * hosts, so a hostile one could point berthd (host root, on the node's network) at the
  * node's loopback services or the cloud's metadata service (169.254.169.254,
- * fd00:ec2::254), whose answers would then flow into error messages and caches.
+ * fd00:ec2::254, Alibaba Cloud's 100.100.100.200), whose answers would then flow into
+ * error messages and caches.
  *
  * The rule: an address that is loopback, link-local or unspecified is connected to only
  * when the registry the pull is for (the host of the image reference, or of the mirror
@@ -26,6 +27,8 @@ export type AddressClass = 'loopback' | 'link-local' | 'unspecified' | 'other';
 function classOf4(b: number[]): AddressClass {
   if (b[0] === 127) return 'loopback';
   if (b[0] === 169 && b[1] === 254) return 'link-local';
+  // Alibaba Cloud's instance metadata service: a shared (100.64/10) address, but the same service as 169.254.169.254.
+  if (b[0] === 100 && b[1] === 100 && b[2] === 100 && b[3] === 200) return 'link-local';
   // 0.0.0.0/8 "this network": a connect to 0.0.0.0 reaches the local host.
   if (b[0] === 0) return 'unspecified';
   return 'other';

@@ -16,6 +16,10 @@ describe('images: registry address policy', () => {
       ['127.255.3.4', 'loopback'],
       ['169.254.169.254', 'link-local'],
       ['169.254.0.1', 'link-local'],
+      // Alibaba Cloud's metadata service, classed with the link-local ones; the rest of 100.64/10 is not.
+      ['100.100.100.200', 'link-local'],
+      ['100.100.100.201', 'other'],
+      ['100.64.0.1', 'other'],
       ['0.0.0.0', 'unspecified'],
       ['0.1.2.3', 'unspecified'],
       ['10.0.0.5', 'other'],
@@ -50,6 +54,7 @@ describe('images: registry address policy', () => {
       ['::ffff:7f00:1', 'loopback'],
       ['[::ffff:a9fe:a9fe]', 'link-local'],
       ['::ffff:169.254.169.254', 'link-local'],
+      ['::ffff:100.100.100.200', 'link-local'],
       ['::ffff:0.0.0.0', 'unspecified'],
       ['0:0:0:0:0:ffff:10.0.0.1', 'other'],
       // IPv4-compatible (deprecated) and NAT64.
@@ -92,6 +97,8 @@ describe('images: registry address policy', () => {
     await assert.rejects(p.check('[::ffff:7f00:1]', ['::ffff:7f00:1']), refusal('::ffff:7f00:1', 'loopback', 'registry.example:5000'));
     await assert.rejects(p.check('0.0.0.0', ['0.0.0.0']), refusal('0.0.0.0', 'unspecified', 'registry.example:5000'));
     await assert.rejects(p.check('[fd00:ec2::254]', ['fd00:ec2::254']), refusal('fd00:ec2::254', 'link-local', 'registry.example:5000'));
+    await assert.rejects(p.check('100.100.100.200', ['100.100.100.200']), refusal('100.100.100.200', 'link-local', 'registry.example:5000'));
+    await assert.rejects(p.check('storage.example', ['100.100.100.200']), refusal('storage.example (100.100.100.200)', 'link-local', 'registry.example:5000'));
     // A registry name that does not resolve is of no class: nothing special is allowed.
     const gone = new AddressPolicy('gone.example', table({}));
     await assert.rejects(gone.check('localhost', ['127.0.0.1']), refusal('localhost (127.0.0.1)', 'loopback', 'gone.example'));
