@@ -7,7 +7,7 @@ import { constants, type Stats } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { BerthError, messageOf } from '../common/errors.js';
-import { walkInRoot } from './in-root.js';
+import { walkInRoot, type InRoot } from './in-root.js';
 import type { CriContainerConfig } from './spec.js';
 
 /** Bytes of /etc/passwd or /etc/group berth reads from an image. */
@@ -41,14 +41,15 @@ export class IdFilesCache {
    * ones are kept. FailedPrecondition when either exists and is not a regular file.
    */
   async read(imageId: string, rootfs: string): Promise<IdFiles> {
-    const refusal = (await Promise.all(ID_FILES.map((rel) => idFileRefusal(rootfs, rel)))).find((r) => r !== undefined);
+    const [passwd, group] = await Promise.all(ID_FILES.map((rel) => readIdFile(rootfs, rel)));
+    const refusal = [passwd, group].find((f) => f instanceof BerthError);
     if (refusal) {
       this.keep(imageId, refusal);
       throw new BerthError(refusal.kind, refusal.message);
     }
-    const [passwd, group] = await Promise.all(ID_FILES.map((rel) => readImageFile(rootfs, rel, MAX_ID_FILE)));
-    if (passwd!.length + group!.length <= ID_FILES_CACHED_MAX) this.keep(imageId, { passwd: passwd!, group: group! });
-    return { passwd: passwd!, group: group! };
+    const files = { passwd: passwd as string, group: group as string };
+    if (files.passwd.length + files.group.length <= ID_FILES_CACHED_MAX) this.keep(imageId, files);
+    return files;
   }
 
   private keep(imageId: string, v: IdFiles | BerthError): void {
@@ -58,6 +59,26 @@ export class IdFilesCache {
 }
 
 const ID_FILES = ['etc/passwd', 'etc/group'] as const;
+
+/**
+ * An image's /etc/passwd or /etc/group, resolved inside the rootfs in one walk: the
+ * refusal of one that exists and is not a regular file, else its text ('' when absent
+ * or unreadable).
+ */
+async function readIdFile(rootfs: string, rel: string): Promise<string | BerthError> {
+  // Unreadable to berthd (root): the runtime will say what it makes of it.
+  const r = await walkOrNone(rootfs, rel);
+  return r === undefined ? '' : (idFileRefusal(rootfs, rel, r) ?? readFound(r, MAX_ID_FILE));
+}
+
+/** `rel` walked to inside the rootfs; undefined when the walk failed (not for a missing file). */
+async function walkOrNone(rootfs: string, rel: string): Promise<InRoot | undefined> {
+  try {
+    return await walkInRoot(rootfs, rel);
+  } catch {
+    return undefined;
+  }
+}
 
 /** What a non-regular file is, for messages. */
 function kindOf(st: Stats): string {
@@ -70,20 +91,13 @@ function kindOf(st: Stats): string {
 }
 
 /**
- * Why the container cannot be made with this /etc/passwd or /etc/group, if it cannot:
- * the file exists (resolved inside the rootfs, as the container sees it) and is not a
+ * Why the container cannot be made with this /etc/passwd or /etc/group (`r`, its walk
+ * inside the rootfs, as the container sees it), if it cannot: it exists and is not a
  * regular file. runc (1.1) opens both inside the container at create whatever the user
  * (a numeric one too): on a FIFO it would wait for a writer until CreateContainer's
  * timeout, and a device node would be read through.
  */
-export async function idFileRefusal(rootfs: string, rel: string): Promise<BerthError | undefined> {
-  let r;
-  try {
-    r = await walkInRoot(rootfs, rel);
-  } catch {
-    // Unreadable to berthd (root): the runtime will say what it makes of it.
-    return undefined;
-  }
+function idFileRefusal(rootfs: string, rel: string, r: InRoot): BerthError | undefined {
   if (!r.found || r.stats.isFile()) return undefined;
   const shown = r.path === join(rootfs, rel) ? `/${rel}` : `/${rel} (resolved to /${relative(rootfs, r.path)})`;
   return new BerthError(
@@ -140,10 +154,15 @@ export async function localhostSeccompProfiles(cfg: CriContainerConfig): Promise
  * on the open fd, which is opened non-blocking and without following a last symlink.
  */
 export async function readImageFile(rootfs: string, rel: string, max: number): Promise<string> {
+  const r = await walkOrNone(rootfs, rel);
+  return r === undefined ? '' : readFound(r, max);
+}
+
+/** {@link readImageFile} of a file already walked to (`r`). */
+async function readFound(r: InRoot, max: number): Promise<string> {
+  if (!r.found || !r.stats.isFile()) return '';
   let fh;
   try {
-    const r = await walkInRoot(rootfs, rel);
-    if (!r.found || !r.stats.isFile()) return '';
     fh = await open(r.path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW | constants.O_NOCTTY);
   } catch {
     return '';
