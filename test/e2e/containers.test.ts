@@ -39,6 +39,17 @@ describe('containers', function () {
 
   const podCfg = (pod: string, logDir: string) => ({ metadata: { name: 'x', namespace: 'test', uid: 'x', attempt: 0 }, log_directory: logDir, _pod: pod });
 
+  /** A busybox `sleep 1000` container `name` in `pod`, created and started; its id. */
+  async function startSleeper(h: { b: Berthd; pod: string; logDir: string }, name: string): Promise<string> {
+    const { container_id: id } = await h.b.runtime.CreateContainer({
+      pod_sandbox_id: h.pod,
+      config: { metadata: { name, attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: `${name}.log` },
+      sandbox_config: podCfg(h.pod, h.logDir) as never,
+    });
+    await h.b.runtime.StartContainer({ container_id: id });
+    return id;
+  }
+
   it('runs a busybox container: exit code, reason, CRI-format log, list, remove', async () => {
     const { b, pod, logDir } = await setup();
     const { container_id: id } = await b.runtime.CreateContainer({
@@ -122,13 +133,9 @@ describe('containers', function () {
   });
 
   it('StopPodSandbox stops the pod’s containers', async () => {
-    const { b, pod, logDir } = await setup();
-    const { container_id: id } = await b.runtime.CreateContainer({
-      pod_sandbox_id: pod,
-      config: { metadata: { name: 'sleeper', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 's.log' },
-      sandbox_config: podCfg(pod, logDir) as never,
-    });
-    await b.runtime.StartContainer({ container_id: id });
+    const h = await setup();
+    const { b, pod } = h;
+    const id = await startSleeper(h, 'sleeper');
     await b.runtime.StopPodSandbox({ pod_sandbox_id: pod });
     assert.equal((await b.runtime.ContainerStatus({ container_id: id })).status!.state, 'CONTAINER_EXITED');
     await b.runtime.RemovePodSandbox({ pod_sandbox_id: pod });
@@ -385,13 +392,9 @@ describe('containers', function () {
   });
 
   it('after kill -9 of a container’s conmon, the container is still reported and can be stopped and removed', async () => {
-    const { b, pod, logDir } = await setup();
-    const { container_id: id } = await b.runtime.CreateContainer({
-      pod_sandbox_id: pod,
-      config: { metadata: { name: 'orphan', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'o.log' },
-      sandbox_config: podCfg(pod, logDir) as never,
-    });
-    await b.runtime.StartContainer({ container_id: id });
+    const h = await setup();
+    const { b, pod } = h;
+    const id = await startSleeper(h, 'orphan');
     const info = JSON.parse((await b.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info!) as { shimPid: number; pid: number };
     process.kill(info.shimPid, 'SIGKILL');
     // berthd notices the dead shim (its check runs every 2 s) and follows the container through the runtime.
@@ -418,13 +421,9 @@ describe('containers', function () {
       console.log('      (skipped: the count of removals is read with strace, which this host lacks)');
       this.skip();
     }
-    const { b, pod, logDir } = await setup();
-    const { container_id: id } = await b.runtime.CreateContainer({
-      pod_sandbox_id: pod,
-      config: { metadata: { name: 'running', attempt: 0 }, image: { image: reg.fx.busybox.ref }, command: ['sleep', '1000'], log_path: 'run.log' },
-      sandbox_config: podCfg(pod, logDir) as never,
-    });
-    await b.runtime.StartContainer({ container_id: id });
+    const h = await setup();
+    const { b, pod } = h;
+    const id = await startSleeper(h, 'running');
     const pid = JSON.parse((await b.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info!).pid as number;
     // The container's cgroups, one a hierarchy (v1 controllers, or the unified one).
     const cgroups = readFileSync(`/proc/${pid}/cgroup`, 'utf8')
