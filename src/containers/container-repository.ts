@@ -2,6 +2,7 @@ import type { TimelineStep } from '../common/timeline.js';
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
 import { DATA_VERSION_COLUMN, RowDocuments, lazyJsonField, withChanges } from '../store/lazy-json.js';
+import { RecordCache } from '../store/record-cache.js';
 import type { CriMount } from './mounts.js';
 import type { SelinuxOptions } from './selinux.js';
 import type { CriLinuxResources } from './spec.js';
@@ -140,8 +141,11 @@ export class ContainerRepository {
   private readonly updateFactsStmt;
   private readonly facts: RowDocuments<ContainerFacts>;
   private readonly config: (id: string) => string | undefined;
+  /** Records by id and the whole list, kept between writes (status and list calls read them every second). */
+  private readonly cache: RecordCache<ContainerRecord>;
 
   constructor(private readonly db: Db) {
+    this.cache = new RecordCache(db);
     this.getStmt = db.prepare<[string], Row>(`SELECT ${COLUMNS} FROM containers WHERE id = ?`);
     this.allStmt = db.prepare<[], Row>(`SELECT ${COLUMNS} FROM containers ORDER BY created_at`);
     this.bySandboxStmt = db.prepare<[string], Row>(`SELECT ${COLUMNS} FROM containers WHERE sandbox_id = ? ORDER BY created_at`);
@@ -173,7 +177,7 @@ export class ContainerRepository {
   }
 
   get(id: string): ContainerRecord | undefined {
-    return this.record(this.getStmt.get(id));
+    return this.cache.get(id, (key) => this.record(this.getStmt.get(key)));
   }
 
   idsWithPrefix(prefix: string): string[] {
@@ -185,7 +189,7 @@ export class ContainerRepository {
   }
 
   list(): ContainerRecord[] {
-    return this.records(this.allStmt.all());
+    return this.cache.all(() => this.records(this.allStmt.all()));
   }
 
   ofSandbox(sandboxId: string): ContainerRecord[] {
@@ -205,6 +209,7 @@ export class ContainerRepository {
     createdAt: string;
   }): void {
     this.facts.forget(c.id);
+    this.cache.forget(c.id);
     this.insertStmt.run(
       c.id,
       c.sandboxId,
@@ -232,6 +237,7 @@ export class ContainerRepository {
         if (!cur) throw new Error(`container ${id} vanished`);
         const { facts: factsChange, ...ch } = fn(cur);
         if (ch.state !== undefined && !canTransition(cur.state, ch.state)) throw new Error(`container ${id}: illegal transition ${cur.state} -> ${ch.state}`);
+        this.cache.forget(id);
         const next: ContainerRecord = withChanges(cur, ch);
         if (factsChange !== undefined) {
           next.facts = { ...cur.facts, ...factsChange };
@@ -261,6 +267,7 @@ export class ContainerRepository {
       if (!cur) throw new Error(`container ${id} vanished`);
       const facts: ContainerFacts = { ...cur.facts, ...fn(cur.facts) };
       this.facts.forget(id);
+      this.cache.forget(id);
       this.updateFactsStmt.run(JSON.stringify(facts), id);
       return withChanges(cur, { facts });
     })();
@@ -268,6 +275,7 @@ export class ContainerRepository {
 
   delete(id: string): void {
     this.facts.forget(id);
+    this.cache.forget(id);
     this.deleteStmt.run(id);
   }
 }

@@ -76,33 +76,50 @@ const READ_ONLY = /^(Version|Status|RuntimeConfig|List.*|Stream.*|.*Status|.*Sta
 type AnyUnary = UnaryHandler<unknown, unknown>;
 type AnyStream = StreamHandler<unknown, unknown>;
 
+/**
+ * The handler's context. Its AbortSignal, the deadline's timer and the cancellation
+ * listener are made when the handler first reads `ctx.signal`: most calls (status, list,
+ * version: kubelet's PLEG makes hundreds a second) never do, and an AbortController with
+ * a timer and a listener was a fair part of what such a call cost. Read late, the signal
+ * is already aborted when the deadline passed or the caller cancelled meanwhile.
+ */
 function makeContext(
   env: WrapEnv,
   method: string,
   call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>,
 ): { ctx: RpcContext; done(): void } {
-  const ac = new AbortController();
   const raw = call.getDeadline();
   const ms = raw instanceof Date ? raw.getTime() : raw;
   const deadline = Number.isFinite(ms) ? new Date(ms) : undefined;
+  let ac: AbortController | undefined;
   let timer: NodeJS.Timeout | undefined;
-  if (deadline !== undefined) {
-    const fire = (): void => ac.abort(new BerthError('DeadlineExceeded', `${method}: the caller's deadline passed`));
-    const left = deadline.getTime() - Date.now();
-    if (left <= 0) fire();
-    else (timer = setTimeout(fire, Math.min(left, 2 ** 31 - 1))).unref();
-  }
+  const expired = (): BerthError => new BerthError('DeadlineExceeded', `${method}: the caller's deadline passed`);
   // grpc-js cancels the call itself when the deadline passes, sometimes before our timer.
   const onCancel = (): void =>
-    ac.abort(
-      deadline !== undefined && Date.now() >= deadline.getTime() - 5
-        ? new BerthError('DeadlineExceeded', `${method}: the caller's deadline passed`)
-        : new BerthError('Cancelled', `${method}: cancelled by the caller`),
-    );
-  call.on('cancelled', onCancel);
+    ac?.abort(deadline !== undefined && Date.now() >= deadline.getTime() - 5 ? expired() : new BerthError('Cancelled', `${method}: cancelled by the caller`));
+  const signal = (): AbortSignal => {
+    if (ac !== undefined) return ac.signal;
+    const own = (ac = new AbortController());
+    if (call.cancelled) onCancel();
+    else call.on('cancelled', onCancel);
+    if (deadline !== undefined && !own.signal.aborted) {
+      const left = deadline.getTime() - Date.now();
+      if (left <= 0) own.abort(expired());
+      else (timer = setTimeout(() => own.abort(expired()), Math.min(left, 2 ** 31 - 1))).unref();
+    }
+    return own.signal;
+  };
   return {
-    ctx: { method, signal: ac.signal, deadline, draining: env.state.draining },
+    ctx: {
+      method,
+      get signal() {
+        return signal();
+      },
+      deadline,
+      draining: env.state.draining,
+    },
     done() {
+      if (ac === undefined) return;
       if (timer) clearTimeout(timer);
       call.removeListener('cancelled', onCancel);
     },
@@ -115,12 +132,12 @@ function makeContext(
  * by the hundred; a handler's own failure logs at info, or error when internal.
  */
 function logOutcome(env: WrapEnv, method: string, start: bigint, st: RpcStatus | undefined, refused = false): void {
-  const duration_ms = Number(process.hrtime.bigint() - start) / 1e6;
   if (st === undefined) {
     const level = READ_ONLY.test(method) ? 'debug' : 'info';
-    if (env.log.enabled(level)) env.log[level]('rpc', { method, duration_ms, code: 'OK' });
+    if (env.log.enabled(level)) env.log[level]('rpc', { method, duration_ms: Number(process.hrtime.bigint() - start) / 1e6, code: 'OK' });
     return;
   }
+  const duration_ms = Number(process.hrtime.bigint() - start) / 1e6;
   const fields = { method, duration_ms, code: codeName(st.code), error: st.details };
   if (st.code === grpc.status.INTERNAL || st.code === grpc.status.UNKNOWN) env.log.error('rpc', fields);
   else if (refused) env.log.debug('rpc', fields);
@@ -144,6 +161,7 @@ function admit(env: WrapEnv, method: string, request: unknown, implemented: bool
 }
 
 function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined): grpc.handleUnaryCall<unknown, unknown> {
+  const readOnly = READ_ONLY.test(method);
   return (call, callback) => {
     const start = process.hrtime.bigint();
     const obs = observe(env, method, call, false);
@@ -155,36 +173,41 @@ function wrapUnary(env: WrapEnv, method: string, handler: AnyUnary | undefined):
       return;
     }
     const { ctx, done } = makeContext(env, method, call);
-    const durable = READ_ONLY.test(method) ? undefined : env.durable;
+    const durable = readOnly ? undefined : env.durable;
+    // One async function and one then: each promise more is work on every call (more so
+    // with async hooks on, which the timeline's AsyncLocalStorage turns on).
     obs
-      .run(() =>
-        Promise.resolve()
-          .then(() => handler!(call.request, ctx))
-          .then(async (res) => {
-            await durable?.();
-            return res;
-          }),
-      )
+      .run(async () => {
+        const res = await handler!(call.request, ctx);
+        if (durable !== undefined) await durable();
+        return res;
+      })
       .then(
         (res) => {
-          logOutcome(env, method, start, undefined);
-          obs.end(grpc.status.OK);
-          callback(null, res);
+          try {
+            logOutcome(env, method, start, undefined);
+            obs.end(grpc.status.OK);
+            callback(null, res);
+          } finally {
+            done();
+            env.state.leave();
+          }
         },
         (err: unknown) => {
-          const st = toRpcStatus(err, ctx.signal);
-          if (st.code === grpc.status.INTERNAL && err instanceof Error && err.stack) {
-            env.log.error('rpc internal error', { method, stack: err.stack });
+          try {
+            const st = toRpcStatus(err, ctx.signal);
+            if (st.code === grpc.status.INTERNAL && err instanceof Error && err.stack) {
+              env.log.error('rpc internal error', { method, stack: err.stack });
+            }
+            logOutcome(env, method, start, st);
+            obs.end(st.code, st.details);
+            callback({ code: st.code, details: st.details });
+          } finally {
+            done();
+            env.state.leave();
           }
-          logOutcome(env, method, start, st);
-          obs.end(st.code, st.details);
-          callback({ code: st.code, details: st.details });
         },
-      )
-      .finally(() => {
-        done();
-        env.state.leave();
-      });
+      );
   };
 }
 
@@ -243,6 +266,26 @@ function wrapStream(env: WrapEnv, method: string, handler: AnyStream | undefined
   };
 }
 
+const KEPT = new WeakSet<object>();
+
+/**
+ * Marks a response that its handler keeps and answers with again while what it reports
+ * is unchanged (a ContainerStatus: kubelet's PLEG asks for every container every second):
+ * it is encoded once, and the encoding is kept with it. The response is frozen; the
+ * objects inside it must not change either.
+ */
+export function keptAnswer<T extends object>(res: T): T {
+  KEPT.add(Object.freeze(res));
+  return res;
+}
+
+/** Whether two lists hold the same objects in the same order (a kept list answer still holds). */
+export function sameItems(a: readonly unknown[], b: readonly unknown[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /**
  * Builds a grpc-js service definition and implementation from a loaded service
  * definition and berth's handler table. Every method of the definition is present.
@@ -257,6 +300,10 @@ export function wrapService(
   for (const [name, md] of Object.entries(definition) as Array<[string, grpc.MethodDefinition<unknown, unknown>]>) {
     if (md.requestStream) throw new Error(`${name}: client-streaming RPCs are not part of CRI v1`);
     const decode = md.requestDeserialize;
+    const encode = md.responseSerialize;
+    // The bytes of each kept answer (see keptAnswer); grpc-js copies them into each call's
+    // frame, so they are never written to.
+    const encoded = new WeakMap<object, Buffer>();
     def[name] = {
       ...md,
       requestDeserialize: (buf: Buffer) => {
@@ -265,6 +312,12 @@ export function wrapService(
         } catch (err) {
           return new MalformedRequest(messageOf(err));
         }
+      },
+      responseSerialize: (res: unknown) => {
+        if (typeof res !== 'object' || res === null || !KEPT.has(res)) return encode(res);
+        let bytes = encoded.get(res);
+        if (bytes === undefined) encoded.set(res, (bytes = encode(res)));
+        return bytes;
       },
     };
     const handler = handlers[name];

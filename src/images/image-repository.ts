@@ -1,5 +1,6 @@
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
+import { RecordCache } from '../store/record-cache.js';
 import type { ImageConfig } from './manifest.js';
 
 export interface ImageLayerRecord {
@@ -74,8 +75,11 @@ export class ImageRepository {
   private readonly clearLayers;
   private readonly insertVolumeUse;
   private readonly volumeUsesStmt;
+  /** Each image's names as {@link names} gives them (every container's status asks), kept until a save or delete. */
+  private readonly namesCache: RecordCache<Pick<ImageRecord, 'tags' | 'digests'>>;
 
   constructor(private readonly db: Db) {
+    this.namesCache = new RecordCache(db);
     this.getStmt = db.prepare<[string], ImageRow>('SELECT * FROM images WHERE id = ?');
     this.allStmt = db.prepare<[], ImageRow>('SELECT * FROM images ORDER BY created_at, id');
     this.namesStmt = db.prepare<[string], { name: string; kind: string }>('SELECT name, kind FROM image_names WHERE image_id = ? ORDER BY name');
@@ -132,11 +136,13 @@ export class ImageRepository {
    * status needs of its image, without its config and layers.
    */
   names(id: string): Pick<ImageRecord, 'tags' | 'digests'> {
-    const names = this.namesStmt.all(id);
-    return {
-      tags: names.filter((n) => n.kind === 'tag').map((n) => n.name),
-      digests: names.filter((n) => n.kind === 'digest').map((n) => n.name),
-    };
+    return this.namesCache.get(id, (key) => {
+      const names = this.namesStmt.all(key);
+      return Object.freeze({
+        tags: Object.freeze(names.filter((n) => n.kind === 'tag').map((n) => n.name)) as string[],
+        digests: Object.freeze(names.filter((n) => n.kind === 'digest').map((n) => n.name)) as string[],
+      });
+    })!;
   }
 
   /**
@@ -179,6 +185,8 @@ export class ImageRepository {
       'berth:db.write',
       { table: 'images' },
       this.db.transaction(() => {
+        // A tag that moves changes the names of the image it leaves too.
+        this.namesCache.clear();
         this.upsertImage.run(img.id, img.manifestDigest, JSON.stringify(img.config), img.size, Date.now());
         // The same image (config) may come through another manifest, e.g. recompressed
         // layers: its references are those of the latest pull, not a union.
@@ -194,6 +202,7 @@ export class ImageRepository {
 
   /** Deletes an image with all its names and references. */
   delete(id: string): boolean {
+    this.namesCache.clear();
     return this.deleteImage.run(id).changes > 0;
   }
 

@@ -4,6 +4,7 @@ import type { TimelineStep } from '../common/timeline.js';
 import { tracedSync } from '../common/trace-points.js';
 import type { Db } from '../store/database.js';
 import { DATA_VERSION_COLUMN, RowDocuments, lazyJsonField, withChanges } from '../store/lazy-json.js';
+import { RecordCache } from '../store/record-cache.js';
 import type { PortMapping } from './cni/protocol.js';
 import type { DnsConfig } from './pod-files.js';
 import { canTransition, type SandboxState } from './state.js';
@@ -159,8 +160,11 @@ export class SandboxRepository {
   private readonly updateStmt;
   private readonly facts: RowDocuments<PodFacts>;
   private readonly reads: RowReads;
+  /** Records by id and the whole list, kept between writes (status and list calls read them every second). */
+  private readonly cache: RecordCache<SandboxRecord>;
 
   constructor(private readonly db: Db) {
+    this.cache = new RecordCache(db);
     this.getStmt = db.prepare<[string], Row>(`SELECT ${COLUMNS} FROM sandboxes WHERE id = ?`);
     this.byMetaStmt = db.prepare<[string, string, string, number], Row>(
       `SELECT ${COLUMNS} FROM sandboxes WHERE name = ? AND namespace = ? AND uid = ? AND attempt = ?`,
@@ -192,7 +196,7 @@ export class SandboxRepository {
   }
 
   get(id: string): SandboxRecord | undefined {
-    return this.record(this.getStmt.get(id));
+    return this.cache.get(id, (key) => this.record(this.getStmt.get(key)));
   }
 
   byMetadata(m: SandboxMetadata): SandboxRecord | undefined {
@@ -205,15 +209,18 @@ export class SandboxRepository {
   }
 
   list(): SandboxRecord[] {
-    return this.allStmt
-      .all()
-      .map((r) => this.record(r))
-      .filter((r): r is SandboxRecord => r !== undefined);
+    return this.cache.all(() =>
+      this.allStmt
+        .all()
+        .map((r) => this.record(r))
+        .filter((r): r is SandboxRecord => r !== undefined),
+    );
   }
 
   /** Records the intent to create a sandbox (state `creating`), with its facts and the request as sent. */
   insert(id: string, m: SandboxMetadata, facts: PodFacts, request: Record<string, unknown>, runtimeHandler: string, createdAt: string): void {
     this.facts.forget(id);
+    this.cache.forget(id);
     this.insertStmt.run(id, m.name, m.namespace, m.uid, m.attempt, JSON.stringify(request), JSON.stringify(facts), runtimeHandler, createdAt);
   }
 
@@ -237,6 +244,7 @@ export class SandboxRepository {
         }
         const next = withChanges<SandboxRecord>(cur, ch);
         if (ch.facts !== undefined) this.facts.forget(id);
+        this.cache.forget(id);
         this.updateStmt.run({
           id,
           state: next.state,
@@ -255,6 +263,7 @@ export class SandboxRepository {
 
   delete(id: string): void {
     this.facts.forget(id);
+    this.cache.forget(id);
     this.deleteStmt.run(id);
   }
 

@@ -4,14 +4,38 @@ import type { ContainerStatus } from '../gen/runtime/v1/ContainerStatus.js';
 import type { ContainerStatusRequest__Output } from '../gen/runtime/v1/ContainerStatusRequest.js';
 import type { ContainerStatusResponse } from '../gen/runtime/v1/ContainerStatusResponse.js';
 import type { UnaryHandler } from '../rpc.js';
-import { requireId, toCriContainer, verboseInfo } from './convert.js';
+import { keptAnswer } from '../wrap.js';
+import { requireId, toCriContainer, verboseInfo, type ContainerImageNames } from './convert.js';
+
+/**
+ * The status made of a record, with the image names it was made with. A record is not
+ * changed once read (a change is a new record: container-repository.ts), and the
+ * repository hands out the same record until the row changes, as the image repository
+ * does the names: kubelet's PLEG asks for every container's status every second, mostly
+ * unchanged, and each answer is then made (and encoded, see wrap.ts) once.
+ */
+const made = new WeakMap<ContainerRecord, { image: ContainerImageNames; status: ContainerStatus; answer: ContainerStatusResponse }>();
+
+function madeFor(svc: ContainerService, c: ContainerRecord): { status: ContainerStatus; answer: ContainerStatusResponse } {
+  const image = svc.imageNamesOf(c);
+  const hit = made.get(c);
+  if (hit !== undefined && hit.image === image) return hit;
+  const status = statusOf(c, image);
+  const entry = { image, status, answer: keptAnswer<ContainerStatusResponse>({ status, info: {} }) };
+  made.set(c, entry);
+  return entry;
+}
 
 /**
  * A container's CRI status from its record (the facts decided at creation and updated
  * since). ContainerStatus answers with it; GetContainerEvents attaches it.
  */
 export function criContainerStatus(svc: ContainerService, c: ContainerRecord): ContainerStatus {
-  const base = toCriContainer(c, svc.imageNamesOf(c));
+  return madeFor(svc, c).status;
+}
+
+function statusOf(c: ContainerRecord, image: ContainerImageNames): ContainerStatus {
+  const base = toCriContainer(c, image);
   const { resources, user, stopSignal } = c.facts;
   return {
     id: c.id,
@@ -50,10 +74,10 @@ export const containerStatus =
   async (req) => {
     const cid = requireId(req.container_id, 'container_id');
     const c = svc.requireContainer(cid);
+    const { status, answer } = madeFor(svc, c);
+    if (!req.verbose) return answer;
     return {
-      status: criContainerStatus(svc, c),
-      info: req.verbose
-        ? { info: JSON.stringify(verboseInfo(c, await svc.runtimeSpec(c.id))), timeline: JSON.stringify(c.facts.timeline ?? []) }
-        : ({} as Record<string, string>),
+      status,
+      info: { info: JSON.stringify(verboseInfo(c, await svc.runtimeSpec(c.id))), timeline: JSON.stringify(c.facts.timeline ?? []) },
     };
   };

@@ -194,6 +194,21 @@ export function toCriContainer(c: ContainerRecord, image?: ContainerImageNames):
   };
 }
 
+/**
+ * The Container message of each record, with the image names it was made with: a record
+ * is not changed once read and the repositories hand out the same record (and names)
+ * until they change, so kubelet's relist every second makes each message once.
+ */
+const listed = new WeakMap<ContainerRecord, { image: ContainerImageNames | undefined; container: Container }>();
+
+function keptCriContainer(c: ContainerRecord, image: ContainerImageNames | undefined): Container {
+  const hit = listed.get(c);
+  if (hit !== undefined && hit.image === image) return hit.container;
+  const container = toCriContainer(c, image);
+  listed.set(c, { image, container });
+  return container;
+}
+
 /** ListContainers filtering: id or pod id (or unique prefixes), state, labels (all must match). */
 export function filteredContainers(svc: ContainerService, f: ContainerFilter__Output | null): Container[] {
   let recs = svc.list();
@@ -209,7 +224,7 @@ export function filteredContainers(svc: ContainerService, f: ContainerFilter__Ou
     return images.get(c.imageId);
   };
   return recs
-    .map((c) => toCriContainer(c, imageOf(c)))
+    .map((c) => keptCriContainer(c, imageOf(c)))
     .filter((c) => (!f?.state || c.state === f.state.state) && Object.entries(f?.label_selector ?? {}).every(([k, v]) => c.labels?.[k] === v));
 }
 

@@ -17,6 +17,15 @@ export function toCriPodSandbox(rec: SandboxRecord): PodSandbox {
   };
 }
 
+/** The PodSandbox message of each record (not changed once read, and handed out again until its row changes), made once. */
+const listed = new WeakMap<SandboxRecord, PodSandbox>();
+
+function keptCriPodSandbox(rec: SandboxRecord): PodSandbox {
+  let pod = listed.get(rec);
+  if (pod === undefined) listed.set(rec, (pod = toCriPodSandbox(rec)));
+  return pod;
+}
+
 /** ListPodSandbox/StreamPodSandboxes filtering: id (or unique prefix), state, labels (all must match). */
 export function filteredSandboxes(svc: SandboxService, filter: PodSandboxFilter__Output | null): PodSandbox[] {
   let recs = svc.list();
@@ -24,7 +33,7 @@ export function filteredSandboxes(svc: SandboxService, filter: PodSandboxFilter_
     const one = svc.find(filter.id);
     recs = one && one.state !== 'creating' ? [one] : [];
   }
-  const out = recs.map(toCriPodSandbox);
+  const out = recs.map(keptCriPodSandbox);
   return out.filter(
     (p) => (!filter?.state || p.state === filter.state.state) && Object.entries(filter?.label_selector ?? {}).every(([k, v]) => p.labels?.[k] === v),
   );

@@ -7,8 +7,20 @@ import type { PodSandboxStatusResponse } from '../gen/runtime/v1/PodSandboxStatu
 import type { UnaryHandler } from '../rpc.js';
 import { requireId, toCriPodSandbox } from './convert.js';
 
+/**
+ * The status made of each record: a record is not changed once read, and the repository
+ * hands out the same one until the row changes (kubelet's PLEG asks every second).
+ */
+const made = new WeakMap<SandboxRecord, PodSandboxStatus>();
+
 /** A pod's CRI status from its record. PodSandboxStatus answers with it; GetContainerEvents attaches it. */
 export function criPodSandboxStatus(rec: SandboxRecord): PodSandboxStatus {
+  let status = made.get(rec);
+  if (status === undefined) made.set(rec, (status = statusOf(rec)));
+  return status;
+}
+
+function statusOf(rec: SandboxRecord): PodSandboxStatus {
   const modes = rec.facts.namespaces;
   return {
     ...toCriPodSandbox(rec),

@@ -13,7 +13,7 @@ import { createLogger } from '../../../src/common/logger.js';
 import { criApi } from '../../../src/cri/proto.js';
 import { ServingState } from '../../../src/cri/serving-state.js';
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { wrapService, type RpcObserver } from '../../../src/cri/wrap.js';
+import { keptAnswer, wrapService, type RpcObserver } from '../../../src/cri/wrap.js';
 import { until } from '../../helpers/berthd.js';
 import { criClients, grpcError, type CriClients } from '../../helpers/cri-client.js';
 
@@ -160,6 +160,70 @@ describe('cri: the RPC wrapper', () => {
     call.cancel();
     const reason = await aborted!;
     assert.ok(reason instanceof BerthError && reason.kind === 'Cancelled');
+  });
+
+  it('gives a handler that reads its signal only late one already aborted, when the deadline passed meanwhile', async () => {
+    const h: Record<string, Handler> = {};
+    state.ready();
+    let seen: unknown;
+    h.StopContainer = async (_req, ctx) => {
+      await new Promise((r) => setTimeout(r, 300));
+      seen = ctx.signal.aborted ? ctx.signal.reason : 'not aborted';
+      return {};
+    };
+    const c = await serve(h);
+    const e = await grpcError(c.runtime.StopContainer({ container_id: 'x' }, { deadline: Date.now() + 100 }));
+    assert.equal(e.code, grpc.status.DEADLINE_EXCEEDED);
+    await until(async () => seen);
+    assert.ok(seen instanceof BerthError && seen.kind === 'DeadlineExceeded', `the handler saw ${String(seen)}`);
+    await until(async () => (state.inflight === 0 ? true : undefined));
+  });
+
+  it('encodes a kept answer once and sends the same bytes again; other answers are encoded each time', async () => {
+    const def = criApi().runtime.v1.RuntimeService.service;
+    let encodes = 0;
+    const counting = {
+      ...def,
+      ListContainers: {
+        ...def.ListContainers,
+        responseSerialize: (v: unknown) => {
+          encodes++;
+          return def.ListContainers.responseSerialize(v as never);
+        },
+      },
+    };
+    const log = createLogger('debug', (l) => logLines.push(l));
+    server = new grpc.Server();
+    const kept = keptAnswer({ containers: [{ id: 'c1', pod_sandbox_id: 'p1', state: 'CONTAINER_RUNNING', labels: { a: 'b' } }] });
+    let keep = true;
+    const svc = wrapService(
+      { state, log },
+      counting as never,
+      {
+        ListContainers: async () => (keep ? kept : { containers: [{ id: 'c2' }] }),
+      } as never,
+    );
+    server.addService(svc.definition, svc.implementation);
+    const socket = join(dir, 's.sock');
+    await new Promise<void>((res, rej) => server!.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
+    clients = criClients(socket);
+    state.ready();
+    for (let i = 0; i < 3; i++) {
+      const r = await clients.runtime.ListContainers({});
+      assert.deepEqual(
+        r.containers.map((x) => [x.id, x.pod_sandbox_id, x.state, x.labels]),
+        [['c1', 'p1', 'CONTAINER_RUNNING', { a: 'b' }]],
+      );
+    }
+    assert.equal(encodes, 1);
+    assert.ok(Object.isFrozen(kept));
+    keep = false;
+    for (let i = 0; i < 2; i++)
+      assert.deepEqual(
+        (await clients.runtime.ListContainers({})).containers.map((x) => x.id),
+        ['c2'],
+      );
+    assert.equal(encodes, 3);
   });
 
   it('answers INVALID_ARGUMENT to bytes that are not a message, and keeps serving', async () => {
