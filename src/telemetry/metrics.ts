@@ -104,16 +104,32 @@ export class BerthMetrics {
     ];
   }
 
+  /**
+   * The series of each RPC, bound once: kubelet's PLEG makes hundreds of status calls a
+   * second, and looking their series up by labels was a fair part of each call's cost.
+   * A series appears at the method's first call, as before.
+   */
+  private readonly rpcSeries = new Map<string, { started: () => void; handling: (v: number) => void; handled: Map<number, () => void>; labels: Labels }>();
+
   /** Observes one RPC (an RpcObserver of the CRI wrapper: refused calls count too). */
   begin(method: string, _metadata: unknown, streaming: boolean): RpcMetricsObservation {
-    const labels = { grpc_type: streaming ? 'server_stream' : 'unary', grpc_service: this.sources.serviceOf(method), grpc_method: method };
-    this.started.inc(labels);
+    const key = streaming ? `s ${method}` : method;
+    let s = this.rpcSeries.get(key);
+    if (s === undefined) {
+      const labels = { grpc_type: streaming ? 'server_stream' : 'unary', grpc_service: this.sources.serviceOf(method), grpc_method: method };
+      s = { started: this.started.bind(labels), handling: this.handling.bind(labels), handled: new Map(), labels };
+      this.rpcSeries.set(key, s);
+    }
+    const series = s;
+    series.started();
     const t0 = process.hrtime.bigint();
     return {
       run: (fn) => fn(),
       end: (code) => {
-        this.handled.inc({ ...labels, grpc_code: grpcCodeName(code) });
-        this.handling.observe(labels, Number(process.hrtime.bigint() - t0) / 1e9);
+        let handled = series.handled.get(code);
+        if (handled === undefined) series.handled.set(code, (handled = this.handled.bind({ ...series.labels, grpc_code: grpcCodeName(code) })));
+        handled();
+        series.handling(Number(process.hrtime.bigint() - t0) / 1e9);
       },
     };
   }
