@@ -55,6 +55,7 @@ export interface WrapEnv {
 /** The observations of one call, as one. */
 function observe(env: WrapEnv, method: string, call: Pick<grpc.ServerUnaryCall<unknown, unknown>, 'metadata' | 'getPath'>, streaming: boolean): RpcObservation {
   if (env.observers === undefined || env.observers.length === 0) return NO_OBSERVATION;
+  if (env.observers.length === 1) return env.observers[0]!.begin(method, call.metadata, streaming, call.getPath());
   const all = env.observers.map((o) => o.begin(method, call.metadata, streaming, call.getPath()));
   return {
     run: <T>(fn: () => T): T => all.reduceRight<() => T>((inner, o) => () => o.run(inner), fn)(),
