@@ -33,6 +33,8 @@ export interface NativeSys {
   spawnAsync(...args: SpawnArgs): Promise<SpawnedChild>;
   mount(source: string, target: string, fstype: string, flags: number, data: string): Promise<void>;
   umount(target: string, flags: number): Promise<void>;
+  /** `rm -rf` of an absolute path as one job on the pool: never through a symlink, never into another filesystem (EXDEV). */
+  removeTree(path: string): Promise<void>;
   /** New net, IPC and UTS namespaces (those with a pin path), each bind-mounted on its pin; the hostname set in the new UTS one. */
   pinNamespaces(net: string | null, ipc: string | null, uts: string | null, hostname: string | null): Promise<void>;
   pinUserns(

@@ -5,7 +5,7 @@
  * (ExitMonitor.retire), which frees the runtime record and the rootfs mount at its exit.
  * The lifecycle (container-service.ts) finds the container, holds its lock and hands on.
  */
-import { rm } from 'node:fs/promises';
+import { removeTree } from '../common/remove-tree.js';
 import { settleAll } from '../common/settle-all.js';
 import type { Logger } from '../common/logger.js';
 import type { ImageService } from '../images/image-service.js';
@@ -93,15 +93,22 @@ export class ContainerTeardown {
     if (c.state === 'exited') {
       // Its processes are gone (or, in a shared PID namespace, left to the runtime's
       // delete to kill): the runtime's delete, a process spawn and the longest step, runs
-      // beside the unmounts, the writable layer's removal and the shim's files.
-      await settleAll([retired ? undefined : rt.delete(c.id, true), layer(), this.o.shim.removeFiles({ id: c.id, bundle })]);
+      // beside the unmounts, the writable layer's removal and the shim's files. A retired
+      // container's bundle holds no mount and no runtime uses it: it goes right after the
+      // shim's files in it, beside the writable layer.
+      const files = async (): Promise<void> => {
+        await this.o.shim.removeFiles({ id: c.id, bundle });
+        if (retired) await removeTree(bundle);
+      };
+      await settleAll([retired ? undefined : rt.delete(c.id, true), layer(), files()]);
     } else {
       // Maybe still live (lost shim, an interrupted create): killed and deleted first.
       await rt.delete(c.id, true);
       await layer();
       await this.o.shim.removeFiles({ id: c.id, bundle });
     }
-    await rm(bundle, { recursive: true, force: true });
+    // After the rootfs unmount (never into a mount: removeTree stops at one).
+    if (!retired) await removeTree(bundle);
     this.o.repo.delete(c.id);
     this.o.exits.forget(c.id);
     if (announced) this.o.events.publish('deleted', c);

@@ -7,6 +7,7 @@ import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BerthError, errnoOf } from '../../common/errors.js';
 import { MAX_MOUNT_DATA } from '../../common/mount.js';
+import { removeTree } from '../../common/remove-tree.js';
 import { settleAll } from '../../common/settle-all.js';
 import type { Logger } from '../../common/logger.js';
 import type { SnapshotRepository, SnapshotRow } from './snapshot-repository.js';
@@ -246,7 +247,7 @@ export class OverlaySnapshotter implements Snapshotter {
     const row = this.repo.get(key);
     if (!row || row.kind !== 'active') return;
     this.repo.delete(row.id);
-    await rm(join(this.dir, String(row.id)), { recursive: true, force: true });
+    await removeTree(join(this.dir, String(row.id)));
   }
 
   /** Stops the unpack workers (on shutdown). */

@@ -5,13 +5,15 @@
  */
 import assert from 'node:assert/strict';
 import { readlinkSync } from 'node:fs';
-import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, stat, statfs, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, stat, statfs, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { cloneMount, MNT, MS, mount, umount } from '../../../src/common/mount.js';
+import { native } from '../../../src/common/native.js';
 import { execProcess } from '../../../src/common/process.js';
+import { removeTree } from '../../../src/common/remove-tree.js';
 import { connectInNetns } from '../../../src/common/sys.js';
 import { pinUserns } from '../../../src/common/userns.js';
 import { until } from '../../helpers/berthd.js';
@@ -63,6 +65,57 @@ describe('common/sys: the native addon', () => {
       });
       await assert.rejects(umount(dir), { code: 'EINVAL', syscall: 'umount2' });
       assert.ok(!(await isMountPoint(dir)));
+    });
+  });
+
+  describe('removeTree', () => {
+    it('removes a tree of files, dirs, symlinks, a FIFO and unreadable dirs, never through a symlink; a missing path is fine', async () => {
+      const outside = await mkdtemp(join(tmpdir(), 'berth-sys-outside-'));
+      try {
+        await writeFile(join(outside, 'keep'), 'x');
+        const t = join(dir, 'tree');
+        await mkdir(join(t, 'a', 'b', 'c'), { recursive: true });
+        await mkdir(join(t, 'work', 'work'), { recursive: true });
+        await chmod(join(t, 'work', 'work'), 0o000);
+        for (let i = 0; i < 40; i++) await writeFile(join(t, 'a', `f${i}`), 'x');
+        await writeFile(join(t, 'a', 'b', 'c', 'deep'), 'x');
+        await symlink(outside, join(t, 'a', 'link-to-dir'));
+        await symlink(join(outside, 'keep'), join(t, 'link-to-file'));
+        execFileSync('mkfifo', [join(t, 'fifo')]);
+        await removeTree(t);
+        await assert.rejects(stat(t), { code: 'ENOENT' });
+        // What the symlinks pointed at is untouched.
+        assert.deepEqual(await readdir(outside), ['keep']);
+        await removeTree(t);
+        await removeTree(join(dir, 'no', 'such', 'path'));
+        // A lone file or symlink goes as such.
+        await writeFile(join(dir, 'file'), 'x');
+        await symlink(outside, join(dir, 'link'));
+        await removeTree(join(dir, 'file'));
+        await removeTree(join(dir, 'link'));
+        assert.deepEqual(await readdir(dir), []);
+        assert.deepEqual(await readdir(outside), ['keep']);
+      } finally {
+        await rm(outside, { recursive: true, force: true });
+      }
+    });
+
+    it('the addon never enters another filesystem (EXDEV), leaving the mount and what is in it', async function () {
+      if (process.getuid?.() !== 0) this.skip();
+      const t = join(dir, 'tree');
+      await mkdir(join(t, 'm'), { recursive: true });
+      await writeFile(join(t, 'before'), 'x');
+      await mount('tmpfs', join(t, 'm'), 'tmpfs', MS.NOSUID | MS.NODEV, 'size=1m');
+      try {
+        await writeFile(join(t, 'm', 'inside'), 'x');
+        await assert.rejects(native().removeTree(t), { code: 'EXDEV', syscall: 'removeTree' });
+        assert.deepEqual(await readdir(join(t, 'm')), ['inside']);
+        assert.throws(() => native().removeTree('relative/path'), /must be absolute/);
+      } finally {
+        await umount(join(t, 'm'), MNT.DETACH);
+      }
+      await removeTree(t);
+      await assert.rejects(stat(t), { code: 'ENOENT' });
     });
   });
 
