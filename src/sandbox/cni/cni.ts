@@ -23,7 +23,7 @@ import { statfs } from 'node:fs/promises';
 import { BerthError, isKind, messageOf, type ErrorKind } from '../../common/errors.js';
 import { traced } from '../../common/trace-points.js';
 import type { CniNetworkList, CniPluginConf } from './conf-dir.js';
-import { findPlugin, runPlugin } from './exec.js';
+import { findPlugin, startPlugin, type StartedPlugin } from './exec.js';
 import { cniEnv, pluginStdin, pluginTypeProblem, runtimeConfProblem, supportsCheck, type CniCommand, type CniRuntimeConf } from './protocol.js';
 import { parseResult, podIps, type CniResult } from './result.js';
 
@@ -63,13 +63,20 @@ export class CniNetwork {
   async add(rt: CniRuntimeConf, signal?: AbortSignal): Promise<CniResult> {
     this.validate(rt);
     let prev: CniResult | undefined;
-    for (const plugin of this.list.plugins) {
+    const plugins = this.list.plugins;
+    let next = plugins.length > 0 ? this.start('ADD', plugins[0]!, rt, signal) : undefined;
+    for (const [i, plugin] of plugins.entries()) {
+      const started = next!;
+      // The next plugin starts while this one works; it gets its input (this one's result) after.
+      next = i + 1 < plugins.length ? this.start('ADD', plugins[i + 1]!, rt, signal) : undefined;
       try {
-        const stdout = await this.invoke('ADD', plugin, rt, prev, signal);
+        const stdout = await this.invoke('ADD', plugin, rt, prev, started);
         const parsed = parseResult(stdout, this.list.cniVersion);
         if (typeof parsed === 'string') throw new BerthError('Unavailable', parsed);
         prev = parsed;
       } catch (err) {
+        // The next plugin never gets its turn: killed (and reaped) before the rollback.
+        await cancelStarted(next);
         const rollback = await this.delChain(rt, undefined, undefined).then(
           () => '',
           (e: unknown) => ` (rolling the chain back with DEL failed too: ${messageOf(e)})`,
@@ -90,7 +97,7 @@ export class CniNetwork {
     this.validate(rt);
     for (const plugin of this.list.plugins) {
       try {
-        await this.invoke('CHECK', plugin, rt, prevResult, signal);
+        await this.invoke('CHECK', plugin, rt, prevResult, this.start('CHECK', plugin, rt, signal));
       } catch (err) {
         throw this.wrap(err, plugin, 'CHECK');
       }
@@ -113,9 +120,14 @@ export class CniNetwork {
     const delRt = { ...rt, netns };
     const prev = supportsCheck(this.list.cniVersion) ? prevResult : undefined;
     const failures: BerthError[] = [];
-    for (const plugin of [...this.list.plugins].reverse()) {
+    const plugins = [...this.list.plugins].reverse();
+    let next = plugins.length > 0 ? this.start('DEL', plugins[0]!, delRt, signal) : undefined;
+    for (const [i, plugin] of plugins.entries()) {
+      const started = next!;
+      // Every plugin gets its DEL: the next one starts while this one works, and acts after it.
+      next = i + 1 < plugins.length ? this.start('DEL', plugins[i + 1]!, delRt, signal) : undefined;
       try {
-        await this.invoke('DEL', plugin, delRt, prev, signal);
+        await this.invoke('DEL', plugin, delRt, prev, started);
       } catch (err) {
         failures.push(this.wrap(err, plugin, 'DEL'));
       }
@@ -133,21 +145,35 @@ export class CniNetwork {
     );
   }
 
+  /**
+   * Starts `plugin` for `command` (exec.ts startPlugin): it waits for its input, which
+   * {@link invoke} gives it at its turn. Settles with the started plugin or the error its
+   * turn will throw; never rejects.
+   */
+  private start(command: CniCommand, plugin: CniPluginConf, rt: CniRuntimeConf, signal: AbortSignal | undefined): Promise<StartedPlugin | { error: unknown }> {
+    return (async () => {
+      const problem = pluginTypeProblem(plugin.type);
+      if (problem) throw new BerthError('InvalidArgument', problem);
+      const file = await findPlugin(plugin.type, this.binDirs);
+      return startPlugin({ file, env: cniEnv(command, rt, this.binDirs), timeoutMs: this.timeoutMs, ...(signal ? { signal } : {}) });
+    })().catch((error: unknown) => ({ error }));
+  }
+
+  /** Runs a plugin {@link start} started: gives it its stdin and returns its stdout. */
   private async invoke(
     command: CniCommand,
     plugin: CniPluginConf,
     rt: CniRuntimeConf,
     prev: CniResult | undefined,
-    signal: AbortSignal | undefined,
+    starting: Promise<StartedPlugin | { error: unknown }>,
   ): Promise<string> {
-    const problem = pluginTypeProblem(plugin.type);
-    if (problem) throw new BerthError('InvalidArgument', problem);
-    const file = await findPlugin(plugin.type, this.binDirs);
     const stdin = JSON.stringify(pluginStdin(this.list, plugin, prev, rt.capabilityArgs));
     const podId = rt.containerId === LOOPBACK_ID ? undefined : rt.containerId;
-    return traced('berth:cni', { plugin: plugin.type, command, ...(podId !== undefined ? { podId } : {}) }, () =>
-      runPlugin({ file, env: cniEnv(command, rt, this.binDirs), stdin, timeoutMs: this.timeoutMs, ...(signal ? { signal } : {}) }),
-    );
+    return traced('berth:cni', { plugin: plugin.type, command, ...(podId !== undefined ? { podId } : {}) }, async () => {
+      const started = await starting;
+      if ('error' in started) throw started.error;
+      return started.run(stdin);
+    });
   }
 
   private validate(rt: CniRuntimeConf): void {
@@ -159,6 +185,12 @@ export class CniNetwork {
     const kind: ErrorKind = isKind(err) && ['DeadlineExceeded', 'Cancelled', 'InvalidArgument'].includes(err.kind) ? err.kind : 'Unavailable';
     return new BerthError(kind, `CNI network "${this.name}": plugin "${plugin.type}" failed to ${command}: ${messageOf(err)}${suffix}`, { cause: err });
   }
+}
+
+/** Kills and reaps a plugin started for a turn it will not get. */
+async function cancelStarted(starting: Promise<StartedPlugin | { error: unknown }> | undefined): Promise<void> {
+  const started = await starting;
+  if (started && !('error' in started)) await started.cancel();
 }
 
 /** True when `path` is a namespace file (a bind-mounted pin or /proc/<pid>/ns/net). */

@@ -47,12 +47,35 @@ export async function findPlugin(type: string, binDirs: string[]): Promise<strin
   throw new BerthError('Unavailable', `no executable "${type}" in the CNI plugin dirs ${binDirs.join(', ') || '(none configured)'}`);
 }
 
+/** A plugin process started before its turn: it waits for its input on stdin. */
+export interface StartedPlugin {
+  /**
+   * Hands the plugin its stdin and returns its stdout. Throws BerthError: Unavailable for
+   * a non-zero exit (message from the CNI error object, or stderr), DeadlineExceeded on
+   * timeout (counted from here), Cancelled on abort, ResourceExhausted when it prints
+   * more than the cap. Called once.
+   */
+  run(stdin: string): Promise<string>;
+  /** Kills a plugin that will not get its turn (its process group) and waits until it is reaped. */
+  cancel(): Promise<void>;
+}
+
 /**
- * Runs the plugin and returns its stdout. Throws BerthError: Unavailable for a non-zero
- * exit (message from the CNI error object, or stderr), DeadlineExceeded on timeout,
- * Cancelled on abort, ResourceExhausted when it prints more than the cap.
+ * Runs the plugin and returns its stdout; see {@link StartedPlugin.run}.
  */
 export async function runPlugin(run: PluginRun): Promise<string> {
+  return (await startPlugin(run)).run(run.stdin);
+}
+
+/**
+ * Starts the plugin with its environment and holds back its stdin. A plugin reads all of
+ * stdin (its network configuration: the CNI protocol gives it nothing else to act on)
+ * before it does anything, so a chain can start its next plugin while the current one
+ * works: the process start-up (a Go binary: exec, dynamic loading, runtime threads, some
+ * ms each) overlaps the work of the plugin before it, and the plugins still act one after
+ * the other, in the chain's order, each on the previous one's result.
+ */
+export async function startPlugin(run: Omit<PluginRun, 'stdin'>): Promise<StartedPlugin> {
   const max = run.maxOutputBytes ?? DEFAULT_MAX_OUTPUT;
   if (run.signal?.aborted) throw new BerthError('Cancelled', 'cancelled before the plugin started');
 
@@ -68,64 +91,85 @@ export async function runPlugin(run: PluginRun): Promise<string> {
     throw new BerthError('Unavailable', `could not run ${run.file}: ${messageOf(e)}`);
   }
 
-  return new Promise((resolve, reject) => {
-    let failure: BerthError | undefined;
-    let ended: ExitStatus | undefined;
-    let settled = false;
-    const timers: NodeJS.Timeout[] = [];
-    const out = new BoundedOutput(child.stdout, max, () =>
-      fail(new BerthError('ResourceExhausted', `printed more than ${max} bytes on stdout; the plugin was killed`)),
-    );
-    // stderr is only quoted in errors: keep the start, drop the rest rather than kill.
-    const err = new BoundedOutput(child.stderr, max);
-
-    const killGroup = (): void => {
-      try {
-        // The group outlives its leader while members remain, so this is safe after exit too.
-        process.kill(-child.pid, 'SIGKILL');
-      } catch {
-        // ESRCH: nothing left.
-      }
-    };
-    const finish = (): void => {
-      if (settled) return;
-      settled = true;
-      for (const t of timers) clearTimeout(t);
-      run.signal?.removeEventListener('abort', onAbort);
-      child.closeStdio();
-      if (failure) return reject(failure);
-      if (ended && (ended.code !== 0 || ended.signal !== null)) {
-        return reject(new BerthError('Unavailable', failureMessage(out.text(), err.text(), ended)));
-      }
-      resolve(out.text());
-    };
-    const fail = (e: BerthError): void => {
-      if (settled || failure) return;
-      failure = e;
-      killGroup();
-      // Wait for the pipes to close (everything in the group died), but not forever.
-      timers.push(setTimeout(finish, KILL_GRACE_MS));
-    };
-    const onAbort = (): void => fail(new BerthError('Cancelled', 'cancelled; the plugin was killed'));
-
-    run.signal?.addEventListener('abort', onAbort, { once: true });
-    // Aborted while the plugin was being started: killed at once.
-    if (run.signal?.aborted) onAbort();
-    timers.push(setTimeout(() => fail(new BerthError('DeadlineExceeded', `timed out after ${run.timeoutMs} ms; the plugin was killed`)), run.timeoutMs));
-
-    // A plugin may exit without reading all of stdin (EPIPE); its exit status tells.
-    child.stdin?.end(run.stdin);
-
-    void child.exited.then((status) => {
-      ended = status;
-      // Something the plugin started may still hold stdout open: give it a moment, then kill it.
-      timers.push(
-        setTimeout(() => {
-          killGroup();
-          finish();
-        }, EXIT_GRACE_MS),
-      );
-    });
-    void Promise.all([child.exited, out.closed, err.closed]).then(finish);
+  let failure: BerthError | undefined;
+  let ended: ExitStatus | undefined;
+  let settled = false;
+  let resolveDone: (out: string) => void = () => undefined;
+  let rejectDone: (e: BerthError) => void = () => undefined;
+  const done = new Promise<string>((resolve, reject) => {
+    resolveDone = resolve;
+    rejectDone = reject;
   });
+  done.catch(() => undefined);
+  const timers: NodeJS.Timeout[] = [];
+  const out = new BoundedOutput(child.stdout, max, () =>
+    fail(new BerthError('ResourceExhausted', `printed more than ${max} bytes on stdout; the plugin was killed`)),
+  );
+  // stderr is only quoted in errors: keep the start, drop the rest rather than kill.
+  const err = new BoundedOutput(child.stderr, max);
+
+  const killGroup = (): void => {
+    try {
+      // The group outlives its leader while members remain, so this is safe after exit too.
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // ESRCH: nothing left.
+    }
+  };
+  const finish = (): void => {
+    if (settled) return;
+    settled = true;
+    for (const t of timers) clearTimeout(t);
+    run.signal?.removeEventListener('abort', onAbort);
+    child.closeStdio();
+    if (failure) return rejectDone(failure);
+    if (ended && (ended.code !== 0 || ended.signal !== null)) {
+      return rejectDone(new BerthError('Unavailable', failureMessage(out.text(), err.text(), ended)));
+    }
+    resolveDone(out.text());
+  };
+  const fail = (e: BerthError): void => {
+    if (settled || failure) return;
+    failure = e;
+    killGroup();
+    // Wait for the pipes to close (everything in the group died), but not forever.
+    timers.push(setTimeout(finish, KILL_GRACE_MS));
+  };
+  const onAbort = (): void => fail(new BerthError('Cancelled', 'cancelled; the plugin was killed'));
+
+  run.signal?.addEventListener('abort', onAbort, { once: true });
+  // Aborted while the plugin was being started: killed at once.
+  if (run.signal?.aborted) onAbort();
+
+  void child.exited.then((status) => {
+    ended = status;
+    // Something the plugin started may still hold stdout open: give it a moment, then kill it.
+    timers.push(
+      setTimeout(() => {
+        killGroup();
+        finish();
+      }, EXIT_GRACE_MS),
+    );
+  });
+  void Promise.all([child.exited, out.closed, err.closed]).then(finish);
+
+  let given = false;
+  return {
+    run: (stdin: string): Promise<string> => {
+      if (given) throw new Error('a started CNI plugin is run once');
+      given = true;
+      if (!settled && !failure) {
+        timers.push(setTimeout(() => fail(new BerthError('DeadlineExceeded', `timed out after ${run.timeoutMs} ms; the plugin was killed`)), run.timeoutMs));
+        // A plugin may exit without reading all of stdin (EPIPE); its exit status tells.
+        child.stdin?.end(stdin);
+      }
+      return done;
+    },
+    cancel: async (): Promise<void> => {
+      given = true;
+      fail(new BerthError('Cancelled', 'not run: the chain stopped before its turn'));
+      await done.catch(() => undefined);
+      await child.exited;
+    },
+  };
 }

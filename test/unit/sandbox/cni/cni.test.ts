@@ -54,16 +54,21 @@ describe('CniNetwork with recording fake plugins', () => {
   const resultA = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0', sandbox: '/proc/self/ns/net' }], ips: [{ address: '10.5.0.2/24', interface: 0 }] };
   const resultB = { ...resultA, dns: { nameservers: ['10.5.0.1'] } };
 
-  /** A plugin that records its env and stdin and answers ADD with `result` (or fails with `error`). */
+  /**
+   * A plugin that records its env and stdin and answers ADD with `result` (or fails with
+   * `error`). As real plugins do (skel reads the whole configuration first), it acts only
+   * once it has read its input: a chain starts its next plugin early and hands it its
+   * input at its turn.
+   */
   function fakePlugin(name: string, opts: { result?: unknown; error?: unknown; body?: string } = {}): void {
     const answer = opts.error
       ? `printf '%s' '${JSON.stringify(opts.error)}'; exit 1`
       : `[ "$CNI_COMMAND" = ADD ] && printf '%s' '${JSON.stringify(opts.result ?? resultA)}'; exit 0`;
     const script = [
       '#!/bin/sh',
+      `cat > ${logDir}/${name}-$CNI_COMMAND.json`,
       `echo "${name} $CNI_COMMAND" >> ${logDir}/calls`,
       `env | grep '^CNI_' | sort > ${logDir}/${name}-$CNI_COMMAND.env`,
-      `cat > ${logDir}/${name}-$CNI_COMMAND.json`,
       opts.body ?? answer,
       '',
     ].join('\n');
@@ -176,6 +181,56 @@ describe('CniNetwork with recording fake plugins', () => {
     const net = new CniNetwork(list('fakenet', [{ type: 'fa' }, { type: 'fbad' }]), [bin]);
     await rejectsWith(net.del(rt, resultA), /^CNI network "fakenet": plugin "fbad" failed to DEL: stuck$/);
     assert.deepEqual(calls(), ['fbad DEL', 'fa DEL']);
+  });
+
+  it('starts the next plugin early, but it acts only once the one before it has exited, on its result', async () => {
+    // Each plugin notes when it started (before reading its input), when it had its input, and when it exits.
+    const timed = (name: string, result: unknown): void => {
+      const script = [
+        '#!/bin/sh',
+        `date +%s%N > ${dir}/${name}-$CNI_COMMAND.started`,
+        `cat > ${logDir}/${name}-$CNI_COMMAND.json`,
+        `date +%s%N > ${dir}/${name}-$CNI_COMMAND.input`,
+        `echo "${name} $CNI_COMMAND" >> ${logDir}/calls`,
+        'sleep 0.3',
+        `date +%s%N > ${dir}/${name}-$CNI_COMMAND.exit`,
+        `[ "$CNI_COMMAND" = ADD ] && printf '%s' '${JSON.stringify(result)}'; exit 0`,
+        '',
+      ].join('\n');
+      writeFileSync(join(bin, name), script);
+      chmodSync(join(bin, name), 0o755);
+    };
+    timed('first', resultA);
+    timed('second', resultB);
+    const net = new CniNetwork(list('fakenet', [{ type: 'first' }, { type: 'second' }]), [bin]);
+    const at = (f: string): bigint => BigInt(readFileSync(join(dir, f), 'utf8').trim());
+    assert.deepEqual(await net.add(rt), resultB);
+    assert.deepEqual(calls(), ['first ADD', 'second ADD']);
+    assert.ok(at('second-ADD.started') < at('first-ADD.exit'), 'second was started while first worked');
+    assert.ok(at('second-ADD.input') > at('first-ADD.exit'), 'second got its input after first exited');
+    assert.deepEqual(stdinOf('second', 'ADD').prevResult, resultA);
+    await net.del(rt, resultB);
+    assert.deepEqual(calls().slice(2), ['second DEL', 'first DEL']);
+    assert.ok(at('first-DEL.started') < at('second-DEL.exit'), 'DEL: first was started while second worked');
+    assert.ok(at('first-DEL.input') > at('second-DEL.exit'), 'DEL: first got its input after second exited');
+  });
+
+  it('a failed ADD kills and reaps the plugin started for the next turn before rolling back', async () => {
+    // `late` records its pid as soon as it runs (before its input): it is started, never run.
+    writeFileSync(
+      join(bin, 'late'),
+      `#!/bin/sh\necho $$ >> ${dir}/late.pid\ncat > ${logDir}/late-$CNI_COMMAND.json\necho "late $CNI_COMMAND" >> ${logDir}/calls\nexit 0\n`,
+    );
+    chmodSync(join(bin, 'late'), 0o755);
+    fakePlugin('fbad', { error: { cniVersion: '1.0.0', code: 11, msg: 'no luck' } });
+    const net = new CniNetwork(list('fakenet', [{ type: 'fbad' }, { type: 'late' }]), [bin]);
+    await rejectsWith(net.add(rt), /plugin "fbad" failed to ADD: no luck/);
+    // late never got an ADD; the rollback ran DEL through the chain in reverse.
+    assert.deepEqual(calls(), ['fbad ADD', 'late DEL', 'fbad DEL']);
+    // Started twice (for the ADD it never got, and for the rollback's DEL): both gone.
+    const pids = readFileSync(join(dir, 'late.pid'), 'utf8').trim().split('\n').map(Number);
+    assert.equal(pids.length, 2);
+    for (const pid of pids) assert.ok(!alive(pid), `pid ${pid} still alive`);
   });
 
   it('names the dirs searched for a missing plugin, and quotes stderr of a crash', async () => {
