@@ -31,7 +31,9 @@
  *   sending side (conmon then closes the container's stdin when stdin_once); its close,
  *   or conmon's, ends the bridge.
  * - pinNamespaces: new network, IPC and UTS namespaces, each pinned by bind-mounting its
- *   nsfs file on a file, with a hostname set: as pinUserns below, without the user namespace.
+ *   nsfs file on a file, with a hostname set and, when asked, `lo` brought up (what the CNI
+ *   loopback plugin does, one process less per pod): as pinUserns below, without the user
+ *   namespace.
  * - pinUserns: a new user namespace with the given uid and gid maps, pinned by bind-mounting
  *   its nsfs file on a file (pods with hostUsers: false), and optionally new network, IPC
  *   and UTS namespaces owned by it (so root of the pod has capabilities over them), each
@@ -89,6 +91,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
+#include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -991,6 +994,7 @@ struct userns_work {
   char *pin, *uid_map, *gid_map;       /* pinUserns */
   char *ns_pins[3];                    /* pinUserns: net, ipc, uts pins owned by the new namespace, or NULL */
   char *hostname;                      /* pinUserns: set in the new UTS namespace, or NULL */
+  bool loopback_up;                    /* pinNamespaces: bring `lo` of the new network namespace up */
   char *source, *target, *userns_path; /* cloneMount */
   bool recursive, readonly, clone_mount;
   int err;
@@ -998,17 +1002,38 @@ struct userns_work {
 };
 
 /* The helper: sets the hostname (it holds CAP_SYS_ADMIN over the UTS namespace its own
- * user namespace owns), reports the result on the pipe, then waits to be killed. */
+ * user namespace owns), brings `lo` of its new network namespace up when asked, reports
+ * the result on the pipe (errno, and 1 when `lo` failed), then waits to be killed. */
 struct userns_child_arg {
   const char *hostname;
+  bool loopback_up;
   int report;
 };
 
+/* Sets IFF_UP on `lo` of the calling thread's network namespace (the kernel then gives it
+ * 127.0.0.1/8 and ::1): what the CNI loopback plugin does, without a process. */
+static int loopback_up(void) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return errno;
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  int err = 0;
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0) err = errno;
+  else if (!(ifr.ifr_flags & IFF_UP)) {
+    ifr.ifr_flags |= IFF_UP;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) err = errno;
+  }
+  close(s);
+  return err;
+}
+
 static int userns_child(void *arg) {
   struct userns_child_arg *a = arg;
-  int err = 0;
-  if (a->hostname && sethostname(a->hostname, strlen(a->hostname)) != 0) err = errno;
-  if (write(a->report, &err, sizeof err) != sizeof err) _exit(1);
+  int report[2] = {0, 0};
+  if (a->hostname && sethostname(a->hostname, strlen(a->hostname)) != 0) report[0] = errno;
+  if (!report[0] && a->loopback_up && (report[0] = loopback_up()) != 0) report[1] = 1;
+  if (write(a->report, report, sizeof report) != sizeof report) _exit(1);
   for (;;) pause();
   return 0;
 }
@@ -1056,7 +1081,7 @@ static void pin_userns(struct userns_work *w) {
   if (w->uid_map) flags |= CLONE_NEWUSER;
   for (int i = 0; i < 3; i++)
     if (w->ns_pins[i]) flags |= ns_pin_flags[i];
-  struct userns_child_arg arg = {.hostname = w->hostname, .report = report[1]};
+  struct userns_child_arg arg = {.hostname = w->hostname, .loopback_up = w->loopback_up, .report = report[1]};
   pid_t pid = clone(userns_child, stack + stack_size, flags, &arg);
   close(report[1]);
   if (pid < 0) {
@@ -1066,17 +1091,17 @@ static void pin_userns(struct userns_work *w) {
     free(stack);
     return;
   }
-  int child_err = 0;
+  int child_report[2] = {0, 0};
   ssize_t n;
-  do n = read(report[0], &child_err, sizeof child_err);
+  do n = read(report[0], child_report, sizeof child_report);
   while (n < 0 && errno == EINTR);
   close(report[0]);
-  if (n != sizeof child_err) {
+  if (n != sizeof child_report) {
     w->err = EIO;
     w->syscall = "clone";
-  } else if (child_err) {
-    w->err = child_err;
-    w->syscall = "sethostname";
+  } else if (child_report[0]) {
+    w->err = child_report[0];
+    w->syscall = child_report[1] ? "ioctl SIOCSIFFLAGS lo" : "sethostname";
   }
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
@@ -1207,13 +1232,22 @@ static napi_value js_pin_userns(napi_env env, napi_callback_info info) {
  * file, the hostname set in the new UTS namespace. One clone (CLONE_VM) on the pool, where
  * `unshare` cost two execs (unshare, then hostname) and a fork. */
 static napi_value js_pin_namespaces(napi_env env, napi_callback_info info) {
-  napi_value args[4];
-  if (!get_args(env, info, 4, args, "berth_sys.pinNamespaces(netPin, ipcPin, utsPin, hostname)")) return NULL;
+  napi_value args[5];
+  if (!get_args(env, info, 5, args, "berth_sys.pinNamespaces(netPin, ipcPin, utsPin, hostname, loopbackUp)")) return NULL;
   struct userns_work *w = calloc(1, sizeof *w);
   if (!w) return throw_errno(env, ENOMEM, "pinNamespaces", NULL);
   bool ok = true;
   for (int i = 0; i < 3 && ok; i++) w->ns_pins[i] = get_optional_string(env, args[i], ns_pin_names[i], &ok);
   if (ok) w->hostname = get_optional_string(env, args[3], "hostname", &ok);
+  if (ok && napi_get_value_bool(env, args[4], &w->loopback_up) != napi_ok) {
+    napi_throw_type_error(env, NULL, "berth_sys.pinNamespaces: loopbackUp must be a boolean");
+    ok = false;
+  }
+  if (ok && w->loopback_up && !w->ns_pins[0]) {
+    /* Without a new network namespace, this would be the node's lo. */
+    napi_throw_type_error(env, NULL, "berth_sys.pinNamespaces: loopbackUp needs a new network namespace");
+    ok = false;
+  }
   if (ok && !w->ns_pins[0] && !w->ns_pins[1] && !w->ns_pins[2]) {
     napi_throw_type_error(env, NULL, "berth_sys.pinNamespaces: no namespace to pin");
     ok = false;

@@ -36,7 +36,8 @@ export interface NativeSys {
   /** `rm -rf` of an absolute path as one job on the pool: never through a symlink, never into another filesystem (EXDEV). */
   removeTree(path: string): Promise<void>;
   /** New net, IPC and UTS namespaces (those with a pin path), each bind-mounted on its pin; the hostname set in the new UTS one. */
-  pinNamespaces(net: string | null, ipc: string | null, uts: string | null, hostname: string | null): Promise<void>;
+  /** …and, with `loopbackUp`, `lo` of the new network namespace up (what the CNI loopback plugin does). */
+  pinNamespaces(net: string | null, ipc: string | null, uts: string | null, hostname: string | null, loopbackUp: boolean): Promise<void>;
   pinUserns(
     pinPath: string,
     uidMap: string,

@@ -126,20 +126,24 @@ async function unlinkIfPresent(path: string): Promise<void> {
  * Creates new namespaces of the given kinds and pins each by bind mount at
  * `<dir>/<kind>` (dir created with mode 0700). Sets the hostname inside the new UTS
  * namespace when given (the caller validates it; the kernel refuses one over 64 bytes,
- * and everything is then undone). No process spawn (the addon's pinNamespaces). On any failure,
+ * and everything is then undone). With `loopback`, `lo` of the new network namespace is
+ * brought up too, as the CNI loopback plugin would (a process of some ms per pod, spared).
+ * No process spawn (the addon's pinNamespaces). On any failure,
  * undoes what it made: unmounts the pins, removes the files, and the dir if it made it.
  * A pin that already exists and is mounted is never stacked on: AlreadyExists.
  */
 export async function createPinnedNamespaces(
   dir: string,
   kinds: PodNamespace[],
-  opts: { hostname?: string; signal?: AbortSignal } = {},
+  opts: { hostname?: string; loopback?: boolean; signal?: AbortSignal } = {},
 ): Promise<PinnedNamespaces> {
   const wanted = POD_NAMESPACES.filter((k) => kinds.includes(k));
   const unknown = kinds.filter((k) => !POD_NAMESPACES.includes(k));
   if (unknown.length > 0) throw invalidArgument(`pod namespaces: unknown kind(s) ${unknown.join(', ')} (known: ${POD_NAMESPACES.join(', ')})`);
   if (wanted.length === 0) throw invalidArgument('pod namespaces: no namespace kind to create');
   const { hostname, signal } = opts;
+  const loopback = opts.loopback === true;
+  if (loopback && !wanted.includes('net')) throw invalidArgument('pod namespaces: bringing lo up needs a new network namespace');
   if (hostname !== undefined && !wanted.includes('uts')) {
     // Without a new UTS namespace, `hostname` would rename the node.
     throw invalidArgument(`pod namespaces: a hostname (${hostname}) needs a new UTS namespace`);
@@ -186,7 +190,7 @@ export async function createPinnedNamespaces(
     }
 
     try {
-      await native().pinNamespaces(pins.net ?? null, pins.ipc ?? null, pins.uts ?? null, hostname ?? null);
+      await native().pinNamespaces(pins.net ?? null, pins.ipc ?? null, pins.uts ?? null, hostname ?? null, loopback);
     } catch (err) {
       throw new BerthError('Internal', `pod namespaces in ${dir}: pinning ${wanted.join(', ')} failed: ${messageOf(err)}`, { cause: err });
     }

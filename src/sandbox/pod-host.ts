@@ -20,8 +20,12 @@ export interface PodNetwork {
 }
 
 export interface PodHost {
-  /** Pins new namespaces of `kinds` under `dir` (see createPinnedNamespaces). */
-  pinNamespaces(dir: string, kinds: PodNamespace[], opts: { hostname?: string; signal?: AbortSignal }): Promise<PinnedNamespaces>;
+  /**
+   * Pins new namespaces of `kinds` under `dir` (see createPinnedNamespaces); with
+   * `loopback` (a new network namespace), its `lo` is brought up too and
+   * {@link PodHost.loopbackUp} is not needed.
+   */
+  pinNamespaces(dir: string, kinds: PodNamespace[], opts: { hostname?: string; loopback?: boolean; signal?: AbortSignal }): Promise<PinnedNamespaces>;
   /** Unmounts and removes the pins under `dir`; idempotent. */
   removeNamespaces(dir: string): Promise<void>;
   /** Whether `path` is a pinned namespace. */

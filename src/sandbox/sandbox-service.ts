@@ -189,6 +189,9 @@ export class SandboxService {
       const sharedPid = spec.namespaces.pid === 'POD';
       const nsDir = join(this.nsRoot, id);
       let pins: PinnedNamespaces = {};
+      // `lo` of a new network namespace is brought up as it is pinned (no loopback plugin),
+      // except in a pod user namespace, whose pins userns.ts makes.
+      const loopbackAtPin = !hostNet && !spec.userns;
       if (kinds.length > 0 || sharedPid || spec.userns) {
         this.o.repo.update(id, () => ({ nsDir }));
         undo.defer(() => this.host.removeNamespaces(nsDir));
@@ -199,7 +202,7 @@ export class SandboxService {
         if (spec.userns) pins = await traced('berth:pod.namespaces', { podId: id }, () => createPodUserns(nsDir, spec.userns!, kinds, prepared.hostname));
         else if (kinds.length > 0) {
           pins = await traced('berth:pod.namespaces', { podId: id }, () =>
-            this.host.pinNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), signal }),
+            this.host.pinNamespaces(nsDir, kinds, { ...(hostNet ? {} : { hostname: prepared.hostname }), loopback: loopbackAtPin, signal }),
           );
         }
       })();
@@ -247,7 +250,7 @@ export class SandboxService {
         ips = await traced('berth:pod.network', { podId: id }, async () => {
           // `lo` is brought up beside the chain's ADD (each plugin a process of some ms): the
           // two touch different interfaces of the pod's namespace.
-          const loUp = this.host.loopbackUp(pins.net!, this.o.config.cni.bin_dirs, signal);
+          const loUp = loopbackAtPin ? Promise.resolve() : this.host.loopbackUp(pins.net!, this.o.config.cni.bin_dirs, signal);
           loUp.catch(() => undefined);
           const rt = cniRuntime({ id, metadata: spec.metadata }, pins.net!, spec.portMappings);
           // Intent first: the chain ADD runs is recorded, so DEL (now or after a crash)

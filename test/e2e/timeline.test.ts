@@ -97,7 +97,7 @@ describe('pod startup timeline', function () {
       'network',
       'infra process',
       'pid namespace',
-      'cni loopback ADD',
+      // (lo is brought up as the network namespace is pinned: no loopback plugin step)
       'cni bridge ADD',
       'pod files',
     ]) {

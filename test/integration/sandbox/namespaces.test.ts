@@ -55,6 +55,21 @@ describe('sandbox: pinned namespaces', function () {
     assert.equal(isPinned(join(base, 'other', 'ipc')), false);
   });
 
+  it('brings lo of the new network namespace up when asked (no loopback plugin), and only then', async () => {
+    const loAddrs = (pin: string): string => execFileSync('nsenter', [`--net=${pin}`, '--', 'ip', '-o', 'addr', 'show', 'dev', 'lo'], { encoding: 'utf8' });
+    const loFlags = (pin: string): string => execFileSync('nsenter', [`--net=${pin}`, '--', 'ip', '-o', 'link', 'show', 'dev', 'lo'], { encoding: 'utf8' });
+    const up = await createPinnedNamespaces(join(base, 'up'), KINDS, { hostname: 'pod-lo', loopback: true });
+    assert.match(loFlags(up.net!), /<LOOPBACK,UP,LOWER_UP>/);
+    assert.match(loAddrs(up.net!), /inet 127\.0\.0\.1\/8/);
+    assert.equal(execFileSync('nsenter', [`--uts=${up.uts}`, 'hostname'], { encoding: 'utf8' }).trim(), 'pod-lo');
+    const down = await createPinnedNamespaces(join(base, 'down'), ['net']);
+    assert.doesNotMatch(loFlags(down.net!), /[<,]UP[,>]/);
+    assert.doesNotMatch(loAddrs(down.net!), /127\.0\.0\.1/);
+    // Without a new network namespace it would be the node's lo: refused before anything is made.
+    await assert.rejects(createPinnedNamespaces(join(base, 'nonet'), ['ipc'], { loopback: true }), /bringing lo up needs a new network namespace/);
+    assert.equal(existsSync(join(base, 'nonet')), false);
+  });
+
   it('takes a few milliseconds', async () => {
     const creates: number[] = [];
     const removes: number[] = [];

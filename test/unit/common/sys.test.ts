@@ -249,10 +249,12 @@ describe('common/sys: the native addon', () => {
       assert.ok(!(await isMountPoint(dir)));
     });
 
-    it('pinNamespaces refuses no namespace at all and a hostname without a UTS namespace, pinning nothing', () => {
-      assert.throws(() => native().pinNamespaces(null, null, null, null), /no namespace to pin/);
-      assert.throws(() => native().pinNamespaces(join(dir, 'net'), null, null, 'pod'), /needs a new UTS namespace/);
-      assert.throws(() => sys().pinNamespaces(42, null, null, null), TypeError);
+    it('pinNamespaces refuses no namespace at all, a hostname without a UTS namespace and lo without a network namespace, pinning nothing', () => {
+      assert.throws(() => native().pinNamespaces(null, null, null, null, false), /no namespace to pin/);
+      assert.throws(() => native().pinNamespaces(join(dir, 'net'), null, null, 'pod', false), /needs a new UTS namespace/);
+      assert.throws(() => native().pinNamespaces(null, join(dir, 'ipc'), null, null, true), /loopbackUp needs a new network namespace/);
+      assert.throws(() => sys().pinNamespaces(join(dir, 'net'), null, null, null, 'yes'), /loopbackUp must be a boolean/);
+      assert.throws(() => sys().pinNamespaces(42, null, null, null, false), TypeError);
     });
 
     it('socketInNetns refuses a family other than 4 or 6, and a path that is not a string', () => {

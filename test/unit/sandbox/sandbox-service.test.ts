@@ -38,7 +38,7 @@ class FakeHost implements PodHost {
   onDel: (() => Promise<void> | void) | undefined;
   sysctlFails: Error | undefined;
 
-  async pinNamespaces(dir: string, kinds: PodNamespace[], opts: { hostname?: string }): Promise<PinnedNamespaces> {
+  async pinNamespaces(dir: string, kinds: PodNamespace[], opts: { hostname?: string; loopback?: boolean }): Promise<PinnedNamespaces> {
     mkdirSync(dir, { recursive: true });
     const out: PinnedNamespaces = {};
     for (const k of kinds) {
@@ -46,7 +46,7 @@ class FakeHost implements PodHost {
       this.pins.add(join(dir, k));
       out[k] = join(dir, k);
     }
-    this.calls.push(`pin ${kinds.join(',')}${opts.hostname ? ` hostname=${opts.hostname}` : ''}`);
+    this.calls.push(`pin ${kinds.join(',')}${opts.hostname ? ` hostname=${opts.hostname}` : ''}${opts.loopback ? ' lo' : ''}`);
     return out;
   }
   async removeNamespaces(dir: string): Promise<void> {
@@ -155,8 +155,8 @@ describe('sandbox: SandboxService with a fake PodHost', () => {
     assert.deepEqual([rec.state, rec.ips], ['ready', ['10.88.0.7']]);
     const ns = join(dir, 'state', 'ns', id);
     assert.deepEqual(host.calls, [
-      'pin net,uts,ipc hostname=web',
-      `lo ${join(ns, 'net')}`,
+      // lo is brought up as the network namespace is pinned: no loopback plugin.
+      'pin net,uts,ipc hostname=web lo',
       `ADD berth ${id} netns=${join(ns, 'net')} ports=[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]`,
     ]);
     const podDir = svc.podDir(id);
