@@ -146,8 +146,9 @@ export function hostsFile(hostname: string, podIps: string[], hostAliases: HostA
  * mode 0644 (containers bind-mount them read by any user), creating `dir` if needed.
  * Returns their paths. Not fsynced: they matter only while the pod's namespaces exist,
  * and a reboot ends those (recovery then marks the pod NOTREADY and kubelet makes a new
- * one); a kill -9 of berthd leaves them whole, as the page cache survives it. The three
- * fsyncs were 4-7 ms of every RunPodSandbox on this kind of machine.
+ * one); a kill -9 of berthd leaves them whole, as the page cache survives it. (On this
+ * kind of VM the step's time is the pool's round trips, not the fsyncs; on slower disks
+ * each fsync was several ms.)
  */
 export async function writePodFiles(
   dir: string,
