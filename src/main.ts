@@ -431,7 +431,16 @@ function ociRuntimes(config: BerthConfig, log: Logger): OciRuntimes {
   // One for all handlers: the kernel lock it warms is global.
   const cgroupWarmup = new CgroupJoinWarmup(log);
   const runtimes = Object.entries(config.runtimes).map(
-    ([handler, rt]) => new OciRuntime({ handler, path: rt.path, root: runtimeStateRoot(config.state, handler), log, sealedCopy: true, cgroupWarmup }),
+    ([handler, rt]) =>
+      new OciRuntime({
+        handler,
+        path: rt.path,
+        root: runtimeStateRoot(config.state, handler),
+        log,
+        sealedCopy: true,
+        cgroupWarmup,
+        fifoStart: rt.fifo_start ?? true,
+      }),
   );
   return new OciRuntimes(runtimes, config.default_runtime);
 }

@@ -91,6 +91,12 @@ export interface RegistryConfig {
 export interface RuntimeHandlerConfig {
   /** The runtime binary (runc or crun compatible). */
   path: string;
+  /**
+   * StartContainer opens a runc container's exec.fifo itself, as `runc start` would,
+   * instead of running `runc start` (runc 1.x only, containers without OCI hooks; `runc
+   * start` otherwise). Default true.
+   */
+  fifo_start?: boolean;
 }
 
 export interface SandboxConfig {
@@ -244,8 +250,8 @@ export function defaultConfig(): BerthConfig {
     },
     default_runtime: 'runc',
     runtimes: {
-      runc: { path: '/usr/sbin/runc' },
-      crun: { path: '/usr/bin/crun' },
+      runc: { path: '/usr/sbin/runc', fifo_start: true },
+      crun: { path: '/usr/bin/crun', fifo_start: true },
     },
   };
 }
@@ -372,6 +378,7 @@ export const SCHEMA: Readonly<Record<string, Check>> = {
   default_runtime: (v) =>
     typeof v === 'string' && /^[a-z0-9][a-z0-9.-]{0,62}$/.test(v) ? undefined : `expected a handler name like "runc", got ${describe(v)}`,
   'runtimes.*.path': absolutePath,
+  'runtimes.*.fifo_start': boolean,
 };
 
 export function describe(v: unknown): string {

@@ -13,6 +13,7 @@ import type { Logger } from '../common/logger.js';
 import { execProcess } from '../common/process.js';
 import { traced } from '../common/trace-points.js';
 import type { CgroupJoinWarmup } from './cgroup-warmup.js';
+import { startThroughExecFifo } from './exec-fifo.js';
 import { runtimeFailure } from './runtime-errors.js';
 import { SealedBinary } from './sealed-binary.js';
 
@@ -33,6 +34,13 @@ export interface OciRuntimeOptions {
   sealedCopy?: boolean;
   /** A head start on the cgroup join of each `exec` (cgroup-warmup.ts), shared by the handlers. berthd sets it; default none. */
   cgroupWarmup?: CgroupJoinWarmup;
+  /**
+   * Start runc containers through their exec.fifo, as `runc start` does, without running
+   * `runc start` (exec-fifo.ts): only when the binary says it is runc 1.x and the
+   * container has no OCI hooks; `runc start` whenever anything is not as expected. berthd
+   * sets it from `runtimes.<handler>.fifo_start`; default off.
+   */
+  fifoStart?: boolean;
 }
 
 /** The runtime's view of a container (`runc state`). */
@@ -67,6 +75,9 @@ export class OciRuntime {
   private readonly log: Logger | undefined;
   private readonly sealed: SealedBinary | undefined;
   private readonly warmup: CgroupJoinWarmup | undefined;
+  private readonly fifoStart: boolean;
+  /** Whether the binary is runc 1.x (`--version`), asked once at the first start. */
+  private isRunc: Promise<boolean> | undefined;
 
   constructor(o: OciRuntimeOptions) {
     this.handler = o.handler;
@@ -76,6 +87,7 @@ export class OciRuntime {
     this.log = o.log;
     this.sealed = o.sealedCopy ? new SealedBinary(o.path, o.log) : undefined;
     this.warmup = o.cgroupWarmup;
+    this.fifoStart = o.fifoStart ?? false;
   }
 
   /** The path the binary is run by: {@link path}, or its sealed copy's. */
@@ -88,9 +100,29 @@ export class OciRuntime {
     this.sealed?.close();
   }
 
-  /** Runs the user's program of a created container. */
+  /**
+   * Runs the user's program of a created container: through its exec.fifo when
+   * {@link OciRuntimeOptions.fifoStart} allows and the container qualifies, else by
+   * `<runtime> start`.
+   */
   async start(id: string): Promise<void> {
+    if (this.fifoStart && /^[A-Za-z0-9][A-Za-z0-9_.+-]*$/.test(id) && (await this.runcOne())) {
+      const r = await traced('berth:runtime', { handler: this.handler, verb: 'start-fifo', containerId: id }, () =>
+        startThroughExecFifo(join(this.root, id), { timeoutMs: this.timeoutMs }),
+      );
+      if (r.started) return;
+      this.log?.debug('runtime start through exec.fifo not taken; running the start command', { container: id, reason: r.reason });
+    }
     await this.run(id, ['start', id]);
+  }
+
+  /** Whether the binary is runc 1.x, by its `--version` (asked once; a failure counts as no). */
+  private runcOne(): Promise<boolean> {
+    this.isRunc ??= execProcess(this.execPath(), ['--version'], { timeoutMs: this.timeoutMs }).then(
+      (r) => r.code === 0 && /^runc version 1\.\d+/.test(r.stdout),
+      () => false,
+    );
+    return this.isRunc;
   }
 
   /**

@@ -2,12 +2,17 @@
  * OciRuntime's commands against the real runc of this machine (root only).
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { processStartTicks } from '../../../src/common/proc-stat.js';
+import { tracePoint } from '../../../src/common/trace-points.js';
 import { OciRuntime } from '../../../src/oci/oci-runtime.js';
 import { OciRuntimeError } from '../../../src/oci/runtime-errors.js';
+import { until } from '../../helpers/berthd.js';
 
 const RUNC = '/usr/sbin/runc';
 
@@ -41,3 +46,145 @@ const RUNC = '/usr/sbin/runc';
     await assert.rejects(missing.state('c1'), { kind: 'Internal', message: /\/nonexistent\/runc state c1: .*(ENOENT|No such file)/ });
   });
 });
+
+/** The parts of `runc spec`'s config.json the tests change. */
+interface RuncSpec {
+  process: { terminal: boolean; args: string[] };
+  hooks?: Record<string, Array<{ path: string }>>;
+}
+
+/** The runtime verbs run while `f` runs (the trace point every runtime command goes through). */
+async function verbsDuring(f: () => Promise<void>): Promise<string[]> {
+  const verbs: string[] = [];
+  const ch = tracePoint('berth:runtime');
+  const none = (): void => undefined;
+  const handlers = { start: (c: { verb: string }) => void verbs.push(c.verb), end: none, asyncStart: none, asyncEnd: none, error: none };
+  ch.subscribe(handlers);
+  try {
+    await f();
+  } finally {
+    ch.unsubscribe(handlers);
+  }
+  return verbs;
+}
+
+(process.getuid?.() === 0 && existsSync(RUNC) && existsSync('/bin/busybox') ? describe : describe.skip)(
+  'OciRuntime.start through exec.fifo (root, real runc)',
+  function () {
+    this.timeout(60_000);
+    let dir: string;
+    let root: string;
+    let fifoRt: OciRuntime;
+    let cliRt: OciRuntime;
+    const ids: string[] = [];
+
+    beforeEach(async () => {
+      dir = await mkdtemp(join(tmpdir(), 'berth-fifo-'));
+      root = join(dir, 'state');
+      fifoRt = new OciRuntime({ handler: 'runc', path: RUNC, root, fifoStart: true });
+      cliRt = new OciRuntime({ handler: 'runc', path: RUNC, root });
+    });
+    afterEach(async () => {
+      for (const id of ids.splice(0)) spawnSync(RUNC, ['--root', root, 'delete', '-f', id]);
+      await rm(dir, { recursive: true, force: true });
+    });
+
+    /** `runc create` of a busybox `sleep` container (new namespaces, stdio /dev/null); its id. */
+    function create(edit: (spec: RuncSpec) => void = () => undefined): string {
+      const id = `fifo-${randomBytes(4).toString('hex')}`;
+      const bundle = join(dir, id);
+      mkdirSync(join(bundle, 'rootfs', 'bin'), { recursive: true });
+      copyFileSync('/bin/busybox', join(bundle, 'rootfs/bin/busybox'));
+      for (const tool of ['sh', 'sleep', 'true']) symlinkSync('busybox', join(bundle, 'rootfs/bin', tool));
+      assert.equal(spawnSync(RUNC, ['spec'], { cwd: bundle }).status, 0);
+      const spec = JSON.parse(readFileSync(join(bundle, 'config.json'), 'utf8')) as RuncSpec;
+      spec.process.terminal = false;
+      spec.process.args = ['sleep', '1000'];
+      edit(spec);
+      writeFileSync(join(bundle, 'config.json'), JSON.stringify(spec));
+      ids.push(id);
+      // All stdio /dev/null: the init keeps runc's, so a pipe would never see its end.
+      const r = spawnSync(RUNC, ['--root', root, '--log', join(dir, `${id}.log`), 'create', '--bundle', bundle, id], { stdio: 'ignore' });
+      assert.equal(r.status, 0, existsSync(join(dir, `${id}.log`)) ? readFileSync(join(dir, `${id}.log`), 'utf8') : '');
+      return id;
+    }
+
+    /** This process's open descriptors and what they are. */
+    const fds = (): string[] =>
+      readdirSync('/proc/self/fd').flatMap((fd) => {
+        try {
+          return [`${fd} -> ${readlinkSync(`/proc/self/fd/${fd}`)}`];
+        } catch {
+          return []; // the directory's own descriptor, closed by now
+        }
+      });
+
+    it('starts a created container without `runc start`: the user program runs and runc says running, the fifo is gone', async () => {
+      const fdsBefore = fds();
+      const id = create();
+      assert.equal((await fifoRt.state(id))?.status, 'created');
+      const verbs = await verbsDuring(() => fifoRt.start(id));
+      assert.deepEqual(verbs, ['start-fifo'], 'no runtime command ran for the start');
+      const st = await fifoRt.state(id);
+      assert.equal(st?.status, 'running');
+      assert.ok(!existsSync(join(root, id, 'exec.fifo')));
+      // The init execs the user's program (its command line shows a moment after the exec, as with `runc start`).
+      await until(async () => (readFileSync(`/proc/${st!.pid}/cmdline`, 'utf8') === 'sleep\x001000\x00' ? true : undefined));
+      // A second start: runc's own refusal, through `runc start` (no fifo any more).
+      const again = await verbsDuring(() =>
+        assert.rejects(
+          fifoRt.start(id),
+          (err: unknown) => err instanceof OciRuntimeError && err.kind === 'FailedPrecondition' && /already running/.test(err.detail),
+        ),
+      );
+      assert.deepEqual(again, ['start-fifo', 'start'], 'the fifo is gone: runc start answers');
+      await fifoRt.kill(id, 'KILL');
+      await until(async () => ((await fifoRt.state(id))?.status === 'stopped' ? true : undefined));
+      await fifoRt.delete(id);
+      assert.deepEqual(fds(), fdsBefore, 'no descriptor left open');
+    });
+
+    it("a container whose init died before the start: runc's own error and state, as without the fifo", async () => {
+      const fdsBefore = fds();
+      const answers: Array<{ kind: string; detail: string; state: string | undefined }> = [];
+      for (const rt of [fifoRt, cliRt]) {
+        const id = create();
+        const pid = (await rt.state(id))!.pid;
+        process.kill(pid, 'SIGKILL');
+        await until(async () => (processStartTicks(pid) === undefined ? true : undefined));
+        const err = await rt.start(id).then(
+          () => assert.fail('started a container whose init is dead'),
+          (e: unknown) => e,
+        );
+        assert.ok(err instanceof OciRuntimeError, String(err));
+        answers.push({ kind: err.kind, detail: err.detail, state: (await rt.state(id))?.status });
+      }
+      assert.deepEqual(answers[0], answers[1]);
+      assert.equal(answers[0]!.state, 'stopped');
+      assert.match(answers[0]!.detail, /stopped|dead/);
+      assert.deepEqual(fds(), fdsBefore, 'no descriptor left open');
+    });
+
+    it('falls back to `runc start` for a container with OCI hooks, and when turned off', async () => {
+      const withHooks = create((spec) => (spec.hooks = { poststop: [{ path: '/bin/true' }] }));
+      assert.deepEqual(await verbsDuring(() => fifoRt.start(withHooks)), ['start-fifo', 'start']);
+      assert.equal((await fifoRt.state(withHooks))?.status, 'running');
+
+      const plain = create();
+      assert.deepEqual(await verbsDuring(() => cliRt.start(plain)), ['start']);
+      assert.equal((await cliRt.state(plain))?.status, 'running');
+    });
+
+    it('falls back to `runc start` when the fifo is not where runc keeps it, or the binary is not runc', async () => {
+      // No state dir at all: runc's own NotFound.
+      await assert.rejects(fifoRt.start('nosuch'), { kind: 'NotFound' });
+      // A binary that does not say it is runc: never the fifo.
+      const other = new OciRuntime({ handler: 'other', path: '/bin/true', root, fifoStart: true });
+      const id = create();
+      assert.deepEqual(await verbsDuring(() => other.start(id)), ['start']);
+      assert.equal((await fifoRt.state(id))?.status, 'created', '/bin/true started nothing');
+      await fifoRt.start(id);
+      assert.equal((await fifoRt.state(id))?.status, 'running');
+    });
+  },
+);
