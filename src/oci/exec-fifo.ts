@@ -10,14 +10,16 @@
  * read. So everything that could make the start wrong is checked before: runc's own
  * state.json names the init (pid and start time, as runc checks them) and no OCI hook
  * (runc 1.2 and later run poststart hooks in `runc start`); the fifo is a fifo; the init is
- * alive. Any doubt before the open answers {@link FifoStart} `fallback`, and the caller
+ * alive and still holds the fifo, as runc's init does until it execs the user's program
+ * (an init without it while the fifo is still there had its byte read by a start cut off
+ * before the removal: that start is finished by removing the fifo). Any doubt before the open answers `started: false`, and the caller
  * runs `runc start`, which gives runc's own answer (an init that died: "cannot start a
  * container that has stopped"). After the open the wait is bounded and notices an init
  * that dies without writing (polling its pid, as runc does every 100 ms); the fifo is
  * read without ever blocking berthd (a non-blocking descriptor read through libuv).
  */
-import { close, constants, fstat, open } from 'node:fs';
-import { lstat, readFile, unlink } from 'node:fs/promises';
+import { close, constants, fstat, open, type Stats } from 'node:fs';
+import { lstat, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { BerthError, errnoOf, messageOf } from '../common/errors.js';
@@ -45,19 +47,32 @@ const HOOK_NAMES = ['prestart', 'createRuntime', 'createContainer', 'startContai
 
 /**
  * Starts the created container whose runc state dir is `dir` (`<root>/<id>`) through its
- * exec.fifo. Resolves `fallback` when it did not open the fifo (nothing was changed);
+ * exec.fifo. Resolves `started: false` when it did not open the fifo (nothing was changed);
  * rejects only once the fifo was opened and the start went wrong.
  */
 export async function startThroughExecFifo(dir: string, o: FifoStartOptions): Promise<FifoStart> {
   const init = await initOfState(join(dir, 'state.json'));
   if (typeof init === 'string') return { started: false, reason: init };
   const fifo = join(dir, EXEC_FIFO);
+  let fifoStat: Stats;
   try {
-    if (!(await lstat(fifo)).isFIFO()) return { started: false, reason: `${fifo} is not a fifo` };
+    fifoStat = await lstat(fifo);
+    if (!fifoStat.isFIFO()) return { started: false, reason: `${fifo} is not a fifo` };
   } catch (err) {
     return { started: false, reason: `${fifo}: ${errnoOf(err) ?? messageOf(err)}` };
   }
   if (processStartTicks(init.pid) !== init.startTicks) return { started: false, reason: `the init (pid ${init.pid}) is not alive` };
+  const holds = await holdsFile(init.pid, fifoStat);
+  if (holds === undefined) return { started: false, reason: `the init (pid ${init.pid}) is not alive` };
+  if (!holds) {
+    // runc's init holds the fifo open (O_PATH) from its start until just before it execs
+    // the user's program. An init alive without it, the fifo still there: an earlier start
+    // read its byte and was cut off (berthd killed) before removing the fifo. That start went
+    // through; removing the fifo finishes it, so that runc says `running`.
+    if (processStartTicks(init.pid) !== init.startTicks) return { started: false, reason: `the init (pid ${init.pid}) is not alive` };
+    await removeFifo(fifo);
+    return { started: true };
+  }
   let fd: number;
   try {
     fd = await promisify(open)(fifo, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOFOLLOW);
@@ -67,9 +82,10 @@ export async function startThroughExecFifo(dir: string, o: FifoStartOptions): Pr
   // Opened: the init may be on its way. From here on the result is ours to give.
   let socket: Socket;
   try {
-    if (!(await promisify(fstat)(fd)).isFIFO()) {
+    const st = await promisify(fstat)(fd);
+    if (!st.isFIFO() || st.dev !== fifoStat.dev || st.ino !== fifoStat.ino) {
       close(fd);
-      return { started: false, reason: `${fifo} was replaced by a file that is not a fifo` };
+      return { started: false, reason: `${fifo} was replaced` };
     }
     // The socket owns the descriptor from here, and closes it when destroyed.
     socket = new Socket({ fd, readable: true, writable: false });
@@ -82,12 +98,40 @@ export async function startThroughExecFifo(dir: string, o: FifoStartOptions): Pr
     // The init is gone without a word: nothing was started; `runc start` gives runc's answer.
     return { started: false, reason: `the init (pid ${init.pid}) ended without writing to ${fifo}` };
   }
+  await removeFifo(fifo);
+  return { started: true };
+}
+
+/** Removes the fifo of a started container, as `runc start` does last. */
+async function removeFifo(fifo: string): Promise<void> {
   try {
     await unlink(fifo);
   } catch (err) {
     if (errnoOf(err) !== 'ENOENT') throw new BerthError('Internal', `removing ${fifo} after the start: ${messageOf(err)}`, { cause: err });
   }
-  return { started: true };
+}
+
+/**
+ * Whether process `pid` has a descriptor open on the file `st` describes (by device and
+ * inode: the init's root is the container's, so /proc shows no host path for it);
+ * undefined when the process is gone.
+ */
+async function holdsFile(pid: number, st: Stats): Promise<boolean | undefined> {
+  let fds: string[];
+  try {
+    fds = await readdir(`/proc/${pid}/fd`);
+  } catch {
+    return undefined;
+  }
+  for (const fd of fds) {
+    try {
+      const s = await stat(`/proc/${pid}/fd/${fd}`);
+      if (s.dev === st.dev && s.ino === st.ino) return true;
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return false;
 }
 
 /**

@@ -4,7 +4,20 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  copyFileSync,
+  existsSync,
+  openSync,
+  readSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -142,6 +155,31 @@ async function verbsDuring(f: () => Promise<void>): Promise<string[]> {
       await until(async () => ((await fifoRt.state(id))?.status === 'stopped' ? true : undefined));
       await fifoRt.delete(id);
       assert.deepEqual(fds(), fdsBefore, 'no descriptor left open');
+    });
+
+    it('finishes a start cut off after the byte was read (berthd killed before removing the fifo): runc then says running', async () => {
+      const id = create();
+      const fifo = join(root, id, 'exec.fifo');
+      // What a start killed between its read and its removal of the fifo leaves behind.
+      const fd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
+      try {
+        const byte = Buffer.alloc(1);
+        await until(async () => {
+          try {
+            return readSync(fd, byte) === 1 ? true : undefined;
+          } catch {
+            return undefined; // EAGAIN: the init has not written yet
+          }
+        });
+      } finally {
+        closeSync(fd);
+      }
+      const pid = (await fifoRt.state(id))!.pid;
+      await until(async () => (readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('sleep') ? true : undefined));
+      assert.equal((await fifoRt.state(id))?.status, 'created', 'runc goes by the fifo');
+      assert.deepEqual(await verbsDuring(() => fifoRt.start(id)), ['start-fifo']);
+      assert.equal((await fifoRt.state(id))?.status, 'running');
+      assert.ok(!existsSync(fifo));
     });
 
     it("a container whose init died before the start: runc's own error and state, as without the fifo", async () => {
