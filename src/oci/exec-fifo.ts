@@ -12,19 +12,20 @@
  * (runc 1.2 and later run poststart hooks in `runc start`); the fifo is a fifo; the init is
  * alive and still holds the fifo, as runc's init does until it execs the user's program
  * (an init without it while the fifo is still there had its byte read by a start cut off
- * before the removal: that start is finished by removing the fifo). Any doubt before the open answers `started: false`, and the caller
- * runs `runc start`, which gives runc's own answer (an init that died: "cannot start a
- * container that has stopped"). After the open the wait is bounded and notices an init
- * that dies without writing (polling its pid, as runc does every 100 ms); the fifo is
- * read without ever blocking berthd (a non-blocking descriptor read through libuv).
+ * before the removal: that start is finished by removing the fifo). Any doubt before the
+ * open answers `started: false`, and the caller runs `runc start`, which gives runc's own
+ * answer (an init that died: "cannot start a container that has stopped"). After the open
+ * the wait is bounded and notices an init that dies without writing (polling its pid, as
+ * runc does every 100 ms); the fifo is read without ever blocking berthd (a non-blocking
+ * descriptor read through libuv).
  */
 import { close, constants, fstat, open, type Stats } from 'node:fs';
 import { lstat, readdir, readFile, stat, unlink } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { BerthError, errnoOf, messageOf } from '../common/errors.js';
 import { processStartTicks } from '../common/proc-stat.js';
-import { promisify } from 'node:util';
 
 /** How the start through the fifo went: done, or not tried (why) so `runc start` must run. */
 export type FifoStart = { started: true } | { started: false; reason: string };
