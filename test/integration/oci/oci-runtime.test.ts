@@ -22,7 +22,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { processStartTicks } from '../../../src/common/proc-stat.js';
-import { tracePoint } from '../../../src/common/trace-points.js';
+import { createLogger, type Logger } from '../../../src/common/logger.js';
 import { OciRuntime } from '../../../src/oci/oci-runtime.js';
 import { OciRuntimeError } from '../../../src/oci/runtime-errors.js';
 import { until } from '../../helpers/berthd.js';
@@ -66,19 +66,24 @@ interface RuncSpec {
   hooks?: Record<string, Array<{ path: string }>>;
 }
 
-/** The runtime verbs run while `f` runs (the trace point every runtime command goes through). */
-async function verbsDuring(f: () => Promise<void>): Promise<string[]> {
-  const verbs: string[] = [];
-  const ch = tracePoint('berth:runtime');
-  const none = (): void => undefined;
-  const handlers = { start: (c: { verb: string }) => void verbs.push(c.verb), end: none, asyncStart: none, asyncEnd: none, error: none };
-  ch.subscribe(handlers);
-  try {
-    await f();
-  } finally {
-    ch.unsubscribe(handlers);
-  }
-  return verbs;
+/** A debug logger that keeps its records, for seeing which runtime commands ran. */
+function recordingLogger(): { log: Logger; records: Array<Record<string, unknown>> } {
+  const records: Array<Record<string, unknown>> = [];
+  return { log: createLogger('debug', (line) => void records.push(JSON.parse(line) as Record<string, unknown>)), records };
+}
+
+/**
+ * How `f` started containers, from the runtime's debug records: "start-fifo" for a start
+ * through the exec.fifo, the verb of each runtime command run ("start" for `runc start`).
+ */
+async function startsDuring(records: Array<Record<string, unknown>>, f: () => Promise<void>): Promise<string[]> {
+  const from = records.length;
+  await f();
+  return records.slice(from).flatMap((r) => {
+    if (r.msg === 'runtime start through exec.fifo') return ['start-fifo'];
+    if (r.msg === 'runtime' && Array.isArray(r.args)) return [String(r.args[2])];
+    return [];
+  });
 }
 
 (process.getuid?.() === 0 && existsSync(RUNC) && existsSync('/bin/busybox') ? describe : describe.skip)(
@@ -89,13 +94,16 @@ async function verbsDuring(f: () => Promise<void>): Promise<string[]> {
     let root: string;
     let fifoRt: OciRuntime;
     let cliRt: OciRuntime;
+    let log: Logger;
+    let records: Array<Record<string, unknown>>;
     const ids: string[] = [];
 
     beforeEach(async () => {
       dir = await mkdtemp(join(tmpdir(), 'berth-fifo-'));
       root = join(dir, 'state');
-      fifoRt = new OciRuntime({ handler: 'runc', path: RUNC, root, fifoStart: true });
-      cliRt = new OciRuntime({ handler: 'runc', path: RUNC, root });
+      ({ log, records } = recordingLogger());
+      fifoRt = new OciRuntime({ handler: 'runc', path: RUNC, root, fifoStart: true, log });
+      cliRt = new OciRuntime({ handler: 'runc', path: RUNC, root, log });
     });
     afterEach(async () => {
       for (const id of ids.splice(0)) spawnSync(RUNC, ['--root', root, 'delete', '-f', id]);
@@ -146,7 +154,7 @@ async function verbsDuring(f: () => Promise<void>): Promise<string[]> {
       const fdsBefore = fds();
       const id = create();
       assert.equal((await fifoRt.state(id))?.status, 'created');
-      const verbs = await verbsDuring(() => fifoRt.start(id));
+      const verbs = await startsDuring(records, () => fifoRt.start(id));
       assert.deepEqual(verbs, ['start-fifo'], 'no runtime command ran for the start');
       const st = await fifoRt.state(id);
       assert.equal(st?.status, 'running');
@@ -154,13 +162,13 @@ async function verbsDuring(f: () => Promise<void>): Promise<string[]> {
       // The init execs the user's program (its command line shows a moment after the exec, as with `runc start`).
       await until(async () => (readFileSync(`/proc/${st!.pid}/cmdline`, 'utf8') === 'sleep\x001000\x00' ? true : undefined));
       // A second start: runc's own refusal, through `runc start` (no fifo any more).
-      const again = await verbsDuring(() =>
+      const again = await startsDuring(records, () =>
         assert.rejects(
           fifoRt.start(id),
           (err: unknown) => err instanceof OciRuntimeError && err.kind === 'FailedPrecondition' && /already running/.test(err.detail),
         ),
       );
-      assert.deepEqual(again, ['start-fifo', 'start'], 'the fifo is gone: runc start answers');
+      assert.deepEqual(again, ['start'], 'the fifo is gone: runc start answers');
       await fifoRt.kill(id, 'KILL');
       await until(async () => ((await fifoRt.state(id))?.status === 'stopped' ? true : undefined));
       await fifoRt.delete(id);
@@ -187,7 +195,7 @@ async function verbsDuring(f: () => Promise<void>): Promise<string[]> {
       const pid = (await fifoRt.state(id))!.pid;
       await until(async () => (readFileSync(`/proc/${pid}/cmdline`, 'utf8').startsWith('sleep') ? true : undefined));
       assert.equal((await fifoRt.state(id))?.status, 'created', 'runc goes by the fifo');
-      assert.deepEqual(await verbsDuring(() => fifoRt.start(id)), ['start-fifo']);
+      assert.deepEqual(await startsDuring(records, () => fifoRt.start(id)), ['start-fifo']);
       assert.equal((await fifoRt.state(id))?.status, 'running');
       assert.ok(!existsSync(fifo));
     });
@@ -215,11 +223,11 @@ async function verbsDuring(f: () => Promise<void>): Promise<string[]> {
 
     it('falls back to `runc start` for a container with OCI hooks, and when turned off', async () => {
       const withHooks = create((spec) => (spec.hooks = { poststop: [{ path: '/bin/true' }] }));
-      assert.deepEqual(await verbsDuring(() => fifoRt.start(withHooks)), ['start-fifo', 'start']);
+      assert.deepEqual(await startsDuring(records, () => fifoRt.start(withHooks)), ['start']);
       assert.equal((await fifoRt.state(withHooks))?.status, 'running');
 
       const plain = create();
-      assert.deepEqual(await verbsDuring(() => cliRt.start(plain)), ['start']);
+      assert.deepEqual(await startsDuring(records, () => cliRt.start(plain)), ['start']);
       assert.equal((await cliRt.state(plain))?.status, 'running');
     });
 
@@ -227,9 +235,9 @@ async function verbsDuring(f: () => Promise<void>): Promise<string[]> {
       // No state dir at all: runc's own NotFound.
       await assert.rejects(fifoRt.start('nosuch'), { kind: 'NotFound' });
       // A binary that does not say it is runc: never the fifo.
-      const other = new OciRuntime({ handler: 'other', path: '/bin/true', root, fifoStart: true });
+      const other = new OciRuntime({ handler: 'other', path: '/bin/true', root, fifoStart: true, log });
       const id = create();
-      assert.deepEqual(await verbsDuring(() => other.start(id)), ['start']);
+      assert.deepEqual(await startsDuring(records, () => other.start(id)), ['start']);
       assert.equal((await fifoRt.state(id))?.status, 'created', '/bin/true started nothing');
       await fifoRt.start(id);
       assert.equal((await fifoRt.state(id))?.status, 'running');
