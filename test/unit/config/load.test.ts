@@ -59,6 +59,13 @@ describe('config loading', () => {
     assert.throws(() => load('[volumes]\nx = 1\n'), /unknown key 'volumes'/);
   });
 
+  it('starts through the exec.fifo unless a handler turns it off; a new handler gets it too', () => {
+    const { config } = load('[runtimes.runc]\nfifo_start = false\n[runtimes.kata]\npath = "/usr/bin/kata-runtime"\n');
+    assert.deepEqual(config.runtimes['runc'], { path: '/usr/sbin/runc', fifo_start: false });
+    assert.deepEqual(config.runtimes['kata'], { path: '/usr/bin/kata-runtime', fifo_start: true });
+    assert.throws(() => load('[runtimes.runc]\nfifo_start = "yes"\n'), /key 'runtimes.runc.fifo_start': expected true or false, got "yes"/);
+  });
+
   it('rejects a bad value with the reason', () => {
     assert.throws(() => load('log_level = "loud"\n'), /key 'log_level': expected one of "debug", "info", "warn", "error", got "loud"/);
     assert.throws(() => load('root = "relative/dir"\n'), /key 'root': expected an absolute path, got "relative\/dir"/);
