@@ -73,7 +73,7 @@ function apply(into: Table, doc: Table, source: string, path: string[] = [], sch
 /** Defaults of a user-keyed table (e.g. one registry), so every key is present. */
 function defaultsFor(schemaKey: string): Table {
   if (schemaKey === 'registries.*') return defaultRegistryConfig() as unknown as Table;
-  if (schemaKey === 'runtimes.*') return { path: '', fifo_start: true };
+  if (schemaKey === 'runtimes.*') return { path: '' };
   return {};
 }
 

@@ -94,7 +94,7 @@ export interface RuntimeHandlerConfig {
   /**
    * StartContainer opens a runc container's exec.fifo itself, as `runc start` would,
    * instead of running `runc start` (runc 1.x only, containers without OCI hooks; `runc
-   * start` otherwise). Default true.
+   * start` otherwise). Unset (a handler table of the user's own): true.
    */
   fifo_start?: boolean;
 }
