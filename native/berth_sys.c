@@ -64,8 +64,9 @@
  *   binary through /proc/self/exe), unless /proc/self/exe already is a fully sealed memfd;
  *   run from this copy they skip that copy and a second exec of themselves.
  * - removeTree: `rm -rf` of one directory tree as a single job on libuv's pool (openat,
- *   fdopendir, unlinkat), never following a symlink and never entering another
- *   filesystem (EXDEV: a mount left inside). Node's fs.rm({recursive}) queues each
+ *   fdopendir, unlinkat), never following a symlink and never entering another mount
+ *   (EXDEV: a mount left inside, a bind mount of the same filesystem included, or the
+ *   tree's top a mount point). Node's fs.rm({recursive}) queues each
  *   lstat, readdir, unlink and rmdir as a job of its own: a container's writable layer,
  *   its bundle and a pod's dir took some 60 round trips of the pool at each removal.
  *
@@ -97,6 +98,7 @@
 #include <sys/mount.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/syscall.h>
@@ -875,8 +877,35 @@ struct remove_tree_work {
   int err;
 };
 
-/* Removes `name` in directory `parent` and, when it is a directory on device `dev`, everything in it. 0 or an errno. */
-static int remove_tree_at(int parent, const char *name, bool dir_hint, dev_t dev, int depth) {
+/*
+ * Where a file lives: its device and, where the kernel tells (statx STATX_MNT_ID, Linux
+ * 5.8), its mount. The device alone misses a bind mount of the same filesystem.
+ */
+struct tree_place {
+  dev_t dev;
+  uint64_t mnt;
+  bool has_mnt;
+  mode_t mode;
+};
+
+static int place_of(int dirfd, const char *path, int flags, struct tree_place *p) {
+  struct statx sx;
+  if (statx(dirfd, path, flags | AT_SYMLINK_NOFOLLOW, STATX_TYPE | STATX_MNT_ID, &sx) != 0) return errno;
+  p->dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+  p->has_mnt = (sx.stx_mask & STATX_MNT_ID) != 0;
+  p->mnt = p->has_mnt ? sx.stx_mnt_id : 0;
+  p->mode = sx.stx_mode;
+  return 0;
+}
+
+static bool same_place(const struct tree_place *a, const struct tree_place *b) {
+  return a->dev == b->dev && (!a->has_mnt || !b->has_mnt || a->mnt == b->mnt);
+}
+
+/* Removes `name` in directory `parent` and, when it is a directory in the same mount as
+ * `top`, everything in it; EXDEV for a directory in another mount (nothing of it removed).
+ * 0 or an errno. */
+static int remove_tree_at(int parent, const char *name, bool dir_hint, const struct tree_place *top, int depth) {
   if (!dir_hint) {
     if (unlinkat(parent, name, 0) == 0 || errno == ENOENT) return 0;
     /* Linux says EISDIR for a directory (POSIX allows EPERM). */
@@ -888,16 +917,16 @@ static int remove_tree_at(int parent, const char *name, bool dir_hint, dev_t dev
     int e = errno;
     if (e == ENOENT) return 0;
     /* A d_type that said directory, but it is none (replaced meanwhile): unlink it. */
-    if (dir_hint && (e == ENOTDIR || e == ELOOP)) return remove_tree_at(parent, name, false, dev, depth);
+    if (dir_hint && (e == ENOTDIR || e == ELOOP)) return remove_tree_at(parent, name, false, top, depth);
     return e;
   }
-  struct stat st;
-  if (fstat(fd, &st) != 0) {
-    int e = errno;
+  struct tree_place here;
+  int pe = place_of(fd, "", AT_EMPTY_PATH, &here);
+  if (pe != 0) {
     close(fd);
-    return e;
+    return pe;
   }
-  if (st.st_dev != dev) {
+  if (!same_place(&here, top)) {
     close(fd);
     return EXDEV;
   }
@@ -917,7 +946,7 @@ static int remove_tree_at(int parent, const char *name, bool dir_hint, dev_t dev
     while ((ent = readdir(d)) != NULL) {
       const char *n = ent->d_name;
       if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0))) continue;
-      err = remove_tree_at(fd, n, ent->d_type == DT_DIR, dev, depth + 1);
+      err = remove_tree_at(fd, n, ent->d_type == DT_DIR, top, depth + 1);
       if (err) break;
       errno = 0;
     }
@@ -937,16 +966,35 @@ static int remove_tree_at(int parent, const char *name, bool dir_hint, dev_t dev
 static void remove_tree_execute(napi_env env, void *arg) {
   (void)env;
   struct remove_tree_work *w = arg;
-  struct stat st;
-  if (lstat(w->path, &st) != 0) {
-    w->err = errno == ENOENT ? 0 : errno;
+  struct tree_place top;
+  int e = place_of(AT_FDCWD, w->path, 0, &top);
+  if (e != 0) {
+    w->err = e == ENOENT ? 0 : e;
     return;
   }
-  if (!S_ISDIR(st.st_mode)) {
+  if (!S_ISDIR(top.mode)) {
     w->err = unlink(w->path) == 0 || errno == ENOENT ? 0 : errno;
     return;
   }
-  w->err = remove_tree_at(AT_FDCWD, w->path, true, st.st_dev, 0);
+  /* The tree's top must not be a mount point either: its parent's place is the reference. */
+  char *slash = strrchr(w->path, '/');
+  struct tree_place parent;
+  if (slash && slash != w->path) {
+    *slash = 0;
+    e = place_of(AT_FDCWD, w->path, 0, &parent);
+    *slash = '/';
+  } else {
+    e = place_of(AT_FDCWD, "/", 0, &parent);
+  }
+  if (e != 0) {
+    w->err = e;
+    return;
+  }
+  if (!same_place(&top, &parent)) {
+    w->err = EXDEV;
+    return;
+  }
+  w->err = remove_tree_at(AT_FDCWD, w->path, true, &top, 0);
 }
 
 static void remove_tree_complete(napi_env env, napi_status status, void *arg) {

@@ -14,6 +14,7 @@ import { cloneMount, MNT, MS, mount, umount } from '../../../src/common/mount.js
 import { native } from '../../../src/common/native.js';
 import { execProcess } from '../../../src/common/process.js';
 import { removeTree } from '../../../src/common/remove-tree.js';
+import { BerthError } from '../../../src/common/errors.js';
 import { connectInNetns } from '../../../src/common/sys.js';
 import { pinUserns } from '../../../src/common/userns.js';
 import { until } from '../../helpers/berthd.js';
@@ -116,6 +117,29 @@ describe('common/sys: the native addon', () => {
       }
       await removeTree(t);
       await assert.rejects(stat(t), { code: 'ENOENT' });
+    });
+
+    it('nor a bind mount of the same filesystem, nor a tree that is a mount point; removeTree then refuses (FailedPrecondition) and removes nothing through it', async function () {
+      if (process.getuid?.() !== 0) this.skip();
+      const source = join(dir, 'source');
+      const t = join(dir, 'tree');
+      await mkdir(source);
+      await writeFile(join(source, 'precious'), 'x');
+      await mkdir(join(t, 'm'), { recursive: true });
+      await mount(source, join(t, 'm'), '', MS.BIND, '');
+      try {
+        await assert.rejects(native().removeTree(t), { code: 'EXDEV' });
+        await assert.rejects(removeTree(t), (err: unknown) => err instanceof BerthError && err.kind === 'FailedPrecondition' && /mount/.test(err.message));
+        assert.deepEqual(await readdir(source), ['precious']);
+        // The mount point itself as the tree's top.
+        await assert.rejects(removeTree(join(t, 'm')), (err: unknown) => err instanceof BerthError && err.kind === 'FailedPrecondition');
+        assert.deepEqual(await readdir(source), ['precious']);
+      } finally {
+        await umount(join(t, 'm'), MNT.DETACH);
+      }
+      await removeTree(t);
+      await assert.rejects(stat(t), { code: 'ENOENT' });
+      assert.deepEqual(await readdir(source), ['precious']);
     });
   });
 
