@@ -64,7 +64,7 @@ export async function startThroughExecFifo(dir: string, o: FifoStartOptions): Pr
   }
   if (processStartTicks(init.pid) !== init.startTicks) return { started: false, reason: `the init (pid ${init.pid}) is not alive` };
   const holds = await holdsFile(init.pid, fifoStat);
-  if (holds === undefined) return { started: false, reason: `the init (pid ${init.pid}) is not alive` };
+  if (typeof holds === 'string') return { started: false, reason: holds };
   if (!holds) {
     // runc's init holds the fifo open (O_PATH) from its start until just before it execs
     // the user's program. An init alive without it, the fifo still there: an earlier start
@@ -114,22 +114,26 @@ async function removeFifo(fifo: string): Promise<void> {
 
 /**
  * Whether process `pid` has a descriptor open on the file `st` describes (by device and
- * inode: the init's root is the container's, so /proc shows no host path for it);
- * undefined when the process is gone.
+ * inode: the init's root is the container's, so /proc shows no host path for it); a
+ * reason instead when that cannot be told (the process gone, or a descriptor that cannot
+ * be followed: runc's init is not dumpable, so without CAP_SYS_PTRACE, or under an LSM
+ * that refuses, /proc lists its descriptors but does not follow them). Only a positive
+ * answer for every descriptor may say false, since false lets the caller remove the fifo.
  */
-async function holdsFile(pid: number, st: Stats): Promise<boolean | undefined> {
+async function holdsFile(pid: number, st: Stats): Promise<boolean | string> {
   let fds: string[];
   try {
     fds = await readdir(`/proc/${pid}/fd`);
-  } catch {
-    return undefined;
+  } catch (err) {
+    return `the descriptors of the init (pid ${pid}) cannot be listed: ${errnoOf(err) ?? messageOf(err)}`;
   }
   for (const fd of fds) {
     try {
       const s = await stat(`/proc/${pid}/fd/${fd}`);
       if (s.dev === st.dev && s.ino === st.ino) return true;
-    } catch {
-      // closed meanwhile
+    } catch (err) {
+      // Closed meanwhile is fine; anything else leaves the answer unknown.
+      if (errnoOf(err) !== 'ENOENT') return `descriptor ${fd} of the init (pid ${pid}) cannot be followed: ${errnoOf(err) ?? messageOf(err)}`;
     }
   }
   return false;

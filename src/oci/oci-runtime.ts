@@ -120,11 +120,17 @@ export class OciRuntime {
     await this.run(id, ['start', id]);
   }
 
-  /** Whether the binary is runc 1.x, by its `--version` (asked once; a failure counts as no). */
+  /**
+   * Whether the binary is runc 1.x, by its `--version`: an answer is kept; a failure to ask
+   * (a timeout under load, the binary not there yet) counts as no for this start only.
+   */
   private runcOne(): Promise<boolean> {
     this.isRunc ??= execProcess(this.execPath(), ['--version'], { timeoutMs: this.timeoutMs }).then(
       (r) => r.code === 0 && /^runc version 1\.\d+/.test(r.stdout),
-      () => false,
+      () => {
+        this.isRunc = undefined;
+        return false;
+      },
     );
     return this.isRunc;
   }
