@@ -98,9 +98,12 @@ function makeContext(
   // grpc-js cancels the call itself when the deadline passes, sometimes before our timer.
   const onCancel = (): void =>
     ac?.abort(deadline !== undefined && Date.now() >= deadline.getTime() - 5 ? expired() : new BerthError('Cancelled', `${method}: cancelled by the caller`));
+  let finished = false;
   const signal = (): AbortSignal => {
     if (ac !== undefined) return ac.signal;
     const own = (ac = new AbortController());
+    // Read after the answer went: nothing is attached, and nothing can abort it any more.
+    if (finished) return own.signal;
     if (call.cancelled) onCancel();
     else call.on('cancelled', onCancel);
     if (deadline !== undefined && !own.signal.aborted) {
@@ -120,6 +123,7 @@ function makeContext(
       draining: env.state.draining,
     },
     done() {
+      finished = true;
       if (ac === undefined) return;
       if (timer) clearTimeout(timer);
       call.removeListener('cancelled', onCancel);

@@ -179,6 +179,22 @@ describe('cri: the RPC wrapper', () => {
     await until(async () => (state.inflight === 0 ? true : undefined));
   });
 
+  it('gives a signal first read after the answer went nothing that can abort it (no listener, no timer left behind)', async () => {
+    const h: Record<string, Handler> = {};
+    state.ready();
+    let kept: { signal: AbortSignal } | undefined;
+    h.StopContainer = async (_req, ctx) => {
+      kept = ctx;
+      return {};
+    };
+    const c = await serve(h);
+    await c.runtime.StopContainer({ container_id: 'x' }, { deadline: Date.now() + 100 });
+    await until(async () => (state.inflight === 0 ? true : undefined));
+    const late = kept!.signal;
+    await new Promise((r) => setTimeout(r, 250));
+    assert.equal(late.aborted, false);
+  });
+
   it('encodes a kept answer once and sends the same bytes again; other answers are encoded each time', async () => {
     const def = criApi().runtime.v1.RuntimeService.service;
     let encodes = 0;
