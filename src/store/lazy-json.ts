@@ -78,6 +78,11 @@ export class RowDocuments<V> {
     private readonly parse: (id: string, text: string) => V,
     /** Documents kept at most; all are dropped when it is reached. */
     private readonly max = 4096,
+    /**
+     * Whether a document read now may be kept: not inside a transaction, whose rollback
+     * would leave a kept document that was never committed.
+     */
+    private readonly mayKeep: () => boolean = () => true,
   ) {}
 
   /** The document of the row `id`, read with `dataVersion` ({@link DATA_VERSION_COLUMN}); undefined when the row is gone. */
@@ -91,6 +96,7 @@ export class RowDocuments<V> {
     const text = this.read(id);
     if (text === undefined) return undefined;
     const value = deepFreeze(this.parse(id, text));
+    if (!this.mayKeep()) return value;
     if (this.byId.size >= this.max) this.byId.clear();
     this.byId.set(id, value);
     return value;

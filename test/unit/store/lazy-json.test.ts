@@ -72,6 +72,27 @@ describe('store: row documents', () => {
     assert.deepEqual(get(docs, 'c1') as { n: number; list: number[] } | undefined, { n: 1, list: [1, 2] });
   });
 
+  it('keeps nothing read inside a transaction: a rolled-back write is not answered afterwards', () => {
+    const stmt = db.prepare<[string], string>('SELECT doc FROM t WHERE id = ?').pluck();
+    const guarded = new RowDocuments(
+      (id) => stmt.get(id),
+      (_id, text) => JSON.parse(text) as number,
+      undefined,
+      () => !db.inTransaction,
+    );
+    write(db, 'a', '1');
+    assert.throws(
+      db.transaction(() => {
+        write(db, 'a', '2');
+        guarded.forget('a');
+        assert.equal(get(guarded, 'a'), 2);
+        throw new Error('roll back');
+      }),
+      /roll back/,
+    );
+    assert.equal(get(guarded, 'a'), 1);
+  });
+
   it('drops every entry when it holds its maximum, and still answers', () => {
     const stmt = db.prepare<[string], string>('SELECT doc FROM t WHERE id = ?').pluck();
     const small = new RowDocuments(
