@@ -791,20 +791,28 @@ static void mount_execute(napi_env env, void *arg) {
   w->err = r == 0 ? 0 : errno;
 }
 
-static void mount_complete(napi_env env, napi_status status, void *arg) {
-  struct mount_work *w = arg;
+/* Settles the promise of a pool job that answers undefined or an errno: rejected when the
+ * job was cancelled (`what` names it) or failed (`syscall` on `path`), else resolved. */
+static void settle_void_work(napi_env env, napi_status status, napi_deferred deferred, int err, const char *what, const char *syscall, const char *path) {
   if (status != napi_ok) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "berth_sys: %s work was cancelled", what);
     napi_value e, m;
-    napi_create_string_utf8(env, "berth_sys: mount work was cancelled", NAPI_AUTO_LENGTH, &m);
+    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
     napi_create_error(env, NULL, m, &e);
-    napi_reject_deferred(env, w->deferred, e);
-  } else if (w->err) {
-    napi_reject_deferred(env, w->deferred, errno_error(env, w->err, w->unmount ? "umount2" : "mount", w->target));
+    napi_reject_deferred(env, deferred, e);
+  } else if (err) {
+    napi_reject_deferred(env, deferred, errno_error(env, err, syscall, path));
   } else {
     napi_value u;
     napi_get_undefined(env, &u);
-    napi_resolve_deferred(env, w->deferred, u);
+    napi_resolve_deferred(env, deferred, u);
   }
+}
+
+static void mount_complete(napi_env env, napi_status status, void *arg) {
+  struct mount_work *w = arg;
+  settle_void_work(env, status, w->deferred, w->err, "mount", w->unmount ? "umount2" : "mount", w->target);
   napi_delete_async_work(env, w->work);
   free(w->source);
   free(w->target);
@@ -999,18 +1007,7 @@ static void remove_tree_execute(napi_env env, void *arg) {
 
 static void remove_tree_complete(napi_env env, napi_status status, void *arg) {
   struct remove_tree_work *w = arg;
-  if (status != napi_ok) {
-    napi_value e, m;
-    napi_create_string_utf8(env, "berth_sys: removeTree work was cancelled", NAPI_AUTO_LENGTH, &m);
-    napi_create_error(env, NULL, m, &e);
-    napi_reject_deferred(env, w->deferred, e);
-  } else if (w->err) {
-    napi_reject_deferred(env, w->deferred, errno_error(env, w->err, "removeTree", w->path));
-  } else {
-    napi_value u;
-    napi_get_undefined(env, &u);
-    napi_resolve_deferred(env, w->deferred, u);
-  }
+  settle_void_work(env, status, w->deferred, w->err, "removeTree", "removeTree", w->path);
   napi_delete_async_work(env, w->work);
   free(w->path);
   free(w);

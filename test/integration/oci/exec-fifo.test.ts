@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +15,7 @@ import { BerthError } from '../../../src/common/errors.js';
 import { processStartTicks } from '../../../src/common/proc-stat.js';
 import { startThroughExecFifo } from '../../../src/oci/exec-fifo.js';
 import { until } from '../../helpers/berthd.js';
+import { assertNoNewFds, openFdTargets } from '../../helpers/fds.js';
 
 /** O_PATH (x86_64, aarch64): a descriptor that names a file without opening it. */
 const O_PATH = 0o10000000;
@@ -75,27 +76,8 @@ describe('startThroughExecFifo (a runc-shaped state dir, real processes)', funct
     return c;
   }
 
-  const fds = (): string[] =>
-    readdirSync('/proc/self/fd').flatMap((fd) => {
-      try {
-        return [`${fd} -> ${readlinkSync(`/proc/self/fd/${fd}`)}`];
-      } catch {
-        return [];
-      }
-    });
-
-  /**
-   * Asserts that no descriptor is open now that was not in `before` (one closed meanwhile is
-   * no leak), giving a child's exit watch (a pidfd, closed just after the exit is reported) a moment.
-   */
-  async function assertNoNewFds(before: string[]): Promise<void> {
-    const opened = (): string[] => fds().filter((fd) => !before.includes(fd));
-    for (let i = 0; i < 100 && opened().length > 0; i++) await new Promise((r) => setTimeout(r, 20));
-    assert.deepEqual(opened(), [], 'no descriptor left open');
-  }
-
   it('an init that writes its byte and closes the fifo is started: the fifo removed, the init let go, no descriptor kept', async () => {
-    const before = fds();
+    const before = openFdTargets();
     const c = await init('write');
     assert.deepEqual(await startThroughExecFifo(dir, { timeoutMs: 10_000 }), { started: true });
     assert.ok(!existsSync(fifo));
@@ -104,7 +86,7 @@ describe('startThroughExecFifo (a runc-shaped state dir, real processes)', funct
   });
 
   it('an init that dies without writing: not started, `runc start` is left to answer; the fifo stays', async () => {
-    const before = fds();
+    const before = openFdTargets();
     const c = await init('hold');
     setTimeout(() => c.kill('SIGKILL'), 200);
     const r = await startThroughExecFifo(dir, { timeoutMs: 10_000, pollMs: 20 });
@@ -115,7 +97,7 @@ describe('startThroughExecFifo (a runc-shaped state dir, real processes)', funct
   });
 
   it('an init that never writes: DeadlineExceeded after the timeout, the descriptor closed', async () => {
-    const before = fds();
+    const before = openFdTargets();
     await init('hold');
     await assert.rejects(startThroughExecFifo(dir, { timeoutMs: 300, pollMs: 20 }), (err: unknown) => {
       assert.ok(err instanceof BerthError);

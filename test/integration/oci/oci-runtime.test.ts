@@ -4,20 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import {
-  closeSync,
-  constants,
-  copyFileSync,
-  existsSync,
-  openSync,
-  readSync,
-  mkdirSync,
-  readdirSync,
-  readFileSync,
-  readlinkSync,
-  symlinkSync,
-  writeFileSync,
-} from 'node:fs';
+import { closeSync, constants, copyFileSync, existsSync, openSync, readSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +13,7 @@ import { createLogger, type Logger } from '../../../src/common/logger.js';
 import { OciRuntime } from '../../../src/oci/oci-runtime.js';
 import { OciRuntimeError } from '../../../src/oci/runtime-errors.js';
 import { until } from '../../helpers/berthd.js';
+import { assertNoNewFds, openFdTargets } from '../../helpers/fds.js';
 
 const RUNC = '/usr/sbin/runc';
 
@@ -130,28 +118,8 @@ async function startsDuring(records: Array<Record<string, unknown>>, f: () => Pr
       return id;
     }
 
-    /** This process's open descriptors and what they are. */
-    const fds = (): string[] =>
-      readdirSync('/proc/self/fd').flatMap((fd) => {
-        try {
-          return [`${fd} -> ${readlinkSync(`/proc/self/fd/${fd}`)}`];
-        } catch {
-          return []; // the directory's own descriptor, closed by now
-        }
-      });
-
-    /**
-     * Asserts that no descriptor is open now that was not in `before` (one closed meanwhile is
-     * no leak), giving a child's exit watch (a pidfd, closed just after the exit is reported) a moment.
-     */
-    async function assertNoNewFds(before: string[]): Promise<void> {
-      const opened = (): string[] => fds().filter((fd) => !before.includes(fd));
-      for (let i = 0; i < 100 && opened().length > 0; i++) await new Promise((r) => setTimeout(r, 20));
-      assert.deepEqual(opened(), [], 'no descriptor left open');
-    }
-
     it('starts a created container without `runc start`: the user program runs and runc says running, the fifo is gone', async () => {
-      const fdsBefore = fds();
+      const fdsBefore = openFdTargets();
       const id = create();
       assert.equal((await fifoRt.state(id))?.status, 'created');
       const verbs = await startsDuring(records, () => fifoRt.start(id));
@@ -201,7 +169,7 @@ async function startsDuring(records: Array<Record<string, unknown>>, f: () => Pr
     });
 
     it("a container whose init died before the start: runc's own error and state, as without the fifo", async () => {
-      const fdsBefore = fds();
+      const fdsBefore = openFdTargets();
       const answers: Array<{ kind: string; detail: string; state: string | undefined }> = [];
       for (const rt of [fifoRt, cliRt]) {
         const id = create();
