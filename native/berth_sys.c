@@ -96,6 +96,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -1053,6 +1054,7 @@ struct userns_child_arg {
   const char *hostname;
   bool loopback_up;
   int report;
+  pid_t parent;
 };
 
 /* Sets IFF_UP on `lo` of the calling thread's network namespace (the kernel then gives it
@@ -1075,6 +1077,10 @@ static int loopback_up(void) {
 
 static int userns_child(void *arg) {
   struct userns_child_arg *a = arg;
+  /* berthd killed (kill -9) while the pins are made must not leave this child paused for
+   * ever, holding its namespaces and a copy of berthd's descriptors (its lock files among
+   * them). Its parent is the pool thread, which lives as long as berthd. */
+  if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != a->parent) _exit(1);
   int report[2] = {0, 0};
   if (a->hostname && sethostname(a->hostname, strlen(a->hostname)) != 0) report[0] = errno;
   if (!report[0] && a->loopback_up && (report[0] = loopback_up()) != 0) report[1] = 1;
@@ -1126,7 +1132,7 @@ static void pin_userns(struct userns_work *w) {
   if (w->uid_map) flags |= CLONE_NEWUSER;
   for (int i = 0; i < 3; i++)
     if (w->ns_pins[i]) flags |= ns_pin_flags[i];
-  struct userns_child_arg arg = {.hostname = w->hostname, .loopback_up = w->loopback_up, .report = report[1]};
+  struct userns_child_arg arg = {.hostname = w->hostname, .loopback_up = w->loopback_up, .report = report[1], .parent = getpid()};
   pid_t pid = clone(userns_child, stack + stack_size, flags, &arg);
   close(report[1]);
   if (pid < 0) {
