@@ -57,6 +57,8 @@
  * - mallocTrim: glibc gives each thread that mallocs (libuv's pool, the unpack workers)
  *   an arena of its own and keeps the pages a burst (a pull) filled there; malloc_trim(0)
  *   hands the free pages of every arena back to the kernel after such a burst.
+ * - limitArenas: mallopt(M_ARENA_MAX): the most arenas glibc makes (its default is 8 per
+ *   core); threads beyond it share the arenas there are.
  *
  * - sealedCopy: a copy of a file (the OCI runtime's binary) in a memfd sealed against any
  *   change. runc (and crun) copy themselves into such a memfd at every `create` and `exec`
@@ -1392,6 +1394,22 @@ static napi_value js_malloc_trim(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* ---- limitArenas(n) -> boolean: mallopt(M_ARENA_MAX, n), for arenas made from now on ---- */
+
+static napi_value js_limit_arenas(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value args[1];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
+  int32_t n = 0;
+  if (argc < 1 || napi_get_value_int32(env, args[0], &n) != napi_ok || n < 1) {
+    napi_throw_type_error(env, NULL, "limitArenas(n): n must be a positive integer");
+    return NULL;
+  }
+  napi_value out;
+  NAPI_OK(napi_get_boolean(env, mallopt(M_ARENA_MAX, n) == 1, &out));
+  return out;
+}
+
 /* ---- socketInNetns(nsPath, family 4|6) -> fd: an unconnected TCP socket made in a netns ---- */
 
 struct netns_socket {
@@ -1719,6 +1737,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"notifySocket", NULL, js_notify_socket, NULL, NULL, NULL, napi_enumerable, NULL},
       {"datagramBind", NULL, js_datagram_bind, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mallocTrim", NULL, js_malloc_trim, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"limitArenas", NULL, js_limit_arenas, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sealedCopy", NULL, js_sealed_copy, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));

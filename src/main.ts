@@ -16,7 +16,7 @@ import { parseArgs } from 'node:util';
 import { BerthError, errnoOf, messageOf } from './common/errors.js';
 import { createLogger, type Logger } from './common/logger.js';
 import { cleanProbeScratch } from './common/mount-probes.js';
-import { startMallocTrimmer } from './common/malloc-trim.js';
+import { limitMallocArenas, startMallocTrimmer } from './common/malloc-trim.js';
 import { loadNative } from './common/native.js';
 import { traced } from './common/trace-points.js';
 import { BERTH_VERSION } from './common/version.js';
@@ -84,6 +84,8 @@ Flags:
 
 /** How often freed malloc memory goes back to the kernel (see common/malloc-trim.ts). */
 const MALLOC_TRIM_EVERY_MS = 30_000;
+/** glibc malloc arenas berthd allows itself (unless MALLOC_ARENA_MAX is set): see malloc-trim.ts. */
+const MALLOC_ARENA_MAX = 2;
 
 /** How long the spans still queued at shutdown may take to reach the collector. */
 const TRACING_FLUSH_MS = 2000;
@@ -253,6 +255,8 @@ async function runDaemon(loaded: LoadedConfig, load: () => LoadedConfig): Promis
     if (state.phase !== 'draining') void reloader.reload();
   });
   try {
+    // Before the pool threads and the unpack workers make their arenas (see malloc-trim.ts).
+    limitMallocArenas(MALLOC_ARENA_MAX);
     const rootLock = DirectoryLock.acquire(config.root, 'root directory');
     held.push(() => rootLock.release());
     const stateLock = DirectoryLock.acquire(config.state, 'state directory');

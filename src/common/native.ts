@@ -56,6 +56,8 @@ export interface NativeSys {
   datagramBind(path: string): number;
   /** malloc_trim(0): returns the free pages of every arena to the kernel; true if any went. */
   mallocTrim(): boolean;
+  /** mallopt(M_ARENA_MAX, n): at most `n` malloc arenas from now on; true if glibc took it. */
+  limitArenas(n: number): boolean;
   /** A copy of the file at `path` in a memfd sealed against any change (close-on-exec); its descriptor. */
   sealedCopy(path: string): number;
 }

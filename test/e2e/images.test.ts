@@ -11,10 +11,25 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { LAYERED_EXPECT, pushFixtures, type Fixtures, type PushedImage } from '../../hack/test-images/oci.js';
+import { LAYERED_EXPECT, pushFixtures, pushRandomImage, type Fixtures, type PushedImage } from '../../hack/test-images/oci.js';
 import { Berthd, until } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { freePort, startRegistry, startRegistryProxy, type Registry, type RegistryProxy } from '../helpers/registry.js';
+
+/** The process's threads and its largest mappings by RSS, for a message about its memory. */
+function largestRegions(pid: number): string {
+  const threads = /Threads:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1];
+  const regions: Array<{ what: string; kb: number }> = [];
+  for (const line of readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    if (/^[0-9a-f]+-/.test(line)) regions.push({ what: line.replace(/\s+/g, ' '), kb: 0 });
+    else if (line.startsWith('Rss:') && regions.length) regions[regions.length - 1]!.kb = Number(line.split(/\s+/)[1]);
+  }
+  regions.sort((x, y) => y.kb - x.kb);
+  return `${threads} threads; largest: ${regions
+    .slice(0, 6)
+    .map((r) => `${r.kb} kB ${r.what}`)
+    .join(' | ')}`;
+}
 
 describe('ImageService', function () {
   this.timeout(120_000);
@@ -494,6 +509,30 @@ describe('ImageService', function () {
       const gets = p.requests.filter((r) => r.method === 'GET' && r.path.endsWith(`/blobs/${l.digest}`) && r.status === 200);
       assert.equal(gets.length, 1, `layer ${l.digest} fetched ${gets.length} times`);
     }
+  });
+
+  it('hands back the memory of cold pulls: RSS returns within 10 MiB of a fresh, idle berthd', async function () {
+    // The property behind issue 14's "RSS 60 s after 3 cold pulls": the unpack workers'
+    // heaps and the malloc arenas a pull fills must not stay in berthd's RSS.
+    this.timeout(240_000);
+    const img = await pushRandomImage(registry.host, 'test/rss', 'latest', 5, 16 << 20, 'gzip');
+    const b = await start();
+    const rss = (): number => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${b.proc.pid!}/status`, 'utf8'))![1]) / 1024;
+    await new Promise((r) => setTimeout(r, 3000));
+    const idle = rss();
+    let peak = idle;
+    for (let i = 0; i < 3; i++) {
+      await b.image.PullImage({ image: { image: img.ref } });
+      peak = Math.max(peak, rss());
+      await b.image.RemoveImage({ image: { image: img.ref } });
+    }
+    assert.ok(peak > idle, `RSS did not move during the pulls (${idle.toFixed(1)} MiB)`);
+    let now = peak;
+    await until(async () => ((now = rss()) <= idle + 10 ? true : undefined), 60_000, 1000).catch(() => undefined);
+    assert.ok(
+      now <= idle + 10,
+      `RSS ${now.toFixed(1)} MiB 60 s after three pulls, ${idle.toFixed(1)} MiB fresh and idle (peak ${peak.toFixed(1)}); ${largestRegions(b.proc.pid!)}`,
+    );
   });
 
   it('after kill -9 during a pull: no half image, a clean store, and the retry reuses verified blobs', async () => {

@@ -8,6 +8,7 @@ import { readdirSync } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { limitMallocArenas } from '../../../src/common/malloc-trim.js';
 import { MNT } from '../../../src/common/mount.js';
 import { execProcess, resolveExecutable, spawnProcess, startProcess, type ChildProcess } from '../../../src/common/process.js';
 import { native } from '../../../src/common/native.js';
@@ -228,6 +229,48 @@ describe('common/sys: the native addon', () => {
 
     it('the addon refuses a file that is not a path, starting nothing', () => {
       assert.throws(() => native().spawnAsync('true', ['true'], [], null, [], false), TypeError);
+    });
+  });
+
+  describe('limitMallocArenas: the cap on glibc malloc arenas', () => {
+    /**
+     * Runs a Node of its own that caps its arenas at `cap` (or not), starts six worker
+     * threads that malloc, and answers how many new 64 MiB-aligned anonymous heaps (glibc's
+     * non-main arenas) appeared.
+     */
+    async function newArenas(cap: number | null, env: Record<string, string> = {}): Promise<{ newArenas: number; set: boolean | null }> {
+      const trimJs = new URL('../../../src/common/malloc-trim.js', import.meta.url).href;
+      const script = `
+        import { Worker } from 'node:worker_threads';
+        import { readFileSync } from 'node:fs';
+        const { limitMallocArenas } = await import(${JSON.stringify(trimJs)});
+        const heaps = () => readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => {
+          const m = /^([0-9a-f]+)-[0-9a-f]+ rw-p 00000000 00:00 0\\s*$/.exec(l);
+          return m && BigInt('0x' + m[1]) % (64n << 20n) === 0n;
+        }).length;
+        const set = ${cap === null ? 'null' : `limitMallocArenas(${cap})`};
+        const before = heaps();
+        const code = "const { parentPort } = require('node:worker_threads'); const keep = []; for (let i = 0; i < 64; i++) keep.push(Buffer.alloc(256 << 10, 1)); parentPort.postMessage(keep.length);";
+        const workers = Array.from({ length: 6 }, () => new Worker(code, { eval: true, execArgv: [] }));
+        await Promise.all(workers.map((w) => new Promise((r) => w.once('message', r))));
+        console.log(JSON.stringify({ newArenas: heaps() - before, set }));
+        process.exit(0);`;
+      const r = await execProcess(process.execPath, ['--input-type=module', '-e', script], { timeoutMs: 30_000, env: { ...process.env, ...env } });
+      assert.equal(r.code, 0, r.stderr);
+      return JSON.parse(r.stdout) as { newArenas: number; set: boolean | null };
+    }
+
+    it('keeps threads that start after it to the arenas there are; without it each worker thread gets its own', async () => {
+      const free = await newArenas(null, { MALLOC_ARENA_MAX: '' });
+      const capped = await newArenas(2, { MALLOC_ARENA_MAX: '' });
+      assert.equal(capped.set, true);
+      assert.ok(free.newArenas >= 4, `without a cap, 6 worker threads made ${free.newArenas} arenas`);
+      assert.ok(capped.newArenas <= 1, `with 2 arenas at most, 6 worker threads made ${capped.newArenas} new arenas`);
+    });
+
+    it('leaves the count to MALLOC_ARENA_MAX when the environment sets it', async () => {
+      assert.equal(limitMallocArenas(2, { MALLOC_ARENA_MAX: '4' }), false);
+      assert.equal((await newArenas(2, { MALLOC_ARENA_MAX: '8' })).set, false);
     });
   });
 
