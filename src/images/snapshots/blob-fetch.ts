@@ -14,6 +14,10 @@
  * byte beyond the declared size, a stall or a trickle (the same stall timeout and rate
  * floor, through registry/http.ts) fails the transfer, and so does a truncation. The
  * request's headers carry credentials: nothing here logs them or puts them in a message.
+ *
+ * Over plain HTTP the GET is raw-get.ts's (fetchPlain): the body is read off the socket
+ * into 1 MiB blocks that go to the intake as they are, with none of the HTTP client's
+ * per-chunk copies; over HTTPS it is http.ts's.
  */
 import type { SecureContext } from 'node:tls';
 import { BerthError, errnoOf, messageOf, type ErrorKind } from '../../common/errors.js';
@@ -21,6 +25,7 @@ import { LruMap } from '../../common/lru.js';
 import { AddressPolicy } from '../registry/address-policy.js';
 import type { BlobRequest } from '../registry/client.js';
 import { NetworkError, send, type HttpResponse } from '../registry/http.js';
+import { BodyError, rawGet, type RawResponse } from '../registry/raw-get.js';
 import { MAX_TLS_HOSTS, secureContextOf, type TlsSettings } from '../registry/tls.js';
 
 /** How a worker's download of a blob ended. */
@@ -71,6 +76,7 @@ function tlsOf(t: BlobRequest['tls'], host: string): TlsSettings {
  */
 export async function fetchBlob(req: BlobRequest, size: number, what: string, target: FetchTarget, signal: AbortSignal): Promise<FetchOutcome> {
   const url = new URL(req.url);
+  if (url.protocol === 'http:') return fetchPlain(url, req, size, what, target, signal);
   let res: HttpResponse;
   try {
     const tls = url.protocol === 'https:' ? tlsOf(req.tls, req.host) : (undefined as unknown as TlsSettings);
@@ -143,6 +149,83 @@ export async function fetchBlob(req: BlobRequest, size: number, what: string, ta
       if (!body.complete) fail('DataLoss', `${what}: truncated: connection closed after ${seen} of ${size} bytes from registry ${req.host}`);
     });
   });
+}
+
+/**
+ * fetchBlob over plain HTTP, through raw-get.ts: the body goes to the intake in blocks of
+ * 1 MiB read straight off the socket, with the same outcomes and messages as above.
+ */
+async function fetchPlain(url: URL, req: BlobRequest, size: number, what: string, target: FetchTarget, signal: AbortSignal): Promise<FetchOutcome> {
+  let res: RawResponse;
+  try {
+    res = await rawGet({
+      url,
+      headers: req.headers,
+      stallMs: req.stallMs,
+      minBytesPerSecond: req.minBytesPerSecond,
+      policy: new AddressPolicy(req.policyHost),
+      signal,
+    });
+  } catch (err) {
+    if (signal.aborted) return stopped(signal, what);
+    return { ok: false, fallback: true, why: messageOf(err) };
+  }
+  if (res.status !== 200) {
+    res.destroy();
+    return { ok: false, fallback: true, why: `answered ${res.status}`, status: res.status };
+  }
+  if (res.framing.type === 'length' && res.framing.length !== size) {
+    res.destroy();
+    return failed(target, 'DataLoss', `${what}: registry ${req.host} announced ${res.framing.length} bytes, the descriptor says ${size}`);
+  }
+  let seen = 0;
+  target.onDrain = () => {
+    if (target.pending < WINDOW) res.resume();
+  };
+  try {
+    await res.pipe(
+      {
+        block(b) {
+          seen += b.length;
+          target.chunk(b);
+          return target.pending < WINDOW;
+        },
+      },
+      size,
+    );
+  } catch (err) {
+    target.onDrain = undefined;
+    target.abort();
+    if (signal.aborted) return stopped(signal, what);
+    if (err instanceof BodyError && err.why === 'too-long') {
+      return {
+        ok: false,
+        fallback: false,
+        kind: 'DataLoss',
+        message: `${what}: registry ${req.host} sent more than the ${size} bytes the descriptor declares`,
+      };
+    }
+    if (err instanceof BodyError && err.why === 'truncated') {
+      return {
+        ok: false,
+        fallback: false,
+        kind: 'DataLoss',
+        message: `${what}: truncated: connection closed after ${seen} of ${size} bytes from registry ${req.host}`,
+      };
+    }
+    if (err instanceof NetworkError)
+      return { ok: false, fallback: false, kind: 'Unavailable', message: `${what}: ${err.message} (after ${seen} of ${size} bytes)` };
+    return {
+      ok: false,
+      fallback: false,
+      kind: 'DataLoss',
+      message: `${what}: transfer from registry ${req.host} failed after ${seen} of ${size} bytes: ${messageOf(err)}`,
+    };
+  }
+  target.onDrain = undefined;
+  if (seen !== size) return failed(target, 'DataLoss', `${what}: truncated: got ${seen} of ${size} bytes from registry ${req.host}`);
+  target.end();
+  return { ok: true, bytes: seen };
 }
 
 /** The outcome of a download stopped by `signal` (cancelled, or its intake failed). */

@@ -210,6 +210,55 @@ describe('UnpackPool', function () {
       assert.equal((await result).diffId, `sha256:${sha256(raw)}`);
     });
 
+    it('a chunked body unpacks as a Content-Length one; a stall is Unavailable; a refused address falls back having fed nothing', async () => {
+      const p = (pool = new UnpackPool(1, 1_000));
+      const { raw, blobBytes, big } = await layer();
+      const start = async (name: string) => {
+        const target = join(dir, `fs-${name}`);
+        fs.mkdirSync(target);
+        return {
+          target,
+          ...(await p.stream({ tmpPath: join(dir, `${name}.tmp`), alg: 'sha256', compression: 'gzip', target, opts: { layer: LAYER, maxBytes: 1 << 30 } })),
+        };
+      };
+      // Chunked, in pieces of odd sizes.
+      let req = await serve((_req, res) => {
+        res.writeHead(200, { 'transfer-encoding': 'chunked' });
+        for (let i = 0; i < blobBytes.length; i += 100_003) res.write(blobBytes.subarray(i, i + 100_003));
+        res.end();
+      });
+      const a = await start('chunked');
+      assert.deepEqual(await a.sink.fetch(req, blobBytes.length, 'the layer'), { ok: true, bytes: blobBytes.length });
+      assert.equal(await a.sink.seal(), sha256(blobBytes));
+      assert.equal((await a.result).diffId, `sha256:${sha256(raw)}`);
+      assert.ok(fs.readFileSync(join(a.target, 'big.bin')).equals(big));
+      server!.closeAllConnections();
+      await new Promise<void>((r) => server!.close(() => r()));
+
+      // Half the body, then silence.
+      req = await serve((_req, res) => {
+        res.writeHead(200, { 'content-length': blobBytes.length });
+        res.write(blobBytes.subarray(0, blobBytes.length >> 1));
+      });
+      const b = await start('stalled');
+      const o = await b.sink.fetch({ ...req, stallMs: 500 }, blobBytes.length, 'the layer');
+      assert.ok(!o.ok && !o.fallback && o.kind === 'Unavailable' && /no data for 0\.5 s, .*after \d+ of \d+ bytes/.test(o.message), JSON.stringify(o));
+      await b.sink.closed;
+      await assert.rejects(b.result);
+      server!.closeAllConnections();
+      await new Promise<void>((r) => server!.close(() => r()));
+
+      // A registry not on loopback whose blob URL points at loopback: refused, nothing sent.
+      req = await serve((_req, res) => res.end(blobBytes));
+      const c = await start('refused');
+      const refused = await c.sink.fetch({ ...req, policyHost: 'registry.invalid' }, blobBytes.length, 'the layer');
+      assert.ok(!refused.ok && refused.fallback && /refusing to connect to 127\.0\.0\.1/.test(refused.why), JSON.stringify(refused));
+      assert.equal(req.seen.length, 0, 'no request reached the server');
+      await pipeline(chunked(blobBytes, 65_536), c.sink.writable);
+      assert.equal(await c.sink.seal(), sha256(blobBytes), 'nothing of the refused download reached the intake');
+      await c.result;
+    });
+
     it('refuses more bytes than declared, and a truncated body, with DataLoss; the temp file is closed', async () => {
       const p = (pool = new UnpackPool(1, 1_000));
       const { blobBytes } = await layer();
