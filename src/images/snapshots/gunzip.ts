@@ -19,7 +19,7 @@
  *
  * The socket's 64 KiB pieces are gathered into 1 MiB blocks for zlib (each write is a
  * round trip to a pool thread), in one block of memory reused for the whole layer (a
- * piece of 1 MiB or more goes to zlib as it is); a block waits at most GATHER_MS for its
+ * piece of 512 KiB or more goes to zlib as it is); a block waits at most GATHER_MS for its
  * bytes once some are there.
  */
 import type { Readable } from 'node:stream';
@@ -116,11 +116,14 @@ class Pending {
 
   /**
    * Takes up to `into.length` bytes for zlib (at least one): the first piece itself when
-   * it is that long or the only one (no copy), else the pieces copied into `into`.
+   * what is left of it is at least half that long or it is the only one (no copy), else
+   * the pieces copied into `into`. Half: a worker's download hands on 1 MiB blocks, the
+   * first one short by the response head; gathering that one into a whole block would
+   * leave each next one short by as much, and copy every byte after it.
    */
   take(into: Buffer): Buffer {
     const first = this.parts[0]!;
-    if (first.length - this.head >= into.length || this.parts.length === 1) {
+    if (first.length - this.head >= into.length / 2 || this.parts.length === 1) {
       const whole = this.head === 0 ? first : first.subarray(this.head);
       this.parts.shift();
       this.head = 0;
