@@ -20,19 +20,50 @@ import type { BlobRequest } from './registry/client.js';
 import type { Joined, SharedWork } from './shared-work.js';
 import type { PreparedSnapshot, Snapshotter } from './snapshots/snapshotter.js';
 
-/** Runs at most `n` tasks at once. */
+/**
+ * Runs at most `n` tasks at once, the heaviest waiting one first. Tasks asked for in the
+ * same tick compete by weight (the start is a microtask later): a pull asks for all its
+ * layers at once, and the largest downloads start first, so the pull does not end on a
+ * large layer that started last and runs alone on one core.
+ */
 export class Limiter {
   private active = 0;
-  private queue: Array<() => void> = [];
+  private queue: Array<{ start: () => void; weight: number; seq: number }> = [];
+  private seq = 0;
+  private scheduled = false;
   constructor(private readonly n: number) {}
-  async run<T>(task: () => Promise<T>): Promise<T> {
-    if (this.active >= this.n) await new Promise<void>((r) => this.queue.push(r));
-    this.active++;
+
+  async run<T>(task: () => Promise<T>, weight = 0): Promise<T> {
+    await new Promise<void>((start) => {
+      this.queue.push({ start, weight, seq: this.seq++ });
+      if (!this.scheduled) {
+        this.scheduled = true;
+        queueMicrotask(() => {
+          this.scheduled = false;
+          this.pump();
+        });
+      }
+    });
     try {
       return await task();
     } finally {
       this.active--;
-      this.queue.shift()?.();
+      this.pump();
+    }
+  }
+
+  /** Starts the heaviest waiting tasks (the earliest among equals) while there is room. */
+  private pump(): void {
+    while (this.active < this.n && this.queue.length > 0) {
+      let best = 0;
+      for (let i = 1; i < this.queue.length; i++) {
+        const q = this.queue[i]!;
+        const b = this.queue[best]!;
+        if (q.weight > b.weight || (q.weight === b.weight && q.seq < b.seq)) best = i;
+      }
+      const [next] = this.queue.splice(best, 1);
+      this.active++;
+      next!.start();
     }
   }
 }
@@ -73,7 +104,7 @@ export function layerTask(d: LayerTaskDeps, t: LayerTaskSpec, caller: AbortSigna
   const content = d.content;
   const run = async (signal: AbortSignal): Promise<void> => {
     if (d.snapshots.committed(t.chainId)) {
-      await t.limiter.run(() => fetchLayer(content, t, signal));
+      await t.limiter.run(() => fetchLayer(content, t, signal), t.layer.size);
       return;
     }
     // The layer's own byte limit, and the shared limits granted as its unpack goes; settled
@@ -137,7 +168,7 @@ export function layerTask(d: LayerTaskDeps, t: LayerTaskSpec, caller: AbortSigna
           );
           throw err;
         });
-      });
+      }, t.layer.size);
       prepared =
         streamed !== undefined
           ? await streamed
