@@ -27,7 +27,7 @@ export type IntakeMessage =
  * Bytes the unpacker may have waiting before acknowledgements are held back. The pieces
  * go to it as they came: its gzip decoder gathers them for zlib (gunzip.ts).
  */
-const SOURCE_HIGH_WATER = 4 << 20;
+const SOURCE_HIGH_WATER = 2 << 20;
 
 export class BlobIntake {
   /** The compressed stream the unpacker reads. */

@@ -34,7 +34,7 @@ const OUT_HIGH = 2 * OUT_CHUNK;
 /** How long a block waits for more compressed bytes once some are pending. */
 const GATHER_MS = 10;
 /** Compressed bytes received and not yet used before the source is paused. */
-const PENDING_HIGH = 4 << 20;
+const PENDING_HIGH = 2 << 20;
 
 const FHCRC = 0x02;
 const FEXTRA = 0x04;
