@@ -72,6 +72,13 @@
  *   lstat, readdir, unlink and rmdir as a job of its own: a container's writable layer,
  *   its bundle and a pod's dir took some 60 round trips of the pool at each removal.
  *
+ * - watchExit / unwatchExit: a pidfd (pidfd_open) of any process, not only a child, watched
+ *   by the event loop: the callback runs once when the process exits. The exit monitor
+ *   follows each container's shim (conmon, which berthd does not parent) this way instead
+ *   of reading /proc/<pid>/stat of every shim every few seconds. Nothing is reaped. The
+ *   descriptor is closed when the exit has been told, at unwatchExit, when the handle is
+ *   collected, or when the environment goes away, whichever comes first.
+ *
  * Errors are thrown (or rejected) as Error objects with `code` (e.g. "ENOENT"), `errno`
  * and `syscall`, like Node's own.
  */
@@ -1051,7 +1058,8 @@ struct userns_work {
 
 /* The helper: sets the hostname (it holds CAP_SYS_ADMIN over the UTS namespace its own
  * user namespace owns), brings `lo` of its new network namespace up when asked, reports
- * the result on the pipe (errno, and 1 when `lo` failed), then waits to be killed. */
+ * the result on the pipe (errno, and which step of bringing `lo` up failed, 0 for the
+ * hostname), then waits to be killed. */
 struct userns_child_arg {
   const char *hostname;
   bool loopback_up;
@@ -1060,18 +1068,30 @@ struct userns_child_arg {
 };
 
 /* Sets IFF_UP on `lo` of the calling thread's network namespace (the kernel then gives it
- * 127.0.0.1/8 and ::1): what the CNI loopback plugin does, without a process. */
-static int loopback_up(void) {
+ * 127.0.0.1/8 and ::1): what the CNI loopback plugin does, without a process. Returns 0, or
+ * an errno with `*step` set to the call that failed (one of the LOOPBACK_* below). */
+enum { LOOPBACK_SOCKET = 1, LOOPBACK_GET_FLAGS, LOOPBACK_SET_FLAGS };
+static const char *const loopback_steps[] = {NULL, "socket AF_INET (to bring lo up)", "ioctl SIOCGIFFLAGS lo", "ioctl SIOCSIFFLAGS lo"};
+
+static int loopback_up(int *step) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (s < 0) return errno;
+  if (s < 0) {
+    *step = LOOPBACK_SOCKET;
+    return errno;
+  }
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
   strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
   int err = 0;
-  if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0) err = errno;
-  else if (!(ifr.ifr_flags & IFF_UP)) {
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0) {
+    err = errno;
+    *step = LOOPBACK_GET_FLAGS;
+  } else if (!(ifr.ifr_flags & IFF_UP)) {
     ifr.ifr_flags |= IFF_UP;
-    if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) err = errno;
+    if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) {
+      err = errno;
+      *step = LOOPBACK_SET_FLAGS;
+    }
   }
   close(s);
   return err;
@@ -1085,7 +1105,7 @@ static int userns_child(void *arg) {
   if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != a->parent) _exit(1);
   int report[2] = {0, 0};
   if (a->hostname && sethostname(a->hostname, strlen(a->hostname)) != 0) report[0] = errno;
-  if (!report[0] && a->loopback_up && (report[0] = loopback_up()) != 0) report[1] = 1;
+  if (!report[0] && a->loopback_up) report[0] = loopback_up(&report[1]);
   if (write(a->report, report, sizeof report) != sizeof report) _exit(1);
   for (;;) pause();
   return 0;
@@ -1154,7 +1174,7 @@ static void pin_userns(struct userns_work *w) {
     w->syscall = "clone";
   } else if (child_report[0]) {
     w->err = child_report[0];
-    w->syscall = child_report[1] ? "ioctl SIOCSIFFLAGS lo" : "sethostname";
+    w->syscall = child_report[1] >= LOOPBACK_SOCKET && child_report[1] <= LOOPBACK_SET_FLAGS ? loopback_steps[child_report[1]] : "sethostname";
   }
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
@@ -1719,6 +1739,179 @@ out:
   return ret;
 }
 
+/* ---- watchExit(pid, onExit) -> handle | errno; unwatchExit(handle) ---- */
+
+/* One watched process. Owned by two: the JavaScript handle (an external) and the loop's
+ * poll handle while it is open; freed when both let go. */
+struct exit_watch {
+  uv_poll_t poll;
+  int fd;
+  napi_env env;
+  napi_ref callback;
+  napi_async_context async;
+  napi_async_cleanup_hook_handle cleanup;
+  bool closing;
+  bool env_gone;
+  int refs;
+};
+
+static void exit_watch_unref(struct exit_watch *w) {
+  if (--w->refs == 0) free(w);
+}
+
+static void exit_watch_closed(uv_handle_t *h) {
+  struct exit_watch *w = h->data;
+  close(w->fd);
+  w->fd = -1;
+  /* Node waits for this before it tears the environment down. */
+  if (w->env_gone) napi_remove_async_cleanup_hook(w->cleanup);
+  exit_watch_unref(w);
+}
+
+/* Stops watching and closes the descriptor (on the main thread, while the environment lives). */
+static void exit_watch_close(struct exit_watch *w) {
+  if (w->closing) return;
+  w->closing = true;
+  uv_poll_stop(&w->poll);
+  napi_remove_async_cleanup_hook(w->cleanup);
+  napi_delete_reference(w->env, w->callback);
+  w->callback = NULL;
+  napi_async_destroy(w->env, w->async);
+  uv_close((uv_handle_t *)&w->poll, exit_watch_closed);
+}
+
+static void exit_watch_env_gone(napi_async_cleanup_hook_handle handle, void *arg) {
+  struct exit_watch *w = arg;
+  w->cleanup = handle;
+  w->env_gone = true;
+  w->closing = true;
+  uv_poll_stop(&w->poll);
+  uv_close((uv_handle_t *)&w->poll, exit_watch_closed);
+}
+
+/* The process exited: the callback runs (in a callback scope, so that its microtasks run
+ * now), then the descriptor goes. */
+static void exit_watch_readable(uv_poll_t *h, int status, int events) {
+  (void)status;
+  (void)events;
+  struct exit_watch *w = h->data;
+  if (w->closing) return;
+  uv_poll_stop(h);
+  napi_env env = w->env;
+  /* The callback may unwatch (or drop) the handle: this keeps `w` until the end. */
+  w->refs++;
+  napi_handle_scope hs;
+  if (napi_open_handle_scope(env, &hs) == napi_ok) {
+    napi_value cb, resource, result;
+    if (napi_get_reference_value(env, w->callback, &cb) == napi_ok && cb != NULL && napi_create_object(env, &resource) == napi_ok &&
+        napi_make_callback(env, w->async, resource, cb, 0, NULL, &result) != napi_ok) {
+      /* What the callback threw is an uncaught exception, as from any event. */
+      napi_value err;
+      bool pending = false;
+      if (napi_is_exception_pending(env, &pending) == napi_ok && pending && napi_get_and_clear_last_exception(env, &err) == napi_ok)
+        napi_fatal_exception(env, err);
+    }
+    napi_close_handle_scope(env, hs);
+  }
+  exit_watch_close(w);
+  exit_watch_unref(w);
+}
+
+static void exit_watch_finalize(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  struct exit_watch *w = data;
+  if (!w->env_gone) exit_watch_close(w);
+  exit_watch_unref(w);
+}
+
+static napi_value js_watch_exit(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value args[2], out;
+  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
+  int32_t pid = 0;
+  napi_valuetype cbtype = napi_undefined;
+  if (argc < 2 || napi_get_value_int32(env, args[0], &pid) != napi_ok || pid <= 0 || napi_typeof(env, args[1], &cbtype) != napi_ok ||
+      cbtype != napi_function) {
+    napi_throw_type_error(env, NULL, "watchExit(pid > 0, onExit)");
+    return NULL;
+  }
+  uv_loop_t *loop;
+  NAPI_OK(napi_get_uv_event_loop(env, &loop));
+  int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+  if (fd < 0) {
+    NAPI_OK(napi_create_int32(env, errno, &out));
+    return out;
+  }
+  /* pidfd_open gives no close-on-exec flag; a child spawned meanwhile gets only the descriptors asked for. */
+  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  struct exit_watch *w = calloc(1, sizeof *w);
+  if (!w) {
+    close(fd);
+    NAPI_OK(napi_create_int32(env, ENOMEM, &out));
+    return out;
+  }
+  w->fd = fd;
+  w->env = env;
+  w->poll.data = w;
+  napi_value name;
+  if (napi_create_string_utf8(env, "berth_sys.watchExit", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_async_init(env, NULL, name, &w->async) != napi_ok) {
+    close(fd);
+    free(w);
+    napi_throw_error(env, NULL, "berth_sys: watchExit: napi_async_init failed");
+    return NULL;
+  }
+  if (napi_create_reference(env, args[1], 1, &w->callback) != napi_ok) {
+    napi_async_destroy(env, w->async);
+    close(fd);
+    free(w);
+    napi_throw_error(env, NULL, "berth_sys: watchExit: napi_create_reference failed");
+    return NULL;
+  }
+  int err = uv_poll_init(loop, &w->poll, fd);
+  if (err != 0) {
+    napi_delete_reference(env, w->callback);
+    napi_async_destroy(env, w->async);
+    close(fd);
+    free(w);
+    return throw_errno(env, -err, "uv_poll_init", "pidfd");
+  }
+  /* From here the poll handle holds one reference, the external the other. */
+  w->refs = 2;
+  if ((err = uv_poll_start(&w->poll, UV_READABLE, exit_watch_readable)) != 0 ||
+      napi_add_async_cleanup_hook(env, exit_watch_env_gone, w, &w->cleanup) != napi_ok) {
+    w->closing = true;
+    uv_poll_stop(&w->poll);
+    napi_delete_reference(env, w->callback);
+    napi_async_destroy(env, w->async);
+    w->refs = 1;
+    uv_close((uv_handle_t *)&w->poll, exit_watch_closed);
+    return throw_errno(env, err != 0 ? -err : ENOMEM, "uv_poll_start", "pidfd");
+  }
+  if (napi_create_external(env, w, exit_watch_finalize, NULL, &out) != napi_ok) {
+    exit_watch_close(w);
+    exit_watch_unref(w);
+    napi_throw_error(env, NULL, "berth_sys: watchExit: napi_create_external failed");
+    return NULL;
+  }
+  return out;
+}
+
+static napi_value js_unwatch_exit(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value arg;
+  NAPI_OK(napi_get_cb_info(env, info, &argc, &arg, NULL, NULL));
+  void *data = NULL;
+  napi_valuetype t = napi_undefined;
+  if (argc < 1 || napi_typeof(env, arg, &t) != napi_ok || t != napi_external || napi_get_value_external(env, arg, &data) != napi_ok || !data) {
+    napi_throw_type_error(env, NULL, "unwatchExit(handle from watchExit)");
+    return NULL;
+  }
+  exit_watch_close(data);
+  return NULL;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"pipe", NULL, js_pipe, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -1739,6 +1932,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"mallocTrim", NULL, js_malloc_trim, NULL, NULL, NULL, napi_enumerable, NULL},
       {"limitArenas", NULL, js_limit_arenas, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sealedCopy", NULL, js_sealed_copy, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"watchExit", NULL, js_watch_exit, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"unwatchExit", NULL, js_unwatch_exit, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

@@ -3,8 +3,8 @@
  * lacks. Callers use it through the modules named for what they do: processes
  * (`process.ts`: posix_spawn), mounts (`mount.ts`: mount(2), umount2(2), open_tree and
  * mount_setattr), user namespaces (`userns.ts`), and the
- * streaming server's terminal, network-namespace and attach-socket calls (`sys.ts`), and
- * systemd's notify socket (`sd-notify.ts`).
+ * streaming server's terminal, network-namespace and attach-socket calls (`sys.ts`),
+ * systemd's notify socket (`sd-notify.ts`), and exit watches of any process (`pid-watch.ts`).
  *
  * The addon is built by `npm run build` (node-gyp, hack/build-native.sh); berthd cannot
  * run without it, and says so.
@@ -60,6 +60,14 @@ export interface NativeSys {
   limitArenas(n: number): boolean;
   /** A copy of the file at `path` in a memfd sealed against any change (close-on-exec); its descriptor. */
   sealedCopy(path: string): number;
+  /**
+   * A pidfd of process `pid` (any process, not only a child) watched by the event loop:
+   * `onExit` runs once when it exits, and the descriptor is then closed. An errno (a
+   * number) when the pidfd cannot be opened (ESRCH: no such process; ENOSYS: no pidfds).
+   */
+  watchExit(pid: number, onExit: () => void): object | number;
+  /** Stops a watch from watchExit and closes its descriptor (idempotent). */
+  unwatchExit(handle: object): void;
 }
 
 /** Where the build leaves the addon, from dist/src/common (or any dist-* build) up to the repository. */
