@@ -1,12 +1,16 @@
 /**
  * Following containers until they exit. The shim writes a container's exit code into a
  * file; berth waits for that file and records the exit. Should the shim die first (kill -9
- * of conmon), no exit file will come: one timer checks the shims of all followed
- * containers, and a container whose shim is gone is followed through the OCI runtime
- * instead, ending `unknown` once the runtime says it stopped. A container is never left
- * RUNNING when it is not.
+ * of conmon), no exit file will come: each followed container's shim is watched through
+ * a pidfd (common/pid-watch.ts), which tells its exit as it happens and costs nothing
+ * while it runs (where pidfds cannot be used, one timer checks the shims of all followed
+ * containers in /proc instead), and a container whose shim is gone is followed through
+ * the OCI runtime instead, ending `unknown` once the runtime says it stopped. After a
+ * restart, recovery follows each running container again, which watches its shim anew. A
+ * container is never left RUNNING when it is not.
  */
 import { nowNs } from '../common/clock.js';
+import { watchExit, type ExitWatch } from '../common/pid-watch.js';
 import { processStartNs } from '../common/proc-stat.js';
 import type { KeyedLock } from '../common/keyed-lock.js';
 import { BerthError, messageOf } from '../common/errors.js';
@@ -16,7 +20,7 @@ import type { Shim } from '../shim/shim.js';
 import type { ContainerEvents } from './container-events.js';
 import type { ContainerRecord, ContainerRepository } from './container-repository.js';
 
-/** How often the shims of followed containers are checked, and a container whose shim died is asked about. */
+/** How often the shims of followed containers are checked (without pidfds), and a container whose shim died is asked about. */
 const SHIM_CHECK_MS = 2000;
 
 export interface ExitMonitorOptions {
@@ -38,8 +42,11 @@ export interface ExitMonitorOptions {
 export class ExitMonitor {
   private readonly lifetime = new AbortController();
   private readonly watching = new Map<string, Promise<void>>();
-  /** Shims of followed containers, checked together by one timer: aborted when a shim is gone. */
-  private readonly shims = new Map<string, { pid: number | null; gone: AbortController }>();
+  /**
+   * Shims of followed containers: `gone` is aborted when a shim is. Each is watched through
+   * a pidfd (`watch`), or, where that cannot be, checked by one timer for all.
+   */
+  private readonly shims = new Map<string, { pid: number | null; gone: AbortController; watch: ExitWatch | undefined }>();
   private shimCheck: NodeJS.Timeout | undefined;
   /** Exited containers already retired (see {@link retire}); forgotten at removal or restart. */
   private readonly retiredIds = new Set<string>();
@@ -71,22 +78,32 @@ export class ExitMonitor {
     const lifetime = this.lifetime.signal;
     const shimPid = this.o.repo.get(id)?.shimPid ?? null;
     const shimGone = new AbortController();
-    this.shims.set(id, { pid: shimPid, gone: shimGone });
-    this.shimCheck ??= setInterval(() => this.checkShims(), SHIM_CHECK_MS).unref();
+    const shim = { pid: shimPid, gone: shimGone, watch: this.watchShim(id, shimPid, shimGone) };
+    this.shims.set(id, shim);
+    if (shim.watch === undefined) this.shimCheck ??= setInterval(() => this.checkShims(), SHIM_CHECK_MS).unref();
     try {
       return await this.recordExit(id, await this.o.shim.waitExit(id, AbortSignal.any([lifetime, shimGone.signal])));
     } catch (err) {
       if (lifetime.aborted || !shimGone.signal.aborted) throw err;
     } finally {
+      shim.watch?.close();
       this.shims.delete(id);
-      if (this.shims.size === 0) {
+      if (this.shimCheck !== undefined && ![...this.shims.values()].some((x) => x.watch === undefined)) {
         clearInterval(this.shimCheck);
         this.shimCheck = undefined;
       }
     }
-    this.o.log.warn('the shim of a running container died; following the container through the runtime', { container: id, shim_pid: shimPid });
+    // The shim writes the exit file just before it goes: its exit (told at once by its
+    // pidfd) may come before the file's.
+    const written = await this.o.shim.exitCode(id);
+    if (written !== undefined) return this.recordExit(id, written);
+    this.o.log.warn('the shim of a running container died; following the container through the runtime', {
+      container: id,
+      shim_pid: shimPid,
+      noticed_by: shim.watch === undefined ? 'proc' : 'pidfd',
+    });
     for (;;) {
-      // The shim may have written the exit file just before it went.
+      // The shim may have written the exit file since.
       const code = await this.o.shim.exitCode(id);
       if (code !== undefined) return this.recordExit(id, code);
       const c = this.o.repo.get(id);
@@ -178,9 +195,31 @@ export class ExitMonitor {
     return true;
   }
 
-  /** One pass over the followed containers' shims: a dead one stops the wait for its exit file. */
+  /**
+   * Watches the shim `pid` of container `id` through a pidfd: `gone` is aborted when it
+   * exits, or now when it is gone already. Undefined when it cannot be watched so (no
+   * pidfds, no pid recorded): the timer then checks it.
+   */
+  private watchShim(id: string, pid: number | null, gone: AbortController): ExitWatch | undefined {
+    if (pid === null || pid <= 0) return undefined;
+    const w = watchExit(pid, () => {
+      this.o.log.debug('shim exited (pidfd)', { container: id, shim_pid: pid });
+      gone.abort();
+    });
+    if (w === undefined) return undefined;
+    // The pidfd names the process that had the pid when it was opened: it is the shim if
+    // the shim is there now (a process keeps its pid while it lives).
+    if (w === 'gone' || !this.o.shim.alive(id, pid)) {
+      if (w !== 'gone') w.close();
+      gone.abort();
+      return { close: () => undefined };
+    }
+    return w;
+  }
+
+  /** One pass over the shims no pidfd watches: a dead one stops the wait for its exit file. */
   private checkShims(): void {
-    for (const [id, s] of this.shims) if (!this.o.shim.alive(id, s.pid)) s.gone.abort();
+    for (const [id, s] of this.shims) if (s.watch === undefined && !this.o.shim.alive(id, s.pid)) s.gone.abort();
   }
 
   /** Marks a container exited with its code, publishing the stop once; idempotent. */
