@@ -124,6 +124,9 @@ export function createCriServer(env: WrapEnv, deps: CriDeps): grpc.Server {
   const server = new grpc.Server({
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+    // No channelz: berth serves no channelz service, and its bookkeeping (a tracker and
+    // five closures per call, timestamps per message) was part of every status call.
+    'grpc.enable_channelz': 0,
   });
   const api = criApi().runtime.v1;
   for (const [definition, handlers] of [

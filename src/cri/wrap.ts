@@ -284,6 +284,24 @@ export function keptAnswer<T extends object>(res: T): T {
   return res;
 }
 
+/** Answers made of a kept part and fields of their own (see keptAnswerWith). */
+const KEPT_WITH = new WeakMap<object, { kept: object; own: object }>();
+
+/**
+ * An answer made of a kept one (see {@link keptAnswer}) and a few fields of its own that
+ * change at every call (a PodSandboxStatus's timestamp): the kept part is encoded once,
+ * only `own` at each call. A protobuf message may be encoded in parts, the encoding of
+ * some fields followed by that of the others; so `own` must hold only fields the kept
+ * part leaves unset, and its fields must come after the kept part's in the message (their
+ * numbers higher), for the bytes to be those of the whole answer encoded at once.
+ */
+export function keptAnswerWith<T extends object>(kept: T, own: Partial<T>): T {
+  if (!KEPT.has(kept)) throw new Error('keptAnswerWith: the kept part must be a keptAnswer');
+  const res = { ...kept, ...own };
+  KEPT_WITH.set(res, { kept, own });
+  return res;
+}
+
 /** Whether two lists hold the same objects in the same order (a kept list answer still holds). */
 export function sameItems(a: readonly unknown[], b: readonly unknown[]): boolean {
   if (a.length !== b.length) return false;
@@ -309,6 +327,11 @@ export function wrapService(
     // The bytes of each kept answer (see keptAnswer); grpc-js copies them into each call's
     // frame, so they are never written to.
     const encoded = new WeakMap<object, Buffer>();
+    const keptBytes = (res: object): Buffer => {
+      let bytes = encoded.get(res);
+      if (bytes === undefined) encoded.set(res, (bytes = encode(res)));
+      return bytes;
+    };
     def[name] = {
       ...md,
       requestDeserialize: (buf: Buffer) => {
@@ -319,10 +342,10 @@ export function wrapService(
         }
       },
       responseSerialize: (res: unknown) => {
-        if (typeof res !== 'object' || res === null || !KEPT.has(res)) return encode(res);
-        let bytes = encoded.get(res);
-        if (bytes === undefined) encoded.set(res, (bytes = encode(res)));
-        return bytes;
+        if (typeof res !== 'object' || res === null) return encode(res);
+        const parts = KEPT_WITH.get(res);
+        if (parts !== undefined) return Buffer.concat([keptBytes(parts.kept), encode(parts.own)]);
+        return KEPT.has(res) ? keptBytes(res) : encode(res);
       },
     };
     const handler = handlers[name];

@@ -5,19 +5,28 @@ import type { PodSandboxStatus } from '../gen/runtime/v1/PodSandboxStatus.js';
 import type { PodSandboxStatusRequest__Output } from '../gen/runtime/v1/PodSandboxStatusRequest.js';
 import type { PodSandboxStatusResponse } from '../gen/runtime/v1/PodSandboxStatusResponse.js';
 import type { UnaryHandler } from '../rpc.js';
+import { keptAnswer, keptAnswerWith } from '../wrap.js';
 import { requireId, toCriPodSandbox } from './convert.js';
 
 /**
- * The status made of each record: a record is not changed once read, and the repository
- * hands out the same one until the row changes (kubelet's PLEG asks every second).
+ * The status made of each record, and the answer kept with it: a record is not changed
+ * once read, and the repository hands out the same one until the row changes (kubelet's
+ * PLEG asks every second). Only the answer's timestamp is made (and encoded) at each call.
  */
-const made = new WeakMap<SandboxRecord, PodSandboxStatus>();
+const made = new WeakMap<SandboxRecord, { status: PodSandboxStatus; answer: PodSandboxStatusResponse }>();
+
+function madeFor(rec: SandboxRecord): { status: PodSandboxStatus; answer: PodSandboxStatusResponse } {
+  let entry = made.get(rec);
+  if (entry === undefined) {
+    const status = statusOf(rec);
+    made.set(rec, (entry = { status, answer: keptAnswer<PodSandboxStatusResponse>({ status, info: {}, containers_statuses: [] }) }));
+  }
+  return entry;
+}
 
 /** A pod's CRI status from its record. PodSandboxStatus answers with it; GetContainerEvents attaches it. */
 export function criPodSandboxStatus(rec: SandboxRecord): PodSandboxStatus {
-  let status = made.get(rec);
-  if (status === undefined) made.set(rec, (status = statusOf(rec)));
-  return status;
+  return madeFor(rec).status;
 }
 
 function statusOf(rec: SandboxRecord): PodSandboxStatus {
@@ -44,9 +53,9 @@ export const podSandboxStatus =
   async (req) => {
     const id = requireId(req.pod_sandbox_id, 'pod_sandbox_id');
     const rec = svc.requireSandbox(id);
-    const info: Record<string, string> = {};
-    if (req.verbose) {
-      info.info = JSON.stringify({
+    if (!req.verbose) return keptAnswerWith(madeFor(rec).answer, { timestamp: nowNs() });
+    const info: Record<string, string> = {
+      info: JSON.stringify({
         id: rec.id,
         state: rec.state,
         nsDir: rec.nsDir,
@@ -56,9 +65,9 @@ export const podSandboxStatus =
         overhead: rec.facts.overhead,
         resources: rec.facts.resources,
         config: rec.request,
-      });
-      info.timeline = JSON.stringify(rec.facts.timeline ?? []);
-    }
+      }),
+      timeline: JSON.stringify(rec.facts.timeline ?? []),
+    };
     return {
       status: criPodSandboxStatus(rec),
       info,
