@@ -13,7 +13,7 @@ import { createLogger } from '../../../src/common/logger.js';
 import { criApi } from '../../../src/cri/proto.js';
 import { ServingState } from '../../../src/cri/serving-state.js';
 import { AsyncLocalStorage } from 'node:async_hooks';
-import { keptAnswer, wrapService, type RpcObserver } from '../../../src/cri/wrap.js';
+import { keptAnswer, keptAnswerWith, wrapService, type RpcObserver } from '../../../src/cri/wrap.js';
 import { until } from '../../helpers/berthd.js';
 import { criClients, grpcError, type CriClients } from '../../helpers/cri-client.js';
 
@@ -240,6 +240,75 @@ describe('cri: the RPC wrapper', () => {
         ['c2'],
       );
     assert.equal(encodes, 3);
+  });
+
+  it('encodes the kept part of a keptAnswerWith answer once, and its own fields at each call: the bytes are those of the whole answer', async () => {
+    const def = criApi().runtime.v1.RuntimeService.service;
+    const md = def.PodSandboxStatus;
+    const encoded: Buffer[] = [];
+    const counting = {
+      ...def,
+      PodSandboxStatus: {
+        ...md,
+        responseSerialize: (v: unknown) => {
+          const b = md.responseSerialize(v as never);
+          encoded.push(b);
+          return b;
+        },
+      },
+    };
+    const log = createLogger('debug', (l) => logLines.push(l));
+    server = new grpc.Server();
+    const status = {
+      id: 'p1',
+      metadata: { name: 'n', uid: 'u', namespace: 'ns', attempt: 2 },
+      state: 'SANDBOX_READY',
+      created_at: '1733580000000000001',
+      network: { ip: '10.0.0.2', additional_ips: [{ ip: 'fd00::2' }] },
+      linux: { namespaces: { options: { network: 'POD', pid: 'CONTAINER', ipc: 'POD', target_id: '' } } },
+      labels: { a: 'b' },
+      annotations: { c: 'd' },
+      runtime_handler: 'runc',
+    };
+    const kept = keptAnswer<Record<string, unknown>>({ status, info: {}, containers_statuses: [] });
+    let stamp = 1733580000000000000n;
+    const svc = wrapService(
+      { state, log },
+      counting as never,
+      {
+        PodSandboxStatus: async () => keptAnswerWith(kept, { timestamp: String(++stamp) }),
+      } as never,
+    );
+    server.addService(svc.definition, svc.implementation);
+    const socket = join(dir, 's.sock');
+    await new Promise<void>((res, rej) => server!.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
+    clients = criClients(socket);
+    state.ready();
+    const got: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const r: { status?: unknown; timestamp: string } = await clients.runtime.PodSandboxStatus({ pod_sandbox_id: 'p1' });
+      assert.deepEqual(r.status, { ...status, linux: { namespaces: { options: { ...status.linux.namespaces.options, userns_options: null } } } });
+      got.push(r.timestamp);
+    }
+    // The bytes on the wire, byte for byte those of the whole answer encoded at once.
+    const raw = new grpc.Client(`unix://${socket}`, grpc.credentials.createInsecure());
+    const bytes = await new Promise<Buffer>((resolve, reject) =>
+      raw.makeUnaryRequest(
+        '/runtime.v1.RuntimeService/PodSandboxStatus',
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        Buffer.alloc(0),
+        (err, res) => (err ? reject(err) : resolve(res!)),
+      ),
+    );
+    raw.close();
+    assert.equal(Buffer.compare(bytes, md.responseSerialize({ status, info: {}, containers_statuses: [], timestamp: '1733580000000000003' } as never)), 0);
+    assert.deepEqual(got, ['1733580000000000001', '1733580000000000002']);
+    // The status once, then only each call's timestamp.
+    const whole = encoded.length;
+    assert.equal(whole, 4);
+    assert.equal(encoded.filter((b) => b.length > 20).length, 1, 'the status is encoded once');
+    assert.throws(() => keptAnswerWith<Record<string, unknown>>({ status }, { timestamp: '1' }), /must be a keptAnswer/);
   });
 
   it('answers INVALID_ARGUMENT to bytes that are not a message, and keeps serving', async () => {
