@@ -1843,8 +1843,7 @@ static napi_value js_watch_exit(napi_env env, napi_callback_info info) {
     NAPI_OK(napi_create_int32(env, errno, &out));
     return out;
   }
-  /* pidfd_open gives no close-on-exec flag; a child spawned meanwhile gets only the descriptors asked for. */
-  fcntl(fd, F_SETFD, FD_CLOEXEC);
+  /* A pidfd is made close-on-exec; spawn's children get only the descriptors asked for anyway. */
   struct exit_watch *w = calloc(1, sizeof *w);
   if (!w) {
     close(fd);
