@@ -78,6 +78,12 @@
  *   of reading /proc/<pid>/stat of every shim every few seconds. Nothing is reaped. The
  *   descriptor is closed when the exit has been told, at unwatchExit, when the handle is
  *   collected, or when the environment goes away, whichever comes first.
+ * - warmCgroupJoin: keeps the kernel's cgroup_threadgroup_rwsem on its fast-for-writers
+ *   path while a runtime's create may move a container's init into its cgroups (see
+ *   src/oci/cgroup-warmup.ts): a helper thread writes "0" to the cgroup.procs whose
+ *   descriptor it was given every 4 ms until the deadline it was given, with no round
+ *   trip of the event loop or of libuv's pool per write (measured: 110 ms of berthd's CPU
+ *   per second of warming through fs/promises, against a few ms this way).
  *
  * Errors are thrown (or rejected) as Error objects with `code` (e.g. "ENOENT"), `errno`
  * and `syscall`, like Node's own.
@@ -1911,6 +1917,89 @@ static napi_value js_unwatch_exit(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* ---- warmCgroupJoin(fd, ms) -> errno: writes "0" to fd (a cgroup.procs) every 4 ms for ms ---- */
+
+#define WARM_INTERVAL_NS (4 * 1000 * 1000)
+
+static pthread_mutex_t warm_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t warm_cond = PTHREAD_COND_INITIALIZER;
+/* The descriptor written to (a dup of the caller's), the deadline (CLOCK_MONOTONIC ns; 0:
+ * none), whether the thread runs, and the errno of the last refused write (0: none). */
+static int warm_fd = -1;
+static int64_t warm_until;
+static bool warm_running;
+static int warm_errno;
+
+static int64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static void *warm_thread(void *arg) {
+  (void)arg;
+  sigset_t all;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, NULL);
+  pthread_mutex_lock(&warm_lock);
+  for (;;) {
+    while (warm_fd < 0 || mono_ns() >= warm_until) pthread_cond_wait(&warm_cond, &warm_lock);
+    /* Written on a copy, outside the lock: the first write may wait a grace period, and
+     * the caller (the event loop) must never wait for it. */
+    int fd = dup(warm_fd);
+    pthread_mutex_unlock(&warm_lock);
+    int err = 0;
+    if (fd < 0) err = errno;
+    else {
+      if (write(fd, "0", 1) != 1) err = errno ? errno : EIO;
+      close(fd);
+    }
+    pthread_mutex_lock(&warm_lock);
+    if (err != 0) {
+      warm_errno = err;
+      warm_until = 0;
+      continue;
+    }
+    struct timespec ts = {.tv_sec = 0, .tv_nsec = WARM_INTERVAL_NS};
+    pthread_mutex_unlock(&warm_lock);
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+    pthread_mutex_lock(&warm_lock);
+  }
+  return NULL;
+}
+
+static napi_value js_warm_cgroup_join(napi_env env, napi_callback_info info) {
+  napi_value args[2];
+  if (!get_args(env, info, 2, args, "berth_sys.warmCgroupJoin(fd, ms)")) return NULL;
+  int64_t fd, ms;
+  if (!get_int_in(env, args[0], "fd", 0, 1 << 30, &fd)) return NULL;
+  if (!get_int_in(env, args[1], "ms", 0, 3600 * 1000, &ms)) return NULL;
+  int copy = -1;
+  if (ms > 0) {
+    copy = fcntl((int)fd, F_DUPFD_CLOEXEC, 3);
+    if (copy < 0) return throw_errno(env, errno, "fcntl", "F_DUPFD_CLOEXEC");
+  }
+  pthread_mutex_lock(&warm_lock);
+  int last = warm_errno;
+  warm_errno = 0;
+  int old = warm_fd;
+  warm_fd = copy;
+  warm_until = ms > 0 ? mono_ns() + ms * 1000000 : 0;
+  int perr = 0;
+  if (ms > 0 && !warm_running) {
+    perr = start_detached(warm_thread, NULL);
+    if (perr == 0) warm_running = true;
+  }
+  pthread_cond_signal(&warm_cond);
+  pthread_mutex_unlock(&warm_lock);
+  if (old >= 0) close(old);
+  if (perr != 0) return throw_errno(env, perr, "pthread_create", NULL);
+  napi_value out;
+  NAPI_OK(napi_create_int32(env, last, &out));
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"pipe", NULL, js_pipe, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -1933,6 +2022,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"sealedCopy", NULL, js_sealed_copy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"watchExit", NULL, js_watch_exit, NULL, NULL, NULL, napi_enumerable, NULL},
       {"unwatchExit", NULL, js_unwatch_exit, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"warmCgroupJoin", NULL, js_warm_cgroup_join, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   NAPI_OK(napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

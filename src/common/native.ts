@@ -68,6 +68,13 @@ export interface NativeSys {
   watchExit(pid: number, onExit: () => void): object | number;
   /** Stops a watch from watchExit and closes its descriptor (idempotent). */
   unwatchExit(handle: object): void;
+  /**
+   * Writes "0" to a copy of descriptor `fd` (a cgroup.procs) every 4 ms on a helper
+   * thread until `ms` from now; `ms` 0 stops (and drops the copy). A later call replaces
+   * the descriptor and the deadline. Returns the errno of a write refused since the last
+   * call (which stopped the writes), 0 if none.
+   */
+  warmCgroupJoin(fd: number, ms: number): number;
 }
 
 /** Where the build leaves the addon, from dist/src/common (or any dist-* build) up to the repository. */

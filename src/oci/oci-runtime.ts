@@ -192,11 +192,21 @@ export class OciRuntime {
 
   /**
    * Call just before the runtime moves a process into a container's cgroups: before a
-   * command line of {@link execArgv} starts, or a shim's `create`. Gives that move a head
-   * start (cgroup-warmup.ts).
+   * command line of {@link execArgv} starts. Gives that move a head start
+   * (cgroup-warmup.ts); a shim's create takes {@link keepCgroupJoinWarm}.
    */
   warmCgroupJoin(): void {
     this.warmup?.warm();
+  }
+
+  /**
+   * Call when a shim's create begins; call the returned function once the runtime's
+   * create has ended. Keeps the cgroup join warm all along (cgroup-warmup.ts): the
+   * runtime's create moves the container's init into its cgroups at a time berthd
+   * does not see.
+   */
+  keepCgroupJoinWarm(): () => void {
+    return this.warmup?.hold() ?? (() => undefined);
   }
 
   /** How a shim is told to run this runtime: the binary, and the global arguments each of its commands takes. */

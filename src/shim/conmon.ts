@@ -155,7 +155,11 @@ export class ConmonShim implements Shim {
   }
 
   create(o: ShimCreateOptions): Promise<ShimHandle> {
-    return traced('berth:shim.create', { containerId: o.id }, () => this.spawnConmon(o));
+    // The runtime's create moves the container's init into its cgroups 10–40 ms after
+    // conmon is released: the join is kept warm from now (the bundle is still being made)
+    // until the create has ended, so that move does not wait for an RCU grace period.
+    const cool = o.runtime.keepCgroupJoinWarm();
+    return traced('berth:shim.create', { containerId: o.id }, () => this.spawnConmon(o)).finally(cool);
   }
 
   private async spawnConmon(o: ShimCreateOptions): Promise<ShimHandle> {

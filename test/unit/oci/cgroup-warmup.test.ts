@@ -4,10 +4,12 @@
  * this host a real warm-up write, which must leave the process in the cgroups it was in.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { CgroupJoinWarmup, chooseHierarchy, ownProcsFile } from '../../../src/oci/cgroup-warmup.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { CgroupJoinWarmup, chooseHierarchy, HOLD_INTERVAL_MS, ownProcsFile } from '../../../src/oci/cgroup-warmup.js';
 
 const line = (id: number, root: string, mountpoint: string, fstype: string, opts: string): string =>
   `${id} 25 0:${id} ${root} ${mountpoint} rw,nosuid - ${fstype} ${fstype} ${opts}`;
@@ -71,6 +73,64 @@ describe('oci: cgroup join warm-up on this host', () => {
     assert.equal(readFileSync('/proc/self/cgroup', 'utf8'), before);
   });
 
+  it("a hold writes again and again (on the addon's helper thread) until it is let go, then writes no more; holds overlap", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'berth-warmup-'));
+    // cgroup.procs stands in as a fifo, so that every write can be counted by its byte.
+    mkdirSync(join(dir, 'cg'));
+    execFileSync('mkfifo', [join(dir, 'cg', 'cgroup.procs')]);
+    const reader = openSync(join(dir, 'cg', 'cgroup.procs'), constants.O_RDONLY | constants.O_NONBLOCK);
+    const drain = (): string => {
+      const buf = Buffer.alloc(4096);
+      let text = '';
+      for (;;) {
+        try {
+          const n = readSync(reader, buf);
+          if (n === 0) return text;
+          text += buf.subarray(0, n).toString();
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'EAGAIN') return text;
+          throw err;
+        }
+      }
+    };
+    try {
+      writeFileSync(join(dir, 'mountinfo'), line(40, '/', join(dir, 'cg'), 'cgroup', 'rw,pids'));
+      writeFileSync(join(dir, 'cgroup'), '3:pids:/\n');
+      const w = new CgroupJoinWarmup(undefined, { mountinfo: join(dir, 'mountinfo'), cgroup: join(dir, 'cgroup') });
+      const first = w.hold();
+      const second = w.hold();
+      await sleep(HOLD_INTERVAL_MS * 10);
+      first();
+      first(); // letting go twice is letting go once: the second hold keeps it going
+      await sleep(HOLD_INTERVAL_MS * 10);
+      const held = drain();
+      assert.match(held, /^0+$/, 'only "0" is written: the writer moves into the cgroup it is in');
+      assert.ok(held.length >= 4, `${held.length} writes while held for ${HOLD_INTERVAL_MS * 20} ms`);
+      second();
+      // A write the helper thread had begun before it was let go may still land.
+      await sleep(HOLD_INTERVAL_MS * 2);
+      drain();
+      await sleep(HOLD_INTERVAL_MS * 5);
+      assert.equal(drain(), '', 'a write after every hold was let go');
+      assert.equal(w.enabled, true);
+    } finally {
+      closeSync(reader);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a hold on this host leaves the process in the cgroups it was in', async function () {
+    if (process.getuid?.() !== 0) this.skip();
+    const before = readFileSync('/proc/self/cgroup', 'utf8');
+    const w = new CgroupJoinWarmup();
+    const letGo = w.hold();
+    await sleep(HOLD_INTERVAL_MS * 5);
+    letGo();
+    await w.idle();
+    assert.equal(w.enabled, true, 'the write was refused');
+    assert.equal(readFileSync('/proc/self/cgroup', 'utf8'), before);
+  });
+
   it('turns itself off for good when the write is refused, or there is no hierarchy to write in', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'berth-warmup-'));
     try {
@@ -83,6 +143,9 @@ describe('oci: cgroup join warm-up on this host', () => {
       await refused.idle();
       assert.equal(refused.enabled, false);
       refused.warm(); // nothing more is tried
+      await refused.idle();
+      // A hold on a warm-up turned off writes nothing and lets go at once.
+      refused.hold()();
       await refused.idle();
       writeFileSync(join(dir, 'none'), line(20, '/', '/', 'ext4', 'rw'));
       const none = new CgroupJoinWarmup(undefined, { mountinfo: join(dir, 'none'), cgroup: join(dir, 'cgroup') });
