@@ -1927,6 +1927,12 @@ static pthread_cond_t warm_cond = PTHREAD_COND_INITIALIZER;
  * none), whether the thread runs, and the errno of the last refused write (0: none). */
 static int warm_fd = -1;
 static int64_t warm_until;
+/* /proc/self/cgroup as it was when the descriptor was given: a write is made only while
+ * berthd is still where it was then, so a move of berthd by someone else (systemd, kubelet's
+ * --runtime-cgroups, an admin) during a held create is never undone. */
+#define WARM_CG_MAX 8192
+static char warm_cg[WARM_CG_MAX];
+static ssize_t warm_cg_len = -1;
 static bool warm_running;
 static int warm_errno;
 
@@ -1934,6 +1940,29 @@ static int64_t mono_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Reads /proc/self/cgroup into buf (at most WARM_CG_MAX bytes); its length, or -1. */
+static ssize_t read_own_cgroups(char *buf) {
+  int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t len = 0;
+  for (;;) {
+    ssize_t n = read(fd, buf + len, (size_t)(WARM_CG_MAX - len));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      len = -1;
+      break;
+    }
+    if (n == 0) break;
+    len += n;
+    if (len == WARM_CG_MAX) {
+      len = -1;
+      break;
+    }
+  }
+  close(fd);
+  return len;
 }
 
 static void *warm_thread(void *arg) {
@@ -1946,9 +1975,20 @@ static void *warm_thread(void *arg) {
     while (warm_fd < 0 || mono_ns() >= warm_until) pthread_cond_wait(&warm_cond, &warm_lock);
     /* Written on a copy, outside the lock: the first write may wait a grace period, and
      * the caller (the event loop) must never wait for it. */
-    int fd = dup(warm_fd);
+    int fd = fcntl(warm_fd, F_DUPFD_CLOEXEC, 3);
+    ssize_t want_len = warm_cg_len;
+    static char want[WARM_CG_MAX], now[WARM_CG_MAX];
+    if (want_len > 0) memcpy(want, warm_cg, (size_t)want_len);
     pthread_mutex_unlock(&warm_lock);
     int err = 0;
+    ssize_t now_len = read_own_cgroups(now);
+    if (fd >= 0 && (want_len <= 0 || now_len != want_len || memcmp(now, want, (size_t)now_len) != 0)) {
+      /* Moved (or unknown): no write; this warming ends, and the next call says where berthd is. */
+      close(fd);
+      pthread_mutex_lock(&warm_lock);
+      warm_until = 0;
+      continue;
+    }
     if (fd < 0) err = errno;
     else {
       if (write(fd, "0", 1) != 1) err = errno ? errno : EIO;
@@ -1980,11 +2020,15 @@ static napi_value js_warm_cgroup_join(napi_env env, napi_callback_info info) {
     copy = fcntl((int)fd, F_DUPFD_CLOEXEC, 3);
     if (copy < 0) return throw_errno(env, errno, "fcntl", "F_DUPFD_CLOEXEC");
   }
+  static char cg[WARM_CG_MAX];
+  ssize_t cg_len = ms > 0 ? read_own_cgroups(cg) : -1;
   pthread_mutex_lock(&warm_lock);
   int last = warm_errno;
   warm_errno = 0;
   int old = warm_fd;
   warm_fd = copy;
+  warm_cg_len = cg_len;
+  if (cg_len > 0) memcpy(warm_cg, cg, (size_t)cg_len);
   warm_until = ms > 0 ? mono_ns() + ms * 1000000 : 0;
   int perr = 0;
   if (ms > 0 && !warm_running) {

@@ -207,10 +207,18 @@ export class ExitMonitor {
       gone.abort();
     });
     if (w === undefined) return undefined;
+    // No process has the pid: the shim is gone, unless the shim says otherwise (a shim
+    // whose pid is not a process of this host's view, or one that died just now): then the
+    // timer asks it, as where there are no pidfds.
+    if (w === 'gone') {
+      if (this.o.shim.alive(id, pid)) return undefined;
+      gone.abort();
+      return { close: () => undefined };
+    }
     // The pidfd names the process that had the pid when it was opened: it is the shim if
     // the shim is there now (a process keeps its pid while it lives).
-    if (w === 'gone' || !this.o.shim.alive(id, pid)) {
-      if (w !== 'gone') w.close();
+    if (!this.o.shim.alive(id, pid)) {
+      w.close();
       gone.abort();
       return { close: () => undefined };
     }

@@ -203,16 +203,21 @@ class Reader implements RawResponse {
     }
   }
 
-  /** The memory the next socket read goes to: the rest of the block, or a new block. */
+  /**
+   * The memory the next socket read goes to: the rest of the block, or a new block. Until
+   * the head is complete a read goes no further than MAX_HEAD + 1 bytes into the block
+   * (a longer head fails anyway), so the read that completes the head never fills the
+   * block: the body bytes it brought wait there for pipe(), and a full block here always
+   * means that everything in it was handed on.
+   */
   private readInto(): Buffer {
-    if (this.fill === this.block.length) {
-      // Full: what is left of it was handed on (or is the head, which is not kept).
+    if (this.fill === this.block.length && this.start === this.fill) {
       this.block = Buffer.allocUnsafeSlow(BLOCK);
       this.start = 0;
       this.fill = 0;
     }
     this.readAt = this.fill;
-    return this.block.subarray(this.fill);
+    return this.headDone ? this.block.subarray(this.fill) : this.block.subarray(this.fill, Math.max(this.fill + 1, MAX_HEAD + 1));
   }
 
   private onRead(n: number): boolean {
@@ -317,6 +322,8 @@ class Reader implements RawResponse {
    */
   private take(from: number): void {
     if (this.framing.type === 'chunked') this.fill = this.unchunk(from, this.fill);
+    // A framing error has failed the response: nothing more goes to the sink.
+    if (this.settled) return;
     const f = this.framing;
     let bodyBytes = this.fill - this.start;
     if (f.type === 'length' && this.body + bodyBytes >= f.length) {

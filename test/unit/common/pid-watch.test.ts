@@ -35,8 +35,10 @@ describe('common/pid-watch: exit watches through pidfds', () => {
     const pid = orphanSleeper();
     left.push(pid);
     let told = 0;
+    // The watch is kept referenced until the exit is told: a collected handle closes it.
+    let w: ReturnType<typeof watchExit> | undefined;
     const exited = new Promise<void>((resolve) => {
-      const w = watchExit(pid, () => {
+      w = watchExit(pid, () => {
         told++;
         resolve();
       });
@@ -50,6 +52,7 @@ describe('common/pid-watch: exit watches through pidfds', () => {
     assert.equal(told, 0, 'nothing is told while it runs');
     process.kill(pid, 'SIGKILL');
     await exited;
+    assert.ok(w !== undefined, 'the watch was held to the end');
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(told, 1);
     await assertNoNewFds(before);

@@ -5,9 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, readSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { CgroupJoinWarmup, chooseHierarchy, HOLD_INTERVAL_MS, ownProcsFile } from '../../../src/oci/cgroup-warmup.js';
 
@@ -129,6 +129,33 @@ describe('oci: cgroup join warm-up on this host', () => {
     await w.idle();
     assert.equal(w.enabled, true, 'the write was refused');
     assert.equal(readFileSync('/proc/self/cgroup', 'utf8'), before);
+  });
+
+  it('a hold never moves the process back into a cgroup it was moved out of while held', async function () {
+    if (process.getuid?.() !== 0) this.skip();
+    const hierarchy = chooseHierarchy(readFileSync('/proc/self/mountinfo', 'utf8'));
+    if (!hierarchy) this.skip();
+    const procs = ownProcsFile(hierarchy!, readFileSync('/proc/self/cgroup', 'utf8'));
+    if (!procs) this.skip();
+    const home = dirname(procs!);
+    const elsewhere = join(home, `berth-warmup-test-${process.pid}`);
+    mkdirSync(elsewhere);
+    const w = new CgroupJoinWarmup();
+    const letGo = w.hold();
+    try {
+      await sleep(HOLD_INTERVAL_MS * 5);
+      // Someone (systemd, an admin) moves the process while the create is held.
+      writeFileSync(join(elsewhere, 'cgroup.procs'), String(process.pid));
+      const moved = readFileSync('/proc/self/cgroup', 'utf8');
+      await sleep(HOLD_INTERVAL_MS * 10);
+      assert.equal(readFileSync('/proc/self/cgroup', 'utf8'), moved, 'the held warm-up moved the process back');
+      assert.equal(w.enabled, true);
+    } finally {
+      letGo();
+      await w.idle();
+      writeFileSync(procs!, String(process.pid));
+      rmdirSync(elsewhere);
+    }
   });
 
   it('turns itself off for good when the write is refused, or there is no hierarchy to write in', async () => {
