@@ -1927,12 +1927,14 @@ static pthread_cond_t warm_cond = PTHREAD_COND_INITIALIZER;
  * none), whether the thread runs, and the errno of the last refused write (0: none). */
 static int warm_fd = -1;
 static int64_t warm_until;
-/* /proc/self/cgroup as it was when the descriptor was given: a write is made only while
- * berthd is still where it was then, so a move of berthd by someone else (systemd, kubelet's
- * --runtime-cgroups, an admin) during a held create is never undone. */
+/* berthd's cgroups file (/proc/self/cgroup) and its text as the caller read it when it chose
+ * the descriptor: a write is made only while the file still says that, so a move of berthd
+ * by someone else (systemd, kubelet's --runtime-cgroups, an admin) during a held create is
+ * never undone, even one made before the call. */
 #define WARM_CG_MAX 8192
 static char warm_cg[WARM_CG_MAX];
 static ssize_t warm_cg_len = -1;
+static char warm_cg_path[PATH_MAX];
 static bool warm_running;
 static int warm_errno;
 
@@ -1942,9 +1944,9 @@ static int64_t mono_ns(void) {
   return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Reads /proc/self/cgroup into buf (at most WARM_CG_MAX bytes); its length, or -1. */
-static ssize_t read_own_cgroups(char *buf) {
-  int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+/* Reads the file at `path` (berthd's cgroups) into buf (at most WARM_CG_MAX bytes); its length, or -1. */
+static ssize_t read_own_cgroups(const char *path, char *buf) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   ssize_t len = 0;
   for (;;) {
@@ -1977,11 +1979,12 @@ static void *warm_thread(void *arg) {
      * the caller (the event loop) must never wait for it. */
     int fd = fcntl(warm_fd, F_DUPFD_CLOEXEC, 3);
     ssize_t want_len = warm_cg_len;
-    static char want[WARM_CG_MAX], now[WARM_CG_MAX];
+    static char want[WARM_CG_MAX], now[WARM_CG_MAX], path[PATH_MAX];
     if (want_len > 0) memcpy(want, warm_cg, (size_t)want_len);
+    memcpy(path, warm_cg_path, sizeof path);
     pthread_mutex_unlock(&warm_lock);
     int err = 0;
-    ssize_t now_len = read_own_cgroups(now);
+    ssize_t now_len = read_own_cgroups(path, now);
     if (fd >= 0 && (want_len <= 0 || now_len != want_len || memcmp(now, want, (size_t)now_len) != 0)) {
       /* Moved (or unknown): no write; this warming ends, and the next call says where berthd is. */
       close(fd);
@@ -2010,25 +2013,44 @@ static void *warm_thread(void *arg) {
 }
 
 static napi_value js_warm_cgroup_join(napi_env env, napi_callback_info info) {
-  napi_value args[2];
-  if (!get_args(env, info, 2, args, "berth_sys.warmCgroupJoin(fd, ms)")) return NULL;
+  napi_value args[4];
+  if (!get_args(env, info, 4, args, "berth_sys.warmCgroupJoin(fd, ms, cgroupsPath, cgroupsText)")) return NULL;
   int64_t fd, ms;
   if (!get_int_in(env, args[0], "fd", 0, 1 << 30, &fd)) return NULL;
   if (!get_int_in(env, args[1], "ms", 0, 3600 * 1000, &ms)) return NULL;
+  char *cg_path = get_string(env, args[2], "cgroupsPath");
+  if (!cg_path) return NULL;
+  char *cg = get_string(env, args[3], "cgroupsText");
+  if (!cg) {
+    free(cg_path);
+    return NULL;
+  }
+  size_t cg_len = strlen(cg);
+  if (ms > 0 && (cg_len == 0 || cg_len >= WARM_CG_MAX || strlen(cg_path) == 0 || strlen(cg_path) >= PATH_MAX)) {
+    free(cg_path);
+    free(cg);
+    napi_throw_range_error(env, NULL, "berth_sys.warmCgroupJoin: the cgroups path and text must be given, and short");
+    return NULL;
+  }
   int copy = -1;
   if (ms > 0) {
     copy = fcntl((int)fd, F_DUPFD_CLOEXEC, 3);
-    if (copy < 0) return throw_errno(env, errno, "fcntl", "F_DUPFD_CLOEXEC");
+    if (copy < 0) {
+      free(cg_path);
+      free(cg);
+      return throw_errno(env, errno, "fcntl", "F_DUPFD_CLOEXEC");
+    }
   }
-  static char cg[WARM_CG_MAX];
-  ssize_t cg_len = ms > 0 ? read_own_cgroups(cg) : -1;
   pthread_mutex_lock(&warm_lock);
   int last = warm_errno;
   warm_errno = 0;
   int old = warm_fd;
   warm_fd = copy;
-  warm_cg_len = cg_len;
-  if (cg_len > 0) memcpy(warm_cg, cg, (size_t)cg_len);
+  warm_cg_len = ms > 0 ? (ssize_t)cg_len : -1;
+  if (ms > 0) {
+    memcpy(warm_cg, cg, cg_len);
+    snprintf(warm_cg_path, sizeof warm_cg_path, "%s", cg_path);
+  }
   warm_until = ms > 0 ? mono_ns() + ms * 1000000 : 0;
   int perr = 0;
   if (ms > 0 && !warm_running) {
@@ -2037,6 +2059,8 @@ static napi_value js_warm_cgroup_join(napi_env env, napi_callback_info info) {
   }
   pthread_cond_signal(&warm_cond);
   pthread_mutex_unlock(&warm_lock);
+  free(cg_path);
+  free(cg);
   if (old >= 0) close(old);
   if (perr != 0) return throw_errno(env, perr, "pthread_create", NULL);
   napi_value out;

@@ -72,9 +72,11 @@ export interface NativeSys {
    * Writes "0" to a copy of descriptor `fd` (a cgroup.procs) every 4 ms on a helper
    * thread until `ms` from now; `ms` 0 stops (and drops the copy). A later call replaces
    * the descriptor and the deadline. Returns the errno of a write refused since the last
-   * call (which stopped the writes), 0 if none.
+   * call (which stopped the writes), 0 if none. A write is made only while the file at
+   * `cgroupsPath` (/proc/self/cgroup) still reads `cgroupsText`, the text `fd` was chosen
+   * from: once berthd has been moved, that warming ends.
    */
-  warmCgroupJoin(fd: number, ms: number): number;
+  warmCgroupJoin(fd: number, ms: number, cgroupsPath: string, cgroupsText: string): number;
 }
 
 /** Where the build leaves the addon, from dist/src/common (or any dist-* build) up to the repository. */

@@ -155,14 +155,15 @@ export class CgroupJoinWarmup {
   private arm(ms: number): boolean {
     if (ms === 0) {
       try {
-        this.report(native().warmCgroupJoin(0, 0));
+        this.report(native().warmCgroupJoin(0, 0, '', ''));
       } catch (err) {
         this.turnOff(`the helper thread: ${messageOf(err)}`);
       }
       return !this.off;
     }
-    const file = this.procsFile();
-    if (!file) return false;
+    const chosen = this.chosenProcs();
+    if (!chosen) return false;
+    const { file, cgroups } = chosen;
     let fd: number;
     try {
       fd = openSync(file, 'r+');
@@ -171,7 +172,8 @@ export class CgroupJoinWarmup {
       return false;
     }
     try {
-      this.report(native().warmCgroupJoin(fd, ms));
+      // The text the file was chosen from: the helper writes only while berthd's cgroups still read so.
+      this.report(native().warmCgroupJoin(fd, ms, this.files.cgroup, cgroups));
     } catch (err) {
       this.turnOff(`the helper thread: ${messageOf(err)}`);
     } finally {
@@ -188,16 +190,25 @@ export class CgroupJoinWarmup {
 
   /** The `cgroup.procs` to write in, read afresh; undefined (and the warm-up off) when there is none. */
   private procsFile(): string | undefined {
+    return this.chosenProcs()?.file;
+  }
+
+  /** procsFile, with the text of berthd's cgroups file it was chosen from. */
+  private chosenProcs(): { file: string; cgroups: string } | undefined {
     let file: string | undefined;
+    let cgroups = '';
     try {
       if (this.hierarchy === null) this.hierarchy = chooseHierarchy(readFileSync(this.files.mountinfo, 'utf8'));
-      if (this.hierarchy) file = ownProcsFile(this.hierarchy, readFileSync(this.files.cgroup, 'utf8'));
+      if (this.hierarchy) {
+        cgroups = readFileSync(this.files.cgroup, 'utf8');
+        file = ownProcsFile(this.hierarchy, cgroups);
+      }
     } catch (err) {
       this.turnOff(`cannot read berthd's cgroups: ${messageOf(err)}`);
       return undefined;
     }
     if (!file) this.turnOff('no cgroup hierarchy of berthd to write in');
-    return file;
+    return file ? { file, cgroups } : undefined;
   }
 
   private turnOff(why: string): void {
