@@ -8,10 +8,9 @@
  */
 // First: V8 heap settings that must hold before anything else loads.
 import './common/heap-flags.js';
-import * as grpc from '@grpc/grpc-js';
-import { chmodSync, lstatSync, mkdirSync, rmSync, statSync } from 'node:fs';
-import { connect } from 'node:net';
-import { dirname, join } from 'node:path';
+import type * as grpc from '@grpc/grpc-js';
+import { rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BerthError, errnoOf, messageOf } from './common/errors.js';
 import { createLogger, type Logger } from './common/logger.js';
@@ -29,6 +28,7 @@ import { ConfigReloader } from './config/reload.js';
 import { defaultConfig, type BerthConfig } from './config/schema.js';
 import type { LiveCounts } from './cri/deps.js';
 import { createCriServer, serviceOfMethod } from './cri/server.js';
+import { bindSocket, claimSocketPath } from './cri/socket.js';
 import { doctorMain } from './doctor/command.js';
 import { ServingState } from './cri/serving-state.js';
 import { ContainerRepository } from './containers/container-repository.js';
@@ -152,50 +152,6 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   return runDaemon(loaded, load);
-}
-
-/**
- * Makes the socket path free for this daemon: a live socket means another server is
- * there (refuse); a dead one is stale and is removed; anything else is not ours.
- */
-async function claimSocketPath(path: string): Promise<void> {
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch (err) {
-    if (errnoOf(err) === 'ENOENT') return;
-    throw err;
-  }
-  if (!st.isSocket()) {
-    throw new BerthError('FailedPrecondition', `${path} exists and is not a socket; remove it or choose another --socket`);
-  }
-  const live = await new Promise<boolean>((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-  if (live) {
-    throw new BerthError('FailedPrecondition', `another server is listening on ${path}; stop it first or choose another --socket`);
-  }
-  rmSync(path, { force: true });
-}
-
-/** Binds the gRPC server to the unix socket, created root-only (0660). */
-async function bindSocket(server: grpc.Server, path: string): Promise<void> {
-  mkdirSync(dirname(path), { recursive: true, mode: 0o711 });
-  // The socket gets its mode at creation from the umask: never world-accessible.
-  const previous = process.umask(0o117);
-  try {
-    await new Promise<void>((resolve, reject) =>
-      server.bindAsync(`unix://${path}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-    );
-  } finally {
-    process.umask(previous);
-  }
-  chmodSync(path, 0o660);
 }
 
 async function runDaemon(loaded: LoadedConfig, load: () => LoadedConfig): Promise<number> {

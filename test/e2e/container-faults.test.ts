@@ -12,6 +12,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmdirSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Berthd, until } from '../helpers/berthd.js';
+import { gone, killAndWait } from '../helpers/processes.js';
 import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
 import { testBridge } from '../helpers/network.js';
@@ -136,19 +137,6 @@ describe('container faults', function () {
     JSON.parse((await b.runtime.ContainerStatus({ container_id: id, verbose: true })).info.info!) as { pid: number; shimPid: number };
   const runc = (b: Berthd, ...args: string[]) =>
     execFileSync('runc', ['--root', join(b.state, 'runtime', 'runc'), ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-  /** Whether a process is gone (or a zombie nobody reaped yet). */
-  const gone = (pid: number): boolean => {
-    try {
-      const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      return st.slice(st.lastIndexOf(')') + 2).startsWith('Z');
-    } catch {
-      return true;
-    }
-  };
-  const killAndWait = async (pid: number): Promise<void> => {
-    process.kill(pid, 'SIGKILL');
-    await until(async () => (gone(pid) ? true : undefined), 5000);
-  };
 
   it('refuses bad input with the precise code and runc’s own message, leaving nothing half-made', async () => {
     const h = await setup();

@@ -6,10 +6,11 @@
  * before.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Berthd, until } from '../helpers/berthd.js';
+import { killAndWait } from '../helpers/processes.js';
 import { runCleanup, type CleanupStep } from '../helpers/cleanup.js';
 import { useFixtureRegistry } from '../helpers/fixtures.js';
 
@@ -33,19 +34,6 @@ describe('shim exit watch', function () {
   const expectPidfds = async (b: Berthd, n: number, what: string): Promise<void> => {
     await until(async () => (pidfdsOf(b) === n ? true : undefined), 10_000).catch(() => undefined);
     assert.equal(pidfdsOf(b), n, what);
-  };
-
-  const gone = (pid: number): boolean => {
-    try {
-      const st = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      return st.slice(st.lastIndexOf(')') + 2).startsWith('Z');
-    } catch {
-      return true;
-    }
-  };
-  const killAndWait = async (pid: number): Promise<void> => {
-    process.kill(pid, 'SIGKILL');
-    await until(async () => (gone(pid) ? true : undefined), 5000);
   };
 
   interface Pod {

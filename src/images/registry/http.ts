@@ -119,7 +119,7 @@ function once(opts: HttpOptions, url: URL, headers: OutgoingHttpHeaders): Promis
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     let response: IncomingMessage | undefined;
     req.setTimeout(opts.stallMs, () => {
-      const err = new NetworkError(`${url.origin}: no data for ${opts.stallMs / 1000} s, giving up on the transfer`);
+      const err = stallError(url.origin, opts.stallMs);
       // Once the body flows, its reader must learn why it stopped (not just "aborted").
       response?.destroy(err);
       req.destroy(err);
@@ -133,30 +133,19 @@ function once(opts: HttpOptions, url: URL, headers: OutgoingHttpHeaders): Promis
     });
     req.on('response', (res) => {
       response = res;
-      const floor = opts.minBytesPerSecond ?? 0;
-      let rateTimer: NodeJS.Timeout | undefined;
-      if (floor > 0) {
-        // Counted on the socket, so the check never takes the body out of paused mode.
-        // Sampled four times a window; a window with no byte at its end is silence,
-        // which the stall timeout reports.
-        const socket = res.socket;
-        const samples = [socket.bytesRead];
-        const need = Math.ceil((floor * opts.stallMs) / 1000);
-        rateTimer = setInterval(() => {
-          const now = socket.bytesRead;
-          samples.push(now);
-          if (samples.length <= 4) return;
-          const windowBytes = now - (samples.shift() as number);
-          const recent = now - (samples[samples.length - 2] as number);
-          if (windowBytes >= need || recent === 0 || res.complete) return;
-          const err = new NetworkError(
-            `${url.origin}: transfer slower than ${floor} bytes/s over ${opts.stallMs / 1000} s (${windowBytes} bytes), giving up on it`,
-          );
+      // Counted on the socket, so the check never takes the body out of paused mode.
+      const socket = res.socket;
+      const rateTimer = watchRateFloor(
+        url.origin,
+        opts.minBytesPerSecond ?? 0,
+        opts.stallMs,
+        () => socket.bytesRead,
+        () => res.complete,
+        (err) => {
           res.destroy(err);
           req.destroy(err);
-        }, opts.stallMs / 4);
-        rateTimer.unref();
-      }
+        },
+      );
       // The body stays under the same stall timeout and abort signal until it ends.
       res.once('close', () => {
         clearInterval(rateTimer);
@@ -166,6 +155,42 @@ function once(opts: HttpOptions, url: URL, headers: OutgoingHttpHeaders): Promis
     });
     req.end(opts.body);
   });
+}
+
+/** The error of a transfer that sent nothing for `stallMs`. */
+export function stallError(origin: string, stallMs: number): NetworkError {
+  return new NetworkError(`${origin}: no data for ${stallMs / 1000} s, giving up on the transfer`);
+}
+
+/**
+ * Fails a transfer (`fail`) that moves fewer than `floor` bytes a second over a window of
+ * `stallMs`, counting `bytes()`; none when `floor` is 0. Sampled four times a window; a
+ * window with no byte at its end is silence, which the stall timeout reports, and a window
+ * where `exempt()` (the body is complete, or held back by its reader) is no trickle. The
+ * caller clears the returned timer when the transfer ends.
+ */
+export function watchRateFloor(
+  origin: string,
+  floor: number,
+  stallMs: number,
+  bytes: () => number,
+  exempt: () => boolean,
+  fail: (err: NetworkError) => void,
+): NodeJS.Timeout | undefined {
+  if (floor <= 0) return undefined;
+  const samples = [bytes()];
+  const need = Math.ceil((floor * stallMs) / 1000);
+  const timer = setInterval(() => {
+    const now = bytes();
+    samples.push(now);
+    if (samples.length <= 4) return;
+    const windowBytes = now - (samples.shift() as number);
+    const recent = now - (samples[samples.length - 2] as number);
+    if (windowBytes >= need || recent === 0 || exempt()) return;
+    fail(new NetworkError(`${origin}: transfer slower than ${floor} bytes/s over ${stallMs / 1000} s (${windowBytes} bytes), giving up on it`));
+  }, stallMs / 4);
+  timer.unref();
+  return timer;
 }
 
 /**

@@ -30,7 +30,7 @@ import { connect, isIP, type Socket } from 'node:net';
 import type { OutgoingHttpHeaders } from 'node:http';
 import { BerthError, messageOf } from '../../common/errors.js';
 import type { AddressPolicy } from './address-policy.js';
-import { NetworkError } from './http.js';
+import { NetworkError, stallError, watchRateFloor } from './http.js';
 
 /** Body bytes read into one block before it is handed on. */
 export const BLOCK = 1 << 20;
@@ -169,9 +169,7 @@ class Reader implements RawResponse {
       onread: { buffer: () => this.readInto(), callback: (n: number) => this.onRead(n) },
     });
     this.socket.setNoDelay(true);
-    this.socket.setTimeout(opts.stallMs, () =>
-      this.fail(new NetworkError(`${opts.url.origin}: no data for ${opts.stallMs / 1000} s, giving up on the transfer`)),
-    );
+    this.socket.setTimeout(opts.stallMs, () => this.fail(stallError(opts.url.origin, opts.stallMs)));
     this.socket.on('connect', () => this.socket.write(requestText));
     this.socket.on('end', () => this.onEnd());
     this.socket.on('error', (err) => {
@@ -183,24 +181,14 @@ class Reader implements RawResponse {
     });
     this.onAbort = () => this.fail(opts.signal.reason as Error);
     opts.signal.addEventListener('abort', this.onAbort, { once: true });
-    const floor = opts.minBytesPerSecond ?? 0;
-    if (floor > 0) {
-      // As http.ts: sampled four times a window; a window with no byte at its end is silence, which the stall timeout reports.
-      const samples = [0];
-      const need = Math.ceil((floor * opts.stallMs) / 1000);
-      this.rateTimer = setInterval(() => {
-        const now = this.bytesIn;
-        samples.push(now);
-        if (samples.length <= 4) return;
-        const windowBytes = now - (samples.shift() as number);
-        const recent = now - (samples[samples.length - 2] as number);
-        if (windowBytes >= need || recent === 0 || this.paused) return;
-        this.fail(
-          new NetworkError(`${opts.url.origin}: transfer slower than ${floor} bytes/s over ${opts.stallMs / 1000} s (${windowBytes} bytes), giving up on it`),
-        );
-      }, opts.stallMs / 4);
-      this.rateTimer.unref();
-    }
+    this.rateTimer = watchRateFloor(
+      opts.url.origin,
+      opts.minBytesPerSecond ?? 0,
+      opts.stallMs,
+      () => this.bytesIn,
+      () => this.paused,
+      (err) => this.fail(err),
+    );
   }
 
   /**

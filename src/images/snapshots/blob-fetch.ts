@@ -83,36 +83,28 @@ function tlsOf(t: BlobRequest['tls'], host: string): TlsSettings {
 export async function fetchBlob(req: BlobRequest, size: number, what: string, target: FetchTarget, signal: AbortSignal): Promise<FetchOutcome> {
   const url = new URL(req.url);
   if (url.protocol === 'http:') return fetchPlain(url, req, size, what, target, signal);
-  let res: HttpResponse;
-  try {
-    const tls = url.protocol === 'https:' ? tlsOf(req.tls, req.host) : (undefined as unknown as TlsSettings);
-    res = await send({
-      method: 'GET',
-      url,
-      headers: req.headers,
-      stallMs: req.stallMs,
-      minBytesPerSecond: req.minBytesPerSecond,
-      tls,
-      tlsFor: () => {
-        throw new BerthError('Internal', 'a worker download follows no redirect');
-      },
-      maxRedirects: 0,
-      policy: new AddressPolicy(req.policyHost),
-      signal,
-    });
-  } catch (err) {
-    if (signal.aborted) return stopped(signal, what);
-    return { ok: false, fallback: true, why: messageOf(err) };
-  }
-  if (res.status !== 200) {
-    res.body.destroy();
-    return { ok: false, fallback: true, why: `answered ${res.status}`, status: res.status };
-  }
-  const declared = Number(res.headers['content-length'] ?? NaN);
-  if (Number.isFinite(declared) && declared !== size) {
-    res.body.destroy();
-    return failed(target, 'DataLoss', `${what}: registry ${req.host} announced ${declared} bytes, the descriptor says ${size}`);
-  }
+  const opened = await openAnswer(
+    () =>
+      send({
+        method: 'GET',
+        url,
+        headers: req.headers,
+        stallMs: req.stallMs,
+        minBytesPerSecond: req.minBytesPerSecond,
+        tls: url.protocol === 'https:' ? tlsOf(req.tls, req.host) : (undefined as unknown as TlsSettings),
+        tlsFor: () => {
+          throw new BerthError('Internal', 'a worker download follows no redirect');
+        },
+        maxRedirects: 0,
+        policy: new AddressPolicy(req.policyHost),
+        signal,
+      }),
+    (r: HttpResponse) => r.body.destroy(),
+    (r) => Number(r.headers['content-length'] ?? NaN),
+    { req, size, what, target, signal },
+  );
+  if ('outcome' in opened) return opened.outcome;
+  const res = opened.res;
   return new Promise<FetchOutcome>((resolve) => {
     const body = res.body;
     let seen = 0;
@@ -127,32 +119,29 @@ export async function fetchBlob(req: BlobRequest, size: number, what: string, ta
       }
       resolve(o);
     };
-    const fail = (kind: ErrorKind, message: string): void => finish({ ok: false, fallback: false, kind, message });
+    const fail = (cause: BodyFailure): void => finish({ ok: false, fallback: false, ...bodyFailure(what, req.host, seen, size, cause) });
     target.onDrain = () => {
       if (target.pending < WINDOW && body.isPaused()) body.resume();
     };
     body.on('data', (c: Buffer) => {
       if (done) return;
       seen += c.length;
-      if (seen > size) return fail('DataLoss', `${what}: registry ${req.host} sent more than the ${size} bytes the descriptor declares`);
+      if (seen > size) return fail('too-long');
       target.chunk(c);
       if (target.pending >= WINDOW) body.pause();
     });
     body.on('end', () => {
-      if (seen !== size) return fail('DataLoss', `${what}: truncated: got ${seen} of ${size} bytes from registry ${req.host}`);
+      if (seen !== size) return fail('short');
       target.end();
       finish({ ok: true, bytes: seen });
     });
     // As openBlob: an error (a stall, a reset) says why; a close without the end is a plain truncation.
     body.on('error', (err) => {
       if (signal.aborted) finish(stopped(signal, what));
-      else if (err instanceof NetworkError) fail('Unavailable', `${what}: ${err.message} (after ${seen} of ${size} bytes)`);
-      else if (messageOf(err) === 'aborted' || errnoOf(err) === 'ECONNRESET')
-        fail('DataLoss', `${what}: truncated: connection closed after ${seen} of ${size} bytes from registry ${req.host}`);
-      else fail('DataLoss', `${what}: transfer from registry ${req.host} failed after ${seen} of ${size} bytes: ${messageOf(err)}`);
+      else fail(messageOf(err) === 'aborted' || errnoOf(err) === 'ECONNRESET' ? 'truncated' : { error: err });
     });
     body.on('close', () => {
-      if (!body.complete) fail('DataLoss', `${what}: truncated: connection closed after ${seen} of ${size} bytes from registry ${req.host}`);
+      if (!body.complete) fail('truncated');
     });
   });
 }
@@ -162,28 +151,22 @@ export async function fetchBlob(req: BlobRequest, size: number, what: string, ta
  * 1 MiB read straight off the socket, with the same outcomes and messages as above.
  */
 async function fetchPlain(url: URL, req: BlobRequest, size: number, what: string, target: FetchTarget, signal: AbortSignal): Promise<FetchOutcome> {
-  let res: RawResponse;
-  try {
-    res = await rawGet({
-      url,
-      headers: req.headers,
-      stallMs: req.stallMs,
-      minBytesPerSecond: req.minBytesPerSecond,
-      policy: new AddressPolicy(req.policyHost),
-      signal,
-    });
-  } catch (err) {
-    if (signal.aborted) return stopped(signal, what);
-    return { ok: false, fallback: true, why: messageOf(err) };
-  }
-  if (res.status !== 200) {
-    res.destroy();
-    return { ok: false, fallback: true, why: `answered ${res.status}`, status: res.status };
-  }
-  if (res.framing.type === 'length' && res.framing.length !== size) {
-    res.destroy();
-    return failed(target, 'DataLoss', `${what}: registry ${req.host} announced ${res.framing.length} bytes, the descriptor says ${size}`);
-  }
+  const opened = await openAnswer(
+    () =>
+      rawGet({
+        url,
+        headers: req.headers,
+        stallMs: req.stallMs,
+        minBytesPerSecond: req.minBytesPerSecond,
+        policy: new AddressPolicy(req.policyHost),
+        signal,
+      }),
+    (r: RawResponse) => r.destroy(),
+    (r) => (r.framing.type === 'length' ? r.framing.length : NaN),
+    { req, size, what, target, signal },
+  );
+  if ('outcome' in opened) return opened.outcome;
+  const res = opened.res;
   let seen = 0;
   target.onDrain = () => {
     if (target.pending < WINDOW) res.resume();
@@ -203,35 +186,59 @@ async function fetchPlain(url: URL, req: BlobRequest, size: number, what: string
     target.onDrain = undefined;
     target.abort();
     if (signal.aborted) return stopped(signal, what);
-    if (err instanceof BodyError && err.why === 'too-long') {
-      return {
-        ok: false,
-        fallback: false,
-        kind: 'DataLoss',
-        message: `${what}: registry ${req.host} sent more than the ${size} bytes the descriptor declares`,
-      };
-    }
-    if (err instanceof BodyError && err.why === 'truncated') {
-      return {
-        ok: false,
-        fallback: false,
-        kind: 'DataLoss',
-        message: `${what}: truncated: connection closed after ${seen} of ${size} bytes from registry ${req.host}`,
-      };
-    }
-    if (err instanceof NetworkError)
-      return { ok: false, fallback: false, kind: 'Unavailable', message: `${what}: ${err.message} (after ${seen} of ${size} bytes)` };
-    return {
-      ok: false,
-      fallback: false,
-      kind: 'DataLoss',
-      message: `${what}: transfer from registry ${req.host} failed after ${seen} of ${size} bytes: ${messageOf(err)}`,
-    };
+    const cause = err instanceof BodyError && (err.why === 'too-long' || err.why === 'truncated') ? err.why : { error: err };
+    return { ok: false, fallback: false, ...bodyFailure(what, req.host, seen, size, cause) };
   }
   target.onDrain = undefined;
-  if (seen !== size) return failed(target, 'DataLoss', `${what}: truncated: got ${seen} of ${size} bytes from registry ${req.host}`);
+  if (seen !== size) {
+    const f = bodyFailure(what, req.host, seen, size, 'short');
+    return failed(target, f.kind, f.message);
+  }
   target.end();
   return { ok: true, bytes: seen };
+}
+
+/** Why a body failed once it flowed: too long, cut off, ended short, or an error. */
+type BodyFailure = 'too-long' | 'truncated' | 'short' | { error: unknown };
+
+/** The kind and message of a body that failed after `seen` of its `size` bytes. */
+function bodyFailure(what: string, host: string, seen: number, size: number, cause: BodyFailure): { kind: ErrorKind; message: string } {
+  if (cause === 'too-long') return { kind: 'DataLoss', message: `${what}: registry ${host} sent more than the ${size} bytes the descriptor declares` };
+  if (cause === 'truncated') return { kind: 'DataLoss', message: `${what}: truncated: connection closed after ${seen} of ${size} bytes from registry ${host}` };
+  if (cause === 'short') return { kind: 'DataLoss', message: `${what}: truncated: got ${seen} of ${size} bytes from registry ${host}` };
+  if (cause.error instanceof NetworkError) return { kind: 'Unavailable', message: `${what}: ${cause.error.message} (after ${seen} of ${size} bytes)` };
+  return { kind: 'DataLoss', message: `${what}: transfer from registry ${host} failed after ${seen} of ${size} bytes: ${messageOf(cause.error)}` };
+}
+
+/**
+ * Sends a download's request. What ends it before the body (a failure to send, any answer
+ * but 200) is a fallback with nothing fed; an announced length other than the
+ * descriptor's fails it. Otherwise the answer, whose body is for the caller to read.
+ */
+async function openAnswer<R extends { status: number }>(
+  open: () => Promise<R>,
+  drop: (r: R) => void,
+  announced: (r: R) => number,
+  d: { req: BlobRequest; size: number; what: string; target: FetchTarget; signal: AbortSignal },
+): Promise<{ res: R } | { outcome: FetchOutcome }> {
+  let res: R;
+  try {
+    res = await open();
+  } catch (err) {
+    return { outcome: d.signal.aborted ? stopped(d.signal, d.what) : { ok: false, fallback: true, why: messageOf(err) } };
+  }
+  if (res.status !== 200) {
+    drop(res);
+    return { outcome: { ok: false, fallback: true, why: `answered ${res.status}`, status: res.status } };
+  }
+  const length = announced(res);
+  if (Number.isFinite(length) && length !== d.size) {
+    drop(res);
+    return {
+      outcome: failed(d.target, 'DataLoss', `${d.what}: registry ${d.req.host} announced ${length} bytes, the descriptor says ${d.size}`),
+    };
+  }
+  return { res };
 }
 
 /** The outcome of a download stopped by `signal` (cancelled, or its intake failed). */

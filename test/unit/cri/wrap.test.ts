@@ -27,10 +27,15 @@ describe('cri: the RPC wrapper', () => {
   let logLines: string[];
 
   /** Serves the RuntimeService through the real wrapper with the given handlers. */
-  async function serve(handlers: Record<string, Handler>, observers: RpcObserver[] = [], durable?: () => Promise<void>): Promise<CriClients> {
+  async function serve(
+    handlers: Record<string, Handler>,
+    observers: RpcObserver[] = [],
+    durable?: () => Promise<void>,
+    service: unknown = criApi().runtime.v1.RuntimeService.service,
+  ): Promise<CriClients> {
     const log = createLogger('debug', (l) => logLines.push(l));
     server = new grpc.Server();
-    const svc = wrapService({ state, log, observers, durable }, criApi().runtime.v1.RuntimeService.service, handlers as never);
+    const svc = wrapService({ state, log, observers, durable }, service as never, handlers as never);
     server.addService(svc.definition, svc.implementation);
     const socket = join(dir, 's.sock');
     await new Promise<void>((res, rej) => server!.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
@@ -208,24 +213,19 @@ describe('cri: the RPC wrapper', () => {
         },
       },
     };
-    const log = createLogger('debug', (l) => logLines.push(l));
-    server = new grpc.Server();
     const kept = keptAnswer({ containers: [{ id: 'c1', pod_sandbox_id: 'p1', state: 'CONTAINER_RUNNING', labels: { a: 'b' } }] });
     let keep = true;
-    const svc = wrapService(
-      { state, log },
-      counting as never,
+    const c = await serve(
       {
         ListContainers: async () => (keep ? kept : { containers: [{ id: 'c2' }] }),
-      } as never,
+      },
+      [],
+      undefined,
+      counting,
     );
-    server.addService(svc.definition, svc.implementation);
-    const socket = join(dir, 's.sock');
-    await new Promise<void>((res, rej) => server!.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
-    clients = criClients(socket);
     state.ready();
     for (let i = 0; i < 3; i++) {
-      const r = await clients.runtime.ListContainers({});
+      const r = await c.runtime.ListContainers({});
       assert.deepEqual(
         r.containers.map((x) => [x.id, x.pod_sandbox_id, x.state, x.labels]),
         [['c1', 'p1', 'CONTAINER_RUNNING', { a: 'b' }]],
@@ -236,7 +236,7 @@ describe('cri: the RPC wrapper', () => {
     keep = false;
     for (let i = 0; i < 2; i++)
       assert.deepEqual(
-        (await clients.runtime.ListContainers({})).containers.map((x) => x.id),
+        (await c.runtime.ListContainers({})).containers.map((x) => x.id),
         ['c2'],
       );
     assert.equal(encodes, 3);
@@ -257,8 +257,6 @@ describe('cri: the RPC wrapper', () => {
         },
       },
     };
-    const log = createLogger('debug', (l) => logLines.push(l));
-    server = new grpc.Server();
     const status = {
       id: 'p1',
       metadata: { name: 'n', uid: 'u', namespace: 'ns', attempt: 2 },
@@ -272,26 +270,23 @@ describe('cri: the RPC wrapper', () => {
     };
     const kept = keptAnswer<Record<string, unknown>>({ status, info: {}, containers_statuses: [] });
     let stamp = 1733580000000000000n;
-    const svc = wrapService(
-      { state, log },
-      counting as never,
+    const c = await serve(
       {
         PodSandboxStatus: async () => keptAnswerWith(kept, { timestamp: String(++stamp) }),
-      } as never,
+      },
+      [],
+      undefined,
+      counting,
     );
-    server.addService(svc.definition, svc.implementation);
-    const socket = join(dir, 's.sock');
-    await new Promise<void>((res, rej) => server!.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
-    clients = criClients(socket);
     state.ready();
     const got: string[] = [];
     for (let i = 0; i < 2; i++) {
-      const r: { status?: unknown; timestamp: string } = await clients.runtime.PodSandboxStatus({ pod_sandbox_id: 'p1' });
+      const r: { status?: unknown; timestamp: string } = await c.runtime.PodSandboxStatus({ pod_sandbox_id: 'p1' });
       assert.deepEqual(r.status, { ...status, linux: { namespaces: { options: { ...status.linux.namespaces.options, userns_options: null } } } });
       got.push(r.timestamp);
     }
     // The bytes on the wire, byte for byte those of the whole answer encoded at once.
-    const raw = new grpc.Client(`unix://${socket}`, grpc.credentials.createInsecure());
+    const raw = new grpc.Client(`unix://${join(dir, 's.sock')}`, grpc.credentials.createInsecure());
     const bytes = await new Promise<Buffer>((resolve, reject) =>
       raw.makeUnaryRequest(
         '/runtime.v1.RuntimeService/PodSandboxStatus',
