@@ -33,7 +33,11 @@ export class Limiter {
   private scheduled = false;
   constructor(private readonly n: number) {}
 
-  async run<T>(task: () => Promise<T>, weight = 0): Promise<T> {
+  /**
+   * Runs `task` when there is room. The task may call `release` to give its place back
+   * before it ends (a download whose bytes have all come in, while its file syncs).
+   */
+  async run<T>(task: (release: () => void) => Promise<T>, weight = 0): Promise<T> {
     await new Promise<void>((start) => {
       this.queue.push({ start, weight, seq: this.seq++ });
       if (!this.scheduled) {
@@ -44,11 +48,17 @@ export class Limiter {
         });
       }
     });
-    try {
-      return await task();
-    } finally {
+    let held = true;
+    const release = (): void => {
+      if (!held) return;
+      held = false;
       this.active--;
       this.pump();
+    };
+    try {
+      return await task(release);
+    } finally {
+      release();
     }
   }
 
@@ -104,7 +114,7 @@ export function layerTask(d: LayerTaskDeps, t: LayerTaskSpec, caller: AbortSigna
   const content = d.content;
   const run = async (signal: AbortSignal): Promise<void> => {
     if (d.snapshots.committed(t.chainId)) {
-      await t.limiter.run(() => fetchLayer(content, t, signal), t.layer.size);
+      await t.limiter.run((release) => fetchLayer(content, t, signal, release), t.layer.size);
       return;
     }
     // The layer's own byte limit, and the shared limits granted as its unpack goes; settled
@@ -126,7 +136,7 @@ export function layerTask(d: LayerTaskDeps, t: LayerTaskSpec, caller: AbortSigna
       // blob); when the blob is already stored, or another download of it is under way,
       // it unpacks from the stored blob.
       let streamed: Promise<PreparedSnapshot> | undefined;
-      await t.limiter.run(async () => {
+      await t.limiter.run(async (release) => {
         if (content.has(t.layer.digest)) return;
         // The unpack's trace point begins before its snapshot exists, as for an unpack from a stored blob.
         const sink = (tmp: string, alg: 'sha256' | 'sha512'): Promise<BlobSink> =>
@@ -160,7 +170,7 @@ export function layerTask(d: LayerTaskDeps, t: LayerTaskSpec, caller: AbortSigna
             });
             streamed.catch(() => undefined);
           });
-        await fetchLayer(content, t, signal, sink).catch(async (err: unknown) => {
+        await fetchLayer(content, t, signal, release, sink).catch(async (err: unknown) => {
           // The unpack stops with the download; its snapshot is thrown away once it settles.
           await streamed?.then(
             (p) => d.snapshots.discard(p),
@@ -191,11 +201,17 @@ export function layerTask(d: LayerTaskDeps, t: LayerTaskSpec, caller: AbortSigna
   return d.work.join(`layer:${t.chainId}`, caller, run);
 }
 
-/** Downloads a layer's blob into the content store unless it is there (see ContentStore.ensure). */
+/**
+ * Downloads a layer's blob into the content store unless it is there (see ContentStore.ensure).
+ * `received` is called once all the blob's bytes have come in: the download's place is
+ * given back then, while the blob's file is synced and its unpack ends, so the next
+ * layer's download overlaps them.
+ */
 function fetchLayer(
   content: ContentStore,
   t: { layer: Descriptor; image: string; open: (signal: AbortSignal) => Promise<Readable> },
   signal: AbortSignal,
+  received: () => void,
   sink?: BlobSinkFactory,
 ): Promise<void> {
   if (content.has(t.layer.digest)) return Promise.resolve();
@@ -205,7 +221,10 @@ function fetchLayer(
       t.layer,
       () => t.open(signal),
       signal,
-      (n) => (step.bytes += n),
+      (n) => {
+        step.bytes += n;
+        if (step.bytes >= t.layer.size) received();
+      },
       sink,
     ),
   );

@@ -1,6 +1,7 @@
 /**
  * The layer download limiter (layer-task.ts): at most n at once, the heaviest waiting
- * task first, tasks asked for in one tick competing by weight, equals in order.
+ * task first, tasks asked for in one tick competing by weight, equals in order; a task
+ * may give its place back before it ends.
  */
 import assert from 'node:assert/strict';
 import { Limiter } from '../../../src/images/layer-task.js';
@@ -44,5 +45,33 @@ describe('images: layer download limiter', () => {
     const next = limiter.run(() => Promise.resolve('ran'), 1);
     await assert.rejects(failing, /test: failed/);
     assert.equal(await next, 'ran');
+  });
+
+  it('a task that releases its place early lets the next start while it still runs, and counts once', async () => {
+    const limiter = new Limiter(1);
+    const events: string[] = [];
+    let finishFirst!: () => void;
+    const first = limiter.run(async (release) => {
+      events.push('first: start');
+      release();
+      release(); // a second release changes nothing
+      await new Promise<void>((r) => (finishFirst = r));
+      events.push('first: end');
+    }, 2);
+    const second = limiter.run(async () => {
+      events.push('second: start');
+      await new Promise((r) => setTimeout(r, 5));
+      events.push('second: end');
+    }, 1);
+    const third = limiter.run(async () => {
+      events.push('third: start');
+    }, 0);
+    await second;
+    // The second ran while the first still held on; the third waited for the second, not
+    // for a place the first's double release would have made.
+    assert.deepEqual(events, ['first: start', 'second: start', 'second: end', 'third: start']);
+    finishFirst();
+    await Promise.all([first, third]);
+    assert.deepEqual(events.slice(-1), ['first: end']);
   });
 });
