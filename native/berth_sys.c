@@ -1436,6 +1436,25 @@ static napi_value js_limit_arenas(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* ---- startWriteback(fd, offset, length) -> errno: sync_file_range(SYNC_FILE_RANGE_WRITE) ---- */
+
+static napi_value js_start_writeback(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value args[3];
+  NAPI_OK(napi_get_cb_info(env, info, &argc, args, NULL, NULL));
+  int32_t fd = -1;
+  int64_t offset = -1, length = -1;
+  if (argc < 3 || napi_get_value_int32(env, args[0], &fd) != napi_ok || napi_get_value_int64(env, args[1], &offset) != napi_ok ||
+      napi_get_value_int64(env, args[2], &length) != napi_ok || fd < 0 || offset < 0 || length < 0) {
+    napi_throw_type_error(env, NULL, "startWriteback(fd, offset, length): a descriptor and a non-negative range");
+    return NULL;
+  }
+  int err = sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE) == 0 ? 0 : errno;
+  napi_value out;
+  NAPI_OK(napi_create_int32(env, err, &out));
+  return out;
+}
+
 /* ---- socketInNetns(nsPath, family 4|6) -> fd: an unconnected TCP socket made in a netns ---- */
 
 struct netns_socket {
@@ -2087,6 +2106,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"datagramBind", NULL, js_datagram_bind, NULL, NULL, NULL, napi_enumerable, NULL},
       {"mallocTrim", NULL, js_malloc_trim, NULL, NULL, NULL, napi_enumerable, NULL},
       {"limitArenas", NULL, js_limit_arenas, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"startWriteback", NULL, js_start_writeback, NULL, NULL, NULL, napi_enumerable, NULL},
       {"sealedCopy", NULL, js_sealed_copy, NULL, NULL, NULL, napi_enumerable, NULL},
       {"watchExit", NULL, js_watch_exit, NULL, NULL, NULL, napi_enumerable, NULL},
       {"unwatchExit", NULL, js_unwatch_exit, NULL, NULL, NULL, napi_enumerable, NULL},

@@ -58,6 +58,11 @@ export interface NativeSys {
   mallocTrim(): boolean;
   /** mallopt(M_ARENA_MAX, n): at most `n` malloc arenas from now on; true if glibc took it. */
   limitArenas(n: number): boolean;
+  /**
+   * sync_file_range(SYNC_FILE_RANGE_WRITE): starts writing the range's dirty pages to the
+   * disk and returns without waiting for them; the errno, 0 if it was taken.
+   */
+  startWriteback(fd: number, offset: number, length: number): number;
   /** A copy of the file at `path` in a memfd sealed against any change (close-on-exec); its descriptor. */
   sealedCopy(path: string): number;
   /**

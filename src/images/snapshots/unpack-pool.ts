@@ -2,7 +2,8 @@
  * Layer unpacking on worker threads. Unpacking is CPU work on every byte (inflate,
  * sha256 of the tar stream, tar parsing): on berthd's main thread it would compete with
  * the gRPC server kubelet polls every few seconds, and it would use one core only. A
- * small pool of workers (one per core, created on first use) runs `unpackLayer`, either
+ * small pool of workers (one per core, at least three: a pull's three downloads at once,
+ * by default, each get a thread; created on first use) runs `unpackLayer`, either
  * on a blob already verified in the content store (`run`) or on a blob as it downloads
  * (`stream`: the worker also hashes it and writes it to the content store's temp file, see
  * blob-intake.ts; the worker may download the blob itself, see blob-fetch.ts, so its bytes
@@ -88,6 +89,12 @@ interface Slot {
   worker: Worker;
   /** The ids of the jobs it runs. */
   jobs: Set<number>;
+  /**
+   * Those of its jobs with bytes still to come: a download under way, or an unpack from
+   * a stored blob. A job past its download's end (its last bytes unpacking, its file
+   * syncing) leaves the worker nearly free.
+   */
+  receiving: Set<number>;
   /** Terminates it when it stays idle (armed while it has no job). */
   idleTimer: NodeJS.Timeout | undefined;
 }
@@ -113,6 +120,20 @@ interface BlobChannel {
   progress(bytes: number): void;
 }
 
+/**
+ * Of busy workers with room for a job, the one receiving the fewest bytes, then the one
+ * with the fewest jobs (the first among equals): two downloads on one worker while
+ * another only syncs a file would leave a core idle.
+ */
+export function leastBusy<S extends Pick<Slot, 'jobs' | 'receiving'>>(slots: S[]): S | undefined {
+  let best: S | undefined;
+  for (const s of slots) {
+    if (s.jobs.size >= JOBS_PER_WORKER) continue;
+    if (!best || s.receiving.size < best.receiving.size || (s.receiving.size === best.receiving.size && s.jobs.size < best.jobs.size)) best = s;
+  }
+  return best;
+}
+
 export class UnpackPool {
   private readonly slots: Slot[] = [];
   private readonly waiting: Array<() => void> = [];
@@ -122,7 +143,7 @@ export class UnpackPool {
   private closed = false;
 
   constructor(
-    private readonly size: number = Math.max(1, Math.min(4, availableParallelism())),
+    private readonly size: number = Math.min(4, Math.max(3, availableParallelism())),
     private readonly idleMs: number = UNPACK_WORKER_IDLE_MS,
   ) {}
 
@@ -134,7 +155,7 @@ export class UnpackPool {
   private spawn(): Slot {
     const worker = new Worker(WORKER_URL);
     worker.unref();
-    const slot: Slot = { worker, jobs: new Set(), idleTimer: undefined };
+    const slot: Slot = { worker, jobs: new Set(), receiving: new Set(), idleTimer: undefined };
     worker.on('message', (m: Reply | IntakeMessage | GrantRequest | FetchedMessage) => {
       if ('type' in m) {
         if (m.type === 'grant') return this.answerGrant(worker, m);
@@ -208,12 +229,10 @@ export class UnpackPool {
       if (this.closed) throw new BerthError('Unavailable', 'berthd is shutting down');
       if (signal?.aborted) throw signal.reason;
       let slot = this.slots.find((s) => s.jobs.size === 0) ?? (this.slots.length < this.size ? this.spawn() : undefined);
-      if (!slot) {
-        const open = this.slots.filter((s) => s.jobs.size < JOBS_PER_WORKER);
-        slot = open.sort((a, b) => a.jobs.size - b.jobs.size)[0];
-      }
+      slot ??= leastBusy(this.slots);
       if (slot) {
         slot.jobs.add(id);
+        slot.receiving.add(id);
         clearTimeout(slot.idleTimer);
         slot.idleTimer = undefined;
         return slot;
@@ -237,6 +256,7 @@ export class UnpackPool {
   /** Gives a job's place back. */
   private release(slot: Slot, id: number): void {
     slot.jobs.delete(id);
+    slot.receiving.delete(id);
     if (slot.jobs.size === 0) this.armIdle(slot);
     this.wake();
   }
@@ -298,6 +318,8 @@ export class UnpackPool {
     this.blobs.set(id, {
       progress: (n) => fetchProgress?.(n),
       fetched: (o) => {
+        // After a fallback, the bytes come through the writable instead.
+        if (o.ok || !o.fallback) slot.receiving.delete(id);
         const done = fetching;
         fetching = undefined;
         done?.(o);
@@ -352,6 +374,7 @@ export class UnpackPool {
       final(cb) {
         flush();
         ended = true;
+        slot.receiving.delete(id);
         worker.postMessage({ type: 'end', id });
         sealed.then(
           () => cb(),
@@ -359,6 +382,7 @@ export class UnpackPool {
         );
       },
       destroy(err, cb) {
+        slot.receiving.delete(id);
         clearImmediate(flushing);
         batch = [];
         held = undefined;

@@ -4,14 +4,15 @@
  * Mounts and namespaces are in test/integration/common/sys.test.ts.
  */
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync, statSync, writeSync } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { constants, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { limitMallocArenas } from '../../../src/common/malloc-trim.js';
 import { MNT } from '../../../src/common/mount.js';
 import { execProcess, resolveExecutable, spawnProcess, startProcess, type ChildProcess } from '../../../src/common/process.js';
 import { native } from '../../../src/common/native.js';
+import { until } from '../../helpers/berthd.js';
 
 async function isMountPoint(dir: string): Promise<boolean> {
   const mounts = await readFile('/proc/self/mountinfo', 'utf8');
@@ -271,6 +272,49 @@ describe('common/sys: the native addon', () => {
     it('leaves the count to MALLOC_ARENA_MAX when the environment sets it', async () => {
       assert.equal(limitMallocArenas(2, { MALLOC_ARENA_MAX: '4' }), false);
       assert.equal((await newArenas(2, { MALLOC_ARENA_MAX: '8' })).set, false);
+    });
+  });
+
+  describe('startWriteback: sync_file_range(SYNC_FILE_RANGE_WRITE)', () => {
+    /** Sectors written to the block device of `path`'s filesystem, if it has one. */
+    function sectorsWritten(path: string): number | undefined {
+      const dev = statSync(path).dev;
+      const major = (dev >> 8) & 0xfff;
+      const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+      try {
+        return Number(readFileSync(`/sys/dev/block/${major}:${minor}/stat`, 'utf8').trim().split(/\s+/)[6]);
+      } catch {
+        return undefined;
+      }
+    }
+
+    it('sends a file range to the disk without a sync, and answers an errno for what takes none', async () => {
+      const dir = await mkdtemp(join(tmpdir(), 'berth-writeback-'));
+      try {
+        const path = join(dir, 'blob');
+        const fd = openSync(path, 'w');
+        try {
+          const before = sectorsWritten(dir);
+          writeSync(fd, Buffer.alloc(16 << 20, 1));
+          assert.equal(native().startWriteback(fd, 0, 16 << 20), 0);
+          // The kernel keeps dirty pages for 30 s unless told; started, they reach the disk at once.
+          if (before !== undefined) {
+            await until(async () => (sectorsWritten(dir)! - before >= (16 << 20) / 512 ? true : undefined), 10_000);
+          }
+        } finally {
+          closeSync(fd);
+        }
+        const [r, w] = native().pipe();
+        try {
+          assert.equal(native().startWriteback(r, 0, 1), constants.errno.ESPIPE);
+        } finally {
+          closeSync(r);
+          closeSync(w);
+        }
+        assert.throws(() => (native() as unknown as { startWriteback(...a: unknown[]): number }).startWriteback(-1, 0, 1), TypeError);
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
     });
   });
 

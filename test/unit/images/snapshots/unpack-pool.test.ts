@@ -14,7 +14,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BerthError, isKind } from '../../../../src/common/errors.js';
 import type { BlobRequest } from '../../../../src/images/registry/client.js';
-import { UnpackPool } from '../../../../src/images/snapshots/unpack-pool.js';
+import { JOBS_PER_WORKER, leastBusy, UnpackPool } from '../../../../src/images/snapshots/unpack-pool.js';
 import type { Budget } from '../../../../src/images/snapshots/unpack.js';
 import { compress, LAYER, makeTar, openFds } from '../../../helpers/tar-layers.js';
 import { until } from '../../../helpers/berthd.js';
@@ -59,6 +59,19 @@ describe('UnpackPool', function () {
     await unpack(p, 'c');
     assert.equal(p.workers, 1);
     await until(async () => (p.workers === 0 ? true : undefined), 10_000);
+  });
+
+  it('gives a new job to the worker with the fewest downloads under way, then the fewest jobs', () => {
+    const w = (name: string, jobs: number[], receiving: number[]) => ({ name, jobs: new Set(jobs), receiving: new Set(receiving) });
+    assert.equal(JOBS_PER_WORKER, 2, 'the cases below assume two jobs per worker');
+    // Both hold one job; the first's has all its bytes (it only unpacks its tail and syncs its file).
+    assert.equal(leastBusy([w('a', [1], [1]), w('b', [2], [])])?.name, 'b');
+    // Equal downloads: fewer jobs wins, then the first.
+    assert.equal(leastBusy([w('a', [1, 3], [1]), w('b', [2], [2])])?.name, 'b');
+    assert.equal(leastBusy([w('a', [1], [1]), w('b', [2], [2])])?.name, 'a');
+    // A full worker is never chosen, however idle its jobs; none with room: undefined.
+    assert.equal(leastBusy([w('a', [1, 2], []), w('b', [3], [3])])?.name, 'b');
+    assert.equal(leastBusy([w('a', [1, 2], []), w('b', [3, 4], [3])]), undefined);
   });
 
   it('keeps a worker that gets a job within its idle time', async () => {
