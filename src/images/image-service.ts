@@ -271,6 +271,12 @@ export class ImageService {
     // Downloads and unpacks may be shared with other pulls: each runs while some pull
     // waits for it (SharedWork), and stops when the last one goes away.
     let failure: unknown;
+    // The manifests, verified and in memory, are stored while the layers download: their
+    // files' syncs are then off the pull's path.
+    const storingManifests = (async () => {
+      for (const b of blobs) await this.o.content.putVerified(b.desc, b.data);
+    })();
+    storingManifests.catch(() => undefined);
     try {
       await this.work.join(`blob:${manifest.config.digest}`, signal, (shared) =>
         this.o.content.ensure(
@@ -324,7 +330,7 @@ export class ImageService {
       const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
       if (failed) throw failed.reason;
 
-      for (const b of blobs) await this.o.content.putVerified(b.desc, b.data);
+      await storingManifests;
       const size = blobs.reduce((n, b) => n + b.data.length, 0) + manifest.config.size + manifest.layers.reduce((n, l) => n + l.size, 0);
       const tag = ref.digest ? undefined : taggedName(ref);
       this.o.repo.save({
@@ -350,6 +356,8 @@ export class ImageService {
       failure = err;
       throw err;
     } finally {
+      // Not left running past the leases that keep its blobs from a collection.
+      await storingManifests.catch(() => undefined);
       for (const release of leases) release();
       // A failed pull removes what it added and nothing uses; a cancelled one keeps
       // verified blobs and snapshots for its retry.
