@@ -52,7 +52,7 @@ import { Berthd } from '../../test/helpers/berthd.js';
 import type { CriClients } from '../../test/helpers/cri-client.js';
 import { startRegistry } from '../../test/helpers/registry.js';
 import { childrenOf, containerdAvailable, processes, startContainerd } from './containerd.js';
-import { newResults, writeResults } from './results.js';
+import { newResults, writeResults, type Results } from './results.js';
 import { churnSuite } from './suite-churn.js';
 import { lifecycleSuite } from './suite-lifecycle.js';
 import { metricsSuite } from './suite-metrics.js';
@@ -188,12 +188,13 @@ async function coldPulls(name: string, c: CriClients, ref: string, bytes: number
   return { mbps, cpuPer100MB: cpu / ((runs * bytes) / 1e8) };
 }
 
-async function pullSuite(registryHost: string): Promise<void> {
+async function pullSuite(registryHost: string): Promise<NonNullable<Results['pull']>> {
   const results: Record<string, number> = {};
   const cpu: Record<string, number> = {};
   out(`pushing a ${layerCount} x ${layerBytes / 1048576} MiB incompressible image to ${registryHost} ...`);
   const img = await pushRandomImage(registryHost, 'bench/random', 'latest', layerCount, layerBytes, 'gzip');
   const bytes = img.layersSize;
+  const figures: NonNullable<Results['pull']> = { bytes, layers: img.layers.length };
   out(`image ${img.ref}: ${(bytes / 1e6).toFixed(1)} MB compressed in ${img.layers.length} layers; ${runs} cold pulls each\n`);
 
   if (runBerth) {
@@ -202,6 +203,7 @@ async function pullSuite(registryHost: string): Promise<void> {
       const { mbps: xs, cpuPer100MB } = await coldPulls('berth', b.clients, img.ref, bytes, b.proc.pid!);
       results.berth = median(xs);
       cpu.berth = cpuPer100MB;
+      figures.berth = { mbps: xs, median: results.berth, cpuPer100MB };
       out(
         `${label('berth')} cold pull: median ${results.berth.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}); CPU ${cpuPer100MB.toFixed(3)} s per 100 MB`,
       );
@@ -219,6 +221,7 @@ async function pullSuite(registryHost: string): Promise<void> {
         const { mbps: xs, cpuPer100MB } = await coldPulls('containerd', ctr.clients, img.ref, bytes, ctr.pid);
         results.containerd = median(xs);
         cpu.containerd = cpuPer100MB;
+        figures.containerd = { mbps: xs, median: results.containerd, cpuPer100MB };
         out(
           `${label('containerd')} cold pull: median ${results.containerd.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}; ${v.runtime_name} ${v.runtime_version}); CPU ${cpuPer100MB.toFixed(3)} s per 100 MB`,
         );
@@ -233,6 +236,7 @@ async function pullSuite(registryHost: string): Promise<void> {
   if (cpu.berth && cpu.containerd) {
     out(`pull CPU per MB berth/containerd: ${(cpu.berth / cpu.containerd).toFixed(2)}x (<1: berth uses less CPU)`);
   }
+  return figures;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -863,7 +867,8 @@ async function containersSuite(registryHost: string): Promise<void> {
 
 const registry = await startRegistry();
 try {
-  if (suites.has('pull')) await pullSuite(registry.host);
+  const results = newResults(process.argv.slice(2));
+  if (suites.has('pull')) results.pull = await pullSuite(registry.host);
   if (suites.has('pull') && suites.has('pods')) out();
   if (suites.has('pods')) await podsSuite(registry.host);
   if (suites.has('containers') && (suites.has('pull') || suites.has('pods'))) out();
@@ -874,7 +879,6 @@ try {
   }
   if (suites.has('lifecycle') || suites.has('churn')) {
     const ctx = { registryHost: registry.host, runBerth, runContainerd, berthNodeArgs, benchNet, pushPauseImage, out };
-    const results = newResults(process.argv.slice(2));
     if (suites.has('lifecycle')) {
       if (suites.size > 1) out();
       results.lifecycle = await lifecycleSuite(ctx, positive('lifecycle-pods'), 3);
@@ -884,8 +888,8 @@ try {
       const seconds = soakMinutes !== undefined ? soakMinutes * 60 : positive('churn-seconds');
       results.churn = await churnSuite(ctx, { pods: positive('churn-pods'), seconds, perMinute: soakMinutes !== undefined });
     }
-    out(`\nresults: ${writeResults(values.results, results).join(', ')}`);
   }
+  if (results.pull || results.lifecycle || results.churn) out(`\nresults: ${writeResults(values.results, results).join(', ')}`);
   // Suites in files of their own (suite-*.ts), given the harness through one context.
   const suiteCtx: SuiteContext = {
     registryHost: registry.host,

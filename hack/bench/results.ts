@@ -1,5 +1,5 @@
 /**
- * The results file of the lifecycle and churn suites: JSON (every figure), a markdown
+ * The results file of the lifecycle, churn and pull suites: JSON (every figure), a markdown
  * table (berth, containerd, ratio, the issue's goal) and an SVG plot of berth against
  * containerd (latency bars; daemon RSS over the churn), all written by the benchmark
  * itself into the repo (bench/results/ by default), so the README can link the last run.
@@ -19,7 +19,20 @@ export interface Results {
   command: string;
   lifecycle?: Partial<Record<RuntimeName, LifecycleFigures>>;
   churn?: Partial<Record<RuntimeName, ChurnFigures>>;
+  pull?: { bytes: number; layers: number } & Partial<Record<RuntimeName, PullFigures>>;
 }
+
+/** One runtime's timed cold pulls (pull suite). */
+export interface PullFigures {
+  /** Throughput of each pull, MB/s. */
+  mbps: number[];
+  median: number;
+  /** Daemon CPU seconds (its threads and reaped children) per 100 MB pulled. */
+  cpuPer100MB: number;
+}
+
+/** Issue 14's goal for the cold pull: berth at least this many times containerd's throughput. */
+export const PULL_GOAL = 2;
 
 function sh(cmd: string, args: string[]): string {
   try {
@@ -48,12 +61,14 @@ export function newResults(argv: string[]): Results {
 
 /** One row of the comparison: a figure, both runtimes' values, and the goal for berth/containerd. */
 interface Row {
-  section: 'one pod at a time' | 'churn';
+  section: 'one pod at a time' | 'churn' | 'cold pull';
   name: string;
-  unit: 'ms' | 's' | 'MiB';
+  unit: 'ms' | 's' | 'MiB' | 'MB/s' | 'count';
   berth?: number;
   containerd?: number;
   goal?: number;
+  /** The goal is a floor (berth/containerd at least it: throughput), not a ceiling. */
+  atLeast?: boolean;
 }
 
 function rows(r: Results): Row[] {
@@ -101,7 +116,7 @@ function rows(r: Results): Row[] {
     lat('PodSandboxStatus', 'PodSandboxStatus');
     lat('ContainerStatus', 'ContainerStatus');
     lat('ListContainers', 'ListContainers');
-    out.push({ section: 'churn', name: 'pods started', unit: 's', berth: c.berth?.podsStarted, containerd: c.containerd?.podsStarted });
+    out.push({ section: 'churn', name: 'pods started', unit: 'count', berth: c.berth?.podsStarted, containerd: c.containerd?.podsStarted });
     out.push({
       section: 'churn',
       name: 'CPU seconds (daemon + reaped children + shims)',
@@ -117,11 +132,25 @@ function rows(r: Results): Row[] {
     out.push({ section: 'churn', name: 'shim RSS, max total', unit: 'MiB', berth: c.berth?.shimRssMiB.max, containerd: c.containerd?.shimRssMiB.max });
     out.push({ section: 'churn', name: 'RSS per shim', unit: 'MiB', berth: c.berth?.shimRssMiB.perShimMean, containerd: c.containerd?.shimRssMiB.perShimMean });
   }
+  const p = r.pull;
+  if (p) {
+    const what = `${(p.bytes / 1e6).toFixed(0)} MB in ${p.layers} layers`;
+    out.push({
+      section: 'cold pull',
+      name: `throughput median, ${what}`,
+      unit: 'MB/s',
+      berth: p.berth?.median,
+      containerd: p.containerd?.median,
+      goal: PULL_GOAL,
+      atLeast: true,
+    });
+    out.push({ section: 'cold pull', name: 'CPU seconds per 100 MB', unit: 's', berth: p.berth?.cpuPer100MB, containerd: p.containerd?.cpuPer100MB });
+  }
   return out;
 }
 
 const fmt = (x: number | undefined, unit: string): string =>
-  x === undefined || Number.isNaN(x) ? '–' : unit === 's' && Number.isInteger(x) ? String(x) : x.toFixed(1);
+  x === undefined || Number.isNaN(x) ? '–' : unit === 'count' ? String(x) : x.toFixed(unit === 's' && x < 10 ? 2 : 1);
 
 export function markdown(r: Results): string {
   const m = r.machine;
@@ -140,9 +169,10 @@ export function markdown(r: Results): string {
   ];
   for (const row of rows(r)) {
     const ratio = row.berth !== undefined && row.containerd !== undefined && row.containerd > 0 ? row.berth / row.containerd : undefined;
-    const ok = ratio !== undefined && row.goal !== undefined ? (ratio <= row.goal ? ' ✓' : ' ✗') : '';
+    const met = ratio !== undefined && row.goal !== undefined ? (row.atLeast ? ratio >= row.goal : ratio <= row.goal) : undefined;
+    const ok = met === undefined ? '' : met ? ' ✓' : ' ✗';
     lines.push(
-      `| ${row.section} | ${row.name}${row.unit === 'MiB' ? ' (MiB)' : row.unit === 'ms' ? ' (ms)' : ''} | ${fmt(row.berth, row.unit)} | ${fmt(row.containerd, row.unit)} | ${ratio === undefined ? '–' : ratio.toFixed(2)} | ${row.goal !== undefined ? `≤ ${row.goal}${ok}` : ''} |`,
+      `| ${row.section} | ${row.name}${row.unit === 's' || row.unit === 'count' ? '' : ` (${row.unit})`} | ${fmt(row.berth, row.unit)} | ${fmt(row.containerd, row.unit)} | ${ratio === undefined ? '–' : ratio.toFixed(2)} | ${row.goal !== undefined ? `${row.atLeast ? '≥' : '≤'} ${row.goal}${ok}` : ''} |`,
     );
   }
   const soak = Object.entries(r.churn ?? {}).filter(([, f]) => f.rssPerMinute.length > 1);

@@ -126,14 +126,25 @@ export class BlobIntake {
       if (err) return this.fail(err);
       this.unacked += n;
       this.written += n;
-      if (this.written - this.flushed >= WRITEBACK_BYTES && this.fd !== undefined) {
-        // Advisory: a filesystem that takes no sync_file_range is synced at the end as before.
-        native().startWriteback(this.fd, this.flushed, this.written - this.flushed);
-        this.flushed = this.written;
-      }
+      if (this.written - this.flushed >= WRITEBACK_BYTES && this.fd !== undefined) this.startWriteback(this.fd);
       this.ack();
       this.pump();
     });
+  }
+
+  /**
+   * Sends what was written since the last call on to the disk. Advisory: where it is
+   * refused (a filesystem without it, an addon without it), the file is synced at its end
+   * as before, and this intake stops asking.
+   */
+  private startWriteback(fd: number): void {
+    let errno: number;
+    try {
+      errno = native().startWriteback(fd, this.flushed, this.written - this.flushed);
+    } catch {
+      errno = -1;
+    }
+    this.flushed = errno === 0 ? this.written : Number.POSITIVE_INFINITY;
   }
 
   private seal(): void {
