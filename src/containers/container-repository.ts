@@ -151,12 +151,7 @@ export class ContainerRepository {
     this.bySandboxStmt = db.prepare<[string], Row>(`SELECT ${COLUMNS} FROM containers WHERE sandbox_id = ? ORDER BY created_at`);
     this.byNameStmt = db.prepare<[string, string, number], Row>(`SELECT ${COLUMNS} FROM containers WHERE sandbox_id = ? AND name = ? AND attempt = ?`);
     const factsStmt = db.prepare<[string], string>('SELECT facts FROM containers WHERE id = ?').pluck();
-    this.facts = new RowDocuments(
-      (id) => factsStmt.get(id),
-      parseFacts,
-      undefined,
-      () => !db.inTransaction,
-    );
+    this.facts = new RowDocuments(db, (id) => factsStmt.get(id), parseFacts);
     const configStmt = db.prepare<[string], string>('SELECT config FROM containers WHERE id = ?').pluck();
     this.config = (id) => configStmt.get(id);
     this.prefixStmt = db.prepare<[string], { id: string }>("SELECT id FROM containers WHERE id LIKE ? ESCAPE '\\'");

@@ -171,12 +171,7 @@ export class SandboxRepository {
     );
     this.allStmt = db.prepare<[], Row>(`SELECT ${COLUMNS} FROM sandboxes ORDER BY created_at`);
     const factsStmt = db.prepare<[string], string>('SELECT facts FROM sandboxes WHERE id = ?').pluck();
-    this.facts = new RowDocuments(
-      (id) => factsStmt.get(id),
-      parseFacts,
-      undefined,
-      () => !db.inTransaction,
-    );
+    this.facts = new RowDocuments(db, (id) => factsStmt.get(id), parseFacts);
     const configStmt = db.prepare<[string], string>('SELECT config FROM sandboxes WHERE id = ?').pluck();
     const networkStmt = db.prepare<[string], string | null>('SELECT network FROM sandboxes WHERE id = ?').pluck();
     this.reads = { config: (id) => configStmt.get(id), network: (id) => networkStmt.get(id) };

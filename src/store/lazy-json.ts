@@ -73,16 +73,16 @@ export class RowDocuments<V> {
   private version: number | undefined;
 
   constructor(
+    /**
+     * The connection the rows are read through: nothing read inside one of its
+     * transactions is kept, since a rollback would leave a document never committed.
+     */
+    private readonly db: { readonly inTransaction: boolean },
     /** The document's text, read from its row; undefined when there is no such row. */
     private readonly read: (id: string) => string | undefined,
     private readonly parse: (id: string, text: string) => V,
     /** Documents kept at most; all are dropped when it is reached. */
     private readonly max = 4096,
-    /**
-     * Whether a document read now may be kept: not inside a transaction, whose rollback
-     * would leave a kept document that was never committed.
-     */
-    private readonly mayKeep: () => boolean = () => true,
   ) {}
 
   /** The document of the row `id`, read with `dataVersion` ({@link DATA_VERSION_COLUMN}); undefined when the row is gone. */
@@ -96,7 +96,7 @@ export class RowDocuments<V> {
     const text = this.read(id);
     if (text === undefined) return undefined;
     const value = deepFreeze(this.parse(id, text));
-    if (!this.mayKeep()) return value;
+    if (this.db.inTransaction) return value;
     if (this.byId.size >= this.max) this.byId.clear();
     this.byId.set(id, value);
     return value;

@@ -26,6 +26,7 @@ describe('store: row documents', () => {
     reads = 0;
     const stmt = db.prepare<[string], string>('SELECT doc FROM t WHERE id = ?').pluck();
     docs = new RowDocuments(
+      db,
       (id) => {
         reads++;
         return stmt.get(id);
@@ -75,10 +76,9 @@ describe('store: row documents', () => {
   it('keeps nothing read inside a transaction: a rolled-back write is not answered afterwards', () => {
     const stmt = db.prepare<[string], string>('SELECT doc FROM t WHERE id = ?').pluck();
     const guarded = new RowDocuments(
+      db,
       (id) => stmt.get(id),
       (_id, text) => JSON.parse(text) as number,
-      undefined,
-      () => !db.inTransaction,
     );
     write(db, 'a', '1');
     assert.throws(
@@ -96,6 +96,7 @@ describe('store: row documents', () => {
   it('drops every entry when it holds its maximum, and still answers', () => {
     const stmt = db.prepare<[string], string>('SELECT doc FROM t WHERE id = ?').pluck();
     const small = new RowDocuments(
+      db,
       (id) => (reads++, stmt.get(id)),
       (_id, text) => JSON.parse(text) as number,
       2,
