@@ -4,7 +4,7 @@
  * harness drives it and the ratio berth/containerd is printed.
  *
  * Suites:
- * - pull: cold pull throughput of a large multi-layer image from a local registry
+ * - pull (suite-pull.ts): cold pull throughput of a large multi-layer image from a local registry
  *   (5 layers of 40 MB incompressible data by default; "cold" = the image and all its
  *   blobs and snapshots removed before each run), and the daemon's CPU seconds per 100 MB
  *   over the timed pulls (all its threads and the children it reaped, from
@@ -47,16 +47,17 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { DEFAULT_PATH, RegistryPusher, buildImage, buildLayer, pushFixtures, pushRandomImage } from '../test-images/oci.js';
+import { DEFAULT_PATH, RegistryPusher, buildImage, buildLayer, pushFixtures } from '../test-images/oci.js';
 import { Berthd } from '../../test/helpers/berthd.js';
 import type { CriClients } from '../../test/helpers/cri-client.js';
 import { startRegistry } from '../../test/helpers/registry.js';
 import { childrenOf, containerdAvailable, processes, startContainerd } from './containerd.js';
-import { newResults, writeResults, type Results } from './results.js';
+import { newResults, writeResults } from './results.js';
 import { churnSuite } from './suite-churn.js';
 import { lifecycleSuite } from './suite-lifecycle.js';
 import { metricsSuite } from './suite-metrics.js';
 import { relistSuite } from './suite-relist.js';
+import { pullSuite } from './suite-pull.js';
 import { streamingSuite } from './suite-streaming.js';
 import type { SuiteContext } from './suite.js';
 
@@ -152,92 +153,6 @@ function percentile(xs: number[], p: number): number {
 const out = (line = ''): void => void process.stdout.write(`${line}\n`);
 const label = (name: string): string => name.padEnd(11);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-// ---------------------------------------------------------------------------------------
-// Pull
-
-/**
- * CPU seconds a daemon has used: its own threads (worker threads included) and the
- * children it has waited for (utime + stime + cutime + cstime of /proc/<pid>/stat).
- */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // Fields 14-17 of stat(5), counted from 1 with pid and comm first.
-  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLOCK_TICKS;
-}
-const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-
-/** Throughput of each timed cold pull (MB/s), and the daemon's CPU seconds per 100 MB over all of them. */
-async function coldPulls(name: string, c: CriClients, ref: string, bytes: number, pid: number): Promise<{ mbps: number[]; cpuPer100MB: number }> {
-  const mbps: number[] = [];
-  // One warm-up pull, not counted: connections, JIT, page cache of the registry's files.
-  await c.image.PullImage({ image: { image: ref } });
-  await c.image.RemoveImage({ image: { image: ref } });
-  let cpu = 0;
-  for (let i = 0; i < runs; i++) {
-    const cpu0 = cpuSeconds(pid);
-    const t0 = process.hrtime.bigint();
-    await c.image.PullImage({ image: { image: ref } });
-    const s = Number(process.hrtime.bigint() - t0) / 1e9;
-    cpu += cpuSeconds(pid) - cpu0;
-    mbps.push(bytes / 1e6 / s);
-    await c.image.RemoveImage({ image: { image: ref } });
-    if ((await c.image.ImageStatus({ image: { image: ref } })).image) throw new Error(`${name}: image still present after RemoveImage`);
-  }
-  return { mbps, cpuPer100MB: cpu / ((runs * bytes) / 1e8) };
-}
-
-async function pullSuite(registryHost: string): Promise<NonNullable<Results['pull']>> {
-  const results: Record<string, number> = {};
-  const cpu: Record<string, number> = {};
-  out(`pushing a ${layerCount} x ${layerBytes / 1048576} MiB incompressible image to ${registryHost} ...`);
-  const img = await pushRandomImage(registryHost, 'bench/random', 'latest', layerCount, layerBytes, 'gzip');
-  const bytes = img.layersSize;
-  const figures: NonNullable<Results['pull']> = { bytes, layers: img.layers.length };
-  out(`image ${img.ref}: ${(bytes / 1e6).toFixed(1)} MB compressed in ${img.layers.length} layers; ${runs} cold pulls each\n`);
-
-  if (runBerth) {
-    const b = await Berthd.start({ logLevel: 'warn', ...berthNodeArgs });
-    try {
-      const { mbps: xs, cpuPer100MB } = await coldPulls('berth', b.clients, img.ref, bytes, b.proc.pid!);
-      results.berth = median(xs);
-      cpu.berth = cpuPer100MB;
-      figures.berth = { mbps: xs, median: results.berth, cpuPer100MB };
-      out(
-        `${label('berth')} cold pull: median ${results.berth.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}); CPU ${cpuPer100MB.toFixed(3)} s per 100 MB`,
-      );
-    } finally {
-      await b.dispose();
-    }
-  }
-  if (runContainerd) {
-    if (!containerdAvailable()) {
-      out(`${label('containerd')} not installed: no comparison`);
-    } else {
-      const ctr = await startContainerd(registryHost);
-      try {
-        const v = await ctr.clients.runtime.Version({});
-        const { mbps: xs, cpuPer100MB } = await coldPulls('containerd', ctr.clients, img.ref, bytes, ctr.pid);
-        results.containerd = median(xs);
-        cpu.containerd = cpuPer100MB;
-        figures.containerd = { mbps: xs, median: results.containerd, cpuPer100MB };
-        out(
-          `${label('containerd')} cold pull: median ${results.containerd.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}; ${v.runtime_name} ${v.runtime_version}); CPU ${cpuPer100MB.toFixed(3)} s per 100 MB`,
-        );
-      } finally {
-        await ctr.stop();
-      }
-    }
-  }
-  if (results.berth && results.containerd) {
-    out(`\npull throughput berth/containerd: ${(results.berth / results.containerd).toFixed(2)}x (>1: berth pulls faster)`);
-  }
-  if (cpu.berth && cpu.containerd) {
-    out(`pull CPU per MB berth/containerd: ${(cpu.berth / cpu.containerd).toFixed(2)}x (<1: berth uses less CPU)`);
-  }
-  return figures;
-}
 
 // ---------------------------------------------------------------------------------------
 // Pod sandboxes
@@ -868,7 +783,16 @@ async function containersSuite(registryHost: string): Promise<void> {
 const registry = await startRegistry();
 try {
   const results = newResults(process.argv.slice(2));
-  if (suites.has('pull')) results.pull = await pullSuite(registry.host);
+  const suiteCtx: SuiteContext = {
+    registryHost: registry.host,
+    runs,
+    runBerth,
+    runContainerd,
+    berthOptions: berthNodeArgs,
+    net: benchNet,
+    pauseImage: () => pushPauseImage(registry.host),
+  };
+  if (suites.has('pull')) results.pull = await pullSuite(suiteCtx, layerCount, layerBytes);
   if (suites.has('pull') && suites.has('pods')) out();
   if (suites.has('pods')) await podsSuite(registry.host);
   if (suites.has('containers') && (suites.has('pull') || suites.has('pods'))) out();
@@ -890,16 +814,7 @@ try {
     }
   }
   if (results.pull || results.lifecycle || results.churn) out(`\nresults: ${writeResults(values.results, results).join(', ')}`);
-  // Suites in files of their own (suite-*.ts), given the harness through one context.
-  const suiteCtx: SuiteContext = {
-    registryHost: registry.host,
-    runs,
-    runBerth,
-    runContainerd,
-    berthOptions: berthNodeArgs,
-    net: benchNet,
-    pauseImage: () => pushPauseImage(registry.host),
-  };
+  // Suites in files of their own (suite-*.ts) are given the harness through suiteCtx.
   for (const [name, suite] of [
     ['streaming', streamingSuite],
     ['metrics', metricsSuite],

@@ -1,0 +1,98 @@
+/**
+ * The pull suite: cold pulls of an image of incompressible gzip layers from the local
+ * registry (one warm-up pull, then `runs` timed ones, each image removed after), by
+ * berth and by containerd: the throughput of each pull, and the daemon's CPU seconds per
+ * 100 MB (its threads and the children it reaped).
+ */
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { Berthd } from '../../test/helpers/berthd.js';
+import type { CriClients } from '../../test/helpers/cri-client.js';
+import { pushRandomImage } from '../test-images/oci.js';
+import { containerdAvailable, startContainerd } from './containerd.js';
+import type { Results } from './results.js';
+import { label, median, out, type SuiteContext } from './suite.js';
+
+/**
+ * CPU seconds a daemon has used: its own threads (worker threads included) and the
+ * children it has waited for (utime + stime + cutime + cstime of /proc/<pid>/stat).
+ */
+function cpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // Fields 14-17 of stat(5), counted from 1 with pid and comm first.
+  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLOCK_TICKS;
+}
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** Throughput of each timed cold pull (MB/s), and the daemon's CPU seconds per 100 MB over all of them. */
+async function coldPulls(name: string, c: CriClients, ref: string, bytes: number, pid: number, runs: number): Promise<{ mbps: number[]; cpuPer100MB: number }> {
+  const mbps: number[] = [];
+  // One warm-up pull, not counted: connections, JIT, page cache of the registry's files.
+  await c.image.PullImage({ image: { image: ref } });
+  await c.image.RemoveImage({ image: { image: ref } });
+  let cpu = 0;
+  for (let i = 0; i < runs; i++) {
+    const cpu0 = cpuSeconds(pid);
+    const t0 = process.hrtime.bigint();
+    await c.image.PullImage({ image: { image: ref } });
+    const s = Number(process.hrtime.bigint() - t0) / 1e9;
+    cpu += cpuSeconds(pid) - cpu0;
+    mbps.push(bytes / 1e6 / s);
+    await c.image.RemoveImage({ image: { image: ref } });
+    if ((await c.image.ImageStatus({ image: { image: ref } })).image) throw new Error(`${name}: image still present after RemoveImage`);
+  }
+  return { mbps, cpuPer100MB: cpu / ((runs * bytes) / 1e8) };
+}
+
+export async function pullSuite(ctx: SuiteContext, layerCount: number, layerBytes: number): Promise<NonNullable<Results['pull']>> {
+  const { registryHost, runs, runBerth, runContainerd } = ctx;
+  const results: Record<string, number> = {};
+  const cpu: Record<string, number> = {};
+  out(`pushing a ${layerCount} x ${layerBytes / 1048576} MiB incompressible image to ${registryHost} ...`);
+  const img = await pushRandomImage(registryHost, 'bench/random', 'latest', layerCount, layerBytes, 'gzip');
+  const bytes = img.layersSize;
+  const figures: NonNullable<Results['pull']> = { bytes, layers: img.layers.length };
+  out(`image ${img.ref}: ${(bytes / 1e6).toFixed(1)} MB compressed in ${img.layers.length} layers; ${runs} cold pulls each\n`);
+
+  if (runBerth) {
+    const b = await Berthd.start({ logLevel: 'warn', ...ctx.berthOptions });
+    try {
+      const { mbps: xs, cpuPer100MB } = await coldPulls('berth', b.clients, img.ref, bytes, b.proc.pid!, runs);
+      results.berth = median(xs);
+      cpu.berth = cpuPer100MB;
+      figures.berth = { mbps: xs, median: results.berth, cpuPer100MB };
+      out(
+        `${label('berth')} cold pull: median ${results.berth.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}); CPU ${cpuPer100MB.toFixed(3)} s per 100 MB`,
+      );
+    } finally {
+      await b.dispose();
+    }
+  }
+  if (runContainerd) {
+    if (!containerdAvailable()) {
+      out(`${label('containerd')} not installed: no comparison`);
+    } else {
+      const ctr = await startContainerd(registryHost);
+      try {
+        const v = await ctr.clients.runtime.Version({});
+        const { mbps: xs, cpuPer100MB } = await coldPulls('containerd', ctr.clients, img.ref, bytes, ctr.pid, runs);
+        results.containerd = median(xs);
+        cpu.containerd = cpuPer100MB;
+        figures.containerd = { mbps: xs, median: results.containerd, cpuPer100MB };
+        out(
+          `${label('containerd')} cold pull: median ${results.containerd.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}; ${v.runtime_name} ${v.runtime_version}); CPU ${cpuPer100MB.toFixed(3)} s per 100 MB`,
+        );
+      } finally {
+        await ctr.stop();
+      }
+    }
+  }
+  if (results.berth && results.containerd) {
+    out(`\npull throughput berth/containerd: ${(results.berth / results.containerd).toFixed(2)}x (>1: berth pulls faster)`);
+  }
+  if (cpu.berth && cpu.containerd) {
+    out(`pull CPU per MB berth/containerd: ${(cpu.berth / cpu.containerd).toFixed(2)}x (<1: berth uses less CPU)`);
+  }
+  return figures;
+}
