@@ -15,8 +15,8 @@
  * before the removal: that start is finished by removing the fifo). Any doubt before the
  * open answers `started: false`, and the caller runs `runc start`, which gives runc's own
  * answer (an init that died: "cannot start a container that has stopped"). After the open
- * the wait is bounded and notices an init that dies without writing (through a pidfd, or
- * where there is none by polling its pid, as runc does every 100 ms); the fifo is read without ever blocking berthd (a non-blocking
+ * the wait is bounded and notices an init that dies without writing (polling its pid, as
+ * runc does every 100 ms); the fifo is read without ever blocking berthd (a non-blocking
  * descriptor read through libuv).
  */
 import { close, constants, fstat, open, type Stats } from 'node:fs';
@@ -25,7 +25,6 @@ import { Socket } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { BerthError, errnoOf, messageOf } from '../common/errors.js';
-import { type ExitWatch, watchExit } from '../common/pid-watch.js';
 import { processStartTicks } from '../common/proc-stat.js';
 
 /** How the start through the fifo went: done, or not tried (why) so `runc start` must run. */
@@ -34,7 +33,7 @@ export type FifoStart = { started: true } | { started: false; reason: string };
 export interface FifoStartOptions {
   /** Longest wait for the init's byte after the fifo is open. */
   timeoutMs: number;
-  /** How often the init's pid is checked while waiting, where pidfds cannot be used. Default 50 ms. */
+  /** How often the init's pid is checked while waiting. Default 50 ms. */
   pollMs?: number;
 }
 
@@ -148,13 +147,10 @@ function readToEnd(socket: Socket, init: InitOfState, fifo: string, o: FifoStart
   return new Promise<number>((resolve, reject) => {
     let bytes = 0;
     let settled = false;
-    let poll: NodeJS.Timeout | undefined;
-    let watch: ExitWatch | undefined;
     const finish = (err: Error | undefined): void => {
       if (settled) return;
       settled = true;
       clearInterval(poll);
-      watch?.close();
       clearTimeout(deadline);
       socket.destroy();
       if (err) reject(err);
@@ -164,20 +160,11 @@ function readToEnd(socket: Socket, init: InitOfState, fifo: string, o: FifoStart
     socket.once('end', () => finish(undefined));
     socket.once('error', (err) => finish(new BerthError('Internal', `reading ${fifo}: ${messageOf(err)}`, { cause: err })));
     // A dead init never writes (or has written and closed, which 'end' reports first).
-    // Let what the kernel already holds arrive before deciding.
-    const died = (): void => void setImmediate(() => finish(undefined));
-    const alive = (): boolean => processStartTicks(init.pid) === init.startTicks;
-    const w = watchExit(init.pid, died);
-    if (w === 'gone') died();
-    else if (w !== undefined) {
-      // The watch is on whatever has the pid now: on the init only if it still does.
-      watch = w;
-      if (!alive()) died();
-    } else {
-      poll = setInterval(() => {
-        if (!alive()) died();
-      }, o.pollMs ?? 50);
-    }
+    const poll = setInterval(() => {
+      if (processStartTicks(init.pid) === init.startTicks) return;
+      // Let what the kernel already holds arrive before deciding.
+      setImmediate(() => finish(undefined));
+    }, o.pollMs ?? 50);
     const deadline = setTimeout(
       () => finish(new BerthError('DeadlineExceeded', `the container's init (pid ${init.pid}) did not answer on ${fifo} within ${o.timeoutMs} ms`)),
       o.timeoutMs,
