@@ -236,8 +236,8 @@ describe('common/sys: the native addon', () => {
   describe('limitMallocArenas: the cap on glibc malloc arenas', () => {
     /**
      * Runs a Node of its own that caps its arenas at `cap` (or not), starts six worker
-     * threads that malloc, and answers how many new 64 MiB-aligned anonymous heaps (glibc's
-     * non-main arenas) appeared.
+     * threads that malloc, and answers how many new glibc heaps (those of its non-main
+     * arenas: 64 MiB reserved at a 64 MiB boundary) appeared.
      */
     async function newArenas(cap: number | null, env: Record<string, string> = {}): Promise<{ newArenas: number; set: boolean | null }> {
       const trimJs = new URL('../../../src/common/malloc-trim.js', import.meta.url).href;
@@ -245,10 +245,22 @@ describe('common/sys: the native addon', () => {
         import { Worker } from 'node:worker_threads';
         import { readFileSync } from 'node:fs';
         const { limitMallocArenas } = await import(${JSON.stringify(trimJs)});
-        const heaps = () => readFileSync('/proc/self/maps', 'utf8').split('\\n').filter((l) => {
-          const m = /^([0-9a-f]+)-[0-9a-f]+ rw-p 00000000 00:00 0\\s*$/.exec(l);
-          return m && BigInt('0x' + m[1]) % (64n << 20n) === 0n;
-        }).length;
+        // A glibc heap: an anonymous read-write mapping at a 64 MiB boundary, reserved up to
+        // the next one (the part not yet used is a PROT_NONE mapping right after it). Other
+        // anonymous mappings (V8's pages, thread stacks) may start at such a boundary by chance.
+        const HEAP = 64n << 20n;
+        const heaps = () => {
+          const maps = readFileSync('/proc/self/maps', 'utf8').split('\\n').map((l) => {
+            const m = /^([0-9a-f]+)-([0-9a-f]+) (\\S{4}) 00000000 00:00 0\\s*$/.exec(l);
+            return m ? { start: BigInt('0x' + m[1]), end: BigInt('0x' + m[2]), perms: m[3] } : undefined;
+          });
+          return maps.filter((x, i) => {
+            if (!x || x.perms !== 'rw-p' || x.start % HEAP !== 0n) return false;
+            if (x.end - x.start === HEAP) return true;
+            const next = maps[i + 1];
+            return next !== undefined && next.perms === '---p' && next.start === x.end && next.end === x.start + HEAP;
+          }).length;
+        };
         const set = ${cap === null ? 'null' : `limitMallocArenas(${cap})`};
         const before = heaps();
         const code = "const { parentPort } = require('node:worker_threads'); const keep = []; for (let i = 0; i < 64; i++) keep.push(Buffer.alloc(256 << 10, 1)); parentPort.postMessage(keep.length);";
