@@ -29,7 +29,6 @@ import { defaultConfig, type BerthConfig } from './config/schema.js';
 import type { LiveCounts } from './cri/deps.js';
 import { createCriServer, serviceOfMethod } from './cri/server.js';
 import { bindSocket, claimSocketPath } from './cri/socket.js';
-import { doctorMain } from './doctor/command.js';
 import { ServingState } from './cri/serving-state.js';
 import { ContainerRepository } from './containers/container-repository.js';
 import { ContainerService } from './containers/container-service.js';
@@ -92,7 +91,8 @@ const TRACING_FLUSH_MS = 2000;
 
 /** Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration. */
 export async function main(argv: string[]): Promise<number> {
-  if (argv[0] === 'doctor') return doctorMain(argv.slice(1));
+  // The subcommands' modules are loaded only when used: the daemon keeps none of them.
+  if (argv[0] === 'doctor') return (await import('./doctor/command.js')).doctorMain(argv.slice(1));
   if (argv[0] === 'explain') return (await import('./cli/explain.js')).explain(argv.slice(1));
   let parsed;
   try {

@@ -70,6 +70,8 @@ const { values } = parseArgs({
     runs: { type: 'string', default: '5' },
     layers: { type: 'string', default: '5' },
     'layer-mb': { type: 'string', default: '40' },
+    /** Seconds after the last timed pull before the daemon's RSS is taken again (0: no memory figures). */
+    'pull-settle-seconds': { type: 'string', default: '60' },
     /** Pods created (and timed) per runtime in the pods suite. */
     pods: { type: 'string', default: '20' },
     /** Containers created (and timed) per runtime in the containers suite. */
@@ -122,6 +124,8 @@ if (values.only !== undefined && values.only !== 'berth' && values.only !== 'con
 const runs = Number(values.runs);
 const layerCount = Number(values.layers);
 const layerBytes = Number(values['layer-mb']) * 1024 * 1024;
+const pullSettle = Number(values['pull-settle-seconds']);
+if (!(pullSettle >= 0 && Number.isInteger(pullSettle))) throw new Error(`--pull-settle-seconds must be a whole number, not "${values['pull-settle-seconds']}"`);
 const podCount = Number(values.pods);
 if (!(podCount >= 1 && Number.isInteger(podCount))) throw new Error(`--pods must be a positive integer, not "${values.pods}"`);
 const containerCount = Number(values.containers);
@@ -792,7 +796,7 @@ try {
     net: benchNet,
     pauseImage: () => pushPauseImage(registry.host),
   };
-  if (suites.has('pull')) results.pull = await pullSuite(suiteCtx, layerCount, layerBytes);
+  if (suites.has('pull')) results.pull = await pullSuite(suiteCtx, layerCount, layerBytes, pullSettle);
   if (suites.has('pull') && suites.has('pods')) out();
   if (suites.has('pods')) await podsSuite(registry.host);
   if (suites.has('containers') && (suites.has('pull') || suites.has('pods'))) out();

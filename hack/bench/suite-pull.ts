@@ -2,7 +2,9 @@
  * The pull suite: cold pulls of an image of incompressible gzip layers from the local
  * registry (one warm-up pull, then `runs` timed ones, each image removed after), by
  * berth and by containerd: the throughput of each pull, and the daemon's CPU seconds per
- * 100 MB (its threads and the children it reaped).
+ * 100 MB (its threads and the children it reaped); and the daemon's memory as issue 14
+ * counts it: its RSS fresh and idle (before any pull), and `settleSeconds` after the last
+ * timed pull (issue 14: back within 10 MiB of idle).
  */
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -10,8 +12,8 @@ import { Berthd } from '../../test/helpers/berthd.js';
 import type { CriClients } from '../../test/helpers/cri-client.js';
 import { pushRandomImage } from '../test-images/oci.js';
 import { containerdAvailable, startContainerd } from './containerd.js';
-import type { Results } from './results.js';
-import { label, median, out, type SuiteContext } from './suite.js';
+import { IDLE_AFTER_START_S, type PullFigures, type Results } from './results.js';
+import { label, median, out, rssKiB, sleep, type SuiteContext } from './suite.js';
 
 /**
  * CPU seconds a daemon has used: its own threads (worker threads included) and the
@@ -45,7 +47,38 @@ async function coldPulls(name: string, c: CriClients, ref: string, bytes: number
   return { mbps, cpuPer100MB: cpu / ((runs * bytes) / 1e8) };
 }
 
-export async function pullSuite(ctx: SuiteContext, layerCount: number, layerBytes: number): Promise<NonNullable<Results['pull']>> {
+/** The daemon's RSS in MiB: the median of 5 samples 200 ms apart (one sample may catch a collection under way). */
+async function rssMiB(pid: number): Promise<number> {
+  const xs: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    if (i > 0) await sleep(200);
+    xs.push(rssKiB(pid) / 1024);
+  }
+  return median(xs);
+}
+
+/** Idle RSS, the timed pulls, then RSS `settleSeconds` after them (no memory figures when 0). */
+async function measure(name: string, c: CriClients, ref: string, bytes: number, pid: number, runs: number, settleSeconds: number): Promise<PullFigures> {
+  let idleMiB = 0;
+  if (settleSeconds > 0) {
+    await sleep(IDLE_AFTER_START_S * 1000);
+    idleMiB = await rssMiB(pid);
+  }
+  const { mbps, cpuPer100MB } = await coldPulls(name, c, ref, bytes, pid, runs);
+  const f: PullFigures = { mbps, median: median(mbps), cpuPer100MB };
+  if (settleSeconds > 0) {
+    await sleep(settleSeconds * 1000);
+    f.memory = { idleMiB, afterMiB: await rssMiB(pid), settleSeconds };
+  }
+  return f;
+}
+
+const memoryLine = (f: PullFigures): string =>
+  f.memory
+    ? `; RSS ${f.memory.idleMiB.toFixed(1)} MiB fresh and idle, ${f.memory.afterMiB.toFixed(1)} MiB ${f.memory.settleSeconds} s after the pulls (${(f.memory.afterMiB - f.memory.idleMiB).toFixed(1)} over idle)`
+    : '';
+
+export async function pullSuite(ctx: SuiteContext, layerCount: number, layerBytes: number, settleSeconds: number): Promise<NonNullable<Results['pull']>> {
   const { registryHost, runs, runBerth, runContainerd } = ctx;
   const results: Record<string, number> = {};
   const cpu: Record<string, number> = {};
@@ -58,12 +91,12 @@ export async function pullSuite(ctx: SuiteContext, layerCount: number, layerByte
   if (runBerth) {
     const b = await Berthd.start({ logLevel: 'warn', ...ctx.berthOptions });
     try {
-      const { mbps: xs, cpuPer100MB } = await coldPulls('berth', b.clients, img.ref, bytes, b.proc.pid!, runs);
-      results.berth = median(xs);
-      cpu.berth = cpuPer100MB;
-      figures.berth = { mbps: xs, median: results.berth, cpuPer100MB };
+      const f = await measure('berth', b.clients, img.ref, bytes, b.proc.pid!, runs, settleSeconds);
+      results.berth = f.median;
+      cpu.berth = f.cpuPer100MB;
+      figures.berth = f;
       out(
-        `${label('berth')} cold pull: median ${results.berth.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}); CPU ${cpuPer100MB.toFixed(3)} s per 100 MB`,
+        `${label('berth')} cold pull: median ${f.median.toFixed(0)} MB/s  (runs: ${f.mbps.map((x) => x.toFixed(0)).join(', ')}); CPU ${f.cpuPer100MB.toFixed(3)} s per 100 MB${memoryLine(f)}`,
       );
     } finally {
       await b.dispose();
@@ -76,12 +109,12 @@ export async function pullSuite(ctx: SuiteContext, layerCount: number, layerByte
       const ctr = await startContainerd(registryHost);
       try {
         const v = await ctr.clients.runtime.Version({});
-        const { mbps: xs, cpuPer100MB } = await coldPulls('containerd', ctr.clients, img.ref, bytes, ctr.pid, runs);
-        results.containerd = median(xs);
-        cpu.containerd = cpuPer100MB;
-        figures.containerd = { mbps: xs, median: results.containerd, cpuPer100MB };
+        const f = await measure('containerd', ctr.clients, img.ref, bytes, ctr.pid, runs, settleSeconds);
+        results.containerd = f.median;
+        cpu.containerd = f.cpuPer100MB;
+        figures.containerd = f;
         out(
-          `${label('containerd')} cold pull: median ${results.containerd.toFixed(0)} MB/s  (runs: ${xs.map((x) => x.toFixed(0)).join(', ')}; ${v.runtime_name} ${v.runtime_version}); CPU ${cpuPer100MB.toFixed(3)} s per 100 MB`,
+          `${label('containerd')} cold pull: median ${f.median.toFixed(0)} MB/s  (runs: ${f.mbps.map((x) => x.toFixed(0)).join(', ')}; ${v.runtime_name} ${v.runtime_version}); CPU ${f.cpuPer100MB.toFixed(3)} s per 100 MB${memoryLine(f)}`,
         );
       } finally {
         await ctr.stop();
