@@ -59,7 +59,7 @@ import { metricsSuite } from './suite-metrics.js';
 import { relistSuite } from './suite-relist.js';
 import { pullSuite } from './suite-pull.js';
 import { streamingSuite } from './suite-streaming.js';
-import type { SuiteContext } from './suite.js';
+import { label, median, ms, out, percentile, rssKiB, sleep, type SuiteContext } from './suite.js';
 
 const { values } = parseArgs({
   options: {
@@ -136,27 +136,12 @@ const runBerth = values.only !== 'containerd';
 const runContainerd = values.only !== 'berth';
 const berthNodeArgs = values.profile ? { nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${values.profile}`] } : {};
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = Math.floor(s.length / 2);
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
-
 /** Prints a latency ratio containerd/berth (above 1: berth faster) for two sets of samples. */
 function faster(what: string, b: number[], c: number[]): void {
   const r = median(c) / median(b);
   const verdict = r >= 1 ? `berth ${r.toFixed(2)}x faster` : `berth ${(1 / r).toFixed(2)}x slower`;
   out(`${what} median: containerd/berth = ${median(c).toFixed(1)} / ${median(b).toFixed(1)} ms = ${r.toFixed(2)}  (${verdict})`);
 }
-
-function percentile(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
-}
-
-const out = (line = ''): void => void process.stdout.write(`${line}\n`);
-const label = (name: string): string => name.padEnd(11);
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 // ---------------------------------------------------------------------------------------
 // Pod sandboxes
@@ -230,15 +215,6 @@ interface Mem {
   detail: string;
 }
 
-/** VmRSS of a process in KiB (0 when it is gone). */
-function rssKiB(pid: number): number {
-  try {
-    return Number(/^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
-  } catch {
-    return 0;
-  }
-}
-
 /** Proportional set size in KiB: shared pages (the shims' common text) split between their users. */
 function pssKiB(pid: number): number {
   try {
@@ -283,8 +259,6 @@ interface PodFigures {
   idle: Mem;
   loaded: Mem;
 }
-
-const ms = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
 
 /** kubelet's namespace options for an ordinary pod and its containers (no shared PID namespace). */
 const KUBELET_NAMESPACES = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' };

@@ -6,28 +6,14 @@
  * counts it: its RSS fresh and idle (before any pull), and `settleSeconds` after the last
  * timed pull (issue 14: back within 10 MiB of idle).
  */
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { Berthd } from '../../test/helpers/berthd.js';
 import type { CriClients } from '../../test/helpers/cri-client.js';
 import { pushRandomImage } from '../test-images/oci.js';
 import { containerdAvailable, startContainerd } from './containerd.js';
 import { IDLE_AFTER_START_S, type PullFigures, type Results } from './results.js';
-import { label, median, out, rssKiB, sleep, type SuiteContext } from './suite.js';
+import { cpuSeconds, label, median, out, rssKiB, sleep, type SuiteContext } from './suite.js';
 
-/**
- * CPU seconds a daemon has used: its own threads (worker threads included) and the
- * children it has waited for (utime + stime + cutime + cstime of /proc/<pid>/stat).
- */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // Fields 14-17 of stat(5), counted from 1 with pid and comm first.
-  return (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) / CLOCK_TICKS;
-}
-const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-
-/** Throughput of each timed cold pull (MB/s), and the daemon's CPU seconds per 100 MB over all of them. */
+/** Throughput of each timed cold pull (MB/s), and the daemon's CPU seconds (its threads and the children it reaped) per 100 MB over all of them. */
 async function coldPulls(name: string, c: CriClients, ref: string, bytes: number, pid: number, runs: number): Promise<{ mbps: number[]; cpuPer100MB: number }> {
   const mbps: number[] = [];
   // One warm-up pull, not counted: connections, JIT, page cache of the registry's files.
@@ -35,11 +21,11 @@ async function coldPulls(name: string, c: CriClients, ref: string, bytes: number
   await c.image.RemoveImage({ image: { image: ref } });
   let cpu = 0;
   for (let i = 0; i < runs; i++) {
-    const cpu0 = cpuSeconds(pid);
+    const cpu0 = cpuSeconds(pid, true);
     const t0 = process.hrtime.bigint();
     await c.image.PullImage({ image: { image: ref } });
     const s = Number(process.hrtime.bigint() - t0) / 1e9;
-    cpu += cpuSeconds(pid) - cpu0;
+    cpu += cpuSeconds(pid, true) - cpu0;
     mbps.push(bytes / 1e6 / s);
     await c.image.RemoveImage({ image: { image: ref } });
     if ((await c.image.ImageStatus({ image: { image: ref } })).image) throw new Error(`${name}: image still present after RemoveImage`);

@@ -76,10 +76,15 @@ export function rssKiB(pid: number): number {
 
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
 
-/** CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat. */
-export function cpuSeconds(pid: number): number {
+/**
+ * CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat; with
+ * `reapedChildren`, those of the children it has waited for too (cutime + cstime).
+ */
+export function cpuSeconds(pid: number, reapedChildren = false): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // The command name may hold spaces and parentheses: the fields start after the last ')'; utime and stime are fields 14 and 15.
+  // The command name may hold spaces and parentheses: the fields start after the last ')';
+  // utime, stime, cutime and cstime are fields 14-17 of stat(5).
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  const own = Number(f[11]) + Number(f[12]);
+  return (reapedChildren ? own + Number(f[13]) + Number(f[14]) : own) / CLK_TCK;
 }

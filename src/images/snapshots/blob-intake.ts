@@ -50,6 +50,8 @@ export class BlobIntake {
   /** Bytes in the file, and how many of them were sent on to the disk (startWriteback). */
   private written = 0;
   private flushed = 0;
+  /** Cleared when the writeback is refused: the file is then synced at its end only. */
+  private writeback = true;
   private ended = false;
   private stopped = false;
   private closed = false;
@@ -126,7 +128,7 @@ export class BlobIntake {
       if (err) return this.fail(err);
       this.unacked += n;
       this.written += n;
-      if (this.written - this.flushed >= WRITEBACK_BYTES && this.fd !== undefined) this.startWriteback(this.fd);
+      if (this.writeback && this.written - this.flushed >= WRITEBACK_BYTES && this.fd !== undefined) this.startWriteback(this.fd);
       this.ack();
       this.pump();
     });
@@ -144,7 +146,8 @@ export class BlobIntake {
     } catch {
       errno = -1;
     }
-    this.flushed = errno === 0 ? this.written : Number.POSITIVE_INFINITY;
+    if (errno === 0) this.flushed = this.written;
+    else this.writeback = false;
   }
 
   private seal(): void {
