@@ -207,10 +207,13 @@ export function markdown(r: Results): string {
   ];
   for (const row of rows(r)) {
     const ratio = row.berth !== undefined && row.containerd !== undefined && row.containerd > 0 ? row.berth / row.containerd : undefined;
-    const met = ratio !== undefined && row.goal !== undefined ? (row.atLeast ? ratio >= row.goal : ratio <= row.goal) : undefined;
-    const ok = met === undefined ? '' : met ? ' ✓' : ' ✗';
-    let goal = row.goal !== undefined ? `${row.atLeast ? '≥' : '≤'} ${row.goal}${ok}` : '';
-    if (row.limit !== undefined) goal = `berth ≤ ${row.limit} ${row.unit}${row.berth === undefined ? '' : row.berth <= row.limit ? ' ✓' : ' ✗'}`;
+    const mark = (met: boolean | undefined): string => (met === undefined ? '' : met ? ' ✓' : ' ✗');
+    const goal =
+      row.limit !== undefined
+        ? `berth ≤ ${row.limit} ${row.unit}${mark(row.berth === undefined ? undefined : row.berth <= row.limit)}`
+        : row.goal !== undefined
+          ? `${row.atLeast ? '≥' : '≤'} ${row.goal}${mark(ratio === undefined ? undefined : row.atLeast ? ratio >= row.goal : ratio <= row.goal)}`
+          : '';
     lines.push(
       `| ${row.section} | ${row.name}${row.unit === 's' || row.unit === 'count' ? '' : ` (${row.unit})`} | ${fmt(row.berth, row.unit)} | ${fmt(row.containerd, row.unit)} | ${ratio === undefined || row.noRatio ? '–' : ratio.toFixed(2)} | ${goal} |`,
     );

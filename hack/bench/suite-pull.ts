@@ -59,15 +59,19 @@ async function measure(name: string, c: CriClients, ref: string, bytes: number, 
   return f;
 }
 
-const memoryLine = (f: PullFigures): string =>
-  f.memory
-    ? `; RSS ${f.memory.idleMiB.toFixed(1)} MiB fresh and idle, ${f.memory.afterMiB.toFixed(1)} MiB ${f.memory.settleSeconds} s after the pulls (${(f.memory.afterMiB - f.memory.idleMiB).toFixed(1)} over idle)`
-    : '';
+/** One runtime's line: throughput of each pull, CPU per 100 MB, and the memory figures when taken. */
+function report(name: string, f: PullFigures, version = ''): void {
+  const mem = f.memory;
+  out(
+    `${label(name)} cold pull: median ${f.median.toFixed(0)} MB/s  (runs: ${f.mbps.map((x) => x.toFixed(0)).join(', ')}${version}); CPU ${f.cpuPer100MB.toFixed(3)} s per 100 MB` +
+      (mem
+        ? `; RSS ${mem.idleMiB.toFixed(1)} MiB fresh and idle, ${mem.afterMiB.toFixed(1)} MiB ${mem.settleSeconds} s after the pulls (${(mem.afterMiB - mem.idleMiB).toFixed(1)} over idle)`
+        : ''),
+  );
+}
 
 export async function pullSuite(ctx: SuiteContext, layerCount: number, layerBytes: number, settleSeconds: number): Promise<NonNullable<Results['pull']>> {
   const { registryHost, runs, runBerth, runContainerd } = ctx;
-  const results: Record<string, number> = {};
-  const cpu: Record<string, number> = {};
   out(`pushing a ${layerCount} x ${layerBytes / 1048576} MiB incompressible image to ${registryHost} ...`);
   const img = await pushRandomImage(registryHost, 'bench/random', 'latest', layerCount, layerBytes, 'gzip');
   const bytes = img.layersSize;
@@ -77,13 +81,8 @@ export async function pullSuite(ctx: SuiteContext, layerCount: number, layerByte
   if (runBerth) {
     const b = await Berthd.start({ logLevel: 'warn', ...ctx.berthOptions });
     try {
-      const f = await measure('berth', b.clients, img.ref, bytes, b.proc.pid!, runs, settleSeconds);
-      results.berth = f.median;
-      cpu.berth = f.cpuPer100MB;
-      figures.berth = f;
-      out(
-        `${label('berth')} cold pull: median ${f.median.toFixed(0)} MB/s  (runs: ${f.mbps.map((x) => x.toFixed(0)).join(', ')}); CPU ${f.cpuPer100MB.toFixed(3)} s per 100 MB${memoryLine(f)}`,
-      );
+      figures.berth = await measure('berth', b.clients, img.ref, bytes, b.proc.pid!, runs, settleSeconds);
+      report('berth', figures.berth);
     } finally {
       await b.dispose();
     }
@@ -95,23 +94,17 @@ export async function pullSuite(ctx: SuiteContext, layerCount: number, layerByte
       const ctr = await startContainerd(registryHost);
       try {
         const v = await ctr.clients.runtime.Version({});
-        const f = await measure('containerd', ctr.clients, img.ref, bytes, ctr.pid, runs, settleSeconds);
-        results.containerd = f.median;
-        cpu.containerd = f.cpuPer100MB;
-        figures.containerd = f;
-        out(
-          `${label('containerd')} cold pull: median ${f.median.toFixed(0)} MB/s  (runs: ${f.mbps.map((x) => x.toFixed(0)).join(', ')}; ${v.runtime_name} ${v.runtime_version}); CPU ${f.cpuPer100MB.toFixed(3)} s per 100 MB${memoryLine(f)}`,
-        );
+        figures.containerd = await measure('containerd', ctr.clients, img.ref, bytes, ctr.pid, runs, settleSeconds);
+        report('containerd', figures.containerd, `; ${v.runtime_name} ${v.runtime_version}`);
       } finally {
         await ctr.stop();
       }
     }
   }
-  if (results.berth && results.containerd) {
-    out(`\npull throughput berth/containerd: ${(results.berth / results.containerd).toFixed(2)}x (>1: berth pulls faster)`);
-  }
-  if (cpu.berth && cpu.containerd) {
-    out(`pull CPU per MB berth/containerd: ${(cpu.berth / cpu.containerd).toFixed(2)}x (<1: berth uses less CPU)`);
+  const { berth, containerd } = figures;
+  if (berth && containerd) {
+    out(`\npull throughput berth/containerd: ${(berth.median / containerd.median).toFixed(2)}x (>1: berth pulls faster)`);
+    out(`pull CPU per MB berth/containerd: ${(berth.cpuPer100MB / containerd.cpuPer100MB).toFixed(2)}x (<1: berth uses less CPU)`);
   }
   return figures;
 }

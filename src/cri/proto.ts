@@ -19,7 +19,7 @@ import type { ProtoGrpcType } from './gen/api.js';
 export const PROTO_FILE = fileURLToPath(new URL('../../../proto/runtime/v1/api.proto', import.meta.url));
 
 /** How a decoded message becomes the plain object handlers see (what the generated `__Output` types describe). */
-export const CONVERSION: protobuf.IConversionOptions = { longs: String, enums: String, defaults: true, oneofs: true };
+const CONVERSION: protobuf.IConversionOptions = { longs: String, enums: String, defaults: true, oneofs: true };
 
 /** The part of the generated package type berth uses: the two services. */
 export interface CriApi {
@@ -38,7 +38,7 @@ function deserializer(type: protobuf.Type): (bytes: Buffer) => object {
 }
 
 /** A grpc-js service definition (the form `grpc.loadPackageDefinition` takes) for one service of the file. */
-export function serviceDefinition(root: protobuf.Root, fullName: string): grpc.ServiceDefinition {
+function serviceDefinition(root: protobuf.Root, fullName: string): grpc.ServiceDefinition {
   const service = root.lookupService(fullName);
   const def: Record<string, grpc.MethodDefinition<object, object>> = {};
   for (const m of service.methodsArray) {
@@ -60,13 +60,22 @@ export function serviceDefinition(root: protobuf.Root, fullName: string): grpc.S
   return def;
 }
 
+let root: protobuf.Root | undefined;
 let api: CriApi | undefined;
 
-/** The loaded API (parsed once per process). */
+/** The parsed file, every type resolved, field names as in the proto (parsed once per process). */
+export function criRoot(): protobuf.Root {
+  if (!root) {
+    root = new protobuf.Root().loadSync(PROTO_FILE, { keepCase: true });
+    root.resolveAll();
+  }
+  return root;
+}
+
+/** The loaded API (built once per process). */
 export function criApi(): CriApi {
   if (!api) {
-    const root = new protobuf.Root().loadSync(PROTO_FILE, { keepCase: true });
-    root.resolveAll();
+    const root = criRoot();
     const pkg = {
       'runtime.v1.RuntimeService': serviceDefinition(root, 'runtime.v1.RuntimeService'),
       'runtime.v1.ImageService': serviceDefinition(root, 'runtime.v1.ImageService'),

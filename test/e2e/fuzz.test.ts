@@ -28,7 +28,7 @@ import { join, relative, resolve } from 'node:path';
 import protobuf from 'protobufjs';
 import { buildImage, buildLayer, busyboxEntries, DEFAULT_PATH, RegistryPusher } from '../../hack/test-images/oci.js';
 import { MAX_MESSAGE_BYTES } from '../../src/cri/server.js';
-import { PROTO_FILE } from '../../src/cri/proto.js';
+import { criRoot } from '../../src/cri/proto.js';
 import { Berthd, IN_NEW_NETNS } from '../helpers/berthd.js';
 import { grpcError } from '../helpers/cri-client.js';
 import { encode, fuzzSeed, garbage, MessageGenerator, Rng } from '../helpers/fuzz.js';
@@ -177,8 +177,7 @@ describe('fuzz: every RPC of the gRPC surface', function () {
   this.timeout((SECONDS + 240) * 1000);
   const seed = fuzzSeed();
   const tag = `berth-fuzz-${seed.toString(16)}`;
-  const root = new protobuf.Root().loadSync(PROTO_FILE, { keepCase: true });
-  root.resolveAll();
+  const root = criRoot();
   const all = rpcs(root);
   let registry: Registry | undefined;
   let b: Berthd | undefined;

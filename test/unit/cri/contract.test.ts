@@ -6,11 +6,11 @@
 import assert from 'node:assert/strict';
 import protobuf from 'protobufjs';
 import { CONTRACT, CONTRACT_ROOTS } from '../../../src/cri/contract.js';
-import { PROTO_FILE } from '../../../src/cri/proto.js';
+import { criRoot } from '../../../src/cri/proto.js';
 import { refuseUnsupportedContainerFields } from '../../../src/cri/refusals.js';
 import type { ContainerConfig__Output } from '../../../src/cri/gen/runtime/v1/ContainerConfig.js';
 
-const root = new protobuf.Root().loadSync(PROTO_FILE, { keepCase: true });
+const root = criRoot();
 root.resolveAll();
 const type = (name: string): protobuf.Type => root.lookupType(`runtime.v1.${name}`);
 
