@@ -4,8 +4,9 @@
  * and log paths), created and torn down whole, one at a time, as kubelet would:
  * RunPodSandbox, then CreateContainer + StartContainer for each container in turn, a few
  * ExecSync `true`, StopContainer of both (they exit on SIGTERM), StopPodSandbox,
- * RemovePodSandbox. One warm-up pod is not counted. Each figure is the median over the
- * pods (per container for Create+Start, per call for ExecSync).
+ * RemovePodSandbox. Both runtimes are up at once and take turns pod by pod. One warm-up
+ * pod each is not counted. Each figure is the median over the pods (per container for
+ * Create+Start, per call for ExecSync).
  */
 import { containerdAvailable } from './containerd.js';
 import { RpcTimes, kubeletPod, median, ms, percentile, withRuntime, type BenchContext, type RuntimeName, type RuntimeUnderTest } from './kubelet.js';
@@ -65,12 +66,8 @@ async function onePod(rt: RuntimeUnderTest, i: number, t: RpcTimes, execs: numbe
   t.add('StopPodSandbox+RemovePodSandbox', ms(t2));
 }
 
-async function lifecycleRuns(rt: RuntimeUnderTest, pods: number, execs: number): Promise<LifecycleFigures> {
-  await onePod(rt, 0, new RpcTimes(), 1); // warm-up
-  const t = new RpcTimes();
-  for (let i = 1; i <= pods; i++) await onePod(rt, i, t, execs);
-  const left = (await rt.clients.runtime.ListPodSandbox({})).items.length + (await rt.clients.runtime.ListContainers({})).containers.length;
-  if (left > 0) throw new Error(`${rt.name}: ${left} pods and containers still listed after the lifecycle suite`);
+/** Each runtime's figures from its timed pods. */
+function figures(rt: RuntimeUnderTest, pods: number, t: RpcTimes): LifecycleFigures {
   const med = {} as Record<LifecycleFigure, number>;
   const p90 = {} as Record<LifecycleFigure, number>;
   for (const f of LIFECYCLE_FIGURES) {
@@ -80,21 +77,49 @@ async function lifecycleRuns(rt: RuntimeUnderTest, pods: number, execs: number):
   return { runtime: rt.version, pods, median: med, p90 };
 }
 
-export async function lifecycleSuite(ctx: BenchContext, pods: number, execs: number): Promise<Partial<Record<RuntimeName, LifecycleFigures>>> {
+/**
+ * The runtimes take turns pod by pod (and which goes first alternates), so that both
+ * meet the machine in the same state: here the page cache, the dentry cache and ext4's
+ * inode allocator carry what earlier pods left, and a runtime timed alone after another
+ * (or after an earlier run) meets a different disk than the one timed first.
+ */
+async function lifecycleRuns(rts: RuntimeUnderTest[], pods: number, execs: number): Promise<Partial<Record<RuntimeName, LifecycleFigures>>> {
+  for (const rt of rts) await onePod(rt, 0, new RpcTimes(), 1); // warm-up
+  const times = rts.map(() => new RpcTimes());
+  for (let i = 1; i <= pods; i++) {
+    const order = i % 2 === 1 ? rts.keys() : [...rts.keys()].reverse();
+    for (const k of order) await onePod(rts[k]!, i, times[k]!, execs);
+  }
   const res: Partial<Record<RuntimeName, LifecycleFigures>> = {};
+  for (const [k, rt] of rts.entries()) {
+    const left = (await rt.clients.runtime.ListPodSandbox({})).items.length + (await rt.clients.runtime.ListContainers({})).containers.length;
+    if (left > 0) throw new Error(`${rt.name}: ${left} pods and containers still listed after the lifecycle suite`);
+    res[rt.name] = figures(rt, pods, times[k]!);
+  }
+  return res;
+}
+
+/** Runs `fn` with every runtime of `plan` up at once (see withRuntime). */
+function withRuntimes<T>(
+  ctx: BenchContext,
+  plan: ReadonlyArray<readonly [RuntimeName, string]>,
+  fn: (rts: RuntimeUnderTest[]) => Promise<T>,
+  up: RuntimeUnderTest[] = [],
+): Promise<T> {
+  const [first, ...rest] = plan;
+  if (!first) return fn(up);
+  return withRuntime(ctx, first[0], first[1], (rt) => withRuntimes(ctx, rest, fn, [...up, rt]));
+}
+
+export async function lifecycleSuite(ctx: BenchContext, pods: number, execs: number): Promise<Partial<Record<RuntimeName, LifecycleFigures>>> {
   ctx.out(
-    `lifecycle: ${pods} kubelet-like pods (2 containers each) per runtime, created and torn down whole one at a time, after one warm-up pod; ${execs} ExecSync per pod`,
+    `lifecycle: ${pods} kubelet-like pods (2 containers each) per runtime, created and torn down whole one at a time, the runtimes taking turns pod by pod, after one warm-up pod each; ${execs} ExecSync per pod`,
   );
   const plan: Array<[RuntimeName, string]> = [];
   if (ctx.runBerth) plan.push(['berth', '10.187.0.0/24']);
-  if (ctx.runContainerd) plan.push(['containerd', '10.188.0.0/24']);
-  for (const [name, subnet] of plan) {
-    if (name === 'containerd' && !containerdAvailable()) {
-      ctx.out('containerd not installed: no comparison');
-      continue;
-    }
-    res[name] = await withRuntime(ctx, name, subnet, (rt) => lifecycleRuns(rt, pods, execs));
-  }
+  if (ctx.runContainerd && containerdAvailable()) plan.push(['containerd', '10.188.0.0/24']);
+  else if (ctx.runContainerd) ctx.out('containerd not installed: no comparison');
+  const res = await withRuntimes(ctx, plan, (rts) => lifecycleRuns(rts, pods, execs));
   const pad = 34;
   ctx.out(`${'figure (median ms, p90 in brackets)'.padEnd(pad)} ${'berth'.padStart(16)} ${'containerd'.padStart(16)} ${'ratio'.padStart(6)}  goal`);
   for (const f of LIFECYCLE_FIGURES) {
