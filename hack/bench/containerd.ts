@@ -12,6 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DEFAULT_PATH, RegistryPusher, buildImage, buildLayer } from '../test-images/oci.js';
 import { criClients, type CriClients } from '../../test/helpers/cri-client.js';
 
 export interface ContainerdOptions {
@@ -177,4 +178,28 @@ function mountsUnder(dir: string): string[] {
     .split('\n')
     .map((l) => l.split(' ')[4] ?? '')
     .filter((m) => m.startsWith(dir));
+}
+
+/** The sandbox image containerd needs: Debian's static catatonit in pause mode, built offline (pushed once per run). */
+let pausePushed: Promise<string> | undefined;
+export function pushPauseImage(registryHost: string): Promise<string> {
+  pausePushed ??= pushPauseImageOnce(registryHost);
+  return pausePushed;
+}
+
+async function pushPauseImageOnce(registryHost: string): Promise<string> {
+  const catatonit = '/usr/bin/catatonit';
+  if (!existsSync(catatonit)) throw new Error(`${catatonit} is missing: install Debian's catatonit (hack/install.sh)`);
+  const layer = await buildLayer([{ path: 'catatonit', type: 'file', mode: 0o755, content: readFileSync(catatonit) }], 'gzip');
+  const image = buildImage({
+    layers: [layer],
+    config: { Entrypoint: ['/catatonit', '-P'], Env: [`PATH=${DEFAULT_PATH}`], Labels: { 'org.berth.bench': 'pause' } },
+  });
+  const pusher = new RegistryPusher(registryHost);
+  try {
+    await pusher.pushImage('pause', image, ['3.9']);
+  } finally {
+    pusher.close();
+  }
+  return `${registryHost}/pause:3.9`;
 }

@@ -11,9 +11,10 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pushFixtures } from '../test-images/oci.js';
-import { Berthd } from '../../test/helpers/berthd.js';
 import type { CriClients } from '../../test/helpers/cri-client.js';
-import { processes, startContainerd } from './containerd.js';
+import { processes } from './containerd.js';
+import { onBerthd, onContainerd } from './runtimes.js';
+import { ms, out, type SuiteContext, type SuiteNet } from './suite.js';
 
 /** kubelet's namespace options for a pod without shareProcessNamespace. */
 export const KUBELET_NAMESPACES = { network: 'POD', pid: 'CONTAINER', ipc: 'POD' } as const;
@@ -147,16 +148,6 @@ export function removeCgroupRoot(root: string): void {
 
 // ---------------------------------------------------------------------------------------
 // Timing
-
-export const ms = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
-
-export function percentile(xs: number[], p: number): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
-}
-
-export const median = (xs: number[]): number => percentile(xs, 50);
 
 /** Latencies by RPC name, in ms. */
 export class RpcTimes {
@@ -297,41 +288,8 @@ export class ProcSampler {
   }
 }
 
-/** Stops and removes every container and pod the runtime lists (clean-up after a failure). */
-export async function removeEverything(c: CriClients): Promise<void> {
-  for (const ct of (await c.runtime.ListContainers({})).containers) {
-    await c.runtime.StopContainer({ container_id: ct.id, timeout: 0 }).catch(() => undefined);
-    await c.runtime.RemoveContainer({ container_id: ct.id }).catch(() => undefined);
-  }
-  for (const p of (await c.runtime.ListPodSandbox({})).items) {
-    await c.runtime.StopPodSandbox({ pod_sandbox_id: p.id }).catch(() => undefined);
-    await c.runtime.RemovePodSandbox({ pod_sandbox_id: p.id }).catch(() => undefined);
-  }
-}
-
 // ---------------------------------------------------------------------------------------
 // A runtime under test
-
-/** The bridge network main.ts makes for a run (see benchNet there). */
-export interface BenchNetLike {
-  confDir: string;
-  /** IPs host-local still holds. */
-  allocated(): string[];
-  dispose(): void;
-}
-
-/** What main.ts hands the suites. */
-export interface BenchContext {
-  registryHost: string;
-  runBerth: boolean;
-  runContainerd: boolean;
-  /** Extra node flags for berthd (--profile). */
-  berthNodeArgs: { nodeArgs?: string[] };
-  benchNet(runtime: string, subnet: string): BenchNetLike;
-  /** The sandbox image containerd needs, pushed once per run. */
-  pushPauseImage(registryHost: string): Promise<string>;
-  out(line?: string): void;
-}
 
 export type RuntimeName = 'berth' | 'containerd';
 
@@ -352,7 +310,7 @@ export interface RuntimeUnderTest {
  * busybox test image (and for containerd its pause image), runs `fn`, and then stops the
  * runtime, checking nothing is left behind: pods, IPs, processes, mounts, cgroups.
  */
-export async function withRuntime<T>(ctx: BenchContext, name: RuntimeName, subnet: string, fn: (rt: RuntimeUnderTest) => Promise<T>): Promise<T> {
+export async function withRuntime<T>(ctx: SuiteContext, name: RuntimeName, subnet: string, fn: (rt: RuntimeUnderTest) => Promise<T>): Promise<T> {
   const image = (await pushFixtures(ctx.registryHost)).busybox.ref;
   const tmp = mkdtempSync(join(tmpdir(), `berth-bench-kubelet-${name}-`));
   const dirs: KubeletDirs = {
@@ -360,57 +318,27 @@ export async function withRuntime<T>(ctx: BenchContext, name: RuntimeName, subne
     podsRoot: join(tmp, 'pods'),
     cgroupRoot: `/berth-bench-${name}-${process.pid}`,
   };
-  const net = ctx.benchNet(name, subnet);
+  const run = async (clients: CriClients, net: SuiteNet, sampler: () => ProcSampler): Promise<T> => {
+    await clients.image.PullImage({ image: { image } });
+    const v = await clients.runtime.Version({});
+    const res = await fn({ name, clients, image, dirs, sampler, version: `${v.runtime_name} ${v.runtime_version}` });
+    const held = net.allocated();
+    if (held.length > 0) out(`${name}: WARNING: host-local still held ${held.join(', ')} at the end`);
+    return res;
+  };
   try {
     if (name === 'berth') {
-      const config = `[cni]\nconf_dir = "${net.confDir}"\nbin_dirs = ["/usr/lib/cni"]\n`;
-      const b = await Berthd.start({ logLevel: 'warn', config, ...ctx.berthNodeArgs });
-      try {
-        await b.clients.image.PullImage({ image: { image } });
-        const v = await b.clients.runtime.Version({});
-        const pid = b.proc.pid!;
+      return await onBerthd(ctx, '', subnet, (b, net) => {
         const isConmon = (cmd: string): boolean => cmd.split(' ')[0]!.endsWith('conmon') && cmd.includes(b.dir);
-        return await fn({
-          name,
-          clients: b.clients,
-          image,
-          dirs,
-          sampler: () => new ProcSampler(pid, isConmon),
-          version: `${v.runtime_name} ${v.runtime_version}`,
-        });
-      } catch (err) {
-        await removeEverything(b.clients).catch(() => undefined);
-        throw new Error(`berth: ${(err as Error).message}\nberthd log:\n${b.logs().slice(-4000)}`, { cause: err });
-      } finally {
-        await b.dispose();
-      }
-    }
-    const pause = await ctx.pushPauseImage(ctx.registryHost);
-    const ctr = await startContainerd(ctx.registryHost, { cniConfDir: net.confDir, sandboxImage: pause });
-    try {
-      await ctr.clients.image.PullImage({ image: { image: pause } });
-      await ctr.clients.image.PullImage({ image: { image } });
-      const v = await ctr.clients.runtime.Version({});
-      const isShim = (cmd: string): boolean => cmd.split(' ')[0]!.endsWith('containerd-shim-runc-v2') && cmd.includes(ctr.socket);
-      return await fn({
-        name,
-        clients: ctr.clients,
-        image,
-        dirs,
-        sampler: () => new ProcSampler(ctr.pid, isShim),
-        version: `${v.runtime_name} ${v.runtime_version}`,
+        return run(b.clients, net, () => new ProcSampler(b.proc.pid!, isConmon));
       });
-    } catch (err) {
-      await removeEverything(ctr.clients).catch(() => undefined);
-      throw new Error(`containerd: ${(err as Error).message}\ncontainerd log:\n${ctr.logs().slice(-4000)}`, { cause: err });
-    } finally {
-      await ctr.stop();
     }
+    return await onContainerd(ctx, '', subnet, (ctr, net) => {
+      const isShim = (cmd: string): boolean => cmd.split(' ')[0]!.endsWith('containerd-shim-runc-v2') && cmd.includes(ctr.socket);
+      return run(ctr.clients, net, () => new ProcSampler(ctr.pid, isShim));
+    });
   } finally {
-    const held = net.allocated();
-    net.dispose();
     removeCgroupRoot(dirs.cgroupRoot);
     rmSync(tmp, { recursive: true, force: true });
-    if (held.length > 0) ctx.out(`${name}: WARNING: host-local still held ${held.join(', ')} at the end`);
   }
 }

@@ -21,19 +21,8 @@
 import { status } from '@grpc/grpc-js';
 import { containerdAvailable } from './containerd.js';
 import type { ProcSampler } from './kubelet.js';
-import {
-  RpcTimes,
-  SERVE_UNTIL_TERM,
-  kubeletPod,
-  median,
-  ms,
-  percentile,
-  withRuntime,
-  type BenchContext,
-  type RuntimeName,
-  type RuntimeUnderTest,
-  type Sample,
-} from './kubelet.js';
+import { RpcTimes, SERVE_UNTIL_TERM, kubeletPod, withRuntime, type RuntimeName, type RuntimeUnderTest, type Sample } from './kubelet.js';
+import { median, ms, out, percentile, type SuiteContext } from './suite.js';
 
 export interface ChurnOptions {
   pods: number;
@@ -63,7 +52,7 @@ const rand = (lo: number, hi: number): number => lo + Math.random() * (hi - lo);
 /** NotFound: the pod or container went between list and status (kubelet tolerates it). */
 const isNotFound = (err: unknown): boolean => (err as { code?: number }).code === status.NOT_FOUND;
 
-async function churnRuns(rt: RuntimeUnderTest, o: ChurnOptions, out: (l?: string) => void): Promise<ChurnFigures> {
+async function churnRuns(rt: RuntimeUnderTest, o: ChurnOptions): Promise<ChurnFigures> {
   const c = rt.clients.runtime;
   const img = rt.clients.image;
   const t = new RpcTimes();
@@ -230,9 +219,9 @@ const ORDER = [
   'ListContainers',
 ];
 
-export async function churnSuite(ctx: BenchContext, o: ChurnOptions): Promise<Partial<Record<RuntimeName, ChurnFigures>>> {
+export async function churnSuite(ctx: SuiteContext, o: ChurnOptions): Promise<Partial<Record<RuntimeName, ChurnFigures>>> {
   const res: Partial<Record<RuntimeName, ChurnFigures>> = {};
-  ctx.out(
+  out(
     `churn: ${o.pods} kubelet-like pods (2 containers each) at once per runtime, each replaced when it ends, for ${o.seconds} s; a PLEG relist every second (list + status of every pod and container)`,
   );
   const plan: Array<[RuntimeName, string]> = [];
@@ -240,12 +229,12 @@ export async function churnSuite(ctx: BenchContext, o: ChurnOptions): Promise<Pa
   if (ctx.runContainerd) plan.push(['containerd', '10.190.0.0/24']);
   for (const [name, subnet] of plan) {
     if (name === 'containerd' && !containerdAvailable()) {
-      ctx.out('containerd not installed: no comparison');
+      out('containerd not installed: no comparison');
       continue;
     }
-    res[name] = await withRuntime(ctx, name, subnet, (rt) => churnRuns(rt, o, ctx.out));
+    res[name] = await withRuntime(ctx, name, subnet, (rt) => churnRuns(rt, o));
     const f = res[name];
-    ctx.out(
+    out(
       `${name.padEnd(11)} ${f.podsStarted} pods in ${o.seconds} s; daemon RSS first/last/max ${f.rssMiB.first.toFixed(1)} / ${f.rssMiB.last.toFixed(1)} / ${f.rssMiB.max.toFixed(1)} MiB;` +
         ` CPU ${f.cpuSeconds.total.toFixed(1)} s (daemon ${f.cpuSeconds.daemon.toFixed(1)}, reaped children ${f.cpuSeconds.daemonChildren.toFixed(1)}, shims ${f.cpuSeconds.shims.toFixed(1)});` +
         ` shims max ${f.shimRssMiB.max.toFixed(1)} MiB, ${f.shimRssMiB.perShimMean.toFixed(2)} MiB each; ${f.pleg.relists} relists`,
@@ -257,11 +246,11 @@ export async function churnSuite(ctx: BenchContext, o: ChurnOptions): Promise<Pa
     p99: (f.latency.CreateContainer?.p99 ?? NaN) + (f.latency.StartContainer?.p99 ?? NaN),
   });
   const pad = 32;
-  ctx.out(`${'figure (p50 / p99 ms)'.padEnd(pad)} ${'berth'.padStart(17)} ${'containerd'.padStart(17)} ${'p50 ratio'.padStart(9)}  goal`);
+  out(`${'figure (p50 / p99 ms)'.padEnd(pad)} ${'berth'.padStart(17)} ${'containerd'.padStart(17)} ${'p50 ratio'.padStart(9)}  goal`);
   const row = (name: string, b?: { p50: number; p99: number }, c?: { p50: number; p99: number }): void => {
     const cell = (x?: { p50: number; p99: number }): string => (x ? `${x.p50.toFixed(1)} / ${x.p99.toFixed(1)}` : '-');
     const ratio = b && c ? (b.p50 / c.p50).toFixed(2) : '-';
-    ctx.out(
+    out(
       `${name.padEnd(pad)} ${cell(b).padStart(17)} ${cell(c).padStart(17)} ${ratio.padStart(9)}  ${CHURN_GOALS[name] !== undefined ? `<= ${CHURN_GOALS[name]}` : ''}`,
     );
   };
@@ -270,12 +259,12 @@ export async function churnSuite(ctx: BenchContext, o: ChurnOptions): Promise<Pa
     if (name === 'StartContainer') row('CreateContainer+StartContainer', berth && cs(berth), containerd && cs(containerd));
   }
   if (berth && containerd) {
-    ctx.out(
+    out(
       `CPU seconds berth/containerd: ${berth.cpuSeconds.total.toFixed(1)} / ${containerd.cpuSeconds.total.toFixed(1)} = ${(berth.cpuSeconds.total / containerd.cpuSeconds.total).toFixed(2)}  (goal <= 1; per pod started: ${((berth.cpuSeconds.total / berth.podsStarted) * 1000).toFixed(0)} / ${((containerd.cpuSeconds.total / containerd.podsStarted) * 1000).toFixed(0)} ms)`,
     );
   }
   if (o.perMinute) {
-    for (const [name, f] of Object.entries(res)) ctx.out(`${name.padEnd(11)} RSS at each minute (MiB): ${f.rssPerMinute.map((x) => x.toFixed(1)).join(', ')}`);
+    for (const [name, f] of Object.entries(res)) out(`${name.padEnd(11)} RSS at each minute (MiB): ${f.rssPerMinute.map((x) => x.toFixed(1)).join(', ')}`);
   }
   return res;
 }

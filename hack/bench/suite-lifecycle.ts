@@ -9,7 +9,8 @@
  * Create+Start, per call for ExecSync).
  */
 import { containerdAvailable } from './containerd.js';
-import { RpcTimes, kubeletPod, median, ms, percentile, withRuntime, type BenchContext, type RuntimeName, type RuntimeUnderTest } from './kubelet.js';
+import { RpcTimes, kubeletPod, withRuntime, type RuntimeName, type RuntimeUnderTest } from './kubelet.js';
+import { median, ms, out, percentile, type SuiteContext } from './suite.js';
 
 export interface LifecycleFigures {
   runtime: string;
@@ -101,7 +102,7 @@ async function lifecycleRuns(rts: RuntimeUnderTest[], pods: number, execs: numbe
 
 /** Runs `fn` with every runtime of `plan` up at once (see withRuntime). */
 function withRuntimes<T>(
-  ctx: BenchContext,
+  ctx: SuiteContext,
   plan: ReadonlyArray<readonly [RuntimeName, string]>,
   fn: (rts: RuntimeUnderTest[]) => Promise<T>,
   up: RuntimeUnderTest[] = [],
@@ -111,21 +112,21 @@ function withRuntimes<T>(
   return withRuntime(ctx, first[0], first[1], (rt) => withRuntimes(ctx, rest, fn, [...up, rt]));
 }
 
-export async function lifecycleSuite(ctx: BenchContext, pods: number, execs: number): Promise<Partial<Record<RuntimeName, LifecycleFigures>>> {
-  ctx.out(
+export async function lifecycleSuite(ctx: SuiteContext, pods: number, execs: number): Promise<Partial<Record<RuntimeName, LifecycleFigures>>> {
+  out(
     `lifecycle: ${pods} kubelet-like pods (2 containers each) per runtime, created and torn down whole one at a time, the runtimes taking turns pod by pod, after one warm-up pod each; ${execs} ExecSync per pod`,
   );
   const plan: Array<[RuntimeName, string]> = [];
   if (ctx.runBerth) plan.push(['berth', '10.187.0.0/24']);
   if (ctx.runContainerd && containerdAvailable()) plan.push(['containerd', '10.188.0.0/24']);
-  else if (ctx.runContainerd) ctx.out('containerd not installed: no comparison');
+  else if (ctx.runContainerd) out('containerd not installed: no comparison');
   const res = await withRuntimes(ctx, plan, (rts) => lifecycleRuns(rts, pods, execs));
   const pad = 34;
-  ctx.out(`${'figure (median ms, p90 in brackets)'.padEnd(pad)} ${'berth'.padStart(16)} ${'containerd'.padStart(16)} ${'ratio'.padStart(6)}  goal`);
+  out(`${'figure (median ms, p90 in brackets)'.padEnd(pad)} ${'berth'.padStart(16)} ${'containerd'.padStart(16)} ${'ratio'.padStart(6)}  goal`);
   for (const f of LIFECYCLE_FIGURES) {
     const cell = (x: LifecycleFigures | undefined): string => (x ? `${x.median[f].toFixed(1)} (${x.p90[f].toFixed(1)})` : '-');
     const ratio = res.berth && res.containerd ? (res.berth.median[f] / res.containerd.median[f]).toFixed(2) : '-';
-    ctx.out(`${f.padEnd(pad)} ${cell(res.berth).padStart(16)} ${cell(res.containerd).padStart(16)} ${ratio.padStart(6)}  <= ${LIFECYCLE_GOALS[f]}`);
+    out(`${f.padEnd(pad)} ${cell(res.berth).padStart(16)} ${cell(res.containerd).padStart(16)} ${ratio.padStart(6)}  <= ${LIFECYCLE_GOALS[f]}`);
   }
   return res;
 }

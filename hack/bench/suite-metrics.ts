@@ -19,13 +19,13 @@
  *   (test/helpers/otlp-receiver.ts) with sampling_rate_per_million = 1000000.
  */
 import { randomUUID } from 'node:crypto';
-import { createServer } from 'node:net';
 import { Berthd } from '../../test/helpers/berthd.js';
 import type { CriClients } from '../../test/helpers/cri-client.js';
 import { OtlpReceiver } from '../../test/helpers/otlp-receiver.js';
 import { pushFixtures } from '../test-images/oci.js';
-import { containerdAvailable, processes, startContainerd } from './containerd.js';
-import { compare, cpuSeconds, label, median, ms, out, rssKiB, sleep, summary, type SuiteContext, type SuiteNet } from './suite.js';
+import { containerdAvailable, processes } from './containerd.js';
+import { onBerthd, onContainerd, removeEverything } from './runtimes.js';
+import { compare, cpuSeconds, freePort, label, median, ms, out, rssKiB, sleep, summary, type SuiteContext, type SuiteNet } from './suite.js';
 
 const PODS = 10;
 const PER_POD = 10;
@@ -99,17 +99,6 @@ async function populate(c: CriClients, net: SuiteNet, image: string): Promise<st
   return pods;
 }
 
-async function depopulate(c: CriClients): Promise<void> {
-  for (const ct of (await c.runtime.ListContainers({})).containers) {
-    await c.runtime.StopContainer({ container_id: ct.id, timeout: 0 }).catch(() => undefined);
-    await c.runtime.RemoveContainer({ container_id: ct.id }).catch(() => undefined);
-  }
-  for (const p of (await c.runtime.ListPodSandbox({})).items) {
-    await c.runtime.StopPodSandbox({ pod_sandbox_id: p.id }).catch(() => undefined);
-    await c.runtime.RemovePodSandbox({ pod_sandbox_id: p.id }).catch(() => undefined);
-  }
-}
-
 /** CPU seconds of `pid` and of `others()` over IDLE_SECONDS with nothing calling. */
 async function idleCpu(pid: number, others: () => number[]): Promise<{ daemon: number; others: number }> {
   const sum = (pids: number[]): number =>
@@ -152,77 +141,53 @@ function printLoaded(name: string, f: LoadedFigures): void {
 }
 
 async function berthLoaded(ctx: SuiteContext, image: string): Promise<LoadedFigures> {
-  const net = ctx.net('berth', '10.201.0.0/24');
-  try {
-    const config = `[cni]\nconf_dir = "${net.confDir}"\nbin_dirs = ["/usr/lib/cni"]\n`;
-    const b = await Berthd.start({ logLevel: 'warn', config, ...ctx.berthOptions });
-    try {
-      await b.image.PullImage({ image: { image } });
-      await populate(b.clients, net, image);
-      const addr = await b.metricsAddress();
-      if (!addr) throw new Error('berthd serves no metrics endpoint');
-      await sleep(2000);
-      let cadvisorBytes = 0;
-      let ownBytes = 0;
-      const [list = [], cadvisor = [], own = []] = await interleaved(SCRAPES, [
-        async () => {
-          const r = await b.runtime.ListPodSandboxMetrics({});
-          if (r.pod_metrics.length !== PODS) throw new Error(`ListPodSandboxMetrics: ${r.pod_metrics.length} pods`);
-        },
-        async () => (cadvisorBytes = await scrape(`http://${addr}/metrics/cadvisor`)),
-        async () => (ownBytes = await scrape(`http://${addr}/metrics`)),
-      ]);
-      const pid = b.proc.pid!;
-      const conmons = (): number[] =>
-        processes()
-          .filter((p) => p.cmd.split(' ')[0]!.endsWith('conmon') && p.cmd.includes(b.dir))
-          .map((p) => p.pid);
-      const cpu = await idleCpu(pid, conmons);
-      const figures: LoadedFigures = {
-        list,
-        listName: 'ListPodSandboxMetrics',
-        scrape: cadvisor,
-        scrapeName: '/metrics/cadvisor',
-        scrapeBytes: cadvisorBytes,
-        ownScrape: own,
-        ownScrapeBytes: ownBytes,
-        idleCpu: cpu.daemon,
-        idleShimCpu: cpu.others,
-        shims: conmons().length,
-        rss: rssKiB(pid),
-      };
-      await depopulate(b.clients);
-      return figures;
-    } catch (err) {
-      await depopulate(b.clients).catch(() => undefined);
-      throw new Error(`berth metrics: ${(err as Error).message}\nberthd log:\n${b.logs().slice(-4000)}`, { cause: err });
-    } finally {
-      await b.dispose();
-    }
-  } finally {
-    net.dispose();
-  }
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
+  return onBerthd(ctx, 'metrics', '10.201.0.0/24', async (b, net) => {
+    await b.image.PullImage({ image: { image } });
+    await populate(b.clients, net, image);
+    const addr = await b.metricsAddress();
+    if (!addr) throw new Error('berthd serves no metrics endpoint');
+    await sleep(2000);
+    let cadvisorBytes = 0;
+    let ownBytes = 0;
+    const [list = [], cadvisor = [], own = []] = await interleaved(SCRAPES, [
+      async () => {
+        const r = await b.runtime.ListPodSandboxMetrics({});
+        if (r.pod_metrics.length !== PODS) throw new Error(`ListPodSandboxMetrics: ${r.pod_metrics.length} pods`);
+      },
+      async () => (cadvisorBytes = await scrape(`http://${addr}/metrics/cadvisor`)),
+      async () => (ownBytes = await scrape(`http://${addr}/metrics`)),
+    ]);
+    const pid = b.proc.pid!;
+    const conmons = (): number[] =>
+      processes()
+        .filter((p) => p.cmd.split(' ')[0]!.endsWith('conmon') && p.cmd.includes(b.dir))
+        .map((p) => p.pid);
+    const cpu = await idleCpu(pid, conmons);
+    const figures: LoadedFigures = {
+      list,
+      listName: 'ListPodSandboxMetrics',
+      scrape: cadvisor,
+      scrapeName: '/metrics/cadvisor',
+      scrapeBytes: cadvisorBytes,
+      ownScrape: own,
+      ownScrapeBytes: ownBytes,
+      idleCpu: cpu.daemon,
+      idleShimCpu: cpu.others,
+      shims: conmons().length,
+      rss: rssKiB(pid),
+    };
+    await removeEverything(b.clients);
+    return figures;
   });
 }
 
 async function containerdLoaded(ctx: SuiteContext, image: string): Promise<LoadedFigures> {
-  const pause = await ctx.pauseImage();
-  const net = ctx.net('containerd', '10.202.0.0/24');
-  try {
-    const metrics = `127.0.0.1:${await freePort()}`;
-    const ctr = await startContainerd(ctx.registryHost, { cniConfDir: net.confDir, sandboxImage: pause, metricsAddress: metrics });
-    try {
-      await ctr.clients.image.PullImage({ image: { image: pause } });
+  const metrics = `127.0.0.1:${await freePort()}`;
+  return onContainerd(
+    ctx,
+    'metrics',
+    '10.202.0.0/24',
+    async (ctr, net) => {
       await ctr.clients.image.PullImage({ image: { image } });
       await populate(ctr.clients, net, image);
       await sleep(2000);
@@ -254,17 +219,11 @@ async function containerdLoaded(ctx: SuiteContext, image: string): Promise<Loade
         rss: rssKiB(ctr.pid),
         ...(note ? { note } : {}),
       };
-      await depopulate(ctr.clients);
+      await removeEverything(ctr.clients);
       return figures;
-    } catch (err) {
-      await depopulate(ctr.clients).catch(() => undefined);
-      throw new Error(`containerd metrics: ${(err as Error).message}\ncontainerd log:\n${ctr.logs().slice(-4000)}`, { cause: err });
-    } finally {
-      await ctr.stop();
-    }
-  } finally {
-    net.dispose();
-  }
+    },
+    { metricsAddress: metrics },
+  );
 }
 
 interface TracingFigures {

@@ -8,7 +8,8 @@
  * while pods come and go; the difference between the two is the waiting behind other work.
  */
 import { containerdAvailable } from './containerd.js';
-import { RpcTimes, kubeletPod, median, percentile, withRuntime, type BenchContext, type RuntimeName } from './kubelet.js';
+import { RpcTimes, kubeletPod, withRuntime, type RuntimeName } from './kubelet.js';
+import { median, out, percentile, type SuiteContext } from './suite.js';
 
 export interface RelistOptions {
   pods: number;
@@ -29,15 +30,15 @@ const ORDER = [
   'daemon CPU per serial status call',
 ];
 
-export async function relistSuite(ctx: BenchContext, o: RelistOptions): Promise<void> {
-  ctx.out(
+export async function relistSuite(ctx: SuiteContext, o: RelistOptions): Promise<void> {
+  out(
     `relist: ${o.pods} kubelet-like pods (2 containers each) running idle; ${o.relists} PLEG relists back to back, then ${o.serial} status calls one at a time`,
   );
   const plan: Array<[RuntimeName, string]> = [];
   if (ctx.runBerth) plan.push(['berth', '10.191.0.0/24']);
   if (ctx.runContainerd) {
     if (containerdAvailable()) plan.push(['containerd', '10.192.0.0/24']);
-    else ctx.out('containerd: not installed; berth alone');
+    else out('containerd: not installed; berth alone');
   }
   const res = new Map<RuntimeName, RpcTimes>();
   for (const [name, subnet] of plan) {
@@ -89,12 +90,12 @@ export async function relistSuite(ctx: BenchContext, o: RelistOptions): Promise<
     });
   }
   const names = [...res.keys()];
-  ctx.out(`${'figure (p50 / p99 ms)'.padEnd(28)}${names.map((n) => n.padStart(18)).join('')}`);
+  out(`${'figure (p50 / p99 ms)'.padEnd(28)}${names.map((n) => n.padStart(18)).join('')}`);
   for (const fig of ORDER) {
     const cells = names.map((n) => {
       const xs = res.get(n)!.get(fig);
       return (xs.length ? `${median(xs).toFixed(2)} / ${percentile(xs, 99).toFixed(2)}` : '-').padStart(18);
     });
-    ctx.out(`${fig.padEnd(28)}${cells.join('')}`);
+    out(`${fig.padEnd(28)}${cells.join('')}`);
   }
 }

@@ -14,13 +14,12 @@
  *   byte of the 20th body. One warm-up transfer, then `runs` timed ones.
  */
 import { randomUUID } from 'node:crypto';
-import { createServer } from 'node:net';
-import { Berthd } from '../../test/helpers/berthd.js';
 import type { CriClients } from '../../test/helpers/cri-client.js';
 import { upgrade, type Client } from '../../test/helpers/spdy-client.js';
 import { pushFixtures } from '../test-images/oci.js';
-import { containerdAvailable, startContainerd } from './containerd.js';
-import { compare, label, median, ms, out, sleep, summary, type SuiteContext, type SuiteNet } from './suite.js';
+import { containerdAvailable } from './containerd.js';
+import { onBerthd, onContainerd } from './runtimes.js';
+import { compare, freePort, label, median, ms, out, sleep, summary, type SuiteContext, type SuiteNet } from './suite.js';
 
 /** Timed Exec calls per runtime. */
 const EXECS = 20;
@@ -192,18 +191,6 @@ function printStreaming(name: string, f: StreamingFigures): void {
   );
 }
 
-/** A TCP port free on 127.0.0.1 now (for containerd's streaming server). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 export async function streamingSuite(ctx: SuiteContext): Promise<void> {
   const figures: Partial<Record<'berth' | 'containerd', StreamingFigures>> = {};
   out(
@@ -211,45 +198,26 @@ export async function streamingSuite(ctx: SuiteContext): Promise<void> {
   );
   const image = (await pushFixtures(ctx.registryHost)).busybox.ref;
   if (ctx.runBerth) {
-    const net = ctx.net('berth', '10.199.0.0/24');
-    try {
-      const config = `[cni]\nconf_dir = "${net.confDir}"\nbin_dirs = ["/usr/lib/cni"]\n`;
-      const b = await Berthd.start({ logLevel: 'warn', config, ...ctx.berthOptions });
-      try {
-        await b.image.PullImage({ image: { image } });
-        figures.berth = await streamingRuns('berth', b.clients, net, image, ctx.runs);
-      } catch (err) {
-        throw new Error(`berth streaming: ${(err as Error).message}\nberthd log:\n${b.logs().slice(-4000)}`, { cause: err });
-      } finally {
-        await b.dispose();
-      }
-    } finally {
-      net.dispose();
-    }
+    figures.berth = await onBerthd(ctx, 'streaming', '10.199.0.0/24', async (b, net) => {
+      await b.image.PullImage({ image: { image } });
+      return streamingRuns('berth', b.clients, net, image, ctx.runs);
+    });
     printStreaming('berth', figures.berth);
   }
-  if (ctx.runContainerd) {
-    if (!containerdAvailable()) {
-      out(`${label('containerd')} not installed: no comparison`);
-    } else {
-      const pause = await ctx.pauseImage();
-      const net = ctx.net('containerd', '10.200.0.0/24');
-      try {
-        const ctr = await startContainerd(ctx.registryHost, { cniConfDir: net.confDir, sandboxImage: pause, streamServerPort: await freePort() });
-        try {
-          await ctr.clients.image.PullImage({ image: { image: pause } });
-          await ctr.clients.image.PullImage({ image: { image } });
-          figures.containerd = await streamingRuns('containerd', ctr.clients, net, image, ctx.runs);
-        } catch (err) {
-          throw new Error(`containerd streaming: ${(err as Error).message}\ncontainerd log:\n${ctr.logs().slice(-4000)}`, { cause: err });
-        } finally {
-          await ctr.stop();
-        }
-      } finally {
-        net.dispose();
-      }
-      printStreaming('containerd', figures.containerd);
-    }
+  if (ctx.runContainerd && !containerdAvailable()) out(`${label('containerd')} not installed: no comparison`);
+  else if (ctx.runContainerd) {
+    const streamServerPort = await freePort();
+    figures.containerd = await onContainerd(
+      ctx,
+      'streaming',
+      '10.200.0.0/24',
+      async (ctr, net) => {
+        await ctr.clients.image.PullImage({ image: { image } });
+        return streamingRuns('containerd', ctr.clients, net, image, ctx.runs);
+      },
+      { streamServerPort },
+    );
+    printStreaming('containerd', figures.containerd);
   }
   const { berth, containerd } = figures;
   if (berth && containerd) {

@@ -1,14 +1,17 @@
 /**
- * What main.ts hands a benchmark suite kept in a file of its own (suite-*.ts): the run's
- * options and the harness pieces main.ts already has (the local registry, a bridge
- * network of the run's own, containerd's sandbox image), plus the small statistics
- * every suite prints.
+ * What main.ts hands every benchmark suite (suite-*.ts): the run's options and the harness
+ * pieces (the local registry, a bridge network of the run's own, containerd's sandbox
+ * image), plus the small statistics and /proc readings every suite prints.
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { StartOptions } from '../../test/helpers/berthd.js';
 
-/** A bridge + host-local network in a temp dir (main.ts's benchNet). */
+/** A bridge + host-local + portmap network in a temp dir (see bridgeNet). */
 export interface SuiteNet {
   confDir: string;
   logDir: string;
@@ -26,7 +29,7 @@ export interface SuiteContext {
   runContainerd: boolean;
   /** Extra Berthd.start options (e.g. --cpu-prof). */
   berthOptions: Pick<StartOptions, 'nodeArgs'>;
-  /** A network of the run's own on `subnet` (a private /24 or larger). */
+  /** A network of the run's own on `subnet` (a private /24 or larger): bridgeNet. */
   net(runtime: string, subnet: string): SuiteNet;
   /** containerd's sandbox image, pushed to the local registry once per run. */
   pauseImage(): Promise<string>;
@@ -45,6 +48,7 @@ export function median(xs: number[]): number {
 }
 
 export function percentile(xs: number[], p: number): number {
+  if (xs.length === 0) return NaN;
   const s = [...xs].sort((a, b) => a - b);
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
 }
@@ -87,4 +91,97 @@ export function cpuSeconds(pid: number, reapedChildren = false): number {
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const own = Number(f[11]) + Number(f[12]);
   return (reapedChildren ? own + Number(f[13]) + Number(f[14]) : own) / CLK_TCK;
+}
+
+/** Memory of a runtime with its helper processes, in KiB. */
+export interface Mem {
+  rss: number;
+  pss: number;
+  /** How the total is made up, for the printout. */
+  detail: string;
+}
+
+/** Proportional set size in KiB: shared pages (the shims' common text) split between their users. */
+export function pssKiB(pid: number): number {
+  try {
+    return Number(/^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+export const mib = (kib: number): string => `${(kib / 1024).toFixed(1)} MiB`;
+
+export function sumMem(pids: number[]): { rss: number; pss: number } {
+  return pids.reduce((a, p) => ({ rss: a.rss + rssKiB(p), pss: a.pss + pssKiB(p) }), { rss: 0, pss: 0 });
+}
+
+/** Prints containerd's memory over berth's, RSS and PSS (above 1: berth uses less). */
+export function compareMemory(when: string, sides: string, containerd: Mem, berth: Mem): void {
+  const rss = containerd.rss / berth.rss;
+  const pss = containerd.pss / berth.pss;
+  out(`memory ${when}: ${sides} = ${mib(containerd.rss)} / ${mib(berth.rss)} RSS = ${rss.toFixed(2)}x  (>1: berth uses less)`);
+  // PSS divides shared pages among all their users: the shims' common text among the shims (fair), but
+  // also node's text among every node process on the machine, this harness included (flatters berthd).
+  out(
+    `  PSS ${mib(containerd.pss)} / ${mib(berth.pss)} = ${pss.toFixed(2)}x  (berthd's PSS shares node's pages with other node processes, this harness included)`,
+  );
+}
+
+/** A bridge network in a temp dir: conflist, host-local data dir, pod log dir. */
+export function bridgeNet(runtime: string, subnet: string): SuiteNet {
+  const tag = randomBytes(3).toString('hex');
+  const dir = mkdtempSync(join(tmpdir(), `berth-bench-net-${runtime}-`));
+  const confDir = join(dir, 'net.d');
+  const logDir = join(dir, 'logs');
+  const dataDir = join(dir, 'ipam');
+  mkdirSync(confDir);
+  mkdirSync(logDir);
+  // "bnch" + 6 hex digits: unique per run, well under the 15 characters of IFNAMSIZ.
+  const bridge = `bnch${tag}`;
+  const name = `berth-bench-${tag}`;
+  const conf = {
+    cniVersion: '1.0.0',
+    name,
+    plugins: [
+      {
+        type: 'bridge',
+        bridge,
+        isGateway: true,
+        ipMasq: false,
+        hairpinMode: true,
+        ipam: { type: 'host-local', dataDir, ranges: [[{ subnet }]], routes: [{ dst: '0.0.0.0/0' }] },
+      },
+      { type: 'portmap', capabilities: { portMappings: true } },
+    ],
+  };
+  writeFileSync(join(confDir, '10-bench.conflist'), JSON.stringify(conf, null, 2));
+  return {
+    confDir,
+    logDir,
+    allocated() {
+      const d = join(dataDir, name);
+      return existsSync(d) ? readdirSync(d).filter((f) => /^\d+\.\d+\.\d+\.\d+$/.test(f)) : [];
+    },
+    dispose() {
+      try {
+        execFileSync('ip', ['link', 'del', bridge], { stdio: 'ignore' });
+      } catch {
+        // never created (no pod ran), or already gone
+      }
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
 }
