@@ -196,7 +196,9 @@ export function markdown(r: Results): string {
     `# Benchmark results: berth against containerd`,
     '',
     `${r.date}, berth ${r.berthCommit}; ${m.nproc} CPUs (${m.cpu}), ${m.memGiB} GiB, kernel ${m.kernel}, Node ${m.node}` +
-      (m.loadavg ? `; load average ${m.loadavg.join(' / ')} at the start (the runtimes are timed one after the other: the ratios move with the load).` : '.'),
+      (m.loadavg
+        ? `; load average ${m.loadavg.join(' / ')} at the start (the lifecycle suite has the runtimes take turns pod by pod; the churn and pull suites time the runtimes one after the other, so their ratios move with the load).`
+        : '.'),
     `Runtimes: ${[r.lifecycle?.berth?.runtime ?? r.churn?.berth?.runtime, r.lifecycle?.containerd?.runtime ?? r.churn?.containerd?.runtime].filter(Boolean).join(' against ')}.`,
     `Command: \`${r.command}\`. Ratio = berth / containerd (below 1: berth faster or smaller); goals from issue 14.`,
     '',
