@@ -20,10 +20,17 @@ export async function removeEverything(c: CriClients): Promise<void> {
   }
 }
 
+/** A suite's failure with the failing daemon's log attached. */
+class RuntimeFailure extends Error {}
+
+/**
+ * The error a suite's failure is thrown as. One raised inside another runtime's callback
+ * (the lifecycle suite nests both) is passed on as it is, not credited to the outer one.
+ */
 function failed(runtime: string, what: string, err: unknown, log: string): Error {
-  return new Error(`${runtime}${what ? ` ${what}` : ''}: ${(err as Error).message}\n${runtime === 'berth' ? 'berthd' : runtime} log:\n${log.slice(-4000)}`, {
-    cause: err,
-  });
+  if (err instanceof RuntimeFailure) return err;
+  const daemon = runtime === 'berth' ? 'berthd' : runtime;
+  return new RuntimeFailure(`${runtime}${what ? ` ${what}` : ''}: ${(err as Error).message}\n${daemon} log:\n${log.slice(-4000)}`, { cause: err });
 }
 
 /** Runs `fn` against a fresh berthd whose pods go on a bridge network on `subnet`; `what` names the suite in an error. */

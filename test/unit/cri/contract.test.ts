@@ -11,7 +11,6 @@ import { refuseUnsupportedContainerFields } from '../../../src/cri/refusals.js';
 import type { ContainerConfig__Output } from '../../../src/cri/gen/runtime/v1/ContainerConfig.js';
 
 const root = criRoot();
-root.resolveAll();
 const type = (name: string): protobuf.Type => root.lookupType(`runtime.v1.${name}`);
 
 /** Every `Message.field` reachable from the roots, not descending below an `ignored` field. */
